@@ -1,0 +1,26 @@
+package probe
+
+import (
+	_ "github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	_ "github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	_ "github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
+	_ "github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus/admin"
+	_ "github.com/chromedp/chromedp"
+	_ "github.com/coreos/go-oidc/v3/oidc"
+	_ "github.com/go-jose/go-jose/v4"
+	_ "github.com/gofhir/fhirpath"
+	_ "github.com/gofhir/models/r4"
+	_ "github.com/google/uuid"
+	_ "github.com/prometheus/client_golang/prometheus"
+	_ "github.com/prometheus/client_golang/prometheus/promhttp"
+	_ "github.com/prometheus/client_golang/prometheus/testutil"
+	_ "github.com/robfig/cron/v3"
+	_ "github.com/shopspring/decimal"
+	_ "golang.org/x/crypto/argon2"
+	_ "golang.org/x/crypto/bcrypt"
+	_ "golang.org/x/oauth2"
+	_ "gopkg.in/yaml.v3"
+	_ "gorm.io/driver/postgres"
+	_ "gorm.io/driver/sqlite"
+	_ "gorm.io/gorm"
+)

@@ -1,0 +1,190 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"gorm.io/driver/postgres"
+	"gorm.io/driver/sqlite"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
+)
+
+// Dialect names a supported database engine.
+type Dialect string
+
+const (
+	// SQLite is the embedded default: one file in the data directory.
+	SQLite Dialect = "sqlite"
+	// Postgres is PostgreSQL, used when several processes share one database.
+	Postgres Dialect = "postgres"
+)
+
+// ErrUnreachable wraps failures to connect, so callers can print one clear
+// line naming the host instead of a driver's stack of messages.
+var ErrUnreachable = errors.New("database unreachable")
+
+// Options tunes Open. The zero value is usable.
+type Options struct {
+	// DataDir holds the SQLite file when URL is empty.
+	DataDir string
+	// MaxOpenConns caps the pool; zero picks a default per dialect.
+	MaxOpenConns int
+	// BusyTimeout is how long SQLite waits on a locked database.
+	BusyTimeout time.Duration
+}
+
+// DefaultSQLiteFile is the file name used inside the data directory.
+const DefaultSQLiteFile = "fhirsync.db"
+
+// Open connects to the database named by rawURL and pings it.
+//
+// Accepted forms: "" (SQLite file in opts.DataDir), "sqlite:PATH" or
+// "file:PATH", and "postgres://…" / "postgresql://…".
+func Open(ctx context.Context, rawURL string, opts Options) (*gorm.DB, error) {
+	d, dsn, host, err := parseURL(rawURL, opts)
+	if err != nil {
+		return nil, err
+	}
+	cfg := &gorm.Config{
+		Logger:                                   logger.Discard,
+		DisableForeignKeyConstraintWhenMigrating: true,
+		TranslateError:                           true,
+	}
+	var db *gorm.DB
+	switch d {
+	case SQLite:
+		db, err = gorm.Open(sqlite.Open(dsn), cfg)
+	case Postgres:
+		db, err = gorm.Open(postgres.Open(dsn), cfg)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("opening %s database at %s: %w: %s", d, host, ErrUnreachable, shortErr(err))
+	}
+	sqlDB, err := db.DB()
+	if err != nil {
+		return nil, fmt.Errorf("opening %s database at %s: %w", d, host, err)
+	}
+	maxOpen := opts.MaxOpenConns
+	if maxOpen == 0 {
+		maxOpen = 16
+	}
+	sqlDB.SetMaxOpenConns(maxOpen)
+	sqlDB.SetMaxIdleConns(maxOpen)
+	sqlDB.SetConnMaxIdleTime(5 * time.Minute)
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := sqlDB.PingContext(pingCtx); err != nil {
+		_ = sqlDB.Close()
+		return nil, fmt.Errorf("connecting to %s database at %s: %w: %s", d, host, ErrUnreachable, shortErr(err))
+	}
+	return db, nil
+}
+
+// DialectOf reports which engine db talks to.
+func DialectOf(db *gorm.DB) Dialect {
+	if db.Dialector.Name() == "postgres" {
+		return Postgres
+	}
+	return SQLite
+}
+
+// Close releases db's connections.
+func Close(db *gorm.DB) error {
+	sqlDB, err := db.DB()
+	if err != nil {
+		return err
+	}
+	return sqlDB.Close()
+}
+
+// Describe names the database for operators without revealing a password:
+// the host and database for PostgreSQL, the file for SQLite.
+func Describe(rawURL string, opts Options) string {
+	d, _, host, err := parseURL(rawURL, opts)
+	if err != nil {
+		return "invalid database URL"
+	}
+	return string(d) + " " + host
+}
+
+func parseURL(rawURL string, opts Options) (Dialect, string, string, error) {
+	busy := opts.BusyTimeout
+	if busy == 0 {
+		busy = 10 * time.Second
+	}
+	sqliteDSN := func(path string) (Dialect, string, string, error) {
+		if dir := filepath.Dir(path); dir != "" {
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return "", "", "", fmt.Errorf("creating data directory %s: %w", dir, err)
+			}
+		}
+		q := url.Values{}
+		q.Set("_journal_mode", "WAL")
+		q.Set("_busy_timeout", fmt.Sprint(busy.Milliseconds()))
+		q.Set("_foreign_keys", "1")
+		q.Set("_txlock", "immediate")
+		q.Set("_synchronous", "NORMAL")
+		return SQLite, "file:" + path + "?" + q.Encode(), path, nil
+	}
+	switch {
+	case rawURL == "":
+		dir := opts.DataDir
+		if dir == "" {
+			dir = "data"
+		}
+		return sqliteDSN(filepath.Join(dir, DefaultSQLiteFile))
+	case strings.HasPrefix(rawURL, "sqlite:"):
+		return sqliteDSN(strings.TrimPrefix(strings.TrimPrefix(rawURL, "sqlite:"), "//"))
+	case strings.HasPrefix(rawURL, "file:"):
+		return sqliteDSN(strings.SplitN(strings.TrimPrefix(rawURL, "file:"), "?", 2)[0])
+	case strings.HasPrefix(rawURL, "postgres://"), strings.HasPrefix(rawURL, "postgresql://"):
+		u, err := url.Parse(rawURL)
+		if err != nil {
+			return "", "", "", fmt.Errorf("parsing database URL: %v", redactErr(err))
+		}
+		host := u.Host
+		if host == "" {
+			host = "localhost"
+		}
+		if _, _, err := net.SplitHostPort(host); err != nil {
+			host = net.JoinHostPort(host, "5432")
+		}
+		return Postgres, rawURL, host + u.Path, nil
+	default:
+		return "", "", "", fmt.Errorf("database URL must start with postgres://, sqlite: or file: (got scheme %q)", schemeOf(rawURL))
+	}
+}
+
+func schemeOf(s string) string {
+	if i := strings.Index(s, ":"); i > 0 {
+		return s[:i]
+	}
+	return ""
+}
+
+// redactErr drops the URL text from url.Error, which would echo a password.
+func redactErr(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// shortErr keeps the last, most specific clause of a driver error and
+// drops connection strings.
+func shortErr(err error) string {
+	s := err.Error()
+	if i := strings.LastIndex(s, ": "); i >= 0 && i+2 < len(s) {
+		s = s[i+2:]
+	}
+	return s
+}
