@@ -4,8 +4,8 @@
 //
 // PostgreSQL is found at FHIRSYNC_TEST_POSTGRES_URL, or at
 // postgres://postgres@127.0.0.1:5432/test. When it cannot be reached the
-// PostgreSQL half is skipped with a message, unless FHIRSYNC_REQUIRE_POSTGRES
-// is set (as .ci/run does), in which case the test fails.
+// PostgreSQL half is skipped with a message, unless FHIRSYNC_CI is set (as
+// .ci/run does), in which case the test fails.
 package storagetest
 
 import (
@@ -86,8 +86,8 @@ func freshPostgres(t testing.TB) string {
 	ctx := context.Background()
 	admin, err := storage.Open(ctx, AdminURL(), storage.Options{MaxOpenConns: 2})
 	if err != nil {
-		if os.Getenv("FHIRSYNC_REQUIRE_POSTGRES") != "" {
-			t.Fatalf("PostgreSQL is required (FHIRSYNC_REQUIRE_POSTGRES is set) but unreachable: %v", err)
+		if os.Getenv("FHIRSYNC_CI") != "" {
+			t.Fatalf("PostgreSQL is required (FHIRSYNC_CI is set) but unreachable: %v", err)
 		}
 		t.Skipf("SKIPPING PostgreSQL half: %v (set FHIRSYNC_TEST_POSTGRES_URL, or run .ci/run)", err)
 	}

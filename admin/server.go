@@ -1,0 +1,79 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"gorm.io/gorm"
+
+	"github.com/fhirsync/fhirsync/storage"
+)
+
+// Config shapes the admin listener.
+type Config struct {
+	// Version is shown on the status page and in the build-info metric.
+	Version string
+	// ReadyTimeout bounds one readiness check.
+	ReadyTimeout time.Duration
+}
+
+// Deps are the services the admin app reads.
+type Deps struct {
+	DB       *gorm.DB
+	Registry *prometheus.Registry
+	Logger   *slog.Logger
+}
+
+// Server serves the admin app and the operational endpoints.
+type Server struct {
+	cfg  Config
+	deps Deps
+	mux  *http.ServeMux
+}
+
+// New builds the server. It fails fast on missing dependencies.
+func New(cfg Config, deps Deps) (*Server, error) {
+	if deps.DB == nil || deps.Registry == nil {
+		return nil, errors.New("admin: DB and Registry are required")
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 3 * time.Second
+	}
+	s := &Server{cfg: cfg, deps: deps, mux: http.NewServeMux()}
+	s.mux.HandleFunc("GET /healthz", s.healthz)
+	s.mux.HandleFunc("GET /readyz", s.readyz)
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(deps.Registry, promhttp.HandlerOpts{Registry: deps.Registry}))
+	return s, nil
+}
+
+// Handler is the root handler for the listener.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = w.Write([]byte("ok\n"))
+}
+
+// readyz answers 200 only when the database answers and the schema is
+// exactly the version this binary expects; the body says which check failed.
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.ReadyTimeout)
+	defer cancel()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if err := storage.Check(ctx, s.deps.DB); err != nil {
+		s.deps.Logger.Warn("readiness check failed", "error", err)
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte("not ready: " + err.Error() + "\n"))
+		return
+	}
+	_, _ = w.Write([]byte("ready\n"))
+}

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/fhirsync/fhirsync/admin"
+	"github.com/fhirsync/fhirsync/storage"
+)
+
+func runServe(ctx context.Context, e *env, args []string) error {
+	fs := e.newFlagSet("serve", "serve [--listen ADDR]", `
+Run fhirsync: migrate the database, then serve the admin app, the JSON API and
+the operational endpoints (/healthz, /readyz, /metrics) until SIGINT or SIGTERM.
+With no configuration it uses SQLite in ./data, the embedded queue and
+127.0.0.1:8080. On a signal it stops taking work and drains for at most
+shutdown_timeout.`)
+	listen := fs.String("listen", "", "listener address, overriding listen / FHIRSYNC_LISTEN")
+	if done, err := parseFlags(fs, args); done {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageErrorf("serve takes no arguments")
+	}
+	cfg, err := e.config()
+	if err != nil {
+		return err
+	}
+	if *listen != "" {
+		cfg.Listen = *listen
+	}
+	log := e.logger()
+	defer e.close()
+
+	db, err := e.openDB(ctx)
+	if err != nil {
+		return err
+	}
+	reg := newRegistry()
+	srv, err := admin.New(admin.Config{Version: buildVersion()}, admin.Deps{DB: db, Registry: reg, Logger: log})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", cfg.Listen, err)
+	}
+	httpSrv := &http.Server{
+		Handler:           srv.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}
+	log.Info("fhirsync serving", "version", buildVersion(), "listen", ln.Addr().String(),
+		"database", e.describeDB(), "queue", cfg.Queue.Kind, "schema_version", storage.LatestVersion())
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 1)
+	wg.Go(func() {
+		if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("serving %s: %w", cfg.Listen, err)
+		}
+	})
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "drain_timeout", time.Duration(cfg.ShutdownTimeout).String())
+	case err = <-errc:
+	}
+	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(cfg.ShutdownTimeout))
+	defer cancel()
+	if serr := httpSrv.Shutdown(drainCtx); serr != nil {
+		log.Warn("listener did not drain in time", "error", serr)
+		_ = httpSrv.Close()
+	}
+	wg.Wait()
+	log.Info("stopped")
+	return err
+}
+
+// newRegistry is the process's metric registry (never the global one), with
+// the Go runtime, process and build-info collectors.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "fhirsync_build_info", Help: "Build information; always 1.",
+	}, []string{"version", "goversion", "schema_version"})
+	info.WithLabelValues(buildVersion(), runtime.Version(), fmt.Sprint(storage.LatestVersion())).Set(1)
+	reg.MustRegister(info)
+	return reg
+}

@@ -1,0 +1,316 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole configuration of a fhirsync process. It is loaded from
+// an optional YAML file, then from FHIRSYNC_… environment variables (which
+// win), and secrets also from FHIRSYNC_…_FILE variables naming a file.
+//
+// The environment name of a key is FHIRSYNC_ followed by its YAML path in
+// upper case joined by underscores: database.url → FHIRSYNC_DATABASE_URL.
+type Config struct {
+	// DataDir holds the SQLite database and other local state.
+	DataDir string `yaml:"data_dir"`
+	// Listen is the address of the admin app, JSON API and operational
+	// endpoints.
+	Listen   string         `yaml:"listen"`
+	Database DatabaseConfig `yaml:"database"`
+	Log      LogConfig      `yaml:"log"`
+	// ShutdownTimeout bounds how long in-flight work may take to drain
+	// after SIGINT or SIGTERM.
+	ShutdownTimeout Duration       `yaml:"shutdown_timeout"`
+	Queue           QueueConfig    `yaml:"queue"`
+	FHIR            EndpointConfig `yaml:"fhir"`
+	CRM             EndpointConfig `yaml:"crm"`
+}
+
+// DatabaseConfig selects the project database.
+type DatabaseConfig struct {
+	// URL is empty for SQLite in DataDir, "sqlite:PATH", or "postgres://…".
+	URL          string `yaml:"url" secret:"true"`
+	MaxOpenConns int    `yaml:"max_open_conns"`
+}
+
+// LogConfig shapes process logging (not the sync log).
+type LogConfig struct {
+	Format string `yaml:"format"` // text or json
+	Level  string `yaml:"level"`  // debug, info, warn, error
+}
+
+// QueueConfig selects the queue transport.
+type QueueConfig struct {
+	// Kind is "embedded" (the project database) or "servicebus".
+	Kind string `yaml:"kind"`
+	// FHIRChanges and CRMChanges name the two queues.
+	FHIRChanges string           `yaml:"fhir_changes"`
+	CRMChanges  string           `yaml:"crm_changes"`
+	ServiceBus  ServiceBusConfig `yaml:"service_bus"`
+}
+
+// ServiceBusConfig is how to reach Azure Service Bus: a connection string,
+// or a namespace with an Entra ID credential.
+type ServiceBusConfig struct {
+	ConnectionString string `yaml:"connection_string" secret:"true"`
+	// Namespace is the fully qualified name, e.g. contoso.servicebus.windows.net.
+	Namespace string           `yaml:"namespace"`
+	Auth      CredentialConfig `yaml:"auth"`
+}
+
+// CredentialConfig selects an azidentity credential.
+type CredentialConfig struct {
+	// Method is "default" (DefaultAzureCredential), "managed_identity",
+	// "client_secret", "bearer" (a static token) or "none".
+	Method       string `yaml:"method"`
+	TenantID     string `yaml:"tenant_id"`
+	ClientID     string `yaml:"client_id"`
+	ClientSecret string `yaml:"client_secret" secret:"true"`
+	Token        string `yaml:"token" secret:"true"`
+}
+
+// EndpointConfig is a FHIR server or a Dataverse environment.
+type EndpointConfig struct {
+	// BaseURL is the FHIR base (https://ws-fhir.fhir.azurehealthcareapis.com)
+	// or the Dataverse org (https://org.crm.dynamics.com). Empty runs the
+	// built-in sandbox.
+	BaseURL string           `yaml:"base_url"`
+	Auth    CredentialConfig `yaml:"auth"`
+	Timeout Duration         `yaml:"timeout"`
+}
+
+// Duration is a time.Duration written as "30s", "5m" in YAML and env.
+type Duration time.Duration
+
+// UnmarshalYAML reads a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (use e.g. 30s, 5m)", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes a Go duration string.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// defaultConfig is what runs with no configuration at all.
+func defaultConfig() Config {
+	return Config{
+		DataDir:         "data",
+		Listen:          "127.0.0.1:8080",
+		Log:             LogConfig{Format: "text", Level: "info"},
+		ShutdownTimeout: Duration(30 * time.Second),
+		Queue:           QueueConfig{Kind: "embedded", FHIRChanges: "fhir-changes", CRMChanges: "crm-changes"},
+		FHIR:            EndpointConfig{Timeout: Duration(30 * time.Second), Auth: CredentialConfig{Method: "none"}},
+		CRM:             EndpointConfig{Timeout: Duration(30 * time.Second), Auth: CredentialConfig{Method: "none"}},
+	}
+}
+
+// ConfigError lists every problem found while loading and validating.
+type ConfigError struct{ Problems []string }
+
+func (e *ConfigError) Error() string {
+	return "invalid configuration:\n  - " + strings.Join(e.Problems, "\n  - ")
+}
+
+// loadConfig reads path (optional) and the environment, then validates.
+func loadConfig(path string, getenv func(string) string) (Config, error) {
+	cfg := defaultConfig()
+	var probs []string
+	if path != "" {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return cfg, &ConfigError{[]string{fmt.Sprintf("reading config file: %v", err)}}
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(raw))
+		dec.KnownFields(true)
+		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+			var te *yaml.TypeError
+			if errors.As(err, &te) {
+				for _, m := range te.Errors {
+					probs = append(probs, path+": "+m)
+				}
+			} else {
+				probs = append(probs, fmt.Sprintf("%s: %v", path, err))
+			}
+		}
+	}
+	probs = append(probs, applyEnv(reflect.ValueOf(&cfg).Elem(), "FHIRSYNC", getenv)...)
+	probs = append(probs, cfg.Validate()...)
+	if len(probs) > 0 {
+		return cfg, &ConfigError{Problems: probs}
+	}
+	return cfg, nil
+}
+
+// applyEnv overlays FHIRSYNC_… variables onto the struct v.
+func applyEnv(v reflect.Value, prefix string, getenv func(string) string) []string {
+	var probs []string
+	t := v.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
+		if tag == "" || tag == "-" {
+			continue
+		}
+		name := prefix + "_" + strings.ToUpper(tag)
+		fv := v.Field(i)
+		if fv.Kind() == reflect.Struct && f.Type != reflect.TypeOf(Duration(0)) {
+			probs = append(probs, applyEnv(fv, name, getenv)...)
+			continue
+		}
+		val, set := getenv(name), getenv(name) != ""
+		if f.Tag.Get("secret") == "true" {
+			if file := getenv(name + "_FILE"); file != "" {
+				if set {
+					probs = append(probs, fmt.Sprintf("%s and %s_FILE are both set; use one", name, name))
+					continue
+				}
+				b, err := os.ReadFile(file)
+				if err != nil {
+					probs = append(probs, fmt.Sprintf("%s_FILE: %v", name, err))
+					continue
+				}
+				val, set = strings.TrimRight(string(b), "\r\n"), true
+			}
+		}
+		if !set {
+			continue
+		}
+		if err := setScalar(fv, val); err != nil {
+			probs = append(probs, fmt.Sprintf("%s: %v", name, err))
+		}
+	}
+	return probs
+}
+
+func setScalar(fv reflect.Value, s string) error {
+	switch {
+	case fv.Type() == reflect.TypeOf(Duration(0)):
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf("%q is not a duration (use e.g. 30s, 5m)", s)
+		}
+		fv.SetInt(int64(d))
+	case fv.Kind() == reflect.String:
+		fv.SetString(s)
+	case fv.Kind() == reflect.Int:
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return fmt.Errorf("%q is not an integer", s)
+		}
+		fv.SetInt(int64(n))
+	case fv.Kind() == reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", s)
+		}
+		fv.SetBool(b)
+	default:
+		return fmt.Errorf("cannot be set from the environment")
+	}
+	return nil
+}
+
+// Validate reports every problem at once, each naming its key.
+func (c Config) Validate() []string {
+	var p []string
+	bad := func(key, format string, args ...any) { p = append(p, key+": "+fmt.Sprintf(format, args...)) }
+	if c.DataDir == "" {
+		bad("data_dir", "must not be empty")
+	}
+	if _, port, err := net.SplitHostPort(c.Listen); err != nil {
+		bad("listen", "%q is not host:port", c.Listen)
+	} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		bad("listen", "port %q is not a number between 0 and 65535", port)
+	}
+	if u := c.Database.URL; u != "" && !hasAnyPrefix(u, "postgres://", "postgresql://", "sqlite:", "file:") {
+		bad("database.url", "must start with postgres://, postgresql://, sqlite: or file:")
+	}
+	if c.Database.MaxOpenConns < 0 {
+		bad("database.max_open_conns", "must not be negative")
+	}
+	if !slices.Contains([]string{"text", "json"}, c.Log.Format) {
+		bad("log.format", "%q is not text or json", c.Log.Format)
+	}
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
+		bad("log.level", "%q is not debug, info, warn or error", c.Log.Level)
+	}
+	if c.ShutdownTimeout <= 0 {
+		bad("shutdown_timeout", "must be positive")
+	}
+	switch c.Queue.Kind {
+	case "embedded":
+	case "servicebus":
+		sb := c.Queue.ServiceBus
+		if (sb.ConnectionString == "") == (sb.Namespace == "") {
+			bad("queue.service_bus", "set exactly one of connection_string and namespace")
+		}
+		if sb.Namespace != "" {
+			p = append(p, c.Queue.ServiceBus.Auth.validate("queue.service_bus.auth", false)...)
+		}
+	default:
+		bad("queue.kind", "%q is not embedded or servicebus", c.Queue.Kind)
+	}
+	if c.Queue.FHIRChanges == "" || c.Queue.CRMChanges == "" || c.Queue.FHIRChanges == c.Queue.CRMChanges {
+		bad("queue", "fhir_changes and crm_changes must be two different non-empty names")
+	}
+	for key, ep := range map[string]EndpointConfig{"fhir": c.FHIR, "crm": c.CRM} {
+		if ep.BaseURL != "" && !hasAnyPrefix(ep.BaseURL, "https://", "http://") {
+			bad(key+".base_url", "must be an http(s) URL")
+		}
+		if ep.Timeout <= 0 {
+			bad(key+".timeout", "must be positive")
+		}
+		p = append(p, ep.Auth.validate(key+".auth", true)...)
+	}
+	slices.Sort(p)
+	return p
+}
+
+func (a CredentialConfig) validate(key string, allowStatic bool) []string {
+	var p []string
+	switch a.Method {
+	case "default", "managed_identity":
+	case "client_secret":
+		if a.TenantID == "" || a.ClientID == "" || a.ClientSecret == "" {
+			p = append(p, key+": client_secret needs tenant_id, client_id and client_secret")
+		}
+	case "bearer":
+		if !allowStatic {
+			p = append(p, key+": bearer is not supported here")
+		} else if a.Token == "" {
+			p = append(p, key+".token: required for bearer")
+		}
+	case "none":
+		if !allowStatic {
+			p = append(p, key+": none is not supported here")
+		}
+	default:
+		p = append(p, fmt.Sprintf("%s.method: %q is not default, managed_identity, client_secret, bearer or none", key, a.Method))
+	}
+	return p
+}
+
+func hasAnyPrefix(s string, prefixes ...string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
+}
