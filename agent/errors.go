@@ -1,0 +1,97 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/fhirsync/fhirsync/logs"
+)
+
+// Endpoint error classes, as the endpoint adapters report them.
+const (
+	classRejected     = "rejected"         // 4xx: the target refused the request as sent
+	classConflict     = "conflict"         // 409/412: optimistic concurrency lost
+	classUnauthorized = "unauthorized"     // 401/403: never a success
+	classThrottled    = "throttled"        // 429
+	classUnavailable  = "unavailable"      // 5xx, network, timeout
+	classNotFound     = "not_found"        // 404/410 where a record was expected
+	classInvalid      = "invalid_response" // a body that is not what the API promises
+)
+
+// endpointError is a failure talking to the FHIR server or the CRM, with
+// the class that decides its reason code. Adapters build it from the
+// clients' own error types; the raw text stays in err (it may quote the
+// server and is not logged).
+type endpointError struct {
+	class  string
+	status int
+	err    error
+}
+
+func (e *endpointError) Error() string {
+	if e.status > 0 {
+		return fmt.Sprintf("%s (HTTP %d): %v", e.class, e.status, e.err)
+	}
+	return fmt.Sprintf("%s: %v", e.class, e.err)
+}
+
+func (e *endpointError) Unwrap() error { return e.err }
+
+// mappingError names the attribute map that failed.
+type mappingError struct {
+	attribute string
+	err       error
+}
+
+func (e *mappingError) Error() string { return "attribute map " + e.attribute + ": " + e.err.Error() }
+func (e *mappingError) Unwrap() error { return e.err }
+
+// reasonForError maps a failure to its reason code. Unclassified errors
+// (the database, a bug) count as unavailable and are retried.
+func reasonForError(err error) (logs.ReasonCode, bool) {
+	var ee *endpointError
+	if errors.As(err, &ee) {
+		switch ee.class {
+		case classUnauthorized:
+			return "unauthorized", false
+		case classThrottled:
+			return "throttled", true
+		case classUnavailable:
+			return "unavailable", true
+		case classConflict:
+			return "target_conflict", true
+		case classRejected, classInvalid, classNotFound:
+			return "target_rejected", false
+		}
+	}
+	var me *mappingError
+	if errors.As(err, &me) {
+		return "mapping_error", false
+	}
+	return "unavailable", true
+}
+
+// errorClass is the short, value-free class stored in an attempt.
+func errorClass(err error) string {
+	var ee *endpointError
+	var ne net.Error
+	switch {
+	case err == nil:
+		return ""
+	case errors.As(err, &ee) && ee.status > 0:
+		return fmt.Sprintf("http_%d", ee.status)
+	case errors.As(err, &ee):
+		return ee.class
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.As(err, &ne):
+		return "network"
+	}
+	var me *mappingError
+	if errors.As(err, &me) {
+		return "mapping"
+	}
+	return "internal"
+}

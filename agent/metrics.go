@@ -1,0 +1,57 @@
+package agent
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fhirsync/fhirsync/logs"
+)
+
+// metrics are the agent's Prometheus series.
+type metrics struct {
+	decisions *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+	depth     *prometheus.GaugeVec
+	feedLag   *prometheus.GaugeVec
+	now       func() time.Time
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fhirsync_decisions_total", Help: "Sync decisions by direction, outcome and reason code.",
+		}, []string{"direction", "outcome", "reason"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "fhirsync_sync_latency_seconds",
+			Help:    "Time from the source change to the target write, for sent decisions.",
+			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+		}, []string{"direction"}),
+		depth: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "fhirsync_queue_depth", Help: "Messages in a queue by state (active, scheduled, dead_letter).",
+		}, []string{"queue", "state"}),
+		feedLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "fhirsync_feed_lag_seconds", Help: "Age of the newest change a feed has seen when it last polled.",
+		}, []string{"feed"}),
+		now: time.Now,
+	}
+	if reg != nil {
+		reg.MustRegister(m.decisions, m.latency, m.depth, m.feedLag)
+	}
+	return m
+}
+
+func (m *metrics) observe(d *logs.Decision) {
+	if m == nil {
+		return
+	}
+	m.decisions.WithLabelValues(string(d.Direction), string(d.Outcome), string(d.Reason)).Inc()
+}
+
+// observeLatency records source-change-to-target-write time.
+func (m *metrics) observeLatency(dir logs.Direction, changedAt time.Time) {
+	if m == nil || changedAt.IsZero() {
+		return
+	}
+	m.latency.WithLabelValues(string(dir)).Observe(m.now().Sub(changedAt).Seconds())
+}

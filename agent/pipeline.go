@@ -1,0 +1,421 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/fhirsync/fhirsync/logs"
+	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/queues"
+)
+
+// errGone means the record no longer exists at the source or target (404,
+// 410, or a delete already applied).
+var errGone = errors.New("record gone")
+
+// record is one side's current state of a record as the pipeline sees it.
+type record struct {
+	Type    string
+	ID      string
+	Version string         // FHIR versionId or CRM ETag / versionnumber
+	Data    map[string]any // generic JSON; never logged
+	// Keys are business keys for the sync log (hashed there), e.g. MRN.
+	Keys []logs.BusinessKey
+}
+
+// mapped is what a mapping step produced for the target.
+type mapped struct {
+	Data    any      // the target-shaped output, opaque to the pipeline
+	Changed []string // target field names whose values differ; empty = unchanged
+}
+
+// written is the result of a target write.
+type written struct {
+	ID      string
+	Version string
+	Created bool
+}
+
+// sourceSide reads the current state of the record a notice names.
+type sourceSide interface {
+	// read returns errGone when the record does not exist.
+	read(ctx context.Context, em *maps.EntityMap, id string) (record, error)
+}
+
+// targetSide finds, writes and deletes the correlated target record.
+type targetSide interface {
+	// find returns the correlated target record, or errGone if none.
+	find(ctx context.Context, em *maps.EntityMap, src record, cached *link) (record, error)
+	// write creates or updates the target (cur is nil to create).
+	write(ctx context.Context, em *maps.EntityMap, src record, cur *record, out mapped) (written, error)
+	// remove deletes the target record.
+	remove(ctx context.Context, em *maps.EntityMap, cur record) error
+}
+
+// flow is one direction of the pipeline.
+type flow struct {
+	dir      logs.Direction
+	side     queues.Side // where changes come from
+	targetOf string      // "crm" or "fhir", for own-write records
+	source   sourceSide
+	target   targetSide
+	// mapFor maps src onto the target, given its current state (nil: none).
+	mapFor func(ctx context.Context, set mapSet, em *maps.EntityMap, src record, cur *record) (mapped, error)
+	// gate evaluates the per-record gate and the filter. It returns the
+	// reason and the subject (the filter's name) when the record must not
+	// be sent.
+	gate func(set mapSet, em *maps.EntityMap, src record) (logs.ReasonCode, string, error)
+	// isEcho reports whether src is a version the agent itself wrote.
+	isEcho func(ctx context.Context, n queues.Notice, src record) (bool, error)
+}
+
+// mapSet is the published map set the pipeline needs.
+type mapSet interface {
+	Version() int
+	// entityMap finds the map for a change on side of type typ.
+	entityMap(side queues.Side, typ string) (*maps.EntityMap, bool)
+}
+
+// decisionLog writes and reads decisions.
+type decisionLog interface {
+	Write(ctx context.Context, d *logs.Decision) error
+	Search(ctx context.Context, f logs.Filter, after string, limit int) (logs.Page, error)
+}
+
+// pipeline turns one message into one decision and one settlement.
+type pipeline struct {
+	flows       map[queues.Side]*flow
+	maps        func(ctx context.Context) (mapSet, error)
+	log         decisionLog
+	links       links
+	writes      ownWrites
+	maxAttempts int
+	backoff     Backoff
+	metrics     *metrics
+	plog        *slog.Logger
+	now         func() time.Time
+	// capture returns payload snapshots to attach when capture is on.
+	capture func(src, out any) *logs.Snapshots
+}
+
+// step is the early result of a stage: a decision to record now.
+type step struct {
+	outcome logs.Outcome
+	reason  logs.ReasonCode
+	subject string
+	message string
+	err     error // the error behind a failure, classified
+}
+
+func stop(o logs.Outcome, r logs.ReasonCode, msg string) *step {
+	return &step{outcome: o, reason: r, message: msg}
+}
+
+// handle is the pool's handler: every path returns through finish.
+func (p *pipeline) handle(ctx context.Context, m *queues.Received) settlement {
+	start := p.now()
+	d := &logs.Decision{MessageID: m.ID, Direction: logs.FHIRToCRM}
+	st := p.run(ctx, m, d)
+	return p.finish(ctx, m, d, st, start)
+}
+
+// run executes the stages; it fills d as it learns and returns the step
+// that ends the message.
+func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision) (st *step) {
+	defer func() {
+		if r := recover(); r != nil {
+			p.plog.Error("panic in pipeline", "message_id", m.ID, "panic", fmt.Sprint(r))
+			st = &step{outcome: logs.DeadLettered, reason: logs.ReasonCode("mapping_error"), message: "Processing failed unexpectedly; see the process log.", err: Permanent(fmt.Errorf("panic: %v", r))}
+		}
+	}()
+
+	n, err := queues.DecodeNotice(m.Body)
+	if err != nil {
+		return &step{outcome: logs.DeadLettered, reason: "invalid_message", message: "The message is not a valid change notice: " + err.Error(), err: Permanent(err)}
+	}
+	d.CorrelationID = n.CorrelationID
+	if d.CorrelationID == "" {
+		d.CorrelationID = n.MessageID()
+	}
+	d.Source = logs.Ref{Type: n.Type, ID: n.ID, Version: n.Version}
+	f := p.flows[n.Side]
+	if f == nil {
+		return &step{outcome: logs.DeadLettered, reason: "invalid_message", message: fmt.Sprintf("No flow handles changes from side %q.", n.Side), err: Permanent(errors.New("unknown side"))}
+	}
+	d.Direction = f.dir
+
+	set, err := p.maps(ctx)
+	if err != nil {
+		return &step{outcome: logs.Failed, reason: "unavailable", message: "The published map set could not be loaded.", err: err}
+	}
+	d.MapVersion = set.Version()
+	em, ok := set.entityMap(n.Side, n.Type)
+	if !ok {
+		return stop(logs.Skipped, "no_entity_map", fmt.Sprintf("No published entity map covers %s %s.", n.Side, n.Type))
+	}
+	d.EntityMap = em.Name
+	if em.Enabled != nil && !*em.Enabled {
+		return stop(logs.Skipped, "map_disabled", fmt.Sprintf("Entity map %s is disabled.", em.Name))
+	}
+	fl := em.FHIRToCRM
+	if n.Side == queues.SideCRM {
+		fl = em.CRMToFHIR
+	}
+	if !fl.Enabled {
+		return stop(logs.Skipped, "direction_off", fmt.Sprintf("Entity map %s does not sync %s.", em.Name, f.dir))
+	}
+
+	src, err := f.source.read(ctx, em, n.ID)
+	gone := errors.Is(err, errGone)
+	if err != nil && !gone {
+		return p.failure("reading the source record", err)
+	}
+	if !gone {
+		d.Source.Version = src.Version
+		d.BusinessKeys = src.Keys
+	}
+	if gone || n.Event == queues.EventDeleted {
+		return p.deleteTarget(ctx, f, em, fl, n, d, gone)
+	}
+
+	if echo, err := f.isEcho(ctx, n, src); err != nil {
+		return p.failure("checking for an own write", err)
+	} else if echo {
+		return stop(logs.Skipped, "own_write_echo", "This version was written by fhirsync itself; its echo is not synced back.")
+	}
+	if st := p.staleCheck(ctx, f, em, n, src); st != nil {
+		return st
+	}
+	if reason, subject, err := f.gate(set, em, src); err != nil {
+		return &step{outcome: logs.DeadLettered, reason: "mapping_error", subject: subject, message: "The filter could not be evaluated.", err: Permanent(err)}
+	} else if reason != "" {
+		st := stop(logs.Skipped, reason, "")
+		st.subject = subject
+		if reason == "filtered" {
+			st.message = fmt.Sprintf("Filter %s excluded the record.", subject)
+		} else {
+			st.message = "The record's sync gate is off."
+		}
+		return st
+	}
+
+	cached := p.cachedLink(ctx, f, em, src.ID)
+	cur, err := f.target.find(ctx, em, src, cached)
+	var curp *record
+	switch {
+	case errors.Is(err, errGone):
+	case err != nil:
+		return p.failure("reading the target record", err)
+	default:
+		curp = &cur
+		d.Target = logs.Ref{Type: cur.Type, ID: cur.ID, Version: cur.Version}
+	}
+	op := maps.OpUpdate
+	if curp == nil {
+		op = maps.OpCreate
+	}
+	if !fl.Allows(op) {
+		return stop(logs.Skipped, "operation_off", fmt.Sprintf("Entity map %s does not allow %s in this direction.", em.Name, op))
+	}
+
+	out, err := f.mapFor(ctx, set, em, src, curp)
+	if err != nil {
+		var me *mappingError
+		subject := ""
+		if errors.As(err, &me) {
+			subject = me.attribute
+		}
+		if !IsPermanent(err) && !errors.As(err, &me) {
+			return p.failure("resolving a lookup", err)
+		}
+		return &step{outcome: logs.DeadLettered, reason: "mapping_error", subject: subject,
+			message: fmt.Sprintf("Mapping failed at %s.", orUnknown(subject)), err: Permanent(err)}
+	}
+	d.ChangedFields = out.Changed
+	if curp != nil && len(out.Changed) == 0 {
+		p.saveLink(ctx, f, em, src, *curp)
+		return stop(logs.Skipped, "unchanged", "No mapped value differs at the target.")
+	}
+	if p.capture != nil {
+		d.Snapshots = p.capture(src.Data, out.Data)
+	}
+	w, err := f.target.write(ctx, em, src, curp, out)
+	if err != nil {
+		return p.failure("writing the target record", err)
+	}
+	if err := p.writes.remember(ctx, f.targetOf, targetType(em, f), w.ID, w.Version); err != nil {
+		p.plog.Warn("own write not remembered; its echo may sync back once", "error", err)
+	}
+	d.Target = logs.Ref{Type: targetType(em, f), ID: w.ID, Version: w.Version}
+	p.saveLink(ctx, f, em, src, record{ID: w.ID, Version: w.Version})
+	p.metrics.observeLatency(f.dir, n.ChangedAt)
+	if w.Created {
+		return stop(logs.Sent, "created", fmt.Sprintf("Created %s %s.", targetType(em, f), w.ID))
+	}
+	return stop(logs.Sent, "updated", fmt.Sprintf("Updated %d field(s) of %s %s.", len(out.Changed), targetType(em, f), w.ID))
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "an unnamed attribute map"
+	}
+	return "attribute map " + s
+}
+
+// deleteTarget handles a source that is gone or a delete notice.
+func (p *pipeline) deleteTarget(ctx context.Context, f *flow, em *maps.EntityMap, fl maps.Flow, n queues.Notice, d *logs.Decision, gone bool) *step {
+	if !gone {
+		// A delete notice for a record that still exists is out of date:
+		// the record came back (or the notice is stale).
+		return stop(logs.Skipped, "stale_version", "A delete was announced but the record exists; the newer state wins.")
+	}
+	cached := p.cachedLink(ctx, f, em, n.ID)
+	cur, err := f.target.find(ctx, em, record{Type: n.Type, ID: n.ID}, cached)
+	if errors.Is(err, errGone) {
+		return stop(logs.Skipped, "source_gone", "The source record no longer exists and nothing is correlated at the target.")
+	}
+	if err != nil {
+		return p.failure("reading the target record", err)
+	}
+	d.Target = logs.Ref{Type: cur.Type, ID: cur.ID, Version: cur.Version}
+	if !fl.Allows(maps.OpDelete) {
+		return stop(logs.Skipped, "operation_off", fmt.Sprintf("Entity map %s does not propagate deletes in this direction.", em.Name))
+	}
+	if err := f.target.remove(ctx, em, cur); err != nil && !errors.Is(err, errGone) {
+		return p.failure("deleting the target record", err)
+	}
+	if f.side == queues.SideFHIR {
+		_ = p.links.remove(ctx, em.Name, n.ID)
+	} else if l, err := p.links.byCRM(ctx, em.Name, n.ID); err == nil {
+		_ = p.links.remove(ctx, em.Name, l.FHIRID)
+	}
+	return stop(logs.Sent, "deleted", fmt.Sprintf("Deleted %s %s.", cur.Type, cur.ID))
+}
+
+// staleCheck skips a notice about an older version when the record's
+// current version was already synced: an out-of-order or duplicate notice.
+func (p *pipeline) staleCheck(ctx context.Context, f *flow, em *maps.EntityMap, n queues.Notice, src record) *step {
+	if n.Version == "" || n.Version == src.Version {
+		return nil
+	}
+	l := p.cachedLink(ctx, f, em, src.ID)
+	if l == nil {
+		return nil
+	}
+	synced := l.FHIRVersion
+	if f.side == queues.SideCRM {
+		synced = l.CRMVersion
+	}
+	if synced == src.Version {
+		return stop(logs.Skipped, "stale_version", "The notice names an older version; the current version was already synced.")
+	}
+	return nil
+}
+
+func (p *pipeline) cachedLink(ctx context.Context, f *flow, em *maps.EntityMap, srcID string) *link {
+	var l link
+	var err error
+	if f.side == queues.SideFHIR {
+		l, err = p.links.byFHIR(ctx, em.Name, srcID)
+	} else {
+		l, err = p.links.byCRM(ctx, em.Name, srcID)
+	}
+	if err != nil {
+		return nil
+	}
+	return &l
+}
+
+func (p *pipeline) saveLink(ctx context.Context, f *flow, em *maps.EntityMap, src, tgt record) {
+	l := link{EntityMap: em.Name, FHIRType: em.FHIRType, CRMEntity: em.CRMEntity}
+	if f.side == queues.SideFHIR {
+		l.FHIRID, l.FHIRVersion, l.CRMID = src.ID, src.Version, tgt.ID
+		if old, err := p.links.byFHIR(ctx, em.Name, src.ID); err == nil {
+			l.CRMVersion = old.CRMVersion
+		}
+	} else {
+		l.CRMID, l.CRMVersion, l.FHIRID = src.ID, src.Version, tgt.ID
+		if old, err := p.links.byCRM(ctx, em.Name, src.ID); err == nil {
+			l.FHIRVersion = old.FHIRVersion
+		}
+	}
+	if l.FHIRID == "" || l.CRMID == "" {
+		return
+	}
+	if err := p.links.save(ctx, l); err != nil {
+		p.plog.Warn("correlation link not saved; it will be rebuilt from the records' keys", "entity_map", em.Name, "error", err)
+	}
+}
+
+func targetType(em *maps.EntityMap, f *flow) string {
+	if f.targetOf == "crm" {
+		return em.CRMEntity
+	}
+	return em.FHIRType
+}
+
+// failure classifies an endpoint error into a step: retryable errors
+// become failed (retried), permanent ones dead-lettered.
+func (p *pipeline) failure(doing string, err error) *step {
+	reason, _ := reasonForError(err)
+	outcome := logs.Failed
+	if IsPermanent(err) {
+		outcome = logs.DeadLettered
+	}
+	return &step{outcome: outcome, reason: reason, message: "Failed " + doing + ": " + errorClass(err) + ".", err: err}
+}
+
+// finish records the decision and chooses the settlement — the one place
+// both happen.
+func (p *pipeline) finish(ctx context.Context, m *queues.Received, d *logs.Decision, st *step, start time.Time) settlement {
+	d.Outcome, d.Reason, d.ReasonSubject, d.Message = st.outcome, st.reason, st.subject, st.message
+	attempt := logs.Attempt{At: p.now().UTC()}
+	if st.err != nil {
+		attempt.ErrorClass = errorClass(st.err)
+		attempt.Retryable = !IsPermanent(st.err)
+	}
+	var s settlement
+	switch {
+	case st.outcome == logs.Failed && m.DeliveryCount >= p.maxAttempts:
+		d.Outcome, d.Reason = logs.DeadLettered, "attempts_exhausted"
+		d.Message = fmt.Sprintf("Gave up after %d attempts; the last one failed with %s (%s).", m.DeliveryCount, st.reason, attempt.ErrorClass)
+		s = settlement{kind: settleDeadLetter, reason: "attempts_exhausted", description: d.Message}
+	case st.outcome == logs.Failed:
+		s = settlement{kind: settleAbandon, delay: p.backoff.Delay(m.DeliveryCount, st.err)}
+	case st.outcome == logs.DeadLettered:
+		s = settlement{kind: settleDeadLetter, reason: string(st.reason), description: d.Message}
+	default:
+		s = settlement{kind: settleComplete}
+	}
+	d.Attempts = append(p.previousAttempts(ctx, m), attempt)
+	d.Duration = p.now().Sub(start)
+	if err := p.log.Write(ctx, d); err != nil {
+		// Without a decision the message must not leave the queue: retry.
+		p.plog.Error("writing the decision failed; the message will be retried", "message_id", m.ID, "error", err)
+		return settlement{kind: settleAbandon, delay: p.backoff.Delay(m.DeliveryCount, err)}
+	}
+	p.metrics.observe(d)
+	return s
+}
+
+// previousAttempts collects the attempts recorded by earlier deliveries
+// of the same message, so the final decision shows every try.
+func (p *pipeline) previousAttempts(ctx context.Context, m *queues.Received) []logs.Attempt {
+	if m.DeliveryCount <= 1 {
+		return nil
+	}
+	// Each failed decision carries every attempt before it, so the newest
+	// one is the whole history.
+	page, err := p.log.Search(ctx, logs.Filter{MessageID: m.ID, Outcome: logs.Failed}, "", 1)
+	if err != nil || len(page.Decisions) == 0 {
+		return nil
+	}
+	out := page.Decisions[0].Attempts
+	if len(out) > 90 {
+		out = out[len(out)-90:]
+	}
+	return out
+}

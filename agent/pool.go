@@ -1,0 +1,185 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/fhirsync/fhirsync/queues"
+)
+
+// settlement is how a processed message leaves the queue. The handler
+// decides it; the pool carries it out, in exactly one place.
+type settlement struct {
+	kind        settleKind
+	delay       time.Duration // abandon: visible again after delay
+	reason      string        // dead-letter reason (a reason code)
+	description string        // dead-letter description, no PHI
+}
+
+type settleKind int
+
+const (
+	settleComplete   settleKind = iota // done: remove the message
+	settleAbandon                      // retry later: release the lock
+	settleDeadLetter                   // give up: move to the dead-letter queue
+)
+
+// handler processes one message and says how to settle it. It must not
+// settle the message itself.
+type handler func(ctx context.Context, m *queues.Received) settlement
+
+// pool runs workers that receive from one queue, process and settle.
+type pool struct {
+	name    string
+	q       queues.Queue
+	handle  handler
+	workers int
+	batch   int
+	// lockRenewEvery renews a message's lock while it is processed; zero
+	// disables renewal (a transport that renews on its own).
+	lockRenewEvery time.Duration
+	// drain bounds how long in-flight messages may finish after the pool
+	// is asked to stop; the rest are abandoned.
+	drain time.Duration
+	log   *slog.Logger
+	// onSettleError is told when a settlement fails (the message will be
+	// redelivered; the decision already written stands).
+	onSettleError func(error)
+}
+
+// run receives until ctx ends, then drains.
+func (p *pool) run(ctx context.Context) error {
+	if p.workers <= 0 {
+		p.workers = 4
+	}
+	if p.batch <= 0 {
+		p.batch = p.workers
+	}
+	// Work runs on its own context so a shutdown signal stops receiving at
+	// once but gives in-flight messages the drain period.
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	jobs := make(chan *queues.Received)
+	var wg sync.WaitGroup
+	for range p.workers {
+		wg.Go(func() {
+			for m := range jobs {
+				p.process(workCtx, m)
+			}
+		})
+	}
+	var recvErr error
+	backoff := Backoff{Base: 200 * time.Millisecond, Max: 10 * time.Second}
+	failures := 0
+	for ctx.Err() == nil {
+		msgs, err := p.q.Receive(ctx, p.batch, time.Second)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			if errors.Is(err, queues.ErrClosed) {
+				recvErr = err
+				break
+			}
+			failures++
+			d := backoff.Delay(failures, err)
+			p.log.Warn("receive failed; retrying", "queue", p.name, "error", err, "retry_in", d.String())
+			select {
+			case <-ctx.Done():
+			case <-time.After(d):
+			}
+			continue
+		}
+		failures = 0
+		for i, m := range msgs {
+			select {
+			case jobs <- m:
+			case <-ctx.Done():
+				// Not started: hand the rest back at once.
+				for _, rest := range msgs[i:] {
+					p.settle(workCtx, rest, settlement{kind: settleAbandon})
+				}
+				msgs = nil
+			}
+			if msgs == nil {
+				break
+			}
+		}
+	}
+	close(jobs)
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(p.drain):
+		p.log.Warn("drain period over; abandoning in-flight messages", "queue", p.name, "drain", p.drain.String())
+		cancelWork()
+		<-done
+	}
+	return recvErr
+}
+
+// process handles one message with lock renewal and settles it.
+func (p *pool) process(ctx context.Context, m *queues.Received) {
+	hctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if p.lockRenewEvery > 0 {
+		go p.renew(hctx, m)
+	}
+	s := p.safeHandle(hctx, m)
+	if ctx.Err() != nil && s.kind == settleAbandon {
+		// Shutdown interrupted the work: release without delay so another
+		// process picks it up.
+		s.delay = 0
+	}
+	p.settle(context.WithoutCancel(ctx), m, s)
+}
+
+// safeHandle turns a panic in processing into a dead letter instead of a
+// crashed agent; the stack goes to the process log (no payload values).
+func (p *pool) safeHandle(ctx context.Context, m *queues.Received) (s settlement) {
+	defer func() {
+		if r := recover(); r != nil {
+			p.log.Error("panic while processing a message", "queue", p.name, "message_id", m.ID, "panic", r)
+			s = settlement{kind: settleDeadLetter, reason: "internal_error", description: "processing panicked; see the process log"}
+		}
+	}()
+	return p.handle(ctx, m)
+}
+
+func (p *pool) renew(ctx context.Context, m *queues.Received) {
+	t := time.NewTicker(p.lockRenewEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := p.q.RenewLock(ctx, m); err != nil && ctx.Err() == nil {
+				p.log.Warn("renewing lock failed", "queue", p.name, "message_id", m.ID, "error", err)
+				return
+			}
+		}
+	}
+}
+
+func (p *pool) settle(ctx context.Context, m *queues.Received, s settlement) {
+	var err error
+	switch s.kind {
+	case settleComplete:
+		err = p.q.Complete(ctx, m)
+	case settleAbandon:
+		err = p.q.Abandon(ctx, m, s.delay)
+	case settleDeadLetter:
+		err = p.q.DeadLetter(ctx, m, s.reason, s.description)
+	}
+	if err != nil {
+		p.log.Warn("settling message failed; it will be delivered again", "queue", p.name, "message_id", m.ID, "error", err)
+		if p.onSettleError != nil {
+			p.onSettleError(err)
+		}
+	}
+}
