@@ -128,13 +128,13 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 	defer func() {
 		if r := recover(); r != nil {
 			p.plog.Error("panic in pipeline", "message_id", m.ID, "panic", fmt.Sprint(r))
-			st = &step{outcome: logs.DeadLettered, reason: logs.ReasonCode("mapping_error"), message: "Processing failed unexpectedly; see the process log.", err: Permanent(fmt.Errorf("panic: %v", r))}
+			st = &step{outcome: logs.OutcomeDeadLettered, reason: logs.ReasonCode("mapping_error"), message: "Processing failed unexpectedly; see the process log.", err: Permanent(fmt.Errorf("panic: %v", r))}
 		}
 	}()
 
 	n, err := queues.DecodeNotice(m.Body)
 	if err != nil {
-		return &step{outcome: logs.DeadLettered, reason: "invalid_message", message: "The message is not a valid change notice: " + err.Error(), err: Permanent(err)}
+		return &step{outcome: logs.OutcomeDeadLettered, reason: "invalid_message", message: "The message is not a valid change notice: " + err.Error(), err: Permanent(err)}
 	}
 	d.CorrelationID = n.CorrelationID
 	if d.CorrelationID == "" {
@@ -143,29 +143,29 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 	d.Source = logs.Ref{Type: n.Type, ID: n.ID, Version: n.Version}
 	f := p.flows[n.Side]
 	if f == nil {
-		return &step{outcome: logs.DeadLettered, reason: "invalid_message", message: fmt.Sprintf("No flow handles changes from side %q.", n.Side), err: Permanent(errors.New("unknown side"))}
+		return &step{outcome: logs.OutcomeDeadLettered, reason: "invalid_message", message: fmt.Sprintf("No flow handles changes from side %q.", n.Side), err: Permanent(errors.New("unknown side"))}
 	}
 	d.Direction = f.dir
 
 	set, err := p.maps(ctx)
 	if err != nil {
-		return &step{outcome: logs.Failed, reason: "unavailable", message: "The published map set could not be loaded.", err: err}
+		return &step{outcome: logs.OutcomeFailed, reason: "unavailable", message: "The published map set could not be loaded.", err: err}
 	}
 	d.MapVersion = set.Version()
 	em, ok := set.entityMap(n.Side, n.Type)
 	if !ok {
-		return stop(logs.Skipped, "no_entity_map", fmt.Sprintf("No published entity map covers %s %s.", n.Side, n.Type))
+		return stop(logs.OutcomeSkipped, "no_entity_map", fmt.Sprintf("No published entity map covers %s %s.", n.Side, n.Type))
 	}
 	d.EntityMap = em.Name
 	if em.Enabled != nil && !*em.Enabled {
-		return stop(logs.Skipped, "map_disabled", fmt.Sprintf("Entity map %s is disabled.", em.Name))
+		return stop(logs.OutcomeSkipped, "map_disabled", fmt.Sprintf("Entity map %s is disabled.", em.Name))
 	}
 	fl := em.FHIRToCRM
 	if n.Side == queues.SideCRM {
 		fl = em.CRMToFHIR
 	}
 	if !fl.Enabled {
-		return stop(logs.Skipped, "direction_off", fmt.Sprintf("Entity map %s does not sync %s.", em.Name, f.dir))
+		return stop(logs.OutcomeSkipped, "direction_off", fmt.Sprintf("Entity map %s does not sync %s.", em.Name, f.dir))
 	}
 
 	src, err := f.source.read(ctx, em, n.ID)
@@ -184,15 +184,15 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 	if echo, err := f.isEcho(ctx, n, src); err != nil {
 		return p.failure("checking for an own write", err)
 	} else if echo {
-		return stop(logs.Skipped, "own_write_echo", "This version was written by fhirsync itself; its echo is not synced back.")
+		return stop(logs.OutcomeSkipped, "own_write_echo", "This version was written by fhirsync itself; its echo is not synced back.")
 	}
 	if st := p.staleCheck(ctx, f, em, n, src); st != nil {
 		return st
 	}
 	if reason, subject, err := f.gate(set, em, src); err != nil {
-		return &step{outcome: logs.DeadLettered, reason: "mapping_error", subject: subject, message: "The filter could not be evaluated.", err: Permanent(err)}
+		return &step{outcome: logs.OutcomeDeadLettered, reason: "mapping_error", subject: subject, message: "The filter could not be evaluated.", err: Permanent(err)}
 	} else if reason != "" {
-		st := stop(logs.Skipped, reason, "")
+		st := stop(logs.OutcomeSkipped, reason, "")
 		st.subject = subject
 		if reason == "filtered" {
 			st.message = fmt.Sprintf("Filter %s excluded the record.", subject)
@@ -218,7 +218,7 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 		op = maps.OpCreate
 	}
 	if !fl.Allows(op) {
-		return stop(logs.Skipped, "operation_off", fmt.Sprintf("Entity map %s does not allow %s in this direction.", em.Name, op))
+		return stop(logs.OutcomeSkipped, "operation_off", fmt.Sprintf("Entity map %s does not allow %s in this direction.", em.Name, op))
 	}
 
 	out, err := f.mapFor(ctx, set, em, src, curp)
@@ -231,13 +231,13 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 		if !IsPermanent(err) && !errors.As(err, &me) {
 			return p.failure("resolving a lookup", err)
 		}
-		return &step{outcome: logs.DeadLettered, reason: "mapping_error", subject: subject,
+		return &step{outcome: logs.OutcomeDeadLettered, reason: "mapping_error", subject: subject,
 			message: fmt.Sprintf("Mapping failed at %s.", orUnknown(subject)), err: Permanent(err)}
 	}
 	d.ChangedFields = out.Changed
 	if curp != nil && len(out.Changed) == 0 {
 		p.saveLink(ctx, f, em, src, *curp)
-		return stop(logs.Skipped, "unchanged", "No mapped value differs at the target.")
+		return stop(logs.OutcomeSkipped, "unchanged", "No mapped value differs at the target.")
 	}
 	if p.capture != nil {
 		d.Snapshots = p.capture(src.Data, out.Data)
@@ -253,9 +253,9 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 	p.saveLink(ctx, f, em, src, record{ID: w.ID, Version: w.Version})
 	p.metrics.observeLatency(f.dir, n.ChangedAt)
 	if w.Created {
-		return stop(logs.Sent, "created", fmt.Sprintf("Created %s %s.", targetType(em, f), w.ID))
+		return stop(logs.OutcomeSent, "created", fmt.Sprintf("Created %s %s.", targetType(em, f), w.ID))
 	}
-	return stop(logs.Sent, "updated", fmt.Sprintf("Updated %d field(s) of %s %s.", len(out.Changed), targetType(em, f), w.ID))
+	return stop(logs.OutcomeSent, "updated", fmt.Sprintf("Updated %d field(s) of %s %s.", len(out.Changed), targetType(em, f), w.ID))
 }
 
 func orUnknown(s string) string {
@@ -270,19 +270,19 @@ func (p *pipeline) deleteTarget(ctx context.Context, f *flow, em *maps.EntityMap
 	if !gone {
 		// A delete notice for a record that still exists is out of date:
 		// the record came back (or the notice is stale).
-		return stop(logs.Skipped, "stale_version", "A delete was announced but the record exists; the newer state wins.")
+		return stop(logs.OutcomeSkipped, "stale_version", "A delete was announced but the record exists; the newer state wins.")
 	}
 	cached := p.cachedLink(ctx, f, em, n.ID)
 	cur, err := f.target.find(ctx, em, record{Type: n.Type, ID: n.ID}, cached)
 	if errors.Is(err, errGone) {
-		return stop(logs.Skipped, "source_gone", "The source record no longer exists and nothing is correlated at the target.")
+		return stop(logs.OutcomeSkipped, "source_gone", "The source record no longer exists and nothing is correlated at the target.")
 	}
 	if err != nil {
 		return p.failure("reading the target record", err)
 	}
 	d.Target = logs.Ref{Type: cur.Type, ID: cur.ID, Version: cur.Version}
 	if !fl.Allows(maps.OpDelete) {
-		return stop(logs.Skipped, "operation_off", fmt.Sprintf("Entity map %s does not propagate deletes in this direction.", em.Name))
+		return stop(logs.OutcomeSkipped, "operation_off", fmt.Sprintf("Entity map %s does not propagate deletes in this direction.", em.Name))
 	}
 	if err := f.target.remove(ctx, em, cur); err != nil && !errors.Is(err, errGone) {
 		return p.failure("deleting the target record", err)
@@ -292,7 +292,7 @@ func (p *pipeline) deleteTarget(ctx context.Context, f *flow, em *maps.EntityMap
 	} else if l, err := p.links.byCRM(ctx, em.Name, n.ID); err == nil {
 		_ = p.links.remove(ctx, em.Name, l.FHIRID)
 	}
-	return stop(logs.Sent, "deleted", fmt.Sprintf("Deleted %s %s.", cur.Type, cur.ID))
+	return stop(logs.OutcomeSent, "deleted", fmt.Sprintf("Deleted %s %s.", cur.Type, cur.ID))
 }
 
 // staleCheck skips a notice about an older version when the record's
@@ -310,7 +310,7 @@ func (p *pipeline) staleCheck(ctx context.Context, f *flow, em *maps.EntityMap, 
 		synced = l.CRMVersion
 	}
 	if synced == src.Version {
-		return stop(logs.Skipped, "stale_version", "The notice names an older version; the current version was already synced.")
+		return stop(logs.OutcomeSkipped, "stale_version", "The notice names an older version; the current version was already synced.")
 	}
 	return nil
 }
@@ -361,9 +361,9 @@ func targetType(em *maps.EntityMap, f *flow) string {
 // become failed (retried), permanent ones dead-lettered.
 func (p *pipeline) failure(doing string, err error) *step {
 	reason, _ := reasonForError(err)
-	outcome := logs.Failed
+	outcome := logs.OutcomeFailed
 	if IsPermanent(err) {
-		outcome = logs.DeadLettered
+		outcome = logs.OutcomeDeadLettered
 	}
 	return &step{outcome: outcome, reason: reason, message: "Failed " + doing + ": " + errorClass(err) + ".", err: err}
 }
@@ -379,13 +379,13 @@ func (p *pipeline) finish(ctx context.Context, m *queues.Received, d *logs.Decis
 	}
 	var s settlement
 	switch {
-	case st.outcome == logs.Failed && m.DeliveryCount >= p.maxAttempts:
-		d.Outcome, d.Reason = logs.DeadLettered, "attempts_exhausted"
+	case st.outcome == logs.OutcomeFailed && m.DeliveryCount >= p.maxAttempts:
+		d.Outcome, d.Reason = logs.OutcomeDeadLettered, "attempts_exhausted"
 		d.Message = fmt.Sprintf("Gave up after %d attempts; the last one failed with %s (%s).", m.DeliveryCount, st.reason, attempt.ErrorClass)
 		s = settlement{kind: settleDeadLetter, reason: "attempts_exhausted", description: d.Message}
-	case st.outcome == logs.Failed:
+	case st.outcome == logs.OutcomeFailed:
 		s = settlement{kind: settleAbandon, delay: p.backoff.Delay(m.DeliveryCount, st.err)}
-	case st.outcome == logs.DeadLettered:
+	case st.outcome == logs.OutcomeDeadLettered:
 		s = settlement{kind: settleDeadLetter, reason: string(st.reason), description: d.Message}
 	default:
 		s = settlement{kind: settleComplete}
@@ -409,7 +409,7 @@ func (p *pipeline) previousAttempts(ctx context.Context, m *queues.Received) []l
 	}
 	// Each failed decision carries every attempt before it, so the newest
 	// one is the whole history.
-	page, err := p.log.Search(ctx, logs.Filter{MessageID: m.ID, Outcome: logs.Failed}, "", 1)
+	page, err := p.log.Search(ctx, logs.Filter{MessageID: m.ID, Outcome: logs.OutcomeFailed}, "", 1)
 	if err != nil || len(page.Decisions) == 0 {
 		return nil
 	}

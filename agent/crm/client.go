@@ -1,0 +1,398 @@
+package crm
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+)
+
+// APIPath is the Web API service root below the organisation URL.
+const APIPath = "/api/data/v9.2/"
+
+// AuthMode selects how the client authenticates.
+type AuthMode string
+
+// Authentication modes.
+const (
+	AuthNone            AuthMode = "none"             // no Authorization header (sandbox)
+	AuthBearer          AuthMode = "bearer"           // a static token (sandbox, tests)
+	AuthClientSecret    AuthMode = "client_secret"    // Entra ID app registration
+	AuthManagedIdentity AuthMode = "managed_identity" // Azure managed identity
+	AuthDefault         AuthMode = "default"          // azidentity's default chain
+)
+
+// Limits from the Dataverse service-protection and $batch rules.
+const (
+	// MaxConcurrency is the per-user concurrent request limit.
+	MaxConcurrency = 52
+	// MaxBatchSize is the number of requests one $batch may carry.
+	MaxBatchSize = 1000
+)
+
+// Config configures a Client.
+type Config struct {
+	// URL is the organisation URL, e.g. https://contoso.crm.dynamics.com;
+	// a URL that already contains /api/data/ is used as the service root.
+	URL string
+	// Auth selects the authentication mode; empty means none.
+	Auth AuthMode
+	// Token is the static bearer token for AuthBearer.
+	Token string
+	// TenantID, ClientID and ClientSecret configure AuthClientSecret;
+	// ClientID alone selects a user-assigned managed identity.
+	TenantID     string
+	ClientID     string
+	ClientSecret string
+	// Scope defaults to "<scheme>://<host>/.default" of URL.
+	Scope string
+	// Credential, when set, is used instead of building one from Auth.
+	Credential azcore.TokenCredential
+	// CallerID, when set, is sent as MSCRMCallerID (impersonation).
+	CallerID string
+	// HTTPClient defaults to a client with sensible transport timeouts.
+	HTTPClient *http.Client
+	// Timeout bounds one HTTP attempt; zero means 2 minutes (the Dataverse
+	// request time-out).
+	Timeout time.Duration
+	// MaxConcurrency caps requests in flight; zero means 8, at most 52.
+	MaxConcurrency int
+	// MaxRetries is how many times a throttled or unavailable request is
+	// retried; zero means 5, negative means never.
+	MaxRetries int
+	// MaxRetryWait is the longest Retry-After the client will sleep; a
+	// longer one is returned to the caller as a throttled error. Zero
+	// means 5 minutes.
+	MaxRetryWait time.Duration
+	// BatchSize is the starting number of requests per $batch in
+	// UpsertMany; zero means 100, at most 1000. It adapts to throttling.
+	BatchSize int
+	// PageSize is sent as Prefer: odata.maxpagesize; zero leaves the
+	// server default (5000).
+	PageSize int
+}
+
+// Client talks to one Dataverse organisation. It is safe for concurrent use.
+type Client struct {
+	root      string // service root, ending in "/"
+	http      *http.Client
+	cred      azcore.TokenCredential
+	scope     string
+	static    string
+	callerID  string
+	timeout   time.Duration
+	retries   int
+	retryWait time.Duration
+	pageSize  int
+	sem       chan struct{}
+	batchMax  int
+	batchSize atomic.Int64
+
+	tokMu sync.Mutex
+	tok   azcore.AccessToken
+}
+
+// New validates cfg and builds a client.
+func New(cfg Config) (*Client, error) {
+	var probs []string
+	u, err := url.Parse(cfg.URL)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		probs = append(probs, "URL must be an absolute http(s) URL")
+	}
+	if cfg.MaxConcurrency < 0 || cfg.MaxConcurrency > MaxConcurrency {
+		probs = append(probs, fmt.Sprintf("MaxConcurrency must be between 1 and %d", MaxConcurrency))
+	}
+	if cfg.BatchSize < 0 || cfg.BatchSize > MaxBatchSize {
+		probs = append(probs, fmt.Sprintf("BatchSize must be between 1 and %d", MaxBatchSize))
+	}
+	c := &Client{callerID: cfg.CallerID, timeout: cfg.Timeout, retries: cfg.MaxRetries,
+		retryWait: cfg.MaxRetryWait, pageSize: cfg.PageSize, http: cfg.HTTPClient}
+	switch cfg.Auth {
+	case "", AuthNone:
+	case AuthBearer:
+		if cfg.Token == "" {
+			probs = append(probs, "auth bearer needs Token")
+		}
+		c.static = cfg.Token
+	case AuthClientSecret, AuthManagedIdentity, AuthDefault:
+		if cfg.Credential == nil {
+			cred, err := newCredential(cfg)
+			if err != nil {
+				probs = append(probs, err.Error())
+			}
+			c.cred = cred
+		}
+	default:
+		probs = append(probs, fmt.Sprintf("unknown auth mode %q", cfg.Auth))
+	}
+	if cfg.Credential != nil {
+		c.cred = cfg.Credential
+	}
+	if len(probs) > 0 {
+		return nil, fmt.Errorf("dataverse client config: %s", strings.Join(probs, "; "))
+	}
+	if i := strings.Index(u.Path, "/api/data/"); i >= 0 {
+		c.root = strings.TrimRight(cfg.URL, "/") + "/"
+	} else {
+		c.root = strings.TrimRight(u.Scheme+"://"+u.Host+u.Path, "/") + APIPath
+	}
+	c.scope = cfg.Scope
+	if c.scope == "" {
+		c.scope = u.Scheme + "://" + u.Host + "/.default"
+	}
+	if c.http == nil {
+		c.http = &http.Client{Transport: &http.Transport{
+			Proxy:               http.ProxyFromEnvironment,
+			DialContext:         (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			TLSHandshakeTimeout: 15 * time.Second,
+			MaxIdleConnsPerHost: MaxConcurrency,
+			IdleConnTimeout:     90 * time.Second,
+		}}
+	}
+	if c.timeout == 0 {
+		c.timeout = 2 * time.Minute
+	}
+	if c.retries == 0 {
+		c.retries = 5
+	}
+	if c.retries < 0 {
+		c.retries = 0
+	}
+	if c.retryWait == 0 {
+		c.retryWait = 5 * time.Minute
+	}
+	n := cfg.MaxConcurrency
+	if n == 0 {
+		n = 8
+	}
+	c.sem = make(chan struct{}, n)
+	c.batchMax = cfg.BatchSize
+	if c.batchMax == 0 {
+		c.batchMax = 100
+	}
+	c.batchSize.Store(int64(c.batchMax))
+	return c, nil
+}
+
+func newCredential(cfg Config) (azcore.TokenCredential, error) {
+	switch cfg.Auth {
+	case AuthClientSecret:
+		if cfg.TenantID == "" || cfg.ClientID == "" || cfg.ClientSecret == "" {
+			return nil, errors.New("auth client_secret needs TenantID, ClientID and ClientSecret")
+		}
+		return azidentity.NewClientSecretCredential(cfg.TenantID, cfg.ClientID, cfg.ClientSecret, nil)
+	case AuthManagedIdentity:
+		o := &azidentity.ManagedIdentityCredentialOptions{}
+		if cfg.ClientID != "" {
+			o.ID = azidentity.ClientID(cfg.ClientID)
+		}
+		return azidentity.NewManagedIdentityCredential(o)
+	default:
+		return azidentity.NewDefaultAzureCredential(nil)
+	}
+}
+
+// Root returns the service root URL, ending in "/".
+func (c *Client) Root() string { return c.root }
+
+func (c *Client) authorization(ctx context.Context) (string, error) {
+	if c.static != "" {
+		return "Bearer " + c.static, nil
+	}
+	if c.cred == nil {
+		return "", nil
+	}
+	c.tokMu.Lock()
+	defer c.tokMu.Unlock()
+	if c.tok.Token != "" && time.Until(c.tok.ExpiresOn) > 2*time.Minute {
+		return "Bearer " + c.tok.Token, nil
+	}
+	tok, err := c.cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{c.scope}})
+	if err != nil {
+		return "", &Error{Op: "getting a token", Class: ClassUnauthorized, Err: err}
+	}
+	c.tok = tok
+	return "Bearer " + tok.Token, nil
+}
+
+// call is one HTTP exchange to make.
+type call struct {
+	method string
+	url    string // absolute
+	header http.Header
+	body   []byte
+	// idempotent calls are retried after 5xx and network failures; all
+	// calls are retried after 429, which means "not executed".
+	idempotent bool
+	// noRetry returns throttling to the caller (UpsertMany adapts itself).
+	noRetry bool
+}
+
+type result struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+// send makes the call, retrying what may be retried, and returns a 2xx
+// result or a classified *Error.
+func (c *Client) send(ctx context.Context, op string, cl call) (result, error) {
+	for attempt := 0; ; attempt++ {
+		res, err := c.once(ctx, op, cl)
+		if err == nil {
+			return res, nil
+		}
+		e, ok := AsError(err)
+		if !ok || !e.Retryable || cl.noRetry || attempt >= c.retries {
+			return res, err
+		}
+		if e.Class != ClassThrottled && !cl.idempotent {
+			return res, err
+		}
+		wait := e.RetryAfter
+		if wait == 0 {
+			wait = backoff(attempt)
+		}
+		if wait > c.retryWait {
+			return res, err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return res, fmt.Errorf("%s: waiting to retry: %w", op, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+func backoff(attempt int) time.Duration {
+	d := 200 * time.Millisecond << min(attempt, 6)
+	return d/2 + rand.N(d/2+1)
+}
+
+func (c *Client) once(ctx context.Context, op string, cl call) (result, error) {
+	select {
+	case c.sem <- struct{}{}:
+	case <-ctx.Done():
+		return result{}, fmt.Errorf("%s: %w", op, ctx.Err())
+	}
+	defer func() { <-c.sem }()
+	actx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	var body io.Reader
+	if cl.body != nil {
+		body = bytes.NewReader(cl.body)
+	}
+	req, err := http.NewRequestWithContext(actx, cl.method, cl.url, body)
+	if err != nil {
+		return result{}, &Error{Op: op, Class: ClassRejected, Err: err}
+	}
+	for k, v := range cl.header {
+		req.Header[k] = v
+	}
+	req.Header.Set("OData-Version", "4.0")
+	req.Header.Set("OData-MaxVersion", "4.0")
+	if req.Header.Get("Accept") == "" {
+		req.Header.Set("Accept", "application/json")
+	}
+	if cl.body != nil && req.Header.Get("Content-Type") == "" {
+		req.Header.Set("Content-Type", "application/json; charset=utf-8")
+	}
+	if c.callerID != "" {
+		req.Header.Set("MSCRMCallerID", c.callerID)
+	}
+	auth, err := c.authorization(ctx)
+	if err != nil {
+		return result{}, err
+	}
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return result{}, fmt.Errorf("%s: %w", op, ctx.Err())
+		}
+		return result{}, &Error{Op: op, Class: ClassUnavailable, Retryable: true, Err: err}
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+	if err != nil {
+		if ctx.Err() != nil {
+			return result{}, fmt.Errorf("%s: %w", op, ctx.Err())
+		}
+		return result{}, &Error{Op: op, Status: resp.StatusCode, Class: ClassUnavailable, Retryable: true,
+			Err: fmt.Errorf("reading the response: %w", err)}
+	}
+	res := result{status: resp.StatusCode, header: resp.Header, body: b}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return res, errorFromResponse(op, resp.StatusCode, resp.Header, b)
+	}
+	return res, nil
+}
+
+// decodeJSON decodes a 2xx JSON body, classifying anything else as
+// invalid_response.
+func decodeJSON(op string, res result, out any) error {
+	if !isJSON(res.header.Get("Content-Type")) {
+		return invalidResponse(op, res.status, "expected JSON, got %s", describeBody(res.header, res.body))
+	}
+	dec := json.NewDecoder(bytes.NewReader(res.body))
+	dec.UseNumber()
+	if err := dec.Decode(out); err != nil {
+		return invalidResponse(op, res.status, "decoding the JSON answer: %v", err)
+	}
+	if dec.More() {
+		return invalidResponse(op, res.status, "trailing data after the JSON answer")
+	}
+	return nil
+}
+
+func (c *Client) url(path string, q url.Values) string {
+	u := c.root + path
+	if len(q) > 0 {
+		u += "?" + encodeQuery(q)
+	}
+	return u
+}
+
+// encodeQuery encodes OData system query options keeping "$" and "," readable.
+func encodeQuery(q url.Values) string {
+	s := q.Encode()
+	s = strings.ReplaceAll(s, "%24", "$")
+	s = strings.ReplaceAll(s, "%2C", ",")
+	return s
+}
+
+// sameService reports whether an absolute link (nextLink, deltaLink) points
+// at this client's service root, so a token is never sent elsewhere.
+func (c *Client) sameService(link string) bool {
+	return strings.HasPrefix(link, c.root)
+}
+
+func (c *Client) preferHeader(extra ...string) http.Header {
+	h := http.Header{}
+	prefs := extra
+	if c.pageSize > 0 {
+		prefs = append(prefs, fmt.Sprintf("odata.maxpagesize=%d", c.pageSize))
+	}
+	if len(prefs) > 0 {
+		h.Set("Prefer", strings.Join(prefs, ","))
+	}
+	return h
+}
