@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/fhirsync/fhirsync/logs"
@@ -28,6 +29,11 @@ type record struct {
 
 // mapped is what a mapping step produced for the target.
 type mapped struct {
+	// Filtered names the filter that excluded the record; nothing else is
+	// set then.
+	Filtered string
+	// Gated names the per-record gate that is off for this record.
+	Gated   string
 	Data    any      // the target-shaped output, opaque to the pipeline
 	Changed []string // target field names whose values differ; empty = unchanged
 }
@@ -62,12 +68,9 @@ type flow struct {
 	targetOf string      // "crm" or "fhir", for own-write records
 	source   sourceSide
 	target   targetSide
-	// mapFor maps src onto the target, given its current state (nil: none).
-	mapFor func(ctx context.Context, set mapSet, em *maps.EntityMap, src record, cur *record) (mapped, error)
-	// gate evaluates the per-record gate and the filter. It returns the
-	// reason and the subject (the filter's name) when the record must not
-	// be sent.
-	gate func(set mapSet, em *maps.EntityMap, src record) (logs.ReasonCode, string, error)
+	// mapFor maps src onto the target, given its current state (nil: none),
+	// evaluating the map's filter and per-record gate on the way.
+	mapFor func(ctx context.Context, m *maps.Mapping, src record, cur *record) (mapped, error)
 	// isEcho reports whether src is a version the agent itself wrote.
 	isEcho func(ctx context.Context, n queues.Notice, src record) (bool, error)
 }
@@ -75,8 +78,10 @@ type flow struct {
 // mapSet is the published map set the pipeline needs.
 type mapSet interface {
 	Version() int
-	// entityMap finds the map for a change on side of type typ.
-	entityMap(side queues.Side, typ string) (*maps.EntityMap, bool)
+	// candidates lists the entity maps covering a change on side of type
+	// typ, in document order. Several maps may share a CRM entity (patient
+	// and practitioner contacts); their filters tell them apart.
+	candidates(side queues.Side, typ string) []*maps.Mapping
 }
 
 // decisionLog writes and reads decisions.
@@ -152,23 +157,34 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 		return &step{outcome: logs.OutcomeFailed, reason: "unavailable", message: "The published map set could not be loaded.", err: err}
 	}
 	d.MapVersion = set.Version()
-	em, ok := set.entityMap(n.Side, n.Type)
-	if !ok {
+	cands := set.candidates(n.Side, n.Type)
+	if len(cands) == 0 {
 		return stop(logs.OutcomeSkipped, "no_entity_map", fmt.Sprintf("No published entity map covers %s %s.", n.Side, n.Type))
 	}
-	d.EntityMap = em.Name
-	if em.Enabled != nil && !*em.Enabled {
-		return stop(logs.OutcomeSkipped, "map_disabled", fmt.Sprintf("Entity map %s is disabled.", em.Name))
+	// The gates that need no record: enabled and direction. With several
+	// candidate maps, those that pass go on to the record's filters.
+	var open []*maps.Mapping
+	var closed *step
+	for _, m := range cands {
+		em := m.Def()
+		fl := flowOf(em, n.Side)
+		switch {
+		case !em.IsEnabled():
+			closed = stop(logs.OutcomeSkipped, "map_disabled", fmt.Sprintf("Entity map %s is disabled.", em.Name))
+		case !fl.Enabled:
+			closed = stop(logs.OutcomeSkipped, "direction_off", fmt.Sprintf("Entity map %s does not sync %s.", em.Name, f.dir))
+		default:
+			open = append(open, m)
+			continue
+		}
+		d.EntityMap = em.Name
 	}
-	fl := em.FHIRToCRM
-	if n.Side == queues.SideCRM {
-		fl = em.CRMToFHIR
+	if len(open) == 0 {
+		return closed
 	}
-	if !fl.Enabled {
-		return stop(logs.OutcomeSkipped, "direction_off", fmt.Sprintf("Entity map %s does not sync %s.", em.Name, f.dir))
-	}
+	d.EntityMap = open[0].Name()
 
-	src, err := f.source.read(ctx, em, n.ID)
+	src, err := f.source.read(ctx, open[0].Def(), n.ID)
 	gone := errors.Is(err, errGone)
 	if err != nil && !gone {
 		return p.failure("reading the source record", err)
@@ -178,7 +194,8 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 		d.BusinessKeys = src.Keys
 	}
 	if gone || n.Event == queues.EventDeleted {
-		return p.deleteTarget(ctx, f, em, fl, n, d, gone)
+		em := open[0].Def()
+		return p.deleteTarget(ctx, f, em, flowOf(em, n.Side), n, d, gone)
 	}
 
 	if echo, err := f.isEcho(ctx, n, src); err != nil {
@@ -186,19 +203,30 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 	} else if echo {
 		return stop(logs.OutcomeSkipped, "own_write_echo", "This version was written by fhirsync itself; its echo is not synced back.")
 	}
-	if st := p.staleCheck(ctx, f, em, n, src); st != nil {
-		return st
-	}
-	if reason, subject, err := f.gate(set, em, src); err != nil {
-		return &step{outcome: logs.OutcomeDeadLettered, reason: "mapping_error", subject: subject, message: "The filter could not be evaluated.", err: Permanent(err)}
-	} else if reason != "" {
-		st := stop(logs.OutcomeSkipped, reason, "")
-		st.subject = subject
-		if reason == "filtered" {
-			st.message = fmt.Sprintf("Filter %s excluded the record.", subject)
-		} else {
-			st.message = "The record's sync gate is off."
+
+	// Choose the map whose filter admits the record.
+	mp := open[0]
+	if len(open) > 1 {
+		var names []string
+		mp = nil
+		for _, c := range open {
+			probe, err := f.mapFor(ctx, c, src, nil)
+			if err == nil && probe.Filtered == "" && probe.Gated == "" {
+				mp = c
+				break
+			}
+			names = append(names, c.Name())
 		}
+		if mp == nil {
+			st := stop(logs.OutcomeSkipped, "filtered", fmt.Sprintf("No entity map's filter admitted the record (tried %s).", strings.Join(names, ", ")))
+			st.subject = strings.Join(names, ",")
+			return st
+		}
+	}
+	em := mp.Def()
+	fl := flowOf(em, n.Side)
+	d.EntityMap = em.Name
+	if st := p.staleCheck(ctx, f, em, n, src); st != nil {
 		return st
 	}
 
@@ -221,7 +249,7 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 		return stop(logs.OutcomeSkipped, "operation_off", fmt.Sprintf("Entity map %s does not allow %s in this direction.", em.Name, op))
 	}
 
-	out, err := f.mapFor(ctx, set, em, src, curp)
+	out, err := f.mapFor(ctx, mp, src, curp)
 	if err != nil {
 		var me *mappingError
 		subject := ""
@@ -233,6 +261,16 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 		}
 		return &step{outcome: logs.OutcomeDeadLettered, reason: "mapping_error", subject: subject,
 			message: fmt.Sprintf("Mapping failed at %s.", orUnknown(subject)), err: Permanent(err)}
+	}
+	if out.Gated != "" {
+		st := stop(logs.OutcomeSkipped, "record_gate_off", fmt.Sprintf("The record's sync gate %s is off.", out.Gated))
+		st.subject = out.Gated
+		return st
+	}
+	if out.Filtered != "" {
+		st := stop(logs.OutcomeSkipped, "filtered", fmt.Sprintf("Filter %s excluded the record.", out.Filtered))
+		st.subject = out.Filtered
+		return st
 	}
 	d.ChangedFields = out.Changed
 	if curp != nil && len(out.Changed) == 0 {
@@ -256,6 +294,13 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 		return stop(logs.OutcomeSent, "created", fmt.Sprintf("Created %s %s.", targetType(em, f), w.ID))
 	}
 	return stop(logs.OutcomeSent, "updated", fmt.Sprintf("Updated %d field(s) of %s %s.", len(out.Changed), targetType(em, f), w.ID))
+}
+
+func flowOf(em *maps.EntityMap, side queues.Side) maps.Flow {
+	if side == queues.SideCRM {
+		return em.CRMToFHIR
+	}
+	return em.FHIRToCRM
 }
 
 func orUnknown(s string) string {

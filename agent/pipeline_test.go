@@ -104,15 +104,37 @@ func (s *fakeSide) remove(_ context.Context, _ *maps.EntityMap, cur record) erro
 	return nil
 }
 
-// fakeSet is a map set with one entity map, Patient ↔ contact.
-type fakeSet struct{ em *maps.EntityMap }
+// fakeSet serves one compiled entity map, Patient ↔ contact, whose
+// definition a test case may change before the message is handled.
+type fakeSet struct{ m *maps.Mapping }
 
 func (f fakeSet) Version() int { return 3 }
-func (f fakeSet) entityMap(side queues.Side, typ string) (*maps.EntityMap, bool) {
-	if (side == queues.SideFHIR && typ == f.em.FHIRType) || (side == queues.SideCRM && typ == f.em.CRMEntity) {
-		return f.em, true
+func (f fakeSet) candidates(side queues.Side, typ string) []*maps.Mapping {
+	em := f.m.Def()
+	if (side == queues.SideFHIR && typ == em.FHIRType) || (side == queues.SideCRM && typ == em.CRMEntity) {
+		return []*maps.Mapping{f.m}
 	}
-	return nil, false
+	return nil
+}
+
+func compileTestMap(t *testing.T) *maps.Mapping {
+	t.Helper()
+	all := []maps.Operation{maps.OpCreate, maps.OpUpdate, maps.OpDelete}
+	doc := &maps.Document{Format: 1, EntityMaps: []maps.EntityMap{{
+		Name: "patient-contact", FHIRType: "Patient", CRMEntity: "contact", CRMEntitySet: "contacts",
+		FHIRToCRM: maps.Flow{Enabled: true, Operations: all}, CRMToFHIR: maps.Flow{Enabled: true, Operations: all},
+		Correlation: maps.Correlation{CRMAttribute: "msemr_azurefhirid", FHIRIdentifierSystem: "urn:fhirsync:crm:contactid"},
+		Attributes:  []maps.AttributeMap{{Name: "family", CRMAttribute: "lastname", CRMType: maps.TypeString, FHIRPath: "name[0].family"}},
+	}}}
+	set, err := maps.Compile(doc, maps.CompileOptions{})
+	if err != nil {
+		t.Fatalf("compiling the test map: %v", err)
+	}
+	m, ok := set.Map("patient-contact")
+	if !ok {
+		t.Fatal("compiled set lacks patient-contact")
+	}
+	return m
 }
 
 type harness struct {
@@ -131,29 +153,28 @@ func newHarness(t *testing.T, db *gorm.DB) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	all := []maps.Operation{maps.OpCreate, maps.OpUpdate, maps.OpDelete}
+	m := compileTestMap(t)
 	h := &harness{
 		fhir: newFakeSide("Patient"),
 		crm:  newFakeSide("contact"),
-		em: &maps.EntityMap{Name: "patient-contact", FHIRType: "Patient", CRMEntity: "contact",
-			FHIRToCRM: maps.Flow{Enabled: true, Operations: all}, CRMToFHIR: maps.Flow{Enabled: true, Operations: all}},
+		em:   m.Def(),
 		logs: store,
 	}
-	mapFor := func(_ context.Context, _ mapSet, _ *maps.EntityMap, src record, cur *record) (mapped, error) {
+	mapFor := func(_ context.Context, _ *maps.Mapping, src record, cur *record) (mapped, error) {
 		if h.mapErr != nil {
 			return mapped{}, h.mapErr
+		}
+		switch h.gate {
+		case "filtered":
+			return mapped{Filtered: "active-only"}, nil
+		case "record_gate_off":
+			return mapped{Gated: "sync-enabled"}, nil
 		}
 		out := map[string]any{"value": src.Data["value"], "peer": src.ID}
 		if cur != nil && cur.Data["value"] == out["value"] {
 			return mapped{Data: out}, nil
 		}
 		return mapped{Data: out, Changed: []string{"value"}}, nil
-	}
-	gate := func(mapSet, *maps.EntityMap, record) (logs.ReasonCode, string, error) {
-		if h.gate == "filtered" {
-			return "filtered", "active-only", nil
-		}
-		return h.gate, "", nil
 	}
 	lk := links{db: db}
 	ow := ownWrites{db: db}
@@ -164,10 +185,10 @@ func newHarness(t *testing.T, db *gorm.DB) *harness {
 	}
 	h.p = &pipeline{
 		flows: map[queues.Side]*flow{
-			queues.SideFHIR: {dir: logs.FHIRToCRM, side: queues.SideFHIR, targetOf: "crm", source: h.fhir, target: h.crm, mapFor: mapFor, gate: gate, isEcho: echo("fhir")},
-			queues.SideCRM:  {dir: logs.CRMToFHIR, side: queues.SideCRM, targetOf: "fhir", source: h.crm, target: h.fhir, mapFor: mapFor, gate: gate, isEcho: echo("crm")},
+			queues.SideFHIR: {dir: logs.FHIRToCRM, side: queues.SideFHIR, targetOf: "crm", source: h.fhir, target: h.crm, mapFor: mapFor, isEcho: echo("fhir")},
+			queues.SideCRM:  {dir: logs.CRMToFHIR, side: queues.SideCRM, targetOf: "fhir", source: h.crm, target: h.fhir, mapFor: mapFor, isEcho: echo("crm")},
 		},
-		maps:        func(context.Context) (mapSet, error) { return fakeSet{h.em}, nil },
+		maps:        func(context.Context) (mapSet, error) { return fakeSet{m}, nil },
 		log:         store,
 		links:       lk,
 		writes:      ow,

@@ -304,7 +304,7 @@ func TestTwoPollersNeverPollAFeedAtOnce(t *testing.T) {
 			put(t, c, "Patient", fmt.Sprintf("p%d", i), nil)
 		}
 		q := &fakeQueue{}
-		const ttl = 1500 * time.Millisecond
+		const ttl = 2 * time.Second
 		pollers := make([]*Poller, 2)
 		for i := range pollers {
 			p, err := NewPoller(PollerConfig{Client: c, DB: db, Queue: q, Types: []string{"Patient"},
