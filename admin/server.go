@@ -20,6 +20,8 @@ type Config struct {
 	Version string
 	// ReadyTimeout bounds one readiness check.
 	ReadyTimeout time.Duration
+	// App configures the admin web app: sign-in, sessions, OIDC.
+	App AppConfig
 }
 
 // Deps are the services the admin app reads.
@@ -51,6 +53,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(deps.Registry, promhttp.HandlerOpts{Registry: deps.Registry}))
+	if err := s.mountApp(cfg.App); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 

@@ -39,9 +39,12 @@ func (e *endpointError) Error() string {
 
 func (e *endpointError) Unwrap() error { return e.err }
 
-// mappingError names the attribute map that failed.
+// mappingError names the attribute map that failed. A retryable one (a
+// lookup whose referenced record has not been synced yet) is tried again
+// later; the others are dead-lettered at once.
 type mappingError struct {
 	attribute string
+	retryable bool
 	err       error
 }
 
@@ -91,6 +94,9 @@ func errorClass(err error) string {
 	}
 	var me *mappingError
 	if errors.As(err, &me) {
+		if me.retryable {
+			return "unresolved_lookup"
+		}
 		return "mapping"
 	}
 	return "internal"

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"unicode/utf8"
 	"time"
 
 	"github.com/fhirsync/fhirsync/logs"
@@ -102,6 +103,11 @@ type pipeline struct {
 	metrics     *metrics
 	plog        *slog.Logger
 	now         func() time.Time
+	// fhirAccount, when set, refuses FHIR events from another service.
+	fhirAccount string
+	// requeue sends the extra notices of a multi-event message back to
+	// the queues, each to get its own decision.
+	requeue func(ctx context.Context, ns []queues.Notice) error
 	// capture returns payload snapshots to attach when capture is on.
 	capture func(src, out any) *logs.Snapshots
 }
@@ -137,9 +143,18 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 		}
 	}()
 
-	n, err := queues.DecodeNotice(m.Body)
+	ns, err := decodeMessage(m.Body, p.fhirAccount)
 	if err != nil {
-		return &step{outcome: logs.OutcomeDeadLettered, reason: "invalid_message", message: "The message is not a valid change notice: " + err.Error(), err: Permanent(err)}
+		return &step{outcome: logs.OutcomeDeadLettered, reason: "invalid_message", message: truncate(describeDecodeError(err), 900), err: Permanent(err)}
+	}
+	n := ns[0]
+	if len(ns) > 1 {
+		if p.requeue == nil {
+			return &step{outcome: logs.OutcomeDeadLettered, reason: "invalid_message", message: fmt.Sprintf("The message carries %d events and this queue cannot split them.", len(ns)), err: Permanent(errors.New("event batch"))}
+		}
+		if err := p.requeue(ctx, ns[1:]); err != nil {
+			return p.failure("re-queuing the other events of a batch", err)
+		}
 	}
 	d.CorrelationID = n.CorrelationID
 	if d.CorrelationID == "" {
@@ -252,15 +267,16 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 	out, err := f.mapFor(ctx, mp, src, curp)
 	if err != nil {
 		var me *mappingError
-		subject := ""
-		if errors.As(err, &me) {
-			subject = me.attribute
+		if !errors.As(err, &me) {
+			return p.failure("mapping the record", err)
 		}
-		if !IsPermanent(err) && !errors.As(err, &me) {
-			return p.failure("resolving a lookup", err)
+		st := &step{outcome: logs.OutcomeDeadLettered, reason: "mapping_error", subject: me.attribute,
+			message: fmt.Sprintf("Mapping failed at %s.", orUnknown(me.attribute)), err: Permanent(err)}
+		if me.retryable {
+			st.outcome, st.err = logs.OutcomeFailed, err
+			st.message = fmt.Sprintf("Mapping is waiting at %s: the referenced record has not been synced yet.", orUnknown(me.attribute))
 		}
-		return &step{outcome: logs.OutcomeDeadLettered, reason: "mapping_error", subject: subject,
-			message: fmt.Sprintf("Mapping failed at %s.", orUnknown(subject)), err: Permanent(err)}
+		return st
 	}
 	if out.Gated != "" {
 		st := stop(logs.OutcomeSkipped, "record_gate_off", fmt.Sprintf("The record's sync gate %s is off.", out.Gated))
@@ -301,6 +317,16 @@ func flowOf(em *maps.EntityMap, side queues.Side) maps.Flow {
 		return em.CRMToFHIR
 	}
 	return em.FHIRToCRM
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }
 
 func orUnknown(s string) string {

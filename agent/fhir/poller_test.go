@@ -17,6 +17,8 @@ import (
 
 	"github.com/fhirsync/fhirsync/queues"
 	"github.com/fhirsync/fhirsync/sandbox/fhirserver"
+	"github.com/fhirsync/fhirsync/sandbox/medplum"
+	"github.com/fhirsync/fhirsync/storage"
 	"github.com/fhirsync/fhirsync/storage/storagetest"
 )
 
@@ -418,5 +420,66 @@ func TestNewPollerValidates(t *testing.T) {
 				t.Errorf("err = %v, wantErr %v", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// TestPollerAgainstMedplum checks the poller on a server with UUID version
+// ids and millisecond clocks of its own.
+func TestPollerAgainstMedplum(t *testing.T) {
+	t.Parallel()
+	base := medplum.Start(t)
+	c, err := New(Config{BaseURL: base, Timeout: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	db := storagetest.Open(t, storage.SQLite)
+	q := &fakeQueue{}
+	p, err := NewPoller(PollerConfig{Client: c, DB: db, Queue: q, Types: []string{"Practitioner"}, Holder: "a", PageSize: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := c.Create(ctx, Resource{"resourceType": "Practitioner", "active": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.Create(ctx, Resource{"resourceType": "Practitioner", "active": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a["active"] = false
+	a2, err := c.Update(ctx, a, a.VersionID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Delete(ctx, "Practitioner", b.ID()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Poll(ctx, "Practitioner"); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, n := range q.notices(t) {
+		if n.ID == a.ID() || n.ID == b.ID() {
+			got = append(got, fmt.Sprintf("%s:%s", n.ID, n.Event))
+			if !uuidVersion.MatchString(n.Version) {
+				t.Errorf("version %q is not the server's UUID", n.Version)
+			}
+		}
+	}
+	want := []string{b.ID() + ":deleted", a.ID() + ":updated", b.ID() + ":created", a.ID() + ":created"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("notices %v, want %v", got, want)
+	}
+	if n := q.notices(t)[1]; n.ID == a.ID() && n.Version != a2.VersionID() {
+		t.Errorf("update notice version %s, want %s", n.Version, a2.VersionID())
+	}
+	q.reset()
+	res, err := p.Poll(ctx, "Practitioner")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Sent != 0 || res.Duplicates < 4 {
+		t.Errorf("second poll: %+v, want nothing sent and the overlap de-duplicated", res)
 	}
 }

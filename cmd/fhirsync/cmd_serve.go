@@ -46,7 +46,10 @@ shutdown_timeout.`)
 		return err
 	}
 	reg := newRegistry()
-	srv, err := admin.New(admin.Config{Version: buildVersion()}, admin.Deps{DB: db, Registry: reg, Logger: log})
+	if err := admin.Bootstrap(ctx, db, log); err != nil {
+		return err
+	}
+	srv, err := admin.New(admin.Config{Version: buildVersion(), App: cfg.Admin}, admin.Deps{DB: db, Registry: reg, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/fhirsync/fhirsync/admin"
 )
 
 // Config is the whole configuration of a fhirsync process. It is loaded from
@@ -36,6 +38,9 @@ type Config struct {
 	Queue           QueueConfig    `yaml:"queue"`
 	FHIR            EndpointConfig `yaml:"fhir"`
 	CRM             EndpointConfig `yaml:"crm"`
+	// Admin configures the admin app: its public URL (https turns on
+	// secure cookies and HSTS), sessions and OIDC sign-in.
+	Admin admin.AppConfig `yaml:"admin"`
 }
 
 // DatabaseConfig selects the project database.
@@ -169,7 +174,7 @@ func applyEnv(v reflect.Value, prefix string, getenv func(string) string) []stri
 		}
 		name := prefix + "_" + strings.ToUpper(tag)
 		fv := v.Field(i)
-		if fv.Kind() == reflect.Struct && f.Type != reflect.TypeOf(Duration(0)) {
+		if fv.Kind() == reflect.Struct {
 			probs = append(probs, applyEnv(fv, name, getenv)...)
 			continue
 		}
@@ -200,7 +205,7 @@ func applyEnv(v reflect.Value, prefix string, getenv func(string) string) []stri
 
 func setScalar(fv reflect.Value, s string) error {
 	switch {
-	case fv.Type() == reflect.TypeOf(Duration(0)):
+	case fv.Type() == reflect.TypeOf(Duration(0)) || fv.Type() == reflect.TypeOf(time.Duration(0)):
 		d, err := time.ParseDuration(s)
 		if err != nil {
 			return fmt.Errorf("%q is not a duration (use e.g. 30s, 5m)", s)
@@ -277,6 +282,11 @@ func (c Config) Validate() []string {
 			bad(key+".timeout", "must be positive")
 		}
 		p = append(p, ep.Auth.validate(key+".auth", true)...)
+	}
+	if err := c.Admin.Validate(); err != nil {
+		for _, line := range strings.Split(err.Error(), "\n") {
+			p = append(p, "admin: "+line)
+		}
 	}
 	slices.Sort(p)
 	return p

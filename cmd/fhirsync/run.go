@@ -24,6 +24,7 @@ func commands() []command {
 		{"migrate", "apply pending database migrations and exit", runMigrate},
 		{"maps", "import, export, validate, test and publish entity maps", runMaps},
 		{"logs", "search, show and export sync decisions; list reason codes", runLogs},
+		{"users", "create, list and change admin app accounts", runUsers},
 		{"version", "print the version", runVersion},
 	}
 }

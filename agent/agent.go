@@ -1,0 +1,343 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"gorm.io/gorm"
+
+	"github.com/fhirsync/fhirsync/logs"
+	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/queues"
+)
+
+// Config tunes the agent. Zero values take the defaults noted.
+type Config struct {
+	// Workers is the number of concurrent messages per queue (default 8).
+	Workers int
+	// MaxAttempts is how many deliveries a retryable failure gets before
+	// it is dead-lettered as attempts_exhausted (default 10). Keep it below
+	// the queue's own maximum delivery count.
+	MaxAttempts int
+	// RetryBase and RetryMax shape the exponential backoff (2s, 5m).
+	RetryBase, RetryMax time.Duration
+	// Drain bounds how long in-flight messages may finish at shutdown (30s).
+	Drain time.Duration
+	// LockRenewEvery renews message locks while processing; zero leaves
+	// renewal to the transport (the Service Bus adapter renews itself).
+	LockRenewEvery time.Duration
+	// CRMUserID is the agent's own application user in the CRM: changes
+	// it initiated are echoes of the agent's writes.
+	CRMUserID string
+	// OwnWriteTTL is how long the versions the agent wrote are remembered
+	// for echo detection (7 days).
+	OwnWriteTTL time.Duration
+	// FHIRAccount, when set, is the FHIR service name whose events are
+	// accepted; events naming another service are invalid messages.
+	FHIRAccount string
+	// DepthEvery is how often queue depth is sampled for metrics (15s).
+	DepthEvery time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.Workers <= 0 {
+		c.Workers = 8
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 10
+	}
+	if c.RetryBase <= 0 {
+		c.RetryBase = 2 * time.Second
+	}
+	if c.RetryMax <= 0 {
+		c.RetryMax = 5 * time.Minute
+	}
+	if c.Drain <= 0 {
+		c.Drain = 30 * time.Second
+	}
+	if c.OwnWriteTTL <= 0 {
+		c.OwnWriteTTL = 7 * 24 * time.Hour
+	}
+	if c.DepthEvery <= 0 {
+		c.DepthEvery = 15 * time.Second
+	}
+	return c
+}
+
+// mapStore publishes the current map set and its changes.
+type mapStore interface {
+	Watch(ctx context.Context) <-chan *maps.Set
+}
+
+// Deps are the services the agent connects.
+type Deps struct {
+	DB          *gorm.DB
+	Maps        mapStore
+	FHIR        fhirAPI
+	CRM         crmAPI
+	Logs        decisionLog
+	FHIRChanges queues.Queue // notices of FHIR changes, synced to the CRM
+	CRMChanges  queues.Queue // notices of CRM changes, synced to FHIR
+	Registry    prometheus.Registerer
+	Logger      *slog.Logger
+	// Capture, when set, returns payload snapshots for a decision (payload
+	// capture on). It receives the source and the mapped output.
+	Capture func(src, out any) *logs.Snapshots
+}
+
+// Agent syncs both directions.
+type Agent struct {
+	cfg     Config
+	deps    Deps
+	pipe    *pipeline
+	current atomic.Pointer[maps.Set]
+	ready   chan struct{}
+	once    sync.Once
+	log     *slog.Logger
+}
+
+// New wires an agent. Run starts it.
+func New(cfg Config, deps Deps) (*Agent, error) {
+	cfg = cfg.withDefaults()
+	if deps.DB == nil || deps.Maps == nil || deps.FHIR == nil || deps.CRM == nil || deps.Logs == nil || deps.FHIRChanges == nil || deps.CRMChanges == nil {
+		return nil, errors.New("agent: DB, Maps, FHIR, CRM, Logs, FHIRChanges and CRMChanges are required")
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.DiscardHandler)
+	}
+	a := &Agent{cfg: cfg, deps: deps, ready: make(chan struct{}), log: deps.Logger}
+	lk, ow := links{db: deps.DB}, ownWrites{db: deps.DB}
+	res := resolver{links: lk, crm: deps.CRM, maps: a.entityMapByName}
+	fs := fhirSide{api: deps.FHIR, crm: deps.CRM, writes: ow}
+	cs := crmSide{api: deps.CRM, writes: ow}
+	a.pipe = &pipeline{
+		flows: map[queues.Side]*flow{
+			queues.SideFHIR: {dir: logs.FHIRToCRM, side: queues.SideFHIR, targetOf: "crm", source: fs, target: cs,
+				mapFor: func(ctx context.Context, m *maps.Mapping, src record, cur *record) (mapped, error) {
+					return mapToCRM(ctx, m, src, cur, res)
+				},
+				isEcho: func(ctx context.Context, n queues.Notice, src record) (bool, error) {
+					return ow.isOwn(ctx, "fhir", src.Type, src.ID, src.Version)
+				}},
+			queues.SideCRM: {dir: logs.CRMToFHIR, side: queues.SideCRM, targetOf: "fhir", source: cs, target: fs,
+				mapFor: func(ctx context.Context, m *maps.Mapping, src record, cur *record) (mapped, error) {
+					return mapToFHIR(ctx, m, src, cur, res)
+				},
+				isEcho: func(ctx context.Context, n queues.Notice, src record) (bool, error) {
+					if cfg.CRMUserID != "" && n.Initiator == cfg.CRMUserID {
+						return true, nil
+					}
+					return ow.isOwn(ctx, "crm", src.Type, src.ID, src.Version)
+				}},
+		},
+		maps:        a.mapSet,
+		log:         deps.Logs,
+		links:       lk,
+		writes:      ow,
+		maxAttempts: cfg.MaxAttempts,
+		backoff:     Backoff{Base: cfg.RetryBase, Max: cfg.RetryMax},
+		metrics:     newMetrics(deps.Registry),
+		plog:        deps.Logger,
+		now:         time.Now,
+		capture:     deps.Capture,
+		fhirAccount: cfg.FHIRAccount,
+		requeue: func(ctx context.Context, ns []queues.Notice) error {
+			for _, n := range ns {
+				msg, err := n.Message()
+				if err != nil {
+					continue // DecodeEvents validated each notice; none fails here
+				}
+				q := deps.FHIRChanges
+				if n.Side == queues.SideCRM {
+					q = deps.CRMChanges
+				}
+				if err := q.Send(ctx, msg); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+	return a, nil
+}
+
+// setView adapts a compiled maps.Set to the pipeline.
+type setView struct{ s *maps.Set }
+
+func (v setView) Version() int { return v.s.Version() }
+func (v setView) candidates(side queues.Side, typ string) []*maps.Mapping {
+	if side == queues.SideFHIR {
+		return v.s.ForFHIR(typ)
+	}
+	return v.s.ForCRM(typ)
+}
+
+// emptySet stands in before anything is published: every notice is
+// skipped as no_entity_map.
+type emptySet struct{}
+
+func (emptySet) Version() int                                   { return 0 }
+func (emptySet) candidates(queues.Side, string) []*maps.Mapping { return nil }
+
+func (a *Agent) mapSet(ctx context.Context) (mapSet, error) {
+	if s := a.current.Load(); s != nil {
+		return setView{s}, nil
+	}
+	return emptySet{}, nil
+}
+
+func (a *Agent) entityMapByName(name string) (*maps.EntityMap, bool) {
+	s := a.current.Load()
+	if s == nil {
+		return nil, false
+	}
+	m, ok := s.Map(name)
+	if !ok {
+		return nil, false
+	}
+	return m.Def(), true
+}
+
+// Run processes both queues until ctx ends, then drains. New map
+// publications take effect without a restart.
+func (a *Agent) Run(ctx context.Context) error {
+	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWatch()
+	sets := a.deps.Maps.Watch(watchCtx)
+	// Take the first published set (if any) before receiving, so the first
+	// messages are not skipped for want of maps.
+	select {
+	case s, ok := <-sets:
+		if ok && s != nil {
+			a.current.Store(s)
+			a.log.Info("map set loaded", "map_version", s.Version())
+		}
+	case <-time.After(2 * time.Second):
+		a.log.Warn("no published map set yet; notices are skipped as no_entity_map until one is published")
+	case <-ctx.Done():
+	}
+	go func() {
+		for s := range sets {
+			if old := a.current.Swap(s); old == nil || old.Version() != s.Version() {
+				a.log.Info("map set changed", "map_version", s.Version())
+			}
+		}
+	}()
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	for name, q := range map[string]queues.Queue{"fhir-changes": a.deps.FHIRChanges, "crm-changes": a.deps.CRMChanges} {
+		p := &pool{name: name, q: q, handle: a.pipe.handle, workers: a.cfg.Workers, batch: a.cfg.Workers * 2,
+			lockRenewEvery: a.cfg.LockRenewEvery, drain: a.cfg.Drain, log: a.log}
+		wg.Go(func() {
+			if err := p.run(ctx); err != nil {
+				errs <- fmt.Errorf("queue %s: %w", name, err)
+			}
+		})
+		wg.Go(func() { a.sampleDepth(ctx, name, q) })
+	}
+	wg.Go(func() { a.pruneOwnWrites(ctx) })
+	a.once.Do(func() { close(a.ready) })
+	wg.Wait()
+	close(errs)
+	return errors.Join(collect(errs)...)
+}
+
+func collect(ch <-chan error) []error {
+	var out []error
+	for e := range ch {
+		out = append(out, e)
+	}
+	return out
+}
+
+// Ready is closed once Run has started its workers.
+func (a *Agent) Ready() <-chan struct{} { return a.ready }
+
+func (a *Agent) sampleDepth(ctx context.Context, name string, q queues.Queue) {
+	t := time.NewTicker(a.cfg.DepthEvery)
+	defer t.Stop()
+	for {
+		if d, err := q.Depth(ctx); err == nil {
+			a.pipe.metrics.depth.WithLabelValues(name, "active").Set(float64(d.Active))
+			a.pipe.metrics.depth.WithLabelValues(name, "scheduled").Set(float64(d.Scheduled))
+			a.pipe.metrics.depth.WithLabelValues(name, "dead_letter").Set(float64(d.DeadLetter))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (a *Agent) pruneOwnWrites(ctx context.Context) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if n, err := a.pipe.writes.prune(ctx, a.cfg.OwnWriteTTL); err != nil {
+				a.log.Warn("pruning own-write records failed", "error", err)
+			} else if n > 0 {
+				a.log.Info("pruned own-write records", "rows", n)
+			}
+		}
+	}
+}
+
+// mapToCRM runs the engine for a FHIR change.
+func mapToCRM(ctx context.Context, m *maps.Mapping, src record, cur *record, r maps.LookupResolver) (mapped, error) {
+	res, err := m.ToCRM(ctx, src.Data, crmState(cur), r)
+	if err != nil {
+		return mapped{}, engineError(err)
+	}
+	if res.Filtered != "" {
+		return mapped{Filtered: res.Filtered}, nil
+	}
+	return mapped{Data: res, Changed: res.Changed}, nil
+}
+
+// mapToFHIR runs the engine for a CRM change onto the current FHIR
+// resource (read-modify-write: everything unmapped is kept).
+func mapToFHIR(ctx context.Context, m *maps.Mapping, src record, cur *record, r maps.LookupResolver) (mapped, error) {
+	var base map[string]any
+	if cur != nil {
+		base = cur.Data
+	}
+	st := crmState(&src)
+	res, err := m.ToFHIR(ctx, *st, base, r)
+	if err != nil {
+		return mapped{}, engineError(err)
+	}
+	if res.Filtered != "" {
+		return mapped{Filtered: res.Filtered}, nil
+	}
+	return mapped{Data: res.Resource, Changed: res.Changed}, nil
+}
+
+// engineError turns a maps.MappingError into the agent's mapping error
+// naming the attribute map; a lookup's endpoint failure stays retryable.
+func engineError(err error) error {
+	var me *maps.MappingError
+	if errors.As(err, &me) {
+		var ee *endpointError
+		if errors.As(err, &ee) {
+			return err
+		}
+		name := me.Attribute
+		if me.Expansion != "" {
+			name = me.Expansion + "." + name
+		}
+		return &mappingError{attribute: name, retryable: errors.Is(err, maps.ErrUnresolvedLookup), err: err}
+	}
+	return err
+}

@@ -1,0 +1,33 @@
+// Package crm is the agent's Dataverse endpoint: a Web API client (OData v4,
+// /api/data/v9.2/), the change-tracking feed that turns CRM changes into
+// change notices, and the decoder for RemoteExecutionContext messages a
+// Dataverse service endpoint posts to a queue.
+//
+// The client (New) does create, retrieve, retrieve-multiple with $select,
+// $filter, $orderby, $top and @odata.nextLink paging, upsert by alternate
+// key with If-Match / If-None-Match / ETags and Prefer:
+// return=representation (201 created, 200 updated), delete, lookups through
+// "nav@odata.bind", $batch with atomic change sets and
+// odata.continue-on-error, change tracking with delta links, WhoAmI and
+// EntityDefinitions metadata. It honours Retry-After on 429, caps requests
+// in flight, retries idempotent requests after 5xx and network failures,
+// and UpsertMany adapts its batch size to throttling. Authentication is
+// azidentity (client secret, managed identity, default chain) with the
+// organisation's "/.default" scope, a static bearer token, or none.
+//
+// Every failure is an *Error with a Class (rejected, conflict,
+// unauthorized, throttled, unavailable, not_found, invalid_response),
+// Retryable and RetryAfter, decided here once. An answer the Web API would
+// not send (an HTML page, truncated JSON, a wrong content type, a missing
+// header) is invalid_response, never a success. Error texts elide quoted
+// values from Dataverse messages, which may hold record data.
+//
+// Feed polls one entity's changes under a database lease and keeps the
+// delta link in feed_checkpoints; an expired token falls back to a full
+// reconcile. DecodeRemoteExecutionContext reads the JSON message format
+// with its WCF quirks and ExecutionContext.Notice builds the notice, with
+// Initiator set so the agent can recognise its own writes.
+//
+// The package does not map records (package maps does) or decide what to
+// do with a notice (package agent does).
+package crm

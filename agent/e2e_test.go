@@ -1,0 +1,276 @@
+package agent_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"gorm.io/gorm"
+
+	"github.com/fhirsync/fhirsync/agent"
+	"github.com/fhirsync/fhirsync/agent/crm"
+	"github.com/fhirsync/fhirsync/agent/fhir"
+	"github.com/fhirsync/fhirsync/logs"
+	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/maps/starter"
+	"github.com/fhirsync/fhirsync/queues"
+	"github.com/fhirsync/fhirsync/queues/embedded"
+	"github.com/fhirsync/fhirsync/sandbox/crmserver"
+	"github.com/fhirsync/fhirsync/sandbox/fhirserver"
+	"github.com/fhirsync/fhirsync/sandbox/synth"
+	"github.com/fhirsync/fhirsync/storage/storagetest"
+)
+
+const (
+	agentUser = "00000000-0000-0000-0000-0000000a6e17"
+	humanUser = "00000000-0000-0000-0000-00000000beef"
+)
+
+// env is a running agent between the sandbox FHIR server and the sandbox
+// CRM, on the embedded queue.
+type env struct {
+	db        *gorm.DB
+	fhirSrv   *fhirserver.Server
+	crmSrv    *crmserver.Server
+	fhir      *fhir.Client // as a clinician editing FHIR
+	crmHuman  *crm.Client  // as a care coordinator editing the CRM
+	logs      *logs.Store
+	poller    *fhir.Poller
+	fhirQ     *embedded.Queue
+	crmQ      *embedded.Queue
+	stop      func()
+}
+
+func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config) *env {
+	t.Helper()
+	ctx := context.Background()
+	e := &env{db: db}
+	var err error
+	if e.fhirQ, err = embedded.New(db, "fhir-changes", embedded.Options{LockDuration: 30 * time.Second, MaxDeliveryCount: 50}); err != nil {
+		t.Fatal(err)
+	}
+	if e.crmQ, err = embedded.New(db, "crm-changes", embedded.Options{LockDuration: 30 * time.Second, MaxDeliveryCount: 50}); err != nil {
+		t.Fatal(err)
+	}
+	if e.fhirSrv, err = fhirserver.New(fhirserver.Options{Seed: 7, Patients: 3}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.fhirSrv.Close() })
+	fhirHTTP := httptest.NewServer(e.fhirSrv)
+	t.Cleanup(fhirHTTP.Close)
+	if e.crmSrv, err = crmserver.New(crmserver.Options{
+		Tokens:   map[string]string{"agent-token": agentUser, "human-token": humanUser},
+		Endpoint: e.crmQ,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	crmHTTP := httptest.NewServer(e.crmSrv)
+	t.Cleanup(crmHTTP.Close)
+
+	if e.fhir, err = fhir.New(fhir.Config{BaseURL: fhirHTTP.URL}); err != nil {
+		t.Fatal(err)
+	}
+	crmAgent, err := crm.New(crm.Config{URL: crmHTTP.URL, Auth: crm.AuthBearer, Token: "agent-token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.crmHuman, err = crm.New(crm.Config{URL: crmHTTP.URL, Auth: crm.AuthBearer, Token: "human-token"}); err != nil {
+		t.Fatal(err)
+	}
+	if e.logs, err = logs.New(db, logs.Config{KeySecret: "ZTJlLXRlc3Qta2V5LXNlY3JldA=="}, nil); err != nil {
+		t.Fatal(err)
+	}
+	ms, err := maps.New(db, maps.Options{PollInterval: 200 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishStarter(t, ms)
+	if e.poller, err = fhir.NewPoller(fhir.PollerConfig{Client: e.fhir, DB: db, Queue: e.fhirQ, Types: []string{"Organization", "Practitioner", "Patient"},
+		Schedule: "@every 1s", Overlap: 5 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	cfg.CRMUserID = agentUser
+	a, err := agent.New(cfg, agent.Deps{DB: db, Maps: ms, FHIR: e.fhir, CRM: crmAgent, Logs: e.logs,
+		FHIRChanges: e.fhirQ, CRMChanges: e.crmQ})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 2)
+	go func() { done <- a.Run(runCtx) }()
+	go func() { done <- e.poller.Run(runCtx) }()
+	<-a.Ready()
+	e.stop = func() {
+		cancel()
+		for range 2 {
+			if err := <-done; err != nil && err != context.Canceled {
+				t.Errorf("stopping: %v", err)
+			}
+		}
+	}
+	t.Cleanup(func() {
+		if e.stop != nil {
+			e.stop()
+		}
+	})
+	return e
+}
+
+func publishStarter(t *testing.T, ms *maps.Store) {
+	t.Helper()
+	doc, _, err := maps.Import(starter.YAML(), maps.CompileOptions{})
+	if err != nil {
+		t.Fatalf("importing the starter maps: %v", err)
+	}
+	ctx := context.Background()
+	v, err := ms.CreateDraft(ctx, doc, "test", "starter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ms.Publish(ctx, v.Number, "test", "starter"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// decisions returns the decisions for a record, newest first.
+func (e *env) decisions(t *testing.T, id string) []logs.Decision {
+	t.Helper()
+	page, err := e.logs.Search(context.Background(), logs.Filter{Record: id}, "", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return page.Decisions
+}
+
+func (e *env) waitDecision(t *testing.T, id string, dir logs.Direction, reason logs.ReasonCode) logs.Decision {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, d := range e.decisions(t, id) {
+			if d.Direction == dir && d.Reason == reason {
+				return d
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var seen []string
+	for _, d := range e.decisions(t, id) {
+		seen = append(seen, fmt.Sprintf("%s/%s/%s(%s)", d.Direction, d.Outcome, d.Reason, d.Message))
+	}
+	all, _ := e.logs.Search(context.Background(), logs.Filter{}, "", 200)
+	var other []string
+	for _, d := range all.Decisions {
+		other = append(other, fmt.Sprintf("%s %s/%s/%s(%s)", d.Source, d.Direction, d.Outcome, d.Reason, d.Message))
+	}
+	t.Fatalf("no %s %s decision for %s within 60s; saw %v\nall decisions:\n%s", dir, reason, id, seen, strings.Join(other, "\n"))
+	return logs.Decision{}
+}
+
+func TestEndToEndEmbeddedQueueAndSandboxes(t *testing.T) {
+	t.Parallel()
+	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
+		e := startEnv(t, db, agent.Config{Workers: 4, RetryBase: 200 * time.Millisecond, RetryMax: time.Second})
+		ctx := context.Background()
+
+		// The FHIR server holds three synthetic patients with their
+		// practitioners and organizations; the history feed finds them all,
+		// and patients whose practitioner is not synced yet wait for it.
+		for i := range 3 {
+			e.waitDecision(t, synth.PatientID(i), logs.FHIRToCRM, "created")
+		}
+		if n := e.crmSrv.Count("contact"); n < 3 {
+			t.Fatalf("CRM holds %d contacts, want the 3 patients and their practitioners", n)
+		}
+		contactsBefore := e.crmSrv.Count("contact")
+
+		// A clinician registers a new patient in FHIR.
+		pat := synth.New(7).Patient(1)
+		delete(pat, "id")
+		delete(pat, "generalPractitioner")
+		delete(pat, "managingOrganization")
+		created, err := e.fhir.Create(ctx, fhir.Resource(pat))
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := created.ID()
+		e.poller.Trigger()
+		d := e.waitDecision(t, id, logs.FHIRToCRM, "created")
+		if d.Outcome != logs.OutcomeSent || d.EntityMap != "patient-contact" || d.Target.Type != "contact" || d.MapVersion == 0 {
+			t.Fatalf("decision = %+v", d)
+		}
+		contact, err := e.crmHuman.Retrieve(ctx, crm.ByKey("contacts", "msemr_azurefhirid", id))
+		if err != nil {
+			t.Fatalf("the contact was not created: %v", err)
+		}
+		name := firstOfficialFamily(created)
+		if contact.String("lastname") != name {
+			t.Errorf("contact lastname = %q, want the patient's family name", contact.String("lastname"))
+		}
+		if n := e.crmSrv.Count("contact"); n != contactsBefore+1 {
+			t.Errorf("CRM holds %d contacts, want %d", n, contactsBefore+1)
+		}
+
+		// The CRM's service endpoint reports the contact fhirsync wrote; the
+		// agent recognises its own write instead of syncing it back.
+		contactID := contact.String("contactid")
+		echo := e.waitDecision(t, contactID, logs.CRMToFHIR, "own_write_echo")
+		if echo.Outcome != logs.OutcomeSkipped {
+			t.Errorf("echo decision = %+v", echo)
+		}
+
+		// A care coordinator changes the contact's email in the CRM; it is
+		// written back to the Patient.
+		if _, err := e.crmHuman.Upsert(ctx, crm.ByID("contacts", contactID), crm.Record{"emailaddress1": "coordinator-set@example.org"},
+			crm.UpsertOptions{Mode: crm.UpdateOnly}); err != nil {
+			t.Fatal(err)
+		}
+		up := e.waitDecision(t, contactID, logs.CRMToFHIR, "updated")
+		if !slices.ContainsFunc(up.ChangedFields, func(f string) bool { return len(f) >= 7 && f[:7] == "telecom" }) {
+			t.Errorf("changed fields = %v, want a telecom path", up.ChangedFields)
+		}
+		after, err := e.fhir.Read(ctx, "Patient", id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !hasEmail(after, "coordinator-set@example.org") {
+			t.Errorf("the Patient lacks the new email after write-back")
+		}
+		// The poller now sees the version fhirsync wrote: an echo, not a new
+		// update of the contact.
+		e.poller.Trigger()
+		e.waitDecision(t, id, logs.FHIRToCRM, "own_write_echo")
+		if n := e.crmSrv.Count("contact"); n != contactsBefore+1 {
+			t.Errorf("CRM holds %d contacts after the round trip, want %d", n, contactsBefore+1)
+		}
+	})
+}
+
+func firstOfficialFamily(res fhir.Resource) string {
+	names, _ := res["name"].([]any)
+	for _, n := range names {
+		m, _ := n.(map[string]any)
+		if m["use"] == "official" {
+			s, _ := m["family"].(string)
+			return s
+		}
+	}
+	return ""
+}
+
+func hasEmail(res fhir.Resource, want string) bool {
+	tel, _ := res["telecom"].([]any)
+	for _, x := range tel {
+		m, _ := x.(map[string]any)
+		if m["system"] == "email" && m["value"] == want {
+			return true
+		}
+	}
+	return false
+}
+
+var _ = queues.SideFHIR

@@ -1,0 +1,373 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/fhirsync/fhirsync/agent/crm"
+	"github.com/fhirsync/fhirsync/agent/fhir"
+	"github.com/fhirsync/fhirsync/logs"
+	"github.com/fhirsync/fhirsync/maps"
+)
+
+// fhirAPI is what the agent needs from the FHIR client.
+type fhirAPI interface {
+	Read(ctx context.Context, typ, id string) (fhir.Resource, error)
+	Create(ctx context.Context, res fhir.Resource) (fhir.Resource, error)
+	Update(ctx context.Context, res fhir.Resource, ifMatch string) (fhir.Resource, error)
+	Delete(ctx context.Context, typ, id string) error
+	Search(ctx context.Context, typ string, q url.Values) (*fhir.Page, error)
+}
+
+// crmAPI is what the agent needs from the Dataverse client.
+type crmAPI interface {
+	Retrieve(ctx context.Context, t crm.Target, sel ...string) (crm.Record, error)
+	RetrieveMultiple(ctx context.Context, set string, q crm.Query, fn func(crm.Record) error) error
+	Upsert(ctx context.Context, t crm.Target, rec crm.Record, o crm.UpsertOptions) (crm.UpsertResult, error)
+	Create(ctx context.Context, set string, rec crm.Record) (string, error)
+	Delete(ctx context.Context, t crm.Target, etag string) error
+}
+
+// classify turns the clients' errors into the agent's retry data.
+func classify(err error) error {
+	if err == nil {
+		return nil
+	}
+	var fe *fhir.Error
+	var ce *crm.Error
+	switch {
+	case errors.As(err, &fe):
+		return classified(string(fe.Class), fe.Status, fe.Retryable, fe.RetryAfter, err)
+	case errors.As(err, &ce):
+		return classified(string(ce.Class), ce.Status, ce.Retryable, ce.RetryAfter, err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return &endpointError{class: classUnavailable, err: err}
+	}
+	return err
+}
+
+func classified(class string, status int, retryable bool, after time.Duration, err error) error {
+	if class == string(fhir.ClassGone) {
+		class = classNotFound
+	}
+	e := &endpointError{class: class, status: status, err: err}
+	switch {
+	case !retryable:
+		return Permanent(e)
+	case after > 0:
+		return RetryAfter(after, e)
+	}
+	return e
+}
+
+func isMissing(err error) bool {
+	return errors.Is(err, fhir.ErrNotFound) || errors.Is(err, fhir.ErrGone) || errors.Is(err, crm.ErrNotFound)
+}
+
+// fhirSide reads FHIR resources as a source and writes them as a target.
+type fhirSide struct {
+	api fhirAPI
+	// crm is used after creating a resource from a CRM record, to store the
+	// new FHIR id in the record's correlation attribute.
+	crm    crmAPI
+	writes ownWrites
+}
+
+func (s fhirSide) read(ctx context.Context, em *maps.EntityMap, id string) (record, error) {
+	res, err := s.api.Read(ctx, em.FHIRType, id)
+	if isMissing(err) {
+		return record{}, errGone
+	}
+	if err != nil {
+		return record{}, classify(err)
+	}
+	return record{Type: em.FHIRType, ID: res.ID(), Version: res.VersionID(), Data: res, Keys: fhirKeys(res)}, nil
+}
+
+// fhirKeys picks the business keys of a resource: its medical record
+// number when it has one. Values are hashed by the sync log.
+func fhirKeys(res fhir.Resource) []logs.BusinessKey {
+	ids, _ := res["identifier"].([]any)
+	for _, x := range ids {
+		id, _ := x.(map[string]any)
+		typ, _ := id["type"].(map[string]any)
+		codings, _ := typ["coding"].([]any)
+		for _, c := range codings {
+			cm, _ := c.(map[string]any)
+			if cm["code"] == "MR" {
+				if v, _ := id["value"].(string); v != "" {
+					return []logs.BusinessKey{{Name: "mrn", Value: v}}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// find locates the FHIR resource correlated with a CRM record: the cached
+// link, the FHIR id the record holds in its correlation attribute, or a
+// search by the identifier system that carries the CRM id.
+func (s fhirSide) find(ctx context.Context, em *maps.EntityMap, src record, cached *link) (record, error) {
+	var ids []string
+	if cached != nil {
+		ids = append(ids, cached.FHIRID)
+	}
+	if v, _ := src.Data[em.Correlation.CRMAttribute].(string); v != "" && (cached == nil || v != cached.FHIRID) {
+		ids = append(ids, v)
+	}
+	for _, id := range ids {
+		r, err := s.read(ctx, em, id)
+		if errors.Is(err, errGone) {
+			continue
+		}
+		return r, err
+	}
+	if em.Correlation.FHIRIdentifierSystem == "" || src.ID == "" {
+		return record{}, errGone
+	}
+	q := url.Values{"identifier": {em.Correlation.FHIRIdentifierSystem + "|" + src.ID}}
+	page, err := s.api.Search(ctx, em.FHIRType, q)
+	if err != nil {
+		return record{}, classify(err)
+	}
+	for _, e := range page.Entries {
+		if e.Resource != nil && (e.SearchMode == "" || e.SearchMode == "match") {
+			res := e.Resource
+			return record{Type: em.FHIRType, ID: res.ID(), Version: res.VersionID(), Data: res}, nil
+		}
+	}
+	return record{}, errGone
+}
+
+func (s fhirSide) write(ctx context.Context, em *maps.EntityMap, src record, cur *record, out mapped) (written, error) {
+	res, ok := out.Data.(map[string]any)
+	if !ok {
+		return written{}, Permanent(fmt.Errorf("mapping produced %T, not a FHIR resource", out.Data))
+	}
+	var got fhir.Resource
+	var err error
+	created := cur == nil
+	if cur != nil {
+		got, err = s.api.Update(ctx, fhir.Resource(res), cur.Version)
+	} else {
+		delete(res, "id")
+		got, err = s.api.Create(ctx, fhir.Resource(res))
+	}
+	if err != nil {
+		return written{}, classify(err)
+	}
+	if created && em.Correlation.CRMAttribute != "" && src.ID != "" {
+		// Store the new FHIR id on the CRM record so the pair is found by
+		// its alternate key from now on, and remember that write as ours.
+		r, err := s.crm.Upsert(ctx, crm.ByID(em.CRMEntitySet, src.ID),
+			crm.Record{em.Correlation.CRMAttribute: got.ID()}, crm.UpsertOptions{Mode: crm.UpdateOnly})
+		if err != nil {
+			return written{}, fmt.Errorf("storing the new FHIR id on %s %s: %w", em.CRMEntity, src.ID, classify(err))
+		}
+		_ = s.writes.remember(ctx, "crm", em.CRMEntity, src.ID, r.ETag)
+	}
+	return written{ID: got.ID(), Version: got.VersionID(), Created: created}, nil
+}
+
+func (s fhirSide) remove(ctx context.Context, em *maps.EntityMap, cur record) error {
+	if err := s.api.Delete(ctx, em.FHIRType, cur.ID); err != nil && !isMissing(err) {
+		return classify(err)
+	}
+	return nil
+}
+
+// crmSide reads CRM records (with their expansion child rows) as a source
+// and upserts them as a target.
+type crmSide struct {
+	api    crmAPI
+	writes ownWrites
+}
+
+func (s crmSide) read(ctx context.Context, em *maps.EntityMap, id string) (record, error) {
+	rec, err := s.api.Retrieve(ctx, crm.ByID(em.CRMEntitySet, id))
+	if isMissing(err) {
+		return record{}, errGone
+	}
+	if err != nil {
+		return record{}, classify(err)
+	}
+	return s.withChildren(ctx, em, id, rec)
+}
+
+func (s crmSide) withChildren(ctx context.Context, em *maps.EntityMap, id string, rec crm.Record) (record, error) {
+	state := maps.CRMState{Record: rec}
+	for _, x := range em.Expansions {
+		if !x.IsEnabled() || x.ParentLookup == "" {
+			continue
+		}
+		var rows []map[string]any
+		err := s.api.RetrieveMultiple(ctx, x.CRMEntitySet, crm.Query{Filter: fmt.Sprintf("_%s_value eq %s", x.ParentLookup, id)},
+			func(r crm.Record) error { rows = append(rows, r); return nil })
+		if err != nil {
+			return record{}, classify(err)
+		}
+		if state.Children == nil {
+			state.Children = map[string][]map[string]any{}
+		}
+		state.Children[x.Name] = rows
+	}
+	rid := id
+	if rid == "" {
+		rid, _ = rec[em.CRMIDAttribute].(string)
+	}
+	return record{Type: em.CRMEntity, ID: rid, Version: rec.ETag(), Data: map[string]any{"state": state}}, nil
+}
+
+// crmState unwraps the state a crm record carries.
+func crmState(r *record) *maps.CRMState {
+	if r == nil {
+		return nil
+	}
+	st, _ := r.Data["state"].(maps.CRMState)
+	return &st
+}
+
+// find locates the CRM record correlated with a FHIR resource: the cached
+// link, else the alternate key holding the FHIR id.
+func (s crmSide) find(ctx context.Context, em *maps.EntityMap, src record, cached *link) (record, error) {
+	if cached != nil {
+		r, err := s.read(ctx, em, cached.CRMID)
+		if !errors.Is(err, errGone) {
+			return r, err
+		}
+	}
+	rec, err := s.api.Retrieve(ctx, crm.ByKey(em.CRMEntitySet, em.Correlation.CRMAttribute, src.ID))
+	if isMissing(err) {
+		return record{}, errGone
+	}
+	if err != nil {
+		return record{}, classify(err)
+	}
+	return s.withChildren(ctx, em, "", rec)
+}
+
+func (s crmSide) write(ctx context.Context, em *maps.EntityMap, src record, cur *record, out mapped) (written, error) {
+	res, ok := out.Data.(*maps.CRMResult)
+	if !ok {
+		return written{}, Permanent(fmt.Errorf("mapping produced %T, not a CRM record", out.Data))
+	}
+	opts := crm.UpsertOptions{Mode: crm.CreateOnly}
+	target := crm.ByKey(em.CRMEntitySet, em.Correlation.CRMAttribute, src.ID)
+	if cur != nil {
+		opts = crm.UpsertOptions{Mode: crm.UpdateOnly, IfMatch: cur.Version}
+		target = crm.ByID(em.CRMEntitySet, cur.ID)
+	}
+	rec := crm.Record(res.Record)
+	if cur == nil {
+		// The alternate key is in the URL; Dataverse refuses it in the body
+		// as well only when the values differ, so keep them equal.
+		rec[em.Correlation.CRMAttribute] = src.ID
+	}
+	r, err := s.api.Upsert(ctx, target, rec, opts)
+	if err != nil {
+		return written{}, classify(err)
+	}
+	if err := s.writeChildren(ctx, em, r.ID, res.Children); err != nil {
+		return written{}, err
+	}
+	return written{ID: r.ID, Version: r.ETag, Created: r.Created}, nil
+}
+
+// writeChildren applies expansion-map row changes. Each is idempotent on
+// retry: creates are found again by their match key on the next attempt's
+// diff, so a crash between rows never duplicates one.
+func (s crmSide) writeChildren(ctx context.Context, em *maps.EntityMap, parentID string, changes []maps.ChildChange) error {
+	for _, c := range changes {
+		rec := crm.Record(c.Record)
+		var err error
+		switch c.Op {
+		case maps.ChildCreate:
+			if rec == nil {
+				rec = crm.Record{}
+			}
+			if c.ParentNavigation != "" {
+				rec[c.ParentNavigation+"@odata.bind"] = "/" + em.CRMEntitySet + "(" + parentID + ")"
+			}
+			_, err = s.api.Create(ctx, c.EntitySet, rec)
+		case maps.ChildUpdate:
+			_, err = s.api.Upsert(ctx, crm.ByID(c.EntitySet, c.ID), rec, crm.UpsertOptions{Mode: crm.UpdateOnly})
+		case maps.ChildDeactivate:
+			_, err = s.api.Upsert(ctx, crm.ByID(c.EntitySet, c.ID), crm.Record{"statecode": 1, "statuscode": 2}, crm.UpsertOptions{Mode: crm.UpdateOnly})
+		case maps.ChildDelete:
+			err = s.api.Delete(ctx, crm.ByID(c.EntitySet, c.ID), "")
+			if isMissing(err) {
+				err = nil
+			}
+		default:
+			err = Permanent(fmt.Errorf("unknown child operation %q", c.Op))
+		}
+		if err != nil {
+			return fmt.Errorf("writing %s row of %s: %w", c.Op, c.Expansion, classify(err))
+		}
+	}
+	return nil
+}
+
+func (s crmSide) remove(ctx context.Context, em *maps.EntityMap, cur record) error {
+	if err := s.api.Delete(ctx, crm.ByID(em.CRMEntitySet, cur.ID), ""); err != nil && !isMissing(err) {
+		return classify(err)
+	}
+	return nil
+}
+
+// resolver answers the engine's lookups from the link cache, falling back
+// to the CRM's alternate key.
+type resolver struct {
+	links links
+	crm   crmAPI
+	maps  func(name string) (*maps.EntityMap, bool)
+}
+
+func (r resolver) CRMID(ctx context.Context, entityMap, fhirRef string) (string, bool, error) {
+	_, id, ok := strings.Cut(fhirRef, "/")
+	if !ok {
+		id = fhirRef
+	}
+	if l, err := r.links.byFHIR(ctx, entityMap, id); err == nil {
+		return l.CRMID, true, nil
+	}
+	em, ok := r.maps(entityMap)
+	if !ok {
+		return "", false, nil
+	}
+	rec, err := r.crm.Retrieve(ctx, crm.ByKey(em.CRMEntitySet, em.Correlation.CRMAttribute, id), em.CRMIDAttribute)
+	if isMissing(err) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, classify(err)
+	}
+	crmID, _ := rec[em.CRMIDAttribute].(string)
+	return crmID, crmID != "", nil
+}
+
+func (r resolver) FHIRRef(ctx context.Context, entityMap, crmID string) (string, bool, error) {
+	em, ok := r.maps(entityMap)
+	if !ok {
+		return "", false, nil
+	}
+	if l, err := r.links.byCRM(ctx, entityMap, crmID); err == nil {
+		return em.FHIRType + "/" + l.FHIRID, true, nil
+	}
+	rec, err := r.crm.Retrieve(ctx, crm.ByID(em.CRMEntitySet, crmID), em.Correlation.CRMAttribute)
+	if isMissing(err) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, classify(err)
+	}
+	fid, _ := rec[em.Correlation.CRMAttribute].(string)
+	if fid == "" {
+		return "", false, nil
+	}
+	return em.FHIRType + "/" + fid, true, nil
+}

@@ -1,0 +1,251 @@
+package logs
+
+import (
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"time"
+
+	"gorm.io/gorm"
+)
+
+// Errors reading a capture. Each names a different fix, so they are kept
+// apart: configure the key, restore the right key, or treat the row as
+// tampered with.
+var (
+	// ErrForbidden means the caller lacks the PHI permission.
+	ErrForbidden = errors.New("the PHI permission is required to read payload captures")
+	// ErrUnknownKey means the capture was sealed with a key id that is not
+	// configured in logs.capture.keys.
+	ErrUnknownKey = errors.New("capture key is not configured")
+	// ErrWrongKey means a key with the capture's key id is configured, but
+	// it is not the key that sealed the capture.
+	ErrWrongKey = errors.New("configured capture key does not match the key that sealed the capture")
+	// ErrTampered means the sealed bytes failed authentication: they were
+	// altered, truncated or moved from another decision.
+	ErrTampered = errors.New("capture failed authentication (altered or moved ciphertext)")
+)
+
+// Principal is the caller of a PHI read, as the admin app knows it.
+type Principal interface {
+	// Subject identifies the user in the audit trail (a user name or an
+	// OIDC subject), never empty for a signed-in user.
+	Subject() string
+	// CanViewPHI reports whether the user holds the PHI permission.
+	CanViewPHI() bool
+}
+
+// Capture is a decrypted payload capture.
+type Capture struct {
+	DecisionID int64
+	CapturedAt time.Time
+	KeyID      string
+	Snapshots  Snapshots
+}
+
+// keyring holds the AES-256 keys by id; sealID names the one that seals.
+type keyring struct {
+	sealID string
+	aeads  map[string]cipher.AEAD
+	checks map[string]string
+}
+
+func newKeyring(c CaptureConfig) (*keyring, error) {
+	kr := &keyring{sealID: c.KeyID, aeads: map[string]cipher.AEAD{}, checks: map[string]string{}}
+	var errs []error
+	add := func(name, id, key string) {
+		raw, err := base64.StdEncoding.DecodeString(key)
+		if err != nil || len(raw) != 32 {
+			errs = append(errs, fmt.Errorf("%s must be base64 of exactly 32 bytes", name))
+			return
+		}
+		block, err := aes.NewCipher(raw)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %v", name, err))
+			return
+		}
+		aead, err := cipher.NewGCM(block)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %v", name, err))
+			return
+		}
+		kr.aeads[id] = aead
+		kr.checks[id] = keyCheck(raw)
+	}
+	ids := make([]string, 0, len(c.OldKeys))
+	for id := range c.OldKeys {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		if id == c.KeyID {
+			errs = append(errs, fmt.Errorf("logs.capture.old_keys.%s repeats logs.capture.key_id", id))
+			continue
+		}
+		add("logs.capture.old_keys."+id, id, c.OldKeys[id])
+	}
+	switch {
+	case c.Key != "" && c.KeyID == "":
+		errs = append(errs, errors.New("logs.capture.key_id is required with logs.capture.key"))
+	case c.Key != "":
+		add("logs.capture.key", c.KeyID, c.Key)
+	case c.Enabled:
+		errs = append(errs, errors.New("logs.capture.key and logs.capture.key_id are required when capture is enabled"))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return kr, nil
+}
+
+// keyCheck fingerprints a key so a wrong key can be told from tampering.
+// It reveals nothing useful about a 256-bit key.
+func keyCheck(raw []byte) string {
+	sum := sha256.Sum256(append([]byte("fhirsync capture key check\x00"), raw...))
+	return hex.EncodeToString(sum[:8])
+}
+
+// captureRow is the sync_decision_captures table.
+type captureRow struct {
+	DecisionID   int64 `gorm:"primaryKey;autoIncrement:false"`
+	CapturedAt   time.Time
+	KeyID        string
+	KeyCheck     string
+	SourceSealed []byte
+	TargetSealed []byte
+}
+
+func (captureRow) TableName() string { return "sync_decision_captures" }
+
+// aad binds a sealed payload to its decision and part, so ciphertext
+// copied to another row or swapped between source and target is refused.
+func aad(decisionID int64, part string) []byte {
+	b := binary.BigEndian.AppendUint64([]byte("fhirsync capture v1\x00"+part+"\x00"), uint64(decisionID))
+	return b
+}
+
+func (kr *keyring) seal(decisionID int64, now time.Time, s *Snapshots) (captureRow, error) {
+	aead := kr.aeads[kr.sealID]
+	sealOne := func(part string, plain []byte) ([]byte, error) {
+		if plain == nil {
+			return nil, nil
+		}
+		nonce := make([]byte, aead.NonceSize(), aead.NonceSize()+len(plain)+aead.Overhead())
+		if _, err := rand.Read(nonce); err != nil {
+			return nil, err
+		}
+		return aead.Seal(nonce, nonce, plain, aad(decisionID, part)), nil
+	}
+	src, err := sealOne("source", s.Source)
+	if err != nil {
+		return captureRow{}, err
+	}
+	tgt, err := sealOne("target", s.Target)
+	if err != nil {
+		return captureRow{}, err
+	}
+	return captureRow{DecisionID: decisionID, CapturedAt: now, KeyID: kr.sealID, KeyCheck: kr.checks[kr.sealID], SourceSealed: src, TargetSealed: tgt}, nil
+}
+
+func (kr *keyring) open(row captureRow) (Snapshots, error) {
+	aead, ok := kr.aeads[row.KeyID]
+	if !ok {
+		return Snapshots{}, fmt.Errorf("capture of decision %d: key %q: %w", row.DecisionID, row.KeyID, ErrUnknownKey)
+	}
+	if kr.checks[row.KeyID] != row.KeyCheck {
+		return Snapshots{}, fmt.Errorf("capture of decision %d: key %q: %w", row.DecisionID, row.KeyID, ErrWrongKey)
+	}
+	openOne := func(part string, sealed []byte) ([]byte, error) {
+		if sealed == nil {
+			return nil, nil
+		}
+		if len(sealed) < aead.NonceSize()+aead.Overhead() {
+			return nil, fmt.Errorf("capture of decision %d, %s: %w", row.DecisionID, part, ErrTampered)
+		}
+		n := aead.NonceSize()
+		plain, err := aead.Open(nil, sealed[:n], sealed[n:], aad(row.DecisionID, part))
+		if err != nil {
+			return nil, fmt.Errorf("capture of decision %d, %s: %w", row.DecisionID, part, ErrTampered)
+		}
+		return plain, nil
+	}
+	src, err := openOne("source", row.SourceSealed)
+	if err != nil {
+		return Snapshots{}, err
+	}
+	tgt, err := openOne("target", row.TargetSealed)
+	if err != nil {
+		return Snapshots{}, err
+	}
+	return Snapshots{Source: src, Target: tgt}, nil
+}
+
+// Audit actions written by the sync log itself.
+const (
+	// AuditViewCapture records a successful read of a payload capture.
+	AuditViewCapture = "capture.view"
+	// AuditViewCaptureDenied records a refused read of a payload capture.
+	AuditViewCaptureDenied = "capture.view_denied"
+)
+
+// ReadCapture decrypts the payload capture of decision id for p. It
+// requires p.CanViewPHI(); every call, allowed or refused, is recorded in
+// the audit trail before anything is returned, and no plaintext is
+// returned when the audit entry cannot be written.
+func (s *Store) ReadCapture(ctx context.Context, p Principal, id int64) (Capture, error) {
+	subject := ""
+	if p != nil {
+		subject = p.Subject()
+	}
+	if subject == "" {
+		return Capture{}, fmt.Errorf("reading capture of decision %d: %w (no signed-in user)", id, ErrForbidden)
+	}
+	object := strconv.FormatInt(id, 10)
+	if !p.CanViewPHI() {
+		if err := s.AppendAudit(ctx, AuditEntry{Actor: subject, Action: AuditViewCaptureDenied, ObjectType: "decision", ObjectID: object}); err != nil {
+			return Capture{}, fmt.Errorf("reading capture of decision %d: %w", id, err)
+		}
+		return Capture{}, fmt.Errorf("reading capture of decision %d: %w", id, ErrForbidden)
+	}
+	var row captureRow
+	err := s.db.WithContext(ctx).Where("decision_id = ?", id).Take(&row).Error
+	if errors.Is(err, gorm.ErrRecordNotFound) {
+		return Capture{}, fmt.Errorf("reading capture of decision %d: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Capture{}, fmt.Errorf("reading capture of decision %d: %w", id, err)
+	}
+	snaps, openErr := s.keys.open(row)
+	entry := AuditEntry{Actor: subject, Action: AuditViewCapture, ObjectType: "decision", ObjectID: object}
+	if openErr != nil {
+		entry.After = "refused: " + openErrSummary(openErr)
+	}
+	if err := s.AppendAudit(ctx, entry); err != nil {
+		return Capture{}, fmt.Errorf("reading capture of decision %d: %w", id, err)
+	}
+	if openErr != nil {
+		s.log.Warn("payload capture could not be opened", "decision_id", id, "key_id", row.KeyID, "error", openErr)
+		return Capture{}, fmt.Errorf("reading capture of decision %d: %w", id, openErr)
+	}
+	return Capture{DecisionID: id, CapturedAt: row.CapturedAt.UTC(), KeyID: row.KeyID, Snapshots: snaps}, nil
+}
+
+func openErrSummary(err error) string {
+	switch {
+	case errors.Is(err, ErrUnknownKey):
+		return "unknown key"
+	case errors.Is(err, ErrWrongKey):
+		return "wrong key"
+	default:
+		return "failed authentication"
+	}
+}

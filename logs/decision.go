@@ -1,0 +1,210 @@
+package logs
+
+import (
+	"errors"
+	"fmt"
+	"time"
+	"unicode/utf8"
+)
+
+// ErrInvalidDecision wraps every reason a decision is refused before it
+// reaches the database.
+var ErrInvalidDecision = errors.New("invalid decision")
+
+// ErrNotFound means no decision (or capture) has the requested id.
+var ErrNotFound = errors.New("not found")
+
+// Decision is the one record every message ends in (DESIGN.md §5).
+//
+// It holds no field values of a resource: references, codes, field names
+// and counts only. Business key values are hashed before they are stored,
+// and Snapshots are kept only when payload capture is on, sealed.
+type Decision struct {
+	// ID is assigned when the decision is written.
+	ID int64 `json:"id"`
+	// Time is when the decision was made; Write fills in the current time
+	// when it is zero. Stored in UTC at microsecond precision.
+	Time time.Time `json:"time"`
+	// CorrelationID ties together the decisions caused by one change.
+	CorrelationID string `json:"correlation_id,omitempty"`
+	// MessageID is the queue message's stable id.
+	MessageID string `json:"message_id,omitempty"`
+	// Direction is which way the message travelled. Required.
+	Direction Direction `json:"direction"`
+	// EntityMap names the entity map used, empty when none applied.
+	EntityMap string `json:"entity_map,omitempty"`
+	// MapVersion is the published map version used.
+	MapVersion int `json:"map_version,omitempty"`
+	// Source is the record the change came from.
+	Source Ref `json:"source"`
+	// Target is the record written or that would have been written.
+	Target Ref `json:"target"`
+	// BusinessKeys identify the record across systems (an MRN, a CRM
+	// number). Values are only read on write, to compute keyed hashes; a
+	// decision read back carries the key names with empty values.
+	BusinessKeys []BusinessKey `json:"business_keys,omitempty"`
+	// Outcome is how the message ended. Required.
+	Outcome Outcome `json:"outcome"`
+	// Reason is a registered code that Outcome allows. Required.
+	Reason ReasonCode `json:"reason"`
+	// ReasonSubject names what the reason refers to: the filter for
+	// filtered, the attribute map for mapping_error. Never a field value.
+	ReasonSubject string `json:"reason_subject,omitempty"`
+	// Message is one human sentence about the decision. It must not contain
+	// PHI: name records by reference, fields by name.
+	Message string `json:"message,omitempty"`
+	// ChangedFields names the target fields whose values changed.
+	ChangedFields []string `json:"changed_fields,omitempty"`
+	// Attempts lists each try at the message, oldest first.
+	Attempts []Attempt `json:"attempts,omitempty"`
+	// Duration is how long the message took from receipt to decision.
+	Duration time.Duration `json:"duration_ns"`
+	// Snapshots are the source and target payloads. They are stored,
+	// encrypted, only when payload capture is on; otherwise dropped. They
+	// are never returned by queries; see Store.ReadCapture.
+	Snapshots *Snapshots `json:"-"`
+	// Captured reports, on a decision returned by Get, that an encrypted
+	// capture of its payloads is stored.
+	Captured bool `json:"captured,omitempty"`
+}
+
+// Ref names a record on one side.
+type Ref struct {
+	// Type is the FHIR resource type or the CRM entity logical name.
+	Type string `json:"type,omitempty"`
+	// ID is the record's id on its side.
+	ID string `json:"id,omitempty"`
+	// Version is the FHIR versionId or the CRM ETag, when known.
+	Version string `json:"version,omitempty"`
+}
+
+// String renders the reference as Type/ID, with _history/Version when set.
+func (r Ref) String() string {
+	s := r.Type + "/" + r.ID
+	if r.Version != "" {
+		s += "/_history/" + r.Version
+	}
+	return s
+}
+
+// BusinessKey is a named identifier of a record, such as "mrn".
+type BusinessKey struct {
+	// Name is the kind of key ("mrn", "crm_id"); stored in clear.
+	Name string `json:"name"`
+	// Value is the identifier itself; hashed, never stored.
+	Value string `json:"value,omitempty"`
+}
+
+// Attempt is one try at processing the message.
+type Attempt struct {
+	// At is when the attempt ended.
+	At time.Time `json:"at"`
+	// ErrorClass is a short class such as "http_429" or "timeout", empty on
+	// success. Never raw error text.
+	ErrorClass string `json:"error_class,omitempty"`
+	// Retryable reports whether the error was worth retrying.
+	Retryable bool `json:"retryable"`
+}
+
+// Snapshots are the payloads behind a decision, as raw bytes (normally
+// JSON). They contain PHI.
+type Snapshots struct {
+	Source []byte
+	Target []byte
+}
+
+// Length limits keep one decision row small and stop a payload from being
+// smuggled into a free-text column.
+const (
+	maxShortText = 256
+	maxMessage   = 1000
+	maxFields    = 500
+	maxAttempts  = 100
+	maxKeys      = 16
+)
+
+// validate checks d and fills defaults. Its errors name fields, never
+// values.
+func (d *Decision) validate(now time.Time) error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf(format, args...))
+	}
+	if !d.Direction.valid() {
+		bad("direction %q is not fhir_to_crm or crm_to_fhir", short(string(d.Direction)))
+	}
+	if !d.Outcome.valid() {
+		bad("outcome %q is not one of sent, skipped, failed, dead_lettered", short(string(d.Outcome)))
+	}
+	if r, ok := LookupReason(d.Reason); !ok {
+		bad("reason %q is not a registered reason code", short(string(d.Reason)))
+	} else if d.Outcome.valid() && !r.Allows(d.Outcome) {
+		bad("reason %s is not allowed with outcome %s", d.Reason, d.Outcome)
+	}
+	for name, v := range map[string]string{
+		"correlation id": d.CorrelationID, "message id": d.MessageID, "entity map": d.EntityMap,
+		"source type": d.Source.Type, "source id": d.Source.ID, "source version": d.Source.Version,
+		"target type": d.Target.Type, "target id": d.Target.ID, "target version": d.Target.Version,
+		"reason subject": d.ReasonSubject,
+	} {
+		if len(v) > maxShortText || !utf8.ValidString(v) {
+			bad("%s is longer than %d bytes or not UTF-8", name, maxShortText)
+		}
+	}
+	if len(d.Message) > maxMessage || !utf8.ValidString(d.Message) {
+		bad("message is longer than %d bytes or not UTF-8", maxMessage)
+	}
+	if len(d.ChangedFields) > maxFields {
+		bad("%d changed fields, at most %d", len(d.ChangedFields), maxFields)
+	}
+	for i, f := range d.ChangedFields {
+		if f == "" || len(f) > maxShortText {
+			bad("changed field %d is empty or longer than %d bytes", i, maxShortText)
+		}
+	}
+	if len(d.Attempts) > maxAttempts {
+		bad("%d attempts, at most %d", len(d.Attempts), maxAttempts)
+	}
+	for i, a := range d.Attempts {
+		if len(a.ErrorClass) > 64 {
+			bad("attempt %d: error class is longer than 64 bytes", i+1)
+		}
+	}
+	if len(d.BusinessKeys) > maxKeys {
+		bad("%d business keys, at most %d", len(d.BusinessKeys), maxKeys)
+	}
+	seen := map[string]bool{}
+	for i, k := range d.BusinessKeys {
+		switch {
+		case k.Name == "" || len(k.Name) > 64:
+			bad("business key %d: name is empty or longer than 64 bytes", i+1)
+		case seen[k.Name]:
+			bad("business key %q appears twice", k.Name)
+		case k.Value == "":
+			bad("business key %q has no value", k.Name)
+		}
+		seen[k.Name] = true
+	}
+	if d.MapVersion < 0 {
+		bad("map version %d is negative", d.MapVersion)
+	}
+	if d.Duration < 0 {
+		bad("duration %s is negative", d.Duration)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", ErrInvalidDecision, errors.Join(errs...))
+	}
+	if d.Time.IsZero() {
+		d.Time = now
+	}
+	d.Time = d.Time.UTC().Truncate(time.Microsecond)
+	return nil
+}
+
+// short keeps an invalid enum value from flooding an error message.
+func short(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "…"
+	}
+	return s
+}

@@ -1,0 +1,168 @@
+package logs
+
+import "slices"
+
+// Outcome is how a message ended. Every message ends in exactly one.
+type Outcome string
+
+const (
+	// OutcomeSent means the change was written to the target.
+	OutcomeSent Outcome = "sent"
+	// OutcomeSkipped means the message was deliberately not written; the
+	// reason says which rule decided so.
+	OutcomeSkipped Outcome = "skipped"
+	// OutcomeFailed means the attempt failed and the message will be retried.
+	OutcomeFailed Outcome = "failed"
+	// OutcomeDeadLettered means the message was given up on and moved to the
+	// dead-letter queue, where an operator can inspect and redrive it.
+	OutcomeDeadLettered Outcome = "dead_lettered"
+)
+
+// Outcomes lists every outcome in display order.
+func Outcomes() []Outcome {
+	return []Outcome{OutcomeSent, OutcomeSkipped, OutcomeFailed, OutcomeDeadLettered}
+}
+
+func (o Outcome) valid() bool { return slices.Contains(Outcomes(), o) }
+
+// Direction is which way a message travels.
+type Direction string
+
+const (
+	// FHIRToCRM carries a FHIR change to the CRM.
+	FHIRToCRM Direction = "fhir_to_crm"
+	// CRMToFHIR carries a CRM change back to the FHIR server (write-back).
+	CRMToFHIR Direction = "crm_to_fhir"
+)
+
+func (d Direction) valid() bool { return d == FHIRToCRM || d == CRMToFHIR }
+
+// ReasonCode is a stable code from the closed registry returned by
+// Reasons. Admins see the code, its meaning and its suggested action
+// first; raw error text is never the reason.
+type ReasonCode string
+
+// The registered reason codes (DESIGN.md §4).
+const (
+	// ReasonCreated: the target record was created.
+	ReasonCreated ReasonCode = "created"
+	// ReasonUpdated: the target record was updated.
+	ReasonUpdated ReasonCode = "updated"
+	// ReasonDeleted: the target record was deleted or deactivated.
+	ReasonDeleted ReasonCode = "deleted"
+
+	// ReasonNoEntityMap: no entity map covers the record's type.
+	ReasonNoEntityMap ReasonCode = "no_entity_map"
+	// ReasonMapDisabled: the entity map exists but is disabled.
+	ReasonMapDisabled ReasonCode = "map_disabled"
+	// ReasonDirectionOff: the entity map does not sync in this direction.
+	ReasonDirectionOff ReasonCode = "direction_off"
+	// ReasonOperationOff: the operation (create, update, delete) is off for
+	// this direction.
+	ReasonOperationOff ReasonCode = "operation_off"
+	// ReasonRecordGateOff: the record's own sync flag is off.
+	ReasonRecordGateOff ReasonCode = "record_gate_off"
+	// ReasonFiltered: the entity map's filter excluded the record; the
+	// decision's ReasonSubject names the filter.
+	ReasonFiltered ReasonCode = "filtered"
+	// ReasonOwnWriteEcho: the change was fhirsync's own write coming back.
+	ReasonOwnWriteEcho ReasonCode = "own_write_echo"
+	// ReasonStaleVersion: a newer version was already processed.
+	ReasonStaleVersion ReasonCode = "stale_version"
+	// ReasonUnchanged: no mapped value differs at the target.
+	ReasonUnchanged ReasonCode = "unchanged"
+	// ReasonSourceGone: the source record no longer exists.
+	ReasonSourceGone ReasonCode = "source_gone"
+
+	// ReasonInvalidMessage: the message could not be understood.
+	ReasonInvalidMessage ReasonCode = "invalid_message"
+	// ReasonMappingError: a map could not be applied; ReasonSubject names
+	// the attribute map.
+	ReasonMappingError ReasonCode = "mapping_error"
+	// ReasonTargetRejected: the target refused the write (4xx).
+	ReasonTargetRejected ReasonCode = "target_rejected"
+	// ReasonTargetConflict: the target kept reporting a version conflict
+	// (412) after retries.
+	ReasonTargetConflict ReasonCode = "target_conflict"
+	// ReasonUnauthorized: the target refused our credentials (401/403).
+	ReasonUnauthorized ReasonCode = "unauthorized"
+	// ReasonThrottled: the target asked us to slow down (429).
+	ReasonThrottled ReasonCode = "throttled"
+	// ReasonUnavailable: the target or source could not be reached (5xx,
+	// network, timeout).
+	ReasonUnavailable ReasonCode = "unavailable"
+	// ReasonAttemptsExhausted: the message failed too many times.
+	ReasonAttemptsExhausted ReasonCode = "attempts_exhausted"
+)
+
+// Reason describes one registered reason code for people: what it means
+// and what to do about it.
+type Reason struct {
+	// Code is the stable code stored in decisions.
+	Code ReasonCode `json:"code"`
+	// Outcomes are the outcomes a decision with this code may have.
+	Outcomes []Outcome `json:"outcomes"`
+	// Meaning says in one sentence what happened.
+	Meaning string `json:"meaning"`
+	// Action suggests what an admin or operator should do, if anything.
+	Action string `json:"action"`
+}
+
+// Allows reports whether a decision with outcome o may carry this reason.
+func (r Reason) Allows(o Outcome) bool { return slices.Contains(r.Outcomes, o) }
+
+var (
+	sentOnly   = []Outcome{OutcomeSent}
+	skipOnly   = []Outcome{OutcomeSkipped}
+	failOrDead = []Outcome{OutcomeFailed, OutcomeDeadLettered}
+	deadOnly   = []Outcome{OutcomeDeadLettered}
+)
+
+// registry is the closed set. The schema's CHECK constraint on
+// sync_decisions repeats it; reasons_test.go keeps the two in step.
+var registry = []Reason{
+	{ReasonCreated, sentOnly, "The target record did not exist and was created.", "None."},
+	{ReasonUpdated, sentOnly, "The target record was updated with the changed mapped fields.", "None."},
+	{ReasonDeleted, sentOnly, "The source record was deleted and the target record was deleted or deactivated.", "None."},
+
+	{ReasonNoEntityMap, skipOnly, "No entity map pairs this record's type with a type on the other side.", "Create and publish an entity map for the type if it should sync."},
+	{ReasonMapDisabled, skipOnly, "The entity map for this record type exists but is disabled.", "Enable the entity map if the record type should sync."},
+	{ReasonDirectionOff, skipOnly, "The entity map does not sync in this direction.", "Turn the direction on in the entity map if changes should travel this way."},
+	{ReasonOperationOff, skipOnly, "The entity map does not allow this operation (create, update or delete) in this direction.", "Allow the operation in the entity map if it should sync."},
+	{ReasonRecordGateOff, skipOnly, "The record's own sync flag is off, so it is kept out of the sync.", "Turn the record's sync flag on in the CRM if it should sync."},
+	{ReasonFiltered, skipOnly, "The entity map's filter excluded the record (the decision names the filter).", "Check the named filter if the record should have been sent."},
+	{ReasonOwnWriteEcho, skipOnly, "The change was fhirsync's own write coming back; sending it again would loop.", "None; this is loop prevention working."},
+	{ReasonStaleVersion, skipOnly, "A newer version of the record was already processed.", "None; the newer version carries the change."},
+	{ReasonUnchanged, skipOnly, "No mapped value differs at the target, so nothing was written.", "None; check the attribute maps if a change was expected to travel."},
+	{ReasonSourceGone, skipOnly, "The source record no longer exists when it was re-read.", "None; a delete notice for the record follows or has already been processed."},
+
+	{ReasonInvalidMessage, failOrDead, "The message could not be understood (malformed, unknown type or too large).", "Inspect the dead letter; fix the sender or discard the message."},
+	{ReasonMappingError, failOrDead, "A map could not be applied to the record (the decision names the attribute map).", "Fix the named attribute map, test it in the preview, publish, then redrive."},
+	{ReasonTargetRejected, failOrDead, "The target refused the write as invalid (HTTP 4xx).", "Read the attempt details, correct the map or the data, then redrive."},
+	{ReasonTargetConflict, failOrDead, "The target kept reporting a version conflict (HTTP 412) after retries.", "Redrive; if it recurs, look for another writer updating the same record."},
+	{ReasonUnauthorized, failOrDead, "The target refused fhirsync's credentials (HTTP 401 or 403); never counted as success.", "Check the application user's credentials and permissions, then redrive."},
+	{ReasonThrottled, failOrDead, "The target asked fhirsync to slow down (HTTP 429).", "None if it clears; otherwise lower concurrency or raise the service limits."},
+	{ReasonUnavailable, failOrDead, "The target or source could not be reached (HTTP 5xx, network error or timeout).", "Check the endpoint's health and network; failed messages retry on their own."},
+	{ReasonAttemptsExhausted, deadOnly, "The message failed on every allowed attempt and was dead-lettered.", "Read the attempts for the cause, fix it, then redrive the dead letter."},
+}
+
+// Reasons returns the registry in display order. The slice is a copy.
+func Reasons() []Reason {
+	out := make([]Reason, len(registry))
+	for i, r := range registry {
+		r.Outcomes = slices.Clone(r.Outcomes)
+		out[i] = r
+	}
+	return out
+}
+
+// LookupReason returns the registered reason for code.
+func LookupReason(code ReasonCode) (Reason, bool) {
+	for _, r := range registry {
+		if r.Code == code {
+			r.Outcomes = slices.Clone(r.Outcomes)
+			return r, true
+		}
+	}
+	return Reason{}, false
+}

@@ -1,0 +1,66 @@
+// Package maps owns what decides which data travels between the FHIR server
+// and the CRM, and how: entity, attribute and expansion maps (DESIGN.md §3),
+// their versions in the database, their YAML interchange format, their
+// validation, and the mapping engine. It does no network I/O; the agent
+// gives it records and a LookupResolver, and gets back records and diffs.
+//
+// # Model
+//
+// A Document is a whole map set: value maps (option-set value ↔ code) and
+// entity maps. An EntityMap pairs a CRM entity with a FHIR resource type and
+// holds AttributeMaps (one CRM attribute ↔ one FHIR element, addressed with
+// the path language of package maps/path) and ExpansionMaps (the items of a
+// FHIR array ↔ child CRM rows, paired by a match key). Maps refer to each
+// other by name, so a Document moves between installations as YAML
+// (Parse, Import, Export; export is canonical and stable).
+//
+// # Compiling and validating
+//
+// Compile validates a Document and turns it into a Set: every path and
+// FHIRPath expression parsed once, every name resolved. Validation reports
+// every problem at once, each with its location (entity map / expansion map
+// / attribute map / field): paths and element types against the R4 element
+// definitions of github.com/gofhir/models/r4, value-map coverage of required
+// bindings, duplicate targets, direction conflicts, lookup cycles between
+// entity maps and, given a Dataverse metadata snapshot (ParseCRMMetadata),
+// CRM entities, attributes, types, lookup targets and option values.
+//
+// # Versions
+//
+// A Store (New) keeps versions in the project database (migration
+// 0002_maps): drafts can be edited, published versions are immutable
+// (enforced by the schema too), and every publication is recorded, so a
+// rollback is a new publication of an older version. Current returns the
+// compiled Set of the newest publication with its version number; Watch
+// delivers a new Set whenever any process sharing the database publishes,
+// so the agent never needs a restart.
+//
+// # Engine
+//
+// Mapping.ToCRM maps a FHIR resource to the full CRM record to upsert
+// (lookups as "nav@odata.bind", child-row writes from expansion maps) and
+// Mapping.ToFHIR maps a CRM record onto the target's current resource,
+// keeping everything the map does not mention (extensions, contained
+// resources, unknown elements, the text of decimals that did not change).
+// Both return the target fields whose value changed; an empty list means the
+// agent records unchanged. A record excluded by an entity map's filter comes
+// back with the filter's name (reason filtered); a failure is a
+// *MappingError naming the attribute map (reason mapping_error). Values never
+// appear in errors.
+//
+// Types follow Dataverse: strings and memos (with a max-length policy),
+// integers, decimals and money (exact: json.Number text, never float64),
+// booleans, date-only and UTC date-time, option sets and multi-selects
+// (through value maps with an unmapped policy), lookups (through another
+// entity map's correlation) and computed values (read-only FHIRPath).
+//
+// # Samples
+//
+// Each entity map can carry sample cases. RunSamples / RunSample / Preview
+// are the one runner behind `go test`, `fhirsync maps test` and the admin
+// preview; they keep a sample's parse errors, unexpected evaluation errors
+// and mismatches apart.
+//
+// The starter map set (Microsoft Cloud for Healthcare names) is in package
+// maps/starter.
+package maps

@@ -1,0 +1,178 @@
+package fhirpath
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	"github.com/fhirsync/fhirsync/maps/path"
+)
+
+// speedExpressions are the FHIRPath (not path-language) reads timed by
+// TestCompareSpeed besides every path of the corpus and the starter maps.
+var speedExpressions = []string{
+	"name.where(use = 'official').exists() and birthDate.exists()",
+	"telecom.where(system = 'phone').count() > 1",
+	"identifier.where(system = 'urn:x').exists()",
+	"status != 'entered-in-error'",
+	"code.coding.where(system = 'http://loinc.org').display.first()",
+	"name.select(given.first() + ' ' + family)",
+	"birthDate > @1970-01-01",
+	"value.ofType(Quantity).value",
+	"iif(active, 'yes', 'no')",
+	"extension.where(url = 'http://example.org/ext/flag').value",
+}
+
+// TestCompareSpeed runs the same read expressions on the same records
+// through fhirpath.js and through this project's engines (maps/path for
+// path-language reads, the FHIRPath engine for everything) in one run and
+// prints a table of median ns/op and the ratio. It only measures; it asserts
+// nothing about time. Run it with
+//
+//	FHIRSYNC_COMPARE_SPEED=1 go test ./maps/fhirpath -run TestCompareSpeed -v
+func TestCompareSpeed(t *testing.T) {
+	if os.Getenv("FHIRSYNC_COMPARE_SPEED") != "1" {
+		t.Skip("set FHIRSYNC_COMPARE_SPEED=1 to compare speed with fhirpath.js")
+	}
+	dir := oracleDir(t)
+	resources := loadResources(t)
+
+	type row struct {
+		expr     string
+		isPath   bool
+		js, ours []float64 // ns/op per resource
+		fp       []float64 // FHIRPath engine on path expressions
+	}
+	var rows []*row
+	seen := map[string]bool{}
+	for _, c := range append(loadCorpus(t), starterCorpus(t)...) {
+		if c.readPath && !seen[c.expr] {
+			seen[c.expr] = true
+			rows = append(rows, &row{expr: c.expr, isPath: true})
+		}
+	}
+	for _, c := range starterCorpus(t) {
+		if !c.readPath && !seen[c.expr] {
+			seen[c.expr] = true
+			rows = append(rows, &row{expr: c.expr})
+		}
+	}
+	for _, e := range speedExpressions {
+		if !seen[e] {
+			seen[e] = true
+			rows = append(rows, &row{expr: e})
+		}
+	}
+
+	var cases []oracleCase
+	for _, r := range rows {
+		for _, res := range resources {
+			cases = append(cases, oracleCase{Expression: r.expr, Resource: res.raw})
+		}
+	}
+	jsOut := runOracle(t, dir, cases, "--bench", "5")
+	for i, r := range rows {
+		for j := range resources {
+			var b struct {
+				NsPerOp float64 `json:"nsPerOp"`
+				Error   string  `json:"error"`
+			}
+			if err := json.Unmarshal(jsOut[i*len(resources)+j], &b); err != nil {
+				t.Fatal(err)
+			}
+			if b.Error != "" {
+				t.Fatalf("fhirpath.js cannot run %s: %s", r.expr, b.Error)
+			}
+			r.js = append(r.js, b.NsPerOp)
+		}
+	}
+
+	for _, r := range rows {
+		e := MustCompile(r.expr)
+		var p *path.Path
+		if r.isPath {
+			p = path.MustCompile(r.expr)
+		}
+		for _, res := range resources {
+			ns := timeIt(func() { _, _ = e.Eval(res.raw) })
+			if p != nil {
+				r.fp = append(r.fp, ns)
+				r.ours = append(r.ours, timeIt(func() { _ = p.GetAll(res.doc) }))
+			} else {
+				r.ours = append(r.ours, ns)
+			}
+		}
+	}
+
+	var b strings.Builder
+	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "expression\tengine\tfhirpath.js ns/op\tours ns/op\tratio\tFHIRPath engine ns/op\tratio\t")
+	var pathRatios, fpRatios []float64
+	for _, r := range rows {
+		js, ours := median(r.js), median(r.ours)
+		engine, extra := "fhirpath", "\t\t"
+		if r.isPath {
+			engine = "path"
+			fp := median(r.fp)
+			extra = fmt.Sprintf("%.0f\t%.1fx\t", fp, js/fp)
+			pathRatios = append(pathRatios, js/ours)
+			fpRatios = append(fpRatios, js/fp)
+		} else {
+			fpRatios = append(fpRatios, js/ours)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%.0f\t%.0f\t%.1fx\t%s\n", shorten(r.expr, 60), engine, js, ours, js/ours, extra)
+	}
+	w.Flush()
+	t.Logf("medians over %d synthetic resources per expression (JSON decoding excluded for maps/path and fhirpath.js; the FHIRPath engine reads JSON bytes):\n%s", len(resources), b.String())
+	t.Logf("median speed-up over fhirpath.js: maps/path %.1fx on %d path reads; FHIRPath engine %.1fx on %d expressions",
+		median(pathRatios), len(pathRatios), median(fpRatios), len(fpRatios))
+}
+
+// timeIt returns the median ns per call of f over five rounds of at least
+// two milliseconds each.
+func timeIt(f func()) float64 {
+	n := 1
+	for {
+		start := time.Now()
+		for range n {
+			f()
+		}
+		if time.Since(start) > 2*time.Millisecond || n > 1<<20 {
+			break
+		}
+		n *= 2
+	}
+	samples := make([]float64, 5)
+	for i := range samples {
+		start := time.Now()
+		for range n {
+			f()
+		}
+		samples[i] = float64(time.Since(start).Nanoseconds()) / float64(n)
+	}
+	return median(samples)
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func shorten(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}

@@ -1,0 +1,391 @@
+package maps
+
+// FormatVersion is the version of the YAML map-set format this package
+// reads and writes.
+const FormatVersion = 1
+
+// Document is a whole map set in its interchange form: what a YAML file
+// holds, what a stored version holds and what the admin app edits. Maps refer
+// to each other by name, never by database id, so a document moves between
+// installations unchanged.
+type Document struct {
+	// Format is the document format version (FormatVersion).
+	Format int `yaml:"format"`
+	// ValueMaps are the option-set ↔ code tables attribute maps refer to.
+	ValueMaps []ValueMap `yaml:"valueMaps,omitempty"`
+	// EntityMaps pair CRM entities with FHIR resource types.
+	EntityMaps []EntityMap `yaml:"entityMaps"`
+}
+
+// EntityMap pairs a CRM entity with a FHIR resource type (DESIGN.md §3).
+type EntityMap struct {
+	// Name identifies the map within its set; decisions record it.
+	Name        string `yaml:"name"`
+	Description string `yaml:"description,omitempty"`
+	// Enabled false keeps the map in the set but makes the agent skip its
+	// records with map_disabled. Omitted means true.
+	Enabled *bool `yaml:"enabled,omitempty"`
+	// CRMEntity is the entity's logical name (contact); CRMEntitySet its
+	// Web API entity set name (contacts).
+	CRMEntity    string `yaml:"crmEntity"`
+	CRMEntitySet string `yaml:"crmEntitySet"`
+	// CRMIDAttribute is the entity's primary key attribute; omitted means
+	// CRMEntity + "id" (contactid).
+	CRMIDAttribute string `yaml:"crmIdAttribute,omitempty"`
+	// FHIRType is the FHIR R4 resource type (Patient).
+	FHIRType string `yaml:"fhirType"`
+	// FHIRToCRM and CRMToFHIR switch each direction and its operations.
+	FHIRToCRM Flow `yaml:"fhirToCRM"`
+	CRMToFHIR Flow `yaml:"crmToFHIR"`
+	// Correlation says how records on the two sides find each other.
+	Correlation Correlation `yaml:"correlation"`
+	// FHIRFilter and CRMFilter, when set, restrict which records travel.
+	FHIRFilter *FHIRFilter `yaml:"fhirFilter,omitempty"`
+	CRMFilter  *CRMFilter  `yaml:"crmFilter,omitempty"`
+	// ConflictPolicy says which side wins when both changed the same record.
+	ConflictPolicy ConflictPolicy `yaml:"conflictPolicy,omitempty"`
+	Attributes     []AttributeMap `yaml:"attributes"`
+	Expansions     []ExpansionMap `yaml:"expansions,omitempty"`
+	// Samples are the map's own test cases.
+	Samples []Sample `yaml:"samples,omitempty"`
+}
+
+// Flow switches one direction of an entity map.
+type Flow struct {
+	Enabled bool `yaml:"enabled"`
+	// Operations lists the operations allowed in this direction.
+	Operations []Operation `yaml:"operations,flow"`
+}
+
+// Allows reports whether the flow is on and permits op.
+func (f Flow) Allows(op Operation) bool {
+	if !f.Enabled {
+		return false
+	}
+	for _, o := range f.Operations {
+		if o == op {
+			return true
+		}
+	}
+	return false
+}
+
+// Operation is a change a direction may carry to its target.
+type Operation string
+
+// Operations.
+const (
+	OpCreate Operation = "create" // create the target record when none is correlated
+	OpUpdate Operation = "update" // update a correlated target record
+	OpDelete Operation = "delete" // delete the target when the source is deleted
+)
+
+// Correlation links records across the two sides.
+type Correlation struct {
+	// CRMAttribute holds the FHIR resource id on the CRM record and can be
+	// used as an alternate key (msemr_azurefhirid).
+	CRMAttribute string `yaml:"crmAttribute"`
+	// FHIRIdentifierSystem is the identifier system under which the FHIR
+	// resource carries the CRM record id.
+	FHIRIdentifierSystem string `yaml:"fhirIdentifierSystem"`
+}
+
+// FHIRFilter is a FHIRPath boolean; resources for which it is not true are
+// skipped with the reason filtered, naming the filter.
+type FHIRFilter struct {
+	Name       string `yaml:"name"`
+	Expression string `yaml:"expression"`
+}
+
+// CRMFilter is a condition on one CRM attribute (for instance a per-record
+// "sync enabled" flag); records that fail it are skipped as filtered.
+type CRMFilter struct {
+	Name      string   `yaml:"name"`
+	Attribute string   `yaml:"attribute"`
+	Operator  FilterOp `yaml:"operator"`
+	// Values are compared with the attribute's value in its text form
+	// (true, 935000000, a string); eq and ne take one value, in several.
+	Values []string `yaml:"values,omitempty,flow"`
+}
+
+// FilterOp is a CRM filter comparison.
+type FilterOp string
+
+// Filter operators.
+const (
+	FilterEq      FilterOp = "eq"      // attribute equals Values[0]
+	FilterNe      FilterOp = "ne"      // attribute differs from Values[0] (null differs)
+	FilterIn      FilterOp = "in"      // attribute equals one of Values
+	FilterNotNull FilterOp = "notnull" // attribute has a value
+)
+
+// ConflictPolicy decides between two sides changed at once.
+type ConflictPolicy string
+
+// Conflict policies.
+const (
+	ConflictLastWriter ConflictPolicy = "last-writer-wins" // the newest change wins (default)
+	ConflictFHIRWins   ConflictPolicy = "fhir-wins"        // the FHIR server is authoritative
+	ConflictCRMWins    ConflictPolicy = "crm-wins"         // the CRM is authoritative
+)
+
+// AttributeMap maps one CRM attribute to one FHIR element.
+type AttributeMap struct {
+	// Name identifies the attribute map within its entity or expansion map;
+	// mapping errors name it.
+	Name string `yaml:"name"`
+	// Enabled false ignores the attribute map; omitted means true.
+	Enabled      *bool   `yaml:"enabled,omitempty"`
+	CRMAttribute string  `yaml:"crmAttribute"`
+	CRMType      CRMType `yaml:"crmType"`
+	// FHIRPath is a path-language path relative to the resource (or to the
+	// array item, inside an expansion map). It may be empty only for a
+	// FHIR→CRM default (a constant).
+	FHIRPath  string    `yaml:"fhirPath,omitempty"`
+	Direction Direction `yaml:"direction,omitempty"`
+	Action    Action    `yaml:"action,omitempty"`
+	// Default is used, in the target's type, when the source has no value.
+	Default string `yaml:"default,omitempty"`
+	// ValueMap names the set's value map (action valueMap).
+	ValueMap string `yaml:"valueMap,omitempty"`
+	// Lookup configures action lookup.
+	Lookup *Lookup `yaml:"lookup,omitempty"`
+	// Expression is the FHIRPath expression of action computed.
+	Expression string `yaml:"expression,omitempty"`
+	// Required makes a missing source value a mapping error.
+	Required bool `yaml:"required,omitempty"`
+	// MaxLength limits string and memo values; LengthPolicy says what an
+	// overlong value does.
+	MaxLength    int          `yaml:"maxLength,omitempty"`
+	LengthPolicy LengthPolicy `yaml:"lengthPolicy,omitempty"`
+}
+
+// Lookup maps a FHIR reference to a CRM lookup through another entity map's
+// correlation.
+type Lookup struct {
+	// EntityMap names the entity map of the referenced records.
+	EntityMap string `yaml:"entityMap"`
+	// Navigation is the single-valued navigation property used for
+	// "nav@odata.bind"; omitted means the CRM attribute name.
+	Navigation string `yaml:"navigation,omitempty"`
+}
+
+// ExpansionMap maps the items of a FHIR array to child CRM rows.
+type ExpansionMap struct {
+	Name    string `yaml:"name"`
+	Enabled *bool  `yaml:"enabled,omitempty"`
+	// FHIRPath is the repeating element (identifier).
+	FHIRPath string `yaml:"fhirPath"`
+	// Exclude leaves array items that match any condition out of the
+	// expansion (and untouched on write-back).
+	Exclude        []Condition `yaml:"exclude,omitempty"`
+	Direction      Direction   `yaml:"direction,omitempty"`
+	CRMEntity      string      `yaml:"crmEntity"`
+	CRMEntitySet   string      `yaml:"crmEntitySet"`
+	CRMIDAttribute string      `yaml:"crmIdAttribute,omitempty"`
+	// ParentLookup is the child's lookup attribute pointing at the parent
+	// record; ParentNavigation its navigation property (omitted: the same).
+	ParentLookup     string `yaml:"parentLookup"`
+	ParentNavigation string `yaml:"parentNavigation,omitempty"`
+	// MatchKey names the element attribute maps whose values pair an item
+	// with a row, so an update never duplicates a row.
+	MatchKey []string `yaml:"matchKey,flow"`
+	// OnRemove says what happens to rows whose item disappeared.
+	OnRemove RemovePolicy `yaml:"onRemove"`
+	// Attributes are relative to the array item.
+	Attributes []AttributeMap `yaml:"attributes"`
+}
+
+// Condition is an equality test on a field of an array item.
+type Condition struct {
+	Field string `yaml:"field"`
+	Value string `yaml:"value"`
+}
+
+// RemovePolicy says what removing an array item does to its child row.
+type RemovePolicy string
+
+// Remove policies.
+const (
+	RemoveDelete     RemovePolicy = "delete"     // delete the row
+	RemoveDeactivate RemovePolicy = "deactivate" // set statecode 1 (inactive)
+)
+
+// ValueMap translates option-set values to codes and back.
+type ValueMap struct {
+	Name        string `yaml:"name"`
+	Description string `yaml:"description,omitempty"`
+	// System is the FHIR code system (or value set) of the codes; it is
+	// used to check coverage of required bindings.
+	System  string          `yaml:"system,omitempty"`
+	Entries []ValueMapEntry `yaml:"entries"`
+	// Unmapped says what an unlisted value does.
+	Unmapped Unmapped `yaml:"unmapped,omitempty"`
+	// DefaultCRM and DefaultFHIR are used by Unmapped default.
+	DefaultCRM  *int   `yaml:"defaultCRM,omitempty"`
+	DefaultFHIR string `yaml:"defaultFHIR,omitempty"`
+}
+
+// ValueMapEntry pairs an option-set value with a code. Several codes may
+// share a value; CRM→FHIR then uses the first entry.
+type ValueMapEntry struct {
+	CRM  int    `yaml:"crm"`
+	FHIR string `yaml:"fhir"`
+}
+
+// Unmapped is a value map's policy for values it does not list.
+type Unmapped string
+
+// Unmapped policies.
+const (
+	UnmappedError   Unmapped = "error"   // a mapping error (default)
+	UnmappedSkip    Unmapped = "skip"    // leave the target field unset
+	UnmappedDefault Unmapped = "default" // use DefaultCRM / DefaultFHIR
+)
+
+// CRMType is a Dataverse attribute type.
+type CRMType string
+
+// CRM attribute types.
+const (
+	TypeString      CRMType = "string"
+	TypeMemo        CRMType = "memo"
+	TypeInt         CRMType = "int"
+	TypeDecimal     CRMType = "decimal"
+	TypeMoney       CRMType = "money"
+	TypeBool        CRMType = "bool"
+	TypeDateOnly    CRMType = "date-only"    // a calendar date, no time zone
+	TypeDateTimeUTC CRMType = "date-time"    // an instant, stored in UTC
+	TypeOptionSet   CRMType = "option-set"   // one int option value
+	TypeMultiSelect CRMType = "multi-select" // comma-separated option values
+	TypeLookup      CRMType = "lookup"       // a reference to another record
+)
+
+// Direction says which way an attribute or expansion map travels.
+type Direction string
+
+// Directions.
+const (
+	Both      Direction = "both"        // both ways (default)
+	FHIRToCRM Direction = "fhir-to-crm" // FHIR → CRM only
+	CRMToFHIR Direction = "crm-to-fhir" // CRM → FHIR only (write-back)
+)
+
+// Action is what an attribute map does with the value.
+type Action string
+
+// Actions.
+const (
+	ActionCopy     Action = "copy"     // convert and copy (default)
+	ActionDefault  Action = "default"  // write Default when the source is empty; a constant when FHIRPath is empty
+	ActionValueMap Action = "valueMap" // translate through ValueMap
+	ActionLookup   Action = "lookup"   // reference ↔ lookup through Lookup.EntityMap
+	ActionComputed Action = "computed" // FHIRPath Expression, FHIR → CRM only
+)
+
+// LengthPolicy is what an overlong string does.
+type LengthPolicy string
+
+// Length policies.
+const (
+	LengthError    LengthPolicy = "error"    // a mapping error (default)
+	LengthTruncate LengthPolicy = "truncate" // cut to MaxLength characters
+)
+
+// Sample is one test case of an entity map: an input, and the output or
+// decision it must produce. Inputs and outputs are JSON text so numbers keep
+// their exact text.
+type Sample struct {
+	Name      string    `yaml:"name"`
+	Direction Direction `yaml:"direction"`
+	// Lookups answers the lookup resolver: FHIR reference ↔ CRM id.
+	Lookups map[string]string `yaml:"lookups,omitempty"`
+	// Input is a FHIR resource (fhir-to-crm) or a CRM state
+	// {"record":{...},"children":{"expansion":[...]}} (crm-to-fhir).
+	Input string `yaml:"input"`
+	// Base is the FHIR resource write-back starts from (crm-to-fhir);
+	// Current is the target's current state, for the diff.
+	Base    string `yaml:"base,omitempty"`
+	Current string `yaml:"current,omitempty"`
+	Expect  Expect `yaml:"expect"`
+}
+
+// Expect is a sample's expected result.
+type Expect struct {
+	// Decision is mapped, unchanged, filtered or mapping_error.
+	Decision string `yaml:"decision"`
+	// Filter names the filter for decision filtered; Attribute names the
+	// attribute map for decision mapping_error.
+	Filter    string `yaml:"filter,omitempty"`
+	Attribute string `yaml:"attribute,omitempty"`
+	// Output is the expected CRM result {"record":..,"children":[..]} or
+	// FHIR resource, as JSON.
+	Output string `yaml:"output,omitempty"`
+	// Changed lists the fields expected in the diff, when given.
+	Changed []string `yaml:"changed,omitempty,flow"`
+}
+
+// Sample decisions.
+const (
+	DecisionMapped       = "mapped"
+	DecisionUnchanged    = "unchanged"
+	DecisionFiltered     = "filtered"
+	DecisionMappingError = "mapping_error"
+)
+
+func enabled(b *bool) bool { return b == nil || *b }
+
+// IsEnabled reports whether the entity map is enabled.
+func (m *EntityMap) IsEnabled() bool { return enabled(m.Enabled) }
+
+// IsEnabled reports whether the attribute map is enabled.
+func (a *AttributeMap) IsEnabled() bool { return enabled(a.Enabled) }
+
+// IsEnabled reports whether the expansion map is enabled.
+func (x *ExpansionMap) IsEnabled() bool { return enabled(x.Enabled) }
+
+func (d Direction) orBoth() Direction {
+	if d == "" {
+		return Both
+	}
+	return d
+}
+
+func (a Action) orCopy() Action {
+	if a == "" {
+		return ActionCopy
+	}
+	return a
+}
+
+// toCRM / toFHIR report whether a direction carries values that way.
+func (d Direction) toCRM() bool  { return d.orBoth() != CRMToFHIR }
+func (d Direction) toFHIR() bool { return d.orBoth() != FHIRToCRM }
+
+func (m *EntityMap) idAttribute() string {
+	if m.CRMIDAttribute != "" {
+		return m.CRMIDAttribute
+	}
+	return m.CRMEntity + "id"
+}
+
+func (x *ExpansionMap) idAttribute() string {
+	if x.CRMIDAttribute != "" {
+		return x.CRMIDAttribute
+	}
+	return x.CRMEntity + "id"
+}
+
+func (x *ExpansionMap) parentNavigation() string {
+	if x.ParentNavigation != "" {
+		return x.ParentNavigation
+	}
+	return x.ParentLookup
+}
+
+func (l *Lookup) navigation(attr string) string {
+	if l.Navigation != "" {
+		return l.Navigation
+	}
+	return attr
+}

@@ -1,0 +1,70 @@
+package embedded_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/fhirsync/fhirsync/queues"
+	"github.com/fhirsync/fhirsync/queues/embedded"
+	"github.com/fhirsync/fhirsync/storage/storagetest"
+)
+
+// BenchmarkRoundTrip measures full round trips — send, receive, complete —
+// one message per b.N, in batches of the given size (Send of a batch,
+// Receive up to the batch, CompleteMany). msgs/s is the figure to read.
+func BenchmarkRoundTrip(b *testing.B) {
+	for _, d := range storagetest.Dialects {
+		for _, bc := range []struct {
+			batch int
+			keyed bool
+		}{{1, false}, {100, false}, {100, true}} {
+			name := fmt.Sprintf("%s/batch=%d", d, bc.batch)
+			if bc.keyed {
+				name += "/session-keys"
+			}
+			b.Run(name, func(b *testing.B) {
+				ctx := context.Background()
+				db := storagetest.Open(b, d)
+				q, err := embedded.New(db, "bench", embedded.Options{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				msgs := make([]queues.Message, bc.batch)
+				body := []byte(`{"v":1,"side":"fhir","type":"Patient","id":"p","event":"updated","origin":"history-poll"}`)
+				seq := 0
+				b.ResetTimer()
+				for done := 0; done < b.N; {
+					n := min(bc.batch, b.N-done)
+					for i := range n {
+						seq++
+						msgs[i] = queues.Message{ID: fmt.Sprintf("m%d", seq), Body: body,
+							Properties: map[string]string{"side": "fhir", "type": "Patient"}}
+						if bc.keyed {
+							msgs[i].SessionKey = fmt.Sprintf("fhir:Patient/%d", seq%5000)
+						}
+					}
+					if err := q.Send(ctx, msgs[:n]...); err != nil {
+						b.Fatal(err)
+					}
+					for got := 0; got < n; {
+						ms, err := q.Receive(ctx, n-got, time.Second)
+						if err != nil {
+							b.Fatal(err)
+						}
+						if len(ms) == 0 {
+							b.Fatalf("received %d of %d", got, n)
+						}
+						if err := q.CompleteMany(ctx, ms); err != nil {
+							b.Fatal(err)
+						}
+						got += len(ms)
+					}
+					done += n
+				}
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+			})
+		}
+	}
+}

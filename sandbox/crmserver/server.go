@@ -1,0 +1,1104 @@
+package crmserver
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/fhirsync/fhirsync/queues"
+)
+
+// APIPath is the service root path of the Web API.
+const APIPath = "/api/data/v9.2/"
+
+// DefaultUserID is the systemuserid of requests when no tokens are
+// configured and no MSCRMCallerID header is sent.
+const DefaultUserID = "00000000-0000-0000-0000-00000000aaaa"
+
+// sender is where the service-endpoint emulation posts
+// RemoteExecutionContext messages (a queue).
+type sender interface {
+	Send(ctx context.Context, msgs ...queues.Message) error
+}
+
+// Limits are the service-protection limits; zero fields are off.
+type Limits struct {
+	// Requests is how many requests one user may make per Window.
+	Requests int
+	// Window is the fixed window after which the Requests count resets.
+	Window time.Duration
+	// Concurrent caps one user's requests in flight at once.
+	Concurrent int
+}
+
+// Options configures a Server. The zero value serves the default entities
+// with no limits, no tokens and no service endpoint.
+type Options struct {
+	// Entities replaces DefaultEntities.
+	Entities []*Entity
+	// Tokens maps bearer tokens to systemuserids. When empty, any request
+	// (with or without a token) is DefaultUserID.
+	Tokens map[string]string
+	// Limits are the initial service-protection limits (SetLimits changes
+	// them at run time).
+	Limits Limits
+	// Endpoint, when set, receives a RemoteExecutionContext message for
+	// every committed create, update and delete.
+	Endpoint sender
+	// EndpointImages registers a PreImage and a PostImage on the emulated
+	// step (Dataverse: images configured on the step registration).
+	EndpointImages bool
+	// MaxContextBytes is the size above which the emulation drops the
+	// entity images from a message; zero means 192 KiB.
+	MaxContextBytes int
+	// DeltaTokenTTL is how long a change-tracking token stays valid; zero
+	// means 7 days (the Dataverse default).
+	DeltaTokenTTL time.Duration
+	// MaxPageSize is the page size when the client asks for none; zero
+	// means 5000.
+	MaxPageSize int
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Logger receives operational messages; nil discards them.
+	Logger *slog.Logger
+}
+
+// Stats counts what the server did, for tests and the demo.
+type Stats struct {
+	Requests       int64 // HTTP requests received (a $batch counts once)
+	Throttled      int64 // answered 429
+	Injected       int64 // answered by failure injection
+	EndpointSent   int64 // RemoteExecutionContext messages posted
+	EndpointFailed int64 // posts the endpoint refused
+	ImagesDropped  int64 // messages posted without their images
+}
+
+// Server is an in-memory Dataverse Web API. It is an http.Handler serving
+// APIPath.
+type Server struct {
+	opts  Options
+	st    *store
+	now   func() time.Time
+	log   *slog.Logger
+	orgID string
+
+	mu       sync.Mutex
+	limits   Limits
+	usage    map[string]*usage
+	failTil  time.Time
+	failCode int
+	failN    int
+	stats    Stats
+}
+
+type usage struct {
+	windowStart time.Time
+	count       int
+	inFlight    int
+}
+
+// New builds a server.
+func New(opts Options) (*Server, error) {
+	ents := opts.Entities
+	if ents == nil {
+		ents = DefaultEntities()
+	}
+	st, err := newStore(ents)
+	if err != nil {
+		return nil, fmt.Errorf("crmserver: %w", err)
+	}
+	if opts.MaxContextBytes == 0 {
+		opts.MaxContextBytes = 192 << 10
+	}
+	if opts.DeltaTokenTTL == 0 {
+		opts.DeltaTokenTTL = 7 * 24 * time.Hour
+	}
+	if opts.MaxPageSize == 0 {
+		opts.MaxPageSize = 5000
+	}
+	s := &Server{opts: opts, st: st, now: opts.Now, log: opts.Logger, limits: opts.Limits,
+		usage: map[string]*usage{}, orgID: uuid.NewString()}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	return s, nil
+}
+
+// SetLimits switches service-protection limits at run time.
+func (s *Server) SetLimits(l Limits) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.limits = l
+	s.usage = map[string]*usage{}
+}
+
+// FailFor answers every request with status (e.g. 503) and a Dataverse
+// error body for d, with Retry-After set to the time left.
+func (s *Server) FailFor(status int, d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failCode, s.failTil, s.failN = status, s.now().Add(d), 0
+}
+
+// FailNext answers the next n requests with status.
+func (s *Server) FailNext(n, status int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failCode, s.failN, s.failTil = status, n, time.Time{}
+}
+
+// ExpireDeltaTokens makes every change-tracking token issued so far
+// expired, as if the retention period had passed.
+func (s *Server) ExpireDeltaTokens() {
+	s.st.mu.Lock()
+	defer s.st.mu.Unlock()
+	// Tick the version so tokens issued from now on are newer than the cut.
+	s.st.version++
+	s.st.expiredBelow = s.st.version
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stats
+}
+
+// Count returns how many rows an entity holds.
+func (s *Server) Count(logicalName string) int {
+	s.st.mu.Lock()
+	defer s.st.mu.Unlock()
+	if tb := s.st.tables[logicalName]; tb != nil {
+		return len(tb.rows)
+	}
+	return 0
+}
+
+// apiError is a Dataverse error answer.
+type apiError struct {
+	status     int
+	code       string
+	message    string
+	retryAfter time.Duration
+}
+
+func (e *apiError) Error() string { return e.code + ": " + e.message }
+
+func errBadRequest(code, msg string) *apiError {
+	return &apiError{status: http.StatusBadRequest, code: code, message: msg}
+}
+
+func errNotFound(entity, id string) *apiError {
+	return &apiError{status: http.StatusNotFound, code: "0x80040217", message: fmt.Sprintf("%s With Id = %s Does Not Exist", entity, id)}
+}
+
+func errKeyNotFound(entity string) *apiError {
+	return &apiError{status: http.StatusNotFound, code: "0x80040217", message: fmt.Sprintf("A record with the specified key values does not exist in %s entity", entity)}
+}
+
+func errDuplicateKey() *apiError {
+	return &apiError{status: http.StatusPreconditionFailed, code: "0x80040237", message: "A record with matching key values already exists."}
+}
+
+func errVersionMismatch() *apiError {
+	return &apiError{status: http.StatusPreconditionFailed, code: "0x80060882", message: "The version of the existing record doesn't match the RowVersion property provided."}
+}
+
+// response is one answer, written to the wire or into a $batch part.
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func newHeader() http.Header {
+	h := http.Header{}
+	h.Set("OData-Version", "4.0")
+	return h
+}
+
+func (e *apiError) response() response {
+	h := newHeader()
+	h.Set("Content-Type", "application/json; odata.metadata=minimal")
+	if e.retryAfter > 0 {
+		h.Set("Retry-After", strconv.Itoa(int(math.Ceil(e.retryAfter.Seconds()))))
+	}
+	b, _ := json.Marshal(map[string]any{"error": map[string]any{"code": e.code, "message": e.message}})
+	return response{status: e.status, header: h, body: b}
+}
+
+func jsonResponse(status int, v any) response {
+	h := newHeader()
+	h.Set("Content-Type", "application/json; odata.metadata=minimal")
+	b, err := json.Marshal(v)
+	if err != nil {
+		return (&apiError{status: 500, code: "0x80040216", message: "encoding the response failed"}).response()
+	}
+	return response{status: status, header: h, body: b}
+}
+
+func writeResponse(w http.ResponseWriter, r response) {
+	for k, v := range r.header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(r.status)
+	_, _ = w.Write(r.body)
+}
+
+// call is what every operation of one HTTP request shares.
+type call struct {
+	ctx         context.Context
+	base        string // absolute service root, ending in "/"
+	user        string // the effective user (impersonated, if MSCRMCallerID was sent)
+	initiating  string // the authenticated user
+	correlation string
+	contentIDs  map[string]string // "$1" → "contacts(<id>)" inside a change set
+}
+
+// request is one operation: a top-level request or a $batch part.
+type request struct {
+	method string
+	path   string // relative to the service root, decoded
+	query  url.Values
+	header http.Header
+	body   []byte
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	s.stats.Requests++
+	s.mu.Unlock()
+	if !strings.HasPrefix(r.URL.Path, APIPath) {
+		writeResponse(w, (&apiError{status: 404, code: "0x80060888", message: "Resource not found for the segment '" + r.URL.Path + "'."}).response())
+		return
+	}
+	user, initiating, ok := s.identify(r)
+	if !ok {
+		w.Header().Set("WWW-Authenticate", `Bearer authorization_uri=https://login.microsoftonline.com/common/oauth2/authorize`)
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
+	if e := s.injected(); e != nil {
+		writeResponse(w, e.response())
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, 128<<20))
+	if err != nil {
+		writeResponse(w, errBadRequest("0x80048d19", "reading the request body failed").response())
+		return
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	c := &call{ctx: r.Context(), base: scheme + "://" + r.Host + APIPath, user: user, initiating: initiating,
+		correlation: uuid.NewString()}
+	req := &request{method: r.Method, path: strings.TrimPrefix(r.URL.Path, APIPath), query: r.URL.Query(), header: r.Header, body: body}
+	if req.path == "$batch" && r.Method == http.MethodPost {
+		writeResponse(w, s.serveBatch(c, req))
+		return
+	}
+	release, e := s.admit(user, 1)
+	if e != nil {
+		writeResponse(w, e.response())
+		return
+	}
+	defer release()
+	writeResponse(w, s.runOne(c, req))
+}
+
+// identify returns the effective and the authenticated user.
+func (s *Server) identify(r *http.Request) (user, initiating string, ok bool) {
+	initiating = DefaultUserID
+	if len(s.opts.Tokens) > 0 {
+		tok, found := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !found {
+			return "", "", false
+		}
+		id, known := s.opts.Tokens[strings.TrimSpace(tok)]
+		if !known {
+			return "", "", false
+		}
+		initiating = id
+	}
+	user = initiating
+	if c := r.Header.Get("MSCRMCallerID"); c != "" {
+		if u, err := uuid.Parse(c); err == nil {
+			user = u.String()
+		}
+	}
+	return user, initiating, true
+}
+
+func (s *Server) injected() *apiError {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	active := false
+	var retry time.Duration
+	switch {
+	case s.failN > 0:
+		s.failN--
+		active, retry = true, time.Second
+	case now.Before(s.failTil):
+		active, retry = true, s.failTil.Sub(now)
+	}
+	if !active {
+		return nil
+	}
+	s.stats.Injected++
+	return &apiError{status: s.failCode, code: "0x80040216", message: "The service is temporarily unavailable (injected failure).", retryAfter: retry}
+}
+
+// admit applies the service-protection limits to cost requests of user.
+func (s *Server) admit(user string, cost int) (func(), *apiError) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := s.limits
+	u := s.usage[user]
+	if u == nil {
+		u = &usage{}
+		s.usage[user] = u
+	}
+	now := s.now()
+	if l.Requests > 0 && l.Window > 0 {
+		if now.Sub(u.windowStart) >= l.Window {
+			u.windowStart, u.count = now, 0
+		}
+		if u.count+cost > l.Requests && u.count > 0 {
+			s.stats.Throttled++
+			return nil, &apiError{status: http.StatusTooManyRequests, code: "0x80072322",
+				message:    fmt.Sprintf("Number of requests exceeded the limit of %d over time window of %d seconds.", l.Requests, int(l.Window.Seconds())),
+				retryAfter: u.windowStart.Add(l.Window).Sub(now)}
+		}
+		u.count += cost
+	}
+	if l.Concurrent > 0 {
+		if u.inFlight >= l.Concurrent {
+			s.stats.Throttled++
+			return nil, &apiError{status: http.StatusTooManyRequests, code: "0x80072326",
+				message: fmt.Sprintf("Number of concurrent requests exceeded the limit of %d.", l.Concurrent), retryAfter: time.Second}
+		}
+	}
+	u.inFlight++
+	return func() {
+		s.mu.Lock()
+		u.inFlight--
+		s.mu.Unlock()
+	}, nil
+}
+
+// runOne executes a single request in its own transaction.
+func (s *Server) runOne(c *call, req *request) response {
+	s.st.mu.Lock()
+	t := &tx{s: s.st}
+	resp := s.exec(c, req, t)
+	if resp.status >= 400 {
+		t.rollback()
+	}
+	events := t.events
+	s.st.mu.Unlock()
+	s.publish(c.ctx, events)
+	return resp
+}
+
+// exec routes one operation. The store lock is held.
+func (s *Server) exec(c *call, req *request, t *tx) response {
+	p := req.path
+	if strings.HasPrefix(p, "$") && c.contentIDs != nil {
+		ref, rest, _ := strings.Cut(p, "/")
+		if target, ok := c.contentIDs[ref]; ok {
+			p = target
+			if rest != "" {
+				p += "/" + rest
+			}
+		}
+	}
+	switch {
+	case p == "WhoAmI" || p == "WhoAmI()":
+		if req.method != http.MethodGet {
+			return errMethod()
+		}
+		return jsonResponse(200, map[string]any{"@odata.context": c.base + "$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse",
+			"BusinessUnitId": "00000000-0000-0000-0000-0000000000b1", "UserId": c.user, "OrganizationId": s.orgID})
+	case strings.HasPrefix(p, "EntityDefinitions"):
+		return s.metadata(c, req, p)
+	}
+	set, keySeg := p, ""
+	if i := strings.IndexByte(p, '('); i >= 0 {
+		if !strings.HasSuffix(p, ")") {
+			return errSegment(p)
+		}
+		set, keySeg = p[:i], p[i+1:len(p)-1]
+	}
+	tb := s.st.bySet[set]
+	if tb == nil {
+		return errSegment(set)
+	}
+	if keySeg == "" {
+		switch req.method {
+		case http.MethodGet:
+			return s.list(c, tb, req)
+		case http.MethodPost:
+			return s.create(c, t, tb, req)
+		}
+		return errMethod()
+	}
+	id, key, err := parseKeySegment(keySeg)
+	if err != nil {
+		return errBadRequest("0x80060888", fmt.Sprintf("Bad Request - Error in query syntax: %v", err)).response()
+	}
+	var existing *row
+	if key != nil {
+		r, e := tb.findByKey(key)
+		if e != nil {
+			return e.response()
+		}
+		existing = r
+	} else {
+		existing = tb.rows[id]
+	}
+	switch req.method {
+	case http.MethodGet:
+		if existing == nil {
+			return notFound(tb, id, key).response()
+		}
+		sel, e := parseSelect(tb.def, req.query.Get("$select"))
+		if e != nil {
+			return e.response()
+		}
+		out := s.rowJSON(tb, existing, sel)
+		out["@odata.context"] = c.base + "$metadata#" + tb.def.EntitySetName + "/$entity"
+		resp := jsonResponse(200, out)
+		resp.header.Set("ETag", etag(existing))
+		return resp
+	case http.MethodPatch:
+		return s.upsert(c, t, tb, req, existing, id, key)
+	case http.MethodDelete:
+		if existing == nil {
+			return notFound(tb, id, key).response()
+		}
+		if m := req.header.Get("If-Match"); m != "" && m != "*" && m != etag(existing) {
+			return errVersionMismatch().response()
+		}
+		s.deleteRow(c, t, tb, existing)
+		return response{status: 204, header: newHeader()}
+	}
+	return errMethod()
+}
+
+func notFound(tb *table, id string, key map[string]any) *apiError {
+	if key != nil {
+		return errKeyNotFound(tb.def.LogicalName)
+	}
+	return errNotFound(tb.def.LogicalName, id)
+}
+
+func errMethod() response {
+	return (&apiError{status: 405, code: "0x8006088a", message: "The requested method is not allowed on this resource."}).response()
+}
+
+func errSegment(seg string) response {
+	return (&apiError{status: 404, code: "0x80060888", message: "Resource not found for the segment '" + seg + "'."}).response()
+}
+
+func etag(r *row) string { return `W/"` + strconv.FormatInt(r.version, 10) + `"` }
+
+// prefer parses the Prefer headers into preference → value.
+func prefer(h http.Header) map[string]string {
+	out := map[string]string{}
+	for _, line := range h.Values("Prefer") {
+		for _, p := range strings.Split(line, ",") {
+			k, v, _ := strings.Cut(strings.TrimSpace(p), "=")
+			if k != "" {
+				out[strings.ToLower(k)] = strings.Trim(v, `"`)
+			}
+		}
+	}
+	return out
+}
+
+// parseSelect returns the selected attribute names, nil meaning all.
+func parseSelect(e *Entity, s string) (map[string]bool, *apiError) {
+	if s == "" {
+		return nil, nil
+	}
+	out := map[string]bool{}
+	for _, n := range strings.Split(s, ",") {
+		n = strings.TrimSpace(n)
+		name := n
+		if strings.HasPrefix(n, "_") && strings.HasSuffix(n, "_value") {
+			name = strings.TrimSuffix(strings.TrimPrefix(n, "_"), "_value")
+		}
+		if e.Attribute(name) == nil {
+			return nil, errBadRequest("0x80060888", fmt.Sprintf("Could not find a property named '%s' on type 'Microsoft.Dynamics.CRM.%s'.", n, e.LogicalName))
+		}
+		out[name] = true
+	}
+	return out, nil
+}
+
+// attrValue reads an attribute of r, including the platform columns.
+func attrValue(e *Entity, r *row, name string) any {
+	switch name {
+	case e.PrimaryID:
+		return r.id
+	case "createdon":
+		return r.createdOn.UTC().Format("2006-01-02T15:04:05Z")
+	case "modifiedon":
+		return r.modifiedOn.UTC().Format("2006-01-02T15:04:05Z")
+	case "createdby":
+		return lookupValue{ID: r.createdBy, Target: "systemuser"}
+	case "modifiedby":
+		return lookupValue{ID: r.modifiedBy, Target: "systemuser"}
+	case "versionnumber":
+		return json.Number(strconv.FormatInt(r.version, 10))
+	}
+	return r.attrs[name]
+}
+
+// filterValue reads a $filter operand ("_x_value" names a lookup's id).
+func filterValue(e *Entity, r *row, name string) any {
+	if strings.HasPrefix(name, "_") && strings.HasSuffix(name, "_value") {
+		name = strings.TrimSuffix(strings.TrimPrefix(name, "_"), "_value")
+	}
+	v := attrValue(e, r, name)
+	if lv, ok := v.(lookupValue); ok {
+		return lv.ID
+	}
+	return v
+}
+
+func knownFilterName(e *Entity) func(string) bool {
+	return func(n string) bool {
+		if strings.HasPrefix(n, "_") && strings.HasSuffix(n, "_value") {
+			a := e.Attribute(strings.TrimSuffix(strings.TrimPrefix(n, "_"), "_value"))
+			return a != nil && a.isLookup()
+		}
+		a := e.Attribute(n)
+		return a != nil && !a.isLookup()
+	}
+}
+
+func (s *Server) rowJSON(tb *table, r *row, sel map[string]bool) map[string]any {
+	out := map[string]any{"@odata.etag": etag(r)}
+	for _, a := range tb.def.Attributes {
+		if sel != nil && !sel[a.LogicalName] && a.LogicalName != tb.def.PrimaryID {
+			continue
+		}
+		v := attrValue(tb.def, r, a.LogicalName)
+		if a.isLookup() {
+			if lv, ok := v.(lookupValue); ok && lv.ID != "" {
+				out["_"+a.LogicalName+"_value"] = lv.ID
+			} else {
+				out["_"+a.LogicalName+"_value"] = nil
+			}
+			continue
+		}
+		out[a.LogicalName] = v
+	}
+	return out
+}
+
+// decodeBody parses a JSON object body keeping numbers exact.
+func decodeBody(b []byte) (map[string]any, *apiError) {
+	if len(bytes.TrimSpace(b)) == 0 {
+		return map[string]any{}, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var m map[string]any
+	if err := dec.Decode(&m); err != nil || m == nil {
+		return nil, errBadRequest("0x80048d19", "Error identified in Payload provided by the user: the body is not a JSON object.")
+	}
+	return m, nil
+}
+
+// applyBody validates a write body and returns the attribute changes.
+func (s *Server) applyBody(c *call, tb *table, body map[string]any, creating bool) (map[string]any, *apiError) {
+	changes := map[string]any{}
+	for k, v := range body {
+		if nav, ok := strings.CutSuffix(k, "@odata.bind"); ok {
+			rel := tb.def.navigation(nav)
+			if rel == nil {
+				return nil, errBadRequest("0x80060888", fmt.Sprintf("An undeclared property '%s' which only has property annotations in the payload but no property value was found in the payload.", nav))
+			}
+			if v == nil {
+				changes[rel.Attribute] = nil
+				continue
+			}
+			ref, isString := v.(string)
+			if !isString {
+				return nil, errBadRequest("0x80048d19", fmt.Sprintf("The value of %s must be a string.", k))
+			}
+			lv, e := s.resolveBind(c, rel, ref)
+			if e != nil {
+				return nil, e
+			}
+			changes[rel.Attribute] = lv
+			continue
+		}
+		if strings.HasPrefix(k, "@") || strings.Contains(k, "@odata.") {
+			continue // instance annotations such as @odata.type or @odata.etag
+		}
+		a := tb.def.Attribute(k)
+		if a == nil {
+			return nil, errBadRequest("0x80060888", fmt.Sprintf("Could not find a property named '%s' on type 'Microsoft.Dynamics.CRM.%s'.", k, tb.def.LogicalName))
+		}
+		if a.ReadOnly || (a.LogicalName == tb.def.PrimaryID && !creating) {
+			continue // Dataverse ignores values for columns not valid for the operation
+		}
+		nv, e := normalize(a, v)
+		if e != nil {
+			return nil, e
+		}
+		changes[k] = nv
+	}
+	return changes, nil
+}
+
+// resolveBind turns "/accounts(<id>)", "accounts(key='v')", a full URL or a
+// "$1" content-id reference into a lookup value.
+func (s *Server) resolveBind(c *call, rel *Relationship, ref string) (lookupValue, *apiError) {
+	if i := strings.Index(ref, APIPath); i >= 0 {
+		ref = ref[i+len(APIPath):]
+	}
+	ref = strings.TrimPrefix(ref, "/")
+	if u, err := url.PathUnescape(ref); err == nil {
+		ref = u
+	}
+	if strings.HasPrefix(ref, "$") && c.contentIDs != nil {
+		if p, ok := c.contentIDs[ref]; ok {
+			ref = p
+		}
+	}
+	i := strings.IndexByte(ref, '(')
+	if i < 0 || !strings.HasSuffix(ref, ")") {
+		return lookupValue{}, errBadRequest("0x80048d19", "The @odata.bind value is not an entity reference.")
+	}
+	target := s.st.bySet[ref[:i]]
+	if target == nil || target.def.LogicalName != rel.Target {
+		return lookupValue{}, errBadRequest("0x80048d19", fmt.Sprintf("The @odata.bind value for %s must reference %s.", rel.NavigationProperty, rel.Target))
+	}
+	id, key, err := parseKeySegment(ref[i+1 : len(ref)-1])
+	if err != nil {
+		return lookupValue{}, errBadRequest("0x80048d19", "The @odata.bind key is malformed.")
+	}
+	var r *row
+	if key != nil {
+		var e *apiError
+		if r, e = target.findByKey(key); e != nil {
+			return lookupValue{}, e
+		}
+		if r == nil {
+			return lookupValue{}, errKeyNotFound(target.def.LogicalName)
+		}
+	} else if r = target.rows[id]; r == nil {
+		return lookupValue{}, errNotFound(target.def.LogicalName, id)
+	}
+	return lookupValue{ID: r.id, Target: target.def.LogicalName}, nil
+}
+
+func (s *Server) create(c *call, t *tx, tb *table, req *request) response {
+	body, e := decodeBody(req.body)
+	if e != nil {
+		return e.response()
+	}
+	changes, e := s.applyBody(c, tb, body, true)
+	if e != nil {
+		return e.response()
+	}
+	id, _ := changes[tb.def.PrimaryID].(string)
+	delete(changes, tb.def.PrimaryID)
+	if id == "" {
+		id = uuid.NewString()
+	} else if tb.rows[id] != nil {
+		return errDuplicateKey().response()
+	}
+	r, e := s.insert(c, t, tb, id, changes)
+	if e != nil {
+		return e.response()
+	}
+	return s.writeAnswer(c, tb, req, r, http.StatusCreated)
+}
+
+func (s *Server) insert(c *call, t *tx, tb *table, id string, changes map[string]any) (*row, *apiError) {
+	for _, a := range tb.def.Attributes {
+		if a.Required && changes[a.LogicalName] == nil {
+			return nil, errBadRequest("0x80040200", fmt.Sprintf("The attribute %s is required.", a.LogicalName))
+		}
+	}
+	if err := tb.checkKeys(id, changes); err != nil {
+		return nil, err
+	}
+	now := s.now().UTC().Truncate(time.Second)
+	r := &row{id: id, attrs: changes, version: t.nextVersion(), createdOn: now, modifiedOn: now, createdBy: c.user, modifiedBy: c.user}
+	if r.attrs == nil {
+		r.attrs = map[string]any{}
+	}
+	computeFullName(tb, r)
+	if _, ok := r.attrs["statecode"]; !ok && tb.def.Attribute("statecode") != nil {
+		r.attrs["statecode"], r.attrs["statuscode"] = json.Number("0"), json.Number("1")
+	}
+	t.put(tb, nil, r)
+	t.events = append(t.events, event{message: "Create", entity: tb.def, id: id, target: changes, post: r.clone(), c: c})
+	return r, nil
+}
+
+func computeFullName(tb *table, r *row) {
+	if tb.def.LogicalName != "contact" {
+		return
+	}
+	var parts []string
+	for _, n := range []string{"firstname", "middlename", "lastname"} {
+		if v, ok := r.attrs[n].(string); ok && v != "" {
+			parts = append(parts, v)
+		}
+	}
+	if len(parts) == 0 {
+		r.attrs["fullname"] = nil
+		return
+	}
+	r.attrs["fullname"] = strings.Join(parts, " ")
+}
+
+func (s *Server) upsert(c *call, t *tx, tb *table, req *request, existing *row, id string, key map[string]any) response {
+	ifMatch, ifNone := req.header.Get("If-Match"), req.header.Get("If-None-Match")
+	switch {
+	case ifNone == "*" && existing != nil:
+		return errDuplicateKey().response()
+	case ifMatch != "" && existing == nil:
+		return notFound(tb, id, key).response()
+	case ifMatch != "" && ifMatch != "*" && ifMatch != etag(existing):
+		return errVersionMismatch().response()
+	}
+	body, e := decodeBody(req.body)
+	if e != nil {
+		return e.response()
+	}
+	changes, e := s.applyBody(c, tb, body, existing == nil)
+	if e != nil {
+		return e.response()
+	}
+	delete(changes, tb.def.PrimaryID)
+	if existing == nil {
+		if key != nil {
+			for n, v := range key {
+				nv, e := normalize(tb.def.Attribute(n), v)
+				if e != nil {
+					return e.response()
+				}
+				changes[n] = nv
+			}
+			id = uuid.NewString()
+		}
+		r, e := s.insert(c, t, tb, id, changes)
+		if e != nil {
+			return e.response()
+		}
+		return s.writeAnswer(c, tb, req, r, http.StatusCreated)
+	}
+	next := existing.clone()
+	changed := map[string]any{}
+	for k, v := range changes {
+		changed[k] = v
+		next.attrs[k] = v
+	}
+	if err := tb.checkKeys(existing.id, next.attrs); err != nil {
+		return err.response()
+	}
+	next.version = t.nextVersion()
+	next.modifiedOn = s.now().UTC().Truncate(time.Second)
+	next.modifiedBy = c.user
+	computeFullName(tb, next)
+	t.put(tb, existing, next)
+	t.events = append(t.events, event{message: "Update", entity: tb.def, id: existing.id, target: changed, pre: existing.clone(), post: next.clone(), c: c})
+	return s.writeAnswer(c, tb, req, next, http.StatusOK)
+}
+
+// writeAnswer answers a create or update: 204 with OData-EntityId, or the
+// representation (201 created / 200 updated) when asked for.
+func (s *Server) writeAnswer(c *call, tb *table, req *request, r *row, repStatus int) response {
+	loc := c.base + tb.def.EntitySetName + "(" + r.id + ")"
+	if _, ok := prefer(req.header)["return"]; ok && prefer(req.header)["return"] == "representation" {
+		sel, e := parseSelect(tb.def, req.query.Get("$select"))
+		if e != nil {
+			return e.response()
+		}
+		out := s.rowJSON(tb, r, sel)
+		out["@odata.context"] = c.base + "$metadata#" + tb.def.EntitySetName + "/$entity"
+		resp := jsonResponse(repStatus, out)
+		resp.header.Set("Preference-Applied", "return=representation")
+		resp.header.Set("OData-EntityId", loc)
+		resp.header.Set("ETag", etag(r))
+		return resp
+	}
+	h := newHeader()
+	h.Set("OData-EntityId", loc)
+	h.Set("Location", loc)
+	h.Set("ETag", etag(r))
+	return response{status: http.StatusNoContent, header: h}
+}
+
+func (s *Server) deleteRow(c *call, t *tx, tb *table, r *row) {
+	v := t.nextVersion()
+	t.remove(tb, r, v)
+	t.events = append(t.events, event{message: "Delete", entity: tb.def, id: r.id, pre: r.clone(), c: c})
+}
+
+func (s *Server) list(c *call, tb *table, req *request) response {
+	q := req.query
+	prefs := prefer(req.header)
+	sel, e := parseSelect(tb.def, q.Get("$select"))
+	if e != nil {
+		return e.response()
+	}
+	pageSize := s.opts.MaxPageSize
+	if v, err := strconv.Atoi(prefs["odata.maxpagesize"]); err == nil && v > 0 && v < pageSize {
+		pageSize = v
+	}
+	_, tracking := prefs["odata.track-changes"]
+	if tracking || q.Has("$deltatoken") {
+		return s.delta(c, tb, req, sel, pageSize)
+	}
+	rows := make([]*row, 0, len(tb.rows))
+	var filter filterNode
+	if f := q.Get("$filter"); f != "" {
+		n, err := parseFilter(f, knownFilterName(tb.def))
+		if err != nil {
+			return errBadRequest("0x80060888", "Invalid $filter: "+err.Error()).response()
+		}
+		filter = n
+	}
+	for _, r := range tb.rows {
+		if filter == nil || filter.eval(func(n string) any { return filterValue(tb.def, r, n) }) {
+			rows = append(rows, r)
+		}
+	}
+	var terms []orderTerm
+	if o := q.Get("$orderby"); o != "" {
+		t, err := parseOrderBy(o, knownFilterName(tb.def))
+		if err != nil {
+			return errBadRequest("0x80060888", err.Error()).response()
+		}
+		terms = t
+	}
+	sortRows(rows, terms, func(r *row, n string) any { return filterValue(tb.def, r, n) }, tb.def.PrimaryID)
+	if t := q.Get("$top"); t != "" {
+		n, err := strconv.Atoi(t)
+		if err != nil || n < 0 {
+			return errBadRequest("0x80060888", "Invalid $top").response()
+		}
+		if n < len(rows) {
+			rows = rows[:n]
+		}
+	}
+	offset := 0
+	if st := q.Get("$skiptoken"); st != "" {
+		n, err := strconv.Atoi(st)
+		if err != nil || n < 0 {
+			return errBadRequest("0x80060888", "Invalid $skiptoken").response()
+		}
+		offset = min(n, len(rows))
+	}
+	end := min(offset+pageSize, len(rows))
+	out := map[string]any{"@odata.context": c.base + "$metadata#" + tb.def.EntitySetName}
+	vals := make([]any, 0, end-offset)
+	for _, r := range rows[offset:end] {
+		vals = append(vals, s.rowJSON(tb, r, sel))
+	}
+	out["value"] = vals
+	if end < len(rows) {
+		nq := cloneValues(q)
+		nq.Set("$skiptoken", strconv.Itoa(end))
+		out["@odata.nextLink"] = c.base + tb.def.EntitySetName + "?" + encodeQuery(nq)
+	}
+	resp := jsonResponse(200, out)
+	if _, ok := prefs["odata.maxpagesize"]; ok {
+		resp.header.Set("Preference-Applied", "odata.maxpagesize="+strconv.Itoa(pageSize))
+	}
+	return resp
+}
+
+func cloneValues(q url.Values) url.Values {
+	out := url.Values{}
+	for k, v := range q {
+		out[k] = slices.Clone(v)
+	}
+	return out
+}
+
+const tokenTimeLayout = "01/02/2006 15:04:05"
+
+func (s *Server) deltaToken(version int64) string {
+	return strconv.FormatInt(version, 10) + "!" + s.now().UTC().Format(tokenTimeLayout)
+}
+
+type change struct {
+	version int64
+	r       *row
+	deleted string
+}
+
+// delta answers a change-tracking request: the initial snapshot or the
+// changes since a token, oldest first, paged by version.
+func (s *Server) delta(c *call, tb *table, req *request, sel map[string]bool, pageSize int) response {
+	q := req.query
+	if !tb.def.ChangeTracking {
+		return errBadRequest("0x80072491", fmt.Sprintf("Change tracking is not enabled for entity %s.", tb.def.LogicalName)).response()
+	}
+	for _, p := range []string{"$filter", "$orderby", "$top", "$expand"} {
+		if q.Has(p) {
+			return errBadRequest("0x80060888", p+" is not supported with change tracking.").response()
+		}
+	}
+	var from int64
+	if tok := q.Get("$deltatoken"); tok != "" {
+		vs, ts, ok := strings.Cut(tok, "!")
+		v, err := strconv.ParseInt(vs, 10, 64)
+		issued, terr := time.Parse(tokenTimeLayout, ts)
+		if !ok || err != nil || terr != nil || v < 0 {
+			return errBadRequest("0x80044353", "The change tracking token is not valid.").response()
+		}
+		if v < s.st.expiredBelow || s.now().Sub(issued) > s.opts.DeltaTokenTTL {
+			return errBadRequest("0x80044352", "Version stamp associated with the client has expired. Please perform a full sync.").response()
+		}
+		from = v
+	}
+	to := s.st.version
+	var after int64
+	if st := q.Get("$skiptoken"); st != "" {
+		a, b, ok := strings.Cut(st, "-")
+		av, err1 := strconv.ParseInt(a, 10, 64)
+		bv, err2 := strconv.ParseInt(b, 10, 64)
+		if !ok || err1 != nil || err2 != nil {
+			return errBadRequest("0x80060888", "Invalid $skiptoken").response()
+		}
+		after, to = av, bv
+	}
+	lo := max(from, after)
+	var changes []change
+	for _, r := range tb.rows {
+		if r.version > lo && r.version <= to {
+			changes = append(changes, change{version: r.version, r: r})
+		}
+	}
+	if from > 0 {
+		for _, tomb := range tb.tombs {
+			if tomb.version > lo && tomb.version <= to {
+				changes = append(changes, change{version: tomb.version, deleted: tomb.id})
+			}
+		}
+	}
+	slices.SortFunc(changes, func(a, b change) int { return int(a.version - b.version) })
+	vals := []any{}
+	more := len(changes) > pageSize
+	if more {
+		changes = changes[:pageSize]
+	}
+	for _, ch := range changes {
+		if ch.r != nil {
+			vals = append(vals, s.rowJSON(tb, ch.r, sel))
+			continue
+		}
+		vals = append(vals, map[string]any{"@odata.context": c.base + "$metadata#" + tb.def.EntitySetName + "/$deletedEntity",
+			"id": ch.deleted, "reason": "deleted"})
+	}
+	out := map[string]any{"@odata.context": c.base + "$metadata#" + tb.def.EntitySetName + "/$delta", "value": vals}
+	base := url.Values{}
+	if v := q.Get("$select"); v != "" {
+		base.Set("$select", v)
+	}
+	if more {
+		nq := cloneValues(base)
+		if q.Has("$deltatoken") {
+			nq.Set("$deltatoken", q.Get("$deltatoken"))
+		}
+		nq.Set("$skiptoken", strconv.FormatInt(changes[len(changes)-1].version, 10)+"-"+strconv.FormatInt(to, 10))
+		out["@odata.nextLink"] = c.base + tb.def.EntitySetName + "?" + encodeQuery(nq)
+	} else {
+		nq := cloneValues(base)
+		nq.Set("$deltatoken", s.deltaToken(to))
+		out["@odata.deltaLink"] = c.base + tb.def.EntitySetName + "?" + encodeQuery(nq)
+	}
+	resp := jsonResponse(200, out)
+	resp.header.Set("Preference-Applied", "odata.track-changes")
+	return resp
+}
+
+// metadata serves EntityDefinitions(LogicalName='x'), optionally followed
+// by /Attributes or /Attributes/Microsoft.Dynamics.CRM.<Type>Metadata.
+func (s *Server) metadata(c *call, req *request, p string) response {
+	if req.method != http.MethodGet {
+		return errMethod()
+	}
+	if p == "EntityDefinitions" {
+		// The sandbox always expands Attributes, Keys and ManyToOneRelationships.
+		vals := []any{}
+		for _, tb := range s.st.tables {
+			m := metadataJSON(tb.def, c.base)
+			delete(m, "@odata.context")
+			vals = append(vals, m)
+		}
+		slices.SortFunc(vals, func(a, b any) int {
+			return strings.Compare(a.(map[string]any)["LogicalName"].(string), b.(map[string]any)["LogicalName"].(string))
+		})
+		return jsonResponse(200, map[string]any{"@odata.context": c.base + "$metadata#EntityDefinitions", "value": vals})
+	}
+	rest, ok := strings.CutPrefix(p, "EntityDefinitions(")
+	if !ok {
+		return errSegment(p)
+	}
+	keyPart, sub, _ := strings.Cut(rest, ")")
+	name, ok := strings.CutPrefix(keyPart, "LogicalName=")
+	if !ok {
+		return errBadRequest("0x80060888", "EntityDefinitions must be addressed by LogicalName.").response()
+	}
+	name = strings.Trim(name, "'")
+	tb := s.st.tables[name]
+	if tb == nil {
+		return (&apiError{status: 404, code: "0x80040217", message: fmt.Sprintf("Could not find entity with name '%s'.", name)}).response()
+	}
+	sub = strings.TrimPrefix(sub, "/")
+	if sub == "" {
+		return jsonResponse(200, metadataJSON(tb.def, c.base))
+	}
+	attrs, cast, _ := strings.Cut(sub, "/")
+	if attrs != "Attributes" {
+		return errSegment(sub)
+	}
+	vals := []any{}
+	for _, a := range tb.def.Attributes {
+		if cast != "" && "Microsoft.Dynamics.CRM."+metadataTypeNames[a.Type] != cast {
+			continue
+		}
+		vals = append(vals, attributeJSON(tb.def, a, cast != ""))
+	}
+	return jsonResponse(200, map[string]any{"@odata.context": c.base + "$metadata#EntityDefinitions('" + name + "')/Attributes", "value": vals})
+}
+
+func newID() string { return uuid.NewString() }
+
+// encodeQuery encodes query options keeping "$" and "," readable, as
+// Dataverse renders its links.
+func encodeQuery(q url.Values) string {
+	s := q.Encode()
+	s = strings.ReplaceAll(s, "%24", "$")
+	return strings.ReplaceAll(s, "%2C", ",")
+}

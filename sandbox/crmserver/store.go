@@ -1,0 +1,335 @@
+package crmserver
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"math"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// lookupValue is a stored lookup: the referenced row and its entity.
+type lookupValue struct {
+	ID     string
+	Target string
+}
+
+type row struct {
+	id         string
+	attrs      map[string]any // logical name → string, json.Number, bool, lookupValue, nil
+	version    int64
+	createdOn  time.Time
+	modifiedOn time.Time
+	createdBy  string
+	modifiedBy string
+}
+
+func (r *row) clone() *row {
+	c := *r
+	c.attrs = maps.Clone(r.attrs)
+	return &c
+}
+
+type tombstone struct {
+	id      string
+	version int64
+}
+
+type table struct {
+	def   *Entity
+	rows  map[string]*row
+	keys  map[string]map[string]string // key logical name → joined values → id
+	tombs []tombstone
+}
+
+// store holds every table in memory. One mutex serialises all writes, which
+// also makes change sets atomic: a change set runs under the lock and undoes
+// itself on failure.
+type store struct {
+	mu      sync.Mutex
+	tables  map[string]*table // by logical name
+	bySet   map[string]*table // by entity set name
+	version int64
+	// expiredBelow: delta tokens with a version below it are expired.
+	expiredBelow int64
+}
+
+func newStore(entities []*Entity) (*store, error) {
+	s := &store{tables: map[string]*table{}, bySet: map[string]*table{}}
+	for _, e := range entities {
+		if e.LogicalName == "" || e.EntitySetName == "" || e.PrimaryID == "" {
+			return nil, fmt.Errorf("entity %q: logical name, entity set name and primary id are required", e.LogicalName)
+		}
+		if _, dup := s.tables[e.LogicalName]; dup {
+			return nil, fmt.Errorf("entity %q defined twice", e.LogicalName)
+		}
+		if e.Attribute(e.PrimaryID) == nil {
+			return nil, fmt.Errorf("entity %q: primary id attribute %q is not defined", e.LogicalName, e.PrimaryID)
+		}
+		for _, k := range e.Keys {
+			for _, a := range k.Attributes {
+				if e.Attribute(a) == nil {
+					return nil, fmt.Errorf("entity %q: key %q names unknown attribute %q", e.LogicalName, k.LogicalName, a)
+				}
+			}
+		}
+		for _, r := range e.ManyToOne {
+			if a := e.Attribute(r.Attribute); a == nil || !a.isLookup() {
+				return nil, fmt.Errorf("entity %q: relationship %q names %q, which is not a lookup", e.LogicalName, r.SchemaName, r.Attribute)
+			}
+		}
+		t := &table{def: e, rows: map[string]*row{}, keys: map[string]map[string]string{}}
+		for _, k := range e.Keys {
+			t.keys[k.LogicalName] = map[string]string{}
+		}
+		s.tables[e.LogicalName] = t
+		s.bySet[e.EntitySetName] = t
+	}
+	return s, nil
+}
+
+// tx collects undo steps and the events to publish after commit.
+type tx struct {
+	s      *store
+	undo   []func()
+	events []event
+}
+
+func (t *tx) rollback() {
+	for i := len(t.undo) - 1; i >= 0; i-- {
+		t.undo[i]()
+	}
+	t.undo, t.events = nil, nil
+}
+
+func (t *tx) nextVersion() int64 {
+	t.s.version++
+	t.undo = append(t.undo, func() { t.s.version-- })
+	return t.s.version
+}
+
+func keyValue(k Key, attrs map[string]any) (string, bool) {
+	parts := make([]string, len(k.Attributes))
+	for i, a := range k.Attributes {
+		v, ok := attrs[a]
+		if !ok || v == nil {
+			return "", false
+		}
+		parts[i] = fmt.Sprint(v)
+	}
+	return strings.Join(parts, "\x00"), true
+}
+
+// checkKeys reports a duplicate alternate key value held by another row.
+func (tb *table) checkKeys(id string, attrs map[string]any) *apiError {
+	for _, k := range tb.def.Keys {
+		kv, ok := keyValue(k, attrs)
+		if !ok {
+			continue
+		}
+		if other, taken := tb.keys[k.LogicalName][kv]; taken && other != id {
+			return errDuplicateKey()
+		}
+	}
+	return nil
+}
+
+// put stores r (new or replacing old) keeping the key index in step.
+func (t *tx) put(tb *table, old, r *row) {
+	for _, k := range tb.def.Keys {
+		idx := tb.keys[k.LogicalName]
+		if old != nil {
+			if kv, ok := keyValue(k, old.attrs); ok {
+				delete(idx, kv)
+			}
+		}
+		if kv, ok := keyValue(k, r.attrs); ok {
+			idx[kv] = r.id
+		}
+	}
+	tb.rows[r.id] = r
+	t.undo = append(t.undo, func() {
+		for _, k := range tb.def.Keys {
+			idx := tb.keys[k.LogicalName]
+			if kv, ok := keyValue(k, r.attrs); ok {
+				delete(idx, kv)
+			}
+			if old != nil {
+				if kv, ok := keyValue(k, old.attrs); ok {
+					idx[kv] = old.id
+				}
+			}
+		}
+		if old != nil {
+			tb.rows[old.id] = old
+		} else {
+			delete(tb.rows, r.id)
+		}
+	})
+}
+
+func (t *tx) remove(tb *table, old *row, version int64) {
+	for _, k := range tb.def.Keys {
+		if kv, ok := keyValue(k, old.attrs); ok {
+			delete(tb.keys[k.LogicalName], kv)
+		}
+	}
+	delete(tb.rows, old.id)
+	n := len(tb.tombs)
+	tb.tombs = append(tb.tombs, tombstone{id: old.id, version: version})
+	t.undo = append(t.undo, func() {
+		tb.tombs = tb.tombs[:n]
+		tb.rows[old.id] = old
+		for _, k := range tb.def.Keys {
+			if kv, ok := keyValue(k, old.attrs); ok {
+				tb.keys[k.LogicalName][kv] = old.id
+			}
+		}
+	})
+}
+
+// findByKey resolves an alternate key (attribute → literal) to a row.
+func (tb *table) findByKey(kv map[string]any) (*row, *apiError) {
+	names := make([]string, 0, len(kv))
+	for n := range kv {
+		names = append(names, n)
+	}
+	k := tb.def.keyFor(names)
+	if k == nil {
+		return nil, errBadRequest("0x80060892", fmt.Sprintf("The key attributes specified for %s do not match any alternate key defined for the entity.", tb.def.LogicalName))
+	}
+	norm := map[string]any{}
+	for n, v := range kv {
+		a := tb.def.Attribute(n)
+		nv, err := normalize(a, v)
+		if err != nil {
+			return nil, err
+		}
+		norm[n] = nv
+	}
+	s, _ := keyValue(*k, norm)
+	id, ok := tb.keys[k.LogicalName][s]
+	if !ok {
+		return nil, nil
+	}
+	return tb.rows[id], nil
+}
+
+// normalize checks v against a's type and returns the stored form.
+func normalize(a *Attribute, v any) (any, *apiError) {
+	if v == nil {
+		return nil, nil
+	}
+	bad := func(want string) *apiError {
+		return errBadRequest("0x80048d19", fmt.Sprintf("Error identified in Payload provided by the user for Entity :'', Cannot convert the literal to the expected type '%s' for attribute %s.", want, a.LogicalName))
+	}
+	switch a.Type {
+	case TypeString, TypeMemo:
+		s, ok := v.(string)
+		if !ok {
+			return nil, bad("Edm.String")
+		}
+		if a.MaxLength > 0 && len([]rune(s)) > a.MaxLength {
+			return nil, errBadRequest("0x80044331", fmt.Sprintf("A validation error occurred. The length of the '%s' attribute exceeded the maximum allowed length of '%d'.", a.LogicalName, a.MaxLength))
+		}
+		return s, nil
+	case TypeInteger, TypeBigInt, TypePicklist, TypeState, TypeStatus:
+		n, ok := toNumber(v)
+		if !ok {
+			return nil, bad("Edm.Int32")
+		}
+		i, err := n.Int64()
+		if err != nil || (a.Type != TypeBigInt && (i > math.MaxInt32 || i < math.MinInt32)) {
+			return nil, bad("Edm.Int32")
+		}
+		if len(a.Options) > 0 && !a.hasOption(int(i)) {
+			return nil, errBadRequest("0x8004431a", fmt.Sprintf("A validation error occurred. The value %d of '%s' is outside the valid range.", i, a.LogicalName))
+		}
+		return json.Number(strconv.FormatInt(i, 10)), nil
+	case TypeDecimal, TypeDouble, TypeMoney:
+		n, ok := toNumber(v)
+		if !ok {
+			return nil, bad("Edm.Decimal")
+		}
+		if _, err := n.Float64(); err != nil {
+			return nil, bad("Edm.Decimal")
+		}
+		return n, nil
+	case TypeBoolean:
+		b, ok := v.(bool)
+		if !ok {
+			return nil, bad("Edm.Boolean")
+		}
+		return b, nil
+	case TypeMultiSelect:
+		s, ok := v.(string)
+		if !ok {
+			return nil, bad("Edm.String")
+		}
+		for _, p := range strings.Split(s, ",") {
+			i, err := strconv.Atoi(strings.TrimSpace(p))
+			if err != nil || !a.hasOption(i) {
+				return nil, errBadRequest("0x8004431a", fmt.Sprintf("A validation error occurred. A value of '%s' is outside the valid range.", a.LogicalName))
+			}
+		}
+		return s, nil
+	case TypeDateTime:
+		s, ok := v.(string)
+		if !ok {
+			return nil, bad("Edm.DateTimeOffset")
+		}
+		if a.DateOnly {
+			if t, err := time.Parse("2006-01-02", s); err == nil {
+				return t.Format("2006-01-02"), nil
+			}
+			if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+				return t.UTC().Format("2006-01-02"), nil
+			}
+			return nil, bad("Edm.Date")
+		}
+		t, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			if t2, err2 := time.Parse("2006-01-02", s); err2 == nil {
+				t = t2
+			} else {
+				return nil, bad("Edm.DateTimeOffset")
+			}
+		}
+		return t.UTC().Truncate(time.Second).Format("2006-01-02T15:04:05Z"), nil
+	case TypeUniqueidentifier:
+		s, ok := v.(string)
+		if !ok {
+			return nil, bad("Edm.Guid")
+		}
+		u, err := uuid.Parse(s)
+		if err != nil {
+			return nil, bad("Edm.Guid")
+		}
+		return u.String(), nil
+	case TypeLookup, TypeCustomer, TypeOwner:
+		if lv, ok := v.(lookupValue); ok {
+			return lv, nil
+		}
+		return nil, errBadRequest("0x80048d19", fmt.Sprintf("Lookup attribute %s must be set through its navigation property with @odata.bind.", a.LogicalName))
+	}
+	return nil, bad(string(a.Type))
+}
+
+func toNumber(v any) (json.Number, bool) {
+	switch n := v.(type) {
+	case json.Number:
+		return n, true
+	case float64:
+		return json.Number(strconv.FormatFloat(n, 'f', -1, 64)), true
+	case int:
+		return json.Number(strconv.Itoa(n)), true
+	case int64:
+		return json.Number(strconv.FormatInt(n, 10)), true
+	}
+	return "", false
+}
