@@ -71,6 +71,7 @@ type app struct {
 	now      func() time.Time
 	routes   []route
 	getPaths map[string]bool
+	data     *dataStores // maps, sync log, queues: see data.go
 }
 
 // route is one registered endpoint and the permission it needs.
@@ -117,6 +118,9 @@ func (s *Server) mount(cfg AppConfig, now func() time.Time) (*app, error) {
 	if cfg.OIDC.Issuer != "" {
 		a.oidc = newOIDCLogin(cfg, s.deps.DB, now)
 	}
+	if a.data, err = s.openData(); err != nil {
+		return nil, err
+	}
 	a.routes = a.routeTable()
 	a.getPaths = map[string]bool{}
 	for _, rt := range a.routes {
@@ -152,6 +156,40 @@ func (a *app) routeTable() []route {
 		{"POST /api/v1/users", permUsers, a.apiCreateUser},
 		{"PATCH /api/v1/users/{id}", permUsers, a.apiPatchUser},
 		{"GET /api/v1/audit", permAudit, a.apiAudit},
+		{"GET /maps", permMapsRead, a.mapsPage},
+		{"POST /maps/import", permMapsEdit, a.importMaps},
+		{"GET /maps/diff", permMapsRead, a.diffPage},
+		{"GET /maps/versions/{id}", permMapsRead, a.versionPage},
+		{"POST /maps/versions/{id}", permMapsEdit, a.saveYAML},
+		{"POST /maps/versions/{id}/attribute", permMapsEdit, a.saveAttribute},
+		{"POST /maps/versions/{id}/preview", permMapsRead, a.previewPage},
+		{"POST /maps/versions/{id}/publish", permMapsEdit, a.publishVersion},
+		{"POST /maps/versions/{id}/rollback", permMapsEdit, a.rollbackVersion},
+		{"POST /maps/versions/{id}/draft", permMapsEdit, a.draftFrom},
+		{"GET /maps/versions/{id}/export", permMapsRead, a.exportVersion},
+		{"GET /logs", permLogsRead, a.logsPage},
+		{"GET /logs/export", permLogsExport, a.logsExport},
+		{"GET /logs/{id}", permLogsRead, a.decisionPage},
+		{"GET /logs/{id}/capture", permPHI, a.capturePage},
+		{"GET /deadletters", permDLRead, a.deadLettersPage},
+		{"GET /deadletters/{queue}/{seq}", permDLRead, a.deadLetterPage},
+		{"POST /deadletters/confirm", permDLRedrive, a.confirmRedrive},
+		{"POST /deadletters/redrive", permDLRedrive, a.redrivePost},
+		{"GET /api/v1/maps", permMapsRead, a.apiMaps},
+		{"POST /api/v1/maps/validate", permMapsRead, a.apiValidate},
+		{"POST /api/v1/maps/import", permMapsEdit, a.apiImport},
+		{"GET /api/v1/maps/versions/{id}", permMapsRead, a.apiVersion},
+		{"GET /api/v1/maps/versions/{id}/export", permMapsRead, a.exportVersion},
+		{"POST /api/v1/maps/versions/{id}/preview", permMapsRead, a.apiPreview},
+		{"POST /api/v1/maps/versions/{id}/publish", permMapsEdit, a.apiPublish},
+		{"POST /api/v1/maps/versions/{id}/rollback", permMapsEdit, a.apiRollback},
+		{"GET /api/v1/logs", permLogsRead, a.apiLogs},
+		{"GET /api/v1/logs/export", permLogsExport, a.logsExport},
+		{"GET /api/v1/logs/{id}", permLogsRead, a.apiDecision},
+		{"GET /api/v1/deadletters", permDLRead, a.apiDeadLetters},
+		{"GET /api/v1/deadletters/{queue}/{seq}", permDLRead, a.apiDeadLetter},
+		{"POST /api/v1/deadletters/redrive", permDLRedrive, a.apiRedrive},
+		{"GET /api/v1/dashboard", permDashboard, a.apiDashboard},
 	}
 	if a.oidc != nil {
 		rs = append(rs,

@@ -57,6 +57,8 @@ type testEnv struct {
 	clock *testClock
 	db    *gorm.DB
 	idp   *testIdP // nil unless withOIDC
+	// queues, when set by withQueues, replace the embedded default queues.
+	queues map[string]DeadLetterQueue
 }
 
 type envOption func(*testEnv, *AppConfig)
@@ -81,10 +83,11 @@ func newTestEnv(t *testing.T, db *gorm.DB, cfg AppConfig, opts ...envOption) *te
 	for _, o := range opts {
 		o(e, &cfg)
 	}
-	s, err := New(Config{}, Deps{DB: db, Registry: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// New mounts the app with the real clock; the test mounts it on a
+	// bare server with its own clock instead.
+	s := &Server{deps: Deps{DB: db, Registry: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(t.Output(), nil)),
+		Queues: e.queues}, mux: http.NewServeMux()}
+	var err error
 	e.app, err = s.mount(cfg, e.clock.now)
 	if err != nil {
 		t.Fatalf("mounting the admin app: %v", err)

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"gorm.io/gorm"
 
+	"github.com/fhirsync/fhirsync/logs"
 	"github.com/fhirsync/fhirsync/storage"
 )
 
@@ -29,6 +30,14 @@ type Deps struct {
 	DB       *gorm.DB
 	Registry *prometheus.Registry
 	Logger   *slog.Logger
+	// Queues are the queues whose dead letters and depth the app shows,
+	// by name; nil means the embedded queues "fhir-changes" and
+	// "crm-changes" on DB. Pass the Service Bus queues when serve uses them.
+	Queues map[string]DeadLetterQueue
+	// Logs is the sync log as configured (business key secret, capture
+	// keys, retention); nil means one opened on DB with the default policy,
+	// which can neither search by business key nor open payload captures.
+	Logs *logs.Store
 }
 
 // Server serves the admin app and the operational endpoints.
@@ -58,6 +67,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	}
 	return s, nil
 }
+
+// Mount serves h at pattern on the listener, beside the admin app (e.g.
+// the FHIR rest-hook notification endpoint). It authenticates on its own.
+func (s *Server) Mount(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
 
 // Handler is the root handler for the listener.
 func (s *Server) Handler() http.Handler { return s.mux }

@@ -34,16 +34,16 @@ const (
 // env is a running agent between the sandbox FHIR server and the sandbox
 // CRM, on the embedded queue.
 type env struct {
-	db        *gorm.DB
-	fhirSrv   *fhirserver.Server
-	crmSrv    *crmserver.Server
-	fhir      *fhir.Client // as a clinician editing FHIR
-	crmHuman  *crm.Client  // as a care coordinator editing the CRM
-	logs      *logs.Store
-	poller    *fhir.Poller
-	fhirQ     *embedded.Queue
-	crmQ      *embedded.Queue
-	stop      func()
+	db       *gorm.DB
+	fhirSrv  *fhirserver.Server
+	crmSrv   *crmserver.Server
+	fhir     *fhir.Client // as a clinician editing FHIR
+	crmHuman *crm.Client  // as a care coordinator editing the CRM
+	logs     *logs.Store
+	poller   *fhir.Poller
+	fhirQ    *embedded.Queue
+	crmQ     *embedded.Queue
+	stop     func()
 }
 
 func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config) *env {

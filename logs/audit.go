@@ -61,9 +61,9 @@ func (s *Store) AppendAudit(ctx context.Context, e AuditEntry) error {
 	if len(e.ObjectType) > 64 || len(e.ObjectID) > maxShortText {
 		errs = append(errs, errors.New("object type or id is too long"))
 	}
-	for name, v := range map[string]string{"before": e.Before, "after": e.After} {
-		if len(v) > maxSummary || !utf8.ValidString(v) {
-			errs = append(errs, fmt.Errorf("%s summary is longer than %d bytes or not UTF-8", name, maxSummary))
+	for _, f := range []struct{ name, value string }{{"before", e.Before}, {"after", e.After}} {
+		if len(f.value) > maxSummary || !utf8.ValidString(f.value) {
+			errs = append(errs, fmt.Errorf("%s summary is longer than %d bytes or not UTF-8", f.name, maxSummary))
 		}
 	}
 	if len(errs) > 0 {

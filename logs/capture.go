@@ -46,10 +46,14 @@ type Principal interface {
 
 // Capture is a decrypted payload capture.
 type Capture struct {
+	// DecisionID is the decision the payloads belong to.
 	DecisionID int64
+	// CapturedAt is when the payloads were sealed.
 	CapturedAt time.Time
-	KeyID      string
-	Snapshots  Snapshots
+	// KeyID names the key that sealed them.
+	KeyID string
+	// Snapshots are the decrypted payloads. They contain PHI.
+	Snapshots Snapshots
 }
 
 // keyring holds the AES-256 keys by id; sealID names the one that seals.

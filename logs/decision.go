@@ -109,7 +109,9 @@ type Attempt struct {
 // Snapshots are the payloads behind a decision, as raw bytes (normally
 // JSON). They contain PHI.
 type Snapshots struct {
+	// Source is the record as read from the source side.
 	Source []byte
+	// Target is what was (or would have been) written to the target.
 	Target []byte
 }
 
@@ -141,14 +143,14 @@ func (d *Decision) validate(now time.Time) error {
 	} else if d.Outcome.valid() && !r.Allows(d.Outcome) {
 		bad("reason %s is not allowed with outcome %s", d.Reason, d.Outcome)
 	}
-	for name, v := range map[string]string{
-		"correlation id": d.CorrelationID, "message id": d.MessageID, "entity map": d.EntityMap,
-		"source type": d.Source.Type, "source id": d.Source.ID, "source version": d.Source.Version,
-		"target type": d.Target.Type, "target id": d.Target.ID, "target version": d.Target.Version,
-		"reason subject": d.ReasonSubject,
+	for _, f := range []struct{ name, value string }{
+		{"correlation id", d.CorrelationID}, {"message id", d.MessageID}, {"entity map", d.EntityMap},
+		{"source type", d.Source.Type}, {"source id", d.Source.ID}, {"source version", d.Source.Version},
+		{"target type", d.Target.Type}, {"target id", d.Target.ID}, {"target version", d.Target.Version},
+		{"reason subject", d.ReasonSubject},
 	} {
-		if len(v) > maxShortText || !utf8.ValidString(v) {
-			bad("%s is longer than %d bytes or not UTF-8", name, maxShortText)
+		if len(f.value) > maxShortText || !utf8.ValidString(f.value) {
+			bad("%s is longer than %d bytes or not UTF-8", f.name, maxShortText)
 		}
 	}
 	if len(d.Message) > maxMessage || !utf8.ValidString(d.Message) {

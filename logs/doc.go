@@ -50,13 +50,14 @@
 // # Payload capture
 //
 // Off by default. When on, Decision.Snapshots (the source and target
-// payloads) are sealed with AES-256-GCM under the key logs.capture.key_id
-// and stored beside the decision with that key id and a short key
-// fingerprint. The GCM additional data binds each ciphertext to its
-// decision id and part, so a ciphertext moved to another row is refused.
-// Keys are rotated by adding a new key, pointing key_id at it, and keeping
-// the old one configured until its captures have expired. Reading a
-// capture goes through ReadCapture, which requires Principal.CanViewPHI,
+// payloads) are sealed with AES-256-GCM under logs.capture.key (base64 of
+// 32 bytes) and stored beside the decision with logs.capture.key_id and a
+// short key fingerprint. The GCM additional data binds each
+// ciphertext to its decision id and part, so a ciphertext moved to another
+// row is refused. Keys are rotated by moving the current key to
+// logs.capture.old_keys under its id, and setting a new key and key_id;
+// old keys only open captures, and can go once their captures expired.
+// Reading a capture goes through ReadCapture, which requires Principal.CanViewPHI,
 // writes an audit entry for every attempt (allowed or refused), and tells
 // apart a key that is not configured (ErrUnknownKey), a configured key
 // that is not the sealing key (ErrWrongKey), and altered bytes

@@ -104,7 +104,7 @@ func (d *jsonDecoder) object(depth int) (any, error) {
 		if d.pos >= len(d.data) || d.data[d.pos] != '"' {
 			return nil, d.errorf("expected a string key")
 		}
-		k, err := d.str()
+		k, err := d.key()
 		if err != nil {
 			return nil, err
 		}
@@ -209,6 +209,43 @@ func (d *jsonDecoder) number() (any, error) {
 	}
 	d.pos = p
 	return json.Number(d.data[start:p]), nil
+}
+
+// commonKeys holds element names that occur in nearly every FHIR resource
+// or CRM record, so decoding them costs no allocation. It is never written
+// after initialisation.
+var commonKeys = func() map[string]string {
+	m := map[string]string{}
+	for _, k := range []string{"resourceType", "id", "meta", "versionId", "lastUpdated", "profile", "text", "status", "div",
+		"extension", "url", "valueString", "valueDecimal", "valueCode", "valueAddress", "valueDateTime", "valueQuantity",
+		"identifier", "use", "type", "system", "value", "code", "display", "coding", "period", "start", "end", "assigner",
+		"name", "family", "given", "prefix", "suffix", "telecom", "rank", "gender", "birthDate", "address", "line", "city",
+		"state", "postalCode", "country", "district", "maritalStatus", "communication", "language", "preferred",
+		"generalPractitioner", "managingOrganization", "reference", "active", "contained", "contact", "relationship",
+		"organization", "subject", "encounter", "effectiveDateTime", "unit", "category", "class", "participant",
+		"individual", "serviceProvider", "record", "children", "statecode", "deceasedBoolean", "deceasedDateTime"} {
+		m[k] = k
+	}
+	return m
+}()
+
+// key reads an object key, reusing the common ones.
+func (d *jsonDecoder) key() (string, error) {
+	start := d.pos + 1
+	for p := start; p < len(d.data) && p-start < 32; p++ {
+		c := d.data[p]
+		if c == '"' {
+			if k, ok := commonKeys[string(d.data[start:p])]; ok {
+				d.pos = p + 1
+				return k, nil
+			}
+			break
+		}
+		if c == '\\' || c < 0x20 || c >= utf8.RuneSelf {
+			break
+		}
+	}
+	return d.str()
 }
 
 // str reads a string, taking the fast path when it has no escapes, no

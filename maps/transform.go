@@ -527,6 +527,9 @@ func keyText(t CRMType, v any) string {
 	if v == nil {
 		return "\x00"
 	}
+	if s, ok := v.(string); ok && t != TypeLookup {
+		return s
+	}
 	switch t {
 	case TypeInt, TypeDecimal, TypeMoney, TypeOptionSet:
 		if s, ok := numberText(v); ok {

@@ -43,10 +43,10 @@ var ErrInvalidNotice = errors.New("invalid change notice")
 // Notice says "record X may have changed". The agent re-reads the record, so
 // duplicate and out-of-order notices are harmless.
 type Notice struct {
-	V     int    `json:"v"`
-	Side  Side   `json:"side"`
-	Type  string `json:"type"` // FHIR resource type or CRM entity logical name
-	ID    string `json:"id"`
+	V    int    `json:"v"`
+	Side Side   `json:"side"`
+	Type string `json:"type"` // FHIR resource type or CRM entity logical name
+	ID   string `json:"id"`
 	// Version is the versionId (FHIR) or row version / etag (CRM), when known.
 	Version string `json:"version,omitempty"`
 	Event   Event  `json:"event"`

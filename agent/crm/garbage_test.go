@@ -101,7 +101,9 @@ func upsert(c *Client) error {
 	_, err := c.Upsert(bg, ByKey("contacts", "msemr_azurefhirid", "p"), Record{"lastname": "x"}, UpsertOptions{})
 	return err
 }
-func del(c *Client) error { return c.Delete(bg, ByID("contacts", "00000000-0000-0000-0000-000000000001"), "") }
+func del(c *Client) error {
+	return c.Delete(bg, ByID("contacts", "00000000-0000-0000-0000-000000000001"), "")
+}
 func batch(c *Client) error {
 	op, _ := CreateOp("contacts", Record{"lastname": "x"})
 	_, err := c.ExecuteBatch(bg, Batch{Items: []BatchItem{{Op: &op}}})

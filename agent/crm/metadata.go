@@ -223,4 +223,3 @@ func (m *EntityMetadata) HasKey(attrs ...string) bool {
 	}
 	return false
 }
-

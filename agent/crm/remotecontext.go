@@ -101,7 +101,7 @@ type rawContext struct {
 	PrimaryEntityName   string
 	PrimaryEntityID     string `json:"PrimaryEntityId"`
 	SecondaryEntityName string
-	CorrelationID       string `json:"CorrelationId"`
+	CorrelationID       string  `json:"CorrelationId"`
 	RequestID           *string `json:"RequestId"`
 	OperationID         string  `json:"OperationId"`
 	OrganizationID      string  `json:"OrganizationId"`

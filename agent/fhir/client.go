@@ -324,7 +324,10 @@ type Page struct {
 }
 
 // page checks a Bundle's shape and extracts its entries.
-func (c *Client) page(op string, b Resource) (*Page, error) {
+func (c *Client) page(op string, b Resource) (*Page, error) { return parsePage(op, b) }
+
+// parsePage checks a Bundle's shape and extracts its entries.
+func parsePage(op string, b Resource) (*Page, error) {
 	p := &Page{Bundle: b, Total: -1, op: op}
 	p.Type, _ = b["type"].(string)
 	if n, ok := b["total"].(json.Number); ok {

@@ -461,3 +461,27 @@ var suite = []suiteCase{
 		}
 	}},
 }
+
+// BenchmarkConditionalUpdate measures the agent's FHIR write path, client
+// and sandbox server together.
+func BenchmarkConditionalUpdate(b *testing.B) {
+	srv, err := fhirserver.New(fhirserver.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	hs := httptest.NewServer(srv)
+	defer func() { hs.Close(); srv.Close() }()
+	c, err := New(Config{BaseURL: hs.URL})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		val := fmt.Sprintf("bench-%d", i%1000)
+		p := patient(testSystem, val)
+		if _, _, err := c.ConditionalUpdate(ctx, p, url.Values{"identifier": {testSystem + "|" + val}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -130,7 +130,7 @@ func (h *restHook) decode(r *http.Request, body []byte) (ns []queues.Notice, pin
 	case pingTypes[res.Type()]:
 		return nil, true, 0, ""
 	case res.Type() == "Bundle":
-		p, err := (&Client{}).page("rest-hook", res)
+		p, err := parsePage("rest-hook", res)
 		if err != nil {
 			return nil, false, http.StatusBadRequest, "malformed Bundle"
 		}

@@ -7,11 +7,13 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"gorm.io/gorm"
 
 	"github.com/fhirsync/fhirsync/admin"
 	"github.com/fhirsync/fhirsync/storage"
@@ -38,6 +40,13 @@ shutdown_timeout.`)
 	if *listen != "" {
 		cfg.Listen = *listen
 	}
+	return serve(ctx, e, cfg, nil)
+}
+
+// serve runs fhirsync with cfg until ctx ends. onReady, when set, is called
+// with the listener's address once it accepts connections and the database
+// is migrated.
+func serve(ctx context.Context, e *env, cfg *Config, onReady func(addr string, db *gorm.DB)) error {
 	log := e.logger()
 	defer e.close()
 
@@ -53,6 +62,14 @@ shutdown_timeout.`)
 	if err != nil {
 		return err
 	}
+	svc, err := buildServices(ctx, cfg, db, reg, log)
+	if err != nil {
+		return err
+	}
+	if svc.restHook != nil {
+		srv.Mount(cfg.Feeds.RestHook.Path, svc.restHook)
+		srv.Mount(strings.TrimSuffix(cfg.Feeds.RestHook.Path, "/")+"/", svc.restHook)
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", cfg.Listen, err)
@@ -64,12 +81,22 @@ shutdown_timeout.`)
 	}
 	log.Info("fhirsync serving", "version", buildVersion(), "listen", ln.Addr().String(),
 		"database", e.describeDB(), "queue", cfg.Queue.Kind, "schema_version", storage.LatestVersion())
+	if onReady != nil {
+		onReady(ln.Addr().String(), db)
+	}
 
 	var wg sync.WaitGroup
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	wg.Go(func() {
 		if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("serving %s: %w", cfg.Listen, err)
+		}
+	})
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	wg.Go(func() {
+		if err := svc.run(runCtx); err != nil {
+			errc <- err
 		}
 	})
 	select {
@@ -77,6 +104,7 @@ shutdown_timeout.`)
 		log.Info("shutting down", "drain_timeout", time.Duration(cfg.ShutdownTimeout).String())
 	case err = <-errc:
 	}
+	stopRun()
 	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(cfg.ShutdownTimeout))
 	defer cancel()
 	if serr := httpSrv.Shutdown(drainCtx); serr != nil {

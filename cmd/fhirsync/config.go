@@ -15,7 +15,10 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/robfig/cron/v3"
+
 	"github.com/fhirsync/fhirsync/admin"
+	"github.com/fhirsync/fhirsync/logs"
 )
 
 // Config is the whole configuration of a fhirsync process. It is loaded from
@@ -41,6 +44,57 @@ type Config struct {
 	// Admin configures the admin app: its public URL (https turns on
 	// secure cookies and HSTS), sessions and OIDC sign-in.
 	Admin admin.AppConfig `yaml:"admin"`
+	Agent AgentConfig     `yaml:"agent"`
+	Feeds FeedsConfig     `yaml:"feeds"`
+	// Logs configures the sync log: retention, business-key hashing and
+	// opt-in encrypted payload capture.
+	Logs logs.Config `yaml:"logs"`
+}
+
+// AgentConfig tunes the sync agent. It runs when both fhir.base_url and
+// crm.base_url are set (demo sets them to its sandboxes).
+type AgentConfig struct {
+	// Workers is the number of messages processed at once per queue.
+	Workers int `yaml:"workers"`
+	// MaxAttempts is how many deliveries a retryable failure gets before
+	// it is dead-lettered as attempts_exhausted.
+	MaxAttempts int `yaml:"max_attempts"`
+	// CRMUserID is the agent's application user; empty asks the CRM
+	// (WhoAmI) at start.
+	CRMUserID string `yaml:"crm_user_id"`
+	// FHIRAccount, when set, accepts FHIR events only from this service.
+	FHIRAccount string `yaml:"fhir_account"`
+}
+
+// FeedsConfig selects the change feeds this process runs. Every process may
+// enable them: a database lease lets one poll each feed at a time.
+type FeedsConfig struct {
+	FHIRHistory FHIRHistoryConfig `yaml:"fhir_history"`
+	CRMTracking CRMTrackingConfig `yaml:"crm_tracking"`
+	RestHook    RestHookConfig    `yaml:"rest_hook"`
+}
+
+// FHIRHistoryConfig is the _history poller, the FHIR source of truth.
+type FHIRHistoryConfig struct {
+	// Types to poll; empty polls none. Comma-separated in the environment.
+	Types    []string `yaml:"types"`
+	Schedule string   `yaml:"schedule"`
+	Overlap  Duration `yaml:"overlap"`
+}
+
+// CRMTrackingConfig is Dataverse change tracking, per entity.
+type CRMTrackingConfig struct {
+	// Entities to track (logical names); empty tracks none.
+	Entities []string `yaml:"entities"`
+	Schedule string   `yaml:"schedule"`
+}
+
+// RestHookConfig is the FHIR rest-hook subscription endpoint.
+type RestHookConfig struct {
+	// Path on the listener, e.g. /hooks/fhir; empty disables it.
+	Path string `yaml:"path"`
+	// Authorization is the header value the FHIR server must send.
+	Authorization string `yaml:"authorization" secret:"true"`
 }
 
 // DatabaseConfig selects the project database.
@@ -122,6 +176,10 @@ func defaultConfig() Config {
 		Queue:           QueueConfig{Kind: "embedded", FHIRChanges: "fhir-changes", CRMChanges: "crm-changes"},
 		FHIR:            EndpointConfig{Timeout: Duration(30 * time.Second), Auth: CredentialConfig{Method: "none"}},
 		CRM:             EndpointConfig{Timeout: Duration(30 * time.Second), Auth: CredentialConfig{Method: "none"}},
+		Feeds: FeedsConfig{
+			FHIRHistory: FHIRHistoryConfig{Schedule: "@every 30s", Overlap: Duration(2 * time.Minute)},
+			CRMTracking: CRMTrackingConfig{Schedule: "@every 30s"},
+		},
 	}
 }
 
@@ -211,6 +269,14 @@ func setScalar(fv reflect.Value, s string) error {
 			return fmt.Errorf("%q is not a duration (use e.g. 30s, 5m)", s)
 		}
 		fv.SetInt(int64(d))
+	case fv.Kind() == reflect.Slice && fv.Type().Elem().Kind() == reflect.String:
+		var parts []string
+		for _, p := range strings.Split(s, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				parts = append(parts, p)
+			}
+		}
+		fv.Set(reflect.ValueOf(parts))
 	case fv.Kind() == reflect.String:
 		fv.SetString(s)
 	case fv.Kind() == reflect.Int:
@@ -282,6 +348,20 @@ func (c Config) Validate() []string {
 			bad(key+".timeout", "must be positive")
 		}
 		p = append(p, ep.Auth.validate(key+".auth", true)...)
+	}
+	if _, err := cron.ParseStandard(c.Feeds.FHIRHistory.Schedule); err != nil {
+		bad("feeds.fhir_history.schedule", "%v", err)
+	}
+	if _, err := cron.ParseStandard(c.Feeds.CRMTracking.Schedule); err != nil {
+		bad("feeds.crm_tracking.schedule", "%v", err)
+	}
+	if c.Agent.Workers < 0 || c.Agent.MaxAttempts < 0 {
+		bad("agent", "workers and max_attempts must not be negative")
+	}
+	if err := c.Logs.Validate(); err != nil {
+		for _, line := range strings.Split(err.Error(), "\n") {
+			p = append(p, line)
+		}
 	}
 	if err := c.Admin.Validate(); err != nil {
 		for _, line := range strings.Split(err.Error(), "\n") {

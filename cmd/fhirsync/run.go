@@ -20,11 +20,13 @@ type command struct {
 // commands lists every subcommand; `help` prints them in this order.
 func commands() []command {
 	return []command{
+		{"demo", "run everything on one machine with sandbox endpoints and synthetic data", runDemo},
 		{"serve", "run the sync agent, the admin app and the operational endpoints", runServe},
 		{"migrate", "apply pending database migrations and exit", runMigrate},
 		{"maps", "import, export, validate, test and publish entity maps", runMaps},
 		{"logs", "search, show and export sync decisions; list reason codes", runLogs},
 		{"users", "create, list and change admin app accounts", runUsers},
+		{"sandbox", "run the sandbox FHIR server and CRM on their own", runSandbox},
 		{"version", "print the version", runVersion},
 	}
 }

@@ -3,6 +3,8 @@ package embedded_test
 import (
 	"context"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -66,5 +68,68 @@ func BenchmarkRoundTrip(b *testing.B) {
 				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 			})
 		}
+	}
+}
+
+// BenchmarkPipelined is the agent's shape: one sender and two receivers on
+// separate connections at once, batches of 100, so round trips overlap.
+// One b.N is one message sent, received and completed.
+func BenchmarkPipelined(b *testing.B) {
+	for _, d := range storagetest.Dialects {
+		b.Run(string(d), func(b *testing.B) {
+			ctx := context.Background()
+			db := storagetest.Open(b, d)
+			q, err := embedded.New(db, "bench", embedded.Options{PollInterval: 10 * time.Millisecond})
+			if err != nil {
+				b.Fatal(err)
+			}
+			body := []byte(`{"v":1,"side":"fhir","type":"Patient","id":"p","event":"updated","origin":"history-poll"}`)
+			const batch, receivers = 100, 2
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			var received atomic.Int64
+			errs := make(chan error, receivers+1)
+			wg.Go(func() {
+				for sent := 0; sent < b.N; {
+					// Keep the backlog bounded, as a feed would.
+					for int64(sent)-received.Load() > 10*batch {
+						time.Sleep(time.Millisecond)
+					}
+					n := min(batch, b.N-sent)
+					msgs := make([]queues.Message, n)
+					for i := range msgs {
+						msgs[i] = queues.Message{ID: fmt.Sprintf("m%d", sent+i), Body: body,
+							Properties: map[string]string{"side": "fhir"}}
+					}
+					if err := q.Send(ctx, msgs...); err != nil {
+						errs <- err
+						return
+					}
+					sent += n
+				}
+			})
+			for range receivers {
+				wg.Go(func() {
+					for received.Load() < int64(b.N) {
+						ms, err := q.Receive(ctx, batch, 100*time.Millisecond)
+						if err != nil {
+							errs <- err
+							return
+						}
+						if err := q.CompleteMany(ctx, ms); err != nil {
+							errs <- err
+							return
+						}
+						received.Add(int64(len(ms)))
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+		})
 	}
 }

@@ -22,8 +22,10 @@
 //   - nothing lost when the process dies: every state change is a single
 //     transaction, and an expired lock simply makes the row visible again.
 //
-// Receive and CompleteMany work on batches in one transaction each for
-// throughput. On PostgreSQL competing receivers lock rows with
+// Send, Receive and CompleteMany work on batches, one statement each on
+// PostgreSQL, for throughput; CompleteTx completes inside the caller's
+// transaction so a consumer's own writes and the completion commit
+// together. On PostgreSQL competing receivers lock rows with
 // FOR UPDATE SKIP LOCKED; on SQLite write transactions are serialised
 // (BEGIN IMMEDIATE) and a Queue value serialises its own writers in Go.
 // Lock expiry uses the clock of the process that received the message, so

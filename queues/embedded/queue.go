@@ -179,7 +179,7 @@ func (q *Queue) single(ctx context.Context, fn func(db *gorm.DB) error) error {
 	return fn(q.db.WithContext(ctx))
 }
 
-// Send enqueues msgs in one transaction: all or none. Messages whose ID was
+// Send enqueues msgs atomically: all or none. Messages whose ID was
 // sent within the duplicate window are dropped silently; a message without
 // an ID gets a random one and is never a duplicate.
 func (q *Queue) Send(ctx context.Context, msgs ...queues.Message) error {
@@ -239,9 +239,9 @@ func (q *Queue) maybePrune(ctx context.Context, t time.Time) {
 	}
 }
 
-// Receive waits up to wait for available messages and locks at most max of
-// them (capped at MaxBatch) in one transaction. Messages with a session key
-// are handed out one at a time per key, oldest first.
+// Receive waits up to wait for available messages and locks at most limit
+// of them (capped at MaxBatch) with one statement. Messages with a session
+// key are handed out one at a time per key, oldest first.
 func (q *Queue) Receive(ctx context.Context, limit int, wait time.Duration) ([]*queues.Received, error) {
 	limit = min(MaxBatch, max(1, limit))
 	deadline := time.Now().Add(wait)

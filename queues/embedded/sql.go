@@ -66,8 +66,11 @@ func (q *Queue) lockBatch(db *gorm.DB, limit int, t time.Time, token string) ([]
 	if q.dialect == storage.Postgres {
 		pick += ` FOR UPDATE SKIP LOCKED`
 	}
-	// SET expressions all see the row as it was before the update.
-	query := `UPDATE queue_messages SET
+	// The pick is a materialised CTE so it runs exactly once: a LIMIT
+	// subquery under IN may be re-run by the planner and lock more rows
+	// than it returns. SET expressions all see the row as it was before.
+	query := `WITH picked AS MATERIALIZED (` + pick + `)
+		UPDATE queue_messages SET
 		state = CASE WHEN delivery_count >= ? THEN 'dead' ELSE 'active' END,
 		lock_token = CASE WHEN delivery_count >= ? THEN NULL ELSE CAST(? AS TEXT) || '.' || CAST(seq AS TEXT) END,
 		visible_at = CASE WHEN delivery_count >= ? THEN visible_at ELSE ? END,
@@ -75,13 +78,13 @@ func (q *Queue) lockBatch(db *gorm.DB, limit int, t time.Time, token string) ([]
 		dead_reason = CASE WHEN delivery_count >= ? THEN CAST(? AS TEXT) ELSE dead_reason END,
 		dead_description = CASE WHEN delivery_count >= ? THEN CAST(? AS TEXT) ELSE dead_description END,
 		dead_at = CASE WHEN delivery_count >= ? THEN ? ELSE dead_at END
-		WHERE seq IN (` + pick + `)
+		WHERE seq IN (SELECT seq FROM picked)
 		RETURNING seq, message_id, session_key, body, properties, enqueued_at, delivery_count, state`
 	var out []*queues.Received
 	deadTotal := 0
 	for len(out) < limit {
-		rows, err := db.Raw(query, maxDC, maxDC, token, maxDC, until, maxDC, maxDC, queues.ReasonMaxDeliveryCountExceeded,
-			maxDC, desc, maxDC, t, q.name, t, limit-len(out)).Rows()
+		rows, err := db.Raw(query, q.name, t, limit-len(out), maxDC, maxDC, token, maxDC, until, maxDC, maxDC,
+			queues.ReasonMaxDeliveryCountExceeded, maxDC, desc, maxDC, t).Rows()
 		if err != nil {
 			return nil, 0, fmt.Errorf("locking ready messages: %w", err)
 		}

@@ -337,12 +337,19 @@ type bound struct {
 }
 
 func (sq searchQuery) where() (string, []any) {
+	// With _id or identifier the match set is small: the unary + keeps
+	// SQLite from walking the (type, deleted, last_updated) index in
+	// ORDER BY order and probing every row of the type.
+	selective := len(sq.ids) > 0 || len(sq.identifiers) > 0
 	where := []string{"c.type = ?", "c.deleted = 0"}
+	if selective {
+		where = []string{"+c.type = ?", "+c.deleted = 0"}
+	}
 	args := []any{sq.typ}
 	if len(sq.ids) > 0 {
-		where = append(where, "c.id IN ("+strings.TrimSuffix(strings.Repeat("?,", len(sq.ids)), ",")+")")
+		where = append(where, "(c.type, c.id) IN (VALUES "+strings.TrimSuffix(strings.Repeat("(?, ?),", len(sq.ids)), ",")+")")
 		for _, id := range sq.ids {
-			args = append(args, id)
+			args = append(args, sq.typ, id)
 		}
 	}
 	if len(sq.identifiers) > 0 {
@@ -361,8 +368,7 @@ func (sq searchQuery) where() (string, []any) {
 				args = append(args, ident[1], ident[0])
 			}
 		}
-		// IN (subquery) lets SQLite start from the identifier index.
-		where = append(where, "c.id IN (SELECT i.id FROM identifiers i WHERE i.type = ? AND ("+strings.Join(ors, " OR ")+"))")
+		where = append(where, "(c.type, c.id) IN (SELECT i.type, i.id FROM identifiers i WHERE i.type = ? AND ("+strings.Join(ors, " OR ")+"))")
 	}
 	for _, b := range sq.lastUpdated {
 		where = append(where, "c.last_updated "+b.op+" ?")

@@ -60,13 +60,20 @@ func (q QueueConfig) wire() map[string]any {
 
 // Event is one line the fake reports on its standard output.
 type Event struct {
-	Event       string `json:"event"`
-	Queue       string `json:"queue,omitempty"`
-	Connections int    `json:"connections,omitempty"`
-	Type        string `json:"type,omitempty"`
-	Audience    string `json:"audience,omitempty"`
-	Token       string `json:"token,omitempty"`
-	Message     string `json:"message,omitempty"`
+	// Event names what happened: listening, created, dropped, token, error.
+	Event string `json:"event"`
+	// Queue is the queue a created event is about.
+	Queue string `json:"queue,omitempty"`
+	// Connections is how many connections a dropped event closed.
+	Connections int `json:"connections,omitempty"`
+	// Type, Audience and Token describe a put-token request: the token
+	// type (jwt or servicebus.windows.net:sastoken), the entity audience
+	// and the token itself.
+	Type     string `json:"type,omitempty"`
+	Audience string `json:"audience,omitempty"`
+	Token    string `json:"token,omitempty"`
+	// Message explains an error event.
+	Message string `json:"message,omitempty"`
 }
 
 // Server is a running fake Service Bus.

@@ -1,0 +1,776 @@
+package admin
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/fhirsync/fhirsync/logs"
+	"github.com/fhirsync/fhirsync/maps"
+)
+
+// mapRow is one entity map in the maps list.
+type mapRow struct {
+	Name      string
+	FHIRType  string
+	CRMEntity string
+	Version   int
+	// Status is draft, published or disabled.
+	Status string
+}
+
+type mapsListData struct {
+	Versions []maps.VersionInfo
+	Maps     []mapRow
+	CanEdit  bool
+	Problems []problemView
+	Error    string
+	YAML     string
+}
+
+// problemView is a validation problem with its rendered location.
+type problemView struct {
+	maps.Problem
+	Location string `json:"location"`
+}
+
+// problemsOf turns a validation error into problems; ok is false for any
+// other error.
+func problemsOf(err error) ([]problemView, bool) {
+	var ve *maps.ValidationError
+	if !errors.As(err, &ve) {
+		return nil, false
+	}
+	out := make([]problemView, 0, len(ve.Problems))
+	for _, p := range ve.Problems {
+		out = append(out, problemView{Problem: p, Location: p.Location()})
+	}
+	return out, true
+}
+
+// mapRows lists the entity maps of the current publication and of the
+// newest draft above it.
+func (a *app) mapRows(r *http.Request, versions []maps.VersionInfo) ([]mapRow, error) {
+	var rows []mapRow
+	add := func(n int, draft bool) error {
+		doc, _, err := a.data.maps.Version(r.Context(), n)
+		if err != nil {
+			return err
+		}
+		for i := range doc.EntityMaps {
+			em := &doc.EntityMaps[i]
+			st := "published"
+			switch {
+			case draft:
+				st = "draft"
+			case !em.IsEnabled():
+				st = "disabled"
+			}
+			rows = append(rows, mapRow{Name: em.Name, FHIRType: em.FHIRType, CRMEntity: em.CRMEntity, Version: n, Status: st})
+		}
+		return nil
+	}
+	current := 0
+	for _, v := range versions {
+		if v.Current {
+			current = v.Number
+			if err := add(v.Number, false); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for _, v := range versions { // newest first: the first draft is the newest
+		if v.Status == maps.StatusDraft && v.Number > current {
+			return rows, add(v.Number, true)
+		}
+	}
+	return rows, nil
+}
+
+func (a *app) mapsPage(w http.ResponseWriter, r *http.Request) {
+	a.renderMaps(w, r, http.StatusOK, mapsListData{})
+}
+
+func (a *app) renderMaps(w http.ResponseWriter, r *http.Request, status int, d mapsListData) {
+	vs, err := a.data.maps.Versions(r.Context())
+	if err != nil {
+		a.serverError(w, r, "listing map versions", err)
+		return
+	}
+	rows, err := a.mapRows(r, vs)
+	if err != nil {
+		a.serverError(w, r, "listing entity maps", err)
+		return
+	}
+	u, _ := currentUser(r)
+	d.Versions, d.Maps, d.CanEdit = vs, rows, u.can(permMapsEdit)
+	a.render(w, r, status, "maps", "Maps", d)
+}
+
+// importYAML reads a map set from an uploaded file or the pasted text.
+func importYAML(r *http.Request) ([]byte, error) {
+	if strings.HasPrefix(r.Header.Get("Content-Type"), "multipart/") {
+		if err := r.ParseMultipartForm(4 << 20); err != nil {
+			return nil, fmt.Errorf("reading the upload: %w", err)
+		}
+		if f, _, err := r.FormFile("file"); err == nil {
+			defer f.Close()
+			b, err := io.ReadAll(io.LimitReader(f, 4<<20))
+			if err != nil {
+				return nil, fmt.Errorf("reading the upload: %w", err)
+			}
+			if len(bytes.TrimSpace(b)) > 0 {
+				return b, nil
+			}
+		}
+	}
+	return []byte(r.PostFormValue("yaml")), nil
+}
+
+// importMaps stores an uploaded or pasted YAML map set as a new draft.
+func (a *app) importMaps(w http.ResponseWriter, r *http.Request) {
+	data, err := importYAML(r)
+	if err != nil || len(bytes.TrimSpace(data)) == 0 {
+		a.renderMaps(w, r, http.StatusBadRequest, mapsListData{Error: "Upload a YAML file or paste a map set."})
+		return
+	}
+	info, err := a.createDraft(r, data)
+	if ps, ok := problemsOf(err); ok {
+		a.renderMaps(w, r, http.StatusUnprocessableEntity, mapsListData{Problems: ps, YAML: string(data),
+			Error: "The map set was not imported; fix these problems first."})
+		return
+	}
+	if err != nil {
+		a.serverError(w, r, "importing maps", err)
+		return
+	}
+	http.Redirect(w, r, fmt.Sprintf("/maps/versions/%d?ok=imported", info.Number), http.StatusSeeOther)
+}
+
+// createDraft parses, validates and stores data as a new draft, and
+// records it.
+func (a *app) createDraft(r *http.Request, data []byte) (maps.VersionInfo, error) {
+	doc, err := maps.Parse(data)
+	if err != nil {
+		return maps.VersionInfo{}, err
+	}
+	info, err := a.data.maps.CreateDraft(r.Context(), doc, actor(r), "imported")
+	if err != nil {
+		return info, err
+	}
+	a.record(r, "map.import", "map_version", strconv.Itoa(info.Number), "", fmt.Sprintf("draft %d, %d entity maps", info.Number, len(doc.EntityMaps)))
+	return info, nil
+}
+
+// versionNumber reads the {id} path value as a map version number.
+func versionNumber(r *http.Request) (int, bool) {
+	n, err := strconv.Atoi(r.PathValue("id"))
+	return n, err == nil && n > 0
+}
+
+// editorData is the version page: the YAML editor, the attribute form,
+// preview, publish and rollback.
+type editorData struct {
+	Info     maps.VersionInfo
+	Versions []maps.VersionInfo
+	YAML     string
+	Maps     []mapRow
+	Map      *maps.EntityMap
+	Attr     *maps.AttributeMap
+	CanEdit  bool // a draft, and the user holds maps.edit
+	MayEdit  bool // the user holds maps.edit
+	PHI      bool
+	Problems []problemView
+	Notice   string
+	Error    string
+	Preview  *previewView
+	Form     previewForm
+	CRMTypes []maps.CRMType
+	Dirs     []maps.Direction
+}
+
+var crmTypes = []maps.CRMType{maps.TypeString, maps.TypeMemo, maps.TypeInt, maps.TypeDecimal, maps.TypeMoney, maps.TypeBool,
+	maps.TypeDateOnly, maps.TypeDateTimeUTC, maps.TypeOptionSet, maps.TypeMultiSelect, maps.TypeLookup}
+
+var notices = map[string]string{
+	"imported":  "Map set imported as a new draft.",
+	"saved":     "Draft saved.",
+	"published": "Version published; the agent picks it up without a restart.",
+	"rollback":  "Earlier version published again.",
+	"draft":     "New draft created from this version.",
+}
+
+func (a *app) versionPage(w http.ResponseWriter, r *http.Request) {
+	a.renderVersion(w, r, http.StatusOK, nil, func(d *editorData) { d.Notice = notices[r.URL.Query().Get("ok")] })
+}
+
+// renderVersion shows version {id} with the entity map and attribute map
+// chosen in the query (or the form); edit adjusts the data before rendering.
+func (a *app) renderVersion(w http.ResponseWriter, r *http.Request, status int, doc *maps.Document, edit func(*editorData)) {
+	n, ok := versionNumber(r)
+	if !ok {
+		a.renderError(w, r, http.StatusNotFound, "No such map version.")
+		return
+	}
+	stored, info, err := a.data.maps.Version(r.Context(), n)
+	if errors.Is(err, maps.ErrNotFound) {
+		a.renderError(w, r, http.StatusNotFound, "No such map version.")
+		return
+	}
+	if err != nil {
+		a.serverError(w, r, "reading a map version", err)
+		return
+	}
+	if doc == nil {
+		doc = stored
+	}
+	vs, err := a.data.maps.Versions(r.Context())
+	if err != nil {
+		a.serverError(w, r, "listing map versions", err)
+		return
+	}
+	y, err := maps.Export(doc)
+	if err != nil {
+		a.serverError(w, r, "exporting a map version", err)
+		return
+	}
+	u, _ := currentUser(r)
+	d := editorData{Info: info, Versions: vs, YAML: string(y), MayEdit: u.can(permMapsEdit), PHI: u.can(permPHI),
+		CRMTypes: crmTypes, Dirs: []maps.Direction{maps.Both, maps.FHIRToCRM, maps.CRMToFHIR}}
+	d.CanEdit = d.MayEdit && info.Status == maps.StatusDraft
+	for i := range doc.EntityMaps {
+		em := &doc.EntityMaps[i]
+		st := string(info.Status)
+		if !em.IsEnabled() {
+			st = "disabled"
+		}
+		d.Maps = append(d.Maps, mapRow{Name: em.Name, FHIRType: em.FHIRType, CRMEntity: em.CRMEntity, Version: n, Status: st})
+	}
+	mapName, attrName := r.FormValue("map"), r.FormValue("attr")
+	if mapName == "" && len(doc.EntityMaps) > 0 {
+		mapName = doc.EntityMaps[0].Name
+	}
+	d.Map, d.Attr = findAttribute(doc, mapName, attrName)
+	if d.Map != nil && d.Attr == nil && len(d.Map.Attributes) > 0 && attrName == "" {
+		d.Attr = &d.Map.Attributes[0]
+	}
+	d.Form.Map = mapName
+	if d.Map != nil && d.Form.Direction == "" {
+		d.Form.Direction = string(maps.FHIRToCRM)
+	}
+	if edit != nil {
+		edit(&d)
+	}
+	a.render(w, r, status, "map_version", fmt.Sprintf("Map set version %d", n), d)
+}
+
+// findAttribute finds an entity map and one of its attribute maps by name.
+func findAttribute(doc *maps.Document, mapName, attrName string) (*maps.EntityMap, *maps.AttributeMap) {
+	for i := range doc.EntityMaps {
+		em := &doc.EntityMaps[i]
+		if em.Name != mapName {
+			continue
+		}
+		for j := range em.Attributes {
+			if em.Attributes[j].Name == attrName {
+				return em, &em.Attributes[j]
+			}
+		}
+		return em, nil
+	}
+	return nil, nil
+}
+
+// saveYAML replaces a draft with the edited YAML.
+func (a *app) saveYAML(w http.ResponseWriter, r *http.Request) {
+	n, _ := versionNumber(r)
+	data := []byte(r.PostFormValue("yaml"))
+	if len(bytes.TrimSpace(data)) == 0 {
+		a.renderVersion(w, r, http.StatusBadRequest, nil, func(d *editorData) { d.Error = "The YAML is empty." })
+		return
+	}
+	doc, err := maps.Parse(data)
+	if err == nil {
+		err = a.updateDraft(r, n, doc, "yaml edited")
+	}
+	a.afterSave(w, r, n, err, func(d *editorData) { d.YAML = string(data) })
+}
+
+// attributeChange is an edit of one attribute map's main fields.
+type attributeChange struct {
+	FHIRPath     string         `json:"fhirPath"`
+	CRMAttribute string         `json:"crmAttribute"`
+	CRMType      maps.CRMType   `json:"crmType"`
+	Direction    maps.Direction `json:"direction"`
+	Enabled      bool           `json:"enabled"`
+}
+
+// apply writes c into attribute attr of entity map m in doc.
+func (c attributeChange) apply(doc *maps.Document, m, attr string) error {
+	_, am := findAttribute(doc, m, attr)
+	if am == nil {
+		return fmt.Errorf("%w: attribute map %q of entity map %q", maps.ErrNotFound, attr, m)
+	}
+	am.FHIRPath, am.CRMAttribute, am.CRMType, am.Direction = c.FHIRPath, c.CRMAttribute, c.CRMType, c.Direction
+	if c.Enabled {
+		am.Enabled = nil
+	} else {
+		off := false
+		am.Enabled = &off
+	}
+	return nil
+}
+
+// saveAttribute applies the structured attribute form to a draft.
+func (a *app) saveAttribute(w http.ResponseWriter, r *http.Request) {
+	n, _ := versionNumber(r)
+	mapName, attr := r.PostFormValue("map"), r.PostFormValue("attr")
+	if mapName == "" || attr == "" {
+		a.renderError(w, r, http.StatusBadRequest, "Choose an entity map and an attribute map.")
+		return
+	}
+	doc, info, err := a.data.maps.Version(r.Context(), n)
+	if errors.Is(err, maps.ErrNotFound) {
+		a.renderError(w, r, http.StatusNotFound, "No such map version.")
+		return
+	}
+	if err != nil {
+		a.serverError(w, r, "reading a map version", err)
+		return
+	}
+	if info.Status != maps.StatusDraft {
+		a.renderError(w, r, http.StatusConflict, "Published versions cannot change; create a draft from this version.")
+		return
+	}
+	c := attributeChange{FHIRPath: r.PostFormValue("fhirPath"), CRMAttribute: r.PostFormValue("crmAttribute"),
+		CRMType: maps.CRMType(r.PostFormValue("crmType")), Direction: maps.Direction(r.PostFormValue("direction")),
+		Enabled: r.PostFormValue("enabled") == "on"}
+	if err := c.apply(doc, mapName, attr); err != nil {
+		a.renderError(w, r, http.StatusNotFound, "No such attribute map in this version.")
+		return
+	}
+	err = a.updateDraft(r, n, doc, fmt.Sprintf("attribute map %s/%s edited", mapName, attr))
+	a.afterSave(w, r, n, err, func(d *editorData) {
+		if em, am := findAttribute(doc, mapName, attr); am != nil {
+			d.Map, d.Attr = em, am
+		}
+	})
+}
+
+// updateDraft saves doc over draft n and records the change.
+func (a *app) updateDraft(r *http.Request, n int, doc *maps.Document, what string) error {
+	info, err := a.data.maps.UpdateDraft(r.Context(), n, doc, actor(r), "")
+	if err != nil {
+		return err
+	}
+	a.record(r, "map.edit", "map_version", strconv.Itoa(n), "", what+", checksum "+info.Checksum)
+	return nil
+}
+
+// afterSave redirects after a successful save, or shows the problems.
+func (a *app) afterSave(w http.ResponseWriter, r *http.Request, n int, err error, keep func(*editorData)) {
+	if ps, ok := problemsOf(err); ok {
+		a.renderVersion(w, r, http.StatusUnprocessableEntity, nil, func(d *editorData) {
+			keep(d)
+			d.Problems, d.Error = ps, "Not saved: the draft would not be valid."
+		})
+		return
+	}
+	switch {
+	case errors.Is(err, maps.ErrNotFound):
+		a.renderError(w, r, http.StatusNotFound, "No such map version.")
+		return
+	case errors.Is(err, maps.ErrImmutable):
+		a.renderError(w, r, http.StatusConflict, "Published versions cannot change; create a draft from this version.")
+		return
+	case err != nil:
+		a.serverError(w, r, "saving a draft", err)
+		return
+	}
+	http.Redirect(w, r, fmt.Sprintf("/maps/versions/%d?ok=saved&map=%s&attr=%s", n,
+		url.QueryEscape(r.PostFormValue("map")), url.QueryEscape(r.PostFormValue("attr"))), http.StatusSeeOther)
+}
+
+// publishVersion publishes a draft, or a published version again.
+func (a *app) publishVersion(w http.ResponseWriter, r *http.Request) {
+	a.publishing(w, r, false)
+}
+
+// rollbackVersion publishes an earlier published version again.
+func (a *app) rollbackVersion(w http.ResponseWriter, r *http.Request) {
+	a.publishing(w, r, true)
+}
+
+func (a *app) publishing(w http.ResponseWriter, r *http.Request, rollback bool) {
+	n, ok := versionNumber(r)
+	if !ok {
+		a.renderError(w, r, http.StatusNotFound, "No such map version.")
+		return
+	}
+	info, status, msg, err := a.publish(r, n, rollback, r.PostFormValue("note"))
+	if err != nil {
+		a.serverError(w, r, "publishing maps", err)
+		return
+	}
+	if status != 0 {
+		a.renderError(w, r, status, msg)
+		return
+	}
+	done := "published"
+	if rollback {
+		done = "rollback"
+	}
+	http.Redirect(w, r, fmt.Sprintf("/maps/versions/%d?ok=%s", info.Number, done), http.StatusSeeOther)
+}
+
+// publish publishes (or rolls back to) version n and records it. A
+// refusal comes back as a status and a message; err is for failures.
+func (a *app) publish(r *http.Request, n int, rollback bool, note string) (maps.VersionInfo, int, string, error) {
+	before := "no version current"
+	if vs, err := a.data.maps.Versions(r.Context()); err == nil {
+		for _, v := range vs {
+			if v.Current {
+				before = fmt.Sprintf("version %d current", v.Number)
+			}
+		}
+	}
+	var info maps.VersionInfo
+	var err error
+	action := "map.publish"
+	if rollback {
+		_, vi, err := a.data.maps.Version(r.Context(), n)
+		if errors.Is(err, maps.ErrNotFound) {
+			return info, http.StatusNotFound, "No such map version.", nil
+		}
+		if err != nil {
+			return info, 0, "", err
+		}
+		if vi.Status != maps.StatusPublished {
+			return info, http.StatusConflict, "Only a published version can be rolled back to; publish a draft instead.", nil
+		}
+		action = "map.rollback"
+		info, err = a.data.maps.Rollback(r.Context(), n, actor(r), note)
+	} else {
+		info, err = a.data.maps.Publish(r.Context(), n, actor(r), note)
+	}
+	if ps, ok := problemsOf(err); ok {
+		return info, http.StatusUnprocessableEntity, fmt.Sprintf("Version %d is not valid (%d problems).", n, len(ps)), nil
+	}
+	switch {
+	case errors.Is(err, maps.ErrNotFound):
+		return info, http.StatusNotFound, "No such map version.", nil
+	case err != nil:
+		return info, 0, "", err
+	}
+	a.record(r, action, "map_version", strconv.Itoa(n), before, fmt.Sprintf("version %d current", n))
+	return info, 0, "", nil
+}
+
+// draftFrom copies a version into a new draft.
+func (a *app) draftFrom(w http.ResponseWriter, r *http.Request) {
+	n, ok := versionNumber(r)
+	if !ok {
+		a.renderError(w, r, http.StatusNotFound, "No such map version.")
+		return
+	}
+	doc, _, err := a.data.maps.Version(r.Context(), n)
+	if errors.Is(err, maps.ErrNotFound) {
+		a.renderError(w, r, http.StatusNotFound, "No such map version.")
+		return
+	}
+	if err != nil {
+		a.serverError(w, r, "reading a map version", err)
+		return
+	}
+	info, err := a.data.maps.CreateDraft(r.Context(), doc, actor(r), fmt.Sprintf("from version %d", n))
+	if err != nil {
+		a.serverError(w, r, "creating a draft", err)
+		return
+	}
+	a.record(r, "map.draft", "map_version", strconv.Itoa(info.Number), "", fmt.Sprintf("draft %d from version %d", info.Number, n))
+	http.Redirect(w, r, fmt.Sprintf("/maps/versions/%d?ok=draft", info.Number), http.StatusSeeOther)
+}
+
+// exportVersion downloads a version as canonical YAML.
+func (a *app) exportVersion(w http.ResponseWriter, r *http.Request) {
+	n, ok := versionNumber(r)
+	if !ok {
+		a.renderError(w, r, http.StatusNotFound, "No such map version.")
+		return
+	}
+	doc, _, err := a.data.maps.Version(r.Context(), n)
+	if errors.Is(err, maps.ErrNotFound) {
+		a.renderError(w, r, http.StatusNotFound, "No such map version.")
+		return
+	}
+	if err != nil {
+		a.serverError(w, r, "reading a map version", err)
+		return
+	}
+	y, err := maps.Export(doc)
+	if err != nil {
+		a.serverError(w, r, "exporting maps", err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/yaml; charset=utf-8")
+	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="fhirsync-maps-v%d.yaml"`, n))
+	_, _ = w.Write(y)
+}
+
+// previewForm is what the preview form holds.
+type previewForm struct {
+	Map        string `json:"map"`
+	Direction  string `json:"direction"`
+	Input      string `json:"input"`
+	Current    string `json:"current"`
+	DecisionID int64  `json:"decision_id,omitempty"`
+}
+
+// previewView is a preview's result for people and for the API.
+type previewView struct {
+	Map          string   `json:"map"`
+	Decision     string   `json:"decision"`
+	Outcome      string   `json:"outcome,omitempty"`
+	Reason       string   `json:"reason,omitempty"`
+	Meaning      string   `json:"meaning,omitempty"`
+	Filter       string   `json:"filter,omitempty"`
+	Attribute    string   `json:"attribute,omitempty"`
+	MappingError string   `json:"mapping_error,omitempty"`
+	InputError   string   `json:"input_error,omitempty"`
+	Output       string   `json:"output,omitempty"`
+	Changed      []string `json:"changed"`
+	Source       string   `json:"source,omitempty"` // "pasted" or "decision N"
+}
+
+// previewError is a preview request that cannot run; status says why.
+type previewError struct {
+	status int
+	msg    string
+}
+
+func (e *previewError) Error() string { return e.msg }
+
+// runPreview maps one pasted or logged record with entity map f.Map of
+// version n using the one sample runner.
+func (a *app) runPreview(r *http.Request, n int, f previewForm) (*previewView, error) {
+	doc, _, err := a.data.maps.Version(r.Context(), n)
+	if errors.Is(err, maps.ErrNotFound) {
+		return nil, &previewError{http.StatusNotFound, "No such map version."}
+	}
+	if err != nil {
+		return nil, err
+	}
+	set, err := maps.Compile(doc, maps.CompileOptions{})
+	if err != nil {
+		return nil, &previewError{http.StatusUnprocessableEntity, "This version does not validate; fix it before previewing."}
+	}
+	m, ok := set.Map(f.Map)
+	if !ok {
+		return nil, &previewError{http.StatusNotFound, "No such entity map in this version."}
+	}
+	dir := maps.Direction(f.Direction)
+	if dir != maps.FHIRToCRM && dir != maps.CRMToFHIR {
+		return nil, &previewError{http.StatusBadRequest, "Choose a direction: fhir-to-crm or crm-to-fhir."}
+	}
+	in := maps.PreviewInput{Direction: dir, Input: []byte(f.Input)}
+	if dir == maps.FHIRToCRM {
+		in.Current = []byte(f.Current)
+	} else {
+		in.Base = []byte(f.Current)
+	}
+	source := "pasted record"
+	if f.DecisionID != 0 {
+		u, _ := currentUser(r)
+		if !u.can(permPHI) {
+			return nil, &previewError{http.StatusForbidden, "Previewing a logged record shows its payload, which needs the PHI permission; paste a record instead."}
+		}
+		c, err := a.data.logs.ReadCapture(r.Context(), principal{u}, f.DecisionID)
+		switch {
+		case errors.Is(err, logs.ErrNotFound):
+			return nil, &previewError{http.StatusNotFound, fmt.Sprintf("Decision %d has no captured payload (capture is off, or it has expired).", f.DecisionID)}
+		case errors.Is(err, logs.ErrUnknownKey), errors.Is(err, logs.ErrWrongKey), errors.Is(err, logs.ErrTampered):
+			return nil, &previewError{http.StatusConflict, "The captured payload cannot be opened: " + err.Error() + "."}
+		case err != nil:
+			return nil, err
+		}
+		in.Input = c.Snapshots.Source
+		if dir == maps.CRMToFHIR {
+			in.Input = asCRMState(c.Snapshots.Source)
+			in.Base = c.Snapshots.Target
+		} else if len(c.Snapshots.Target) > 0 {
+			in.Current = asCRMState(c.Snapshots.Target)
+		}
+		source = fmt.Sprintf("captured payload of decision %d", f.DecisionID)
+	} else if strings.TrimSpace(f.Input) == "" {
+		return nil, &previewError{http.StatusBadRequest, "Paste a FHIR resource or a CRM record to preview."}
+	} else if dir == maps.CRMToFHIR {
+		in.Input = asCRMState(in.Input)
+	}
+	res := maps.Preview(r.Context(), m, in)
+	v := &previewView{Map: res.Map, Decision: res.Decision, Filter: res.Filter, Attribute: res.Attribute,
+		MappingError: res.MappingError, Changed: res.Changed, Source: source}
+	if v.Changed == nil {
+		v.Changed = []string{}
+	}
+	if res.ParseError != nil {
+		v.InputError = res.ParseError.Error()
+	}
+	if res.EvalError != nil {
+		v.InputError = "The engine failed: " + res.EvalError.Error()
+	}
+	if len(res.Output) > 0 {
+		var buf bytes.Buffer
+		if json.Indent(&buf, res.Output, "", "  ") == nil {
+			v.Output = buf.String()
+		} else {
+			v.Output = string(res.Output)
+		}
+	}
+	outcome, reason := previewDecision(res.Decision, len(bytes.TrimSpace(in.Current)) > 0 || len(bytes.TrimSpace(in.Base)) > 0)
+	v.Outcome, v.Reason = string(outcome), string(reason)
+	if rs, ok := logs.LookupReason(reason); ok {
+		v.Meaning = rs.Meaning
+	}
+	return v, nil
+}
+
+// asCRMState wraps a bare CRM record as {"record": …} unless it already
+// has that shape.
+func asCRMState(b []byte) []byte {
+	var probe map[string]json.RawMessage
+	if json.Unmarshal(b, &probe) != nil {
+		return b
+	}
+	if _, ok := probe["record"]; ok {
+		return b
+	}
+	out, err := json.Marshal(map[string]json.RawMessage{"record": b})
+	if err != nil {
+		return b
+	}
+	return out
+}
+
+// previewDecision is the sync log decision the agent would record for a
+// preview's result.
+func previewDecision(decision string, exists bool) (logs.Outcome, logs.ReasonCode) {
+	switch decision {
+	case maps.DecisionMapped:
+		if exists {
+			return logs.OutcomeSent, logs.ReasonUpdated
+		}
+		return logs.OutcomeSent, logs.ReasonCreated
+	case maps.DecisionUnchanged:
+		return logs.OutcomeSkipped, logs.ReasonUnchanged
+	case maps.DecisionFiltered:
+		return logs.OutcomeSkipped, logs.ReasonFiltered
+	case maps.DecisionMappingError:
+		return logs.OutcomeFailed, logs.ReasonMappingError
+	}
+	return "", ""
+}
+
+// previewPage runs a preview from the version page's form.
+func (a *app) previewPage(w http.ResponseWriter, r *http.Request) {
+	n, ok := versionNumber(r)
+	if !ok {
+		a.renderError(w, r, http.StatusNotFound, "No such map version.")
+		return
+	}
+	f := previewForm{Map: r.PostFormValue("map"), Direction: r.PostFormValue("direction"), Input: r.PostFormValue("input"),
+		Current: r.PostFormValue("current")}
+	if s := strings.TrimSpace(r.PostFormValue("decision_id")); s != "" {
+		id, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || id <= 0 {
+			a.renderVersion(w, r, http.StatusBadRequest, nil, func(d *editorData) { d.Form, d.Error = f, "The decision id must be a number." })
+			return
+		}
+		f.DecisionID = id
+	}
+	if f.Map == "" {
+		a.renderError(w, r, http.StatusBadRequest, "Choose an entity map to preview.")
+		return
+	}
+	v, err := a.runPreview(r, n, f)
+	var pe *previewError
+	if errors.As(err, &pe) {
+		if pe.status == http.StatusNotFound && strings.HasPrefix(pe.msg, "No such map version") {
+			a.renderError(w, r, pe.status, pe.msg)
+			return
+		}
+		a.renderVersion(w, r, pe.status, nil, func(d *editorData) { d.Form, d.Error = f, pe.msg })
+		return
+	}
+	if err != nil {
+		a.serverError(w, r, "previewing a map", err)
+		return
+	}
+	a.renderVersion(w, r, http.StatusOK, nil, func(d *editorData) { d.Form, d.Preview = f, v })
+}
+
+// diffData is two versions' YAML compared line by line.
+type diffData struct {
+	Versions []maps.VersionInfo
+	A, B     int
+	Lines    []diffLine
+	Changes  int
+}
+
+func (a *app) diffPage(w http.ResponseWriter, r *http.Request) {
+	vs, err := a.data.maps.Versions(r.Context())
+	if err != nil {
+		a.serverError(w, r, "listing map versions", err)
+		return
+	}
+	d := diffData{Versions: vs}
+	q := r.URL.Query()
+	if q.Get("a") == "" || q.Get("b") == "" {
+		if len(vs) >= 2 {
+			d.A, d.B = vs[1].Number, vs[0].Number
+		}
+	} else {
+		d.A, _ = strconv.Atoi(q.Get("a"))
+		d.B, _ = strconv.Atoi(q.Get("b"))
+	}
+	if d.A != 0 && d.B != 0 {
+		lines, err := a.versionDiff(r, d.A, d.B)
+		if errors.Is(err, maps.ErrNotFound) {
+			a.renderError(w, r, http.StatusNotFound, "No such map version.")
+			return
+		}
+		if err != nil {
+			a.serverError(w, r, "comparing map versions", err)
+			return
+		}
+		d.Lines = lines
+		for _, l := range lines {
+			if l.Op != " " {
+				d.Changes++
+			}
+		}
+	}
+	a.render(w, r, http.StatusOK, "map_diff", "Compare map versions", d)
+}
+
+// versionDiff is the line diff of the YAML exports of versions x and y.
+func (a *app) versionDiff(r *http.Request, x, y int) ([]diffLine, error) {
+	var texts [2]string
+	for i, n := range []int{x, y} {
+		doc, _, err := a.data.maps.Version(r.Context(), n)
+		if err != nil {
+			return nil, err
+		}
+		b, err := maps.Export(doc)
+		if err != nil {
+			return nil, err
+		}
+		texts[i] = string(b)
+	}
+	return lineDiff(texts[0], texts[1]), nil
+}

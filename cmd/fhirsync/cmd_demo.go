@@ -1,0 +1,269 @@
+package main
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"gorm.io/gorm"
+
+	"github.com/fhirsync/fhirsync/admin"
+	"github.com/fhirsync/fhirsync/agent/crm"
+	"github.com/fhirsync/fhirsync/agent/fhir"
+	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/maps/starter"
+	"github.com/fhirsync/fhirsync/queues/embedded"
+	"github.com/fhirsync/fhirsync/sandbox/crmserver"
+	"github.com/fhirsync/fhirsync/sandbox/fhirserver"
+	"github.com/fhirsync/fhirsync/sandbox/synth"
+)
+
+// Sandbox CRM identities: the agent's application user and a care
+// coordinator whose edits the demo simulates.
+const (
+	demoAgentToken = "fhirsync-agent"
+	demoAgentUser  = "00000000-0000-0000-0000-00000000a6e7"
+	demoHumanToken = "care-coordinator"
+	demoHumanUser  = "00000000-0000-0000-0000-0000000c00d1"
+)
+
+func runDemo(ctx context.Context, e *env, args []string) error {
+	fs := e.newFlagSet("demo", "demo [--listen ADDR] [--patients N] [--edits-per-second R] [--keep]", `
+Run a complete fhirsync on one machine: a sandbox FHIR server and a sandbox
+Dataverse-style CRM with synthetic patients, the starter maps published, the
+embedded queue and SQLite in a temporary data directory, the agent syncing
+both ways, and a simulator that keeps editing records on both sides so the
+syncing is visible in the admin app. Prints the admin URL and a login.`)
+	listen := fs.String("listen", "127.0.0.1:8080", "admin app address")
+	patients := fs.Int("patients", 300, "synthetic patients to seed the FHIR sandbox with")
+	rate := fs.Float64("edits-per-second", 1, "simulated edits per second on each side (0 turns the simulator off)")
+	keep := fs.Bool("keep", false, "keep the temporary data directory at exit")
+	dataDir := fs.String("data-dir", "", "use this data directory instead of a temporary one")
+	if done, err := parseFlags(fs, args); done {
+		return err
+	}
+	if *patients < 0 || *patients > 100000 || *rate < 0 {
+		return usageErrorf("demo: --patients must be 0..100000 and --edits-per-second not negative")
+	}
+	dir := *dataDir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "fhirsync-demo-")
+		if err != nil {
+			return err
+		}
+		dir = d
+		if !*keep {
+			defer os.RemoveAll(dir)
+		}
+	}
+	log := e.logger()
+
+	// The sandboxes, each on its own loopback port.
+	fhirSrv, err := fhirserver.New(fhirserver.Options{Path: filepath.Join(dir, "sandbox-fhir.db"), Seed: 1, Patients: *patients,
+		Encounters: 1, Observations: 2, Logger: log})
+	if err != nil {
+		return fmt.Errorf("starting the sandbox FHIR server: %w", err)
+	}
+	defer fhirSrv.Close()
+	fhirURL, stopFHIR, err := serveLoopback(ctx, fhirSrv)
+	if err != nil {
+		return err
+	}
+	defer stopFHIR()
+
+	cfg := defaultConfig()
+	cfg.DataDir = dir
+	cfg.Listen = *listen
+	cfg.Log.Format = "text"
+	if e.logFormat != "" {
+		cfg.Log.Format = e.logFormat
+	}
+	cfg.FHIR.BaseURL = fhirURL
+	cfg.Agent.CRMUserID = demoAgentUser
+	cfg.Feeds.FHIRHistory = FHIRHistoryConfig{Types: []string{"Organization", "Practitioner", "Patient", "Encounter", "Observation"},
+		Schedule: "@every 5s", Overlap: Duration(30 * time.Second)}
+	cfg.ShutdownTimeout = Duration(10 * time.Second)
+	var secret [24]byte
+	_, _ = crand.Read(secret[:])
+	cfg.Logs.KeySecret = base64.StdEncoding.EncodeToString(secret[:])
+	e.cfg = &cfg
+
+	// The CRM's service endpoint posts to the agent's crm-changes queue,
+	// which lives in the demo database; open it before the CRM starts.
+	db, err := e.openDB(ctx)
+	if err != nil {
+		return err
+	}
+	crmQ, err := embedded.New(db, cfg.Queue.CRMChanges, embedded.Options{MaxDeliveryCount: 50})
+	if err != nil {
+		return err
+	}
+	crmSrv, err := crmserver.New(crmserver.Options{Tokens: map[string]string{demoAgentToken: demoAgentUser, demoHumanToken: demoHumanUser},
+		Endpoint: crmQ, EndpointImages: true, Logger: log})
+	if err != nil {
+		return fmt.Errorf("starting the sandbox CRM: %w", err)
+	}
+	crmURL, stopCRM, err := serveLoopback(ctx, crmSrv)
+	if err != nil {
+		return err
+	}
+	defer stopCRM()
+	cfg.CRM.BaseURL = crmURL
+	cfg.CRM.Auth = CredentialConfig{Method: "bearer", Token: demoAgentToken}
+
+	if err := publishStarterIfEmpty(ctx, db, log); err != nil {
+		return err
+	}
+	email, password, err := demoLogin(ctx, db)
+	if err != nil {
+		return err
+	}
+	return serve(ctx, e, &cfg, func(addr string, _ *gorm.DB) {
+		fmt.Fprintf(e.stdout, `
+fhirsync demo is running.
+
+  Admin app   http://%s
+  Sign in     %s  /  %s
+  FHIR        %s   (sandbox, %d synthetic patients)
+  CRM         %s   (sandbox, Dataverse Web API shape)
+  Data        %s
+
+The simulator edits records on both sides; watch the sync log fill. Ctrl-C stops.
+`, addr, email, password, fhirURL, *patients, crmURL+"/api/data/v9.2/", dir)
+		if *rate > 0 {
+			go simulate(ctx, log, fhirURL, crmURL, *patients, *rate)
+		}
+	})
+}
+
+// serveLoopback serves h on a free loopback port.
+func serveLoopback(ctx context.Context, h http.Handler) (string, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return "http://" + ln.Addr().String(), func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}, nil
+}
+
+// publishStarterIfEmpty publishes the starter map set on a database that
+// has none.
+func publishStarterIfEmpty(ctx context.Context, db *gorm.DB, log *slog.Logger) error {
+	ms, err := maps.New(db, maps.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	if _, err := ms.Current(ctx); err == nil {
+		return nil
+	} else if !errors.Is(err, maps.ErrNotFound) {
+		return err
+	}
+	doc, _, err := maps.Import(starter.YAML(), maps.CompileOptions{})
+	if err != nil {
+		return fmt.Errorf("importing the starter maps: %w", err)
+	}
+	v, err := ms.CreateDraft(ctx, doc, "demo", "starter map set")
+	if err != nil {
+		return err
+	}
+	_, err = ms.Publish(ctx, v.Number, "demo", "starter map set")
+	return err
+}
+
+// demoLogin creates (or resets) the demo administrator.
+func demoLogin(ctx context.Context, db *gorm.DB) (string, string, error) {
+	const email = "admin@demo.local"
+	users, err := admin.NewUsers(db)
+	if err != nil {
+		return "", "", err
+	}
+	var b [12]byte
+	_, _ = crand.Read(b[:])
+	pw := base64.RawURLEncoding.EncodeToString(b[:])
+	if u, err := users.ByEmail(ctx, email); err == nil {
+		return email, pw, users.SetPassword(ctx, "demo", u.ID, pw, false)
+	}
+	_, err = users.Create(ctx, "demo", admin.NewUser{Email: email, Name: "Demo administrator", Role: admin.RoleAdmin, PHI: true, Password: pw})
+	return email, pw, err
+}
+
+// simulate keeps editing: a clinician changes patients in FHIR and a care
+// coordinator changes contacts in the CRM.
+func simulate(ctx context.Context, log *slog.Logger, fhirURL, crmURL string, patients int, rate float64) {
+	fc, err := fhir.New(fhir.Config{BaseURL: fhirURL})
+	if err != nil {
+		log.Error("simulator: FHIR client", "error", err)
+		return
+	}
+	cc, err := crm.New(crm.Config{URL: crmURL, Auth: crm.AuthBearer, Token: demoHumanToken})
+	if err != nil {
+		log.Error("simulator: CRM client", "error", err)
+		return
+	}
+	t := time.NewTicker(time.Duration(float64(time.Second) / rate))
+	defer t.Stop()
+	for n := 0; ; n++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if patients > 0 {
+			if err := editPatient(ctx, fc, synth.PatientID(rand.IntN(patients)), n); err != nil && ctx.Err() == nil {
+				log.Debug("simulator: FHIR edit skipped", "error", err)
+			}
+		}
+		if err := editContact(ctx, cc, n); err != nil && ctx.Err() == nil {
+			log.Debug("simulator: CRM edit skipped", "error", err)
+		}
+	}
+}
+
+func editPatient(ctx context.Context, c *fhir.Client, id string, n int) error {
+	res, err := c.Read(ctx, "Patient", id)
+	if err != nil {
+		return err
+	}
+	tel, _ := res["telecom"].([]any)
+	tel = append([]any{}, tel...)
+	phone := map[string]any{"system": "phone", "use": "home", "value": fmt.Sprintf("+1-555-01%02d-%04d", n%100, rand.IntN(10000))}
+	replaced := false
+	for i, x := range tel {
+		if m, ok := x.(map[string]any); ok && m["system"] == "phone" && m["use"] == "home" {
+			tel[i], replaced = phone, true
+		}
+	}
+	if !replaced {
+		tel = append(tel, phone)
+	}
+	res["telecom"] = tel
+	_, err = c.Update(ctx, res, res.VersionID())
+	return err
+}
+
+func editContact(ctx context.Context, c *crm.Client, n int) error {
+	var ids []string
+	err := c.RetrieveMultiple(ctx, "contacts", crm.Query{Select: []string{"contactid"}, Filter: "msemr_contacttype eq 935000000", Top: 50},
+		func(r crm.Record) error { ids = append(ids, r.String("contactid")); return nil })
+	if err != nil || len(ids) == 0 {
+		return err
+	}
+	id := ids[rand.IntN(len(ids))]
+	_, err = c.Upsert(ctx, crm.ByID("contacts", id), crm.Record{"emailaddress1": fmt.Sprintf("coordinator.%d@example.org", n)},
+		crm.UpsertOptions{Mode: crm.UpdateOnly})
+	return err
+}

@@ -1,0 +1,221 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/robfig/cron/v3"
+	"gorm.io/gorm"
+
+	"github.com/fhirsync/fhirsync/agent"
+	"github.com/fhirsync/fhirsync/agent/crm"
+	"github.com/fhirsync/fhirsync/agent/fhir"
+	"github.com/fhirsync/fhirsync/logs"
+	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/queues"
+	"github.com/fhirsync/fhirsync/queues/embedded"
+	"github.com/fhirsync/fhirsync/queues/servicebus"
+)
+
+// services is everything a running fhirsync process holds. serve, demo and
+// bench build it the same way.
+type services struct {
+	db          *gorm.DB
+	maps        *maps.Store
+	logs        *logs.Store
+	fhirQ, crmQ queues.Queue
+	fhir        *fhir.Client // nil when no FHIR server is configured
+	crm         *crm.Client  // nil when no CRM is configured
+	agent       *agent.Agent // nil unless both endpoints are configured
+	poller      *fhir.Poller
+	crmFeeds    []*crm.Feed
+	restHook    http.Handler
+	log         *slog.Logger
+	feedSched   string
+}
+
+// buildServices wires the stores, queues, endpoint clients, the agent and
+// the feeds from cfg. Nothing runs until run is called.
+func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus.Registerer, log *slog.Logger) (*services, error) {
+	s := &services{db: db, log: log, feedSched: cfg.Feeds.CRMTracking.Schedule}
+	var err error
+	logsCfg := cfg.Logs
+	logsCfg.Logger = log
+	if s.logs, err = logs.New(db, logsCfg, reg); err != nil {
+		return nil, err
+	}
+	if s.maps, err = maps.New(db, maps.Options{Logger: log}); err != nil {
+		return nil, err
+	}
+	if s.fhirQ, err = openQueue(cfg, db, cfg.Queue.FHIRChanges); err != nil {
+		return nil, err
+	}
+	if s.crmQ, err = openQueue(cfg, db, cfg.Queue.CRMChanges); err != nil {
+		return nil, err
+	}
+	if cfg.FHIR.BaseURL != "" {
+		fc := fhir.Config{BaseURL: cfg.FHIR.BaseURL, Timeout: time.Duration(cfg.FHIR.Timeout), UserAgent: "fhirsync/" + buildVersion()}
+		switch cfg.FHIR.Auth.Method {
+		case "bearer":
+			fc.BearerToken = cfg.FHIR.Auth.Token
+		case "none":
+		default:
+			if fc.Credential, err = credential(cfg.FHIR.Auth); err != nil {
+				return nil, fmt.Errorf("fhir.auth: %w", err)
+			}
+		}
+		if s.fhir, err = fhir.New(fc); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.CRM.BaseURL != "" {
+		a := cfg.CRM.Auth
+		s.crm, err = crm.New(crm.Config{URL: cfg.CRM.BaseURL, Auth: crm.AuthMode(a.Method), Token: a.Token,
+			TenantID: a.TenantID, ClientID: a.ClientID, ClientSecret: a.ClientSecret, Timeout: time.Duration(cfg.CRM.Timeout)})
+		if err != nil {
+			return nil, err
+		}
+	}
+	if s.fhir == nil || s.crm == nil {
+		log.Warn("the sync agent is idle: set fhir.base_url and crm.base_url (or run fhirsync demo) to sync")
+		return s, nil
+	}
+	userID := cfg.Agent.CRMUserID
+	if userID == "" {
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		userID, err = s.crm.WhoAmI(wctx)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("asking the CRM who fhirsync is (set agent.crm_user_id to skip): %w", err)
+		}
+	}
+	renew := time.Duration(0)
+	if cfg.Queue.Kind == "embedded" {
+		renew = 20 * time.Second
+	}
+	s.agent, err = agent.New(agent.Config{Workers: cfg.Agent.Workers, MaxAttempts: cfg.Agent.MaxAttempts, CRMUserID: userID,
+		FHIRAccount: cfg.Agent.FHIRAccount, Drain: time.Duration(cfg.ShutdownTimeout), LockRenewEvery: renew},
+		agent.Deps{DB: db, Maps: s.maps, FHIR: s.fhir, CRM: s.crm, Logs: s.logs, FHIRChanges: s.fhirQ, CRMChanges: s.crmQ,
+			Registry: reg, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	if h := cfg.Feeds.FHIRHistory; len(h.Types) > 0 {
+		if s.poller, err = fhir.NewPoller(fhir.PollerConfig{Client: s.fhir, DB: db, Queue: s.fhirQ, Types: h.Types,
+			Schedule: h.Schedule, Overlap: time.Duration(h.Overlap), Holder: holder(), Logger: log}); err != nil {
+			return nil, err
+		}
+	}
+	for _, ent := range cfg.Feeds.CRMTracking.Entities {
+		f, err := crm.NewFeed(s.crm, db, s.crmQ, crm.FeedConfig{Entity: ent, Set: entitySet(ctx, s.maps, ent), Holder: holder()})
+		if err != nil {
+			return nil, err
+		}
+		s.crmFeeds = append(s.crmFeeds, f)
+	}
+	if rh := cfg.Feeds.RestHook; rh.Path != "" {
+		ping := func() {}
+		if s.poller != nil {
+			ping = s.poller.Trigger
+		}
+		if s.restHook, err = fhir.NewRestHook(fhir.RestHookConfig{Queue: s.fhirQ, Authorization: rh.Authorization, Ping: ping, Logger: log}); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func openQueue(cfg *Config, db *gorm.DB, name string) (queues.Queue, error) {
+	if cfg.Queue.Kind == "servicebus" {
+		sb := cfg.Queue.ServiceBus
+		return servicebus.New(servicebus.Config{ConnectionString: sb.ConnectionString, Namespace: sb.Namespace,
+			Credential: map[string]servicebus.Credential{"": servicebus.CredentialDefault, "default": servicebus.CredentialDefault,
+				"managed_identity": servicebus.CredentialManagedIdentity, "client_secret": servicebus.CredentialClientSecret}[sb.Auth.Method], TenantID: sb.Auth.TenantID, ClientID: sb.Auth.ClientID,
+			ClientSecret: sb.Auth.ClientSecret, Sessions: true}, name)
+	}
+	return embedded.New(db, name, embedded.Options{MaxDeliveryCount: 50})
+}
+
+// credential builds the azidentity credential an endpoint's auth names.
+func credential(a CredentialConfig) (azcore.TokenCredential, error) {
+	switch a.Method {
+	case "default":
+		return azidentity.NewDefaultAzureCredential(nil)
+	case "managed_identity":
+		opts := &azidentity.ManagedIdentityCredentialOptions{}
+		if a.ClientID != "" {
+			opts.ID = azidentity.ClientID(a.ClientID)
+		}
+		return azidentity.NewManagedIdentityCredential(opts)
+	case "client_secret":
+		return azidentity.NewClientSecretCredential(a.TenantID, a.ClientID, a.ClientSecret, nil)
+	}
+	return nil, fmt.Errorf("unsupported method %q", a.Method)
+}
+
+// entitySet finds the entity set of a CRM entity in the published maps,
+// else guesses the Web API's plural.
+func entitySet(ctx context.Context, ms *maps.Store, entity string) string {
+	if set, err := ms.Current(ctx); err == nil {
+		for _, m := range set.ForCRM(entity) {
+			return m.Def().CRMEntitySet
+		}
+	}
+	if strings.HasSuffix(entity, "s") {
+		return entity + "es"
+	}
+	return entity + "s"
+}
+
+func holder() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s:%d", host, os.Getpid())
+}
+
+// run starts the agent, the feeds and the scheduled jobs and returns when
+// ctx ends and everything has drained.
+func (s *services) run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	fail := func(err error) {
+		if err != nil && !errors.Is(err, context.Canceled) {
+			mu.Lock()
+			errs = append(errs, err)
+			mu.Unlock()
+		}
+	}
+	if s.agent != nil {
+		wg.Go(func() { fail(s.agent.Run(ctx)) })
+	}
+	if s.poller != nil {
+		wg.Go(func() { fail(s.poller.Run(ctx)) })
+	}
+	if len(s.crmFeeds) > 0 {
+		c := cron.New()
+		for _, f := range s.crmFeeds {
+			if _, err := c.AddFunc(s.feedSched, func() {
+				if _, err := f.Poll(ctx); err != nil && ctx.Err() == nil {
+					s.log.Warn("change-tracking poll failed", "feed", f.Name(), "error", err)
+				}
+			}); err != nil {
+				return err
+			}
+		}
+		c.Start()
+		wg.Go(func() { <-ctx.Done(); <-c.Stop().Done() })
+	}
+	wg.Go(func() { fail(s.logs.RunRetention(ctx)) })
+	wg.Wait()
+	return errors.Join(errs...)
+}
