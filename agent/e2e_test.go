@@ -46,8 +46,22 @@ type env struct {
 	stop     func()
 }
 
-func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config) *env {
+// envOptions vary the environment per test.
+type envOptions struct {
+	// tweak changes the starter map set before it is published.
+	tweak func(doc *maps.Document)
+	// crmRetries is the agent's CRM client MaxRetries (0: the default).
+	crmRetries int
+	// noPoller leaves the history poller off; the test sends notices.
+	noPoller bool
+}
+
+func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config, opts ...envOptions) *env {
 	t.Helper()
+	var o envOptions
+	if len(opts) > 0 {
+		o = opts[0]
+	}
 	ctx := context.Background()
 	e := &env{db: db}
 	var err error
@@ -75,7 +89,7 @@ func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config) *env {
 	if e.fhir, err = fhir.New(fhir.Config{BaseURL: fhirHTTP.URL}); err != nil {
 		t.Fatal(err)
 	}
-	crmAgent, err := crm.New(crm.Config{URL: crmHTTP.URL, Auth: crm.AuthBearer, Token: "agent-token"})
+	crmAgent, err := crm.New(crm.Config{URL: crmHTTP.URL, Auth: crm.AuthBearer, Token: "agent-token", MaxRetries: o.crmRetries})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +103,7 @@ func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	publishStarter(t, ms)
+	publishStarter(t, ms, o.tweak)
 	if e.poller, err = fhir.NewPoller(fhir.PollerConfig{Client: e.fhir, DB: db, Queue: e.fhirQ, Types: []string{"Organization", "Practitioner", "Patient"},
 		Schedule: "@every 1s", Overlap: 5 * time.Second}); err != nil {
 		t.Fatal(err)
@@ -102,12 +116,16 @@ func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config) *env {
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 2)
+	running := 1
 	go func() { done <- a.Run(runCtx) }()
-	go func() { done <- e.poller.Run(runCtx) }()
+	if !o.noPoller {
+		running++
+		go func() { done <- e.poller.Run(runCtx) }()
+	}
 	<-a.Ready()
 	e.stop = func() {
 		cancel()
-		for range 2 {
+		for range running {
 			if err := <-done; err != nil && err != context.Canceled {
 				t.Errorf("stopping: %v", err)
 			}
@@ -121,11 +139,14 @@ func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config) *env {
 	return e
 }
 
-func publishStarter(t *testing.T, ms *maps.Store) {
+func publishStarter(t *testing.T, ms *maps.Store, tweak func(*maps.Document)) {
 	t.Helper()
 	doc, _, err := maps.Import(starter.YAML(), maps.CompileOptions{})
 	if err != nil {
 		t.Fatalf("importing the starter maps: %v", err)
+	}
+	if tweak != nil {
+		tweak(doc)
 	}
 	ctx := context.Background()
 	v, err := ms.CreateDraft(ctx, doc, "test", "starter")
@@ -273,4 +294,63 @@ func hasEmail(res fhir.Resource, want string) bool {
 	return false
 }
 
-var _ = queues.SideFHIR
+// notify puts a change notice on the agent's queue, as a feed would.
+func (e *env) notify(t *testing.T, side queues.Side, typ, id, version string, ev queues.Event) string {
+	t.Helper()
+	n := queues.Notice{V: queues.NoticeVersion, Side: side, Type: typ, ID: id, Version: version, Event: ev,
+		Origin: "test", ChangedAt: time.Now()}
+	msg, err := n.Message()
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := e.fhirQ
+	if side == queues.SideCRM {
+		q = e.crmQ
+	}
+	if err := q.Send(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+	return msg.ID
+}
+
+// quiet waits until both queues hold no active messages, so an injected
+// failure hits the request the test means.
+func (e *env) quiet(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		a, err1 := e.fhirQ.Depth(context.Background())
+		b, err2 := e.crmQ.Depth(context.Background())
+		if err1 == nil && err2 == nil && a.Active == 0 && b.Active == 0 && a.Scheduled == 0 && b.Scheduled == 0 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatal("queues did not drain within 60s")
+}
+
+// byMessage waits for the decision of one message.
+func (e *env) byMessage(t *testing.T, id string, reason logs.ReasonCode) logs.Decision {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	var last []logs.Decision
+	for time.Now().Before(deadline) {
+		page, err := e.logs.Search(context.Background(), logs.Filter{MessageID: id}, "", 50)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range page.Decisions {
+			if d.Reason == reason {
+				return d
+			}
+		}
+		last = page.Decisions
+		time.Sleep(50 * time.Millisecond)
+	}
+	var seen []string
+	for _, d := range last {
+		seen = append(seen, fmt.Sprintf("%s/%s(%s)", d.Outcome, d.Reason, d.Message))
+	}
+	t.Fatalf("message %s: no %s decision within 60s; saw %v", id, reason, seen)
+	return logs.Decision{}
+}

@@ -401,6 +401,9 @@ func (c *Client) UpsertMany(ctx context.Context, items []UpsertItem) ([]UpsertOu
 			default:
 				res, err := upsertResult("upserting "+items[idx].Target.String(),
 					result{status: r.Status, header: r.Header, body: r.Body})
+				if err == nil && res.ID == "" {
+					res.ID = idOf(items[idx].Target, res.Record)
+				}
 				out[idx] = UpsertOutcome{Result: res, Err: err}
 			}
 		}

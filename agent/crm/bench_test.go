@@ -3,8 +3,11 @@ package crm
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/fhirsync/fhirsync/sandbox/crmserver"
 )
@@ -80,4 +83,57 @@ func BenchmarkUpsert(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "upserts/s")
 		})
 	}
+}
+
+// BenchmarkUpsertWithLatency repeats the comparison with 5 ms added to
+// every HTTP exchange, closer to a client talking to a Dataverse region
+// over the internet, where round trips rather than processing dominate.
+func BenchmarkUpsertWithLatency(b *testing.B) {
+	ctx := context.Background()
+	key := func(i int) Target { return ByKey("contacts", "msemr_azurefhirid", fmt.Sprintf("pat-%d", i%2000)) }
+	slow := func(b *testing.B, cfg Config) *Client {
+		srv, err := crmserver.New(crmserver.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			time.Sleep(5 * time.Millisecond)
+			srv.ServeHTTP(w, r)
+		}))
+		b.Cleanup(hs.Close)
+		cfg.URL = hs.URL
+		c, err := New(cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return c
+	}
+	b.Run("single", func(b *testing.B) {
+		c := slow(b, Config{})
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if _, err := c.Upsert(ctx, key(i), benchRecord(i), UpsertOptions{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "upserts/s")
+	})
+	b.Run("batch100", func(b *testing.B) {
+		c := slow(b, Config{BatchSize: 100})
+		items := make([]UpsertItem, b.N)
+		for i := range items {
+			items[i] = UpsertItem{Target: key(i), Record: benchRecord(i)}
+		}
+		b.ResetTimer()
+		out, err := c.UpsertMany(ctx, items)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, o := range out {
+			if o.Err != nil {
+				b.Fatal(o.Err)
+			}
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "upserts/s")
+	})
 }

@@ -451,21 +451,19 @@ func TestThrottlingHonoursRetryAfter(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	srv, c := sandbox(t, crmserver.Options{Limits: crmserver.Limits{Requests: 4, Window: time.Second}}, Config{})
-	start := time.Now()
 	for i := range 10 {
 		if _, err := c.Create(ctx, "contacts", Record{"lastname": fmt.Sprint(i)}); err != nil {
 			t.Fatalf("create %d: %v", i, err)
 		}
 	}
-	if srv.Stats().Throttled == 0 {
-		t.Fatal("the server never throttled")
+	// 10 requests at 4 per window: a client that waits out Retry-After is
+	// refused at most twice (the 5th and 9th request); one that retried at
+	// once would be refused on every attempt and give up.
+	if th := srv.Stats().Throttled; th < 1 || th > 2 {
+		t.Fatalf("the server throttled %d times, want 1 or 2", th)
 	}
 	if srv.Count("contact") != 10 {
 		t.Fatalf("%d contacts", srv.Count("contact"))
-	}
-	// 10 requests at 4 per second need at least two full windows
-	if time.Since(start) < 2*time.Second {
-		t.Fatalf("finished in %s: Retry-After was not honoured", time.Since(start))
 	}
 
 	// a client that will not wait gets the classified error with the hint

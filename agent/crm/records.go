@@ -258,8 +258,13 @@ type UpsertOptions struct {
 	// IfMatch is an ETag for optimistic concurrency (update only; a
 	// changed row is a conflict error).
 	IfMatch string
-	// Select limits the representation returned.
+	// Select names the attributes of the representation returned. When
+	// empty, the representation is minimal (the key attributes and
+	// versionnumber; Dataverse always adds the primary key) unless
+	// FullRecord is set.
 	Select []string
+	// FullRecord returns every attribute of the written row.
+	FullRecord bool
 }
 
 // UpsertResult says what an upsert did.
@@ -282,8 +287,16 @@ func upsertCall(c *Client, t Target, body []byte, o UpsertOptions) call {
 		h.Set("If-None-Match", "*")
 	}
 	q := url.Values{}
-	if len(o.Select) > 0 {
-		q.Set("$select", strings.Join(o.Select, ","))
+	sel := o.Select
+	if len(sel) == 0 && !o.FullRecord {
+		for n := range t.Key {
+			sel = append(sel, n)
+		}
+		sort.Strings(sel)
+		sel = append(sel, "versionnumber")
+	}
+	if len(sel) > 0 {
+		q.Set("$select", strings.Join(sel, ","))
 	}
 	return call{method: http.MethodPatch, url: c.url(t.path(), q), header: h, body: body, idempotent: true}
 }
@@ -300,7 +313,34 @@ func (c *Client) Upsert(ctx context.Context, t Target, rec Record, o UpsertOptio
 	if err != nil {
 		return UpsertResult{}, err
 	}
-	return upsertResult(op, res)
+	out, err := upsertResult(op, res)
+	if err == nil && out.ID == "" {
+		out.ID = idOf(t, out.Record)
+	}
+	return out, err
+}
+
+// idOf finds the row id when the answer carried no OData-EntityId: the
+// target's id, or the one GUID-valued "<name>id" column of the
+// representation (Dataverse always includes the primary key).
+func idOf(t Target, r Record) string {
+	if len(t.Key) == 0 {
+		return strings.ToLower(t.ID)
+	}
+	found := ""
+	for k, v := range r {
+		s, ok := v.(string)
+		if !ok || strings.HasPrefix(k, "_") || strings.HasPrefix(k, "@") || !strings.HasSuffix(k, "id") {
+			continue
+		}
+		if _, ok := idFromEntityID("(" + s + ")"); ok {
+			if found != "" {
+				return ""
+			}
+			found = strings.ToLower(s)
+		}
+	}
+	return found
 }
 
 func upsertResult(op string, res result) (UpsertResult, error) {

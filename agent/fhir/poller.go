@@ -67,9 +67,10 @@ type Poller struct {
 	cfg PollerConfig
 	log *slog.Logger
 
-	mu      sync.Mutex
-	running map[string]bool
-	runCtx  context.Context
+	mu       sync.Mutex
+	running  map[string]bool
+	runCtx   context.Context
+	triggers sync.WaitGroup // triggered polls, waited for by Run
 }
 
 // NewPoller validates cfg and returns a poller.
@@ -339,6 +340,10 @@ func (p *Poller) Run(ctx context.Context) error {
 	c.Start()
 	<-ctx.Done()
 	<-c.Stop().Done()
+	p.mu.Lock()
+	p.runCtx = nil // no new triggered polls from here on
+	p.mu.Unlock()
+	p.triggers.Wait()
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	for _, typ := range p.cfg.Types {
@@ -351,13 +356,17 @@ func (p *Poller) Run(ctx context.Context) error {
 // e.g. on a rest-hook ping. Polls already running are not doubled.
 func (p *Poller) Trigger() {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	ctx := p.runCtx
-	p.mu.Unlock()
 	if ctx == nil || ctx.Err() != nil {
 		return
 	}
 	for _, typ := range p.cfg.Types {
-		go p.pollOnce(ctx, typ)
+		p.triggers.Add(1)
+		go func() {
+			defer p.triggers.Done()
+			p.pollOnce(ctx, typ)
+		}()
 	}
 }
 

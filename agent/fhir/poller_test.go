@@ -483,3 +483,34 @@ func TestPollerAgainstMedplum(t *testing.T) {
 		t.Errorf("second poll: %+v, want nothing sent and the overlap de-duplicated", res)
 	}
 }
+
+func TestPollerTriggerPollsBetweenTurns(t *testing.T) {
+	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
+		_, c := sandbox(t, fhirserver.Options{}, nil)
+		q := &fakeQueue{}
+		p, err := NewPoller(PollerConfig{Client: c, DB: db, Queue: q, Types: []string{"Patient"},
+			Schedule: "@every 1h", Holder: "a"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Trigger() // not running: nothing happens
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- p.Run(ctx) }()
+		defer func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
+		}()
+		put(t, c, "Patient", "p1", nil)
+		deadline := time.Now().Add(20 * time.Second)
+		for len(q.notices(t)) == 0 && time.Now().Before(deadline) {
+			p.Trigger() // Run may not have started yet
+			time.Sleep(100 * time.Millisecond)
+		}
+		if got := summary(q.notices(t)); got != "Patient/p1@1:created" {
+			t.Errorf("triggered poll sent %q", got)
+		}
+	})
+}

@@ -25,6 +25,8 @@ func commands() []command {
 		{"migrate", "apply pending database migrations and exit", runMigrate},
 		{"maps", "import, export, validate, test and publish entity maps", runMaps},
 		{"logs", "search, show and export sync decisions; list reason codes", runLogs},
+		{"replay", "send records, logged decisions' records or dead letters through the agent again", runReplay},
+		{"backfill", "enqueue a change notice for every record of an entity map", runBackfill},
 		{"users", "create, list and change admin app accounts", runUsers},
 		{"sandbox", "run the sandbox FHIR server and CRM on their own", runSandbox},
 		{"version", "print the version", runVersion},

@@ -1,0 +1,532 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/robfig/cron/v3"
+	"gorm.io/gorm"
+
+	"github.com/fhirsync/fhirsync/agent/crm"
+	"github.com/fhirsync/fhirsync/agent/fhir"
+	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/queues"
+	"github.com/fhirsync/fhirsync/storage"
+)
+
+// SideBoth asks a backfill to walk both sides of an entity map.
+const SideBoth queues.Side = "both"
+
+// Notice origins of the notices this package enqueues itself.
+const (
+	OriginBackfill  = "backfill"
+	OriginReconcile = "reconcile"
+	OriginReplay    = "replay"
+)
+
+// ErrMapUnavailable means a backfill names an entity map that is not in the
+// published set, is disabled, or has the requested direction switched off:
+// every notice it enqueued would only be skipped.
+var ErrMapUnavailable = errors.New("entity map unavailable for backfill")
+
+// sender puts messages on a queue.
+type sender interface {
+	Send(ctx context.Context, msgs ...queues.Message) error
+}
+
+// currentMaps returns the published map set.
+type currentMaps interface {
+	Current(ctx context.Context) (*maps.Set, error)
+}
+
+// fhirLister walks FHIR search results page by page.
+type fhirLister interface {
+	Search(ctx context.Context, typ string, q url.Values) (*fhir.Page, error)
+	NextPage(ctx context.Context, p *fhir.Page) (*fhir.Page, error)
+}
+
+// crmLister walks the rows of a CRM entity set.
+type crmLister interface {
+	RetrieveMultiple(ctx context.Context, set string, q crm.Query, fn func(crm.Record) error) error
+}
+
+// BackfillDeps are what a backfill or a reconcile reads and writes. FHIR and
+// CRM may be nil when no side needing them is walked.
+type BackfillDeps struct {
+	Maps        currentMaps
+	FHIR        fhirLister
+	CRM         crmLister
+	FHIRChanges sender // notices of FHIR records
+	CRMChanges  sender // notices of CRM records
+	// DB holds the reconcile lease; only NewReconciler needs it.
+	DB     *gorm.DB
+	Logger *slog.Logger
+}
+
+// BackfillOptions says what to walk.
+type BackfillOptions struct {
+	// Map is the entity map's name. Required.
+	Map string
+	// Side is queues.SideFHIR, queues.SideCRM or SideBoth (also the zero
+	// value). With SideBoth, only the sides whose direction is on are
+	// walked; a side named explicitly must have its direction on.
+	Side queues.Side
+	// DryRun walks the records and reports them without sending anything.
+	DryRun bool
+	// Origin is recorded on the notices; default OriginBackfill.
+	Origin string
+	// BatchSize is how many notices are sent at once (default 200); it is
+	// also the FHIR search page size (_count).
+	BatchSize int
+	// OnNotice, when set, is called for every notice, sent or (in a dry
+	// run) not. It receives ids only, never record content.
+	OnNotice func(queues.Notice)
+}
+
+// BackfillResult counts the notices of one backfill.
+type BackfillResult struct {
+	Map string
+	// FHIR and CRM count the notices enqueued (or, in a dry run, that
+	// would have been) for each side.
+	FHIR, CRM int
+	DryRun    bool
+}
+
+// Total is FHIR + CRM.
+func (r BackfillResult) Total() int { return r.FHIR + r.CRM }
+
+// Backfill walks every record of one entity map and enqueues a "changed"
+// notice for each, so the agent re-reads and syncs it. FHIR resources are
+// found with a type search paged by link[next]; CRM rows with a query of the
+// entity set selecting only the primary id. Notices of one run share one
+// ChangedAt, so a record met twice in a run is enqueued once by the
+// queue's duplicate detection.
+func Backfill(ctx context.Context, opts BackfillOptions, deps BackfillDeps) (BackfillResult, error) {
+	res := BackfillResult{Map: opts.Map, DryRun: opts.DryRun}
+	if opts.Map == "" {
+		return res, errors.New("backfill: the entity map name is required")
+	}
+	if deps.Maps == nil {
+		return res, errors.New("backfill: Maps is required")
+	}
+	set, err := deps.Maps.Current(ctx)
+	if err != nil {
+		return res, fmt.Errorf("backfill of %s: reading the published maps: %w", opts.Map, err)
+	}
+	m, ok := set.Map(opts.Map)
+	if !ok {
+		return res, fmt.Errorf("backfill of %s: %w: no such map in published version %d", opts.Map, ErrMapUnavailable, set.Version())
+	}
+	sides, err := backfillSides(m.Def(), opts.Side)
+	if err != nil {
+		return res, fmt.Errorf("backfill of %s: %w", opts.Map, err)
+	}
+	w := newWalker(opts, deps)
+	for _, side := range sides {
+		n, err := w.walk(ctx, m.Def(), side)
+		if side == queues.SideFHIR {
+			res.FHIR = n
+		} else {
+			res.CRM = n
+		}
+		if err != nil {
+			return res, fmt.Errorf("backfill of %s: %w", opts.Map, err)
+		}
+	}
+	return res, nil
+}
+
+// backfillSides picks the sides to walk for em.
+func backfillSides(em *maps.EntityMap, want queues.Side) ([]queues.Side, error) {
+	if !em.IsEnabled() {
+		return nil, fmt.Errorf("%w: the map is disabled", ErrMapUnavailable)
+	}
+	switch want {
+	case queues.SideFHIR:
+		if !em.FHIRToCRM.Enabled {
+			return nil, fmt.Errorf("%w: its FHIR to CRM direction is off", ErrMapUnavailable)
+		}
+		return []queues.Side{queues.SideFHIR}, nil
+	case queues.SideCRM:
+		if !em.CRMToFHIR.Enabled {
+			return nil, fmt.Errorf("%w: its CRM to FHIR direction is off", ErrMapUnavailable)
+		}
+		return []queues.Side{queues.SideCRM}, nil
+	case SideBoth, "":
+		var out []queues.Side
+		if em.FHIRToCRM.Enabled {
+			out = append(out, queues.SideFHIR)
+		}
+		if em.CRMToFHIR.Enabled {
+			out = append(out, queues.SideCRM)
+		}
+		if len(out) == 0 {
+			return nil, fmt.Errorf("%w: both directions are off", ErrMapUnavailable)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("unknown side %q (want fhir, crm or both)", want)
+}
+
+// walker enqueues notices for the records of one or more entity maps,
+// batching sends.
+type walker struct {
+	opts      BackfillOptions
+	deps      BackfillDeps
+	changedAt time.Time
+	batch     int
+}
+
+func newWalker(opts BackfillOptions, deps BackfillDeps) *walker {
+	if opts.Origin == "" {
+		opts.Origin = OriginBackfill
+	}
+	if opts.BatchSize <= 0 {
+		opts.BatchSize = 200
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &walker{opts: opts, deps: deps, changedAt: time.Now().UTC(), batch: opts.BatchSize}
+}
+
+// walk enqueues a notice for every record of em on side and returns how
+// many it enqueued.
+func (w *walker) walk(ctx context.Context, em *maps.EntityMap, side queues.Side) (int, error) {
+	q := w.deps.FHIRChanges
+	if side == queues.SideCRM {
+		q = w.deps.CRMChanges
+	}
+	if q == nil && !w.opts.DryRun {
+		return 0, fmt.Errorf("no queue for %s notices", side)
+	}
+	var pending []queues.Message
+	sent := 0
+	flush := func() error {
+		if len(pending) == 0 {
+			return nil
+		}
+		if !w.opts.DryRun {
+			if err := q.Send(ctx, pending...); err != nil {
+				return fmt.Errorf("enqueuing %d %s notices: %w", len(pending), side, err)
+			}
+		}
+		sent += len(pending)
+		pending = pending[:0]
+		return nil
+	}
+	add := func(typ, id string) error {
+		n := queues.Notice{V: queues.NoticeVersion, Side: side, Type: typ, ID: id, Event: queues.EventChanged,
+			Origin: w.opts.Origin, ChangedAt: w.changedAt}
+		msg, err := n.Message()
+		if err != nil {
+			// An id the notice format cannot carry; the record is reported
+			// by reference and skipped rather than stopping the walk.
+			w.deps.Logger.Warn("backfill skipped a record whose id is not a valid notice id",
+				"map_id", em.Name, "side", string(side), "record_type", typ, "error", err)
+			return nil
+		}
+		if w.opts.OnNotice != nil {
+			w.opts.OnNotice(n)
+		}
+		pending = append(pending, msg)
+		if len(pending) >= w.batch {
+			return flush()
+		}
+		return nil
+	}
+	var err error
+	if side == queues.SideFHIR {
+		err = w.walkFHIR(ctx, em, add)
+	} else {
+		err = w.walkCRM(ctx, em, add)
+	}
+	if err != nil {
+		return sent, err
+	}
+	if err := flush(); err != nil {
+		return sent, err
+	}
+	w.deps.Logger.Info("backfill walked an entity map", "map_id", em.Name, "side", string(side),
+		"origin", w.opts.Origin, "notices", sent, "dry_run", w.opts.DryRun)
+	return sent, nil
+}
+
+func (w *walker) walkFHIR(ctx context.Context, em *maps.EntityMap, add func(typ, id string) error) error {
+	if w.deps.FHIR == nil {
+		return errors.New("no FHIR server is configured")
+	}
+	q := url.Values{"_count": {strconv.Itoa(w.batch)}}
+	page, err := w.deps.FHIR.Search(ctx, em.FHIRType, q)
+	if err != nil {
+		return fmt.Errorf("searching %s: %w", em.FHIRType, err)
+	}
+	for pages := 1; ; pages++ {
+		for _, e := range page.Entries {
+			if e.Resource == nil || (e.SearchMode != "" && e.SearchMode != "match") {
+				continue
+			}
+			if e.Resource.Type() != em.FHIRType {
+				continue
+			}
+			if err := add(em.FHIRType, e.Resource.ID()); err != nil {
+				return err
+			}
+		}
+		if page.Next == "" {
+			return nil
+		}
+		if page, err = w.deps.FHIR.NextPage(ctx, page); err != nil {
+			return fmt.Errorf("reading page %d of %s: %w", pages+1, em.FHIRType, err)
+		}
+	}
+}
+
+func (w *walker) walkCRM(ctx context.Context, em *maps.EntityMap, add func(typ, id string) error) error {
+	if w.deps.CRM == nil {
+		return errors.New("no CRM is configured")
+	}
+	idAttr := crmIDAttribute(em)
+	err := w.deps.CRM.RetrieveMultiple(ctx, em.CRMEntitySet, crm.Query{Select: []string{idAttr}}, func(r crm.Record) error {
+		id := r.String(idAttr)
+		if id == "" {
+			return nil
+		}
+		return add(em.CRMEntity, id)
+	})
+	if err != nil {
+		return fmt.Errorf("querying %s: %w", em.CRMEntitySet, err)
+	}
+	return nil
+}
+
+// crmIDAttribute is the primary key attribute of the map's CRM entity.
+func crmIDAttribute(em *maps.EntityMap) string {
+	if em.CRMIDAttribute != "" {
+		return em.CRMIDAttribute
+	}
+	return em.CRMEntity + "id"
+}
+
+// ReconcileLeaseName is the database lease a reconcile run holds, so that
+// among several processes only one walks the maps per scheduled time.
+const ReconcileLeaseName = "agent-reconcile"
+
+// ReconcilerConfig schedules the reconcile.
+type ReconcilerConfig struct {
+	// Schedule is a cron specification (five fields, or a descriptor such
+	// as @daily or @every 6h); empty turns the scheduled reconcile off.
+	Schedule string
+	// Holder identifies this process in the lease, e.g. host:pid.
+	Holder string
+	// LeaseTTL is how long the lease outlives a silent holder while a run
+	// is in progress (default 5m); it is renewed at a third of that.
+	LeaseTTL time.Duration
+	// BatchSize is passed to the backfill of each map.
+	BatchSize int
+}
+
+// Reconciler runs the backfill of every enabled entity map on a schedule,
+// holding a database lease so that one process runs it at a time.
+type Reconciler struct {
+	cfg   ReconcilerConfig
+	deps  BackfillDeps
+	sched cron.Schedule // nil when the schedule is off
+	log   *slog.Logger
+
+	mu sync.Mutex
+	// doneUntil is when the lease kept after this process's last
+	// successful run ends; until then the scheduled time is served.
+	doneUntil time.Time
+}
+
+// ReconcileResult reports one reconcile run.
+type ReconcileResult struct {
+	// Ran is false when another process held the lease.
+	Ran bool
+	// Maps has one entry per enabled entity map walked. A CRM entity set
+	// or FHIR type shared by several maps is walked once, under the first.
+	Maps []BackfillResult
+}
+
+// NewReconciler checks cfg and wires a reconciler. deps.DB and deps.Maps
+// are required, and the endpoint clients and queues of the sides the maps
+// switch on.
+func NewReconciler(cfg ReconcilerConfig, deps BackfillDeps) (*Reconciler, error) {
+	if deps.DB == nil || deps.Maps == nil || deps.FHIRChanges == nil || deps.CRMChanges == nil {
+		return nil, errors.New("reconciler: DB, Maps, FHIRChanges and CRMChanges are required")
+	}
+	r := &Reconciler{cfg: cfg, deps: deps, log: deps.Logger}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	if r.cfg.LeaseTTL <= 0 {
+		r.cfg.LeaseTTL = 5 * time.Minute
+	}
+	if r.cfg.Holder == "" {
+		return nil, errors.New("reconciler: Holder is required")
+	}
+	if cfg.Schedule != "" {
+		s, err := cron.ParseStandard(cfg.Schedule)
+		if err != nil {
+			return nil, fmt.Errorf("reconciler: schedule %q: %w", cfg.Schedule, err)
+		}
+		r.sched = s
+	}
+	return r, nil
+}
+
+// Run runs the reconcile on its schedule until ctx ends. With no schedule
+// it returns at once. A run still going when the next time comes is not
+// started twice.
+func (r *Reconciler) Run(ctx context.Context) error {
+	if r.sched == nil {
+		return nil
+	}
+	c := cron.New(cron.WithChain(cron.SkipIfStillRunning(cron.DiscardLogger)))
+	c.Schedule(r.sched, cron.FuncJob(func() {
+		res, err := r.RunOnce(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			r.log.Warn("reconcile failed", "error", err)
+		case err == nil && !res.Ran:
+			r.log.Debug("reconcile skipped: another process holds the lease", "lease", ReconcileLeaseName)
+		}
+	}))
+	c.Start()
+	<-ctx.Done()
+	<-c.Stop().Done()
+	return nil
+}
+
+// RunOnce runs one reconcile now if this process can take the lease;
+// Ran false means another process holds it. After a successful run the
+// lease is kept until shortly before the next scheduled time, so that
+// processes whose clocks fire a little later do not repeat the run.
+func (r *Reconciler) RunOnce(ctx context.Context) (ReconcileResult, error) {
+	var res ReconcileResult
+	r.mu.Lock()
+	served := time.Now().Before(r.doneUntil)
+	r.mu.Unlock()
+	if served {
+		return res, nil
+	}
+	lease := storage.NewLease(r.deps.DB, ReconcileLeaseName, r.cfg.Holder, r.cfg.LeaseTTL)
+	ok, err := lease.Acquire(ctx)
+	if err != nil || !ok {
+		return res, err
+	}
+	res.Ran = true
+	runCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	renewed := make(chan struct{})
+	go func() {
+		defer close(renewed)
+		t := time.NewTicker(r.cfg.LeaseTTL / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-runCtx.Done():
+				return
+			case <-t.C:
+				if ok, err := lease.Acquire(runCtx); err != nil || !ok {
+					if runCtx.Err() == nil {
+						cancel(fmt.Errorf("the reconcile lease was lost (renewal: ok=%v, error=%v)", ok, err))
+					}
+					return
+				}
+			}
+		}
+	}()
+	res.Maps, err = r.reconcile(runCtx)
+	cancel(nil)
+	<-renewed
+	if cause := context.Cause(runCtx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		err = fmt.Errorf("%w: %w", err, cause)
+	}
+	// Release with a context that outlives a cancelled run.
+	relCtx, relCancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer relCancel()
+	if err != nil {
+		if rerr := lease.Release(relCtx); rerr != nil {
+			r.log.Warn("releasing the reconcile lease failed", "error", rerr)
+		}
+		return res, err
+	}
+	if hold := r.holdFor(time.Now()); hold > 0 {
+		r.mu.Lock()
+		r.doneUntil = time.Now().Add(hold)
+		r.mu.Unlock()
+		if _, herr := storage.NewLease(r.deps.DB, ReconcileLeaseName, r.cfg.Holder, hold).Acquire(relCtx); herr != nil {
+			r.log.Warn("keeping the reconcile lease until the next run failed", "error", herr)
+		}
+	} else if rerr := lease.Release(relCtx); rerr != nil {
+		r.log.Warn("releasing the reconcile lease failed", "error", rerr)
+	}
+	return res, nil
+}
+
+// holdFor is how long to keep the lease after a successful run at now:
+// nine tenths of the time to the next scheduled run, or none without a
+// schedule.
+func (r *Reconciler) holdFor(now time.Time) time.Duration {
+	if r.sched == nil {
+		return 0
+	}
+	return r.sched.Next(now).Sub(now) * 9 / 10
+}
+
+// reconcile walks every enabled map, each side whose direction is on,
+// walking a FHIR type or CRM entity set shared by several maps once.
+func (r *Reconciler) reconcile(ctx context.Context) ([]BackfillResult, error) {
+	set, err := r.deps.Maps.Current(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reconcile: reading the published maps: %w", err)
+	}
+	w := newWalker(BackfillOptions{Origin: OriginReconcile, BatchSize: r.cfg.BatchSize}, r.deps)
+	walked := map[string]bool{}
+	var out []BackfillResult
+	for _, m := range set.Maps() {
+		em := m.Def()
+		if !em.IsEnabled() {
+			continue
+		}
+		sides, err := backfillSides(em, SideBoth)
+		if err != nil {
+			continue // both directions off: nothing would travel
+		}
+		res := BackfillResult{Map: em.Name}
+		for _, side := range sides {
+			key := string(side) + ":" + em.FHIRType
+			if side == queues.SideCRM {
+				key = string(side) + ":" + em.CRMEntitySet
+			}
+			if walked[key] {
+				continue
+			}
+			walked[key] = true
+			n, err := w.walk(ctx, em, side)
+			if side == queues.SideFHIR {
+				res.FHIR = n
+			} else {
+				res.CRM = n
+			}
+			if err != nil {
+				return append(out, res), fmt.Errorf("reconcile of %s: %w", em.Name, err)
+			}
+		}
+		out = append(out, res)
+	}
+	total := 0
+	for _, x := range out {
+		total += x.Total()
+	}
+	r.log.Info("reconcile enqueued notices", "maps", len(out), "notices", total, "map_version", set.Version())
+	return out, nil
+}

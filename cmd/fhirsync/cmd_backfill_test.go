@@ -1,0 +1,187 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"gorm.io/gorm"
+
+	"github.com/fhirsync/fhirsync/logs"
+	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/maps/starter"
+	"github.com/fhirsync/fhirsync/queues"
+	"github.com/fhirsync/fhirsync/queues/embedded"
+	"github.com/fhirsync/fhirsync/sandbox/crmserver"
+	"github.com/fhirsync/fhirsync/sandbox/fhirserver"
+	"github.com/fhirsync/fhirsync/sandbox/synth"
+	"github.com/fhirsync/fhirsync/storage"
+	"github.com/fhirsync/fhirsync/storage/storagetest"
+)
+
+// syncSetup is a migrated database with the starter maps published and
+// the sandbox endpoints serving synthetic records, as a command sees them
+// through its environment.
+type syncSetup struct {
+	db     *gorm.DB
+	getenv func(string) string
+}
+
+func newSyncSetup(t *testing.T, d storage.Dialect, patients, contacts int) *syncSetup {
+	t.Helper()
+	ctx := context.Background()
+	url := storagetest.URL(t, d)
+	db, err := storage.Open(ctx, url, storage.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = storage.Close(db) })
+	if _, err := storage.Migrate(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	ms, err := maps.New(db, maps.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, _, err := maps.Import(starter.YAML(), maps.CompileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := ms.CreateDraft(ctx, doc, "test", "starter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ms.Publish(ctx, v.Number, "test", "starter"); err != nil {
+		t.Fatal(err)
+	}
+	fs, err := fhirserver.New(fhirserver.Options{Seed: 1, Patients: patients})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fs.Close() })
+	fhirHTTP := httptest.NewServer(fs)
+	t.Cleanup(fhirHTTP.Close)
+	cs, err := crmserver.New(crmserver.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.SeedSynth(synth.New(1), contacts, 1); err != nil {
+		t.Fatal(err)
+	}
+	crmHTTP := httptest.NewServer(cs)
+	t.Cleanup(crmHTTP.Close)
+	return &syncSetup{db: db, getenv: envFrom(map[string]string{
+		"FHIRSYNC_DATA_DIR":          t.TempDir(),
+		"FHIRSYNC_DATABASE_URL":      url,
+		"FHIRSYNC_FHIR_BASE_URL":     fhirHTTP.URL,
+		"FHIRSYNC_CRM_BASE_URL":      crmHTTP.URL,
+		"FHIRSYNC_AGENT_CRM_USER_ID": "any",
+		"FHIRSYNC_LOG_LEVEL":         "warn",
+	})}
+}
+
+func (s *syncSetup) run(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	err := run(context.Background(), args, s.getenv, &out, &errb)
+	code = exitCode(err, &errb)
+	return out.String(), errb.String(), code
+}
+
+func (s *syncSetup) depth(t *testing.T, name string) queues.Depth {
+	t.Helper()
+	q, err := embedded.New(s.db, name, embedded.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := q.Depth(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func (s *syncSetup) audit(t *testing.T, action string) []logs.AuditEntry {
+	t.Helper()
+	st, err := logs.New(s.db, logs.Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, err := st.Audit(context.Background(), logs.AuditFilter{Action: action}, "", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return page.Entries
+}
+
+func TestBackfillCommand(t *testing.T) {
+	t.Parallel()
+	for _, d := range storagetest.Dialects {
+		t.Run(string(d), func(t *testing.T) {
+			t.Parallel()
+			s := newSyncSetup(t, d, 7, 4)
+
+			out, errOut, code := s.run(t, "backfill", "--map", "patient-contact", "--dry-run", "--batch", "3")
+			if code != 0 {
+				t.Fatalf("dry run exit %d: %s", code, errOut)
+			}
+			if !strings.Contains(out, "would enqueue fhir:Patient/"+synth.PatientID(6)) ||
+				!strings.Contains(out, "would enqueue crm:contact/"+synth.New(1).ContactID(3)) ||
+				!strings.Contains(out, "7 FHIR notices (fhir-changes), 4 CRM notices (crm-changes) would be enqueued") {
+				t.Fatalf("dry run output:\n%s", out)
+			}
+			if n := s.depth(t, "fhir-changes").Active + s.depth(t, "crm-changes").Active; n != 0 {
+				t.Fatalf("a dry run enqueued %d messages", n)
+			}
+
+			out, errOut, code = s.run(t, "backfill", "--map", "patient-contact")
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, errOut)
+			}
+			if !strings.Contains(out, "7 FHIR notices (fhir-changes), 4 CRM notices (crm-changes) enqueued") {
+				t.Fatalf("output:\n%s", out)
+			}
+			if f, c := s.depth(t, "fhir-changes").Active, s.depth(t, "crm-changes").Active; f != 7 || c != 4 {
+				t.Fatalf("queues hold %d and %d messages, want 7 and 4", f, c)
+			}
+			entries := s.audit(t, "backfill.map")
+			if len(entries) != 1 || !strings.HasPrefix(entries[0].Actor, "cli:") || entries[0].ObjectID != "patient-contact" {
+				t.Fatalf("audit = %+v", entries)
+			}
+
+			out, _, code = s.run(t, "backfill", "--map", "patient-contact", "--side", "crm")
+			if code != 0 || !strings.Contains(out, "0 FHIR notices (fhir-changes), 4 CRM notices") {
+				t.Fatalf("--side crm: exit %d\n%s", code, out)
+			}
+		})
+	}
+}
+
+func TestBackfillCommandUsage(t *testing.T) {
+	t.Parallel()
+	s := newSyncSetup(t, storage.SQLite, 1, 1)
+	tests := []struct {
+		name       string
+		args       []string
+		wantCode   int
+		wantStderr string
+	}{
+		{name: "no map", args: []string{"backfill"}, wantCode: 2, wantStderr: "--map"},
+		{name: "bad side", args: []string{"backfill", "--map", "x", "--side", "up"}, wantCode: 2, wantStderr: "--side"},
+		{name: "bad batch", args: []string{"backfill", "--map", "x", "--batch", "0"}, wantCode: 2, wantStderr: "--batch"},
+		{name: "stray argument", args: []string{"backfill", "--map", "x", "y"}, wantCode: 2, wantStderr: "no arguments"},
+		{name: "unknown map", args: []string{"backfill", "--map", "no-such-map"}, wantCode: 1, wantStderr: "no-such-map"},
+		{name: "direction off", args: []string{"backfill", "--map", "encounter", "--side", "crm"}, wantCode: 1, wantStderr: "direction is off"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, errOut, code := s.run(t, tt.args...)
+			if code != tt.wantCode || !strings.Contains(errOut, tt.wantStderr) {
+				t.Fatalf("exit %d, stderr %q; want %d and %q", code, errOut, tt.wantCode, tt.wantStderr)
+			}
+		})
+	}
+}
