@@ -41,8 +41,8 @@ type env struct {
 	crmHuman *crm.Client  // as a care coordinator editing the CRM
 	logs     *logs.Store
 	poller   *fhir.Poller
-	fhirQ    *embedded.Queue
-	crmQ     *embedded.Queue
+	fhirQ    queues.Queue
+	crmQ     queues.Queue
 	stop     func()
 }
 
@@ -54,6 +54,11 @@ type envOptions struct {
 	crmRetries int
 	// noPoller leaves the history poller off; the test sends notices.
 	noPoller bool
+	// fhirURL, when set, is an external FHIR server used instead of the
+	// sandbox (fhirSrv is nil then).
+	fhirURL string
+	// queue, when set, opens the named queue instead of the embedded one.
+	queue func(t *testing.T, name string) queues.Queue
 }
 
 func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config, opts ...envOptions) *env {
@@ -65,18 +70,26 @@ func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config, opts ...envOptions) *
 	ctx := context.Background()
 	e := &env{db: db}
 	var err error
-	if e.fhirQ, err = embedded.New(db, "fhir-changes", embedded.Options{LockDuration: 30 * time.Second, MaxDeliveryCount: 50}); err != nil {
-		t.Fatal(err)
+	if o.queue != nil {
+		e.fhirQ, e.crmQ = o.queue(t, "fhir-changes"), o.queue(t, "crm-changes")
+	} else {
+		if e.fhirQ, err = embedded.New(db, "fhir-changes", embedded.Options{LockDuration: 30 * time.Second, MaxDeliveryCount: 50}); err != nil {
+			t.Fatal(err)
+		}
+		if e.crmQ, err = embedded.New(db, "crm-changes", embedded.Options{LockDuration: 30 * time.Second, MaxDeliveryCount: 50}); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if e.crmQ, err = embedded.New(db, "crm-changes", embedded.Options{LockDuration: 30 * time.Second, MaxDeliveryCount: 50}); err != nil {
-		t.Fatal(err)
+	fhirURL := o.fhirURL
+	if fhirURL == "" {
+		if e.fhirSrv, err = fhirserver.New(fhirserver.Options{Seed: 7, Patients: 3}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.fhirSrv.Close() })
+		fhirHTTP := httptest.NewServer(e.fhirSrv)
+		t.Cleanup(fhirHTTP.Close)
+		fhirURL = fhirHTTP.URL
 	}
-	if e.fhirSrv, err = fhirserver.New(fhirserver.Options{Seed: 7, Patients: 3}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.fhirSrv.Close() })
-	fhirHTTP := httptest.NewServer(e.fhirSrv)
-	t.Cleanup(fhirHTTP.Close)
 	if e.crmSrv, err = crmserver.New(crmserver.Options{
 		Tokens:   map[string]string{"agent-token": agentUser, "human-token": humanUser},
 		Endpoint: e.crmQ,
@@ -86,7 +99,7 @@ func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config, opts ...envOptions) *
 	crmHTTP := httptest.NewServer(e.crmSrv)
 	t.Cleanup(crmHTTP.Close)
 
-	if e.fhir, err = fhir.New(fhir.Config{BaseURL: fhirHTTP.URL}); err != nil {
+	if e.fhir, err = fhir.New(fhir.Config{BaseURL: fhirURL}); err != nil {
 		t.Fatal(err)
 	}
 	crmAgent, err := crm.New(crm.Config{URL: crmHTTP.URL, Auth: crm.AuthBearer, Token: "agent-token", MaxRetries: o.crmRetries})
