@@ -300,8 +300,8 @@ func mapToCRM(ctx context.Context, m *maps.Mapping, src record, cur *record, r m
 	if err != nil {
 		return mapped{}, engineError(err)
 	}
-	if res.Filtered != "" {
-		return mapped{Filtered: res.Filtered}, nil
+	if res.Filtered != "" || res.Gated != "" {
+		return mapped{Filtered: res.Filtered, Gated: res.Gated}, nil
 	}
 	return mapped{Data: res, Changed: res.Changed}, nil
 }
@@ -318,8 +318,8 @@ func mapToFHIR(ctx context.Context, m *maps.Mapping, src record, cur *record, r 
 	if err != nil {
 		return mapped{}, engineError(err)
 	}
-	if res.Filtered != "" {
-		return mapped{Filtered: res.Filtered}, nil
+	if res.Filtered != "" || res.Gated != "" {
+		return mapped{Filtered: res.Filtered, Gated: res.Gated}, nil
 	}
 	return mapped{Data: res.Resource, Changed: res.Changed}, nil
 }

@@ -79,6 +79,23 @@ func TestEveryReasonCodeEndToEnd(t *testing.T) {
 				}
 				return lastCRMMessage(t, e, id, since)
 			}},
+			{name: "a coordinator opts a contact out of sync", reason: "record_gate_off", run: func(t *testing.T) string {
+				id := contactOf(t, e, synth.PatientID(1))
+				since := time.Now()
+				if _, err := e.crmHuman.Upsert(ctx, crm.ByID("contacts", id), crm.Record{"msemr_syncenabled": false, "emailaddress1": "opted-out@example.org"},
+					crm.UpsertOptions{Mode: crm.UpdateOnly}); err != nil {
+					t.Fatal(err)
+				}
+				return lastCRMMessage(t, e, id, since)
+			}, after: func(t *testing.T) {
+				p, err := e.fhir.Read(ctx, "Patient", synth.PatientID(1))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if hasEmail(p, "opted-out@example.org") {
+					t.Error("a contact whose gate is off was written back")
+				}
+			}},
 			{name: "type without a map", reason: "no_entity_map", run: func(t *testing.T) string {
 				return e.notify(t, queues.SideFHIR, "Device", "dev-1", "", queues.EventChanged)
 			}},

@@ -226,7 +226,9 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 		mp = nil
 		for _, c := range open {
 			probe, err := f.mapFor(ctx, c, src, nil)
-			if err == nil && probe.Filtered == "" && probe.Gated == "" {
+			// A closed gate still means this is the record's map: the
+			// gate is decided below, as record_gate_off.
+			if err == nil && probe.Filtered == "" {
 				mp = c
 				break
 			}

@@ -258,25 +258,32 @@ func (c *compiler) entityMap(set *Set, m *Mapping) {
 		}
 		m.fhirFilter = e
 	}
-	if f := def.CRMFilter; f != nil {
+	for _, cf := range []struct {
+		f     *CRMFilter
+		field string
+	}{{def.CRMFilter, "crmFilter"}, {def.CRMGate, "crmGate"}} {
+		f := cf.f
+		if f == nil {
+			continue
+		}
 		if f.Name == "" {
-			c.ps.add(withField(at, "crmFilter.name"), "a filter needs a name")
+			c.ps.add(withField(at, cf.field+".name"), "a %s needs a name", cf.field)
 		}
 		if f.Attribute == "" {
-			c.ps.add(withField(at, "crmFilter.attribute"), "attribute is required")
+			c.ps.add(withField(at, cf.field+".attribute"), "attribute is required")
 		}
 		switch f.Operator {
 		case FilterEq, FilterNe:
 			if len(f.Values) != 1 {
-				c.ps.add(withField(at, "crmFilter.values"), "operator %s takes exactly one value", f.Operator)
+				c.ps.add(withField(at, cf.field+".values"), "operator %s takes exactly one value", f.Operator)
 			}
 		case FilterIn:
 			if len(f.Values) == 0 {
-				c.ps.add(withField(at, "crmFilter.values"), "operator in takes at least one value")
+				c.ps.add(withField(at, cf.field+".values"), "operator in takes at least one value")
 			}
 		case FilterNotNull:
 		default:
-			c.ps.add(withField(at, "crmFilter.operator"), "operator must be eq, ne, in or notnull, got %q", f.Operator)
+			c.ps.add(withField(at, cf.field+".operator"), "operator must be eq, ne, in or notnull, got %q", f.Operator)
 		}
 		c.crmAttribute(at, def.CRMEntity, f.Attribute, "")
 	}
@@ -478,6 +485,7 @@ func (c *compiler) attribute(set *Set, at Problem, a *AttributeMap, ctxPath stri
 		}
 	}
 	c.crmAttribute(at, crmEntity, a.CRMAttribute, a.CRMType)
+	c.crmMaxLength(at, crmEntity, a)
 	if ca.lookup != nil {
 		c.crmLookupTarget(at, crmEntity, a.CRMAttribute, ca.lookup.def.CRMEntity)
 	}

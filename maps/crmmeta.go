@@ -128,6 +128,18 @@ func (c *compiler) crmAttr(entity, attribute string) (*crmAttributeMeta, bool, b
 	return a, ok, true
 }
 
+// crmMaxLength checks a string attribute map's maxLength against the
+// attribute's own limit: a longer value would be rejected by the CRM.
+func (c *compiler) crmMaxLength(at Problem, entity string, a *AttributeMap) {
+	m, ok, checked := c.crmAttr(entity, a.CRMAttribute)
+	if !checked || !ok || m.MaxLength <= 0 || (a.CRMType != TypeString && a.CRMType != TypeMemo) {
+		return
+	}
+	if a.MaxLength > m.MaxLength {
+		c.ps.add(withField(at, "maxLength"), "maxLength %d exceeds the CRM attribute's limit of %d", a.MaxLength, m.MaxLength)
+	}
+}
+
 func (c *compiler) crmAttribute(at Problem, entity, attribute string, typ CRMType) {
 	a, ok, checked := c.crmAttr(entity, attribute)
 	if !checked {

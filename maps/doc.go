@@ -48,6 +48,11 @@
 // *MappingError naming the attribute map (reason mapping_error). Values never
 // appear in errors.
 //
+// CRMSelect and ChildQueries tell the agent which attributes and child rows
+// to read before mapping; DecodeJSON and EncodeJSON are the fast generic
+// JSON codec the engine's values are shaped for (encoding/json with
+// UseNumber gives the same values).
+//
 // Types follow Dataverse: strings and memos (with a max-length policy),
 // integers, decimals and money (exact: json.Number text, never float64),
 // booleans, date-only and UTC date-time, option sets and multi-selects

@@ -37,6 +37,9 @@ type CRMResult struct {
 	// Filtered names the filter that excluded the record; nothing else is
 	// set then.
 	Filtered string `json:"filtered,omitempty"`
+	// Gated names the per-record gate that is closed on the current CRM
+	// record; nothing else is set then.
+	Gated string `json:"gated,omitempty"`
 	// Record is the full CRM record to upsert: attributes by logical name,
 	// lookups as "nav@odata.bind": "/entityset(id)" (or null to clear).
 	Record map[string]any `json:"record,omitempty"`
@@ -76,6 +79,8 @@ type ChildChange struct {
 type FHIRResult struct {
 	// Filtered names the filter that excluded the record.
 	Filtered string `json:"filtered,omitempty"`
+	// Gated names the per-record gate that is closed on the CRM record.
+	Gated string `json:"gated,omitempty"`
 	// Resource is the base resource with the mapped elements written.
 	Resource map[string]any `json:"resource,omitempty"`
 	// Changed lists the FHIR paths whose value changed, in map order;
@@ -109,6 +114,9 @@ func (m *Mapping) ToCRM(ctx context.Context, res map[string]any, cur *CRMState, 
 		if !ok {
 			return &CRMResult{Filtered: f.Name, Changed: []string{}}, nil
 		}
+	}
+	if g := m.def.CRMGate; g != nil && cur != nil && !crmFilterPasses(g, cur.Record) {
+		return &CRMResult{Gated: g.Name, Changed: []string{}}, nil
 	}
 	var current map[string]any
 	if cur != nil {
@@ -283,6 +291,9 @@ func lookupID(rec map[string]any, attribute, nav string) string {
 func (m *Mapping) ToFHIR(ctx context.Context, src CRMState, base map[string]any, r LookupResolver) (*FHIRResult, error) {
 	if f := m.def.CRMFilter; f != nil && !crmFilterPasses(f, src.Record) {
 		return &FHIRResult{Filtered: f.Name, Changed: []string{}}, nil
+	}
+	if g := m.def.CRMGate; g != nil && !crmFilterPasses(g, src.Record) {
+		return &FHIRResult{Gated: g.Name, Changed: []string{}}, nil
 	}
 	if base == nil {
 		base = map[string]any{"resourceType": m.def.FHIRType}

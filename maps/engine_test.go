@@ -306,3 +306,19 @@ func TestRunnerKeepsErrorsApart(t *testing.T) {
 		t.Fatalf("mapping error result: %+v", me)
 	}
 }
+
+func TestReadsForTheAgent(t *testing.T) {
+	t.Parallel()
+	m := patientMap(t)
+	sel := m.CRMSelect()
+	for _, want := range []string{"contactid", "msemr_azurefhirid", "msemr_contacttype", "firstname", "_msemr_generalpractitioner_value", "_parentcustomerid_value"} {
+		if !slices.Contains(sel, want) {
+			t.Errorf("CRMSelect lacks %s: %v", want, sel)
+		}
+	}
+	q := m.ChildQueries()
+	if len(q) != 1 || q[0].EntitySet != "msemr_medicalidentifiers" || q[0].ParentLookup != "msemr_contact" ||
+		!slices.Contains(q[0].Select, "statecode") || !slices.Contains(q[0].Select, "msemr_medicalidentifierid") {
+		t.Fatalf("ChildQueries = %+v", q)
+	}
+}

@@ -40,6 +40,13 @@ const maxJSONDepth = 10000
 type jsonDecoder struct {
 	data []byte
 	pos  int
+	kvs  []keyValue // members of the objects being decoded
+	vals []any      // items of the arrays being decoded
+}
+
+type keyValue struct {
+	k string
+	v any
 }
 
 func (d *jsonDecoder) errorf(format string, args ...any) error {
@@ -70,7 +77,7 @@ func (d *jsonDecoder) value(depth int) (any, error) {
 	case c == '[':
 		return d.array(depth)
 	case c == '"':
-		return d.str()
+		return d.intern(commonValues)
 	case c == 't':
 		return true, d.literal("true")
 	case c == 'f':
@@ -80,7 +87,7 @@ func (d *jsonDecoder) value(depth int) (any, error) {
 	case c == '-' || (c >= '0' && c <= '9'):
 		return d.number()
 	}
-	return nil, d.errorf("invalid character %q looking for a value", d.data[d.pos])
+	return nil, d.errorf("invalid character looking for a value")
 }
 
 func (d *jsonDecoder) literal(lit string) error {
@@ -91,20 +98,24 @@ func (d *jsonDecoder) literal(lit string) error {
 	return nil
 }
 
+// object and array collect members on the decoder's scratch stacks and
+// allocate the map or slice once at its final size, which avoids growing
+// (and rehashing) them member by member.
 func (d *jsonDecoder) object(depth int) (any, error) {
 	d.pos++ // {
-	m := make(map[string]any, 8)
 	d.space()
 	if d.pos < len(d.data) && d.data[d.pos] == '}' {
 		d.pos++
-		return m, nil
+		return map[string]any{}, nil
 	}
+	mark := len(d.kvs)
+	defer func() { d.kvs = d.kvs[:mark] }()
 	for {
 		d.space()
 		if d.pos >= len(d.data) || d.data[d.pos] != '"' {
 			return nil, d.errorf("expected a string key")
 		}
-		k, err := d.key()
+		k, err := d.intern(commonKeys)
 		if err != nil {
 			return nil, err
 		}
@@ -118,7 +129,7 @@ func (d *jsonDecoder) object(depth int) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		m[k] = v
+		d.kvs = append(d.kvs, keyValue{k, v})
 		d.space()
 		if d.pos >= len(d.data) {
 			return nil, d.errorf("unexpected end of input in an object")
@@ -128,6 +139,11 @@ func (d *jsonDecoder) object(depth int) (any, error) {
 			d.pos++
 		case '}':
 			d.pos++
+			members := d.kvs[mark:]
+			m := make(map[string]any, len(members))
+			for _, kv := range members {
+				m[kv.k] = kv.v
+			}
 			return m, nil
 		default:
 			return nil, d.errorf("expected ',' or '}' in an object")
@@ -137,19 +153,20 @@ func (d *jsonDecoder) object(depth int) (any, error) {
 
 func (d *jsonDecoder) array(depth int) (any, error) {
 	d.pos++ // [
-	a := make([]any, 0, 4)
 	d.space()
 	if d.pos < len(d.data) && d.data[d.pos] == ']' {
 		d.pos++
-		return a, nil
+		return []any{}, nil
 	}
+	mark := len(d.vals)
+	defer func() { d.vals = d.vals[:mark] }()
 	for {
 		d.space()
 		v, err := d.value(depth + 1)
 		if err != nil {
 			return nil, err
 		}
-		a = append(a, v)
+		d.vals = append(d.vals, v)
 		d.space()
 		if d.pos >= len(d.data) {
 			return nil, d.errorf("unexpected end of input in an array")
@@ -159,7 +176,7 @@ func (d *jsonDecoder) array(depth int) (any, error) {
 			d.pos++
 		case ']':
 			d.pos++
-			return a, nil
+			return slices.Clone(d.vals[mark:]), nil
 		default:
 			return nil, d.errorf("expected ',' or ']' in an array")
 		}
@@ -229,13 +246,25 @@ var commonKeys = func() map[string]string {
 	return m
 }()
 
-// key reads an object key, reusing the common ones.
-func (d *jsonDecoder) key() (string, error) {
+// commonValues holds codes that recur in most resources.
+var commonValues = func() map[string]string {
+	m := map[string]string{}
+	for _, v := range []string{"official", "usual", "temp", "secondary", "old", "nickname", "maiden", "home", "work", "mobile",
+		"phone", "email", "fax", "url", "both", "physical", "postal", "male", "female", "other", "unknown", "final",
+		"finished", "amended", "preliminary", "in-progress", "planned", "Patient", "Practitioner", "Organization",
+		"Encounter", "Observation", "http://terminology.hl7.org/CodeSystem/v2-0203", "MR", "urn:ietf:bcp:47", "US", "kg"} {
+		m[v] = v
+	}
+	return m
+}()
+
+// intern reads a string, reusing it from table when it is there.
+func (d *jsonDecoder) intern(table map[string]string) (string, error) {
 	start := d.pos + 1
-	for p := start; p < len(d.data) && p-start < 32; p++ {
+	for p := start; p < len(d.data) && p-start < 48; p++ {
 		c := d.data[p]
 		if c == '"' {
-			if k, ok := commonKeys[string(d.data[start:p])]; ok {
+			if k, ok := table[string(d.data[start:p])]; ok {
 				d.pos = p + 1
 				return k, nil
 			}

@@ -42,6 +42,12 @@ type EntityMap struct {
 	// FHIRFilter and CRMFilter, when set, restrict which records travel.
 	FHIRFilter *FHIRFilter `yaml:"fhirFilter,omitempty"`
 	CRMFilter  *CRMFilter  `yaml:"crmFilter,omitempty"`
+	// CRMGate is the per-record sync gate: a condition on the CRM record
+	// (e.g. msemr_syncenabled eq true) that must hold for the record to
+	// sync in either direction. Unlike a filter, which chooses which map
+	// applies, a closed gate means "this record opted out" and is decided
+	// as record_gate_off.
+	CRMGate *CRMFilter `yaml:"crmGate,omitempty"`
 	// ConflictPolicy says which side wins when both changed the same record.
 	ConflictPolicy ConflictPolicy `yaml:"conflictPolicy,omitempty"`
 	Attributes     []AttributeMap `yaml:"attributes"`
@@ -330,6 +336,7 @@ const (
 	DecisionMapped       = "mapped"
 	DecisionUnchanged    = "unchanged"
 	DecisionFiltered     = "filtered"
+	DecisionGateOff      = "record_gate_off"
 	DecisionMappingError = "mapping_error"
 )
 

@@ -140,9 +140,9 @@ func Preview(ctx context.Context, m *Mapping, in PreviewInput) SampleResult {
 		if !r.settle(err) {
 			return r
 		}
-		r.Filter, r.Changed = out.Filtered, out.Changed
+		r.Filter, r.Changed = out.Filtered+out.Gated, out.Changed
 		res = crmOutput{Record: out.Record, Children: out.Children}
-		r.Decision = decisionOf(out.Filtered, out.Changed, cur != nil)
+		r.Decision = decisionOf(out.Filtered, out.Gated, out.Changed, cur != nil)
 	case CRMToFHIR:
 		state, err := decodeState(in.Input)
 		if err != nil {
@@ -160,13 +160,13 @@ func Preview(ctx context.Context, m *Mapping, in PreviewInput) SampleResult {
 		if !r.settle(err) {
 			return r
 		}
-		r.Filter, r.Changed, res = out.Filtered, out.Changed, out.Resource
-		r.Decision = decisionOf(out.Filtered, out.Changed, base != nil)
+		r.Filter, r.Changed, res = out.Filtered+out.Gated, out.Changed, out.Resource
+		r.Decision = decisionOf(out.Filtered, out.Gated, out.Changed, base != nil)
 	default:
 		r.ParseError = fmt.Errorf("direction must be fhir-to-crm or crm-to-fhir, got %q", in.Direction)
 		return r
 	}
-	if r.Decision != DecisionFiltered {
+	if r.Decision != DecisionFiltered && r.Decision != DecisionGateOff {
 		raw, err := json.Marshal(res)
 		if err != nil {
 			r.EvalError = fmt.Errorf("encoding output: %w", err)
@@ -201,10 +201,12 @@ func (r *SampleResult) settle(err error) bool {
 	return false
 }
 
-func decisionOf(filtered string, changed []string, hadTarget bool) string {
+func decisionOf(filtered, gated string, changed []string, hadTarget bool) string {
 	switch {
 	case filtered != "":
 		return DecisionFiltered
+	case gated != "":
+		return DecisionGateOff
 	case hadTarget && len(changed) == 0:
 		return DecisionUnchanged
 	}

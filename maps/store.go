@@ -103,7 +103,7 @@ func (s *Store) CreateDraft(ctx context.Context, doc *Document, by, note string)
 		return VersionInfo{}, err
 	}
 	var row versionRow
-	err = s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	create := func(tx *gorm.DB) error {
 		var maxNum *int
 		if err := tx.Model(&versionRow{}).Select("MAX(number)").Scan(&maxNum).Error; err != nil {
 			return err
@@ -118,7 +118,19 @@ func (s *Store) CreateDraft(ctx context.Context, doc *Document, by, note string)
 			return err
 		}
 		return insertContent(tx, row.ID, doc)
-	})
+	}
+	// Two editors saving at once may pick the same number; the unique
+	// constraint refuses the second, which then takes the next one.
+	for attempt := 0; ; attempt++ {
+		err = s.db.WithContext(ctx).Transaction(create)
+		if err == nil || attempt == 4 || ctx.Err() != nil {
+			break
+		}
+		var n int64
+		if s.db.WithContext(ctx).Model(&versionRow{}).Where("number = ?", row.Number).Count(&n).Error != nil || n == 0 {
+			break // not a number clash
+		}
+	}
 	if err != nil {
 		return VersionInfo{}, fmt.Errorf("saving map set draft: %w", err)
 	}

@@ -81,6 +81,7 @@ type entityRow struct {
 	CorrelationFHIRSystem   string  `gorm:"column:correlation_fhir_system"`
 	FHIRFilter              *string `gorm:"column:fhir_filter"`
 	CRMFilter               *string `gorm:"column:crm_filter"`
+	CRMGate                 *string `gorm:"column:crm_gate"`
 	ConflictPolicy          string
 	Samples                 *string
 }
@@ -183,6 +184,7 @@ func insertContent(tx *gorm.DB, versionID int64, doc *Document) error {
 			CRMToFHIR: m.CRMToFHIR.Enabled, CRMToFHIROperations: toJSON(m.CRMToFHIR.Operations),
 			CorrelationCRMAttribute: m.Correlation.CRMAttribute, CorrelationFHIRSystem: m.Correlation.FHIRIdentifierSystem,
 			FHIRFilter: optJSON(m.FHIRFilter, m.FHIRFilter == nil), CRMFilter: optJSON(m.CRMFilter, m.CRMFilter == nil),
+			CRMGate: optJSON(m.CRMGate, m.CRMGate == nil),
 			ConflictPolicy: string(m.ConflictPolicy), Samples: optJSON(m.Samples, len(m.Samples) == 0)}
 		if err := tx.Create(&row).Error; err != nil {
 			return fmt.Errorf("entity map %q: %w", m.Name, err)
@@ -252,7 +254,7 @@ func loadContent(tx *gorm.DB, v *versionRow) (*Document, error) {
 			s *string
 			v any
 		}{{&r.FHIRToCRMOperations, &m.FHIRToCRM.Operations}, {&r.CRMToFHIROperations, &m.CRMToFHIR.Operations},
-			{r.FHIRFilter, &m.FHIRFilter}, {r.CRMFilter, &m.CRMFilter}, {r.Samples, &m.Samples}} {
+			{r.FHIRFilter, &m.FHIRFilter}, {r.CRMFilter, &m.CRMFilter}, {r.CRMGate, &m.CRMGate}, {r.Samples, &m.Samples}} {
 			if err := fromJSON(j.s, j.v); err != nil {
 				return nil, fmt.Errorf("entity map %q: %w", r.Name, err)
 			}

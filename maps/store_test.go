@@ -206,3 +206,29 @@ func firstDiff(a, b []byte) string {
 func itoa(i int) string {
 	return string(rune('0'+i/1000%10)) + string(rune('0'+i/100%10)) + string(rune('0'+i/10%10)) + string(rune('0'+i%10))
 }
+
+func TestStoreConcurrentDraftsGetDistinctNumbers(t *testing.T) {
+	t.Parallel()
+	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
+		ctx := context.Background()
+		doc := starterDoc(t)
+		errs := make(chan error, 3)
+		for range 3 {
+			go func() {
+				st, _ := maps.New(db, maps.Options{Logger: quiet})
+				_, err := st.CreateDraft(ctx, doc, "", "")
+				errs <- err
+			}()
+		}
+		for range 3 {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		st, _ := maps.New(db, maps.Options{Logger: quiet})
+		vs, err := st.Versions(ctx)
+		if err != nil || len(vs) != 3 || vs[0].Number != 3 || vs[2].Number != 1 {
+			t.Fatalf("versions = %+v, %v", vs, err)
+		}
+	})
+}

@@ -250,7 +250,7 @@ func TestCRMMetadataChecks(t *testing.T) {
 	t.Parallel()
 	md, err := maps.ParseCRMMetadata([]byte(`{"value": [
 	  {"LogicalName": "contact", "EntitySetName": "contacts", "PrimaryIdAttribute": "contactid", "Attributes": [
-	    {"LogicalName": "lastname", "AttributeType": "String", "MaxLength": 50},
+	    {"LogicalName": "lastname", "AttributeType": "String", "MaxLength": 5},
 	    {"LogicalName": "gendercode", "AttributeType": "Picklist", "OptionSet": {"Options": [{"Value": 1}, {"Value": 2}, {"Value": 3}]}},
 	    {"LogicalName": "msemr_gp", "AttributeType": "Lookup", "Targets": ["account"]},
 	    {"LogicalName": "msemr_azurefhirid", "AttributeType": "String"}
@@ -270,6 +270,13 @@ func TestCRMMetadataChecks(t *testing.T) {
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("missing problem %q in:\n%s", want, text)
+		}
+	}
+	src0 := strings.Replace(base, "fhirPath: name.where(use='official').family", "fhirPath: name.where(use='official').family\n        maxLength: 50", 1)
+	_, _, err = maps.Import([]byte(src0), maps.CompileOptions{CRM: md})
+	for _, want := range []string{"maxLength 50 exceeds the CRM attribute's limit of 5"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("missing problem %q in: %v", want, err)
 		}
 	}
 	src := strings.Replace(base, "crmAttribute: lastname\n        crmType: string\n        fhirPath: name.where", "crmAttribute: lastnam\n        crmType: string\n        fhirPath: name.where", 1)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"strconv"
 
 	"gopkg.in/yaml.v3"
@@ -55,12 +56,12 @@ func Import(data []byte, opts CompileOptions) (*Document, *Set, error) {
 // Export writes doc as canonical YAML: the same document always gives the
 // same bytes, and Export(Parse(Export(d))) == Export(d).
 func Export(doc *Document) ([]byte, error) {
-	c := *doc
-	canonicalize(&c)
+	c := cloneDocument(doc)
+	canonicalize(c)
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)
 	enc.SetIndent(2)
-	if err := enc.Encode(&c); err != nil {
+	if err := enc.Encode(c); err != nil {
 		return nil, fmt.Errorf("encoding map set: %w", err)
 	}
 	if err := enc.Close(); err != nil {
@@ -113,4 +114,20 @@ func canonicalize(doc *Document) {
 			}
 		}
 	}
+}
+
+// cloneDocument copies the parts canonicalize may change, so exporting a
+// shared document (such as a Set's) never writes to it.
+func cloneDocument(doc *Document) *Document {
+	c := *doc
+	c.EntityMaps = slices.Clone(doc.EntityMaps)
+	for i := range c.EntityMaps {
+		m := &c.EntityMaps[i]
+		m.Attributes = slices.Clone(m.Attributes)
+		m.Expansions = slices.Clone(m.Expansions)
+		for j := range m.Expansions {
+			m.Expansions[j].Attributes = slices.Clone(m.Expansions[j].Attributes)
+		}
+	}
+	return &c
 }

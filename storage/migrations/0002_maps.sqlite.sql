@@ -63,6 +63,7 @@ CREATE TABLE map_entity_maps (
 	correlation_fhir_system   TEXT NOT NULL,
 	fhir_filter               TEXT,
 	crm_filter                TEXT,
+	crm_gate                  TEXT,
 	conflict_policy           TEXT NOT NULL DEFAULT '' CHECK (conflict_policy IN ('', 'last-writer-wins', 'fhir-wins', 'crm-wins')),
 	samples                   TEXT,
 	UNIQUE (version_id, name)
