@@ -184,7 +184,7 @@ func insertContent(tx *gorm.DB, versionID int64, doc *Document) error {
 			CRMToFHIR: m.CRMToFHIR.Enabled, CRMToFHIROperations: toJSON(m.CRMToFHIR.Operations),
 			CorrelationCRMAttribute: m.Correlation.CRMAttribute, CorrelationFHIRSystem: m.Correlation.FHIRIdentifierSystem,
 			FHIRFilter: optJSON(m.FHIRFilter, m.FHIRFilter == nil), CRMFilter: optJSON(m.CRMFilter, m.CRMFilter == nil),
-			CRMGate: optJSON(m.CRMGate, m.CRMGate == nil),
+			CRMGate:        optJSON(m.CRMGate, m.CRMGate == nil),
 			ConflictPolicy: string(m.ConflictPolicy), Samples: optJSON(m.Samples, len(m.Samples) == 0)}
 		if err := tx.Create(&row).Error; err != nil {
 			return fmt.Errorf("entity map %q: %w", m.Name, err)
