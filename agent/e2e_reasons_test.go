@@ -2,9 +2,11 @@ package agent_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -77,7 +79,7 @@ func TestEveryReasonCodeEndToEnd(t *testing.T) {
 				if _, err := e.crmHuman.Upsert(ctx, crm.ByID("contacts", id), crm.Record{"emailaddress1": "e2e@example.org"}, crm.UpsertOptions{Mode: crm.UpdateOnly}); err != nil {
 					t.Fatal(err)
 				}
-				return lastCRMMessage(t, e, id, since)
+				return lastCRMMessage(t, e, id, since, "updated")
 			}},
 			{name: "a coordinator opts a contact out of sync", reason: "record_gate_off", run: func(t *testing.T) string {
 				id := contactOf(t, e, synth.PatientID(1))
@@ -86,7 +88,7 @@ func TestEveryReasonCodeEndToEnd(t *testing.T) {
 					crm.UpsertOptions{Mode: crm.UpdateOnly}); err != nil {
 					t.Fatal(err)
 				}
-				return lastCRMMessage(t, e, id, since)
+				return lastCRMMessage(t, e, id, since, "record_gate_off")
 			}, after: func(t *testing.T) {
 				p, err := e.fhir.Read(ctx, "Patient", synth.PatientID(1))
 				if err != nil {
@@ -171,7 +173,7 @@ func TestEveryReasonCodeEndToEnd(t *testing.T) {
 				if _, err := e.crmHuman.Upsert(ctx, crm.ByID("contacts", id), crm.Record{"emailaddress1": "conflict@example.org"}, crm.UpsertOptions{Mode: crm.UpdateOnly}); err != nil {
 					t.Fatal(err)
 				}
-				return lastCRMMessage(t, e, id, since)
+				return lastCRMMessage(t, e, id, since, "target_conflict")
 			}},
 			{name: "FHIR server briefly down", reason: "unavailable", run: func(t *testing.T) string {
 				e.fhirSrv.FailNext(1, http.StatusServiceUnavailable)
@@ -245,18 +247,28 @@ func contactOf(t *testing.T, e *env, patientID string) string {
 	return rec.String("contactid")
 }
 
-// lastCRMMessage waits for the service endpoint's message about a contact
-// and returns its id.
-func lastCRMMessage(t *testing.T, e *env, contactID string, since time.Time) string {
+// lastCRMMessage waits for the decision with the given reason about a
+// contact made after since — the service endpoint's message about an edit
+// the test just made — and returns its message id.
+func lastCRMMessage(t *testing.T, e *env, contactID string, since time.Time, reason logs.ReasonCode) string {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
-		page, err := e.logs.Search(context.Background(), logs.Filter{Record: contactID, Direction: logs.CRMToFHIR}, "", 1)
-		if err == nil && len(page.Decisions) > 0 && page.Decisions[0].Time.After(since) {
-			return page.Decisions[0].MessageID
+		page, err := e.logs.Search(context.Background(), logs.Filter{Record: contactID, Direction: logs.CRMToFHIR, From: since}, "", 20)
+		if err == nil {
+			for _, d := range page.Decisions {
+				if d.Reason == reason {
+					return d.MessageID
+				}
+			}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("no decision about contact %s", contactID)
+	page, _ := e.logs.Search(context.Background(), logs.Filter{Record: contactID}, "", 20)
+	var seen []string
+	for _, d := range page.Decisions {
+		seen = append(seen, fmt.Sprintf("%s %s %s/%s(%s)", d.Time.Format("15:04:05.000"), d.Direction, d.Outcome, d.Reason, d.Message))
+	}
+	t.Fatalf("no %s decision about contact %s after %s; its decisions:\n%s", reason, contactID, since.Format("15:04:05.000"), strings.Join(seen, "\n"))
 	return ""
 }

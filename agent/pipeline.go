@@ -228,7 +228,9 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 			probe, err := f.mapFor(ctx, c, src, nil)
 			// A closed gate still means this is the record's map: the
 			// gate is decided below, as record_gate_off.
-			if err == nil && probe.Filtered == "" {
+			// A mapping error also means the filter admitted the record (the
+			// engine checks the filter first): the error is decided below.
+			if err != nil || probe.Filtered == "" {
 				mp = c
 				break
 			}
