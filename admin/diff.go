@@ -53,12 +53,12 @@ func lineDiff(x, y string) []diffLine {
 			all = append(all, diffLine{Op: " ", Text: ma[i]})
 			i++
 			j++
-		case j < len(mb) && (i == len(ma) || lcs[i][j+1] >= lcs[i+1][j]):
-			all = append(all, diffLine{Op: "+", Text: mb[j]})
-			j++
-		default:
+		case i < len(ma) && (j == len(mb) || lcs[i+1][j] >= lcs[i][j+1]):
 			all = append(all, diffLine{Op: "-", Text: ma[i]})
 			i++
+		default:
+			all = append(all, diffLine{Op: "+", Text: mb[j]})
+			j++
 		}
 	}
 	for _, l := range a[len(a)-suf:] {

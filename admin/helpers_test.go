@@ -59,6 +59,8 @@ type testEnv struct {
 	idp   *testIdP // nil unless withOIDC
 	// queues, when set by withQueues, replace the embedded default queues.
 	queues map[string]DeadLetterQueue
+	// logs, when set by withLogs, replaces the default sync log.
+	logs *logs.Store
 }
 
 type envOption func(*testEnv, *AppConfig)
@@ -86,7 +88,7 @@ func newTestEnv(t *testing.T, db *gorm.DB, cfg AppConfig, opts ...envOption) *te
 	// New mounts the app with the real clock; the test mounts it on a
 	// bare server with its own clock instead.
 	s := &Server{deps: Deps{DB: db, Registry: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(t.Output(), nil)),
-		Queues: e.queues}, mux: http.NewServeMux()}
+		Queues: e.queues, Logs: e.logs}, mux: http.NewServeMux()}
 	var err error
 	e.app, err = s.mount(cfg, e.clock.now)
 	if err != nil {

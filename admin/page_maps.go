@@ -545,7 +545,44 @@ type previewView struct {
 	InputError   string   `json:"input_error,omitempty"`
 	Output       string   `json:"output,omitempty"`
 	Changed      []string `json:"changed"`
-	Source       string   `json:"source,omitempty"` // "pasted" or "decision N"
+	// Diff shows each changed CRM attribute's current and mapped value
+	// (FHIR → CRM with a current state only).
+	Diff   []fieldChange `json:"diff,omitempty"`
+	Source string        `json:"source,omitempty"` // "pasted" or "decision N"
+}
+
+// fieldChange is one changed target field, values as JSON text.
+type fieldChange struct {
+	Field  string `json:"field"`
+	Before string `json:"before"`
+	After  string `json:"after"`
+}
+
+// recordDiff pairs the changed CRM attributes' values in the current
+// state and in the mapped output.
+func recordDiff(current, output []byte, changed []string) []fieldChange {
+	var cur, out struct {
+		Record map[string]json.RawMessage `json:"record"`
+	}
+	if json.Unmarshal(current, &cur) != nil || json.Unmarshal(output, &out) != nil {
+		return nil
+	}
+	show := func(v json.RawMessage, ok bool) string {
+		if !ok {
+			return "(absent)"
+		}
+		return string(v)
+	}
+	var diff []fieldChange
+	for _, f := range changed {
+		before, inCur := cur.Record[f]
+		after, inOut := out.Record[f]
+		if !inCur && !inOut {
+			continue // an expansion map's name, not an attribute
+		}
+		diff = append(diff, fieldChange{Field: f, Before: show(before, inCur), After: show(after, inOut)})
+	}
+	return diff
 }
 
 // previewError is a preview request that cannot run; status says why.
@@ -623,6 +660,9 @@ func (a *app) runPreview(r *http.Request, n int, f previewForm) (*previewView, e
 	}
 	if res.EvalError != nil {
 		v.InputError = "The engine failed: " + res.EvalError.Error()
+	}
+	if dir == maps.FHIRToCRM && len(bytes.TrimSpace(in.Current)) > 0 && len(res.Output) > 0 {
+		v.Diff = recordDiff(in.Current, res.Output, res.Changed)
 	}
 	if len(res.Output) > 0 {
 		var buf bytes.Buffer

@@ -218,7 +218,7 @@ func (w *walker) walk(ctx context.Context, em *maps.EntityMap, side queues.Side)
 			}
 		}
 		sent += len(pending)
-		pending = pending[:0]
+		pending = nil // a transport may keep the slice it was given
 		return nil
 	}
 	add := func(typ, id string) error {
@@ -226,8 +226,8 @@ func (w *walker) walk(ctx context.Context, em *maps.EntityMap, side queues.Side)
 			Origin: w.opts.Origin, ChangedAt: w.changedAt}
 		msg, err := n.Message()
 		if err != nil {
-			// An id the notice format cannot carry; the record is reported
-			// by reference and skipped rather than stopping the walk.
+			// An id the notice format cannot carry: skipped with a warning
+			// (which names the map, not the id) rather than stopping the walk.
 			w.deps.Logger.Warn("backfill skipped a record whose id is not a valid notice id",
 				"map_id", em.Name, "side", string(side), "record_type", typ, "error", err)
 			return nil

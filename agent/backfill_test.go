@@ -15,6 +15,7 @@ import (
 	"github.com/fhirsync/fhirsync/agent"
 	"github.com/fhirsync/fhirsync/agent/crm"
 	"github.com/fhirsync/fhirsync/agent/fhir"
+	"github.com/fhirsync/fhirsync/logs"
 	"github.com/fhirsync/fhirsync/maps"
 	"github.com/fhirsync/fhirsync/maps/starter"
 	"github.com/fhirsync/fhirsync/queues"
@@ -38,6 +39,9 @@ const (
 type backfillEnv struct {
 	db         *gorm.DB
 	fhirSrv    *fhirserver.Server
+	crmSrv     *crmserver.Server
+	fhir       *fhir.Client
+	crm        *crm.Client
 	maps       *maps.Store
 	fhirQ      *embedded.Queue
 	crmQ       *embedded.Queue
@@ -61,32 +65,29 @@ func newBackfillEnv(t *testing.T, db *gorm.DB, fhirOpts fhirserver.Options) *bac
 	t.Cleanup(func() { e.fhirSrv.Close() })
 	fhirHTTP := httptest.NewServer(e.fhirSrv)
 	t.Cleanup(fhirHTTP.Close)
-	crmSrv, err := crmserver.New(crmserver.Options{})
-	if err != nil {
+	if e.crmSrv, err = crmserver.New(crmserver.Options{}); err != nil {
 		t.Fatal(err)
 	}
 	g := synth.New(bfSeed)
-	if err := crmSrv.SeedSynth(g, bfContacts, bfAccounts); err != nil {
+	if err := e.crmSrv.SeedSynth(g, bfContacts, bfAccounts); err != nil {
 		t.Fatal(err)
 	}
 	for i := range bfContacts {
 		e.contactIDs = append(e.contactIDs, g.ContactID(i))
 	}
-	crmHTTP := httptest.NewServer(crmSrv)
+	crmHTTP := httptest.NewServer(e.crmSrv)
 	t.Cleanup(crmHTTP.Close)
-	fc, err := fhir.New(fhir.Config{BaseURL: fhirHTTP.URL})
-	if err != nil {
+	if e.fhir, err = fhir.New(fhir.Config{BaseURL: fhirHTTP.URL}); err != nil {
 		t.Fatal(err)
 	}
-	cc, err := crm.New(crm.Config{URL: crmHTTP.URL})
-	if err != nil {
+	if e.crm, err = crm.New(crm.Config{URL: crmHTTP.URL}); err != nil {
 		t.Fatal(err)
 	}
 	if e.maps, err = maps.New(db, maps.Options{Logger: slog.New(slog.DiscardHandler)}); err != nil {
 		t.Fatal(err)
 	}
 	bfPublishStarter(t, e.maps)
-	e.deps = agent.BackfillDeps{DB: db, Maps: e.maps, FHIR: fc, CRM: cc, FHIRChanges: e.fhirQ, CRMChanges: e.crmQ}
+	e.deps = agent.BackfillDeps{DB: db, Maps: e.maps, FHIR: e.fhir, CRM: e.crm, FHIRChanges: e.fhirQ, CRMChanges: e.crmQ}
 	return e
 }
 
@@ -172,7 +173,8 @@ func TestBackfill(t *testing.T) {
 			name             string
 			opts             agent.BackfillOptions
 			wantFHIR, wantCR int
-			wantErr          error
+			wantErr          bool
+			wantIs           error
 		}{
 			{name: "both sides, paged search", opts: agent.BackfillOptions{Map: "patient-contact", BatchSize: 5},
 				wantFHIR: bfPatients, wantCR: bfContacts},
@@ -182,21 +184,21 @@ func TestBackfill(t *testing.T) {
 				wantCR: bfContacts},
 			{name: "dry run sends nothing", opts: agent.BackfillOptions{Map: "patient-contact", DryRun: true},
 				wantFHIR: bfPatients, wantCR: bfContacts},
-			{name: "unknown map", opts: agent.BackfillOptions{Map: "no-such-map"}, wantErr: agent.ErrMapUnavailable},
-			{name: "direction off", opts: agent.BackfillOptions{Map: "encounter", Side: queues.SideCRM}, wantErr: agent.ErrMapUnavailable},
-			{name: "unknown side", opts: agent.BackfillOptions{Map: "patient-contact", Side: "sideways"}, wantErr: errors.New("any")},
+			{name: "unknown map", opts: agent.BackfillOptions{Map: "no-such-map"}, wantErr: true, wantIs: agent.ErrMapUnavailable},
+			{name: "direction off", opts: agent.BackfillOptions{Map: "encounter", Side: queues.SideCRM}, wantErr: true, wantIs: agent.ErrMapUnavailable},
+			{name: "unknown side", opts: agent.BackfillOptions{Map: "patient-contact", Side: "sideways"}, wantErr: true},
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
 				var seen []queues.Notice
 				tt.opts.OnNotice = func(n queues.Notice) { seen = append(seen, n) }
 				res, err := agent.Backfill(ctx, tt.opts, e.deps)
-				if tt.wantErr != nil {
+				if tt.wantErr {
 					if err == nil {
 						t.Fatalf("Backfill = %+v, want an error", res)
 					}
-					if errors.Is(tt.wantErr, agent.ErrMapUnavailable) && !errors.Is(err, agent.ErrMapUnavailable) {
-						t.Fatalf("error = %v, want ErrMapUnavailable", err)
+					if tt.wantIs != nil && !errors.Is(err, tt.wantIs) {
+						t.Fatalf("error = %v, want %v", err, tt.wantIs)
 					}
 					if bfActive(t, e.fhirQ)+bfActive(t, e.crmQ) != 0 {
 						t.Fatal("a failed backfill enqueued notices")
@@ -410,4 +412,89 @@ func TestNewReconcilerRejectsBadConfig(t *testing.T) {
 	if err := r.Run(ctx); err != nil || ctx.Err() != nil {
 		t.Fatalf("Run with the schedule off = %v (ctx %v), want an immediate nil", err, ctx.Err())
 	}
+}
+
+// TestBackfillIsSyncedByTheAgent runs the agent on the notices a backfill
+// enqueues: every patient of the FHIR server becomes a CRM contact, with
+// one decision per notice.
+func TestBackfillIsSyncedByTheAgent(t *testing.T) {
+	t.Parallel()
+	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
+		const patients = 4
+		e := newBackfillEnv(t, db, fhirserver.Options{Seed: bfSeed, Patients: patients})
+		ctx := context.Background()
+		ls, err := logs.New(db, logs.Config{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		contactsBefore := e.crmSrv.Count("contact")
+		// Organizations and practitioners first, so that the patients'
+		// references resolve; then the patients.
+		var notices int
+		for _, m := range []string{"organization-account", "practitioner-contact", "patient-contact"} {
+			res, err := agent.Backfill(ctx, agent.BackfillOptions{Map: m, Side: queues.SideFHIR}, e.deps)
+			if err != nil {
+				t.Fatal(err)
+			}
+			notices += res.Total()
+		}
+		a, err := agent.New(agent.Config{Workers: 2, RetryBase: 100 * time.Millisecond, RetryMax: 500 * time.Millisecond, CRMUserID: "00000000-0000-0000-0000-0000000a6e17"},
+			agent.Deps{DB: db, Maps: e.maps, FHIR: e.fhir, CRM: e.crm, Logs: ls, FHIRChanges: e.fhirQ, CRMChanges: e.crmQ})
+		if err != nil {
+			t.Fatal(err)
+		}
+		runCtx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- a.Run(runCtx) }()
+		defer func() {
+			cancel()
+			if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+				t.Errorf("agent: %v", err)
+			}
+		}()
+		created := func() int {
+			n := 0
+			for i := range patients {
+				page, err := ls.Search(ctx, logs.Filter{Record: synth.PatientID(i), Direction: logs.FHIRToCRM, Reason: logs.ReasonCreated}, "", 10)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(page.Decisions) > 0 {
+					n++
+				}
+			}
+			return n
+		}
+		deadline := time.Now().Add(60 * time.Second)
+		for created() < patients && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if n := created(); n != patients {
+			t.Fatalf("%d of %d patients were created in the CRM within 60s", n, patients)
+		}
+		if got := e.crmSrv.Count("contact"); got < contactsBefore+patients {
+			t.Fatalf("the CRM holds %d contacts, want at least %d", got, contactsBefore+patients)
+		}
+		for i := range patients {
+			id := synth.PatientID(i)
+			if _, err := e.crm.Retrieve(ctx, crm.ByKey("contacts", "msemr_azurefhirid", id)); err != nil {
+				t.Fatalf("no contact for backfilled patient %s: %v", id, err)
+			}
+		}
+		// Every backfill notice ends in a decision.
+		deadline = time.Now().Add(30 * time.Second)
+		for {
+			all, err := ls.Counts(ctx, logs.Filter{Direction: logs.FHIRToCRM}, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if all.Total >= int64(notices) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d FHIR to CRM decisions for %d backfill notices", all.Total, notices)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
 }

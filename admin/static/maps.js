@@ -3,6 +3,10 @@
 // its location names.
 (function () {
   "use strict";
+  var yamlForm = document.getElementById("yaml-form");
+  if (yamlForm) {
+    watchYAML(yamlForm);
+  }
   var form = document.getElementById("attr-form");
   if (!form) {
     return;
@@ -88,4 +92,50 @@
   form.addEventListener("input", soon);
   form.addEventListener("change", soon);
   validate();
+
+  // watchYAML validates the whole draft as it is typed and lists the
+  // problems with their location and line under the text area.
+  function watchYAML(f) {
+    var area = document.getElementById("yaml");
+    var list = document.getElementById("yaml-problems");
+    var note = document.getElementById("yaml-status");
+    var wait = null;
+    var last = 0;
+    function check() {
+      var mine = ++last;
+      fetch("/api/v1/maps/validate", {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ yaml: area.value })
+      }).then(function (resp) {
+        return resp.json().then(function (body) {
+          if (mine !== last) {
+            return;
+          }
+          list.textContent = "";
+          if (!resp.ok) {
+            note.textContent = (body.error && body.error.message) || "Validation failed.";
+            return;
+          }
+          var ps = body.problems || [];
+          ps.forEach(function (p) {
+            var li = document.createElement("li");
+            li.textContent = (p.line ? "line " + p.line + ", " : "") + p.location + ": " + p.message;
+            list.appendChild(li);
+          });
+          list.hidden = ps.length === 0;
+          note.textContent = ps.length === 0 ? "The YAML is valid." : ps.length + " problem(s) in the YAML.";
+        });
+      }).catch(function () {
+        if (mine === last) {
+          note.textContent = "Could not reach the server to validate.";
+        }
+      });
+    }
+    area.addEventListener("input", function () {
+      clearTimeout(wait);
+      wait = setTimeout(check, 500);
+    });
+  }
 })();

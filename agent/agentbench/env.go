@@ -233,31 +233,39 @@ func (e *env) waitTerminal(ctx context.Context, base counts, dir logs.Direction,
 	}
 }
 
-// waitIdle waits until both queues are empty (echoes and retries settled).
-func (e *env) waitIdle(ctx context.Context) error {
-	deadline := time.Now().Add(e.cfg.StallTimeout)
+// waitIdle waits until both queues are empty (echoes and retries
+// settled) and returns when they were. It gives up when the number of
+// waiting messages has not fallen for cfg.StallTimeout.
+func (e *env) waitIdle(ctx context.Context) (time.Time, error) {
+	best, since := int64(-1), time.Now()
 	quiet := 0
-	for time.Now().Before(deadline) {
-		busy := false
+	for {
+		var waiting int64
 		for _, q := range []*embedded.Queue{e.fhirQ, e.crmQ} {
 			d, err := q.Depth(ctx)
 			if err != nil {
-				return err
+				return time.Time{}, err
 			}
-			busy = busy || d.Active > 0 || d.Scheduled > 0
+			waiting += d.Active + d.Scheduled
 		}
-		if busy {
+		switch {
+		case waiting == 0:
+			if quiet++; quiet >= 3 {
+				return time.Now(), nil
+			}
+		case best < 0 || waiting < best:
+			best, since, quiet = waiting, time.Now(), 0
+		case time.Since(since) > e.cfg.StallTimeout:
+			return time.Time{}, fmt.Errorf("%d messages still queued; none settled for %s", waiting, e.cfg.StallTimeout)
+		default:
 			quiet = 0
-		} else if quiet++; quiet >= 3 {
-			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return time.Time{}, ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("queues still busy after %s", e.cfg.StallTimeout)
 }
 
 // sendNotices enqueues FHIR event notices in batches, as an Event Grid

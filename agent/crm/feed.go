@@ -13,7 +13,9 @@ import (
 	"github.com/fhirsync/fhirsync/storage"
 )
 
-// sender puts change notices on a queue.
+// sender puts change notices on a queue. Send enqueues all msgs or returns
+// an error; a message sent twice with the same ID may be dropped as a
+// duplicate (queues.Queue guarantees this).
 type sender interface {
 	Send(ctx context.Context, msgs ...queues.Message) error
 }

@@ -8,8 +8,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"gorm.io/gorm"
 
+	"github.com/fhirsync/fhirsync/agent"
 	"github.com/fhirsync/fhirsync/logs"
 	"github.com/fhirsync/fhirsync/maps"
 	"github.com/fhirsync/fhirsync/maps/starter"
@@ -184,4 +186,71 @@ func TestBackfillCommandUsage(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestServeReconcileAndReplayHooks checks the pieces serve wires: the
+// scheduled reconcile over the configured endpoints and queues, and the
+// replay counter on the process registry.
+func TestServeReconcileAndReplayHooks(t *testing.T) {
+	t.Parallel()
+	s := newSyncSetup(t, storage.SQLite, 3, 2)
+	ctx := context.Background()
+	cfg, err := loadConfig("", s.getenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	svc, err := buildServices(ctx, &cfg, s.db, reg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := svc.newReconciler("@daily")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := rec.RunOnce(ctx)
+	if err != nil || !res.Ran {
+		t.Fatalf("RunOnce = %+v, %v", res, err)
+	}
+	if f := s.depth(t, "fhir-changes").Active; f < 3 {
+		t.Fatalf("the reconcile enqueued %d FHIR notices, want at least the 3 patients", f)
+	}
+	if c := s.depth(t, "crm-changes").Active; c != 2+1 {
+		t.Fatalf("the reconcile enqueued %d CRM notices, want the 2 contacts and 1 account", c)
+	}
+	if _, err := svc.newReconciler("whenever"); err == nil {
+		t.Fatal("a bad schedule was accepted")
+	}
+
+	r, err := svc.newReplayer(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Records(ctx, []string{"crm:contact/c9"}, agent.ReplayOptions{Actor: "admin:alice"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := replaysOfRecords(t, reg); got != 1 {
+		t.Fatalf("fhirsync_replays_total{kind=record} = %v, want 1", got)
+	}
+}
+
+// replaysOfRecords reads fhirsync_replays_total{kind="record"} from reg.
+func replaysOfRecords(t *testing.T, reg *prometheus.Registry) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "fhirsync_replays_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == agent.ReplayRecord {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	t.Fatal("fhirsync_replays_total{kind=record} is not on the registry")
+	return 0
 }

@@ -37,6 +37,7 @@ func runLogs(ctx context.Context, e *env, args []string) error {
 		return usageErrorf("logs needs a subcommand")
 	}
 	sub, rest := args[0], args[1:]
+	defer e.close()
 	switch sub {
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(e.stdout, logsUsage)
@@ -57,22 +58,14 @@ func runLogs(ctx context.Context, e *env, args []string) error {
 	return usageErrorf("unknown logs subcommand %q (see fhirsync logs --help)", sub)
 }
 
-// logsConfigOf returns the sync log section of the configuration, or the
-// defaults when the configuration has none.
-func logsConfigOf(cfg any) logs.Config {
-	if c, ok := cfg.(interface{ LogsConfig() logs.Config }); ok {
-		return c.LogsConfig()
-	}
-	return logs.Config{}
-}
-
-// openLogs opens the database and the sync log on it.
+// openLogs opens the database and the sync log on it, configured by the
+// logs section of the configuration.
 func (e *env) openLogs(ctx context.Context) (*logs.Store, error) {
 	db, err := e.openDB(ctx)
 	if err != nil {
 		return nil, err
 	}
-	lc := logsConfigOf(e.cfg)
+	lc := e.cfg.Logs
 	lc.Logger = e.logger()
 	return logs.New(db, lc, nil)
 }

@@ -16,6 +16,9 @@ import (
 	"github.com/fhirsync/fhirsync/storage/storagetest"
 )
 
+// testLogsSecret is the business key secret of the seeded log.
+const testLogsSecret = "Y2xpLXRlc3QtYnVzaW5lc3Mta2V5LXNlY3JldA=="
+
 // seedLogs writes three decisions and one audit entry into the database at
 // url and returns the decisions.
 func seedLogs(t *testing.T, url string) []*logs.Decision {
@@ -29,7 +32,7 @@ func seedLogs(t *testing.T, url string) []*logs.Decision {
 	if _, err := storage.Migrate(ctx, db); err != nil {
 		t.Fatal(err)
 	}
-	s, err := logs.New(db, logs.Config{}, nil)
+	s, err := logs.New(db, logs.Config{KeySecret: testLogsSecret}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +40,8 @@ func seedLogs(t *testing.T, url string) []*logs.Decision {
 	ds := []*logs.Decision{
 		{Time: now.Add(-2 * time.Minute), Direction: logs.FHIRToCRM, EntityMap: "patient-contact", MapVersion: 2,
 			Source: logs.Ref{Type: "Patient", ID: "p1", Version: "1"}, Target: logs.Ref{Type: "contact", ID: "c1"},
-			Outcome: logs.OutcomeSent, Reason: logs.ReasonCreated, Message: "Created contact c1.", ChangedFields: []string{"lastname"}},
+			Outcome: logs.OutcomeSent, Reason: logs.ReasonCreated, Message: "Created contact c1.", ChangedFields: []string{"lastname"},
+			BusinessKeys: []logs.BusinessKey{{Name: "mrn", Value: "MRN-CLI-1"}}},
 		{Time: now.Add(-time.Minute), Direction: logs.FHIRToCRM, EntityMap: "patient-contact", MapVersion: 2,
 			Source: logs.Ref{Type: "Patient", ID: "p1", Version: "2"}, Target: logs.Ref{Type: "contact", ID: "c1"},
 			Outcome: logs.OutcomeFailed, Reason: logs.ReasonThrottled, Message: "Failed writing: http_429.",
@@ -61,11 +65,14 @@ func TestLogsCommand(t *testing.T) {
 			t.Parallel()
 			url := storagetest.URL(t, d)
 			ds := seedLogs(t, url)
-			env := envFrom(map[string]string{"FHIRSYNC_DATA_DIR": t.TempDir(), "FHIRSYNC_DATABASE_URL": url})
+			dataDir := t.TempDir()
+			env := envFrom(map[string]string{"FHIRSYNC_DATA_DIR": dataDir, "FHIRSYNC_DATABASE_URL": url, "FHIRSYNC_LOGS_KEY_SECRET": testLogsSecret})
+			noSecret := envFrom(map[string]string{"FHIRSYNC_DATA_DIR": dataDir, "FHIRSYNC_DATABASE_URL": url})
 			out := filepath.Join(t.TempDir(), "export.csv")
 			tests := []struct {
 				name     string
 				args     []string
+				noSecret bool
 				wantCode int
 				want     []string
 				notWant  []string
@@ -84,7 +91,12 @@ func TestLogsCommand(t *testing.T) {
 				{name: "show needs an id", args: []string{"logs", "show"}, wantCode: 2},
 				{name: "bad outcome", args: []string{"logs", "search", "--outcome", "lost"}, wantCode: 2, want: []string{"unknown outcome"}},
 				{name: "bad time", args: []string{"logs", "search", "--from", "yesterday"}, wantCode: 2, want: []string{"RFC 3339"}},
-				{name: "business keys need a secret", args: []string{"logs", "search", "--key", "mrn=1"}, wantCode: 1, want: []string{"key_secret"}},
+				{name: "timeline by business key", args: []string{"logs", "search", "--key", "mrn=MRN-CLI-1"},
+					want: []string{"created", "Patient/p1/_history/1"}, notWant: []string{"throttled", "MRN-CLI-1"}},
+				{name: "show names the business key, not its value", args: []string{"logs", "show", strconv.FormatInt(ds[0].ID, 10)},
+					want: []string{"business keys:", "mrn"}, notWant: []string{"MRN-CLI-1"}},
+				{name: "business keys need a secret", args: []string{"logs", "search", "--key", "mrn=1"}, noSecret: true, wantCode: 1, want: []string{"key_secret"}},
+				{name: "bad key syntax", args: []string{"logs", "search", "--key", "mrn"}, wantCode: 2, want: []string{"name=value"}},
 				{name: "export ndjson", args: []string{"logs", "export", "--format", "ndjson", "--map", "patient-contact"},
 					want: []string{`"reason":"throttled"`, `"reason":"created"`}, notWant: []string{"no_entity_map"}},
 				{name: "export needs a format", args: []string{"logs", "export"}, wantCode: 2},
@@ -96,7 +108,11 @@ func TestLogsCommand(t *testing.T) {
 			}
 			for _, tt := range tests {
 				var stdout, stderr bytes.Buffer
-				code := exitCode(run(context.Background(), tt.args, env, &stdout, &stderr), &stderr)
+				getenv := env
+				if tt.noSecret {
+					getenv = noSecret
+				}
+				code := exitCode(run(context.Background(), tt.args, getenv, &stdout, &stderr), &stderr)
 				all := stdout.String() + stderr.String()
 				if code != tt.wantCode {
 					t.Errorf("%s: exit %d, want %d\n%s", tt.name, code, tt.wantCode, all)

@@ -58,11 +58,13 @@ func serve(ctx context.Context, e *env, cfg *Config, onReady func(addr string, d
 	if err := admin.Bootstrap(ctx, db, log); err != nil {
 		return err
 	}
-	srv, err := admin.New(admin.Config{Version: buildVersion(), App: cfg.Admin}, admin.Deps{DB: db, Registry: reg, Logger: log})
+	svc, err := buildServices(ctx, cfg, db, reg, log)
 	if err != nil {
 		return err
 	}
-	svc, err := buildServices(ctx, cfg, db, reg, log)
+	srv, err := admin.New(admin.Config{Version: buildVersion(), App: cfg.Admin}, admin.Deps{DB: db, Registry: reg, Logger: log,
+		Queues: map[string]admin.DeadLetterQueue{cfg.Queue.FHIRChanges: svc.fhirQ, cfg.Queue.CRMChanges: svc.crmQ},
+		Logs:   svc.logs})
 	if err != nil {
 		return err
 	}

@@ -64,6 +64,9 @@ type AgentConfig struct {
 	CRMUserID string `yaml:"crm_user_id"`
 	// FHIRAccount, when set, accepts FHIR events only from this service.
 	FHIRAccount string `yaml:"fhir_account"`
+	// ReconcileSchedule runs the backfill of every enabled entity map on a
+	// cron schedule (e.g. "@daily"); empty turns it off.
+	ReconcileSchedule string `yaml:"reconcile_schedule"`
 }
 
 // FeedsConfig selects the change feeds this process runs. Every process may
@@ -354,6 +357,11 @@ func (c Config) Validate() []string {
 	}
 	if _, err := cron.ParseStandard(c.Feeds.CRMTracking.Schedule); err != nil {
 		bad("feeds.crm_tracking.schedule", "%v", err)
+	}
+	if s := c.Agent.ReconcileSchedule; s != "" {
+		if _, err := cron.ParseStandard(s); err != nil {
+			bad("agent.reconcile_schedule", "%v", err)
+		}
 	}
 	if c.Agent.Workers < 0 || c.Agent.MaxAttempts < 0 {
 		bad("agent", "workers and max_attempts must not be negative")

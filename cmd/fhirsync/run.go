@@ -29,6 +29,7 @@ func commands() []command {
 		{"backfill", "enqueue a change notice for every record of an entity map", runBackfill},
 		{"users", "create, list and change admin app accounts", runUsers},
 		{"sandbox", "run the sandbox FHIR server and CRM on their own", runSandbox},
+		{"bench", "measure sync throughput, latency, memory and throttling with sandbox endpoints", runBench},
 		{"version", "print the version", runVersion},
 	}
 }
@@ -99,7 +100,10 @@ func (e *env) newFlagSet(name, synopsis, about string) *flag.FlagSet {
 	e.globalFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(e.stdout, "Usage: fhirsync %s\n\n%s\n\nFlags:\n", synopsis, strings.TrimSpace(about))
+		out := fs.Output()
+		fs.SetOutput(e.stdout)
 		fs.PrintDefaults()
+		fs.SetOutput(out)
 	}
 	return fs
 }
@@ -107,8 +111,13 @@ func (e *env) newFlagSet(name, synopsis, about string) *flag.FlagSet {
 // parseFlags parses args; --help prints usage and ends the command
 // successfully.
 func parseFlags(fs *flag.FlagSet, args []string) (done bool, err error) {
+	// Parse prints usage itself on -help and on errors; keep it quiet and
+	// print once, here, only for -help.
+	usage := fs.Usage
+	fs.Usage = func() {}
 	fs.SetOutput(io.Discard)
 	err = fs.Parse(args)
+	fs.Usage = usage
 	if errors.Is(err, flag.ErrHelp) {
 		fs.Usage()
 		return true, nil

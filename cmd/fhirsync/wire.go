@@ -27,8 +27,8 @@ import (
 	"github.com/fhirsync/fhirsync/queues/servicebus"
 )
 
-// services is everything a running fhirsync process holds. serve, demo and
-// bench build it the same way.
+// services is everything a running fhirsync process holds. serve and demo
+// build it here; bench assembles the same parts with per-run names.
 type services struct {
 	db          *gorm.DB
 	maps        *maps.Store
@@ -42,6 +42,8 @@ type services struct {
 	restHook    http.Handler
 	log         *slog.Logger
 	feedSched   string
+	reconciler  *agent.Reconciler
+	replayer    *agent.Replayer
 }
 
 // buildServices wires the stores, queues, endpoint clients, the agent and
@@ -61,6 +63,9 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 		return nil, err
 	}
 	if s.crmQ, err = openQueue(cfg, db, cfg.Queue.CRMChanges); err != nil {
+		return nil, err
+	}
+	if s.replayer, err = s.newReplayer(reg); err != nil {
 		return nil, err
 	}
 	if cfg.FHIR.BaseURL != "" {
@@ -108,6 +113,9 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 		agent.Deps{DB: db, Maps: s.maps, FHIR: s.fhir, CRM: s.crm, Logs: s.logs, FHIRChanges: s.fhirQ, CRMChanges: s.crmQ,
 			Registry: reg, Logger: log})
 	if err != nil {
+		return nil, err
+	}
+	if s.reconciler, err = s.newReconciler(cfg.Agent.ReconcileSchedule); err != nil {
 		return nil, err
 	}
 	if h := cfg.Feeds.FHIRHistory; len(h.Types) > 0 {
@@ -214,6 +222,9 @@ func (s *services) run(ctx context.Context) error {
 		}
 		c.Start()
 		wg.Go(func() { <-ctx.Done(); <-c.Stop().Done() })
+	}
+	if s.reconciler != nil {
+		wg.Go(func() { fail(s.reconciler.Run(ctx)) })
 	}
 	wg.Go(func() { fail(s.logs.RunRetention(ctx)) })
 	wg.Wait()

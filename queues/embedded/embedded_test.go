@@ -320,3 +320,39 @@ func TestCompetingQueueValuesShareWork(t *testing.T) {
 		}
 	})
 }
+
+// Senders racing with the same IDs (in different orders) enqueue each ID
+// once and do not deadlock.
+func TestConcurrentDuplicateSends(t *testing.T) {
+	t.Parallel()
+	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
+		ctx := context.Background()
+		const n, senders = 50, 4
+		var wg sync.WaitGroup
+		for s := range senders {
+			q := open(t, db, "dups", embedded.Options{})
+			wg.Go(func() {
+				msgs := make([]queues.Message, n)
+				for i := range n {
+					j := i
+					if s%2 == 1 {
+						j = n - 1 - i
+					}
+					msgs[i] = keyed(fmt.Sprintf("id%02d", j), "")
+				}
+				if err := q.Send(ctx, msgs...); err != nil {
+					t.Errorf("sender %d: %v", s, err)
+				}
+			})
+		}
+		wg.Wait()
+		q := open(t, db, "dups", embedded.Options{})
+		d, err := q.Depth(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Active != n {
+			t.Fatalf("Depth.Active = %d after %d senders sent the same %d IDs, want %d", d.Active, senders, n, n)
+		}
+	})
+}

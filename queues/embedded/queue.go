@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -327,6 +328,9 @@ func (q *Queue) CompleteMany(ctx context.Context, ms []*queues.Received) error {
 	if len(ms) == 0 {
 		return nil
 	}
+	if slices.Contains(ms, nil) {
+		return fmt.Errorf("completing messages on queue %s: nil message in batch", q.name)
+	}
 	var done map[int64]bool
 	err := q.single(ctx, func(tx *gorm.DB) error {
 		var err error
@@ -358,6 +362,9 @@ func (q *Queue) CompleteMany(ctx context.Context, ms []*queues.Received) error {
 func (q *Queue) CompleteTx(tx *gorm.DB, ms ...*queues.Received) error {
 	if err := q.errIfClosed("completing"); err != nil {
 		return err
+	}
+	if slices.Contains(ms, nil) {
+		return fmt.Errorf("completing messages on queue %s: nil message in batch", q.name)
 	}
 	done, err := q.deleteLockedMany(tx, ms, now())
 	if err != nil {

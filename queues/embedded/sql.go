@@ -303,6 +303,7 @@ func (q *Queue) insertFreshPostgres(db *gorm.DB, msgs []queues.Message, t time.T
 	sb.WriteString(`),
 	fresh AS (
 		INSERT INTO queue_message_ids (queue, message_id, expires_at) SELECT ?, message_id, ? FROM v
+		ORDER BY message_id -- one lock order, so concurrent senders of the same IDs cannot deadlock
 		ON CONFLICT (queue, message_id) DO UPDATE SET expires_at = excluded.expires_at
 		WHERE queue_message_ids.expires_at <= ?
 		RETURNING message_id)

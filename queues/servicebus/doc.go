@@ -31,11 +31,13 @@
 //   - Every message carries its SessionKey in an application property, so it
 //     survives on queues without sessions; there it does not order delivery.
 //
-// On a session-enabled queue a background acceptor takes the next free
-// session (AcceptNextSessionForQueue) on a connection of its own and hands
-// it to Receive, which takes one message from it; the session lock is held,
-// and renewed with the message, until that message is settled, then the
-// session is closed so any receiver can take the key's next message. The
+// On a session-enabled queue two background acceptors, each on a connection
+// of its own, take the next free sessions (AcceptNextSessionForQueue) and
+// hand them to Receive, which takes one message from a session and renews
+// the session lock so the message gets a full lock duration. The session
+// lock is held, and renewed with the message, until that message is
+// settled; then the session is closed so any receiver can take the key's
+// next message. The
 // acceptor never cancels an accept from a caller's deadline: the client
 // answers that by resetting the whole connection.
 //

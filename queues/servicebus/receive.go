@@ -346,7 +346,7 @@ func (q *Queue) renewLoop(ctx context.Context, h *held, stopAt time.Time) {
 			return
 		case <-t.C:
 		}
-		if _, err := q.renew(ctx, h); err != nil {
+		if _, err := q.renew(ctx, h); err != nil && (errors.Is(err, queues.ErrLockLost) || ctx.Err() != nil) {
 			return
 		}
 	}

@@ -225,12 +225,13 @@ func TestAutoRenew(t *testing.T) {
 	}{
 		{name: "plain", budget: time.Minute},
 		{name: "sessions", sessions: true, budget: time.Minute},
-		{name: "budget spent", budget: 1200 * time.Millisecond, wantLost: true},
+		{name: "budget spent", budget: time.Second, wantLost: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			srv := sbtest.Start(t, sbtest.QueueConfig{Name: "a", LockDuration: time.Second, Sessions: tt.sessions})
+			const lock = 3 * time.Second
+			srv := sbtest.Start(t, sbtest.QueueConfig{Name: "a", LockDuration: lock, Sessions: tt.sessions})
 			cfg := servicebus.Config{ConnectionString: srv.ConnectionString(), Sessions: tt.sessions, AutoRenewFor: tt.budget}
 			q := newQueue(t, cfg, "a")
 			other := newQueue(t, cfg, "a")
@@ -238,7 +239,7 @@ func TestAutoRenew(t *testing.T) {
 				t.Fatal(err)
 			}
 			m := receiveOne(t, q)
-			time.Sleep(1500 * time.Millisecond)
+			received := time.Now()
 			if tt.wantLost {
 				again := receiveOne(t, other)
 				if again.ID != "slow" || again.DeliveryCount != 2 {
@@ -252,9 +253,9 @@ func TestAutoRenew(t *testing.T) {
 				}
 				return
 			}
-			expectNone(t, other, 2*time.Second)
+			expectNone(t, other, lock+2*time.Second)
 			if err := q.Complete(t.Context(), m); err != nil {
-				t.Fatalf("Complete after %v with a 1s lock: %v", 3500*time.Millisecond, err)
+				t.Fatalf("Complete after %v with a %v lock: %v", time.Since(received), lock, err)
 			}
 			expectNone(t, other, 500*time.Millisecond)
 		})

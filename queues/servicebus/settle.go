@@ -58,7 +58,13 @@ func (q *Queue) settleRaw(ctx context.Context, h *held, op func(context.Context)
 	}
 	ctx, cancel := q.opContext(ctx)
 	defer cancel()
-	return q.mapErr(op(ctx))
+	err := q.mapErr(op(ctx))
+	if h.session != nil && errors.Is(err, queues.ErrClosed) && q.life.Err() == nil {
+		// The session's connection was replaced after it dropped, which
+		// closed the session's link and with it the session lock.
+		return fmt.Errorf("session %s link closed with its connection: %w: %w", h.session.SessionID(), queues.ErrLockLost, err)
+	}
+	return err
 }
 
 // byToken settles h with op, first through the link the message arrived

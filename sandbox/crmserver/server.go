@@ -29,7 +29,8 @@ const APIPath = "/api/data/v9.2/"
 const DefaultUserID = "00000000-0000-0000-0000-00000000aaaa"
 
 // sender is where the service-endpoint emulation posts
-// RemoteExecutionContext messages (a queue).
+// RemoteExecutionContext messages (a queue). Send enqueues all msgs or
+// returns an error.
 type sender interface {
 	Send(ctx context.Context, msgs ...queues.Message) error
 }
@@ -280,6 +281,7 @@ type request struct {
 	body   []byte
 }
 
+// ServeHTTP answers Web API requests under APIPath.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.stats.Requests++

@@ -339,8 +339,22 @@ func TestConcurrentWritesKeepVersionsConsistent(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			do(t, "PUT", base+"/Patient/c", `{"resourceType":"Patient","id":"c"}`)
-			do(t, "POST", base+"/Observation", fmt.Sprintf(`{"resourceType":"Observation","status":"final","code":{"text":"%d"}}`, i))
+			// t.Fatal must not be called from here; report and go on.
+			send := func(method, u, body string) {
+				req, _ := http.NewRequest(method, u, strings.NewReader(body))
+				res, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				_, _ = io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				if res.StatusCode >= 300 {
+					t.Errorf("%s %s: %d", method, u, res.StatusCode)
+				}
+			}
+			send("PUT", base+"/Patient/c", `{"resourceType":"Patient","id":"c"}`)
+			send("POST", base+"/Observation", fmt.Sprintf(`{"resourceType":"Observation","status":"final","code":{"text":"%d"}}`, i))
 		}()
 	}
 	wg.Wait()

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"text/tabwriter"
+	"time"
+
+	"github.com/fhirsync/fhirsync/agent/agentbench"
+	"github.com/fhirsync/fhirsync/sandbox/crmserver"
+	"github.com/fhirsync/fhirsync/storage"
+)
+
+func runBench(ctx context.Context, e *env, args []string) error {
+	fs := e.newFlagSet("bench", "bench [--records N] [--offered-rate R] [--duration D] [--database-url URL] [--json]", `
+Measure the sync agent on this machine: the agent, the embedded queue and
+the sandbox FHIR server and CRM run in this process. Prints sustained
+records/s in each direction, source-write-to-target-write latency at a fixed
+offered rate, peak resident memory, and the share of the CRM's
+service-protection budget used with limits on (with every record still
+ending sent). The database is a temporary SQLite file unless --database-url
+names one; use a scratch database, the run leaves its rows behind.`)
+	records := fs.Int("records", 50000, "records synced in each direction for the throughput figures")
+	rate := fs.Float64("offered-rate", 200, "source writes per second in the latency runs")
+	duration := fs.Duration("duration", 15*time.Second, "length of each latency run")
+	workers := fs.Int("workers", 0, "agent workers per queue (0: the agent's default)")
+	dbURL := fs.String("database-url", "", "postgres://… or sqlite:PATH (default: SQLite in a temporary directory)")
+	limitRequests := fs.Int("limit-requests", 600, "CRM requests allowed per window in the throttled run (0 skips it)")
+	limitWindow := fs.Duration("limit-window", 10*time.Second, "CRM service-protection window")
+	limitConcurrent := fs.Int("limit-concurrent", 6, "CRM concurrent requests allowed in the throttled run")
+	windows := fs.Int("limit-windows", 3, "size the throttled run to this many full windows of requests")
+	asJSON := fs.Bool("json", false, "print the result as JSON")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this `file`")
+	quiet := fs.Bool("quiet", false, "do not print progress on stderr")
+	if done, err := parseFlags(fs, args); done {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageErrorf("bench takes no arguments")
+	}
+	switch {
+	case *records < 1 || *records > 1000000:
+		return usageErrorf("bench: --records must be 1..1000000")
+	case *rate <= 0 || *duration <= 0 || *rate*duration.Seconds() < 1:
+		return usageErrorf("bench: --offered-rate and --duration must be positive and offer at least one record")
+	case *workers < 0 || *limitRequests < 0 || *limitConcurrent < 0 || *windows < 1:
+		return usageErrorf("bench: --workers, --limit-requests and --limit-concurrent must not be negative, --limit-windows at least 1")
+	case *limitRequests > 0 && *limitWindow <= 0:
+		return usageErrorf("bench: --limit-window must be positive")
+	}
+
+	dir, err := os.MkdirTemp("", "fhirsync-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	url := *dbURL
+	if url == "" {
+		url = "sqlite:" + filepath.Join(dir, "bench.db")
+	}
+	db, err := storage.Open(ctx, url, storage.Options{})
+	if err != nil {
+		return err
+	}
+	defer storage.Close(db)
+	if _, err := storage.Migrate(ctx, db); err != nil {
+		return fmt.Errorf("migrating the bench database: %w", err)
+	}
+
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	limits := crmserver.Limits{Requests: *limitRequests, Window: *limitWindow, Concurrent: *limitConcurrent}
+	if *limitRequests == 0 {
+		limits = crmserver.Limits{Requests: -1}
+	}
+	var progress io.Writer
+	if !*quiet {
+		progress = e.stderr
+	}
+	res, err := agentbench.Run(ctx, agentbench.Config{DB: db, TempDir: dir, Records: *records, OfferedRate: *rate, Duration: *duration,
+		Workers: *workers, Limits: limits, LimitedWindows: *windows, Progress: progress})
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	database := string(storage.DialectOf(db))
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(struct {
+			Database string             `json:"database"`
+			CPUs     int                `json:"cpus"`
+			Result   *agentbench.Result `json:"result"`
+			Rows     []agentbench.Row   `json:"rows"`
+		}{database, runtime.NumCPU(), res, res.Rows()})
+	}
+	fmt.Fprintf(e.stdout, "fhirsync bench %s: %s database, embedded queue, sandbox endpoints in-process, %d CPUs, %s %s/%s\n\n",
+		res.Started.Format(time.RFC3339), database, runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "METRIC\tVALUE\tTARGET\tMET")
+	for _, r := range res.Rows() {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Metric, r.Value, benchCell(r.Target), benchCell(r.Met))
+	}
+	return tw.Flush()
+}
+
+func benchCell(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

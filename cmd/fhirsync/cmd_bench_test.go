@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/fhirsync/fhirsync/storage"
+	"github.com/fhirsync/fhirsync/storage/storagetest"
+)
+
+// tinyBench is a run small enough for a test: it checks the harness and
+// the table, not the machine's speed.
+var tinyBench = []string{"bench", "--quiet", "--records", "40", "--offered-rate", "20", "--duration", "1s",
+	"--limit-requests", "30", "--limit-window", "1s", "--limit-concurrent", "3", "--limit-windows", "2"}
+
+func TestBenchPrintsEveryRowWithNumbers(t *testing.T) {
+	t.Parallel()
+	for _, d := range storagetest.Dialects {
+		t.Run(string(d), func(t *testing.T) {
+			t.Parallel()
+			args := tinyBench
+			if d == storage.Postgres {
+				args = append(append([]string{}, tinyBench...), "--database-url", storagetest.URL(t, d))
+			}
+			var stdout, stderr bytes.Buffer
+			if code := exitCode(run(context.Background(), args, func(string) string { return "" }, &stdout, &stderr), &stderr); code != 0 {
+				t.Fatalf("bench exited %d\n%s%s", code, stdout.String(), stderr.String())
+			}
+			out := stdout.String()
+			if !strings.Contains(out, string(d)+" database") {
+				t.Errorf("the header does not name the %s database:\n%s", d, out)
+			}
+			rows := []string{
+				"FHIR→CRM sustained (40 records)",
+				"CRM→FHIR sustained (40 records)",
+				"FHIR→CRM latency p50 at 20 records/s",
+				"FHIR→CRM latency p99 at 20 records/s",
+				"CRM→FHIR latency p50 at 20 records/s",
+				"CRM→FHIR latency p99 at 20 records/s",
+				"CRM budget used (30 requests/1s, 3 concurrent,",
+				"CRM 429 answers (throttled run,",
+				"records lost to 429",
+				"peak RSS",
+			}
+			number := regexp.MustCompile(`^\s+[0-9]+(\.[0-9]+)? (records/s|ms|%|MB)?`)
+			lines := strings.Split(out, "\n")
+			for _, want := range rows {
+				found := false
+				for _, l := range lines {
+					if rest, ok := strings.CutPrefix(l, want); ok {
+						found = true
+						// The value follows the metric's own words.
+						if _, after, ok := strings.Cut(rest, "  "); !ok || !number.MatchString("  "+strings.TrimLeft(after, " ")) {
+							t.Errorf("row %q has no number: %q", want, l)
+						}
+					}
+				}
+				if !found {
+					t.Errorf("no row %q in:\n%s", want, out)
+				}
+			}
+			for _, l := range lines {
+				if strings.HasPrefix(l, "records lost to 429") && !regexp.MustCompile(`^records lost to 429\s+0\s`).MatchString(l) {
+					t.Errorf("records were lost to 429: %q", l)
+				}
+			}
+		})
+	}
+}
+
+func TestBenchJSON(t *testing.T) {
+	t.Parallel()
+	var stdout, stderr bytes.Buffer
+	args := append(append([]string{}, tinyBench...), "--json", "--limit-requests", "0")
+	if code := exitCode(run(context.Background(), args, func(string) string { return "" }, &stdout, &stderr), &stderr); code != 0 {
+		t.Fatalf("bench --json exited %d\n%s%s", code, stdout.String(), stderr.String())
+	}
+	var got struct {
+		Database string `json:"database"`
+		Result   struct {
+			Throughput []struct {
+				Records          int     `json:"records"`
+				Sent             int     `json:"sent"`
+				RecordsPerSecond float64 `json:"records_per_second"`
+			} `json:"throughput"`
+			Latency []struct {
+				Offered int     `json:"offered"`
+				Written int     `json:"written"`
+				P99     float64 `json:"p99_seconds"`
+			} `json:"latency"`
+			Limited      *struct{} `json:"limited"`
+			PeakRSSBytes int64     `json:"peak_rss_bytes"`
+		} `json:"result"`
+		Rows []struct{ Metric, Value string } `json:"rows"`
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &got); err != nil {
+		t.Fatalf("output is not JSON: %v\n%s", err, stdout.String())
+	}
+	r := got.Result
+	if got.Database != "sqlite" || len(r.Throughput) != 2 || len(r.Latency) != 2 || r.PeakRSSBytes <= 0 || len(got.Rows) == 0 {
+		t.Fatalf("result = %+v", got)
+	}
+	if r.Limited != nil {
+		t.Errorf("--limit-requests 0 still ran the throttled run")
+	}
+	for _, tp := range r.Throughput {
+		if tp.Records != 40 || tp.Sent != 40 || tp.RecordsPerSecond <= 0 {
+			t.Errorf("throughput = %+v, want 40 records all sent", tp)
+		}
+	}
+	for _, l := range r.Latency {
+		if l.Offered != 20 || l.Written != 20 || l.P99 <= 0 {
+			t.Errorf("latency = %+v, want 20 offered and written", l)
+		}
+	}
+}
+
+func TestBenchUsage(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		args []string
+	}{
+		{name: "no records", args: []string{"bench", "--records", "0"}},
+		{name: "negative rate", args: []string{"bench", "--offered-rate", "-1"}},
+		{name: "less than one record offered", args: []string{"bench", "--offered-rate", "0.5", "--duration", "1s"}},
+		{name: "negative workers", args: []string{"bench", "--workers", "-2"}},
+		{name: "zero window with limits", args: []string{"bench", "--limit-window", "0s"}},
+		{name: "stray argument", args: []string{"bench", "now"}},
+		{name: "unknown flag", args: []string{"bench", "--fast"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var stdout, stderr bytes.Buffer
+			if code := exitCode(run(context.Background(), tt.args, func(string) string { return "" }, &stdout, &stderr), &stderr); code != 2 {
+				t.Errorf("exit %d, want 2\n%s%s", code, stdout.String(), stderr.String())
+			}
+		})
+	}
+}
