@@ -199,6 +199,13 @@ func (s crmSide) read(ctx context.Context, em *maps.EntityMap, id string) (recor
 }
 
 func (s crmSide) withChildren(ctx context.Context, em *maps.EntityMap, id string, rec crm.Record) (record, error) {
+	if id == "" {
+		// Found by alternate key: the primary id comes from the record.
+		id, _ = rec[em.IDAttribute()].(string)
+		if id == "" {
+			return record{}, &endpointError{class: classInvalid, err: fmt.Errorf("%s record has no %s", em.CRMEntity, em.IDAttribute())}
+		}
+	}
 	state := maps.CRMState{Record: rec}
 	for _, x := range em.Expansions {
 		if !x.IsEnabled() || x.ParentLookup == "" {
@@ -215,11 +222,7 @@ func (s crmSide) withChildren(ctx context.Context, em *maps.EntityMap, id string
 		}
 		state.Children[x.Name] = rows
 	}
-	rid := id
-	if rid == "" {
-		rid, _ = rec[em.CRMIDAttribute].(string)
-	}
-	return record{Type: em.CRMEntity, ID: rid, Version: rec.ETag(), Data: map[string]any{"state": state}}, nil
+	return record{Type: em.CRMEntity, ID: id, Version: rec.ETag(), Data: map[string]any{"state": state}}, nil
 }
 
 // crmState unwraps the state a crm record carries.
@@ -339,14 +342,14 @@ func (r resolver) CRMID(ctx context.Context, entityMap, fhirRef string) (string,
 	if !ok {
 		return "", false, nil
 	}
-	rec, err := r.crm.Retrieve(ctx, crm.ByKey(em.CRMEntitySet, em.Correlation.CRMAttribute, id), em.CRMIDAttribute)
+	rec, err := r.crm.Retrieve(ctx, crm.ByKey(em.CRMEntitySet, em.Correlation.CRMAttribute, id), em.IDAttribute())
 	if isMissing(err) {
 		return "", false, nil
 	}
 	if err != nil {
 		return "", false, classify(err)
 	}
-	crmID, _ := rec[em.CRMIDAttribute].(string)
+	crmID, _ := rec[em.IDAttribute()].(string)
 	return crmID, crmID != "", nil
 }
 

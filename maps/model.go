@@ -369,6 +369,10 @@ func (a Action) orCopy() Action {
 func (d Direction) toCRM() bool  { return d.orBoth() != CRMToFHIR }
 func (d Direction) toFHIR() bool { return d.orBoth() != FHIRToCRM }
 
+// IDAttribute is the CRM entity's primary key attribute: CRMIDAttribute,
+// or the entity's logical name followed by "id".
+func (m *EntityMap) IDAttribute() string { return m.idAttribute() }
+
 func (m *EntityMap) idAttribute() string {
 	if m.CRMIDAttribute != "" {
 		return m.CRMIDAttribute

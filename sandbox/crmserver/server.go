@@ -10,6 +10,7 @@ import (
 	"math"
 	"net/http"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -864,6 +865,10 @@ func (s *Server) deleteRow(c *call, t *tx, tb *table, r *row) {
 	t.events = append(t.events, event{message: "Delete", entity: tb.def, id: r.id, pre: r.clone(), c: c})
 }
 
+// lookupFilter is the child-row query shape `_attr_value eq <guid>`,
+// answered from the lookup index.
+var lookupFilter = regexp.MustCompile(`^\s*_([a-z0-9_]+)_value eq ([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})\s*$`)
+
 func (s *Server) list(c *call, tb *table, req *request) response {
 	q := req.query
 	prefs := prefer(req.header)
@@ -888,7 +893,16 @@ func (s *Server) list(c *call, tb *table, req *request) response {
 		}
 		filter = n
 	}
-	for _, r := range tb.rows {
+	candidates := tb.rows
+	if m := lookupFilter.FindStringSubmatch(q.Get("$filter")); m != nil {
+		if a := tb.def.Attribute(m[1]); a != nil && a.isLookup() {
+			candidates = map[string]*row{}
+			for _, r := range tb.byLookup(m[1], m[2]) {
+				candidates[r.id] = r
+			}
+		}
+	}
+	for _, r := range candidates {
 		if filter == nil || filter.eval(func(n string) any { return filterValue(tb.def, r, n) }) {
 			rows = append(rows, r)
 		}

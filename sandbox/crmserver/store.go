@@ -45,6 +45,54 @@ type table struct {
 	rows  map[string]*row
 	keys  map[string]map[string]string // key logical name → joined values → id
 	tombs []tombstone
+	// lookups indexes rows by the target of each lookup attribute
+	// (attribute → lower-case target id → row id → row), so the child-row
+	// query `_parent_value eq <id>` does not scan the table.
+	lookups map[string]map[string]map[string]*row
+}
+
+// index adds r to the lookup index.
+func (tb *table) index(r *row) {
+	for name, v := range r.attrs {
+		lv, ok := v.(lookupValue)
+		if !ok || lv.ID == "" {
+			continue
+		}
+		if tb.lookups == nil {
+			tb.lookups = map[string]map[string]map[string]*row{}
+		}
+		byTarget := tb.lookups[name]
+		if byTarget == nil {
+			byTarget = map[string]map[string]*row{}
+			tb.lookups[name] = byTarget
+		}
+		id := strings.ToLower(lv.ID)
+		if byTarget[id] == nil {
+			byTarget[id] = map[string]*row{}
+		}
+		byTarget[id][r.id] = r
+	}
+}
+
+// unindex removes r from the lookup index.
+func (tb *table) unindex(r *row) {
+	for name, v := range r.attrs {
+		if lv, ok := v.(lookupValue); ok && lv.ID != "" {
+			if rows := tb.lookups[name][strings.ToLower(lv.ID)]; rows != nil && rows[r.id] == r {
+				delete(rows, r.id)
+			}
+		}
+	}
+}
+
+// byLookup returns the rows whose lookup attribute points at id.
+func (tb *table) byLookup(attr, id string) []*row {
+	rows := tb.lookups[attr][strings.ToLower(id)]
+	out := make([]*row, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, r)
+	}
+	return out
 }
 
 // store holds every table in memory. One mutex serialises all writes, which
@@ -152,8 +200,16 @@ func (t *tx) put(tb *table, old, r *row) {
 			idx[kv] = r.id
 		}
 	}
+	if old != nil {
+		tb.unindex(old)
+	}
+	tb.index(r)
 	tb.rows[r.id] = r
 	t.undo = append(t.undo, func() {
+		tb.unindex(r)
+		if old != nil {
+			tb.index(old)
+		}
 		for _, k := range tb.def.Keys {
 			idx := tb.keys[k.LogicalName]
 			if kv, ok := keyValue(k, r.attrs); ok {
@@ -179,12 +235,14 @@ func (t *tx) remove(tb *table, old *row, version int64) {
 			delete(tb.keys[k.LogicalName], kv)
 		}
 	}
+	tb.unindex(old)
 	delete(tb.rows, old.id)
 	n := len(tb.tombs)
 	tb.tombs = append(tb.tombs, tombstone{id: old.id, version: version})
 	t.undo = append(t.undo, func() {
 		tb.tombs = tb.tombs[:n]
 		tb.rows[old.id] = old
+		tb.index(old)
 		for _, k := range tb.def.Keys {
 			if kv, ok := keyValue(k, old.attrs); ok {
 				tb.keys[k.LogicalName][kv] = old.id
