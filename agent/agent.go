@@ -100,6 +100,8 @@ type Agent struct {
 	ready   chan struct{}
 	once    sync.Once
 	log     *slog.Logger
+	// batch group-commits decisions when the log supports batches.
+	batch *batchWriter
 }
 
 // New wires an agent. Run starts it.
@@ -147,6 +149,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		now:         time.Now,
 		capture:     deps.Capture,
 		fhirAccount: cfg.FHIRAccount,
+
 		requeue: func(ctx context.Context, ns []queues.Notice) error {
 			for _, n := range ns {
 				msg, err := n.Message()
@@ -163,6 +166,10 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 			}
 			return nil
 		},
+	}
+	if bs, ok := deps.Logs.(batchStore); ok {
+		a.batch = newBatchWriter(bs, 4*cfg.Workers, 2*time.Millisecond)
+		a.pipe.log = a.batch
 	}
 	return a, nil
 }
@@ -229,6 +236,17 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}
 	}()
+
+	// The decision writer outlives the pools: draining workers still
+	// record their decisions.
+	batchCtx, stopBatch := context.WithCancel(context.WithoutCancel(ctx))
+	batchDone := make(chan struct{})
+	if a.batch != nil {
+		go func() { a.batch.run(batchCtx); close(batchDone) }()
+	} else {
+		close(batchDone)
+	}
+	defer func() { stopBatch(); <-batchDone }()
 
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)

@@ -1,0 +1,90 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fhirsync/fhirsync/logs"
+)
+
+// countingStore records how decisions arrive: singly or in batches.
+type countingStore struct {
+	mu       sync.Mutex
+	batches  [][]*logs.Decision
+	singles  int
+	failNext bool
+}
+
+func (c *countingStore) Write(_ context.Context, d *logs.Decision) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.singles++
+	if d.Reason == "bad" {
+		return errors.New("refused")
+	}
+	return nil
+}
+
+func (c *countingStore) WriteBatch(_ context.Context, ds []*logs.Decision) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, d := range ds {
+		if d.Reason == "bad" {
+			return errors.New("batch refused")
+		}
+	}
+	c.batches = append(c.batches, ds)
+	return nil
+}
+
+func (c *countingStore) Search(context.Context, logs.Filter, string, int) (logs.Page, error) {
+	return logs.Page{}, nil
+}
+
+func TestBatchWriterGroupsConcurrentDecisions(t *testing.T) {
+	t.Parallel()
+	st := &countingStore{}
+	b := newBatchWriter(st, 16, 50*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go b.run(ctx)
+
+	var wg sync.WaitGroup
+	errs := make([]error, 20)
+	for i := range 20 {
+		reason := logs.ReasonCode("created")
+		if i == 7 {
+			reason = "bad"
+		}
+		wg.Go(func() { errs[i] = b.Write(context.Background(), &logs.Decision{Reason: reason}) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if (i == 7) != (err != nil) {
+			t.Errorf("decision %d: err = %v", i, err)
+		}
+	}
+	written := st.singles
+	for _, bt := range st.batches {
+		written += len(bt)
+	}
+	if written < 20 {
+		t.Errorf("%d decisions reached the store, want all 20 (the bad one refused singly)", written)
+	}
+	if len(st.batches) == 0 {
+		t.Error("20 concurrent decisions were never batched")
+	}
+}
+
+func TestBatchWriterHonoursCancellation(t *testing.T) {
+	t.Parallel()
+	b := newBatchWriter(&countingStore{}, 4, time.Millisecond) // not running
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := b.Write(ctx, &logs.Decision{}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Write on a stopped writer = %v, want the context's error", err)
+	}
+}
