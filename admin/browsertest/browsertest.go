@@ -39,7 +39,13 @@ func Start(t testing.TB) *Browser {
 		}
 		t.Skipf("browser test skipped: %s is missing (install Debian's chromium: apt-get install chromium)", ChromiumPath)
 	}
-	profile := t.TempDir() // registered first, so it is removed after chromium stops
+	// The profile is removed by hand after chromium stops: its helper
+	// processes may still be flushing files for a moment, which would fail
+	// t.TempDir's strict cleanup.
+	profile, err := os.MkdirTemp("", "fhirsync-chromium-")
+	if err != nil {
+		t.Fatalf("creating a chromium profile directory: %v", err)
+	}
 	out := &lockedBuffer{}
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(ChromiumPath),
@@ -72,11 +78,19 @@ func Start(t testing.TB) *Browser {
 		if t.Failed() && out.Len() > 0 {
 			t.Logf("chromium output:\n%s", out.String())
 		}
+		var rmErr error
+		for range 50 {
+			if rmErr = os.RemoveAll(profile); rmErr == nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Logf("leaving chromium profile %s behind: %v", profile, rmErr)
 	})
 	// The first Run starts the browser and binds it to ctx, so it must not
 	// run under a shorter-lived context; a timer stops a start that hangs.
 	hung := time.AfterFunc(60*time.Second, cancel)
-	err := chromedp.Run(ctx)
+	err = chromedp.Run(ctx)
 	hung.Stop()
 	if err != nil {
 		t.Fatalf("starting chromium: %v\n%s", err, out.String())
