@@ -49,17 +49,17 @@ type written struct {
 // sourceSide reads the current state of the record a notice names.
 type sourceSide interface {
 	// read returns errGone when the record does not exist.
-	read(ctx context.Context, em *maps.EntityMap, id string) (record, error)
+	read(ctx context.Context, m *maps.Mapping, id string) (record, error)
 }
 
 // targetSide finds, writes and deletes the correlated target record.
 type targetSide interface {
 	// find returns the correlated target record, or errGone if none.
-	find(ctx context.Context, em *maps.EntityMap, src record, cached *link) (record, error)
+	find(ctx context.Context, m *maps.Mapping, src record, cached *link) (record, error)
 	// write creates or updates the target (cur is nil to create).
-	write(ctx context.Context, em *maps.EntityMap, src record, cur *record, out mapped) (written, error)
+	write(ctx context.Context, m *maps.Mapping, src record, cur *record, out mapped) (written, error)
 	// remove deletes the target record.
-	remove(ctx context.Context, em *maps.EntityMap, cur record) error
+	remove(ctx context.Context, m *maps.Mapping, cur record) error
 }
 
 // flow is one direction of the pipeline.
@@ -199,7 +199,7 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 	}
 	d.EntityMap = open[0].Name()
 
-	src, err := f.source.read(ctx, open[0].Def(), n.ID)
+	src, err := f.source.read(ctx, open[0], n.ID)
 	gone := errors.Is(err, errGone)
 	if err != nil && !gone {
 		return p.failure("reading the source record", err)
@@ -209,8 +209,7 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 		d.BusinessKeys = src.Keys
 	}
 	if gone || n.Event == queues.EventDeleted {
-		em := open[0].Def()
-		return p.deleteTarget(ctx, f, em, flowOf(em, n.Side), n, d, gone)
+		return p.deleteTarget(ctx, f, open[0], n, d, gone)
 	}
 
 	if echo, err := f.isEcho(ctx, n, src); err != nil {
@@ -245,12 +244,14 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 	em := mp.Def()
 	fl := flowOf(em, n.Side)
 	d.EntityMap = em.Name
-	if st := p.staleCheck(ctx, f, em, n, src); st != nil {
+	// The correlation link is read once per message and serves the stale
+	// check, the target lookup and the link update below.
+	cached := p.cachedLink(ctx, f, em, src.ID)
+	if st := staleCheck(f, n, src, cached); st != nil {
 		return st
 	}
 
-	cached := p.cachedLink(ctx, f, em, src.ID)
-	cur, err := f.target.find(ctx, em, src, cached)
+	cur, err := f.target.find(ctx, mp, src, cached)
 	var curp *record
 	switch {
 	case errors.Is(err, errGone):
@@ -294,13 +295,13 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 	}
 	d.ChangedFields = out.Changed
 	if curp != nil && len(out.Changed) == 0 {
-		p.saveLink(ctx, f, em, src, *curp)
+		p.saveLink(ctx, f, em, src, *curp, cached)
 		return stop(logs.OutcomeSkipped, "unchanged", "No mapped value differs at the target.")
 	}
 	if p.capture != nil {
 		d.Snapshots = p.capture(src.Data, out.Data)
 	}
-	w, err := f.target.write(ctx, em, src, curp, out)
+	w, err := f.target.write(ctx, mp, src, curp, out)
 	if err != nil {
 		return p.failure("writing the target record", err)
 	}
@@ -308,7 +309,7 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 		p.plog.Warn("own write not remembered; its echo may sync back once", "error", err)
 	}
 	d.Target = logs.Ref{Type: targetType(em, f), ID: w.ID, Version: w.Version}
-	p.saveLink(ctx, f, em, src, record{ID: w.ID, Version: w.Version})
+	p.saveLink(ctx, f, em, src, record{ID: w.ID, Version: w.Version}, cached)
 	p.metrics.observeLatency(f.dir, n.ChangedAt)
 	if w.Created {
 		return stop(logs.OutcomeSent, "created", fmt.Sprintf("Created %s %s.", targetType(em, f), w.ID))
@@ -341,14 +342,15 @@ func orUnknown(s string) string {
 }
 
 // deleteTarget handles a source that is gone or a delete notice.
-func (p *pipeline) deleteTarget(ctx context.Context, f *flow, em *maps.EntityMap, fl maps.Flow, n queues.Notice, d *logs.Decision, gone bool) *step {
+func (p *pipeline) deleteTarget(ctx context.Context, f *flow, m *maps.Mapping, n queues.Notice, d *logs.Decision, gone bool) *step {
+	em := m.Def()
 	if !gone {
 		// A delete notice for a record that still exists is out of date:
 		// the record came back (or the notice is stale).
 		return stop(logs.OutcomeSkipped, "stale_version", "A delete was announced but the record exists; the newer state wins.")
 	}
 	cached := p.cachedLink(ctx, f, em, n.ID)
-	cur, err := f.target.find(ctx, em, record{Type: n.Type, ID: n.ID}, cached)
+	cur, err := f.target.find(ctx, m, record{Type: n.Type, ID: n.ID}, cached)
 	if errors.Is(err, errGone) {
 		return stop(logs.OutcomeSkipped, "source_gone", "The source record no longer exists and nothing is correlated at the target.")
 	}
@@ -356,28 +358,24 @@ func (p *pipeline) deleteTarget(ctx context.Context, f *flow, em *maps.EntityMap
 		return p.failure("reading the target record", err)
 	}
 	d.Target = logs.Ref{Type: cur.Type, ID: cur.ID, Version: cur.Version}
-	if !fl.Allows(maps.OpDelete) {
+	if !flowOf(em, n.Side).Allows(maps.OpDelete) {
 		return stop(logs.OutcomeSkipped, "operation_off", fmt.Sprintf("Entity map %s does not propagate deletes in this direction.", em.Name))
 	}
-	if err := f.target.remove(ctx, em, cur); err != nil && !errors.Is(err, errGone) {
+	if err := f.target.remove(ctx, m, cur); err != nil && !errors.Is(err, errGone) {
 		return p.failure("deleting the target record", err)
 	}
 	if f.side == queues.SideFHIR {
 		_ = p.links.remove(ctx, em.Name, n.ID)
-	} else if l, err := p.links.byCRM(ctx, em.Name, n.ID); err == nil {
-		_ = p.links.remove(ctx, em.Name, l.FHIRID)
+	} else if cached != nil {
+		_ = p.links.remove(ctx, em.Name, cached.FHIRID)
 	}
 	return stop(logs.OutcomeSent, "deleted", fmt.Sprintf("Deleted %s %s.", cur.Type, cur.ID))
 }
 
 // staleCheck skips a notice about an older version when the record's
 // current version was already synced: an out-of-order or duplicate notice.
-func (p *pipeline) staleCheck(ctx context.Context, f *flow, em *maps.EntityMap, n queues.Notice, src record) *step {
-	if n.Version == "" || n.Version == src.Version {
-		return nil
-	}
-	l := p.cachedLink(ctx, f, em, src.ID)
-	if l == nil {
+func staleCheck(f *flow, n queues.Notice, src record, l *link) *step {
+	if n.Version == "" || n.Version == src.Version || l == nil {
 		return nil
 	}
 	synced := l.FHIRVersion
@@ -404,21 +402,31 @@ func (p *pipeline) cachedLink(ctx context.Context, f *flow, em *maps.EntityMap, 
 	return &l
 }
 
-func (p *pipeline) saveLink(ctx context.Context, f *flow, em *maps.EntityMap, src, tgt record) {
+// saveLink records the pairing of src and tgt, keeping the other
+// direction's last synced version from old (the link read for this
+// message). An unchanged link is not written again.
+func (p *pipeline) saveLink(ctx context.Context, f *flow, em *maps.EntityMap, src, tgt record, old *link) {
 	l := link{EntityMap: em.Name, FHIRType: em.FHIRType, CRMEntity: em.CRMEntity}
 	if f.side == queues.SideFHIR {
 		l.FHIRID, l.FHIRVersion, l.CRMID = src.ID, src.Version, tgt.ID
-		if old, err := p.links.byFHIR(ctx, em.Name, src.ID); err == nil {
+		if old != nil {
 			l.CRMVersion = old.CRMVersion
 		}
 	} else {
 		l.CRMID, l.CRMVersion, l.FHIRID = src.ID, src.Version, tgt.ID
-		if old, err := p.links.byCRM(ctx, em.Name, src.ID); err == nil {
+		if old != nil {
 			l.FHIRVersion = old.FHIRVersion
 		}
 	}
 	if l.FHIRID == "" || l.CRMID == "" {
 		return
+	}
+	if old != nil {
+		same := *old
+		same.UpdatedAt = l.UpdatedAt
+		if same == l {
+			return
+		}
 	}
 	if err := p.links.save(ctx, l); err != nil {
 		p.plog.Warn("correlation link not saved; it will be rebuilt from the records' keys", "entity_map", em.Name, "error", err)

@@ -48,7 +48,7 @@ func (s *fakeSide) put(id, value string) {
 	s.recs[id] = record{Type: s.typ, ID: id, Version: strconv.Itoa(v), Data: map[string]any{"value": value, "peer": id}}
 }
 
-func (s *fakeSide) read(_ context.Context, _ *maps.EntityMap, id string) (record, error) {
+func (s *fakeSide) read(_ context.Context, _ *maps.Mapping, id string) (record, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.readErr != nil {
@@ -62,7 +62,7 @@ func (s *fakeSide) read(_ context.Context, _ *maps.EntityMap, id string) (record
 }
 
 // find correlates by the "peer" field holding the source id.
-func (s *fakeSide) find(_ context.Context, _ *maps.EntityMap, src record, cached *link) (record, error) {
+func (s *fakeSide) find(_ context.Context, _ *maps.Mapping, src record, cached *link) (record, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.findErr != nil {
@@ -76,7 +76,7 @@ func (s *fakeSide) find(_ context.Context, _ *maps.EntityMap, src record, cached
 	return record{}, errGone
 }
 
-func (s *fakeSide) write(_ context.Context, _ *maps.EntityMap, src record, cur *record, out mapped) (written, error) {
+func (s *fakeSide) write(_ context.Context, _ *maps.Mapping, src record, cur *record, out mapped) (written, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.writeErr != nil {
@@ -96,7 +96,7 @@ func (s *fakeSide) write(_ context.Context, _ *maps.EntityMap, src record, cur *
 	return written{ID: r.ID, Version: r.Version}, nil
 }
 
-func (s *fakeSide) remove(_ context.Context, _ *maps.EntityMap, cur record) error {
+func (s *fakeSide) remove(_ context.Context, _ *maps.Mapping, cur record) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.deletes++

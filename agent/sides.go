@@ -77,7 +77,8 @@ type fhirSide struct {
 	writes ownWrites
 }
 
-func (s fhirSide) read(ctx context.Context, em *maps.EntityMap, id string) (record, error) {
+func (s fhirSide) read(ctx context.Context, m *maps.Mapping, id string) (record, error) {
+	em := m.Def()
 	res, err := s.api.Read(ctx, em.FHIRType, id)
 	if isMissing(err) {
 		return record{}, errGone
@@ -111,7 +112,8 @@ func fhirKeys(res fhir.Resource) []logs.BusinessKey {
 // find locates the FHIR resource correlated with a CRM record: the cached
 // link, the FHIR id the record holds in its correlation attribute, or a
 // search by the identifier system that carries the CRM id.
-func (s fhirSide) find(ctx context.Context, em *maps.EntityMap, src record, cached *link) (record, error) {
+func (s fhirSide) find(ctx context.Context, m *maps.Mapping, src record, cached *link) (record, error) {
+	em := m.Def()
 	var ids []string
 	if cached != nil {
 		ids = append(ids, cached.FHIRID)
@@ -120,7 +122,7 @@ func (s fhirSide) find(ctx context.Context, em *maps.EntityMap, src record, cach
 		ids = append(ids, v)
 	}
 	for _, id := range ids {
-		r, err := s.read(ctx, em, id)
+		r, err := s.read(ctx, m, id)
 		if errors.Is(err, errGone) {
 			continue
 		}
@@ -143,7 +145,8 @@ func (s fhirSide) find(ctx context.Context, em *maps.EntityMap, src record, cach
 	return record{}, errGone
 }
 
-func (s fhirSide) write(ctx context.Context, em *maps.EntityMap, src record, cur *record, out mapped) (written, error) {
+func (s fhirSide) write(ctx context.Context, m *maps.Mapping, src record, cur *record, out mapped) (written, error) {
+	em := m.Def()
 	res, ok := out.Data.(map[string]any)
 	if !ok {
 		return written{}, Permanent(fmt.Errorf("mapping produced %T, not a FHIR resource", out.Data))
@@ -173,8 +176,8 @@ func (s fhirSide) write(ctx context.Context, em *maps.EntityMap, src record, cur
 	return written{ID: got.ID(), Version: got.VersionID(), Created: created}, nil
 }
 
-func (s fhirSide) remove(ctx context.Context, em *maps.EntityMap, cur record) error {
-	if err := s.api.Delete(ctx, em.FHIRType, cur.ID); err != nil && !isMissing(err) {
+func (s fhirSide) remove(ctx context.Context, m *maps.Mapping, cur record) error {
+	if err := s.api.Delete(ctx, m.Def().FHIRType, cur.ID); err != nil && !isMissing(err) {
 		return classify(err)
 	}
 	return nil
@@ -187,18 +190,21 @@ type crmSide struct {
 	writes ownWrites
 }
 
-func (s crmSide) read(ctx context.Context, em *maps.EntityMap, id string) (record, error) {
-	rec, err := s.api.Retrieve(ctx, crm.ByID(em.CRMEntitySet, id))
+func (s crmSide) read(ctx context.Context, m *maps.Mapping, id string) (record, error) {
+	rec, err := s.api.Retrieve(ctx, crm.ByID(m.Def().CRMEntitySet, id))
 	if isMissing(err) {
 		return record{}, errGone
 	}
 	if err != nil {
 		return record{}, classify(err)
 	}
-	return s.withChildren(ctx, em, id, rec)
+	return s.withChildren(ctx, m, id, rec)
 }
 
-func (s crmSide) withChildren(ctx context.Context, em *maps.EntityMap, id string, rec crm.Record) (record, error) {
+// withChildren reads the record's expansion child rows as the mapping's
+// child queries describe them.
+func (s crmSide) withChildren(ctx context.Context, m *maps.Mapping, id string, rec crm.Record) (record, error) {
+	em := m.Def()
 	if id == "" {
 		// Found by alternate key: the primary id comes from the record.
 		id, _ = rec[em.IDAttribute()].(string)
@@ -207,12 +213,12 @@ func (s crmSide) withChildren(ctx context.Context, em *maps.EntityMap, id string
 		}
 	}
 	state := maps.CRMState{Record: rec}
-	for _, x := range em.Expansions {
-		if !x.IsEnabled() || x.ParentLookup == "" {
+	for _, q := range m.ChildQueries() {
+		if q.ParentLookup == "" {
 			continue
 		}
 		var rows []map[string]any
-		err := s.api.RetrieveMultiple(ctx, x.CRMEntitySet, crm.Query{Filter: fmt.Sprintf("_%s_value eq %s", x.ParentLookup, id)},
+		err := s.api.RetrieveMultiple(ctx, q.EntitySet, crm.Query{Select: q.Select, Filter: fmt.Sprintf("_%s_value eq %s", q.ParentLookup, id)},
 			func(r crm.Record) error { rows = append(rows, r); return nil })
 		if err != nil {
 			return record{}, classify(err)
@@ -220,7 +226,7 @@ func (s crmSide) withChildren(ctx context.Context, em *maps.EntityMap, id string
 		if state.Children == nil {
 			state.Children = map[string][]map[string]any{}
 		}
-		state.Children[x.Name] = rows
+		state.Children[q.Expansion] = rows
 	}
 	return record{Type: em.CRMEntity, ID: id, Version: rec.ETag(), Data: map[string]any{"state": state}}, nil
 }
@@ -236,9 +242,10 @@ func crmState(r *record) *maps.CRMState {
 
 // find locates the CRM record correlated with a FHIR resource: the cached
 // link, else the alternate key holding the FHIR id.
-func (s crmSide) find(ctx context.Context, em *maps.EntityMap, src record, cached *link) (record, error) {
+func (s crmSide) find(ctx context.Context, m *maps.Mapping, src record, cached *link) (record, error) {
+	em := m.Def()
 	if cached != nil {
-		r, err := s.read(ctx, em, cached.CRMID)
+		r, err := s.read(ctx, m, cached.CRMID)
 		if !errors.Is(err, errGone) {
 			return r, err
 		}
@@ -250,10 +257,11 @@ func (s crmSide) find(ctx context.Context, em *maps.EntityMap, src record, cache
 	if err != nil {
 		return record{}, classify(err)
 	}
-	return s.withChildren(ctx, em, "", rec)
+	return s.withChildren(ctx, m, "", rec)
 }
 
-func (s crmSide) write(ctx context.Context, em *maps.EntityMap, src record, cur *record, out mapped) (written, error) {
+func (s crmSide) write(ctx context.Context, m *maps.Mapping, src record, cur *record, out mapped) (written, error) {
+	em := m.Def()
 	res, ok := out.Data.(*maps.CRMResult)
 	if !ok {
 		return written{}, Permanent(fmt.Errorf("mapping produced %T, not a CRM record", out.Data))
@@ -315,8 +323,8 @@ func (s crmSide) writeChildren(ctx context.Context, em *maps.EntityMap, parentID
 	return nil
 }
 
-func (s crmSide) remove(ctx context.Context, em *maps.EntityMap, cur record) error {
-	if err := s.api.Delete(ctx, crm.ByID(em.CRMEntitySet, cur.ID), ""); err != nil && !isMissing(err) {
+func (s crmSide) remove(ctx context.Context, m *maps.Mapping, cur record) error {
+	if err := s.api.Delete(ctx, crm.ByID(m.Def().CRMEntitySet, cur.ID), ""); err != nil && !isMissing(err) {
 		return classify(err)
 	}
 	return nil
