@@ -118,8 +118,11 @@ func (s fhirSide) find(ctx context.Context, m *maps.Mapping, src record, cached 
 	if cached != nil {
 		ids = append(ids, cached.FHIRID)
 	}
-	if v, _ := src.Data[em.Correlation.CRMAttribute].(string); v != "" && (cached == nil || v != cached.FHIRID) {
-		ids = append(ids, v)
+	// The CRM record holds the FHIR id in its correlation attribute.
+	if st := crmState(&src); st != nil {
+		if v, _ := st.Record[em.Correlation.CRMAttribute].(string); v != "" && (cached == nil || v != cached.FHIRID) {
+			ids = append(ids, v)
+		}
 	}
 	for _, id := range ids {
 		r, err := s.read(ctx, m, id)
