@@ -95,21 +95,6 @@ func TestServeOnEmbeddedDefaultsAndPostgres(t *testing.T) {
 	}
 }
 
-func TestReadyzFailsWhenSchemaIsBehind(t *testing.T) {
-	t.Parallel()
-	// A database opened but never migrated must not report ready.
-	u := storagetest.URL(t, storage.SQLite)
-	db, err := storage.Open(context.Background(), u, storage.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer storage.Close(db)
-	err = storage.Check(context.Background(), db)
-	if err == nil {
-		t.Fatal("Check on an unmigrated database succeeded")
-	}
-}
-
 func TestExitCodes(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
