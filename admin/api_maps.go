@@ -50,18 +50,8 @@ func (a *app) apiMaps(w http.ResponseWriter, r *http.Request) {
 // apiVersion is GET /api/v1/maps/versions/{id}: a version with its
 // content as YAML.
 func (a *app) apiVersion(w http.ResponseWriter, r *http.Request) {
-	n, ok := versionNumber(r)
+	_, doc, info, ok := a.loadVersion(w, r)
 	if !ok {
-		a.renderError(w, r, http.StatusNotFound, "No such map version.")
-		return
-	}
-	doc, info, err := a.data.maps.Version(r.Context(), n)
-	if errors.Is(err, maps.ErrNotFound) {
-		a.renderError(w, r, http.StatusNotFound, "No such map version.")
-		return
-	}
-	if err != nil {
-		a.serverError(w, r, "reading a map version", err)
 		return
 	}
 	y, err := maps.Export(doc)
@@ -128,9 +118,8 @@ func (a *app) apiValidate(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *app) apiPreview(w http.ResponseWriter, r *http.Request) {
-	n, ok := versionNumber(r)
+	n, ok := a.pathVersion(w, r)
 	if !ok {
-		a.renderError(w, r, http.StatusNotFound, "No such map version.")
 		return
 	}
 	var f previewForm
@@ -163,9 +152,8 @@ func (a *app) apiPublish(w http.ResponseWriter, r *http.Request)  { a.apiPublish
 func (a *app) apiRollback(w http.ResponseWriter, r *http.Request) { a.apiPublishing(w, r, true) }
 
 func (a *app) apiPublishing(w http.ResponseWriter, r *http.Request, rollback bool) {
-	n, ok := versionNumber(r)
+	n, ok := a.pathVersion(w, r)
 	if !ok {
-		a.renderError(w, r, http.StatusNotFound, "No such map version.")
 		return
 	}
 	var req noteRequest

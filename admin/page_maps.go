@@ -174,6 +174,35 @@ func versionNumber(r *http.Request) (int, bool) {
 	return n, err == nil && n > 0
 }
 
+// pathVersion reads the {id} version number, answering 404 itself when
+// it is not one.
+func (a *app) pathVersion(w http.ResponseWriter, r *http.Request) (int, bool) {
+	n, ok := versionNumber(r)
+	if !ok {
+		a.renderError(w, r, http.StatusNotFound, "No such map version.")
+	}
+	return n, ok
+}
+
+// loadVersion reads the {id} map version, answering 404 or 500 itself
+// when it cannot.
+func (a *app) loadVersion(w http.ResponseWriter, r *http.Request) (int, *maps.Document, maps.VersionInfo, bool) {
+	n, ok := a.pathVersion(w, r)
+	if !ok {
+		return 0, nil, maps.VersionInfo{}, false
+	}
+	doc, info, err := a.data.maps.Version(r.Context(), n)
+	if errors.Is(err, maps.ErrNotFound) {
+		a.renderError(w, r, http.StatusNotFound, "No such map version.")
+		return 0, nil, maps.VersionInfo{}, false
+	}
+	if err != nil {
+		a.serverError(w, r, "reading a map version", err)
+		return 0, nil, maps.VersionInfo{}, false
+	}
+	return n, doc, info, true
+}
+
 // editorData is the version page: the YAML editor, the attribute form,
 // preview, publish and rollback.
 type editorData struct {
@@ -213,18 +242,8 @@ func (a *app) versionPage(w http.ResponseWriter, r *http.Request) {
 // renderVersion shows version {id} with the entity map and attribute map
 // chosen in the query (or the form); edit adjusts the data before rendering.
 func (a *app) renderVersion(w http.ResponseWriter, r *http.Request, status int, doc *maps.Document, edit func(*editorData)) {
-	n, ok := versionNumber(r)
+	n, stored, info, ok := a.loadVersion(w, r)
 	if !ok {
-		a.renderError(w, r, http.StatusNotFound, "No such map version.")
-		return
-	}
-	stored, info, err := a.data.maps.Version(r.Context(), n)
-	if errors.Is(err, maps.ErrNotFound) {
-		a.renderError(w, r, http.StatusNotFound, "No such map version.")
-		return
-	}
-	if err != nil {
-		a.serverError(w, r, "reading a map version", err)
 		return
 	}
 	if doc == nil {
@@ -329,19 +348,13 @@ func (c attributeChange) apply(doc *maps.Document, m, attr string) error {
 
 // saveAttribute applies the structured attribute form to a draft.
 func (a *app) saveAttribute(w http.ResponseWriter, r *http.Request) {
-	n, _ := versionNumber(r)
 	mapName, attr := r.PostFormValue("map"), r.PostFormValue("attr")
 	if mapName == "" || attr == "" {
 		a.renderError(w, r, http.StatusBadRequest, "Choose an entity map and an attribute map.")
 		return
 	}
-	doc, info, err := a.data.maps.Version(r.Context(), n)
-	if errors.Is(err, maps.ErrNotFound) {
-		a.renderError(w, r, http.StatusNotFound, "No such map version.")
-		return
-	}
-	if err != nil {
-		a.serverError(w, r, "reading a map version", err)
+	n, doc, info, ok := a.loadVersion(w, r)
+	if !ok {
 		return
 	}
 	if info.Status != maps.StatusDraft {
@@ -355,7 +368,7 @@ func (a *app) saveAttribute(w http.ResponseWriter, r *http.Request) {
 		a.renderError(w, r, http.StatusNotFound, "No such attribute map in this version.")
 		return
 	}
-	err = a.updateDraft(r, n, doc, fmt.Sprintf("attribute map %s/%s edited", mapName, attr))
+	err := a.updateDraft(r, n, doc, fmt.Sprintf("attribute map %s/%s edited", mapName, attr))
 	a.afterSave(w, r, n, err, func(d *editorData) {
 		if em, am := findAttribute(doc, mapName, attr); am != nil {
 			d.Map, d.Attr = em, am
@@ -408,9 +421,8 @@ func (a *app) rollbackVersion(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *app) publishing(w http.ResponseWriter, r *http.Request, rollback bool) {
-	n, ok := versionNumber(r)
+	n, ok := a.pathVersion(w, r)
 	if !ok {
-		a.renderError(w, r, http.StatusNotFound, "No such map version.")
 		return
 	}
 	info, status, msg, err := a.publish(r, n, rollback, r.PostFormValue("note"))
@@ -474,18 +486,8 @@ func (a *app) publish(r *http.Request, n int, rollback bool, note string) (maps.
 
 // draftFrom copies a version into a new draft.
 func (a *app) draftFrom(w http.ResponseWriter, r *http.Request) {
-	n, ok := versionNumber(r)
+	n, doc, _, ok := a.loadVersion(w, r)
 	if !ok {
-		a.renderError(w, r, http.StatusNotFound, "No such map version.")
-		return
-	}
-	doc, _, err := a.data.maps.Version(r.Context(), n)
-	if errors.Is(err, maps.ErrNotFound) {
-		a.renderError(w, r, http.StatusNotFound, "No such map version.")
-		return
-	}
-	if err != nil {
-		a.serverError(w, r, "reading a map version", err)
 		return
 	}
 	info, err := a.data.maps.CreateDraft(r.Context(), doc, actor(r), fmt.Sprintf("from version %d", n))
@@ -499,18 +501,8 @@ func (a *app) draftFrom(w http.ResponseWriter, r *http.Request) {
 
 // exportVersion downloads a version as canonical YAML.
 func (a *app) exportVersion(w http.ResponseWriter, r *http.Request) {
-	n, ok := versionNumber(r)
+	n, doc, _, ok := a.loadVersion(w, r)
 	if !ok {
-		a.renderError(w, r, http.StatusNotFound, "No such map version.")
-		return
-	}
-	doc, _, err := a.data.maps.Version(r.Context(), n)
-	if errors.Is(err, maps.ErrNotFound) {
-		a.renderError(w, r, http.StatusNotFound, "No such map version.")
-		return
-	}
-	if err != nil {
-		a.serverError(w, r, "reading a map version", err)
 		return
 	}
 	y, err := maps.Export(doc)
@@ -718,9 +710,8 @@ func previewDecision(decision string, exists bool) (logs.Outcome, logs.ReasonCod
 
 // previewPage runs a preview from the version page's form.
 func (a *app) previewPage(w http.ResponseWriter, r *http.Request) {
-	n, ok := versionNumber(r)
+	n, ok := a.pathVersion(w, r)
 	if !ok {
-		a.renderError(w, r, http.StatusNotFound, "No such map version.")
 		return
 	}
 	f := previewForm{Map: r.PostFormValue("map"), Direction: r.PostFormValue("direction"), Input: r.PostFormValue("input"),
