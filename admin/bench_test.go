@@ -8,8 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -111,43 +109,7 @@ func benchApp(b *testing.B, db *gorm.DB) (http.Handler, *http.Cookie) {
 func benchDB(b *testing.B, d storage.Dialect) *gorm.DB {
 	b.Helper()
 	ctx := context.Background()
-	var dsn string
-	switch d {
-	case storage.SQLite:
-		dir := filepath.Join(os.TempDir(), "fhirsync-admin-bench")
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			b.Fatal(err)
-		}
-		dsn = "sqlite:" + filepath.Join(dir, fmt.Sprintf("1m-v%d.db", benchVersion))
-	case storage.Postgres:
-		admin, err := storage.Open(ctx, storagetest.AdminURL(), storage.Options{MaxOpenConns: 1})
-		if err != nil {
-			b.Skipf("SKIPPING PostgreSQL benchmark: %v", err)
-		}
-		name := fmt.Sprintf("fhirsync_bench_admin_1m_v%d", benchVersion)
-		var exists bool
-		if err := admin.Raw("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = ?)", name).Scan(&exists).Error; err != nil {
-			b.Fatal(err)
-		}
-		if !exists {
-			if err := admin.Exec("CREATE DATABASE " + name).Error; err != nil {
-				b.Fatal(err)
-			}
-		}
-		_ = storage.Close(admin)
-		dsn = strings.Replace(storagetest.AdminURL(), "/test?", "/"+name+"?", 1)
-		if dsn == storagetest.AdminURL() {
-			b.Skip("SKIPPING PostgreSQL benchmark: cannot derive a database URL from the test database URL")
-		}
-	}
-	db, err := storage.Open(ctx, dsn, storage.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = storage.Close(db) })
-	if _, err := storage.Migrate(ctx, db); err != nil {
-		b.Fatal(err)
-	}
+	db := storagetest.Persistent(b, d, fmt.Sprintf("admin_1m_v%d", benchVersion))
 	var n int64
 	if err := db.Raw("SELECT COUNT(*) FROM sync_decisions").Scan(&n).Error; err != nil {
 		b.Fatal(err)
@@ -156,7 +118,7 @@ func benchDB(b *testing.B, d storage.Dialect) *gorm.DB {
 		return db
 	}
 	if n != 0 {
-		b.Fatalf("benchmark database %s holds %d decisions, not %d; delete it to reseed", storage.Describe(dsn, storage.Options{}), n, benchRows)
+		b.Fatalf("the %s benchmark database holds %d decisions, not %d; delete it to reseed", d, n, benchRows)
 	}
 	start := time.Now()
 	if err := benchSeed(ctx, db, d); err != nil {

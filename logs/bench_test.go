@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -149,43 +147,7 @@ func BenchmarkAt1M(b *testing.B) {
 func seededDB(b *testing.B, d storage.Dialect) *gorm.DB {
 	b.Helper()
 	ctx := context.Background()
-	var url string
-	switch d {
-	case storage.SQLite:
-		dir := filepath.Join(os.TempDir(), "fhirsync-logs-bench")
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			b.Fatal(err)
-		}
-		url = "sqlite:" + filepath.Join(dir, fmt.Sprintf("1m-v%d.db", seedVersion))
-	case storage.Postgres:
-		admin, err := storage.Open(ctx, storagetest.AdminURL(), storage.Options{MaxOpenConns: 1})
-		if err != nil {
-			b.Skipf("SKIPPING PostgreSQL benchmark: %v", err)
-		}
-		name := fmt.Sprintf("fhirsync_bench_logs_1m_v%d", seedVersion)
-		var exists bool
-		if err := admin.Raw("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = ?)", name).Scan(&exists).Error; err != nil {
-			b.Fatal(err)
-		}
-		if !exists {
-			if err := admin.Exec("CREATE DATABASE " + name).Error; err != nil {
-				b.Fatal(err)
-			}
-		}
-		_ = storage.Close(admin)
-		url = strings.Replace(storagetest.AdminURL(), "/test?", "/"+name+"?", 1)
-		if url == storagetest.AdminURL() {
-			b.Skip("SKIPPING PostgreSQL benchmark: cannot derive a database URL from FHIRSYNC_TEST_POSTGRES_URL")
-		}
-	}
-	db, err := storage.Open(ctx, url, storage.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = storage.Close(db) })
-	if _, err := storage.Migrate(ctx, db); err != nil {
-		b.Fatal(err)
-	}
+	db := storagetest.Persistent(b, d, fmt.Sprintf("logs_1m_v%d", seedVersion))
 	var n int64
 	if err := db.Raw("SELECT COUNT(*) FROM sync_decisions").Scan(&n).Error; err != nil {
 		b.Fatal(err)
@@ -194,7 +156,7 @@ func seededDB(b *testing.B, d storage.Dialect) *gorm.DB {
 		return db
 	}
 	if n != 0 {
-		b.Fatalf("benchmark database %s holds %d decisions, not %d; delete it to reseed", storage.Describe(url, storage.Options{}), n, seedRows)
+		b.Fatalf("the %s benchmark database holds %d decisions, not %d; delete it to reseed", d, n, seedRows)
 	}
 	start := time.Now()
 	if err := seed(ctx, db, d); err != nil {

@@ -111,3 +111,57 @@ func freshPostgres(t testing.TB) string {
 	pu.Path = "/" + name
 	return pu.String()
 }
+
+// Persistent opens, creating it on first use, a named and migrated
+// database of dialect d that outlives the test run: for benchmarks whose
+// seeding takes too long to repeat. It is a SQLite file under the
+// temporary directory or a PostgreSQL database named fhirsync_bench_<name>;
+// delete it to start over. It is closed when tb ends.
+func Persistent(tb testing.TB, d storage.Dialect, name string) *gorm.DB {
+	tb.Helper()
+	ctx := context.Background()
+	var u string
+	switch d {
+	case storage.SQLite:
+		dir := filepath.Join(os.TempDir(), "fhirsync-bench-databases")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			tb.Fatal(err)
+		}
+		u = "sqlite:" + filepath.Join(dir, name+".db")
+	case storage.Postgres:
+		admin, err := storage.Open(ctx, AdminURL(), storage.Options{MaxOpenConns: 1})
+		if err != nil {
+			if os.Getenv("FHIRSYNC_CI") != "" {
+				tb.Fatalf("PostgreSQL is required (FHIRSYNC_CI is set) but unreachable: %v", err)
+			}
+			tb.Skipf("SKIPPING PostgreSQL half: %v (set FHIRSYNC_TEST_POSTGRES_URL, or run .ci/run)", err)
+		}
+		dbName := "fhirsync_bench_" + name
+		var exists bool
+		err = admin.Raw("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = ?)", dbName).Scan(&exists).Error
+		if err == nil && !exists {
+			err = admin.Exec("CREATE DATABASE " + dbName).Error
+		}
+		_ = storage.Close(admin)
+		if err != nil {
+			tb.Fatalf("creating PostgreSQL database %s: %v", dbName, err)
+		}
+		pu, err := url.Parse(AdminURL())
+		if err != nil {
+			tb.Fatalf("parsing %s: %v", AdminURL(), err)
+		}
+		pu.Path = "/" + dbName
+		u = pu.String()
+	default:
+		tb.Fatalf("unknown dialect %q", d)
+	}
+	db, err := storage.Open(ctx, u, storage.Options{})
+	if err != nil {
+		tb.Fatalf("opening %s: %v", storage.Describe(u, storage.Options{}), err)
+	}
+	tb.Cleanup(func() { _ = storage.Close(db) })
+	if _, err := storage.Migrate(ctx, db); err != nil {
+		tb.Fatalf("migrating %s: %v", storage.Describe(u, storage.Options{}), err)
+	}
+	return db
+}
