@@ -111,21 +111,9 @@ func runMapsImport(ctx context.Context, e *env, args []string) error {
 	if done, err := parseFlags(fs, args); done {
 		return err
 	}
-	file, err := oneFile(fs, "maps import")
+	file, doc, meta, err := importFile(e, fs, "maps import", md)
 	if err != nil {
 		return err
-	}
-	raw, err := os.ReadFile(file)
-	if err != nil {
-		return err
-	}
-	meta, err := md()
-	if err != nil {
-		return err
-	}
-	doc, _, err := maps.Import(raw, maps.CompileOptions{CRM: meta})
-	if err != nil {
-		return reportProblems(e.stdout, file, err)
 	}
 	st, err := e.mapStore(ctx, meta)
 	if err != nil {
@@ -182,27 +170,37 @@ func runMapsExport(ctx context.Context, e *env, args []string) error {
 	return err
 }
 
+// importFile reads the command's FILE argument and the --crm-metadata
+// snapshot and validates the map set, printing every problem it finds.
+func importFile(e *env, fs *flag.FlagSet, cmd string, md func() (*maps.CRMMetadata, error)) (string, *maps.Document, *maps.CRMMetadata, error) {
+	file, err := oneFile(fs, cmd)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	meta, err := md()
+	if err != nil {
+		return "", nil, nil, err
+	}
+	doc, _, err := maps.Import(raw, maps.CompileOptions{CRM: meta})
+	if err != nil {
+		return "", nil, nil, reportProblems(e.stdout, file, err)
+	}
+	return file, doc, meta, nil
+}
+
 func runMapsValidate(_ context.Context, e *env, args []string) error {
 	fs := e.newFlagSet("maps validate", "maps validate [--crm-metadata FILE] FILE", "Check a YAML map set and report every problem with its location. Nothing is stored.")
 	md := crmMetadataFlag(fs)
 	if done, err := parseFlags(fs, args); done {
 		return err
 	}
-	file, err := oneFile(fs, "maps validate")
+	file, doc, _, err := importFile(e, fs, "maps validate", md)
 	if err != nil {
 		return err
-	}
-	raw, err := os.ReadFile(file)
-	if err != nil {
-		return err
-	}
-	meta, err := md()
-	if err != nil {
-		return err
-	}
-	doc, _, err := maps.Import(raw, maps.CompileOptions{CRM: meta})
-	if err != nil {
-		return reportProblems(e.stdout, file, err)
 	}
 	fmt.Fprintf(e.stdout, "%s: valid (%d entity maps, %d value maps)\n", file, len(doc.EntityMaps), len(doc.ValueMaps))
 	return nil
