@@ -51,29 +51,30 @@ type mappingError struct {
 func (e *mappingError) Error() string { return "attribute map " + e.attribute + ": " + e.err.Error() }
 func (e *mappingError) Unwrap() error { return e.err }
 
-// reasonForError maps a failure to its reason code. Unclassified errors
-// (the database, a bug) count as unavailable and are retried.
-func reasonForError(err error) (logs.ReasonCode, bool) {
+// reasonForError maps a failure to its reason code; whether it is retried
+// is Permanent's business. Unclassified errors (the database, a bug)
+// count as unavailable.
+func reasonForError(err error) logs.ReasonCode {
 	var ee *endpointError
 	if errors.As(err, &ee) {
 		switch ee.class {
 		case classUnauthorized:
-			return "unauthorized", false
+			return "unauthorized"
 		case classThrottled:
-			return "throttled", true
+			return "throttled"
 		case classUnavailable:
-			return "unavailable", true
+			return "unavailable"
 		case classConflict:
-			return "target_conflict", true
+			return "target_conflict"
 		case classRejected, classInvalid, classNotFound:
-			return "target_rejected", false
+			return "target_rejected"
 		}
 	}
 	var me *mappingError
 	if errors.As(err, &me) {
-		return "mapping_error", false
+		return "mapping_error"
 	}
-	return "unavailable", true
+	return "unavailable"
 }
 
 // errorClass is the short, value-free class stored in an attempt.

@@ -443,7 +443,7 @@ func targetType(em *maps.EntityMap, f *flow) string {
 // failure classifies an endpoint error into a step: retryable errors
 // become failed (retried), permanent ones dead-lettered.
 func (p *pipeline) failure(doing string, err error) *step {
-	reason, _ := reasonForError(err)
+	reason := reasonForError(err)
 	outcome := logs.OutcomeFailed
 	if IsPermanent(err) {
 		outcome = logs.OutcomeDeadLettered
