@@ -90,8 +90,8 @@ syncing is visible in the admin app. Prints the admin URL and a login.`)
 	cfg.FHIR.BaseURL = fhirURL
 	cfg.Agent.CRMUserID = demoAgentUser
 	cfg.Feeds.FHIRHistory = FHIRHistoryConfig{Types: []string{"Organization", "Practitioner", "Patient", "Encounter", "Observation"},
-		Schedule: "@every 5s", Overlap: Duration(30 * time.Second)}
-	cfg.ShutdownTimeout = Duration(10 * time.Second)
+		Schedule: "@every 5s", Overlap: 30 * time.Second}
+	cfg.ShutdownTimeout = 10 * time.Second
 	var secret [24]byte
 	_, _ = crand.Read(secret[:])
 	cfg.Logs.KeySecret = base64.StdEncoding.EncodeToString(secret[:])

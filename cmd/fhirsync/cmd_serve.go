@@ -103,11 +103,11 @@ func serve(ctx context.Context, e *env, cfg *Config, onReady func(addr string, d
 	})
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down", "drain_timeout", time.Duration(cfg.ShutdownTimeout).String())
+		log.Info("shutting down", "drain_timeout", cfg.ShutdownTimeout.String())
 	case err = <-errc:
 	}
 	stopRun()
-	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(cfg.ShutdownTimeout))
+	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 	defer cancel()
 	if serr := httpSrv.Shutdown(drainCtx); serr != nil {
 		log.Warn("listener did not drain in time", "error", serr)

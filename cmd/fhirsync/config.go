@@ -37,7 +37,7 @@ type Config struct {
 	Log      LogConfig      `yaml:"log"`
 	// ShutdownTimeout bounds how long in-flight work may take to drain
 	// after SIGINT or SIGTERM.
-	ShutdownTimeout Duration       `yaml:"shutdown_timeout"`
+	ShutdownTimeout time.Duration  `yaml:"shutdown_timeout"`
 	Queue           QueueConfig    `yaml:"queue"`
 	FHIR            EndpointConfig `yaml:"fhir"`
 	CRM             EndpointConfig `yaml:"crm"`
@@ -80,9 +80,9 @@ type FeedsConfig struct {
 // FHIRHistoryConfig is the _history poller, the FHIR source of truth.
 type FHIRHistoryConfig struct {
 	// Types to poll; empty polls none. Comma-separated in the environment.
-	Types    []string `yaml:"types"`
-	Schedule string   `yaml:"schedule"`
-	Overlap  Duration `yaml:"overlap"`
+	Types    []string      `yaml:"types"`
+	Schedule string        `yaml:"schedule"`
+	Overlap  time.Duration `yaml:"overlap"`
 }
 
 // CRMTrackingConfig is Dataverse change tracking, per entity.
@@ -150,24 +150,8 @@ type EndpointConfig struct {
 	// built-in sandbox.
 	BaseURL string           `yaml:"base_url"`
 	Auth    CredentialConfig `yaml:"auth"`
-	Timeout Duration         `yaml:"timeout"`
+	Timeout time.Duration    `yaml:"timeout"`
 }
-
-// Duration is a time.Duration written as "30s", "5m" in YAML and env.
-type Duration time.Duration
-
-// UnmarshalYAML reads a Go duration string.
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	v, err := time.ParseDuration(n.Value)
-	if err != nil {
-		return fmt.Errorf("line %d: %q is not a duration (use e.g. 30s, 5m)", n.Line, n.Value)
-	}
-	*d = Duration(v)
-	return nil
-}
-
-// MarshalYAML writes a Go duration string.
-func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
 
 // defaultConfig is what runs with no configuration at all.
 func defaultConfig() Config {
@@ -175,12 +159,12 @@ func defaultConfig() Config {
 		DataDir:         "data",
 		Listen:          "127.0.0.1:8080",
 		Log:             LogConfig{Format: "text", Level: "info"},
-		ShutdownTimeout: Duration(30 * time.Second),
+		ShutdownTimeout: 30 * time.Second,
 		Queue:           QueueConfig{Kind: "embedded", FHIRChanges: "fhir-changes", CRMChanges: "crm-changes"},
-		FHIR:            EndpointConfig{Timeout: Duration(30 * time.Second), Auth: CredentialConfig{Method: "none"}},
-		CRM:             EndpointConfig{Timeout: Duration(30 * time.Second), Auth: CredentialConfig{Method: "none"}},
+		FHIR:            EndpointConfig{Timeout: 30 * time.Second, Auth: CredentialConfig{Method: "none"}},
+		CRM:             EndpointConfig{Timeout: 30 * time.Second, Auth: CredentialConfig{Method: "none"}},
 		Feeds: FeedsConfig{
-			FHIRHistory: FHIRHistoryConfig{Schedule: "@every 30s", Overlap: Duration(2 * time.Minute)},
+			FHIRHistory: FHIRHistoryConfig{Schedule: "@every 30s", Overlap: 2 * time.Minute},
 			CRMTracking: CRMTrackingConfig{Schedule: "@every 30s"},
 		},
 	}
@@ -266,7 +250,7 @@ func applyEnv(v reflect.Value, prefix string, getenv func(string) string) []stri
 
 func setScalar(fv reflect.Value, s string) error {
 	switch {
-	case fv.Type() == reflect.TypeOf(Duration(0)) || fv.Type() == reflect.TypeOf(time.Duration(0)):
+	case fv.Type() == reflect.TypeOf(time.Duration(0)):
 		d, err := time.ParseDuration(s)
 		if err != nil {
 			return fmt.Errorf("%q is not a duration (use e.g. 30s, 5m)", s)

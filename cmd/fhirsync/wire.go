@@ -69,7 +69,7 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 		return nil, err
 	}
 	if cfg.FHIR.BaseURL != "" {
-		fc := fhir.Config{BaseURL: cfg.FHIR.BaseURL, Timeout: time.Duration(cfg.FHIR.Timeout), UserAgent: "fhirsync/" + buildVersion()}
+		fc := fhir.Config{BaseURL: cfg.FHIR.BaseURL, Timeout: cfg.FHIR.Timeout, UserAgent: "fhirsync/" + buildVersion()}
 		switch cfg.FHIR.Auth.Method {
 		case "bearer":
 			fc.BearerToken = cfg.FHIR.Auth.Token
@@ -86,7 +86,7 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 	if cfg.CRM.BaseURL != "" {
 		a := cfg.CRM.Auth
 		s.crm, err = crm.New(crm.Config{URL: cfg.CRM.BaseURL, Auth: crm.AuthMode(a.Method), Token: a.Token,
-			TenantID: a.TenantID, ClientID: a.ClientID, ClientSecret: a.ClientSecret, Timeout: time.Duration(cfg.CRM.Timeout)})
+			TenantID: a.TenantID, ClientID: a.ClientID, ClientSecret: a.ClientSecret, Timeout: cfg.CRM.Timeout})
 		if err != nil {
 			return nil, err
 		}
@@ -109,7 +109,7 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 		renew = 20 * time.Second
 	}
 	s.agent, err = agent.New(agent.Config{Workers: cfg.Agent.Workers, MaxAttempts: cfg.Agent.MaxAttempts, CRMUserID: userID,
-		FHIRAccount: cfg.Agent.FHIRAccount, Drain: time.Duration(cfg.ShutdownTimeout), LockRenewEvery: renew},
+		FHIRAccount: cfg.Agent.FHIRAccount, Drain: cfg.ShutdownTimeout, LockRenewEvery: renew},
 		agent.Deps{DB: db, Maps: s.maps, FHIR: s.fhir, CRM: s.crm, Logs: s.logs, FHIRChanges: s.fhirQ, CRMChanges: s.crmQ,
 			Registry: reg, Logger: log})
 	if err != nil {
@@ -120,7 +120,7 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 	}
 	if h := cfg.Feeds.FHIRHistory; len(h.Types) > 0 {
 		if s.poller, err = fhir.NewPoller(fhir.PollerConfig{Client: s.fhir, DB: db, Queue: s.fhirQ, Types: h.Types,
-			Schedule: h.Schedule, Overlap: time.Duration(h.Overlap), Holder: holder(), Logger: log}); err != nil {
+			Schedule: h.Schedule, Overlap: h.Overlap, Holder: holder(), Logger: log}); err != nil {
 			return nil, err
 		}
 	}
