@@ -12,19 +12,13 @@ import (
 
 // apiMaps is GET /api/v1/maps: every version and the publication history.
 func (a *app) apiMaps(w http.ResponseWriter, r *http.Request) {
-	vs, err := a.data.maps.Versions(r.Context())
-	if err != nil {
-		a.serverError(w, r, "listing map versions", err)
+	vs, rows, ok := a.listMaps(w, r)
+	if !ok {
 		return
 	}
 	pubs, err := a.data.maps.Publications(r.Context())
 	if err != nil {
 		a.serverError(w, r, "listing publications", err)
-		return
-	}
-	rows, err := a.mapRows(r, vs)
-	if err != nil {
-		a.serverError(w, r, "listing entity maps", err)
 		return
 	}
 	type entity struct {

@@ -137,20 +137,26 @@ func (a *app) findDeadLetter(ctx context.Context, queue, seqText string) (deadLe
 	return viewOf(queue, batch[0]), batch[0], nil
 }
 
-// inspectDeadLetter is one dead letter, its body only for holders of the
-// PHI permission; every such view is recorded.
-func (a *app) inspectDeadLetter(r *http.Request) (deadLetterView, bool, error) {
+// loadDeadLetter reads the {queue}/{seq} dead letter, its body only for
+// holders of the PHI permission (every such view is recorded), and says
+// whether the body is shown. It answers 404 or 500 itself when it cannot.
+func (a *app) loadDeadLetter(w http.ResponseWriter, r *http.Request) (v deadLetterView, shown, ok bool) {
 	v, d, err := a.findDeadLetter(r.Context(), r.PathValue("queue"), r.PathValue("seq"))
+	if errors.Is(err, queues.ErrNotFound) {
+		a.renderError(w, r, http.StatusNotFound, "No such dead letter (it may have been redriven).")
+		return v, false, false
+	}
 	if err != nil {
-		return v, false, err
+		a.serverError(w, r, "reading a dead letter", err)
+		return v, false, false
 	}
 	u, _ := currentUser(r)
 	if !u.can(permPHI) {
-		return v, false, nil
+		return v, false, true
 	}
 	v.Body, v.Properties = prettyJSON(d.Body), d.Properties
 	a.record(r, "deadletter.view", "dead_letter", v.Key(), "", "body shown")
-	return v, true, nil
+	return v, true, true
 }
 
 type deadLetterData struct {
@@ -160,13 +166,8 @@ type deadLetterData struct {
 }
 
 func (a *app) deadLetterPage(w http.ResponseWriter, r *http.Request) {
-	v, shown, err := a.inspectDeadLetter(r)
-	if errors.Is(err, queues.ErrNotFound) {
-		a.renderError(w, r, http.StatusNotFound, "No such dead letter (it may have been redriven).")
-		return
-	}
-	if err != nil {
-		a.serverError(w, r, "reading a dead letter", err)
+	v, shown, ok := a.loadDeadLetter(w, r)
+	if !ok {
 		return
 	}
 	u, _ := currentUser(r)
@@ -290,13 +291,8 @@ func (a *app) apiDeadLetters(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *app) apiDeadLetter(w http.ResponseWriter, r *http.Request) {
-	v, shown, err := a.inspectDeadLetter(r)
-	if errors.Is(err, queues.ErrNotFound) {
-		a.renderError(w, r, http.StatusNotFound, "No such dead letter (it may have been redriven).")
-		return
-	}
-	if err != nil {
-		a.serverError(w, r, "reading a dead letter", err)
+	v, shown, ok := a.loadDeadLetter(w, r)
+	if !ok {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"dead_letter": v, "body_shown": shown})

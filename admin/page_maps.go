@@ -97,15 +97,25 @@ func (a *app) mapsPage(w http.ResponseWriter, r *http.Request) {
 	a.renderMaps(w, r, http.StatusOK, mapsListData{})
 }
 
-func (a *app) renderMaps(w http.ResponseWriter, r *http.Request, status int, d mapsListData) {
+// listMaps reads the map versions and the entity maps of the newest ones,
+// answering 500 itself when it cannot.
+func (a *app) listMaps(w http.ResponseWriter, r *http.Request) ([]maps.VersionInfo, []mapRow, bool) {
 	vs, err := a.data.maps.Versions(r.Context())
 	if err != nil {
 		a.serverError(w, r, "listing map versions", err)
-		return
+		return nil, nil, false
 	}
 	rows, err := a.mapRows(r, vs)
 	if err != nil {
 		a.serverError(w, r, "listing entity maps", err)
+		return nil, nil, false
+	}
+	return vs, rows, true
+}
+
+func (a *app) renderMaps(w http.ResponseWriter, r *http.Request, status int, d mapsListData) {
+	vs, rows, ok := a.listMaps(w, r)
+	if !ok {
 		return
 	}
 	u, _ := currentUser(r)

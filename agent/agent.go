@@ -15,11 +15,15 @@ import (
 	"github.com/fhirsync/fhirsync/logs"
 	"github.com/fhirsync/fhirsync/maps"
 	"github.com/fhirsync/fhirsync/queues"
+	"github.com/fhirsync/fhirsync/storage"
 )
 
 // Config tunes the agent. Zero values take the defaults noted.
 type Config struct {
-	// Workers is the number of concurrent messages per queue (default 8).
+	// Workers is the number of concurrent messages per queue (default 32).
+	// A message spends most of its time waiting on the endpoints and the
+	// group commit, so workers are cheap; the CRM client still caps its
+	// own requests in flight.
 	Workers int
 	// MaxAttempts is how many deliveries a retryable failure gets before
 	// it is dead-lettered as attempts_exhausted (default 10). Keep it below
@@ -47,7 +51,7 @@ type Config struct {
 
 func (c Config) withDefaults() Config {
 	if c.Workers <= 0 {
-		c.Workers = 8
+		c.Workers = 32
 	}
 	if c.MaxAttempts <= 0 {
 		c.MaxAttempts = 10
@@ -114,7 +118,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		deps.Logger = slog.New(slog.DiscardHandler)
 	}
 	a := &Agent{cfg: cfg, deps: deps, ready: make(chan struct{}), log: deps.Logger}
-	lk, ow := links{db: deps.DB}, ownWrites{db: deps.DB}
+	lk, ow := links{db: deps.DB}, newOwnWrites(deps.DB)
 	res := resolver{links: lk, crm: deps.CRM, maps: a.entityMapByName}
 	fs := fhirSide{api: deps.FHIR, crm: deps.CRM, writes: ow}
 	cs := crmSide{api: deps.CRM, writes: ow}
@@ -132,10 +136,10 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 					return mapToFHIR(ctx, m, src, cur, res)
 				},
 				isEcho: func(ctx context.Context, n queues.Notice, src record) (bool, error) {
-					if cfg.CRMUserID != "" && n.Initiator == cfg.CRMUserID {
-						return true, nil
-					}
 					return ow.isOwn(ctx, "crm", src.Type, src.ID, src.Version)
+				},
+				ownNotice: func(n queues.Notice) bool {
+					return cfg.CRMUserID != "" && n.Initiator == cfg.CRMUserID
 				}},
 		},
 		maps:        a.mapSet,
@@ -167,11 +171,33 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 			return nil
 		},
 	}
-	if bs, ok := deps.Logs.(batchStore); ok {
-		a.batch = newBatchWriter(bs, 4*cfg.Workers, 2*time.Millisecond)
-		a.pipe.log = a.batch
+	// Group commit needs the sync log in the agent's database, where the
+	// links and own writes live.
+	if bs, ok := deps.Logs.(batchStore); ok && storage.SameDatabase(logsDatabase(deps.Logs), deps.DB) {
+		a.batch = newBatchWriter(bs, 4*cfg.Workers, 2*time.Millisecond, applyEffects)
+		a.pipe.batch = a.batch
 	}
 	return a, nil
+}
+
+// logsDatabase is the database a sync log keeps its decisions in, when it
+// says.
+func logsDatabase(l decisionLog) *gorm.DB {
+	if d, ok := l.(interface{ Database() *gorm.DB }); ok {
+		return d.Database()
+	}
+	return nil
+}
+
+// settlesInTx returns q as a txQueue when its messages can be completed in
+// the transaction that records their decisions: a queue kept in the same
+// database as the group-committed sync log.
+func (a *Agent) settlesInTx(q queues.Queue) txQueue {
+	tq, ok := q.(txQueue)
+	if !ok || a.batch == nil || !storage.SameDatabase(tq.Database(), a.deps.DB) {
+		return nil
+	}
+	return tq
 }
 
 // setView adapts a compiled maps.Set to the pipeline.
@@ -251,7 +277,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
 	for name, q := range map[string]queues.Queue{"fhir-changes": a.deps.FHIRChanges, "crm-changes": a.deps.CRMChanges} {
-		p := &pool{name: name, q: q, handle: a.pipe.handle, workers: a.cfg.Workers, batch: a.cfg.Workers * 2,
+		p := &pool{name: name, q: q, handle: a.pipe.handleOn(a.settlesInTx(q)), workers: a.cfg.Workers, batch: a.cfg.Workers * 2,
 			lockRenewEvery: a.cfg.LockRenewEvery, drain: a.cfg.Drain, log: a.log}
 		wg.Go(func() {
 			if err := p.run(ctx); err != nil {

@@ -2,37 +2,71 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"time"
 
+	"gorm.io/gorm"
+
 	"github.com/fhirsync/fhirsync/logs"
+	"github.com/fhirsync/fhirsync/queues"
 )
 
-// batchWriter is the decision log the pipeline's workers share: it gathers
-// the decisions of concurrent messages for a moment and writes them in one
-// transaction (group commit), because one transaction per decision is the
-// agent's largest cost on SQLite. Write still returns only once the
-// decision is durable, so a message is never settled before its decision
-// is recorded.
+// unit is everything one message leaves in the agent's database: its
+// decision and, with it, the correlation link and own-write record the
+// processing produced and, when the queue lives in the same database, the
+// message's completion. A unit commits in one transaction, so a process
+// killed at any point leaves either all of it or none: the message comes
+// back and is decided again, never lost and never decided twice.
+type unit struct {
+	d    *logs.Decision
+	link *link     // pairing to save; nil: unchanged or none
+	own  *ownWrite // version the agent wrote; nil: none
+	// complete is the message to complete in the same transaction, on q;
+	// nil: the pool settles it.
+	complete *queues.Received
+	q        txQueue
+
+	// Set by the writer.
+	settled  bool // complete ran in the transaction that committed
+	lockLost bool // complete found the lock expired (message comes back)
+}
+
+// txQueue completes messages inside a transaction on the agent's
+// database (the embedded queue).
+type txQueue interface {
+	CompleteHeld(tx *gorm.DB, ms ...*queues.Received) (lost []int64, err error)
+	Database() *gorm.DB
+}
+
+// batchWriter commits the units of concurrent messages together: it
+// gathers them for a moment and writes them in one transaction (group
+// commit), because one transaction per message is the agent's largest cost
+// on SQLite. commit still returns only once the unit is durable, so a
+// message is never settled before its decision is recorded.
 type batchWriter struct {
 	store batchStore
 	reqs  chan batchReq
 	max   int
 	wait  time.Duration
+	// effects applies the units' links, own writes and completions inside
+	// the decisions' transaction.
+	effects func(tx *gorm.DB, us []*unit) error
 }
 
-// batchStore writes decisions singly or all-or-nothing in a batch.
+// batchStore writes decisions, with the caller's rows in the same
+// transaction.
 type batchStore interface {
 	decisionLog
-	WriteBatch(ctx context.Context, ds []*logs.Decision) error
+	WriteBatchWith(ctx context.Context, ds []*logs.Decision, also func(tx *gorm.DB) error) error
 }
 
 type batchReq struct {
-	d    *logs.Decision
+	u    *unit
 	done chan error
 }
 
-func newBatchWriter(store batchStore, max int, wait time.Duration) *batchWriter {
-	return &batchWriter{store: store, reqs: make(chan batchReq), max: max, wait: wait}
+func newBatchWriter(store batchStore, max int, wait time.Duration, effects func(tx *gorm.DB, us []*unit) error) *batchWriter {
+	return &batchWriter{store: store, reqs: make(chan batchReq), max: max, wait: wait, effects: effects}
 }
 
 // run writes batches until ctx ends.
@@ -61,29 +95,47 @@ func (b *batchWriter) run(ctx context.Context) {
 }
 
 func (b *batchWriter) flush(ctx context.Context, batch []batchReq) {
-	if len(batch) == 1 {
-		batch[0].done <- b.store.Write(ctx, batch[0].d)
-		return
-	}
-	ds := make([]*logs.Decision, len(batch))
+	us := make([]*unit, len(batch))
 	for i, r := range batch {
-		ds[i] = r.d
+		us[i] = r.u
 	}
-	if err := b.store.WriteBatch(ctx, ds); err == nil {
+	if err := b.write(ctx, us); err == nil || len(batch) == 1 {
 		for _, r := range batch {
-			r.done <- nil
+			r.done <- err
 		}
 		return
 	}
-	// One bad decision must not fail the others: write them one by one.
+	// One bad unit must not fail the others: write them one by one.
 	for _, r := range batch {
-		r.done <- b.store.Write(ctx, r.d)
+		r.done <- b.write(ctx, []*unit{r.u})
 	}
 }
 
-// Write queues d for the next batch and waits until it is written.
-func (b *batchWriter) Write(ctx context.Context, d *logs.Decision) error {
-	r := batchReq{d: d, done: make(chan error, 1)}
+// write commits us in one transaction. When the extras fail on their own
+// (a single unit), the decision is written without them: the decision must
+// be recorded, the link is a cache and the pool then settles the message.
+func (b *batchWriter) write(ctx context.Context, us []*unit) error {
+	ds := make([]*logs.Decision, len(us))
+	for i, u := range us {
+		ds[i] = u.d
+		u.settled, u.lockLost = false, false
+	}
+	err := b.store.WriteBatchWith(ctx, ds, func(tx *gorm.DB) error { return b.effects(tx, us) })
+	if err == nil {
+		return nil
+	}
+	for _, u := range us {
+		u.settled, u.lockLost = false, false
+	}
+	if len(us) > 1 || !errors.Is(err, errEffects) {
+		return err
+	}
+	return b.store.Write(ctx, us[0].d)
+}
+
+// commit queues u for the next batch and waits until it is written.
+func (b *batchWriter) commit(ctx context.Context, u *unit) error {
+	r := batchReq{u: u, done: make(chan error, 1)}
 	select {
 	case b.reqs <- r:
 	case <-ctx.Done():
@@ -97,7 +149,6 @@ func (b *batchWriter) Write(ctx context.Context, d *logs.Decision) error {
 	}
 }
 
-// Search reads through to the store.
-func (b *batchWriter) Search(ctx context.Context, f logs.Filter, after string, limit int) (logs.Page, error) {
-	return b.store.Search(ctx, f, after, limit)
-}
+// errEffects marks a failure of a unit's extras (link, own write,
+// completion) rather than of its decision.
+var errEffects = errors.New("recording the message's effects")

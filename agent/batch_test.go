@@ -7,8 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"gorm.io/gorm"
+
 	"github.com/fhirsync/fhirsync/logs"
 )
+
+func noEffects(*gorm.DB, []*unit) error { return nil }
 
 // countingStore records how decisions arrive: singly or in batches.
 type countingStore struct {
@@ -28,9 +32,16 @@ func (c *countingStore) Write(_ context.Context, d *logs.Decision) error {
 	return nil
 }
 
-func (c *countingStore) WriteBatch(_ context.Context, ds []*logs.Decision) error {
+func (c *countingStore) WriteBatchWith(_ context.Context, ds []*logs.Decision, also func(*gorm.DB) error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if len(ds) == 1 {
+		c.singles++
+		if ds[0].Reason == "bad" {
+			return errors.New("refused")
+		}
+		return nil
+	}
 	for _, d := range ds {
 		if d.Reason == "bad" {
 			return errors.New("batch refused")
@@ -47,7 +58,7 @@ func (c *countingStore) Search(context.Context, logs.Filter, string, int) (logs.
 func TestBatchWriterGroupsConcurrentDecisions(t *testing.T) {
 	t.Parallel()
 	st := &countingStore{}
-	b := newBatchWriter(st, 16, 50*time.Millisecond)
+	b := newBatchWriter(st, 16, 50*time.Millisecond, noEffects)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go b.run(ctx)
@@ -59,7 +70,7 @@ func TestBatchWriterGroupsConcurrentDecisions(t *testing.T) {
 		if i == 7 {
 			reason = "bad"
 		}
-		wg.Go(func() { errs[i] = b.Write(context.Background(), &logs.Decision{Reason: reason}) })
+		wg.Go(func() { errs[i] = b.commit(context.Background(), &unit{d: &logs.Decision{Reason: reason}}) })
 	}
 	wg.Wait()
 	for i, err := range errs {
@@ -81,10 +92,10 @@ func TestBatchWriterGroupsConcurrentDecisions(t *testing.T) {
 
 func TestBatchWriterHonoursCancellation(t *testing.T) {
 	t.Parallel()
-	b := newBatchWriter(&countingStore{}, 4, time.Millisecond) // not running
+	b := newBatchWriter(&countingStore{}, 4, time.Millisecond, noEffects) // not running
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	if err := b.Write(ctx, &logs.Decision{}); !errors.Is(err, context.DeadlineExceeded) {
+	if err := b.commit(ctx, &unit{d: &logs.Decision{}}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Write on a stopped writer = %v, want the context's error", err)
 	}
 }

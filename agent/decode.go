@@ -16,32 +16,52 @@ import (
 // Health Data Services FHIR events routed from Event Grid (one event, or an
 // array). The first notice is processed; any others are re-queued.
 func decodeMessage(body []byte, fhirAccount string) ([]queues.Notice, error) {
-	n, err := queues.DecodeNotice(body)
-	if err == nil {
-		return []queues.Notice{n}, nil
-	}
+	var ns []queues.Notice
+	var err error
 	switch shape(body) {
 	case "remote-execution-context":
-		x, rerr := crm.DecodeRemoteExecutionContext(body)
-		if rerr != nil {
-			return nil, rerr
-		}
-		n, rerr := x.Notice()
-		if rerr != nil {
-			return nil, rerr
+		ns, err = decodeContext(body)
+	case "fhir-event":
+		ns, err = decodeEvents(body, fhirAccount)
+	default:
+		n, nerr := queues.DecodeNotice(body)
+		if nerr != nil {
+			return nil, nerr
 		}
 		return []queues.Notice{n}, nil
-	case "fhir-event":
-		ns, eerr := fhir.DecodeEvents(body, fhirAccount)
-		if eerr != nil {
-			return nil, eerr
-		}
-		if len(ns) == 0 {
-			return nil, errors.New("the event batch is empty")
-		}
-		return ns, nil
 	}
-	return nil, err
+	if err != nil {
+		// The guess may be wrong: a notice whose text mentions another
+		// producer's keys is still a notice.
+		if n, nerr := queues.DecodeNotice(body); nerr == nil {
+			return []queues.Notice{n}, nil
+		}
+		return nil, err
+	}
+	return ns, nil
+}
+
+func decodeContext(body []byte) ([]queues.Notice, error) {
+	x, err := crm.DecodeRemoteExecutionContext(body)
+	if err != nil {
+		return nil, err
+	}
+	n, err := x.Notice()
+	if err != nil {
+		return nil, err
+	}
+	return []queues.Notice{n}, nil
+}
+
+func decodeEvents(body []byte, fhirAccount string) ([]queues.Notice, error) {
+	ns, err := fhir.DecodeEvents(body, fhirAccount)
+	if err != nil {
+		return nil, err
+	}
+	if len(ns) == 0 {
+		return nil, errors.New("the event batch is empty")
+	}
+	return ns, nil
 }
 
 // shape guesses which producer wrote body from its top-level keys, so the

@@ -74,6 +74,10 @@ type flow struct {
 	mapFor func(ctx context.Context, m *maps.Mapping, src record, cur *record) (mapped, error)
 	// isEcho reports whether src is a version the agent itself wrote.
 	isEcho func(ctx context.Context, n queues.Notice, src record) (bool, error)
+	// ownNotice, when set, reports whether the notice itself names the
+	// agent as the change's author (a RemoteExecutionContext's initiating
+	// user): such an echo is decided before the source is read.
+	ownNotice func(n queues.Notice) bool
 }
 
 // mapSet is the published map set the pipeline needs.
@@ -93,9 +97,12 @@ type decisionLog interface {
 
 // pipeline turns one message into one decision and one settlement.
 type pipeline struct {
-	flows       map[queues.Side]*flow
-	maps        func(ctx context.Context) (mapSet, error)
-	log         decisionLog
+	flows map[queues.Side]*flow
+	maps  func(ctx context.Context) (mapSet, error)
+	log   decisionLog
+	// batch, when set, group-commits each message's unit; otherwise the
+	// unit's parts are written one after the other.
+	batch       *batchWriter
 	links       links
 	writes      ownWrites
 	maxAttempts int
@@ -125,17 +132,29 @@ func stop(o logs.Outcome, r logs.ReasonCode, msg string) *step {
 	return &step{outcome: o, reason: r, message: msg}
 }
 
-// handle is the pool's handler: every path returns through finish.
+// handle is the pool's handler for a queue the pipeline cannot settle
+// itself: every path returns through finish.
 func (p *pipeline) handle(ctx context.Context, m *queues.Received) settlement {
-	start := p.now()
-	d := &logs.Decision{MessageID: m.ID, Direction: logs.FHIRToCRM}
-	st := p.run(ctx, m, d)
-	return p.finish(ctx, m, d, st, start)
+	return p.handleOn(nil)(ctx, m)
 }
 
-// run executes the stages; it fills d as it learns and returns the step
-// that ends the message.
-func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision) (st *step) {
+// handleOn is the handler for messages of q. When q is not nil (a queue in
+// the agent's own database) a completed message is settled in the
+// transaction that records its decision.
+func (p *pipeline) handleOn(q txQueue) handler {
+	return func(ctx context.Context, m *queues.Received) settlement {
+		start := p.now()
+		u := &unit{d: &logs.Decision{MessageID: m.ID, Direction: logs.FHIRToCRM}}
+		st := p.run(ctx, m, u)
+		return p.finish(ctx, m, u, q, st, start)
+	}
+}
+
+// run executes the stages; it fills u's decision as it learns, and the
+// link and own write to record with it, and returns the step that ends the
+// message.
+func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *step) {
+	d := u.d
 	defer func() {
 		if r := recover(); r != nil {
 			p.plog.Error("panic in pipeline", "message_id", m.ID, "panic", fmt.Sprint(r))
@@ -198,6 +217,10 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 		return closed
 	}
 	d.EntityMap = open[0].Name()
+
+	if f.ownNotice != nil && f.ownNotice(n) {
+		return stop(logs.OutcomeSkipped, "own_write_echo", "This change was made by fhirsync itself; its echo is not synced back.")
+	}
 
 	src, err := f.source.read(ctx, open[0], n.ID)
 	gone := errors.Is(err, errGone)
@@ -295,7 +318,7 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 	}
 	d.ChangedFields = out.Changed
 	if curp != nil && len(out.Changed) == 0 {
-		p.saveLink(ctx, f, em, src, *curp, cached)
+		u.link = linkFor(f, em, src, *curp, cached)
 		return stop(logs.OutcomeSkipped, "unchanged", "No mapped value differs at the target.")
 	}
 	if p.capture != nil {
@@ -305,11 +328,11 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, d *logs.Decision
 	if err != nil {
 		return p.failure("writing the target record", err)
 	}
-	if err := p.writes.remember(ctx, f.targetOf, targetType(em, f), w.ID, w.Version); err != nil {
-		p.plog.Warn("own write not remembered; its echo may sync back once", "error", err)
+	if w.Version != "" {
+		u.own = &ownWrite{Side: f.targetOf, RType: targetType(em, f), RID: w.ID, Version: w.Version, WrittenAt: p.now().UTC()}
 	}
 	d.Target = logs.Ref{Type: targetType(em, f), ID: w.ID, Version: w.Version}
-	p.saveLink(ctx, f, em, src, record{ID: w.ID, Version: w.Version}, cached)
+	u.link = linkFor(f, em, src, record{ID: w.ID, Version: w.Version}, cached)
 	p.metrics.observeLatency(f.dir, n.ChangedAt)
 	if w.Created {
 		return stop(logs.OutcomeSent, "created", fmt.Sprintf("Created %s %s.", targetType(em, f), w.ID))
@@ -402,10 +425,10 @@ func (p *pipeline) cachedLink(ctx context.Context, f *flow, em *maps.EntityMap, 
 	return &l
 }
 
-// saveLink records the pairing of src and tgt, keeping the other
+// linkFor is the pairing of src and tgt to record, keeping the other
 // direction's last synced version from old (the link read for this
-// message). An unchanged link is not written again.
-func (p *pipeline) saveLink(ctx context.Context, f *flow, em *maps.EntityMap, src, tgt record, old *link) {
+// message); nil when there is nothing to pair or the link is unchanged.
+func linkFor(f *flow, em *maps.EntityMap, src, tgt record, old *link) *link {
 	l := link{EntityMap: em.Name, FHIRType: em.FHIRType, CRMEntity: em.CRMEntity}
 	if f.side == queues.SideFHIR {
 		l.FHIRID, l.FHIRVersion, l.CRMID = src.ID, src.Version, tgt.ID
@@ -419,18 +442,16 @@ func (p *pipeline) saveLink(ctx context.Context, f *flow, em *maps.EntityMap, sr
 		}
 	}
 	if l.FHIRID == "" || l.CRMID == "" {
-		return
+		return nil
 	}
 	if old != nil {
 		same := *old
 		same.UpdatedAt = l.UpdatedAt
 		if same == l {
-			return
+			return nil
 		}
 	}
-	if err := p.links.save(ctx, l); err != nil {
-		p.plog.Warn("correlation link not saved; it will be rebuilt from the records' keys", "entity_map", em.Name, "error", err)
-	}
+	return &l
 }
 
 func targetType(em *maps.EntityMap, f *flow) string {
@@ -453,7 +474,8 @@ func (p *pipeline) failure(doing string, err error) *step {
 
 // finish records the decision and chooses the settlement — the one place
 // both happen.
-func (p *pipeline) finish(ctx context.Context, m *queues.Received, d *logs.Decision, st *step, start time.Time) settlement {
+func (p *pipeline) finish(ctx context.Context, m *queues.Received, u *unit, q txQueue, st *step, start time.Time) settlement {
+	d := u.d
 	d.Outcome, d.Reason, d.ReasonSubject, d.Message = st.outcome, st.reason, st.subject, st.message
 	attempt := logs.Attempt{At: p.now().UTC()}
 	if st.err != nil {
@@ -475,13 +497,47 @@ func (p *pipeline) finish(ctx context.Context, m *queues.Received, d *logs.Decis
 	}
 	d.Attempts = append(p.previousAttempts(ctx, m), attempt)
 	d.Duration = p.now().Sub(start)
-	if err := p.log.Write(ctx, d); err != nil {
+	if s.kind == settleComplete && q != nil {
+		u.complete, u.q = m, q
+	}
+	if err := p.commit(ctx, u); err != nil {
 		// Without a decision the message must not leave the queue: retry.
 		p.plog.Error("writing the decision failed; the message will be retried", "message_id", m.ID, "error", err)
 		return settlement{kind: settleAbandon, delay: p.backoff.Delay(m.DeliveryCount, err)}
 	}
 	p.metrics.observe(d)
+	if u.settled {
+		if u.lockLost {
+			p.plog.Warn("the message's lock expired before it was completed; it will be delivered again", "message_id", m.ID)
+		}
+		return settlement{kind: settleNone}
+	}
 	return s
+}
+
+// commit records u: in the group commit when there is one, else its own
+// write and link (best effort: the link is a cache, the own write narrows
+// loop prevention to the initiating user) and then its decision.
+func (p *pipeline) commit(ctx context.Context, u *unit) error {
+	if u.own != nil {
+		// Until the unit commits, an echo of this write is recognised from
+		// memory.
+		defer p.writes.note(*u.own)()
+	}
+	if p.batch != nil {
+		return p.batch.commit(ctx, u)
+	}
+	if u.own != nil {
+		if err := p.writes.remember(ctx, u.own.Side, u.own.RType, u.own.RID, u.own.Version); err != nil {
+			p.plog.Warn("own write not remembered; its echo may sync back once", "error", err)
+		}
+	}
+	if u.link != nil {
+		if err := p.links.save(ctx, *u.link); err != nil {
+			p.plog.Warn("correlation link not saved; it will be rebuilt from the records' keys", "entity_map", u.link.EntityMap, "error", err)
+		}
+	}
+	return p.log.Write(ctx, u.d)
 }
 
 // previousAttempts collects the attempts recorded by earlier deliveries

@@ -451,3 +451,34 @@ func retry(m *queues.Received) *queues.Received {
 	m.ID = "retry-message"
 	return m
 }
+
+func TestEchoNamedByTheNoticeIsDecidedWithoutReadingTheSource(t *testing.T) {
+	t.Parallel()
+	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
+		h := newHarness(t, db)
+		h.p.flows[queues.SideCRM].ownNotice = func(n queues.Notice) bool { return n.Initiator == "agent-user" }
+		h.crm.put("c1", "x")
+		h.crm.readErr = errors.New("the source must not be read for a change the agent made")
+		mk := func(initiator string) *queues.Received {
+			n := queues.Notice{V: 1, Side: queues.SideCRM, Type: "contact", ID: "c1", Version: "1", Event: queues.EventUpdated, Origin: "test", Initiator: initiator}
+			msg, err := n.Message()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return &queues.Received{Message: msg, DeliveryCount: 1, SequenceNumber: seq.Add(1)}
+		}
+		own := mk("agent-user")
+		if s := h.p.handle(context.Background(), own); s.kind != settleComplete {
+			t.Fatalf("settlement %v, want complete", s.kind)
+		}
+		if d := lastDecision(t, h, own.ID); d.Outcome != logs.OutcomeSkipped || d.Reason != "own_write_echo" {
+			t.Fatalf("decision %s/%s, want skipped/own_write_echo", d.Outcome, d.Reason)
+		}
+		// Someone else's change is read (and here fails on the read).
+		other := mk("someone-else")
+		h.p.handle(context.Background(), other)
+		if d := lastDecision(t, h, other.ID); d.Reason == "own_write_echo" {
+			t.Fatal("a change by another user was taken for the agent's own")
+		}
+	})
+}

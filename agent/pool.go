@@ -25,6 +25,7 @@ const (
 	settleComplete   settleKind = iota // done: remove the message
 	settleAbandon                      // retry later: release the lock
 	settleDeadLetter                   // give up: move to the dead-letter queue
+	settleNone                         // already completed with its decision
 )
 
 // handler processes one message and says how to settle it. It must not
@@ -175,6 +176,7 @@ func (p *pool) settle(ctx context.Context, m *queues.Received, s settlement) {
 		err = p.q.Abandon(ctx, m, s.delay)
 	case settleDeadLetter:
 		err = p.q.DeadLetter(ctx, m, s.reason, s.description)
+	case settleNone:
 	}
 	if err != nil {
 		p.log.Warn("settling message failed; it will be delivered again", "queue", p.name, "message_id", m.ID, "error", err)

@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
 
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
+
+	"github.com/fhirsync/fhirsync/queues"
 
 	"github.com/fhirsync/fhirsync/storage"
 )
@@ -54,16 +58,49 @@ func (s links) byCRM(ctx context.Context, entityMap, crmID string) (link, error)
 // save records or refreshes a pairing. A CRM id paired before with another
 // FHIR id (a record re-created on one side) is re-pointed.
 func (s links) save(ctx context.Context, l link) error {
-	l.UpdatedAt = time.Now().UTC()
-	return s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		if err := tx.Where("entity_map = ? AND crm_id = ? AND fhir_id <> ?", l.EntityMap, l.CRMID, l.FHIRID).Delete(&link{}).Error; err != nil {
+	return s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error { return saveLinksTx(tx, []link{l}) })
+}
+
+// saveLinksTx saves ls in order inside the caller's transaction. On
+// SQLite one INSERT OR REPLACE does it: REPLACE removes the rows that
+// conflict on either key (the same FHIR id, or the CRM id paired before
+// with another FHIR id) before inserting, which is what save does in two
+// statements.
+func saveLinksTx(tx *gorm.DB, ls []link) error {
+	if len(ls) == 0 {
+		return nil
+	}
+	if storage.DialectOf(tx) != storage.SQLite {
+		for _, l := range ls {
+			if err := saveLinkTx(tx, l); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	now := time.Now().UTC()
+	// One row per statement, the same text each time, so it stays prepared.
+	for _, l := range ls {
+		err := tx.Exec(`INSERT OR REPLACE INTO agent_links (entity_map, fhir_type, fhir_id, crm_entity, crm_id, fhir_version, crm_version, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, l.EntityMap, l.FHIRType, l.FHIRID, l.CRMEntity, l.CRMID, l.FHIRVersion, l.CRMVersion, now).Error
+		if err != nil {
 			return err
 		}
-		return tx.Clauses(clause.OnConflict{
-			Columns:   []clause.Column{{Name: "entity_map"}, {Name: "fhir_id"}},
-			DoUpdates: clause.AssignmentColumns([]string{"fhir_type", "crm_entity", "crm_id", "fhir_version", "crm_version", "updated_at"}),
-		}).Create(&l).Error
-	})
+	}
+	return nil
+}
+
+// saveLinkTx saves one link in two statements: it removes a pairing of
+// the same CRM record with another FHIR id, then upserts.
+func saveLinkTx(tx *gorm.DB, l link) error {
+	l.UpdatedAt = time.Now().UTC()
+	if err := tx.Where("entity_map = ? AND crm_id = ? AND fhir_id <> ?", l.EntityMap, l.CRMID, l.FHIRID).Delete(&link{}).Error; err != nil {
+		return err
+	}
+	return tx.Clauses(clause.OnConflict{
+		Columns:   []clause.Column{{Name: "entity_map"}, {Name: "fhir_id"}},
+		DoUpdates: clause.AssignmentColumns([]string{"fhir_type", "crm_entity", "crm_id", "fhir_version", "crm_version", "updated_at"}),
+	}).Create(&l).Error
 }
 
 func (s links) remove(ctx context.Context, entityMap, fhirID string) error {
@@ -82,16 +119,56 @@ type ownWrite struct {
 func (ownWrite) TableName() string { return "agent_own_writes" }
 
 // ownWrites remembers the versions the agent wrote, for loop prevention.
-type ownWrites struct{ db *gorm.DB }
+type ownWrites struct {
+	db *gorm.DB
+	// pending holds the versions written but not yet committed to the
+	// table (they commit with the message's decision), so an echo that
+	// arrives in between is still recognised.
+	pending *sync.Map
+}
+
+func newOwnWrites(db *gorm.DB) ownWrites { return ownWrites{db: db, pending: &sync.Map{}} }
+
+func (w ownWrite) key() string {
+	return w.Side + "\x00" + w.RType + "\x00" + w.RID + "\x00" + w.Version
+}
+
+// note records w as written, before it is committed; done forgets it
+// once the commit has ended (either way).
+func (s ownWrites) note(w ownWrite) (done func()) {
+	if s.pending == nil {
+		return func() {}
+	}
+	k := w.key()
+	s.pending.Store(k, struct{}{})
+	return func() { s.pending.Delete(k) }
+}
 
 func (s ownWrites) remember(ctx context.Context, side, rtype, rid, version string) error {
 	if version == "" {
 		return nil
 	}
 	w := ownWrite{Side: side, RType: rtype, RID: rid, Version: version, WrittenAt: time.Now().UTC()}
-	err := s.db.WithContext(ctx).Clauses(clause.OnConflict{DoNothing: true}).Create(&w).Error
-	if err != nil {
+	if err := rememberTx(s.db.WithContext(ctx), []ownWrite{w}); err != nil {
 		return fmt.Errorf("remembering own write %s:%s/%s: %w", side, rtype, rid, err)
+	}
+	return nil
+}
+
+// rememberTx records ws inside the caller's transaction.
+func rememberTx(tx *gorm.DB, ws []ownWrite) error {
+	if len(ws) == 0 {
+		return nil
+	}
+	if storage.DialectOf(tx) != storage.SQLite {
+		return tx.Clauses(clause.OnConflict{DoNothing: true}).CreateInBatches(&ws, 500).Error
+	}
+	for _, w := range ws {
+		err := tx.Exec(`INSERT INTO agent_own_writes (side, rtype, rid, version, written_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+			w.Side, w.RType, w.RID, w.Version, w.WrittenAt).Error
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -99,6 +176,11 @@ func (s ownWrites) remember(ctx context.Context, side, rtype, rid, version strin
 func (s ownWrites) isOwn(ctx context.Context, side, rtype, rid, version string) (bool, error) {
 	if version == "" {
 		return false, nil
+	}
+	if s.pending != nil {
+		if _, ok := s.pending.Load(ownWrite{Side: side, RType: rtype, RID: rid, Version: version}.key()); ok {
+			return true, nil
+		}
 	}
 	var n int64
 	err := s.db.WithContext(ctx).Model(&ownWrite{}).
@@ -125,4 +207,44 @@ func (s ownWrites) prune(ctx context.Context, age time.Duration) (int64, error) 
 			return total, nil
 		}
 	}
+}
+
+// applyEffects writes the units' own writes and links and completes their
+// messages, inside the transaction that records their decisions.
+func applyEffects(tx *gorm.DB, us []*unit) error {
+	var owns []ownWrite
+	var ls []link
+	byQueue := map[txQueue][]*unit{}
+	for _, u := range us {
+		if u.own != nil {
+			owns = append(owns, *u.own)
+		}
+		if u.link != nil {
+			ls = append(ls, *u.link)
+		}
+		if u.complete != nil {
+			byQueue[u.q] = append(byQueue[u.q], u)
+		}
+	}
+	if err := saveLinksTx(tx, ls); err != nil {
+		return fmt.Errorf("%w: saving correlation links: %v", errEffects, err)
+	}
+	if err := rememberTx(tx, owns); err != nil {
+		return fmt.Errorf("%w: remembering own writes: %v", errEffects, err)
+	}
+	for q, qus := range byQueue {
+		ms := make([]*queues.Received, len(qus))
+		for i, u := range qus {
+			ms[i] = u.complete
+		}
+		lost, err := q.CompleteHeld(tx, ms...)
+		if err != nil {
+			return fmt.Errorf("%w: %v", errEffects, err)
+		}
+		for _, u := range qus {
+			u.settled = true
+			u.lockLost = slices.Contains(lost, u.complete.SequenceNumber)
+		}
+	}
+	return nil
 }

@@ -18,6 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/robfig/cron/v3"
 	"gorm.io/gorm"
+
+	"github.com/fhirsync/fhirsync/storage"
 )
 
 // Config is the sync log's part of the fhirsync configuration.
@@ -195,6 +197,50 @@ type keyRow struct {
 
 func (keyRow) TableName() string { return "sync_decision_keys" }
 
+// On SQLite a batch is written one row per statement, through the same
+// statement text each time: the statement cache keeps it prepared, while
+// a multi-row statement of a new size would be prepared again (preparing
+// costs more than running the cached one per row). PostgreSQL gets
+// multi-row statements, one round trip per chunk.
+const (
+	insertDecisionSQL = `INSERT INTO sync_decisions (decided_at, correlation_id, message_id, direction, entity_map, map_version,
+		source_type, source_id, source_version, target_type, target_id, target_version, outcome, reason, reason_subject,
+		message, changed_fields, attempts, duration_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`
+	insertKeySQL = `INSERT INTO sync_decision_keys (decision_id, name, hash) VALUES (?, ?, ?)`
+)
+
+// insertDecisions inserts rows and sets their IDs.
+func insertDecisions(tx *gorm.DB, rows []decisionRow) error {
+	if storage.DialectOf(tx) != storage.SQLite {
+		return tx.CreateInBatches(&rows, writeChunk).Error
+	}
+	for i := range rows {
+		r := &rows[i]
+		err := tx.Raw(insertDecisionSQL, r.DecidedAt, r.CorrelationID, r.MessageID, r.Direction, r.EntityMap, r.MapVersion,
+			r.SourceType, r.SourceID, r.SourceVersion, r.TargetType, r.TargetID, r.TargetVersion, r.Outcome, r.Reason,
+			r.ReasonSubject, r.Message, r.ChangedFields, r.Attempts, r.DurationUS).Row().Scan(&r.ID)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func insertKeys(tx *gorm.DB, keys []keyRow) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	if storage.DialectOf(tx) != storage.SQLite {
+		return tx.CreateInBatches(&keys, writeChunk).Error
+	}
+	for _, k := range keys {
+		if err := tx.Exec(insertKeySQL, k.DecisionID, k.Name, k.Hash).Error; err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func toRow(d *Decision) (decisionRow, error) {
 	fields, err := json.Marshal(nonNil(d.ChangedFields))
 	if err != nil {
@@ -272,6 +318,18 @@ const writeChunk = 1000
 // Either all are written or, when one is invalid or the database fails,
 // none; the error names the decision by its position.
 func (s *Store) WriteBatch(ctx context.Context, ds []*Decision) error {
+	return s.WriteBatchWith(ctx, ds, nil)
+}
+
+// Database is the database the sync log is kept in.
+func (s *Store) Database() *gorm.DB { return s.db }
+
+// WriteBatchWith is WriteBatch that also runs also, when not nil, in the
+// same transaction after the decisions are inserted: a caller's own rows
+// in the same database (the agent's correlation links, a queue message's
+// completion) commit or roll back together with the decisions. An error
+// from also rolls everything back and is returned.
+func (s *Store) WriteBatchWith(ctx context.Context, ds []*Decision, also func(tx *gorm.DB) error) error {
 	if len(ds) == 0 {
 		return nil
 	}
@@ -288,7 +346,7 @@ func (s *Store) WriteBatch(ctx context.Context, ds []*Decision) error {
 		rows[i] = r
 	}
 	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		if err := tx.CreateInBatches(&rows, writeChunk).Error; err != nil {
+		if err := insertDecisions(tx, rows); err != nil {
 			return fmt.Errorf("inserting decisions: %w", err)
 		}
 		var keys []keyRow
@@ -311,15 +369,16 @@ func (s *Store) WriteBatch(ctx context.Context, ds []*Decision) error {
 				captures = append(captures, c)
 			}
 		}
-		if len(keys) > 0 {
-			if err := tx.CreateInBatches(&keys, writeChunk).Error; err != nil {
-				return fmt.Errorf("inserting business key hashes: %w", err)
-			}
+		if err := insertKeys(tx, keys); err != nil {
+			return fmt.Errorf("inserting business key hashes: %w", err)
 		}
 		if len(captures) > 0 {
 			if err := tx.CreateInBatches(&captures, 200).Error; err != nil {
 				return fmt.Errorf("inserting captures: %w", err)
 			}
+		}
+		if also != nil {
+			return also(tx)
 		}
 		return nil
 	})

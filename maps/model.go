@@ -1,5 +1,7 @@
 package maps
 
+import "slices"
+
 // FormatVersion is the version of the YAML map-set format this package
 // reads and writes.
 const FormatVersion = 1
@@ -15,6 +17,20 @@ type Document struct {
 	ValueMaps []ValueMap `yaml:"valueMaps,omitempty"`
 	// EntityMaps pair CRM entities with FHIR resource types.
 	EntityMaps []EntityMap `yaml:"entityMaps"`
+}
+
+// CRMEntities lists the CRM entities the entity maps cover, each once, in
+// document order: the entities whose changes the CRM's service endpoint
+// must post (one registered step per entity and message). Expansion-map
+// child entities are not among them; their rows sync with their parent.
+func (d *Document) CRMEntities() []string {
+	var out []string
+	for _, em := range d.EntityMaps {
+		if em.CRMEntity != "" && !slices.Contains(out, em.CRMEntity) {
+			out = append(out, em.CRMEntity)
+		}
+	}
+	return out
 }
 
 // EntityMap pairs a CRM entity with a FHIR resource type (DESIGN.md §3).

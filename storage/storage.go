@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"net"
@@ -61,7 +62,15 @@ func Open(ctx context.Context, rawURL string, opts Options) (*gorm.DB, error) {
 	var db *gorm.DB
 	switch d {
 	case SQLite:
-		db, err = gorm.Open(sqlite.Open(dsn), cfg)
+		var raw *sql.DB
+		registerSQLiteDriver()
+		raw, err = sql.Open(sqliteDriver, dsn)
+		if err == nil {
+			db, err = gorm.Open(sqlite.New(sqlite.Config{DSN: dsn, Conn: newWriteGate(raw, max(sqliteBusy(opts), minGateWait))}), cfg)
+			if err != nil {
+				_ = raw.Close()
+			}
+		}
 	case Postgres:
 		db, err = gorm.Open(postgres.Open(dsn), cfg)
 	}
@@ -85,6 +94,9 @@ func Open(ctx context.Context, rawURL string, opts Options) (*gorm.DB, error) {
 		_ = sqlDB.Close()
 		return nil, fmt.Errorf("connecting to %s database at %s: %w: %s", d, host, ErrUnreachable, shortErr(err))
 	}
+	if d == SQLite {
+		go checkpoint(sqlDB)
+	}
 	return db, nil
 }
 
@@ -94,6 +106,17 @@ func DialectOf(db *gorm.DB) Dialect {
 		return Postgres
 	}
 	return SQLite
+}
+
+// SameDatabase reports whether a and b use the same connection pool, so a
+// transaction opened on one can hold statements meant for the other.
+func SameDatabase(a, b *gorm.DB) bool {
+	if a == nil || b == nil {
+		return false
+	}
+	x, err1 := a.DB()
+	y, err2 := b.DB()
+	return err1 == nil && err2 == nil && x == y
 }
 
 // Close releases db's connections.
@@ -115,11 +138,16 @@ func Describe(rawURL string, opts Options) string {
 	return string(d) + " " + host
 }
 
-func parseURL(rawURL string, opts Options) (Dialect, string, string, error) {
-	busy := opts.BusyTimeout
-	if busy == 0 {
-		busy = 10 * time.Second
+// sqliteBusy is how long a SQLite writer waits for the write lock.
+func sqliteBusy(opts Options) time.Duration {
+	if opts.BusyTimeout == 0 {
+		return 10 * time.Second
 	}
+	return opts.BusyTimeout
+}
+
+func parseURL(rawURL string, opts Options) (Dialect, string, string, error) {
+	busy := sqliteBusy(opts)
 	sqliteDSN := func(path string) (Dialect, string, string, error) {
 		if dir := filepath.Dir(path); dir != "" {
 			if err := os.MkdirAll(dir, 0o700); err != nil {

@@ -45,6 +45,10 @@ type Config struct {
 	Duration    time.Duration
 	// Workers is the agent's workers per queue (the agent's default).
 	Workers int
+	// SandboxCommand, when set, runs the sandboxes in a process of their
+	// own: the command (argv) is `fhirsync bench --serve-sandboxes`, which
+	// calls ServeSandboxes. Empty serves them from this process.
+	SandboxCommand []string
 	// Limits are the CRM's service-protection limits for the throttled
 	// run (600 requests per 10s window, 6 concurrent). Requests < 0 skips
 	// the throttled run.
@@ -106,6 +110,17 @@ type Throughput struct {
 	// DrainSeconds is how long the queues took to empty after the last
 	// decision counted (echoes of the agent's own writes still queued).
 	DrainSeconds float64 `json:"drain_seconds"`
+	// AgentCPUSeconds and SandboxCPUSeconds are the CPU time (user and
+	// system) the bench's process (the agent and the bench's driver) and
+	// the sandbox process used over the same interval, from the first
+	// notice to the queues' being empty. With the sandboxes inline all of
+	// it is AgentCPUSeconds.
+	AgentCPUSeconds   float64 `json:"agent_cpu_seconds"`
+	SandboxCPUSeconds float64 `json:"sandbox_cpu_seconds"`
+	// StealPercent is the share of the machine's CPU time its host took
+	// (steal, from /proc/stat) over the same interval; -1 where unknown.
+	// On a shared virtual machine it explains runs far below the others.
+	StealPercent float64 `json:"cpu_steal_percent"`
 
 	end, idle time.Time
 }
@@ -154,9 +169,14 @@ type Result struct {
 	Throughput []Throughput `json:"throughput"`
 	Latency    []Latency    `json:"latency"`
 	Limited    *Limited     `json:"limited,omitempty"`
-	// PeakRSSBytes is the process's peak resident set (sandboxes included:
-	// they run in the same process).
-	PeakRSSBytes int64 `json:"peak_rss_bytes"`
+	// PeakRSSBytes is this process's peak resident set: the agent, the
+	// embedded queue and the bench's driver, and the sandboxes too when
+	// they run inline (SandboxesInline).
+	PeakRSSBytes    int64 `json:"peak_rss_bytes"`
+	SandboxesInline bool  `json:"sandboxes_inline"`
+	// SandboxPeakRSSBytes is the sandbox process's peak resident set when
+	// the sandboxes run in a process of their own.
+	SandboxPeakRSSBytes int64 `json:"sandbox_peak_rss_bytes,omitempty"`
 }
 
 // Run starts the agent between the two sandboxes and measures it.
@@ -169,8 +189,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Started: time.Now().UTC(), Workers: cfg.Workers}
+	res := &Result{Started: time.Now().UTC(), Workers: cfg.Workers, SandboxesInline: len(cfg.SandboxCommand) == 0}
 	err = e.measure(ctx, res)
+	res.SandboxPeakRSSBytes = e.sb.peakRSS(context.WithoutCancel(ctx))
 	if serr := e.stop(); err == nil && serr != nil {
 		err = fmt.Errorf("stopping the agent: %w", serr)
 	}
@@ -195,6 +216,10 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 		return err
 	}
 	e.progress("FHIR→CRM: %d event notices", n)
+	cpu, err := e.cpuMark(ctx)
+	if err != nil {
+		return err
+	}
 	t1, err := e.fhirToCRM(ctx, pats)
 	if err != nil {
 		return err
@@ -203,6 +228,9 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 		return err
 	}
 	t1.DrainSeconds = t1.idle.Sub(t1.end).Seconds()
+	if t1.AgentCPUSeconds, t1.SandboxCPUSeconds, t1.StealPercent, err = cpu(); err != nil {
+		return err
+	}
 	res.Throughput = append(res.Throughput, t1)
 
 	contacts, err := e.contacts(ctx)
@@ -210,6 +238,9 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 		return err
 	}
 	e.progress("CRM→FHIR: %d contact updates", len(contacts))
+	if cpu, err = e.cpuMark(ctx); err != nil {
+		return err
+	}
 	t2, err := e.crmToFHIR(ctx, contacts)
 	if err != nil {
 		return err
@@ -218,6 +249,9 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 		return err
 	}
 	t2.DrainSeconds = t2.idle.Sub(t2.end).Seconds()
+	if t2.AgentCPUSeconds, t2.SandboxCPUSeconds, t2.StealPercent, err = cpu(); err != nil {
+		return err
+	}
 	res.Throughput = append(res.Throughput, t2)
 
 	e.progress("latency FHIR→CRM at %.0f records/s for %s", e.cfg.OfferedRate, e.cfg.Duration)
@@ -254,6 +288,26 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 		res.Limited = lim
 	}
 	return nil
+}
+
+// cpuMark notes both processes' CPU time and the machine's; the returned
+// function gives what each process used since and the share the host
+// stole (-1 when unknown).
+func (e *env) cpuMark(ctx context.Context) (func() (agent, sandboxes, steal float64, err error), error) {
+	a0 := cpuSeconds()
+	st0, tot0, ok0 := machineCPU()
+	s0, err := e.sb.cpuSeconds(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return func() (float64, float64, float64, error) {
+		s1, err := e.sb.cpuSeconds(ctx)
+		steal := -1.0
+		if st1, tot1, ok1 := machineCPU(); ok0 && ok1 && tot1 > tot0 {
+			steal = 100 * float64(st1-st0) / float64(tot1-tot0)
+		}
+		return cpuSeconds() - a0, s1 - s0, steal, err
+	}, nil
 }
 
 // patient is a seeded FHIR record.
@@ -317,7 +371,10 @@ func (e *env) fhirToCRM(ctx context.Context, pats []patient) (Throughput, error)
 	if err != nil {
 		return Throughput{}, err
 	}
-	reqs := e.crmSrv.Stats().Requests
+	st0, err := e.sb.crmStats(ctx)
+	if err != nil {
+		return Throughput{}, err
+	}
 	from := time.Now()
 	if err := e.sendNotices(ctx, ns); err != nil {
 		return Throughput{}, err
@@ -327,7 +384,11 @@ func (e *env) fhirToCRM(ctx context.Context, pats []patient) (Throughput, error)
 		return Throughput{}, err
 	}
 	t := throughput(logs.FHIRToCRM, len(pats), base, end, from, to)
-	t.TargetRequestsPerRecord = float64(e.crmSrv.Stats().Requests-reqs) / float64(len(pats))
+	st, err := e.sb.crmStats(ctx)
+	if err != nil {
+		return Throughput{}, err
+	}
+	t.TargetRequestsPerRecord = float64(st.Requests-st0.Requests) / float64(len(pats))
 	return t, nil
 }
 
@@ -436,7 +497,9 @@ func quantiles(dir logs.Direction, rate float64, offered int, lat []time.Duratio
 // CRM's answer to the agent's contact upsert.
 func (e *env) latencyFHIRToCRM(ctx context.Context) (Latency, error) {
 	n := int(e.cfg.OfferedRate * e.cfg.Duration.Seconds())
-	e.writes.reset()
+	if err := e.sb.resetWrites(ctx); err != nil {
+		return Latency{}, err
+	}
 	base, err := e.decisions()
 	if err != nil {
 		return Latency{}, err
@@ -471,9 +534,13 @@ func (e *env) latencyFHIRToCRM(ctx context.Context) (Latency, error) {
 	if _, _, err := e.waitTerminal(ctx, base, logs.FHIRToCRM, n); err != nil {
 		return Latency{}, err
 	}
+	_, crmWrites, err := e.sb.writes(ctx)
+	if err != nil {
+		return Latency{}, err
+	}
 	var lat []time.Duration
 	for i, id := range ids {
-		if t, ok := e.writes.get(false, id); ok {
+		if t, ok := crmWrites[id]; ok {
 			lat = append(lat, t.Sub(starts[i]))
 		}
 	}
@@ -485,7 +552,9 @@ func (e *env) latencyFHIRToCRM(ctx context.Context) (Latency, error) {
 // Patient update.
 func (e *env) latencyCRMToFHIR(ctx context.Context, cs []contact) (Latency, error) {
 	n := min(int(e.cfg.OfferedRate*e.cfg.Duration.Seconds()), len(cs))
-	e.writes.reset()
+	if err := e.sb.resetWrites(ctx); err != nil {
+		return Latency{}, err
+	}
 	base, err := e.decisions()
 	if err != nil {
 		return Latency{}, err
@@ -511,9 +580,13 @@ func (e *env) latencyCRMToFHIR(ctx context.Context, cs []contact) (Latency, erro
 	if _, _, err := e.waitTerminal(ctx, base, logs.CRMToFHIR, n); err != nil {
 		return Latency{}, err
 	}
+	fhirWrites, _, err := e.sb.writes(ctx)
+	if err != nil {
+		return Latency{}, err
+	}
 	var lat []time.Duration
 	for i := range n {
-		if t, ok := e.writes.get(true, cs[i].fhirID); ok {
+		if t, ok := fhirWrites[cs[i].fhirID]; ok {
 			lat = append(lat, t.Sub(starts[i]))
 		}
 	}
@@ -539,14 +612,22 @@ func (e *env) limited(ctx context.Context, m int) (*Limited, error) {
 		ns[i] = notice(p)
 	}
 	lim := e.cfg.Limits
-	contactsBefore := e.crmSrv.Count("contact")
+	contactsBefore, err := e.sb.count(ctx, "contact")
+	if err != nil {
+		return nil, err
+	}
 	base, err := e.decisions()
 	if err != nil {
 		return nil, err
 	}
-	e.crmSrv.SetLimits(lim)
-	defer e.crmSrv.SetLimits(crmserver.Limits{})
-	st0 := e.crmSrv.Stats()
+	if err := e.sb.setLimits(ctx, lim); err != nil {
+		return nil, err
+	}
+	defer e.sb.setLimits(context.WithoutCancel(ctx), crmserver.Limits{}) //nolint:errcheck
+	st0, err := e.sb.crmStats(ctx)
+	if err != nil {
+		return nil, err
+	}
 	admitted := func(s crmserver.Stats) int64 {
 		return (s.Requests - s.Throttled - s.Injected) - (st0.Requests - st0.Throttled - st0.Injected)
 	}
@@ -554,6 +635,7 @@ func (e *env) limited(ctx context.Context, m int) (*Limited, error) {
 	// Sample admitted requests at each window boundary after the first
 	// notice (the CRM starts the agent's first window at its first request).
 	var samples []int64
+	var samplingErr error
 	stopSampling := make(chan struct{})
 	sampled := make(chan struct{})
 	go func() {
@@ -563,7 +645,12 @@ func (e *env) limited(ctx context.Context, m int) (*Limited, error) {
 			case <-stopSampling:
 				return
 			case <-time.After(time.Until(from.Add(time.Duration(k) * lim.Window))):
-				samples = append(samples, admitted(e.crmSrv.Stats()))
+				st, err := e.sb.crmStats(ctx)
+				if err != nil {
+					samplingErr = err
+					return
+				}
+				samples = append(samples, admitted(st))
 			}
 		}
 	}()
@@ -575,10 +662,16 @@ func (e *env) limited(ctx context.Context, m int) (*Limited, error) {
 	end, to, err := e.waitTerminal(ctx, base, logs.FHIRToCRM, m)
 	close(stopSampling)
 	<-sampled
+	if err == nil {
+		err = samplingErr
+	}
 	if err != nil {
 		return nil, err
 	}
-	st := e.crmSrv.Stats()
+	st, err := e.sb.crmStats(ctx)
+	if err != nil {
+		return nil, err
+	}
 	out := &Limited{Requests: lim.Requests, WindowSeconds: lim.Window.Seconds(), Concurrent: lim.Concurrent, Records: m,
 		Seconds: to.Sub(from).Seconds(), Throttled: st.Throttled - st0.Throttled,
 		Sent: end[logs.FHIRToCRM][logs.OutcomeSent] - base[logs.FHIRToCRM][logs.OutcomeSent]}
@@ -590,7 +683,11 @@ func (e *env) limited(ctx context.Context, m int) (*Limited, error) {
 		out.Used = samples[len(samples)-1]
 		out.BudgetUsed = float64(out.Used) / float64(out.Allowed)
 	}
-	created := e.crmSrv.Count("contact") - contactsBefore
+	contactsAfter, err := e.sb.count(ctx, "contact")
+	if err != nil {
+		return nil, err
+	}
+	created := contactsAfter - contactsBefore
 	out.Lost = m - min(out.Sent, created)
 	return out, nil
 }

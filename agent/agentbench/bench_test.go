@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -141,9 +142,32 @@ func TestTargetWritesNoteOnlyTheAgentsSuccessfulWrites(t *testing.T) {
 		{name: "a throttled FHIR write did not happen", fhirSide: true, id: "p4", want: false},
 		{name: "a throttled CRM write did not happen", id: "p4", want: false},
 	}
+	fhirWrites, crmWrites := w.snapshot()
 	for _, tt := range tests {
-		if _, got := w.get(tt.fhirSide, tt.id); got != tt.want {
+		m := crmWrites
+		if tt.fhirSide {
+			m = fhirWrites
+		}
+		if _, got := m[tt.id]; got != tt.want {
 			t.Errorf("%s: noted = %v, want %v", tt.name, got, tt.want)
 		}
+	}
+}
+
+func TestMachineCPUReadsStealFromProcStat(t *testing.T) {
+	t.Parallel()
+	if _, err := os.Stat("/proc/stat"); err != nil {
+		if steal, total, ok := machineCPU(); ok || steal != 0 || total != 0 {
+			t.Fatalf("without /proc/stat machineCPU = %d, %d, %v; want nothing", steal, total, ok)
+		}
+		return
+	}
+	steal, total, ok := machineCPU()
+	if !ok || total == 0 || steal > total {
+		t.Fatalf("machineCPU = steal %d, total %d, ok %v", steal, total, ok)
+	}
+	_, later, _ := machineCPU()
+	if later < total {
+		t.Fatalf("total CPU time went back from %d to %d", total, later)
 	}
 }

@@ -1,13 +1,17 @@
-// Package agentbench measures the sync agent end to end: the agent, the
-// embedded queue and the sandbox FHIR server and CRM, all in one process,
-// driven the way production feeds drive them (FHIR event notices, the
-// CRM's RemoteExecutionContext messages).
+// Package agentbench measures the sync agent end to end: the agent and the
+// embedded queue in this process, the sandbox FHIR server and CRM over
+// loopback HTTP, either in this process or in one of their own
+// (Config.SandboxCommand, ServeSandboxes), driven the way production feeds
+// drive them (FHIR event notices, the CRM's RemoteExecutionContext
+// messages).
 //
 // Run measures four things: sustained records per second in each
 // direction, source-write-to-target-write latency at a fixed offered rate,
-// the process's peak resident memory, and how much of the CRM's
+// the agent process's peak resident memory, and how much of the CRM's
 // service-protection budget the agent uses when limits are on — with every
-// record still ending sent.
+// record still ending sent. With the sandboxes in their own process the
+// memory figure is the agent's alone: the sandbox CRM keeps every row in
+// memory and would otherwise dominate it.
 //
 // It owns no production code path: it only assembles agent.New with the
 // same parts `fhirsync serve` uses and watches from outside (the agent's

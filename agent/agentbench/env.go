@@ -8,9 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	stdmaps "maps"
 	"net/http"
-	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -27,8 +26,6 @@ import (
 	"github.com/fhirsync/fhirsync/maps/starter"
 	"github.com/fhirsync/fhirsync/queues"
 	"github.com/fhirsync/fhirsync/queues/embedded"
-	"github.com/fhirsync/fhirsync/sandbox/crmserver"
-	"github.com/fhirsync/fhirsync/sandbox/fhirserver"
 )
 
 // Sandbox CRM identities: the agent's application user and a person
@@ -42,18 +39,16 @@ const (
 
 // env is one running agent between the two sandboxes.
 type env struct {
-	cfg     Config
-	runID   string
-	db      *gorm.DB
-	fhirSrv *fhirserver.Server
-	crmSrv  *crmserver.Server
-	fhirQ   *embedded.Queue
-	crmQ    *embedded.Queue
-	fhir    *fhir.Client // a clinician writing FHIR
-	crm     *crm.Client  // a care coordinator writing the CRM
-	reg     *prometheus.Registry
-	writes  *targetWrites
-	stop    func() error
+	cfg   Config
+	runID string
+	db    *gorm.DB
+	sb    sandboxes
+	fhirQ *embedded.Queue
+	crmQ  *embedded.Queue
+	fhir  *fhir.Client // a clinician writing FHIR
+	crm   *crm.Client  // a care coordinator writing the CRM
+	reg   *prometheus.Registry
+	stop  func() error
 }
 
 // start assembles and starts the agent the way `fhirsync serve` does, with
@@ -61,7 +56,7 @@ type env struct {
 func start(ctx context.Context, cfg Config) (*env, error) {
 	var rid [4]byte
 	_, _ = crand.Read(rid[:])
-	e := &env{cfg: cfg, db: cfg.DB, runID: "bench-" + hex.EncodeToString(rid[:]), reg: prometheus.NewRegistry(), writes: newTargetWrites()}
+	e := &env{cfg: cfg, db: cfg.DB, runID: "bench-" + hex.EncodeToString(rid[:]), reg: prometheus.NewRegistry()}
 	var closers []func()
 	fail := func(err error) (*env, error) {
 		for i := len(closers) - 1; i >= 0; i-- {
@@ -79,35 +74,27 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 	if e.crmQ, err = embedded.New(e.db, e.runID+"-crm-changes", qopts); err != nil {
 		return fail(err)
 	}
-	fhirPath := ""
-	if cfg.TempDir != "" {
-		fhirPath = filepath.Join(cfg.TempDir, e.runID+"-sandbox-fhir.db")
+	if len(cfg.SandboxCommand) > 0 {
+		e.sb, err = startRemote(ctx, cfg.SandboxCommand, cfg.TempDir, e.crmQ)
+	} else {
+		e.sb, err = startLocal(cfg.TempDir, e.runID, e.crmQ)
 	}
-	if e.fhirSrv, err = fhirserver.New(fhirserver.Options{Path: fhirPath}); err != nil {
-		return fail(fmt.Errorf("starting the sandbox FHIR server: %w", err))
-	}
-	closers = append(closers, func() { _ = e.fhirSrv.Close() })
-	if e.crmSrv, err = crmserver.New(crmserver.Options{Tokens: map[string]string{agentToken: agentUser, humanToken: humanUser},
-		Endpoint: e.crmQ}); err != nil {
-		return fail(fmt.Errorf("starting the sandbox CRM: %w", err))
-	}
-	fhirHTTP := httptest.NewServer(e.writes.fhirHandler(e.fhirSrv))
-	closers = append(closers, fhirHTTP.Close)
-	crmHTTP := httptest.NewServer(e.writes.crmHandler(e.crmSrv))
-	closers = append(closers, crmHTTP.Close)
-
-	agentFHIR, err := fhir.New(fhir.Config{BaseURL: fhirHTTP.URL})
 	if err != nil {
 		return fail(err)
 	}
-	if e.fhir, err = fhir.New(fhir.Config{BaseURL: fhirHTTP.URL}); err != nil {
-		return fail(err)
-	}
-	agentCRM, err := crm.New(crm.Config{URL: crmHTTP.URL, Auth: crm.AuthBearer, Token: agentToken})
+	closers = append(closers, func() { _ = e.sb.close() })
+	agentFHIR, err := fhir.New(fhir.Config{BaseURL: e.sb.fhirURL()})
 	if err != nil {
 		return fail(err)
 	}
-	if e.crm, err = crm.New(crm.Config{URL: crmHTTP.URL, Auth: crm.AuthBearer, Token: humanToken}); err != nil {
+	if e.fhir, err = fhir.New(fhir.Config{BaseURL: e.sb.fhirURL()}); err != nil {
+		return fail(err)
+	}
+	agentCRM, err := crm.New(crm.Config{URL: e.sb.crmURL(), Auth: crm.AuthBearer, Token: agentToken})
+	if err != nil {
+		return fail(err)
+	}
+	if e.crm, err = crm.New(crm.Config{URL: e.sb.crmURL(), Auth: crm.AuthBearer, Token: humanToken}); err != nil {
 		return fail(err)
 	}
 	var secret [24]byte
@@ -141,11 +128,12 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 	e.stop = func() error {
 		cancel()
 		err := <-done
-		_ = e.fhirQ.Close(context.Background())
-		_ = e.crmQ.Close(context.Background())
+		// The sandboxes first: the CRM posts what is pending to crm-changes.
 		for i := len(closers) - 1; i >= 0; i-- {
 			closers[i]()
 		}
+		_ = e.fhirQ.Close(context.Background())
+		_ = e.crmQ.Close(context.Background())
 		if errors.Is(err, context.Canceled) {
 			return nil
 		}
@@ -307,20 +295,20 @@ func (w *targetWrites) reset() {
 	w.fhir, w.crm = map[string]time.Time{}, map[string]time.Time{}
 }
 
-func (w *targetWrites) get(fhirSide bool, id string) (time.Time, bool) {
+// snapshot copies the marks so far.
+func (w *targetWrites) snapshot() (fhirSide, crmSide map[string]time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return stdmaps.Clone(w.fhir), stdmaps.Clone(w.crm)
+}
+
+func (w *targetWrites) mark(fhirSide bool, id string, t time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	m := w.crm
 	if fhirSide {
 		m = w.fhir
 	}
-	t, ok := m[id]
-	return t, ok
-}
-
-func (w *targetWrites) mark(m map[string]time.Time, id string, t time.Time) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
 	if _, seen := m[id]; !seen {
 		m[id] = t
 	}
@@ -354,11 +342,7 @@ func (w *targetWrites) fhirHandler(h http.Handler) http.Handler {
 			h.ServeHTTP(rw, r)
 			return
 		}
-		sw := &statusWriter{ResponseWriter: rw}
-		h.ServeHTTP(sw, r)
-		if sw.status >= 200 && sw.status < 300 {
-			w.mark(w.fhir, id, time.Now())
-		}
+		w.serveAndMark(h, rw, r, true, id)
 	})
 }
 
@@ -373,12 +357,18 @@ func (w *targetWrites) crmHandler(h http.Handler) http.Handler {
 			h.ServeHTTP(rw, r)
 			return
 		}
-		sw := &statusWriter{ResponseWriter: rw}
-		h.ServeHTTP(sw, r)
-		if sw.status >= 200 && sw.status < 300 {
-			w.mark(w.crm, id, time.Now())
-		}
+		w.serveAndMark(h, rw, r, false, id)
 	})
+}
+
+// serveAndMark serves r and marks id on the FHIR or the CRM side if the
+// answer was a success.
+func (w *targetWrites) serveAndMark(h http.Handler, rw http.ResponseWriter, r *http.Request, fhirSide bool, id string) {
+	sw := &statusWriter{ResponseWriter: rw}
+	h.ServeHTTP(sw, r)
+	if sw.status >= 200 && sw.status < 300 {
+		w.mark(fhirSide, id, time.Now())
+	}
 }
 
 // discardLogger is the default process logger: the bench prints a table.

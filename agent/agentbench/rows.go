@@ -47,6 +47,20 @@ func (r *Result) Rows() []Row {
 			Metric: fmt.Sprintf("%s queues empty after the last decision", arrow(t.Direction)),
 			Value:  fmt.Sprintf("%.1f s", t.DrainSeconds),
 		})
+		if t.StealPercent >= 0 && t.AgentCPUSeconds > 0 {
+			rows = append(rows, Row{Metric: fmt.Sprintf("%s CPU time taken by the host (steal, whole machine)", arrow(t.Direction)),
+				Value: fmt.Sprintf("%.0f %%", t.StealPercent)})
+		}
+		if t.Records > 0 && t.AgentCPUSeconds > 0 {
+			perRecord := func(s float64) string { return fmt.Sprintf("%.2f ms", s*1000/float64(t.Records)) }
+			if r.SandboxesInline {
+				rows = append(rows, Row{Metric: fmt.Sprintf("%s CPU per record (agent and sandboxes)", arrow(t.Direction)), Value: perRecord(t.AgentCPUSeconds)})
+			} else {
+				rows = append(rows,
+					Row{Metric: fmt.Sprintf("%s CPU per record, agent process", arrow(t.Direction)), Value: perRecord(t.AgentCPUSeconds)},
+					Row{Metric: fmt.Sprintf("%s CPU per record, sandbox process", arrow(t.Direction)), Value: perRecord(t.SandboxCPUSeconds)})
+			}
+		}
 	}
 	for _, l := range r.Latency {
 		all := l.Written == l.Offered
@@ -70,7 +84,16 @@ func (r *Result) Rows() []Row {
 			Row{Metric: "records lost to 429", Value: fmt.Sprintf("%d", l.Lost), Target: "0", Met: met(l.Lost == 0)},
 		)
 	}
-	rows = append(rows, Row{Metric: "peak RSS (agent and sandboxes, one process)", Value: fmt.Sprintf("%.0f MB", float64(r.PeakRSSBytes)/(1<<20)),
+	mb := func(b int64) string { return fmt.Sprintf("%.0f MB", float64(b)/(1<<20)) }
+	if r.SandboxesInline {
+		rows = append(rows, Row{Metric: "peak RSS (agent and sandboxes, one process)", Value: mb(r.PeakRSSBytes),
+			Target: fmt.Sprintf("<= %d MB", TargetPeakRSSBytes>>20), Met: met(r.PeakRSSBytes > 0 && r.PeakRSSBytes <= TargetPeakRSSBytes)})
+		return rows
+	}
+	rows = append(rows, Row{Metric: "peak RSS (agent process)", Value: mb(r.PeakRSSBytes),
 		Target: fmt.Sprintf("<= %d MB", TargetPeakRSSBytes>>20), Met: met(r.PeakRSSBytes > 0 && r.PeakRSSBytes <= TargetPeakRSSBytes)})
+	if r.SandboxPeakRSSBytes > 0 {
+		rows = append(rows, Row{Metric: "peak RSS (sandbox process, for reference)", Value: mb(r.SandboxPeakRSSBytes)})
+	}
 	return rows
 }

@@ -7,7 +7,46 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
+
+// machineCPU reads the machine-wide CPU counters of /proc/stat: the time
+// the host's hypervisor took from this machine (steal) and all time. ok is
+// false where there is no /proc/stat.
+func machineCPU() (steal, total uint64, ok bool) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, false
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	fs := strings.Fields(line)
+	if len(fs) < 9 || fs[0] != "cpu" {
+		return 0, 0, false
+	}
+	for i, f := range fs[1:] {
+		n, err := strconv.ParseUint(f, 10, 64)
+		if err != nil {
+			return 0, 0, false
+		}
+		if i == 7 {
+			steal = n
+		}
+		// guest time (fields 9 and 10) is already counted in user time.
+		if i < 8 {
+			total += n
+		}
+	}
+	return steal, total, true
+}
+
+// cpuSeconds is the user and system CPU time this process has used.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
 
 // peakRSS is the process's peak resident set size in bytes: VmHWM from
 // /proc/self/status where there is one, else getrusage's ru_maxrss.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"text/tabwriter"
 	"time"
@@ -19,8 +20,9 @@ import (
 
 func runBench(ctx context.Context, e *env, args []string) error {
 	fs := e.newFlagSet("bench", "bench [--records N] [--offered-rate R] [--duration D] [--database-url URL] [--json]", `
-Measure the sync agent on this machine: the agent, the embedded queue and
-the sandbox FHIR server and CRM run in this process. Prints sustained
+Measure the sync agent on this machine: the agent and the embedded queue
+run in this process, the sandbox FHIR server and CRM in a second one
+(--sandboxes inline keeps them in this one). Prints sustained
 records/s in each direction, source-write-to-target-write latency at a fixed
 offered rate, peak resident memory, and the share of the CRM's
 service-protection budget used with limits on (with every record still
@@ -38,13 +40,35 @@ names one; use a scratch database, the run leaves its rows behind.`)
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this `file`")
 	quiet := fs.Bool("quiet", false, "do not print progress on stderr")
+	where := fs.String("sandboxes", "process", "where the sandboxes run: process (a process of their own) or inline (this process)")
+	serveSandboxes := fs.Bool("serve-sandboxes", false, "serve the sandboxes for another bench process and print their addresses (used by --sandboxes process)")
+	sandboxDir := fs.String("sandbox-dir", "", "with --serve-sandboxes: directory for the sandbox FHIR server's file")
+	endpoint := fs.String("endpoint", "", "with --serve-sandboxes: URL the sandbox CRM posts its service-endpoint messages to")
 	if done, err := parseFlags(fs, args); done {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return usageErrorf("bench takes no arguments")
 	}
+	if *serveSandboxes {
+		if *endpoint == "" {
+			return usageErrorf("bench: --serve-sandboxes needs --endpoint")
+		}
+		// The sandbox CRM keeps every row in memory: a large live heap that
+		// Go's default collector would mark over and over, taking CPU the
+		// agent's run needs. Collect at 400 % growth, within 1 GiB.
+		if e.getenv("GOGC") == "" {
+			debug.SetGCPercent(400)
+		}
+		if e.getenv("GOMEMLIMIT") == "" {
+			debug.SetMemoryLimit(1 << 30)
+		}
+		return agentbench.ServeSandboxes(ctx, *sandboxDir, *endpoint, os.Stdin, e.stdout)
+	}
+	tuneCollector(e.getenv)
 	switch {
+	case *where != "process" && *where != "inline":
+		return usageErrorf("bench: --sandboxes must be process or inline")
 	case *records < 1 || *records > 1000000:
 		return usageErrorf("bench: --records must be 1..1000000")
 	case *rate <= 0 || *duration <= 0 || *rate*duration.Seconds() < 1:
@@ -92,8 +116,16 @@ names one; use a scratch database, the run leaves its rows behind.`)
 	if !*quiet {
 		progress = e.stderr
 	}
+	var command []string
+	if *where == "process" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("finding this program to run the sandboxes: %w", err)
+		}
+		command = []string{exe, "bench", "--serve-sandboxes"}
+	}
 	res, err := agentbench.Run(ctx, agentbench.Config{DB: db, TempDir: dir, Records: *records, OfferedRate: *rate, Duration: *duration,
-		Workers: *workers, Limits: limits, LimitedWindows: *windows, Progress: progress})
+		Workers: *workers, Limits: limits, LimitedWindows: *windows, Progress: progress, SandboxCommand: command})
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}
@@ -108,8 +140,12 @@ names one; use a scratch database, the run leaves its rows behind.`)
 			Rows     []agentbench.Row   `json:"rows"`
 		}{database, runtime.NumCPU(), res, res.Rows()})
 	}
-	fmt.Fprintf(e.stdout, "fhirsync bench %s: %s database, embedded queue, sandbox endpoints in-process, %d CPUs, %s %s/%s\n\n",
-		res.Started.Format(time.RFC3339), database, runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	placed := "in a second process"
+	if *where == "inline" {
+		placed = "in-process"
+	}
+	fmt.Fprintf(e.stdout, "fhirsync bench %s: %s database, embedded queue, sandbox endpoints %s, %d CPUs, %s %s/%s\n\n",
+		res.Started.Format(time.RFC3339), database, placed, runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "METRIC\tVALUE\tTARGET\tMET")
 	for _, r := range res.Rows() {

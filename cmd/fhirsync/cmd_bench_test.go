@@ -13,9 +13,11 @@ import (
 )
 
 // tinyBench is a run small enough for a test: it checks the harness and
-// the table, not the machine's speed.
+// the table, not the machine's speed. The sandboxes run inline: the test
+// binary cannot be started again as `fhirsync bench --serve-sandboxes`
+// (agentbench's tests cover the sandbox process).
 var tinyBench = []string{"bench", "--quiet", "--records", "40", "--offered-rate", "20", "--duration", "1s",
-	"--limit-requests", "30", "--limit-window", "1s", "--limit-concurrent", "3", "--limit-windows", "2"}
+	"--limit-requests", "30", "--limit-window", "1s", "--limit-concurrent", "3", "--limit-windows", "2", "--sandboxes", "inline"}
 
 func TestBenchPrintsEveryRowWithNumbers(t *testing.T) {
 	t.Parallel()
@@ -31,7 +33,7 @@ func TestBenchPrintsEveryRowWithNumbers(t *testing.T) {
 				t.Fatalf("bench exited %d\n%s%s", code, stdout.String(), stderr.String())
 			}
 			out := stdout.String()
-			if !strings.Contains(out, string(d)+" database") {
+			if !strings.Contains(out, string(d)+" database, embedded queue, sandbox endpoints in-process") {
 				t.Errorf("the header does not name the %s database:\n%s", d, out)
 			}
 			rows := []string{
@@ -132,6 +134,8 @@ func TestBenchUsage(t *testing.T) {
 		{name: "zero window with limits", args: []string{"bench", "--limit-window", "0s"}},
 		{name: "stray argument", args: []string{"bench", "now"}},
 		{name: "unknown flag", args: []string{"bench", "--fast"}},
+		{name: "sandboxes nowhere", args: []string{"bench", "--sandboxes", "elsewhere"}},
+		{name: "sandbox process without an endpoint", args: []string{"bench", "--serve-sandboxes"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -54,6 +54,7 @@ syncing is visible in the admin app. Prints the admin URL and a login.`)
 	if *patients < 0 || *patients > 100000 || *rate < 0 {
 		return usageErrorf("demo: --patients must be 0..100000 and --edits-per-second not negative")
 	}
+	tuneCollector(e.getenv)
 	dir := *dataDir
 	if dir == "" {
 		d, err := os.MkdirTemp("", "fhirsync-demo-")

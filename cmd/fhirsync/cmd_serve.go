@@ -33,6 +33,7 @@ shutdown_timeout.`)
 	if fs.NArg() > 0 {
 		return usageErrorf("serve takes no arguments")
 	}
+	tuneCollector(e.getenv)
 	cfg, err := e.config()
 	if err != nil {
 		return err

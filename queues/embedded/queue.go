@@ -328,25 +328,16 @@ func (q *Queue) CompleteMany(ctx context.Context, ms []*queues.Received) error {
 	if len(ms) == 0 {
 		return nil
 	}
-	if slices.Contains(ms, nil) {
-		return fmt.Errorf("completing messages on queue %s: nil message in batch", q.name)
-	}
-	var done map[int64]bool
+	var lost []int64
 	err := q.single(ctx, func(tx *gorm.DB) error {
 		var err error
-		done, err = q.deleteLockedMany(tx, ms, now())
+		lost, err = q.completeHeld(tx, ms)
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("completing %d messages on queue %s: %w", len(ms), q.name, err)
 	}
 	q.notify()
-	var lost []int64
-	for _, m := range ms {
-		if !done[m.SequenceNumber] {
-			lost = append(lost, m.SequenceNumber)
-		}
-	}
 	if len(lost) > 0 {
 		return fmt.Errorf("completing messages on queue %s: sequence numbers %v: %w", q.name, lost, queues.ErrLockLost)
 	}
@@ -360,24 +351,56 @@ func (q *Queue) CompleteMany(ctx context.Context, ms []*queues.Received) error {
 // returns an error wrapping queues.ErrLockLost and the caller must roll
 // back.
 func (q *Queue) CompleteTx(tx *gorm.DB, ms ...*queues.Received) error {
-	if err := q.errIfClosed("completing"); err != nil {
+	lost, err := q.CompleteHeld(tx, ms...)
+	if err != nil {
 		return err
 	}
+	if len(lost) > 0 {
+		return fmt.Errorf("completing message %d on queue %s: %w", lost[0], q.name, queues.ErrLockLost)
+	}
+	return nil
+}
+
+// CompleteHeld completes inside the caller's transaction tx (opened on
+// the same database, see Database) those of ms whose locks are still held,
+// and returns the sequence numbers of the others: their locks expired and
+// they will be delivered again. Unlike CompleteTx, a lost lock is not an
+// error, so one late message does not undo the work of the others
+// committed with it.
+func (q *Queue) CompleteHeld(tx *gorm.DB, ms ...*queues.Received) (lost []int64, err error) {
+	if err := q.errIfClosed("completing"); err != nil {
+		return nil, err
+	}
+	lost, err = q.completeHeld(tx, ms)
+	if err != nil {
+		return nil, fmt.Errorf("completing %d messages on queue %s: %w", len(ms), q.name, err)
+	}
+	q.notify() // early if the caller has not committed yet; pollers catch up
+	return lost, nil
+}
+
+// completeHeld deletes the rows of ms whose locks are held and returns
+// the sequence numbers of the others.
+func (q *Queue) completeHeld(tx *gorm.DB, ms []*queues.Received) ([]int64, error) {
 	if slices.Contains(ms, nil) {
-		return fmt.Errorf("completing messages on queue %s: nil message in batch", q.name)
+		return nil, errors.New("nil message in batch")
 	}
 	done, err := q.deleteLockedMany(tx, ms, now())
 	if err != nil {
-		return fmt.Errorf("completing %d messages on queue %s: %w", len(ms), q.name, err)
+		return nil, err
 	}
+	var lost []int64
 	for _, m := range ms {
 		if !done[m.SequenceNumber] {
-			return fmt.Errorf("completing message %d on queue %s: %w", m.SequenceNumber, q.name, queues.ErrLockLost)
+			lost = append(lost, m.SequenceNumber)
 		}
 	}
-	q.notify() // early if the caller has not committed yet; pollers catch up
-	return nil
+	return lost, nil
 }
+
+// Database is the database the queue keeps its messages in, for callers
+// that complete messages inside their own transactions.
+func (q *Queue) Database() *gorm.DB { return q.db }
 
 // Abandon releases the lock; the message is delivered again after delay.
 func (q *Queue) Abandon(ctx context.Context, m *queues.Received, delay time.Duration) error {

@@ -141,6 +141,20 @@ func (q *Queue) deleteLocked(tx *gorm.DB, m *queues.Received, t time.Time) (int6
 // token.
 func (q *Queue) deleteLockedMany(tx *gorm.DB, ms []*queues.Received, t time.Time) (map[int64]bool, error) {
 	done := make(map[int64]bool, len(ms))
+	if q.dialect == storage.SQLite {
+		// One statement per message, the same text each time, so it stays
+		// prepared; a statement of a new size would be prepared again.
+		for _, m := range ms {
+			n, err := q.deleteLocked(tx, m, t)
+			if err != nil {
+				return nil, err
+			}
+			if n > 0 {
+				done[m.SequenceNumber] = true
+			}
+		}
+		return done, nil
+	}
 	for start := 0; start < len(ms); start += MaxBatch {
 		chunk := ms[start:min(len(ms), start+MaxBatch)]
 		seqs := make([]int64, len(chunk))

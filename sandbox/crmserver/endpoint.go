@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -160,6 +161,9 @@ func (s *Server) publish(ctx context.Context, events []event) {
 	msgs := make([]queues.Message, 0, len(events))
 	dropped := 0
 	for _, ev := range events {
+		if len(s.opts.EndpointEntities) > 0 && !slices.Contains(s.opts.EndpointEntities, ev.entity.LogicalName) {
+			continue
+		}
 		body, err := s.contextJSON(ev, true)
 		if err == nil && len(body) > s.opts.MaxContextBytes {
 			dropped++
@@ -179,9 +183,26 @@ func (s *Server) publish(ctx context.Context, events []event) {
 			},
 		})
 	}
-	err := s.opts.Endpoint.Send(context.WithoutCancel(ctx), msgs...)
+	if len(msgs) == 0 && dropped == 0 {
+		return
+	}
 	s.mu.Lock()
 	s.stats.ImagesDropped += int64(dropped)
+	s.mu.Unlock()
+	if s.post != nil {
+		s.post.add(msgs)
+		return
+	}
+	s.send(context.WithoutCancel(ctx), msgs)
+}
+
+// send posts msgs to the endpoint and counts the result.
+func (s *Server) send(ctx context.Context, msgs []queues.Message) {
+	if len(msgs) == 0 {
+		return
+	}
+	err := s.opts.Endpoint.Send(ctx, msgs...)
+	s.mu.Lock()
 	if err != nil {
 		s.stats.EndpointFailed += int64(len(msgs))
 	} else {
@@ -191,4 +212,68 @@ func (s *Server) publish(ctx context.Context, events []event) {
 	if err != nil {
 		s.log.Warn("service endpoint refused messages", "count", len(msgs), "err", err)
 	}
+}
+
+// poster is the asynchronous service-endpoint worker: writes add their
+// messages, and the worker posts everything pending in one Send.
+type poster struct {
+	s       *Server
+	mu      sync.Mutex
+	pending []queues.Message
+	wake    chan struct{}
+	stop    chan struct{}
+	done    chan struct{}
+	once    sync.Once
+}
+
+// maxPost bounds the messages of one Send.
+const maxPost = 500
+
+func newPoster(s *Server) *poster {
+	p := &poster{s: s, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	go p.run()
+	return p
+}
+
+func (p *poster) add(msgs []queues.Message) {
+	p.mu.Lock()
+	p.pending = append(p.pending, msgs...)
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (p *poster) run() {
+	defer close(p.done)
+	for {
+		stopping := false
+		select {
+		case <-p.wake:
+		case <-p.stop:
+			stopping = true
+		}
+		for {
+			p.mu.Lock()
+			batch := p.pending[:min(len(p.pending), maxPost)]
+			p.pending = p.pending[len(batch):]
+			if len(p.pending) == 0 {
+				p.pending = nil
+			}
+			p.mu.Unlock()
+			if len(batch) == 0 {
+				break
+			}
+			p.s.send(context.Background(), batch)
+		}
+		if stopping {
+			return
+		}
+	}
+}
+
+func (p *poster) close() {
+	p.once.Do(func() { close(p.stop) })
+	<-p.done
 }

@@ -60,6 +60,18 @@ type Options struct {
 	// Endpoint, when set, receives a RemoteExecutionContext message for
 	// every committed create, update and delete.
 	Endpoint sender
+	// EndpointEntities are the logical names of the entities with a step
+	// registered on the service endpoint (Dataverse registers one step per
+	// message and entity); changes to other entities are not posted. Empty
+	// means every entity.
+	EndpointEntities []string
+	// EndpointAsync posts from a background worker, as Dataverse posts an
+	// asynchronous step's messages from its async service: a write answers
+	// without waiting for the post, and the messages that accumulated
+	// meanwhile are posted together, in the order the writes ended. Close stops the
+	// worker after posting what is pending. Off, each write posts before it
+	// answers.
+	EndpointAsync bool
 	// EndpointImages registers a PreImage and a PostImage on the emulated
 	// step (Dataverse: images configured on the step registration).
 	EndpointImages bool
@@ -104,6 +116,8 @@ type Server struct {
 	failCode int
 	failN    int
 	stats    Stats
+
+	post *poster // nil unless EndpointAsync
 }
 
 type usage struct {
@@ -139,7 +153,20 @@ func New(opts Options) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	if opts.Endpoint != nil && opts.EndpointAsync {
+		s.post = newPoster(s)
+	}
 	return s, nil
+}
+
+// Close stops the asynchronous service-endpoint worker once it has posted
+// what is pending. It is safe to call more than once, and a no-op without
+// EndpointAsync.
+func (s *Server) Close() error {
+	if s.post != nil {
+		s.post.close()
+	}
+	return nil
 }
 
 // SetLimits switches service-protection limits at run time.
@@ -884,7 +911,7 @@ func (s *Server) list(c *call, tb *table, req *request) response {
 	if tracking || q.Has("$deltatoken") {
 		return s.delta(c, tb, req, sel, pageSize)
 	}
-	rows := make([]*row, 0, len(tb.rows))
+	var rows []*row
 	var filter filterNode
 	if f := q.Get("$filter"); f != "" {
 		n, err := parseFilter(f, knownFilterName(tb.def))

@@ -75,7 +75,7 @@ func resourceReply(status int, base string, r record) reply {
 }
 
 func (s *Server) read(ctx context.Context, typ, id string) (reply, error) {
-	r, err := current(ctx, s.store.db, typ, id)
+	r, err := current(ctx, s.store.reader(), typ, id)
 	if errors.Is(err, errNoRecord) {
 		return reply{}, errorf(http.StatusNotFound, "not-found", "%s/%s is not known", typ, id)
 	}

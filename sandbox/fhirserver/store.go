@@ -60,6 +60,33 @@ type store struct {
 
 	mu   sync.Mutex // held by writers
 	last time.Time  // newest lastUpdated handed out
+
+	stmts map[string]*sql.Stmt // prepared writer statements, read-only after open
+}
+
+// Statements run on every read and write, prepared once when the store
+// opens (the store has one connection, which a transaction holds, so they
+// cannot be prepared later from inside one). Keeping them prepared saves
+// SQLite's parse and plan on every request.
+const (
+	sqlCurrent       = `SELECT version, last_updated, deleted, body FROM current WHERE type = ? AND id = ?`
+	sqlInsertVersion = `INSERT INTO versions (type, id, version, last_updated, method, body) VALUES (?, ?, ?, ?, ?, ?)`
+	sqlUpsertCurrent = `INSERT INTO current (type, id, version, last_updated, deleted, body) VALUES (?, ?, ?, ?, 0, ?)
+		ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, last_updated = excluded.last_updated, deleted = 0, body = excluded.body`
+	sqlDeleteIdents = `DELETE FROM identifiers WHERE type = ? AND id = ?`
+	sqlInsertIdent  = `INSERT INTO identifiers (type, id, system, value) VALUES (?, ?, ?, ?)`
+)
+
+func (s *store) prepare() error {
+	s.stmts = map[string]*sql.Stmt{}
+	for _, q := range []string{sqlCurrent, sqlInsertVersion, sqlUpsertCurrent, sqlDeleteIdents, sqlInsertIdent} {
+		st, err := s.db.Prepare(q)
+		if err != nil {
+			return err
+		}
+		s.stmts[q] = st
+	}
+	return nil
 }
 
 func openStore(path string, now func() time.Time) (*store, error) {
@@ -83,6 +110,10 @@ func openStore(path string, now func() time.Time) (*store, error) {
 		return nil, fmt.Errorf("creating the sandbox FHIR schema: %w", err)
 	}
 	s := &store{db: db, now: now}
+	if err := s.prepare(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("preparing the sandbox FHIR statements: %w", err)
+	}
 	var lastText sql.NullString
 	if err := db.QueryRow(`SELECT MAX(last_updated) FROM versions`).Scan(&lastText); err != nil {
 		db.Close()
@@ -118,7 +149,7 @@ func (r record) versionRef() string {
 func current(ctx context.Context, q querier, typ, id string) (record, error) {
 	r := record{typ: typ, id: id}
 	var lu string
-	err := q.QueryRowContext(ctx, `SELECT version, last_updated, deleted, body FROM current WHERE type = ? AND id = ?`, typ, id).
+	err := q.QueryRowContext(ctx, sqlCurrent, typ, id).
 		Scan(&r.version, &lu, &r.deleted, &r.body)
 	if errors.Is(err, sql.ErrNoRows) {
 		return r, errNoRecord
@@ -163,7 +194,7 @@ func (s *store) write(ctx context.Context, fn func(w *writer) error) error {
 	if err != nil {
 		return err
 	}
-	w := &writer{tx: tx, s: s, last: s.last}
+	w := &writer{tx: txQuerier{tx: tx, s: s}, s: s, last: s.last}
 	if err := fn(w); err != nil {
 		_ = tx.Rollback()
 		return err
@@ -175,9 +206,56 @@ func (s *store) write(ctx context.Context, fn func(w *writer) error) error {
 	return nil
 }
 
+// txQuerier runs a writer's statements in its transaction, prepared.
+type txQuerier struct {
+	tx *sql.Tx
+	s  *store
+}
+
+func (q txQuerier) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if st, ok := q.s.stmts[query]; ok {
+		return q.tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+	}
+	return q.tx.ExecContext(ctx, query, args...)
+}
+
+func (q txQuerier) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	return q.tx.QueryContext(ctx, query, args...)
+}
+
+func (q txQuerier) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	if st, ok := q.s.stmts[query]; ok {
+		return q.tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
+	}
+	return q.tx.QueryRowContext(ctx, query, args...)
+}
+
+// reader runs reads outside a transaction, prepared where the statement is.
+func (s *store) reader() dbQuerier { return dbQuerier{s} }
+
+type dbQuerier struct{ s *store }
+
+func (q dbQuerier) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if st, ok := q.s.stmts[query]; ok {
+		return st.ExecContext(ctx, args...)
+	}
+	return q.s.db.ExecContext(ctx, query, args...)
+}
+
+func (q dbQuerier) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	return q.s.db.QueryContext(ctx, query, args...)
+}
+
+func (q dbQuerier) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	if st, ok := q.s.stmts[query]; ok {
+		return st.QueryRowContext(ctx, args...)
+	}
+	return q.s.db.QueryRowContext(ctx, query, args...)
+}
+
 // writer stores versions inside one transaction.
 type writer struct {
-	tx   *sql.Tx
+	tx   txQuerier
 	s    *store
 	last time.Time
 }
@@ -210,22 +288,21 @@ func (w *writer) put(ctx context.Context, res map[string]any, method string, pre
 	}
 	r.body = body
 	lu := r.lastUpdated.Format(tsLayout)
-	res2, err := w.tx.ExecContext(ctx, `INSERT INTO versions (type, id, version, last_updated, method, body) VALUES (?, ?, ?, ?, ?, ?)`,
+	res2, err := w.tx.ExecContext(ctx, sqlInsertVersion,
 		typ, id, r.version, lu, method, body)
 	if err != nil {
 		return r, err
 	}
 	r.seq, _ = res2.LastInsertId()
-	if _, err := w.tx.ExecContext(ctx, `INSERT INTO current (type, id, version, last_updated, deleted, body) VALUES (?, ?, ?, ?, 0, ?)
-		ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, last_updated = excluded.last_updated, deleted = 0, body = excluded.body`,
+	if _, err := w.tx.ExecContext(ctx, sqlUpsertCurrent,
 		typ, id, r.version, lu, body); err != nil {
 		return r, err
 	}
-	if _, err := w.tx.ExecContext(ctx, `DELETE FROM identifiers WHERE type = ? AND id = ?`, typ, id); err != nil {
+	if _, err := w.tx.ExecContext(ctx, sqlDeleteIdents, typ, id); err != nil {
 		return r, err
 	}
 	for _, ident := range identifiersOf(res) {
-		if _, err := w.tx.ExecContext(ctx, `INSERT INTO identifiers (type, id, system, value) VALUES (?, ?, ?, ?)`,
+		if _, err := w.tx.ExecContext(ctx, sqlInsertIdent,
 			typ, id, ident[0], ident[1]); err != nil {
 			return r, err
 		}
@@ -247,7 +324,7 @@ func (w *writer) remove(ctx context.Context, typ, id string, prev int64) (record
 		r.version, lu, typ, id); err != nil {
 		return r, err
 	}
-	if _, err := w.tx.ExecContext(ctx, `DELETE FROM identifiers WHERE type = ? AND id = ?`, typ, id); err != nil {
+	if _, err := w.tx.ExecContext(ctx, sqlDeleteIdents, typ, id); err != nil {
 		return r, err
 	}
 	return r, nil

@@ -1,0 +1,29 @@
+package main
+
+import "runtime/debug"
+
+// Collector settings for the processes that run the agent (serve, demo,
+// bench), unless the environment sets GOGC or GOMEMLIMIT, which Go then
+// applies as usual.
+//
+// The agent's live heap is small (tens of megabytes) while it allocates
+// quickly: every message decodes and encodes JSON several times. At Go's
+// default GOGC of 100 it collects after every few megabytes of allocation;
+// in `fhirsync bench` the agent process then spends about a quarter more CPU
+// per record (2.7–2.9 ms instead of 2.0–2.2 at 5,000 records). At 400 it
+// collects a quarter as often for a heap a few times larger, and the soft
+// limit keeps that heap in bounds: near it the collector runs as often as
+// it must.
+const (
+	agentGCPercent   = 400
+	agentMemoryLimit = 150 << 20
+)
+
+func tuneCollector(getenv func(string) string) {
+	if getenv("GOGC") == "" {
+		debug.SetGCPercent(agentGCPercent)
+	}
+	if getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(agentMemoryLimit)
+	}
+}
