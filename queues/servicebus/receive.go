@@ -204,34 +204,43 @@ func (q *Queue) receiveSessions(ctx context.Context, limit int, deadline time.Ti
 			return nil, a.err
 		}
 		sr := a.sr
-		if time.Until(sr.LockedUntil()) < 50*time.Millisecond {
-			closeQuietly(sr) // held too long waiting for a receiver
-			continue
+		// The session may have waited for a Receive since it was accepted;
+		// start its lock afresh before taking a message, so that a lock
+		// that lapsed meanwhile costs no delivery. A session another
+		// receiver took after the lapse cannot be locked again: it is
+		// lost to this receiver like an expired lock.
+		if err := sr.RenewSessionLock(ctx, nil); err != nil {
+			closeQuietly(sr)
+			if sessionLost(q.mapErr(err)) || ctx.Err() != nil {
+				continue
+			}
+			return out, fmt.Errorf("renewing session %s on %s: %w", sr.SessionID(), q.name, q.mapErr(err))
 		}
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		msgs, err := sr.ReceiveMessages(rctx, 1, nil)
 		cancel()
 		if len(msgs) == 0 {
 			closeQuietly(sr)
-			if err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(q.mapErr(err), queues.ErrLockLost) {
+			if err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !sessionLost(q.mapErr(err)) {
 				return out, fmt.Errorf("receiving session %s on %s: %w", sr.SessionID(), q.name, q.mapErr(err))
 			}
 			continue
-		}
-		// The session may have waited for a Receive since it was
-		// accepted; start the message's lock afresh.
-		if err := sr.RenewSessionLock(ctx, nil); err != nil {
-			closeQuietly(sr)
-			if errors.Is(q.mapErr(err), queues.ErrLockLost) || ctx.Err() != nil {
-				continue
-			}
-			return out, fmt.Errorf("renewing session %s on %s: %w", sr.SessionID(), q.name, q.mapErr(err))
 		}
 		if r := q.admit(ctx, &held{msg: msgs[0], session: sr}); r != nil {
 			out = append(out, r)
 		}
 	}
 	return out, nil
+}
+
+// sessionLost reports an error that means this receiver no longer holds
+// the session: its lock expired, or another receiver holds it now.
+func sessionLost(err error) bool {
+	if errors.Is(err, queues.ErrLockLost) {
+		return true
+	}
+	var amqpErr *amqp.Error
+	return errors.As(err, &amqpErr) && amqpErr.Condition == "com.microsoft:session-cannot-be-locked"
 }
 
 // noSession reports an accept-next-session that found no session in time.

@@ -441,3 +441,38 @@ func TestPlainLockLost(t *testing.T) {
 		t.Fatalf("dead letters after refused settlements = %d, %v; want none", len(ds), err)
 	}
 }
+
+// TestSessionTakenWhileWaiting: a session accepted ahead of any Receive
+// waits holding its lock; when that lock lapses and another receiver takes
+// the session, the first Receive to pick up the stale session gives it up
+// without an error and without costing the message a delivery.
+func TestSessionTakenWhileWaiting(t *testing.T) {
+	t.Parallel()
+	srv := sbtest.Start(t, sbtest.QueueConfig{Name: "w", LockDuration: time.Second, Sessions: true})
+	cfg := servicebus.Config{ConnectionString: srv.ConnectionString(), Sessions: true, AutoRenewFor: -1}
+	a := newQueue(t, cfg, "w")
+	cfg.AutoRenewFor = time.Minute // b keeps the session while a tries
+	b := newQueue(t, cfg, "w")
+	if err := a.Send(t.Context(), queues.Message{ID: "m", SessionKey: "k", Body: []byte("{}")}); err != nil {
+		t.Fatal(err)
+	}
+	// Starts a's acceptors; the wait is too short to take what they accept.
+	if ms, err := a.Receive(t.Context(), 1, time.Millisecond); err != nil || len(ms) != 0 {
+		t.Fatalf("first Receive on a = %d messages, %v; want none and no error", len(ms), err)
+	}
+	time.Sleep(2500 * time.Millisecond) // a's session lock lapses unrenewed
+	got := receiveOne(t, b)
+	if got.ID != "m" || got.DeliveryCount != 1 {
+		t.Fatalf("b received %s with DeliveryCount %d, want m with 1", got.ID, got.DeliveryCount)
+	}
+	ms, err := a.Receive(t.Context(), 1, 2*time.Second)
+	if err != nil {
+		t.Fatalf("Receive on a after b took its session: %v", err)
+	}
+	if len(ms) != 0 {
+		t.Fatalf("a received %s (DeliveryCount %d) while b holds the session", ms[0].ID, ms[0].DeliveryCount)
+	}
+	if err := b.Complete(t.Context(), got); err != nil {
+		t.Fatalf("b Complete: %v", err)
+	}
+}

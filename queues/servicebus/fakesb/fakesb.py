@@ -687,6 +687,8 @@ class Broker:
         req.decode(raw)
         op = (req.properties or {}).get("operation")
         body = req.body if isinstance(req.body, dict) else {}
+        # The receiver link a request speaks for, when the client names it.
+        self.associated_link = (req.properties or {}).get("associated-link-name")
         try:
             handler = {
                 "com.microsoft:renew-lock": self.op_renew_lock,
@@ -724,6 +726,9 @@ class Broker:
         holder = q.session_locks.get(sid)
         if holder is None:
             return 410, "The session lock has expired on the MessageSession.", None, SESSION_LOCK_LOST
+        if self.associated_link is not None and holder[0].name != self.associated_link:
+            # The session lapsed and another receiver holds it now.
+            return 410, "The session lock was lost; another receiver holds the session.", None, SESSION_LOCK_LOST
         holder[1] = now() + q.cfg.lock_duration
         for e in q.main.entries.values():
             if e.session_id == sid and e.lock_token is not None:
