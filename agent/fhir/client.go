@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -33,13 +34,19 @@ type Config struct {
 	Credential azcore.TokenCredential
 	// Scope is the token scope; default "https://<host of BaseURL>/.default".
 	Scope string
-	// HTTPClient is the transport; default a new http.Client.
+	// HTTPClient is the transport; default a client that keeps up to
+	// MaxIdleConns connections to the server open between requests.
 	HTTPClient *http.Client
 	// MaxResponseBytes bounds a response body; default 32 MiB.
 	MaxResponseBytes int64
 	// UserAgent is sent with every request.
 	UserAgent string
 }
+
+// MaxIdleConns is how many connections to the server the default transport
+// keeps open between requests: one for each of the agent's default workers
+// on its two queues.
+const MaxIdleConns = 64
 
 // Client talks FHIR R4 REST (JSON) to one server. It is safe for
 // concurrent use. It does not retry: every failure is an *Error whose
@@ -73,7 +80,17 @@ func New(cfg Config) (*Client, error) {
 	c := &Client{base: base, http: cfg.HTTPClient, timeout: cfg.Timeout, maxBody: cfg.MaxResponseBytes,
 		ua: cfg.UserAgent, now: time.Now}
 	if c.http == nil {
-		c.http = &http.Client{}
+		// Go's default transport keeps only two idle connections per
+		// host: with the agent's workers sharing one server, every other
+		// request would open a new connection.
+		c.http = &http.Client{Transport: &http.Transport{
+			Proxy:               http.ProxyFromEnvironment,
+			DialContext:         (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			ForceAttemptHTTP2:   true,
+			TLSHandshakeTimeout: 15 * time.Second,
+			MaxIdleConnsPerHost: MaxIdleConns,
+			IdleConnTimeout:     90 * time.Second,
+		}}
 	}
 	if c.timeout == 0 {
 		c.timeout = 30 * time.Second
