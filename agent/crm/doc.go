@@ -28,6 +28,16 @@
 // with its WCF quirks and ExecutionContext.Notice builds the notice, with
 // Initiator set so the agent can recognise its own writes.
 //
+// The RemoteExecutionContext decoder reads JSON with a tokenizer of its own
+// (remotecontext.go) rather than a library: what it accepts, how it matches
+// field names and how it words a rejection must stay exactly what
+// encoding/json does, because invalid_message decisions and the poison
+// corpus depend on it, and a differential fuzz test holds it to the
+// encoding/json-based reference. encoding/json itself re-scans every nested
+// level (ten times the CPU on a typical Update with images), the fast JSON
+// libraries accept and word things differently, and encoding/json/v2 needs
+// GOEXPERIMENT=jsonv2 in this Go release.
+//
 // The package does not map records (package maps does) or decide what to
 // do with a notice (package agent does).
 package crm
