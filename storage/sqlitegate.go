@@ -3,6 +3,8 @@ package storage
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
+	"errors"
 	"strings"
 	"sync"
 	"time"
@@ -30,6 +32,13 @@ import (
 // through the pool while holding a transaction fails as it would without
 // the gate (SQLite's busy timeout decides) instead of deadlocking.
 //
+// It runs every gated transaction on one connection, the writer. SQLite
+// empties a connection's page cache whenever another connection has
+// changed the database since that connection's last transaction: with
+// writes spread over the pool, every write transaction started cold and
+// read the upper levels of each B-tree it touched again. The writer's own
+// commits leave its cache warm. Reads still use the whole pool.
+//
 // And it keeps statements prepared. Preparing is a large part of a short
 // statement's cost on SQLite, and the mattn driver prepares every statement
 // it runs. The gate prepares each statement text once on the pool and runs
@@ -44,6 +53,10 @@ type writeGate struct {
 
 	mu    sync.RWMutex
 	stmts map[string]*sql.Stmt
+
+	// writer is the connection gated transactions run on, opened at first
+	// use; only the gate's holder touches it.
+	writer *sql.Conn
 }
 
 // minGateWait is the shortest time a writer waits for the gate before it
@@ -66,20 +79,26 @@ func newWriteGate(db *sql.DB, wait time.Duration) *writeGate {
 // acquire takes the gate and returns its release; release is a no-op when
 // the wait ran out and the caller goes ahead ungated.
 func (g *writeGate) acquire(ctx context.Context) (func(), error) {
+	release, _, err := g.take(ctx)
+	return release, err
+}
+
+// take is acquire that also reports whether the caller holds the gate.
+func (g *writeGate) take(ctx context.Context) (release func(), gated bool, err error) {
 	select {
 	case g.sem <- struct{}{}:
-		return g.release, nil
+		return g.release, true, nil
 	default:
 	}
 	t := time.NewTimer(g.wait)
 	defer t.Stop()
 	select {
 	case g.sem <- struct{}{}:
-		return g.release, nil
+		return g.release, true, nil
 	case <-t.C:
-		return func() {}, nil
+		return func() {}, false, nil
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, false, ctx.Err()
 	}
 }
 
@@ -129,9 +148,20 @@ func (g *writeGate) PrepareContext(ctx context.Context, query string) (*sql.Stmt
 
 // BeginTx implements gorm.ConnPoolBeginner.
 func (g *writeGate) BeginTx(ctx context.Context, opts *sql.TxOptions) (gorm.ConnPool, error) {
-	release, err := g.acquire(ctx)
+	release, gated, err := g.take(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if gated && g.canPin() {
+		tx, err := g.beginOnWriter(ctx, opts)
+		if err == nil {
+			return &gatedTx{tx: tx, g: g, release: release}, nil
+		}
+		if !errors.Is(err, sql.ErrConnDone) && !errors.Is(err, driver.ErrBadConn) {
+			release()
+			return nil, err
+		}
+		// The writer is gone; the pool opens a good connection.
 	}
 	tx, err := g.db.BeginTx(ctx, opts)
 	if err != nil {
@@ -139,6 +169,45 @@ func (g *writeGate) BeginTx(ctx context.Context, opts *sql.TxOptions) (gorm.Conn
 		return nil, err
 	}
 	return &gatedTx{tx: tx, g: g, release: release}, nil
+}
+
+// canPin reports whether the pool can spare a connection for the writer:
+// a pool of one would leave nothing for reads outside the writer's
+// transactions.
+func (g *writeGate) canPin() bool {
+	n := g.db.Stats().MaxOpenConnections
+	return n == 0 || n >= 2
+}
+
+// beginOnWriter begins a transaction on the writer, opening it if needed.
+// The caller holds the gate. A writer that fails as a connection is
+// dropped, so the next transaction opens a new one.
+func (g *writeGate) beginOnWriter(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error) {
+	if g.writer == nil {
+		c, err := g.db.Conn(ctx)
+		if err != nil {
+			return nil, err
+		}
+		g.writer = c
+	}
+	tx, err := g.writer.BeginTx(ctx, opts)
+	if err != nil && (errors.Is(err, sql.ErrConnDone) || errors.Is(err, driver.ErrBadConn)) {
+		_ = g.writer.Close()
+		g.writer = nil
+	}
+	return tx, err
+}
+
+// closeWriter gives the writer back once the pool is closed (the
+// checkpointer calls it), waiting for the gate so no transaction is using
+// it; after the gate's wait it closes it regardless.
+func (g *writeGate) closeWriter() {
+	release, _, _ := g.take(context.Background())
+	defer release()
+	if g.writer != nil {
+		_ = g.writer.Close()
+		g.writer = nil
+	}
 }
 
 // gateFor takes the gate for a statement outside a transaction unless it

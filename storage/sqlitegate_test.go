@@ -252,3 +252,54 @@ func TestGatedDatabaseKeepsItsPool(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSQLiteWriteTransactionsShareOneConnection: every gated transaction
+// runs on the writer connection, so its page cache stays warm. A TEMP table
+// lives on one connection only: rows each transaction adds to it are all
+// there in the last one, although reads in between rotate the pool.
+func TestSQLiteWriteTransactionsShareOneConnection(t *testing.T) {
+	db := openSQLite(t, time.Second)
+	if err := db.Exec(`CREATE TABLE shared_rows (n INTEGER)`).Error; err != nil {
+		t.Fatal(err)
+	}
+	const txs = 20
+	for i := range txs {
+		err := db.Transaction(func(tx *gorm.DB) error {
+			if err := tx.Exec(`CREATE TEMP TABLE IF NOT EXISTS writer_probe (n INTEGER)`).Error; err != nil {
+				return err
+			}
+			if err := tx.Exec(`INSERT INTO temp.writer_probe (n) VALUES (?)`, i).Error; err != nil {
+				return err
+			}
+			return tx.Exec(`INSERT INTO shared_rows (n) VALUES (?)`, i).Error
+		})
+		if err != nil {
+			t.Fatalf("transaction %d: %v", i, err)
+		}
+		// Reads outside a transaction hold several pool connections at
+		// once, so the pool hands out different ones.
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				var n int64
+				if err := db.Raw(`SELECT count(*) FROM shared_rows`).Scan(&n).Error; err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	var probe, shared int64
+	err := db.Transaction(func(tx *gorm.DB) error {
+		if err := tx.Raw(`SELECT count(*) FROM temp.writer_probe`).Scan(&probe).Error; err != nil {
+			return err
+		}
+		return tx.Raw(`SELECT count(*) FROM shared_rows`).Scan(&shared).Error
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if probe != txs || shared != txs {
+		t.Fatalf("writer's TEMP table holds %d rows and the shared table %d, want %d each: write transactions ran on more than one connection", probe, shared, txs)
+	}
+}

@@ -33,11 +33,12 @@ func registerSQLiteDriver() {
 // database file.
 const checkpointEvery = 250 * time.Millisecond
 
-// checkpoint runs PASSIVE checkpoints on db until db is closed. PASSIVE
+// checkpoint runs PASSIVE checkpoints on db until db is closed, then calls
+// closed. PASSIVE
 // never waits for readers or writers: it copies what it can, and SQLite
 // starts the WAL over from its beginning once a checkpoint has copied it
 // all.
-func checkpoint(db *sql.DB) {
+func checkpoint(db *sql.DB, closed func()) {
 	t := time.NewTicker(checkpointEvery)
 	defer t.Stop()
 	for range t.C {
@@ -45,6 +46,7 @@ func checkpoint(db *sql.DB) {
 		_, err := db.ExecContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)")
 		cancel()
 		if err != nil && strings.Contains(err.Error(), "database is closed") {
+			closed()
 			return
 		}
 	}

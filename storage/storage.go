@@ -60,13 +60,15 @@ func Open(ctx context.Context, rawURL string, opts Options) (*gorm.DB, error) {
 		TranslateError:                           true,
 	}
 	var db *gorm.DB
+	var gate *writeGate
 	switch d {
 	case SQLite:
 		var raw *sql.DB
 		registerSQLiteDriver()
 		raw, err = sql.Open(sqliteDriver, dsn)
 		if err == nil {
-			db, err = gorm.Open(sqlite.New(sqlite.Config{DSN: dsn, Conn: newWriteGate(raw, max(sqliteBusy(opts), minGateWait))}), cfg)
+			gate = newWriteGate(raw, max(sqliteBusy(opts), minGateWait))
+			db, err = gorm.Open(sqlite.New(sqlite.Config{DSN: dsn, Conn: gate}), cfg)
 			if err != nil {
 				_ = raw.Close()
 			}
@@ -95,7 +97,7 @@ func Open(ctx context.Context, rawURL string, opts Options) (*gorm.DB, error) {
 		return nil, fmt.Errorf("connecting to %s database at %s: %w: %s", d, host, ErrUnreachable, shortErr(err))
 	}
 	if d == SQLite {
-		go checkpoint(sqlDB)
+		go checkpoint(sqlDB, gate.closeWriter)
 	}
 	return db, nil
 }
