@@ -468,6 +468,14 @@ func appendJSON(b []byte, v any) ([]byte, error) {
 	return append(b, raw...), nil
 }
 
+// AppendJSONString appends s as a JSON string, escaped exactly as
+// encoding/json.Marshal escapes it.
+func AppendJSONString(b []byte, s string) []byte { return appendString(b, s) }
+
+// ValidJSONNumber reports whether s is a JSON number literal, the check
+// encoding/json makes before writing a json.Number.
+func ValidJSONNumber(s string) bool { return validNumber(s) }
+
 func validNumber(s string) bool {
 	d := jsonDecoder{data: []byte(s)}
 	_, err := d.number()

@@ -9,10 +9,10 @@ import (
 	"strconv"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/google/uuid"
 
+	"github.com/fhirsync/fhirsync/maps"
 	"github.com/fhirsync/fhirsync/queues"
 )
 
@@ -52,9 +52,9 @@ func (s *Server) contextJSON(ev event, withImages bool) ([]byte, error) {
 	b := make([]byte, 0, size)
 	var err error
 	b = append(b, `{"BusinessUnitId":"00000000-0000-0000-0000-0000000000b1","CorrelationId":`...)
-	b = appendString(b, ev.c.correlation)
+	b = maps.AppendJSONString(b, ev.c.correlation)
 	b = append(b, `,"Depth":1,"InitiatingUserId":`...)
-	b = appendString(b, ev.c.user)
+	b = maps.AppendJSONString(b, ev.c.user)
 	b = append(b, `,"InputParameters":[{"key":"Target","value":`...)
 	if ev.message == "Delete" {
 		b = appendEntityRef(b, ev.entity.LogicalName, ev.id)
@@ -62,7 +62,7 @@ func (s *Server) contextJSON(ev event, withImages bool) ([]byte, error) {
 		return nil, err
 	}
 	b = append(b, `}],"IsExecutingOffline":false,"IsInTransaction":false,"IsOfflinePlayback":false,"IsolationMode":1,"MessageName":`...)
-	b = appendString(b, ev.message)
+	b = maps.AppendJSONString(b, ev.message)
 	at := s.now()
 	if ev.post != nil {
 		at = ev.post.modifiedOn
@@ -72,11 +72,11 @@ func (s *Server) contextJSON(ev event, withImages bool) ([]byte, error) {
 	b = append(b, `,"OperationId":"`...)
 	b = appendUUID(b, uuid.New())
 	b = append(b, `","OrganizationId":`...)
-	b = appendString(b, s.orgID)
+	b = maps.AppendJSONString(b, s.orgID)
 	b = append(b, `,"OrganizationName":"sandbox","OutputParameters":[`...)
 	if ev.message == "Create" {
 		b = append(b, `{"key":"id","value":`...)
-		b = appendString(b, ev.id)
+		b = maps.AppendJSONString(b, ev.id)
 		b = append(b, '}')
 	}
 	b = append(b, `],"OwningExtension":`...)
@@ -98,13 +98,13 @@ func (s *Server) contextJSON(ev event, withImages bool) ([]byte, error) {
 		b = append(b, '}')
 	}
 	b = append(b, `],"PrimaryEntityId":`...)
-	b = appendString(b, ev.id)
+	b = maps.AppendJSONString(b, ev.id)
 	b = append(b, `,"PrimaryEntityName":`...)
-	b = appendString(b, ev.entity.LogicalName)
+	b = maps.AppendJSONString(b, ev.entity.LogicalName)
 	b = append(b, `,"RequestId":"`...)
 	b = appendUUID(b, uuid.New())
 	b = append(b, `","SecondaryEntityName":"none","SharedVariables":[],"Stage":40,"UserId":`...)
-	b = appendString(b, ev.c.user)
+	b = maps.AppendJSONString(b, ev.c.user)
 	return append(b, '}'), nil
 }
 
@@ -126,7 +126,7 @@ func appendEntity(b []byte, e *Entity, id string, attrs map[string]any, r *row) 
 			continue
 		}
 		b = append(b, `{"key":`...)
-		b = appendString(b, n)
+		b = maps.AppendJSONString(b, n)
 		b = append(b, `,"value":`...)
 		if b, err = appendTypedValue(b, a, attrs[n]); err != nil {
 			return nil, err
@@ -134,9 +134,9 @@ func appendEntity(b []byte, e *Entity, id string, attrs map[string]any, r *row) 
 		b = append(b, "},"...)
 	}
 	b = append(b, `{"key":`...)
-	b = appendString(b, e.PrimaryID)
+	b = maps.AppendJSONString(b, e.PrimaryID)
 	b = append(b, `,"value":`...)
-	b = appendString(b, id)
+	b = maps.AppendJSONString(b, id)
 	b = append(b, '}')
 	if r != nil {
 		b = append(b, `,{"key":"modifiedon","value":`...)
@@ -148,9 +148,9 @@ func appendEntity(b []byte, e *Entity, id string, attrs map[string]any, r *row) 
 		b = append(b, '}')
 	}
 	b = append(b, `],"EntityState":null,"FormattedValues":[],"Id":`...)
-	b = appendString(b, id)
+	b = maps.AppendJSONString(b, id)
 	b = append(b, `,"KeyAttributes":[],"LogicalName":`...)
-	b = appendString(b, e.LogicalName)
+	b = maps.AppendJSONString(b, e.LogicalName)
 	b = append(b, `,"RelatedEntities":[],"RowVersion":`...)
 	if r != nil {
 		b = append(b, '"')
@@ -212,9 +212,9 @@ func storedTime(s string) (time.Time, bool) {
 // appendEntityRef appends an EntityReference.
 func appendEntityRef(b []byte, logical, id string) []byte {
 	b = append(b, `{"Id":`...)
-	b = appendString(b, id)
+	b = maps.AppendJSONString(b, id)
 	b = append(b, `,"KeyAttributes":[],"LogicalName":`...)
-	b = appendString(b, logical)
+	b = maps.AppendJSONString(b, logical)
 	return append(b, `,"Name":null,"RowVersion":null,"__type":"EntityReference`+contracts+`"}`...)
 }
 
@@ -246,14 +246,14 @@ func appendValue(b []byte, v any) ([]byte, error) {
 	case nil:
 		return append(b, "null"...), nil
 	case string:
-		return appendString(b, v), nil
+		return maps.AppendJSONString(b, v), nil
 	case bool:
 		return strconv.AppendBool(b, v), nil
 	case json.Number:
 		if v == "" {
 			return append(b, '0'), nil // as encoding/json writes an empty Number
 		}
-		if validNumber(string(v)) {
+		if maps.ValidJSONNumber(string(v)) {
 			return append(b, v...), nil
 		}
 	}
@@ -262,77 +262,6 @@ func appendValue(b []byte, v any) ([]byte, error) {
 		return nil, err
 	}
 	return append(b, j...), nil
-}
-
-// appendString appends s as a JSON string. Strings encoding/json copies
-// unchanged are copied here; any other (with quotes, backslashes, control
-// characters, <, >, &, U+2028, U+2029 or invalid UTF-8) goes through
-// encoding/json, so its escapes are the same.
-func appendString(b []byte, s string) []byte {
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c < 0x20 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-				return appendQuoted(b, s)
-			}
-			i++
-			continue
-		}
-		r, n := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && n == 1 || r == '\u2028' || r == '\u2029' {
-			return appendQuoted(b, s)
-		}
-		i += n
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"')
-}
-
-func appendQuoted(b []byte, s string) []byte {
-	j, _ := json.Marshal(s) // a string always encodes
-	return append(b, j...)
-}
-
-// validNumber reports whether s is a JSON number literal, the check
-// encoding/json makes before writing a json.Number.
-func validNumber(s string) bool {
-	i := 0
-	if i < len(s) && s[i] == '-' {
-		i++
-	}
-	switch {
-	case i < len(s) && s[i] == '0':
-		i++
-	case i < len(s) && '1' <= s[i] && s[i] <= '9':
-		for i < len(s) && '0' <= s[i] && s[i] <= '9' {
-			i++
-		}
-	default:
-		return false
-	}
-	if i < len(s) && s[i] == '.' {
-		i++
-		if i == len(s) || s[i] < '0' || s[i] > '9' {
-			return false
-		}
-		for i < len(s) && '0' <= s[i] && s[i] <= '9' {
-			i++
-		}
-	}
-	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
-		i++
-		if i < len(s) && (s[i] == '+' || s[i] == '-') {
-			i++
-		}
-		if i == len(s) || s[i] < '0' || s[i] > '9' {
-			return false
-		}
-		for i < len(s) && '0' <= s[i] && s[i] <= '9' {
-			i++
-		}
-	}
-	return i == len(s)
 }
 
 // publish posts the committed events to the service endpoint, one message
