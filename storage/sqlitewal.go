@@ -3,6 +3,8 @@ package storage
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -16,14 +18,23 @@ import (
 // part of that commit: the process's one writer (see writeGate) then holds
 // the write lock through a disk sync, and every other writer waits. The
 // pool's checkpointer does that work instead, beside the writers.
+//
+// journal_size_limit cuts a WAL that once grew large (a long read held it)
+// back to walSizeLimit when it next starts over.
 const sqliteDriver = "sqlite3_fhirsync"
+
+// walSizeLimit is the size a WAL file is cut back to when it starts over.
+const walSizeLimit = 64 << 20
 
 var registerDriver sync.Once
 
 func registerSQLiteDriver() {
 	registerDriver.Do(func() {
 		sql.Register(sqliteDriver, &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
-			_, err := c.Exec("PRAGMA wal_autocheckpoint=0", nil)
+			if _, err := c.Exec("PRAGMA wal_autocheckpoint=0", nil); err != nil {
+				return err
+			}
+			_, err := c.Exec("PRAGMA journal_size_limit="+strconv.Itoa(walSizeLimit), nil)
 			return err
 		}})
 	})
@@ -33,21 +44,91 @@ func registerSQLiteDriver() {
 // database file.
 const checkpointEvery = 250 * time.Millisecond
 
-// checkpoint runs PASSIVE checkpoints on db until db is closed, then calls
-// closed. PASSIVE
-// never waits for readers or writers: it copies what it can, and SQLite
-// starts the WAL over from its beginning once a checkpoint has copied it
-// all.
-func checkpoint(db *sql.DB, closed func()) {
+// restartFrames is the WAL length (in pages) past which the checkpointer
+// makes the WAL start over from its beginning.
+//
+// A PASSIVE checkpoint copies the WAL into the database but never starts
+// the WAL over: SQLite does that only at the first write after a checkpoint
+// that copied everything, and only when no reader still reads from the
+// WAL. Under steady load some reader always does (the agent's workers read
+// all the time), so the WAL grew without end, by every page of every
+// commit — gigabytes in a few minutes of syncing — and each commit
+// appended to an ever larger file: new file blocks for the file system to
+// allocate, a larger WAL index for every reader to search. A RESTART
+// checkpoint holds writers off, copies what is left and waits for the
+// readers of the WAL to finish; the next commit then writes from the
+// WAL's beginning again, over blocks the file already has.
+var restartFrames int64 = 4096
+
+// restartWait bounds how long a RESTART checkpoint waits for readers
+// (SQLite's busy handler on its connection); writers wait meanwhile, so
+// it is short. A RESTART that runs out of time is tried again at the next
+// tick.
+const restartWait = 50 * time.Millisecond
+
+// checkpoint runs PASSIVE checkpoints on db until db is closed, then gives
+// the gate's writer connection back. PASSIVE never waits for readers or
+// writers: it copies what it can. When the WAL is longer than
+// restartFrames after one, a RESTART checkpoint, under the write gate,
+// lets the WAL start over.
+func checkpoint(db *sql.DB, g *writeGate) {
 	t := time.NewTicker(checkpointEvery)
 	defer t.Stop()
 	for range t.C {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		_, err := db.ExecContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)")
-		cancel()
+		frames, err := walCheckpoint(context.Background(), db, "PASSIVE")
 		if err != nil && strings.Contains(err.Error(), "database is closed") {
-			closed()
+			g.closeWriter()
 			return
 		}
+		if err == nil && frames >= restartFrames {
+			_ = restartWAL(db, g)
+		}
 	}
+}
+
+// walCheckpoint runs one checkpoint in mode and returns the WAL's length in
+// pages, as SQLite reports it.
+func walCheckpoint(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, mode string) (frames int64, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var busy, checkpointed int64
+	err = q.QueryRowContext(ctx, "PRAGMA wal_checkpoint("+mode+")").Scan(&busy, &frames, &checkpointed)
+	return frames, err
+}
+
+// restartWAL runs a RESTART checkpoint while holding g, so none of this
+// process's writers is inside a transaction, on a connection whose busy
+// handler gives up after restartWait.
+func restartWAL(db *sql.DB, g *writeGate) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	release, gated, err := g.take(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
+	if !gated {
+		return nil
+	}
+	c, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var was int64
+	if err := c.QueryRowContext(ctx, "PRAGMA busy_timeout").Scan(&was); err != nil {
+		return err
+	}
+	if _, err := c.ExecContext(ctx, "PRAGMA busy_timeout="+strconv.FormatInt(restartWait.Milliseconds(), 10)); err != nil {
+		return err
+	}
+	_, cerr := walCheckpoint(ctx, c, "RESTART")
+	if _, err := c.ExecContext(ctx, "PRAGMA busy_timeout="+strconv.FormatInt(was, 10)); err != nil {
+		// A connection left with the short timeout must not go back to the pool.
+		_ = c.Raw(func(any) error { return driver.ErrBadConn })
+		return err
+	}
+	return cerr
 }

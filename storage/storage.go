@@ -97,7 +97,7 @@ func Open(ctx context.Context, rawURL string, opts Options) (*gorm.DB, error) {
 		return nil, fmt.Errorf("connecting to %s database at %s: %w: %s", d, host, ErrUnreachable, shortErr(err))
 	}
 	if d == SQLite {
-		go checkpoint(sqlDB, gate.closeWriter)
+		go checkpoint(sqlDB, gate)
 	}
 	return db, nil
 }

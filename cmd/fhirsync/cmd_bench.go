@@ -39,6 +39,7 @@ names one; use a scratch database, the run leaves its rows behind.`)
 	windows := fs.Int("limit-windows", 3, "size the throttled run to this many full windows of requests")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this `file`")
+	sandboxProfile := fs.String("sandbox-cpuprofile", "", "write a CPU profile of the sandbox process to this `file` (with --sandboxes process)")
 	quiet := fs.Bool("quiet", false, "do not print progress on stderr")
 	where := fs.String("sandboxes", "process", "where the sandboxes run: process (a process of their own) or inline (this process)")
 	serveSandboxes := fs.Bool("serve-sandboxes", false, "serve the sandboxes for another bench process and print their addresses (used by --sandboxes process)")
@@ -63,6 +64,13 @@ names one; use a scratch database, the run leaves its rows behind.`)
 		if e.getenv("GOMEMLIMIT") == "" {
 			debug.SetMemoryLimit(1 << 30)
 		}
+		if *cpuProfile != "" {
+			stop, err := startCPUProfile(*cpuProfile)
+			if err != nil {
+				return err
+			}
+			defer stop()
+		}
 		return agentbench.ServeSandboxes(ctx, *sandboxDir, *endpoint, os.Stdin, e.stdout)
 	}
 	tuneCollector(e.getenv)
@@ -77,6 +85,8 @@ names one; use a scratch database, the run leaves its rows behind.`)
 		return usageErrorf("bench: --workers, --limit-requests and --limit-concurrent must not be negative, --limit-windows at least 1")
 	case *limitRequests > 0 && *limitWindow <= 0:
 		return usageErrorf("bench: --limit-window must be positive")
+	case *sandboxProfile != "" && *where != "process":
+		return usageErrorf("bench: --sandbox-cpuprofile needs --sandboxes process")
 	}
 
 	dir, err := os.MkdirTemp("", "fhirsync-bench-")
@@ -98,15 +108,11 @@ names one; use a scratch database, the run leaves its rows behind.`)
 	}
 
 	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
+		stop, err := startCPUProfile(*cpuProfile)
 		if err != nil {
 			return err
 		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+		defer stop()
 	}
 	limits := crmserver.Limits{Requests: *limitRequests, Window: *limitWindow, Concurrent: *limitConcurrent}
 	if *limitRequests == 0 {
@@ -123,6 +129,13 @@ names one; use a scratch database, the run leaves its rows behind.`)
 			return fmt.Errorf("finding this program to run the sandboxes: %w", err)
 		}
 		command = []string{exe, "bench", "--serve-sandboxes"}
+		if *sandboxProfile != "" {
+			abs, err := filepath.Abs(*sandboxProfile)
+			if err != nil {
+				return err
+			}
+			command = append(command, "--cpuprofile", abs)
+		}
 	}
 	res, err := agentbench.Run(ctx, agentbench.Config{DB: db, TempDir: dir, Records: *records, OfferedRate: *rate, Duration: *duration,
 		Workers: *workers, Limits: limits, LimitedWindows: *windows, Progress: progress, SandboxCommand: command})
@@ -152,6 +165,22 @@ names one; use a scratch database, the run leaves its rows behind.`)
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Metric, r.Value, benchCell(r.Target), benchCell(r.Met))
 	}
 	return tw.Flush()
+}
+
+// startCPUProfile writes a CPU profile to path until stop is called.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 func benchCell(s string) string {

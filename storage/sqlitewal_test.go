@@ -1,0 +1,84 @@
+package storage
+
+import (
+	"context"
+	"math"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestWALStartsOverUnderSteadyReads writes 2,000 commits of about three
+// pages each while eight goroutines read without pause, and watches the WAL
+// file. With PASSIVE checkpoints alone the WAL seldom starts over (some
+// reader nearly always reads from it) and grows with the commits; the RESTART
+// checkpoint keeps it within a few ticks' worth of commits.
+func TestWALStartsOverUnderSteadyReads(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes about 25 MB twice")
+	}
+	const commits = 2000
+	run := func(t *testing.T, frames int64) (maxWAL int64) {
+		old := restartFrames
+		restartFrames = frames
+		t.Cleanup(func() { restartFrames = old })
+		path := filepath.Join(t.TempDir(), "wal.db")
+		db, err := Open(context.Background(), "sqlite:"+path, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer Close(db)
+		if err := db.Exec(`CREATE TABLE blobs (id INTEGER PRIMARY KEY, b BLOB NOT NULL)`).Error; err != nil {
+			t.Fatal(err)
+		}
+		var (
+			stop  atomic.Bool
+			reads atomic.Int64
+			wg    sync.WaitGroup
+		)
+		for range 8 {
+			wg.Go(func() {
+				for !stop.Load() {
+					var n int64
+					if err := db.Raw(`SELECT COUNT(*) FROM blobs WHERE id > (SELECT COALESCE(MAX(id), 0) - 5 FROM blobs)`).Scan(&n).Error; err != nil {
+						t.Error(err)
+						return
+					}
+					reads.Add(1)
+				}
+			})
+		}
+		defer func() { stop.Store(true); wg.Wait() }()
+		for i := range commits {
+			if err := db.Exec(`INSERT INTO blobs (b) VALUES (randomblob(8192))`).Error; err != nil {
+				t.Fatal(err)
+			}
+			if fi, err := os.Stat(path + "-wal"); err == nil && fi.Size() > maxWAL {
+				maxWAL = fi.Size()
+			}
+			if i%10 == 0 {
+				time.Sleep(10 * time.Millisecond) // at most ~1,000 commits/s: several checkpoint ticks
+			}
+		}
+		stop.Store(true)
+		wg.Wait()
+		if reads.Load() < commits {
+			t.Fatalf("only %d reads beside %d commits: the readers did not keep the WAL busy", reads.Load(), commits)
+		}
+		return maxWAL
+	}
+	const written = commits * 3 * 4096 // at least three pages a commit
+	var restarted, passive int64
+	t.Run("restart", func(t *testing.T) { restarted = run(t, 256) })
+	t.Run("passive only", func(t *testing.T) { passive = run(t, math.MaxInt64) })
+	t.Logf("largest WAL: %d bytes with RESTART checkpoints, %d with PASSIVE alone (%d written)", restarted, passive, written)
+	if restarted > written/4 {
+		t.Errorf("WAL reached %d bytes with RESTART checkpoints past 256 pages; %d bytes were written in all", restarted, written)
+	}
+	if passive < 2*restarted {
+		t.Errorf("WAL reached only %d bytes with PASSIVE checkpoints alone, against %d with RESTART: the readers did not keep it from starting over, so the test shows nothing", passive, restarted)
+	}
+}
