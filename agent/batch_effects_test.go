@@ -13,6 +13,7 @@ import (
 	"github.com/fhirsync/fhirsync/logs"
 	"github.com/fhirsync/fhirsync/queues"
 	"github.com/fhirsync/fhirsync/queues/embedded"
+	"github.com/fhirsync/fhirsync/storage"
 	"github.com/fhirsync/fhirsync/storage/storagetest"
 )
 
@@ -206,5 +207,44 @@ func TestSavedLinksRepointACRMRecord(t *testing.T) {
 		if got, err := lk.byFHIR(ctx, "patient", "b"); err != nil || got.FHIRVersion != "2" {
 			t.Errorf("b's link was not refreshed: %+v, %v", got, err)
 		}
+		// FHIR b is now paired with another CRM record: y loses its link.
+		save(l("b", "z", "3"))
+		if got, err := lk.byFHIR(ctx, "patient", "b"); err != nil || got.CRMID != "z" || got.FHIRVersion != "3" {
+			t.Errorf("b was not re-paired with z: %+v, %v", got, err)
+		}
+		if _, err := lk.byCRM(ctx, "patient", "y"); !errors.Is(err, errNoLink) {
+			t.Errorf("y kept a link after b moved to z: %v", err)
+		}
 	})
+}
+
+// A refresh of an existing pairing updates the row in place on SQLite (its
+// rowid stays), instead of deleting and inserting it again.
+func TestRefreshedLinkIsUpdatedInPlace(t *testing.T) {
+	t.Parallel()
+	db := storagetest.Open(t, storage.SQLite)
+	save := func(v string) {
+		t.Helper()
+		l := link{EntityMap: "patient", FHIRType: "Patient", FHIRID: "a", CRMEntity: "contact", CRMID: "x", FHIRVersion: v}
+		if err := db.Transaction(func(tx *gorm.DB) error { return saveLinksTx(tx, []link{l}) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rowid := func() (id int64, version string) {
+		t.Helper()
+		if err := db.Raw(`SELECT rowid, fhir_version FROM agent_links WHERE entity_map = 'patient' AND fhir_id = 'a'`).Row().Scan(&id, &version); err != nil {
+			t.Fatal(err)
+		}
+		return id, version
+	}
+	save("1")
+	before, _ := rowid()
+	save("2")
+	after, v := rowid()
+	if v != "2" {
+		t.Fatalf("fhir_version %q after the refresh, want 2", v)
+	}
+	if after != before {
+		t.Errorf("the refresh replaced the row (rowid %d, then %d) instead of updating it", before, after)
+	}
 }

@@ -62,7 +62,8 @@ func (s links) save(ctx context.Context, l link) error {
 }
 
 // saveLinksTx saves ls in order inside the caller's transaction. On
-// SQLite one INSERT OR REPLACE does it: REPLACE removes the rows that
+// SQLite an UPDATE refreshes an unchanged pairing; otherwise one INSERT OR
+// REPLACE does it: REPLACE removes the rows that
 // conflict on either key (the same FHIR id, or the CRM id paired before
 // with another FHIR id) before inserting, which is what save does in two
 // statements.
@@ -81,6 +82,18 @@ func saveLinksTx(tx *gorm.DB, ls []link) error {
 	now := time.Now().UTC()
 	// One row per statement, the same text each time, so it stays prepared.
 	for _, l := range ls {
+		// Most saves refresh a pairing that exists with its versions: an
+		// UPDATE of the row leaves both keys' indexes alone, where REPLACE
+		// deletes the row and inserts it again, rewriting an entry in each.
+		res := tx.Exec(`UPDATE agent_links SET fhir_type = ?, crm_entity = ?, fhir_version = ?, crm_version = ?, updated_at = ?
+			WHERE entity_map = ? AND fhir_id = ? AND crm_id = ?`, l.FHIRType, l.CRMEntity, l.FHIRVersion, l.CRMVersion, now,
+			l.EntityMap, l.FHIRID, l.CRMID)
+		if res.Error != nil {
+			return res.Error
+		}
+		if res.RowsAffected == 1 {
+			continue
+		}
 		err := tx.Exec(`INSERT OR REPLACE INTO agent_links (entity_map, fhir_type, fhir_id, crm_entity, crm_id, fhir_version, crm_version, updated_at)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, l.EntityMap, l.FHIRType, l.FHIRID, l.CRMEntity, l.CRMID, l.FHIRVersion, l.CRMVersion, now).Error
 		if err != nil {
