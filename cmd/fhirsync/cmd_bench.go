@@ -57,12 +57,13 @@ names one; use a scratch database, the run leaves its rows behind.`)
 		}
 		// The sandbox CRM keeps every row in memory: a large live heap that
 		// Go's default collector would mark over and over, taking CPU the
-		// agent's run needs. Collect at 400 % growth, within 1 GiB.
+		// agent's run needs (the sandboxes stand in for servers on other
+		// machines). Collect at 400 % growth, within 3 GiB.
 		if e.getenv("GOGC") == "" {
 			debug.SetGCPercent(400)
 		}
 		if e.getenv("GOMEMLIMIT") == "" {
-			debug.SetMemoryLimit(1 << 30)
+			debug.SetMemoryLimit(3 << 30)
 		}
 		if *cpuProfile != "" {
 			stop, err := startCPUProfile(*cpuProfile)

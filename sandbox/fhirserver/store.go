@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,14 +55,29 @@ CREATE INDEX IF NOT EXISTS identifiers_resource ON identifiers (type, id);
 // store keeps every version of every resource in SQLite. One connection
 // serialises access; a mutex around writes keeps version numbers and
 // lastUpdated monotonic without relying on SQLite's locking.
+//
+// Writes that arrive while another group is committing commit together
+// (group commit): each runs in a savepoint of one transaction, so a write
+// that fails is undone alone, and none returns before the transaction has
+// committed. One commit per write was most of a write's cost.
 type store struct {
 	db  *sql.DB
 	now func() time.Time
 
-	mu   sync.Mutex // held by writers
+	mu   sync.Mutex // held by the writer committing a group
 	last time.Time  // newest lastUpdated handed out
 
+	qmu     sync.Mutex  // guards pending
+	pending []*writeReq // writes waiting for the next group
+
 	stmts map[string]*sql.Stmt // prepared writer statements, read-only after open
+}
+
+// writeReq is one write waiting to be committed with its group.
+type writeReq struct {
+	ctx  context.Context
+	fn   func(w *writer) error
+	done chan error
 }
 
 // Statements run on every read and write, prepared once when the store
@@ -75,11 +91,15 @@ const (
 		ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, last_updated = excluded.last_updated, deleted = 0, body = excluded.body`
 	sqlDeleteIdents = `DELETE FROM identifiers WHERE type = ? AND id = ?`
 	sqlInsertIdent  = `INSERT INTO identifiers (type, id, system, value) VALUES (?, ?, ?, ?)`
+	sqlIdents       = `SELECT system, value FROM identifiers WHERE type = ? AND id = ?`
+	sqlSavepoint    = `SAVEPOINT write`
+	sqlRollbackTo   = `ROLLBACK TO write`
+	sqlRelease      = `RELEASE write`
 )
 
 func (s *store) prepare() error {
 	s.stmts = map[string]*sql.Stmt{}
-	for _, q := range []string{sqlCurrent, sqlInsertVersion, sqlUpsertCurrent, sqlDeleteIdents, sqlInsertIdent} {
+	for _, q := range []string{sqlCurrent, sqlInsertVersion, sqlUpsertCurrent, sqlDeleteIdents, sqlInsertIdent, sqlIdents, sqlSavepoint, sqlRollbackTo, sqlRelease} {
 		st, err := s.db.Prepare(q)
 		if err != nil {
 			return err
@@ -186,33 +206,114 @@ func (s *store) version(ctx context.Context, typ, id string, v int64) (record, e
 	return r, nil
 }
 
-// write runs fn in one transaction under the writer lock.
+// write runs fn in a transaction and returns once that has committed, or
+// with fn's error once fn's changes are undone. Writes that arrive while
+// a group commits wait and commit together; they run in arrival order.
 func (s *store) write(ctx context.Context, fn func(w *writer) error) error {
+	req := &writeReq{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	s.qmu.Lock()
+	s.pending = append(s.pending, req)
+	s.qmu.Unlock()
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
+	select {
+	case err := <-req.done: // the group before took this write along
+		s.mu.Unlock()
 		return err
+	default:
 	}
-	w := &writer{tx: txQuerier{tx: tx, s: s}, s: s, last: s.last}
-	if err := fn(w); err != nil {
-		_ = tx.Rollback()
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return err
-	}
-	s.last = w.last
-	return nil
+	s.qmu.Lock()
+	group := s.pending
+	s.pending = nil
+	s.qmu.Unlock()
+	s.commitGroup(group)
+	s.mu.Unlock()
+	return <-req.done
 }
 
-// txQuerier runs a writer's statements in its transaction, prepared.
+// commitGroup runs each write of group in a savepoint of one transaction
+// and commits it, then answers every write. The caller holds s.mu.
+func (s *store) commitGroup(group []*writeReq) {
+	errs := make([]error, len(group))
+	answer := func() {
+		for i, r := range group {
+			r.done <- errs[i]
+		}
+	}
+	fail := func(err error) {
+		for i := range errs {
+			if errs[i] == nil {
+				errs[i] = err
+			}
+		}
+		answer()
+	}
+	// The transaction is not cancelled with any one request: an
+	// interrupted statement would take the whole group's transaction down.
+	ctx := context.Background()
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		fail(err)
+		return
+	}
+	last := s.last
+	q := txQuerier{tx: tx, s: s}
+	// A write alone needs no savepoint: the transaction is its own.
+	alone := len(group) == 1
+	for i, r := range group {
+		if err := r.ctx.Err(); err != nil {
+			errs[i] = err
+			continue
+		}
+		if !alone {
+			if _, err := q.ExecContext(ctx, sqlSavepoint); err != nil {
+				_ = tx.Rollback()
+				fail(err)
+				return
+			}
+		}
+		w := &writer{tx: q, s: s, last: last}
+		errs[i] = r.fn(w)
+		if errs[i] == nil {
+			last = w.last
+		}
+		if alone {
+			continue
+		}
+		if errs[i] != nil {
+			if _, err := q.ExecContext(ctx, sqlRollbackTo); err != nil {
+				_ = tx.Rollback()
+				fail(err)
+				return
+			}
+		}
+		if _, err := q.ExecContext(ctx, sqlRelease); err != nil {
+			_ = tx.Rollback()
+			fail(err)
+			return
+		}
+	}
+	if alone && errs[0] != nil {
+		_ = tx.Rollback()
+		answer()
+		return
+	}
+	if err := tx.Commit(); err != nil {
+		fail(err)
+		return
+	}
+	s.last = last
+	answer()
+}
+
+// txQuerier runs a writer's statements in its transaction, prepared. The
+// statements ignore the request's cancellation (see commitGroup).
 type txQuerier struct {
 	tx *sql.Tx
 	s  *store
 }
 
 func (q txQuerier) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	ctx = context.WithoutCancel(ctx)
 	if st, ok := q.s.stmts[query]; ok {
 		return q.tx.StmtContext(ctx, st).ExecContext(ctx, args...)
 	}
@@ -220,10 +321,15 @@ func (q txQuerier) ExecContext(ctx context.Context, query string, args ...any) (
 }
 
 func (q txQuerier) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	ctx = context.WithoutCancel(ctx)
+	if st, ok := q.s.stmts[query]; ok {
+		return q.tx.StmtContext(ctx, st).QueryContext(ctx, args...)
+	}
 	return q.tx.QueryContext(ctx, query, args...)
 }
 
 func (q txQuerier) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	ctx = context.WithoutCancel(ctx)
 	if st, ok := q.s.stmts[query]; ok {
 		return q.tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
 	}
@@ -298,16 +404,57 @@ func (w *writer) put(ctx context.Context, res map[string]any, method string, pre
 		typ, id, r.version, lu, body); err != nil {
 		return r, err
 	}
+	idents := identifiersOf(res)
+	if prev > 0 {
+		same, err := w.sameIdentifiers(ctx, typ, id, idents)
+		if err != nil || same {
+			return r, err
+		}
+	}
 	if _, err := w.tx.ExecContext(ctx, sqlDeleteIdents, typ, id); err != nil {
 		return r, err
 	}
-	for _, ident := range identifiersOf(res) {
+	for _, ident := range idents {
 		if _, err := w.tx.ExecContext(ctx, sqlInsertIdent,
 			typ, id, ident[0], ident[1]); err != nil {
 			return r, err
 		}
 	}
 	return r, nil
+}
+
+// sameIdentifiers reports whether typ/id's stored identifiers are idents
+// (in any order), so an update that keeps them need not rewrite them.
+func (w *writer) sameIdentifiers(ctx context.Context, typ, id string, idents [][2]string) (bool, error) {
+	rows, err := w.tx.QueryContext(ctx, sqlIdents, typ, id)
+	if err != nil {
+		return false, err
+	}
+	defer rows.Close()
+	var stored [][2]string
+	for rows.Next() {
+		var p [2]string
+		if err := rows.Scan(&p[0], &p[1]); err != nil {
+			return false, err
+		}
+		stored = append(stored, p)
+	}
+	if err := rows.Err(); err != nil {
+		return false, err
+	}
+	if len(stored) != len(idents) {
+		return false, nil
+	}
+	want := slices.Clone(idents)
+	cmp := func(a, b [2]string) int {
+		if c := strings.Compare(a[0], b[0]); c != 0 {
+			return c
+		}
+		return strings.Compare(a[1], b[1])
+	}
+	slices.SortFunc(want, cmp)
+	slices.SortFunc(stored, cmp)
+	return slices.Equal(want, stored), nil
 }
 
 // remove records a deletion of typ/id at version prev+1.
