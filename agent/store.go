@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"slices"
@@ -37,7 +38,25 @@ var errNoLink = errors.New("no link")
 // links is the correlation cache.
 type links struct{ db *gorm.DB }
 
+// linkColumns are the columns byKey scans, in link's field order.
+const linkColumns = `entity_map, fhir_type, fhir_id, crm_entity, crm_id, fhir_version, crm_version, updated_at`
+
+// byKey reads a link on SQLite without gorm (see storage.Direct); column
+// is fhir_id or crm_id.
+func (s links) byKey(ctx context.Context, column, entityMap, id string) (link, error) {
+	var l link
+	err := storage.Direct(s.db.WithContext(ctx)).QueryRow(`SELECT `+linkColumns+` FROM agent_links WHERE entity_map = ? AND `+column+` = ?`, entityMap, id).
+		Scan(&l.EntityMap, &l.FHIRType, &l.FHIRID, &l.CRMEntity, &l.CRMID, &l.FHIRVersion, &l.CRMVersion, &l.UpdatedAt)
+	if errors.Is(err, sql.ErrNoRows) {
+		return link{}, errNoLink
+	}
+	return l, err
+}
+
 func (s links) byFHIR(ctx context.Context, entityMap, fhirID string) (link, error) {
+	if storage.DialectOf(s.db) == storage.SQLite {
+		return s.byKey(ctx, "fhir_id", entityMap, fhirID)
+	}
 	var l link
 	err := s.db.WithContext(ctx).Where("entity_map = ? AND fhir_id = ?", entityMap, fhirID).Take(&l).Error
 	if errors.Is(err, gorm.ErrRecordNotFound) {
@@ -47,6 +66,9 @@ func (s links) byFHIR(ctx context.Context, entityMap, fhirID string) (link, erro
 }
 
 func (s links) byCRM(ctx context.Context, entityMap, crmID string) (link, error) {
+	if storage.DialectOf(s.db) == storage.SQLite {
+		return s.byKey(ctx, "crm_id", entityMap, crmID)
+	}
 	var l link
 	err := s.db.WithContext(ctx).Where("entity_map = ? AND crm_id = ?", entityMap, crmID).Take(&l).Error
 	if errors.Is(err, gorm.ErrRecordNotFound) {
@@ -85,17 +107,17 @@ func saveLinksTx(tx *gorm.DB, ls []link) error {
 		// Most saves refresh a pairing that exists with its versions: an
 		// UPDATE of the row leaves both keys' indexes alone, where REPLACE
 		// deletes the row and inserts it again, rewriting an entry in each.
-		res := tx.Exec(`UPDATE agent_links SET fhir_type = ?, crm_entity = ?, fhir_version = ?, crm_version = ?, updated_at = ?
+		res, err := storage.Direct(tx).Exec(`UPDATE agent_links SET fhir_type = ?, crm_entity = ?, fhir_version = ?, crm_version = ?, updated_at = ?
 			WHERE entity_map = ? AND fhir_id = ? AND crm_id = ?`, l.FHIRType, l.CRMEntity, l.FHIRVersion, l.CRMVersion, now,
 			l.EntityMap, l.FHIRID, l.CRMID)
-		if res.Error != nil {
-			return res.Error
+		if err != nil {
+			return err
 		}
-		if res.RowsAffected == 1 {
+		if n, err := res.RowsAffected(); err == nil && n == 1 {
 			continue
 		}
-		err := tx.Exec(`INSERT OR REPLACE INTO agent_links (entity_map, fhir_type, fhir_id, crm_entity, crm_id, fhir_version, crm_version, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, l.EntityMap, l.FHIRType, l.FHIRID, l.CRMEntity, l.CRMID, l.FHIRVersion, l.CRMVersion, now).Error
+		_, err = storage.Direct(tx).Exec(`INSERT OR REPLACE INTO agent_links (entity_map, fhir_type, fhir_id, crm_entity, crm_id, fhir_version, crm_version, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, l.EntityMap, l.FHIRType, l.FHIRID, l.CRMEntity, l.CRMID, l.FHIRVersion, l.CRMVersion, now)
 		if err != nil {
 			return err
 		}
@@ -177,8 +199,8 @@ func rememberTx(tx *gorm.DB, ws []ownWrite) error {
 		return tx.Clauses(clause.OnConflict{DoNothing: true}).CreateInBatches(&ws, 500).Error
 	}
 	for _, w := range ws {
-		err := tx.Exec(`INSERT INTO agent_own_writes (side, rtype, rid, version, written_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
-			w.Side, w.RType, w.RID, w.Version, w.WrittenAt).Error
+		_, err := storage.Direct(tx).Exec(`INSERT INTO agent_own_writes (side, rtype, rid, version, written_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+			w.Side, w.RType, w.RID, w.Version, w.WrittenAt)
 		if err != nil {
 			return err
 		}
@@ -194,6 +216,15 @@ func (s ownWrites) isOwn(ctx context.Context, side, rtype, rid, version string) 
 		if _, ok := s.pending.Load(ownWrite{Side: side, RType: rtype, RID: rid, Version: version}.key()); ok {
 			return true, nil
 		}
+	}
+	if storage.DialectOf(s.db) == storage.SQLite {
+		var one int
+		err := storage.Direct(s.db.WithContext(ctx)).QueryRow(`SELECT 1 FROM agent_own_writes WHERE side = ? AND rtype = ? AND rid = ? AND version = ?`,
+			side, rtype, rid, version).Scan(&one)
+		if errors.Is(err, sql.ErrNoRows) {
+			return false, nil
+		}
+		return err == nil, err
 	}
 	var n int64
 	err := s.db.WithContext(ctx).Model(&ownWrite{}).

@@ -216,9 +216,9 @@ func insertDecisions(tx *gorm.DB, rows []decisionRow) error {
 	}
 	for i := range rows {
 		r := &rows[i]
-		err := tx.Raw(insertDecisionSQL, r.DecidedAt, r.CorrelationID, r.MessageID, r.Direction, r.EntityMap, r.MapVersion,
+		err := storage.Direct(tx).QueryRow(insertDecisionSQL, r.DecidedAt, r.CorrelationID, r.MessageID, r.Direction, r.EntityMap, r.MapVersion,
 			r.SourceType, r.SourceID, r.SourceVersion, r.TargetType, r.TargetID, r.TargetVersion, r.Outcome, r.Reason,
-			r.ReasonSubject, r.Message, r.ChangedFields, r.Attempts, r.DurationUS).Row().Scan(&r.ID)
+			r.ReasonSubject, r.Message, r.ChangedFields, r.Attempts, r.DurationUS).Scan(&r.ID)
 		if err != nil {
 			return err
 		}
@@ -234,7 +234,7 @@ func insertKeys(tx *gorm.DB, keys []keyRow) error {
 		return tx.CreateInBatches(&keys, writeChunk).Error
 	}
 	for _, k := range keys {
-		if err := tx.Exec(insertKeySQL, k.DecisionID, k.Name, k.Hash).Error; err != nil {
+		if _, err := storage.Direct(tx).Exec(insertKeySQL, k.DecisionID, k.Name, k.Hash); err != nil {
 			return err
 		}
 	}

@@ -218,3 +218,34 @@ func shortErr(err error) string {
 	}
 	return s
 }
+
+// Direct runs statements under db — in db's transaction when it is in
+// one, else on its pool — without gorm's statement building, reflection
+// and callbacks. For the short statements the agent runs for every message
+// gorm's own work cost more than SQLite's: about 8 % of the agent's CPU in
+// a sync run. The text goes to the driver as written, so Direct is for
+// SQLite's "?" placeholders; callers keep gorm for PostgreSQL. Errors are
+// the driver's, not translated into gorm's.
+func Direct(db *gorm.DB) DirectConn {
+	ctx := db.Statement.Context
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	return DirectConn{pool: db.Statement.ConnPool, ctx: ctx}
+}
+
+// DirectConn is what Direct returns.
+type DirectConn struct {
+	pool gorm.ConnPool
+	ctx  context.Context
+}
+
+// Exec runs a statement that returns no rows.
+func (c DirectConn) Exec(query string, args ...any) (sql.Result, error) {
+	return c.pool.ExecContext(c.ctx, query, args...)
+}
+
+// QueryRow runs a statement that returns at most one row.
+func (c DirectConn) QueryRow(query string, args ...any) *sql.Row {
+	return c.pool.QueryRowContext(c.ctx, query, args...)
+}

@@ -12,10 +12,11 @@ import (
 // TestDefaultTransportKeepsConnections: concurrent workers reading from
 // one server reuse their connections. Go's default transport keeps two idle
 // connections per host, so 32 workers making 50 reads each open hundreds;
-// the client's own transport opens about one per worker (a request that
+// the client's own transport opens about one per worker. A request that
 // finds no idle connection dials, and a connection freed meanwhile may
-// serve it instead, so a loaded machine sees a few more), never more than
-// it keeps idle.
+// serve it instead: on a loaded machine the dials that lose such races
+// add more (34–66 seen), so the bound is a tenth of the reads, against the
+// 402–464 connections the default transport opened.
 func TestDefaultTransportKeepsConnections(t *testing.T) {
 	var opened atomic.Int64
 	hs := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -51,8 +52,8 @@ func TestDefaultTransportKeepsConnections(t *testing.T) {
 	for err := range errs {
 		t.Fatalf("Read: %v", err)
 	}
-	if n := opened.Load(); n > MaxIdleConns {
-		t.Fatalf("%d workers × %d reads opened %d connections, want at most %d", workers, reads, n, MaxIdleConns)
+	if n, bound := opened.Load(), int64(workers*reads/10); n > bound {
+		t.Fatalf("%d workers × %d reads opened %d connections, want at most %d", workers, reads, n, bound)
 	}
 	t.Logf("%d reads over %d connections", workers*reads, opened.Load())
 }

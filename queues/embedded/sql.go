@@ -3,7 +3,9 @@ package embedded
 // The queue's SQL, all in one place. Every statement is written for both
 // SQLite and PostgreSQL (gorm rewrites ? placeholders and expands IN ?
 // slices); the one difference is row locking on PostgreSQL, where competing
-// receivers skip rows another transaction is locking. On SQLite, write
+// receivers skip rows another transaction is locking. The statements run
+// for every message (anyReady, deleteLocked) go to the driver directly on
+// SQLite (storage.Direct), without gorm's statement building. On SQLite, write
 // transactions are serialised by the database (BEGIN IMMEDIATE).
 //
 // Row life cycle: an active row is available when visible_at has passed.
@@ -18,6 +20,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -47,6 +50,14 @@ const readyWhere = `m.queue = ? AND m.state = 'active' AND m.visible_at <= ?
 		WHERE e.queue = m.queue AND e.session_key = m.session_key AND e.state = 'active' AND e.seq < m.seq))`
 
 func (q *Queue) anyReady(db *gorm.DB, t time.Time) (bool, error) {
+	if q.dialect == storage.SQLite {
+		var one int
+		err := storage.Direct(db).QueryRow(`SELECT 1 FROM queue_messages m WHERE `+readyWhere+` LIMIT 1`, q.name, t).Scan(&one)
+		if errors.Is(err, sql.ErrNoRows) {
+			return false, nil
+		}
+		return err == nil, err
+	}
 	var n []int
 	if err := db.Raw(`SELECT 1 FROM queue_messages m WHERE `+readyWhere+` LIMIT 1`, q.name, t).Scan(&n).Error; err != nil {
 		return false, err
@@ -131,6 +142,13 @@ func (q *Queue) lockBatch(db *gorm.DB, limit int, t time.Time, token string) ([]
 const lockedWhere = `seq = ? AND queue = ? AND lock_token = ? AND state = 'active' AND visible_at > ?`
 
 func (q *Queue) deleteLocked(tx *gorm.DB, m *queues.Received, t time.Time) (int64, error) {
+	if q.dialect == storage.SQLite {
+		res, err := storage.Direct(tx).Exec(`DELETE FROM queue_messages WHERE `+lockedWhere, m.SequenceNumber, q.name, m.LockToken, t)
+		if err != nil {
+			return 0, err
+		}
+		return res.RowsAffected()
+	}
 	res := tx.Exec(`DELETE FROM queue_messages WHERE `+lockedWhere, m.SequenceNumber, q.name, m.LockToken, t)
 	return res.RowsAffected, res.Error
 }
