@@ -20,7 +20,7 @@ import (
 
 // Config tunes the agent. Zero values take the defaults noted.
 type Config struct {
-	// Workers is the number of concurrent messages per queue (default 32).
+	// Workers is the number of concurrent messages per queue (default 64).
 	// A message spends most of its time waiting on the endpoints and the
 	// group commit, so workers are cheap; the CRM client still caps its
 	// own requests in flight.
@@ -51,7 +51,7 @@ type Config struct {
 
 func (c Config) withDefaults() Config {
 	if c.Workers <= 0 {
-		c.Workers = 32
+		c.Workers = 64
 	}
 	if c.MaxAttempts <= 0 {
 		c.MaxAttempts = 10

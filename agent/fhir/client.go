@@ -46,7 +46,7 @@ type Config struct {
 // MaxIdleConns is how many connections to the server the default transport
 // keeps open between requests: one for each of the agent's default workers
 // on its two queues.
-const MaxIdleConns = 64
+const MaxIdleConns = 128
 
 // Client talks FHIR R4 REST (JSON) to one server. It is safe for
 // concurrent use. It does not retry: every failure is an *Error whose
