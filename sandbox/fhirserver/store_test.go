@@ -14,11 +14,7 @@ import (
 // each in a savepoint, so the one that fails is undone alone and the
 // others commit.
 func TestGroupCommitUndoesAFailedWriteAlone(t *testing.T) {
-	s, err := openStore(filepath.Join(t.TempDir(), "fhir.db"), time.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.close()
+	s := testStore(t)
 	ctx := context.Background()
 	const n = 6
 	boom := errors.New("refused")
@@ -75,11 +71,7 @@ func TestGroupCommitUndoesAFailedWriteAlone(t *testing.T) {
 // An update that keeps a resource's identifiers leaves their rows as they
 // are; one that changes them replaces them.
 func TestUpdateRewritesIdentifiersOnlyWhenTheyChange(t *testing.T) {
-	s, err := openStore(filepath.Join(t.TempDir(), "fhir.db"), time.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.close()
+	s := testStore(t)
 	put := func(prev int64, values ...string) { putAs(t, s, "a", prev, values...) }
 	rows := func() (got []string, maxRowid int64) {
 		t.Helper()
@@ -135,14 +127,10 @@ func putAs(t *testing.T, s *store, id string, prev int64, values ...string) {
 
 // A write that commits alone is undone alone too.
 func TestWriteAloneUndoneOnError(t *testing.T) {
-	s, err := openStore(filepath.Join(t.TempDir(), "fhir.db"), time.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.close()
+	s := testStore(t)
 	ctx := context.Background()
 	boom := errors.New("refused")
-	err = s.write(ctx, func(w *writer) error {
+	err := s.write(ctx, func(w *writer) error {
 		if _, err := w.put(ctx, map[string]any{"resourceType": "Patient", "id": "a"}, "PUT", 0); err != nil {
 			return err
 		}
@@ -158,4 +146,15 @@ func TestWriteAloneUndoneOnError(t *testing.T) {
 	if _, err := current(ctx, s.reader(), "Patient", "b"); err != nil {
 		t.Errorf("a write after the failed one: %v", err)
 	}
+}
+
+// testStore opens a store in a file of the test's own.
+func testStore(t *testing.T) *store {
+	t.Helper()
+	s, err := openStore(filepath.Join(t.TempDir(), "fhir.db"), time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.close() })
+	return s
 }
