@@ -218,13 +218,8 @@ func (s ownWrites) isOwn(ctx context.Context, side, rtype, rid, version string) 
 		}
 	}
 	if storage.DialectOf(s.db) == storage.SQLite {
-		var one int
-		err := storage.Direct(s.db.WithContext(ctx)).QueryRow(`SELECT 1 FROM agent_own_writes WHERE side = ? AND rtype = ? AND rid = ? AND version = ?`,
-			side, rtype, rid, version).Scan(&one)
-		if errors.Is(err, sql.ErrNoRows) {
-			return false, nil
-		}
-		return err == nil, err
+		return storage.Direct(s.db.WithContext(ctx)).Exists(`SELECT 1 FROM agent_own_writes WHERE side = ? AND rtype = ? AND rid = ? AND version = ?`,
+			side, rtype, rid, version)
 	}
 	var n int64
 	err := s.db.WithContext(ctx).Model(&ownWrite{}).

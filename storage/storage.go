@@ -245,7 +245,19 @@ func (c DirectConn) Exec(query string, args ...any) (sql.Result, error) {
 	return c.pool.ExecContext(c.ctx, query, args...)
 }
 
-// QueryRow runs a statement that returns at most one row.
+// QueryRow runs a statement that returns at most one row. Outside a
+// transaction it runs as a read, beside the write gate: writes that
+// return rows belong in a transaction.
 func (c DirectConn) QueryRow(query string, args ...any) *sql.Row {
 	return c.pool.QueryRowContext(c.ctx, query, args...)
+}
+
+// Exists reports whether query returns a row.
+func (c DirectConn) Exists(query string, args ...any) (bool, error) {
+	var one any
+	err := c.QueryRow(query, args...).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, err
 }

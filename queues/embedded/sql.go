@@ -20,7 +20,6 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -51,12 +50,7 @@ const readyWhere = `m.queue = ? AND m.state = 'active' AND m.visible_at <= ?
 
 func (q *Queue) anyReady(db *gorm.DB, t time.Time) (bool, error) {
 	if q.dialect == storage.SQLite {
-		var one int
-		err := storage.Direct(db).QueryRow(`SELECT 1 FROM queue_messages m WHERE `+readyWhere+` LIMIT 1`, q.name, t).Scan(&one)
-		if errors.Is(err, sql.ErrNoRows) {
-			return false, nil
-		}
-		return err == nil, err
+		return storage.Direct(db).Exists(`SELECT 1 FROM queue_messages m WHERE `+readyWhere+` LIMIT 1`, q.name, t)
 	}
 	var n []int
 	if err := db.Raw(`SELECT 1 FROM queue_messages m WHERE `+readyWhere+` LIMIT 1`, q.name, t).Scan(&n).Error; err != nil {

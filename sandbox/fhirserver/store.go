@@ -255,6 +255,10 @@ func (s *store) commitGroup(group []*writeReq) {
 		fail(err)
 		return
 	}
+	abort := func(err error) {
+		_ = tx.Rollback()
+		fail(err)
+	}
 	last := s.last
 	q := txQuerier{tx: tx, s: s}
 	// A write alone needs no savepoint: the transaction is its own.
@@ -266,8 +270,7 @@ func (s *store) commitGroup(group []*writeReq) {
 		}
 		if !alone {
 			if _, err := q.ExecContext(ctx, sqlSavepoint); err != nil {
-				_ = tx.Rollback()
-				fail(err)
+				abort(err)
 				return
 			}
 		}
@@ -281,14 +284,12 @@ func (s *store) commitGroup(group []*writeReq) {
 		}
 		if errs[i] != nil {
 			if _, err := q.ExecContext(ctx, sqlRollbackTo); err != nil {
-				_ = tx.Rollback()
-				fail(err)
+				abort(err)
 				return
 			}
 		}
 		if _, err := q.ExecContext(ctx, sqlRelease); err != nil {
-			_ = tx.Rollback()
-			fail(err)
+			abort(err)
 			return
 		}
 	}
