@@ -1,8 +1,14 @@
 package crmserver
 
 import (
+	"fmt"
+	"math"
+	"net/http"
+	"slices"
 	"sort"
 	"strings"
+
+	"github.com/google/uuid"
 )
 
 // AttributeType is a Dataverse AttributeTypeCode as the Web API spells it.
@@ -40,8 +46,17 @@ type Option struct {
 type Attribute struct {
 	LogicalName string
 	Type        AttributeType
-	// MaxLength bounds String and Memo values.
+	// MaxLength bounds String and Memo values (characters).
 	MaxLength int
+	// Precision is how many decimal places a Decimal or Money value
+	// keeps; the sandbox rounds longer values to it (half away from zero).
+	// Zero keeps none, as in Dataverse.
+	Precision int
+	// MinValue and MaxValue bound Integer, Decimal and Money values; both
+	// zero means the type's Dataverse default range (Integer:
+	// -2,147,483,648 to 2,147,483,647; Decimal: -100,000,000,000 to
+	// 100,000,000,000; Money: -922,337,203,685,477 to 922,337,203,685,477).
+	MinValue, MaxValue float64
 	// DateOnly marks a DateTime attribute with the DateOnly format and
 	// behaviour (values are "YYYY-MM-DD").
 	DateOnly bool
@@ -54,6 +69,24 @@ type Attribute struct {
 	Required bool
 	// ReadOnly attributes are maintained by the platform.
 	ReadOnly bool
+
+	entity string // the owning entity's logical name, set by New
+}
+
+// valueRange is the attribute's [min, max] and whether it has one.
+func (a *Attribute) valueRange() (lo, hi float64, ok bool) {
+	if a.MinValue != 0 || a.MaxValue != 0 {
+		return a.MinValue, a.MaxValue, true
+	}
+	switch a.Type {
+	case TypeInteger:
+		return math.MinInt32, math.MaxInt32, true
+	case TypeDecimal:
+		return -100000000000, 100000000000, true
+	case TypeMoney:
+		return -922337203685477, 922337203685477, true
+	}
+	return 0, 0, false
 }
 
 func (a *Attribute) isLookup() bool {
@@ -146,8 +179,13 @@ func date(name string) *Attribute {
 }
 func datetime(name string) *Attribute { return &Attribute{LogicalName: name, Type: TypeDateTime} }
 func boolean(name string) *Attribute  { return &Attribute{LogicalName: name, Type: TypeBoolean} }
-func decimalAttr(name string) *Attribute {
-	return &Attribute{LogicalName: name, Type: TypeDecimal}
+
+// decimalAttr is a Decimal column with Dataverse's default precision (2).
+func decimalAttr(name string) *Attribute { return decimalPlaces(name, 2) }
+
+// decimalPlaces is a Decimal column with the given precision.
+func decimalPlaces(name string, precision int) *Attribute {
+	return &Attribute{LogicalName: name, Type: TypeDecimal, Precision: precision}
 }
 func integer(name string) *Attribute { return &Attribute{LogicalName: name, Type: TypeInteger} }
 func picklist(name string, opts ...Option) *Attribute {
@@ -276,7 +314,7 @@ func DefaultEntities() []*Entity {
 			picklist("msemr_encounterstatus", hcOptions("Planned", "Arrived", "Triaged", "In Progress", "On Leave", "Finished", "Cancelled", "Entered in Error", "Unknown")...),
 			str("msemr_encounterclass", 100),
 			datetime("msemr_encounterstartdate"), datetime("msemr_encounterenddate"),
-			decimalAttr("msemr_encounterlength"), memo("msemr_reasontext"),
+			decimalPlaces("msemr_encounterlength", 2), memo("msemr_reasontext"),
 			lookup("msemr_encounterpatientidentifier", "contact"),
 			lookup("msemr_encounterserviceprovider", "account"),
 			str("msemr_azurefhirid", 100), str("msemr_azurefhirversion", 100),
@@ -296,7 +334,7 @@ func DefaultEntities() []*Entity {
 			str("msemr_code", 100), str("msemr_codesystem", 400), str("msemr_codetext", 400),
 			str("msemr_category", 100),
 			datetime("msemr_effectivedatetime"), datetime("msemr_issueddate"), memo("msemr_description"),
-			decimalAttr("msemr_valuequantity"), str("msemr_valuequantityunit", 100),
+			decimalPlaces("msemr_valuequantity", 10), str("msemr_valuequantityunit", 100),
 			str("msemr_valuestring", 4000), boolean("msemr_valueboolean"),
 			str("msemr_interpretation", 100),
 			lookup("msemr_subjecttypepatient", "contact"),
@@ -336,6 +374,7 @@ func metadataJSON(e *Entity, base string) map[string]any {
 	}
 	return map[string]any{
 		"@odata.context":         base + "$metadata#EntityDefinitions/$entity",
+		"MetadataId":             metadataID(e.LogicalName),
 		"LogicalName":            e.LogicalName,
 		"EntitySetName":          e.EntitySetName,
 		"PrimaryIdAttribute":     e.PrimaryID,
@@ -382,9 +421,21 @@ func attributeJSON(e *Entity, a *Attribute, withOptions bool) map[string]any {
 	if a.Type == TypeMultiSelect {
 		m["AttributeTypeName"] = map[string]any{"Value": "MultiSelectPicklistType"}
 	}
+	m["MetadataId"] = metadataID(e.LogicalName + "." + a.LogicalName)
 	switch a.Type {
 	case TypeString, TypeMemo:
 		m["MaxLength"] = a.MaxLength
+	case TypeDecimal, TypeMoney:
+		lo, hi, _ := a.valueRange()
+		m["Precision"], m["MinValue"], m["MaxValue"] = a.Precision, lo, hi
+		if a.Type == TypeMoney {
+			// 0: the column's own Precision applies (not the organization's
+			// pricing precision nor the currency's).
+			m["PrecisionSource"] = 0
+		}
+	case TypeInteger:
+		lo, hi, _ := a.valueRange()
+		m["MinValue"], m["MaxValue"], m["Format"] = int64(lo), int64(hi), "None"
 	case TypeDateTime:
 		if a.DateOnly {
 			m["Format"] = "DateOnly"
@@ -404,6 +455,158 @@ func attributeJSON(e *Entity, a *Attribute, withOptions bool) map[string]any {
 			}})
 		}
 		m["OptionSet"] = map[string]any{"Options": opts}
+	}
+	return m
+}
+
+// metadataID is the stable MetadataId of an entity or attribute (a name
+// based UUID, the same on every run).
+func metadataID(name string) string {
+	return uuid.NewSHA1(metadataSpace, []byte(name)).String()
+}
+
+var metadataSpace = uuid.MustParse("6f1c2b3a-5d4e-4f60-8a71-9b8c7d6e5f40")
+
+// metadata serves the metadata a client learns attributes from:
+// EntityDefinitions, EntityDefinitions(LogicalName='x') or
+// EntityDefinitions(<MetadataId>), then /Attributes, one attribute
+// /Attributes(LogicalName='y') or /Attributes(<MetadataId>), each
+// optionally cast to a type (/Microsoft.Dynamics.CRM.<Type>AttributeMetadata).
+// $select is honoured on attributes; OptionSet is returned with
+// $expand=OptionSet.
+func (s *Server) metadata(c *call, req *request, p string) response {
+	if req.method != http.MethodGet {
+		return errMethod()
+	}
+	if p == "EntityDefinitions" {
+		// The sandbox always expands Attributes, Keys and ManyToOneRelationships.
+		vals := []any{}
+		for _, tb := range s.st.tables {
+			m := metadataJSON(tb.def, c.base)
+			delete(m, "@odata.context")
+			vals = append(vals, m)
+		}
+		slices.SortFunc(vals, func(a, b any) int {
+			return strings.Compare(a.(map[string]any)["LogicalName"].(string), b.(map[string]any)["LogicalName"].(string))
+		})
+		return jsonResponse(200, map[string]any{"@odata.context": c.base + "$metadata#EntityDefinitions", "value": vals})
+	}
+	rest, ok := strings.CutPrefix(p, "EntityDefinitions(")
+	if !ok {
+		return errSegment(p)
+	}
+	keyPart, sub, _ := strings.Cut(rest, ")")
+	e, errResp := s.entityByKey(keyPart)
+	if errResp != nil {
+		return *errResp
+	}
+	sub = strings.TrimPrefix(sub, "/")
+	if sub == "" {
+		return jsonResponse(200, metadataJSON(e, c.base))
+	}
+	sel := selectSet(req.query.Get("$select"))
+	withOptions := strings.Contains(req.query.Get("$expand"), "OptionSet")
+	ctx := c.base + "$metadata#EntityDefinitions('" + e.LogicalName + "')/Attributes"
+	if one, ok := strings.CutPrefix(sub, "Attributes("); ok {
+		key, cast, _ := strings.Cut(one, ")")
+		cast = qualifiedCast(strings.TrimPrefix(cast, "/"))
+		a := attributeByKey(e, key)
+		if a == nil || (cast != "" && "Microsoft.Dynamics.CRM."+metadataTypeNames[a.Type] != cast) {
+			return (&apiError{status: 404, code: "0x80040217", message: fmt.Sprintf("Could not find attribute %s of entity '%s'.", key, e.LogicalName)}).response()
+		}
+		out := selectAttribute(attributeJSON(e, a, withOptions), sel)
+		out["@odata.context"] = ctx + "/$entity"
+		return jsonResponse(200, out)
+	}
+	attrs, cast, _ := strings.Cut(sub, "/")
+	if attrs != "Attributes" {
+		return errSegment(sub)
+	}
+	cast = qualifiedCast(cast)
+	if cast != "" && !knownCast(cast) {
+		return errSegment(cast)
+	}
+	vals := []any{}
+	for _, a := range e.Attributes {
+		if cast != "" && "Microsoft.Dynamics.CRM."+metadataTypeNames[a.Type] != cast {
+			continue
+		}
+		vals = append(vals, selectAttribute(attributeJSON(e, a, withOptions || (cast != "" && sel == nil)), sel))
+	}
+	return jsonResponse(200, map[string]any{"@odata.context": ctx, "value": vals})
+}
+
+// entityByKey resolves LogicalName='x' or a MetadataId.
+func (s *Server) entityByKey(key string) (*Entity, *response) {
+	if name, ok := strings.CutPrefix(key, "LogicalName="); ok {
+		name = strings.Trim(name, "'")
+		if tb := s.st.tables[name]; tb != nil {
+			return tb.def, nil
+		}
+		r := (&apiError{status: 404, code: "0x80040217", message: fmt.Sprintf("Could not find entity with name '%s'.", name)}).response()
+		return nil, &r
+	}
+	for _, tb := range s.st.tables {
+		if strings.EqualFold(metadataID(tb.def.LogicalName), key) {
+			return tb.def, nil
+		}
+	}
+	r := (&apiError{status: 404, code: "0x80040217", message: fmt.Sprintf("Could not find entity with id %s.", key)}).response()
+	return nil, &r
+}
+
+func attributeByKey(e *Entity, key string) *Attribute {
+	if name, ok := strings.CutPrefix(key, "LogicalName="); ok {
+		return e.Attribute(strings.Trim(name, "'"))
+	}
+	for _, a := range e.Attributes {
+		if strings.EqualFold(metadataID(e.LogicalName+"."+a.LogicalName), key) {
+			return a
+		}
+	}
+	return nil
+}
+
+// qualifiedCast adds the Microsoft.Dynamics.CRM namespace to a cast that
+// omits it: Dataverse accepts type names without their namespace, and
+// clients (dynamics-web-api among them) send them so.
+func qualifiedCast(cast string) string {
+	if cast == "" || strings.Contains(cast, ".") {
+		return cast
+	}
+	return "Microsoft.Dynamics.CRM." + cast
+}
+
+func knownCast(cast string) bool {
+	for _, n := range metadataTypeNames {
+		if "Microsoft.Dynamics.CRM."+n == cast {
+			return true
+		}
+	}
+	return false
+}
+
+func selectSet(v string) map[string]bool {
+	if v == "" {
+		return nil
+	}
+	out := map[string]bool{}
+	for _, n := range strings.Split(v, ",") {
+		out[strings.TrimSpace(n)] = true
+	}
+	return out
+}
+
+// selectAttribute keeps the selected properties, the type annotation,
+// MetadataId (always returned) and an expanded OptionSet.
+func selectAttribute(m map[string]any, sel map[string]bool) map[string]any {
+	if sel == nil {
+		return m
+	}
+	for k := range m {
+		if !sel[k] && k != "@odata.type" && k != "MetadataId" && k != "OptionSet" {
+			delete(m, k)
+		}
 	}
 	return m
 }

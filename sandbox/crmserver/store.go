@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"math/big"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 )
@@ -130,6 +132,9 @@ func newStore(entities []*Entity) (*store, error) {
 			if a := e.Attribute(r.Attribute); a == nil || !a.isLookup() {
 				return nil, fmt.Errorf("entity %q: relationship %q names %q, which is not a lookup", e.LogicalName, r.SchemaName, r.Attribute)
 			}
+		}
+		for _, a := range e.Attributes {
+			a.entity = e.LogicalName
 		}
 		t := &table{def: e, rows: map[string]*row{}, keys: map[string]map[string]string{}}
 		for _, k := range e.Keys {
@@ -292,8 +297,8 @@ func normalize(a *Attribute, v any) (any, *apiError) {
 		if !ok {
 			return nil, bad("Edm.String")
 		}
-		if a.MaxLength > 0 && len([]rune(s)) > a.MaxLength {
-			return nil, errBadRequest("0x80044331", fmt.Sprintf("A validation error occurred. The length of the '%s' attribute exceeded the maximum allowed length of '%d'.", a.LogicalName, a.MaxLength))
+		if a.MaxLength > 0 && utf8.RuneCountInString(s) > a.MaxLength {
+			return nil, errStringTooLong(a)
 		}
 		return s, nil
 	case TypeInteger, TypeBigInt, TypePicklist, TypeState, TypeStatus:
@@ -306,7 +311,10 @@ func normalize(a *Attribute, v any) (any, *apiError) {
 			return nil, bad("Edm.Int32")
 		}
 		if len(a.Options) > 0 && !a.hasOption(int(i)) {
-			return nil, errBadRequest("0x8004431a", fmt.Sprintf("A validation error occurred. The value %d of '%s' is outside the valid range.", i, a.LogicalName))
+			return nil, errOptionOutOfRange(a, strconv.FormatInt(i, 10))
+		}
+		if lo, hi, ok := a.valueRange(); ok && (float64(i) < lo || float64(i) > hi) {
+			return nil, errOutOfRange(a, "System.Int32", strconv.FormatInt(i, 10), lo, hi)
 		}
 		return json.Number(strconv.FormatInt(i, 10)), nil
 	case TypeDecimal, TypeDouble, TypeMoney:
@@ -317,7 +325,23 @@ func normalize(a *Attribute, v any) (any, *apiError) {
 		if _, err := n.Float64(); err != nil {
 			return nil, bad("Edm.Decimal")
 		}
-		return n, nil
+		if a.Type == TypeDouble {
+			return n, nil
+		}
+		r, ok := new(big.Rat).SetString(n.String())
+		if !ok {
+			return nil, bad("Edm.Decimal")
+		}
+		if lo, hi, ok := a.valueRange(); ok {
+			if r.Cmp(new(big.Rat).SetFloat64(lo)) < 0 || r.Cmp(new(big.Rat).SetFloat64(hi)) > 0 {
+				typ := "System.Decimal"
+				if a.Type == TypeMoney {
+					typ = "Microsoft.Xrm.Sdk.Money"
+				}
+				return nil, errOutOfRange(a, typ, n.String(), lo, hi)
+			}
+		}
+		return roundDecimal(n, a.Precision), nil
 	case TypeBoolean:
 		b, ok := v.(bool)
 		if !ok {
@@ -332,7 +356,7 @@ func normalize(a *Attribute, v any) (any, *apiError) {
 		for _, p := range strings.Split(s, ",") {
 			i, err := strconv.Atoi(strings.TrimSpace(p))
 			if err != nil || !a.hasOption(i) {
-				return nil, errBadRequest("0x8004431a", fmt.Sprintf("A validation error occurred. A value of '%s' is outside the valid range.", a.LogicalName))
+				return nil, errOptionOutOfRange(a, strings.TrimSpace(p))
 			}
 		}
 		return s, nil
@@ -376,6 +400,55 @@ func normalize(a *Attribute, v any) (any, *apiError) {
 		return nil, errBadRequest("0x80048d19", fmt.Sprintf("Lookup attribute %s must be set through its navigation property with @odata.bind.", a.LogicalName))
 	}
 	return nil, bad(string(a.Type))
+}
+
+// roundDecimal keeps at most places decimal places of n, rounding half
+// away from zero; a value that already fits is returned as written.
+func roundDecimal(n json.Number, places int) json.Number {
+	str := n.String()
+	if strings.ContainsAny(str, "eE") {
+		r, ok := new(big.Rat).SetString(str)
+		if !ok {
+			return n
+		}
+		str = strings.TrimRight(strings.TrimRight(r.FloatString(places+1), "0"), ".")
+		if str == "" || str == "-" {
+			str = "0"
+		}
+	}
+	dot := strings.IndexByte(str, '.')
+	if dot < 0 || len(str)-dot-1 <= places {
+		return json.Number(str)
+	}
+	r, _ := new(big.Rat).SetString(str)
+	out := r.FloatString(places)
+	if out == "-0" || strings.HasPrefix(out, "-0.") && strings.Trim(out[3:], "0") == "" {
+		out = out[1:]
+	}
+	return json.Number(out)
+}
+
+// errStringTooLong is StringLengthTooLong (0x80044331), with the message
+// Dataverse returns at run time: it names the attribute, the entity and
+// the limit, never the value.
+func errStringTooLong(a *Attribute) *apiError {
+	return errBadRequest("0x80044331", fmt.Sprintf("A validation error occurred. The length of the '%s' attribute of the '%s' entity exceeded the maximum allowed length of '%d'.", a.LogicalName, a.entity, a.MaxLength))
+}
+
+// errOptionOutOfRange is PicklistValueOutOfRange (0x8004431A).
+func errOptionOutOfRange(a *Attribute, value string) *apiError {
+	vals := make([]string, len(a.Options))
+	for i, o := range a.Options {
+		vals[i] = strconv.Itoa(o.Value)
+	}
+	return errBadRequest("0x8004431a", fmt.Sprintf("A validation error occurred. The value %s of '%s' on record of type '%s' is outside the valid range. Accepted Values: %s", value, a.LogicalName, a.entity, strings.Join(vals, ",")))
+}
+
+// errOutOfRange answers a number outside the attribute's MinValue and
+// MaxValue.
+func errOutOfRange(a *Attribute, typ, value string, lo, hi float64) *apiError {
+	return errBadRequest("0x80044330", fmt.Sprintf("A validation error occurred for %s.%s. The value %s of type %s is outside the valid range(%s to %s).", a.entity, a.LogicalName, value, typ,
+		strconv.FormatFloat(lo, 'f', -1, 64), strconv.FormatFloat(hi, 'f', -1, 64)))
 }
 
 func toNumber(v any) (json.Number, bool) {
