@@ -1085,57 +1085,6 @@ func (s *Server) delta(c *call, tb *table, req *request, sel map[string]bool, pa
 	return resp
 }
 
-// metadata serves EntityDefinitions(LogicalName='x'), optionally followed
-// by /Attributes or /Attributes/Microsoft.Dynamics.CRM.<Type>Metadata.
-func (s *Server) metadata(c *call, req *request, p string) response {
-	if req.method != http.MethodGet {
-		return errMethod()
-	}
-	if p == "EntityDefinitions" {
-		// The sandbox always expands Attributes, Keys and ManyToOneRelationships.
-		vals := []any{}
-		for _, tb := range s.st.tables {
-			m := metadataJSON(tb.def, c.base)
-			delete(m, "@odata.context")
-			vals = append(vals, m)
-		}
-		slices.SortFunc(vals, func(a, b any) int {
-			return strings.Compare(a.(map[string]any)["LogicalName"].(string), b.(map[string]any)["LogicalName"].(string))
-		})
-		return jsonResponse(200, map[string]any{"@odata.context": c.base + "$metadata#EntityDefinitions", "value": vals})
-	}
-	rest, ok := strings.CutPrefix(p, "EntityDefinitions(")
-	if !ok {
-		return errSegment(p)
-	}
-	keyPart, sub, _ := strings.Cut(rest, ")")
-	name, ok := strings.CutPrefix(keyPart, "LogicalName=")
-	if !ok {
-		return errBadRequest("0x80060888", "EntityDefinitions must be addressed by LogicalName.").response()
-	}
-	name = strings.Trim(name, "'")
-	tb := s.st.tables[name]
-	if tb == nil {
-		return (&apiError{status: 404, code: "0x80040217", message: fmt.Sprintf("Could not find entity with name '%s'.", name)}).response()
-	}
-	sub = strings.TrimPrefix(sub, "/")
-	if sub == "" {
-		return jsonResponse(200, metadataJSON(tb.def, c.base))
-	}
-	attrs, cast, _ := strings.Cut(sub, "/")
-	if attrs != "Attributes" {
-		return errSegment(sub)
-	}
-	vals := []any{}
-	for _, a := range tb.def.Attributes {
-		if cast != "" && "Microsoft.Dynamics.CRM."+metadataTypeNames[a.Type] != cast {
-			continue
-		}
-		vals = append(vals, attributeJSON(tb.def, a, cast != ""))
-	}
-	return jsonResponse(200, map[string]any{"@odata.context": c.base + "$metadata#EntityDefinitions('" + name + "')/Attributes", "value": vals})
-}
-
 func newID() string { return uuid.NewString() }
 
 // encodeQuery encodes query options keeping "$" and "," readable, as
