@@ -251,7 +251,7 @@ func (s *Server) runEntry(ctx context.Context, w *writer, e *bundleEntry) (entry
 		var created bool
 		var err error
 		if e.query != nil {
-			rec, created, err = s.doConditionalUpdate(ctx, w, e.typ, e.query, e.resource)
+			rec, created, err = s.doConditionalUpdate(ctx, w, e.typ, e.query, e.resource, e.ifMatch)
 		} else {
 			if rid, _ := e.resource["id"].(string); rid != e.id {
 				return entryResult{}, errorf(http.StatusBadRequest, "invalid", "the resource's id must match request.url")
@@ -266,7 +266,7 @@ func (s *Server) runEntry(ctx context.Context, w *writer, e *bundleEntry) (entry
 		}
 		return entryResult{rec: rec, status: http.StatusOK}, nil
 	case "DELETE":
-		if _, err := doDelete(ctx, w, e.typ, e.id); err != nil {
+		if _, _, err := doDelete(ctx, w, e.typ, e.id, e.ifMatch); err != nil {
 			return entryResult{}, err
 		}
 		return entryResult{status: http.StatusNoContent, deleted: true}, nil

@@ -202,6 +202,32 @@ func (s *Server) update(ctx context.Context, base, typ, id string, body []byte, 
 	return resourceReply(http.StatusOK, base, rec), nil
 }
 
+// checkIfMatch evaluates an If-Match header against the current version
+// of typ/id (live reports whether one exists and is not deleted). FHIR R4
+// (http.html#concurrency): "If the version id given in the If-Match header
+// does not match, the server returns a 412 Precondition Failed status code
+// instead of updating the resource." Where no current version exists,
+// RFC 9110 section 13.1.1 makes the condition false as well: no entity tag
+// can match, so the answer is 412 too.
+func checkIfMatch(ifMatch string, live bool, cur record, typ, id string) error {
+	if ifMatch == "" {
+		return nil
+	}
+	want, ok := parseVersion(ifMatch)
+	if !ok {
+		return errorf(http.StatusBadRequest, "invalid", "If-Match is not a version (expected W/\"<versionId>\")")
+	}
+	if !live {
+		return errorf(http.StatusPreconditionFailed, "conflict",
+			"version conflict on %s/%s: If-Match %d names a version, but no current version exists", typ, id, want)
+	}
+	if cur.version != want {
+		return errorf(http.StatusPreconditionFailed, "conflict",
+			"version conflict on %s/%s: If-Match %d is not the current version %d", typ, id, want, cur.version)
+	}
+	return nil
+}
+
 // doUpdate stores res as the next version of typ/id (creating it when it
 // does not exist), honouring If-Match.
 func doUpdate(ctx context.Context, w *writer, typ, id string, res map[string]any, ifMatch string) (record, bool, error) {
@@ -211,15 +237,8 @@ func doUpdate(ctx context.Context, w *writer, typ, id string, res map[string]any
 	if err != nil && !errors.Is(err, errNoRecord) {
 		return record{}, false, err
 	}
-	if ifMatch != "" {
-		want, ok := parseVersion(ifMatch)
-		if !ok {
-			return record{}, false, errorf(http.StatusBadRequest, "invalid", "If-Match is not a version")
-		}
-		if !exists || cur.deleted || cur.version != want {
-			return record{}, false, errorf(http.StatusPreconditionFailed, "conflict",
-				"version conflict on %s/%s: If-Match %d is not the current version", typ, id, want)
-		}
+	if err := checkIfMatch(ifMatch, exists && !cur.deleted, cur, typ, id); err != nil {
+		return record{}, false, err
 	}
 	method := "PUT"
 	created := !exists || cur.deleted
@@ -230,7 +249,7 @@ func doUpdate(ctx context.Context, w *writer, typ, id string, res map[string]any
 	return rec, created, err
 }
 
-func (s *Server) conditionalUpdate(ctx context.Context, base, typ string, q url.Values, body []byte) (reply, error) {
+func (s *Server) conditionalUpdate(ctx context.Context, base, typ string, q url.Values, body []byte, ifMatch string) (reply, error) {
 	res, err := parseResource(body, typ)
 	if err != nil {
 		return reply{}, err
@@ -239,7 +258,7 @@ func (s *Server) conditionalUpdate(ctx context.Context, base, typ string, q url.
 	var created bool
 	err = s.store.write(ctx, func(w *writer) error {
 		var err error
-		rec, created, err = s.doConditionalUpdate(ctx, w, typ, q, res)
+		rec, created, err = s.doConditionalUpdate(ctx, w, typ, q, res, ifMatch)
 		return err
 	})
 	if err != nil {
@@ -251,7 +270,13 @@ func (s *Server) conditionalUpdate(ctx context.Context, base, typ string, q url.
 	return resourceReply(http.StatusOK, base, rec), nil
 }
 
-func (s *Server) doConditionalUpdate(ctx context.Context, w *writer, typ string, q url.Values, res map[string]any) (record, bool, error) {
+// doConditionalUpdate follows FHIR R4 http.html#cond-update: no match and
+// no id creates; no match with an id is an update-as-create, refused with
+// 409 when that id already exists (it did not match the criteria); one
+// match updates it (400 when the body names another id); several matches
+// answer 412. ifMatch, when set, must name the matched resource's current
+// version.
+func (s *Server) doConditionalUpdate(ctx context.Context, w *writer, typ string, q url.Values, res map[string]any, ifMatch string) (record, bool, error) {
 	sq, err := parseSearch(typ, q, true)
 	if err != nil {
 		return record{}, false, err
@@ -264,45 +289,71 @@ func (s *Server) doConditionalUpdate(ctx context.Context, w *writer, typ string,
 	bodyID, _ := res["id"].(string)
 	switch len(matches) {
 	case 0:
+		if err := checkIfMatch(ifMatch, false, record{}, typ, bodyID); err != nil {
+			return record{}, false, err
+		}
 		if bodyID == "" {
 			res["id"] = uuid.NewString()
 			rec, err := w.put(ctx, res, "POST", 0)
 			return rec, true, err
+		}
+		cur, err := current(ctx, w.tx, typ, bodyID)
+		if err != nil && !errors.Is(err, errNoRecord) {
+			return record{}, false, err
+		}
+		if err == nil && !cur.deleted {
+			return record{}, false, errorf(http.StatusConflict, "conflict",
+				"no %s matched the criteria, but the resource's id %s already exists", typ, bodyID)
 		}
 		return doUpdate(ctx, w, typ, bodyID, res, "")
 	case 1:
 		if bodyID != "" && bodyID != matches[0].id {
 			return record{}, false, errorf(http.StatusBadRequest, "invalid", "the resource's id does not match the resource the criteria found")
 		}
-		return doUpdate(ctx, w, typ, matches[0].id, res, "")
+		return doUpdate(ctx, w, typ, matches[0].id, res, ifMatch)
 	}
 	return record{}, false, errorf(http.StatusPreconditionFailed, "multiple-matches", "the criteria matched several %s resources", typ)
 }
 
-func (s *Server) delete(ctx context.Context, typ, id string) (reply, error) {
+func (s *Server) delete(ctx context.Context, typ, id, ifMatch string) (reply, error) {
+	var rec record
+	var written bool
 	err := s.store.write(ctx, func(w *writer) error {
-		_, err := doDelete(ctx, w, typ, id)
+		var err error
+		rec, written, err = doDelete(ctx, w, typ, id, ifMatch)
 		return err
 	})
 	if err != nil {
 		return reply{}, err
 	}
-	return reply{status: http.StatusNoContent}, nil
+	// FHIR R4 http.html#delete: "servers MAY include an ETag on the delete
+	// response to allow version contention management when a resource is
+	// brought back to life."
+	h := http.Header{}
+	if written {
+		h.Set("ETag", rec.etag())
+	}
+	return reply{status: http.StatusNoContent, header: h}, nil
 }
 
 // doDelete records a deletion; deleting what does not exist (or is
-// already deleted) changes nothing and succeeds. It reports whether a
-// version was written.
-func doDelete(ctx context.Context, w *writer, typ, id string) (bool, error) {
+// already deleted) changes nothing and succeeds, unless ifMatch names a
+// version (see checkIfMatch). It returns the deletion's version and
+// whether one was written.
+func doDelete(ctx context.Context, w *writer, typ, id, ifMatch string) (record, bool, error) {
 	cur, err := current(ctx, w.tx, typ, id)
-	if errors.Is(err, errNoRecord) || err == nil && cur.deleted {
-		return false, nil
+	if err != nil && !errors.Is(err, errNoRecord) {
+		return record{}, false, err
 	}
-	if err != nil {
-		return false, err
+	live := err == nil && !cur.deleted
+	if err := checkIfMatch(ifMatch, live, cur, typ, id); err != nil {
+		return record{}, false, err
 	}
-	_, err = w.remove(ctx, typ, id, cur.version)
-	return err == nil, err
+	if !live {
+		return record{}, false, nil
+	}
+	rec, err := w.remove(ctx, typ, id, cur.version)
+	return rec, err == nil, err
 }
 
 const (

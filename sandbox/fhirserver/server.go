@@ -175,6 +175,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeOutcome(w, fe)
 		return
 	}
+	if (r.Method == http.MethodPost || r.Method == http.MethodPut) && strings.Trim(r.URL.Path, "/") != "" && rep.body != nil {
+		rep = applyPrefer(rep, r.Header.Values("Prefer"))
+	}
 	for k, v := range rep.header {
 		w.Header()[k] = v
 	}
@@ -246,7 +249,7 @@ func (s *Server) route(r *http.Request) (reply, error) {
 			if err != nil {
 				return reply{}, err
 			}
-			return s.conditionalUpdate(ctx, base, typ, r.URL.Query(), body)
+			return s.conditionalUpdate(ctx, base, typ, r.URL.Query(), body, r.Header.Get("If-Match"))
 		}
 		return reply{}, method()
 	case 2:
@@ -270,7 +273,7 @@ func (s *Server) route(r *http.Request) (reply, error) {
 			}
 			return s.update(ctx, base, typ, id, body, r.Header.Get("If-Match"))
 		case http.MethodDelete:
-			return s.delete(ctx, typ, id)
+			return s.delete(ctx, typ, id, r.Header.Get("If-Match"))
 		}
 		return reply{}, method()
 	case 3:
@@ -354,6 +357,35 @@ func outcome(severity, code, msg string) map[string]any {
 		"resourceType": "OperationOutcome",
 		"issue":        []any{map[string]any{"severity": severity, "code": code, "diagnostics": msg}},
 	}
+}
+
+// applyPrefer honours the return preference on create and update. FHIR R4
+// http.html#return: "Prefer: return=minimal ... asks to return no body.
+// Prefer: return=representation asks to return the full resource.
+// Prefer: return=OperationOutcome asks the server to return an
+// OperationOutcome resource containing hints and warnings about the
+// operation rather than the full resource. Servers SHOULD honor this
+// header." Without the header the sandbox returns the resource.
+func applyPrefer(rep reply, prefer []string) reply {
+	for _, p := range prefer {
+		for _, part := range strings.Split(p, ",") {
+			k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
+			if !strings.EqualFold(strings.TrimSpace(k), "return") {
+				continue
+			}
+			switch strings.Trim(strings.TrimSpace(v), `"`) {
+			case "minimal":
+				rep.body = nil
+			case "OperationOutcome":
+				body, err := encodeJSON(outcome("information", "informational", "the interaction succeeded"))
+				if err == nil {
+					rep.body = body
+				}
+			}
+			return rep
+		}
+	}
+	return rep
 }
 
 // isTypeName reports whether s looks like a FHIR resource type name.
