@@ -129,10 +129,15 @@ func invalid(format string, args ...any) error {
 
 // DecodeRemoteExecutionContext parses the JSON a service endpoint posts,
 // with the WCF data-contract quirks: collections are arrays of
-// {"key","value"}, typed values carry "__type" ("Entity:http://…",
-// "EntityReference:…", "OptionSetValue:…", "Money:…"), and dates read
-// "/Date(1700000000000)/" or "/Date(1700000000000+0000)/". Entity images
-// may be missing (Dataverse drops them from large messages).
+// {"key","value"}, values whose declared type is object carry "__type"
+// ("Entity:http://…", "EntityReference:…", "OptionSetValue:…", "Money:…"),
+// while the entities of Pre/PostEntityImages and of an EntityCollection,
+// declared as Entity, come without it and are read as entities by their
+// place; members may come in any order (Dataverse writes them
+// alphabetically, so MessageName can sit behind a large InputParameters);
+// and dates read "/Date(1700000000000)/" or "/Date(1700000000000+0000)/".
+// ParentContext, InputParameters and the images may be missing, empty or
+// null (Dataverse drops them from messages above its size limit).
 //
 // What it accepts and how it reads each field is what encoding/json does
 // when the body is decoded into rawContext (a json.Decoder with UseNumber,
@@ -453,7 +458,7 @@ func (d *decoder) images(i int32, what string) (map[string]*Entity, error) {
 	out := make(map[string]*Entity, d.count(arr))
 	for e, el := int32(0), arr+1; e < d.count(arr); e, el = e+1, d.toks[el].next {
 		k, v, _ := d.pair(el)
-		dv, err := d.value(v, 0)
+		dv, err := d.entityValue(v, 0)
 		if err != nil {
 			return nil, invalid("%s[%s]: %v", what, d.str(k), err)
 		}
@@ -508,25 +513,67 @@ func (d *decoder) value(i int32, depth int) (any, error) {
 	return nil, nil
 }
 
-// object reads an object by its "__type" (matched exactly, the last one
-// wins; null or absent means untyped).
-func (d *decoder) object(obj int32, depth int) (any, error) {
-	n := d.toks[obj].n
+// entityValue reads the value at token i where the data contract declares
+// an Entity: the value of an entity image and an element of an
+// EntityCollection's Entities. DataContractJsonSerializer writes "__type"
+// only where the declared type does not say what a value is, so Dataverse
+// writes these entities without it; an object with no type name is read as
+// an Entity by its place. A value that names a type is read as that type.
+func (d *decoder) entityValue(i int32, depth int) (any, error) {
+	if depth > maxValueDepth {
+		return nil, errors.New("values nested too deeply")
+	}
+	if i >= 0 && d.toks[i].kind == kindObject {
+		name, _, err := d.typeName(i)
+		if err != nil {
+			return nil, err
+		}
+		if len(name) == 0 {
+			return d.entity(i, depth)
+		}
+	}
+	return d.value(i, depth)
+}
+
+// typeName is the type an object's "__type" names, the part before the ':'
+// ("Entity" for "Entity:http://…"), and its namespace, the part after;
+// "__type" is matched exactly, the last one winning, and both are empty
+// when it is absent or null.
+func (d *decoder) typeName(obj int32) (name, namespace []byte, err error) {
 	typ := int32(-1)
-	for m, i := int32(0), obj+1; m < n; m++ {
+	for m, i := int32(0), obj+1; m < d.toks[obj].n; m++ {
 		if d.keyIs(i, "__type") {
 			typ = i + 1
 		}
 		i = d.toks[i+1].next
 	}
-	var name []byte
-	if typ >= 0 {
-		switch d.toks[typ].kind {
-		case kindString:
-			name, _, _ = bytes.Cut(d.strBytes(typ), []byte(":"))
-		case kindNull:
-		default:
-			return nil, errors.New("__type is not a string")
+	if typ < 0 {
+		return nil, nil, nil
+	}
+	switch d.toks[typ].kind {
+	case kindString:
+		name, namespace, _ = bytes.Cut(d.strBytes(typ), []byte(":"))
+		return name, namespace, nil
+	case kindNull:
+		return nil, nil, nil
+	}
+	return nil, nil, errors.New("__type is not a string")
+}
+
+// object reads an object by its "__type" (see typeName; no type name means
+// untyped).
+func (d *decoder) object(obj int32, depth int) (any, error) {
+	n := d.toks[obj].n
+	name, namespace, err := d.typeName(obj)
+	if err != nil {
+		return nil, err
+	}
+	if string(namespace) == "#System" {
+		// A .NET primitive in a slot declared object, wrapped so that its
+		// type survives: {"__type":"Guid:#System","__value":"…"}, or
+		// "DateTime:#System" around a /Date(…)/ string.
+		if v := d.members(obj, "__value")[0]; v >= 0 {
+			return d.value(v, depth+1)
 		}
 	}
 	switch string(name) {
@@ -630,7 +677,7 @@ func (d *decoder) object(obj int32, depth int) (any, error) {
 		}
 		ec := &EntityCollection{EntityName: d.str(entityName)}
 		for e, el := int32(0), entities+1; e < d.count(entities); e, el = e+1, d.toks[el].next {
-			ev, err := d.value(el, depth+1)
+			ev, err := d.entityValue(el, depth+1)
 			if err != nil {
 				return nil, err
 			}

@@ -84,6 +84,25 @@ func TestDecodeRemoteExecutionContextSamples(t *testing.T) {
 			}},
 		{file: "update_images_dropped.json", message: "Update", entity: "msemr_observation", id: "6a7b8c9d-0e1f-ee11-be6e-000d3a5b8f21",
 			event: queues.EventUpdated, initiator: "7c5e1a2b-3d4f-ee11-be6e-000d3a5b8f21", changedAt: time.UnixMilli(1700000300000).UTC()},
+		{file: "update_untyped_images_large.json", message: "Update", entity: "contact", id: contact, event: queues.EventUpdated,
+			version: "915400", initiator: "8d6f2b3c-4e50-ee11-be6e-000d3a5b8f21", changedAt: time.UnixMilli(1700000500000).UTC(), pre: true, post: true,
+			check: func(t *testing.T, x *ExecutionContext) {
+				post, pre := x.PostEntityImages["PostImage"], x.PreEntityImages["PreImage"]
+				if post.LogicalName != "contact" || post.ID != contact || post.Attributes["gendercode"] != (OptionSetValue{Value: 2}) ||
+					post.FormattedValues["gendercode"] != "Female" || len(post.Attributes["description"].(string)) != 5000 {
+					t.Fatalf("untyped post image = %+v", post)
+				}
+				if ref, ok := post.Attributes["parentcustomerid"].(*EntityReference); !ok || ref.Name != "Clinic" {
+					t.Fatalf("post image lookup = %#v", post.Attributes["parentcustomerid"])
+				}
+				if pre.RowVersion != "915301" || pre.Attributes["gendercode"] != (OptionSetValue{Value: 1}) {
+					t.Fatalf("untyped pre image = %+v", pre)
+				}
+				ec, ok := x.InputParameters["Related"].(*EntityCollection)
+				if !ok || len(ec.Entities) != 2 || ec.Entities[0].ID != contact || ec.Entities[1].Attributes["fullname"] != "Ann Lee" {
+					t.Fatalf("untyped collection entities = %#v", x.InputParameters["Related"])
+				}
+			}},
 		{file: "assign_account.json", message: "Assign", entity: "account", id: "1b2c3d4e-5f60-ee11-be6e-000d3a5b8f21",
 			event: queues.EventChanged, initiator: "9f8e7d6c-5b4a-ee11-be6e-000d3a5b8f21", changedAt: time.UnixMilli(1700000400000).UTC(),
 			check: func(t *testing.T, x *ExecutionContext) {
@@ -144,6 +163,11 @@ func TestDecodeRemoteExecutionContextRejects(t *testing.T) {
 		{name: "id not a GUID", body: strings.Replace(base, `"PrimaryEntityId":"5f1e9a3b-2c4d-ee11-be6e-000d3a5b8f21"`, `"PrimaryEntityId":"17"`, 1)},
 		{name: "parameters as an object", body: strings.Replace(base, `"InputParameters":[`, `"InputParameters":{"x":[`, 1)},
 		{name: "pair without key", body: strings.Replace(base, `"SharedVariables":[]`, `"SharedVariables":[{"value":1}]`, 1)},
+		{name: "image typed as a reference", body: strings.Replace(base, `"PostEntityImages":[]`, `"PostEntityImages":[{"key":"PostImage","value":{"__type":"EntityReference:x","Id":"5f1e9a3b-2c4d-ee11-be6e-000d3a5b8f21","LogicalName":"contact"}}]`, 1)},
+		{name: "untyped image with a bad id", body: strings.Replace(base, `"PostEntityImages":[]`, `"PostEntityImages":[{"key":"PostImage","value":{"Attributes":[],"Id":"nope","LogicalName":"contact"}}]`, 1)},
+		{name: "untyped image with attributes as an object", body: strings.Replace(base, `"PostEntityImages":[]`, `"PostEntityImages":[{"key":"PostImage","value":{"Attributes":{"a":1}}}]`, 1)},
+		{name: "collection of option sets", body: strings.Replace(base, `"SharedVariables":[]`, `"SharedVariables":[{"key":"c","value":{"__type":"EntityCollection:x","Entities":[{"__type":"OptionSetValue:x","Value":1}]}}]`, 1)},
+		{name: "collection with a null entity", body: strings.Replace(base, `"SharedVariables":[]`, `"SharedVariables":[{"key":"c","value":{"__type":"EntityCollection:x","Entities":[null]}}]`, 1)},
 		{name: "image that is not an entity", body: strings.Replace(base, `"PostEntityImages":[]`, `"PostEntityImages":[{"key":"PostImage","value":"x"}]`, 1)},
 		{name: "malformed date", body: strings.Replace(base, `\/Date(1700000200000+0100)\/`, `\/Date(soon)\/`, 1)},
 		{name: "option set without value", body: strings.Replace(base, `"SharedVariables":[]`, `"SharedVariables":[{"key":"o","value":{"__type":"OptionSetValue:x"}}]`, 1)},
@@ -168,9 +192,7 @@ func TestDecodeRemoteExecutionContextRejects(t *testing.T) {
 }
 
 func FuzzDecodeRemoteExecutionContext(f *testing.F) {
-	for _, n := range []string{"create_contact.json", "update_contact_images.json", "delete_contact.json", "update_images_dropped.json", "assign_account.json"} {
-		f.Add(readSample(f, n))
-	}
+	addContextSeeds(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		x, err := DecodeRemoteExecutionContext(b)
 		if err != nil {
