@@ -175,6 +175,9 @@ func TestThirdPartyClient(t *testing.T) {
 		{name: "retrieve_multiple_paged", want: `{"ok":true,"pages":[3,3,1],"firstnames":["P1","P2","P3","P4","P5","P6","P7"],"columns":["contactid","firstname"]}`},
 		{name: "retrieve_multiple_top", want: `{"ok":true,"firstnames":["P7","P6","P5","P4"],"nextLink":null}`},
 		{name: "retrieve_all", want: `{"ok":true,"count":7}`},
+		{name: "retrieve_if_none_match", want: `{"ok":true,"notModified":true,"changedFirstname":"Ada"}`},
+		{name: "count", want: `{"ok":true,"count":7,"rows":7}`},
+		{name: "whoami_impersonated", want: `{"ok":true,"userId":"7b0a4c1e-8f2d-4e6a-9c3b-1d2e3f405162"}`},
 		{name: "update_if_match", want: `{"ok":true,"jobtitle":"Analyst","etagChanged":true}`},
 		{name: "update_stale_etag", want: `{"ok":false,"error":{"status":412,"code":"0x80060882"}}`},
 		{name: "delete_stale_etag", want: `{"ok":false,"error":{"status":412,"code":"0x80060882"}}`},
@@ -197,6 +200,13 @@ func TestThirdPartyClient(t *testing.T) {
 				}
 			}},
 		{name: "metadata_entity", want: `{"ok":true,"logicalName":"contact","entitySetName":"contacts","primaryId":"contactid"}`},
+		{name: "metadata_entity_expanded",
+			want: `{"ok":true,"primaryName":"fullname","changeTracking":true,"keys":[{"name":"msemr_azurefhirid_key","attributes":["msemr_azurefhirid"]}],"accountNav":["parentcustomerid_account"],"genderOptions":[1,2,935000000,935000001]}`,
+			check: func(t *testing.T, got map[string]any) {
+				if got["attributes"] != results["metadata_attributes"]["count"] {
+					t.Errorf("expanded Attributes has %v entries, the Attributes collection %v", got["attributes"], results["metadata_attributes"]["count"])
+				}
+			}},
 		{name: "batch_change_set", want: `{"ok":true,"responses":3,"jobtitle":"Batched","identifiers":["B-1"]}`},
 		{name: "batch_failing_change_set", want: `{"ok":true,"committed":0}`,
 			check: func(t *testing.T, got map[string]any) {
@@ -213,15 +223,17 @@ func TestThirdPartyClient(t *testing.T) {
 					t.Errorf("failing change set reported parts %v, want one with 404 0x80040217", statuses)
 				}
 			}},
+		{name: "batch_continue_on_error",
+			want: `{"ok":true,"rejected":false,"parts":[{"status":404,"code":"0x80040217"},{"ok":true}],"committed":1}`},
 		{name: "batch_reads", want: `{"ok":true,"firstname":"Ada","count":7}`},
 		{name: "change_tracking",
 			want: `{"ok":true,"hasDeltaLink":true,"updates":[{"same":true,"firstname":"P1-changed"}],"deletes":[{"same":true,"reason":"deleted","deletedEntity":true}],"nextDeltaLink":true}`,
 			check: func(t *testing.T, got map[string]any) {
 				// The initial snapshot holds every contact alive at that
-				// time: the seven seeded, Ada, Grace, tp-either and the
-				// batch-created parent.
-				if got["initialCount"] != float64(11) {
-					t.Errorf("initial change-tracking snapshot has %v rows, want 11", got["initialCount"])
+				// time: the seven seeded, Ada, Grace, tp-either, the
+				// change set's parent and the continue-on-error create.
+				if got["initialCount"] != float64(12) {
+					t.Errorf("initial change-tracking snapshot has %v rows, want 12", got["initialCount"])
 				}
 			}},
 		{name: "delete", want: `{"ok":true}`},

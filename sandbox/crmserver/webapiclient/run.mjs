@@ -125,6 +125,24 @@ await step("retrieve_all", async () => {
   return { count: r.value.length };
 });
 
+await step("retrieve_if_none_match", async () => {
+  // If-None-Match with the current ETag: 304, which the library answers
+  // without a record; with an older one the row is read.
+  const same = await api.retrieve({ collection: "contacts", key: ctx.contactId, select: ["firstname"], ifnonematch: ctx.etag });
+  const other = await api.retrieve({ collection: "contacts", key: ctx.contactId, select: ["firstname"], ifnonematch: 'W/"1"' });
+  return { notModified: same === undefined, changedFirstname: other?.firstname ?? null };
+});
+
+await step("count", async () => {
+  const r = await api.retrieveMultiple({ collection: "contacts", filter: "lastname eq 'Pageable'", select: ["firstname"], count: true });
+  return { count: r.oDataCount ?? null, rows: r.value.length };
+});
+
+await step("whoami_impersonated", async () => {
+  const r = await api.callFunction({ name: "WhoAmI", impersonate: "7b0a4c1e-8f2d-4e6a-9c3b-1d2e3f405162" });
+  return { userId: r.UserId };
+});
+
 await step("update_if_match", async () => {
   const r = await api.update({
     collection: "contacts",
@@ -229,6 +247,37 @@ await step("metadata_attributes", async () => {
   };
 });
 
+await step("metadata_entity_expanded", async () => {
+  // The shape fhirsync reads: $select on the entity, Attributes, Keys and
+  // ManyToOneRelationships expanded, then option sets through a cast.
+  const r = await api.retrieveEntity({
+    key: "LogicalName='contact'",
+    select: ["LogicalName", "EntitySetName", "PrimaryIdAttribute", "PrimaryNameAttribute", "ChangeTrackingEnabled"],
+    expand: [
+      { property: "Attributes" },
+      { property: "Keys", select: ["LogicalName", "KeyAttributes"] },
+      { property: "ManyToOneRelationships", select: ["ReferencingAttribute", "ReferencedEntity", "ReferencingEntityNavigationPropertyName"] },
+    ],
+  });
+  const picklists = await api.retrieveAttributes({
+    entityKey: "LogicalName='contact'",
+    castType: "PicklistAttributeMetadata",
+    select: ["LogicalName"],
+    expand: [{ property: "OptionSet", select: ["Options"] }],
+  });
+  const gender = picklists.value.find((a) => a.LogicalName === "gendercode");
+  return {
+    primaryName: r.PrimaryNameAttribute,
+    changeTracking: r.ChangeTrackingEnabled,
+    attributes: (r.Attributes ?? []).length,
+    keys: (r.Keys ?? []).map((k) => ({ name: k.LogicalName, attributes: k.KeyAttributes })),
+    accountNav: (r.ManyToOneRelationships ?? [])
+      .filter((m) => m.ReferencingAttribute === "parentcustomerid" && m.ReferencedEntity === "account")
+      .map((m) => m.ReferencingEntityNavigationPropertyName),
+    genderOptions: (gender?.OptionSet?.Options ?? []).map((o) => o.Value),
+  };
+});
+
 await step("metadata_entity", async () => {
   const r = await api.retrieveEntity({ key: "LogicalName='contact'" });
   return { logicalName: r.LogicalName, entitySetName: r.EntitySetName, primaryId: r.PrimaryIdAttribute };
@@ -268,6 +317,21 @@ await step("batch_failing_change_set", async () => {
     outcome = { rejected: true, ...errorInfo(e) };
   }
   const left = await api.retrieveMultiple({ collection: "contacts", filter: "msemr_azurefhirid eq 'tp-rollback'", select: ["contactid"] });
+  return { ...outcome, committed: left.value.length };
+});
+
+await step("batch_continue_on_error", async () => {
+  api.startBatch();
+  api.update({ collection: "contacts", key: "00000000-0000-0000-0000-000000000405", data: { firstname: "Missing" }, inChangeSet: false });
+  api.create({ collection: "contacts", data: { firstname: "After", lastname: "Failure", msemr_azurefhirid: "tp-continue" }, inChangeSet: false });
+  let outcome;
+  try {
+    const parts = await api.executeBatch({ continueOnError: true });
+    outcome = { rejected: false, parts: parts.map((p) => (p instanceof Error ? errorInfo(p) : { ok: true })) };
+  } catch (e) {
+    outcome = { rejected: true, ...errorInfo(e) };
+  }
+  const left = await api.retrieveMultiple({ collection: "contacts", filter: "msemr_azurefhirid eq 'tp-continue'", select: ["contactid"] });
   return { ...outcome, committed: left.value.length };
 });
 
