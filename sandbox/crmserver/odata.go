@@ -3,6 +3,9 @@ package crmserver
 import (
 	"encoding/json"
 	"fmt"
+	"math/big"
+	"net/http"
+	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -444,4 +447,304 @@ func splitOutsideQuotes(s string, sep byte) []string {
 		}
 	}
 	return append(out, s[start:])
+}
+
+// maxCount is the most rows $count reports: Dataverse counts up to 5,000.
+const maxCount = 5000
+
+// annotations is the odata.include-annotations preference of a request:
+// the annotation names or patterns ("*", "Microsoft.Dynamics.CRM.*") the
+// client asked for. Exclusions ("-name") are ignored.
+type annotations struct {
+	raw      string
+	patterns []string
+}
+
+func wantAnnotations(h map[string]string) annotations {
+	raw, ok := h["odata.include-annotations"]
+	if !ok || raw == "" {
+		return annotations{}
+	}
+	a := annotations{raw: raw}
+	for _, p := range strings.Split(raw, ",") {
+		if p = strings.TrimSpace(p); p != "" && !strings.HasPrefix(p, "-") {
+			a.patterns = append(a.patterns, p)
+		}
+	}
+	return a
+}
+
+// any reports whether any annotation was asked for.
+func (a annotations) any() bool { return len(a.patterns) > 0 }
+
+func (a annotations) wants(name string) bool {
+	for _, p := range a.patterns {
+		if p == "*" || p == name {
+			return true
+		}
+		if prefix, ok := strings.CutSuffix(p, "*"); ok && strings.HasPrefix(name, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// applied is the Preference-Applied value for the preference.
+func (a annotations) applied() string { return `odata.include-annotations="` + a.raw + `"` }
+
+const (
+	annFormatted  = "OData.Community.Display.V1.FormattedValue"
+	annLogical    = "Microsoft.Dynamics.CRM.lookuplogicalname"
+	annNavigation = "Microsoft.Dynamics.CRM.associatednavigationproperty"
+)
+
+// annotate adds the annotations asked for to out, a row as rowJSON made
+// it: formatted values (choice labels, Yes/No, numbers with group
+// separators and the column's precision, money with a currency symbol,
+// dates as en-US in UTC, the primary name of a lookup's row) and, for
+// lookups, the referenced table and navigation property.
+func (s *Server) annotate(tb *table, r *row, out map[string]any, ann annotations) {
+	if !ann.any() {
+		return
+	}
+	for _, a := range tb.def.Attributes {
+		if a.isLookup() {
+			key := "_" + a.LogicalName + "_value"
+			if _, selected := out[key]; !selected {
+				continue
+			}
+			lv, ok := attrValue(tb.def, r, a.LogicalName).(lookupValue)
+			if !ok || lv.ID == "" || lv.Target == "" {
+				continue
+			}
+			id, target := lv.ID, lv.Target
+			if ann.wants(annLogical) {
+				out[key+"@"+annLogical] = target
+			}
+			if ann.wants(annNavigation) {
+				out[key+"@"+annNavigation] = navigationFor(tb.def, a, target)
+			}
+			if ann.wants(annFormatted) {
+				if name, ok := s.primaryName(target, id); ok {
+					out[key+"@"+annFormatted] = name
+				}
+			}
+			continue
+		}
+		v, ok := out[a.LogicalName]
+		if !ok || v == nil || !ann.wants(annFormatted) {
+			continue
+		}
+		if f, ok := formatValue(a, v); ok {
+			out[a.LogicalName+"@"+annFormatted] = f
+		}
+	}
+}
+
+func navigationFor(e *Entity, a *Attribute, target string) string {
+	for _, r := range e.ManyToOne {
+		if r.Attribute == a.LogicalName && r.Target == target {
+			return r.NavigationProperty
+		}
+	}
+	return a.LogicalName
+}
+
+func (s *Server) primaryName(entity, id string) (string, bool) {
+	tb := s.st.tables[entity]
+	if tb == nil || tb.def.PrimaryName == "" {
+		return "", false
+	}
+	r := tb.rows[id]
+	if r == nil {
+		return "", false
+	}
+	name, ok := r.attrs[tb.def.PrimaryName].(string)
+	return name, ok
+}
+
+// formatValue is the formatted value of a stored value, for an en-US
+// user in UTC.
+func formatValue(a *Attribute, v any) (string, bool) {
+	switch a.Type {
+	case TypePicklist, TypeState, TypeStatus:
+		n, ok := v.(json.Number)
+		if !ok {
+			return "", false
+		}
+		i, err := n.Int64()
+		if err != nil {
+			return "", false
+		}
+		return optionLabel(a, int(i))
+	case TypeMultiSelect:
+		str, ok := v.(string)
+		if !ok {
+			return "", false
+		}
+		var labels []string
+		for _, p := range strings.Split(str, ",") {
+			i, err := strconv.Atoi(strings.TrimSpace(p))
+			if err != nil {
+				return "", false
+			}
+			l, ok := optionLabel(a, i)
+			if !ok {
+				return "", false
+			}
+			labels = append(labels, l)
+		}
+		return strings.Join(labels, "; "), true
+	case TypeBoolean:
+		b, ok := v.(bool)
+		if !ok {
+			return "", false
+		}
+		if b {
+			return "Yes", true
+		}
+		return "No", true
+	case TypeInteger, TypeBigInt:
+		n, ok := v.(json.Number)
+		if !ok {
+			return "", false
+		}
+		return groupDigits(n.String()), true
+	case TypeDecimal, TypeMoney:
+		n, ok := v.(json.Number)
+		if !ok {
+			return "", false
+		}
+		r, ok := new(big.Rat).SetString(n.String())
+		if !ok {
+			return "", false
+		}
+		f := groupDigits(r.FloatString(a.Precision))
+		if a.Type == TypeMoney {
+			if neg, ok := strings.CutPrefix(f, "-"); ok {
+				return "-$" + neg, true
+			}
+			return "$" + f, true
+		}
+		return f, true
+	case TypeDouble:
+		n, ok := v.(json.Number)
+		if !ok {
+			return "", false
+		}
+		return groupDigits(n.String()), true
+	case TypeDateTime:
+		str, ok := v.(string)
+		if !ok {
+			return "", false
+		}
+		if a.DateOnly {
+			t, err := time.Parse("2006-01-02", str)
+			if err != nil {
+				return "", false
+			}
+			return t.Format("1/2/2006"), true
+		}
+		t, err := time.Parse(time.RFC3339, str)
+		if err != nil {
+			return "", false
+		}
+		return t.UTC().Format("1/2/2006 3:04 PM"), true
+	}
+	return "", false
+}
+
+func optionLabel(a *Attribute, v int) (string, bool) {
+	for _, o := range a.Options {
+		if o.Value == v {
+			return o.Label, true
+		}
+	}
+	return "", false
+}
+
+// groupDigits puts en-US group separators into a plain decimal number.
+func groupDigits(n string) string {
+	sign := ""
+	if strings.HasPrefix(n, "-") {
+		sign, n = "-", n[1:]
+	}
+	whole, frac, hasFrac := strings.Cut(n, ".")
+	if strings.ContainsAny(whole, "eE") {
+		return sign + n
+	}
+	var b strings.Builder
+	for i, c := range whole {
+		if i > 0 && (len(whole)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	if hasFrac {
+		return sign + b.String() + "." + frac
+	}
+	return sign + b.String()
+}
+
+// countRows answers <set>/$count: the number of rows matching $filter,
+// as plain text, at most 5,000.
+func (s *Server) countRows(tb *table, req *request) response {
+	if req.method != http.MethodGet {
+		return errMethod()
+	}
+	n := 0
+	if f := req.query.Get("$filter"); f != "" {
+		node, err := parseFilter(f, knownFilterName(tb.def))
+		if err != nil {
+			return errBadRequest("0x80060888", "Invalid $filter: "+err.Error()).response()
+		}
+		for _, r := range tb.rows {
+			if node.eval(func(name string) any { return filterValue(tb.def, r, name) }) {
+				n++
+			}
+		}
+	} else {
+		n = len(tb.rows)
+	}
+	h := newHeader()
+	h.Set("Content-Type", "text/plain")
+	return response{status: http.StatusOK, header: h, body: []byte(strconv.Itoa(min(n, maxCount)))}
+}
+
+// addCount adds @odata.count (for $count=true) and the total record count
+// annotations (when asked for) to a collection answer; matched is how
+// many rows the filter matched before $top and paging.
+func addCount(out map[string]any, q url.Values, ann annotations, matched int) {
+	counted := strings.EqualFold(q.Get("$count"), "true")
+	if counted {
+		out["@odata.count"] = min(matched, maxCount)
+	}
+	if ann.wants("Microsoft.Dynamics.CRM.totalrecordcount") {
+		total := -1
+		if counted {
+			total = min(matched, maxCount)
+		}
+		out["@Microsoft.Dynamics.CRM.totalrecordcount"] = total
+	}
+	if ann.wants("Microsoft.Dynamics.CRM.totalrecordcountlimitexceeded") {
+		out["@Microsoft.Dynamics.CRM.totalrecordcountlimitexceeded"] = counted && matched > maxCount
+	}
+}
+
+// splitPreferences splits a Prefer header at the commas outside double
+// quotes: odata.include-annotations="a,b" is one preference.
+func splitPreferences(line string) []string {
+	var out []string
+	in := false
+	start := 0
+	for i := 0; i < len(line); i++ {
+		switch {
+		case line[i] == '"':
+			in = !in
+		case line[i] == ',' && !in:
+			out = append(out, line[start:i])
+			start = i + 1
+		}
+	}
+	return append(out, line[start:])
 }

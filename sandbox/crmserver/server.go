@@ -470,6 +470,11 @@ func (s *Server) exec(c *call, req *request, t *tx) response {
 	case strings.HasPrefix(p, "EntityDefinitions"):
 		return s.metadata(c, req, p)
 	}
+	if set, ok := strings.CutSuffix(p, "/$count"); ok {
+		if tb := s.st.bySet[set]; tb != nil {
+			return s.countRows(tb, req)
+		}
+	}
 	set, keySeg := p, ""
 	if i := strings.IndexByte(p, '('); i >= 0 {
 		if !strings.HasSuffix(p, ")") {
@@ -513,10 +518,20 @@ func (s *Server) exec(c *call, req *request, t *tx) response {
 		if e != nil {
 			return e.response()
 		}
+		if m := req.header.Get("If-None-Match"); m == "*" || m == etag(existing) {
+			h := newHeader()
+			h.Set("ETag", etag(existing))
+			return response{status: http.StatusNotModified, header: h}
+		}
 		out := s.rowJSON(tb, existing, sel)
 		out["@odata.context"] = c.base + "$metadata#" + tb.def.EntitySetName + "/$entity"
+		ann := wantAnnotations(prefer(req.header))
+		s.annotate(tb, existing, out, ann)
 		resp := jsonResponse(200, out)
 		resp.header.Set("ETag", etag(existing))
+		if ann.any() {
+			resp.header.Add("Preference-Applied", ann.applied())
+		}
 		return resp
 	case http.MethodPatch:
 		return s.upsert(c, t, tb, req, existing, id, key)
@@ -554,7 +569,7 @@ func etag(r *row) string { return `W/"` + strconv.FormatInt(r.version, 10) + `"`
 func prefer(h http.Header) map[string]string {
 	out := map[string]string{}
 	for _, line := range h.Values("Prefer") {
-		for _, p := range strings.Split(line, ",") {
+		for _, p := range splitPreferences(line) {
 			k, v, _ := strings.Cut(strings.TrimSpace(p), "=")
 			if k != "" {
 				out[strings.ToLower(k)] = strings.Trim(v, `"`)
@@ -827,9 +842,20 @@ func (s *Server) upsert(c *call, t *tx, tb *table, req *request, existing *row, 
 		return e.response()
 	}
 	delete(changes, tb.def.PrimaryID)
+	// Upsert by alternate key: an existing row keeps its key values (the
+	// body's are dropped); a new row takes the body's key values, even
+	// when they differ from the URL's, and the URL's otherwise.
+	if existing != nil {
+		for n := range key {
+			delete(changes, n)
+		}
+	}
 	if existing == nil {
 		if key != nil {
 			for n, v := range key {
+				if _, inBody := changes[n]; inBody {
+					continue
+				}
 				nv, e := normalize(tb.def.Attribute(n), v)
 				if e != nil {
 					return e.response()
@@ -911,6 +937,7 @@ func (s *Server) list(c *call, tb *table, req *request) response {
 	if tracking || q.Has("$deltatoken") {
 		return s.delta(c, tb, req, sel, pageSize)
 	}
+	ann := wantAnnotations(prefs)
 	var rows []*row
 	var filter filterNode
 	if f := q.Get("$filter"); f != "" {
@@ -943,6 +970,7 @@ func (s *Server) list(c *call, tb *table, req *request) response {
 		terms = t
 	}
 	sortRows(rows, terms, func(r *row, n string) any { return filterValue(tb.def, r, n) }, tb.def.PrimaryID)
+	matched := len(rows)
 	if t := q.Get("$top"); t != "" {
 		n, err := strconv.Atoi(t)
 		if err != nil || n < 0 {
@@ -964,7 +992,9 @@ func (s *Server) list(c *call, tb *table, req *request) response {
 	out := map[string]any{"@odata.context": c.base + "$metadata#" + tb.def.EntitySetName}
 	vals := make([]any, 0, end-offset)
 	for _, r := range rows[offset:end] {
-		vals = append(vals, s.rowJSON(tb, r, sel))
+		rj := s.rowJSON(tb, r, sel)
+		s.annotate(tb, r, rj, ann)
+		vals = append(vals, rj)
 	}
 	out["value"] = vals
 	if end < len(rows) {
@@ -972,9 +1002,13 @@ func (s *Server) list(c *call, tb *table, req *request) response {
 		nq.Set("$skiptoken", strconv.Itoa(end))
 		out["@odata.nextLink"] = c.base + tb.def.EntitySetName + "?" + encodeQuery(nq)
 	}
+	addCount(out, q, ann, matched)
 	resp := jsonResponse(200, out)
+	if ann.any() {
+		resp.header.Add("Preference-Applied", ann.applied())
+	}
 	if _, ok := prefs["odata.maxpagesize"]; ok {
-		resp.header.Set("Preference-Applied", "odata.maxpagesize="+strconv.Itoa(pageSize))
+		resp.header.Add("Preference-Applied", "odata.maxpagesize="+strconv.Itoa(pageSize))
 	}
 	return resp
 }
