@@ -89,19 +89,27 @@ type OpResult struct {
 	Status int
 	Header http.Header
 	Body   []byte
-	// Err is the classified error of a failed op; for the other ops of a
-	// failed change set it is the failing op's error (they were rolled
-	// back).
+	// Err is the classified error of a failed op, naming the op's position
+	// in the batch (Error.Request) and its Content-ID. For the other ops of
+	// a failed change set it is the failing op's error with RolledBack set:
+	// they were rolled back, not refused.
 	Err *Error
 	// Skipped ops were never executed (the batch stopped early); they are
 	// safe to send again.
 	Skipped bool
-	// RolledBack is set on the ops of a failed change set.
+	// RolledBack is set on every op of a failed change set.
 	RolledBack bool
 }
 
 // ExecuteBatch sends a $batch of up to 1,000 requests. The returned error
 // is about the batch as a whole; per-op failures are in the results.
+//
+// Dataverse answers a batch that stopped at a failed request (no
+// Prefer: odata.continue-on-error) with an error status and a multipart
+// body holding the answers up to and including the failed one; a failed
+// change set is answered with the failing request's answer alone, under
+// its Content-ID. Both are decoded into per-op results, not returned as
+// an error of the whole batch.
 func (c *Client) ExecuteBatch(ctx context.Context, b Batch) ([]OpResult, error) {
 	return c.executeBatch(ctx, b, false)
 }
@@ -122,7 +130,7 @@ func (c *Client) executeBatch(ctx context.Context, b Batch, noRetry bool) ([]OpR
 	if b.ContinueOnError {
 		h.Set("Prefer", "odata.continue-on-error")
 	}
-	res, err := c.send(ctx, op, call{method: http.MethodPost, url: c.root + "$batch", header: h, body: body, noRetry: noRetry})
+	res, err := c.send(ctx, op, call{method: http.MethodPost, url: c.root + "$batch", header: h, body: body, noRetry: noRetry, batch: true})
 	if err != nil {
 		return nil, err
 	}
@@ -130,7 +138,7 @@ func (c *Client) executeBatch(ctx context.Context, b Batch, noRetry bool) ([]OpR
 	if err != nil {
 		return nil, err
 	}
-	return matchBatch(op, b, parts)
+	return matchBatch(op, b, res.status, parts)
 }
 
 func (c *Client) encodeBatch(b *Batch) ([]byte, string) {
@@ -193,19 +201,51 @@ func writeOp(c *Client, mw *multipart.Writer, op Op) {
 }
 
 // batchPart is one decoded response part: a single response, or the
-// responses of a committed change set.
+// responses of a change set.
 type batchPart struct {
 	single    *OpResult
 	contentID string
 	changeSet []batchPart
 }
 
+// isMultipartAnswer reports whether an answer is a multipart batch
+// response: by its Content-Type, or, where that header is missing, by a
+// body that opens with a boundary delimiter line.
+func isMultipartAnswer(h http.Header, body []byte) bool {
+	return batchBoundary(h, body) != ""
+}
+
+// batchBoundary is the boundary of a batch answer: the Content-Type's, or
+// the one the body's first delimiter line names when the answer carries no
+// multipart Content-Type (Microsoft's documentation prints batch answers
+// without it).
+func batchBoundary(h http.Header, body []byte) string {
+	ct := h.Get("Content-Type")
+	if mt, params, err := mime.ParseMediaType(ct); err == nil && mt == "multipart/mixed" {
+		return params["boundary"]
+	}
+	if ct != "" && ct != "text/plain" && !strings.HasPrefix(ct, "multipart/") {
+		return ""
+	}
+	rest := bytes.TrimLeft(body, "\r\n\t ")
+	line, _, _ := bytes.Cut(rest, []byte("\n"))
+	line = bytes.TrimRight(line, "\r\t ")
+	if !bytes.HasPrefix(line, []byte("--")) || len(line) < 3 || len(line) > 72 {
+		return ""
+	}
+	b := strings.TrimSuffix(string(line[2:]), "--")
+	if strings.ContainsAny(b, " \t") {
+		return ""
+	}
+	return b
+}
+
 func decodeBatch(op string, res result) ([]batchPart, error) {
-	mt, params, err := mime.ParseMediaType(res.header.Get("Content-Type"))
-	if err != nil || mt != "multipart/mixed" || params["boundary"] == "" {
+	boundary := batchBoundary(res.header, res.body)
+	if boundary == "" {
 		return nil, invalidResponse(op, res.status, "batch answer is not multipart/mixed (%s)", describeBody(res.header, res.body))
 	}
-	parts, err := readParts(multipart.NewReader(bytes.NewReader(res.body), params["boundary"]), 0)
+	parts, err := readParts(multipart.NewReader(bytes.NewReader(res.body), boundary), 0)
 	if err != nil {
 		return nil, invalidResponse(op, res.status, "decoding the batch answer: %v", err)
 	}
@@ -228,13 +268,26 @@ func readParts(mr *multipart.Reader, depth int) ([]batchPart, error) {
 		}
 		switch {
 		case mt == "multipart/mixed" && depth == 0:
+			if params["boundary"] == "" {
+				return nil, errors.New("change set part without a boundary")
+			}
 			inner, err := readParts(multipart.NewReader(p, params["boundary"]), 1)
 			if err != nil {
 				return nil, err
 			}
 			out = append(out, batchPart{changeSet: inner})
 		case mt == "application/http":
-			resp, err := http.ReadResponse(bufio.NewReader(p), nil)
+			raw, err := io.ReadAll(p)
+			if err != nil {
+				return nil, fmt.Errorf("reading a response part: %w", err)
+			}
+			if !bytes.Contains(raw, []byte("\n\n")) && !bytes.Contains(raw, []byte("\n\r\n")) {
+				// A bodiless answer whose blank line after the headers
+				// went into the boundary's line break, as some of
+				// Microsoft's printed batch answers show it.
+				raw = append(raw, "\r\n"...)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(raw)), nil)
 			if err != nil {
 				return nil, fmt.Errorf("malformed response part: %w", err)
 			}
@@ -254,62 +307,114 @@ func readParts(mr *multipart.Reader, depth int) ([]batchPart, error) {
 	}
 }
 
-// matchBatch pairs response parts with the ops, in order.
-func matchBatch(op string, b Batch, parts []batchPart) ([]OpResult, error) {
+// matchBatch pairs response parts with the ops, in order, and names each
+// failure's request. status is the batch answer's own status: an error
+// status says the batch stopped at a failed request.
+func matchBatch(op string, b Batch, status int, parts []batchPart) ([]OpResult, error) {
 	var out []OpResult
 	pi := 0
-	lastFailed := false
+	pos := 0 // 1-based position of the last op placed
+	failed := false
 	for _, it := range b.Items {
 		if pi >= len(parts) {
 			// the server stops only after a failure; everything left was
 			// not executed
-			if !lastFailed {
-				return nil, invalidResponse(op, 200, "batch answer has %d parts for %d items", len(parts), len(b.Items))
+			if !failed {
+				return nil, invalidResponse(op, status, "batch answer has %d parts for %d items", len(parts), len(b.Items))
 			}
 			for range max(len(it.ChangeSet), btoi(it.Op != nil)) {
+				pos++
 				out = append(out, OpResult{Skipped: true})
 			}
 			continue
 		}
 		p := parts[pi]
 		pi++
-		lastFailed = p.single != nil && p.single.Err != nil
 		if it.Op != nil {
 			if p.single == nil {
-				return nil, invalidResponse(op, 200, "batch answer has a change set where a single response was expected")
+				return nil, invalidResponse(op, status, "batch answer has a change set where a single response was expected")
 			}
-			out = append(out, *p.single)
+			pos++
+			r := *p.single
+			if r.Err != nil {
+				r.Err.Request, r.Err.ContentID = pos, firstNonEmpty(p.contentID, it.Op.ContentID)
+				failed = true
+			}
+			out = append(out, r)
 			continue
 		}
-		if p.single != nil {
-			// the change set failed and was rolled back
-			e := p.single.Err
-			if e == nil {
-				e = invalidResponse(op, p.single.Status, "change set answered with a single non-error response")
+		first := pos + 1
+		pos += len(it.ChangeSet)
+		// A failed change set is answered with the failing request's answer
+		// alone: as a single part (OData) or as a change set holding only it
+		// (Dataverse).
+		fail := p.single
+		failID := p.contentID
+		if fail == nil {
+			for _, cp := range p.changeSet {
+				if cp.single != nil && cp.single.Err != nil {
+					fail, failID = cp.single, cp.contentID
+					break
+				}
 			}
-			for _, o := range it.ChangeSet {
-				r := OpResult{RolledBack: true, Err: e}
-				if o.ContentID == p.contentID {
-					r.Status, r.Header, r.Body = p.single.Status, p.single.Header, p.single.Body
+		}
+		if fail != nil {
+			if fail.Err == nil {
+				return nil, invalidResponse(op, status, "change set answered with a single non-error response")
+			}
+			failed = true
+			at := -1
+			for j, o := range it.ChangeSet {
+				if failID != "" && o.ContentID == failID {
+					at = j
+				}
+			}
+			if at < 0 && len(it.ChangeSet) == 1 {
+				at = 0
+			}
+			e := fail.Err
+			if at >= 0 {
+				e.Request, e.ContentID = first+at, it.ChangeSet[at].ContentID
+			} else {
+				e.ContentID = failID
+			}
+			for j := range it.ChangeSet {
+				r := OpResult{RolledBack: true}
+				if j == at {
+					r.Status, r.Header, r.Body, r.Err = fail.Status, fail.Header, fail.Body, e
+				} else {
+					rb := *e
+					rb.RolledBack = true
+					r.Err = &rb
 				}
 				out = append(out, r)
 			}
 			continue
 		}
 		if len(p.changeSet) != len(it.ChangeSet) {
-			return nil, invalidResponse(op, 200, "change set of %d requests answered with %d responses", len(it.ChangeSet), len(p.changeSet))
+			return nil, invalidResponse(op, status, "change set of %d requests answered with %d responses", len(it.ChangeSet), len(p.changeSet))
 		}
 		for _, cp := range p.changeSet {
 			if cp.single == nil {
-				return nil, invalidResponse(op, 200, "nested change set in the answer")
+				return nil, invalidResponse(op, status, "nested change set in the answer")
 			}
 			out = append(out, *cp.single)
 		}
 	}
 	if pi < len(parts) {
-		return nil, invalidResponse(op, 200, "batch answer has %d parts for %d items", len(parts), len(b.Items))
+		return nil, invalidResponse(op, status, "batch answer has %d parts for %d items", len(parts), len(b.Items))
+	}
+	if (status < 200 || status > 299) && !failed {
+		return nil, invalidResponse(op, status, "batch answered with status %d but no request in it failed", status)
 	}
 	return out, nil
+}
+
+func firstNonEmpty(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }
 
 func btoi(b bool) int {

@@ -240,6 +240,15 @@ type call struct {
 	idempotent bool
 	// noRetry returns throttling to the caller (UpsertMany adapts itself).
 	noRetry bool
+	// notModified accepts 304 Not Modified as an answer (a conditional
+	// retrieve).
+	notModified bool
+	// batch marks a $batch: a multipart answer is returned for decoding
+	// whatever its status, because Dataverse answers a batch that stopped
+	// at a failed request with that request's error status and the
+	// answers so far. Such a batch was partly executed and is never
+	// retried as a whole.
+	batch bool
 }
 
 type result struct {
@@ -340,16 +349,24 @@ func (c *Client) once(ctx context.Context, op string, cl call) (result, error) {
 			Err: fmt.Errorf("reading the response: %w", err)}
 	}
 	res := result{status: resp.StatusCode, header: resp.Header, body: b}
+	if resp.StatusCode == http.StatusNotModified && cl.notModified {
+		return res, nil
+	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		if cl.batch && resp.StatusCode < 500 && isMultipartAnswer(resp.Header, b) {
+			return res, nil
+		}
 		return res, errorFromResponse(op, resp.StatusCode, resp.Header, b)
 	}
 	return res, nil
 }
 
 // decodeJSON decodes a 2xx JSON body, classifying anything else as
-// invalid_response.
+// invalid_response. A body without a Content-Type is decoded as JSON:
+// Microsoft's documentation prints many answers without that header, and
+// the body decides; a body declared as something else is refused.
 func decodeJSON(op string, res result, out any) error {
-	if !isJSON(res.header.Get("Content-Type")) {
+	if ct := res.header.Get("Content-Type"); ct != "" && !isJSON(ct) {
 		return invalidResponse(op, res.status, "expected JSON, got %s", describeBody(res.header, res.body))
 	}
 	dec := json.NewDecoder(bytes.NewReader(res.body))
@@ -395,4 +412,34 @@ func (c *Client) preferHeader(extra ...string) http.Header {
 		h.Set("Prefer", strings.Join(prefs, ","))
 	}
 	return h
+}
+
+// RetrieveIfChanged reads one row unless its version is still etag
+// (If-None-Match): changed is false, and rec nil, when Dataverse answers
+// 304 Not Modified ("Perform conditional operations using the Web API",
+// Conditional retrievals). An empty etag always reads.
+func (c *Client) RetrieveIfChanged(ctx context.Context, t Target, etag string, sel ...string) (rec Record, changed bool, err error) {
+	op := "retrieving " + t.String() + " if changed"
+	q := url.Values{}
+	if len(sel) > 0 {
+		q.Set("$select", strings.Join(sel, ","))
+	}
+	h := http.Header{}
+	if etag != "" {
+		h.Set("If-None-Match", etag)
+	}
+	res, err := c.send(ctx, op, call{method: http.MethodGet, url: c.url(t.path(), q), header: h, idempotent: true, notModified: etag != ""})
+	if err != nil {
+		return nil, false, err
+	}
+	if res.status == http.StatusNotModified {
+		return nil, false, nil
+	}
+	if err := decodeJSON(op, res, &rec); err != nil {
+		return nil, false, err
+	}
+	if rec == nil {
+		return nil, false, invalidResponse(op, res.status, "answer is not a JSON object")
+	}
+	return rec, true, nil
 }

@@ -1,6 +1,7 @@
 package crm
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -58,6 +59,18 @@ type Error struct {
 	// Code and Message come from the Dataverse error JSON, when there was one.
 	Code    string
 	Message string
+	// Details are the error annotations Dataverse adds when asked with
+	// Prefer: odata.include-annotations (help link, plug-in status, inner
+	// message, trace text). Detail only: never part of Error().
+	Details ErrorDetails
+	// Request is the failing request's 1-based position in a $batch (0 when
+	// the error is not about one request of a batch), ContentID its
+	// Content-ID when it had one. The other requests of a failed change set
+	// carry a copy of the failing request's error with RolledBack set: it
+	// still names the request that failed.
+	Request    int
+	ContentID  string
+	RolledBack bool
 	// Class is the kind of failure; Retryable says whether the same
 	// request may succeed later; RetryAfter is the server's hint (0 = none).
 	Class      Class
@@ -71,12 +84,44 @@ type Error struct {
 // data, so they are elided from Error().
 var quoted = regexp.MustCompile(`'[^']*'`)
 
+// ErrorDetails are the documented error annotations of the Dataverse error
+// JSON (@Microsoft.PowerApps.CDS.*). TraceText and InnerMessage may quote
+// plug-in output and record values; they are kept as detail only.
+type ErrorDetails struct {
+	OperationStatus string
+	SubErrorCode    string
+	HelpLink        string
+	TraceText       string
+	InnerMessage    string
+}
+
 func (e *Error) Error() string {
 	var b strings.Builder
 	b.WriteString("dataverse: ")
 	if e.Op != "" {
 		b.WriteString(e.Op)
 		b.WriteString(": ")
+	}
+	if e.RolledBack {
+		b.WriteString("rolled back because ")
+	}
+	if e.Request > 0 || e.ContentID != "" {
+		b.WriteString("batch request")
+		if e.Request > 0 {
+			b.WriteString(" ")
+			b.WriteString(strconv.Itoa(e.Request))
+		}
+		if e.ContentID != "" {
+			b.WriteString(" (Content-ID ")
+			b.WriteString(e.ContentID)
+			b.WriteString(")")
+		}
+		if e.RolledBack {
+			b.WriteString(" failed")
+		}
+		b.WriteString(": ")
+	} else if e.RolledBack {
+		b.WriteString("a request of its change set failed: ")
 	}
 	if e.Status != 0 {
 		b.WriteString(strconv.Itoa(e.Status))
@@ -173,14 +218,7 @@ func errorFromResponse(op string, status int, h http.Header, body []byte) *Error
 		e.Err = fmt.Errorf("unexpected status %d", status)
 		return e
 	}
-	var env struct {
-		Error *struct {
-			Code    string `json:"code"`
-			Message string `json:"message"`
-		} `json:"error"`
-	}
-	if len(body) > 0 && isJSON(h.Get("Content-Type")) && json.Unmarshal(body, &env) == nil && env.Error != nil {
-		e.Code, e.Message = env.Error.Code, env.Error.Message
+	if ct := h.Get("Content-Type"); len(body) > 0 && (ct == "" || isJSON(ct)) && decodeErrorJSON(body, e) {
 		return e
 	}
 	if len(body) == 0 || e.Class == ClassUnauthorized || e.Class == ClassThrottled {
@@ -192,6 +230,115 @@ func errorFromResponse(op string, status int, h http.Header, body []byte) *Error
 	e.Class, e.Retryable = ClassInvalidResponse, retry
 	e.Err = fmt.Errorf("status %d with a body that is not Dataverse error JSON (%s)", status, describeBody(h, body))
 	return e
+}
+
+// Error annotations Dataverse documents for the error JSON.
+const (
+	annOperationStatus = "@Microsoft.PowerApps.CDS.ErrorDetails.OperationStatus"
+	annSubErrorCode    = "@Microsoft.PowerApps.CDS.ErrorDetails.SubErrorCode"
+	annHelpLink        = "@Microsoft.PowerApps.CDS.HelpLink"
+	annTraceText       = "@Microsoft.PowerApps.CDS.TraceText"
+	annInnerMessage    = "@Microsoft.PowerApps.CDS.InnerError.Message"
+)
+
+// decodeErrorJSON reads {"error":{"code","message",annotations…}} into e
+// and reports whether the body was a Dataverse error. It reads token by
+// token and keeps what it read before a syntax error: an error body cut
+// short or missing a comma (as printed in Microsoft's own example of the
+// annotations) still names its code and message, and the status already
+// decided the class.
+func decodeErrorJSON(body []byte, e *Error) bool {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return false
+	}
+	for dec.More() {
+		k, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		if k != "error" {
+			var skip json.RawMessage
+			if dec.Decode(&skip) != nil {
+				return false
+			}
+			continue
+		}
+		if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+			return false
+		}
+		found := false
+		for dec.More() {
+			k, err := dec.Token()
+			if err != nil {
+				return found
+			}
+			name, _ := k.(string)
+			v, err := dec.Token()
+			if err != nil {
+				return found
+			}
+			if _, ok := v.(json.Delim); ok {
+				// a nested object or array (innererror): skip it whole
+				if !skipValue(dec) {
+					return found
+				}
+				continue
+			}
+			s := scalarString(v)
+			switch name {
+			case "code":
+				e.Code, found = s, true
+			case "message":
+				e.Message, found = s, true
+			case annOperationStatus:
+				e.Details.OperationStatus = s
+			case annSubErrorCode:
+				e.Details.SubErrorCode = s
+			case annHelpLink:
+				e.Details.HelpLink = s
+			case annTraceText:
+				e.Details.TraceText = s
+			case annInnerMessage:
+				e.Details.InnerMessage = s
+			}
+		}
+		// an empty but complete error object is still Dataverse's shape
+		_, err = dec.Token()
+		return found || err == nil
+	}
+	return false
+}
+
+// skipValue reads past the rest of an object or array whose opening
+// delimiter was just read.
+func skipValue(dec *json.Decoder) bool {
+	depth := 1
+	for depth > 0 {
+		t, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		switch t {
+		case json.Delim('{'), json.Delim('['):
+			depth++
+		case json.Delim('}'), json.Delim(']'):
+			depth--
+		}
+	}
+	return true
+}
+
+func scalarString(v any) string {
+	switch x := v.(type) {
+	case string:
+		return x
+	case float64:
+		return strconv.FormatFloat(x, 'f', -1, 64)
+	case bool:
+		return strconv.FormatBool(x)
+	}
+	return ""
 }
 
 func describeBody(h http.Header, body []byte) string {

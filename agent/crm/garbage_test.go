@@ -32,7 +32,7 @@ func TestGarbageIsClassified(t *testing.T) {
 		{name: "null body", ans: answer{200, "application/json", `null`, nil}, call: retrieve, class: ClassInvalidResponse},
 		{name: "trailing garbage", ans: answer{200, "application/json", `{"a":1} {"b":2}`, nil}, call: retrieve, class: ClassInvalidResponse},
 		{name: "JSON with wrong content type", ans: answer{200, "text/plain", `{"contactid":"x"}`, nil}, call: retrieve, class: ClassInvalidResponse},
-		{name: "no content type", ans: answer{200, "", `{"contactid":"x"}`, nil}, call: retrieve, class: ClassInvalidResponse},
+		{name: "no content type and not JSON", ans: answer{200, "", `contactid=x`, nil}, call: retrieve, class: ClassInvalidResponse},
 		{name: "collection without value", ans: answer{200, "application/json", `{"@odata.context":"x"}`, nil}, call: list, class: ClassInvalidResponse},
 		{name: "nextLink to another host", ans: answer{200, "application/json", `{"value":[],"@odata.nextLink":"https://evil.example/api/data/v9.2/contacts"}`, nil}, call: list, class: ClassInvalidResponse},
 		{name: "create without OData-EntityId", ans: answer{204, "", "", nil}, call: create, class: ClassInvalidResponse},
