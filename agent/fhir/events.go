@@ -17,6 +17,13 @@ import (
 // message is refused.
 var ErrInvalidEvent = errors.New("invalid FHIR event")
 
+// ErrUnsupportedEvent marks a well-formed Azure Health Data Services event
+// that is not a FHIR resource change, such as a DICOM event from the same
+// workspace (Microsoft.HealthcareApis.DicomImageCreated). It wraps
+// ErrInvalidEvent, so callers that only know that class keep refusing it;
+// a caller that can skip such events tells them apart with errors.Is.
+var ErrUnsupportedEvent = fmt.Errorf("%w: not a FHIR resource change", ErrInvalidEvent)
+
 // MaxEventBytes bounds an event message. Event Grid events are at most
 // 1 MB; FHIR events are a few hundred bytes.
 const MaxEventBytes = 1 << 20
@@ -86,8 +93,16 @@ func DecodeEvents(body []byte, account string) ([]queues.Notice, error) {
 		return nil, fmt.Errorf("%w: not a JSON object or array", ErrInvalidEvent)
 	}
 	out := make([]queues.Notice, 0, len(raws))
+	var unsupported error
 	for i, r := range raws {
 		n, err := decodeEvent(r, account)
+		if len(raws) > 1 && errors.Is(err, ErrUnsupportedEvent) {
+			// One subscription can carry the workspace's DICOM events
+			// beside its FHIR events: they are no one's business here,
+			// and do not spoil the FHIR changes delivered with them.
+			unsupported = fmt.Errorf("event %d: %w", i, err)
+			continue
+		}
 		if err != nil {
 			if len(raws) > 1 {
 				return nil, fmt.Errorf("event %d: %w", i, err)
@@ -95,6 +110,9 @@ func DecodeEvents(body []byte, account string) ([]queues.Notice, error) {
 			return nil, err
 		}
 		out = append(out, n)
+	}
+	if len(out) == 0 {
+		return nil, unsupported
 	}
 	return out, nil
 }
@@ -118,7 +136,7 @@ func decodeEvent(r rawEvent, account string) (queues.Notice, error) {
 	case "":
 		return n, fmt.Errorf("%w: no event type", ErrInvalidEvent)
 	default:
-		return n, fmt.Errorf("%w: unsupported event type %q", ErrInvalidEvent, truncate(kind, 80))
+		return n, fmt.Errorf("%w: event type %q", ErrUnsupportedEvent, truncate(kind, 80))
 	}
 	if len(r.Data) == 0 {
 		return n, fmt.Errorf("%w: no data", ErrInvalidEvent)

@@ -49,7 +49,10 @@ func TestDecodeEvents(t *testing.T) {
 		{name: "bad time", body: strings.Replace(valid, `2026-01-01T00:00:00Z`, `yesterday`, 1), wantErr: true},
 		{name: "CloudEvents 0.3", body: `{"specversion":"0.3","type":"Microsoft.HealthcareApis.FhirResourceCreated","data":{}}`, wantErr: true},
 		{name: "empty array", body: `[]`, wantErr: true},
-		{name: "one bad event spoils the message", body: "[" + valid + `,{"eventType":"x"}]`, wantErr: true},
+		{name: "one bad event spoils the message", body: "[" + valid + `,{"eventType":"Microsoft.HealthcareApis.FhirResourceCreated"}]`, wantErr: true},
+		{name: "a DICOM event beside FHIR events is skipped", body: "[" + strings.Replace(valid, "FhirResourceUpdated", "DicomImageCreated", 1) + "," + valid + "]",
+			want: "Patient/p1@3:updated"},
+		{name: "only DICOM events", body: "[" + strings.Replace(valid, "FhirResourceUpdated", "DicomImageCreated", 1) + "]", wantErr: true},
 		{name: "not JSON", body: `<xml/>`, wantErr: true},
 		{name: "truncated", body: valid[:40], wantErr: true},
 		{name: "empty", body: ``, wantErr: true},
@@ -89,6 +92,14 @@ func TestDecodeEvents(t *testing.T) {
 func FuzzDecodeEvents(f *testing.F) {
 	for _, name := range []string{"eventgrid-created.json", "cloudevents-deleted.json", "eventgrid-batch.json"} {
 		b, err := os.ReadFile(filepath.Join("testdata", "events", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	// Every published event sample of the conformance corpus is a seed.
+	for _, path := range eventCorpusFiles(f) {
+		b, err := os.ReadFile(path)
 		if err != nil {
 			f.Fatal(err)
 		}
