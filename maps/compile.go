@@ -82,9 +82,13 @@ func (m *Mapping) Name() string { return m.def.Name }
 func (m *Mapping) Version() int { return m.set.version }
 
 type attr struct {
-	def      *AttributeMap
-	path     *path.Path // nil for a constant
-	fhirType string     // R4 type of the element the path reaches
+	def  *AttributeMap
+	path *path.Path // nil for a constant
+	// alts are the primary path and its fallbacks, anchors their leading
+	// elements (see AttributeMap.FallbackPaths); both nil without fallbacks.
+	alts     []*path.Path
+	anchors  []*path.Path
+	fhirType string // R4 type of the element the path reaches
 	vm       *valueMap
 	lookup   *Mapping
 	nav      string
@@ -537,7 +541,116 @@ func (c *compiler) attribute(set *Set, at Problem, a *AttributeMap, ctxPath stri
 	if ca.vm != nil && el.Codes != nil {
 		c.binding(at, ca, el.Codes)
 	}
+	if len(a.FallbackPaths) > 0 {
+		c.fallbacks(at, ca, ctxPath, ctxType, inItem, el.Type)
+	}
 	return ca
+}
+
+// fallbacks compiles an attribute map's fallback paths: each must reach an
+// element of the same R4 type as the primary path.
+func (c *compiler) fallbacks(at Problem, ca *attr, ctxPath string, ctxType reflect.Type, inItem bool, elType string) {
+	a := ca.def
+	if a.Action.orCopy() == ActionLookup || a.CRMType == TypeMultiSelect {
+		c.ps.add(withField(at, "fallbackPaths"), "fallback paths apply to single values, not to lookups or multi-select attributes")
+		return
+	}
+	compileIn := func(text string) (*path.Path, error) {
+		if inItem && ctxPath != "" {
+			return path.CompileIn(ctxPath, text)
+		}
+		return path.Compile(text)
+	}
+	alts := []*path.Path{ca.path}
+	for i, text := range a.FallbackPaths {
+		field := fmt.Sprintf("fallbackPaths[%d]", i)
+		p, err := compileIn(text)
+		if err != nil {
+			c.ps.add(withField(at, field), "%v", err)
+			return
+		}
+		if p.Type() != "" {
+			c.ps.add(withField(at, field), "path %s is qualified with %s; paths are relative to %s", text, p.Type(), describe(ctxPath))
+			return
+		}
+		el, err := resolveR4(ctxPath, ctxType, p.Segments())
+		if err != nil {
+			c.ps.add(withField(at, field), "path %s reaches no element: %v", text, err)
+			return
+		}
+		if el.Type != elType {
+			c.ps.add(withField(at, field), "path %s reaches a FHIR %s, the fhirPath a %s", text, el.Type, elType)
+			return
+		}
+		alts = append(alts, p)
+	}
+	anchors := make([]*path.Path, len(alts))
+	for i, p := range alts {
+		ap, err := compileIn(anchorText(p.Segments()))
+		if err != nil {
+			c.ps.add(withField(at, "fallbackPaths"), "leading element of %s: %v", p, err)
+			return
+		}
+		anchors[i] = ap
+	}
+	ca.alts, ca.anchors = alts, anchors
+}
+
+// anchorText renders a path's leading element: its steps up to and
+// including the first step with where() or [i] (the whole path when there
+// is none).
+func anchorText(segs []path.Segment) string {
+	var b strings.Builder
+	for i, s := range segs {
+		if i > 0 {
+			b.WriteByte('.')
+		}
+		if s.Extension != "" {
+			b.WriteString("extension(")
+			b.WriteString(quoteLiteral(s.Extension))
+			b.WriteByte(')')
+		} else {
+			b.WriteString(s.Name)
+		}
+		if len(s.Where) > 0 {
+			b.WriteString(".where(")
+			for j, c := range s.Where {
+				if j > 0 {
+					b.WriteString(" and ")
+				}
+				b.WriteString(c.Field)
+				b.WriteString(" = ")
+				if c.Kind == path.String {
+					b.WriteString(quoteLiteral(c.Value))
+				} else {
+					b.WriteString(c.Value)
+				}
+			}
+			b.WriteByte(')')
+		}
+		if s.Index >= 0 {
+			fmt.Fprintf(&b, "[%d]", s.Index)
+		}
+		if s.Extension != "" || len(s.Where) > 0 || s.Index >= 0 {
+			break
+		}
+	}
+	return b.String()
+}
+
+func quoteLiteral(s string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
+}
+
+// pathFor returns the path an attribute reads and writes on res: the
+// primary path, or the first fallback whose leading element exists there.
+func (a *attr) pathFor(res map[string]any) *path.Path {
+	for i, an := range a.anchors {
+		if _, ok := an.Get(res); ok {
+			return a.alts[i]
+		}
+	}
+	return a.path
 }
 
 // binding checks a value map against a required binding: every code the

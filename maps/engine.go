@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
+
+	"github.com/fhirsync/fhirsync/maps/path"
 )
 
 // LookupResolver finds the counterpart of a referenced record through an
@@ -122,8 +125,10 @@ func (m *Mapping) ToCRM(ctx context.Context, res map[string]any, cur *CRMState, 
 	if cur != nil {
 		current = cur.Record
 	}
+	id, _ := res["id"].(string)
+	res = m.withoutCorrelation(res)
 	out := &CRMResult{Record: make(map[string]any, len(m.attrs)+2), Changed: []string{}}
-	if id, ok := res["id"].(string); ok && id != "" {
+	if id != "" {
 		key := m.def.Correlation.CRMAttribute
 		out.Record[key] = id
 		if current == nil || !equalValue(TypeString, current[key], id) {
@@ -189,7 +194,7 @@ func (m *Mapping) attrToCRM(ctx context.Context, x *expansion, a *attr, src, rec
 			v, present = cv, cv != nil
 		}
 	default:
-		fv, ok := a.path.Get(src)
+		fv, ok := a.pathFor(src).Get(src)
 		if ok && fv != nil {
 			if a.lookup != nil {
 				return m.lookupToCRM(ctx, x, a, fv, rec, current, changed, r)
@@ -307,26 +312,40 @@ func (m *Mapping) ToFHIR(ctx context.Context, src CRMState, base map[string]any,
 			out.Changed = append(out.Changed, "id")
 		}
 	}
-	if m.corrPath != nil {
+	// The correlation identifier is fhirsync's own bookkeeping: attribute
+	// and expansion maps do not see it (identifier[0] means the resource's
+	// first identifier of its own), and it goes back where it was.
+	held := m.holdCorrelation(base)
+	if len(held) == 0 && m.corrPath != nil {
+		// A new correlation identifier goes after the identifiers the
+		// resource has now, before any an expansion map adds.
 		if id, ok := src.Record[m.def.idAttribute()].(string); ok && id != "" {
-			if old, _ := m.corrPath.Get(base); !equalValue(TypeLookup, old, id) {
-				if err := m.corrPath.Set(base, id); err != nil {
-					return nil, m.fail(nil, nil, fmt.Errorf("writing the correlation identifier: %w", err))
-				}
-				out.Changed = append(out.Changed, m.corrPath.String())
-			}
+			ids, _ := base["identifier"].([]any)
+			held = []heldItem{{before: slices.Clone(ids), item: map[string]any{"system": m.def.Correlation.FHIRIdentifierSystem}}}
 		}
 	}
+	corrAt := len(out.Changed)
+	// Fallback paths are chosen on the resource as it was read, before any
+	// write, so that clearing one name part cannot move the next to
+	// another name.
+	var chosen []*path.Path
 	for _, a := range m.attrs {
-		if !a.toFHIR || a.path == nil || a.expr != nil {
+		var p *path.Path
+		if a.toFHIR && a.path != nil && a.expr == nil {
+			p = a.pathFor(base)
+		}
+		chosen = append(chosen, p)
+	}
+	for i, a := range m.attrs {
+		if chosen[i] == nil {
 			continue
 		}
-		ch, err := m.attrToFHIR(ctx, nil, a, src.Record, base, r)
+		ch, err := m.attrToFHIR(ctx, nil, a, chosen[i], src.Record, base, r)
 		if err != nil {
 			return nil, err
 		}
 		if ch {
-			out.Changed = append(out.Changed, a.path.String())
+			out.Changed = append(out.Changed, chosen[i].String())
 		}
 	}
 	for _, x := range m.expansions {
@@ -341,12 +360,122 @@ func (m *Mapping) ToFHIR(ctx context.Context, src CRMState, base map[string]any,
 			out.Changed = append(out.Changed, x.def.FHIRPath)
 		}
 	}
+	m.restoreCorrelation(base, held)
+	if m.corrPath != nil {
+		if id, ok := src.Record[m.def.idAttribute()].(string); ok && id != "" {
+			if old, _ := m.corrPath.Get(base); !equalValue(TypeLookup, old, id) {
+				if err := m.corrPath.Set(base, id); err != nil {
+					return nil, m.fail(nil, nil, fmt.Errorf("writing the correlation identifier: %w", err))
+				}
+				out.Changed = slices.Insert(out.Changed, corrAt, m.corrPath.String())
+			}
+		}
+	}
 	return out, nil
 }
 
-// attrToFHIR writes one attribute into dst and reports whether it changed.
-func (m *Mapping) attrToFHIR(ctx context.Context, x *expansion, a *attr, rec, dst map[string]any, r LookupResolver) (bool, error) {
+// heldItem is a correlation identifier taken out of a resource's
+// identifier list, with the identifiers that preceded it (to put it back
+// after the last of them still there).
+type heldItem struct {
+	before []any
+	item   any
+}
+
+// isCorrelation reports whether an identifier item carries the map's
+// correlation identifier system.
+func (m *Mapping) isCorrelation(it any) bool {
+	sys := m.def.Correlation.FHIRIdentifierSystem
+	item, ok := it.(map[string]any)
+	return ok && sys != "" && item["system"] == sys
+}
+
+// withoutCorrelation returns res as attribute maps see it: without the
+// correlation identifiers. res is not modified; a shallow copy is made only
+// when there is something to hide.
+func (m *Mapping) withoutCorrelation(res map[string]any) map[string]any {
+	ids, _ := res["identifier"].([]any)
+	if !slices.ContainsFunc(ids, m.isCorrelation) {
+		return res
+	}
+	view := make(map[string]any, len(res))
+	for k, v := range res {
+		view[k] = v
+	}
+	rest := slices.DeleteFunc(slices.Clone(ids), m.isCorrelation)
+	if len(rest) == 0 {
+		delete(view, "identifier")
+	} else {
+		view["identifier"] = rest
+	}
+	return view
+}
+
+// holdCorrelation takes the correlation identifiers out of res's
+// identifier list (in place) and returns them with their positions.
+func (m *Mapping) holdCorrelation(res map[string]any) []heldItem {
+	ids, _ := res["identifier"].([]any)
+	var held []heldItem
+	rest := make([]any, 0, len(ids))
+	for i, it := range ids {
+		if m.isCorrelation(it) {
+			held = append(held, heldItem{before: slices.Clone(ids[:i]), item: it})
+			continue
+		}
+		rest = append(rest, it)
+	}
+	if len(held) == 0 {
+		return nil
+	}
+	if len(rest) == 0 {
+		delete(res, "identifier")
+	} else {
+		res["identifier"] = rest
+	}
+	return held
+}
+
+// restoreCorrelation puts held correlation identifiers back after the
+// last identifier that preceded them and is still in the list (first when
+// none is), so write-back does not move them.
+func (m *Mapping) restoreCorrelation(res map[string]any, held []heldItem) {
+	if len(held) == 0 {
+		return
+	}
+	ids, _ := res["identifier"].([]any)
+	for _, h := range held {
+		pos := 0
+	search:
+		for j := len(h.before) - 1; j >= 0; j-- {
+			for k, it := range ids {
+				if sameItem(it, h.before[j]) {
+					pos = k + 1
+					break search
+				}
+			}
+		}
+		ids = slices.Insert(ids, pos, h.item)
+	}
+	res["identifier"] = ids
+}
+
+// sameItem reports whether two identifier items are the same object.
+func sameItem(x, y any) bool {
+	xm, ok1 := x.(map[string]any)
+	ym, ok2 := y.(map[string]any)
+	if ok1 && ok2 {
+		return reflect.ValueOf(xm).UnsafePointer() == reflect.ValueOf(ym).UnsafePointer()
+	}
+	return false
+}
+
+// attrToFHIR writes one attribute into dst at p (nil: the path the
+// attribute chooses on dst) and reports whether it changed.
+func (m *Mapping) attrToFHIR(ctx context.Context, x *expansion, a *attr, p *path.Path, rec, dst map[string]any, r LookupResolver) (bool, error) {
 	d := a.def
+	if p == nil {
+		p = a.pathFor(dst)
+	}
 	var (
 		v   any
 		err error
@@ -388,17 +517,17 @@ func (m *Mapping) attrToFHIR(ctx context.Context, x *expansion, a *attr, rec, ds
 	}
 	var old any
 	if d.CRMType == TypeMultiSelect {
-		if all := a.path.GetAll(dst); len(all) > 0 {
+		if all := p.GetAll(dst); len(all) > 0 {
 			old = all
 		}
 	} else {
-		old, _ = a.path.Get(dst)
+		old, _ = p.Get(dst)
 	}
 	if a.equalFHIR(old, v) {
 		return false, nil
 	}
-	if err := a.path.Set(dst, v); err != nil {
-		return false, m.fail(x, a, fmt.Errorf("writing %s: %w", a.path, err))
+	if err := p.Set(dst, v); err != nil {
+		return false, m.fail(x, a, fmt.Errorf("writing %s: %w", p, err))
 	}
 	return true, nil
 }

@@ -44,6 +44,22 @@ func (x *expansion) excluded(item map[string]any) bool {
 	return false
 }
 
+// mappable reports whether an array item carries every value the
+// expansion requires (a valid Identifier may have a system and no value).
+// Items that do not are left alone in both directions: no child row is made
+// for them, and write-back keeps them as they are.
+func (x *expansion) mappable(item map[string]any) bool {
+	for _, a := range x.attrs {
+		if !a.def.Required || a.path == nil || a.expr != nil {
+			continue
+		}
+		if v, ok := a.path.Get(item); !ok || v == nil {
+			return false
+		}
+	}
+	return true
+}
+
 // crmKey is the match key of a CRM child row.
 func (x *expansion) crmKey(row map[string]any) string {
 	var b strings.Builder
@@ -89,7 +105,7 @@ func (m *Mapping) expandToCRM(ctx context.Context, x *expansion, res map[string]
 	nav := x.def.parentNavigation()
 	for _, it := range x.items(res) {
 		item, ok := it.(map[string]any)
-		if !ok || x.excluded(item) {
+		if !ok || x.excluded(item) || !x.mappable(item) {
 			continue
 		}
 		rec := make(map[string]any, len(x.attrs)+1)
@@ -173,7 +189,7 @@ func (m *Mapping) expandToFHIR(ctx context.Context, x *expansion, rows []map[str
 	changed := false
 	for _, it := range old {
 		item, ok := it.(map[string]any)
-		if !ok || x.excluded(item) {
+		if !ok || x.excluded(item) || !x.mappable(item) {
 			next = append(next, it)
 			continue
 		}
@@ -185,8 +201,14 @@ func (m *Mapping) expandToFHIR(ctx context.Context, x *expansion, rows []map[str
 			}
 		}
 		i, ok := byKey[x.crmKey(rec)]
-		if !ok || used[i] {
+		if !ok {
 			changed = true // the row is gone: drop the item
+			continue
+		}
+		if used[i] {
+			// A repeat of an earlier item (R4 examples repeat identifiers):
+			// the CRM holds it once, through the earlier item's row.
+			next = append(next, item)
 			continue
 		}
 		used[i] = true
@@ -194,7 +216,7 @@ func (m *Mapping) expandToFHIR(ctx context.Context, x *expansion, rows []map[str
 			if !a.toFHIR || a.path == nil || a.expr != nil {
 				continue
 			}
-			ch, err := m.attrToFHIR(ctx, x, a, active[i], item, r)
+			ch, err := m.attrToFHIR(ctx, x, a, nil, active[i], item, r)
 			if err != nil {
 				return false, err
 			}
@@ -211,7 +233,7 @@ func (m *Mapping) expandToFHIR(ctx context.Context, x *expansion, rows []map[str
 			if !a.toFHIR || a.path == nil || a.expr != nil {
 				continue
 			}
-			if _, err := m.attrToFHIR(ctx, x, a, row, item, r); err != nil {
+			if _, err := m.attrToFHIR(ctx, x, a, nil, row, item, r); err != nil {
 				return false, err
 			}
 		}

@@ -163,9 +163,17 @@ type AttributeMap struct {
 	// FHIRPath is a path-language path relative to the resource (or to the
 	// array item, inside an expansion map). It may be empty only for a
 	// FHIR→CRM default (a constant).
-	FHIRPath  string    `yaml:"fhirPath,omitempty"`
-	Direction Direction `yaml:"direction,omitempty"`
-	Action    Action    `yaml:"action,omitempty"`
+	FHIRPath string `yaml:"fhirPath,omitempty"`
+	// FallbackPaths are tried in order when FHIRPath's leading element (the
+	// part up to and including its first where() or [i] step) selects nothing
+	// in the resource at hand: the first path whose leading element exists is
+	// used to read and to write. Attribute maps that share the same list pick
+	// the same element, so a person's name parts all come from the official
+	// name, else the usual one, else the first ("name.where(use = 'usual')
+	// .given[0]", "name[0].given[0]"), and write back to that same element.
+	FallbackPaths []string  `yaml:"fallbackPaths,omitempty"`
+	Direction     Direction `yaml:"direction,omitempty"`
+	Action        Action    `yaml:"action,omitempty"`
 	// Default is used, in the target's type, when the source has no value.
 	Default string `yaml:"default,omitempty"`
 	// ValueMap names the set's value map (action valueMap).

@@ -117,9 +117,10 @@ type attributeRow struct {
 	Position         int
 	Name             string
 	Enabled          bool
-	CRMAttribute     string `gorm:"column:crm_attribute"`
-	CRMType          string `gorm:"column:crm_type"`
-	FHIRPath         string `gorm:"column:fhir_path"`
+	CRMAttribute     string  `gorm:"column:crm_attribute"`
+	CRMType          string  `gorm:"column:crm_type"`
+	FHIRPath         string  `gorm:"column:fhir_path"`
+	FallbackPaths    *string `gorm:"column:fallback_paths"`
 	Direction        string
 	Action           string
 	DefaultValue     string
@@ -146,14 +147,15 @@ func attributeRowOf(versionID, entityID int64, expID *int64, pos int, a *Attribu
 	r := attributeRow{VersionID: versionID, EntityMapID: entityID, ExpansionMapID: expID, Position: pos, Name: a.Name,
 		Enabled: a.IsEnabled(), CRMAttribute: a.CRMAttribute, CRMType: string(a.CRMType), FHIRPath: a.FHIRPath,
 		Direction: string(a.Direction), Action: string(a.Action), DefaultValue: a.Default, ValueMap: a.ValueMap,
-		Expression: a.Expression, Required: a.Required, MaxLength: a.MaxLength, LengthPolicy: string(a.LengthPolicy)}
+		Expression: a.Expression, Required: a.Required, MaxLength: a.MaxLength, LengthPolicy: string(a.LengthPolicy),
+		FallbackPaths: optJSON(a.FallbackPaths, len(a.FallbackPaths) == 0)}
 	if a.Lookup != nil {
 		r.LookupEntityMap, r.LookupNavigation = a.Lookup.EntityMap, a.Lookup.Navigation
 	}
 	return r
 }
 
-func (r *attributeRow) attributeMap() AttributeMap {
+func (r *attributeRow) attributeMap() (AttributeMap, error) {
 	a := AttributeMap{Name: r.Name, CRMAttribute: r.CRMAttribute, CRMType: CRMType(r.CRMType), FHIRPath: r.FHIRPath,
 		Direction: Direction(r.Direction), Action: Action(r.Action), Default: r.DefaultValue, ValueMap: r.ValueMap,
 		Expression: r.Expression, Required: r.Required, MaxLength: r.MaxLength, LengthPolicy: LengthPolicy(r.LengthPolicy)}
@@ -163,7 +165,10 @@ func (r *attributeRow) attributeMap() AttributeMap {
 	if r.LookupEntityMap != "" || r.LookupNavigation != "" {
 		a.Lookup = &Lookup{EntityMap: r.LookupEntityMap, Navigation: r.LookupNavigation}
 	}
-	return a
+	if err := fromJSON(r.FallbackPaths, &a.FallbackPaths); err != nil {
+		return a, fmt.Errorf("attribute map %q: %w", r.Name, err)
+	}
+	return a, nil
 }
 
 // insertContent writes doc's maps as rows of version versionID.
@@ -261,7 +266,11 @@ func loadContent(tx *gorm.DB, v *versionRow) (*Document, error) {
 		}
 		for i := range as {
 			if as[i].EntityMapID == r.ID && as[i].ExpansionMapID == nil {
-				m.Attributes = append(m.Attributes, as[i].attributeMap())
+				a, err := as[i].attributeMap()
+				if err != nil {
+					return nil, fmt.Errorf("entity map %q: %w", r.Name, err)
+				}
+				m.Attributes = append(m.Attributes, a)
 			}
 		}
 		for _, xr := range xs {
@@ -282,7 +291,11 @@ func loadContent(tx *gorm.DB, v *versionRow) (*Document, error) {
 			}
 			for i := range as {
 				if as[i].ExpansionMapID != nil && *as[i].ExpansionMapID == xr.ID {
-					x.Attributes = append(x.Attributes, as[i].attributeMap())
+					a, err := as[i].attributeMap()
+					if err != nil {
+						return nil, fmt.Errorf("expansion map %q: %w", xr.Name, err)
+					}
+					x.Attributes = append(x.Attributes, a)
 				}
 			}
 			m.Expansions = append(m.Expansions, x)

@@ -1,0 +1,388 @@
+package maps
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/google/uuid"
+)
+
+// conformanceDir holds the public FHIR R4 samples (HL7's official R4
+// examples, US Core examples, Synthea bundles); testdata/conformance/SOURCES.md
+// names the address of each.
+var conformanceDir = filepath.Join("..", "testdata", "conformance")
+
+// conformanceExpect states, for the corpus resources whose round trip is not
+// plain equality, what happens instead and why. The key is the file
+// (relative to testdata/conformance) and, for a bundle entry, "#Type/id";
+// the map name follows after "@" when the expectation concerns one map only.
+// Every resource without an entry is expected to map FHIR → CRM without
+// error and to come back unchanged (see TestConformanceStarterRoundTrip).
+var conformanceExpect = map[string]conformanceCase{
+	"fhir/r4/patient-example-f201-roel.json": {
+		freshLoss: map[string]string{"medical-identifiers": "the example lists the same identifier twice; the CRM holds one row for it, so a resource created from the CRM alone lists it once (write-back onto the resource keeps both)"},
+		why:       "a repeated identifier",
+	},
+	"fhir/r4/patient-example-f001-pieter.json": {
+		why: "its second identifier has a system and no value: no medical identifier row is made for it, the rest of the patient maps, and write-back keeps the item as it is",
+	},
+}
+
+// conformanceCase is the expected result of one corpus resource under one
+// starter map.
+type conformanceCase struct {
+	// filtered names the FHIR filter expected to exclude the resource.
+	filtered string
+	// mappingError names the attribute map whose mapping error is expected
+	// (FHIR → CRM fails, nothing is written).
+	mappingError string
+	// freshLoss lists attribute maps whose element a resource created from
+	// the CRM record alone cannot reproduce, with the reason; a write-back
+	// onto the current resource still keeps them.
+	freshLoss map[string]string
+	// why says in a sentence why the resource is expected to behave so.
+	why string
+}
+
+// corpusResource is one FHIR resource of the corpus.
+type corpusResource struct {
+	key string // file, or file#Type/id for a bundle entry
+	res map[string]any
+}
+
+func loadFHIRCorpus(t *testing.T) []corpusResource {
+	t.Helper()
+	var out []corpusResource
+	root := filepath.Join(conformanceDir, "fhir")
+	modified := filepath.Join(conformanceDir, "modified", "fhir")
+	files := 0
+	for _, dir := range []string{root, modified} {
+		err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+			if err != nil {
+				if errors.Is(err, os.ErrNotExist) && p == dir && dir == modified {
+					return filepath.SkipDir
+				}
+				return err
+			}
+			if d.IsDir() || !strings.HasSuffix(p, ".json") {
+				return nil
+			}
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			res, err := DecodeJSON(data)
+			if err != nil {
+				return fmt.Errorf("decoding %s: %w", p, err)
+			}
+			files++
+			rel, _ := filepath.Rel(conformanceDir, p)
+			rel = filepath.ToSlash(rel)
+			if res["resourceType"] == "Bundle" {
+				entries, _ := res["entry"].([]any)
+				for i, e := range entries {
+					r, _ := e.(map[string]any)["resource"].(map[string]any)
+					if r == nil {
+						return fmt.Errorf("%s: entry %d has no resource", rel, i)
+					}
+					id, _ := r["id"].(string)
+					out = append(out, corpusResource{key: fmt.Sprintf("%s#%s/%s", rel, r["resourceType"], id), res: r})
+				}
+				return nil
+			}
+			out = append(out, corpusResource{key: rel, res: res})
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("reading the FHIR corpus: %v", err)
+		}
+	}
+	if files < 30 {
+		t.Fatalf("the FHIR corpus holds %d files, want at least 30", files)
+	}
+	return out
+}
+
+// crmRecordStore plays the CRM for one mapped record: nulls are dropped, the
+// record and every created child row get an id, rows are active.
+func crmRecordStore(m *Mapping, res *CRMResult, key string) CRMState {
+	rec := map[string]any{m.def.idAttribute(): uuid.NewSHA1(uuid.NameSpaceURL, []byte(key)).String()}
+	for k, v := range res.Record {
+		if v != nil {
+			rec[k] = v
+		}
+	}
+	st := CRMState{Record: rec, Children: map[string][]map[string]any{}}
+	for i, ch := range res.Children {
+		if ch.Op != ChildCreate {
+			continue
+		}
+		var x *expansion
+		for _, e := range m.expansions {
+			if e.def.Name == ch.Expansion {
+				x = e
+			}
+		}
+		row := map[string]any{x.def.idAttribute(): uuid.NewSHA1(uuid.NameSpaceURL, fmt.Appendf(nil, "%s|%d", key, i)).String(), "statecode": 0}
+		for k, v := range ch.Record {
+			if v != nil {
+				row[k] = v
+			}
+		}
+		st.Children[ch.Expansion] = append(st.Children[ch.Expansion], row)
+	}
+	return st
+}
+
+// TestConformanceStarterRoundTrip maps every resource of the public FHIR
+// corpus (files and bundle entries) with every starter map of its resource
+// type, FHIR → CRM → FHIR, and checks the stated result:
+//
+//   - FHIR → CRM gives the expected decision (mapped, unless the table says
+//     filtered or a mapping error);
+//   - written back onto the resource as the agent does (read-modify-write on
+//     the current version), the CRM record changes nothing but the
+//     correlation identifier: every element, mapped or not, is unchanged —
+//     no added defaults, decimals with their text, dates with their
+//     precision, every name, telecom and identifier kept;
+//   - written onto an empty resource (a create from the CRM alone), every
+//     mapped element is reproduced with the same JSON value; date-times are
+//     the one exception by design, as the CRM holds an instant in UTC: they
+//     come back as the same instant (time zone offset, date-only precision
+//     and fractions of a second are the FHIR side's presentation, kept by
+//     the write-back above);
+//   - mapping the written-back resource again against the stored CRM record
+//     reports no change (no update loop).
+func TestConformanceStarterRoundTrip(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	set := loadStarter(t)
+	corpus := loadFHIRCorpus(t)
+	r := newFakeResolver()
+	passed := map[string]int{}
+	seen := map[string]int{}
+	used := map[string]bool{}
+	for _, c := range corpus {
+		rt, _ := c.res["resourceType"].(string)
+		for _, m := range set.ForFHIR(rt) {
+			name := c.key + "@" + m.Name()
+			want, ok := conformanceExpect[name]
+			if ok {
+				used[name] = true
+			} else if want, ok = conformanceExpect[c.key]; ok {
+				used[c.key] = true
+			}
+			seen[rt]++
+			t.Run(name, func(t *testing.T) {
+				if conformanceRoundTrip(ctx, t, m, c, want, r) {
+					passed[rt]++
+				}
+			})
+		}
+	}
+	for k := range conformanceExpect {
+		if !used[k] {
+			t.Errorf("expectation %q names no corpus resource", k)
+		}
+	}
+	types := make([]string, 0, len(seen))
+	for k := range seen {
+		types = append(types, k)
+	}
+	sort.Strings(types)
+	for _, k := range types {
+		t.Logf("%s: %d of %d corpus resources pass the round trip", k, passed[k], seen[k])
+	}
+	for _, k := range []string{"Patient", "Practitioner", "Organization", "Encounter", "Observation"} {
+		if seen[k] < 5 {
+			t.Errorf("the corpus holds %d %s resources, want at least 5", seen[k], k)
+		}
+	}
+}
+
+// conformanceRoundTrip runs one resource through one map and reports
+// whether every check passed.
+func conformanceRoundTrip(ctx context.Context, t *testing.T, m *Mapping, c corpusResource, want conformanceCase, r LookupResolver) bool {
+	t.Helper()
+	orig := c.res
+	out, err := m.ToCRM(ctx, deepCopyJSON(orig).(map[string]any), nil, r)
+	if want.mappingError != "" {
+		var me *MappingError
+		if !errors.As(err, &me) || me.Attribute != want.mappingError {
+			t.Errorf("FHIR → CRM: got %v, want a mapping error of attribute map %s (%s)", err, want.mappingError, want.why)
+			return false
+		}
+		return true
+	}
+	if err != nil {
+		t.Errorf("FHIR → CRM: %v", err)
+		return false
+	}
+	if out.Filtered != want.filtered {
+		t.Errorf("FHIR → CRM: filtered by %q, want %q", out.Filtered, want.filtered)
+		return false
+	}
+	if out.Filtered != "" {
+		return true
+	}
+	state := crmRecordStore(m, out, c.key)
+	ok := true
+	if hasPersonName(orig) && hasAttribute(m, "lastname") && out.Record["firstname"] == nil && out.Record["lastname"] == nil {
+		t.Errorf("FHIR → CRM: the resource names the person, the CRM record has no first or last name")
+		ok = false
+	}
+
+	// As the agent writes back: onto the current resource.
+	back, err := m.ToFHIR(ctx, state, deepCopyJSON(orig).(map[string]any), r)
+	if err != nil {
+		t.Errorf("CRM → FHIR onto the current resource: %v", err)
+		return false
+	}
+	got := back.Resource
+	if m.corrPath != nil {
+		if !slices.Equal(back.Changed, []string{m.corrPath.String()}) {
+			t.Errorf("write-back onto the current resource changed %v, want only the correlation identifier", back.Changed)
+			ok = false
+		}
+		got = deepCopyJSON(got).(map[string]any)
+		if err := m.corrPath.Set(got, nil); err != nil {
+			t.Fatalf("removing the correlation identifier: %v", err)
+		}
+	} else if len(back.Changed) != 0 {
+		t.Errorf("write-back onto the current resource changed %v", back.Changed)
+		ok = false
+	}
+	if d := jsonDiff("", got, orig); len(d) > 0 {
+		t.Errorf("write-back onto the current resource lost or changed data:\n%s", strings.Join(d, "\n"))
+		ok = false
+	}
+
+	// A create from the CRM record alone.
+	fresh, err := m.ToFHIR(ctx, state, nil, r)
+	if err != nil {
+		t.Errorf("CRM → new FHIR resource: %v", err)
+		return false
+	}
+	ov, fv := m.withoutCorrelation(orig), m.withoutCorrelation(fresh.Resource)
+	for _, a := range m.attrs {
+		if !a.toFHIR || a.path == nil || a.expr != nil {
+			continue
+		}
+		if _, lost := want.freshLoss[a.def.Name]; lost {
+			continue
+		}
+		w, wok := a.pathFor(ov).Get(ov)
+		g, gok := a.pathFor(fv).Get(fv)
+		same := wok == gok && (!wok || jsonEqualExact(g, w))
+		if !same && a.def.CRMType == TypeDateTimeUTC && wok == gok {
+			same = equalValue(TypeDateTimeUTC, g, w)
+		}
+		if !same {
+			t.Errorf("new resource: attribute map %s: %s is %s, want %s", a.def.Name, a.path, short(g), short(w))
+			ok = false
+		}
+	}
+	for _, x := range m.expansions {
+		if !x.toFHIR {
+			continue
+		}
+		if _, lost := want.freshLoss[x.def.Name]; lost {
+			continue
+		}
+		wantItems := mappableItems(x, x.items(orig))
+		gotItems := mappableItems(x, x.items(fresh.Resource))
+		if len(gotItems) != len(wantItems) {
+			t.Errorf("new resource: expansion %s: %d items, want %d", x.def.Name, len(gotItems), len(wantItems))
+			ok = false
+			continue
+		}
+		for j := range wantItems {
+			for _, a := range x.attrs {
+				w, wok := a.path.Get(wantItems[j])
+				g, gok := a.path.Get(gotItems[j])
+				same := wok == gok && (!wok || jsonEqualExact(g, w))
+				if !same && a.def.CRMType == TypeDateTimeUTC && wok == gok {
+					same = equalValue(TypeDateTimeUTC, g, w)
+				}
+				if !same {
+					t.Errorf("new resource: expansion %s item %d: %s is %s, want %s", x.def.Name, j, a.path, short(g), short(w))
+					ok = false
+				}
+			}
+		}
+	}
+
+	// The written-back resource maps to the stored record unchanged.
+	again, err := m.ToCRM(ctx, back.Resource, &state, r)
+	if err != nil {
+		t.Errorf("second FHIR → CRM: %v", err)
+		return false
+	}
+	if len(again.Changed) != 0 || len(again.Children) != 0 {
+		t.Errorf("second FHIR → CRM of an unchanged resource reports changes %v (%d child writes)", again.Changed, len(again.Children))
+		ok = false
+	}
+	return ok
+}
+
+// hasPersonName reports whether a resource has a HumanName with a family
+// or given name.
+func hasPersonName(res map[string]any) bool {
+	names, _ := res["name"].([]any)
+	for _, n := range names {
+		hn, _ := n.(map[string]any)
+		if hn["family"] != nil || hn["given"] != nil {
+			return true
+		}
+	}
+	return false
+}
+
+func hasAttribute(m *Mapping, crmAttribute string) bool {
+	return slices.ContainsFunc(m.attrs, func(a *attr) bool { return a.def.CRMAttribute == crmAttribute && a.toCRM })
+}
+
+// mappableItems are the expansion's array items that map to child rows.
+func mappableItems(x *expansion, items []any) []map[string]any {
+	var out []map[string]any
+	for _, it := range items {
+		m, ok := it.(map[string]any)
+		if ok && !x.excluded(m) && x.mappable(m) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// jsonEqualExact compares generic JSON values including the text of
+// numbers (1.50 is not 1.5).
+func jsonEqualExact(a, b any) bool {
+	ea, err1 := EncodeJSON(a)
+	eb, err2 := EncodeJSON(b)
+	return err1 == nil && err2 == nil && string(ea) == string(eb)
+}
+
+func deepCopyJSON(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		m := make(map[string]any, len(x))
+		for k, e := range x {
+			m[k] = deepCopyJSON(e)
+		}
+		return m
+	case []any:
+		l := make([]any, len(x))
+		for i, e := range x {
+			l[i] = deepCopyJSON(e)
+		}
+		return l
+	}
+	return v
+}
