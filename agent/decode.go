@@ -2,8 +2,11 @@ package agent
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
+	"strings"
 
 	"github.com/fhirsync/fhirsync/agent/crm"
 	"github.com/fhirsync/fhirsync/agent/fhir"
@@ -64,22 +67,114 @@ func decodeEvents(body []byte, fhirAccount string) ([]queues.Notice, error) {
 	return ns, nil
 }
 
-// shape guesses which producer wrote body from its top-level keys, so the
-// error for a bad message comes from the decoder that understands it.
+// shape tells which producer wrote body by the member names of its
+// top-level object, or of the objects in a top-level array: a
+// RemoteExecutionContext has MessageName and PrimaryEntityName, an Event
+// Grid event eventType, a CloudEvent specversion. It reads the whole body,
+// because Dataverse writes a context's members in alphabetical order, so
+// MessageName comes after InputParameters, which can be hundreds of
+// kilobytes; a member name is never taken from inside a value. The error
+// for a bad message then comes from the decoder that understands it.
 func shape(body []byte) string {
-	head := body
-	if len(head) > 4096 {
-		head = head[:4096]
+	event := false
+	for name := range topLevelNames(body) {
+		switch {
+		case strings.EqualFold(name, "MessageName"), strings.EqualFold(name, "PrimaryEntityName"):
+			return "remote-execution-context"
+		case strings.EqualFold(name, "eventType"), strings.EqualFold(name, "specversion"),
+			strings.EqualFold(name, "resourceFhirId"):
+			event = true
+		}
 	}
-	switch {
-	case bytes.Contains(head, []byte(`"MessageName"`)) || bytes.Contains(head, []byte(`"PrimaryEntityName"`)):
-		return "remote-execution-context"
-	case bytes.Contains(head, []byte(`"eventType"`)) || bytes.Contains(head, []byte(`"specversion"`)) ||
-		bytes.Contains(head, []byte(`"resourceFhirId"`)):
+	if event {
 		return "fhir-event"
 	}
 	return "notice"
 }
+
+// topLevelNames yields the member names of the top-level JSON object in b,
+// or, when b holds an array, of the objects that are its elements. It
+// scans the bytes once without building values, and stops at the first
+// thing that is not JSON it can step over (the decoders report that).
+func topLevelNames(b []byte) iter.Seq[string] {
+	return func(yield func(string) bool) {
+		i := 0
+		if bytes.HasPrefix(b, []byte("\xef\xbb\xbf")) {
+			i = 3 // a byte-order mark, which the decoders skip too
+		}
+		for i < len(b) && isJSONSpace(b[i]) {
+			i++
+		}
+		if i == len(b) || b[i] != '{' && b[i] != '[' {
+			return
+		}
+		namesAt := 1 // the nesting depth of the objects whose names count
+		if b[i] == '[' {
+			namesAt = 2
+		}
+		depth, atName := 0, false // atName: the next string is a member name of an object at namesAt
+		inObject := false         // the container at namesAt is an object
+		for ; i < len(b); i++ {
+			switch c := b[i]; c {
+			case '"':
+				end := stringEnd(b, i)
+				if end < 0 {
+					return
+				}
+				if atName {
+					name := b[i+1 : end]
+					if bytes.IndexByte(name, '\\') >= 0 {
+						var s string
+						if json.Unmarshal(b[i:end+1], &s) != nil {
+							return
+						}
+						name = []byte(s)
+					}
+					if !yield(string(name)) {
+						return
+					}
+					atName = false
+				}
+				i = end
+			case '{', '[':
+				depth++
+				if depth == namesAt {
+					inObject = c == '{'
+				}
+				atName = depth == namesAt && inObject
+			case '}', ']':
+				depth--
+				atName = false
+				if depth == 0 {
+					return
+				}
+			case ',':
+				atName = depth == namesAt && inObject
+			case ':':
+				atName = false
+			}
+		}
+	}
+}
+
+// stringEnd returns the index of the quote closing the JSON string that
+// opens at b[i], or -1.
+func stringEnd(b []byte, i int) int {
+	for j := i + 1; j < len(b); {
+		k := bytes.IndexAny(b[j:], `"\`)
+		if k < 0 {
+			return -1
+		}
+		j += k
+		if b[j] == '"' {
+			return j
+		}
+		j += 2 // a backslash and the byte it escapes
+	}
+	return -1
+}
+
+func isJSONSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
 
 // describeDecodeError is the decision sentence for an undecodable message.
 // Decoder errors name fields and positions, never values.

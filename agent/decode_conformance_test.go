@@ -1,0 +1,128 @@
+package agent
+
+import (
+	"errors"
+	"io/fs"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/fhirsync/fhirsync/queues"
+)
+
+// conformanceRoot is the repository's conformance corpus; SOURCES.md there
+// gives the public address of every file.
+var conformanceRoot = filepath.Join("..", "testdata", "conformance")
+
+// conformanceFiles lists the corpus files under dirs (slash-separated,
+// relative to conformanceRoot), leaving out dot files and Markdown.
+func conformanceFiles(t testing.TB, dirs ...string) []string {
+	t.Helper()
+	var files []string
+	for _, dir := range dirs {
+		err := filepath.WalkDir(filepath.Join(conformanceRoot, filepath.FromSlash(dir)), func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if d.IsDir() || strings.HasPrefix(d.Name(), ".") || strings.EqualFold(filepath.Ext(d.Name()), ".md") {
+				return nil
+			}
+			rel, err := filepath.Rel(conformanceRoot, p)
+			if err != nil {
+				return err
+			}
+			files = append(files, filepath.ToSlash(rel))
+			return nil
+		})
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("listing the conformance corpus in %s: %v", dir, err)
+		}
+	}
+	slices.Sort(files)
+	return files
+}
+
+// corpusContexts lists the RemoteExecutionContext samples: every file
+// under dataverse/contexts, and those under modified/dataverse changed from
+// one of them ("<original name>.<change>.json").
+func corpusContexts(t testing.TB) []string {
+	t.Helper()
+	published := conformanceFiles(t, "dataverse/contexts")
+	files := slices.Clone(published)
+	for _, rel := range conformanceFiles(t, "modified/dataverse") {
+		if slices.ContainsFunc(published, func(p string) bool {
+			return strings.HasPrefix(path.Base(rel), strings.TrimSuffix(path.Base(p), ".json")+".")
+		}) {
+			files = append(files, rel)
+		}
+	}
+	return files
+}
+
+// decodeWant is the notice decodeMessage must give for a corpus context.
+type decodeWant struct {
+	entity, id string
+	event      queues.Event
+}
+
+// contextNotices states the notice of every context sample of the corpus.
+// A sample without an entry fails TestDecodeMessageConformance.
+var contextNotices = map[string]decodeWant{
+	"dataverse/contexts/create-account-sync-cp1252-mojibake.json":                     {"account", "53c52f26-a89d-ef11-8a69-000d3a30b0c1", queues.EventCreated},
+	"dataverse/contexts/create-allfields-sync-unknown-member.json":                    {"shko_allfields", "6420f0cc-916b-ee11-9ae6-000d3a688809", queues.EventCreated},
+	"dataverse/contexts/create-alltypes-async-compact.json":                           {"albxrm_alltypes", "44bfc2a7-903e-eb11-a813-000d3ad9c2e1", queues.EventCreated},
+	"dataverse/contexts/create-documentlocation-async-queryexpression.json":           {"sharepointdocumentlocation", "1e3839b3-08d4-ef11-aeb0-00155d000101", queues.EventCreated},
+	"dataverse/contexts/update-account-sync-typed-primitives.json":                    {"account", "ec4e2f7d-9d60-e811-a95a-000d3af24950", queues.EventUpdated},
+	"dataverse/contexts/update-activity-async-preimage-entitycollection.json":         {"new_customactivity", "841579d9-7e63-ef11-9e4a-00155d0001ea", queues.EventUpdated},
+	"dataverse/contexts/webhook-create-agentstatus-sync-formattedvalues.json":         {"msdyn_agentstatus", "4b1e3d75-a749-ef11-acce-00224802d26d", queues.EventCreated},
+	"dataverse/contexts/webhook-update-agentstatus-async-parentcontext.json":          {"msdyn_agentstatus", "3d1feef9-604d-ef11-bfe3-6045bd03d9d8", queues.EventUpdated},
+	"dataverse/contexts/webhook-update-contact-async-postimage.json":                  {"contact", "6d81597f-0f9f-e711-8122-000d3aa2331c", queues.EventUpdated},
+	"modified/dataverse/webhook-update-contact-async-postimage.as-delete.json":        {"contact", "6d81597f-0f9f-e711-8122-000d3aa2331c", queues.EventDeleted},
+	"modified/dataverse/webhook-update-contact-async-postimage.large-fullname.json":   {"contact", "6d81597f-0f9f-e711-8122-000d3aa2331c", queues.EventUpdated},
+	"modified/dataverse/webhook-update-contact-async-postimage.reversed-members.json": {"contact", "6d81597f-0f9f-e711-8122-000d3aa2331c", queues.EventUpdated},
+	"modified/dataverse/webhook-update-contact-async-postimage.size-exceeded.json":    {"contact", "6d81597f-0f9f-e711-8122-000d3aa2331c", queues.EventUpdated},
+}
+
+// TestDecodeMessageConformance runs every context of the corpus through
+// decodeMessage, so the shape detection is held to real messages, and
+// checks that every Azure Health Data Services event of the corpus is
+// taken for an event.
+func TestDecodeMessageConformance(t *testing.T) {
+	t.Parallel()
+	files := corpusContexts(t)
+	for name := range contextNotices {
+		if !slices.Contains(files, name) {
+			t.Errorf("expectation for %s, which is not in the corpus", name)
+		}
+	}
+	for _, file := range files {
+		t.Run(file, func(t *testing.T) {
+			t.Parallel()
+			want, ok := contextNotices[file]
+			if !ok {
+				t.Fatalf("no expectation for %s", file)
+			}
+			body := readTestFile(t, filepath.Join(conformanceRoot, filepath.FromSlash(file)))
+			if got := shape(body); got != "remote-execution-context" {
+				t.Fatalf("shape = %s", got)
+			}
+			ns, err := decodeMessage(body, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(ns) != 1 || ns[0].Side != queues.SideCRM || ns[0].Type != want.entity || ns[0].ID != want.id || ns[0].Event != want.event {
+				t.Fatalf("notices = %+v, want %s %s %s", ns, want.entity, want.id, want.event)
+			}
+		})
+	}
+	for _, file := range conformanceFiles(t, "events") {
+		t.Run(file, func(t *testing.T) {
+			t.Parallel()
+			if got := shape(readTestFile(t, filepath.Join(conformanceRoot, filepath.FromSlash(file)))); got != "fhir-event" {
+				t.Fatalf("shape = %s, want fhir-event", got)
+			}
+		})
+	}
+}
