@@ -481,7 +481,10 @@ func TestThrottlingHonoursRetryAfter(t *testing.T) {
 func TestUpsertManyAdaptsBatchSizeToThrottling(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	srv, c := sandbox(t, crmserver.Options{Limits: crmserver.Limits{Requests: 40, Window: time.Second}}, Config{BatchSize: 100})
+	// A $batch is one request (the request limit cannot trip here); its
+	// operations' execution time counts: 100 × 20 ms uses a window's second.
+	srv, c := sandbox(t, crmserver.Options{Limits: crmserver.Limits{Requests: 40, Window: time.Second,
+		ExecutionTime: time.Second, CostPerOperation: 20 * time.Millisecond}}, Config{BatchSize: 100})
 	items := make([]UpsertItem, 120)
 	for i := range items {
 		items[i] = UpsertItem{Target: ByKey("contacts", "msemr_azurefhirid", fmt.Sprintf("p%d", i)), Record: Record{"lastname": "L"}}

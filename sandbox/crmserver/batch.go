@@ -43,7 +43,7 @@ func (s *Server) serveBatch(c *call, req *request) response {
 	if total > MaxBatchRequests {
 		return errBadRequest("0x8005f103", fmt.Sprintf("The number of requests in the batch (%d) exceeds the limit of %d.", total, MaxBatchRequests)).response()
 	}
-	release, e := s.admit(c.user, max(total, 1))
+	release, e := s.admit(c.initiating, max(total, 1))
 	if e != nil {
 		return e.response()
 	}

@@ -36,16 +36,6 @@ type sender interface {
 	Send(ctx context.Context, msgs ...queues.Message) error
 }
 
-// Limits are the service-protection limits; zero fields are off.
-type Limits struct {
-	// Requests is how many requests one user may make per Window.
-	Requests int
-	// Window is the fixed window after which the Requests count resets.
-	Window time.Duration
-	// Concurrent caps one user's requests in flight at once.
-	Concurrent int
-}
-
 // Options configures a Server. The zero value serves the default entities
 // with no limits, no tokens and no service endpoint.
 type Options struct {
@@ -109,21 +99,15 @@ type Server struct {
 	log   *slog.Logger
 	orgID string
 
+	lim *limiter // service protection (limits.go)
+
 	mu       sync.Mutex
-	limits   Limits
-	usage    map[string]*usage
 	failTil  time.Time
 	failCode int
 	failN    int
 	stats    Stats
 
 	post *poster // nil unless EndpointAsync
-}
-
-type usage struct {
-	windowStart time.Time
-	count       int
-	inFlight    int
 }
 
 // New builds a server.
@@ -145,11 +129,11 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxPageSize == 0 {
 		opts.MaxPageSize = 5000
 	}
-	s := &Server{opts: opts, st: st, now: opts.Now, log: opts.Logger, limits: opts.Limits,
-		usage: map[string]*usage{}, orgID: uuid.NewString()}
+	s := &Server{opts: opts, st: st, now: opts.Now, log: opts.Logger, orgID: uuid.NewString()}
 	if s.now == nil {
 		s.now = time.Now
 	}
+	s.lim = newLimiter(opts.Limits, s.now)
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -167,14 +151,6 @@ func (s *Server) Close() error {
 		s.post.close()
 	}
 	return nil
-}
-
-// SetLimits switches service-protection limits at run time.
-func (s *Server) SetLimits(l Limits) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.limits = l
-	s.usage = map[string]*usage{}
 }
 
 // FailFor answers every request with status (e.g. 503) and a Dataverse
@@ -341,16 +317,22 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		correlation: uuid.NewString()}
 	req := &request{method: r.Method, path: strings.TrimPrefix(r.URL.Path, APIPath), query: r.URL.Query(), header: r.Header, body: body}
 	if req.path == "$batch" && r.Method == http.MethodPost {
-		writeResponse(w, s.serveBatch(c, req))
+		resp := s.serveBatch(c, req)
+		s.limitHeaders(w.Header(), initiating)
+		writeResponse(w, resp)
 		return
 	}
-	release, e := s.admit(user, 1)
+	// Service protection counts the authenticated user's requests.
+	release, e := s.admit(initiating, 1)
 	if e != nil {
+		s.limitHeaders(w.Header(), initiating)
 		writeResponse(w, e.response())
 		return
 	}
 	defer release()
-	writeResponse(w, s.runOne(c, req))
+	resp := s.runOne(c, req)
+	s.limitHeaders(w.Header(), initiating)
+	writeResponse(w, resp)
 }
 
 // identify returns the effective and the authenticated user.
@@ -394,44 +376,6 @@ func (s *Server) injected() *apiError {
 	}
 	s.stats.Injected++
 	return &apiError{status: s.failCode, code: "0x80040216", message: "The service is temporarily unavailable (injected failure).", retryAfter: retry}
-}
-
-// admit applies the service-protection limits to cost requests of user.
-func (s *Server) admit(user string, cost int) (func(), *apiError) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	l := s.limits
-	u := s.usage[user]
-	if u == nil {
-		u = &usage{}
-		s.usage[user] = u
-	}
-	now := s.now()
-	if l.Requests > 0 && l.Window > 0 {
-		if now.Sub(u.windowStart) >= l.Window {
-			u.windowStart, u.count = now, 0
-		}
-		if u.count+cost > l.Requests && u.count > 0 {
-			s.stats.Throttled++
-			return nil, &apiError{status: http.StatusTooManyRequests, code: "0x80072322",
-				message:    fmt.Sprintf("Number of requests exceeded the limit of %d over time window of %d seconds.", l.Requests, int(l.Window.Seconds())),
-				retryAfter: u.windowStart.Add(l.Window).Sub(now)}
-		}
-		u.count += cost
-	}
-	if l.Concurrent > 0 {
-		if u.inFlight >= l.Concurrent {
-			s.stats.Throttled++
-			return nil, &apiError{status: http.StatusTooManyRequests, code: "0x80072326",
-				message: fmt.Sprintf("Number of concurrent requests exceeded the limit of %d.", l.Concurrent), retryAfter: time.Second}
-		}
-	}
-	u.inFlight++
-	return func() {
-		s.mu.Lock()
-		u.inFlight--
-		s.mu.Unlock()
-	}, nil
 }
 
 // runOne executes a single request in its own transaction.
