@@ -3,6 +3,7 @@ package crmserver
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"mime"
@@ -28,9 +29,17 @@ type batchItem struct {
 	ops       []batchOp
 }
 
-// serveBatch executes a multipart/mixed $batch. Change sets are atomic;
-// without Prefer: odata.continue-on-error processing stops at the first
-// failure.
+// serveBatch executes a multipart/mixed $batch, as Microsoft documents
+// it ("Execute batch operations using the Web API", Handling errors):
+// requests run in order; a change set is atomic, stops at its first failed
+// request and is answered with that request's answer alone, under its
+// Content-ID, inside the change set's multipart (as Dataverse answers;
+// MicrosoftDocs/powerapps-docs issue 2843). Without
+// Prefer: odata.continue-on-error the batch stops at the first failure and
+// is answered with the failing request's status, the answers so far and
+// the failed one; with it, the batch goes on to the next item and is
+// answered 200 with every answer, failures included. The preference never
+// applies inside a change set.
 func (s *Server) serveBatch(c *call, req *request) response {
 	items, err := parseBatch(req.header.Get("Content-Type"), req.body)
 	if err != nil {
@@ -49,6 +58,7 @@ func (s *Server) serveBatch(c *call, req *request) response {
 	}
 	defer release()
 	_, continueOnError := prefer(req.header)["odata.continue-on-error"]
+	status := http.StatusOK
 
 	var body bytes.Buffer
 	mw := multipart.NewWriter(&body)
@@ -56,9 +66,10 @@ func (s *Server) serveBatch(c *call, req *request) response {
 	for _, it := range items {
 		if !it.changeSet {
 			op := it.ops[0]
-			resp := s.runOne(c, op.req)
+			resp := withErrorAnnotations(req.header, op.req.header, s.runOne(c, op.req))
 			writePart(mw, op.contentID, resp)
 			if resp.status >= 400 && !continueOnError {
+				status = resp.status
 				break
 			}
 			continue
@@ -94,8 +105,17 @@ func (s *Server) serveBatch(c *call, req *request) response {
 		events := t.events
 		s.st.mu.Unlock()
 		if failed != nil {
-			writePart(mw, failedID, *failed)
+			var cs bytes.Buffer
+			cw := multipart.NewWriter(&cs)
+			_ = cw.SetBoundary("changesetresponse_" + uuid.NewString())
+			writePart(cw, failedID, withErrorAnnotations(req.header, nil, *failed))
+			_ = cw.Close()
+			h := textproto.MIMEHeader{}
+			h.Set("Content-Type", "multipart/mixed; boundary="+cw.Boundary())
+			pw, _ := mw.CreatePart(h)
+			_, _ = pw.Write(cs.Bytes())
 			if !continueOnError {
+				status = failed.status
 				break
 			}
 			continue
@@ -116,7 +136,97 @@ func (s *Server) serveBatch(c *call, req *request) response {
 	_ = mw.Close()
 	h := newHeader()
 	h.Set("Content-Type", "multipart/mixed; boundary="+mw.Boundary())
-	return response{status: http.StatusOK, header: h, body: body.Bytes()}
+	return response{status: status, header: h, body: body.Bytes()}
+}
+
+// Error annotations Dataverse adds to its error JSON when the request
+// prefers them (Prefer: odata.include-annotations="*" or a list naming
+// them; "Compose HTTP requests and handle errors", Include more details
+// with errors). OperationStatus, SubErrorCode and TraceText come from
+// plug-ins, which the sandbox does not run, so only these two are written.
+const (
+	annotationHelpLink     = "Microsoft.PowerApps.CDS.HelpLink"
+	annotationInnerMessage = "Microsoft.PowerApps.CDS.InnerError.Message"
+)
+
+// withErrorAnnotations adds the documented error annotations a request
+// asked for to an error answer; other answers pass unchanged. The
+// preference is read from the request's own headers, then from the
+// enclosing batch's.
+func withErrorAnnotations(outer, own http.Header, resp response) response {
+	if resp.status < 400 || len(resp.body) == 0 {
+		return resp
+	}
+	want := includeAnnotations(own)
+	if want == "" {
+		want = includeAnnotations(outer)
+	}
+	if want == "" {
+		return resp
+	}
+	var env struct {
+		Error map[string]any `json:"error"`
+	}
+	if json.Unmarshal(resp.body, &env) != nil || env.Error == nil {
+		return resp
+	}
+	added := false
+	if annotationWanted(want, annotationHelpLink) {
+		code, _ := env.Error["code"].(string)
+		env.Error["@"+annotationHelpLink] = "http://go.microsoft.com/fwlink/?LinkID=398563&error=Microsoft.Crm.CrmException%3a" +
+			strings.TrimPrefix(code, "0x") + "&client=platform"
+		added = true
+	}
+	if annotationWanted(want, annotationInnerMessage) {
+		env.Error["@"+annotationInnerMessage] = env.Error["message"]
+		added = true
+	}
+	if !added {
+		return resp
+	}
+	b, err := json.Marshal(env)
+	if err != nil {
+		return resp
+	}
+	resp.body = b
+	return resp
+}
+
+// includeAnnotations returns the value of the odata.include-annotations
+// preference, reading quoted values whole (the list inside the quotes is
+// itself comma-separated).
+func includeAnnotations(h http.Header) string {
+	const key = "odata.include-annotations="
+	for _, line := range h.Values("Prefer") {
+		i := strings.Index(strings.ToLower(line), key)
+		if i < 0 {
+			continue
+		}
+		v := strings.TrimSpace(line[i+len(key):])
+		if rest, ok := strings.CutPrefix(v, `"`); ok {
+			v, _, _ = strings.Cut(rest, `"`)
+			return v
+		}
+		v, _, _ = strings.Cut(v, ",")
+		return strings.TrimSpace(v)
+	}
+	return ""
+}
+
+// annotationWanted matches an annotation name against the comma-separated
+// names of odata.include-annotations, where "*" and a trailing "*" are
+// wildcards.
+func annotationWanted(list, name string) bool {
+	for _, p := range strings.Split(list, ",") {
+		p = strings.Trim(strings.TrimSpace(p), `"`)
+		switch {
+		case p == "*" || p == name:
+			return true
+		case strings.HasSuffix(p, "*") && strings.HasPrefix(name, strings.TrimSuffix(p, "*")):
+			return true
+		}
+	}
+	return false
 }
 
 func writePart(mw *multipart.Writer, contentID string, resp response) {

@@ -330,7 +330,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer release()
-	resp := s.runOne(c, req)
+	resp := withErrorAnnotations(nil, req.header, s.runOne(c, req))
 	s.limitHeaders(w.Header(), initiating)
 	writeResponse(w, resp)
 }
