@@ -367,7 +367,7 @@ Content-Type: application/json
 --b--
 `, "\n", "\r\n")
 	resp, b := do(t, "POST", hs.URL+APIPath+"$batch", map[string]string{"Content-Type": "multipart/mixed; boundary=b"}, body)
-	if resp.StatusCode != 200 || !bytes.Contains(b, []byte("HTTP/1.1 400")) {
+	if resp.StatusCode != 400 || !bytes.Contains(b, []byte("HTTP/1.1 400")) {
 		t.Fatalf("%d %s", resp.StatusCode, b)
 	}
 	if len(q.msgs) != 0 {
