@@ -619,6 +619,10 @@ func anchorText(segs []path.Segment) string {
 					b.WriteString(" and ")
 				}
 				b.WriteString(c.Field)
+				if c.Kind == path.Empty {
+					b.WriteString(".empty()")
+					continue
+				}
 				b.WriteString(" = ")
 				if c.Kind == path.String {
 					b.WriteString(quoteLiteral(c.Value))

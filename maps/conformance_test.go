@@ -234,9 +234,11 @@ func conformanceRoundTrip(ctx context.Context, t *testing.T, m *Mapping, c corpu
 	}
 	state := crmRecordStore(m, out, c.key)
 	ok := true
-	if hasPersonName(orig) && hasAttribute(m, "lastname") && out.Record["firstname"] == nil && out.Record["lastname"] == nil {
-		t.Errorf("FHIR → CRM: the resource names the person, the CRM record has no first or last name")
-		ok = false
+	for _, cv := range coverageChecks {
+		if cv.applies(orig) && hasAttribute(m, cv.attrs[0]) && !slices.ContainsFunc(cv.attrs, func(k string) bool { return out.Record[k] != nil }) {
+			t.Errorf("FHIR → CRM: the resource has %s, the CRM record none of %v", cv.what, cv.attrs)
+			ok = false
+		}
 	}
 
 	// As the agent writes back: onto the current resource.
@@ -332,17 +334,46 @@ func conformanceRoundTrip(ctx context.Context, t *testing.T, m *Mapping, c corpu
 	return ok
 }
 
-// hasPersonName reports whether a resource has a HumanName with a family
-// or given name.
-func hasPersonName(res map[string]any) bool {
-	names, _ := res["name"].([]any)
-	for _, n := range names {
-		hn, _ := n.(map[string]any)
-		if hn["family"] != nil || hn["given"] != nil {
-			return true
+// coverageChecks are data a record must not lose on its way to the CRM
+// when the map has somewhere to put it: a person with a name is not a
+// nameless contact, a current address or phone is not dropped because of
+// its use (or lack of one).
+var coverageChecks = []struct {
+	what    string
+	attrs   []string // the CRM attributes that can hold it; the first must be mapped
+	applies func(res map[string]any) bool
+}{
+	{"a person's name", []string{"lastname", "firstname"}, func(res map[string]any) bool {
+		return slices.ContainsFunc(items(res, "name"), func(n map[string]any) bool { return n["family"] != nil || n["given"] != nil })
+	}},
+	{"a current address", []string{"address1_city", "address1_line1", "address1_postalcode", "address1_country"}, func(res map[string]any) bool {
+		return slices.ContainsFunc(items(res, "address"), func(a map[string]any) bool {
+			return a["use"] != "old" && a["period"] == nil && (a["city"] != nil || a["line"] != nil || a["postalCode"] != nil || a["country"] != nil)
+		})
+	}},
+	{"a current phone number", []string{"telephone1", "telephone2", "mobilephone"}, func(res map[string]any) bool {
+		return slices.ContainsFunc(items(res, "telecom"), func(c map[string]any) bool {
+			return c["system"] == "phone" && c["value"] != nil && c["use"] != "old" && c["use"] != "temp" && c["period"] == nil
+		})
+	}},
+	{"an effective time", []string{"msemr_effectivedatetime"}, func(res map[string]any) bool {
+		p, _ := res["effectivePeriod"].(map[string]any)
+		return res["effectiveDateTime"] != nil || (p != nil && p["start"] != nil)
+	}},
+	{"an email address", []string{"emailaddress1"}, func(res map[string]any) bool {
+		return slices.ContainsFunc(items(res, "telecom"), func(c map[string]any) bool { return c["system"] == "email" && c["value"] != nil })
+	}},
+}
+
+func items(res map[string]any, key string) []map[string]any {
+	list, _ := res[key].([]any)
+	out := make([]map[string]any, 0, len(list))
+	for _, it := range list {
+		if m, ok := it.(map[string]any); ok {
+			out = append(out, m)
 		}
 	}
-	return false
+	return out
 }
 
 func hasAttribute(m *Mapping, crmAttribute string) bool {

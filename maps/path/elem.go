@@ -101,6 +101,9 @@ func discriminators(st *step, itemType string) map[string]any {
 		m["url"] = st.ext
 	}
 	for _, c := range st.conds {
+		if c.kind == Empty {
+			continue // an absent field is written by not writing it
+		}
 		node := m
 		cur := itemType
 		for j, part := range c.parts {

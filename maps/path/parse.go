@@ -244,9 +244,23 @@ func (p *parser) conds() ([]cond, error) {
 func (p *parser) cond() (cond, error) {
 	var c cond
 	for {
+		partPos := p.pos
 		part, err := p.ident("a field name")
 		if err != nil {
 			return c, err
+		}
+		p.skipSpace()
+		if p.peek() == '(' {
+			if part != "empty" || len(c.parts) == 0 {
+				return c, p.errorf(partPos, "where() supports field = literal and field.empty(), joined by 'and'")
+			}
+			p.pos++
+			if err := p.expect(')'); err != nil {
+				return c, err
+			}
+			c.field = strings.Join(c.parts, ".")
+			c.kind = Empty
+			return c, nil
 		}
 		c.parts = append(c.parts, part)
 		p.skipSpace()

@@ -52,6 +52,10 @@ const (
 	Bool
 	// Number is an integer or decimal literal (2, 1.5, -3).
 	Number
+	// Empty is the condition field.empty(): the item has no such field
+	// (address.where(use.empty()) selects addresses without a use). Value
+	// is "" then; items created for the step do not get the field.
+	Empty
 )
 
 type step struct {
@@ -168,6 +172,10 @@ func (p *Path) canonical() string {
 					b.WriteString(" and ")
 				}
 				b.WriteString(c.field)
+				if c.kind == Empty {
+					b.WriteString(".empty()")
+					continue
+				}
 				b.WriteByte('=')
 				if c.kind == String {
 					writeQuoted(&b, c.text)

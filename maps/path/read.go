@@ -127,6 +127,9 @@ func (s *step) matches(m map[string]any) bool {
 // must select exactly one value, equal to the literal and of the same kind.
 func (c *cond) holds(m map[string]any) bool {
 	v, n := single(m, c.parts, nil, 0)
+	if c.kind == Empty {
+		return n == 0
+	}
 	return n == 1 && c.equal(v)
 }
 
