@@ -306,7 +306,8 @@ func TestServiceEndpointEmulation(t *testing.T) {
 		}
 	}
 
-	// a row above the size limit is posted without its images
+	// a row above the size limit is posted without its parameters and
+	// images, as Dataverse posts it, and still gives its notice
 	if _, err := c.Create(ctx, "contacts", Record{"lastname": "Big", "description": strings.Repeat("x", 100_000)}); err != nil {
 		t.Fatal(err)
 	}
@@ -317,7 +318,10 @@ func TestServiceEndpointEmulation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(x.PostEntityImages) != 0 || srv.Stats().ImagesDropped != 1 || x.Target == nil {
-		t.Fatalf("large message kept its images: post=%d dropped=%d", len(x.PostEntityImages), srv.Stats().ImagesDropped)
+	if len(x.PostEntityImages) != 0 || srv.Stats().ImagesDropped != 1 || x.Target != nil || last.Properties["MessageMaxSizeExceeded"] == "" {
+		t.Fatalf("large message kept its images or target: post=%d dropped=%d target=%v", len(x.PostEntityImages), srv.Stats().ImagesDropped, x.Target != nil)
+	}
+	if n, err := x.Notice(); err != nil || n.Event != queues.EventCreated || n.Type != "contact" {
+		t.Fatalf("notice of a truncated context = %+v, %v", n, err)
 	}
 }

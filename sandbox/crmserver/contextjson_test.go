@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -17,9 +19,11 @@ import (
 	"github.com/fhirsync/fhirsync/sandbox/synth"
 )
 
-// The reference encoder below builds a context as map[string]any values and
-// encodes them with encoding/json, as the endpoint once did. The tests
-// check that contextJSON writes the same bytes.
+// The reference encoder below builds a context from structs whose fields
+// are declared in the order DataContractJsonSerializer writes members
+// ("__type" first, then the members in ordinal order) and encodes them
+// with encoding/json. The tests check that contextJSON writes the same
+// bytes.
 
 type refKV struct {
 	Key   string `json:"key"`
@@ -32,9 +36,45 @@ func (d refWCFDate) MarshalJSON() ([]byte, error) {
 	return []byte(`"\/Date(` + strconv.FormatInt(time.Time(d).UnixMilli(), 10) + `)\/"`), nil
 }
 
-func refEntityRef(logical, id string) map[string]any {
-	return map[string]any{"__type": "EntityReference" + contracts, "Id": id, "KeyAttributes": []refKV{},
-		"LogicalName": logical, "Name": nil, "RowVersion": nil}
+// refWCFDateOffset is a DateTime not marked UTC, written with the offset.
+type refWCFDateOffset time.Time
+
+func (d refWCFDateOffset) MarshalJSON() ([]byte, error) {
+	return []byte(`"\/Date(` + strconv.FormatInt(time.Time(d).UnixMilli(), 10) + `+0000)\/"`), nil
+}
+
+type refEntityReference struct {
+	Type          string  `json:"__type,omitempty"`
+	ID            string  `json:"Id"`
+	KeyAttributes []refKV `json:"KeyAttributes"`
+	LogicalName   string  `json:"LogicalName"`
+	Name          any     `json:"Name"`
+	RowVersion    any     `json:"RowVersion"`
+}
+
+type refEntityJSON struct {
+	Type            string  `json:"__type,omitempty"`
+	Attributes      []refKV `json:"Attributes"`
+	EntityState     any     `json:"EntityState"`
+	FormattedValues []refKV `json:"FormattedValues"`
+	ID              string  `json:"Id"`
+	KeyAttributes   []refKV `json:"KeyAttributes"`
+	LogicalName     string  `json:"LogicalName"`
+	RelatedEntities []refKV `json:"RelatedEntities"`
+	RowVersion      any     `json:"RowVersion"`
+}
+
+type refTypedValueJSON struct {
+	Type  string `json:"__type"`
+	Value any    `json:"Value"`
+}
+
+func refEntityRef(logical, id string, typed bool) refEntityReference {
+	r := refEntityReference{ID: id, KeyAttributes: []refKV{}, LogicalName: logical}
+	if typed {
+		r.Type = "EntityReference" + contracts
+	}
+	return r
 }
 
 func refTypedValue(a *Attribute, v any) any {
@@ -44,9 +84,9 @@ func refTypedValue(a *Attribute, v any) any {
 	switch a.Type {
 	case TypePicklist, TypeState, TypeStatus:
 		n, _ := v.(json.Number).Int64()
-		return map[string]any{"__type": "OptionSetValue" + contracts, "Value": n}
+		return refTypedValueJSON{Type: "OptionSetValue" + contracts, Value: n}
 	case TypeMoney:
-		return map[string]any{"__type": "Money" + contracts, "Value": v}
+		return refTypedValueJSON{Type: "Money" + contracts, Value: v}
 	case TypeDateTime:
 		s, _ := v.(string)
 		if t, ok := parseTime(s); ok {
@@ -54,13 +94,13 @@ func refTypedValue(a *Attribute, v any) any {
 		}
 	case TypeLookup, TypeCustomer, TypeOwner:
 		if lv, ok := v.(lookupValue); ok {
-			return refEntityRef(lv.Target, lv.ID)
+			return refEntityRef(lv.Target, lv.ID, true)
 		}
 	}
 	return v
 }
 
-func (s *Server) refEntityJSON(e *Entity, id string, attrs map[string]any, r *row) map[string]any {
+func (s *Server) refEntityJSON(e *Entity, id string, attrs map[string]any, r *row, typed bool) refEntityJSON {
 	names := make([]string, 0, len(attrs))
 	for n := range attrs {
 		names = append(names, n)
@@ -79,31 +119,54 @@ func (s *Server) refEntityJSON(e *Entity, id string, attrs map[string]any, r *ro
 	if r != nil {
 		list = append(list,
 			refKV{Key: "modifiedon", Value: refWCFDate(r.modifiedOn)},
-			refKV{Key: "modifiedby", Value: refEntityRef("systemuser", r.modifiedBy)},
+			refKV{Key: "modifiedby", Value: refEntityRef("systemuser", r.modifiedBy, true)},
 			refKV{Key: "versionnumber", Value: r.version})
 		rowVersion = strconv.FormatInt(r.version, 10)
 	}
-	return map[string]any{"__type": "Entity" + contracts, "Attributes": list, "EntityState": nil,
-		"FormattedValues": []refKV{}, "Id": id, "KeyAttributes": []refKV{}, "LogicalName": e.LogicalName,
-		"RelatedEntities": []refKV{}, "RowVersion": rowVersion}
+	out := refEntityJSON{Attributes: list, FormattedValues: []refKV{}, ID: id, KeyAttributes: []refKV{},
+		LogicalName: e.LogicalName, RelatedEntities: []refKV{}, RowVersion: rowVersion}
+	if typed {
+		out.Type = "Entity" + contracts
+	}
+	return out
 }
 
-func (s *Server) refContextJSON(ev event, withImages bool) ([]byte, error) {
-	var target any
-	if ev.message == "Delete" {
-		target = refEntityRef(ev.entity.LogicalName, ev.id)
-	} else {
-		target = s.refEntityJSON(ev.entity, ev.id, ev.target, nil)
-	}
-	pre, post := []refKV{}, []refKV{}
-	if withImages && s.opts.EndpointImages {
-		if ev.pre != nil {
-			pre = append(pre, refKV{Key: "PreImage", Value: s.refEntityJSON(ev.entity, ev.id, ev.pre.attrs, ev.pre)})
-		}
-		if ev.post != nil {
-			post = append(post, refKV{Key: "PostImage", Value: s.refEntityJSON(ev.entity, ev.id, ev.post.attrs, ev.post)})
-		}
-	}
+// refContext lists the members of a RemoteExecutionContext in the order
+// Dataverse writes them. The four pointer members are left out of a
+// message above the size limit.
+type refContext struct {
+	BusinessUnitID                             string             `json:"BusinessUnitId"`
+	CorrelationID                              string             `json:"CorrelationId"`
+	Depth                                      int                `json:"Depth"`
+	InitiatingUserAzureActiveDirectoryObjectID string             `json:"InitiatingUserAzureActiveDirectoryObjectId"`
+	InitiatingUserID                           string             `json:"InitiatingUserId"`
+	InputParameters                            *[]refKV           `json:"InputParameters,omitempty"`
+	IsExecutingOffline                         bool               `json:"IsExecutingOffline"`
+	IsInTransaction                            bool               `json:"IsInTransaction"`
+	IsOfflinePlayback                          bool               `json:"IsOfflinePlayback"`
+	IsolationMode                              int                `json:"IsolationMode"`
+	MessageName                                string             `json:"MessageName"`
+	Mode                                       int                `json:"Mode"`
+	OperationCreatedOn                         refWCFDateOffset   `json:"OperationCreatedOn"`
+	OperationID                                string             `json:"OperationId"`
+	OrganizationID                             string             `json:"OrganizationId"`
+	OrganizationName                           string             `json:"OrganizationName"`
+	OutputParameters                           []refKV            `json:"OutputParameters"`
+	OwningExtension                            refEntityReference `json:"OwningExtension"`
+	ParentContext                              json.RawMessage    `json:"ParentContext,omitempty"`
+	PostEntityImages                           *[]refKV           `json:"PostEntityImages,omitempty"`
+	PreEntityImages                            *[]refKV           `json:"PreEntityImages,omitempty"`
+	PrimaryEntityID                            string             `json:"PrimaryEntityId"`
+	PrimaryEntityName                          string             `json:"PrimaryEntityName"`
+	RequestID                                  string             `json:"RequestId"`
+	SecondaryEntityName                        string             `json:"SecondaryEntityName"`
+	SharedVariables                            []refKV            `json:"SharedVariables"`
+	Stage                                      int                `json:"Stage"`
+	UserAzureActiveDirectoryObjectID           string             `json:"UserAzureActiveDirectoryObjectId"`
+	UserID                                     string             `json:"UserId"`
+}
+
+func (s *Server) refContextJSON(ev event, full bool) ([]byte, error) {
 	outputs := []refKV{}
 	if ev.message == "Create" {
 		outputs = append(outputs, refKV{Key: "id", Value: ev.id})
@@ -112,34 +175,50 @@ func (s *Server) refContextJSON(ev event, withImages bool) ([]byte, error) {
 	if ev.post != nil {
 		at = ev.post.modifiedOn
 	}
-	ctx := map[string]any{
-		"BusinessUnitId":      "00000000-0000-0000-0000-0000000000b1",
-		"CorrelationId":       ev.c.correlation,
-		"Depth":               1,
-		"InitiatingUserId":    ev.c.user,
-		"InputParameters":     []refKV{{Key: "Target", Value: target}},
-		"IsExecutingOffline":  false,
-		"IsInTransaction":     false,
-		"IsOfflinePlayback":   false,
-		"IsolationMode":       1,
-		"MessageName":         ev.message,
-		"Mode":                1,
-		"OperationCreatedOn":  refWCFDate(at),
-		"OperationId":         uuid.NewString(),
-		"OrganizationId":      s.orgID,
-		"OrganizationName":    "sandbox",
-		"OutputParameters":    outputs,
-		"OwningExtension":     refEntityRef("sdkmessageprocessingstep", "00000000-0000-0000-0000-0000000000e1"),
-		"ParentContext":       nil,
-		"PostEntityImages":    post,
-		"PreEntityImages":     pre,
-		"PrimaryEntityId":     ev.id,
-		"PrimaryEntityName":   ev.entity.LogicalName,
-		"RequestId":           uuid.NewString(),
-		"SecondaryEntityName": "none",
-		"SharedVariables":     []refKV{},
-		"Stage":               40,
-		"UserId":              ev.c.user,
+	const noObjectID = "00000000-0000-0000-0000-000000000000"
+	ctx := refContext{
+		BusinessUnitID: "00000000-0000-0000-0000-0000000000b1",
+		CorrelationID:  ev.c.correlation,
+		Depth:          1,
+		InitiatingUserAzureActiveDirectoryObjectID: noObjectID,
+		InitiatingUserID:                 ev.c.user,
+		IsolationMode:                    1,
+		MessageName:                      ev.message,
+		Mode:                             1,
+		OperationCreatedOn:               refWCFDateOffset(at),
+		OperationID:                      uuid.NewString(),
+		OrganizationID:                   s.orgID,
+		OrganizationName:                 "sandbox",
+		OutputParameters:                 outputs,
+		OwningExtension:                  refEntityRef("sdkmessageprocessingstep", "00000000-0000-0000-0000-0000000000e1", false),
+		PrimaryEntityID:                  ev.id,
+		PrimaryEntityName:                ev.entity.LogicalName,
+		RequestID:                        uuid.NewString(),
+		SecondaryEntityName:              "none",
+		SharedVariables:                  []refKV{},
+		Stage:                            40,
+		UserAzureActiveDirectoryObjectID: noObjectID,
+		UserID:                           ev.c.user,
+	}
+	if full {
+		var target any
+		if ev.message == "Delete" {
+			target = refEntityRef(ev.entity.LogicalName, ev.id, true)
+		} else {
+			target = s.refEntityJSON(ev.entity, ev.id, ev.target, nil, true)
+		}
+		pre, post := []refKV{}, []refKV{}
+		if s.opts.EndpointImages {
+			if ev.pre != nil {
+				pre = append(pre, refKV{Key: "PreImage", Value: s.refEntityJSON(ev.entity, ev.id, ev.pre.attrs, ev.pre, false)})
+			}
+			if ev.post != nil {
+				post = append(post, refKV{Key: "PostImage", Value: s.refEntityJSON(ev.entity, ev.id, ev.post.attrs, ev.post, false)})
+			}
+		}
+		ctx.InputParameters = &[]refKV{{Key: "Target", Value: target}}
+		ctx.ParentContext = json.RawMessage("null")
+		ctx.PreEntityImages, ctx.PostEntityImages = &pre, &post
 	}
 	return json.Marshal(ctx)
 }
@@ -321,8 +400,9 @@ func TestContextJSONMatchesReference(t *testing.T) {
 						want, wantErr := s.refContextJSON(ev, withImages)
 						got, gotErr := s.contextJSON(ev, withImages)
 						// The attributes are written for the target of a Create
-						// or Update, and for images the context carries.
-						written := message != "Delete" || (images && withImages && (ev.pre != nil || ev.post != nil))
+						// or Update, and for images the context carries, unless
+						// the context leaves them out.
+						written := withImages && (message != "Delete" || (images && (ev.pre != nil || ev.post != nil)))
 						if set.wantErr && written {
 							if gotErr == nil || wantErr == nil || gotErr.Error() != wantErr.Error() {
 								t.Fatalf("%s: error %v, reference error %v", name, gotErr, wantErr)
@@ -516,6 +596,219 @@ func BenchmarkContextJSON(b *testing.B) {
 				size = len(body)
 			}
 			b.ReportMetric(float64(size), "bytes/context")
+		})
+	}
+}
+
+// conformanceContexts is the corpus of published RemoteExecutionContexts
+// (testdata/conformance/SOURCES.md gives their addresses).
+var conformanceContexts = filepath.Join("..", "..", "testdata", "conformance", "dataverse", "contexts")
+
+// objectKeys walks the JSON value read from dec and calls visit with the
+// member names of every object, in order, and the path to it.
+func objectKeys(t *testing.T, dec *json.Decoder, path string, visit func(path string, keys []string)) {
+	t.Helper()
+	tok, err := dec.Token()
+	if err != nil {
+		t.Fatalf("reading %s: %v", path, err)
+	}
+	switch tok {
+	case json.Delim('{'):
+		var keys []string
+		for dec.More() {
+			k, err := dec.Token()
+			if err != nil {
+				t.Fatalf("reading %s: %v", path, err)
+			}
+			keys = append(keys, k.(string))
+			objectKeys(t, dec, path+"."+k.(string), visit)
+		}
+		if _, err := dec.Token(); err != nil {
+			t.Fatal(err)
+		}
+		visit(path, keys)
+	case json.Delim('['):
+		for i := 0; dec.More(); i++ {
+			objectKeys(t, dec, fmt.Sprintf("%s[%d]", path, i), visit)
+		}
+		if _, err := dec.Token(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// dataContractOrdered reports whether keys are in the order
+// DataContractJsonSerializer writes them: "__type" first, then ordinal.
+func dataContractOrdered(keys []string) bool {
+	rest := keys
+	if len(rest) > 0 && rest[0] == "__type" {
+		rest = rest[1:]
+	}
+	return !slices.Contains(rest, "__type") && slices.IsSorted(rest)
+}
+
+// keysOf returns the member names of the object at path in body.
+func keysOf(t *testing.T, body []byte, path string) []string {
+	t.Helper()
+	var found []string
+	ok := false
+	objectKeys(t, json.NewDecoder(bytes.NewReader(body)), "", func(p string, keys []string) {
+		if p == path {
+			found, ok = keys, true
+		}
+	})
+	if !ok {
+		t.Fatalf("no object at %q", path)
+	}
+	return found
+}
+
+// TestContextJSONFollowsDataverse compares what the endpoint posts with the
+// contexts Dataverse posted, as published: the same members in the same
+// order, "__type" first and only where Dataverse writes it, the entity
+// images without it, OperationCreatedOn with an offset; a large context in
+// full; and, above MaxContextBytes, the members Dataverse removes removed
+// and MessageMaxSizeExceeded set.
+func TestContextJSONFollowsDataverse(t *testing.T) {
+	t.Parallel()
+	docs, err := os.ReadFile(filepath.Join(conformanceContexts, "webhook-update-contact-async-postimage.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recent, err := os.ReadFile(filepath.Join(conformanceContexts, "create-alltypes-async-compact.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every published context writes its members in data-contract order
+	// (the corpus's own exceptions aside: QueryExpression members and a
+	// member its collector added).
+	samples, err := filepath.Glob(filepath.Join(conformanceContexts, "*.json"))
+	if err != nil || len(samples) == 0 {
+		t.Fatalf("no published contexts: %v", err)
+	}
+	for _, name := range samples {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b = bytes.TrimPrefix(b, []byte("\xef\xbb\xbf"))
+		objectKeys(t, json.NewDecoder(bytes.NewReader(b)), "", func(p string, keys []string) {
+			if slices.Contains(keys, "ColumnSet") || slices.Contains(keys, "Operator") || slices.Contains(keys, "Unknown") || dataContractOrdered(keys) {
+				return
+			}
+			t.Errorf("%s %s: members %q are not in data-contract order", filepath.Base(name), p, keys)
+		})
+	}
+
+	tests := []struct {
+		name        string
+		images      bool
+		maxBytes    int
+		description int // characters of the contact's description
+		truncated   bool
+	}{
+		{name: "small", images: true},
+		{name: "large", images: true, description: 40_000},
+		{name: "no images", images: false},
+		{name: "above MaxContextBytes", images: true, maxBytes: 8 << 10, description: 5_000, truncated: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			q := &captureQueue{}
+			s, hs := newServer(t, Options{Endpoint: q, EndpointImages: tt.images, MaxContextBytes: tt.maxBytes})
+			id := write(t, hs, "POST", "contacts", `{"lastname":"Lee","gendercode":2,"description":"`+strings.Repeat("d", tt.description)+`"}`)
+			write(t, hs, "PATCH", "contacts("+id+")", `{"firstname":"Ann","description":"`+strings.Repeat("e", tt.description)+`"}`)
+			q.mu.Lock()
+			msgs := slices.Clone(q.msgs)
+			q.mu.Unlock()
+			if len(msgs) != 2 {
+				t.Fatalf("%d messages", len(msgs))
+			}
+			m := msgs[1] // the Update, with both images
+			body := m.Body
+			objectKeys(t, json.NewDecoder(bytes.NewReader(body)), "", func(p string, keys []string) {
+				if !dataContractOrdered(keys) {
+					t.Errorf("%s: members %q are not in data-contract order", p, keys)
+				}
+			})
+			top := keysOf(t, body, "")
+			want := keysOf(t, recent, "")
+			if tt.truncated {
+				want = slices.DeleteFunc(want, func(k string) bool {
+					return k == "ParentContext" || k == "InputParameters" || k == "PreEntityImages" || k == "PostEntityImages"
+				})
+			}
+			if !slices.Equal(top, want) {
+				t.Fatalf("members\n%q\nwant (as Dataverse posts)\n%q", top, want)
+			}
+			if got, w := keysOf(t, body, ".OwningExtension"), keysOf(t, docs, ".OwningExtension"); !slices.Equal(got, w) {
+				t.Fatalf("OwningExtension members %q, want %q", got, w)
+			}
+			x, err := crm.DecodeRemoteExecutionContext(body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if x.MessageName != "Update" || x.PrimaryEntityID != id || x.OperationCreatedOn.IsZero() {
+				t.Fatalf("decoded %+v", x)
+			}
+			if !regexp.MustCompile(`"OperationCreatedOn":"\\/Date\(\d+\+0000\)\\/"`).Match(body) {
+				t.Fatalf("OperationCreatedOn without an offset")
+			}
+			if tt.description >= 5_000 && bytes.Index(body, []byte(`"MessageName"`)) < 4096 && !tt.truncated {
+				t.Fatalf("MessageName within the first 4 KB of a large context")
+			}
+			if _, marked := m.Properties[propMaxSizeExceeded]; marked != tt.truncated || (s.Stats().ImagesDropped > 0) != tt.truncated {
+				t.Fatalf("MessageMaxSizeExceeded %v, %d truncated", marked, s.Stats().ImagesDropped)
+			}
+			for _, p := range []string{propOrganization, propUser, propInitiatingUser, propEntityLogicalName, propRequestName} {
+				if m.Properties[p] == "" {
+					t.Fatalf("property %s missing: %v", p, m.Properties)
+				}
+			}
+			if m.Properties[propUser] != DefaultUserID || m.Properties[propRequestName] != "Update" || m.Properties[propEntityLogicalName] != "contact" {
+				t.Fatalf("properties = %v", m.Properties)
+			}
+			if tt.truncated {
+				if x.Target != nil || x.HasParent || len(x.PreEntityImages)+len(x.PostEntityImages) != 0 {
+					t.Fatalf("truncated context kept %+v", x)
+				}
+				return
+			}
+			if got, w := keysOf(t, body, ".InputParameters[0].value"), keysOf(t, docs, ".InputParameters[0].value"); !slices.Equal(got, w) {
+				t.Fatalf("Target members %q, want %q", got, w)
+			}
+			if x.Target.Attributes["gendercode"] != nil || x.Target.Attributes["firstname"] != "Ann" {
+				t.Fatalf("target %v", x.Target.Attributes)
+			}
+			if !tt.images {
+				if len(x.PreEntityImages)+len(x.PostEntityImages) != 0 {
+					t.Fatal("images without EndpointImages")
+				}
+				return
+			}
+			// Images carry no __type, as Dataverse writes them.
+			for _, img := range []string{".PreEntityImages[0].value", ".PostEntityImages[0].value"} {
+				if got, w := keysOf(t, body, img), keysOf(t, docs, ".PostEntityImages[0].value"); !slices.Equal(got, w) {
+					t.Fatalf("%s members %q, want %q", img, got, w)
+				}
+			}
+			var parsed struct {
+				PostEntityImages []struct {
+					Value struct{ Attributes []struct{ Key string } }
+				}
+			}
+			if err := json.Unmarshal(body, &parsed); err != nil {
+				t.Fatal(err)
+			}
+			gender := slices.IndexFunc(parsed.PostEntityImages[0].Value.Attributes, func(a struct{ Key string }) bool { return a.Key == "gendercode" })
+			path := fmt.Sprintf(".PostEntityImages[0].value.Attributes[%d].value", gender)
+			if got, w := keysOf(t, body, path), keysOf(t, recent, ".InputParameters[0].value.Attributes[15].value"); !slices.Equal(got, w) {
+				t.Fatalf("option set members %q, want %q", got, w)
+			}
+			if len(x.PostEntityImages["PostImage"].Attributes["description"].(string)) != tt.description {
+				t.Fatal("post image description cut")
+			}
 		})
 	}
 }

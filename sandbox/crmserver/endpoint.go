@@ -32,14 +32,21 @@ const contracts = ":http://schemas.microsoft.com/xrm/2011/Contracts"
 // encoding map[string]any values with encoding/json: the endpoint posts one
 // per change, and the map encoder sorts every object's keys and boxes every
 // value, which costs several times as much CPU and a hundred times as many
-// allocations. The bytes are those of the map encoding: members come in the
-// byte order of their names (so "__type" comes last), strings are escaped as
-// encoding/json escapes them, and values of types not written here go
-// through encoding/json.
+// allocations. The bytes are those Dataverse's DataContractJsonSerializer
+// writes: members in the ordinal order of their names, except "__type",
+// which comes first; "__type" only on values whose declared type is object
+// (InputParameters values, attribute values), not on the entities of
+// Pre/PostEntityImages nor on OwningExtension, whose declared types say
+// what they are; strings escaped as encoding/json escapes them (the
+// serializer also writes "/" as "\/", which both read the same).
+// docs/sandbox-crm.md cites the samples this follows.
 
-// contextJSON builds the RemoteExecutionContext of an event.
-func (s *Server) contextJSON(ev event, withImages bool) ([]byte, error) {
-	images := withImages && s.opts.EndpointImages
+// contextJSON builds the RemoteExecutionContext of an event. Without full,
+// it leaves out the members Dataverse removes from a message above its size
+// limit: ParentContext, InputParameters, PreEntityImages and
+// PostEntityImages.
+func (s *Server) contextJSON(ev event, full bool) ([]byte, error) {
+	images := full && s.opts.EndpointImages
 	// Room for the members and about 128 bytes an attribute, so a typical
 	// context is written without growing the slice.
 	size := 1536 + 128*len(ev.target)
@@ -53,22 +60,26 @@ func (s *Server) contextJSON(ev event, withImages bool) ([]byte, error) {
 	var err error
 	b = append(b, `{"BusinessUnitId":"00000000-0000-0000-0000-0000000000b1","CorrelationId":`...)
 	b = maps.AppendJSONString(b, ev.c.correlation)
-	b = append(b, `,"Depth":1,"InitiatingUserId":`...)
+	// The sandbox's users have no Microsoft Entra object id.
+	b = append(b, `,"Depth":1,"InitiatingUserAzureActiveDirectoryObjectId":"00000000-0000-0000-0000-000000000000","InitiatingUserId":`...)
 	b = maps.AppendJSONString(b, ev.c.user)
-	b = append(b, `,"InputParameters":[{"key":"Target","value":`...)
-	if ev.message == "Delete" {
-		b = appendEntityRef(b, ev.entity.LogicalName, ev.id)
-	} else if b, err = appendEntity(b, ev.entity, ev.id, ev.target, nil); err != nil {
-		return nil, err
+	if full {
+		b = append(b, `,"InputParameters":[{"key":"Target","value":`...)
+		if ev.message == "Delete" {
+			b = appendEntityRef(b, ev.entity.LogicalName, ev.id, true)
+		} else if b, err = appendEntity(b, ev.entity, ev.id, ev.target, nil, true); err != nil {
+			return nil, err
+		}
+		b = append(b, "}]"...)
 	}
-	b = append(b, `}],"IsExecutingOffline":false,"IsInTransaction":false,"IsOfflinePlayback":false,"IsolationMode":1,"MessageName":`...)
+	b = append(b, `,"IsExecutingOffline":false,"IsInTransaction":false,"IsOfflinePlayback":false,"IsolationMode":1,"MessageName":`...)
 	b = maps.AppendJSONString(b, ev.message)
 	at := s.now()
 	if ev.post != nil {
 		at = ev.post.modifiedOn
 	}
 	b = append(b, `,"Mode":1,"OperationCreatedOn":`...)
-	b = appendWCFDate(b, at)
+	b = appendWCFDateOffset(b, at)
 	b = append(b, `,"OperationId":"`...)
 	b = appendUUID(b, uuid.New())
 	b = append(b, `","OrganizationId":`...)
@@ -80,45 +91,54 @@ func (s *Server) contextJSON(ev event, withImages bool) ([]byte, error) {
 		b = append(b, '}')
 	}
 	b = append(b, `],"OwningExtension":`...)
-	b = appendEntityRef(b, "sdkmessageprocessingstep", "00000000-0000-0000-0000-0000000000e1")
-	b = append(b, `,"ParentContext":null,"PostEntityImages":[`...)
-	if images && ev.post != nil {
-		b = append(b, `{"key":"PostImage","value":`...)
-		if b, err = appendEntity(b, ev.entity, ev.id, ev.post.attrs, ev.post); err != nil {
-			return nil, err
+	b = appendEntityRef(b, "sdkmessageprocessingstep", "00000000-0000-0000-0000-0000000000e1", false)
+	if full {
+		b = append(b, `,"ParentContext":null,"PostEntityImages":[`...)
+		if images && ev.post != nil {
+			b = append(b, `{"key":"PostImage","value":`...)
+			if b, err = appendEntity(b, ev.entity, ev.id, ev.post.attrs, ev.post, false); err != nil {
+				return nil, err
+			}
+			b = append(b, '}')
 		}
-		b = append(b, '}')
-	}
-	b = append(b, `],"PreEntityImages":[`...)
-	if images && ev.pre != nil {
-		b = append(b, `{"key":"PreImage","value":`...)
-		if b, err = appendEntity(b, ev.entity, ev.id, ev.pre.attrs, ev.pre); err != nil {
-			return nil, err
+		b = append(b, `],"PreEntityImages":[`...)
+		if images && ev.pre != nil {
+			b = append(b, `{"key":"PreImage","value":`...)
+			if b, err = appendEntity(b, ev.entity, ev.id, ev.pre.attrs, ev.pre, false); err != nil {
+				return nil, err
+			}
+			b = append(b, '}')
 		}
-		b = append(b, '}')
+		b = append(b, ']')
 	}
-	b = append(b, `],"PrimaryEntityId":`...)
+	b = append(b, `,"PrimaryEntityId":`...)
 	b = maps.AppendJSONString(b, ev.id)
 	b = append(b, `,"PrimaryEntityName":`...)
 	b = maps.AppendJSONString(b, ev.entity.LogicalName)
 	b = append(b, `,"RequestId":"`...)
 	b = appendUUID(b, uuid.New())
-	b = append(b, `","SecondaryEntityName":"none","SharedVariables":[],"Stage":40,"UserId":`...)
+	b = append(b, `","SecondaryEntityName":"none","SharedVariables":[],"Stage":40,"UserAzureActiveDirectoryObjectId":"00000000-0000-0000-0000-000000000000","UserId":`...)
 	b = maps.AppendJSONString(b, ev.c.user)
 	return append(b, '}'), nil
 }
 
 // appendEntity appends an Entity with the attributes in attrs that e
 // defines, in name order, then its primary id and, for an image of row r,
-// the platform's modifiedon, modifiedby and versionnumber.
-func appendEntity(b []byte, e *Entity, id string, attrs map[string]any, r *row) ([]byte, error) {
+// the platform's modifiedon, modifiedby and versionnumber. typed writes its
+// "__type", as for a value declared object (a Target); an image's entity
+// has none.
+func appendEntity(b []byte, e *Entity, id string, attrs map[string]any, r *row, typed bool) ([]byte, error) {
 	var buf [96]string
 	names := buf[:0]
 	for n := range attrs {
 		names = append(names, n)
 	}
 	slices.Sort(names)
-	b = append(b, `{"Attributes":[`...)
+	if typed {
+		b = append(b, `{"__type":"Entity`+contracts+`","Attributes":[`...)
+	} else {
+		b = append(b, `{"Attributes":[`...)
+	}
 	var err error
 	for _, n := range names {
 		a := e.Attribute(n)
@@ -142,7 +162,7 @@ func appendEntity(b []byte, e *Entity, id string, attrs map[string]any, r *row) 
 		b = append(b, `,{"key":"modifiedon","value":`...)
 		b = appendWCFDate(b, r.modifiedOn)
 		b = append(b, `},{"key":"modifiedby","value":`...)
-		b = appendEntityRef(b, "systemuser", r.modifiedBy)
+		b = appendEntityRef(b, "systemuser", r.modifiedBy, true)
 		b = append(b, `},{"key":"versionnumber","value":`...)
 		b = strconv.AppendInt(b, r.version, 10)
 		b = append(b, '}')
@@ -159,7 +179,7 @@ func appendEntity(b []byte, e *Entity, id string, attrs map[string]any, r *row) 
 	} else {
 		b = append(b, "null"...)
 	}
-	return append(b, `,"__type":"Entity`+contracts+`"}`...), nil
+	return append(b, '}'), nil
 }
 
 // appendTypedValue appends an attribute value as the WCF serializer types
@@ -172,16 +192,16 @@ func appendTypedValue(b []byte, a *Attribute, v any) ([]byte, error) {
 	switch a.Type {
 	case TypePicklist, TypeState, TypeStatus:
 		n, _ := v.(json.Number).Int64()
-		b = append(b, `{"Value":`...)
+		b = append(b, `{"__type":"OptionSetValue`+contracts+`","Value":`...)
 		b = strconv.AppendInt(b, n, 10)
-		return append(b, `,"__type":"OptionSetValue`+contracts+`"}`...), nil
+		return append(b, '}'), nil
 	case TypeMoney:
-		b = append(b, `{"Value":`...)
+		b = append(b, `{"__type":"Money`+contracts+`","Value":`...)
 		b, err := appendValue(b, v)
 		if err != nil {
 			return nil, err
 		}
-		return append(b, `,"__type":"Money`+contracts+`"}`...), nil
+		return append(b, '}'), nil
 	case TypeDateTime:
 		s, _ := v.(string)
 		if t, ok := storedTime(s); ok {
@@ -189,7 +209,7 @@ func appendTypedValue(b []byte, a *Attribute, v any) ([]byte, error) {
 		}
 	case TypeLookup, TypeCustomer, TypeOwner:
 		if lv, ok := v.(lookupValue); ok {
-			return appendEntityRef(b, lv.Target, lv.ID), nil
+			return appendEntityRef(b, lv.Target, lv.ID, true), nil
 		}
 	}
 	return appendValue(b, v)
@@ -209,21 +229,35 @@ func storedTime(s string) (time.Time, bool) {
 	return t, err == nil
 }
 
-// appendEntityRef appends an EntityReference.
-func appendEntityRef(b []byte, logical, id string) []byte {
-	b = append(b, `{"Id":`...)
+// appendEntityRef appends an EntityReference, with its "__type" when typed
+// (a value declared object).
+func appendEntityRef(b []byte, logical, id string, typed bool) []byte {
+	if typed {
+		b = append(b, `{"__type":"EntityReference`+contracts+`","Id":`...)
+	} else {
+		b = append(b, `{"Id":`...)
+	}
 	b = maps.AppendJSONString(b, id)
 	b = append(b, `,"KeyAttributes":[],"LogicalName":`...)
 	b = maps.AppendJSONString(b, logical)
-	return append(b, `,"Name":null,"RowVersion":null,"__type":"EntityReference`+contracts+`"}`...)
+	return append(b, `,"Name":null,"RowVersion":null}`...)
 }
 
 // appendWCFDate appends a time the way the WCF DataContractJsonSerializer
-// renders it.
+// renders a UTC DateTime: milliseconds since 1970, no offset.
 func appendWCFDate(b []byte, t time.Time) []byte {
 	b = append(b, `"\/Date(`...)
 	b = strconv.AppendInt(b, t.UnixMilli(), 10)
 	return append(b, `)\/"`...)
+}
+
+// appendWCFDateOffset appends a time as the serializer renders a DateTime
+// that is not marked UTC, with the server's offset (UTC here), as
+// Dataverse writes OperationCreatedOn.
+func appendWCFDateOffset(b []byte, t time.Time) []byte {
+	b = append(b, `"\/Date(`...)
+	b = strconv.AppendInt(b, t.UnixMilli(), 10)
+	return append(b, `+0000)\/"`...)
 }
 
 // appendUUID appends u in its canonical lower-case form.
@@ -264,42 +298,69 @@ func appendValue(b []byte, v any) ([]byte, error) {
 	return append(b, j...), nil
 }
 
+// The application properties Dataverse adds to every message it posts
+// (write-listener-application-azure-solution.md, "Filter messages"), and
+// the one it adds to a message it truncated (azure-integration.md).
+const (
+	propOrganization      = "http://schemas.microsoft.com/xrm/2011/Claims/Organization"
+	propUser              = "http://schemas.microsoft.com/xrm/2011/Claims/User"
+	propInitiatingUser    = "http://schemas.microsoft.com/xrm/2011/Claims/InitiatingUser"
+	propEntityLogicalName = "http://schemas.microsoft.com/xrm/2011/Claims/EntityLogicalName"
+	propRequestName       = "http://schemas.microsoft.com/xrm/2011/Claims/RequestName"
+	propMaxSizeExceeded   = "MessageMaxSizeExceeded"
+)
+
 // publish posts the committed events to the service endpoint, one message
-// each, dropping the images of a message above MaxContextBytes.
+// each. A message above MaxContextBytes goes without ParentContext,
+// InputParameters and the images, marked MessageMaxSizeExceeded; one still
+// above it is not sent (counted as failed), as Dataverse does.
 func (s *Server) publish(ctx context.Context, events []event) {
 	if s.opts.Endpoint == nil || len(events) == 0 {
 		return
 	}
 	msgs := make([]queues.Message, 0, len(events))
-	dropped := 0
+	dropped, failed := 0, 0
 	for _, ev := range events {
 		if len(s.opts.EndpointEntities) > 0 && !slices.Contains(s.opts.EndpointEntities, ev.entity.LogicalName) {
 			continue
 		}
 		body, err := s.contextJSON(ev, true)
+		truncated := false
 		if err == nil && len(body) > s.opts.MaxContextBytes {
-			dropped++
+			truncated = true
 			body, err = s.contextJSON(ev, false)
+			if err == nil && len(body) > s.opts.MaxContextBytes {
+				err = fmt.Errorf("%d bytes without its parameters and images, above the %d-byte limit", len(body), s.opts.MaxContextBytes)
+			}
 		}
 		if err != nil {
+			failed++
 			s.log.Error("encoding RemoteExecutionContext", "entity", ev.entity.LogicalName, "record_id", ev.id, "err", err)
 			continue
 		}
+		props := map[string]string{
+			propOrganization:      "sandbox",
+			propUser:              ev.c.user,
+			propInitiatingUser:    ev.c.user,
+			propEntityLogicalName: ev.entity.LogicalName,
+			propRequestName:       ev.message,
+		}
+		if truncated {
+			dropped++
+			props[propMaxSizeExceeded] = "true"
+		}
 		msgs = append(msgs, queues.Message{
-			ID:   fmt.Sprintf("%s|%s|%s", ev.entity.LogicalName, ev.id, uuid.NewString()),
-			Body: body,
-			Properties: map[string]string{
-				"http://schemas.microsoft.com/xrm/2011/Claims/EntityLogicalName": ev.entity.LogicalName,
-				"http://schemas.microsoft.com/xrm/2011/Claims/RequestName":       ev.message,
-				"http://schemas.microsoft.com/xrm/2011/Claims/Organization":      "sandbox",
-			},
+			ID:         fmt.Sprintf("%s|%s|%s", ev.entity.LogicalName, ev.id, uuid.NewString()),
+			Body:       body,
+			Properties: props,
 		})
 	}
-	if len(msgs) == 0 && dropped == 0 {
+	if len(msgs) == 0 && dropped == 0 && failed == 0 {
 		return
 	}
 	s.mu.Lock()
 	s.stats.ImagesDropped += int64(dropped)
+	s.stats.EndpointFailed += int64(failed)
 	s.mu.Unlock()
 	if s.post != nil {
 		s.post.add(msgs)
