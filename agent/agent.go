@@ -122,11 +122,12 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	res := resolver{links: lk, crm: deps.CRM, maps: a.entityMapByName}
 	fs := fhirSide{api: deps.FHIR, crm: deps.CRM, writes: ow}
 	cs := crmSide{api: deps.CRM, writes: ow}
+	prec := newPrecisions(deps.CRM)
 	a.pipe = &pipeline{
 		flows: map[queues.Side]*flow{
 			queues.SideFHIR: {dir: logs.FHIRToCRM, side: queues.SideFHIR, targetOf: "crm", source: fs, target: cs,
 				mapFor: func(ctx context.Context, m *maps.Mapping, src record, cur *record) (mapped, error) {
-					return mapToCRM(ctx, m, src, cur, res)
+					return mapToCRM(ctx, m, src, cur, res, prec)
 				},
 				isEcho: func(ctx context.Context, n queues.Notice, src record) (bool, error) {
 					return ow.isOwn(ctx, "fhir", src.Type, src.ID, src.Version)
@@ -338,8 +339,9 @@ func (a *Agent) pruneOwnWrites(ctx context.Context) {
 	}
 }
 
-// mapToCRM runs the engine for a FHIR change.
-func mapToCRM(ctx context.Context, m *maps.Mapping, src record, cur *record, r maps.LookupResolver) (mapped, error) {
+// mapToCRM runs the engine for a FHIR change. Decimal and money values are
+// compared with the CRM's at the precision the CRM keeps (prec).
+func mapToCRM(ctx context.Context, m *maps.Mapping, src record, cur *record, r maps.LookupResolver, prec *precisions) (mapped, error) {
 	res, err := m.ToCRM(ctx, src.Data, crmState(cur), r)
 	if err != nil {
 		return mapped{}, engineError(err)
@@ -347,7 +349,8 @@ func mapToCRM(ctx context.Context, m *maps.Mapping, src record, cur *record, r m
 	if res.Filtered != "" || res.Gated != "" {
 		return mapped{Filtered: res.Filtered, Gated: res.Gated}, nil
 	}
-	return mapped{Data: res, Changed: res.Changed}, nil
+	rounded := prec.settle(ctx, m.Def().CRMEntity, res, crmState(cur))
+	return mapped{Data: res, Changed: res.Changed, Rounded: rounded}, nil
 }
 
 // mapToFHIR runs the engine for a CRM change onto the current FHIR

@@ -37,6 +37,9 @@ type mapped struct {
 	Gated   string
 	Data    any      // the target-shaped output, opaque to the pipeline
 	Changed []string // target field names whose values differ; empty = unchanged
+	// Rounded names the target fields whose mapped value the target
+	// holds rounded to its precision (compared at that precision).
+	Rounded []string
 }
 
 // written is the result of a target write.
@@ -319,13 +322,16 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 	d.ChangedFields = out.Changed
 	if curp != nil && len(out.Changed) == 0 {
 		u.link = linkFor(f, em, src, *curp, cached)
-		return stop(logs.OutcomeSkipped, "unchanged", "No mapped value differs at the target.")
+		return stop(logs.OutcomeSkipped, "unchanged", "No mapped value differs at the target."+roundedNote(out.Rounded))
 	}
 	if p.capture != nil {
 		d.Snapshots = p.capture(src.Data, out.Data)
 	}
 	w, err := f.target.write(ctx, mp, src, curp, out)
 	if err != nil {
+		if st := rejection(err); st != nil {
+			return st
+		}
 		return p.failure("writing the target record", err)
 	}
 	if w.Version != "" {
@@ -335,9 +341,9 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 	u.link = linkFor(f, em, src, record{ID: w.ID, Version: w.Version}, cached)
 	p.metrics.observeLatency(f.dir, n.ChangedAt)
 	if w.Created {
-		return stop(logs.OutcomeSent, "created", fmt.Sprintf("Created %s %s.", targetType(em, f), w.ID))
+		return stop(logs.OutcomeSent, "created", fmt.Sprintf("Created %s %s.", targetType(em, f), w.ID)+roundedNote(out.Rounded))
 	}
-	return stop(logs.OutcomeSent, "updated", fmt.Sprintf("Updated %d field(s) of %s %s.", len(out.Changed), targetType(em, f), w.ID))
+	return stop(logs.OutcomeSent, "updated", fmt.Sprintf("Updated %d field(s) of %s %s.", len(out.Changed), targetType(em, f), w.ID)+roundedNote(out.Rounded))
 }
 
 func flowOf(em *maps.EntityMap, side queues.Side) maps.Flow {

@@ -25,8 +25,19 @@ type AttributeMetadata struct {
 	// Double, Money, Boolean, DateTime, Picklist, MultiSelectPicklist,
 	// State, Status, Lookup, Customer, Owner, Uniqueidentifier, …
 	Type string
-	// MaxLength bounds String and Memo values.
+	// MaxLength bounds String and Memo values (characters).
 	MaxLength int
+	// Precision is how many decimal places a Decimal or Money column
+	// keeps; Dataverse rounds longer values to it. Nil when the metadata
+	// does not say (other types).
+	Precision *int
+	// PrecisionSource says where a Money column's precision comes from:
+	// 0 its own Precision, 1 the organization's pricing precision, 2 the
+	// record's currency. Nil for other types.
+	PrecisionSource *int
+	// MinValue and MaxValue bound Integer, Decimal, Double and Money
+	// values; nil when the metadata gives none.
+	MinValue, MaxValue *float64
 	// Format is "DateOnly" or "DateAndTime" for DateTime columns.
 	Format string
 	// Targets names the entities a lookup may reference.
@@ -75,12 +86,16 @@ type label struct {
 }
 
 type rawAttribute struct {
-	LogicalName   string `json:"LogicalName"`
-	AttributeType string `json:"AttributeType"`
-	MaxLength     *int   `json:"MaxLength"`
-	Format        string `json:"Format"`
-	Targets       []string
-	RequiredLevel struct {
+	LogicalName     string   `json:"LogicalName"`
+	AttributeType   string   `json:"AttributeType"`
+	MaxLength       *int     `json:"MaxLength"`
+	Precision       *int     `json:"Precision"`
+	PrecisionSource *int     `json:"PrecisionSource"`
+	MinValue        *float64 `json:"MinValue"`
+	MaxValue        *float64 `json:"MaxValue"`
+	Format          string   `json:"Format"`
+	Targets         []string
+	RequiredLevel   struct {
 		Value string `json:"Value"`
 	} `json:"RequiredLevel"`
 	IsValidForCreate *bool `json:"IsValidForCreate"`
@@ -175,6 +190,7 @@ func convertAttribute(a rawAttribute) *AttributeMetadata {
 	if a.MaxLength != nil {
 		out.MaxLength = *a.MaxLength
 	}
+	out.Precision, out.PrecisionSource, out.MinValue, out.MaxValue = a.Precision, a.PrecisionSource, a.MinValue, a.MaxValue
 	if a.OptionSet != nil {
 		for _, o := range a.OptionSet.Options {
 			l := ""
@@ -222,4 +238,24 @@ func (m *EntityMetadata) HasKey(attrs ...string) bool {
 		}
 	}
 	return false
+}
+
+// Places is the number of decimal places the CRM keeps for the column's
+// values, and whether that is known: the Precision of a Decimal column or
+// of a Money column whose precision is its own (PrecisionSource 0).
+// A Money column that takes its precision from the organization or the
+// currency is not known from the column alone.
+func (a *AttributeMetadata) Places() (int, bool) {
+	if a == nil || a.Precision == nil {
+		return 0, false
+	}
+	switch a.Type {
+	case "Decimal":
+		return *a.Precision, true
+	case "Money":
+		if a.PrecisionSource == nil || *a.PrecisionSource == 0 {
+			return *a.Precision, true
+		}
+	}
+	return 0, false
 }
