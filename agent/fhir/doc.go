@@ -26,7 +26,8 @@
 //     processes sharing a database one polls each feed at a time. It is the
 //     source of truth; the other two feeds are triggers.
 //   - DecodeEvents: Azure Health Data Services FHIR events (Event Grid or
-//     CloudEvents schema) as they arrive on a queue.
+//     CloudEvents schema) as they arrive on a queue. The workspace's DICOM
+//     events are ErrUnsupportedEvent, not malformed.
 //   - NewRestHook: an http.Handler for R4 rest-hook subscription
 //     notifications, id-only or with the resource.
 //
