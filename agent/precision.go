@@ -28,6 +28,7 @@ type precisions struct {
 	ttl time.Duration
 	now func() time.Time
 
+	fetch sync.Mutex // one metadata read at a time: workers share its answer
 	mu    sync.Mutex
 	cache map[string]precisionEntry
 }
@@ -53,15 +54,22 @@ func (p *precisions) placesOf(ctx context.Context, entity string) map[string]int
 	if p == nil || p.api == nil {
 		return nil
 	}
-	p.mu.Lock()
-	e, ok := p.cache[entity]
-	p.mu.Unlock()
-	if ok && p.now().Sub(e.at) < p.ttl {
-		return e.places
+	if places, ok := p.cached(entity); ok {
+		return places
+	}
+	p.fetch.Lock()
+	defer p.fetch.Unlock()
+	if places, ok := p.cached(entity); ok {
+		return places
 	}
 	md, err := p.api.EntityDefinition(ctx, entity)
 	if err != nil {
 		// Comparing exactly is the safe side: at worst one extra update.
+		// The failure is remembered for a minute, so a CRM that refuses
+		// metadata reads is not asked again for every message.
+		p.mu.Lock()
+		p.cache[entity] = precisionEntry{at: p.now().Add(time.Minute - p.ttl)}
+		p.mu.Unlock()
 		return nil
 	}
 	places := map[string]int{}
@@ -74,6 +82,16 @@ func (p *precisions) placesOf(ctx context.Context, entity string) map[string]int
 	p.cache[entity] = precisionEntry{places: places, at: p.now()}
 	p.mu.Unlock()
 	return places
+}
+
+func (p *precisions) cached(entity string) (map[string]int, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, ok := p.cache[entity]
+	if ok && p.now().Sub(e.at) < p.ttl {
+		return e.places, true
+	}
+	return nil, false
 }
 
 // settle takes out of res.Changed the attributes whose mapped value,

@@ -1,12 +1,17 @@
 package agent
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fhirsync/fhirsync/agent/crm"
 	"github.com/fhirsync/fhirsync/logs"
+	"github.com/fhirsync/fhirsync/maps"
 )
 
 func TestRejectionNamesTheAttributeWithoutTheValue(t *testing.T) {
@@ -64,5 +69,84 @@ func TestRejectionNamesTheAttributeWithoutTheValue(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+type countingDefiner struct {
+	calls int
+	err   error
+}
+
+func (c *countingDefiner) EntityDefinition(_ context.Context, name string) (*crm.EntityMetadata, error) {
+	c.calls++
+	if c.err != nil {
+		return nil, c.err
+	}
+	two, ten, own, currency := 2, 10, 0, 2
+	return &crm.EntityMetadata{LogicalName: name, Attributes: map[string]*crm.AttributeMetadata{
+		"amount":   {LogicalName: "amount", Type: "Money", Precision: &two, PrecisionSource: &own},
+		"price":    {LogicalName: "price", Type: "Money", Precision: &two, PrecisionSource: &currency},
+		"quantity": {LogicalName: "quantity", Type: "Decimal", Precision: &ten},
+	}}, nil
+}
+
+func TestPrecisionsSettle(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name        string
+		record, cur map[string]any // cur nil: a create
+		changed     []string
+		wantChanged []string
+		wantRounded []string
+	}{
+		{name: "rounded value equal at precision is unchanged",
+			record: map[string]any{"amount": json.Number("19.999")}, cur: map[string]any{"amount": json.Number("20.00")},
+			changed: []string{"amount"}, wantChanged: []string{}, wantRounded: []string{"amount"}},
+		{name: "rounded value that differs still changes",
+			record: map[string]any{"amount": json.Number("21.999")}, cur: map[string]any{"amount": json.Number("20.00")},
+			changed: []string{"amount"}, wantChanged: []string{"amount"}, wantRounded: []string{"amount"}},
+		{name: "value that fits is compared as before",
+			record: map[string]any{"quantity": json.Number("1.5")}, cur: map[string]any{"quantity": json.Number("1.25")},
+			changed: []string{"quantity"}, wantChanged: []string{"quantity"}},
+		{name: "money in the currency's precision is not known from the column",
+			record: map[string]any{"price": json.Number("1.239")}, cur: map[string]any{"price": json.Number("1.24")},
+			changed: []string{"price"}, wantChanged: []string{"price"}},
+		{name: "a create notes the rounding",
+			record: map[string]any{"quantity": json.Number("0.123456789012")}, changed: []string{"quantity"},
+			wantChanged: []string{"quantity"}, wantRounded: []string{"quantity"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &precisions{api: &countingDefiner{}, ttl: time.Minute, now: time.Now, cache: map[string]precisionEntry{}}
+			res := &maps.CRMResult{Record: tc.record, Changed: slices.Clone(tc.changed)}
+			var cur *maps.CRMState
+			if tc.cur != nil {
+				cur = &maps.CRMState{Record: tc.cur}
+			}
+			rounded := p.settle(context.Background(), "x", res, cur)
+			if !slices.Equal(res.Changed, tc.wantChanged) && !(len(res.Changed) == 0 && len(tc.wantChanged) == 0) {
+				t.Errorf("changed %v, want %v", res.Changed, tc.wantChanged)
+			}
+			if !slices.Equal(rounded, tc.wantRounded) {
+				t.Errorf("rounded %v, want %v", rounded, tc.wantRounded)
+			}
+		})
+	}
+}
+
+func TestPrecisionsReadMetadataOnce(t *testing.T) {
+	t.Parallel()
+	for _, fail := range []bool{false, true} {
+		d := &countingDefiner{}
+		if fail {
+			d.err = errors.New("403")
+		}
+		p := &precisions{api: d, ttl: 10 * time.Minute, now: time.Now, cache: map[string]precisionEntry{}}
+		for range 5 {
+			p.placesOf(context.Background(), "contact")
+		}
+		if d.calls != 1 {
+			t.Errorf("failing %v: %d metadata reads for 5 messages, want 1", fail, d.calls)
+		}
 	}
 }
