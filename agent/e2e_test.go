@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
@@ -59,6 +60,9 @@ type envOptions struct {
 	fhirURL string
 	// queue, when set, opens the named queue instead of the embedded one.
 	queue func(t *testing.T, name string) queues.Queue
+	// crmTransport, when set, wraps the transport of the agent's CRM
+	// client (to act between the agent's requests).
+	crmTransport func(http.RoundTripper) http.RoundTripper
 }
 
 func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config, opts ...envOptions) *env {
@@ -102,7 +106,11 @@ func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config, opts ...envOptions) *
 	if e.fhir, err = fhir.New(fhir.Config{BaseURL: fhirURL}); err != nil {
 		t.Fatal(err)
 	}
-	crmAgent, err := crm.New(crm.Config{URL: crmHTTP.URL, Auth: crm.AuthBearer, Token: "agent-token", MaxRetries: o.crmRetries})
+	var crmHC *http.Client
+	if o.crmTransport != nil {
+		crmHC = &http.Client{Transport: o.crmTransport(http.DefaultTransport)}
+	}
+	crmAgent, err := crm.New(crm.Config{URL: crmHTTP.URL, Auth: crm.AuthBearer, Token: "agent-token", MaxRetries: o.crmRetries, HTTPClient: crmHC})
 	if err != nil {
 		t.Fatal(err)
 	}

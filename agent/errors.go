@@ -77,6 +77,13 @@ func reasonForError(err error) logs.ReasonCode {
 	return "unavailable"
 }
 
+// isConflict reports whether err is a lost optimistic-concurrency race:
+// the target changed between the agent's read and its write.
+func isConflict(err error) bool {
+	var ee *endpointError
+	return errors.As(err, &ee) && ee.class == classConflict
+}
+
 // errorClass is the short, value-free class stored in an attempt.
 func errorClass(err error) string {
 	var ee *endpointError

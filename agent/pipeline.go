@@ -492,8 +492,13 @@ func (p *pipeline) finish(ctx context.Context, m *queues.Received, u *unit, q tx
 	switch {
 	case st.outcome == logs.OutcomeFailed && m.DeliveryCount >= p.maxAttempts:
 		d.Outcome, d.Reason = logs.OutcomeDeadLettered, "attempts_exhausted"
+		if st.reason == "target_conflict" {
+			// Every attempt re-read the target and lost the race again:
+			// the registry's "412 after retries".
+			d.Reason = st.reason
+		}
 		d.Message = fmt.Sprintf("Gave up after %d attempts; the last one failed with %s (%s).", m.DeliveryCount, st.reason, attempt.ErrorClass)
-		s = settlement{kind: settleDeadLetter, reason: "attempts_exhausted", description: d.Message}
+		s = settlement{kind: settleDeadLetter, reason: string(d.Reason), description: d.Message}
 	case st.outcome == logs.OutcomeFailed:
 		s = settlement{kind: settleAbandon, delay: p.backoff.Delay(m.DeliveryCount, st.err)}
 	case st.outcome == logs.OutcomeDeadLettered:

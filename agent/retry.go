@@ -41,10 +41,15 @@ func RetryAfter(d time.Duration, err error) error {
 	return &retryAfterError{after: d, err: err}
 }
 
-// IsPermanent reports whether err was marked Permanent.
+// IsPermanent reports whether err was marked Permanent. A lost
+// optimistic-concurrency race (a 412 or 409 from either endpoint) never
+// is, whatever the client said about sending the same request again: the
+// next attempt re-reads the target and writes on top of its current
+// version, so the message is retried like an outage until its attempts run
+// out, and then dead-lettered as target_conflict.
 func IsPermanent(err error) bool {
 	var p *permanentError
-	return errors.As(err, &p)
+	return errors.As(err, &p) && !isConflict(err)
 }
 
 // retryAfterOf returns the server's requested delay, if any.

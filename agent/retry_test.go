@@ -21,6 +21,9 @@ func TestRetryClassificationSurvivesWrapping(t *testing.T) {
 		{name: "wrapped permanent", err: fmt.Errorf("upserting contact 1: %w", Permanent(base)), permanent: true},
 		{name: "retry after", err: RetryAfter(7*time.Second, base), after: 7 * time.Second},
 		{name: "wrapped retry after", err: fmt.Errorf("x: %w", RetryAfter(3*time.Second, base)), after: 3 * time.Second},
+		{name: "a lost race marked permanent is still retried", err: Permanent(&endpointError{class: classConflict, status: 412, err: base})},
+		{name: "a wrapped 409", err: fmt.Errorf("writing: %w", Permanent(&endpointError{class: classConflict, status: 409, err: base}))},
+		{name: "a permanent 400 stays permanent", err: Permanent(&endpointError{class: classRejected, status: 400, err: base}), permanent: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

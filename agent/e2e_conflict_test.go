@@ -1,0 +1,193 @@
+package agent_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fhirsync/fhirsync/agent"
+	"github.com/fhirsync/fhirsync/agent/crm"
+	"github.com/fhirsync/fhirsync/logs"
+	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/queues"
+	"github.com/fhirsync/fhirsync/sandbox/synth"
+	"github.com/fhirsync/fhirsync/storage"
+	"github.com/fhirsync/fhirsync/storage/storagetest"
+)
+
+// editBeforeWrite is the agent's CRM transport in these tests: before
+// each of the agent's first n conditional updates (If-Match with an ETag)
+// of a contact, a coordinator edits the same contact's job title through
+// their own client, so the agent's ETag is stale and the sandbox CRM
+// answers 412, as Dataverse does ("Perform conditional operations using
+// the Web API", Apply optimistic concurrency).
+type editBeforeWrite struct {
+	next   http.RoundTripper
+	human  func() *crm.Client
+	left   atomic.Int32
+	edits  atomic.Int32
+	titles chan string
+}
+
+func (t *editBeforeWrite) RoundTrip(r *http.Request) (*http.Response, error) {
+	im := r.Header.Get("If-Match")
+	if r.Method == http.MethodPatch && strings.Contains(r.URL.Path, "/contacts(") && im != "" && im != "*" && t.left.Add(-1) >= 0 {
+		id := r.URL.Path[strings.LastIndex(r.URL.Path, "(")+1 : len(r.URL.Path)-1]
+		title := fmt.Sprintf("Coordinator %d", t.edits.Add(1))
+		if _, err := t.human().Upsert(r.Context(), crm.ByID("contacts", id), crm.Record{"jobtitle": title}, crm.UpsertOptions{Mode: crm.UpdateOnly}); err != nil {
+			return nil, fmt.Errorf("the coordinator's edit failed: %w", err)
+		}
+		select {
+		case t.titles <- title:
+		default:
+		}
+	}
+	return t.next.RoundTrip(r)
+}
+
+// TestConflictIsRetriedAfterReRead: a contact changed between the agent's
+// read and its write (a real concurrent edit, answered 412 by the sandbox
+// CRM) is not dead-lettered; the next attempt re-reads the contact and its
+// write lands, keeping the coordinator's edit. When every attempt loses
+// the race, the message ends dead-lettered as target_conflict.
+func TestConflictIsRetriedAfterReRead(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name         string
+		interfere    int32 // conditional updates preceded by a coordinator's edit
+		wantFinal    logs.ReasonCode
+		wantOutcome  logs.Outcome
+		wantConflict int // failed target_conflict decisions before the final one
+		wantLanded   bool
+	}{
+		{name: "one lost race, then the write lands", interfere: 1, wantFinal: "updated", wantOutcome: logs.OutcomeSent, wantConflict: 1, wantLanded: true},
+		{name: "every attempt loses the race", interfere: 1000, wantFinal: "target_conflict", wantOutcome: logs.OutcomeDeadLettered, wantConflict: 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			db := storagetest.Open(t, storage.SQLite)
+			ctx := context.Background()
+			tr := &editBeforeWrite{titles: make(chan string, 1)}
+			var e *env
+			tr.human = func() *crm.Client { return e.crmHuman }
+			e = startEnv(t, db, agent.Config{Workers: 2, MaxAttempts: 3, RetryBase: 100 * time.Millisecond, RetryMax: 300 * time.Millisecond},
+				envOptions{noPoller: true, crmRetries: -1, crmTransport: func(next http.RoundTripper) http.RoundTripper { tr.next = next; return tr },
+					// The coordinator's edits stay in the CRM: without the
+					// write-back, a lost race is all these runs show (the
+					// three-way merge of edits on both sides is another
+					// test's business).
+					tweak: func(doc *maps.Document) {
+						for i := range doc.EntityMaps {
+							doc.EntityMaps[i].CRMToFHIR.Enabled = false
+						}
+					}})
+			for _, typ := range []string{"Organization", "Practitioner"} {
+				for _, id := range allIDs(t, e, typ) {
+					e.notify(t, queues.SideFHIR, typ, id, "", queues.EventChanged)
+				}
+				e.quiet(t)
+			}
+			pid := synth.PatientID(0)
+			e.byMessage(t, e.notify(t, queues.SideFHIR, "Patient", pid, "", queues.EventChanged), "created")
+			e.quiet(t)
+			contact := contactOf(t, e, pid)
+
+			// A clinician changes the home phone in FHIR; the coordinator
+			// edits the contact between the agent's read and its write.
+			p, err := e.fhir.Read(ctx, "Patient", pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const phone = "555-0142"
+			p["telecom"] = []any{map[string]any{"system": "phone", "use": "home", "value": phone}}
+			if _, err := e.fhir.Update(ctx, p, ""); err != nil {
+				t.Fatal(err)
+			}
+			tr.left.Store(tt.interfere)
+			msg := e.notify(t, queues.SideFHIR, "Patient", pid, "", queues.EventChanged)
+			final := e.finalDecision(t, msg, tt.wantOutcome)
+			if final.Reason != tt.wantFinal {
+				t.Fatalf("final decision %s/%s (%s), want %s", final.Outcome, final.Reason, final.Message, tt.wantOutcome)
+			}
+			tr.left.Store(0)
+
+			all := e.messageDecisions(t, msg)
+			conflicts := 0
+			for _, d := range all {
+				if d.Reason == "target_conflict" && d.Outcome == logs.OutcomeFailed {
+					conflicts++
+				}
+				if d.Outcome == logs.OutcomeDeadLettered && d.Reason != "target_conflict" {
+					t.Errorf("dead-lettered as %s (%s): a lost race is target_conflict", d.Reason, d.Message)
+				}
+			}
+			if conflicts != tt.wantConflict {
+				t.Errorf("%d failed target_conflict decisions, want %d (decisions: %v)", conflicts, tt.wantConflict, reasons(all))
+			}
+			if len(final.Attempts) != tt.wantConflict+1 {
+				t.Fatalf("final decision records %d attempts, want %d: %+v", len(final.Attempts), tt.wantConflict+1, final.Attempts)
+			}
+			for i, a := range final.Attempts[:tt.wantConflict] {
+				if a.ErrorClass != "http_412" || !a.Retryable {
+					t.Errorf("attempt %d: class %q retryable %v, want a retryable http_412", i+1, a.ErrorClass, a.Retryable)
+				}
+			}
+
+			rec, err := e.crmHuman.Retrieve(ctx, crm.ByID("contacts", contact), "telephone2", "jobtitle")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := rec.String("telephone2") == phone; got != tt.wantLanded {
+				t.Errorf("home phone in the CRM = %q; landed %v, want %v", rec.String("telephone2"), got, tt.wantLanded)
+			}
+			if want := fmt.Sprintf("Coordinator %d", tr.edits.Load()); rec.String("jobtitle") != want {
+				t.Errorf("job title = %q, want the coordinator's last edit %q", rec.String("jobtitle"), want)
+			}
+			if tt.wantLanded && final.Target.Version != rec.ETag() && rec.ETag() != "" {
+				// the write-back of the coordinator's edit may move the
+				// version on; the agent's write must still be the one
+				// that set the phone
+				t.Logf("contact version moved on after the agent's write (%s → %s)", final.Target.Version, rec.ETag())
+			}
+		})
+	}
+}
+
+// finalDecision waits for the message's decision with the given outcome.
+func (e *env) finalDecision(t *testing.T, id string, outcome logs.Outcome) logs.Decision {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, d := range e.messageDecisions(t, id) {
+			if d.Outcome == outcome {
+				return d
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("message %s: no %s decision within 60s; saw %v", id, outcome, reasons(e.messageDecisions(t, id)))
+	return logs.Decision{}
+}
+
+// messageDecisions returns every decision recorded for a message.
+func (e *env) messageDecisions(t *testing.T, id string) []logs.Decision {
+	t.Helper()
+	page, err := e.logs.Search(context.Background(), logs.Filter{MessageID: id}, "", 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return page.Decisions
+}
+
+func reasons(ds []logs.Decision) []string {
+	var out []string
+	for _, d := range ds {
+		out = append(out, string(d.Outcome)+"/"+string(d.Reason))
+	}
+	return out
+}
