@@ -81,9 +81,11 @@ func TestIfNoneMatchOnRetrieve(t *testing.T) {
 	cases := []struct {
 		name       string
 		ifNoneMach string
+		prefer     string
 		wantStatus int
 	}{
 		{name: "matching etag", ifNoneMach: etag, wantStatus: http.StatusNotModified},
+		{name: "matching etag with annotations asked for", ifNoneMach: etag, prefer: `odata.include-annotations="*"`, wantStatus: http.StatusOK},
 		{name: "stale etag", ifNoneMach: `W/"999"`, wantStatus: http.StatusOK},
 		{name: "null, as clients send it", ifNoneMach: "null", wantStatus: http.StatusOK},
 		{name: "no header", wantStatus: http.StatusOK},
@@ -96,6 +98,9 @@ func TestIfNoneMatchOnRetrieve(t *testing.T) {
 			hdr := map[string]string{}
 			if tc.ifNoneMach != "" {
 				hdr["If-None-Match"] = tc.ifNoneMach
+			}
+			if tc.prefer != "" {
+				hdr["Prefer"] = tc.prefer
 			}
 			resp, b := do(t, "GET", loc+"?$select=lastname", hdr, "")
 			if resp.StatusCode != tc.wantStatus {

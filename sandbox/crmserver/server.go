@@ -462,7 +462,9 @@ func (s *Server) exec(c *call, req *request, t *tx) response {
 		if e != nil {
 			return e.response()
 		}
-		if m := req.header.Get("If-None-Match"); m == "*" || m == etag(existing) {
+		// Conditional retrieval: never with $expand or annotations, whose
+		// values can come from other rows.
+		if m := req.header.Get("If-None-Match"); (m == "*" || m == etag(existing)) && !req.query.Has("$expand") && !wantAnnotations(prefer(req.header)).any() {
 			h := newHeader()
 			h.Set("ETag", etag(existing))
 			return response{status: http.StatusNotModified, header: h}
