@@ -30,6 +30,14 @@ var conformanceExpect = map[string]conformanceCase{
 		freshLoss: map[string]string{"medical-identifiers": "the example lists the same identifier twice; the CRM holds one row for it, so a resource created from the CRM alone lists it once (write-back onto the resource keeps both)"},
 		why:       "a repeated identifier",
 	},
+	"modified/fhir/patient-example-partial-birthdate.json": {
+		mappingError: "birth-date",
+		why: "a year-month birthDate cannot be held by the contact's date-only birthdate; the record is refused with a decision naming the attribute map, " +
+			"rather than written without the date (a write-back would then erase the FHIR value)",
+	},
+	"modified/fhir/observation-example-body-temperature-trailing-zero.json": {
+		why: "36.50 keeps its text through the CRM and back (checked by the exact JSON comparison of the create from the CRM record)",
+	},
 	"fhir/r4/patient-example-f001-pieter.json": {
 		why: "its second identifier has a system and no value: no medical identifier row is made for it, the rest of the patient maps, and write-back keeps the item as it is",
 	},
