@@ -48,6 +48,17 @@
 // *MappingError naming the attribute map (reason mapping_error). Values never
 // appear in errors.
 //
+// The correlation identifier (the FHIR identifier that holds the CRM id) is
+// the engine's own bookkeeping: attribute and expansion maps do not see it,
+// so identifier[0] is the resource's first identifier of its own, and
+// write-back leaves it where it was. An attribute map's FallbackPaths pick
+// another element when the primary one is absent (the usual name when there
+// is no official one); the choice is made on the resource as read, before
+// any write. Expansion items lacking a required value (an Identifier with a
+// system and no value) map to no row and are kept as they are on write-back.
+// The starter maps' round trip over public FHIR samples (HL7 R4 examples,
+// US Core, Synthea; testdata/conformance) is TestConformanceStarterRoundTrip.
+//
 // CRMSelect and ChildQueries tell the agent which attributes and child rows
 // to read before mapping; DecodeJSON and EncodeJSON are the fast generic
 // JSON codec the engine's values are shaped for (encoding/json with
