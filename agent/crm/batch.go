@@ -298,7 +298,7 @@ func readParts(mr *multipart.Reader, depth int) ([]batchPart, error) {
 			}
 			r := &OpResult{Status: resp.StatusCode, Header: resp.Header, Body: body}
 			if resp.StatusCode < 200 || resp.StatusCode > 299 {
-				r.Err = errorFromResponse("batch request", resp.StatusCode, resp.Header, body)
+				r.Err = errorFromResponse("", resp.StatusCode, resp.Header, body)
 			}
 			out = append(out, batchPart{single: r, contentID: p.Header.Get("Content-ID")})
 		default:
@@ -337,7 +337,7 @@ func matchBatch(op string, b Batch, status int, parts []batchPart) ([]OpResult, 
 			pos++
 			r := *p.single
 			if r.Err != nil {
-				r.Err.Request, r.Err.ContentID = pos, firstNonEmpty(p.contentID, it.Op.ContentID)
+				r.Err.Op, r.Err.Request, r.Err.ContentID = op, pos, firstNonEmpty(p.contentID, it.Op.ContentID)
 				failed = true
 			}
 			out = append(out, r)
@@ -373,6 +373,7 @@ func matchBatch(op string, b Batch, status int, parts []batchPart) ([]OpResult, 
 				at = 0
 			}
 			e := fail.Err
+			e.Op = op
 			if at >= 0 {
 				e.Request, e.ContentID = first+at, it.ChangeSet[at].ContentID
 			} else {
