@@ -1,11 +1,13 @@
 package crmserver
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
 	"net/http"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/google/uuid"
@@ -478,13 +480,22 @@ func (s *Server) metadata(c *call, req *request, p string) response {
 	if req.method != http.MethodGet {
 		return errMethod()
 	}
+	sel := selectSet(req.query.Get("$select"))
+	filter, err := metadataFilter(req.query.Get("$filter"))
+	if err != nil {
+		return errBadRequest("0x80060888", "Invalid $filter: "+err.Error()).response()
+	}
 	if p == "EntityDefinitions" {
-		// The sandbox always expands Attributes, Keys and ManyToOneRelationships.
+		// Without $select, the sandbox expands Attributes, Keys and
+		// ManyToOneRelationships.
 		vals := []any{}
 		for _, tb := range s.st.tables {
 			m := metadataJSON(tb.def, c.base)
 			delete(m, "@odata.context")
-			vals = append(vals, m)
+			if filter != nil && !filter.eval(metadataValue(m)) {
+				continue
+			}
+			vals = append(vals, selectEntity(m, sel, req.query.Get("$expand")))
 		}
 		slices.SortFunc(vals, func(a, b any) int {
 			return strings.Compare(a.(map[string]any)["LogicalName"].(string), b.(map[string]any)["LogicalName"].(string))
@@ -502,10 +513,10 @@ func (s *Server) metadata(c *call, req *request, p string) response {
 	}
 	sub = strings.TrimPrefix(sub, "/")
 	if sub == "" {
-		return jsonResponse(200, metadataJSON(e, c.base))
+		return jsonResponse(200, selectEntity(metadataJSON(e, c.base), sel, req.query.Get("$expand")))
 	}
-	sel := selectSet(req.query.Get("$select"))
-	withOptions := strings.Contains(req.query.Get("$expand"), "OptionSet")
+	expand := req.query.Get("$expand")
+	withOptions := strings.Contains(expand, "OptionSet")
 	ctx := c.base + "$metadata#EntityDefinitions('" + e.LogicalName + "')/Attributes"
 	if one, ok := strings.CutPrefix(sub, "Attributes("); ok {
 		key, cast, _ := strings.Cut(one, ")")
@@ -514,7 +525,7 @@ func (s *Server) metadata(c *call, req *request, p string) response {
 		if a == nil || (cast != "" && "Microsoft.Dynamics.CRM."+metadataTypeNames[a.Type] != cast) {
 			return (&apiError{status: 404, code: "0x80040217", message: fmt.Sprintf("Could not find attribute %s of entity '%s'.", key, e.LogicalName)}).response()
 		}
-		out := selectAttribute(attributeJSON(e, a, withOptions), sel)
+		out := selectAttribute(expandOptionSets(attributeJSON(e, a, withOptions), expand), sel)
 		out["@odata.context"] = ctx + "/$entity"
 		return jsonResponse(200, out)
 	}
@@ -531,7 +542,11 @@ func (s *Server) metadata(c *call, req *request, p string) response {
 		if cast != "" && "Microsoft.Dynamics.CRM."+metadataTypeNames[a.Type] != cast {
 			continue
 		}
-		vals = append(vals, selectAttribute(attributeJSON(e, a, withOptions || (cast != "" && sel == nil)), sel))
+		m := expandOptionSets(attributeJSON(e, a, withOptions || (cast != "" && sel == nil)), expand)
+		if filter != nil && !filter.eval(metadataValue(m)) {
+			continue
+		}
+		vals = append(vals, selectAttribute(m, sel))
 	}
 	return jsonResponse(200, map[string]any{"@odata.context": ctx, "value": vals})
 }
@@ -597,16 +612,88 @@ func selectSet(v string) map[string]bool {
 	return out
 }
 
-// selectAttribute keeps the selected properties, the type annotation,
-// MetadataId (always returned) and an expanded OptionSet.
+// selectAttribute keeps the selected properties, the context and type
+// annotations, MetadataId (always returned) and expanded option sets.
 func selectAttribute(m map[string]any, sel map[string]bool) map[string]any {
 	if sel == nil {
 		return m
 	}
 	for k := range m {
-		if !sel[k] && k != "@odata.type" && k != "MetadataId" && k != "OptionSet" {
-			delete(m, k)
+		switch k {
+		case "@odata.context", "@odata.type", "MetadataId", "OptionSet", "GlobalOptionSet":
+		default:
+			if !sel[k] {
+				delete(m, k)
+			}
 		}
 	}
 	return m
+}
+
+// selectEntity keeps an entity's selected properties and the navigation
+// properties named in $expand (Attributes, Keys, ManyToOneRelationships).
+func selectEntity(m map[string]any, sel map[string]bool, expand string) map[string]any {
+	if sel == nil {
+		return m
+	}
+	keep := map[string]bool{}
+	for k := range sel {
+		keep[k] = true
+	}
+	depth, start := 0, 0
+	for i := 0; i <= len(expand); i++ {
+		switch {
+		case i < len(expand) && expand[i] == '(':
+			depth++
+		case i < len(expand) && expand[i] == ')':
+			depth--
+		case i == len(expand) || expand[i] == ',' && depth == 0:
+			name, _, _ := strings.Cut(expand[start:i], "(")
+			keep[strings.TrimSpace(name)] = true
+			start = i + 1
+		}
+	}
+	return selectAttribute(m, keep)
+}
+
+// expandOptionSets answers $expand=GlobalOptionSet with the attribute's
+// options (the sandbox has no global option sets, and Microsoft notes
+// either property gives the options), and drops OptionSet when only the
+// global one was asked for.
+func expandOptionSets(m map[string]any, expand string) map[string]any {
+	os, ok := m["OptionSet"]
+	if !ok || !strings.Contains(expand, "GlobalOptionSet") {
+		return m
+	}
+	m["GlobalOptionSet"] = os
+	if !strings.Contains(strings.ReplaceAll(expand, "GlobalOptionSet", ""), "OptionSet") {
+		delete(m, "OptionSet")
+	}
+	return m
+}
+
+// metadataFilter parses a $filter over metadata properties (nil: none).
+func metadataFilter(f string) (filterNode, error) {
+	if f == "" {
+		return nil, nil
+	}
+	return parseFilter(f, func(string) bool { return true })
+}
+
+// metadataValue reads a metadata property for $filter: strings, booleans
+// and numbers compare; other properties are null.
+func metadataValue(m map[string]any) func(string) any {
+	return func(name string) any {
+		switch v := m[name].(type) {
+		case string, bool:
+			return v
+		case int:
+			return json.Number(strconv.Itoa(v))
+		case int64:
+			return json.Number(strconv.FormatInt(v, 10))
+		case float64:
+			return json.Number(strconv.FormatFloat(v, 'f', -1, 64))
+		}
+		return nil
+	}
 }

@@ -195,6 +195,31 @@ func TestAttributeMetadataEndpoints(t *testing.T) {
 					t.Errorf("parentcustomerid targets: %v", m["Targets"])
 				}
 			}},
+		{name: "attributes filtered by name, MetadataId selected", url: hs.URL + APIPath + "EntityDefinitions(" + metadataID("contact") + ")/Attributes?$filter=LogicalName%20eq%20'gendercode'&$select=MetadataId",
+			check: func(t *testing.T, m map[string]any) {
+				vs := m["value"].([]any)
+				if len(vs) != 1 {
+					t.Fatalf("%d attributes, want 1", len(vs))
+				}
+				a := vs[0].(map[string]any)
+				if a["MetadataId"] != metadataID("contact.gendercode") || a["@odata.type"] != "#Microsoft.Dynamics.CRM.PicklistAttributeMetadata" || a["LogicalName"] != nil {
+					t.Errorf("got %v", a)
+				}
+			}},
+		{name: "entities filtered by name", url: hs.URL + APIPath + "EntityDefinitions?$filter=LogicalName%20eq%20'account'&$select=MetadataId",
+			check: func(t *testing.T, m map[string]any) {
+				vs := m["value"].([]any)
+				if len(vs) != 1 || vs[0].(map[string]any)["MetadataId"] != metadataID("account") || vs[0].(map[string]any)["Attributes"] != nil {
+					t.Errorf("got %v", vs)
+				}
+			}},
+		{name: "global option set of one attribute", url: base + "/Attributes(LogicalName='gendercode')/Microsoft.Dynamics.CRM.PicklistAttributeMetadata?$select=LogicalName&$expand=GlobalOptionSet($select=Options)",
+			check: func(t *testing.T, m map[string]any) {
+				g, _ := m["GlobalOptionSet"].(map[string]any)
+				if opts, _ := g["Options"].([]any); len(opts) != 4 || m["OptionSet"] != nil {
+					t.Errorf("got %v", m)
+				}
+			}},
 		{name: "entity by MetadataId", url: hs.URL + APIPath + "EntityDefinitions(" + metadataID("contact") + ")",
 			check: func(t *testing.T, m map[string]any) {
 				if m["LogicalName"] != "contact" || m["MetadataId"] != metadataID("contact") {
