@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/google/uuid"
+
+	"github.com/fhirsync/fhirsync/maps/path"
 )
 
 // conformanceDir holds the public FHIR R4 samples (HL7's official R4
@@ -242,6 +244,26 @@ func conformanceRoundTrip(ctx context.Context, t *testing.T, m *Mapping, c corpu
 	}
 	state := crmRecordStore(m, out, c.key)
 	ok := true
+	if a := attrNamed(m, "address-line1"); a != nil {
+		// Every line of the address the map chose, up to the two the starter
+		// maps hold, reaches the CRM.
+		view := m.withoutCorrelation(orig)
+		if p := a.pathFor(view); p != nil {
+			anchor, err := compileAddress(p.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if addr, found := anchor.Get(view); found {
+				lines, _ := addr.(map[string]any)["line"].([]any)
+				for i, attr := range []string{"address1_line1", "address1_line2"} {
+					if i < len(lines) && out.Record[attr] == nil {
+						t.Errorf("FHIR → CRM: address line %d did not reach %s", i+1, attr)
+						ok = false
+					}
+				}
+			}
+		}
+	}
 	for _, cv := range coverageChecks {
 		if cv.applies(orig) && hasAttribute(m, cv.attrs[0]) && !slices.ContainsFunc(cv.attrs, func(k string) bool { return out.Record[k] != nil }) {
 			t.Errorf("FHIR → CRM: the resource has %s, the CRM record none of %v", cv.what, cv.attrs)
@@ -382,6 +404,24 @@ func items(res map[string]any, key string) []map[string]any {
 		}
 	}
 	return out
+}
+
+func attrNamed(m *Mapping, name string) *attr {
+	for _, a := range m.attrs {
+		if a.def.Name == name && a.toCRM && a.path != nil {
+			return a
+		}
+	}
+	return nil
+}
+
+// compileAddress compiles the address element of an address line path.
+func compileAddress(linePath string) (*path.Path, error) {
+	i := strings.LastIndex(linePath, ".line[")
+	if i < 0 {
+		return nil, fmt.Errorf("%s is not an address line path", linePath)
+	}
+	return path.Compile(linePath[:i])
 }
 
 func hasAttribute(m *Mapping, crmAttribute string) bool {
