@@ -1,8 +1,12 @@
 package crm
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -71,4 +75,51 @@ func TestAzureCredentialModes(t *testing.T) {
 			t.Fatalf("%s: credential %v scope %s", cfg.Auth, c.cred, c.scope)
 		}
 	}
+}
+
+// FuzzDecodeErrorJSON holds the tolerant error decoder to encoding/json on
+// every well-formed body: where the reference finds an "error" object with
+// a string code or message, the decoder accepts the body and reads the same
+// values. Seeded with every error answer of the conformance corpus.
+func FuzzDecodeErrorJSON(f *testing.F) {
+	for _, pat := range []string{"dataverse/webapi/*.response.http", "modified/dataverse/*.response.http"} {
+		files, _ := filepath.Glob(filepath.Join(webapiCorpus, pat))
+		for _, file := range files {
+			raw, err := os.ReadFile(file)
+			if err != nil {
+				f.Fatal(err)
+			}
+			if a, err := readPrinted(raw); err == nil && a.status >= 400 {
+				f.Add(a.body)
+			}
+		}
+	}
+	f.Add([]byte(`{"error":{"code":"0x80040217","message":"missing","innererror":{"message":"x","type":"y","stacktrace":"z"}}}`))
+	f.Add([]byte(`{"error":{}}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var e Error
+		got := decodeErrorJSON(body, &e)
+		if !json.Valid(body) || bytes.Count(body, []byte(`"error"`)) != 1 {
+			return
+		}
+		var top map[string]json.RawMessage
+		if json.Unmarshal(body, &top) != nil {
+			return
+		}
+		var inner map[string]any
+		if json.Unmarshal(top["error"], &inner) != nil || inner == nil {
+			return
+		}
+		code, okc := inner["code"].(string)
+		msg, okm := inner["message"].(string)
+		if bytes.Count(body, []byte(`"code"`)) > 1 || bytes.Count(body, []byte(`"message"`)) > 1 {
+			return // duplicate or nested names: which one wins is not this test's concern
+		}
+		if (okc || okm) && !got {
+			t.Fatalf("refused a Dataverse error body: %s", body)
+		}
+		if okc && e.Code != code || okm && e.Message != msg {
+			t.Fatalf("decoded code %q message %q, reference %q %q", e.Code, e.Message, code, msg)
+		}
+	})
 }
