@@ -271,8 +271,8 @@ func (s *Server) conditionalUpdate(ctx context.Context, base, typ string, q url.
 }
 
 // doConditionalUpdate follows FHIR R4 http.html#cond-update: no match and
-// no id creates; no match with an id is an update-as-create, refused with
-// 409 when that id already exists (it did not match the criteria); one
+// no id creates; no match with an id is an update-as-create of that id
+// (R4 has no 409 case; later versions added one); one
 // match updates it (400 when the body names another id); several matches
 // answer 412. ifMatch, when set, must name the matched resource's current
 // version.
@@ -297,14 +297,8 @@ func (s *Server) doConditionalUpdate(ctx context.Context, w *writer, typ string,
 			rec, err := w.put(ctx, res, "POST", 0)
 			return rec, true, err
 		}
-		cur, err := current(ctx, w.tx, typ, bodyID)
-		if err != nil && !errors.Is(err, errNoRecord) {
-			return record{}, false, err
-		}
-		if err == nil && !cur.deleted {
-			return record{}, false, errorf(http.StatusConflict, "conflict",
-				"no %s matched the criteria, but the resource's id %s already exists", typ, bodyID)
-		}
+		// R4 has no conflict case here (later versions answer 409 when
+		// the id exists): the body's id is updated, or created.
 		return doUpdate(ctx, w, typ, bodyID, res, "")
 	case 1:
 		if bodyID != "" && bodyID != matches[0].id {
