@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/fhirsync/fhirsync/maps/path"
 )
@@ -523,13 +524,26 @@ func (m *Mapping) attrToFHIR(ctx context.Context, x *expansion, a *attr, p *path
 	} else {
 		old, _ = p.Get(dst)
 	}
-	if a.equalFHIR(old, v) {
+	if a.equalFHIR(old, v) || a.truncatedFrom(old, v) {
 		return false, nil
 	}
 	if err := p.Set(dst, v); err != nil {
 		return false, m.fail(x, a, fmt.Errorf("writing %s: %w", p, err))
 	}
 	return true, nil
+}
+
+// truncatedFrom reports whether the CRM value v is what the attribute's
+// truncate policy made of the FHIR value old: the CRM holds a shortened
+// view of it, so write-back keeps the full FHIR text.
+func (a *attr) truncatedFrom(old, v any) bool {
+	d := a.def
+	if d.LengthPolicy != LengthTruncate || d.MaxLength <= 0 {
+		return false
+	}
+	os, ok1 := old.(string)
+	vs, ok2 := v.(string)
+	return ok1 && ok2 && utf8.RuneCountInString(os) > d.MaxLength && truncateRunes(os, d.MaxLength) == vs
 }
 
 // equalFHIR compares two FHIR-side values of a by meaning.

@@ -3,6 +3,7 @@ package maps
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"testing"
 )
 
@@ -126,6 +127,61 @@ func TestCorrelationIdentifierIsHiddenFromAttributeMaps(t *testing.T) {
 			after, _ := EncodeJSON(back.Resource)
 			if string(after) != string(before) || len(back.Changed) != 0 {
 				t.Fatalf("write-back changed %v:\n%s\nwant\n%s", back.Changed, after, before)
+			}
+		})
+	}
+}
+
+// TestTruncatedValueKeepsTheFullFHIRText checks that an attribute with the
+// truncate length policy does not shorten the FHIR value on write-back: the
+// CRM holds a shortened view of it, and mapping again reports no change.
+func TestTruncatedValueKeepsTheFullFHIRText(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	set := loadStarter(t)
+	m, _ := set.Map("patient-contact")
+	tests := []struct {
+		name        string
+		suffix      string
+		crmSuffix   any // what the CRM holds after a person's edit; nil keeps the mapped value
+		wantSuffix  string
+		wantChanged bool
+	}{
+		{name: "unchanged long suffix", suffix: "Dipl.-Ing. (FH)", wantSuffix: "Dipl.-Ing. (FH)"},
+		{name: "short suffix", suffix: "MSc", wantSuffix: "MSc"},
+		{name: "edited in the CRM", suffix: "Dipl.-Ing. (FH)", crmSuffix: "PhD", wantSuffix: "PhD", wantChanged: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			res, err := DecodeJSON([]byte(`{"resourceType":"Patient","id":"p","name":[{"use":"official","family":"Doe","suffix":["` + tc.suffix + `"]}]}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, err := m.ToCRM(ctx, res, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			state := crmRecordStore(m, out, tc.name)
+			if tc.crmSuffix != nil {
+				state.Record["suffix"] = tc.crmSuffix
+			}
+			back, err := m.ToFHIR(ctx, state, res, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := back.Resource["name"].([]any)[0].(map[string]any)["suffix"].([]any)[0]
+			if got != tc.wantSuffix {
+				t.Fatalf("suffix after write-back = %q, want %q", got, tc.wantSuffix)
+			}
+			if changed := slices.Contains(back.Changed, "name.where(use='official').suffix[0]"); changed != tc.wantChanged {
+				t.Fatalf("changed = %v, want the suffix changed %v", back.Changed, tc.wantChanged)
+			}
+			again, err := m.ToCRM(ctx, back.Resource, &state, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(again.Changed) != 0 {
+				t.Fatalf("mapping the written-back resource again reports changes %v", again.Changed)
 			}
 		})
 	}
