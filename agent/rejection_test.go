@@ -25,7 +25,7 @@ func TestRejectionNamesTheAttributeWithoutTheValue(t *testing.T) {
 	}{
 		{name: "string too long",
 			err: &crm.Error{Status: 400, Class: crm.ClassRejected, Code: "0x80044331",
-				Message: "A validation error occurred. The length of the 'firstname' attribute of the 'contact' entity exceeded the maximum allowed length of '50'."},
+				Message: "A validation error occurred.  The length of the 'firstname' attribute of the 'contact' entity exceeded the maximum allowed length of '50'."},
 			wantSubject: "firstname", wantIn: []string{"0x80044331", "maximum allowed length of '50'"}},
 		{name: "number out of range keeps no value",
 			err: &crm.Error{Status: 400, Class: crm.ClassRejected, Code: "0x80044330",

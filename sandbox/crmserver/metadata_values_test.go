@@ -36,7 +36,7 @@ func TestAttributeValuesAreValidatedAndRounded(t *testing.T) {
 	}{
 		{name: "string at max length", body: `{"new_name":"0123456789"}`, wantAttr: "new_name", wantVal: `"0123456789"`},
 		{name: "string one over max length", body: `{"new_name":"0123456789x"}`, wantCode: "0x80044331",
-			wantMsg: "A validation error occurred. The length of the 'new_name' attribute of the 'new_bounded' entity exceeded the maximum allowed length of '10'."},
+			wantMsg: "A validation error occurred.  The length of the 'new_name' attribute of the 'new_bounded' entity exceeded the maximum allowed length of '10'."},
 		{name: "length counts characters, not bytes", body: `{"new_name":"ééééééééé€"}`, wantAttr: "new_name", wantVal: `"ééééééééé€"`},
 		{name: "decimal within precision kept as written", body: `{"new_decimal":72.5}`, wantAttr: "new_decimal", wantVal: `72.5`},
 		{name: "decimal rounded half away from zero", body: `{"new_decimal":1.005}`, wantAttr: "new_decimal", wantVal: `1.01`},

@@ -432,7 +432,7 @@ func roundDecimal(n json.Number, places int) json.Number {
 // Dataverse returns at run time: it names the attribute, the entity and
 // the limit, never the value.
 func errStringTooLong(a *Attribute) *apiError {
-	return errBadRequest("0x80044331", fmt.Sprintf("A validation error occurred. The length of the '%s' attribute of the '%s' entity exceeded the maximum allowed length of '%d'.", a.LogicalName, a.entity, a.MaxLength))
+	return errBadRequest("0x80044331", fmt.Sprintf("A validation error occurred.  The length of the '%s' attribute of the '%s' entity exceeded the maximum allowed length of '%d'.", a.LogicalName, a.entity, a.MaxLength))
 }
 
 // errOptionOutOfRange is PicklistValueOutOfRange (0x8004431A).
