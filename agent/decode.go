@@ -179,5 +179,8 @@ func isJSONSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c =
 // describeDecodeError is the decision sentence for an undecodable message.
 // Decoder errors name fields and positions, never values.
 func describeDecodeError(err error) string {
+	if errors.Is(err, fhir.ErrUnsupportedEvent) {
+		return fmt.Sprintf("The Azure Health Data Services event is well formed but is not a FHIR resource change (a DICOM event, say); limit the Event Grid subscription to FHIR resource events: %v", err)
+	}
 	return fmt.Sprintf("The message is not a change notice, a RemoteExecutionContext or a FHIR event: %v", err)
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/fhirsync/fhirsync/agent/fhir"
 	"github.com/fhirsync/fhirsync/queues"
 )
 
@@ -120,8 +121,27 @@ func TestDecodeMessageConformance(t *testing.T) {
 	for _, file := range conformanceFiles(t, "events") {
 		t.Run(file, func(t *testing.T) {
 			t.Parallel()
-			if got := shape(readTestFile(t, filepath.Join(conformanceRoot, filepath.FromSlash(file)))); got != "fhir-event" {
+			body := readTestFile(t, filepath.Join(conformanceRoot, filepath.FromSlash(file)))
+			if got := shape(body); got != "fhir-event" {
 				t.Fatalf("shape = %s, want fhir-event", got)
+			}
+			ns, err := decodeMessage(body, "")
+			if strings.HasPrefix(path.Base(file), "dicom-") {
+				// Same workspace, another service: refused with a sentence
+				// that says what to change, not taken for a malformed message.
+				if !errors.Is(err, fhir.ErrUnsupportedEvent) {
+					t.Fatalf("decodeMessage error = %v, want ErrUnsupportedEvent", err)
+				}
+				if msg := describeDecodeError(err); !strings.Contains(msg, "not a FHIR resource change") {
+					t.Fatalf("decision sentence %q does not say the event is not a FHIR change", msg)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(ns) != 1 || ns[0].Side != queues.SideFHIR || ns[0].Type == "" || ns[0].ID == "" {
+				t.Fatalf("notices = %+v, want one FHIR notice", ns)
 			}
 		})
 	}
