@@ -65,8 +65,9 @@ type Options struct {
 	// EndpointImages registers a PreImage and a PostImage on the emulated
 	// step (Dataverse: images configured on the step registration).
 	EndpointImages bool
-	// MaxContextBytes is the size above which the emulation drops the
-	// entity images from a message; zero means 192 KiB.
+	// MaxContextBytes is the size above which the emulation cuts a message
+	// down as Dataverse does (ParentContext, InputParameters and both
+	// images removed, MessageMaxSizeExceeded set); zero means 192 KiB.
 	MaxContextBytes int
 	// DeltaTokenTTL is how long a change-tracking token stays valid; zero
 	// means 7 days (the Dataverse default).
@@ -87,7 +88,7 @@ type Stats struct {
 	Injected       int64 // answered by failure injection
 	EndpointSent   int64 // RemoteExecutionContext messages posted
 	EndpointFailed int64 // posts the endpoint refused
-	ImagesDropped  int64 // messages posted without their images
+	ImagesDropped  int64 // messages posted cut down for size (images, InputParameters and ParentContext removed)
 }
 
 // Server is an in-memory Dataverse Web API. It is an http.Handler serving
