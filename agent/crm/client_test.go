@@ -620,3 +620,31 @@ func TestAuthAndCallerIdentity(t *testing.T) {
 		t.Fatalf("error = %#v", e)
 	}
 }
+
+// TestRetrieveIfChanged reads a row again only when its ETag moved: the
+// sandbox answers If-None-Match with the current ETag 304, as Dataverse
+// does.
+func TestRetrieveIfChanged(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	_, c := sandbox(t, crmserver.Options{}, Config{})
+	id, err := c.Create(ctx, "contacts", Record{"lastname": "Lee"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, changed, err := c.RetrieveIfChanged(ctx, ByID("contacts", id), "", "lastname")
+	if err != nil || !changed || first.ETag() == "" || first.String("lastname") != "Lee" {
+		t.Fatalf("first read = %v, %v, %v", first, changed, err)
+	}
+	rec, changed, err := c.RetrieveIfChanged(ctx, ByID("contacts", id), first.ETag(), "lastname")
+	if err != nil || changed || rec != nil {
+		t.Fatalf("unchanged read = %v, %v, %v; want not changed", rec, changed, err)
+	}
+	if _, err := c.Upsert(ctx, ByID("contacts", id), Record{"lastname": "Li"}, UpsertOptions{Mode: UpdateOnly}); err != nil {
+		t.Fatal(err)
+	}
+	rec, changed, err = c.RetrieveIfChanged(ctx, ByID("contacts", id), first.ETag(), "lastname")
+	if err != nil || !changed || rec.String("lastname") != "Li" || rec.ETag() == first.ETag() {
+		t.Fatalf("read after an update = %v, %v, %v", rec, changed, err)
+	}
+}
