@@ -19,8 +19,15 @@
 // unauthorized, throttled, unavailable, not_found, invalid_response),
 // Retryable and RetryAfter, decided here once. An answer the Web API would
 // not send (an HTML page, truncated JSON, a wrong content type, a missing
-// header) is invalid_response, never a success. Error texts elide quoted
-// values from Dataverse messages, which may hold record data.
+// header) is invalid_response, never a success; an answer Dataverse does
+// send is never invalid_response: a $batch stopped at a failed request
+// (an error status with a multipart body) and a failed change set (the
+// failing request's answer alone) are decoded per request, each failure
+// naming its position in the batch and its Content-ID, with the CRM's
+// status, code, message and error annotations (Error.Details) kept. A 412
+// is ClassConflict and not retried as the same request: the caller re-reads
+// and writes again. Error texts elide quoted values from Dataverse
+// messages, which may hold record data, and leave out the annotations.
 //
 // Feed polls one entity's changes under a database lease and keeps the
 // delta link in feed_checkpoints; an expired token falls back to a full
