@@ -376,6 +376,15 @@ func (s *Server) injected() *apiError {
 		return nil
 	}
 	s.stats.Injected++
+	// Statuses that Dataverse answers with a specific error get its code
+	// and message, so a client test sees what the real service sends.
+	switch s.failCode {
+	case http.StatusPreconditionFailed:
+		return errVersionMismatch()
+	case http.StatusTooManyRequests:
+		return &apiError{status: s.failCode, code: codeTooManyRequests,
+			message: "Number of requests exceeded the limit of 6000 over time window of 300 seconds.", retryAfter: retry}
+	}
 	return &apiError{status: s.failCode, code: "0x80040216", message: "The service is temporarily unavailable (injected failure).", retryAfter: retry}
 }
 
