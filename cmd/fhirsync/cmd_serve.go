@@ -73,6 +73,9 @@ func serve(ctx context.Context, e *env, cfg *Config, onReady func(addr string, d
 		srv.Mount(cfg.Feeds.RestHook.Path, svc.restHook)
 		srv.Mount(strings.TrimSuffix(cfg.Feeds.RestHook.Path, "/")+"/", svc.restHook)
 	}
+	if svc.crmWebhook != nil {
+		srv.Mount(cfg.Feeds.DataverseWebhook.Path, svc.crmWebhook)
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", cfg.Listen, err)

@@ -75,6 +75,9 @@ type FeedsConfig struct {
 	FHIRHistory FHIRHistoryConfig `yaml:"fhir_history"`
 	CRMTracking CRMTrackingConfig `yaml:"crm_tracking"`
 	RestHook    RestHookConfig    `yaml:"rest_hook"`
+	// DataverseWebhook receives the contexts of a Dataverse webhook
+	// service endpoint and queues them on the CRM changes queue.
+	DataverseWebhook DataverseWebhookConfig `yaml:"dataverse_webhook"`
 }
 
 // FHIRHistoryConfig is the _history poller, the FHIR source of truth.
@@ -99,6 +102,23 @@ type RestHookConfig struct {
 	// Authorization is the header value the FHIR server must send.
 	Authorization string `yaml:"authorization" secret:"true"`
 }
+
+// DataverseWebhookConfig is the endpoint a Dataverse webhook (a service
+// endpoint registered with the Plug-in Registration tool) posts to.
+type DataverseWebhookConfig struct {
+	// Path on the listener, e.g. /hooks/dataverse; empty disables it.
+	Path string `yaml:"path"`
+	// Header names the request header carrying Key (HttpHeader
+	// authentication); empty expects Key as the code query parameter
+	// (WebhookKey authentication).
+	Header string `yaml:"header"`
+	// Key is the value Dataverse must send; required with Path.
+	Key string `yaml:"key" secret:"true"`
+}
+
+// minWebhookKeyLen is the shortest webhook key accepted: the key is all that
+// stands between the internet and the CRM changes queue.
+const minWebhookKeyLen = 16
 
 // DatabaseConfig selects the project database.
 type DatabaseConfig struct {
@@ -342,6 +362,22 @@ func (c Config) Validate() []string {
 	if _, err := cron.ParseStandard(c.Feeds.CRMTracking.Schedule); err != nil {
 		bad("feeds.crm_tracking.schedule", "%v", err)
 	}
+	if wh := c.Feeds.DataverseWebhook; wh.Path != "" || wh.Key != "" || wh.Header != "" {
+		switch {
+		case wh.Path == "":
+			bad("feeds.dataverse_webhook.path", "required when a header or key is set")
+		case !strings.HasPrefix(wh.Path, "/") || strings.ContainsAny(wh.Path, " \t{}?#"):
+			bad("feeds.dataverse_webhook.path", "%q must start with / and hold no spaces, braces, ? or #", wh.Path)
+		case c.Feeds.RestHook.Path != "" && strings.TrimSuffix(wh.Path, "/") == strings.TrimSuffix(c.Feeds.RestHook.Path, "/"):
+			bad("feeds.dataverse_webhook.path", "must differ from feeds.rest_hook.path")
+		}
+		if len(wh.Key) < minWebhookKeyLen {
+			bad("feeds.dataverse_webhook.key", "must be at least %d characters (set it or FHIRSYNC_FEEDS_DATAVERSE_WEBHOOK_KEY_FILE)", minWebhookKeyLen)
+		}
+		if wh.Header != "" && !validHeaderName(wh.Header) {
+			bad("feeds.dataverse_webhook.header", "%q is not a valid HTTP header name", wh.Header)
+		}
+	}
 	if s := c.Agent.ReconcileSchedule; s != "" {
 		if _, err := cron.ParseStandard(s); err != nil {
 			bad("agent.reconcile_schedule", "%v", err)
@@ -395,4 +431,18 @@ func hasAnyPrefix(s string, prefixes ...string) bool {
 		}
 	}
 	return false
+}
+
+// validHeaderName reports whether s is an HTTP header field name (an RFC
+// 9110 token).
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if c >= 0x7f || c <= ' ' || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
 }

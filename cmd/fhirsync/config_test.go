@@ -138,3 +138,101 @@ func TestLoadConfigSources(t *testing.T) {
 		})
 	}
 }
+
+func TestLoadConfigDataverseWebhook(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	const key = "k3y-from-the-plug-in-registration"
+	file := write("webhook.yaml", "feeds:\n  dataverse_webhook:\n    path: /hooks/dataverse\n    header: x-fhirsync-key\n")
+	keyFile := write("webhook-key", key+"\n")
+	tests := []struct {
+		name    string
+		path    string
+		env     map[string]string
+		want    DataverseWebhookConfig
+		wantErr []string
+	}{
+		{
+			name: "file with the key from _FILE",
+			path: file,
+			env:  map[string]string{"FHIRSYNC_FEEDS_DATAVERSE_WEBHOOK_KEY_FILE": keyFile},
+			want: DataverseWebhookConfig{Path: "/hooks/dataverse", Header: "x-fhirsync-key", Key: key},
+		},
+		{
+			name: "environment only, code query key",
+			env:  map[string]string{"FHIRSYNC_FEEDS_DATAVERSE_WEBHOOK_PATH": "/hooks/dv", "FHIRSYNC_FEEDS_DATAVERSE_WEBHOOK_KEY": key},
+			want: DataverseWebhookConfig{Path: "/hooks/dv", Key: key},
+		},
+		{
+			name: "off by default",
+			want: DataverseWebhookConfig{},
+		},
+		{
+			name:    "path without a key",
+			path:    file,
+			wantErr: []string{"feeds.dataverse_webhook.key: must be at least 16 characters"},
+		},
+		{
+			name:    "short key",
+			path:    file,
+			env:     map[string]string{"FHIRSYNC_FEEDS_DATAVERSE_WEBHOOK_KEY": "short"},
+			wantErr: []string{"feeds.dataverse_webhook.key: must be at least 16 characters"},
+		},
+		{
+			name:    "key set twice",
+			path:    file,
+			env:     map[string]string{"FHIRSYNC_FEEDS_DATAVERSE_WEBHOOK_KEY": key, "FHIRSYNC_FEEDS_DATAVERSE_WEBHOOK_KEY_FILE": keyFile},
+			wantErr: []string{"FHIRSYNC_FEEDS_DATAVERSE_WEBHOOK_KEY and FHIRSYNC_FEEDS_DATAVERSE_WEBHOOK_KEY_FILE are both set"},
+		},
+		{
+			name:    "key without a path",
+			env:     map[string]string{"FHIRSYNC_FEEDS_DATAVERSE_WEBHOOK_KEY": key},
+			wantErr: []string{"feeds.dataverse_webhook.path: required when a header or key is set"},
+		},
+		{
+			name: "every problem at once",
+			path: write("bad-webhook.yaml", "feeds:\n  rest_hook:\n    path: /hooks/fhir\n  dataverse_webhook:\n    path: hooks\n    header: \"x key\"\n    key: short\n"),
+			wantErr: []string{"feeds.dataverse_webhook.path: \"hooks\" must start with /",
+				"feeds.dataverse_webhook.header: \"x key\" is not a valid HTTP header name", "feeds.dataverse_webhook.key"},
+		},
+		{
+			name:    "same path as the rest hook",
+			path:    write("clash.yaml", "feeds:\n  rest_hook:\n    path: /hooks/fhir/\n  dataverse_webhook:\n    path: /hooks/fhir\n    key: "+key+"\n"),
+			wantErr: []string{"feeds.dataverse_webhook.path: must differ from feeds.rest_hook.path"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			cfg, err := loadConfig(tt.path, envFrom(tt.env))
+			if len(tt.wantErr) > 0 {
+				var ce *ConfigError
+				if !errors.As(err, &ce) {
+					t.Fatalf("err = %v, want ConfigError", err)
+				}
+				for _, w := range tt.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error does not mention %q:\n%v", w, err)
+					}
+				}
+				if strings.Contains(err.Error(), key) {
+					t.Errorf("error repeats the key:\n%v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("unexpected error: %v", err)
+			}
+			if cfg.Feeds.DataverseWebhook != tt.want {
+				t.Errorf("feeds.dataverse_webhook = %+v, want %+v", cfg.Feeds.DataverseWebhook, tt.want)
+			}
+		})
+	}
+}

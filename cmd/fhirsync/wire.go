@@ -40,6 +40,7 @@ type services struct {
 	poller      *fhir.Poller
 	crmFeeds    []*crm.Feed
 	restHook    http.Handler
+	crmWebhook  http.Handler // nil unless feeds.dataverse_webhook.path is set
 	log         *slog.Logger
 	feedSched   string
 	reconciler  *agent.Reconciler
@@ -88,6 +89,13 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 		s.crm, err = crm.New(crm.Config{URL: cfg.CRM.BaseURL, Auth: crm.AuthMode(a.Method), Token: a.Token,
 			TenantID: a.TenantID, ClientID: a.ClientID, ClientSecret: a.ClientSecret, Timeout: cfg.CRM.Timeout})
 		if err != nil {
+			return nil, err
+		}
+	}
+	if wh := cfg.Feeds.DataverseWebhook; wh.Path != "" {
+		// Accepted even while the agent is idle: the contexts wait on the
+		// queue, as a Service Bus endpoint's would.
+		if s.crmWebhook, err = crm.NewWebhook(crm.WebhookConfig{Queue: s.crmQ, Header: wh.Header, Key: wh.Key, Logger: log}); err != nil {
 			return nil, err
 		}
 	}
