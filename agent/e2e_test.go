@@ -63,6 +63,9 @@ type envOptions struct {
 	// crmTransport, when set, wraps the transport of the agent's CRM
 	// client (to act between the agent's requests).
 	crmTransport func(http.RoundTripper) http.RoundTripper
+	// crmOptions, when set, changes the sandbox CRM's options before it
+	// starts (e.g. to post through a webhook instead of the queue).
+	crmOptions func(*crmserver.Options)
 }
 
 func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config, opts ...envOptions) *env {
@@ -94,10 +97,14 @@ func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config, opts ...envOptions) *
 		t.Cleanup(fhirHTTP.Close)
 		fhirURL = fhirHTTP.URL
 	}
-	if e.crmSrv, err = crmserver.New(crmserver.Options{
+	crmOpts := crmserver.Options{
 		Tokens:   map[string]string{"agent-token": agentUser, "human-token": humanUser},
 		Endpoint: e.crmQ,
-	}); err != nil {
+	}
+	if o.crmOptions != nil {
+		o.crmOptions(&crmOpts)
+	}
+	if e.crmSrv, err = crmserver.New(crmOpts); err != nil {
 		t.Fatal(err)
 	}
 	crmHTTP := httptest.NewServer(e.crmSrv)

@@ -62,6 +62,11 @@ type Options struct {
 	// worker after posting what is pending. Off, each write posts before it
 	// answers.
 	EndpointAsync bool
+	// Webhook, when its URL is set, is a webhook service endpoint that
+	// receives the same contexts as Endpoint, posted over HTTP with the
+	// documented headers (webhook.go). With both set, each context goes to
+	// both.
+	Webhook WebhookTarget
 	// EndpointImages registers a PreImage and a PostImage on the emulated
 	// step (Dataverse: images configured on the step registration).
 	EndpointImages bool
@@ -113,6 +118,10 @@ type Server struct {
 
 // New builds a server.
 func New(opts Options) (*Server, error) {
+	opts, err := withWebhook(opts)
+	if err != nil {
+		return nil, err
+	}
 	ents := opts.Entities
 	if ents == nil {
 		ents = DefaultEntities()
