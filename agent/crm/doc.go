@@ -33,7 +33,10 @@
 // delta link in feed_checkpoints; an expired token falls back to a full
 // reconcile. DecodeRemoteExecutionContext reads the JSON message format
 // with its WCF quirks and ExecutionContext.Notice builds the notice, with
-// Initiator set so the agent can recognise its own writes.
+// Initiator set so the agent can recognise its own writes. NewWebhook is the
+// HTTP receiver for a Dataverse webhook service endpoint: it checks the
+// key, refuses a body that does not decode, and queues the context
+// unchanged where a Service Bus endpoint would have put it.
 //
 // The RemoteExecutionContext decoder reads JSON with a tokenizer of its own
 // (remotecontext.go) rather than a library: what it accepts, how it matches

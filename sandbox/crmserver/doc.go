@@ -32,7 +32,9 @@
 // write, serialised as Dataverse writes it (members in alphabetical order,
 // no __type on image entities, the context cut down above
 // MaxContextBytes), carrying the calling user (from the bearer token, or
-// MSCRMCallerID) so echo detection can be tested. Seed and SeedSynth load
+// MSCRMCallerID) so echo detection can be tested; the same contexts go to
+// a queue (a Service Bus endpoint), to a webhook URL with Dataverse's
+// headers and key (Options.Webhook), or to both. Seed and SeedSynth load
 // rows, the latter from package synth.
 //
 // docs/sandbox-crm.md lists how it differs from real Dataverse. It is not
