@@ -171,10 +171,12 @@ func (h *webhook) refuse(w http.ResponseWriter, r *http.Request, status int, rea
 // repeated post of the same context carries the same bytes, and two
 // changes differ at least in OperationId, OperationCreatedOn or their
 // parameters. A change that is queued twice all the same is harmless: the
-// agent re-reads the record before it maps.
+// agent re-reads the record before it maps. The ID leaves out the entity
+// name (it is in the properties and the session key) to stay within
+// Service Bus's 128-character MessageId whatever the table is called.
 func webhookMessageID(x *ExecutionContext, body []byte) string {
 	sum := sha256.Sum256(body)
-	return "dataverse-webhook|" + x.PrimaryEntityName + "|" + x.PrimaryEntityID + "|" + hex.EncodeToString(sum[:16])
+	return "crm-webhook:" + x.PrimaryEntityID + ":" + hex.EncodeToString(sum[:16])
 }
 
 // webhookProperties carries the Dataverse headers over as the application
