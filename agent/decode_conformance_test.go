@@ -2,64 +2,45 @@ package agent
 
 import (
 	"errors"
-	"io/fs"
 	"path"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/fhirsync/fhirsync/agent/fhir"
 	"github.com/fhirsync/fhirsync/queues"
+	"github.com/fhirsync/fhirsync/sandbox/corpus"
 )
 
-// conformanceRoot is the repository's conformance corpus; SOURCES.md there
-// gives the public address of every file.
-var conformanceRoot = filepath.Join("..", "testdata", "conformance")
-
-// conformanceFiles lists the corpus files under dirs (slash-separated,
-// relative to conformanceRoot), leaving out dot files and Markdown.
+// conformanceFiles lists the samples of the conformance corpus
+// (testdata/conformance, each with its address in SOURCES.md) under dirs,
+// as sorted slash-separated paths relative to the corpus.
 func conformanceFiles(t testing.TB, dirs ...string) []string {
 	t.Helper()
-	var files []string
-	for _, dir := range dirs {
-		err := filepath.WalkDir(filepath.Join(conformanceRoot, filepath.FromSlash(dir)), func(p string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			if d.IsDir() || strings.HasPrefix(d.Name(), ".") || strings.EqualFold(filepath.Ext(d.Name()), ".md") {
-				return nil
-			}
-			rel, err := filepath.Rel(conformanceRoot, p)
-			if err != nil {
-				return err
-			}
-			files = append(files, filepath.ToSlash(rel))
-			return nil
-		})
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			t.Fatalf("listing the conformance corpus in %s: %v", dir, err)
-		}
+	files, err := corpus.Files(dirs...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	slices.Sort(files)
 	return files
 }
 
-// corpusContexts lists the RemoteExecutionContext samples: every file
-// under dataverse/contexts, and those under modified/dataverse changed from
-// one of them ("<original name>.<change>.json").
+// corpusContexts lists the RemoteExecutionContext samples of the corpus.
 func corpusContexts(t testing.TB) []string {
 	t.Helper()
-	published := conformanceFiles(t, "dataverse/contexts")
-	files := slices.Clone(published)
-	for _, rel := range conformanceFiles(t, "modified/dataverse") {
-		if slices.ContainsFunc(published, func(p string) bool {
-			return strings.HasPrefix(path.Base(rel), strings.TrimSuffix(path.Base(p), ".json")+".")
-		}) {
-			files = append(files, rel)
-		}
+	files, err := corpus.Contexts()
+	if err != nil {
+		t.Fatal(err)
 	}
 	return files
+}
+
+func readCorpus(t testing.TB, rel string) []byte {
+	t.Helper()
+	b, err := corpus.Read(rel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // decodeWant is the notice decodeMessage must give for a corpus context.
@@ -105,7 +86,7 @@ func TestDecodeMessageConformance(t *testing.T) {
 			if !ok {
 				t.Fatalf("no expectation for %s", file)
 			}
-			body := readTestFile(t, filepath.Join(conformanceRoot, filepath.FromSlash(file)))
+			body := readCorpus(t, file)
 			if got := shape(body); got != "remote-execution-context" {
 				t.Fatalf("shape = %s", got)
 			}
@@ -121,7 +102,7 @@ func TestDecodeMessageConformance(t *testing.T) {
 	for _, file := range conformanceFiles(t, "events") {
 		t.Run(file, func(t *testing.T) {
 			t.Parallel()
-			body := readTestFile(t, filepath.Join(conformanceRoot, filepath.FromSlash(file)))
+			body := readCorpus(t, file)
 			if got := shape(body); got != "fhir-event" {
 				t.Fatalf("shape = %s, want fhir-event", got)
 			}

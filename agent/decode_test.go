@@ -166,7 +166,7 @@ func TestDecodeMessage(t *testing.T) {
 // returns notices that validate, or an error, and never panics.
 func FuzzDecodeMessage(f *testing.F) {
 	for _, rel := range conformanceFiles(f, "dataverse/contexts", "modified/dataverse", "events") {
-		f.Add(readTestFile(f, filepath.Join(conformanceRoot, filepath.FromSlash(rel))))
+		f.Add(readCorpus(f, rel))
 	}
 	own, _ := filepath.Glob(filepath.Join("crm", "testdata", "remotecontext", "*.json"))
 	for _, name := range own {

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -14,12 +12,8 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/fhirsync/fhirsync/maps/path"
+	"github.com/fhirsync/fhirsync/sandbox/corpus"
 )
-
-// conformanceDir holds the public FHIR R4 samples (HL7's official R4
-// examples, US Core examples, Synthea bundles); testdata/conformance/SOURCES.md
-// names the address of each.
-var conformanceDir = filepath.Join("..", "testdata", "conformance")
 
 // conformanceExpect states, for the corpus resources whose round trip is not
 // plain equality, what happens instead and why. The key is the file
@@ -90,55 +84,26 @@ type corpusResource struct {
 	res map[string]any
 }
 
+// loadFHIRCorpus reads the public FHIR R4 samples (HL7's official R4
+// examples, US Core examples, each entry of the Synthea bundles, and the
+// hand-changed copies); testdata/conformance/SOURCES.md names the address
+// of each.
 func loadFHIRCorpus(t *testing.T) []corpusResource {
 	t.Helper()
-	var out []corpusResource
-	root := filepath.Join(conformanceDir, "fhir")
-	modified := filepath.Join(conformanceDir, "modified", "fhir")
-	files := 0
-	for _, dir := range []string{root, modified} {
-		err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-			if err != nil {
-				if errors.Is(err, os.ErrNotExist) && p == dir && dir == modified {
-					return filepath.SkipDir
-				}
-				return err
-			}
-			if d.IsDir() || !strings.HasSuffix(p, ".json") {
-				return nil
-			}
-			data, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			res, err := DecodeJSON(data)
-			if err != nil {
-				return fmt.Errorf("decoding %s: %w", p, err)
-			}
-			files++
-			rel, _ := filepath.Rel(conformanceDir, p)
-			rel = filepath.ToSlash(rel)
-			if res["resourceType"] == "Bundle" {
-				entries, _ := res["entry"].([]any)
-				for i, e := range entries {
-					r, _ := e.(map[string]any)["resource"].(map[string]any)
-					if r == nil {
-						return fmt.Errorf("%s: entry %d has no resource", rel, i)
-					}
-					id, _ := r["id"].(string)
-					out = append(out, corpusResource{key: fmt.Sprintf("%s#%s/%s", rel, r["resourceType"], id), res: r})
-				}
-				return nil
-			}
-			out = append(out, corpusResource{key: rel, res: res})
-			return nil
-		})
-		if err != nil {
-			t.Fatalf("reading the FHIR corpus: %v", err)
-		}
+	rs, err := corpus.FHIR()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if files < 30 {
-		t.Fatalf("the FHIR corpus holds %d files, want at least 30", files)
+	if len(rs) < 30 {
+		t.Fatalf("the FHIR corpus holds %d resources, want at least 30", len(rs))
+	}
+	out := make([]corpusResource, 0, len(rs))
+	for _, r := range rs {
+		res, err := DecodeJSON(r.JSON)
+		if err != nil {
+			t.Fatalf("decoding %s: %v", r.Key, err)
+		}
+		out = append(out, corpusResource{key: r.Key, res: res})
 	}
 	return out
 }
@@ -197,12 +162,12 @@ func TestConformanceStarterRoundTrip(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	set := loadStarter(t)
-	corpus := loadFHIRCorpus(t)
+	resources := loadFHIRCorpus(t)
 	r := newFakeResolver()
 	passed := map[string]int{}
 	seen := map[string]int{}
 	used := map[string]bool{}
-	for _, c := range corpus {
+	for _, c := range resources {
 		rt, _ := c.res["resourceType"].(string)
 		for _, m := range set.ForFHIR(rt) {
 			name := c.key + "@" + m.Name()

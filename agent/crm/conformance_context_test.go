@@ -3,9 +3,7 @@ package crm
 import (
 	"encoding/json"
 	"errors"
-	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -13,63 +11,37 @@ import (
 	"time"
 
 	"github.com/fhirsync/fhirsync/queues"
+	"github.com/fhirsync/fhirsync/sandbox/corpus"
 )
 
-// conformanceRoot is the repository's conformance corpus, listed with the
-// public address of every file in its SOURCES.md.
-var conformanceRoot = filepath.Join("..", "..", "testdata", "conformance")
-
-// contextCorpus lists the context samples of the conformance corpus, as
-// paths relative to conformanceRoot with forward slashes, sorted: every
-// file under dataverse/contexts, and the files under modified/dataverse
-// changed from one of them (named "<original name>.<change>.json"; the
-// other files there are Web API answers).
+// contextCorpus lists the context samples of the conformance corpus
+// (testdata/conformance, each with its address in SOURCES.md), as sorted
+// slash-separated paths relative to the corpus.
 func contextCorpus(t testing.TB) []string {
 	t.Helper()
-	published := corpusFiles(t, filepath.Join("dataverse", "contexts"))
-	files := slices.Clone(published)
-	for _, rel := range corpusFiles(t, filepath.Join("modified", "dataverse")) {
-		base := path.Base(rel)
-		if strings.HasPrefix(rel, "modified/dataverse/contexts/") || slices.ContainsFunc(published, func(p string) bool {
-			return strings.HasPrefix(base, strings.TrimSuffix(path.Base(p), ".json")+".")
-		}) {
-			files = append(files, rel)
-		}
+	files, err := corpus.Contexts()
+	if err != nil {
+		t.Fatal(err)
 	}
-	slices.Sort(files)
 	return files
 }
 
-// corpusFiles lists the files under dir of the corpus (none when dir does
-// not exist), leaving out dot files and Markdown.
+// corpusFiles lists the samples under dir of the corpus (none when dir
+// does not exist).
 func corpusFiles(t testing.TB, dir string) []string {
 	t.Helper()
-	var files []string
-	err := filepath.WalkDir(filepath.Join(conformanceRoot, dir), func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() || strings.HasPrefix(d.Name(), ".") || strings.EqualFold(filepath.Ext(d.Name()), ".md") {
-			return nil
-		}
-		rel, err := filepath.Rel(conformanceRoot, p)
-		if err != nil {
-			return err
-		}
-		files = append(files, filepath.ToSlash(rel))
-		return nil
-	})
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("listing the conformance corpus in %s: %v", dir, err)
+	files, err := corpus.Files(filepath.ToSlash(dir))
+	if err != nil {
+		t.Fatal(err)
 	}
 	return files
 }
 
 func readCorpusFile(t testing.TB, rel string) []byte {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(conformanceRoot, filepath.FromSlash(rel)))
+	b, err := corpus.Read(rel)
 	if err != nil {
-		t.Fatalf("reading corpus file %s: %v", rel, err)
+		t.Fatal(err)
 	}
 	return b
 }

@@ -5,19 +5,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
-	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-)
 
-// fhirCorpus is the public FHIR R4 corpus (HL7's R4 examples, US Core
-// examples, Synthea bundles), listed with its addresses in
-// testdata/conformance/SOURCES.md.
-const fhirCorpus = "../../testdata/conformance/fhir"
+	"github.com/fhirsync/fhirsync/sandbox/corpus"
+)
 
 // fhirExpectation is what a corpus resource is expected to do on a round
 // trip through a server and the client. The zero value is the default:
@@ -29,7 +24,7 @@ type fhirExpectation struct {
 }
 
 // fhirExpectations holds every sample whose expectation is not the
-// default, keyed by its path under testdata/conformance/fhir (a Bundle's
+// default, keyed by its path under testdata/conformance (a Bundle's
 // entries by "<file>#<Type>/<id>"). A key that names no sample fails the
 // test, so the table cannot go stale.
 var fhirExpectations = map[string]fhirExpectation{}
@@ -40,46 +35,22 @@ type fhirSample struct {
 	res  Resource
 }
 
-// loadFHIRCorpus reads every resource under dir: a file holding a
-// transaction, batch or collection Bundle gives one sample per entry
-// resource (the Bundle is how Synthea publishes a record), any other file
-// one sample.
-func loadFHIRCorpus(t *testing.T, dir string) []fhirSample {
+// loadFHIRCorpus reads every FHIR resource of the public corpus (HL7's R4
+// examples, US Core examples, each entry of the Synthea bundles, and the
+// hand-changed copies; addresses in testdata/conformance/SOURCES.md).
+func loadFHIRCorpus(t *testing.T) []fhirSample {
 	t.Helper()
-	var out []fhirSample
-	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".json") {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, path)
-		rel = filepath.ToSlash(rel)
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		r, err := decodeResource(b)
-		if err != nil {
-			return fmt.Errorf("%s: %w", rel, err)
-		}
-		bt, _ := r["type"].(string)
-		if r.Type() == "Bundle" && (bt == "transaction" || bt == "batch" || bt == "collection") {
-			entries, _ := r["entry"].([]any)
-			for i, e := range entries {
-				em, _ := e.(map[string]any)
-				rm, ok := em["resource"].(map[string]any)
-				if !ok {
-					return fmt.Errorf("%s: entry %d has no resource", rel, i)
-				}
-				er := Resource(rm)
-				out = append(out, fhirSample{name: rel + "#" + er.Ref(), res: er})
-			}
-			return nil
-		}
-		out = append(out, fhirSample{name: rel, res: r})
-		return nil
-	})
+	rs, err := corpus.FHIR()
 	if err != nil {
-		t.Fatalf("reading the FHIR corpus: %v", err)
+		t.Fatal(err)
+	}
+	out := make([]fhirSample, 0, len(rs))
+	for _, r := range rs {
+		res, err := decodeResource(r.JSON)
+		if err != nil {
+			t.Fatalf("decoding %s: %v", r.Key, err)
+		}
+		out = append(out, fhirSample{name: r.Key, res: res})
 	}
 	return out
 }
@@ -91,9 +62,9 @@ func loadFHIRCorpus(t *testing.T, dir string) []fhirSample {
 // file to the corpus adds a case.
 func TestFHIRClientConformance(t *testing.T) {
 	t.Parallel()
-	samples := loadFHIRCorpus(t, fhirCorpus)
-	if len(samples) == 0 {
-		t.Fatalf("no FHIR resources under %s", fhirCorpus)
+	samples := loadFHIRCorpus(t)
+	if len(samples) < 30 {
+		t.Fatalf("the FHIR corpus holds %d resources, want at least 30", len(samples))
 	}
 	known := map[string]bool{}
 	for _, s := range samples {

@@ -8,16 +8,9 @@ import (
 	"sort"
 	"strings"
 	"testing"
-)
 
-// eventCorpora hold Azure Health Data Services events as Microsoft
-// publishes them (events/) and the published events changed by hand to
-// exercise one case (modified/events/), each listed with its address and
-// change in testdata/conformance/SOURCES.md.
-var eventCorpora = []string{
-	"../../testdata/conformance/events",
-	"../../testdata/conformance/modified/events",
-}
+	"github.com/fhirsync/fhirsync/sandbox/corpus"
+)
 
 // docAccount is the FHIR service name Microsoft's samples carry.
 const docAccount = "{fhir-account}.fhir.azurehealthcareapis.com"
@@ -71,27 +64,20 @@ var eventExpectations = map[string]eventExpectation{
 		changedAt: "2022-02-03T16:48:33.5147352Z"},
 }
 
-// eventCorpusFiles lists every file of the event corpora, keyed by its
-// path under testdata/conformance.
+// eventCorpusFiles lists the Azure Health Data Services events of the
+// conformance corpus, as Microsoft publishes them (events/) and changed by
+// hand to exercise one case (modified/events/), each listed with its
+// address in testdata/conformance/SOURCES.md; keyed by the path under
+// testdata/conformance, the value is the file's path.
 func eventCorpusFiles(t testing.TB) map[string]string {
 	t.Helper()
-	files := map[string]string{}
-	for _, dir := range eventCorpora {
-		entries, err := os.ReadDir(dir)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			t.Fatalf("listing %s: %v", dir, err)
-		}
-		for _, e := range entries {
-			if e.IsDir() {
-				continue
-			}
-			path := filepath.Join(dir, e.Name())
-			rel, _ := filepath.Rel("../../testdata/conformance", path)
-			files[filepath.ToSlash(rel)] = path
-		}
+	rels, err := corpus.Files("events", "modified/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := make(map[string]string, len(rels))
+	for _, rel := range rels {
+		files[rel] = filepath.Join(corpus.Dir(), filepath.FromSlash(rel))
 	}
 	return files
 }
