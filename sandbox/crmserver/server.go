@@ -42,7 +42,8 @@ type Options struct {
 	// Entities replaces DefaultEntities.
 	Entities []*Entity
 	// Tokens maps bearer tokens to systemuserids. When empty, any request
-	// (with or without a token) is DefaultUserID.
+	// (with or without a token) is DefaultUserID. SandboxTokens gives
+	// fhirsync's application user and a care coordinator.
 	Tokens map[string]string
 	// Limits are the initial service-protection limits (SetLimits changes
 	// them at run time).

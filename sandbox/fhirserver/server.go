@@ -38,6 +38,12 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Clients maps bearer tokens to client identities (SandboxClients:
+	// fhirsync and a care coordinator). A request with an unknown bearer
+	// token is answered 401; one without a token is an anonymous person.
+	// Empty accepts any request. The identity never changes what is
+	// stored: a resource is kept as the client sent it.
+	Clients map[string]string
 }
 
 // Server is a FHIR R4 JSON server for tests and demos. It is an
@@ -51,6 +57,9 @@ type Server struct {
 	failNext   int
 	failStatus int
 	outage     int
+
+	writesMu sync.Mutex
+	writes   map[string]int64 // write requests per client identity
 }
 
 // New opens (or creates) the store and seeds it when it is empty.
@@ -163,7 +172,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeOutcome(w, &fhirError{status: st, code: "transient", msg: "failure injected by the sandbox"})
 		return
 	}
+	client, ok := s.identify(r)
+	if !ok {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="fhirsync sandbox"`)
+		writeOutcome(w, errorf(http.StatusUnauthorized, "login", "unknown bearer token"))
+		return
+	}
 	rep, err := s.route(r)
+	if err == nil && r.Method != http.MethodGet && r.Method != http.MethodHead {
+		s.countWrite(client)
+	}
 	if err != nil {
 		var fe *fhirError
 		if !errors.As(err, &fe) {
