@@ -220,6 +220,8 @@ func (c *compiler) valueMap(def *ValueMap) {
 
 func withField(p Problem, f string) Problem { p.Field = f; return p }
 
+const conflictPolicyProblem = "conflictPolicy must be last-writer-wins, fhir-wins, crm-wins or hold, got %q"
+
 func (c *compiler) entityMap(set *Set, m *Mapping) {
 	def := m.def
 	at := Problem{Map: def.Name}
@@ -247,10 +249,8 @@ func (c *compiler) entityMap(set *Set, m *Mapping) {
 			}
 		}
 	}
-	switch def.ConflictPolicy {
-	case "", ConflictLastWriter, ConflictFHIRWins, ConflictCRMWins:
-	default:
-		c.ps.add(withField(at, "conflictPolicy"), "conflictPolicy must be last-writer-wins, fhir-wins or crm-wins, got %q", def.ConflictPolicy)
+	if !def.ConflictPolicy.Valid() {
+		c.ps.add(withField(at, "conflictPolicy"), conflictPolicyProblem, def.ConflictPolicy)
 	}
 	if f := def.FHIRFilter; f != nil {
 		if f.Name == "" {
@@ -421,6 +421,11 @@ func (c *compiler) attribute(set *Set, at Problem, a *AttributeMap, ctxPath stri
 	}
 	if a.MaxLength < 0 {
 		c.ps.add(withField(at, "maxLength"), "maxLength must not be negative")
+	}
+	if !a.ConflictPolicy.Valid() {
+		c.ps.add(withField(at, "conflictPolicy"), conflictPolicyProblem, a.ConflictPolicy)
+	} else if a.ConflictPolicy != "" && !(ca.toCRM && ca.toFHIR) {
+		c.ps.add(withField(at, "conflictPolicy"), "conflictPolicy applies to attribute maps that travel both ways; a one-way attribute's source always wins")
 	}
 	if (a.MaxLength > 0 || a.LengthPolicy != "") && a.CRMType != TypeString && a.CRMType != TypeMemo {
 		c.ps.add(withField(at, "maxLength"), "maxLength and lengthPolicy apply to string and memo attributes only")

@@ -64,7 +64,9 @@ type EntityMap struct {
 	// applies, a closed gate means "this record opted out" and is decided
 	// as record_gate_off.
 	CRMGate *CRMFilter `yaml:"crmGate,omitempty"`
-	// ConflictPolicy says which side wins when both changed the same record.
+	// ConflictPolicy settles an attribute changed on both sides to
+	// different values since the last sync; attribute maps may override
+	// it. Omitted means last-writer-wins.
 	ConflictPolicy ConflictPolicy `yaml:"conflictPolicy,omitempty"`
 	Attributes     []AttributeMap `yaml:"attributes"`
 	Expansions     []ExpansionMap `yaml:"expansions,omitempty"`
@@ -141,15 +143,44 @@ const (
 	FilterNotNull FilterOp = "notnull" // attribute has a value
 )
 
-// ConflictPolicy decides between two sides changed at once.
+// ConflictPolicy decides an attribute changed on both sides, to different
+// values, since it was last synced.
 type ConflictPolicy string
 
 // Conflict policies.
 const (
-	ConflictLastWriter ConflictPolicy = "last-writer-wins" // the newest change wins (default)
+	ConflictLastWriter ConflictPolicy = "last-writer-wins" // the side modified last wins (default)
 	ConflictFHIRWins   ConflictPolicy = "fhir-wins"        // the FHIR server is authoritative
 	ConflictCRMWins    ConflictPolicy = "crm-wins"         // the CRM is authoritative
+	ConflictHold       ConflictPolicy = "hold"             // neither side is written; a person decides
 )
+
+// Valid reports whether p is a known policy or empty (the default).
+func (p ConflictPolicy) Valid() bool {
+	switch p {
+	case "", ConflictLastWriter, ConflictFHIRWins, ConflictCRMWins, ConflictHold:
+		return true
+	}
+	return false
+}
+
+// OrDefault returns p, or last-writer-wins when p is empty.
+func (p ConflictPolicy) OrDefault() ConflictPolicy {
+	if p == "" {
+		return ConflictLastWriter
+	}
+	return p
+}
+
+// Policy is the conflict policy that applies to the attribute map within
+// entity map m: its own ConflictPolicy when set, else m's, else
+// last-writer-wins.
+func (a *AttributeMap) Policy(m *EntityMap) ConflictPolicy {
+	if a.ConflictPolicy != "" {
+		return a.ConflictPolicy
+	}
+	return m.ConflictPolicy.OrDefault()
+}
 
 // AttributeMap maps one CRM attribute to one FHIR element.
 type AttributeMap struct {
@@ -188,6 +219,10 @@ type AttributeMap struct {
 	// overlong value does.
 	MaxLength    int          `yaml:"maxLength,omitempty"`
 	LengthPolicy LengthPolicy `yaml:"lengthPolicy,omitempty"`
+	// ConflictPolicy overrides the entity map's conflict policy for this
+	// attribute; only attribute maps that travel both ways may set it
+	// (a one-way attribute has one source, which always wins).
+	ConflictPolicy ConflictPolicy `yaml:"conflictPolicy,omitempty"`
 }
 
 // Lookup maps a FHIR reference to a CRM lookup through another entity map's
