@@ -27,14 +27,10 @@ import (
 	"github.com/fhirsync/fhirsync/sandbox/synth"
 )
 
-// Sandbox CRM identities: the agent's application user and a care
-// coordinator whose edits the demo simulates.
-const (
-	demoAgentToken = "fhirsync-agent"
-	demoAgentUser  = "00000000-0000-0000-0000-00000000a6e7"
-	demoHumanToken = "care-coordinator"
-	demoHumanUser  = "00000000-0000-0000-0000-0000000c00d1"
-)
+// demoHumanToken is the care coordinator's bearer token on both sandboxes:
+// the simulator edits with it, so its changes are people's edits, not
+// fhirsync's own writes.
+const demoHumanToken = crmserver.CoordinatorToken
 
 func runDemo(ctx context.Context, e *env, args []string) error {
 	fs := e.newFlagSet("demo", "demo [--listen ADDR] [--patients N] [--edits-per-second R] [--keep]", `
@@ -70,7 +66,7 @@ syncing is visible in the admin app. Prints the admin URL and a login.`)
 
 	// The sandboxes, each on its own loopback port.
 	fhirSrv, err := fhirserver.New(fhirserver.Options{Path: filepath.Join(dir, "sandbox-fhir.db"), Seed: 1, Patients: *patients,
-		Encounters: 1, Observations: 2, Logger: log})
+		Encounters: 1, Observations: 2, Clients: fhirserver.SandboxClients(), Logger: log})
 	if err != nil {
 		return fmt.Errorf("starting the sandbox FHIR server: %w", err)
 	}
@@ -89,7 +85,7 @@ syncing is visible in the admin app. Prints the admin URL and a login.`)
 		cfg.Log.Format = e.logFormat
 	}
 	cfg.FHIR.BaseURL = fhirURL
-	cfg.Agent.CRMUserID = demoAgentUser
+	useSandboxAgent(&cfg)
 	cfg.Feeds.FHIRHistory = FHIRHistoryConfig{Types: []string{"Organization", "Practitioner", "Patient", "Encounter", "Observation"},
 		Schedule: "@every 5s", Overlap: 30 * time.Second}
 	cfg.ShutdownTimeout = 10 * time.Second
@@ -108,8 +104,7 @@ syncing is visible in the admin app. Prints the admin URL and a login.`)
 	if err != nil {
 		return err
 	}
-	crmSrv, err := crmserver.New(crmserver.Options{Tokens: map[string]string{demoAgentToken: demoAgentUser, demoHumanToken: demoHumanUser},
-		Endpoint: crmQ, EndpointImages: true, Logger: log})
+	crmSrv, err := crmserver.New(crmserver.Options{Tokens: crmserver.SandboxTokens(), Endpoint: crmQ, EndpointImages: true, Logger: log})
 	if err != nil {
 		return fmt.Errorf("starting the sandbox CRM: %w", err)
 	}
@@ -119,7 +114,6 @@ syncing is visible in the admin app. Prints the admin URL and a login.`)
 	}
 	defer stopCRM()
 	cfg.CRM.BaseURL = crmURL
-	cfg.CRM.Auth = CredentialConfig{Method: "bearer", Token: demoAgentToken}
 
 	if err := publishStarterIfEmpty(ctx, db, log); err != nil {
 		return err
@@ -138,10 +132,17 @@ fhirsync demo is running.
   CRM         %s   (sandbox, Dataverse Web API shape)
   Data        %s
 
-The simulator edits records on both sides; watch the sync log fill. Ctrl-C stops.
+The simulator edits records on both sides as the care coordinator; watch
+the sync log fill. Ctrl-C stops.
 `, addr, email, password, fhirURL, *patients, crmURL+"/api/data/v9.2/", dir)
+		printSandboxIdentities(e.stdout)
 		if *rate > 0 {
-			go simulate(ctx, log, fhirURL, crmURL, *patients, *rate)
+			sim, err := newSimulator(fhirURL, crmURL, *patients)
+			if err != nil {
+				log.Error("simulator not started", "error", err)
+				return
+			}
+			go sim.run(ctx, log, *rate)
 		}
 	})
 }
@@ -202,19 +203,29 @@ func demoLogin(ctx context.Context, db *gorm.DB) (string, string, error) {
 	return email, pw, err
 }
 
-// simulate keeps editing: a clinician changes patients in FHIR and a care
-// coordinator changes contacts in the CRM.
-func simulate(ctx context.Context, log *slog.Logger, fhirURL, crmURL string, patients int, rate float64) {
-	fc, err := fhir.New(fhir.Config{BaseURL: fhirURL})
+// simulator keeps editing as a person would: patients' home phones in
+// FHIR and contacts' emails in the CRM, both as the care coordinator, so
+// the agent syncs each edit instead of taking it for its own write.
+type simulator struct {
+	fhir     *fhir.Client
+	crm      *crm.Client
+	patients int
+}
+
+func newSimulator(fhirURL, crmURL string, patients int) (*simulator, error) {
+	fc, err := fhir.New(fhir.Config{BaseURL: fhirURL, BearerToken: fhirserver.CoordinatorToken})
 	if err != nil {
-		log.Error("simulator: FHIR client", "error", err)
-		return
+		return nil, fmt.Errorf("simulator: FHIR client: %w", err)
 	}
 	cc, err := crm.New(crm.Config{URL: crmURL, Auth: crm.AuthBearer, Token: demoHumanToken})
 	if err != nil {
-		log.Error("simulator: CRM client", "error", err)
-		return
+		return nil, fmt.Errorf("simulator: CRM client: %w", err)
 	}
+	return &simulator{fhir: fc, crm: cc, patients: patients}, nil
+}
+
+// run makes rate edits per second on each side until ctx ends.
+func (s *simulator) run(ctx context.Context, log *slog.Logger, rate float64) {
 	t := time.NewTicker(time.Duration(float64(time.Second) / rate))
 	defer t.Stop()
 	for n := 0; ; n++ {
@@ -223,15 +234,22 @@ func simulate(ctx context.Context, log *slog.Logger, fhirURL, crmURL string, pat
 			return
 		case <-t.C:
 		}
-		if patients > 0 {
-			if err := editPatient(ctx, fc, synth.PatientID(rand.IntN(patients)), n); err != nil && ctx.Err() == nil {
-				log.Debug("simulator: FHIR edit skipped", "error", err)
-			}
+		fhirErr, crmErr := s.step(ctx, n)
+		if fhirErr != nil && ctx.Err() == nil {
+			log.Debug("simulator: FHIR edit skipped", "error", fhirErr)
 		}
-		if err := editContact(ctx, cc, n); err != nil && ctx.Err() == nil {
-			log.Debug("simulator: CRM edit skipped", "error", err)
+		if crmErr != nil && ctx.Err() == nil {
+			log.Debug("simulator: CRM edit skipped", "error", crmErr)
 		}
 	}
+}
+
+// step makes the n-th edit on each side.
+func (s *simulator) step(ctx context.Context, n int) (fhirErr, crmErr error) {
+	if s.patients > 0 {
+		fhirErr = editPatient(ctx, s.fhir, synth.PatientID(rand.IntN(s.patients)), n)
+	}
+	return fhirErr, editContact(ctx, s.crm, n)
 }
 
 func editPatient(ctx context.Context, c *fhir.Client, id string, n int) error {

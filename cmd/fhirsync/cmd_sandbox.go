@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"time"
@@ -14,8 +15,11 @@ import (
 func runSandbox(ctx context.Context, e *env, args []string) error {
 	fs := e.newFlagSet("sandbox", "sandbox [--fhir ADDR] [--crm ADDR] [--patients N] [--fhir-db FILE]", `
 Run the sandbox FHIR R4 server and the sandbox Dataverse-style CRM on their
-own, seeded with synthetic data, for trying clients and maps by hand. The CRM
-accepts any bearer token (or none). Ctrl-C stops.`)
+own, seeded with synthetic data, for trying clients and maps by hand. Each
+server knows two identities, printed at start: fhirsync's own (give its token
+to the agent) and a care coordinator's (edit with it by hand, and the agent
+syncs the change). The FHIR server also takes requests without a token, as a
+person's. Ctrl-C stops.`)
 	fhirAddr := fs.String("fhir", "127.0.0.1:8081", "sandbox FHIR server address")
 	crmAddr := fs.String("crm", "127.0.0.1:8082", "sandbox CRM address")
 	patients := fs.Int("patients", 100, "synthetic patients to seed")
@@ -24,12 +28,13 @@ accepts any bearer token (or none). Ctrl-C stops.`)
 		return err
 	}
 	log := e.logger()
-	fs1, err := fhirserver.New(fhirserver.Options{Path: *fhirDB, Seed: 1, Patients: *patients, Encounters: 1, Observations: 2, Logger: log})
+	fs1, err := fhirserver.New(fhirserver.Options{Path: *fhirDB, Seed: 1, Patients: *patients, Encounters: 1, Observations: 2,
+		Clients: fhirserver.SandboxClients(), Logger: log})
 	if err != nil {
 		return fmt.Errorf("starting the sandbox FHIR server: %w", err)
 	}
 	defer fs1.Close()
-	cs, err := crmserver.New(crmserver.Options{Logger: log})
+	cs, err := crmserver.New(crmserver.Options{Tokens: crmserver.SandboxTokens(), Logger: log})
 	if err != nil {
 		return fmt.Errorf("starting the sandbox CRM: %w", err)
 	}
@@ -50,6 +55,7 @@ accepts any bearer token (or none). Ctrl-C stops.`)
 		go func() { errc <- hs.Serve(ln) }()
 		fmt.Fprintf(e.stdout, "%-24s http://%s%s\n", s.what, ln.Addr(), s.path)
 	}
+	printSandboxIdentities(e.stdout)
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
@@ -60,4 +66,35 @@ accepts any bearer token (or none). Ctrl-C stops.`)
 		cancel()
 	}
 	return err
+}
+
+// sandboxIdentity is one identity the sandboxes know, with the same bearer
+// token on both.
+type sandboxIdentity struct {
+	who        string
+	token      string // bearer token on both sandboxes
+	crmUserID  string // systemuserid in the sandbox CRM
+	fhirClient string // client identity in the sandbox FHIR server
+}
+
+// sandboxIdentities are fhirsync's own identity and the care coordinator's.
+var sandboxIdentities = [...]sandboxIdentity{
+	{who: "fhirsync (the agent)", token: crmserver.AgentToken, crmUserID: crmserver.AgentUserID, fhirClient: fhirserver.AgentClient},
+	{who: "care coordinator", token: crmserver.CoordinatorToken, crmUserID: crmserver.CoordinatorUserID, fhirClient: fhirserver.CoordinatorClient},
+}
+
+// useSandboxAgent makes cfg's agent call the sandboxes as fhirsync's own
+// identity: the CRM application user, whose changes are its own writes,
+// and the FHIR client. People edit with the coordinator's token.
+func useSandboxAgent(cfg *Config) {
+	cfg.CRM.Auth = CredentialConfig{Method: "bearer", Token: crmserver.AgentToken}
+	cfg.Agent.CRMUserID = crmserver.AgentUserID
+	cfg.FHIR.Auth = CredentialConfig{Method: "bearer", Token: fhirserver.AgentToken}
+}
+
+func printSandboxIdentities(w io.Writer) {
+	fmt.Fprintf(w, "\nBearer tokens (the same on both servers):\n")
+	for _, id := range sandboxIdentities {
+		fmt.Fprintf(w, "  %-18s %-22s CRM systemuserid %s\n", id.token, id.who, id.crmUserID)
+	}
 }
