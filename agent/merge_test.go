@@ -14,7 +14,10 @@ import (
 	"github.com/fhirsync/fhirsync/queues"
 )
 
-var mergeCases = flag.Int("merge.cases", 1000, "number of random cases the merge model test checks")
+var (
+	mergeCases = flag.Int("merge.cases", 1000, "number of random cases the merge model test checks")
+	mergeSeed  = flag.Uint64("merge.seed", 0, "seed of the merge model test (0: from the clock; a failure prints its seed)")
+)
 
 // noBase stands for "never synced" in merge test cases.
 type noBaseT struct{}
@@ -415,7 +418,10 @@ func (c mergeCase) apply(r attrMerge) mergeCase {
 
 func TestMergeModel(t *testing.T) {
 	t.Parallel()
-	seed := uint64(time.Now().UnixNano())
+	seed := *mergeSeed
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
 	rng := rand.New(rand.NewPCG(seed, 15))
 	t0 := time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)
 	counts := map[mergeRule]int{}
