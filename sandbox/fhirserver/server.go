@@ -174,6 +174,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	client, ok := s.identify(r)
 	if !ok {
+		// Issue type "login" (R4 CodeSystem issue-type,
+		// https://hl7.org/fhir/r4/codesystem-issue-type.html): the client
+		// needs to authenticate.
 		w.Header().Set("WWW-Authenticate", `Bearer realm="fhirsync sandbox"`)
 		writeOutcome(w, errorf(http.StatusUnauthorized, "login", "unknown bearer token"))
 		return
