@@ -47,6 +47,11 @@ type Config struct {
 	FHIRAccount string
 	// DepthEvery is how often queue depth is sampled for metrics (15s).
 	DepthEvery time.Duration
+	// BaseKey is the installation's secret (the sync log's key secret,
+	// decoded) under which each linked pair's base state — what was last
+	// synced per attribute on each side — is hashed. Without it no base
+	// state is kept: unkeyed hashes of short values can be reversed.
+	BaseKey []byte
 }
 
 func (c Config) withDefaults() Config {
@@ -147,6 +152,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		log:         deps.Logs,
 		links:       lk,
 		writes:      ow,
+		base:        newBaseHasher(cfg.BaseKey),
 		maxAttempts: cfg.MaxAttempts,
 		backoff:     Backoff{Base: cfg.RetryBase, Max: cfg.RetryMax},
 		metrics:     newMetrics(deps.Registry),

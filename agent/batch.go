@@ -21,6 +21,8 @@ type unit struct {
 	d    *logs.Decision
 	link *link     // pairing to save; nil: unchanged or none
 	own  *ownWrite // version the agent wrote; nil: none
+	// base is the pair's base state after a sent decision; nil: none.
+	base *linkBase
 	// complete is the message to complete in the same transaction, on q;
 	// nil: the pool settles it.
 	complete *queues.Received

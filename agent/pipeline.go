@@ -9,6 +9,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"gorm.io/gorm"
+
 	"github.com/fhirsync/fhirsync/logs"
 	"github.com/fhirsync/fhirsync/maps"
 	"github.com/fhirsync/fhirsync/queues"
@@ -108,6 +110,7 @@ type pipeline struct {
 	batch       *batchWriter
 	links       links
 	writes      ownWrites
+	base        *baseHasher // hashes each sent pair's base state; nil: kept off
 	maxAttempts int
 	backoff     Backoff
 	metrics     *metrics
@@ -339,6 +342,7 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 	}
 	d.Target = logs.Ref{Type: targetType(em, f), ID: w.ID, Version: w.Version}
 	u.link = linkFor(f, em, src, record{ID: w.ID, Version: w.Version}, cached)
+	u.base = p.baseAfter(f, mp, src, curp, out, w)
 	p.metrics.observeLatency(f.dir, n.ChangedAt)
 	if w.Created {
 		return stop(logs.OutcomeSent, "created", fmt.Sprintf("Created %s %s.", targetType(em, f), w.ID)+roundedNote(out.Rounded))
@@ -546,6 +550,11 @@ func (p *pipeline) commit(ctx context.Context, u *unit) error {
 	if u.link != nil {
 		if err := p.links.save(ctx, *u.link); err != nil {
 			p.plog.Warn("correlation link not saved; it will be rebuilt from the records' keys", "entity_map", u.link.EntityMap, "error", err)
+		}
+	}
+	if u.base != nil {
+		if err := p.links.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error { return saveBasesTx(tx, []*linkBase{u.base}) }); err != nil {
+			p.plog.Warn("base state not saved; the next change of the pair has no common ancestor", "entity_map", u.base.EntityMap, "error", err)
 		}
 	}
 	return p.log.Write(ctx, u.d)

@@ -138,8 +138,14 @@ func saveLinkTx(tx *gorm.DB, l link) error {
 	}).Create(&l).Error
 }
 
+// remove forgets a pairing and its base state.
 func (s links) remove(ctx context.Context, entityMap, fhirID string) error {
-	return s.db.WithContext(ctx).Where("entity_map = ? AND fhir_id = ?", entityMap, fhirID).Delete(&link{}).Error
+	return s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if err := removeBase(tx, entityMap, fhirID); err != nil {
+			return err
+		}
+		return tx.Where("entity_map = ? AND fhir_id = ?", entityMap, fhirID).Delete(&link{}).Error
+	})
 }
 
 // ownWrite is one version the agent produced.
@@ -253,10 +259,14 @@ func (s ownWrites) prune(ctx context.Context, age time.Duration) (int64, error) 
 func applyEffects(tx *gorm.DB, us []*unit) error {
 	var owns []ownWrite
 	var ls []link
+	var bs []*linkBase
 	byQueue := map[txQueue][]*unit{}
 	for _, u := range us {
 		if u.own != nil {
 			owns = append(owns, *u.own)
+		}
+		if u.base != nil {
+			bs = append(bs, u.base)
 		}
 		if u.link != nil {
 			ls = append(ls, *u.link)
@@ -270,6 +280,9 @@ func applyEffects(tx *gorm.DB, us []*unit) error {
 	}
 	if err := rememberTx(tx, owns); err != nil {
 		return fmt.Errorf("%w: remembering own writes: %v", errEffects, err)
+	}
+	if err := saveBasesTx(tx, bs); err != nil {
+		return fmt.Errorf("%w: saving base states: %v", errEffects, err)
 	}
 	for q, qus := range byQueue {
 		ms := make([]*queues.Received, len(qus))

@@ -59,6 +59,10 @@ type Config struct {
 	// StallTimeout aborts a run when no decision is made for this long
 	// (2m).
 	StallTimeout time.Duration
+	// BaseStateOff runs the agent without the base state of linked pairs,
+	// for measuring what the base state costs; it is on otherwise, as in
+	// production.
+	BaseStateOff bool
 	// Logger receives the agent's process logs (discarded by default);
 	// Progress, when set, receives one line as each step starts.
 	Logger   *slog.Logger
@@ -177,6 +181,9 @@ type Result struct {
 	// SandboxPeakRSSBytes is the sandbox process's peak resident set when
 	// the sandboxes run in a process of their own.
 	SandboxPeakRSSBytes int64 `json:"sandbox_peak_rss_bytes,omitempty"`
+	// BaseState is what the base state of linked pairs holds at the end
+	// of the run; nil when it was off.
+	BaseState *BaseState `json:"base_state,omitempty"`
 }
 
 // Run starts the agent between the two sandboxes and measures it.
@@ -198,6 +205,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	res.PeakRSSBytes = peakRSS()
 	if err != nil {
 		return res, err
+	}
+	if !cfg.BaseStateOff {
+		if res.BaseState, err = measureBaseState(context.WithoutCancel(ctx), cfg.DB); err != nil {
+			return res, err
+		}
 	}
 	return res, nil
 }

@@ -110,7 +110,12 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 	if err := publishStarter(ctx, ms); err != nil {
 		return fail(err)
 	}
-	a, err := agent.New(agent.Config{Workers: cfg.Workers, CRMUserID: agentUser, LockRenewEvery: 20 * time.Second, DepthEvery: time.Second},
+	baseKey := secret[:]
+	if cfg.BaseStateOff {
+		baseKey = nil
+	}
+	a, err := agent.New(agent.Config{Workers: cfg.Workers, CRMUserID: agentUser, LockRenewEvery: 20 * time.Second, DepthEvery: time.Second,
+		BaseKey: baseKey},
 		agent.Deps{DB: e.db, Maps: ms, FHIR: agentFHIR, CRM: agentCRM, Logs: ls, FHIRChanges: e.fhirQ, CRMChanges: e.crmQ,
 			Registry: e.reg, Logger: cfg.Logger})
 	if err != nil {

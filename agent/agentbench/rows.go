@@ -84,6 +84,13 @@ func (r *Result) Rows() []Row {
 			Row{Metric: "records lost to 429", Value: fmt.Sprintf("%d", l.Lost), Target: "0", Met: met(l.Lost == 0)},
 		)
 	}
+	if b := r.BaseState; b != nil && b.Links > 0 {
+		rows = append(rows, Row{Metric: fmt.Sprintf("base state stored per linked pair (%d pairs, %.1f attributes each)", b.Links, b.AttributesPerLink),
+			Value: fmt.Sprintf("%.0f bytes", b.BytesPerLink)})
+		if b.StoredBytes > 0 {
+			rows = append(rows, Row{Metric: "base state on disk per linked pair (table and indexes)", Value: fmt.Sprintf("%.0f bytes", float64(b.StoredBytes)/float64(b.Links))})
+		}
+	}
 	mb := func(b int64) string { return fmt.Sprintf("%.0f MB", float64(b)/(1<<20)) }
 	if r.SandboxesInline {
 		rows = append(rows, Row{Metric: "peak RSS (agent and sandboxes, one process)", Value: mb(r.PeakRSSBytes),

@@ -37,6 +37,7 @@ names one; use a scratch database, the run leaves its rows behind.`)
 	limitWindow := fs.Duration("limit-window", 10*time.Second, "CRM service-protection window")
 	limitConcurrent := fs.Int("limit-concurrent", 6, "CRM concurrent requests allowed in the throttled run")
 	windows := fs.Int("limit-windows", 3, "size the throttled run to this many full windows of requests")
+	baseState := fs.String("base-state", "on", "keep the base state of linked pairs: on (as in production) or off (to measure its cost)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this `file`")
 	sandboxProfile := fs.String("sandbox-cpuprofile", "", "write a CPU profile of the sandbox process to this `file` (with --sandboxes process)")
@@ -76,6 +77,8 @@ names one; use a scratch database, the run leaves its rows behind.`)
 	}
 	tuneCollector(e.getenv)
 	switch {
+	case *baseState != "on" && *baseState != "off":
+		return usageErrorf("bench: --base-state must be on or off")
 	case *where != "process" && *where != "inline":
 		return usageErrorf("bench: --sandboxes must be process or inline")
 	case *records < 1 || *records > 1000000:
@@ -139,7 +142,7 @@ names one; use a scratch database, the run leaves its rows behind.`)
 		}
 	}
 	res, err := agentbench.Run(ctx, agentbench.Config{DB: db, TempDir: dir, Records: *records, OfferedRate: *rate, Duration: *duration,
-		Workers: *workers, Limits: limits, LimitedWindows: *windows, Progress: progress, SandboxCommand: command})
+		Workers: *workers, Limits: limits, LimitedWindows: *windows, Progress: progress, SandboxCommand: command, BaseStateOff: *baseState == "off"})
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}

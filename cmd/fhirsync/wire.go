@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -117,7 +118,7 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 		renew = 20 * time.Second
 	}
 	s.agent, err = agent.New(agent.Config{Workers: cfg.Agent.Workers, MaxAttempts: cfg.Agent.MaxAttempts, CRMUserID: userID,
-		FHIRAccount: cfg.Agent.FHIRAccount, Drain: cfg.ShutdownTimeout, LockRenewEvery: renew},
+		FHIRAccount: cfg.Agent.FHIRAccount, Drain: cfg.ShutdownTimeout, LockRenewEvery: renew, BaseKey: baseKey(cfg.Logs.KeySecret)},
 		agent.Deps{DB: db, Maps: s.maps, FHIR: s.fhir, CRM: s.crm, Logs: s.logs, FHIRChanges: s.fhirQ, CRMChanges: s.crmQ,
 			Registry: reg, Logger: log})
 	if err != nil {
@@ -237,4 +238,15 @@ func (s *services) run(ctx context.Context) error {
 	wg.Go(func() { fail(s.logs.RunRetention(ctx)) })
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// baseKey is the sync log's key secret, decoded, which the agent also
+// hashes each linked pair's base state under; nil when none is set (the
+// base state is then not kept). Validate has checked its form.
+func baseKey(secret string) []byte {
+	b, err := base64.StdEncoding.DecodeString(secret)
+	if err != nil {
+		return nil
+	}
+	return b
 }

@@ -1,0 +1,374 @@
+package agent
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"gorm.io/gorm"
+
+	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/maps/path"
+	"github.com/fhirsync/fhirsync/queues"
+	"github.com/fhirsync/fhirsync/storage"
+)
+
+// The base state of a linked pair is what fhirsync last synced for each
+// mapped attribute on each side: the common ancestor a three-way merge
+// compares both sides' current values with. Values are not kept, only
+// keyed hashes, so the base holds no PHI: HMAC-SHA256 under a key derived
+// from the installation's sync-log key secret, over the link's identity,
+// the attribute, the side and the value, truncated to baseHashSize bytes.
+// The link's identity is in the hash so that equal values of two records
+// (two patients born the same day) do not show as equal hashes.
+
+// baseHashSize is the length kept of each HMAC-SHA256 digest: 128 bits,
+// half the hash's output, the least RFC 2104 §5 recommends
+// (https://www.rfc-editor.org/rfc/rfc2104#section-5), and ample for
+// telling a changed value from an unchanged one.
+const baseHashSize = 16
+
+// baseEncoding is the first byte of an encoded base, its format version.
+const baseEncoding byte = 1
+
+// errNoBase means no base state is recorded for a link (never synced with
+// the base on, or written for another pairing).
+var errNoBase = errors.New("no base state")
+
+// attrHash is the hashes of one attribute's last synced value on each side.
+type attrHash struct {
+	FHIR, CRM [baseHashSize]byte
+}
+
+// linkBase is the base state of one link.
+type linkBase struct {
+	EntityMap  string
+	FHIRID     string
+	CRMID      string
+	MapVersion int
+	// Attrs holds each attribute map's hashes by the attribute map's name.
+	Attrs     map[string]attrHash
+	UpdatedAt time.Time
+}
+
+// encodeBase packs attribute→hashes pairs in name order: the format byte,
+// then per attribute a uvarint name length, the name and the two hashes.
+func encodeBase(attrs map[string]attrHash) []byte {
+	names := make([]string, 0, len(attrs))
+	n := 1
+	for name := range attrs {
+		names = append(names, name)
+		n += binary.MaxVarintLen16 + len(name) + 2*baseHashSize
+	}
+	slices.Sort(names)
+	out := make([]byte, 0, n)
+	out = append(out, baseEncoding)
+	for _, name := range names {
+		h := attrs[name]
+		out = binary.AppendUvarint(out, uint64(len(name)))
+		out = append(out, name...)
+		out = append(out, h.FHIR[:]...)
+		out = append(out, h.CRM[:]...)
+	}
+	return out
+}
+
+// decodeBase unpacks what encodeBase packed.
+func decodeBase(b []byte) (map[string]attrHash, error) {
+	if len(b) == 0 || b[0] != baseEncoding {
+		return nil, fmt.Errorf("base state: unknown encoding")
+	}
+	b = b[1:]
+	out := map[string]attrHash{}
+	for len(b) > 0 {
+		n, k := binary.Uvarint(b)
+		if k <= 0 || uint64(len(b)-k) < n+2*baseHashSize {
+			return nil, fmt.Errorf("base state: truncated entry")
+		}
+		b = b[k:]
+		name := string(b[:n])
+		b = b[n:]
+		var h attrHash
+		copy(h.FHIR[:], b[:baseHashSize])
+		copy(h.CRM[:], b[baseHashSize:2*baseHashSize])
+		b = b[2*baseHashSize:]
+		out[name] = h
+	}
+	return out, nil
+}
+
+// baseHasher computes the base state of a pair of records under a map.
+type baseHasher struct {
+	key []byte
+	// paths caches the compiled FHIR paths of each attribute map per
+	// published mapping (a mapping is immutable), so paths are compiled
+	// once per map version, not per record.
+	paths *sync.Map // *maps.Mapping → []baseAttr
+	// macs holds keyed HMACs for reuse: keying one costs more than the
+	// hash of a short value (RFC 2104 §4 notes the keyed state may be
+	// kept; a reset HMAC restores it).
+	macs *sync.Pool // of *keyedMAC
+}
+
+// newBaseHasher derives the base-state key from secret (the sync log's key
+// secret), so the two uses of the secret never produce comparable hashes.
+// A nil hasher (no secret) keeps no base state.
+func newBaseHasher(secret []byte) *baseHasher {
+	if len(secret) == 0 {
+		return nil
+	}
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte("fhirsync base state v1"))
+	key := m.Sum(nil)
+	return &baseHasher{key: key, paths: &sync.Map{}, macs: &sync.Pool{New: func() any {
+		return &keyedMAC{mac: hmac.New(sha256.New, key), buf: make([]byte, 0, 256)}
+	}}}
+}
+
+// baseAttr is an attribute map as the base reads it.
+type baseAttr struct {
+	name    string
+	crmAttr string
+	lookup  string // navigation property of a lookup; "" otherwise
+	fhir    []*path.Path
+}
+
+func (h *baseHasher) attrs(m *maps.Mapping) []baseAttr {
+	if v, ok := h.paths.Load(m); ok {
+		return v.([]baseAttr)
+	}
+	em := m.Def()
+	var out []baseAttr
+	for _, a := range em.Attributes {
+		if a.Enabled != nil && !*a.Enabled {
+			continue
+		}
+		ba := baseAttr{name: a.Name, crmAttr: a.CRMAttribute}
+		if a.Lookup != nil {
+			ba.lookup = a.Lookup.Navigation
+			if ba.lookup == "" {
+				ba.lookup = a.CRMAttribute
+			}
+		}
+		for _, text := range append([]string{a.FHIRPath}, a.FallbackPaths...) {
+			if text == "" {
+				continue
+			}
+			// The map set compiled these paths when it was published.
+			if p, err := path.Compile(text); err == nil {
+				ba.fhir = append(ba.fhir, p)
+			}
+		}
+		out = append(out, ba)
+	}
+	h.paths.Store(m, out)
+	return out
+}
+
+// of computes the base of the pair l from the FHIR resource and the CRM
+// record as they stand after a sync. An attribute's FHIR value is read at
+// its path (the first of its fallback paths whose value exists); a
+// computed attribute has no FHIR path and its FHIR hash is that of null.
+func (h *baseHasher) of(m *maps.Mapping, l link, res map[string]any, rec map[string]any) *linkBase {
+	attrs := h.attrs(m)
+	b := &linkBase{EntityMap: l.EntityMap, FHIRID: l.FHIRID, CRMID: l.CRMID, MapVersion: m.Version(), Attrs: make(map[string]attrHash, len(attrs))}
+	for _, a := range attrs {
+		var fv any
+		for _, p := range a.fhir {
+			if vs := p.GetAll(res); len(vs) > 0 {
+				fv = vs
+				break
+			}
+		}
+		var cv any
+		if a.lookup != "" {
+			cv = lookupValue(rec, a.crmAttr, a.lookup)
+		} else {
+			cv = rec[a.crmAttr]
+		}
+		b.Attrs[a.name] = attrHash{FHIR: h.hash(l, a.name, "fhir", fv), CRM: h.hash(l, a.name, "crm", cv)}
+	}
+	return b
+}
+
+// keyedMAC is a keyed HMAC with a buffer for its input, reused.
+type keyedMAC struct {
+	mac hash.Hash
+	buf []byte
+}
+
+// hash is the keyed hash of one side's value of an attribute of l.
+func (h *baseHasher) hash(l link, attr, side string, v any) [baseHashSize]byte {
+	k := h.macs.Get().(*keyedMAC)
+	defer h.macs.Put(k)
+	b := k.buf[:0]
+	for _, s := range []string{l.EntityMap, l.FHIRID, attr, side} {
+		b = append(b, s...)
+		b = append(b, 0)
+	}
+	b = appendValue(b, v)
+	k.buf = b
+	k.mac.Reset()
+	k.mac.Write(b)
+	var sum [sha256.Size]byte
+	var out [baseHashSize]byte
+	copy(out[:], k.mac.Sum(sum[:0]))
+	return out
+}
+
+// appendValue appends v in one canonical form: a tag byte, then the
+// value. Strings and lists of strings (most mapped values) are written
+// directly; anything else as JSON, whose map keys are sorted.
+func appendValue(b []byte, v any) []byte {
+	switch x := v.(type) {
+	case nil:
+		return append(b, 'n')
+	case string:
+		return append(append(b, 's'), x...)
+	case []any:
+		start := len(b)
+		b = append(b, 'l')
+		for _, e := range x {
+			s, ok := e.(string)
+			if !ok {
+				return appendJSON(b[:start], x)
+			}
+			b = binary.AppendUvarint(b, uint64(len(s)))
+			b = append(b, s...)
+		}
+		return b
+	}
+	return appendJSON(b, v)
+}
+
+func appendJSON(b []byte, v any) []byte {
+	j, _ := json.Marshal(v)
+	return append(append(b, 'j'), j...)
+}
+
+// lookupValue is a lookup's target id in either the Web API read shape
+// ("_attr_value") or the write shape ("nav@odata.bind": "/set(id)").
+// The write shape wins: it is what was just written over a record read
+// in the read shape.
+func lookupValue(rec map[string]any, attribute, nav string) any {
+	if v, ok := rec[nav+"@odata.bind"]; ok {
+		s, _ := v.(string)
+		if i := strings.LastIndexByte(s, '('); i >= 0 && strings.HasSuffix(s, ")") {
+			return strings.ToLower(strings.Trim(s[i+1:len(s)-1], "'"))
+		}
+		return nil
+	}
+	if v, ok := rec["_"+attribute+"_value"].(string); ok && v != "" {
+		return strings.ToLower(v)
+	}
+	return nil
+}
+
+// saveBasesTx records bs inside the caller's transaction (the one that
+// records the decisions). A base written for the same CRM record under
+// another FHIR id (a re-paired record) is dropped with it.
+func saveBasesTx(tx *gorm.DB, bs []*linkBase) error {
+	now := time.Now().UTC()
+	sqlite := storage.DialectOf(tx) == storage.SQLite
+	const del = `DELETE FROM agent_link_base WHERE entity_map = ? AND crm_id = ? AND fhir_id <> ?`
+	const ins = `INSERT INTO agent_link_base (entity_map, fhir_id, crm_id, map_version, hashes, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+		ON CONFLICT (entity_map, fhir_id) DO UPDATE SET crm_id = excluded.crm_id, map_version = excluded.map_version, hashes = excluded.hashes, updated_at = excluded.updated_at`
+	for _, b := range bs {
+		enc := encodeBase(b.Attrs)
+		if sqlite {
+			if _, err := storage.Direct(tx).Exec(del, b.EntityMap, b.CRMID, b.FHIRID); err != nil {
+				return err
+			}
+			if _, err := storage.Direct(tx).Exec(ins, b.EntityMap, b.FHIRID, b.CRMID, b.MapVersion, enc, now); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := tx.Exec(del, b.EntityMap, b.CRMID, b.FHIRID).Error; err != nil {
+			return err
+		}
+		if err := tx.Exec(ins, b.EntityMap, b.FHIRID, b.CRMID, b.MapVersion, enc, now).Error; err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// base loads the base state of l, for the three-way merge; errNoBase when
+// none is recorded for this pairing.
+func (s links) base(ctx context.Context, l link) (*linkBase, error) {
+	b := &linkBase{EntityMap: l.EntityMap, FHIRID: l.FHIRID}
+	var enc []byte
+	err := s.db.WithContext(ctx).Raw(`SELECT crm_id, map_version, hashes, updated_at FROM agent_link_base WHERE entity_map = ? AND fhir_id = ?`, l.EntityMap, l.FHIRID).
+		Row().Scan(&b.CRMID, &b.MapVersion, &enc, &b.UpdatedAt)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && b.CRMID != l.CRMID) {
+		return nil, errNoBase
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the base state of %s %s: %w", l.EntityMap, l.FHIRID, err)
+	}
+	if b.Attrs, err = decodeBase(enc); err != nil {
+		return nil, fmt.Errorf("reading the base state of %s %s: %w", l.EntityMap, l.FHIRID, err)
+	}
+	return b, nil
+}
+
+// removeBase forgets the base of the link of entityMap and fhirID.
+func removeBase(tx *gorm.DB, entityMap, fhirID string) error {
+	return tx.Exec(`DELETE FROM agent_link_base WHERE entity_map = ? AND fhir_id = ?`, entityMap, fhirID).Error
+}
+
+// baseAfter is the base of the pair a sent decision leaves: the source as
+// read and the target as written (w), under mapping m; nil when the base
+// is off or the output is not what the flow writes.
+func (p *pipeline) baseAfter(f *flow, m *maps.Mapping, src record, cur *record, out mapped, w written) *linkBase {
+	if p.base == nil {
+		return nil
+	}
+	em := m.Def()
+	l := link{EntityMap: em.Name}
+	var res, rec map[string]any
+	if f.side == queues.SideFHIR {
+		l.FHIRID, l.CRMID = src.ID, w.ID
+		cr, ok := out.Data.(*maps.CRMResult)
+		if !ok {
+			return nil
+		}
+		res = src.Data
+		// The CRM record now holds what it held, with the written values
+		// over it.
+		rec = map[string]any{}
+		if st := crmState(cur); st != nil {
+			for k, v := range st.Record {
+				rec[k] = v
+			}
+		}
+		for k, v := range cr.Record {
+			rec[k] = v
+		}
+	} else {
+		l.CRMID, l.FHIRID = src.ID, w.ID
+		r, ok := out.Data.(map[string]any)
+		if !ok {
+			return nil
+		}
+		res = r
+		if st := crmState(&src); st != nil {
+			rec = st.Record
+		}
+	}
+	if l.FHIRID == "" || l.CRMID == "" {
+		return nil
+	}
+	return p.base.of(m, l, res, rec)
+}
