@@ -1,10 +1,9 @@
 package crmserver
 
-// The sandbox's two users. fhirsync signs in as its application user (the
-// agent treats that user's changes only as a hint of its own writes, and
-// confirms each by version or content); a care coordinator editing
-// contacts by hand is a second, licensed user with its own systemuserid,
-// whose changes are edits to be synced. Tokens
+// The sandbox's two users. fhirsync signs in as its application user, so
+// every change that user initiates is taken for fhirsync's own write; a
+// care coordinator editing contacts by hand is a second, licensed user
+// with its own systemuserid, whose changes are edits to be synced. Tokens
 // are opaque strings, not Entra ID tokens: the sandbox is for trying
 // fhirsync on one machine.
 const (
