@@ -123,7 +123,7 @@ func BenchmarkPatientToFHIR(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		st := crmStore(out, uuid.NewSHA1(uuid.NameSpaceOID, []byte(synth.PatientID(i))).String())
+		st := crmRecordStore(m, out, uuid.NewSHA1(uuid.NameSpaceOID, []byte(synth.PatientID(i))).String())
 		// Something to write back: the CRM edited the last name.
 		st.Record["lastname"] = "Edited"
 		inputs[i].state, _ = json.Marshal(st)

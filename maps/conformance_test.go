@@ -108,37 +108,6 @@ func loadFHIRCorpus(t *testing.T) []corpusResource {
 	return out
 }
 
-// crmRecordStore plays the CRM for one mapped record: nulls are dropped, the
-// record and every created child row get an id, rows are active.
-func crmRecordStore(m *Mapping, res *CRMResult, key string) CRMState {
-	rec := map[string]any{m.def.idAttribute(): uuid.NewSHA1(uuid.NameSpaceURL, []byte(key)).String()}
-	for k, v := range res.Record {
-		if v != nil {
-			rec[k] = v
-		}
-	}
-	st := CRMState{Record: rec, Children: map[string][]map[string]any{}}
-	for i, ch := range res.Children {
-		if ch.Op != ChildCreate {
-			continue
-		}
-		var x *expansion
-		for _, e := range m.expansions {
-			if e.def.Name == ch.Expansion {
-				x = e
-			}
-		}
-		row := map[string]any{x.def.idAttribute(): uuid.NewSHA1(uuid.NameSpaceURL, fmt.Appendf(nil, "%s|%d", key, i)).String(), "statecode": 0}
-		for k, v := range ch.Record {
-			if v != nil {
-				row[k] = v
-			}
-		}
-		st.Children[ch.Expansion] = append(st.Children[ch.Expansion], row)
-	}
-	return st
-}
-
 // TestConformanceStarterRoundTrip maps every resource of the public FHIR
 // corpus (files and bundle entries) with every starter map of its resource
 // type, FHIR → CRM → FHIR, and checks the stated result:
@@ -230,7 +199,7 @@ func conformanceRoundTrip(ctx context.Context, t *testing.T, m *Mapping, c corpu
 	if out.Filtered != "" {
 		return true
 	}
-	state := crmRecordStore(m, out, c.key)
+	state := crmRecordStore(m, out, uuid.NewSHA1(uuid.NameSpaceURL, []byte(c.key)).String())
 	ok := true
 	if a := attrNamed(m, "address-line1"); a != nil {
 		// Every line of the address the map chose, up to the two the starter

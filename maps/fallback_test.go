@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"slices"
 	"testing"
+
+	"github.com/google/uuid"
 )
 
 // TestStarterFallbacksWriteBackToTheChosenElement checks that the starter
@@ -61,7 +63,7 @@ func TestStarterFallbacksWriteBackToTheChosenElement(t *testing.T) {
 			if out.Record["lastname"] == nil && out.Record["firstname"] == nil {
 				t.Fatalf("FHIR → CRM: no name reached the contact: %v", out.Record)
 			}
-			state := crmRecordStore(m, out, tc.name)
+			state := crmRecordStore(m, out, uuid.NewSHA1(uuid.NameSpaceURL, []byte(tc.name)).String())
 			for k, v := range tc.record {
 				if v == nil {
 					delete(state.Record, k)
@@ -161,7 +163,7 @@ func TestTruncatedValueKeepsTheFullFHIRText(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			state := crmRecordStore(m, out, tc.name)
+			state := crmRecordStore(m, out, uuid.NewSHA1(uuid.NameSpaceURL, []byte(tc.name)).String())
 			if tc.crmSuffix != nil {
 				state.Record["suffix"] = tc.crmSuffix
 			}

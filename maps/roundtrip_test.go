@@ -2,7 +2,6 @@ package maps
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"reflect"
 	"slices"
@@ -52,10 +51,11 @@ func loadStarter(t testing.TB) *Set {
 	return set
 }
 
-// crmStore plays the CRM: it stores a mapped record (nulls dropped, an id
-// assigned) and its child rows, and returns them as a read would.
-func crmStore(res *CRMResult, contactID string) CRMState {
-	rec := map[string]any{"contactid": contactID}
+// crmRecordStore plays the CRM: it stores a mapped record (nulls dropped,
+// id as given) and its created child rows (each given an id derived from
+// the record's, active), and returns them as a read would.
+func crmRecordStore(m *Mapping, res *CRMResult, id string) CRMState {
+	rec := map[string]any{m.def.idAttribute(): id}
 	for k, v := range res.Record {
 		if v != nil {
 			rec[k] = v
@@ -66,7 +66,13 @@ func crmStore(res *CRMResult, contactID string) CRMState {
 		if ch.Op != ChildCreate {
 			continue
 		}
-		row := map[string]any{"msemr_medicalidentifierid": fmt.Sprintf("00000000-0000-4000-8000-%012d", i), "statecode": json.Number("0")}
+		var x *expansion
+		for _, e := range m.expansions {
+			if e.def.Name == ch.Expansion {
+				x = e
+			}
+		}
+		row := map[string]any{x.def.idAttribute(): uuid.NewSHA1(uuid.NameSpaceURL, fmt.Appendf(nil, "%s|%d", id, i)).String(), "statecode": 0}
 		for k, v := range ch.Record {
 			if v != nil {
 				row[k] = v
@@ -99,7 +105,7 @@ func TestRoundTripSyntheticPatients(t *testing.T) {
 			t.Fatalf("patient %d: FHIR → CRM: %v", i, err)
 		}
 		contactID := uuid.NewSHA1(uuid.NameSpaceOID, []byte(synth.PatientID(i))).String()
-		state := crmStore(out, contactID)
+		state := crmRecordStore(m, out, contactID)
 
 		// (a) onto the original.
 		back, err := m.ToFHIR(ctx, state, g.Patient(i), r)
