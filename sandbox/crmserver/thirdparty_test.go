@@ -208,11 +208,11 @@ func TestThirdPartyClient(t *testing.T) {
 				}
 			}},
 		{name: "batch_change_set", want: `{"ok":true,"responses":3,"jobtitle":"Batched","identifiers":["B-1"]}`},
-		{name: "batch_failing_change_set", want: `{"ok":true,"committed":0}`,
+		{name: "batch_failing_change_set", want: `{"ok":true,"rejected":true,"committed":0}`,
 			check: func(t *testing.T, got map[string]any) {
-				// However the answer is shaped (a 400 the library rejects,
-				// or a 200 holding the failed part), the failing request's
-				// status and code must reach the caller.
+				// A failed change set is answered 400, which the library
+				// rejects; the failing request's status and code must reach
+				// the caller.
 				parts, _ := got["parts"].([]any)
 				var statuses []string
 				for _, p := range parts {
