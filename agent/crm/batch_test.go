@@ -3,8 +3,6 @@ package crm
 import (
 	"context"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -165,19 +163,12 @@ func TestBatchAnswerShapes(t *testing.T) {
 // never panics, and whatever it accepts pairs with a batch of its size or
 // is refused as invalid_response.
 func FuzzDecodeBatchResponse(f *testing.F) {
-	var seeds []string
-	for _, pat := range []string{"dataverse/webapi/batch-*.response.http", "modified/dataverse/batch-*.response.http"} {
-		m, _ := filepath.Glob(filepath.Join(webapiCorpus, pat))
-		seeds = append(seeds, m...)
-	}
+	seeds := webapiAnswers(f, "batch-")
 	if len(seeds) == 0 {
 		f.Fatal("no batch answers in the corpus")
 	}
 	for _, s := range seeds {
-		raw, err := os.ReadFile(s)
-		if err != nil {
-			f.Fatal(err)
-		}
+		raw := readCorpusFile(f, s)
 		a, err := readPrinted(raw)
 		if err != nil {
 			f.Fatal(err)

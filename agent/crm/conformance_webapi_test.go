@@ -7,8 +7,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
+	"path"
 	"regexp"
 	"slices"
 	"strconv"
@@ -16,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/fhirsync/fhirsync/sandbox/corpus"
 )
 
 // The Web API conformance test serves every Dataverse answer of the
@@ -25,7 +26,22 @@ import (
 // and checks what the client makes of it. A file without an expectation
 // below fails, so adding a sample adds a case.
 
-const webapiCorpus = "../../testdata/conformance"
+// webapiAnswers lists the printed answers of the corpus (relative to it)
+// whose file name starts with prefix.
+func webapiAnswers(t testing.TB, prefix string) []string {
+	t.Helper()
+	files, err := corpus.Files("dataverse/webapi", "modified/dataverse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, rel := range files {
+		if strings.HasPrefix(path.Base(rel), prefix) && strings.HasSuffix(rel, ".response.http") {
+			out = append(out, rel)
+		}
+	}
+	return out
+}
 
 // printedAnswer is an HTTP answer as Microsoft's documentation prints it.
 type printedAnswer struct {
@@ -171,38 +187,25 @@ var webapiCases = map[string]webapiCase{
 
 func TestWebAPIConformance(t *testing.T) {
 	t.Parallel()
-	var files []string
-	for _, pat := range []string{"dataverse/webapi/*.response.http", "modified/dataverse/*.response.http"} {
-		m, err := filepath.Glob(filepath.Join(webapiCorpus, pat))
-		if err != nil {
-			t.Fatal(err)
-		}
-		files = append(files, m...)
-	}
+	files := webapiAnswers(t, "")
 	if len(files) < 20 {
 		t.Fatalf("found %d Web API answers in the corpus, want at least 20", len(files))
 	}
-	for _, f := range files {
-		rel, _ := filepath.Rel(webapiCorpus, f)
-		t.Run(filepath.ToSlash(rel), func(t *testing.T) {
+	for _, rel := range files {
+		t.Run(rel, func(t *testing.T) {
 			t.Parallel()
-			tc, ok := webapiCases[filepath.Base(f)]
+			tc, ok := webapiCases[path.Base(rel)]
 			if !ok {
-				t.Fatalf("no expectation for %s", filepath.ToSlash(rel))
+				t.Fatalf("no expectation for %s", rel)
 			}
-			raw, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
+			raw := readCorpusFile(t, rel)
 			if tc.run == nil {
 				noClientCall(t, raw)
 				return
 			}
 			var thenRaw []byte
 			if tc.then != "" {
-				if thenRaw, err = os.ReadFile(filepath.Join(filepath.Dir(f), tc.then)); err != nil {
-					t.Fatal(err)
-				}
+				thenRaw = readCorpusFile(t, path.Join(path.Dir(rel), tc.then))
 			}
 			var mu sync.Mutex
 			var reqs []*http.Request

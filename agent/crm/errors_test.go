@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -82,16 +80,9 @@ func TestAzureCredentialModes(t *testing.T) {
 // a string code or message, the decoder accepts the body and reads the same
 // values. Seeded with every error answer of the conformance corpus.
 func FuzzDecodeErrorJSON(f *testing.F) {
-	for _, pat := range []string{"dataverse/webapi/*.response.http", "modified/dataverse/*.response.http"} {
-		files, _ := filepath.Glob(filepath.Join(webapiCorpus, pat))
-		for _, file := range files {
-			raw, err := os.ReadFile(file)
-			if err != nil {
-				f.Fatal(err)
-			}
-			if a, err := readPrinted(raw); err == nil && a.status >= 400 {
-				f.Add(a.body)
-			}
+	for _, rel := range webapiAnswers(f, "") {
+		if a, err := readPrinted(readCorpusFile(f, rel)); err == nil && a.status >= 400 {
+			f.Add(a.body)
 		}
 	}
 	f.Add([]byte(`{"error":{"code":"0x80040217","message":"missing","innererror":{"message":"x","type":"y","stacktrace":"z"}}}`))
