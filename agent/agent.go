@@ -36,8 +36,10 @@ type Config struct {
 	// LockRenewEvery renews message locks while processing; zero leaves
 	// renewal to the transport (the Service Bus adapter renews itself).
 	LockRenewEvery time.Duration
-	// CRMUserID is the agent's own application user in the CRM: changes
-	// it initiated are echoes of the agent's writes.
+	// CRMUserID is the agent's own application user in the CRM. A change
+	// it initiated is only a hint of an echo: the echo is confirmed by the
+	// version the agent wrote, since another integration may sign in as
+	// the same user.
 	CRMUserID string
 	// OwnWriteTTL is how long the versions the agent wrote are remembered
 	// for echo detection (7 days).
@@ -124,6 +126,11 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, deps: deps, ready: make(chan struct{}), log: deps.Logger}
 	lk, ow := links{db: deps.DB}, newOwnWrites(deps.DB)
+	if len(cfg.BaseKey) > 0 {
+		// The hashes of own writes' values are keyed by the installation's
+		// secret too, under a key of their own.
+		ow.key = newValueKey(cfg.BaseKey)
+	}
 	res := resolver{links: lk, crm: deps.CRM, maps: a.entityMapByName}
 	fs := fhirSide{api: deps.FHIR, crm: deps.CRM, writes: ow}
 	cs := crmSide{api: deps.CRM, writes: ow}
@@ -135,14 +142,14 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 					return mapToCRM(ctx, m, src, cur, res, prec)
 				},
 				isEcho: func(ctx context.Context, n queues.Notice, src record) (bool, error) {
-					return ow.isOwn(ctx, "fhir", src.Type, src.ID, src.Version)
+					return ow.echo(ctx, "fhir", n, src)
 				}},
 			queues.SideCRM: {dir: logs.CRMToFHIR, side: queues.SideCRM, targetOf: "fhir", source: cs, target: fs,
 				mapFor: func(ctx context.Context, m *maps.Mapping, src record, cur *record) (mapped, error) {
 					return mapToFHIR(ctx, m, src, cur, res)
 				},
 				isEcho: func(ctx context.Context, n queues.Notice, src record) (bool, error) {
-					return ow.isOwn(ctx, "crm", src.Type, src.ID, src.Version)
+					return ow.echo(ctx, "crm", n, src)
 				},
 				ownNotice: func(n queues.Notice) bool {
 					return cfg.CRMUserID != "" && n.Initiator == cfg.CRMUserID

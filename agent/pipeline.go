@@ -77,11 +77,15 @@ type flow struct {
 	// mapFor maps src onto the target, given its current state (nil: none),
 	// evaluating the map's filter and per-record gate on the way.
 	mapFor func(ctx context.Context, m *maps.Mapping, src record, cur *record) (mapped, error)
-	// isEcho reports whether src is a version the agent itself wrote.
+	// isEcho reports whether the change is the echo of an own write: the
+	// version the notice names, or src, is one the agent wrote, or src's
+	// values equal what it wrote (see ownWrites.echo).
 	isEcho func(ctx context.Context, n queues.Notice, src record) (bool, error)
-	// ownNotice, when set, reports whether the notice itself names the
-	// agent as the change's author (a RemoteExecutionContext's initiating
-	// user): such an echo is decided before the source is read.
+	// ownNotice, when set, reports whether the notice names the agent as
+	// the change's author (a RemoteExecutionContext's initiating user).
+	// That is only a hint: the same application user may be signed in by
+	// another integration. It lets a notice whose version the agent wrote
+	// be decided before the source is read.
 	ownNotice func(n queues.Notice) bool
 }
 
@@ -124,6 +128,10 @@ type pipeline struct {
 	// capture returns payload snapshots to attach when capture is on.
 	capture func(src, out any) *logs.Snapshots
 }
+
+// echoWait bounds how long a change by the agent's own user waits for
+// the agent's writes in progress to learn their versions.
+const echoWait = 5 * time.Second
 
 // step is the early result of a stage: a decision to record now.
 type step struct {
@@ -224,8 +232,12 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 	}
 	d.EntityMap = open[0].Name()
 
-	if f.ownNotice != nil && f.ownNotice(n) {
-		return stop(logs.OutcomeSkipped, "own_write_echo", "This change was made by fhirsync itself; its echo is not synced back.")
+	if n.Version != "" && f.ownNotice != nil && f.ownNotice(n) {
+		if own, err := p.writes.isOwn(ctx, string(f.side), n.Type, n.ID, n.Version); err != nil {
+			return p.failure("checking for an own write", err)
+		} else if own {
+			return stop(logs.OutcomeSkipped, "own_write_echo", "This version was written by fhirsync itself; its echo is not synced back.")
+		}
 	}
 
 	src, err := f.source.read(ctx, open[0], n.ID)
@@ -241,7 +253,19 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 		return p.deleteTarget(ctx, f, open[0], n, d, gone)
 	}
 
-	if echo, err := f.isEcho(ctx, n, src); err != nil {
+	// A change by the agent's own user may be a write of the agent's still
+	// waiting for its answer: those in progress now are waited for if the
+	// version read is not known as the agent's.
+	var writing []chan struct{}
+	hinted := f.ownNotice != nil && f.ownNotice(n)
+	if hinted {
+		writing = p.writes.flights.inFlight(string(f.side), src.Type)
+	}
+	echo, err := f.isEcho(ctx, n, src)
+	if err == nil && !echo && wait(ctx, writing, echoWait) {
+		echo, err = f.isEcho(ctx, n, src)
+	}
+	if err != nil {
 		return p.failure("checking for an own write", err)
 	} else if echo {
 		return stop(logs.OutcomeSkipped, "own_write_echo", "This version was written by fhirsync itself; its echo is not synced back.")
@@ -330,8 +354,10 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 	if p.capture != nil {
 		d.Snapshots = p.capture(src.Data, out.Data)
 	}
+	landed := p.writes.flights.begin(f.targetOf, targetType(em, f))
 	w, err := f.target.write(ctx, mp, src, curp, out)
 	if err != nil {
+		landed()
 		if st := rejection(err); st != nil {
 			return st
 		}
@@ -339,7 +365,12 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 	}
 	if w.Version != "" {
 		u.own = &ownWrite{Side: f.targetOf, RType: targetType(em, f), RID: w.ID, Version: w.Version, WrittenAt: p.now().UTC()}
+		u.own.ValueHash, u.own.ValueFields = valueDigest(p.writes.key, f.targetOf, out.Data)
+		// Known as the agent's from now; commit forgets it from memory
+		// once it is in the table.
+		p.writes.note(*u.own)
 	}
+	landed()
 	d.Target = logs.Ref{Type: targetType(em, f), ID: w.ID, Version: w.Version}
 	u.link = linkFor(f, em, src, record{ID: w.ID, Version: w.Version}, cached)
 	u.base = p.baseAfter(f, mp, src, curp, out, w)

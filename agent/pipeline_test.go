@@ -180,7 +180,7 @@ func newHarness(t *testing.T, db *gorm.DB) *harness {
 	ow := ownWrites{db: db}
 	echo := func(side string) func(ctx context.Context, n queues.Notice, src record) (bool, error) {
 		return func(ctx context.Context, n queues.Notice, src record) (bool, error) {
-			return ow.isOwn(ctx, side, src.Type, src.ID, src.Version)
+			return ow.echo(ctx, side, n, src)
 		}
 	}
 	h.p = &pipeline{
@@ -458,9 +458,17 @@ func TestEchoNamedByTheNoticeIsDecidedWithoutReadingTheSource(t *testing.T) {
 		h := newHarness(t, db)
 		h.p.flows[queues.SideCRM].ownNotice = func(n queues.Notice) bool { return n.Initiator == "agent-user" }
 		h.crm.put("c1", "x")
+		// The agent wrote version 1 of the contact.
+		if err := h.p.writes.remember(context.Background(), "crm", "contact", "c1", `W/"1"`); err != nil {
+			t.Fatal(err)
+		}
 		h.crm.readErr = errors.New("the source must not be read for a change the agent made")
-		mk := func(initiator string) *queues.Received {
-			n := queues.Notice{V: 1, Side: queues.SideCRM, Type: "contact", ID: "c1", Version: "1", Event: queues.EventUpdated, Origin: "test", Initiator: initiator}
+		mk := func(initiator string, version ...string) *queues.Received {
+			v := "1"
+			if len(version) > 0 {
+				v = version[0]
+			}
+			n := queues.Notice{V: 1, Side: queues.SideCRM, Type: "contact", ID: "c1", Version: v, Event: queues.EventUpdated, Origin: "test", Initiator: initiator}
 			msg, err := n.Message()
 			if err != nil {
 				t.Fatal(err)
@@ -479,6 +487,13 @@ func TestEchoNamedByTheNoticeIsDecidedWithoutReadingTheSource(t *testing.T) {
 		h.p.handle(context.Background(), other)
 		if d := lastDecision(t, h, other.ID); d.Reason == "own_write_echo" {
 			t.Fatal("a change by another user was taken for the agent's own")
+		}
+		// The agent's user is only a hint: a version the agent did not
+		// write (another integration signed in as the same user) is read.
+		sameUser := mk("agent-user", "2")
+		h.p.handle(context.Background(), sameUser)
+		if d := lastDecision(t, h, sameUser.ID); d.Reason == "own_write_echo" {
+			t.Fatal("a version the agent did not write was taken for its own because of its author")
 		}
 	})
 }

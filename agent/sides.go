@@ -169,6 +169,8 @@ func (s fhirSide) write(ctx context.Context, m *maps.Mapping, src record, cur *r
 	if created && em.Correlation.CRMAttribute != "" && src.ID != "" {
 		// Store the new FHIR id on the CRM record so the pair is found by
 		// its alternate key from now on, and remember that write as ours.
+		landed := s.writes.flights.begin("crm", em.CRMEntity)
+		defer landed()
 		r, err := s.crm.Upsert(ctx, crm.ByID(em.CRMEntitySet, src.ID),
 			crm.Record{em.Correlation.CRMAttribute: got.ID()}, crm.UpsertOptions{Mode: crm.UpdateOnly})
 		if err != nil {

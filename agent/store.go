@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -153,25 +154,43 @@ type ownWrite struct {
 	Side      string `gorm:"primaryKey"`
 	RType     string `gorm:"column:rtype;primaryKey"`
 	RID       string `gorm:"column:rid;primaryKey"`
-	Version   string `gorm:"primaryKey"`
+	Version   string `gorm:"primaryKey"` // normalised (normVersion)
 	WrittenAt time.Time
+	// ValueHash is the keyed hash of the values written (valueDigest) and
+	// ValueFields the names it covers; both empty when not known.
+	ValueHash   string `gorm:"column:value_hash"`
+	ValueFields string `gorm:"column:value_fields"`
 }
 
 func (ownWrite) TableName() string { return "agent_own_writes" }
 
-// ownWrites remembers the versions the agent wrote, for loop prevention.
+// ownWrites remembers the versions the agent wrote, and a keyed hash of
+// the values in each, for loop prevention.
 type ownWrites struct {
 	db *gorm.DB
 	// pending holds the versions written but not yet committed to the
 	// table (they commit with the message's decision), so an echo that
-	// arrives in between is still recognised.
+	// arrives in between is still recognised; by version key and by
+	// record key (the newest write).
 	pending *sync.Map
+	// key is the HMAC key of the value hashes.
+	key []byte
+	// flights are the target writes whose versions are not known yet.
+	flights *flights
 }
 
-func newOwnWrites(db *gorm.DB) ownWrites { return ownWrites{db: db, pending: &sync.Map{}} }
+// newOwnWrites hashes values under a random key; set key for the
+// installation's.
+func newOwnWrites(db *gorm.DB) ownWrites {
+	return ownWrites{db: db, pending: &sync.Map{}, key: newValueKey(nil), flights: newFlights()}
+}
 
 func (w ownWrite) key() string {
-	return w.Side + "\x00" + w.RType + "\x00" + w.RID + "\x00" + w.Version
+	return w.recordKey() + "\x00" + normVersion(w.Version)
+}
+
+func (w ownWrite) recordKey() string {
+	return w.Side + "\x00" + w.RType + "\x00" + w.RID
 }
 
 // note records w as written, before it is committed; done forgets it
@@ -180,9 +199,13 @@ func (s ownWrites) note(w ownWrite) (done func()) {
 	if s.pending == nil {
 		return func() {}
 	}
-	k := w.key()
-	s.pending.Store(k, struct{}{})
-	return func() { s.pending.Delete(k) }
+	k, rk := w.key(), w.recordKey()
+	s.pending.Store(k, w)
+	s.pending.Store(rk, w)
+	return func() {
+		s.pending.Delete(k)
+		s.pending.CompareAndDelete(rk, w)
+	}
 }
 
 func (s ownWrites) remember(ctx context.Context, side, rtype, rid, version string) error {
@@ -201,12 +224,15 @@ func rememberTx(tx *gorm.DB, ws []ownWrite) error {
 	if len(ws) == 0 {
 		return nil
 	}
+	for i := range ws {
+		ws[i].Version = normVersion(ws[i].Version)
+	}
 	if storage.DialectOf(tx) != storage.SQLite {
 		return tx.Clauses(clause.OnConflict{DoNothing: true}).CreateInBatches(&ws, 500).Error
 	}
 	for _, w := range ws {
-		_, err := storage.Direct(tx).Exec(`INSERT INTO agent_own_writes (side, rtype, rid, version, written_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
-			w.Side, w.RType, w.RID, w.Version, w.WrittenAt)
+		_, err := storage.Direct(tx).Exec(`INSERT INTO agent_own_writes (side, rtype, rid, version, written_at, value_hash, value_fields) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+			w.Side, w.RType, w.RID, w.Version, w.WrittenAt, w.ValueHash, w.ValueFields)
 		if err != nil {
 			return err
 		}
@@ -214,23 +240,70 @@ func rememberTx(tx *gorm.DB, ws []ownWrite) error {
 	return nil
 }
 
-func (s ownWrites) isOwn(ctx context.Context, side, rtype, rid, version string) (bool, error) {
-	if version == "" {
+// isOwn reports whether any of versions (empty ones ignored) of the
+// record is a version the agent wrote.
+func (s ownWrites) isOwn(ctx context.Context, side, rtype, rid string, versions ...string) (bool, error) {
+	vs := make([]any, 0, len(versions))
+	for _, v := range versions {
+		if v = normVersion(v); v != "" && !slices.Contains(vs, any(v)) {
+			vs = append(vs, v)
+		}
+	}
+	if len(vs) == 0 {
 		return false, nil
 	}
 	if s.pending != nil {
-		if _, ok := s.pending.Load(ownWrite{Side: side, RType: rtype, RID: rid, Version: version}.key()); ok {
-			return true, nil
+		for _, v := range vs {
+			if _, ok := s.pending.Load(ownWrite{Side: side, RType: rtype, RID: rid, Version: v.(string)}.key()); ok {
+				return true, nil
+			}
 		}
 	}
+	in := "?" + strings.Repeat(", ?", len(vs)-1)
+	args := append([]any{side, rtype, rid}, vs...)
 	if storage.DialectOf(s.db) == storage.SQLite {
-		return storage.Direct(s.db.WithContext(ctx)).Exists(`SELECT 1 FROM agent_own_writes WHERE side = ? AND rtype = ? AND rid = ? AND version = ?`,
-			side, rtype, rid, version)
+		return storage.Direct(s.db.WithContext(ctx)).Exists(`SELECT 1 FROM agent_own_writes WHERE side = ? AND rtype = ? AND rid = ? AND version IN (`+in+`)`, args...)
 	}
 	var n int64
 	err := s.db.WithContext(ctx).Model(&ownWrite{}).
-		Where("side = ? AND rtype = ? AND rid = ? AND version = ?", side, rtype, rid, version).Count(&n).Error
+		Where("side = ? AND rtype = ? AND rid = ? AND version IN ("+in+")", args...).Count(&n).Error
 	return n > 0, err
+}
+
+// probe reads, in one query, whether version (normalised) of the record
+// is one the agent wrote and, if not, the newest own write of the record
+// (ok false when there is none).
+func (s ownWrites) probe(ctx context.Context, side, rtype, rid, version string) (own bool, newest ownWrite, ok bool, err error) {
+	version = normVersion(version)
+	w := ownWrite{Side: side, RType: rtype, RID: rid, Version: version}
+	if s.pending != nil {
+		if _, found := s.pending.Load(w.key()); found && version != "" {
+			return true, ownWrite{}, false, nil
+		}
+		if p, found := s.pending.Load(w.recordKey()); found {
+			return false, p.(ownWrite), true, nil
+		}
+	}
+	// The row of version sorts first when there is one; else the newest.
+	const q = `SELECT version, value_hash, value_fields FROM agent_own_writes WHERE side = ? AND rtype = ? AND rid = ?
+		ORDER BY CASE WHEN version = ? THEN 0 ELSE 1 END, written_at DESC LIMIT 1`
+	var row *sql.Row
+	if storage.DialectOf(s.db) == storage.SQLite {
+		row = storage.Direct(s.db.WithContext(ctx)).QueryRow(q, side, rtype, rid, version)
+	} else {
+		row = s.db.WithContext(ctx).Raw(q, side, rtype, rid, version).Row()
+	}
+	err = row.Scan(&newest.Version, &newest.ValueHash, &newest.ValueFields)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, ownWrite{}, false, nil
+	}
+	if err != nil {
+		return false, ownWrite{}, false, fmt.Errorf("reading the own writes of %s:%s: %w", side, rtype, err)
+	}
+	if version != "" && newest.Version == version {
+		return true, ownWrite{}, false, nil
+	}
+	return false, newest, true, nil
 }
 
 // prune forgets own writes older than age, in bounded batches.

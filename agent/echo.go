@@ -1,0 +1,219 @@
+package agent
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/queues"
+)
+
+// Echoes are told by content, never by author alone: a change is the echo
+// of an own write when the version it names (or, without one, the version
+// re-read) is a version the agent wrote, or — when no version is named —
+// when the re-read record's values for the fields the agent wrote equal
+// what it wrote (compared as keyed hashes). A change by a person, or by
+// another integration signed in as the same application user, between the
+// agent's write and its echo has a version of its own and is synced.
+
+// normVersion is the form versions are remembered and compared in: a CRM
+// ETag W/"123" becomes the row version 123 that change notices carry; FHIR
+// version ids are unchanged.
+func normVersion(v string) string {
+	v = strings.TrimPrefix(strings.TrimSpace(v), "W/")
+	return strings.Trim(v, `"`)
+}
+
+// newValueKey returns the key own-write hashes are made under: one
+// derived from the installation's secret (HMAC-SHA256 of a label of its
+// own), or a random one for this process when there is none (then hashes
+// from before a restart no longer match, and such a change is synced,
+// which ends unchanged at the target).
+func newValueKey(secret []byte) []byte {
+	if len(secret) > 0 {
+		m := hmac.New(sha256.New, secret)
+		m.Write([]byte("fhirsync own-write values"))
+		return m.Sum(nil)
+	}
+	k := make([]byte, 32)
+	_, _ = rand.Read(k)
+	return k
+}
+
+// skipField reports fields that are not mapped values: FHIR bookkeeping
+// the server rewrites, and OData annotations and lookup binds, which read
+// back under another name.
+func skipField(side, name string) bool {
+	if strings.Contains(name, "@") {
+		return true
+	}
+	return side == "fhir" && (name == "meta" || name == "id" || name == "text")
+}
+
+// writtenValues returns the fields and values the agent wrote to side:
+// the CRM attributes of a mapped record, or the top-level elements of a
+// FHIR resource.
+func writtenValues(side string, data any) map[string]any {
+	switch v := data.(type) {
+	case *maps.CRMResult:
+		if v != nil {
+			return v.Record
+		}
+	case map[string]any:
+		return v
+	}
+	return nil
+}
+
+// valueDigest hashes the values fhirsync wrote to side; fields lists the
+// names hashed (sorted, comma-separated), to project a re-read record the
+// same way. Both are empty when nothing can be hashed.
+func valueDigest(key []byte, side string, data any) (hash, fields string) {
+	vals := writtenValues(side, data)
+	names := make([]string, 0, len(vals))
+	for n := range vals {
+		if !skipField(side, n) && !strings.Contains(n, ",") {
+			names = append(names, n)
+		}
+	}
+	if len(names) == 0 {
+		return "", ""
+	}
+	slices.Sort(names)
+	return hashValues(key, names, vals), strings.Join(names, ",")
+}
+
+// recordDigest hashes src's values of the fields named (as valueDigest
+// listed them).
+func recordDigest(key []byte, side string, src record, fields string) string {
+	if fields == "" {
+		return ""
+	}
+	vals := src.Data
+	if side == "crm" {
+		st := crmState(&src)
+		if st == nil {
+			return ""
+		}
+		vals = st.Record
+	}
+	return hashValues(key, strings.Split(fields, ","), vals)
+}
+
+// hashValues is HMAC-SHA256 under key over each name and the canonical JSON
+// of its value (absent and null alike), so equal values hash equal however
+// they were decoded.
+func hashValues(key []byte, names []string, vals map[string]any) string {
+	m := hmac.New(sha256.New, key)
+	for _, n := range names {
+		b, err := json.Marshal(vals[n])
+		if err != nil {
+			b = []byte("!unencodable")
+		}
+		m.Write([]byte(n))
+		m.Write([]byte{0})
+		m.Write(b)
+		m.Write([]byte{0})
+	}
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// echo decides whether a change is the echo of an own write: the version
+// the notice names is one the agent wrote; or the re-read record is; or,
+// when the notice names no version, the re-read record's values for the
+// fields the agent last wrote equal what it wrote.
+func (s ownWrites) echo(ctx context.Context, side string, n queues.Notice, src record) (bool, error) {
+	if n.Version != "" {
+		return s.isOwn(ctx, side, src.Type, src.ID, n.Version, src.Version)
+	}
+	own, w, ok, err := s.probe(ctx, side, src.Type, src.ID, src.Version)
+	if err != nil || own || !ok || w.ValueHash == "" {
+		return own, err
+	}
+	got := recordDigest(s.key, side, src, w.ValueFields)
+	return got != "" && hmac.Equal([]byte(got), []byte(w.ValueHash)), nil
+}
+
+// flights tracks the target writes in progress, so that a change notice
+// that may be their echo — its author is the agent's own user — and
+// arrives before the write's version is known can wait for them instead of
+// being taken for an edit.
+type flights struct {
+	mu   sync.Mutex
+	seq  uint64
+	open map[string]map[uint64]chan struct{}
+}
+
+func newFlights() *flights { return &flights{open: map[string]map[uint64]chan struct{}{}} }
+
+// begin marks a write to a record of rtype on side as in progress; end
+// marks it ended (its version noted, or failed).
+func (f *flights) begin(side, rtype string) (end func()) {
+	if f == nil {
+		return func() {}
+	}
+	k := side + "\x00" + rtype
+	f.mu.Lock()
+	f.seq++
+	id, ch := f.seq, make(chan struct{})
+	if f.open[k] == nil {
+		f.open[k] = map[uint64]chan struct{}{}
+	}
+	f.open[k][id] = ch
+	f.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			f.mu.Lock()
+			delete(f.open[k], id)
+			f.mu.Unlock()
+			close(ch)
+		})
+	}
+}
+
+// inFlight returns the writes to side's rtype in progress now. Taken
+// before an echo check, it closes the gap between a write's answer and its
+// noting: a write that ends after it is waited for, and one that ended
+// before it had noted its version already.
+func (f *flights) inFlight(side, rtype string) []chan struct{} {
+	if f == nil {
+		return nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	open := f.open[side+"\x00"+rtype]
+	chs := make([]chan struct{}, 0, len(open))
+	for _, ch := range open {
+		chs = append(chs, ch)
+	}
+	return chs
+}
+
+// wait blocks until the writes chs have ended, or max has passed; it
+// reports whether there was any to wait for.
+func wait(ctx context.Context, chs []chan struct{}, max time.Duration) bool {
+	if len(chs) == 0 {
+		return false
+	}
+	t := time.NewTimer(max)
+	defer t.Stop()
+	for _, ch := range chs {
+		select {
+		case <-ch:
+		case <-t.C:
+			return true
+		case <-ctx.Done():
+			return true
+		}
+	}
+	return true
+}
