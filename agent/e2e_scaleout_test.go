@@ -158,8 +158,6 @@ func TestThreeProcessesOnePostgres(t *testing.T) {
 		time.Sleep(250 * time.Millisecond)
 	}
 	f.drained(t, 3*time.Minute)
-	stopSampling()
-	sampling.Wait()
 	for i, p := range procs {
 		if i == stopped {
 			continue
@@ -171,6 +169,11 @@ func TestThreeProcessesOnePostgres(t *testing.T) {
 			t.Errorf("stopping process %d: %v\n%s", i, err, p.Output())
 		}
 	}
+	// Sampling goes on until every process has stopped: a lease may still
+	// change hands while the last processes shut down, and a poll made
+	// then must be matched by a sampled holder.
+	stopSampling()
+	sampling.Wait()
 	t.Logf("synced %d patients with three processes in %s", len(f.patientIDs()), time.Since(start).Round(time.Millisecond))
 
 	// One poller at a time per feed: the processes' _history requests for
@@ -214,6 +217,9 @@ func TestThreeProcessesOnePostgres(t *testing.T) {
 	changes := map[string][]int{}
 	for _, s := range samples {
 		for name, holder := range s {
+			if holder == "" {
+				continue // released by a process that stopped
+			}
 			proc := -1
 			for suffix, i := range holders {
 				if strings.HasSuffix(holder, suffix) {
@@ -240,11 +246,27 @@ func TestThreeProcessesOnePostgres(t *testing.T) {
 				order = append(order, c.proc)
 			}
 		}
-		if fmt.Sprint(seq) != fmt.Sprint(order) {
+		// Every poller held the lease, in the order they polled. A holder
+		// may appear that never polled: a process can take a lease and stop
+		// (or lose it) before its first poll, and a holder of less than one
+		// sampling interval may be missed only if it never polled either.
+		if !subsequence(order, seq) {
 			t.Errorf("lease %s holders over time %v, but the FHIR server saw polls from %v", fhir.FeedName(typ), seq, order)
 		}
 	}
 
 	f.checkContacts(t)
 	f.checkDecisions(t)
+}
+
+// subsequence reports whether every element of sub appears in seq in the
+// same order.
+func subsequence(sub, seq []int) bool {
+	i := 0
+	for _, v := range seq {
+		if i < len(sub) && sub[i] == v {
+			i++
+		}
+	}
+	return i == len(sub)
 }
