@@ -52,6 +52,10 @@ type CRMResult struct {
 	// Changed lists the CRM attributes (and expansion maps) whose value
 	// differs from the current state, sorted; empty means unchanged.
 	Changed []string `json:"changed"`
+	// ChangedAttributes names the attribute maps whose mapped value
+	// differs from the current state, in map order: what a field-level
+	// merge compares.
+	ChangedAttributes []string `json:"changedAttributes,omitempty"`
 }
 
 // ChildOp is a write to one child row.
@@ -90,7 +94,16 @@ type FHIRResult struct {
 	// Changed lists the FHIR paths whose value changed, in map order;
 	// empty means unchanged.
 	Changed []string `json:"changed"`
+	// ChangedAttributes names the attribute maps whose mapped value
+	// differs from the base resource, in map order.
+	ChangedAttributes []string `json:"changedAttributes,omitempty"`
 }
+
+// Except names attribute maps a mapping leaves out: the target keeps its
+// current value for them. A field-level merge uses it for the attributes
+// whose change must not travel in this direction (changed only on the
+// target, a conflict the target wins, or a conflict held for a person).
+type Except map[string]bool
 
 func (m *Mapping) fail(x *expansion, a *attr, err error) error {
 	me := &MappingError{Map: m.def.Name, Err: err}
@@ -107,6 +120,12 @@ func (m *Mapping) fail(x *expansion, a *attr, err error) error {
 // current state (nil when it does not exist yet); the diff in the result
 // is taken against it. The resource is only read.
 func (m *Mapping) ToCRM(ctx context.Context, res map[string]any, cur *CRMState, r LookupResolver) (*CRMResult, error) {
+	return m.ToCRMExcept(ctx, res, cur, r, nil)
+}
+
+// ToCRMExcept is ToCRM leaving out the attribute maps named in skip: the
+// record holds no value for them, so an update leaves them as they are.
+func (m *Mapping) ToCRMExcept(ctx context.Context, res map[string]any, cur *CRMState, r LookupResolver, skip Except) (*CRMResult, error) {
 	if rt, _ := res["resourceType"].(string); rt != m.def.FHIRType {
 		return nil, m.fail(nil, nil, fmt.Errorf("resource type %q does not match the map's %s", rt, m.def.FHIRType))
 	}
@@ -137,11 +156,15 @@ func (m *Mapping) ToCRM(ctx context.Context, res map[string]any, cur *CRMState, 
 		}
 	}
 	for _, a := range m.attrs {
-		if !a.toCRM {
+		if !a.toCRM || skip[a.def.Name] {
 			continue
 		}
+		before := len(out.Changed)
 		if err := m.attrToCRM(ctx, nil, a, res, out.Record, current, &out.Changed, r); err != nil {
 			return nil, err
+		}
+		if len(out.Changed) > before {
+			out.ChangedAttributes = append(out.ChangedAttributes, a.def.Name)
 		}
 	}
 	for _, x := range m.expansions {
@@ -295,6 +318,12 @@ func lookupID(rec map[string]any, attribute, nav string) string {
 // is kept. Unchanged values are not rewritten, so Changed lists exactly the
 // paths whose value differs.
 func (m *Mapping) ToFHIR(ctx context.Context, src CRMState, base map[string]any, r LookupResolver) (*FHIRResult, error) {
+	return m.ToFHIRExcept(ctx, src, base, r, nil)
+}
+
+// ToFHIRExcept is ToFHIR leaving out the attribute maps named in skip:
+// base keeps its values for them.
+func (m *Mapping) ToFHIRExcept(ctx context.Context, src CRMState, base map[string]any, r LookupResolver, skip Except) (*FHIRResult, error) {
 	if f := m.def.CRMFilter; f != nil && !crmFilterPasses(f, src.Record) {
 		return &FHIRResult{Filtered: f.Name, Changed: []string{}}, nil
 	}
@@ -332,7 +361,7 @@ func (m *Mapping) ToFHIR(ctx context.Context, src CRMState, base map[string]any,
 	var chosen []*path.Path
 	for _, a := range m.attrs {
 		var p *path.Path
-		if a.toFHIR && a.path != nil && a.expr == nil {
+		if a.toFHIR && a.path != nil && a.expr == nil && !skip[a.def.Name] {
 			p = a.pathFor(base)
 		}
 		chosen = append(chosen, p)
@@ -347,6 +376,7 @@ func (m *Mapping) ToFHIR(ctx context.Context, src CRMState, base map[string]any,
 		}
 		if ch {
 			out.Changed = append(out.Changed, chosen[i].String())
+			out.ChangedAttributes = append(out.ChangedAttributes, a.def.Name)
 		}
 	}
 	for _, x := range m.expansions {
