@@ -70,6 +70,9 @@ type Mapping struct {
 	fhirFilter fhirExpr
 	// corrPath writes the CRM id under the correlation identifier system.
 	corrPath *path.Path
+	// keyPath reads the business key's identifier value, when the map has
+	// a business key.
+	keyPath *path.Path
 }
 
 // Def returns the entity map's definition. Callers must not modify it.
@@ -252,6 +255,8 @@ func (c *compiler) entityMap(set *Set, m *Mapping) {
 	if !def.ConflictPolicy.Valid() {
 		c.ps.add(withField(at, "conflictPolicy"), conflictPolicyProblem, def.ConflictPolicy)
 	}
+	c.deletePolicy(at, def)
+	c.businessKey(at, m, resType)
 	if f := def.FHIRFilter; f != nil {
 		if f.Name == "" {
 			c.ps.add(withField(at, "fhirFilter.name"), "a filter needs a name")

@@ -1,15 +1,11 @@
 package maps_test
 
 import (
-	"context"
 	"errors"
 	"strings"
 	"testing"
 
-	"gorm.io/gorm"
-
 	"github.com/fhirsync/fhirsync/maps"
-	"github.com/fhirsync/fhirsync/storage/storagetest"
 )
 
 // withPolicies sets the patient map's conflictPolicy and the last-name
@@ -113,52 +109,4 @@ func TestBadConflictPolicies(t *testing.T) {
 			t.Fatalf("no problem at %s containing %q; got:\n%v", tt.want.Location(), tt.wantMsg, err)
 		})
 	}
-}
-
-// TestStoreRefusesPoliciesItCannotKeep: the map tables have no place for
-// hold or a per-attribute policy yet, so saving them is refused by name
-// rather than stored without them.
-func TestStoreRefusesPoliciesItCannotKeep(t *testing.T) {
-	t.Parallel()
-	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
-		ctx := context.Background()
-		st, err := maps.New(db, maps.Options{Logger: quiet})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, tt := range []struct {
-			name string
-			src  string
-			want maps.Problem
-		}{
-			{"hold on the entity map", withPolicies("hold", ""), maps.Problem{Map: "patient", Field: "conflictPolicy"}},
-			{"attribute override", withPolicies("", "fhir-wins"), maps.Problem{Map: "patient", Attribute: "last-name", Field: "conflictPolicy"}},
-		} {
-			doc, err := maps.Parse([]byte(tt.src))
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = st.CreateDraft(ctx, doc, "alice", "")
-			var ve *maps.ValidationError
-			if !errors.As(err, &ve) || len(ve.Problems) != 1 {
-				t.Fatalf("%s: CreateDraft = %v, want one validation problem", tt.name, err)
-			}
-			loc := ve.Problems[0]
-			loc.Message = ""
-			if loc != tt.want || !strings.Contains(ve.Problems[0].Message, "cannot keep") {
-				t.Fatalf("%s: problem %+v, want at %s", tt.name, ve.Problems[0], tt.want.Location())
-			}
-		}
-		if vs, _ := st.Versions(ctx); len(vs) != 0 {
-			t.Fatalf("a refused draft was stored: %+v", vs)
-		}
-		// The policies the tables do hold still save.
-		doc, err := maps.Parse([]byte(withPolicies("crm-wins", "")))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.CreateDraft(ctx, doc, "alice", ""); err != nil {
-			t.Fatalf("crm-wins on the entity map: %v", err)
-		}
-	})
 }

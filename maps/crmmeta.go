@@ -8,8 +8,8 @@ import (
 )
 
 // CRMMetadata is a snapshot of Dataverse entity metadata, as returned by
-// GET /api/data/v9.2/EntityDefinitions?$expand=Attributes (and, for option
-// sets, the OptionSet of Picklist attributes). Validation uses it to check
+// GET /api/data/v9.2/EntityDefinitions?$expand=Attributes,Keys (and, for
+// option sets, the OptionSet of Picklist attributes). Validation uses it to check
 // entity, attribute and type names when it is configured.
 type CRMMetadata struct {
 	entities map[string]*crmEntityMeta
@@ -20,7 +20,15 @@ type crmEntityMeta struct {
 	EntitySetName      string
 	PrimaryIDAttribute string `json:"PrimaryIdAttribute"`
 	Attributes         []crmAttributeMeta
-	attrs              map[string]*crmAttributeMeta
+	// Keys are the entity's alternate keys; nil when the snapshot was read
+	// without them ($expand=Keys), empty when the entity has none.
+	Keys  []crmKeyMeta
+	attrs map[string]*crmAttributeMeta
+}
+
+type crmKeyMeta struct {
+	LogicalName   string
+	KeyAttributes []string
 }
 
 type crmAttributeMeta struct {

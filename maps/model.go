@@ -68,8 +68,11 @@ type EntityMap struct {
 	// different values since the last sync; attribute maps may override
 	// it. Omitted means last-writer-wins.
 	ConflictPolicy ConflictPolicy `yaml:"conflictPolicy,omitempty"`
-	Attributes     []AttributeMap `yaml:"attributes"`
-	Expansions     []ExpansionMap `yaml:"expansions,omitempty"`
+	// DeletePolicy says what a record's deletion on one side does to its
+	// linked record on the other. Omitted means propagate.
+	DeletePolicy DeletePolicy   `yaml:"deletePolicy,omitempty"`
+	Attributes   []AttributeMap `yaml:"attributes"`
+	Expansions   []ExpansionMap `yaml:"expansions,omitempty"`
 	// Samples are the map's own test cases.
 	Samples []Sample `yaml:"samples,omitempty"`
 }
@@ -112,6 +115,24 @@ type Correlation struct {
 	// FHIRIdentifierSystem is the identifier system under which the FHIR
 	// resource carries the CRM record id.
 	FHIRIdentifierSystem string `yaml:"fhirIdentifierSystem"`
+	// BusinessKey, when set, links records created on both sides before
+	// they were correlated: see BusinessKey.
+	BusinessKey *BusinessKey `yaml:"businessKey,omitempty"`
+}
+
+// BusinessKey names a value both sides hold for the same real-world record,
+// such as a medical record number. A FHIR resource with the identifier
+// (FHIRIdentifierSystem, v) and a CRM record whose CRMAttribute equals v are
+// the same record: the agent links them instead of creating a duplicate,
+// finding the CRM record by alternate key and the FHIR resource by an
+// identifier search. CRMAttribute must therefore be an alternate key of the
+// entity (checked when CRM metadata with keys is configured).
+type BusinessKey struct {
+	// FHIRIdentifierSystem is the identifier system of the key on the FHIR
+	// side (identifier.where(system = ...).value).
+	FHIRIdentifierSystem string `yaml:"fhirIdentifierSystem"`
+	// CRMAttribute is the CRM attribute holding the same value.
+	CRMAttribute string `yaml:"crmAttribute"`
 }
 
 // FHIRFilter is a FHIRPath boolean; resources for which it is not true are
@@ -168,6 +189,34 @@ func (p ConflictPolicy) Valid() bool {
 func (p ConflictPolicy) OrDefault() ConflictPolicy {
 	if p == "" {
 		return ConflictLastWriter
+	}
+	return p
+}
+
+// DeletePolicy says what deleting a linked record on one side does to the
+// record on the other side.
+type DeletePolicy string
+
+// Delete policies.
+const (
+	DeletePropagate  DeletePolicy = "propagate"  // delete the other side's record (default)
+	DeleteDeactivate DeletePolicy = "deactivate" // CRM: statecode 1 / statuscode 2; FHIR: active false
+	DeleteIgnore     DeletePolicy = "ignore"     // leave the other side's record as it is
+)
+
+// Valid reports whether p is a known policy or empty (the default).
+func (p DeletePolicy) Valid() bool {
+	switch p {
+	case "", DeletePropagate, DeleteDeactivate, DeleteIgnore:
+		return true
+	}
+	return false
+}
+
+// OrDefault returns p, or propagate when p is empty.
+func (p DeletePolicy) OrDefault() DeletePolicy {
+	if p == "" {
+		return DeletePropagate
 	}
 	return p
 }

@@ -98,9 +98,6 @@ func (s *Store) CreateDraft(ctx context.Context, doc *Document, by, note string)
 	if _, err := Compile(doc, CompileOptions{CRM: s.opts.CRM}); err != nil {
 		return VersionInfo{}, err
 	}
-	if err := storable(doc); err != nil {
-		return VersionInfo{}, err
-	}
 	sum, err := checksum(doc)
 	if err != nil {
 		return VersionInfo{}, err
@@ -143,9 +140,6 @@ func (s *Store) CreateDraft(ctx context.Context, doc *Document, by, note string)
 // UpdateDraft replaces the content of draft version number.
 func (s *Store) UpdateDraft(ctx context.Context, number int, doc *Document, by, note string) (VersionInfo, error) {
 	if _, err := Compile(doc, CompileOptions{CRM: s.opts.CRM}); err != nil {
-		return VersionInfo{}, err
-	}
-	if err := storable(doc); err != nil {
 		return VersionInfo{}, err
 	}
 	sum, err := checksum(doc)

@@ -7,8 +7,9 @@ import (
 	"gorm.io/gorm"
 )
 
-// Rows of migration 0002_maps. Each child row carries version_id so the
-// immutability triggers can check its version directly.
+// Rows of migration 0002_maps (with the columns 0009 and 0013 added). Each
+// child row carries version_id so the immutability triggers can check its
+// version directly.
 
 type versionRow struct {
 	ID          int64 `gorm:"primaryKey"`
@@ -83,6 +84,9 @@ type entityRow struct {
 	CRMFilter               *string `gorm:"column:crm_filter"`
 	CRMGate                 *string `gorm:"column:crm_gate"`
 	ConflictPolicy          string
+	DeletePolicy            string
+	BusinessKeyFHIRSystem   string `gorm:"column:business_key_fhir_system"`
+	BusinessKeyCRMAttribute string `gorm:"column:business_key_crm_attribute"`
 	Samples                 *string
 }
 
@@ -131,42 +135,10 @@ type attributeRow struct {
 	Required         bool
 	MaxLength        int
 	LengthPolicy     string
+	ConflictPolicy   string
 }
 
 func (attributeRow) TableName() string { return "map_attribute_maps" }
-
-// storable refuses, as validation problems, what the map tables cannot hold
-// yet: the hold conflict policy (map_entity_maps.conflict_policy's CHECK
-// predates it) and per-attribute conflict policies (map_attribute_maps has
-// no column for them). Both are valid in a YAML map set; refusing them here
-// keeps a stored version from silently differing from what was saved.
-func storable(doc *Document) error {
-	ps := &problems{}
-	const msg = "the map store cannot keep %s yet; use it in a YAML map set, or choose last-writer-wins, fhir-wins or crm-wins on the entity map"
-	attrs := func(at Problem, as []AttributeMap) {
-		for i := range as {
-			if as[i].ConflictPolicy != "" {
-				a := at
-				a.Attribute, a.Field = as[i].Name, "conflictPolicy"
-				ps.add(a, msg, "a per-attribute conflictPolicy")
-			}
-		}
-	}
-	for i := range doc.EntityMaps {
-		m := &doc.EntityMaps[i]
-		at := Problem{Map: m.Name}
-		if m.ConflictPolicy == ConflictHold {
-			ps.add(withField(at, "conflictPolicy"), msg, "conflictPolicy hold")
-		}
-		attrs(at, m.Attributes)
-		for j := range m.Expansions {
-			xat := at
-			xat.Expansion = m.Expansions[j].Name
-			attrs(xat, m.Expansions[j].Attributes)
-		}
-	}
-	return ps.err()
-}
 
 func optJSON(v any, empty bool) *string {
 	if empty {
@@ -181,7 +153,7 @@ func attributeRowOf(versionID, entityID int64, expID *int64, pos int, a *Attribu
 		Enabled: a.IsEnabled(), CRMAttribute: a.CRMAttribute, CRMType: string(a.CRMType), FHIRPath: a.FHIRPath,
 		Direction: string(a.Direction), Action: string(a.Action), DefaultValue: a.Default, ValueMap: a.ValueMap,
 		Expression: a.Expression, Required: a.Required, MaxLength: a.MaxLength, LengthPolicy: string(a.LengthPolicy),
-		FallbackPaths: optJSON(a.FallbackPaths, len(a.FallbackPaths) == 0)}
+		FallbackPaths: optJSON(a.FallbackPaths, len(a.FallbackPaths) == 0), ConflictPolicy: string(a.ConflictPolicy)}
 	if a.Lookup != nil {
 		r.LookupEntityMap, r.LookupNavigation = a.Lookup.EntityMap, a.Lookup.Navigation
 	}
@@ -191,7 +163,8 @@ func attributeRowOf(versionID, entityID int64, expID *int64, pos int, a *Attribu
 func (r *attributeRow) attributeMap() (AttributeMap, error) {
 	a := AttributeMap{Name: r.Name, CRMAttribute: r.CRMAttribute, CRMType: CRMType(r.CRMType), FHIRPath: r.FHIRPath,
 		Direction: Direction(r.Direction), Action: Action(r.Action), Default: r.DefaultValue, ValueMap: r.ValueMap,
-		Expression: r.Expression, Required: r.Required, MaxLength: r.MaxLength, LengthPolicy: LengthPolicy(r.LengthPolicy)}
+		Expression: r.Expression, Required: r.Required, MaxLength: r.MaxLength, LengthPolicy: LengthPolicy(r.LengthPolicy),
+		ConflictPolicy: ConflictPolicy(r.ConflictPolicy)}
 	if !r.Enabled {
 		a.Enabled = new(false)
 	}
@@ -223,7 +196,11 @@ func insertContent(tx *gorm.DB, versionID int64, doc *Document) error {
 			CorrelationCRMAttribute: m.Correlation.CRMAttribute, CorrelationFHIRSystem: m.Correlation.FHIRIdentifierSystem,
 			FHIRFilter: optJSON(m.FHIRFilter, m.FHIRFilter == nil), CRMFilter: optJSON(m.CRMFilter, m.CRMFilter == nil),
 			CRMGate:        optJSON(m.CRMGate, m.CRMGate == nil),
-			ConflictPolicy: string(m.ConflictPolicy), Samples: optJSON(m.Samples, len(m.Samples) == 0)}
+			ConflictPolicy: string(m.ConflictPolicy), DeletePolicy: string(m.DeletePolicy),
+			Samples: optJSON(m.Samples, len(m.Samples) == 0)}
+		if bk := m.Correlation.BusinessKey; bk != nil {
+			row.BusinessKeyFHIRSystem, row.BusinessKeyCRMAttribute = bk.FHIRIdentifierSystem, bk.CRMAttribute
+		}
 		if err := tx.Create(&row).Error; err != nil {
 			return fmt.Errorf("entity map %q: %w", m.Name, err)
 		}
@@ -284,7 +261,12 @@ func loadContent(tx *gorm.DB, v *versionRow) (*Document, error) {
 			CRMIDAttribute: r.CRMIDAttribute, FHIRType: r.FHIRType,
 			FHIRToCRM: Flow{Enabled: r.FHIRToCRM}, CRMToFHIR: Flow{Enabled: r.CRMToFHIR},
 			Correlation:    Correlation{CRMAttribute: r.CorrelationCRMAttribute, FHIRIdentifierSystem: r.CorrelationFHIRSystem},
-			ConflictPolicy: ConflictPolicy(r.ConflictPolicy)}
+			ConflictPolicy: ConflictPolicy(r.ConflictPolicy), DeletePolicy: DeletePolicy(r.DeletePolicy)}
+		// Validation requires both halves of a business key, so a stored
+		// one has both; either column set means the map has one.
+		if r.BusinessKeyFHIRSystem != "" || r.BusinessKeyCRMAttribute != "" {
+			m.Correlation.BusinessKey = &BusinessKey{FHIRIdentifierSystem: r.BusinessKeyFHIRSystem, CRMAttribute: r.BusinessKeyCRMAttribute}
+		}
 		if !r.Enabled {
 			m.Enabled = new(false)
 		}
