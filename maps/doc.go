@@ -28,12 +28,50 @@
 // # Versions
 //
 // A Store (New) keeps versions in the project database (migration
-// 0002_maps): drafts can be edited, published versions are immutable
+// 0002_maps, with the policy columns of 0013_map_policies): drafts can be edited, published versions are immutable
 // (enforced by the schema too), and every publication is recorded, so a
 // rollback is a new publication of an older version. Current returns the
 // compiled Set of the newest publication with its version number; Watch
 // delivers a new Set whenever any process sharing the database publishes,
 // so the agent never needs a restart.
+//
+// # Policies
+//
+// These fields of an entity map tell the agent how to settle what the
+// mapping alone cannot (the agent applies them; docs/conflicts.md):
+//
+//   - conflictPolicy (last-writer-wins, the default; fhir-wins; crm-wins;
+//     hold) settles an attribute changed on both sides since the last sync.
+//     An attribute map that travels both ways may set its own
+//     conflictPolicy, for its attribute only (AttributeMap.Policy).
+//   - deletePolicy (DeletePolicy) says what a deletion on one side does to
+//     the linked record on the other: propagate (the default) deletes it,
+//     deactivate sets statecode 1 / statuscode 2 on a CRM record and
+//     active false on a FHIR resource, ignore leaves it. The direction's
+//     delete operation must still be allowed. deactivate is refused when
+//     CRM deletions travel to a FHIR type without an active element
+//     (HasActive).
+//   - correlation.businessKey (BusinessKey: fhirIdentifierSystem and
+//     crmAttribute, both required) names a value both sides hold for the
+//     same record, such as a medical record number: a resource with the
+//     identifier (system, v) and a CRM record whose crmAttribute is v are
+//     linked rather than duplicated. The agent finds the CRM record by
+//     alternate key, so crmAttribute must be an alternate key of its own;
+//     with CRM metadata read with $expand=Keys this is checked. The key's
+//     system and attribute must differ from the correlation's, which carry
+//     the other side's record id. Mapping.BusinessKeyValue reads the value
+//     from a resource.
+//
+// For example:
+//
+//	correlation:
+//	  crmAttribute: msemr_azurefhirid
+//	  fhirIdentifierSystem: urn:fhirsync:crm:contactid
+//	  businessKey:
+//	    fhirIdentifierSystem: urn:oid:1.2.36.146.595.217.0.1
+//	    crmAttribute: msemr_medicalrecordnumber
+//	conflictPolicy: hold
+//	deletePolicy: deactivate
 //
 // # Engine
 //
