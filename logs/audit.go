@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 	"unicode/utf8"
+
+	"gorm.io/gorm"
 )
 
 // ErrInvalidAudit wraps the reasons an audit entry is refused.
@@ -51,6 +53,12 @@ const maxSummary = 4000
 // AppendAudit adds e to the audit trail. The trail is append-only: there is
 // no update or delete, and the schema refuses both.
 func (s *Store) AppendAudit(ctx context.Context, e AuditEntry) error {
+	return s.appendAudit(s.db.WithContext(ctx), e)
+}
+
+// appendAudit adds e through db, which may be a transaction: an action and
+// its audit entry then commit together.
+func (s *Store) appendAudit(db *gorm.DB, e AuditEntry) error {
 	var errs []error
 	if e.Actor == "" || len(e.Actor) > maxShortText {
 		errs = append(errs, fmt.Errorf("actor is empty or longer than %d bytes", maxShortText))
@@ -74,7 +82,7 @@ func (s *Store) AppendAudit(ctx context.Context, e AuditEntry) error {
 	}
 	row := auditRow{At: e.At.UTC().Truncate(time.Microsecond), Actor: e.Actor, Action: e.Action,
 		ObjectType: e.ObjectType, ObjectID: e.ObjectID, BeforeSummary: e.Before, AfterSummary: e.After}
-	if err := s.db.WithContext(ctx).Create(&row).Error; err != nil {
+	if err := db.Create(&row).Error; err != nil {
 		return fmt.Errorf("appending %s by %s to the audit trail: %w", e.Action, e.Actor, err)
 	}
 	return nil

@@ -137,23 +137,60 @@ func aad(decisionID int64, part string) []byte {
 	return b
 }
 
-func (kr *keyring) seal(decisionID int64, now time.Time, s *Snapshots) (captureRow, error) {
-	aead := kr.aeads[kr.sealID]
-	sealOne := func(part string, plain []byte) ([]byte, error) {
-		if plain == nil {
-			return nil, nil
-		}
-		nonce := make([]byte, aead.NonceSize(), aead.NonceSize()+len(plain)+aead.Overhead())
-		if _, err := rand.Read(nonce); err != nil {
-			return nil, err
-		}
-		return aead.Seal(nonce, nonce, plain, aad(decisionID, part)), nil
+// canSeal reports whether a sealing key is configured.
+func (kr *keyring) canSeal() bool { return kr != nil && kr.aeads[kr.sealID] != nil }
+
+// sealBytes seals plain under the sealing key with associated data ad;
+// nil stays nil. The nonce leads the result.
+func (kr *keyring) sealBytes(plain, ad []byte) ([]byte, error) {
+	if plain == nil {
+		return nil, nil
 	}
-	src, err := sealOne("source", s.Source)
+	aead := kr.aeads[kr.sealID]
+	nonce := make([]byte, aead.NonceSize(), aead.NonceSize()+len(plain)+aead.Overhead())
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, err
+	}
+	return aead.Seal(nonce, nonce, plain, ad), nil
+}
+
+// keyFor returns the AEAD of keyID, telling a key that is not configured
+// (ErrUnknownKey) from one that is not the key whose check was stored
+// (ErrWrongKey).
+func (kr *keyring) keyFor(keyID, check string) (cipher.AEAD, error) {
+	aead, ok := kr.aeads[keyID]
+	if !ok {
+		return nil, ErrUnknownKey
+	}
+	if kr.checks[keyID] != check {
+		return nil, ErrWrongKey
+	}
+	return aead, nil
+}
+
+// openBytes opens what sealBytes sealed with the same associated data;
+// nil stays nil. A failure is ErrTampered.
+func openBytes(aead cipher.AEAD, sealed, ad []byte) ([]byte, error) {
+	if sealed == nil {
+		return nil, nil
+	}
+	n := aead.NonceSize()
+	if len(sealed) < n+aead.Overhead() {
+		return nil, ErrTampered
+	}
+	plain, err := aead.Open(nil, sealed[:n], sealed[n:], ad)
+	if err != nil {
+		return nil, ErrTampered
+	}
+	return plain, nil
+}
+
+func (kr *keyring) seal(decisionID int64, now time.Time, s *Snapshots) (captureRow, error) {
+	src, err := kr.sealBytes(s.Source, aad(decisionID, "source"))
 	if err != nil {
 		return captureRow{}, err
 	}
-	tgt, err := sealOne("target", s.Target)
+	tgt, err := kr.sealBytes(s.Target, aad(decisionID, "target"))
 	if err != nil {
 		return captureRow{}, err
 	}
@@ -161,34 +198,17 @@ func (kr *keyring) seal(decisionID int64, now time.Time, s *Snapshots) (captureR
 }
 
 func (kr *keyring) open(row captureRow) (Snapshots, error) {
-	aead, ok := kr.aeads[row.KeyID]
-	if !ok {
-		return Snapshots{}, fmt.Errorf("capture of decision %d: key %q: %w", row.DecisionID, row.KeyID, ErrUnknownKey)
-	}
-	if kr.checks[row.KeyID] != row.KeyCheck {
-		return Snapshots{}, fmt.Errorf("capture of decision %d: key %q: %w", row.DecisionID, row.KeyID, ErrWrongKey)
-	}
-	openOne := func(part string, sealed []byte) ([]byte, error) {
-		if sealed == nil {
-			return nil, nil
-		}
-		if len(sealed) < aead.NonceSize()+aead.Overhead() {
-			return nil, fmt.Errorf("capture of decision %d, %s: %w", row.DecisionID, part, ErrTampered)
-		}
-		n := aead.NonceSize()
-		plain, err := aead.Open(nil, sealed[:n], sealed[n:], aad(row.DecisionID, part))
-		if err != nil {
-			return nil, fmt.Errorf("capture of decision %d, %s: %w", row.DecisionID, part, ErrTampered)
-		}
-		return plain, nil
-	}
-	src, err := openOne("source", row.SourceSealed)
+	aead, err := kr.keyFor(row.KeyID, row.KeyCheck)
 	if err != nil {
-		return Snapshots{}, err
+		return Snapshots{}, fmt.Errorf("capture of decision %d: key %q: %w", row.DecisionID, row.KeyID, err)
 	}
-	tgt, err := openOne("target", row.TargetSealed)
+	src, err := openBytes(aead, row.SourceSealed, aad(row.DecisionID, "source"))
 	if err != nil {
-		return Snapshots{}, err
+		return Snapshots{}, fmt.Errorf("capture of decision %d, source: %w", row.DecisionID, err)
+	}
+	tgt, err := openBytes(aead, row.TargetSealed, aad(row.DecisionID, "target"))
+	if err != nil {
+		return Snapshots{}, fmt.Errorf("capture of decision %d, target: %w", row.DecisionID, err)
 	}
 	return Snapshots{Source: src, Target: tgt}, nil
 }

@@ -3,6 +3,8 @@ package logs
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -55,6 +57,9 @@ type Decision struct {
 	Message string `json:"message,omitempty"`
 	// ChangedFields names the target fields whose values changed.
 	ChangedFields []string `json:"changed_fields,omitempty"`
+	// Conflicts lists the attributes changed on both sides and how this
+	// decision settled each. Never values.
+	Conflicts []Conflict `json:"conflicts,omitempty"`
 	// Attempts lists each try at the message, oldest first.
 	Attempts []Attempt `json:"attempts,omitempty"`
 	// Duration is how long the message took from receipt to decision.
@@ -106,6 +111,64 @@ type Attempt struct {
 	Retryable bool `json:"retryable"`
 }
 
+// Conflict is one attribute changed on both sides, as a decision settled it. It never carries a value.
+type Conflict struct {
+	Attribute   string `json:"attribute"`             // attribute map name; empty: the whole record (a delete met an edit)
+	Policy      string `json:"policy"`                // what decided: fhir-wins, crm-wins, last-writer-wins, hold, person
+	Tie         bool   `json:"tie,omitempty"`         // last-writer-wins could not order the edits; Policy is the tie-breaker
+	Overwritten string `json:"overwritten,omitempty"` // "fhir" or "crm": the side whose value this decision replaced
+	Held        bool   `json:"held,omitempty"`
+	Deferred    bool   `json:"deferred,omitempty"` // the other side won; its own change writes the value
+}
+
+// Conflict policies, as Conflict.Policy names them. PolicyPerson marks a
+// held conflict a person resolved.
+const (
+	PolicyFHIRWins       = "fhir-wins"
+	PolicyCRMWins        = "crm-wins"
+	PolicyLastWriterWins = "last-writer-wins"
+	PolicyHold           = "hold"
+	PolicyPerson         = "person"
+)
+
+// The two sides, as Conflict.Overwritten, HeldConflict.DeletedSide and a
+// resolution name them.
+const (
+	SideFHIR = "fhir"
+	SideCRM  = "crm"
+)
+
+// ConflictPolicies lists the values Conflict.Policy may take.
+func ConflictPolicies() []string {
+	return []string{PolicyFHIRWins, PolicyCRMWins, PolicyLastWriterWins, PolicyHold, PolicyPerson}
+}
+
+// validate reports what is wrong with c, naming fields, never values.
+func (c Conflict) validate() error {
+	var errs []error
+	if len(c.Attribute) > maxShortText || !utf8.ValidString(c.Attribute) {
+		errs = append(errs, fmt.Errorf("attribute is longer than %d bytes or not UTF-8", maxShortText))
+	}
+	if !slices.Contains(ConflictPolicies(), c.Policy) {
+		errs = append(errs, fmt.Errorf("policy %q is not one of %s", short(c.Policy), strings.Join(ConflictPolicies(), ", ")))
+	}
+	if c.Overwritten != "" && c.Overwritten != SideFHIR && c.Overwritten != SideCRM {
+		errs = append(errs, fmt.Errorf("overwritten %q is not fhir, crm or empty", short(c.Overwritten)))
+	}
+	// A conflict is settled one way: a side overwritten, held, or deferred
+	// to the other side's own change.
+	n := 0
+	for _, b := range []bool{c.Overwritten != "", c.Held, c.Deferred} {
+		if b {
+			n++
+		}
+	}
+	if n > 1 {
+		errs = append(errs, errors.New("more than one of overwritten, held and deferred is set"))
+	}
+	return errors.Join(errs...)
+}
+
 // Snapshots are the payloads behind a decision, as raw bytes (normally
 // JSON). They contain PHI.
 type Snapshots struct {
@@ -123,6 +186,7 @@ const (
 	maxFields    = 500
 	maxAttempts  = 100
 	maxKeys      = 16
+	maxConflicts = 500
 )
 
 // validate checks d and fills defaults. Its errors name fields, never
@@ -136,7 +200,7 @@ func (d *Decision) validate(now time.Time) error {
 		bad("direction %q is not fhir_to_crm or crm_to_fhir", short(string(d.Direction)))
 	}
 	if !d.Outcome.valid() {
-		bad("outcome %q is not one of sent, skipped, failed, dead_lettered", short(string(d.Outcome)))
+		bad("outcome %q is not one of sent, skipped, held, failed, dead_lettered", short(string(d.Outcome)))
 	}
 	if r, ok := LookupReason(d.Reason); !ok {
 		bad("reason %q is not a registered reason code", short(string(d.Reason)))
@@ -170,6 +234,14 @@ func (d *Decision) validate(now time.Time) error {
 	for i, a := range d.Attempts {
 		if len(a.ErrorClass) > 64 {
 			bad("attempt %d: error class is longer than 64 bytes", i+1)
+		}
+	}
+	if len(d.Conflicts) > maxConflicts {
+		bad("%d conflicts, at most %d", len(d.Conflicts), maxConflicts)
+	}
+	for i, c := range d.Conflicts {
+		if err := c.validate(); err != nil {
+			bad("conflict %d: %w", i+1, err)
 		}
 	}
 	if len(d.BusinessKeys) > maxKeys {

@@ -4,7 +4,8 @@
 // capture, and the audit trail.
 //
 // It owns the tables sync_decisions, sync_decision_keys,
-// sync_decision_captures and audit_trail (migration 0004). It does not own
+// sync_decision_captures and audit_trail (migration 0004), and
+// held_conflicts (migration 0012). It does not own
 // process logging (slog is for operators, not auditors), the decision of
 // which outcome a message gets (package agent builds the Decision value),
 // users and roles (the admin app passes a Principal), or metrics about
@@ -62,6 +63,24 @@
 // apart a key that is not configured (ErrUnknownKey), a configured key
 // that is not the sealing key (ErrWrongKey), and altered bytes
 // (ErrTampered). Captures have their own, shorter retention.
+//
+// # Conflicts
+//
+// A decision's Conflicts name the attributes changed on both sides and how
+// the decision settled each (the policy, the side overwritten, held or
+// deferred); never a value. Outcome held with reason conflict_held or
+// delete_held means part of the change waits for a person. The agent
+// records what waits with HoldTx, in the transaction that writes the
+// decision: one pending row per entity map, FHIR id and attribute ("" for a
+// delete met by an edit), holding each side's keyed value hash and whether
+// each side changed since the last sync. The values themselves are kept
+// only when a payload capture key is configured, sealed like captures and
+// bound to the row and side; ConflictValues opens them under the same
+// rules as ReadCapture (PHI permission, audit entry for every read). A
+// person resolves an open conflict with ResolveConflict (audited); the
+// agent picks up ResolvedConflicts, writes the chosen side and marks the
+// row applied with SettleConflictTx, which drops the sealed values. A
+// conflict held again after its values changed goes back to open.
 //
 // # Queries
 //

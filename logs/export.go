@@ -37,7 +37,7 @@ var decisionColumns = []string{
 	"id", "time", "correlation_id", "message_id", "direction", "entity_map", "map_version",
 	"source_type", "source_id", "source_version", "target_type", "target_id", "target_version",
 	"business_keys", "outcome", "reason", "reason_subject", "message", "changed_fields",
-	"attempts", "duration_ms",
+	"attempts", "duration_ms", "conflicts",
 }
 
 func decisionRecord(d Decision) []string {
@@ -56,7 +56,35 @@ func decisionRecord(d Decision) []string {
 		strings.Join(keys, ";"), string(d.Outcome), string(d.Reason), d.ReasonSubject, d.Message,
 		strings.Join(d.ChangedFields, ";"), strings.Join(att, ";"),
 		strconv.FormatFloat(float64(d.Duration)/float64(time.Millisecond), 'f', 3, 64),
+		conflictsCell(d.Conflicts),
 	}
+}
+
+// conflictsCell renders conflicts as "attribute:policy:settled" joined by
+// ";", where settled is "overwritten=<side>", "held" or "deferred", with
+// ",tie" added for a tie. The whole record is named "*".
+func conflictsCell(cs []Conflict) string {
+	parts := make([]string, len(cs))
+	for i, c := range cs {
+		attr := c.Attribute
+		if attr == "" {
+			attr = "*"
+		}
+		var settled []string
+		switch {
+		case c.Overwritten != "":
+			settled = append(settled, "overwritten="+c.Overwritten)
+		case c.Held:
+			settled = append(settled, "held")
+		case c.Deferred:
+			settled = append(settled, "deferred")
+		}
+		if c.Tie {
+			settled = append(settled, "tie")
+		}
+		parts[i] = attr + ":" + c.Policy + ":" + strings.Join(settled, ",")
+	}
+	return strings.Join(parts, ";")
 }
 
 // Export writes every decision matching f to w, newest first, and returns

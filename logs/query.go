@@ -45,6 +45,8 @@ type Filter struct {
 	Direction Direction
 	// MessageID matches the queue message's id.
 	MessageID string
+	// Conflicts matches only decisions that name at least one conflict.
+	Conflicts bool
 	// From and To bound the decision time: From <= Time < To.
 	From, To time.Time
 }
@@ -146,6 +148,10 @@ func (s *Store) where(q *gorm.DB, f Filter) (*gorm.DB, error) {
 	}
 	if f.MessageID != "" {
 		q = q.Where("message_id = ?", f.MessageID)
+	}
+	if f.Conflicts {
+		// toRow writes "[]" for a decision without conflicts.
+		q = q.Where("conflicts <> '[]'")
 	}
 	if !f.From.IsZero() {
 		q = q.Where("decided_at >= ?", f.From.UTC())

@@ -11,6 +11,10 @@ const (
 	// OutcomeSkipped means the message was deliberately not written; the
 	// reason says which rule decided so.
 	OutcomeSkipped Outcome = "skipped"
+	// OutcomeHeld means part of the change met a conflicting change on the
+	// other side and waits for a person (see the held conflicts); the rest
+	// of the change was written and ChangedFields names it.
+	OutcomeHeld Outcome = "held"
 	// OutcomeFailed means the attempt failed and the message will be retried.
 	OutcomeFailed Outcome = "failed"
 	// OutcomeDeadLettered means the message was given up on and moved to the
@@ -20,7 +24,7 @@ const (
 
 // Outcomes lists every outcome in display order.
 func Outcomes() []Outcome {
-	return []Outcome{OutcomeSent, OutcomeSkipped, OutcomeFailed, OutcomeDeadLettered}
+	return []Outcome{OutcomeSent, OutcomeSkipped, OutcomeHeld, OutcomeFailed, OutcomeDeadLettered}
 }
 
 func (o Outcome) valid() bool { return slices.Contains(Outcomes(), o) }
@@ -50,6 +54,12 @@ const (
 	ReasonUpdated ReasonCode = "updated"
 	// ReasonDeleted: the target record was deleted or deactivated.
 	ReasonDeleted ReasonCode = "deleted"
+	// ReasonConflictResolved: a person's resolution of a held conflict was
+	// written.
+	ReasonConflictResolved ReasonCode = "conflict_resolved"
+	// ReasonDeactivated: the target was deactivated instead of deleted, by
+	// the entity map's delete policy.
+	ReasonDeactivated ReasonCode = "deactivated"
 
 	// ReasonNoEntityMap: no entity map covers the record's type.
 	ReasonNoEntityMap ReasonCode = "no_entity_map"
@@ -73,6 +83,23 @@ const (
 	ReasonUnchanged ReasonCode = "unchanged"
 	// ReasonSourceGone: the source record no longer exists.
 	ReasonSourceGone ReasonCode = "source_gone"
+	// ReasonConflictDeferred: the record's only changes conflict with the
+	// target's, and the policy keeps the target's value; the target's own
+	// change carries it the other way.
+	ReasonConflictDeferred ReasonCode = "conflict_deferred"
+	// ReasonDeleteIgnored: the entity map's delete policy is ignore.
+	ReasonDeleteIgnored ReasonCode = "delete_ignored"
+	// ReasonDeleteOverruled: a delete met an edit on the other side and the
+	// conflict policy keeps the edit.
+	ReasonDeleteOverruled ReasonCode = "delete_overruled"
+
+	// ReasonConflictHeld: an attribute changed on both sides is held for a
+	// person; the record's other changes were written (ChangedFields names
+	// them).
+	ReasonConflictHeld ReasonCode = "conflict_held"
+	// ReasonDeleteHeld: a delete on one side met an edit on the other and
+	// waits for a person.
+	ReasonDeleteHeld ReasonCode = "delete_held"
 
 	// ReasonInvalidMessage: the message could not be understood.
 	ReasonInvalidMessage ReasonCode = "invalid_message"
@@ -114,6 +141,7 @@ func (r Reason) Allows(o Outcome) bool { return slices.Contains(r.Outcomes, o) }
 var (
 	sentOnly   = []Outcome{OutcomeSent}
 	skipOnly   = []Outcome{OutcomeSkipped}
+	heldOnly   = []Outcome{OutcomeHeld}
 	failOrDead = []Outcome{OutcomeFailed, OutcomeDeadLettered}
 	deadOnly   = []Outcome{OutcomeDeadLettered}
 )
@@ -124,6 +152,8 @@ var registry = []Reason{
 	{ReasonCreated, sentOnly, "The target record did not exist and was created.", "None."},
 	{ReasonUpdated, sentOnly, "The target record was updated with the changed mapped fields.", "None."},
 	{ReasonDeleted, sentOnly, "The source record was deleted and the target record was deleted or deactivated.", "None."},
+	{ReasonConflictResolved, sentOnly, "A person resolved a held conflict and the chosen value (or the delete) was written to the other side.", "None; the audit trail names who resolved it."},
+	{ReasonDeactivated, sentOnly, "The source record was deleted and, by the entity map's delete policy, the target record was deactivated instead of deleted.", "None; change the entity map's delete policy if records should be deleted."},
 
 	{ReasonNoEntityMap, skipOnly, "No entity map pairs this record's type with a type on the other side.", "Create and publish an entity map for the type if it should sync."},
 	{ReasonMapDisabled, skipOnly, "The entity map for this record type exists but is disabled.", "Enable the entity map if the record type should sync."},
@@ -135,6 +165,12 @@ var registry = []Reason{
 	{ReasonStaleVersion, skipOnly, "A newer version of the record was already processed.", "None; the newer version carries the change."},
 	{ReasonUnchanged, skipOnly, "No mapped value differs at the target, so nothing was written.", "None; check the attribute maps if a change was expected to travel."},
 	{ReasonSourceGone, skipOnly, "The source record no longer exists when it was re-read.", "None; a delete notice for the record follows or has already been processed."},
+	{ReasonConflictDeferred, skipOnly, "The record's only changes conflict with changes made on the target side, and the conflict policy keeps the target's values; the decision's conflicts name them.", "None; the target side's own change carries its values the other way. Change the conflict policy if this side should win."},
+	{ReasonDeleteIgnored, skipOnly, "The source record was deleted, and the entity map's delete policy is to ignore deletes.", "None; change the entity map's delete policy if deletes should travel."},
+	{ReasonDeleteOverruled, skipOnly, "The source record was deleted while the target record was edited, and the conflict policy keeps the edit; the target record stays.", "None if the edit should win; otherwise delete the target record by hand or change the conflict policy."},
+
+	{ReasonConflictHeld, heldOnly, "An attribute changed on both sides to different values and is held for a person; the record's other changes were written (the changed fields name them).", "Open the conflict on the Conflicts page and take the FHIR or the CRM value."},
+	{ReasonDeleteHeld, heldOnly, "The record was deleted on one side while it was edited on the other; the delete waits for a person.", "Open the conflict on the Conflicts page and apply the delete or keep the record."},
 
 	{ReasonInvalidMessage, failOrDead, "The message could not be understood (malformed, unknown type or too large).", "Inspect the dead letter; fix the sender or discard the message."},
 	{ReasonMappingError, failOrDead, "A map could not be applied to the record (the decision names the attribute map).", "Fix the named attribute map, test it in the preview, publish, then redrive."},

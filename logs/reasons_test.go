@@ -11,10 +11,13 @@ import (
 )
 
 // designCodes is the closed set of DESIGN.md §4, by outcome group.
+// The conflict codes are those of docs/conflicts.md.
 var designCodes = map[string][]logs.ReasonCode{
-	"sent": {"created", "updated", "deleted"},
+	"sent": {"created", "updated", "deleted", "conflict_resolved", "deactivated"},
 	"skipped": {"no_entity_map", "map_disabled", "direction_off", "operation_off", "record_gate_off",
-		"filtered", "own_write_echo", "stale_version", "unchanged", "source_gone"},
+		"filtered", "own_write_echo", "stale_version", "unchanged", "source_gone",
+		"conflict_deferred", "delete_ignored", "delete_overruled"},
+	"held": {"conflict_held", "delete_held"},
 	"failed": {"invalid_message", "mapping_error", "target_rejected", "target_conflict",
 		"unauthorized", "throttled", "unavailable", "attempts_exhausted"},
 }
@@ -50,6 +53,14 @@ func TestRegistryIsTheDesignSet(t *testing.T) {
 		if r, _ := logs.LookupReason(c); !slices.Equal(r.Outcomes, []logs.Outcome{logs.OutcomeSkipped}) {
 			t.Errorf("%s outcomes = %v, want [skipped]", c, r.Outcomes)
 		}
+	}
+	for _, c := range designCodes["held"] {
+		if r, _ := logs.LookupReason(c); !slices.Equal(r.Outcomes, []logs.Outcome{logs.OutcomeHeld}) {
+			t.Errorf("%s outcomes = %v, want [held]", c, r.Outcomes)
+		}
+	}
+	if got, want := logs.Outcomes(), []logs.Outcome{"sent", "skipped", "held", "failed", "dead_lettered"}; !slices.Equal(got, want) {
+		t.Errorf("Outcomes() = %v, want %v", got, want)
 	}
 	if r, _ := logs.LookupReason(logs.ReasonUnauthorized); r.Allows(logs.OutcomeSent) {
 		t.Error("unauthorized is allowed as a success")

@@ -185,6 +185,7 @@ type decisionRow struct {
 	ChangedFields string
 	Attempts      string
 	DurationUS    int64 `gorm:"column:duration_us"`
+	Conflicts     string
 }
 
 func (decisionRow) TableName() string { return "sync_decisions" }
@@ -205,7 +206,7 @@ func (keyRow) TableName() string { return "sync_decision_keys" }
 const (
 	insertDecisionSQL = `INSERT INTO sync_decisions (decided_at, correlation_id, message_id, direction, entity_map, map_version,
 		source_type, source_id, source_version, target_type, target_id, target_version, outcome, reason, reason_subject,
-		message, changed_fields, attempts, duration_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`
+		message, changed_fields, attempts, duration_us, conflicts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`
 	insertKeySQL = `INSERT INTO sync_decision_keys (decision_id, name, hash) VALUES (?, ?, ?)`
 )
 
@@ -218,7 +219,7 @@ func insertDecisions(tx *gorm.DB, rows []decisionRow) error {
 		r := &rows[i]
 		err := storage.Direct(tx).QueryRow(insertDecisionSQL, r.DecidedAt, r.CorrelationID, r.MessageID, r.Direction, r.EntityMap, r.MapVersion,
 			r.SourceType, r.SourceID, r.SourceVersion, r.TargetType, r.TargetID, r.TargetVersion, r.Outcome, r.Reason,
-			r.ReasonSubject, r.Message, r.ChangedFields, r.Attempts, r.DurationUS).Scan(&r.ID)
+			r.ReasonSubject, r.Message, r.ChangedFields, r.Attempts, r.DurationUS, r.Conflicts).Scan(&r.ID)
 		if err != nil {
 			return err
 		}
@@ -255,6 +256,14 @@ func toRow(d *Decision) (decisionRow, error) {
 	if err != nil {
 		return decisionRow{}, err
 	}
+	conflicts := d.Conflicts
+	if conflicts == nil {
+		conflicts = []Conflict{}
+	}
+	conf, err := json.Marshal(conflicts)
+	if err != nil {
+		return decisionRow{}, err
+	}
 	return decisionRow{
 		DecidedAt: d.Time, CorrelationID: d.CorrelationID, MessageID: d.MessageID,
 		Direction: string(d.Direction), EntityMap: d.EntityMap, MapVersion: d.MapVersion,
@@ -262,7 +271,7 @@ func toRow(d *Decision) (decisionRow, error) {
 		TargetType: d.Target.Type, TargetID: d.Target.ID, TargetVersion: d.Target.Version,
 		Outcome: string(d.Outcome), Reason: string(d.Reason), ReasonSubject: d.ReasonSubject,
 		Message: d.Message, ChangedFields: string(fields), Attempts: string(att),
-		DurationUS: d.Duration.Microseconds(),
+		DurationUS: d.Duration.Microseconds(), Conflicts: string(conf),
 	}, nil
 }
 
@@ -279,6 +288,10 @@ func (r decisionRow) decision() Decision {
 	// list empty rather than hiding the whole decision.
 	_ = json.Unmarshal([]byte(r.ChangedFields), &d.ChangedFields)
 	_ = json.Unmarshal([]byte(r.Attempts), &d.Attempts)
+	_ = json.Unmarshal([]byte(r.Conflicts), &d.Conflicts)
+	if len(d.Conflicts) == 0 {
+		d.Conflicts = nil
+	}
 	if len(d.ChangedFields) == 0 {
 		d.ChangedFields = nil
 	}
@@ -311,7 +324,7 @@ func (s *Store) Write(ctx context.Context, d *Decision) error {
 }
 
 // writeChunk bounds the rows per INSERT statement (PostgreSQL allows at
-// most 65535 bind parameters; a decision row has 19).
+// most 65535 bind parameters; a decision row has 20).
 const writeChunk = 1000
 
 // WriteBatch records decisions in one transaction and sets their IDs.
