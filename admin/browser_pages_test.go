@@ -296,6 +296,7 @@ func TestScreenshots(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	conflictID, _ := holdConflicts(t, e.app.data.logs)
 	page, err := e.app.data.logs.Search(t.Context(), logs.Filter{Outcome: logs.OutcomeFailed}, "", 1)
 	if err != nil || len(page.Decisions) == 0 {
 		t.Fatal(err)
@@ -316,6 +317,8 @@ func TestScreenshots(t *testing.T) {
 		{"logs.png", "/logs", "#decisions", nil},
 		{"decision.png", fmt.Sprint("/logs/", page.Decisions[0].ID), "#reason", nil},
 		{"deadletters.png", "/deadletters", "#redrive-form", nil},
+		{"conflicts.png", "/conflicts", "#conflicts", nil},
+		{"conflict.png", fmt.Sprint("/conflicts/", conflictID), "#conflict-sides", nil},
 	}
 	for _, s := range shots {
 		if err := chromedp.Run(ctx, chromedp.Navigate(e.url+s.path), chromedp.WaitVisible(s.wait, chromedp.ByQuery)); err != nil {

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/fhirsync/fhirsync/admin/browsertest"
+	"github.com/fhirsync/fhirsync/logs"
 	"github.com/fhirsync/fhirsync/storage/storagetest"
 )
 
@@ -117,4 +119,57 @@ func TestBrowserSignInAndRoles(t *testing.T) {
 			t.Errorf("auditor opening /users got %d %q, want 403 and the refusal", resp.Status, msg)
 		}
 	})
+}
+
+// TestBrowserResolveConflict: an operator with the PHI permission follows
+// the dashboard's open-conflict count to the conflicts, sees both sides'
+// values, takes the FHIR value, and sees the resolution recorded.
+func TestBrowserResolveConflict(t *testing.T) {
+	browser := browsertest.Start(t)
+	db := storagetest.Open(t, "sqlite")
+	store, err := logs.New(db, logs.Config{Capture: logs.CaptureConfig{KeyID: "k1", Key: captureKey}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newTestEnv(t, db, AppConfig{}, withLogs(store))
+	e.user("operator@example.org", RoleOperator, true)
+	attrID, _ := holdConflicts(t, store)
+
+	ctx := browser.Session(t, 60*time.Second)
+	var count, list, fhirValue, crmValue, flash, status string
+	err = chromedp.Run(ctx,
+		signIn(e.url, "operator@example.org"),
+		chromedp.Text("#stat-open-conflicts", &count, chromedp.ByID),
+		chromedp.Click("#stat-open-conflicts", chromedp.ByID),
+		chromedp.WaitVisible("#conflicts", chromedp.ByID),
+		chromedp.Text("#conflicts", &list, chromedp.ByID),
+		chromedp.Click(fmt.Sprintf(`#conflicts tr[data-id="%d"] a`, attrID), chromedp.ByQuery),
+		chromedp.WaitVisible("#conflict-sides", chromedp.ByID),
+		chromedp.Text("#fhir-value", &fhirValue, chromedp.ByID),
+		chromedp.Text("#crm-value", &crmValue, chromedp.ByID),
+		chromedp.Click("#take-fhir", chromedp.ByID),
+		chromedp.WaitVisible(".flash", chromedp.ByQuery),
+		chromedp.Text(".flash", &flash, chromedp.ByQuery),
+		chromedp.Text("#conflict-status", &status, chromedp.ByID),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if count != "2" || !strings.Contains(list, "birthDate") || !strings.Contains(list, "whole record (deleted in CRM)") {
+		t.Errorf("dashboard count %q, list %q", count, list)
+	}
+	if fhirValue != fhirBirthDate || crmValue != crmBirthDate {
+		t.Errorf("values shown: FHIR %q, CRM %q", fhirValue, crmValue)
+	}
+	if !strings.Contains(flash, "Resolution recorded") || !strings.Contains(status, "operator@example.org chose to take the FHIR value") {
+		t.Errorf("after taking the FHIR value: flash %q, status %q", flash, status)
+	}
+	c, err := store.Conflict(t.Context(), attrID)
+	if err != nil || c.Status != logs.ConflictResolved || c.Resolution != logs.SideFHIR || c.ResolvedBy != "operator@example.org" {
+		t.Errorf("conflict after the browser resolved it = %+v, %v", c, err)
+	}
+	var buttons int
+	if err := chromedp.Run(ctx, chromedp.Evaluate(`document.querySelectorAll("#take-fhir, #take-crm").length`, &buttons)); err != nil || buttons != 0 {
+		t.Errorf("a resolved conflict still offers %d resolution buttons (%v)", buttons, err)
+	}
 }

@@ -16,9 +16,9 @@ import (
 // written out independently of rolePerms.
 var specRoles = map[Role][]string{
 	RoleAdmin: {"dashboard.read", "maps.read", "maps.edit", "logs.read", "logs.export", "deadletters.read",
-		"deadletters.redrive", "users.manage", "audit.read"},
+		"deadletters.redrive", "users.manage", "audit.read", "conflicts.resolve"},
 	RoleEditor:   {"dashboard.read", "maps.read", "maps.edit", "logs.read", "deadletters.read"},
-	RoleOperator: {"dashboard.read", "maps.read", "logs.read", "deadletters.read", "deadletters.redrive"},
+	RoleOperator: {"dashboard.read", "maps.read", "logs.read", "deadletters.read", "deadletters.redrive", "conflicts.resolve"},
 	RoleAuditor:  {"dashboard.read", "maps.read", "logs.read", "logs.export", "deadletters.read", "audit.read"},
 	RoleViewer:   {"dashboard.read", "maps.read", "logs.read", "deadletters.read"},
 }
@@ -74,6 +74,13 @@ var routeSpecs = map[string]routeSpec{
 	"GET /logs/export":                         {perm: "logs.export", allowed: 200},
 	"GET /logs/{id}":                           {perm: "logs.read", allowed: 404},
 	"GET /logs/{id}/capture":                   {perm: "phi.view", allowed: 404},
+	"GET /conflicts":                           {perm: "logs.read", allowed: 200},
+	"GET /conflicts/{id}":                      {perm: "logs.read", allowed: 404},
+	"POST /conflicts/{id}/resolve":             {perm: "conflicts.resolve", allowed: 400},
+	"GET /api/v1/conflicts":                    {perm: "logs.read", allowed: 200},
+	"GET /api/v1/conflicts/{id}":               {perm: "logs.read", allowed: 404},
+	"GET /api/v1/conflicts/{id}/values":        {perm: "phi.view", allowed: 404},
+	"POST /api/v1/conflicts/{id}/resolve":      {perm: "conflicts.resolve", allowed: 400},
 	"GET /deadletters":                         {perm: "deadletters.read", allowed: 200},
 	"GET /deadletters/{queue}/{seq}":           {perm: "deadletters.read", allowed: 404},
 	"POST /deadletters/confirm":                {perm: "deadletters.redrive", allowed: 400},

@@ -35,17 +35,19 @@ func (a *app) dashboard(w http.ResponseWriter, r *http.Request) {
 
 // dashboardStats is what the dashboard shows, and what its script polls.
 type dashboardStats struct {
-	At         time.Time              `json:"at"`
-	Hours      int                    `json:"hours"`
-	Total      int64                  `json:"total"`
-	PerMinute  float64                `json:"per_minute"`
-	Outcomes   []outcomeCount         `json:"outcomes"`
-	TopReasons []reasonCount          `json:"top_reasons"`
-	Buckets    []logs.Bucket          `json:"buckets"`
-	Queues     []queueDepth           `json:"queues"`
-	Feeds      []feedLag              `json:"feeds"`
-	MaxBucket  int64                  `json:"max_bucket"`
-	ByOutcome  map[logs.Outcome]int64 `json:"-"`
+	At         time.Time      `json:"at"`
+	Hours      int            `json:"hours"`
+	Total      int64          `json:"total"`
+	PerMinute  float64        `json:"per_minute"`
+	Outcomes   []outcomeCount `json:"outcomes"`
+	TopReasons []reasonCount  `json:"top_reasons"`
+	Buckets    []logs.Bucket  `json:"buckets"`
+	Queues     []queueDepth   `json:"queues"`
+	Feeds      []feedLag      `json:"feeds"`
+	MaxBucket  int64          `json:"max_bucket"`
+	// OpenConflicts counts the held conflicts waiting for a person.
+	OpenConflicts int64                  `json:"open_conflicts"`
+	ByOutcome     map[logs.Outcome]int64 `json:"-"`
 }
 
 type outcomeCount struct {
@@ -133,6 +135,9 @@ func (a *app) stats(ctx context.Context, hours int) (dashboardStats, error) {
 			qd.Error = "unavailable"
 		}
 		s.Queues = append(s.Queues, qd)
+	}
+	if s.OpenConflicts, err = a.data.logs.OpenConflictCount(ctx); err != nil {
+		return s, err
 	}
 	feeds, err := a.data.feeds(ctx)
 	if err != nil {

@@ -21,13 +21,16 @@ const logsPageSize = 50
 // to build page links.
 type logQuery struct {
 	Direction, Map, Outcome, Reason, From, To, Record, KeyName, KeyValue string
+	// Conflicts is "1" to show only decisions that name conflicts.
+	Conflicts string
 }
 
 // values renders q as query parameters, leaving out empty ones.
 func (q logQuery) values() url.Values {
 	v := url.Values{}
 	for k, s := range map[string]string{"direction": q.Direction, "map": q.Map, "outcome": q.Outcome, "reason": q.Reason,
-		"from": q.From, "to": q.To, "record": q.Record, "key_name": q.KeyName, "key_value": q.KeyValue} {
+		"from": q.From, "to": q.To, "record": q.Record, "key_name": q.KeyName, "key_value": q.KeyValue,
+		"conflicts": q.Conflicts} {
 		if s != "" {
 			v.Set(k, s)
 		}
@@ -58,6 +61,13 @@ func logFilter(r *http.Request) (logQuery, logs.Filter, error) {
 		KeyName: strings.TrimSpace(v.Get("key_name")), KeyValue: strings.TrimSpace(v.Get("key_value"))}
 	f := logs.Filter{Direction: logs.Direction(q.Direction), EntityMap: q.Map, Outcome: logs.Outcome(q.Outcome),
 		Reason: logs.ReasonCode(q.Reason), Record: q.Record, MessageID: v.Get("message_id")}
+	switch v.Get("conflicts") {
+	case "":
+	case "1", "true", "on":
+		q.Conflicts, f.Conflicts = "1", true
+	default:
+		return q, f, fmt.Errorf("conflicts must be 1 or left out")
+	}
 	var err error
 	if q.From != "" {
 		if f.From, err = parseTime(q.From); err != nil {

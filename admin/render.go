@@ -103,6 +103,7 @@ var flashes = map[string]string{
 	"disabled": "User disabled.",
 	"enabled":  "User enabled.",
 	"password": "Password changed.",
+	"conflict": "Resolution recorded. The sync agent writes it to the other side on its next pass; the audit trail names you.",
 }
 
 // apiError is the JSON error body.

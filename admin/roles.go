@@ -15,7 +15,8 @@ const (
 	RoleAdmin Role = "admin"
 	// RoleEditor edits and publishes maps.
 	RoleEditor Role = "editor"
-	// RoleOperator replays and redrives messages.
+	// RoleOperator replays and redrives messages and resolves held
+	// conflicts.
 	RoleOperator Role = "operator"
 	// RoleAuditor reads and exports sync logs and the audit trail.
 	RoleAuditor Role = "auditor"
@@ -52,6 +53,9 @@ const (
 	permDLRedrive  perm = "deadletters.redrive"
 	permUsers      perm = "users.manage"
 	permAudit      perm = "audit.read"
+	// permConflictsResolve resolves held conflicts (take a side's value,
+	// apply or refuse a delete). Reading them needs logs.read.
+	permConflictsResolve perm = "conflicts.resolve"
 	// permPHI is granted by the user's PHI flag, never by a role.
 	permPHI perm = "phi.view"
 )
@@ -59,9 +63,9 @@ const (
 // rolePerms is the role → permissions table.
 var rolePerms = map[Role][]perm{
 	RoleAdmin: {permDashboard, permMapsRead, permMapsEdit, permLogsRead, permLogsExport,
-		permDLRead, permDLRedrive, permUsers, permAudit},
+		permDLRead, permDLRedrive, permUsers, permAudit, permConflictsResolve},
 	RoleEditor:   {permDashboard, permMapsRead, permMapsEdit, permLogsRead, permDLRead},
-	RoleOperator: {permDashboard, permMapsRead, permLogsRead, permDLRead, permDLRedrive},
+	RoleOperator: {permDashboard, permMapsRead, permLogsRead, permDLRead, permDLRedrive, permConflictsResolve},
 	RoleAuditor:  {permDashboard, permMapsRead, permLogsRead, permLogsExport, permDLRead, permAudit},
 	RoleViewer:   {permDashboard, permMapsRead, permLogsRead, permDLRead},
 }

@@ -6,7 +6,7 @@
   if (!live) {
     return;
   }
-  var outcomes = ["sent", "skipped", "failed", "dead_lettered"];
+  var outcomes = ["sent", "skipped", "held", "failed", "dead_lettered"];
 
   function text(id, value) {
     var el = document.getElementById(id);
@@ -60,6 +60,7 @@
     text("stats-at", "as of " + s.at.replace("T", " ").replace(/\.\d+/, ""));
     text("stat-total", s.total);
     text("stat-rate", s.per_minute.toFixed(1));
+    text("stat-open-conflicts", s.open_conflicts);
     s.outcomes.forEach(function (o) {
       text("stat-" + o.outcome, o.count);
     });
