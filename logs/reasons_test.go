@@ -1,7 +1,10 @@
 package logs_test
 
 import (
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"gorm.io/gorm"
@@ -102,4 +105,24 @@ func TestSchemaCheckMatchesRegistry(t *testing.T) {
 			t.Error("schema accepted an unknown direction")
 		}
 	})
+}
+
+// TestDocsListEveryReasonCode keeps docs/sync-log.md's outcome table in
+// step with the registry.
+func TestDocsListEveryReasonCode(t *testing.T) {
+	t.Parallel()
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "sync-log.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range logs.Outcomes() {
+		if !strings.Contains(string(doc), "| `"+string(o)+"` |") {
+			t.Errorf("docs/sync-log.md has no row for outcome %s", o)
+		}
+	}
+	for _, r := range logs.Reasons() {
+		if !strings.Contains(string(doc), "`"+string(r.Code)+"`") {
+			t.Errorf("docs/sync-log.md does not list reason code %s", r.Code)
+		}
+	}
 }
