@@ -142,6 +142,23 @@ func settle(t *testing.T, s *logs.Store, id int64, status string) error {
 	return s.Database().Transaction(func(tx *gorm.DB) error { return s.SettleConflictTx(tx, id, status) })
 }
 
+// onlyPending returns the id of the pending conflict of attribute attr of
+// patient-contact p1.
+func onlyPending(t *testing.T, s *logs.Store, attr string) int64 {
+	t.Helper()
+	cs, err := s.ConflictsFor(context.Background(), "patient-contact", "p1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cs {
+		if c.Attribute == attr {
+			return c.ID
+		}
+	}
+	t.Fatalf("no pending conflict of %s", attr)
+	return 0
+}
+
 func onlyConflict(t *testing.T, s *logs.Store) logs.HeldConflict {
 	t.Helper()
 	cs, err := s.ConflictsFor(context.Background(), "patient-contact", "p1")

@@ -45,6 +45,10 @@ type PruneResult struct {
 	// Captures is the number of captures deleted for being older than the
 	// capture retention.
 	Captures int64
+	// Conflicts is the number of settled (applied or superseded) held
+	// conflicts deleted for being settled longer than the decision
+	// retention. Open and resolved ones are kept until settled.
+	Conflicts int64
 	// Batches is the number of DELETE statements run.
 	Batches int
 }
@@ -64,7 +68,7 @@ func newRetentionMetrics(reg prometheus.Registerer) (*retentionMetrics, error) {
 		}, []string{"result"}),
 		deleted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fhirsync_logs_retention_deleted_total",
-			Help: "Rows deleted by sync log retention, by kind: decisions or captures.",
+			Help: "Rows deleted by sync log retention, by kind: decisions, captures or conflicts (settled held conflicts).",
 		}, []string{"kind"}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "fhirsync_logs_retention_duration_seconds",
@@ -79,7 +83,7 @@ func newRetentionMetrics(reg prometheus.Registerer) (*retentionMetrics, error) {
 	for _, r := range []string{"ok", "error", "skipped"} {
 		m.runs.WithLabelValues(r)
 	}
-	for _, k := range []string{"decisions", "captures"} {
+	for _, k := range []string{"decisions", "captures", "conflicts"} {
 		m.deleted.WithLabelValues(k)
 	}
 	if reg != nil {
@@ -118,6 +122,9 @@ func (s *Store) prune(ctx context.Context, between func() error) (PruneResult, e
 		{"decisions", `DELETE FROM sync_decisions WHERE id IN (
 			SELECT id FROM sync_decisions WHERE decided_at < ? ORDER BY decided_at, id LIMIT ?)`,
 			now.Add(-s.cfg.Retention.MaxAge), &res.Decisions},
+		{"conflicts", `DELETE FROM held_conflicts WHERE id IN (
+			SELECT id FROM held_conflicts WHERE status IN ('applied', 'superseded') AND applied_at < ? ORDER BY applied_at, id LIMIT ?)`,
+			now.Add(-s.cfg.Retention.MaxAge), &res.Conflicts},
 	}
 	for _, st := range steps {
 		for {

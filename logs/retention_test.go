@@ -47,17 +47,36 @@ func TestPruneDeletesInBoundedBatches(t *testing.T) {
 	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
 		s, reg := newStore(t, db, retentionConfig(""))
 		seedAges(t, s, t0)
+		// Held conflicts: one settled 40 days ago, one settled 10 days ago,
+		// and one held 40 days ago and still open.
+		for i, c := range []struct {
+			age    time.Duration
+			status string
+		}{{40 * day, logs.ConflictSuperseded}, {10 * day, logs.ConflictSuperseded}, {40 * day, ""}} {
+			at := t0.Add(-c.age)
+			logs.SetClock(s, func() time.Time { return at })
+			hc := held("a"+itoa(int64(i)), "f", "c")
+			hc.HeldAt = at
+			hold(t, s, hc, nil, nil)
+			if c.status != "" {
+				if err := settle(t, s, onlyPending(t, s, hc.Attribute), c.status); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		logs.SetClock(s, func() time.Time { return t0 })
 		res, err := s.Prune(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
 		// Captures older than 2 days: 7 + 4, in batches of 3 (3,3,3,2);
-		// decisions older than 30 days: 7 (3,3,1).
-		want := logs.PruneResult{Decisions: 7, Captures: 11, Batches: 7}
+		// decisions older than 30 days: 7 (3,3,1); conflicts settled more
+		// than 30 days ago: 1 (1).
+		want := logs.PruneResult{Decisions: 7, Captures: 11, Conflicts: 1, Batches: 8}
 		if res != want {
 			t.Fatalf("Prune = %+v, want %+v", res, want)
 		}
-		for table, n := range map[string]int64{"sync_decisions": 6, "sync_decision_captures": 2, "sync_decision_keys": 6} {
+		for table, n := range map[string]int64{"sync_decisions": 6, "sync_decision_captures": 2, "sync_decision_keys": 6, "held_conflicts": 2} {
 			if got := count(t, db, table); got != n {
 				t.Errorf("%s has %d rows, want %d", table, got, n)
 			}
@@ -77,8 +96,14 @@ func TestPruneDeletesInBoundedBatches(t *testing.T) {
 		if got := testutil.ToFloat64(metric(t, reg, "decisions")); got != 7 {
 			t.Errorf("deleted decisions metric = %v, want 7", got)
 		}
+		if got := testutil.ToFloat64(metric(t, reg, "conflicts")); got != 1 {
+			t.Errorf("deleted conflicts metric = %v, want 1", got)
+		}
+		if n, _ := s.OpenConflictCount(context.Background()); n != 1 {
+			t.Errorf("open conflicts after pruning = %d, want the old open one kept", n)
+		}
 		again, err := s.Prune(context.Background())
-		if err != nil || again.Decisions != 0 || again.Captures != 0 {
+		if err != nil || again.Decisions != 0 || again.Captures != 0 || again.Conflicts != 0 {
 			t.Fatalf("second Prune = %+v, %v; want nothing deleted", again, err)
 		}
 		if p := s.Policy(); p.MaxAge != 30*day || p.CaptureMaxAge != 2*day || p.BatchSize != 3 || !p.CaptureEnabled || p.Schedule != "@hourly" {
