@@ -54,6 +54,20 @@ type Config struct {
 	// synced per attribute on each side — is hashed. Without it no base
 	// state is kept: unkeyed hashes of short values can be reversed.
 	BaseKey []byte
+	// ConflictSkew is last-writer-wins' clock-skew allowance: two edits
+	// whose modified times are no further apart count as simultaneous
+	// (default 2s; negative: none).
+	ConflictSkew time.Duration
+	// ConflictTie settles a last-writer-wins conflict whose order is not
+	// known: hold (the default), fhir-wins or crm-wins.
+	ConflictTie maps.ConflictPolicy
+	// StaleRetries is how many times a write refused with HTTP 412 (the
+	// target changed since it was read) is re-read, merged and tried
+	// again within one delivery (default 3; negative: none).
+	StaleRetries int
+	// ResolveEvery is how often resolutions of held conflicts are looked
+	// for and sent to be written (default 2s).
+	ResolveEvery time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -77,6 +91,14 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DepthEvery <= 0 {
 		c.DepthEvery = 15 * time.Second
+	}
+	if c.StaleRetries == 0 {
+		c.StaleRetries = 3
+	} else if c.StaleRetries < 0 {
+		c.StaleRetries = 0
+	}
+	if c.ResolveEvery <= 0 {
+		c.ResolveEvery = 2 * time.Second
 	}
 	return c
 }
@@ -139,14 +161,20 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		flows: map[queues.Side]*flow{
 			queues.SideFHIR: {dir: logs.FHIRToCRM, side: queues.SideFHIR, targetOf: "crm", source: fs, target: cs,
 				mapFor: func(ctx context.Context, m *maps.Mapping, src record, cur *record) (mapped, error) {
-					return mapToCRM(ctx, m, src, cur, res, prec)
+					return mapToCRM(ctx, m, src, cur, res, prec, nil)
+				},
+				mapExcept: func(ctx context.Context, m *maps.Mapping, src record, cur *record, skip maps.Except) (mapped, error) {
+					return mapToCRM(ctx, m, src, cur, res, prec, skip)
 				},
 				isEcho: func(ctx context.Context, n queues.Notice, src record) (bool, error) {
 					return ow.echo(ctx, "fhir", n, src)
 				}},
 			queues.SideCRM: {dir: logs.CRMToFHIR, side: queues.SideCRM, targetOf: "fhir", source: cs, target: fs,
 				mapFor: func(ctx context.Context, m *maps.Mapping, src record, cur *record) (mapped, error) {
-					return mapToFHIR(ctx, m, src, cur, res)
+					return mapToFHIR(ctx, m, src, cur, res, nil)
+				},
+				mapExcept: func(ctx context.Context, m *maps.Mapping, src record, cur *record, skip maps.Except) (mapped, error) {
+					return mapToFHIR(ctx, m, src, cur, res, skip)
 				},
 				isEcho: func(ctx context.Context, n queues.Notice, src record) (bool, error) {
 					return ow.echo(ctx, "crm", n, src)
@@ -155,18 +183,20 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 					return cfg.CRMUserID != "" && n.Initiator == cfg.CRMUserID
 				}},
 		},
-		maps:        a.mapSet,
-		log:         deps.Logs,
-		links:       lk,
-		writes:      ow,
-		base:        newBaseHasher(cfg.BaseKey),
-		maxAttempts: cfg.MaxAttempts,
-		backoff:     Backoff{Base: cfg.RetryBase, Max: cfg.RetryMax},
-		metrics:     newMetrics(deps.Registry),
-		plog:        deps.Logger,
-		now:         time.Now,
-		capture:     deps.Capture,
-		fhirAccount: cfg.FHIRAccount,
+		maps:         a.mapSet,
+		log:          deps.Logs,
+		links:        lk,
+		writes:       ow,
+		base:         newBaseHasher(cfg.BaseKey),
+		maxAttempts:  cfg.MaxAttempts,
+		mergeOpts:    mergeOptions{Skew: cfg.ConflictSkew, Tie: cfg.ConflictTie},
+		staleRetries: cfg.StaleRetries,
+		backoff:      Backoff{Base: cfg.RetryBase, Max: cfg.RetryMax},
+		metrics:      newMetrics(deps.Registry),
+		plog:         deps.Logger,
+		now:          time.Now,
+		capture:      deps.Capture,
+		fhirAccount:  cfg.FHIRAccount,
 
 		requeue: func(ctx context.Context, ns []queues.Notice) error {
 			for _, n := range ns {
@@ -184,6 +214,9 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 			}
 			return nil
 		},
+	}
+	if cs, ok := deps.Logs.(conflictStore); ok && storage.SameDatabase(logsDatabase(deps.Logs), deps.DB) {
+		a.pipe.conflicts = cs
 	}
 	// Group commit needs the sync log in the agent's database, where the
 	// links and own writes live.
@@ -301,6 +334,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Go(func() { a.sampleDepth(ctx, name, q) })
 	}
 	wg.Go(func() { a.pruneOwnWrites(ctx) })
+	if a.pipe.conflicts != nil {
+		wg.Go(func() { a.sendResolutions(ctx) })
+	}
 	a.once.Do(func() { close(a.ready) })
 	wg.Wait()
 	close(errs)
@@ -354,8 +390,8 @@ func (a *Agent) pruneOwnWrites(ctx context.Context) {
 
 // mapToCRM runs the engine for a FHIR change. Decimal and money values are
 // compared with the CRM's at the precision the CRM keeps (prec).
-func mapToCRM(ctx context.Context, m *maps.Mapping, src record, cur *record, r maps.LookupResolver, prec *precisions) (mapped, error) {
-	res, err := m.ToCRM(ctx, src.Data, crmState(cur), r)
+func mapToCRM(ctx context.Context, m *maps.Mapping, src record, cur *record, r maps.LookupResolver, prec *precisions, skip maps.Except) (mapped, error) {
+	res, err := m.ToCRMExcept(ctx, src.Data, crmState(cur), r, skip)
 	if err != nil {
 		return mapped{}, engineError(err)
 	}
@@ -363,25 +399,27 @@ func mapToCRM(ctx context.Context, m *maps.Mapping, src record, cur *record, r m
 		return mapped{Filtered: res.Filtered, Gated: res.Gated}, nil
 	}
 	rounded := prec.settle(ctx, m.Def().CRMEntity, res, crmState(cur))
-	return mapped{Data: res, Changed: res.Changed, Rounded: rounded}, nil
+	return mapped{Data: res, Changed: res.Changed, Rounded: rounded, ChangedAttrs: stillChanged(m, res)}, nil
 }
 
 // mapToFHIR runs the engine for a CRM change onto the current FHIR
 // resource (read-modify-write: everything unmapped is kept).
-func mapToFHIR(ctx context.Context, m *maps.Mapping, src record, cur *record, r maps.LookupResolver) (mapped, error) {
+func mapToFHIR(ctx context.Context, m *maps.Mapping, src record, cur *record, r maps.LookupResolver, skip maps.Except) (mapped, error) {
 	var base map[string]any
 	if cur != nil {
-		base = cur.Data
+		// The engine writes into its base: map onto a copy, so that the
+		// record as read stays for the merge and a second mapping.
+		base, _ = deepCopyJSON(cur.Data).(map[string]any)
 	}
 	st := crmState(&src)
-	res, err := m.ToFHIR(ctx, *st, base, r)
+	res, err := m.ToFHIRExcept(ctx, *st, base, r, skip)
 	if err != nil {
 		return mapped{}, engineError(err)
 	}
 	if res.Filtered != "" || res.Gated != "" {
 		return mapped{Filtered: res.Filtered, Gated: res.Gated}, nil
 	}
-	return mapped{Data: res.Resource, Changed: res.Changed}, nil
+	return mapped{Data: res.Resource, Changed: res.Changed, ChangedAttrs: res.ChangedAttributes}, nil
 }
 
 // engineError turns a maps.MappingError into the agent's mapping error
@@ -400,4 +438,46 @@ func engineError(err error) error {
 		return &mappingError{attribute: name, retryable: errors.Is(err, maps.ErrUnresolvedLookup), err: err}
 	}
 	return err
+}
+
+// stillChanged is the attribute maps whose CRM attribute still differs
+// after rounding to the CRM's precision settled the result.
+func stillChanged(m *maps.Mapping, res *maps.CRMResult) []string {
+	if len(res.ChangedAttributes) == 0 {
+		return nil
+	}
+	fields := make(map[string]bool, len(res.Changed))
+	for _, c := range res.Changed {
+		fields[c] = true
+	}
+	byName := make(map[string]string, len(m.Def().Attributes))
+	for _, a := range m.Def().Attributes {
+		byName[a.Name] = a.CRMAttribute
+	}
+	out := make([]string, 0, len(res.ChangedAttributes))
+	for _, a := range res.ChangedAttributes {
+		if fields[byName[a]] {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// deepCopyJSON copies a decoded JSON value.
+func deepCopyJSON(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		m := make(map[string]any, len(x))
+		for k, e := range x {
+			m[k] = deepCopyJSON(e)
+		}
+		return m
+	case []any:
+		l := make([]any, len(x))
+		for i, e := range x {
+			l[i] = deepCopyJSON(e)
+		}
+		return l
+	}
+	return v
 }

@@ -180,8 +180,27 @@ func (h *baseHasher) attrs(m *maps.Mapping) []baseAttr {
 // its path (the first of its fallback paths whose value exists); a
 // computed attribute has no FHIR path and its FHIR hash is that of null.
 func (h *baseHasher) of(m *maps.Mapping, l link, res map[string]any, rec map[string]any) *linkBase {
+	vals := h.read(m, l, res, rec)
+	b := &linkBase{EntityMap: l.EntityMap, FHIRID: l.FHIRID, CRMID: l.CRMID, MapVersion: m.Version(), Attrs: make(map[string]attrHash, len(vals))}
+	for _, v := range vals {
+		b.Attrs[v.name] = v.h
+	}
+	return b
+}
+
+// attrValues is one attribute's value on each side, as the base reads
+// them, and their hashes.
+type attrValues struct {
+	name      string
+	fhir, crm any
+	h         attrHash
+}
+
+// read returns each attribute's values and hashes on both sides of l, in
+// map order.
+func (h *baseHasher) read(m *maps.Mapping, l link, res map[string]any, rec map[string]any) []attrValues {
 	attrs := h.attrs(m)
-	b := &linkBase{EntityMap: l.EntityMap, FHIRID: l.FHIRID, CRMID: l.CRMID, MapVersion: m.Version(), Attrs: make(map[string]attrHash, len(attrs))}
+	out := make([]attrValues, 0, len(attrs))
 	for _, a := range attrs {
 		var fv any
 		for _, p := range a.fhir {
@@ -196,9 +215,9 @@ func (h *baseHasher) of(m *maps.Mapping, l link, res map[string]any, rec map[str
 		} else {
 			cv = rec[a.crmAttr]
 		}
-		b.Attrs[a.name] = attrHash{FHIR: h.hash(l, a.name, "fhir", fv), CRM: h.hash(l, a.name, "crm", cv)}
+		out = append(out, attrValues{name: a.name, fhir: fv, crm: cv, h: attrHash{FHIR: h.hash(l, a.name, "fhir", fv), CRM: h.hash(l, a.name, "crm", cv)}})
 	}
-	return b
+	return out
 }
 
 // keyedMAC is a keyed HMAC with a buffer for its input, reused.

@@ -122,7 +122,7 @@ func TestBaseAfterASyncHashesEachAttributeOnBothSides(t *testing.T) {
 	}{
 		{name: "FHIR to CRM", base: func(t *testing.T) *linkBase {
 			src := record{Type: "Patient", ID: "p1", Version: "1", Data: pat}
-			out, err := mapToCRM(context.Background(), m, src, nil, orgResolver{}, nil)
+			out, err := mapToCRM(context.Background(), m, src, nil, orgResolver{}, nil, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -134,7 +134,7 @@ func TestBaseAfterASyncHashesEachAttributeOnBothSides(t *testing.T) {
 				"birthdate": "1980-01-02", "_parentcustomerid_value": strings.ToUpper(account)}}
 			src := record{Type: "contact", ID: "c1", Version: "7", Data: map[string]any{"state": st}}
 			cur := record{Type: "Patient", ID: "p1", Version: "1", Data: map[string]any{"resourceType": "Patient", "id": "p1"}}
-			out, err := mapToFHIR(context.Background(), m, src, &cur, orgResolver{})
+			out, err := mapToFHIR(context.Background(), m, src, &cur, orgResolver{}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -360,7 +360,7 @@ func BenchmarkBaseAfterASync(b *testing.B) {
 	delete(pat, "generalPractitioner")
 	delete(pat, "managingOrganization")
 	src := record{Type: "Patient", ID: "p1", Version: "1", Data: pat}
-	out, err := mapToCRM(context.Background(), m, src, nil, orgResolver{}, nil)
+	out, err := mapToCRM(context.Background(), m, src, nil, orgResolver{}, nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

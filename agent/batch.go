@@ -23,6 +23,9 @@ type unit struct {
 	own  *ownWrite // version the agent wrote; nil: none
 	// base is the pair's base state after a sent decision; nil: none.
 	base *linkBase
+	// effects are further writes for the decision's transaction: held
+	// conflicts recorded, resolutions settled.
+	effects []func(tx *gorm.DB) error
 	// complete is the message to complete in the same transaction, on q;
 	// nil: the pool settles it.
 	complete *queues.Received

@@ -39,6 +39,9 @@ type mapped struct {
 	Gated   string
 	Data    any      // the target-shaped output, opaque to the pipeline
 	Changed []string // target field names whose values differ; empty = unchanged
+	// ChangedAttrs names the attribute maps whose mapped value differs at
+	// the target: what the field-level merge compares.
+	ChangedAttrs []string
 	// Rounded names the target fields whose mapped value the target
 	// holds rounded to its precision (compared at that precision).
 	Rounded []string
@@ -65,6 +68,9 @@ type targetSide interface {
 	write(ctx context.Context, m *maps.Mapping, src record, cur *record, out mapped) (written, error)
 	// remove deletes the target record.
 	remove(ctx context.Context, m *maps.Mapping, cur record) error
+	// deactivate marks the target record inactive (CRM statecode, FHIR
+	// active false) instead of deleting it.
+	deactivate(ctx context.Context, m *maps.Mapping, cur record) (written, error)
 }
 
 // flow is one direction of the pipeline.
@@ -77,6 +83,10 @@ type flow struct {
 	// mapFor maps src onto the target, given its current state (nil: none),
 	// evaluating the map's filter and per-record gate on the way.
 	mapFor func(ctx context.Context, m *maps.Mapping, src record, cur *record) (mapped, error)
+	// mapExcept maps as mapFor does, leaving out the attribute maps named
+	// in skip (the target keeps its values for them). Nil: no field-level
+	// merge in this flow.
+	mapExcept func(ctx context.Context, m *maps.Mapping, src record, cur *record, skip maps.Except) (mapped, error)
 	// isEcho reports whether the change is the echo of an own write: the
 	// version the notice names, or src, is one the agent wrote, or src's
 	// values equal what it wrote (see ownWrites.echo).
@@ -115,6 +125,14 @@ type pipeline struct {
 	links       links
 	writes      ownWrites
 	base        *baseHasher // hashes each sent pair's base state; nil: kept off
+	// conflicts keeps conflicts held for a person; nil: none are kept
+	// (a held attribute is still left alone and named in the decision).
+	conflicts conflictStore
+	// mergeOpts is last-writer-wins' clock-skew allowance and tie-breaker.
+	mergeOpts mergeOptions
+	// staleRetries is how many times a write that lost a race (HTTP 412)
+	// is re-read, merged and tried again within one delivery.
+	staleRetries int
 	maxAttempts int
 	backoff     Backoff
 	metrics     *metrics
@@ -250,7 +268,7 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 		d.BusinessKeys = src.Keys
 	}
 	if gone || n.Event == queues.EventDeleted {
-		return p.deleteTarget(ctx, f, open[0], n, d, gone)
+		return p.deleteTarget(ctx, f, open[0], n, u, gone)
 	}
 
 	// A change by the agent's own user may be a write of the agent's still
@@ -267,7 +285,7 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 	}
 	if err != nil {
 		return p.failure("checking for an own write", err)
-	} else if echo {
+	} else if echo && p.base == nil {
 		return stop(logs.OutcomeSkipped, "own_write_echo", "This version was written by fhirsync itself; its echo is not synced back.")
 	}
 
@@ -295,7 +313,6 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 		}
 	}
 	em := mp.Def()
-	fl := flowOf(em, n.Side)
 	d.EntityMap = em.Name
 	// The correlation link is read once per message and serves the stale
 	// check, the target lookup and the link update below.
@@ -303,13 +320,56 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 	if st := staleCheck(f, n, src, cached); st != nil {
 		return st
 	}
+	// A version fhirsync wrote is an echo only if it holds nothing else: a
+	// write merged onto the record as read carries along any edit made on
+	// that side since the last sync, and that edit has still to travel.
+	if echo {
+		changed, err := p.changedSinceBase(ctx, f, mp, src, cached)
+		if err != nil {
+			return p.failure("comparing the record with the base state", err)
+		}
+		if !changed {
+			return stop(logs.OutcomeSkipped, "own_write_echo", "This version was written by fhirsync itself; its echo is not synced back.")
+		}
+	}
+	for try := 1; ; try++ {
+		st, raced := p.sync(ctx, f, mp, n, src, cached, u)
+		if !raced || try > p.staleRetries {
+			return st
+		}
+		// The target changed between the read and the write (412 on
+		// If-Match): read both sides again and merge again.
+		d.Attempts = append(d.Attempts, logs.Attempt{At: p.now().UTC(), ErrorClass: errorClass(st.err), Retryable: true})
+		var err error
+		if src, err = f.source.read(ctx, mp, n.ID); err != nil {
+			if errors.Is(err, errGone) {
+				return p.deleteTarget(ctx, f, mp, n, u, true)
+			}
+			return p.failure("reading the source record again", err)
+		}
+		d.Source.Version = src.Version
+	}
+}
 
+// sync maps src onto its target record, merges the two field by field
+// when the pair has been synced before, and writes what the merge lets
+// this direction write. raced reports a write refused because the target
+// changed since it was read (HTTP 412).
+func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues.Notice, src record, cached *link, u *unit) (st *step, raced bool) {
+	d := u.d
+	em := mp.Def()
+	fl := flowOf(em, n.Side)
+	u.effects = nil
+	d.Conflicts = nil
 	cur, err := f.target.find(ctx, mp, src, cached)
 	var curp *record
 	switch {
 	case errors.Is(err, errGone):
+		if st := p.linkedTargetGone(ctx, f, em, cached, d); st != nil {
+			return st, false
+		}
 	case err != nil:
-		return p.failure("reading the target record", err)
+		return p.failure("reading the target record", err), false
 	default:
 		curp = &cur
 		d.Target = logs.Ref{Type: cur.Type, ID: cur.ID, Version: cur.Version}
@@ -319,37 +379,51 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 		op = maps.OpCreate
 	}
 	if !fl.Allows(op) {
-		return stop(logs.OutcomeSkipped, "operation_off", fmt.Sprintf("Entity map %s does not allow %s in this direction.", em.Name, op))
+		return stop(logs.OutcomeSkipped, "operation_off", fmt.Sprintf("Entity map %s does not allow %s in this direction.", em.Name, op)), false
 	}
 
 	out, err := f.mapFor(ctx, mp, src, curp)
 	if err != nil {
-		var me *mappingError
-		if !errors.As(err, &me) {
-			return p.failure("mapping the record", err)
-		}
-		st := &step{outcome: logs.OutcomeDeadLettered, reason: "mapping_error", subject: me.attribute,
-			message: fmt.Sprintf("Mapping failed at %s.", orUnknown(me.attribute)), err: Permanent(err)}
-		if me.retryable {
-			st.outcome, st.err = logs.OutcomeFailed, err
-			st.message = fmt.Sprintf("Mapping is waiting at %s: the referenced record has not been synced yet.", orUnknown(me.attribute))
-		}
-		return st
+		return p.mappingFailure(err), false
 	}
 	if out.Gated != "" {
 		st := stop(logs.OutcomeSkipped, "record_gate_off", fmt.Sprintf("The record's sync gate %s is off.", out.Gated))
 		st.subject = out.Gated
-		return st
+		return st, false
 	}
 	if out.Filtered != "" {
 		st := stop(logs.OutcomeSkipped, "filtered", fmt.Sprintf("Filter %s excluded the record.", out.Filtered))
 		st.subject = out.Filtered
-		return st
+		return st, false
+	}
+	var mg *pairMerge
+	if curp != nil && p.base != nil && f.mapExcept != nil {
+		if mg, err = p.mergePair(ctx, f, mp, src, *curp, out); err != nil {
+			return p.failure("merging with the base state", err), false
+		}
+		d.Conflicts = mg.conflicts
+		if len(mg.skip) > 0 {
+			if out, err = f.mapExcept(ctx, mp, src, curp, mg.skip); err != nil {
+				return p.mappingFailure(err), false
+			}
+		}
+		l := pairOf(f, em, src, *curp)
+		u.effects = p.holdEffects(mg, l, d.MessageID, p.now().UTC())
 	}
 	d.ChangedFields = out.Changed
 	if curp != nil && len(out.Changed) == 0 {
 		u.link = linkFor(f, em, src, *curp, cached)
-		return stop(logs.OutcomeSkipped, "unchanged", "No mapped value differs at the target."+roundedNote(out.Rounded))
+		if mg == nil {
+			return stop(logs.OutcomeSkipped, "unchanged", "No mapped value differs at the target."+roundedNote(out.Rounded)), false
+		}
+		u.base = mg.unchangedBase()
+		switch {
+		case len(mg.held) > 0:
+			return stop(logs.OutcomeHeld, logs.ReasonConflictHeld, fmt.Sprintf("Held for a person: %s changed on both sides; nothing else to write.", mg.heldNames())), false
+		case mg.deferred > 0:
+			return stop(logs.OutcomeSkipped, logs.ReasonConflictDeferred, fmt.Sprintf("%d attribute(s) changed on both sides; the policy keeps the %s value, which its own change carries over.", mg.deferred, otherSide(f))), false
+		}
+		return stop(logs.OutcomeSkipped, "unchanged", "No mapped value differs at the target, or only the target changed."+roundedNote(out.Rounded)), false
 	}
 	if p.capture != nil {
 		d.Snapshots = p.capture(src.Data, out.Data)
@@ -358,10 +432,13 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 	w, err := f.target.write(ctx, mp, src, curp, out)
 	if err != nil {
 		landed()
-		if st := rejection(err); st != nil {
-			return st
+		if isStale(err) {
+			return p.failure("writing the target record", err), true
 		}
-		return p.failure("writing the target record", err)
+		if st := rejection(err); st != nil {
+			return st, false
+		}
+		return p.failure("writing the target record", err), false
 	}
 	if w.Version != "" {
 		u.own = &ownWrite{Side: f.targetOf, RType: targetType(em, f), RID: w.ID, Version: w.Version, WrittenAt: p.now().UTC()}
@@ -374,11 +451,53 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 	d.Target = logs.Ref{Type: targetType(em, f), ID: w.ID, Version: w.Version}
 	u.link = linkFor(f, em, src, record{ID: w.ID, Version: w.Version}, cached)
 	u.base = p.baseAfter(f, mp, src, curp, out, w)
+	if mg != nil {
+		u.base = mg.baseWith(u.base)
+	}
 	p.metrics.observeLatency(f.dir, n.ChangedAt)
 	if w.Created {
-		return stop(logs.OutcomeSent, "created", fmt.Sprintf("Created %s %s.", targetType(em, f), w.ID)+roundedNote(out.Rounded))
+		return stop(logs.OutcomeSent, "created", fmt.Sprintf("Created %s %s.", targetType(em, f), w.ID)+roundedNote(out.Rounded)), false
 	}
-	return stop(logs.OutcomeSent, "updated", fmt.Sprintf("Updated %d field(s) of %s %s.", len(out.Changed), targetType(em, f), w.ID)+roundedNote(out.Rounded))
+	msg := fmt.Sprintf("Updated %d field(s) of %s %s.", len(out.Changed), targetType(em, f), w.ID) + roundedNote(out.Rounded)
+	switch {
+	case mg != nil && len(mg.held) > 0:
+		return stop(logs.OutcomeHeld, logs.ReasonConflictHeld, msg+fmt.Sprintf(" Held for a person: %s changed on both sides.", mg.heldNames())), false
+	case mg != nil && len(mg.applied) > 0:
+		return stop(logs.OutcomeSent, logs.ReasonConflictResolved, msg+" A person's resolution of a held conflict was written."), false
+	case mg != nil && len(mg.conflicts) > 0:
+		msg += fmt.Sprintf(" %d attribute(s) changed on both sides were settled by their conflict policy.", len(mg.conflicts))
+	}
+	return stop(logs.OutcomeSent, "updated", msg), false
+}
+
+// mappingFailure is the step for a mapping error.
+func (p *pipeline) mappingFailure(err error) *step {
+	var me *mappingError
+	if !errors.As(err, &me) {
+		return p.failure("mapping the record", err)
+	}
+	st := &step{outcome: logs.OutcomeDeadLettered, reason: "mapping_error", subject: me.attribute,
+		message: fmt.Sprintf("Mapping failed at %s.", orUnknown(me.attribute)), err: Permanent(err)}
+	if me.retryable {
+		st.outcome, st.err = logs.OutcomeFailed, err
+		st.message = fmt.Sprintf("Mapping is waiting at %s: the referenced record has not been synced yet.", orUnknown(me.attribute))
+	}
+	return st
+}
+
+// isStale reports a write refused because the record changed since it
+// was read: HTTP 412 on If-Match.
+func isStale(err error) bool {
+	var ee *endpointError
+	return errors.As(err, &ee) && ee.class == classConflict
+}
+
+// otherSide names the side a flow writes, for messages.
+func otherSide(f *flow) string {
+	if f.side == queues.SideFHIR {
+		return "CRM"
+	}
+	return "FHIR"
 }
 
 func flowOf(em *maps.EntityMap, side queues.Side) maps.Flow {
@@ -405,8 +524,12 @@ func orUnknown(s string) string {
 	return "attribute map " + s
 }
 
-// deleteTarget handles a source that is gone or a delete notice.
-func (p *pipeline) deleteTarget(ctx context.Context, f *flow, m *maps.Mapping, n queues.Notice, d *logs.Decision, gone bool) *step {
+// deleteTarget handles a source that is gone or a delete notice: the
+// entity map's delete policy decides what happens to the target, and a
+// delete that meets an edit of the target since the last sync is a
+// conflict its conflict policy settles.
+func (p *pipeline) deleteTarget(ctx context.Context, f *flow, m *maps.Mapping, n queues.Notice, u *unit, gone bool) *step {
+	d := u.d
 	em := m.Def()
 	if !gone {
 		// A delete notice for a record that still exists is out of date:
@@ -422,8 +545,36 @@ func (p *pipeline) deleteTarget(ctx context.Context, f *flow, m *maps.Mapping, n
 		return p.failure("reading the target record", err)
 	}
 	d.Target = logs.Ref{Type: cur.Type, ID: cur.ID, Version: cur.Version}
+	policy := em.DeletePolicy.OrDefault()
+	if policy == maps.DeleteIgnore {
+		return stop(logs.OutcomeSkipped, logs.ReasonDeleteIgnored, fmt.Sprintf("Entity map %s ignores deletes: %s %s is kept.", em.Name, cur.Type, cur.ID))
+	}
 	if !flowOf(em, n.Side).Allows(maps.OpDelete) {
 		return stop(logs.OutcomeSkipped, "operation_off", fmt.Sprintf("Entity map %s does not propagate deletes in this direction.", em.Name))
+	}
+	st, apply, err := p.deleteVersusEdit(ctx, f, m, n, cur, cached, u)
+	if err != nil {
+		return p.failure("comparing the target with the base state", err)
+	}
+	if !apply {
+		return st
+	}
+	if policy == maps.DeleteDeactivate {
+		w, err := f.target.deactivate(ctx, m, cur)
+		if err != nil && !errors.Is(err, errGone) {
+			if st := rejection(err); st != nil {
+				return st
+			}
+			return p.failure("deactivating the target record", err)
+		}
+		if w.Version != "" {
+			u.own = &ownWrite{Side: f.targetOf, RType: targetType(em, f), RID: cur.ID, Version: w.Version, WrittenAt: p.now().UTC()}
+			d.Target.Version = w.Version
+		}
+		if resolvedByPerson(d) {
+			return stop(logs.OutcomeSent, logs.ReasonConflictResolved, fmt.Sprintf("Deactivated %s %s, as a person resolved the held delete.", cur.Type, cur.ID))
+		}
+		return stop(logs.OutcomeSent, logs.ReasonDeactivated, fmt.Sprintf("Deactivated %s %s (the entity map's delete policy).", cur.Type, cur.ID))
 	}
 	if err := f.target.remove(ctx, m, cur); err != nil && !errors.Is(err, errGone) {
 		return p.failure("deleting the target record", err)
@@ -432,6 +583,9 @@ func (p *pipeline) deleteTarget(ctx context.Context, f *flow, m *maps.Mapping, n
 		_ = p.links.remove(ctx, em.Name, n.ID)
 	} else if cached != nil {
 		_ = p.links.remove(ctx, em.Name, cached.FHIRID)
+	}
+	if resolvedByPerson(d) {
+		return stop(logs.OutcomeSent, logs.ReasonConflictResolved, fmt.Sprintf("Deleted %s %s, as a person resolved the held delete.", cur.Type, cur.ID))
 	}
 	return stop(logs.OutcomeSent, "deleted", fmt.Sprintf("Deleted %s %s.", cur.Type, cur.ID))
 }
@@ -541,7 +695,9 @@ func (p *pipeline) finish(ctx context.Context, m *queues.Received, u *unit, q tx
 	default:
 		s = settlement{kind: settleComplete}
 	}
-	d.Attempts = append(p.previousAttempts(ctx, m), attempt)
+	// Earlier deliveries' attempts, then this delivery's writes that lost
+	// a race and were merged again, then this one.
+	d.Attempts = append(append(p.previousAttempts(ctx, m), d.Attempts...), attempt)
 	d.Duration = p.now().Sub(start)
 	if s.kind == settleComplete && q != nil {
 		u.complete, u.q = m, q
@@ -581,6 +737,11 @@ func (p *pipeline) commit(ctx context.Context, u *unit) error {
 	if u.link != nil {
 		if err := p.links.save(ctx, *u.link); err != nil {
 			p.plog.Warn("correlation link not saved; it will be rebuilt from the records' keys", "entity_map", u.link.EntityMap, "error", err)
+		}
+	}
+	if len(u.effects) > 0 {
+		if err := p.links.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error { return runEffects(tx, u.effects) }); err != nil {
+			return fmt.Errorf("recording held conflicts: %w", err)
 		}
 	}
 	if u.base != nil {

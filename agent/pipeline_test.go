@@ -96,6 +96,10 @@ func (s *fakeSide) write(_ context.Context, _ *maps.Mapping, src record, cur *re
 	return written{ID: r.ID, Version: r.Version}, nil
 }
 
+func (s *fakeSide) deactivate(_ context.Context, _ *maps.Mapping, cur record) (written, error) {
+	return written{ID: cur.ID}, nil
+}
+
 func (s *fakeSide) remove(_ context.Context, _ *maps.Mapping, cur record) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

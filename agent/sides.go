@@ -131,11 +131,22 @@ func (s fhirSide) find(ctx context.Context, m *maps.Mapping, src record, cached 
 		}
 		return r, err
 	}
-	if em.Correlation.FHIRIdentifierSystem == "" || src.ID == "" {
-		return record{}, errGone
+	if em.Correlation.FHIRIdentifierSystem != "" && src.ID != "" {
+		r, err := s.search(ctx, em, em.Correlation.FHIRIdentifierSystem+"|"+src.ID)
+		if !errors.Is(err, errGone) {
+			return r, err
+		}
 	}
-	q := url.Values{"identifier": {em.Correlation.FHIRIdentifierSystem + "|" + src.ID}}
-	page, err := s.api.Search(ctx, em.FHIRType, q)
+	// The same record created on both sides: the business key links them.
+	if v := crmBusinessKey(em, &src); v != "" {
+		return s.search(ctx, em, em.Correlation.BusinessKey.FHIRIdentifierSystem+"|"+v)
+	}
+	return record{}, errGone
+}
+
+// search finds the resource carrying identifier (system|value).
+func (s fhirSide) search(ctx context.Context, em *maps.EntityMap, identifier string) (record, error) {
+	page, err := s.api.Search(ctx, em.FHIRType, url.Values{"identifier": {identifier}})
 	if err != nil {
 		return record{}, classify(err)
 	}
@@ -146,6 +157,42 @@ func (s fhirSide) find(ctx context.Context, m *maps.Mapping, src record, cached 
 		}
 	}
 	return record{}, errGone
+}
+
+// crmBusinessKey is the CRM record's business key value ("" when the map
+// has none or the record holds none).
+func crmBusinessKey(em *maps.EntityMap, src *record) string {
+	bk := em.Correlation.BusinessKey
+	st := crmState(src)
+	if bk == nil || st == nil {
+		return ""
+	}
+	v, _ := st.Record[bk.CRMAttribute].(string)
+	return v
+}
+
+// fhirBusinessKey is the resource's identifier value under the map's
+// business key system ("" when none).
+func fhirBusinessKey(em *maps.EntityMap, res map[string]any) string {
+	bk := em.Correlation.BusinessKey
+	if bk == nil {
+		return ""
+	}
+	ids, _ := res["identifier"].([]any)
+	for _, x := range ids {
+		id, _ := x.(map[string]any)
+		if sys, _ := id["system"].(string); sys == bk.FHIRIdentifierSystem {
+			if v, _ := id["value"].(string); v != "" {
+				return v
+			}
+		}
+	}
+	return ""
+}
+
+// conditionalCreator is a FHIR client that creates with If-None-Exist.
+type conditionalCreator interface {
+	CreateIfNoneExist(ctx context.Context, res fhir.Resource, criteria url.Values) (fhir.Resource, bool, error)
 }
 
 func (s fhirSide) write(ctx context.Context, m *maps.Mapping, src record, cur *record, out mapped) (written, error) {
@@ -161,14 +208,32 @@ func (s fhirSide) write(ctx context.Context, m *maps.Mapping, src record, cur *r
 		got, err = s.api.Update(ctx, fhir.Resource(res), cur.Version)
 	} else {
 		delete(res, "id")
-		got, err = s.api.Create(ctx, fhir.Resource(res))
+		cc, ok := s.api.(conditionalCreator)
+		if v := fhirBusinessKey(em, res); v != "" && ok {
+			// Created on both sides at once: the server links by the
+			// business key instead of creating a second resource.
+			var made bool
+			got, made, err = cc.CreateIfNoneExist(ctx, fhir.Resource(res), url.Values{"identifier": {em.Correlation.BusinessKey.FHIRIdentifierSystem + "|" + v}})
+			if err == nil && !made {
+				// Someone created it since the search: merge with it on
+				// the next try, as with a lost race.
+				return written{}, &endpointError{class: classConflict, status: 412, err: fmt.Errorf("%s with the same business key was created meanwhile", em.FHIRType)}
+			}
+		} else {
+			got, err = s.api.Create(ctx, fhir.Resource(res))
+		}
 	}
 	if err != nil {
 		return written{}, classify(err)
 	}
-	if created && em.Correlation.CRMAttribute != "" && src.ID != "" {
-		// Store the new FHIR id on the CRM record so the pair is found by
-		// its alternate key from now on, and remember that write as ours.
+	var held string
+	if st := crmState(&src); st != nil {
+		held, _ = st.Record[em.Correlation.CRMAttribute].(string)
+	}
+	if held != got.ID() && em.Correlation.CRMAttribute != "" && src.ID != "" {
+		// Store the new FHIR id (or that of a resource linked by business
+		// key) on the CRM record so the pair is found by its alternate key
+		// from now on, and remember that write as ours.
 		landed := s.writes.flights.begin("crm", em.CRMEntity)
 		defer landed()
 		r, err := s.crm.Upsert(ctx, crm.ByID(em.CRMEntitySet, src.ID),
@@ -179,6 +244,24 @@ func (s fhirSide) write(ctx context.Context, m *maps.Mapping, src record, cur *r
 		_ = s.writes.remember(ctx, "crm", em.CRMEntity, src.ID, r.ETag)
 	}
 	return written{ID: got.ID(), Version: got.VersionID(), Created: created}, nil
+}
+
+// deactivate sets the resource's active element to false, with If-Match
+// on the version read.
+func (s fhirSide) deactivate(ctx context.Context, m *maps.Mapping, cur record) (written, error) {
+	res, _ := deepCopyJSON(cur.Data).(map[string]any)
+	if res == nil {
+		return written{}, Permanent(fmt.Errorf("no resource to deactivate"))
+	}
+	if res["active"] == false {
+		return written{ID: cur.ID}, nil
+	}
+	res["active"] = false
+	got, err := s.api.Update(ctx, fhir.Resource(res), cur.Version)
+	if err != nil {
+		return written{}, classify(err)
+	}
+	return written{ID: got.ID(), Version: got.VersionID()}, nil
 }
 
 func (s fhirSide) remove(ctx context.Context, m *maps.Mapping, cur record) error {
@@ -257,7 +340,16 @@ func (s crmSide) find(ctx context.Context, m *maps.Mapping, src record, cached *
 	}
 	rec, err := s.api.Retrieve(ctx, crm.ByKey(em.CRMEntitySet, em.Correlation.CRMAttribute, src.ID))
 	if isMissing(err) {
-		return record{}, errGone
+		// The same record created on both sides: the business key, an
+		// alternate key of the entity, links them.
+		v := fhirBusinessKey(em, src.Data)
+		if v == "" {
+			return record{}, errGone
+		}
+		rec, err = s.api.Retrieve(ctx, crm.ByKey(em.CRMEntitySet, em.Correlation.BusinessKey.CRMAttribute, v))
+		if isMissing(err) {
+			return record{}, errGone
+		}
 	}
 	if err != nil {
 		return record{}, classify(err)
@@ -326,6 +418,17 @@ func (s crmSide) writeChildren(ctx context.Context, em *maps.EntityMap, parentID
 		}
 	}
 	return nil
+}
+
+// deactivate sets the record's state to inactive (statecode 1, statuscode
+// 2), with If-Match on the ETag read.
+func (s crmSide) deactivate(ctx context.Context, m *maps.Mapping, cur record) (written, error) {
+	r, err := s.api.Upsert(ctx, crm.ByID(m.Def().CRMEntitySet, cur.ID), crm.Record{"statecode": 1, "statuscode": 2},
+		crm.UpsertOptions{Mode: crm.UpdateOnly, IfMatch: cur.Version})
+	if err != nil {
+		return written{}, classify(err)
+	}
+	return written{ID: r.ID, Version: r.ETag}, nil
 }
 
 func (s crmSide) remove(ctx context.Context, m *maps.Mapping, cur record) error {

@@ -357,6 +357,11 @@ func applyEffects(tx *gorm.DB, us []*unit) error {
 	if err := saveBasesTx(tx, bs); err != nil {
 		return fmt.Errorf("%w: saving base states: %v", errEffects, err)
 	}
+	for _, u := range us {
+		if err := runEffects(tx, u.effects); err != nil {
+			return fmt.Errorf("%w: recording held conflicts: %v", errEffects, err)
+		}
+	}
 	for q, qus := range byQueue {
 		ms := make([]*queues.Received, len(qus))
 		for i, u := range qus {
@@ -369,6 +374,16 @@ func applyEffects(tx *gorm.DB, us []*unit) error {
 		for _, u := range qus {
 			u.settled = true
 			u.lockLost = slices.Contains(lost, u.complete.SequenceNumber)
+		}
+	}
+	return nil
+}
+
+// runEffects runs a unit's further writes in tx.
+func runEffects(tx *gorm.DB, fs []func(tx *gorm.DB) error) error {
+	for _, f := range fs {
+		if err := f(tx); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -99,8 +99,8 @@ type FHIRResult struct {
 	ChangedAttributes []string `json:"changedAttributes,omitempty"`
 }
 
-// Except names attribute maps a mapping leaves out: the target keeps its
-// current value for them. A field-level merge uses it for the attributes
+// Except names attribute maps (and expansion maps) a mapping leaves out:
+// the target keeps its current values for them. A field-level merge uses it for the attributes
 // whose change must not travel in this direction (changed only on the
 // target, a conflict the target wins, or a conflict held for a person).
 type Except map[string]bool
@@ -168,7 +168,7 @@ func (m *Mapping) ToCRMExcept(ctx context.Context, res map[string]any, cur *CRMS
 		}
 	}
 	for _, x := range m.expansions {
-		if !x.toCRM {
+		if !x.toCRM || skip[x.def.Name] {
 			continue
 		}
 		changes, err := m.expandToCRM(ctx, x, res, cur, r)
@@ -380,7 +380,7 @@ func (m *Mapping) ToFHIRExcept(ctx context.Context, src CRMState, base map[strin
 		}
 	}
 	for _, x := range m.expansions {
-		if !x.toFHIR {
+		if !x.toFHIR || skip[x.def.Name] {
 			continue
 		}
 		ch, err := m.expandToFHIR(ctx, x, src.Children[x.def.Name], base, r)

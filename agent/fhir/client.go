@@ -176,6 +176,27 @@ func (c *Client) Create(ctx context.Context, res Resource) (Resource, error) {
 	return r, err
 }
 
+// CreateIfNoneExist POSTs res with If-None-Exist: criteria (a search query
+// such as identifier=sys|val): with no match the server creates it, with
+// one match it answers with the existing resource and creates nothing,
+// with several it refuses (ClassConflict, 412) — FHIR R4 conditional create
+// (https://hl7.org/fhir/R4/http.html#ccreate). created reports whether the
+// resource returned is new.
+func (c *Client) CreateIfNoneExist(ctx context.Context, res Resource, criteria url.Values) (r Resource, created bool, err error) {
+	typ := res.Type()
+	op := "conditional create " + typ
+	if !isTypeName(typ) || len(criteria) == 0 {
+		return nil, false, fmt.Errorf("fhir %s: needs a resourceType and search criteria", op)
+	}
+	body, err := encode(res)
+	if err != nil {
+		return nil, false, fmt.Errorf("fhir %s: %w", op, err)
+	}
+	h := http.Header{"If-None-Exist": {criteria.Encode()}}
+	r, status, err := c.doResource(ctx, call{op: op, method: http.MethodPost, path: typ, body: body, header: h, want: typ})
+	return r, status == http.StatusCreated, err
+}
+
 // Update PUTs res to its type/id. With ifMatch set (a version id), the
 // server applies it only if the current version is still ifMatch; a lost
 // race is an *Error with Class ClassConflict (errors.Is(err, ErrConflict)).

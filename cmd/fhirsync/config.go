@@ -67,6 +67,15 @@ type AgentConfig struct {
 	// ReconcileSchedule runs the backfill of every enabled entity map on a
 	// cron schedule (e.g. "@daily"); empty turns it off.
 	ReconcileSchedule string `yaml:"reconcile_schedule"`
+	// ConflictSkew is last-writer-wins' clock-skew allowance: edits whose
+	// modified times are no further apart count as simultaneous (0: 2s).
+	ConflictSkew time.Duration `yaml:"conflict_skew"`
+	// ConflictTie settles a last-writer-wins conflict whose order is not
+	// known: hold (default), fhir-wins or crm-wins.
+	ConflictTie string `yaml:"conflict_tie"`
+	// StaleRetries is how many times a write refused with HTTP 412 is
+	// re-read, merged and retried within one delivery (0: 3; -1: none).
+	StaleRetries int `yaml:"stale_retries"`
 }
 
 // FeedsConfig selects the change feeds this process runs. Every process may
@@ -385,6 +394,14 @@ func (c Config) Validate() []string {
 	}
 	if c.Agent.Workers < 0 || c.Agent.MaxAttempts < 0 {
 		bad("agent", "workers and max_attempts must not be negative")
+	}
+	switch c.Agent.ConflictTie {
+	case "", "hold", "fhir-wins", "crm-wins":
+	default:
+		bad("agent.conflict_tie", "%q is not hold, fhir-wins or crm-wins", c.Agent.ConflictTie)
+	}
+	if c.Agent.ConflictSkew < 0 {
+		bad("agent.conflict_skew", "must not be negative")
 	}
 	if err := c.Logs.Validate(); err != nil {
 		for _, line := range strings.Split(err.Error(), "\n") {

@@ -118,7 +118,8 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 		renew = 20 * time.Second
 	}
 	s.agent, err = agent.New(agent.Config{Workers: cfg.Agent.Workers, MaxAttempts: cfg.Agent.MaxAttempts, CRMUserID: userID,
-		FHIRAccount: cfg.Agent.FHIRAccount, Drain: cfg.ShutdownTimeout, LockRenewEvery: renew, BaseKey: baseKey(cfg.Logs.KeySecret)},
+		FHIRAccount: cfg.Agent.FHIRAccount, Drain: cfg.ShutdownTimeout, LockRenewEvery: renew, BaseKey: baseKey(cfg.Logs.KeySecret),
+		ConflictSkew: cfg.Agent.ConflictSkew, ConflictTie: maps.ConflictPolicy(cfg.Agent.ConflictTie), StaleRetries: cfg.Agent.StaleRetries},
 		agent.Deps{DB: db, Maps: s.maps, FHIR: s.fhir, CRM: s.crm, Logs: s.logs, FHIRChanges: s.fhirQ, CRMChanges: s.crmQ,
 			Registry: reg, Logger: log})
 	if err != nil {

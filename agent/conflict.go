@@ -1,0 +1,613 @@
+package agent
+
+// The pipeline's use of the field-level merge (merge.go): for a message
+// whose target record exists, compare each mapped attribute on both sides
+// with the pair's base state, decide per attribute what this message may
+// write, and record conflicts, held conflicts and the base that results.
+//
+// A message travels one way, from the side that changed to the other, and
+// never writes its own source. An attribute whose new value belongs to the
+// source's side (changed on the target only, or a conflict the target
+// wins) is left out of the write; the target's own change notice carries
+// it the other way and names, in its decision, the value it replaces. The
+// base of an attribute left out stays as it was, so that the difference
+// is still seen when that notice comes.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"gorm.io/gorm"
+
+	"github.com/fhirsync/fhirsync/logs"
+	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/maps/path"
+	"github.com/fhirsync/fhirsync/queues"
+)
+
+// conflictStore keeps the conflicts held for a person (logs.Store).
+type conflictStore interface {
+	HoldTx(tx *gorm.DB, c logs.HeldConflict, fhirValue, crmValue any) error
+	ConflictsFor(ctx context.Context, entityMap, fhirID string) ([]logs.HeldConflict, error)
+	SettleConflictTx(tx *gorm.DB, id int64, status string) error
+	ResolvedConflicts(ctx context.Context, limit int) ([]logs.HeldConflict, error)
+}
+
+// Held-conflict states the agent moves a row to.
+const (
+	conflictApplied    = "applied"
+	conflictSuperseded = "superseded"
+	conflictResolved   = "resolved"
+)
+
+// pairMerge is the merge of one message's linked pair.
+type pairMerge struct {
+	// skip names the attributes this message leaves out of its write.
+	skip maps.Except
+	// keep names the attributes whose base stays as it was.
+	keep map[string]bool
+	// old is the base before this message (nil: none); now the hashes of
+	// both sides as read.
+	old, now *linkBase
+	// conflicts are the attributes changed on both sides, as settled.
+	conflicts []logs.Conflict
+	held      []heldAttr
+	// applied are held conflicts a person resolved whose value this
+	// message writes.
+	applied  []int64
+	deferred int
+}
+
+// heldAttr is an attribute held for a person in this message.
+type heldAttr struct {
+	attr                    string
+	fhirHash, crmHash       [baseHashSize]byte
+	fhirChanged, crmChanged bool
+	fhirValue, crmValue     any
+}
+
+// pairOf is the link of src and its target record cur.
+func pairOf(f *flow, em *maps.EntityMap, src, cur record) link {
+	l := link{EntityMap: em.Name, FHIRType: em.FHIRType, CRMEntity: em.CRMEntity}
+	if f.side == queues.SideFHIR {
+		l.FHIRID, l.CRMID = src.ID, cur.ID
+	} else {
+		l.FHIRID, l.CRMID = cur.ID, src.ID
+	}
+	return l
+}
+
+// sidesOf returns the FHIR resource and the CRM record of a pair.
+func sidesOf(f *flow, src, cur record) (res, rec map[string]any) {
+	if f.side == queues.SideFHIR {
+		res = src.Data
+		if st := crmState(&cur); st != nil {
+			rec = st.Record
+		}
+		return res, rec
+	}
+	if st := crmState(&src); st != nil {
+		rec = st.Record
+	}
+	return cur.Data, rec
+}
+
+// mergeOptions is the agent's last-writer-wins configuration.
+func (p *pipeline) mergeOptions() mergeOptions {
+	o := p.mergeOpts
+	o.Now = p.now()
+	return o
+}
+
+// mergePair merges src with its target record cur, whose mapping (with no
+// attribute left out) is out.
+func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src, cur record, out mapped) (*pairMerge, error) {
+	em := mp.Def()
+	l := pairOf(f, em, src, cur)
+	res, rec := sidesOf(f, src, cur)
+	mg := &pairMerge{skip: maps.Except{}, keep: map[string]bool{}}
+	old, err := p.links.base(ctx, l)
+	switch {
+	case errors.Is(err, errNoBase):
+	case err != nil:
+		return nil, err
+	default:
+		mg.old = old
+	}
+	vals := p.base.read(mp, l, res, rec)
+	mg.now = &linkBase{EntityMap: em.Name, FHIRID: l.FHIRID, CRMID: l.CRMID, MapVersion: mp.Version(), Attrs: make(map[string]attrHash, len(vals))}
+	changed := make(map[string]bool, len(out.ChangedAttrs))
+	for _, a := range out.ChangedAttrs {
+		changed[a] = true
+	}
+	defs := make(map[string]*maps.AttributeMap, len(em.Attributes))
+	for i := range em.Attributes {
+		defs[em.Attributes[i].Name] = &em.Attributes[i]
+	}
+	target := queues.SideCRM
+	if f.side == queues.SideCRM {
+		target = queues.SideFHIR
+	}
+	// A change travels back only when the other direction updates.
+	back := flowOf(em, target).Allows(maps.OpUpdate)
+	fAt, cAt := fhirModified(res), crmModified(rec)
+	opts := p.mergeOptions()
+	var resolutions []logs.HeldConflict
+	var loaded bool
+	for _, v := range vals {
+		mg.now.Attrs[v.name] = v.h
+		a := defs[v.name]
+		dir := maps.Both
+		if a != nil && a.Direction != "" {
+			dir = a.Direction
+		}
+		if !mergeTravels(dir, target) {
+			// Not mapped this way: its change is the other direction's.
+			mg.keep[v.name] = true
+			continue
+		}
+		if !back {
+			if f.side == queues.SideFHIR {
+				dir = maps.FHIRToCRM
+			} else {
+				dir = maps.CRMToFHIR
+			}
+		}
+		in := mergeInput{Attribute: v.name, Direction: dir, Same: !changed[v.name],
+			FHIR: mergeSide{Value: v.fhir, Hash: v.h.FHIR, Modified: fAt},
+			CRM:  mergeSide{Value: v.crm, Hash: v.h.CRM, Modified: cAt}}
+		if a != nil {
+			in.Policy = a.Policy(em)
+		}
+		if mg.old != nil {
+			if b, ok := mg.old.Attrs[v.name]; ok {
+				in.Base = mergeBase{State: baseSynced, FHIR: b.FHIR, CRM: b.CRM}
+			}
+		}
+		r := mergeAttribute(in, opts)
+		toTarget, toSource := r.ToCRM, r.ToFHIR
+		if target == queues.SideFHIR {
+			toTarget, toSource = r.ToFHIR, r.ToCRM
+		}
+		c := logs.Conflict{Attribute: v.name, Policy: string(r.DecidedBy), Tie: r.Tie}
+		if r.Held {
+			if !loaded && p.conflicts != nil {
+				if resolutions, err = p.conflicts.ConflictsFor(ctx, em.Name, l.FHIRID); err != nil {
+					return nil, fmt.Errorf("reading the held conflicts of %s %s: %w", em.Name, l.FHIRID, err)
+				}
+				loaded = true
+			}
+			if hc, ok := resolvedFor(resolutions, v.name, v.h); ok {
+				c = logs.Conflict{Attribute: v.name, Policy: "person"}
+				if hc.Resolution == string(f.side) {
+					toTarget = &mergeWrite{From: f.side}
+					mg.applied = append(mg.applied, hc.ID)
+				} else {
+					toTarget, toSource = nil, &mergeWrite{From: target}
+				}
+			}
+		}
+		switch {
+		case toTarget != nil:
+			if r.Conflict {
+				c.Overwritten = string(target)
+				mg.conflicts = append(mg.conflicts, c)
+			}
+		case toSource != nil:
+			mg.skip[v.name], mg.keep[v.name] = true, true
+			if r.Conflict {
+				c.Deferred = true
+				mg.conflicts = append(mg.conflicts, c)
+				mg.deferred++
+			}
+		case r.Held:
+			mg.skip[v.name], mg.keep[v.name] = true, true
+			c.Held = true
+			mg.conflicts = append(mg.conflicts, c)
+			var fb, cb [baseHashSize]byte
+			if mg.old != nil {
+				if b, ok := mg.old.Attrs[v.name]; ok {
+					fb, cb = b.FHIR, b.CRM
+				}
+			}
+			mg.held = append(mg.held, heldAttr{attr: v.name, fhirHash: v.h.FHIR, crmHash: v.h.CRM,
+				fhirChanged: in.Base.State != baseSynced || fb != v.h.FHIR, crmChanged: in.Base.State != baseSynced || cb != v.h.CRM,
+				fhirValue: v.fhir, crmValue: v.crm})
+		case r.BaseMoves:
+			// Unchanged or converged: nothing to write, the base moves.
+		default:
+			// Blocked by a direction: nothing moves.
+			mg.skip[v.name], mg.keep[v.name] = true, true
+		}
+	}
+	if mg.old == nil {
+		// No common ancestor: an expansion's empty list on the source has
+		// nothing to lose, so it does not clear the target's rows; the
+		// target's own change fills the source's instead.
+		for i := range em.Expansions {
+			x := &em.Expansions[i]
+			if expansionEmpty(f, x, src) {
+				mg.skip[x.Name] = true
+			}
+		}
+	}
+	return mg, nil
+}
+
+// expansionEmpty reports whether src holds no items of expansion x.
+func expansionEmpty(f *flow, x *maps.ExpansionMap, src record) bool {
+	if f.side == queues.SideCRM {
+		st := crmState(&src)
+		return st == nil || len(st.Children[x.Name]) == 0
+	}
+	p, err := path.Compile(x.FHIRPath)
+	if err != nil {
+		return false
+	}
+	return len(p.GetAll(src.Data)) == 0
+}
+
+// resolvedFor finds a person's resolution of attr that still applies: the
+// held conflict was resolved and neither side changed since.
+func resolvedFor(hcs []logs.HeldConflict, attr string, h attrHash) (logs.HeldConflict, bool) {
+	for _, hc := range hcs {
+		if hc.Attribute == attr && hc.Status == conflictResolved &&
+			string(hc.FHIRHash) == string(h.FHIR[:]) && string(hc.CRMHash) == string(h.CRM[:]) {
+			return hc, true
+		}
+	}
+	return logs.HeldConflict{}, false
+}
+
+// baseWith is b with the attributes in keep set back to their entries in
+// old (or dropped, when old has none): the base a message leaves.
+func (mg *pairMerge) baseWith(b *linkBase) *linkBase {
+	if b == nil {
+		return nil
+	}
+	for name := range mg.keep {
+		if mg.old != nil {
+			if h, ok := mg.old.Attrs[name]; ok {
+				b.Attrs[name] = h
+				continue
+			}
+		}
+		delete(b.Attrs, name)
+	}
+	return b
+}
+
+// unchangedBase is the base after a message that writes nothing; nil
+// when it equals the old one.
+func (mg *pairMerge) unchangedBase() *linkBase {
+	b := &linkBase{EntityMap: mg.now.EntityMap, FHIRID: mg.now.FHIRID, CRMID: mg.now.CRMID, MapVersion: mg.now.MapVersion, Attrs: make(map[string]attrHash, len(mg.now.Attrs))}
+	for k, v := range mg.now.Attrs {
+		b.Attrs[k] = v
+	}
+	b = mg.baseWith(b)
+	if mg.old != nil && len(mg.old.Attrs) == len(b.Attrs) {
+		same := true
+		for k, v := range b.Attrs {
+			if o, ok := mg.old.Attrs[k]; !ok || o != v {
+				same = false
+				break
+			}
+		}
+		if same {
+			return nil
+		}
+	}
+	return b
+}
+
+// holdEffects returns the transaction work that records mg's held
+// conflicts and settles the resolutions it applied.
+func (p *pipeline) holdEffects(mg *pairMerge, l link, messageID string, at time.Time) []func(tx *gorm.DB) error {
+	if p.conflicts == nil {
+		return nil
+	}
+	var out []func(tx *gorm.DB) error
+	for _, h := range mg.held {
+		hc := logs.HeldConflict{EntityMap: l.EntityMap, FHIRType: l.FHIRType, FHIRID: l.FHIRID, CRMEntity: l.CRMEntity, CRMID: l.CRMID,
+			Attribute: h.attr, MessageID: messageID, FHIRHash: append([]byte(nil), h.fhirHash[:]...), CRMHash: append([]byte(nil), h.crmHash[:]...),
+			FHIRChanged: h.fhirChanged, CRMChanged: h.crmChanged, HeldAt: at}
+		fv, cv := h.fhirValue, h.crmValue
+		out = append(out, func(tx *gorm.DB) error { return p.conflicts.HoldTx(tx, hc, fv, cv) })
+	}
+	for _, id := range mg.applied {
+		out = append(out, func(tx *gorm.DB) error { return p.conflicts.SettleConflictTx(tx, id, conflictApplied) })
+	}
+	return out
+}
+
+// heldNames lists the held attributes.
+func (mg *pairMerge) heldNames() string {
+	names := make([]string, len(mg.held))
+	for i, h := range mg.held {
+		names[i] = h.attr
+	}
+	return strings.Join(names, ", ")
+}
+
+// fhirModified is a resource's meta.lastUpdated; zero when absent.
+func fhirModified(res map[string]any) time.Time {
+	meta, _ := res["meta"].(map[string]any)
+	s, _ := meta["lastUpdated"].(string)
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}
+	}
+	return t
+}
+
+// crmModified is a CRM record's modifiedon; zero when absent.
+func crmModified(rec map[string]any) time.Time {
+	s, _ := rec["modifiedon"].(string)
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}
+	}
+	return t
+}
+
+// resolutionResend is how long a resolution sent to be written waits
+// before it is sent again (its message may have been lost, or failed).
+const resolutionResend = 5 * time.Minute
+
+// sendResolutions sends a change notice for each held conflict a person
+// resolved, so the pipeline writes the chosen value: a notice of the chosen
+// side's record for an attribute, a delete notice of the deleted side's
+// record for a delete that met an edit. The pipeline finds the resolution
+// when it merges the pair again, writes it and marks it applied.
+func (a *Agent) sendResolutions(ctx context.Context) {
+	t := time.NewTicker(a.cfg.ResolveEvery)
+	defer t.Stop()
+	sent := map[int64]time.Time{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		hcs, err := a.pipe.conflicts.ResolvedConflicts(ctx, 100)
+		if err != nil {
+			a.log.Warn("reading resolved conflicts failed", "error", err)
+			continue
+		}
+		now := time.Now()
+		live := make(map[int64]time.Time, len(hcs))
+		for _, hc := range hcs {
+			if at, ok := sent[hc.ID]; ok && now.Sub(at) < resolutionResend {
+				live[hc.ID] = at
+				continue
+			}
+			n := resolutionNotice(hc, now)
+			msg, err := n.Message()
+			if err != nil {
+				a.log.Warn("a resolved conflict cannot be sent", "conflict", hc.ID, "error", err)
+				continue
+			}
+			q := a.deps.FHIRChanges
+			if n.Side == queues.SideCRM {
+				q = a.deps.CRMChanges
+			}
+			if err := q.Send(ctx, msg); err != nil {
+				a.log.Warn("sending a resolved conflict failed; it is tried again", "conflict", hc.ID, "error", err)
+				continue
+			}
+			live[hc.ID] = now
+		}
+		sent = live
+	}
+}
+
+// resolutionNotice is the change notice that carries hc's resolution.
+func resolutionNotice(hc logs.HeldConflict, at time.Time) queues.Notice {
+	n := queues.Notice{V: queues.NoticeVersion, Event: queues.EventUpdated, Origin: "resolution", ChangedAt: at.UTC()}
+	side := hc.Resolution
+	if hc.Attribute == "" {
+		side, n.Event = hc.DeletedSide, queues.EventDeleted
+	}
+	if side == string(queues.SideCRM) {
+		n.Side, n.Type, n.ID = queues.SideCRM, hc.CRMEntity, hc.CRMID
+	} else {
+		n.Side, n.Type, n.ID = queues.SideFHIR, hc.FHIRType, hc.FHIRID
+	}
+	return n
+}
+
+// deleteVersusEdit decides a delete on f's side when the target record
+// (cur) changed since the pair's base: nil when it did not (or no base is
+// kept), else the step that ends the message — held, overruled — or, when
+// the delete wins, apply true with the edits it removes named in d.
+func (p *pipeline) deleteVersusEdit(ctx context.Context, f *flow, m *maps.Mapping, n queues.Notice, cur record, cached *link, u *unit) (st *step, apply bool, err error) {
+	if p.base == nil || cached == nil {
+		return nil, true, nil
+	}
+	em := m.Def()
+	l := *cached
+	old, err := p.links.base(ctx, l)
+	if errors.Is(err, errNoBase) {
+		return nil, true, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	var res, rec map[string]any
+	var editAt time.Time
+	if f.side == queues.SideFHIR {
+		if st := crmState(&cur); st != nil {
+			rec = st.Record
+		}
+		editAt = crmModified(rec)
+	} else {
+		res = cur.Data
+		editAt = fhirModified(res)
+	}
+	var edited []string
+	for _, v := range p.base.read(m, l, res, rec) {
+		b, ok := old.Attrs[v.name]
+		if !ok {
+			continue
+		}
+		if (f.side == queues.SideFHIR && b.CRM != v.h.CRM) || (f.side == queues.SideCRM && b.FHIR != v.h.FHIR) {
+			edited = append(edited, v.name)
+		}
+	}
+	if len(edited) == 0 {
+		return nil, true, nil
+	}
+	d := u.d
+	target := otherSideOf(f.side)
+	// A person's resolution decides first.
+	if p.conflicts != nil {
+		hcs, err := p.conflicts.ConflictsFor(ctx, em.Name, l.FHIRID)
+		if err != nil {
+			return nil, false, fmt.Errorf("reading the held conflicts of %s %s: %w", em.Name, l.FHIRID, err)
+		}
+		for _, hc := range hcs {
+			if hc.Attribute != "" || hc.Status != conflictResolved || hc.DeletedSide != string(f.side) {
+				continue
+			}
+			id := hc.ID
+			u.effects = append(u.effects, func(tx *gorm.DB) error { return p.conflicts.SettleConflictTx(tx, id, conflictApplied) })
+			if hc.Resolution == string(f.side) {
+				for _, a := range edited {
+					d.Conflicts = append(d.Conflicts, logs.Conflict{Attribute: a, Policy: "person", Overwritten: string(target)})
+				}
+				return nil, true, nil
+			}
+			d.Conflicts = []logs.Conflict{{Policy: "person", Deferred: true}}
+			return stop(logs.OutcomeSkipped, logs.ReasonDeleteOverruled, fmt.Sprintf("A person kept the %s record that was edited after the delete; the delete is not applied.", otherSide(f))), false, nil
+		}
+	}
+	policy := em.ConflictPolicy.OrDefault()
+	decided, tie := policy, false
+	var winner queues.Side
+	switch policy {
+	case maps.ConflictFHIRWins:
+		winner = queues.SideFHIR
+	case maps.ConflictCRMWins:
+		winner = queues.SideCRM
+	case maps.ConflictLastWriter:
+		fAt, cAt := n.ChangedAt, editAt
+		if f.side == queues.SideCRM {
+			fAt, cAt = editAt, n.ChangedAt
+		}
+		opts := p.mergeOptions()
+		var ok bool
+		if winner, ok = opts.lastWriter(fAt, cAt); !ok {
+			tie, decided = true, opts.tie()
+			switch decided {
+			case maps.ConflictFHIRWins:
+				winner = queues.SideFHIR
+			case maps.ConflictCRMWins:
+				winner = queues.SideCRM
+			}
+		}
+	}
+	switch {
+	case winner == "":
+		d.Conflicts = []logs.Conflict{{Policy: string(maps.ConflictHold), Tie: tie, Held: true}}
+		if p.conflicts != nil {
+			hc := logs.HeldConflict{EntityMap: em.Name, FHIRType: em.FHIRType, FHIRID: l.FHIRID, CRMEntity: em.CRMEntity, CRMID: l.CRMID,
+				DeletedSide: string(f.side), MessageID: d.MessageID, FHIRChanged: f.side == queues.SideCRM, CRMChanged: f.side == queues.SideFHIR, HeldAt: p.now().UTC()}
+			u.effects = append(u.effects, func(tx *gorm.DB) error { return p.conflicts.HoldTx(tx, hc, nil, nil) })
+		}
+		return stop(logs.OutcomeHeld, logs.ReasonDeleteHeld, fmt.Sprintf("Held for a person: deleted in %s while %s was edited on the other side.", sideName(f.side), strings.Join(edited, ", "))), false, nil
+	case winner != f.side:
+		d.Conflicts = []logs.Conflict{{Policy: string(decided), Tie: tie, Deferred: true}}
+		return stop(logs.OutcomeSkipped, logs.ReasonDeleteOverruled, fmt.Sprintf("Deleted in %s while %s was edited in %s; %s keeps the edited record.", sideName(f.side), strings.Join(edited, ", "), otherSide(f), decided)), false, nil
+	}
+	for _, a := range edited {
+		d.Conflicts = append(d.Conflicts, logs.Conflict{Attribute: a, Policy: string(decided), Tie: tie, Overwritten: string(target)})
+	}
+	return nil, true, nil
+}
+
+func otherSideOf(s queues.Side) queues.Side {
+	if s == queues.SideFHIR {
+		return queues.SideCRM
+	}
+	return queues.SideFHIR
+}
+
+func sideName(s queues.Side) string {
+	if s == queues.SideFHIR {
+		return "FHIR"
+	}
+	return "the CRM"
+}
+
+// linkedTargetGone decides a change whose linked, synced counterpart is
+// gone: the other side deleted it. That delete's own notice settles the
+// delete against this change (deleteVersusEdit), so the record is not
+// created again here; nil when the pair was never synced with a base.
+func (p *pipeline) linkedTargetGone(ctx context.Context, f *flow, em *maps.EntityMap, cached *link, d *logs.Decision) *step {
+	if p.base == nil || cached == nil {
+		return nil
+	}
+	if _, err := p.links.base(ctx, *cached); err != nil {
+		return nil
+	}
+	d.Conflicts = []logs.Conflict{{Policy: string(em.ConflictPolicy.OrDefault()), Deferred: true}}
+	return stop(logs.OutcomeSkipped, logs.ReasonConflictDeferred, fmt.Sprintf("The linked %s record was deleted; the delete's own decision settles it against this change, so it is not created again.", otherSide(f)))
+}
+
+// resolvedByPerson reports whether d applies a person's resolution.
+func resolvedByPerson(d *logs.Decision) bool {
+	for _, c := range d.Conflicts {
+		if c.Policy == logs.PolicyPerson {
+			return true
+		}
+	}
+	return false
+}
+
+// changedSinceBase reports whether src — a version fhirsync wrote — holds
+// a value of an attribute that travels to the other side and differs from
+// the pair's base: an edit the write carried along. Without a link or a
+// base there is nothing to compare with, and the version is an echo.
+func (p *pipeline) changedSinceBase(ctx context.Context, f *flow, mp *maps.Mapping, src record, cached *link) (bool, error) {
+	if p.base == nil || cached == nil {
+		return false, nil
+	}
+	old, err := p.links.base(ctx, *cached)
+	if errors.Is(err, errNoBase) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	em := mp.Def()
+	var res, rec map[string]any
+	target := queues.SideCRM
+	if f.side == queues.SideFHIR {
+		res = src.Data
+	} else {
+		target = queues.SideFHIR
+		if st := crmState(&src); st != nil {
+			rec = st.Record
+		}
+	}
+	dirs := make(map[string]maps.Direction, len(em.Attributes))
+	for _, a := range em.Attributes {
+		dirs[a.Name] = a.Direction
+	}
+	for _, v := range p.base.read(mp, *cached, res, rec) {
+		if !mergeTravels(dirs[v.name], target) {
+			continue
+		}
+		b, ok := old.Attrs[v.name]
+		if !ok {
+			return true, nil // never settled (a held or first-linked value)
+		}
+		if (f.side == queues.SideFHIR && b.FHIR != v.h.FHIR) || (f.side == queues.SideCRM && b.CRM != v.h.CRM) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
