@@ -121,10 +121,10 @@ type pipeline struct {
 	log   decisionLog
 	// batch, when set, group-commits each message's unit; otherwise the
 	// unit's parts are written one after the other.
-	batch       *batchWriter
-	links       links
-	writes      ownWrites
-	base        *baseHasher // hashes each sent pair's base state; nil: kept off
+	batch  *batchWriter
+	links  links
+	writes ownWrites
+	base   *baseHasher // hashes each sent pair's base state; nil: kept off
 	// conflicts keeps conflicts held for a person; nil: none are kept
 	// (a held attribute is still left alone and named in the decision).
 	conflicts conflictStore
@@ -133,11 +133,11 @@ type pipeline struct {
 	// staleRetries is how many times a write that lost a race (HTTP 412)
 	// is re-read, merged and tried again within one delivery.
 	staleRetries int
-	maxAttempts int
-	backoff     Backoff
-	metrics     *metrics
-	plog        *slog.Logger
-	now         func() time.Time
+	maxAttempts  int
+	backoff      Backoff
+	metrics      *metrics
+	plog         *slog.Logger
+	now          func() time.Time
 	// fhirAccount, when set, refuses FHIR events from another service.
 	fhirAccount string
 	// requeue sends the extra notices of a multi-event message back to
