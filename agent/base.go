@@ -57,8 +57,13 @@ type linkBase struct {
 	CRMID      string
 	MapVersion int
 	// Attrs holds each attribute map's hashes by the attribute map's name.
-	Attrs     map[string]attrHash
-	UpdatedAt time.Time
+	Attrs map[string]attrHash
+	// FHIREditedAt and CRMEditedAt are when each side was last edited by
+	// someone other than fhirsync (zero: not known): what last-writer-wins
+	// compares, since fhirsync's own writes move a record's modified time
+	// too.
+	FHIREditedAt, CRMEditedAt time.Time
+	UpdatedAt                 time.Time
 }
 
 // encodeBase packs attribute→hashes pairs in name order: the format byte,
@@ -300,15 +305,17 @@ func saveBasesTx(tx *gorm.DB, bs []*linkBase) error {
 	now := time.Now().UTC()
 	sqlite := storage.DialectOf(tx) == storage.SQLite
 	const del = `DELETE FROM agent_link_base WHERE entity_map = ? AND crm_id = ? AND fhir_id <> ?`
-	const ins = `INSERT INTO agent_link_base (entity_map, fhir_id, crm_id, map_version, hashes, updated_at) VALUES (?, ?, ?, ?, ?, ?)
-		ON CONFLICT (entity_map, fhir_id) DO UPDATE SET crm_id = excluded.crm_id, map_version = excluded.map_version, hashes = excluded.hashes, updated_at = excluded.updated_at`
+	const ins = `INSERT INTO agent_link_base (entity_map, fhir_id, crm_id, map_version, hashes, updated_at, fhir_edited_at, crm_edited_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (entity_map, fhir_id) DO UPDATE SET crm_id = excluded.crm_id, map_version = excluded.map_version, hashes = excluded.hashes, updated_at = excluded.updated_at,
+		fhir_edited_at = excluded.fhir_edited_at, crm_edited_at = excluded.crm_edited_at`
 	for _, b := range bs {
 		enc := encodeBase(b.Attrs)
+		fAt, cAt := nullTime(b.FHIREditedAt), nullTime(b.CRMEditedAt)
 		if sqlite {
 			if _, err := storage.Direct(tx).Exec(del, b.EntityMap, b.CRMID, b.FHIRID); err != nil {
 				return err
 			}
-			if _, err := storage.Direct(tx).Exec(ins, b.EntityMap, b.FHIRID, b.CRMID, b.MapVersion, enc, now); err != nil {
+			if _, err := storage.Direct(tx).Exec(ins, b.EntityMap, b.FHIRID, b.CRMID, b.MapVersion, enc, now, fAt, cAt); err != nil {
 				return err
 			}
 			continue
@@ -316,7 +323,7 @@ func saveBasesTx(tx *gorm.DB, bs []*linkBase) error {
 		if err := tx.Exec(del, b.EntityMap, b.CRMID, b.FHIRID).Error; err != nil {
 			return err
 		}
-		if err := tx.Exec(ins, b.EntityMap, b.FHIRID, b.CRMID, b.MapVersion, enc, now).Error; err != nil {
+		if err := tx.Exec(ins, b.EntityMap, b.FHIRID, b.CRMID, b.MapVersion, enc, now, fAt, cAt).Error; err != nil {
 			return err
 		}
 	}
@@ -328,8 +335,10 @@ func saveBasesTx(tx *gorm.DB, bs []*linkBase) error {
 func (s links) base(ctx context.Context, l link) (*linkBase, error) {
 	b := &linkBase{EntityMap: l.EntityMap, FHIRID: l.FHIRID}
 	var enc []byte
-	err := s.db.WithContext(ctx).Raw(`SELECT crm_id, map_version, hashes, updated_at FROM agent_link_base WHERE entity_map = ? AND fhir_id = ?`, l.EntityMap, l.FHIRID).
-		Row().Scan(&b.CRMID, &b.MapVersion, &enc, &b.UpdatedAt)
+	var fAt, cAt sql.NullTime
+	err := s.db.WithContext(ctx).Raw(`SELECT crm_id, map_version, hashes, updated_at, fhir_edited_at, crm_edited_at FROM agent_link_base WHERE entity_map = ? AND fhir_id = ?`, l.EntityMap, l.FHIRID).
+		Row().Scan(&b.CRMID, &b.MapVersion, &enc, &b.UpdatedAt, &fAt, &cAt)
+	b.FHIREditedAt, b.CRMEditedAt = fAt.Time, cAt.Time
 	if errors.Is(err, sql.ErrNoRows) || (err == nil && b.CRMID != l.CRMID) {
 		return nil, errNoBase
 	}
@@ -390,4 +399,12 @@ func (p *pipeline) baseAfter(f *flow, m *maps.Mapping, src record, cur *record, 
 		return nil
 	}
 	return p.base.of(m, l, res, rec)
+}
+
+// nullTime is t for a nullable column: NULL when zero, else UTC.
+func nullTime(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t.UTC()
 }

@@ -59,6 +59,9 @@ type pairMerge struct {
 	// message writes.
 	applied  []int64
 	deferred int
+	// fhirAt and crmAt are when each side was last edited by someone
+	// other than fhirsync (zero: not known).
+	fhirAt, crmAt time.Time
 }
 
 // heldAttr is an attribute held for a person in this message.
@@ -104,7 +107,7 @@ func (p *pipeline) mergeOptions() mergeOptions {
 
 // mergePair merges src with its target record cur, whose mapping (with no
 // attribute left out) is out.
-func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src, cur record, out mapped) (*pairMerge, error) {
+func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src, cur record, srcOwn bool, out mapped) (*pairMerge, error) {
 	em := mp.Def()
 	l := pairOf(f, em, src, cur)
 	res, rec := sidesOf(f, src, cur)
@@ -133,7 +136,10 @@ func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src
 	}
 	// A change travels back only when the other direction updates.
 	back := flowOf(em, target).Allows(maps.OpUpdate)
-	fAt, cAt := fhirModified(res), crmModified(rec)
+	if mg.fhirAt, mg.crmAt, err = p.editTimes(ctx, f, src, &cur, srcOwn, mg.old); err != nil {
+		return nil, err
+	}
+	fAt, cAt := mg.fhirAt, mg.crmAt
 	opts := p.mergeOptions()
 	var resolutions []logs.HeldConflict
 	var loaded bool
@@ -610,4 +616,51 @@ func (p *pipeline) changedSinceBase(ctx context.Context, f *flow, mp *maps.Mappi
 		}
 	}
 	return false, nil
+}
+
+// editTimes returns when each side of a pair was last edited by someone
+// other than fhirsync: a side's modified time when its version was not
+// written by fhirsync, else the time the base remembers. srcOwn says the
+// source's version is one fhirsync wrote; cur is the target (nil: none).
+func (p *pipeline) editTimes(ctx context.Context, f *flow, src record, cur *record, srcOwn bool, old *linkBase) (fhirAt, crmAt time.Time, err error) {
+	var oldF, oldC time.Time
+	if old != nil {
+		oldF, oldC = old.FHIREditedAt, old.CRMEditedAt
+	}
+	side := func(r record, own bool, isFHIR bool) time.Time {
+		switch {
+		case own && isFHIR:
+			return oldF
+		case own:
+			return oldC
+		case isFHIR:
+			return fhirModified(r.Data)
+		}
+		var rec map[string]any
+		if st := crmState(&r); st != nil {
+			rec = st.Record
+		}
+		return crmModified(rec)
+	}
+	srcAt := side(src, srcOwn, f.side == queues.SideFHIR)
+	var curAt time.Time
+	if cur != nil {
+		own, err := p.writes.isOwn(ctx, f.targetOf, cur.Type, cur.ID, cur.Version)
+		if err != nil {
+			return time.Time{}, time.Time{}, fmt.Errorf("checking the target's version: %w", err)
+		}
+		curAt = side(*cur, own, f.side == queues.SideCRM)
+	}
+	if f.side == queues.SideFHIR {
+		return srcAt, curAt, nil
+	}
+	return curAt, srcAt, nil
+}
+
+// stampTimes records on b when each side was last edited by someone else.
+func stampTimes(b *linkBase, fhirAt, crmAt time.Time) *linkBase {
+	if b != nil {
+		b.FHIREditedAt, b.CRMEditedAt = fhirAt, crmAt
+	}
+	return b
 }

@@ -333,7 +333,7 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 		}
 	}
 	for try := 1; ; try++ {
-		st, raced := p.sync(ctx, f, mp, n, src, cached, u)
+		st, raced := p.sync(ctx, f, mp, n, src, echo, cached, u)
 		if !raced || try > p.staleRetries {
 			return st
 		}
@@ -355,7 +355,7 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 // when the pair has been synced before, and writes what the merge lets
 // this direction write. raced reports a write refused because the target
 // changed since it was read (HTTP 412).
-func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues.Notice, src record, cached *link, u *unit) (st *step, raced bool) {
+func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues.Notice, src record, srcOwn bool, cached *link, u *unit) (st *step, raced bool) {
 	d := u.d
 	em := mp.Def()
 	fl := flowOf(em, n.Side)
@@ -398,7 +398,7 @@ func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues
 	}
 	var mg *pairMerge
 	if curp != nil && p.base != nil && f.mapExcept != nil {
-		if mg, err = p.mergePair(ctx, f, mp, src, *curp, out); err != nil {
+		if mg, err = p.mergePair(ctx, f, mp, src, *curp, srcOwn, out); err != nil {
 			return p.failure("merging with the base state", err), false
 		}
 		d.Conflicts = mg.conflicts
@@ -416,7 +416,7 @@ func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues
 		if mg == nil {
 			return stop(logs.OutcomeSkipped, "unchanged", "No mapped value differs at the target."+roundedNote(out.Rounded)), false
 		}
-		u.base = mg.unchangedBase()
+		u.base = stampTimes(mg.unchangedBase(), mg.fhirAt, mg.crmAt)
 		switch {
 		case len(mg.held) > 0:
 			return stop(logs.OutcomeHeld, logs.ReasonConflictHeld, fmt.Sprintf("Held for a person: %s changed on both sides; nothing else to write.", mg.heldNames())), false
@@ -452,7 +452,13 @@ func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues
 	u.link = linkFor(f, em, src, record{ID: w.ID, Version: w.Version}, cached)
 	u.base = p.baseAfter(f, mp, src, curp, out, w)
 	if mg != nil {
-		u.base = mg.baseWith(u.base)
+		u.base = stampTimes(mg.baseWith(u.base), mg.fhirAt, mg.crmAt)
+	} else if u.base != nil {
+		// Created: the source's edit is the only one.
+		fAt, cAt, err := p.editTimes(ctx, f, src, nil, srcOwn, nil)
+		if err == nil {
+			u.base = stampTimes(u.base, fAt, cAt)
+		}
 	}
 	p.metrics.observeLatency(f.dir, n.ChangedAt)
 	if w.Created {
