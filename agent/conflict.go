@@ -107,7 +107,7 @@ func (p *pipeline) mergeOptions() mergeOptions {
 
 // mergePair merges src with its target record cur, whose mapping (with no
 // attribute left out) is out.
-func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src, cur record, srcOwn bool, out mapped) (*pairMerge, error) {
+func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src, cur record, srcOwn, linked bool, out mapped) (*pairMerge, error) {
 	em := mp.Def()
 	l := pairOf(f, em, src, cur)
 	res, rec := sidesOf(f, src, cur)
@@ -136,8 +136,15 @@ func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src
 	}
 	// A change travels back only when the other direction updates.
 	back := flowOf(em, target).Allows(maps.OpUpdate)
-	if mg.fhirAt, mg.crmAt, err = p.editTimes(ctx, f, src, &cur, srcOwn, mg.old); err != nil {
+	var curOwn bool
+	if mg.fhirAt, mg.crmAt, curOwn, err = p.editTimes(ctx, f, src, &cur, srcOwn, mg.old); err != nil {
 		return nil, err
+	}
+	if curOwn && mg.old == nil && !linked && p.now().Sub(modifiedOf(f, cur)) < pairBusyWindow {
+		// fhirsync has just written the target and the message that wrote
+		// it has not committed the pair's link and base yet: wait for it
+		// rather than merge without knowing when the target was edited.
+		return nil, errPairBusy
 	}
 	fAt, cAt := mg.fhirAt, mg.crmAt
 	opts := p.mergeOptions()
@@ -622,7 +629,7 @@ func (p *pipeline) changedSinceBase(ctx context.Context, f *flow, mp *maps.Mappi
 // other than fhirsync: a side's modified time when its version was not
 // written by fhirsync, else the time the base remembers. srcOwn says the
 // source's version is one fhirsync wrote; cur is the target (nil: none).
-func (p *pipeline) editTimes(ctx context.Context, f *flow, src record, cur *record, srcOwn bool, old *linkBase) (fhirAt, crmAt time.Time, err error) {
+func (p *pipeline) editTimes(ctx context.Context, f *flow, src record, cur *record, srcOwn bool, old *linkBase) (fhirAt, crmAt time.Time, curOwn bool, err error) {
 	var oldF, oldC time.Time
 	if old != nil {
 		oldF, oldC = old.FHIREditedAt, old.CRMEditedAt
@@ -645,16 +652,35 @@ func (p *pipeline) editTimes(ctx context.Context, f *flow, src record, cur *reco
 	srcAt := side(src, srcOwn, f.side == queues.SideFHIR)
 	var curAt time.Time
 	if cur != nil {
-		own, err := p.writes.isOwn(ctx, f.targetOf, cur.Type, cur.ID, cur.Version)
+		curOwn, err = p.writes.isOwn(ctx, f.targetOf, cur.Type, cur.ID, cur.Version)
 		if err != nil {
-			return time.Time{}, time.Time{}, fmt.Errorf("checking the target's version: %w", err)
+			return time.Time{}, time.Time{}, false, fmt.Errorf("checking the target's version: %w", err)
 		}
-		curAt = side(*cur, own, f.side == queues.SideCRM)
+		curAt = side(*cur, curOwn, f.side == queues.SideCRM)
 	}
 	if f.side == queues.SideFHIR {
-		return srcAt, curAt, nil
+		return srcAt, curAt, curOwn, nil
 	}
-	return curAt, srcAt, nil
+	return curAt, srcAt, curOwn, nil
+}
+
+// errPairBusy means another message is syncing the pair right now.
+var errPairBusy = errors.New("the pair is being synced by another message")
+
+// pairBusyWindow is how recent fhirsync's own write to a target with no
+// link and no base must be for the pair to count as busy.
+const pairBusyWindow = time.Minute
+
+// modifiedOf is the target record's modified time.
+func modifiedOf(f *flow, cur record) time.Time {
+	if f.side == queues.SideCRM {
+		return fhirModified(cur.Data)
+	}
+	var rec map[string]any
+	if st := crmState(&cur); st != nil {
+		rec = st.Record
+	}
+	return crmModified(rec)
 }
 
 // stampTimes records on b when each side was last edited by someone else.

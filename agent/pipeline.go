@@ -338,7 +338,13 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 			return st
 		}
 		// The target changed between the read and the write (412 on
-		// If-Match): read both sides again and merge again.
+		// If-Match), or another message is syncing the pair: read both
+		// sides again and merge again, after a short pause.
+		select {
+		case <-ctx.Done():
+			return st
+		case <-time.After(time.Duration(try) * 20 * time.Millisecond):
+		}
 		d.Attempts = append(d.Attempts, logs.Attempt{At: p.now().UTC(), ErrorClass: errorClass(st.err), Retryable: true})
 		var err error
 		if src, err = f.source.read(ctx, mp, n.ID); err != nil {
@@ -398,7 +404,11 @@ func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues
 	}
 	var mg *pairMerge
 	if curp != nil && p.base != nil && f.mapExcept != nil {
-		if mg, err = p.mergePair(ctx, f, mp, src, *curp, srcOwn, out); err != nil {
+		if mg, err = p.mergePair(ctx, f, mp, src, *curp, srcOwn, cached != nil, out); err != nil {
+			if errors.Is(err, errPairBusy) {
+				return &step{outcome: logs.OutcomeFailed, reason: "target_conflict", message: "Another message was syncing the same pair; tried again.",
+					err: &endpointError{class: classConflict, err: err}}, true
+			}
 			return p.failure("merging with the base state", err), false
 		}
 		d.Conflicts = mg.conflicts
@@ -455,7 +465,7 @@ func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues
 		u.base = stampTimes(mg.baseWith(u.base), mg.fhirAt, mg.crmAt)
 	} else if u.base != nil {
 		// Created: the source's edit is the only one.
-		fAt, cAt, err := p.editTimes(ctx, f, src, nil, srcOwn, nil)
+		fAt, cAt, _, err := p.editTimes(ctx, f, src, nil, srcOwn, nil)
 		if err == nil {
 			u.base = stampTimes(u.base, fAt, cAt)
 		}
