@@ -456,7 +456,11 @@ func stillChanged(m *maps.Mapping, res *maps.CRMResult) []string {
 	}
 	out := make([]string, 0, len(res.ChangedAttributes))
 	for _, a := range res.ChangedAttributes {
-		if fields[byName[a]] {
+		field, ok := byName[a]
+		if !ok {
+			field = a // an expansion map: Changed names it
+		}
+		if fields[field] {
 			out = append(out, a)
 		}
 	}

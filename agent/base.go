@@ -142,7 +142,10 @@ func newBaseHasher(secret []byte) *baseHasher {
 
 // baseAttr is an attribute map as the base reads it.
 type baseAttr struct {
-	name    string
+	name string
+	// expansion: an expansion map, whose value on the FHIR side is the
+	// list of items at its path and on the CRM side the child rows.
+	expansion bool
 	crmAttr string
 	lookup  string // navigation property of a lookup; "" otherwise
 	fhir    []*path.Path
@@ -176,6 +179,16 @@ func (h *baseHasher) attrs(m *maps.Mapping) []baseAttr {
 		}
 		out = append(out, ba)
 	}
+	for _, x := range em.Expansions {
+		if x.Enabled != nil && !*x.Enabled {
+			continue
+		}
+		ba := baseAttr{name: x.Name, expansion: true}
+		if p, err := path.Compile(x.FHIRPath); err == nil {
+			ba.fhir = append(ba.fhir, p)
+		}
+		out = append(out, ba)
+	}
 	h.paths.Store(m, out)
 	return out
 }
@@ -184,8 +197,8 @@ func (h *baseHasher) attrs(m *maps.Mapping) []baseAttr {
 // record as they stand after a sync. An attribute's FHIR value is read at
 // its path (the first of its fallback paths whose value exists); a
 // computed attribute has no FHIR path and its FHIR hash is that of null.
-func (h *baseHasher) of(m *maps.Mapping, l link, res map[string]any, rec map[string]any) *linkBase {
-	vals := h.read(m, l, res, rec)
+func (h *baseHasher) of(m *maps.Mapping, l link, res map[string]any, rec map[string]any, kids map[string][]map[string]any) *linkBase {
+	vals := h.read(m, l, res, rec, kids)
 	b := &linkBase{EntityMap: l.EntityMap, FHIRID: l.FHIRID, CRMID: l.CRMID, MapVersion: m.Version(), Attrs: make(map[string]attrHash, len(vals))}
 	for _, v := range vals {
 		b.Attrs[v.name] = v.h
@@ -202,11 +215,28 @@ type attrValues struct {
 }
 
 // read returns each attribute's values and hashes on both sides of l, in
-// map order.
-func (h *baseHasher) read(m *maps.Mapping, l link, res map[string]any, rec map[string]any) []attrValues {
+// map order, then each expansion map's. kids are the CRM record's child
+// rows by expansion; nil when not known (just written), and then an
+// expansion's CRM hash is unknownHash.
+func (h *baseHasher) read(m *maps.Mapping, l link, res map[string]any, rec map[string]any, kids map[string][]map[string]any) []attrValues {
 	attrs := h.attrs(m)
 	out := make([]attrValues, 0, len(attrs))
 	for _, a := range attrs {
+		if a.expansion {
+			var fv any
+			if len(a.fhir) > 0 {
+				if vs := a.fhir[0].GetAll(res); len(vs) > 0 {
+					fv = vs
+				}
+			}
+			v := attrValues{name: a.name, fhir: fv, h: attrHash{FHIR: h.hash(l, a.name, "fhir", fv)}}
+			if kids != nil {
+				v.crm = sortedRows(kids[a.name])
+				v.h.CRM = h.hash(l, a.name, "crm", v.crm)
+			}
+			out = append(out, v)
+			continue
+		}
 		var fv any
 		for _, p := range a.fhir {
 			if vs := p.GetAll(res); len(vs) > 0 {
@@ -366,6 +396,7 @@ func (p *pipeline) baseAfter(f *flow, m *maps.Mapping, src record, cur *record, 
 	em := m.Def()
 	l := link{EntityMap: em.Name}
 	var res, rec map[string]any
+	var kids map[string][]map[string]any // nil: the CRM rows just written are not known
 	if f.side == queues.SideFHIR {
 		l.FHIRID, l.CRMID = src.ID, w.ID
 		cr, ok := out.Data.(*maps.CRMResult)
@@ -393,12 +424,16 @@ func (p *pipeline) baseAfter(f *flow, m *maps.Mapping, src record, cur *record, 
 		res = r
 		if st := crmState(&src); st != nil {
 			rec = st.Record
+			kids = st.Children
+			if kids == nil {
+				kids = map[string][]map[string]any{}
+			}
 		}
 	}
 	if l.FHIRID == "" || l.CRMID == "" {
 		return nil
 	}
-	return p.base.of(m, l, res, rec)
+	return p.base.of(m, l, res, rec, kids)
 }
 
 // nullTime is t for a nullable column: NULL when zero, else UTC.
@@ -407,4 +442,32 @@ func nullTime(t time.Time) any {
 		return nil
 	}
 	return t.UTC()
+}
+
+// unknownHash stands for a side's hash that is not known: the child rows
+// of a CRM record fhirsync has just written. The next merge of the pair
+// takes that side as unchanged and learns its hash.
+var unknownHash [baseHashSize]byte
+
+// sortedRows is a list of child rows in a stable order (by their JSON),
+// as a generic list; nil when there are none.
+func sortedRows(rows []map[string]any) any {
+	if len(rows) == 0 {
+		return nil
+	}
+	type keyed struct {
+		k string
+		r map[string]any
+	}
+	ks := make([]keyed, len(rows))
+	for i, r := range rows {
+		j, _ := json.Marshal(r)
+		ks[i] = keyed{string(j), r}
+	}
+	slices.SortFunc(ks, func(a, b keyed) int { return strings.Compare(a.k, b.k) })
+	out := make([]any, len(ks))
+	for i, k := range ks {
+		out[i] = k.r
+	}
+	return out
 }

@@ -26,6 +26,8 @@ type unit struct {
 	// effects are further writes for the decision's transaction: held
 	// conflicts recorded, resolutions settled.
 	effects []func(tx *gorm.DB) error
+	// unlock releases the pair this message holds, once it has committed.
+	unlock func()
 	// complete is the message to complete in the same transaction, on q;
 	// nil: the pool settles it.
 	complete *queues.Received

@@ -17,14 +17,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"gorm.io/gorm"
 
 	"github.com/fhirsync/fhirsync/logs"
 	"github.com/fhirsync/fhirsync/maps"
-	"github.com/fhirsync/fhirsync/maps/path"
 	"github.com/fhirsync/fhirsync/queues"
 )
 
@@ -111,6 +112,7 @@ func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src
 	em := mp.Def()
 	l := pairOf(f, em, src, cur)
 	res, rec := sidesOf(f, src, cur)
+	kids := childrenOf(f, src, cur)
 	mg := &pairMerge{skip: maps.Except{}, keep: map[string]bool{}}
 	old, err := p.links.base(ctx, l)
 	switch {
@@ -120,7 +122,7 @@ func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src
 	default:
 		mg.old = old
 	}
-	vals := p.base.read(mp, l, res, rec)
+	vals := p.base.read(mp, l, res, rec, kids)
 	mg.now = &linkBase{EntityMap: em.Name, FHIRID: l.FHIRID, CRMID: l.CRMID, MapVersion: mp.Version(), Attrs: make(map[string]attrHash, len(vals))}
 	changed := make(map[string]bool, len(out.ChangedAttrs))
 	for _, a := range out.ChangedAttrs {
@@ -129,6 +131,10 @@ func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src
 	defs := make(map[string]*maps.AttributeMap, len(em.Attributes))
 	for i := range em.Attributes {
 		defs[em.Attributes[i].Name] = &em.Attributes[i]
+	}
+	xdirs := make(map[string]maps.Direction, len(em.Expansions))
+	for _, x := range em.Expansions {
+		xdirs[x.Name] = x.Direction
 	}
 	target := queues.SideCRM
 	if f.side == queues.SideCRM {
@@ -156,6 +162,8 @@ func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src
 		dir := maps.Both
 		if a != nil && a.Direction != "" {
 			dir = a.Direction
+		} else if xd := xdirs[v.name]; a == nil && xd != "" {
+			dir = xd
 		}
 		if !mergeTravels(dir, target) {
 			// Not mapped this way: its change is the other direction's.
@@ -174,9 +182,19 @@ func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src
 			CRM:  mergeSide{Value: v.crm, Hash: v.h.CRM, Modified: cAt}}
 		if a != nil {
 			in.Policy = a.Policy(em)
+		} else {
+			in.Policy = em.ConflictPolicy
 		}
 		if mg.old != nil {
 			if b, ok := mg.old.Attrs[v.name]; ok {
+				// A side whose hash is not known (child rows just written)
+				// counts as unchanged, and its hash is learned now.
+				if b.FHIR == unknownHash {
+					b.FHIR = v.h.FHIR
+				}
+				if b.CRM == unknownHash {
+					b.CRM = v.h.CRM
+				}
 				in.Base = mergeBase{State: baseSynced, FHIR: b.FHIR, CRM: b.CRM}
 			}
 		}
@@ -236,31 +254,7 @@ func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src
 			mg.skip[v.name], mg.keep[v.name] = true, true
 		}
 	}
-	if mg.old == nil {
-		// No common ancestor: an expansion's empty list on the source has
-		// nothing to lose, so it does not clear the target's rows; the
-		// target's own change fills the source's instead.
-		for i := range em.Expansions {
-			x := &em.Expansions[i]
-			if expansionEmpty(f, x, src) {
-				mg.skip[x.Name] = true
-			}
-		}
-	}
 	return mg, nil
-}
-
-// expansionEmpty reports whether src holds no items of expansion x.
-func expansionEmpty(f *flow, x *maps.ExpansionMap, src record) bool {
-	if f.side == queues.SideCRM {
-		st := crmState(&src)
-		return st == nil || len(st.Children[x.Name]) == 0
-	}
-	p, err := path.Compile(x.FHIRPath)
-	if err != nil {
-		return false
-	}
-	return len(p.GetAll(src.Data)) == 0
 }
 
 // resolvedFor finds a person's resolution of attr that still applies: the
@@ -461,12 +455,19 @@ func (p *pipeline) deleteVersusEdit(ctx context.Context, f *flow, m *maps.Mappin
 		editAt = fhirModified(res)
 	}
 	var edited []string
-	for _, v := range p.base.read(m, l, res, rec) {
+	var kids map[string][]map[string]any
+	if st := crmState(&cur); f.side == queues.SideFHIR && st != nil {
+		kids = st.Children
+		if kids == nil {
+			kids = map[string][]map[string]any{}
+		}
+	}
+	for _, v := range p.base.read(m, l, res, rec, kids) {
 		b, ok := old.Attrs[v.name]
 		if !ok {
 			continue
 		}
-		if (f.side == queues.SideFHIR && b.CRM != v.h.CRM) || (f.side == queues.SideCRM && b.FHIR != v.h.FHIR) {
+		if (f.side == queues.SideFHIR && b.CRM != v.h.CRM && b.CRM != unknownHash) || (f.side == queues.SideCRM && b.FHIR != v.h.FHIR && b.FHIR != unknownHash) {
 			edited = append(edited, v.name)
 		}
 	}
@@ -610,7 +611,14 @@ func (p *pipeline) changedSinceBase(ctx context.Context, f *flow, mp *maps.Mappi
 	for _, a := range em.Attributes {
 		dirs[a.Name] = a.Direction
 	}
-	for _, v := range p.base.read(mp, *cached, res, rec) {
+	for _, x := range em.Expansions {
+		dirs[x.Name] = x.Direction
+	}
+	kids := map[string][]map[string]any{}
+	if st := crmState(&src); f.side == queues.SideCRM && st != nil && st.Children != nil {
+		kids = st.Children
+	}
+	for _, v := range p.base.read(mp, *cached, res, rec, kids) {
 		if !mergeTravels(dirs[v.name], target) {
 			continue
 		}
@@ -618,7 +626,7 @@ func (p *pipeline) changedSinceBase(ctx context.Context, f *flow, mp *maps.Mappi
 		if !ok {
 			return true, nil // never settled (a held or first-linked value)
 		}
-		if (f.side == queues.SideFHIR && b.FHIR != v.h.FHIR) || (f.side == queues.SideCRM && b.CRM != v.h.CRM) {
+		if (f.side == queues.SideFHIR && b.FHIR != v.h.FHIR && b.FHIR != unknownHash) || (f.side == queues.SideCRM && b.CRM != v.h.CRM && b.CRM != unknownHash) {
 			return true, nil
 		}
 	}
@@ -689,4 +697,95 @@ func stampTimes(b *linkBase, fhirAt, crmAt time.Time) *linkBase {
 		b.FHIREditedAt, b.CRMEditedAt = fhirAt, crmAt
 	}
 	return b
+}
+
+// pairLocks serialises, within one process, the messages that touch the
+// same pair of records: one from each side may arrive at once.
+type pairLocks struct {
+	mu   sync.Mutex
+	held map[string]*pairLock
+}
+
+type pairLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+// lock takes the locks of keys, in order; waited reports that another
+// message held one of them.
+func (l *pairLocks) lock(keys []string) (unlock func(), waited bool) {
+	slices.Sort(keys)
+	keys = slices.Compact(keys)
+	taken := make([]*pairLock, 0, len(keys))
+	for _, k := range keys {
+		l.mu.Lock()
+		if l.held == nil {
+			l.held = map[string]*pairLock{}
+		}
+		pl := l.held[k]
+		if pl == nil {
+			pl = &pairLock{}
+			l.held[k] = pl
+		}
+		pl.refs++
+		l.mu.Unlock()
+		if !pl.mu.TryLock() {
+			waited = true
+			pl.mu.Lock()
+		}
+		taken = append(taken, pl)
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			for i, pl := range taken {
+				pl.mu.Unlock()
+				l.mu.Lock()
+				if pl.refs--; pl.refs == 0 {
+					delete(l.held, keys[i])
+				}
+				l.mu.Unlock()
+			}
+		})
+	}, waited
+}
+
+// pairKeys names the pair a source record belongs to: its FHIR resource
+// (the source itself, or for a CRM record the linked or correlated one)
+// and its business key, which is all two records created on both sides
+// share before they are linked.
+func (p *pipeline) pairKeys(ctx context.Context, f *flow, m *maps.Mapping, src record) []string {
+	em := m.Def()
+	var keys []string
+	if f.side == queues.SideFHIR {
+		keys = append(keys, "fhir:"+em.FHIRType+"/"+src.ID)
+		if v := fhirBusinessKey(em, src.Data); v != "" {
+			keys = append(keys, "key:"+em.FHIRType+"/"+v)
+		}
+		return keys
+	}
+	if l, err := p.links.byCRM(ctx, em.Name, src.ID); err == nil {
+		keys = append(keys, "fhir:"+em.FHIRType+"/"+l.FHIRID)
+	} else if st := crmState(&src); st != nil {
+		if id, _ := st.Record[em.Correlation.CRMAttribute].(string); id != "" {
+			keys = append(keys, "fhir:"+em.FHIRType+"/"+id)
+		}
+	}
+	if v := crmBusinessKey(em, &src); v != "" {
+		keys = append(keys, "key:"+em.FHIRType+"/"+v)
+	}
+	return keys
+}
+
+// childrenOf is the CRM record's child rows of a pair, never nil: both
+// records were read in full.
+func childrenOf(f *flow, src, cur record) map[string][]map[string]any {
+	r := cur
+	if f.side == queues.SideCRM {
+		r = src
+	}
+	if st := crmState(&r); st != nil && st.Children != nil {
+		return st.Children
+	}
+	return map[string][]map[string]any{}
 }

@@ -130,6 +130,8 @@ type pipeline struct {
 	conflicts conflictStore
 	// mergeOpts is last-writer-wins' clock-skew allowance and tie-breaker.
 	mergeOpts mergeOptions
+	// pairs serialises the messages of one linked pair in this process.
+	pairs pairLocks
 	// staleRetries is how many times a write that lost a race (HTTP 412)
 	// is re-read, merged and tried again within one delivery.
 	staleRetries int
@@ -259,6 +261,17 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 	}
 
 	src, err := f.source.read(ctx, open[0], n.ID)
+	if err == nil && p.base != nil {
+		// One message at a time per pair in this process: the merge reads
+		// the target and the base, and must see the last message's writes
+		// and base. A message that waited reads its source again, which the
+		// other message may have written.
+		unlock, waited := p.pairs.lock(p.pairKeys(ctx, f, open[0], src))
+		u.unlock = unlock
+		if waited {
+			src, err = f.source.read(ctx, open[0], n.ID)
+		}
+	}
 	gone := errors.Is(err, errGone)
 	if err != nil && !gone {
 		return p.failure("reading the source record", err)
@@ -718,7 +731,11 @@ func (p *pipeline) finish(ctx context.Context, m *queues.Received, u *unit, q tx
 	if s.kind == settleComplete && q != nil {
 		u.complete, u.q = m, q
 	}
-	if err := p.commit(ctx, u); err != nil {
+	err := p.commit(ctx, u)
+	if u.unlock != nil {
+		u.unlock()
+	}
+	if err != nil {
 		// Without a decision the message must not leave the queue: retry.
 		p.plog.Error("writing the decision failed; the message will be retried", "message_id", m.ID, "error", err)
 		return settlement{kind: settleAbandon, delay: p.backoff.Delay(m.DeliveryCount, err)}

@@ -52,9 +52,9 @@ type CRMResult struct {
 	// Changed lists the CRM attributes (and expansion maps) whose value
 	// differs from the current state, sorted; empty means unchanged.
 	Changed []string `json:"changed"`
-	// ChangedAttributes names the attribute maps whose mapped value
-	// differs from the current state, in map order: what a field-level
-	// merge compares.
+	// ChangedAttributes names the attribute maps (then the expansion maps)
+	// whose mapped value differs from the current state, in map order:
+	// what a field-level merge compares.
 	ChangedAttributes []string `json:"changedAttributes,omitempty"`
 }
 
@@ -178,6 +178,7 @@ func (m *Mapping) ToCRMExcept(ctx context.Context, res map[string]any, cur *CRMS
 		if len(changes) > 0 {
 			out.Children = append(out.Children, changes...)
 			out.Changed = append(out.Changed, x.def.Name)
+			out.ChangedAttributes = append(out.ChangedAttributes, x.def.Name)
 		}
 	}
 	slices.Sort(out.Changed)
@@ -389,6 +390,7 @@ func (m *Mapping) ToFHIRExcept(ctx context.Context, src CRMState, base map[strin
 		}
 		if ch {
 			out.Changed = append(out.Changed, x.def.FHIRPath)
+			out.ChangedAttributes = append(out.ChangedAttributes, x.def.Name)
 		}
 	}
 	m.restoreCorrelation(base, held)
