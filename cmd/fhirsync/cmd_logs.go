@@ -99,7 +99,7 @@ func filterFlags(fs *flag.FlagSet) func() (logs.Filter, error) {
 	typ := fs.String("type", "", "record `type`, narrows --record (e.g. Patient, contact)")
 	key := fs.String("key", "", "business key `name=value` (e.g. mrn=12345): the record's timeline")
 	entityMap := fs.String("map", "", "entity map `name`")
-	outcome := fs.String("outcome", "", "outcome: sent, skipped, failed or dead_lettered")
+	outcome := fs.String("outcome", "", "outcome: sent, skipped, held, failed or dead_lettered")
 	reason := fs.String("reason", "", "reason `code` (see fhirsync logs reasons)")
 	direction := fs.String("direction", "", "fhir_to_crm or crm_to_fhir")
 	messageID := fs.String("message-id", "", "queue message `id`")
@@ -352,7 +352,7 @@ func runLogsAudit(ctx context.Context, e *env, args []string) error {
 func runLogsRetention(ctx context.Context, e *env, args []string) error {
 	fs := e.newFlagSet("logs retention", "logs retention [--run] [--json]",
 		"Print the retention and payload capture policy. With --run, delete what has expired now, in bounded batches.")
-	runNow := fs.Bool("run", false, "prune expired decisions and captures now")
+	runNow := fs.Bool("run", false, "prune expired decisions, captures and settled held conflicts now")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if done, err := parseFlags(fs, args); done {
 		return err
@@ -370,7 +370,8 @@ func runLogsRetention(ctx context.Context, e *env, args []string) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(e.stderr, "deleted %d decisions and %d payload captures in %d batches\n", res.Decisions, res.Captures, res.Batches)
+		fmt.Fprintf(e.stderr, "deleted %d decisions, %d payload captures and %d settled held conflicts in %d batches\n",
+			res.Decisions, res.Captures, res.Conflicts, res.Batches)
 	}
 	if *asJSON {
 		return writeJSON(e.stdout, p)

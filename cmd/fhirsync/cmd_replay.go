@@ -33,7 +33,7 @@ replay is written to the audit trail with the operator's name.`)
 		records = append(records, s)
 		return nil
 	})
-	outcome := fs.String("outcome", "", "log query: decision outcome (sent, skipped, failed, dead_lettered)")
+	outcome := fs.String("outcome", "", "log query: decision outcome (sent, skipped, held, failed, dead_lettered)")
 	reason := fs.String("reason", "", "log query: reason code; with --dead-letters: dead-letter reason")
 	mapName := fs.String("map", "", "log query: entity map `name`")
 	direction := fs.String("direction", "", "log query: fhir_to_crm or crm_to_fhir")
