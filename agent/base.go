@@ -146,9 +146,9 @@ type baseAttr struct {
 	// expansion: an expansion map, whose value on the FHIR side is the
 	// list of items at its path and on the CRM side the child rows.
 	expansion bool
-	crmAttr string
-	lookup  string // navigation property of a lookup; "" otherwise
-	fhir    []*path.Path
+	crmAttr   string
+	lookup    string // navigation property of a lookup; "" otherwise
+	fhir      []*path.Path
 }
 
 func (h *baseHasher) attrs(m *maps.Mapping) []baseAttr {

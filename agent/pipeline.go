@@ -261,12 +261,16 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 	}
 
 	src, err := f.source.read(ctx, open[0], n.ID)
-	if err == nil && p.base != nil {
+	if p.base != nil && (err == nil || errors.Is(err, errGone)) {
 		// One message at a time per pair in this process: the merge reads
 		// the target and the base, and must see the last message's writes
 		// and base. A message that waited reads its source again, which the
 		// other message may have written.
-		unlock, waited := p.pairs.lock(p.pairKeys(ctx, f, open[0], src))
+		who := src
+		if err != nil {
+			who = record{Type: n.Type, ID: n.ID} // deleted: its id is all there is
+		}
+		unlock, waited := p.pairs.lock(p.pairKeys(ctx, f, open[0], who))
 		u.unlock = unlock
 		if waited {
 			src, err = f.source.read(ctx, open[0], n.ID)
