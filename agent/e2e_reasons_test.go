@@ -2,9 +2,11 @@ package agent_test
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -27,16 +29,15 @@ import (
 // then checks that no registered code was left out.
 func TestEveryReasonCodeEndToEnd(t *testing.T) {
 	t.Parallel()
+	// The installation's key: with it the agent keeps each pair's base
+	// state, which the conflict and delete scenarios need.
+	key, err := base64.StdEncoding.DecodeString("ZTJlLXRlc3Qta2V5LXNlY3JldA==")
+	if err != nil {
+		t.Fatal(err)
+	}
 	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
-		e := startEnv(t, db, agent.Config{Workers: 2, MaxAttempts: 3, RetryBase: 100 * time.Millisecond, RetryMax: 300 * time.Millisecond},
-			envOptions{noPoller: true, crmRetries: -1, tweak: func(doc *maps.Document) {
-				for i := range doc.EntityMaps {
-					if doc.EntityMaps[i].Name == "observation" {
-						off := false
-						doc.EntityMaps[i].Enabled = &off
-					}
-				}
-			}})
+		e := startEnv(t, db, agent.Config{Workers: 2, MaxAttempts: 3, RetryBase: 100 * time.Millisecond, RetryMax: 300 * time.Millisecond, BaseKey: key},
+			envOptions{noPoller: true, crmRetries: -1, tweak: reasonMaps})
 		ctx := context.Background()
 		seen := map[logs.ReasonCode]bool{}
 		mark := func(d logs.Decision) { seen[d.Reason] = true }
@@ -64,10 +65,47 @@ func TestEveryReasonCodeEndToEnd(t *testing.T) {
 		// The CRM's service endpoint reported fhirsync's own creates.
 		mark(e.waitDecision(t, contactOf(t, e, synth.PatientID(0)), logs.CRMToFHIR, "own_write_echo"))
 
+		// Records of their own for the conflict and delete scenarios, each
+		// synced once so that its pair has a base: patients whose phones
+		// are edited on both sides or who are deleted while their contact
+		// is edited, a practitioner and an encounter deleted in FHIR.
+		newPatient := func(family string) string {
+			p, err := e.fhir.Create(ctx, fhir.Resource{"resourceType": "Patient", "gender": "female",
+				"name": []any{map[string]any{"use": "official", "family": family, "given": []any{"Ida"}}},
+				"telecom": []any{
+					map[string]any{"system": "phone", "use": "work", "value": "555-0100"},
+					map[string]any{"system": "phone", "use": "mobile", "value": "555-0110"},
+				}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			mark(e.byMessage(t, e.notify(t, queues.SideFHIR, "Patient", p.ID(), "", queues.EventCreated), "created"))
+			return p.ID()
+		}
+		deferredPatient, heldPatient := newPatient("Workphone"), newPatient("Mobilephone")
+		deleteTiePatient, deleteLatePatient := newPatient("Tiedelete"), newPatient("Latedelete")
+		prac, err := e.fhir.Create(ctx, fhir.Resource{"resourceType": "Practitioner",
+			"name": []any{map[string]any{"use": "official", "family": "Leaving", "given": []any{"Noor"}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mark(e.byMessage(t, e.notify(t, queues.SideFHIR, "Practitioner", prac.ID(), "", queues.EventCreated), "created"))
+		enc, err := e.fhir.Create(ctx, fhir.Resource{"resourceType": "Encounter", "status": "finished",
+			"class":   map[string]any{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+			"subject": map[string]any{"reference": "Patient/" + synth.PatientID(0)},
+			"period":  map[string]any{"start": "2024-05-01T10:15:00Z", "end": "2024-05-01T11:00:00Z"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mark(e.byMessage(t, e.notify(t, queues.SideFHIR, "Encounter", enc.ID(), "", queues.EventCreated), "created"))
+		e.quiet(t)
+		var heldID int64 // the held conflict a coordinator resolves
+
 		steps := []struct {
 			name   string
 			reason logs.ReasonCode
 			run    func(t *testing.T) string // returns the message id to watch
+			check  func(t *testing.T, d logs.Decision)
 			after  func(t *testing.T)
 		}{
 			{name: "nothing differs", reason: "unchanged", run: func(t *testing.T) string {
@@ -165,6 +203,143 @@ func TestEveryReasonCodeEndToEnd(t *testing.T) {
 				e.crmSrv.FailNext(1, http.StatusTooManyRequests)
 				return e.notify(t, queues.SideFHIR, "Patient", synth.PatientID(0), "", queues.EventChanged)
 			}},
+			{name: "work phone changed on both sides, FHIR's value wins", reason: "conflict_deferred", run: func(t *testing.T) string {
+				// A clinician changes the work phone in FHIR (its notice
+				// not yet sent) and a coordinator changes it in the CRM:
+				// the CRM's message meets FHIR's change, and fhir-wins
+				// keeps FHIR's value, which FHIR's own message carries.
+				// The pair has travelled both ways once before: the first
+				// write-back stamps the contact's id on the patient, a
+				// write of its own.
+				editContact(t, e, deferredPatient, crm.Record{"emailaddress1": "workphone@example.org"}, "updated")
+				editTelecom(t, e, deferredPatient, "work", "555-0201")
+				return editContact(t, e, deferredPatient, crm.Record{"telephone1": "555-0202"}, "conflict_deferred")
+			}, check: func(t *testing.T, d logs.Decision) {
+				wantConflict(t, d, logs.Conflict{Attribute: "work-phone", Policy: logs.PolicyFHIRWins, Deferred: true})
+			}, after: func(t *testing.T) {
+				d := e.byMessage(t, e.notify(t, queues.SideFHIR, "Patient", deferredPatient, "", queues.EventChanged), "updated")
+				wantConflict(t, d, logs.Conflict{Attribute: "work-phone", Policy: logs.PolicyFHIRWins, Overwritten: logs.SideCRM})
+				if got := contactField(t, e, deferredPatient, "telephone1"); got != "555-0201" {
+					t.Errorf("work phone in the CRM = %q, want FHIR's 555-0201", got)
+				}
+			}},
+			{name: "mobile phone changed on both sides, held for a person", reason: "conflict_held", run: func(t *testing.T) string {
+				editTelecom(t, e, heldPatient, "mobile", "555-0301")
+				return editContact(t, e, heldPatient, crm.Record{"mobilephone": "555-0302"}, "conflict_held")
+			}, check: func(t *testing.T, d logs.Decision) {
+				if d.Outcome != logs.OutcomeHeld {
+					t.Errorf("outcome %s, want held", d.Outcome)
+				}
+				wantConflict(t, d, logs.Conflict{Attribute: "mobile-phone", Policy: logs.PolicyHold, Held: true})
+			}, after: func(t *testing.T) {
+				hcs, err := e.logs.ConflictsFor(ctx, "patient-contact", heldPatient)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, hc := range hcs {
+					if hc.Attribute == "mobile-phone" && hc.Status == "open" {
+						heldID = hc.ID
+					}
+				}
+				if heldID == 0 {
+					t.Fatalf("no open held conflict for the mobile phone: %+v", hcs)
+				}
+				if got := contactField(t, e, heldPatient, "mobilephone"); got != "555-0302" {
+					t.Errorf("mobile phone in the CRM = %q; a held conflict writes neither side", got)
+				}
+				if got := telecomValue(t, e, heldPatient, "mobile"); got != "555-0301" {
+					t.Errorf("mobile phone in FHIR = %q; a held conflict writes neither side", got)
+				}
+			}},
+			{name: "a coordinator takes FHIR's mobile phone", reason: "conflict_resolved", run: func(t *testing.T) string {
+				if heldID == 0 {
+					t.Fatal("nothing was held to resolve")
+				}
+				if err := e.logs.ResolveConflict(ctx, heldID, logs.SideFHIR, "coordinator"); err != nil {
+					t.Fatal(err)
+				}
+				return e.waitDecision(t, heldPatient, logs.FHIRToCRM, "conflict_resolved").MessageID
+			}, check: func(t *testing.T, d logs.Decision) {
+				wantConflict(t, d, logs.Conflict{Attribute: "mobile-phone", Policy: logs.PolicyPerson, Overwritten: logs.SideCRM})
+			}, after: func(t *testing.T) {
+				if got := contactField(t, e, heldPatient, "mobilephone"); got != "555-0301" {
+					t.Errorf("mobile phone in the CRM = %q, want the chosen 555-0301", got)
+				}
+				hc, err := e.logs.Conflict(ctx, heldID)
+				if err != nil || hc.Status != "applied" {
+					t.Errorf("resolved conflict is %q (%v), want applied", hc.Status, err)
+				}
+			}},
+			{name: "patient deleted in FHIR as the coordinator edits the contact", reason: "delete_held", run: func(t *testing.T) string {
+				if err := e.fhir.Delete(ctx, "Patient", deleteTiePatient); err != nil {
+					t.Fatal(err)
+				}
+				deletedAt := time.Now()
+				// The edit's own message finds the patient gone and leaves
+				// the matter to the delete's message.
+				editContact(t, e, deleteTiePatient, crm.Record{"emailaddress1": "tie@example.org"}, "conflict_deferred")
+				// The two changes are within the clock-skew allowance:
+				// last-writer-wins cannot order them.
+				return e.notifyAt(t, queues.SideFHIR, "Patient", deleteTiePatient, queues.EventDeleted, deletedAt)
+			}, check: func(t *testing.T, d logs.Decision) {
+				if d.Outcome != logs.OutcomeHeld {
+					t.Errorf("outcome %s, want held", d.Outcome)
+				}
+				wantConflict(t, d, logs.Conflict{Policy: logs.PolicyHold, Tie: true, Held: true})
+			}, after: func(t *testing.T) {
+				if got := contactField(t, e, deleteTiePatient, "emailaddress1"); got != "tie@example.org" {
+					t.Errorf("email of the held contact = %q, want the coordinator's edit kept", got)
+				}
+				hcs, err := e.logs.ConflictsFor(ctx, "patient-contact", deleteTiePatient)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(hcs) != 1 || !hcs[0].DeleteConflict() || hcs[0].DeletedSide != logs.SideFHIR {
+					t.Errorf("held conflicts of the deleted patient = %+v, want one delete of the FHIR side", hcs)
+				}
+			}},
+			{name: "patient deleted in FHIR before the coordinator's later edit", reason: "delete_overruled", run: func(t *testing.T) string {
+				if err := e.fhir.Delete(ctx, "Patient", deleteLatePatient); err != nil {
+					t.Fatal(err)
+				}
+				deletedAt := time.Now()
+				// The coordinator edits the contact well after the delete
+				// (beyond the 2 s clock-skew allowance), before the delete's
+				// notice arrives: last-writer-wins keeps the edit.
+				time.Sleep(3 * time.Second)
+				editContact(t, e, deleteLatePatient, crm.Record{"emailaddress1": "later@example.org"}, "conflict_deferred")
+				return e.notifyAt(t, queues.SideFHIR, "Patient", deleteLatePatient, queues.EventDeleted, deletedAt)
+			}, check: func(t *testing.T, d logs.Decision) {
+				wantConflict(t, d, logs.Conflict{Policy: logs.PolicyLastWriterWins, Deferred: true})
+			}, after: func(t *testing.T) {
+				if got := contactField(t, e, deleteLatePatient, "emailaddress1"); got != "later@example.org" {
+					t.Errorf("email of the kept contact = %q, want the coordinator's edit", got)
+				}
+			}},
+			{name: "practitioner deleted in FHIR, the map ignores deletes", reason: "delete_ignored", run: func(t *testing.T) string {
+				if err := e.fhir.Delete(ctx, "Practitioner", prac.ID()); err != nil {
+					t.Fatal(err)
+				}
+				return e.notify(t, queues.SideFHIR, "Practitioner", prac.ID(), "", queues.EventDeleted)
+			}, after: func(t *testing.T) {
+				if got := contactField(t, e, prac.ID(), "lastname"); got != "Leaving" {
+					t.Errorf("contact of the deleted practitioner: last name %q, want it kept", got)
+				}
+			}},
+			{name: "encounter deleted in FHIR, the map deactivates", reason: "deactivated", run: func(t *testing.T) string {
+				if err := e.fhir.Delete(ctx, "Encounter", enc.ID()); err != nil {
+					t.Fatal(err)
+				}
+				return e.notify(t, queues.SideFHIR, "Encounter", enc.ID(), "", queues.EventDeleted)
+			}, after: func(t *testing.T) {
+				rec, err := e.crmHuman.Retrieve(ctx, crm.ByKey("msemr_encounters", "msemr_azurefhirid", enc.ID()), "statecode", "statuscode")
+				if err != nil {
+					t.Fatalf("the deactivated encounter: %v", err)
+				}
+				if fmt.Sprint(rec["statecode"]) != "1" || fmt.Sprint(rec["statuscode"]) != "2" {
+					t.Errorf("encounter state %v/%v, want inactive 1/2", rec["statecode"], rec["statuscode"])
+				}
+			}},
 			{name: "FHIR version moved under the write-back", reason: "target_conflict", run: func(t *testing.T) string {
 				// A coordinator's edit goes to FHIR, whose next answer is 412.
 				id := contactOf(t, e, synth.PatientID(0))
@@ -198,6 +373,9 @@ func TestEveryReasonCodeEndToEnd(t *testing.T) {
 				t.Errorf("%s: decision without a sentence or outcome: %+v", st.name, d)
 			}
 			mark(d)
+			if st.check != nil {
+				st.check(t, d)
+			}
 			if st.after != nil {
 				st.after(t)
 			}
@@ -267,8 +445,129 @@ func lastCRMMessage(t *testing.T, e *env, contactID string, since time.Time, rea
 	page, _ := e.logs.Search(context.Background(), logs.Filter{Record: contactID}, "", 20)
 	var seen []string
 	for _, d := range page.Decisions {
-		seen = append(seen, fmt.Sprintf("%s %s %s/%s(%s)", d.Time.Format("15:04:05.000"), d.Direction, d.Outcome, d.Reason, d.Message))
+		seen = append(seen, fmt.Sprintf("%s %s %s/%s(%s) changed %v conflicts %+v", d.Time.Format("15:04:05.000"), d.Direction, d.Outcome, d.Reason, d.Message, d.ChangedFields, d.Conflicts))
 	}
 	t.Fatalf("no %s decision about contact %s after %s; its decisions:\n%s", reason, contactID, since.Format("15:04:05.000"), strings.Join(seen, "\n"))
 	return ""
+}
+
+// reasonMaps is the starter map set as these scenarios need it:
+// observations off; on patients, the mobile phone held for a person when
+// it changes on both sides and FHIR's work phone preferred; practitioners
+// deleted in FHIR kept in the CRM; encounters deleted in FHIR deactivated
+// there.
+func reasonMaps(doc *maps.Document) {
+	for i := range doc.EntityMaps {
+		em := &doc.EntityMaps[i]
+		switch em.Name {
+		case "observation":
+			off := false
+			em.Enabled = &off
+		case "patient-contact":
+			for j := range em.Attributes {
+				switch em.Attributes[j].Name {
+				case "mobile-phone":
+					em.Attributes[j].ConflictPolicy = maps.ConflictHold
+				case "work-phone":
+					em.Attributes[j].ConflictPolicy = maps.ConflictFHIRWins
+				}
+			}
+		case "practitioner-contact":
+			em.DeletePolicy = maps.DeleteIgnore
+		case "encounter":
+			em.DeletePolicy = maps.DeleteDeactivate
+		}
+	}
+}
+
+// notifyAt puts a change notice that happened at a given time on the
+// agent's queue: a feed reporting a change with its time.
+func (e *env) notifyAt(t *testing.T, side queues.Side, typ, id string, ev queues.Event, at time.Time) string {
+	t.Helper()
+	n := queues.Notice{V: queues.NoticeVersion, Side: side, Type: typ, ID: id, Event: ev, Origin: "test", ChangedAt: at.UTC()}
+	msg, err := n.Message()
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := e.fhirQ
+	if side == queues.SideCRM {
+		q = e.crmQ
+	}
+	if err := q.Send(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+	return msg.ID
+}
+
+// editTelecom changes one phone of a patient in FHIR, as a clinician
+// would; no notice is sent.
+func editTelecom(t *testing.T, e *env, patientID, use, value string) {
+	t.Helper()
+	ctx := context.Background()
+	p, err := e.fhir.Read(ctx, "Patient", patientID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	items, _ := p["telecom"].([]any)
+	found := false
+	for _, it := range items {
+		if m, ok := it.(map[string]any); ok && m["system"] == "phone" && m["use"] == use {
+			m["value"], found = value, true
+		}
+	}
+	if !found {
+		items = append(items, map[string]any{"system": "phone", "use": use, "value": value})
+	}
+	p["telecom"] = items
+	if _, err := e.fhir.Update(ctx, p, ""); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// telecomValue reads one phone of a patient in FHIR.
+func telecomValue(t *testing.T, e *env, patientID, use string) string {
+	t.Helper()
+	p, err := e.fhir.Read(context.Background(), "Patient", patientID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	items, _ := p["telecom"].([]any)
+	for _, it := range items {
+		if m, ok := it.(map[string]any); ok && m["system"] == "phone" && m["use"] == use {
+			s, _ := m["value"].(string)
+			return s
+		}
+	}
+	return ""
+}
+
+// editContact changes the contact of a FHIR resource as a coordinator
+// would and returns the id of the message the CRM sent about it, once
+// that message was decided with reason.
+func editContact(t *testing.T, e *env, fhirID string, rec crm.Record, reason logs.ReasonCode) string {
+	t.Helper()
+	id := contactOf(t, e, fhirID)
+	since := time.Now()
+	if _, err := e.crmHuman.Upsert(context.Background(), crm.ByID("contacts", id), rec, crm.UpsertOptions{Mode: crm.UpdateOnly}); err != nil {
+		t.Fatal(err)
+	}
+	return lastCRMMessage(t, e, id, since, reason)
+}
+
+// contactField reads one attribute of the contact of a FHIR resource.
+func contactField(t *testing.T, e *env, fhirID, attr string) string {
+	t.Helper()
+	rec, err := e.crmHuman.Retrieve(context.Background(), crm.ByKey("contacts", "msemr_azurefhirid", fhirID), attr)
+	if err != nil {
+		t.Fatalf("contact of %s: %v", fhirID, err)
+	}
+	return rec.String(attr)
+}
+
+// wantConflict checks that d names the conflict want.
+func wantConflict(t *testing.T, d logs.Decision, want logs.Conflict) {
+	t.Helper()
+	if !slices.Contains(d.Conflicts, want) {
+		t.Errorf("decision %s/%s (%s) names conflicts %+v, want %+v among them", d.Outcome, d.Reason, d.Message, d.Conflicts, want)
+	}
 }
