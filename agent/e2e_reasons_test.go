@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,8 +38,10 @@ func TestEveryReasonCodeEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
+		stale := &staleContactWrites{}
 		e := startEnv(t, db, agent.Config{Workers: 2, MaxAttempts: 3, RetryBase: 100 * time.Millisecond, RetryMax: 300 * time.Millisecond, BaseKey: key},
-			envOptions{noPoller: true, crmRetries: -1, tweak: reasonMaps})
+			envOptions{noPoller: true, crmRetries: -1, tweak: reasonMaps,
+				crmTransport: func(next http.RoundTripper) http.RoundTripper { stale.next = next; return stale }})
 		ctx := context.Background()
 		seen := map[logs.ReasonCode]bool{}
 		mark := func(d logs.Decision) { seen[d.Reason] = true }
@@ -340,15 +344,35 @@ func TestEveryReasonCodeEndToEnd(t *testing.T) {
 					t.Errorf("encounter state %v/%v, want inactive 1/2", rec["statecode"], rec["statuscode"])
 				}
 			}},
-			{name: "FHIR version moved under the write-back", reason: "target_conflict", run: func(t *testing.T) string {
-				// A coordinator's edit goes to FHIR, whose next answer is 412.
-				id := contactOf(t, e, synth.PatientID(0))
-				e.fhirSrv.FailNext(1, http.StatusPreconditionFailed)
-				since := time.Now()
-				if _, err := e.crmHuman.Upsert(ctx, crm.ByID("contacts", id), crm.Record{"emailaddress1": "conflict@example.org"}, crm.UpsertOptions{Mode: crm.UpdateOnly}); err != nil {
-					t.Fatal(err)
+			{name: "the contact keeps changing under the agent's writes", reason: "target_conflict", run: func(t *testing.T) string {
+				// A clinician's change goes to the CRM, where every write
+				// of the first delivery finds the contact changed (412):
+				// the write and its three re-read retries all lose.
+				editTelecom(t, e, synth.PatientID(0), "home", "555-0412")
+				stale.left.Store(4)
+				return e.notify(t, queues.SideFHIR, "Patient", synth.PatientID(0), "", queues.EventChanged)
+			}, check: func(t *testing.T, d logs.Decision) {
+				if d.Outcome != logs.OutcomeFailed {
+					t.Errorf("outcome %s, want failed (retried later)", d.Outcome)
 				}
-				return lastCRMMessage(t, e, id, since, "target_conflict")
+				lost := 0
+				for _, a := range d.Attempts {
+					if a.ErrorClass == "http_412" {
+						lost++
+					}
+				}
+				if lost < 3 {
+					t.Errorf("attempts %+v: want the refused write re-read and retried 3 times in the delivery", d.Attempts)
+				}
+			}, after: func(t *testing.T) {
+				// The next delivery's write lands.
+				e.quiet(t)
+				if got := contactField(t, e, synth.PatientID(0), "telephone2"); got != "555-0412" {
+					t.Errorf("home phone in the CRM = %q, want 555-0412 once the writes stop losing", got)
+				}
+				if n := stale.refused.Load(); n != 4 {
+					t.Errorf("%d writes refused, want 4 (one delivery: the write and 3 retries)", n)
+				}
 			}},
 			{name: "FHIR server briefly down", reason: "unavailable", run: func(t *testing.T) string {
 				e.fhirSrv.FailNext(1, http.StatusServiceUnavailable)
@@ -570,4 +594,26 @@ func wantConflict(t *testing.T, d logs.Decision, want logs.Conflict) {
 	if !slices.Contains(d.Conflicts, want) {
 		t.Errorf("decision %s/%s (%s) names conflicts %+v, want %+v among them", d.Outcome, d.Reason, d.Message, d.Conflicts, want)
 	}
+}
+
+// staleContactWrites is the agent's CRM transport here: while left is
+// positive, each conditional update of a contact is answered 412, as
+// Dataverse answers a write whose ETag is no longer the row's because
+// someone changed it in between.
+type staleContactWrites struct {
+	next    http.RoundTripper
+	left    atomic.Int32
+	refused atomic.Int32
+}
+
+func (s *staleContactWrites) RoundTrip(r *http.Request) (*http.Response, error) {
+	im := r.Header.Get("If-Match")
+	if r.Method == http.MethodPatch && strings.Contains(r.URL.Path, "/contacts(") && im != "" && im != "*" && s.left.Add(-1) >= 0 {
+		s.refused.Add(1)
+		body := `{"error":{"code":"0x80060882","message":"The version of the existing record doesn't match the RowVersion property provided."}}`
+		return &http.Response{StatusCode: http.StatusPreconditionFailed, Status: "412 Precondition Failed", Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+			Header: http.Header{"Content-Type": {"application/json"}}, Body: io.NopCloser(strings.NewReader(body)),
+			ContentLength: int64(len(body)), Request: r}, nil
+	}
+	return s.next.RoundTrip(r)
 }
