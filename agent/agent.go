@@ -190,6 +190,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		base:         newBaseHasher(cfg.BaseKey),
 		maxAttempts:  cfg.MaxAttempts,
 		mergeOpts:    mergeOptions{Skew: cfg.ConflictSkew, Tie: cfg.ConflictTie},
+		crmUserID:    cfg.CRMUserID,
 		staleRetries: cfg.StaleRetries,
 		backoff:      Backoff{Base: cfg.RetryBase, Max: cfg.RetryMax},
 		metrics:      newMetrics(deps.Registry),

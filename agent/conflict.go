@@ -154,6 +154,16 @@ func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src
 	}
 	fAt, cAt := mg.fhirAt, mg.crmAt
 	opts := p.mergeOptions()
+	// With no base, a CRM record that fhirsync created for this very
+	// resource (it holds the resource's id) and that nobody but fhirsync's
+	// own user has changed since holds nothing of anyone else's: a write
+	// whose decision was lost (a crash between the write and its commit)
+	// or a pair synced before the base was kept. Its values are taken as
+	// the base, so the resource's values flow instead of being weighed
+	// against a write of fhirsync's own.
+	trusted := mg.old == nil && f.side == queues.SideFHIR && p.crmUserID != "" && rec != nil &&
+		strings.EqualFold(fmt.Sprint(rec[em.Correlation.CRMAttribute]), src.ID) &&
+		strings.EqualFold(fmt.Sprint(rec["_modifiedby_value"]), p.crmUserID)
 	var resolutions []logs.HeldConflict
 	var loaded bool
 	for _, v := range vals {
@@ -197,6 +207,8 @@ func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src
 				}
 				in.Base = mergeBase{State: baseSynced, FHIR: b.FHIR, CRM: b.CRM}
 			}
+		} else if trusted {
+			in.Base = mergeBase{State: baseSynced, FHIR: unknownHash, CRM: v.h.CRM}
 		}
 		r := mergeAttribute(in, opts)
 		toTarget, toSource := r.ToCRM, r.ToFHIR
