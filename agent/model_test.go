@@ -623,7 +623,7 @@ func (h *modelHistory) personEdit(s int) {
 		who = "coordinator"
 	}
 	h.note("pair %d: %s edits %s: %s%s", pi, who, mName(s), mDescribeEdits(edits), mDescribeNotices(ns))
-	h.check(p, "after a person's edit")
+	// The edit is checked with the next delivery of the pair, or at the end.
 }
 
 // edits picks one or two attributes of p to change on side s, with new
