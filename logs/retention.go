@@ -26,6 +26,8 @@ type Policy struct {
 	CaptureMaxAge time.Duration `json:"capture_max_age"`
 	// BusinessKeys reports whether business keys are recorded (hashed).
 	BusinessKeys bool `json:"business_keys"`
+	// AuditMaxAge is how long audit trail entries are kept.
+	AuditMaxAge time.Duration `json:"audit_max_age"`
 }
 
 // Policy returns the retention and capture policy in force.
@@ -34,6 +36,7 @@ func (s *Store) Policy() Policy {
 		MaxAge: s.cfg.Retention.MaxAge, Schedule: s.cfg.Retention.Schedule,
 		BatchSize: s.cfg.Retention.BatchSize, CaptureEnabled: s.cfg.Capture.Enabled,
 		CaptureMaxAge: s.cfg.Capture.MaxAge, BusinessKeys: s.keyMAC != nil,
+		AuditMaxAge: s.cfg.AuditRetention,
 	}
 }
 
@@ -49,6 +52,9 @@ type PruneResult struct {
 	// conflicts deleted for being settled longer than the decision
 	// retention. Open and resolved ones are kept until settled.
 	Conflicts int64
+	// Audit is the number of audit trail entries deleted for being older
+	// than the audit retention.
+	Audit int64
 	// Batches is the number of DELETE statements run.
 	Batches int
 }
@@ -68,7 +74,7 @@ func newRetentionMetrics(reg prometheus.Registerer) (*retentionMetrics, error) {
 		}, []string{"result"}),
 		deleted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fhirsync_logs_retention_deleted_total",
-			Help: "Rows deleted by sync log retention, by kind: decisions, captures or conflicts (settled held conflicts).",
+			Help: "Rows deleted by sync log retention, by kind: decisions, captures, conflicts (settled held conflicts) or audit.",
 		}, []string{"kind"}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "fhirsync_logs_retention_duration_seconds",
@@ -83,7 +89,7 @@ func newRetentionMetrics(reg prometheus.Registerer) (*retentionMetrics, error) {
 	for _, r := range []string{"ok", "error", "skipped"} {
 		m.runs.WithLabelValues(r)
 	}
-	for _, k := range []string{"decisions", "captures", "conflicts"} {
+	for _, k := range []string{"decisions", "captures", "conflicts", "audit"} {
 		m.deleted.WithLabelValues(k)
 	}
 	if reg != nil {
@@ -96,8 +102,9 @@ func newRetentionMetrics(reg prometheus.Registerer) (*retentionMetrics, error) {
 	return m, nil
 }
 
-// Prune deletes, now, captures older than the capture retention and
-// decisions older than the decision retention, in batches of at most
+// Prune deletes, now, captures older than the capture retention,
+// decisions older than the decision retention and audit entries older
+// than the audit retention, in batches of at most
 // BatchSize rows, each its own statement, so no single DELETE holds locks
 // for long. It takes no lease; RunRetention is the scheduled form.
 func (s *Store) Prune(ctx context.Context) (PruneResult, error) {
@@ -125,8 +132,18 @@ func (s *Store) prune(ctx context.Context, between func() error) (PruneResult, e
 		{"conflicts", `DELETE FROM held_conflicts WHERE id IN (
 			SELECT id FROM held_conflicts WHERE status IN ('applied', 'superseded') AND applied_at < ? ORDER BY applied_at, id LIMIT ?)`,
 			now.Add(-s.cfg.Retention.MaxAge), &res.Conflicts},
+		// The schema refuses deletes of entries newer than the horizon,
+		// which the step moves first (see migration 0015).
+		{"audit", `DELETE FROM audit_trail WHERE id IN (
+			SELECT id FROM audit_trail WHERE at < ? ORDER BY at, id LIMIT ?)`,
+			now.Add(-s.cfg.AuditRetention), &res.Audit},
 	}
 	for _, st := range steps {
+		if st.kind == "audit" {
+			if err := s.db.WithContext(ctx).Exec("UPDATE audit_trail_horizon SET horizon = ? WHERE id = 1", st.until).Error; err != nil {
+				return res, fmt.Errorf("moving the audit trail horizon: %w", err)
+			}
+		}
 		for {
 			if err := between(); err != nil {
 				return res, err
@@ -190,7 +207,7 @@ func (s *Store) retentionRun(ctx context.Context) {
 	s.metrics.runs.WithLabelValues("ok").Inc()
 	s.metrics.lastOK.SetToCurrentTime()
 	s.log.Info("sync log retention done", "decisions_deleted", res.Decisions, "captures_deleted", res.Captures,
-		"batches", res.Batches, "duration_ms", took.Milliseconds())
+		"audit_deleted", res.Audit, "batches", res.Batches, "duration_ms", took.Milliseconds())
 }
 
 // RunRetention runs the retention job on the configured cron schedule until

@@ -2,6 +2,7 @@ package logs_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -71,8 +72,9 @@ func TestPruneDeletesInBoundedBatches(t *testing.T) {
 		}
 		// Captures older than 2 days: 7 + 4, in batches of 3 (3,3,3,2);
 		// decisions older than 30 days: 7 (3,3,1); conflicts settled more
-		// than 30 days ago: 1 (1).
-		want := logs.PruneResult{Decisions: 7, Captures: 11, Conflicts: 1, Batches: 8}
+		// than 30 days ago: 1 (1); audit entries older than two years:
+		// none (1).
+		want := logs.PruneResult{Decisions: 7, Captures: 11, Conflicts: 1, Batches: 9}
 		if res != want {
 			t.Fatalf("Prune = %+v, want %+v", res, want)
 		}
@@ -110,6 +112,64 @@ func TestPruneDeletesInBoundedBatches(t *testing.T) {
 			t.Errorf("Policy = %+v", p)
 		}
 	})
+}
+
+// TestPruneAuditTrail: audit entries older than logs.audit_retention are
+// deleted by the retention job, and the schema still refuses every other
+// change to the trail.
+func TestPruneAuditTrail(t *testing.T) {
+	t.Parallel()
+	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
+		s, reg := newStore(t, db, func(c *logs.Config) {
+			retentionConfig("")(c)
+			c.AuditRetention = 60 * day
+		})
+		for _, g := range []struct {
+			age time.Duration
+			n   int
+		}{{400 * day, 4}, {61 * day, 1}, {59 * day, 2}, {0, 1}} {
+			for range g.n {
+				if err := s.AppendAudit(context.Background(), logs.AuditEntry{At: t0.Add(-g.age), Actor: "a@example.org", Action: "map.publish"}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		logs.SetClock(s, func() time.Time { return t0 })
+		res, err := s.Prune(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Audit != 5 {
+			t.Errorf("Prune deleted %d audit entries, want 5 (%+v)", res.Audit, res)
+		}
+		if n := count(t, db, "audit_trail"); n != 3 {
+			t.Errorf("audit trail has %d entries, want 3", n)
+		}
+		if got := testutil.ToFloat64(metric(t, reg, "audit")); got != 5 {
+			t.Errorf("deleted audit metric = %v, want 5", got)
+		}
+		for _, stmt := range []string{"DELETE FROM audit_trail", "UPDATE audit_trail SET actor = 'mallory'"} {
+			if err := db.Exec(stmt).Error; err == nil || !strings.Contains(err.Error(), "append-only") {
+				t.Errorf("%s after pruning: err = %v, want it refused as append-only", stmt, err)
+			}
+		}
+		if n := count(t, db, "audit_trail"); n != 3 {
+			t.Errorf("audit trail has %d entries after refused changes, want 3", n)
+		}
+		if p := s.Policy(); p.AuditMaxAge != 60*day {
+			t.Errorf("Policy().AuditMaxAge = %s, want 60 days", p.AuditMaxAge)
+		}
+	})
+}
+
+func TestAuditRetentionConfig(t *testing.T) {
+	t.Parallel()
+	if err := (logs.Config{AuditRetention: 24 * time.Hour}).Validate(); err == nil || !strings.Contains(err.Error(), "logs.audit_retention") {
+		t.Errorf("a one-day audit retention: %v, want a logs.audit_retention error", err)
+	}
+	if err := (logs.Config{}).Validate(); err != nil {
+		t.Errorf("default config: %v", err)
+	}
 }
 
 func TestScheduledRetentionHoldsTheLease(t *testing.T) {

@@ -31,6 +31,11 @@ type Config struct {
 	KeySecret string `yaml:"key_secret" secret:"true"`
 	// Retention is how long decisions are kept.
 	Retention RetentionConfig `yaml:"retention"`
+	// AuditRetention is how long audit trail entries are kept; zero means
+	// two years. The retention job (Retention.Schedule) deletes older
+	// ones. There is no "keep forever": a trail that grows without bound
+	// is a trail nobody decided to keep.
+	AuditRetention time.Duration `yaml:"audit_retention"`
 	// Capture configures opt-in encrypted payload capture.
 	Capture CaptureConfig `yaml:"capture"`
 	// Holder identifies this process for the retention lease; empty means
@@ -71,8 +76,12 @@ type CaptureConfig struct {
 const (
 	defaultMaxAge        = 90 * 24 * time.Hour
 	defaultCaptureMaxAge = 7 * 24 * time.Hour
-	defaultSchedule      = "@hourly"
-	defaultBatchSize     = 5000
+	// defaultAuditRetention is two years of audit trail.
+	defaultAuditRetention = 2 * 365 * 24 * time.Hour
+	// minAuditRetention keeps a typo from wiping the trail.
+	minAuditRetention = 30 * 24 * time.Hour
+	defaultSchedule   = "@hourly"
+	defaultBatchSize  = 5000
 )
 
 // withDefaults fills zero values.
@@ -88,6 +97,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Capture.MaxAge == 0 {
 		c.Capture.MaxAge = defaultCaptureMaxAge
+	}
+	if c.AuditRetention == 0 {
+		c.AuditRetention = defaultAuditRetention
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -111,6 +123,9 @@ func (c Config) Validate() error {
 	}
 	if c.Retention.MaxAge < time.Hour {
 		errs = append(errs, fmt.Errorf("logs.retention.max_age %s is shorter than one hour", c.Retention.MaxAge))
+	}
+	if c.AuditRetention < minAuditRetention {
+		errs = append(errs, fmt.Errorf("logs.audit_retention %s is shorter than 30 days (720h)", c.AuditRetention))
 	}
 	if _, err := cron.ParseStandard(c.Retention.Schedule); err != nil {
 		errs = append(errs, fmt.Errorf("logs.retention.schedule %q: %v", c.Retention.Schedule, err))
