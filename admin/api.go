@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"bytes"
 	_ "embed"
 	"encoding/json"
 	"errors"
@@ -125,14 +126,24 @@ func (a *app) apiAudit(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, page)
 }
 
-// decodeJSON reads a small JSON body, refusing unknown fields.
+// decodeJSON reads a JSON object body, refusing unknown fields and a
+// bare null (which would leave v as its zero value and pass for {}). The
+// body is already bounded by its route's limit (serveRoute).
 func (a *app) decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	var raw json.RawMessage
+	err := json.NewDecoder(r.Body).Decode(&raw)
+	if err == nil && bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
+		err = errors.New("the body is null; send a JSON object")
+	}
+	if err == nil {
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.DisallowUnknownFields()
+		err = dec.Decode(v)
+	}
+	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			a.renderError(w, r, http.StatusRequestEntityTooLarge, "The request body is too large.")
+			a.tooLarge(w, r)
 			return false
 		}
 		a.renderError(w, r, http.StatusBadRequest, "The request body is not valid JSON for this endpoint: "+err.Error())

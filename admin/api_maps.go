@@ -69,7 +69,7 @@ type validateRequest struct {
 
 func (a *app) apiValidate(w http.ResponseWriter, r *http.Request) {
 	var req validateRequest
-	if !a.decodeJSONLimit(w, r, &req, 4<<20) {
+	if !a.decodeJSON(w, r, &req) {
 		return
 	}
 	var doc *maps.Document
@@ -117,7 +117,7 @@ func (a *app) apiPreview(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var f previewForm
-	if !a.decodeJSONLimit(w, r, &f, 4<<20) {
+	if !a.decodeJSON(w, r, &f) {
 		return
 	}
 	if f.Map == "" {
@@ -173,7 +173,7 @@ type importRequest struct {
 
 func (a *app) apiImport(w http.ResponseWriter, r *http.Request) {
 	var req importRequest
-	if !a.decodeJSONLimit(w, r, &req, 4<<20) {
+	if !a.decodeJSON(w, r, &req) {
 		return
 	}
 	if strings.TrimSpace(req.YAML) == "" {

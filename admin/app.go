@@ -246,17 +246,18 @@ var passwordChangeRoutes = []string{"GET /account/password", "POST /account/pass
 // authorize checks the session and the route's permission.
 func (a *app) authorize(rt route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Bodies of requests refused here are never read.
 		if rt.perm == permPublic {
 			// Public pages still know who is signed in (the sign-in page
 			// sends them on); static files do not need to.
 			if strings.HasPrefix(rt.pattern, "GET /static/") {
-				rt.handler(w, r)
+				a.serveRoute(rt, w, r)
 				return
 			}
 			if u, err := a.sessions.user(r); err == nil {
 				r = r.WithContext(context.WithValue(r.Context(), userKey{}, u))
 			}
-			rt.handler(w, r)
+			a.serveRoute(rt, w, r)
 			return
 		}
 		u, err := a.sessions.user(r)
@@ -289,7 +290,7 @@ func (a *app) authorize(rt route) http.Handler {
 			a.renderError(w, r, http.StatusForbidden, "Your role does not allow this.")
 			return
 		}
-		rt.handler(w, r)
+		a.serveRoute(rt, w, r)
 	})
 }
 

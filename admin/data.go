@@ -104,10 +104,3 @@ func (a *app) record(r *http.Request, action, objectType, objectID, before, afte
 		a.log.Error("recording to the audit trail", "action", action, "error", err)
 	}
 }
-
-// decodeJSONLimit is decodeJSON for bodies up to limit bytes (map sets
-// and pasted records are larger than the usual requests).
-func (a *app) decodeJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) bool {
-	r.Body = http.MaxBytesReader(w, r.Body, limit)
-	return a.decodeJSON(w, r, v)
-}

@@ -126,14 +126,16 @@ func (a *app) renderMaps(w http.ResponseWriter, r *http.Request, status int, d m
 // importYAML reads a map set from an uploaded file or the pasted text.
 func importYAML(r *http.Request) ([]byte, error) {
 	if strings.HasPrefix(r.Header.Get("Content-Type"), "multipart/") {
-		if err := r.ParseMultipartForm(4 << 20); err != nil {
-			return nil, fmt.Errorf("reading the upload: %w", err)
-		}
+		// serveRoute has parsed the form within the route's limit and
+		// removes its temporary files.
 		if f, _, err := r.FormFile("file"); err == nil {
 			defer f.Close()
-			b, err := io.ReadAll(io.LimitReader(f, 4<<20))
+			b, err := io.ReadAll(io.LimitReader(f, MaxMapSetBytes+1))
 			if err != nil {
 				return nil, fmt.Errorf("reading the upload: %w", err)
+			}
+			if len(b) > MaxMapSetBytes {
+				return nil, fmt.Errorf("the upload exceeds %d bytes", MaxMapSetBytes)
 			}
 			if len(bytes.TrimSpace(b)) > 0 {
 				return b, nil
