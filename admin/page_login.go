@@ -128,15 +128,6 @@ func auditActor(email string) string {
 	return email
 }
 
-// safeNext keeps post-sign-in redirects on this site.
-func safeNext(next string) string {
-	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") ||
-		strings.HasPrefix(next, "/login") {
-		return "/"
-	}
-	return next
-}
-
 // clientIP is the peer address. Proxies are not trusted: behind one, all
 // clients share its address for the per-address throttle.
 func clientIP(r *http.Request) string {
