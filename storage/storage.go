@@ -156,6 +156,9 @@ func parseURL(rawURL string, opts Options) (Dialect, string, string, error) {
 				return "", "", "", fmt.Errorf("creating data directory %s: %w", dir, err)
 			}
 		}
+		if err := createPrivate(path); err != nil {
+			return "", "", "", fmt.Errorf("creating database file %s: %w", path, err)
+		}
 		q := url.Values{}
 		q.Set("_journal_mode", "WAL")
 		q.Set("_busy_timeout", fmt.Sprint(busy.Milliseconds()))
@@ -260,4 +263,21 @@ func (c DirectConn) Exists(query string, args ...any) (bool, error) {
 		return false, nil
 	}
 	return err == nil, err
+}
+
+// createPrivate creates the SQLite file at path with mode 0600 when it does
+// not exist yet, whatever the umask: it holds the sync log and sessions.
+// SQLite gives its -wal and -shm files the database file's mode.
+func createPrivate(path string) error {
+	if path == "" || strings.HasPrefix(path, ":") {
+		return nil // an in-memory database
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return f.Close()
 }

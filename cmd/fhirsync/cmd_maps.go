@@ -164,7 +164,7 @@ func runMapsExport(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	if *out != "" {
-		return os.WriteFile(*out, raw, 0o644)
+		return os.WriteFile(*out, raw, 0o600) // files the process writes are private
 	}
 	_, err = e.stdout.Write(raw)
 	return err
