@@ -921,18 +921,8 @@ var matrixRows = []matrixRow{
 	},
 }
 
-// matrixKnownDefects names the agent defect that makes a cell fail, by
-// "row/policy" or, for every policy, "row/*". Those cells are skipped, the
-// skip naming the defect, until it is fixed; the table shows them as skip.
-var matrixKnownDefects = map[string]string{}
-
 // runCell runs one row for the column's policy on pair p.
 func (c *matrixEnv) runCell(t *testing.T, row matrixRow, p *matrixPair) {
-	for _, k := range []string{row.name + "/" + string(c.policy), row.name + "/*"} {
-		if defect, ok := matrixKnownDefects[k]; ok {
-			t.Skipf("known agent defect: %s", defect)
-		}
-	}
 	ctx := context.Background()
 	defer func() {
 		// A failed cell must not keep the next one's notices back.
