@@ -28,6 +28,8 @@ type unit struct {
 	effects []func(tx *gorm.DB) error
 	// unlock releases the pair this message holds, once it has committed.
 	unlock func()
+	// after are notices to queue once the unit has committed.
+	after []queues.Notice
 	// complete is the message to complete in the same transaction, on q;
 	// nil: the pool settles it.
 	complete *queues.Received

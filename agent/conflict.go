@@ -60,6 +60,9 @@ type pairMerge struct {
 	// message writes.
 	applied  []int64
 	deferred int
+	// backward counts the attributes whose value is to travel from the
+	// target to the source: the target's own change notice carries them.
+	backward int
 	// fhirAt and crmAt are when each side was last edited by someone
 	// other than fhirsync (zero: not known).
 	fhirAt, crmAt time.Time
@@ -241,6 +244,7 @@ func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src
 			}
 		case toSource != nil:
 			mg.skip[v.name], mg.keep[v.name] = true, true
+			mg.backward++
 			if r.Conflict {
 				c.Deferred = true
 				mg.conflicts = append(mg.conflicts, c)
@@ -669,6 +673,13 @@ func (p *pipeline) editTimes(ctx context.Context, f *flow, src record, cur *reco
 		}
 		return crmModified(rec)
 	}
+	if srcOwn {
+		// The notice was judged an echo; what counts is whether the version
+		// read — perhaps a person's edit made since — is fhirsync's.
+		if srcOwn, err = p.writes.isOwn(ctx, string(f.side), src.Type, src.ID, src.Version); err != nil {
+			return time.Time{}, time.Time{}, false, fmt.Errorf("checking the source's version: %w", err)
+		}
+	}
 	srcAt := side(src, srcOwn, f.side == queues.SideFHIR)
 	var curAt time.Time
 	if cur != nil {
@@ -800,4 +811,17 @@ func childrenOf(f *flow, src, cur record) map[string][]map[string]any {
 		return st.Children
 	}
 	return map[string][]map[string]any{}
+}
+
+// backwardNotice is a change notice of the target record cur, for a merge
+// that left a value on the target which is to travel the other way: the
+// target's own notice may have been spent already (deferred or held
+// then, one-sided now), so one is queued to carry it. Its decision is
+// "unchanged" when the target's own notice got there first.
+func backwardNotice(f *flow, cur record, at time.Time) queues.Notice {
+	side := queues.SideCRM
+	if f.side == queues.SideCRM {
+		side = queues.SideFHIR
+	}
+	return queues.Notice{V: queues.NoticeVersion, Side: side, Type: cur.Type, ID: cur.ID, Event: queues.EventUpdated, Origin: "merge", ChangedAt: at.UTC()}
 }

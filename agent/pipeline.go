@@ -385,7 +385,7 @@ func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues
 	d := u.d
 	em := mp.Def()
 	fl := flowOf(em, n.Side)
-	u.effects = nil
+	u.effects, u.after = nil, nil
 	d.Conflicts = nil
 	cur, err := f.target.find(ctx, mp, src, cached)
 	var curp *record
@@ -439,6 +439,9 @@ func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues
 		}
 		l := pairOf(f, em, src, *curp)
 		u.effects = p.holdEffects(mg, l, d.MessageID, p.now().UTC())
+		if mg.backward > 0 && p.requeue != nil {
+			u.after = []queues.Notice{backwardNotice(f, *curp, p.now())}
+		}
 	}
 	d.ChangedFields = out.Changed
 	if curp != nil && len(out.Changed) == 0 {
@@ -741,6 +744,13 @@ func (p *pipeline) finish(ctx context.Context, m *queues.Received, u *unit, q tx
 	err := p.commit(ctx, u)
 	if u.unlock != nil {
 		u.unlock()
+	}
+	if err == nil && len(u.after) > 0 {
+		if qerr := p.requeue(ctx, u.after); qerr != nil {
+			// The target's own notice, if still to come, carries the value;
+			// the next reconcile finds it otherwise.
+			p.plog.Warn("queuing the target's notice failed", "message_id", m.ID, "error", qerr)
+		}
 	}
 	if err != nil {
 		// Without a decision the message must not leave the queue: retry.
