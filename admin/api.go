@@ -60,6 +60,10 @@ func (a *app) apiCreateUser(w http.ResponseWriter, r *http.Request) {
 	if !a.decodeJSON(w, r, &req) {
 		return
 	}
+	if err := mayGrantPHI(r, req.PHI); err != nil {
+		a.apiUserError(w, r, err)
+		return
+	}
 	u, err := a.users.Create(r.Context(), actor(r), NewUser{Email: req.Email, Name: req.Name, Role: req.Role,
 		PHI: req.PHI, Password: req.Password, MustChangePassword: req.Password != ""})
 	if err != nil {
@@ -86,6 +90,12 @@ func (a *app) apiPatchUser(w http.ResponseWriter, r *http.Request) {
 	var p userPatch
 	if !a.decodeJSON(w, r, &p) {
 		return
+	}
+	if p.PHI != nil {
+		if err := mayGrantPHI(r, *p.PHI); err != nil {
+			a.apiUserError(w, r, err)
+			return
+		}
 	}
 	ctx, who := r.Context(), actor(r)
 	if p.Role != nil {

@@ -276,7 +276,7 @@ func TestPagesHaveNoInlineScript(t *testing.T) {
 func TestUsersPagePostRedirectGet(t *testing.T) {
 	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
 		e := newTestEnv(t, db, AppConfig{})
-		e.user("admin@example.org", RoleAdmin, false)
+		e.user("admin@example.org", RoleAdmin, true) // may grant PHI
 		c, _ := e.login("admin@example.org", testPassword)
 
 		resp := e.postForm(c, "/users", url.Values{"email": {"new@example.org"}, "name": {"New"}, "role": {"auditor"},

@@ -203,7 +203,7 @@ func TestRoleRouteMatrix(t *testing.T) {
 func TestCrossOriginPostsRefused(t *testing.T) {
 	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
 		e := newTestEnv(t, db, AppConfig{}, withOIDC(map[string]string{"FhirSync.Admin": "admin"}, ""))
-		admin := e.user("admin@example.org", RoleAdmin, false)
+		admin := e.user("admin@example.org", RoleAdmin, true) // may grant PHI
 		target := e.user("target@example.org", RoleViewer, false)
 		client := e.client()
 		headers := []struct {

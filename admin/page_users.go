@@ -37,6 +37,10 @@ func (a *app) createUser(w http.ResponseWriter, r *http.Request) {
 		a.renderUsers(w, r, http.StatusBadRequest, n, "A first password is required.")
 		return
 	}
+	if err := mayGrantPHI(r, n.PHI); err != nil {
+		a.userChangeFailed(w, r, n, err)
+		return
+	}
 	if _, err := a.users.Create(r.Context(), actor(r), n); err != nil {
 		a.userChangeFailed(w, r, n, err)
 		return
@@ -51,9 +55,29 @@ func (a *app) setRole(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *app) setPHI(w http.ResponseWriter, r *http.Request) {
+	phi := r.PostFormValue("phi") == "on"
 	a.changeUser(w, r, "phi", func(id int64) error {
-		return a.users.SetPHI(r.Context(), actor(r), id, r.PostFormValue("phi") == "on")
+		if err := mayGrantPHI(r, phi); err != nil {
+			return err
+		}
+		return a.users.SetPHI(r.Context(), actor(r), id, phi)
 	})
+}
+
+// ErrPHIGrant refuses a grant of the PHI permission by someone who does
+// not hold it: otherwise any admin could give it to themselves.
+var ErrPHIGrant = errors.New("only a user with the PHI permission can grant it")
+
+// mayGrantPHI allows granting PHI (phi true) only to a signed-in user who
+// has it; withdrawing it is always allowed.
+func mayGrantPHI(r *http.Request, phi bool) error {
+	if !phi {
+		return nil
+	}
+	if u, ok := currentUser(r); ok && u.can(permPHI) {
+		return nil
+	}
+	return ErrPHIGrant
 }
 
 func (a *app) setDisabled(w http.ResponseWriter, r *http.Request) {
@@ -100,6 +124,8 @@ func userErrorStatus(err error) (int, string) {
 		return http.StatusNotFound, "No such user."
 	case errors.Is(err, ErrEmailTaken):
 		return http.StatusConflict, "Another user already has this email."
+	case errors.Is(err, ErrPHIGrant):
+		return http.StatusForbidden, "Only a user with the PHI permission can grant it."
 	case errors.Is(err, ErrLastAdmin):
 		return http.StatusConflict, "The last enabled admin cannot be demoted or disabled."
 	case errors.Is(err, ErrInvalidUser):
