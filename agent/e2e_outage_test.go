@@ -34,7 +34,7 @@ func TestTargetOutage(t *testing.T) {
 		// a shorter base keeps the test quick without changing that. The
 		// CRM client does not retry on its own, so every try is the
 		// agent's and is recorded.
-		e := startEnv(t, db, agent.Config{Workers: 4, RetryBase: 500 * time.Millisecond, RetryMax: 30 * time.Second},
+		e := startEnv(t, db, agent.Config{Workers: 4, RetryBase: 500 * time.Millisecond, RetryMax: 30 * time.Second, BaseKey: testBaseKey},
 			envOptions{noPoller: true, crmRetries: -1})
 		ctx := context.Background()
 

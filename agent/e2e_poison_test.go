@@ -86,7 +86,7 @@ func TestPoisonMessages(t *testing.T) {
 		t.Fatalf("the poison corpus holds %d messages, want at least 50", len(cases))
 	}
 	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
-		e := startEnv(t, db, agent.Config{Workers: 4, MaxAttempts: 3, RetryBase: 100 * time.Millisecond, RetryMax: 300 * time.Millisecond},
+		e := startEnv(t, db, agent.Config{Workers: 4, MaxAttempts: 3, RetryBase: 100 * time.Millisecond, RetryMax: 300 * time.Millisecond, BaseKey: testBaseKey},
 			envOptions{noPoller: true, crmRetries: -1})
 		ctx := context.Background()
 		// The agent's own queue handles refuse bodies over 256 KiB on

@@ -382,3 +382,7 @@ func (e *env) byMessage(t *testing.T, id string, reason logs.ReasonCode) logs.De
 	t.Fatalf("message %s: no %s decision within 60s; saw %v", id, reason, seen)
 	return logs.Decision{}
 }
+
+// testBaseKey is an installation key for tests that keep the base state
+// of linked pairs, as production does when logs.key_secret is set.
+var testBaseKey = []byte("fhirsync test installation key")
