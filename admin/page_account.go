@@ -44,7 +44,7 @@ func (a *app) changePassword(w http.ResponseWriter, r *http.Request) {
 	}
 	err := a.users.SetPassword(r.Context(), u.Email, u.ID, next, false)
 	if errors.Is(err, ErrInvalidUser) {
-		fail(http.StatusBadRequest, "The password must be 12 to 256 characters.")
+		fail(http.StatusBadRequest, passwordPolicyMessage(err))
 		return
 	}
 	if err != nil {

@@ -29,12 +29,31 @@ const (
 
 var errBadHash = errors.New("stored password hash is malformed")
 
-// checkPasswordPolicy is the one password rule: long enough, not absurd.
+// Reasons checkPasswordPolicy refuses a password; the message of each is
+// safe to show to the user.
+var (
+	errPasswordLength = fmt.Errorf("password must be %d to %d characters", minPasswordLen, maxPasswordLen)
+	errPasswordCommon = errors.New("password is too common or too simple; choose another")
+)
+
+// checkPasswordPolicy is the password rule: long enough, not absurd, and
+// not a common or trivially patterned password.
 func checkPasswordPolicy(pw string) error {
 	if n := len([]rune(pw)); n < minPasswordLen || len(pw) > maxPasswordLen {
-		return fmt.Errorf("password must be %d to %d characters", minPasswordLen, maxPasswordLen)
+		return errPasswordLength
+	}
+	if isCommonPassword(pw) {
+		return errPasswordCommon
 	}
 	return nil
+}
+
+// passwordPolicyMessage is what to show for a refused password.
+func passwordPolicyMessage(err error) string {
+	if errors.Is(err, errPasswordCommon) {
+		return "This password is too common or too simple. Choose another."
+	}
+	return fmt.Sprintf("The password must be %d to %d characters.", minPasswordLen, maxPasswordLen)
 }
 
 // hashPassword returns an encoded argon2id hash in the PHC string format:
