@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
@@ -26,6 +27,10 @@ type AppConfig struct {
 	SessionMax time.Duration `yaml:"session_max"`
 	// OIDC enables single sign-on when its Issuer is set.
 	OIDC OIDCConfig `yaml:"oidc"`
+	// TrustedProxies lists the reverse proxies (CIDR prefixes or
+	// addresses) whose X-Forwarded-For header names the client for the
+	// sign-in throttle. Empty trusts none: the peer address is the client.
+	TrustedProxies []string `yaml:"trusted_proxies"`
 }
 
 func (c AppConfig) withDefaults() AppConfig {
@@ -53,6 +58,9 @@ func (c AppConfig) Validate() error {
 	if c.OIDC.Issuer != "" {
 		errs = append(errs, c.OIDC.validate()...)
 	}
+	if _, err := parseProxies(c.TrustedProxies); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -65,7 +73,9 @@ type app struct {
 	users    *Users
 	sessions *sessions
 	throttle *throttle
-	oidc     *oidcLogin // nil when OIDC is off
+	proxies  []netip.Prefix // admin.trusted_proxies
+	audits   *auditLimiter  // rate-limits login.throttled entries
+	oidc     *oidcLogin     // nil when OIDC is off
 	pages    pages
 	cop      *http.CrossOriginProtection
 	now      func() time.Time
@@ -105,7 +115,9 @@ func (s *Server) mount(cfg AppConfig, now func() time.Time) (*app, error) {
 		sessions: &sessions{db: s.deps.DB, users: users, now: now, idle: cfg.SessionIdle, absolute: cfg.SessionMax, secure: cfg.secure()},
 		throttle: &throttle{db: s.deps.DB, now: now, base: 2 * time.Second, max: 15 * time.Minute, forget: time.Hour},
 		cop:      http.NewCrossOriginProtection(),
+		audits:   &auditLimiter{every: time.Minute},
 	}
+	a.proxies, _ = parseProxies(cfg.TrustedProxies) // checked by Validate
 	if cfg.PublicURL != "" {
 		u, _ := url.Parse(cfg.PublicURL)
 		if err := a.cop.AddTrustedOrigin(u.Scheme + "://" + u.Host); err != nil {

@@ -35,10 +35,14 @@ func (a *app) changePassword(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusBadRequest, "Choose a password different from the current one.")
 		return
 	}
-	if _, ok, err := a.users.authenticate(r.Context(), u.Email, current); err != nil {
+	if res, err := a.users.authenticate(r.Context(), u.Email, current); errors.Is(err, errBusy) {
+		w.Header().Set("Retry-After", "1")
+		fail(http.StatusServiceUnavailable, "Too many sign-ins are being checked right now. Try again in a moment.")
+		return
+	} else if err != nil {
 		a.serverError(w, r, "checking password", err)
 		return
-	} else if !ok {
+	} else if !res.OK {
 		fail(http.StatusBadRequest, "The current password is wrong.")
 		return
 	}

@@ -2,11 +2,13 @@ package admin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
-	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/fhirsync/fhirsync/logs"
 )
@@ -34,8 +36,10 @@ func (a *app) loginPage(w http.ResponseWriter, r *http.Request) {
 	a.render(w, r, http.StatusOK, "login", "Sign in", a.loginData("", r.URL.Query().Get("next"), ""))
 }
 
-// login checks a local password under the per-account and per-address
-// throttle, then starts a session.
+// login checks a local password under the throttle, then starts a
+// session. The attempt is reserved against the (account, address) pair
+// before the password is verified, so parallel guesses get no more
+// verifications than sequential ones.
 func (a *app) login(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	email := strings.ToLower(strings.TrimSpace(r.PostFormValue("email")))
@@ -44,39 +48,47 @@ func (a *app) login(w http.ResponseWriter, r *http.Request) {
 		a.render(w, r, http.StatusBadRequest, "login", "Sign in", a.loginData(email, next, "Enter your email and password."))
 		return
 	}
-	ip := clientIP(r)
-	until, err := a.throttle.lockedUntil(ctx, accountKey(email), ipKey(ip))
+	addr := clientAddr(r, a.proxies)
+	key := loginKey(email, addr)
+	until, err := a.throttle.reserve(ctx, key, accountLockAfter)
 	if err != nil {
 		a.serverError(w, r, "checking sign-in throttle", err)
 		return
 	}
 	if !until.IsZero() {
 		wait := int(math.Ceil(until.Sub(a.now()).Seconds()))
-		a.audit(ctx, auditActor(email), "login.throttled", "", fmt.Sprintf("locked for %ds", wait))
+		if a.audits.allow(key, a.now()) {
+			a.audit(ctx, a.attemptActor(ctx, email), "login.throttled", "", fmt.Sprintf("locked for %ds, address %s", wait, addr))
+		}
 		w.Header().Set("Retry-After", fmt.Sprint(wait))
 		a.render(w, r, http.StatusTooManyRequests, "login", "Sign in",
 			a.loginData(email, next, fmt.Sprintf("Too many failed sign-ins. Try again in %d seconds.", wait)))
 		return
 	}
-	u, ok, err := a.users.authenticate(ctx, email, password)
+	res, err := a.users.authenticate(ctx, email, password)
+	if errors.Is(err, errBusy) {
+		w.Header().Set("Retry-After", "1")
+		a.render(w, r, http.StatusServiceUnavailable, "login", "Sign in",
+			a.loginData(email, next, "Too many sign-ins are being checked right now. Try again in a moment."))
+		return
+	}
 	if err != nil {
 		a.serverError(w, r, "signing in", err)
 		return
 	}
-	if !ok {
-		for key, after := range map[string]int{accountKey(email): accountLockAfter, ipKey(ip): ipLockAfter} {
-			if err := a.throttle.fail(ctx, key, after); err != nil {
-				a.log.Warn("counting a failed sign-in", "error", err)
-			}
+	if !res.OK {
+		who := unknownAccount
+		if res.Known {
+			who = auditActor(email)
 		}
-		a.audit(ctx, auditActor(email), "login.failure", "", "method password")
+		a.audit(ctx, who, "login.failure", "", "method password, address "+addr)
 		a.render(w, r, http.StatusUnauthorized, "login", "Sign in", a.loginData(email, next, "Email or password is wrong."))
 		return
 	}
-	if err := a.throttle.reset(ctx, accountKey(email)); err != nil {
+	if err := a.throttle.reset(ctx, key); err != nil {
 		a.log.Warn("resetting sign-in throttle", "error", err)
 	}
-	if err := a.signIn(ctx, w, r, u, "password"); err != nil {
+	if err := a.signIn(ctx, w, r, res.User, "password"); err != nil {
 		a.serverError(w, r, "starting a session", err)
 		return
 	}
@@ -117,7 +129,20 @@ func (a *app) audit(ctx context.Context, who, action, userID, after string) {
 	}
 }
 
-// auditActor bounds an attempted email for the audit trail.
+// unknownAccount stands in the audit trail for an email no account has:
+// what was typed there may be a password or a stranger's address, so it is
+// not kept.
+const unknownAccount = "unknown account"
+
+// attemptActor names the account of a sign-in attempt for the audit trail.
+func (a *app) attemptActor(ctx context.Context, email string) string {
+	if _, err := a.users.ByEmail(ctx, email); err != nil {
+		return unknownAccount
+	}
+	return auditActor(email)
+}
+
+// auditActor bounds an email for the audit trail.
 func auditActor(email string) string {
 	if email == "" {
 		return "anonymous"
@@ -128,12 +153,39 @@ func auditActor(email string) string {
 	return email
 }
 
-// clientIP is the peer address. Proxies are not trusted: behind one, all
-// clients share its address for the per-address throttle.
-func clientIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
+// auditLimiter lets one audit entry per key through each period, so a
+// flood of refused attempts cannot flood the audit trail. Per process:
+// with several replicas each may write one per period.
+type auditLimiter struct {
+	every time.Duration
+	mu    sync.Mutex
+	last  map[string]time.Time
+}
+
+// maxLimiterKeys bounds the limiter's memory; past it, expired keys are
+// dropped, and if none has expired the oldest state is forgotten.
+const maxLimiterKeys = 10000
+
+// allow reports whether an entry for key may be written at now.
+func (l *auditLimiter) allow(key string, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if t, ok := l.last[key]; ok && now.Sub(t) < l.every {
+		return false
 	}
-	return host
+	if len(l.last) >= maxLimiterKeys {
+		for k, t := range l.last {
+			if now.Sub(t) >= l.every {
+				delete(l.last, k)
+			}
+		}
+		if len(l.last) >= maxLimiterKeys {
+			clear(l.last)
+		}
+	}
+	if l.last == nil {
+		l.last = map[string]time.Time{}
+	}
+	l.last[key] = now
+	return true
 }

@@ -72,6 +72,11 @@ type Users struct {
 	audit auditTrail
 	now   func() time.Time
 	argon argonParams
+	// verify checks a password against a stored hash (verifyPassword;
+	// tests count calls through it).
+	verify func(encoded, pw string) (bool, error)
+	// slots bounds concurrent verifications (maxVerifications).
+	slots chan struct{}
 }
 
 // NewUsers opens the account store on a migrated database.
@@ -83,7 +88,8 @@ func NewUsers(db *gorm.DB) (*Users, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening the audit trail: %w", err)
 	}
-	return &Users{db: db, audit: trail, now: time.Now, argon: defaultArgon}, nil
+	return &Users{db: db, audit: trail, now: time.Now, argon: defaultArgon, verify: verifyPassword,
+		slots: make(chan struct{}, maxVerifications)}, nil
 }
 
 type userRow struct {
@@ -308,25 +314,70 @@ func (s *Users) record(ctx context.Context, actor, action string, id int64, befo
 	return nil
 }
 
+// errBusy means too many passwords are being verified at once; the caller
+// should answer 503 and let the client retry.
+var errBusy = errors.New("too many sign-ins in progress")
+
+// maxVerifications bounds concurrent password verifications per process:
+// each argon2id verification takes its memory cost (19 MiB by default), so
+// a burst of guesses must not turn into a burst of memory.
+const maxVerifications = 4
+
+// verifyWait is how long a verification waits for a free slot before the
+// request is refused with errBusy.
+const verifyWait = 3 * time.Second
+
+// authResult is the outcome of a password check.
+type authResult struct {
+	User User
+	// Known is true when an account has the email (for the audit trail
+	// only: callers must not show the difference).
+	Known bool
+	// OK is true when the password is right and the account enabled.
+	OK bool
+}
+
 // authenticate checks a local password. Unknown emails cost as much time as
-// known ones, and the caller cannot tell the cases apart.
-func (s *Users) authenticate(ctx context.Context, email, password string) (User, bool, error) {
+// known ones. At most maxVerifications run at once; a request that cannot
+// get a slot within verifyWait gets errBusy.
+func (s *Users) authenticate(ctx context.Context, email, password string) (authResult, error) {
 	r, err := s.row(ctx, s.db, "email = ?", strings.ToLower(strings.TrimSpace(email)))
-	if errors.Is(err, ErrUserNotFound) || (err == nil && r.PasswordHash == "") {
-		_, _ = verifyPassword(dummyHash(), password)
-		return User{}, false, nil
+	if err != nil && !errors.Is(err, ErrUserNotFound) {
+		return authResult{}, err
 	}
+	known := err == nil
+	release, err := s.acquireVerification(ctx)
 	if err != nil {
-		return User{}, false, err
+		return authResult{Known: known}, err
 	}
-	ok, err := verifyPassword(r.PasswordHash, password)
+	defer release()
+	if !known || r.PasswordHash == "" {
+		_, _ = s.verify(dummyHash(), password)
+		return authResult{Known: known}, nil
+	}
+	ok, err := s.verify(r.PasswordHash, password)
 	if err != nil {
-		return User{}, false, fmt.Errorf("checking password of user %d: %w", r.ID, err)
+		return authResult{Known: known}, fmt.Errorf("checking password of user %d: %w", r.ID, err)
 	}
 	if !ok || r.Disabled {
-		return User{}, false, nil
+		return authResult{Known: known}, nil
 	}
-	return r.user(), true, nil
+	return authResult{User: r.user(), Known: true, OK: true}, nil
+}
+
+// acquireVerification takes a verification slot, waiting at most
+// verifyWait.
+func (s *Users) acquireVerification(ctx context.Context) (func(), error) {
+	t := time.NewTimer(verifyWait)
+	defer t.Stop()
+	select {
+	case s.slots <- struct{}{}:
+		return func() { <-s.slots }, nil
+	case <-t.C:
+		return nil, errBusy
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // dummyHash is verified when the account does not exist, so that timing
