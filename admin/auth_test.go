@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -320,19 +322,27 @@ func TestBootstrap(t *testing.T) {
 	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
 		var log bytes.Buffer
 		logger := slog.New(slog.NewTextHandler(&log, nil))
-		if err := Bootstrap(t.Context(), db, logger); err != nil {
+		file := filepath.Join(t.TempDir(), "state", "admin-password")
+		if err := Bootstrap(t.Context(), db, logger, PasswordDelivery{File: file}); err != nil {
 			t.Fatal(err)
 		}
-		m := regexp.MustCompile(`one_time_password=(\S+)`).FindStringSubmatch(log.String())
-		if m == nil {
-			t.Fatalf("no one-time password in the log: %s", log.String())
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatalf("no one-time password file: %v (log %s)", err, log.String())
+		}
+		pw := strings.TrimSpace(string(raw))
+		if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("password file mode = %v (%v), want 0600", fi.Mode().Perm(), err)
+		}
+		if strings.Contains(log.String(), pw) || !strings.Contains(log.String(), file) {
+			t.Errorf("the log must name the file and not hold the password: %s", log.String())
 		}
 		log.Reset()
-		if err := Bootstrap(t.Context(), db, logger); err != nil || log.Len() != 0 {
+		if err := Bootstrap(t.Context(), db, logger, PasswordDelivery{File: file}); err != nil || log.Len() != 0 {
 			t.Fatalf("second Bootstrap: %v, logged %q; want a silent no-op", err, log.String())
 		}
 		e := newTestEnv(t, db, AppConfig{})
-		c, resp := e.login(BootstrapEmail, m[1])
+		c, resp := e.login(BootstrapEmail, pw)
 		if resp.StatusCode != http.StatusSeeOther {
 			t.Fatalf("sign-in with the one-time password = %d", resp.StatusCode)
 		}
@@ -340,6 +350,26 @@ func TestBootstrap(t *testing.T) {
 			t.Errorf("first admin is not asked to change the one-time password (Location %q)", resp.Header.Get("Location"))
 		}
 	})
+}
+
+func TestBootstrapToTerminal(t *testing.T) {
+	t.Parallel()
+	db := storagetest.Open(t, "sqlite")
+	var log, term bytes.Buffer
+	if err := Bootstrap(t.Context(), db, slog.New(slog.NewTextHandler(&log, nil)), PasswordDelivery{Terminal: &term}); err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`\n    (\S+)\n`).FindStringSubmatch(term.String())
+	if m == nil {
+		t.Fatalf("no password printed to the terminal: %q", term.String())
+	}
+	if strings.Contains(log.String(), m[1]) {
+		t.Errorf("the one-time password is in the process log: %s", log.String())
+	}
+	users, _ := NewUsers(db)
+	if res, err := users.authenticate(t.Context(), BootstrapEmail, m[1]); err != nil || !res.OK {
+		t.Errorf("printed password does not sign in: %v", err)
+	}
 }
 
 func TestOIDCIssuerUnreachable(t *testing.T) {

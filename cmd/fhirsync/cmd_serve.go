@@ -56,7 +56,7 @@ func serve(ctx context.Context, e *env, cfg *Config, onReady func(addr string, d
 		return err
 	}
 	reg := newRegistry()
-	if err := admin.Bootstrap(ctx, db, log); err != nil {
+	if err := admin.Bootstrap(ctx, db, log, passwordDelivery(e.stdout, cfg.DataDir)); err != nil {
 		return err
 	}
 	svc, err := buildServices(ctx, cfg, db, reg, log)
