@@ -66,8 +66,10 @@ type CaptureConfig struct {
 	// opens those sealed under KeyID.
 	Key string `yaml:"key" secret:"true"`
 	// OldKeys maps retired key ids to their base64 keys. They only open
-	// captures; keep each until the captures it sealed have expired.
-	OldKeys map[string]string `yaml:"old_keys"`
+	// captures; keep each until the captures it sealed have expired. In
+	// the environment (or a _FILE) it is written id=key, comma- or
+	// line-separated.
+	OldKeys map[string]string `yaml:"old_keys" secret:"true"`
 	// MaxAge is how long a capture is kept; zero means 7 days. It must not
 	// exceed the decision retention.
 	MaxAge time.Duration `yaml:"max_age"`

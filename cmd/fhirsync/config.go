@@ -295,6 +295,8 @@ func setScalar(fv reflect.Value, s string) error {
 		fv.Set(reflect.ValueOf(parts))
 	case fv.Kind() == reflect.String:
 		fv.SetString(s)
+	case fv.Kind() == reflect.Map && fv.Type().Key().Kind() == reflect.String && fv.Type().Elem().Kind() == reflect.String:
+		return setStringMap(fv, s)
 	case fv.Kind() == reflect.Int:
 		n, err := strconv.Atoi(s)
 		if err != nil {
