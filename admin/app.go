@@ -27,6 +27,10 @@ type AppConfig struct {
 	SessionMax time.Duration `yaml:"session_max"`
 	// OIDC enables single sign-on when its Issuer is set.
 	OIDC OIDCConfig `yaml:"oidc"`
+	// TLS says the listener itself serves HTTPS (set by the process from
+	// its TLS files, not configured here); like an https PublicURL it
+	// turns on Secure cookies and HSTS.
+	TLS bool `yaml:"-"`
 	// TrustedProxies lists the reverse proxies (CIDR prefixes or
 	// addresses) whose X-Forwarded-For header names the client for the
 	// sign-in throttle. Empty trusts none: the peer address is the client.
@@ -64,7 +68,7 @@ func (c AppConfig) Validate() error {
 	return errors.Join(errs...)
 }
 
-func (c AppConfig) secure() bool { return strings.HasPrefix(c.PublicURL, "https://") }
+func (c AppConfig) secure() bool { return c.TLS || strings.HasPrefix(c.PublicURL, "https://") }
 
 // app is the web app mounted on a Server's mux.
 type app struct {

@@ -23,6 +23,9 @@ type Config struct {
 	ReadyTimeout time.Duration
 	// App configures the admin web app: sign-in, sessions, OIDC.
 	App AppConfig
+	// SeparateMetrics leaves /metrics off Handler; serve Metrics on a
+	// listener of its own.
+	SeparateMetrics bool
 }
 
 // Deps are the services the admin app reads.
@@ -61,7 +64,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s := &Server{cfg: cfg, deps: deps, mux: http.NewServeMux()}
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	s.mux.HandleFunc("GET /readyz", s.readyz)
-	s.mux.Handle("GET /metrics", promhttp.HandlerFor(deps.Registry, promhttp.HandlerOpts{Registry: deps.Registry}))
+	if !cfg.SeparateMetrics {
+		s.mux.Handle("GET /metrics", s.Metrics())
+	}
 	if err := s.mountApp(cfg.App); err != nil {
 		return nil, err
 	}
@@ -71,6 +76,11 @@ func New(cfg Config, deps Deps) (*Server, error) {
 // Mount serves h at pattern on the listener, beside the admin app (e.g.
 // the FHIR rest-hook notification endpoint). It authenticates on its own.
 func (s *Server) Mount(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// Metrics serves the registry's metrics in the Prometheus text format.
+func (s *Server) Metrics() http.Handler {
+	return promhttp.HandlerFor(s.deps.Registry, promhttp.HandlerOpts{Registry: s.deps.Registry})
+}
 
 // Handler is the root handler for the listener.
 func (s *Server) Handler() http.Handler { return s.mux }

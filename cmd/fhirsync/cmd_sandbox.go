@@ -50,7 +50,7 @@ person's. Ctrl-C stops.`)
 		if err != nil {
 			return fmt.Errorf("listening on %s: %w", s.addr, err)
 		}
-		hs := &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second}
+		hs := newHTTPServer(s.h, defaultTimeouts)
 		srvs = append(srvs, hs)
 		go func() { errc <- hs.Serve(ln) }()
 		fmt.Fprintf(e.stdout, "%-24s http://%s%s\n", s.what, ln.Addr(), s.path)

@@ -2,14 +2,10 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"runtime"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -63,7 +59,9 @@ func serve(ctx context.Context, e *env, cfg *Config, onReady func(addr string, d
 	if err != nil {
 		return err
 	}
-	srv, err := admin.New(admin.Config{Version: buildVersion(), App: cfg.Admin}, admin.Deps{DB: db, Registry: reg, Logger: log,
+	appCfg := cfg.Admin
+	appCfg.TLS = cfg.TLSCertFile != ""
+	srv, err := admin.New(admin.Config{Version: buildVersion(), App: appCfg, SeparateMetrics: cfg.MetricsListen != ""}, admin.Deps{DB: db, Registry: reg, Logger: log,
 		Queues: map[string]admin.DeadLetterQueue{cfg.Queue.FHIRChanges: svc.fhirQ, cfg.Queue.CRMChanges: svc.crmQ},
 		Logs:   svc.logs})
 	if err != nil {
@@ -76,28 +74,26 @@ func serve(ctx context.Context, e *env, cfg *Config, onReady func(addr string, d
 	if svc.crmWebhook != nil {
 		srv.Mount(cfg.Feeds.DataverseWebhook.Path, svc.crmWebhook)
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
+	ls, err := openListeners(cfg, srv.Handler(), srv.Metrics())
 	if err != nil {
-		return fmt.Errorf("listening on %s: %w", cfg.Listen, err)
+		return err
 	}
-	httpSrv := &http.Server{
-		Handler:           srv.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+	for _, w := range securityWarnings(cfg) {
+		log.Warn(w)
 	}
-	log.Info("fhirsync serving", "version", buildVersion(), "listen", ln.Addr().String(),
+	addr := ls[0].ln.Addr().String()
+	log.Info("fhirsync serving", "version", buildVersion(), "listen", addr, "tls", appCfg.TLS,
 		"database", e.describeDB(), "queue", cfg.Queue.Kind, "schema_version", storage.LatestVersion())
+	if len(ls) > 1 {
+		log.Info("metrics serving", "metrics_listen", ls[1].ln.Addr().String())
+	}
 	if onReady != nil {
-		onReady(ln.Addr().String(), db)
+		onReady(addr, db)
 	}
 
 	var wg sync.WaitGroup
-	errc := make(chan error, 2)
-	wg.Go(func() {
-		if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errc <- fmt.Errorf("serving %s: %w", cfg.Listen, err)
-		}
-	})
+	errc := make(chan error, len(ls)+1)
+	ls.serve(&wg, errc)
 	runCtx, stopRun := context.WithCancel(ctx)
 	defer stopRun()
 	wg.Go(func() {
@@ -113,10 +109,7 @@ func serve(ctx context.Context, e *env, cfg *Config, onReady func(addr string, d
 	stopRun()
 	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 	defer cancel()
-	if serr := httpSrv.Shutdown(drainCtx); serr != nil {
-		log.Warn("listener did not drain in time", "error", serr)
-		_ = httpSrv.Close()
-	}
+	ls.shutdown(drainCtx, log)
 	wg.Wait()
 	log.Info("stopped")
 	return err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -32,9 +33,16 @@ type Config struct {
 	DataDir string `yaml:"data_dir"`
 	// Listen is the address of the admin app, JSON API and operational
 	// endpoints.
-	Listen   string         `yaml:"listen"`
-	Database DatabaseConfig `yaml:"database"`
-	Log      LogConfig      `yaml:"log"`
+	Listen string `yaml:"listen"`
+	// TLSCertFile and TLSKeyFile (PEM), both set, serve listen over HTTPS;
+	// session cookies are then Secure.
+	TLSCertFile string `yaml:"tls_cert_file"`
+	TLSKeyFile  string `yaml:"tls_key_file"`
+	// MetricsListen, when set, is the only address serving /metrics (keep
+	// it private); empty serves /metrics on listen.
+	MetricsListen string         `yaml:"metrics_listen"`
+	Database      DatabaseConfig `yaml:"database"`
+	Log           LogConfig      `yaml:"log"`
 	// ShutdownTimeout bounds how long in-flight work may take to drain
 	// after SIGINT or SIGTERM.
 	ShutdownTimeout time.Duration  `yaml:"shutdown_timeout"`
@@ -108,8 +116,12 @@ type CRMTrackingConfig struct {
 type RestHookConfig struct {
 	// Path on the listener, e.g. /hooks/fhir; empty disables it.
 	Path string `yaml:"path"`
-	// Authorization is the header value the FHIR server must send.
+	// Authorization is the header value the FHIR server must send;
+	// required with Path unless AllowAnonymous is set.
 	Authorization string `yaml:"authorization" secret:"true"`
+	// AllowAnonymous accepts notifications without an Authorization
+	// header (anyone who reaches Path can queue work); a warning is logged.
+	AllowAnonymous bool `yaml:"allow_anonymous"`
 }
 
 // DataverseWebhookConfig is the endpoint a Dataverse webhook (a service
@@ -327,6 +339,7 @@ func (c Config) Validate() []string {
 	} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
 		bad("listen", "port %q is not a number between 0 and 65535", port)
 	}
+	p = append(p, c.validateTransport()...)
 	if u := c.Database.URL; u != "" && !hasAnyPrefix(u, "postgres://", "postgresql://", "sqlite:", "file:") {
 		bad("database.url", "must start with postgres://, postgresql://, sqlite: or file:")
 	}
@@ -373,6 +386,10 @@ func (c Config) Validate() []string {
 	if _, err := cron.ParseStandard(c.Feeds.CRMTracking.Schedule); err != nil {
 		bad("feeds.crm_tracking.schedule", "%v", err)
 	}
+	if rh := c.Feeds.RestHook; rh.Path != "" && rh.Authorization == "" && !rh.AllowAnonymous {
+		bad("feeds.rest_hook.authorization", "required with feeds.rest_hook.path (the Authorization header value the FHIR server sends; "+
+			"or FHIRSYNC_FEEDS_REST_HOOK_AUTHORIZATION_FILE), or set feeds.rest_hook.allow_anonymous: true")
+	}
 	if wh := c.Feeds.DataverseWebhook; wh.Path != "" || wh.Key != "" || wh.Header != "" {
 		switch {
 		case wh.Path == "":
@@ -416,6 +433,29 @@ func (c Config) Validate() []string {
 		}
 	}
 	slices.Sort(p)
+	return p
+}
+
+// validateTransport checks the TLS files and the metrics address.
+func (c Config) validateTransport() []string {
+	var p []string
+	switch {
+	case (c.TLSCertFile == "") != (c.TLSKeyFile == ""):
+		p = append(p, "tls_cert_file, tls_key_file: set both or neither")
+	case c.TLSCertFile != "":
+		if _, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile); err != nil {
+			p = append(p, fmt.Sprintf("tls_cert_file, tls_key_file: %v", err))
+		}
+	}
+	if c.MetricsListen != "" {
+		if _, port, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			p = append(p, fmt.Sprintf("metrics_listen: %q is not host:port", c.MetricsListen))
+		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			p = append(p, fmt.Sprintf("metrics_listen: port %q is not a number between 0 and 65535", port))
+		} else if c.MetricsListen == c.Listen && n != 0 {
+			p = append(p, "metrics_listen: must differ from listen")
+		}
+	}
 	return p
 }
 
