@@ -261,3 +261,35 @@ func TestSignInAuditIsBoundedAndKeepsNoTypedEmail(t *testing.T) {
 		t.Errorf("login.throttled recorded %d times for 11 refusals in two minutes, want 2", got)
 	}
 }
+
+// TestThrottlePrunesForgottenKeys: rows untouched for the forget period
+// are deleted, so cycling through typed emails cannot grow the table
+// without bound; recent and locked rows stay.
+func TestThrottlePrunesForgottenKeys(t *testing.T) {
+	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
+		clock := newTestClock()
+		th := &throttle{db: db, now: clock.now, base: time.Second, max: 2 * time.Hour, forget: time.Hour}
+		ctx := context.Background()
+		for i := range 5 {
+			if _, err := th.reserve(ctx, fmt.Sprintf("old%d", i), 5); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// A key locked for two hours, beyond the forget period.
+		if err := db.Create(&throttleRow{ThrottleKey: "locked", Failures: 40, LastFailureAt: stamp(clock.now()),
+			LockedUntil: stamp(clock.now().Add(2 * time.Hour))}).Error; err != nil {
+			t.Fatal(err)
+		}
+		clock.advance(61 * time.Minute)
+		if _, err := th.reserve(ctx, "new", 5); err != nil {
+			t.Fatal(err)
+		}
+		var keys []string
+		if err := db.Model(&throttleRow{}).Order("throttle_key").Pluck("throttle_key", &keys).Error; err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(keys) != "[locked new]" {
+			t.Errorf("throttle keys after pruning = %v, want [locked new]", keys)
+		}
+	})
+}

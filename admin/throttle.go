@@ -45,6 +45,9 @@ type throttle struct {
 	max    time.Duration
 	forget time.Duration
 	keys   keyedMutex
+
+	pruneMu    sync.Mutex
+	lastPruned time.Time
 }
 
 // accountLockAfter is the number of attempts an account gets from one
@@ -63,6 +66,7 @@ func loginKey(email, addr string) string {
 // returns the end of the lock when it is (and counts nothing), or the zero
 // time when the attempt may go ahead.
 func (t *throttle) reserve(ctx context.Context, key string, lockAfter int) (time.Time, error) {
+	t.pruneNow(ctx)
 	unlock := t.keys.lock(key)
 	defer unlock()
 	var until time.Time
@@ -109,6 +113,26 @@ func (t *throttle) reserve(ctx context.Context, key string, lockAfter int) (time
 		return time.Time{}, fmt.Errorf("reserving a sign-in attempt: %w", err)
 	}
 	return until, nil
+}
+
+// pruneNow deletes, at most once per forget period per process, the rows
+// no attempt has touched for forget and whose lock has ended: they would
+// start over anyway, and an attacker cycling through emails must not grow
+// the table without bound. A failure is logged by nobody: the next period
+// tries again.
+func (t *throttle) pruneNow(ctx context.Context) {
+	t.pruneMu.Lock()
+	now := t.now()
+	due := now.Sub(t.lastPruned) >= t.forget
+	if due {
+		t.lastPruned = now
+	}
+	t.pruneMu.Unlock()
+	if !due {
+		return
+	}
+	cutoff := stamp(now.Add(-t.forget))
+	_ = t.db.WithContext(ctx).Where("last_failure_at < ? AND locked_until < ?", cutoff, cutoff).Delete(&throttleRow{}).Error
 }
 
 // reset forgets the attempts of key after a successful sign-in.
