@@ -825,3 +825,27 @@ func backwardNotice(f *flow, cur record, at time.Time) queues.Notice {
 	}
 	return queues.Notice{V: queues.NoticeVersion, Side: side, Type: cur.Type, ID: cur.ID, Event: queues.EventUpdated, Origin: "merge", ChangedAt: at.UTC()}
 }
+
+// supersedeResolutions settles, for the message that carries a person's
+// resolution, the resolved attribute conflicts of the pair it did not
+// apply: a side changed again since the conflict was held, so the choice
+// no longer applies (the merge decided the attribute afresh), and it is
+// not sent again.
+func (p *pipeline) supersedeResolutions(ctx context.Context, mg *pairMerge, l link, u *unit) error {
+	if p.conflicts == nil {
+		return nil
+	}
+	hcs, err := p.conflicts.ConflictsFor(ctx, l.EntityMap, l.FHIRID)
+	if err != nil {
+		return err
+	}
+	for _, hc := range hcs {
+		if hc.Attribute == "" || hc.Status != conflictResolved || slices.Contains(mg.applied, hc.ID) ||
+			slices.ContainsFunc(mg.held, func(h heldAttr) bool { return h.attr == hc.Attribute }) {
+			continue // applied, or held again (the row is held afresh)
+		}
+		id := hc.ID
+		u.effects = append(u.effects, func(tx *gorm.DB) error { return p.conflicts.SettleConflictTx(tx, id, conflictSuperseded) })
+	}
+	return nil
+}

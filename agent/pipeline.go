@@ -143,7 +143,8 @@ type pipeline struct {
 	metrics      *metrics
 	plog         *slog.Logger
 	now          func() time.Time
-	// fhirAccount, when set, refuses FHIR events from another service.
+	// fhirAccount names the FHIR service whose events are taken; empty
+	// refuses every AHDS event (see decodeMessage).
 	fhirAccount string
 	// requeue sends the extra notices of a multi-event message back to
 	// the queues, each to get its own decision.
@@ -439,6 +440,11 @@ func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues
 		}
 		l := pairOf(f, em, src, *curp)
 		u.effects = p.holdEffects(mg, l, d.MessageID, p.now().UTC())
+		if n.Origin == "resolution" {
+			if err := p.supersedeResolutions(ctx, mg, l, u); err != nil {
+				return p.failure("reading the held conflicts", err), false
+			}
+		}
 		if mg.backward > 0 && p.requeue != nil {
 			u.after = []queues.Notice{backwardNotice(f, *curp, p.now())}
 		}
