@@ -44,8 +44,9 @@ type Config struct {
 	// OwnWriteTTL is how long the versions the agent wrote are remembered
 	// for echo detection (7 days).
 	OwnWriteTTL time.Duration
-	// FHIRAccount, when set, is the FHIR service name whose events are
-	// accepted; events naming another service are invalid messages.
+	// FHIRAccount is the FHIR service name whose AHDS events are
+	// accepted; events naming another service, and every event while it
+	// is empty, are invalid messages. fhirsync's own notices need none.
 	FHIRAccount string
 	// DepthEvery is how often queue depth is sampled for metrics (15s).
 	DepthEvery time.Duration

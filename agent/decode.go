@@ -18,6 +18,11 @@ import (
 // RemoteExecutionContext posted by a Dataverse service endpoint; and Azure
 // Health Data Services FHIR events routed from Event Grid (one event, or an
 // array). The first notice is processed; any others are re-queued.
+//
+// An AHDS event is taken only when fhirAccount names the FHIR service that
+// may send it: with no account, an event from any workspace routed to the
+// queue would steer the agent, so every event is refused (errNoFHIRAccount)
+// while fhirsync's own notices still flow.
 func decodeMessage(body []byte, fhirAccount string) ([]queues.Notice, error) {
 	var ns []queues.Notice
 	var err error
@@ -56,13 +61,22 @@ func decodeContext(body []byte) ([]queues.Notice, error) {
 	return []queues.Notice{n}, nil
 }
 
+// errNoFHIRAccount refuses a well-formed AHDS event received while
+// agent.fhir_account is unset.
+var errNoFHIRAccount = errors.New("an Azure Health Data Services FHIR event arrived and agent.fhir_account is not set")
+
 func decodeEvents(body []byte, fhirAccount string) ([]queues.Notice, error) {
+	// Decoded first, so a malformed event is named as such whatever the
+	// configuration; only a well-formed one is refused for the account.
 	ns, err := fhir.DecodeEvents(body, fhirAccount)
 	if err != nil {
 		return nil, err
 	}
 	if len(ns) == 0 {
 		return nil, errors.New("the event batch is empty")
+	}
+	if fhirAccount == "" {
+		return nil, errNoFHIRAccount
 	}
 	return ns, nil
 }
@@ -179,6 +193,9 @@ func isJSONSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c =
 // describeDecodeError is the decision sentence for an undecodable message.
 // Decoder errors name fields and positions, never values.
 func describeDecodeError(err error) string {
+	if errors.Is(err, errNoFHIRAccount) {
+		return "The message is an Azure Health Data Services FHIR event; such events are refused until agent.fhir_account names the FHIR service that may send them."
+	}
 	if errors.Is(err, fhir.ErrUnsupportedEvent) {
 		return fmt.Sprintf("The Azure Health Data Services event is well formed but is not a FHIR resource change (a DICOM event, say); limit the Event Grid subscription to FHIR resource events: %v", err)
 	}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/json"
 	"errors"
 	"path"
 	"slices"
@@ -106,8 +107,8 @@ func TestDecodeMessageConformance(t *testing.T) {
 			if got := shape(body); got != "fhir-event" {
 				t.Fatalf("shape = %s, want fhir-event", got)
 			}
-			ns, err := decodeMessage(body, "")
 			if strings.HasPrefix(path.Base(file), "dicom-") {
+				_, err := decodeMessage(body, "")
 				// Same workspace, another service: refused with a sentence
 				// that says what to change, not taken for a malformed message.
 				if !errors.Is(err, fhir.ErrUnsupportedEvent) {
@@ -118,6 +119,15 @@ func TestDecodeMessageConformance(t *testing.T) {
 				}
 				return
 			}
+			// With agent.fhir_account unset a FHIR change is refused with a
+			// sentence that names the setting; with the sample's service
+			// named it is taken.
+			if _, err := decodeMessage(body, ""); !errors.Is(err, errNoFHIRAccount) {
+				t.Fatalf("decodeMessage without an account: error = %v, want errNoFHIRAccount", err)
+			} else if msg := describeDecodeError(err); !strings.Contains(msg, "agent.fhir_account") {
+				t.Fatalf("decision sentence %q does not name agent.fhir_account", msg)
+			}
+			ns, err := decodeMessage(body, eventAccount(t, body))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -126,4 +136,27 @@ func TestDecodeMessageConformance(t *testing.T) {
 			}
 		})
 	}
+}
+
+// eventAccount is the FHIR service a corpus event names
+// (data.resourceFhirAccount of the event, or of the first in an array).
+func eventAccount(t *testing.T, body []byte) string {
+	t.Helper()
+	type event struct {
+		Data struct {
+			Account string `json:"resourceFhirAccount"`
+		} `json:"data"`
+	}
+	var one event
+	if err := json.Unmarshal(body, &one); err != nil {
+		var many []event
+		if err := json.Unmarshal(body, &many); err != nil || len(many) == 0 {
+			t.Fatalf("reading the event's account: %v", err)
+		}
+		one = many[0]
+	}
+	if one.Data.Account == "" {
+		t.Fatal("the event names no resourceFhirAccount")
+	}
+	return one.Data.Account
 }

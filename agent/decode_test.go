@@ -127,28 +127,44 @@ func TestDecodeMessage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	eventGrid := `{"id":"e1","subject":"x/Patient/p2","eventType":"Microsoft.HealthcareApis.FhirResourceDeleted","eventTime":"2024-01-02T03:04:05Z",` +
+		`"data":{"resourceType":"Patient","resourceFhirAccount":"acc","resourceFhirId":"p2","resourceVersionId":3},"dataVersion":"1","metadataVersion":"1"}`
+	cloudEvent := `{"specversion":"1.0","id":"e2","source":"x","type":"Microsoft.HealthcareApis.FhirResourceUpdated","time":"2024-01-02T03:04:05Z",` +
+		`"data":{"resourceType":"Patient","resourceFhirAccount":"acc","resourceFhirId":"p3","resourceVersionId":4}}`
 	tests := []struct {
 		name    string
 		body    string
+		account string        // agent.fhir_account
 		want    queues.Notice // Side, Type, ID, Event compared
 		wantErr error
 	}{
 		{name: "notice", body: string(nm.Body), want: n},
 		{name: "context", body: string(readTestFile(t, filepath.Join("crm", "testdata", "remotecontext", "update_untyped_images_large.json"))),
 			want: queues.Notice{Side: queues.SideCRM, Type: "contact", ID: "5f1e9a3b-2c4d-ee11-be6e-000d3a5b8f21", Event: queues.EventUpdated}},
-		{name: "Event Grid event", body: `{"id":"e1","subject":"x/Patient/p2","eventType":"Microsoft.HealthcareApis.FhirResourceDeleted","eventTime":"2024-01-02T03:04:05Z",` +
-			`"data":{"resourceType":"Patient","resourceFhirAccount":"acc","resourceFhirId":"p2","resourceVersionId":3},"dataVersion":"1","metadataVersion":"1"}`,
+		{name: "Event Grid event", body: eventGrid, account: "acc",
 			want: queues.Notice{Side: queues.SideFHIR, Type: "Patient", ID: "p2", Event: queues.EventDeleted}},
+		{name: "CloudEvents event", body: cloudEvent, account: "acc",
+			want: queues.Notice{Side: queues.SideFHIR, Type: "Patient", ID: "p3", Event: queues.EventUpdated}},
+		{name: "Event Grid event without an account", body: eventGrid, wantErr: errNoFHIRAccount},
+		{name: "CloudEvents event without an account", body: cloudEvent, wantErr: errNoFHIRAccount},
+		{name: "Event Grid array without an account", body: "[" + eventGrid + "," + cloudEvent + "]", wantErr: errNoFHIRAccount},
+		{name: "event from another account", body: eventGrid, account: "other", wantErr: fhir.ErrInvalidEvent},
+		{name: "notice without an account", body: string(nm.Body), want: n},
 		{name: "context that is not valid", body: `{"MessageName":"Update","PrimaryEntityName":"contact","PrimaryEntityId":"nope"}`, wantErr: crm.ErrInvalidContext},
 		{name: "event that is not valid", body: `{"eventType":"Microsoft.HealthcareApis.FhirResourceCreated"}`, wantErr: fhir.ErrInvalidEvent},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			ns, err := decodeMessage([]byte(tt.body), "")
+			ns, err := decodeMessage([]byte(tt.body), tt.account)
 			if tt.wantErr != nil {
 				if !errors.Is(err, tt.wantErr) {
 					t.Fatalf("err = %v, want %v", err, tt.wantErr)
+				}
+				if tt.wantErr == errNoFHIRAccount {
+					if msg := describeDecodeError(err); !strings.Contains(msg, "refused until agent.fhir_account names the FHIR service") {
+						t.Fatalf("decision sentence %q does not say agent.fhir_account must be set", msg)
+					}
 				}
 				return
 			}
@@ -174,16 +190,20 @@ func FuzzDecodeMessage(f *testing.F) {
 	}
 	f.Add([]byte(`{"v":1,"side":"crm","type":"contact","id":"x","event":"updated","origin":"backfill"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		ns, err := decodeMessage(b, "")
-		if err != nil {
-			return
-		}
-		if len(ns) == 0 {
-			t.Fatal("no notices and no error")
-		}
-		for _, n := range ns {
-			if err := n.Validate(); err != nil {
-				t.Fatalf("notice does not validate: %v", err)
+		// Without an account events are refused; with the corpus's
+		// account they reach the event decoder's full path.
+		for _, account := range []string{"", "ws-fhir.fhir.azurehealthcareapis.com"} {
+			ns, err := decodeMessage(b, account)
+			if err != nil {
+				continue
+			}
+			if len(ns) == 0 {
+				t.Fatal("no notices and no error")
+			}
+			for _, n := range ns {
+				if err := n.Validate(); err != nil {
+					t.Fatalf("notice does not validate: %v", err)
+				}
 			}
 		}
 	})

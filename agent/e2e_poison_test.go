@@ -74,6 +74,10 @@ func loadPoison(t *testing.T) []poisonCase {
 	return cases
 }
 
+// poisonFHIRAccount is the FHIR service the corpus events name: the agent
+// takes AHDS events only from the service agent.fhir_account names.
+const poisonFHIRAccount = "ws-fhir.fhir.azurehealthcareapis.com"
+
 // TestPoisonMessages puts a corpus of bad messages straight onto the
 // agent's queues — broken JSON, wrong envelopes, odd Dataverse contexts,
 // bad Event Grid fields, oversize bodies, records that do not exist — and
@@ -86,7 +90,8 @@ func TestPoisonMessages(t *testing.T) {
 		t.Fatalf("the poison corpus holds %d messages, want at least 50", len(cases))
 	}
 	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
-		e := startEnv(t, db, agent.Config{Workers: 4, MaxAttempts: 3, RetryBase: 100 * time.Millisecond, RetryMax: 300 * time.Millisecond, BaseKey: testBaseKey},
+		e := startEnv(t, db, agent.Config{Workers: 4, MaxAttempts: 3, RetryBase: 100 * time.Millisecond, RetryMax: 300 * time.Millisecond, BaseKey: testBaseKey,
+			FHIRAccount: poisonFHIRAccount},
 			envOptions{noPoller: true, crmRetries: -1})
 		ctx := context.Background()
 		// The agent's own queue handles refuse bodies over 256 KiB on

@@ -70,7 +70,8 @@ type AgentConfig struct {
 	// CRMUserID is the agent's application user; empty asks the CRM
 	// (WhoAmI) at start.
 	CRMUserID string `yaml:"crm_user_id"`
-	// FHIRAccount, when set, accepts FHIR events only from this service.
+	// FHIRAccount names the only FHIR service whose AHDS events are
+	// accepted; while it is empty the agent refuses every such event.
 	FHIRAccount string `yaml:"fhir_account"`
 	// ReconcileSchedule runs the backfill of every enabled entity map on a
 	// cron schedule (e.g. "@daily"); empty turns it off.

@@ -132,11 +132,12 @@ func securityWarnings(cfg *Config) []string {
 	}
 	// AHDS FHIR events reach the agent through Event Grid on a Service Bus
 	// fhir_changes queue; the embedded queue is fed by this process alone.
-	// A Service Bus queue may carry only the poller's notices, so this is a
-	// warning rather than a refusal.
+	// The agent refuses every event while the account is unset, and a
+	// Service Bus queue may carry only the poller's notices, so starting
+	// is allowed and the warning says what the refusals will be.
 	if cfg.Queue.Kind == "servicebus" && cfg.FHIR.BaseURL != "" && cfg.CRM.BaseURL != "" && cfg.Agent.FHIRAccount == "" {
 		ws = append(ws, "agent.fhir_account is not set: FHIR events on the Service Bus queue "+cfg.Queue.FHIRChanges+
-			" are accepted from any FHIR service; set it to your FHIR service's name (the events' data.resourceFhirAccount)")
+			" are refused as invalid messages; set it to your FHIR service's name (the events' data.resourceFhirAccount)")
 	}
 	return ws
 }
