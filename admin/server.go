@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,6 +49,10 @@ type Server struct {
 	cfg  Config
 	deps Deps
 	mux  *http.ServeMux
+	// open lists the patterns served outside the app's route table (the
+	// operational endpoints and mounted handlers that authenticate on
+	// their own), so a test can hold every route to an expectation.
+	open []string
 }
 
 // New builds the server. It fails fast on missing dependencies.
@@ -62,10 +67,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		cfg.ReadyTimeout = 3 * time.Second
 	}
 	s := &Server{cfg: cfg, deps: deps, mux: http.NewServeMux()}
-	s.mux.HandleFunc("GET /healthz", s.healthz)
-	s.mux.HandleFunc("GET /readyz", s.readyz)
+	s.handleOpen("GET /healthz", http.HandlerFunc(s.healthz))
+	s.handleOpen("GET /readyz", http.HandlerFunc(s.readyz))
 	if !cfg.SeparateMetrics {
-		s.mux.Handle("GET /metrics", s.Metrics())
+		s.handleOpen("GET /metrics", s.Metrics())
 	}
 	if err := s.mountApp(cfg.App); err != nil {
 		return nil, err
@@ -75,7 +80,18 @@ func New(cfg Config, deps Deps) (*Server, error) {
 
 // Mount serves h at pattern on the listener, beside the admin app (e.g.
 // the FHIR rest-hook notification endpoint). It authenticates on its own.
-func (s *Server) Mount(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+func (s *Server) Mount(pattern string, h http.Handler) { s.handleOpen(pattern, h) }
+
+// handleOpen serves h at pattern outside the app's route table.
+func (s *Server) handleOpen(pattern string, h http.Handler) {
+	s.mux.Handle(pattern, h)
+	s.open = append(s.open, pattern)
+}
+
+// OpenRoutes lists the patterns served outside the app's route table,
+// which the role × route matrix does not cover: each must authenticate on
+// its own or be meant for anyone (health, readiness, metrics).
+func (s *Server) OpenRoutes() []string { return slices.Clone(s.open) }
 
 // Metrics serves the registry's metrics in the Prometheus text format.
 func (s *Server) Metrics() http.Handler {

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -55,4 +56,44 @@ func TestOperationalEndpoints(t *testing.T) {
 			t.Errorf("/healthz = %d while not ready, want 200 (the process is up)", code)
 		}
 	})
+}
+
+// TestRoutesOutsideTheTable holds the routes served beside the admin app
+// to a list: a new one added outside the route table (and so outside the
+// role × route matrix) fails here until it is listed with why it needs no
+// sign-in.
+func TestRoutesOutsideTheTable(t *testing.T) {
+	t.Parallel()
+	db := storagetest.Open(t, storage.SQLite)
+	expect := map[string]string{
+		"GET /healthz": "liveness for orchestrators; says nothing but ok",
+		"GET /readyz":  "readiness for orchestrators; names no data",
+		"GET /metrics": "Prometheus metrics; moved to metrics_listen when set",
+	}
+	s, err := New(Config{}, Deps{DB: db, Registry: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := s.OpenRoutes()
+	for _, p := range got {
+		if _, ok := expect[p]; !ok {
+			t.Errorf("route %q is served outside the route table without an entry here", p)
+		}
+	}
+	for p := range expect {
+		if !slices.Contains(got, p) {
+			t.Errorf("route %q is expected outside the route table but not served", p)
+		}
+	}
+	s.Mount("POST /hooks/test", http.NotFoundHandler())
+	if !slices.Contains(s.OpenRoutes(), "POST /hooks/test") {
+		t.Error("a mounted handler is not listed among the routes outside the table")
+	}
+	sep, err := New(Config{SeparateMetrics: true}, Deps{DB: db, Registry: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(sep.OpenRoutes(), "GET /metrics") {
+		t.Error("/metrics is served on the admin listener although metrics_listen is set")
+	}
 }
