@@ -14,6 +14,7 @@ import (
 
 	"github.com/fhirsync/fhirsync/logs"
 	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/maps/path"
 	"github.com/fhirsync/fhirsync/queues"
 	"github.com/fhirsync/fhirsync/storage"
 )
@@ -411,7 +412,7 @@ func mapToFHIR(ctx context.Context, m *maps.Mapping, src record, cur *record, r 
 	if cur != nil {
 		// The engine writes into its base: map onto a copy, so that the
 		// record as read stays for the merge and a second mapping.
-		base, _ = deepCopyJSON(cur.Data).(map[string]any)
+		base, _ = path.DeepCopy(cur.Data).(map[string]any)
 	}
 	st := crmState(&src)
 	res, err := m.ToFHIRExcept(ctx, *st, base, r, skip)
@@ -467,23 +468,4 @@ func stillChanged(m *maps.Mapping, res *maps.CRMResult) []string {
 		}
 	}
 	return out
-}
-
-// deepCopyJSON copies a decoded JSON value.
-func deepCopyJSON(v any) any {
-	switch x := v.(type) {
-	case map[string]any:
-		m := make(map[string]any, len(x))
-		for k, e := range x {
-			m[k] = deepCopyJSON(e)
-		}
-		return m
-	case []any:
-		l := make([]any, len(x))
-		for i, e := range x {
-			l[i] = deepCopyJSON(e)
-		}
-		return l
-	}
-	return v
 }

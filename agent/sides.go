@@ -12,6 +12,7 @@ import (
 	"github.com/fhirsync/fhirsync/agent/fhir"
 	"github.com/fhirsync/fhirsync/logs"
 	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/maps/path"
 )
 
 // fhirAPI is what the agent needs from the FHIR client.
@@ -249,7 +250,7 @@ func (s fhirSide) write(ctx context.Context, m *maps.Mapping, src record, cur *r
 // deactivate sets the resource's active element to false, with If-Match
 // on the version read.
 func (s fhirSide) deactivate(ctx context.Context, m *maps.Mapping, cur record) (written, error) {
-	res, _ := deepCopyJSON(cur.Data).(map[string]any)
+	res, _ := path.DeepCopy(cur.Data).(map[string]any)
 	if res == nil {
 		return written{}, Permanent(fmt.Errorf("no resource to deactivate"))
 	}

@@ -179,7 +179,7 @@ func TestConformanceStarterRoundTrip(t *testing.T) {
 func conformanceRoundTrip(ctx context.Context, t *testing.T, m *Mapping, c corpusResource, want conformanceCase, r LookupResolver) bool {
 	t.Helper()
 	orig := c.res
-	out, err := m.ToCRM(ctx, deepCopyJSON(orig).(map[string]any), nil, r)
+	out, err := m.ToCRM(ctx, path.DeepCopy(orig).(map[string]any), nil, r)
 	if want.mappingError != "" {
 		var me *MappingError
 		if !errors.As(err, &me) || me.Attribute != want.mappingError {
@@ -229,7 +229,7 @@ func conformanceRoundTrip(ctx context.Context, t *testing.T, m *Mapping, c corpu
 	}
 
 	// As the agent writes back: onto the current resource.
-	back, err := m.ToFHIR(ctx, state, deepCopyJSON(orig).(map[string]any), r)
+	back, err := m.ToFHIR(ctx, state, path.DeepCopy(orig).(map[string]any), r)
 	if err != nil {
 		t.Errorf("CRM → FHIR onto the current resource: %v", err)
 		return false
@@ -240,7 +240,7 @@ func conformanceRoundTrip(ctx context.Context, t *testing.T, m *Mapping, c corpu
 			t.Errorf("write-back onto the current resource changed %v, want only the correlation identifier", back.Changed)
 			ok = false
 		}
-		got = deepCopyJSON(got).(map[string]any)
+		got = path.DeepCopy(got).(map[string]any)
 		if err := m.corrPath.Set(got, nil); err != nil {
 			t.Fatalf("removing the correlation identifier: %v", err)
 		}
@@ -403,22 +403,4 @@ func jsonEqualExact(a, b any) bool {
 	ea, err1 := EncodeJSON(a)
 	eb, err2 := EncodeJSON(b)
 	return err1 == nil && err2 == nil && string(ea) == string(eb)
-}
-
-func deepCopyJSON(v any) any {
-	switch x := v.(type) {
-	case map[string]any:
-		m := make(map[string]any, len(x))
-		for k, e := range x {
-			m[k] = deepCopyJSON(e)
-		}
-		return m
-	case []any:
-		l := make([]any, len(x))
-		for i, e := range x {
-			l[i] = deepCopyJSON(e)
-		}
-		return l
-	}
-	return v
 }

@@ -216,7 +216,7 @@ func (p *Path) leaf(v any, st *step, sp *stepPlan) (any, error) {
 	}
 	out := make(map[string]any, len(m)+len(sp.disc))
 	for k, x := range sp.disc {
-		out[k] = deepCopy(x)
+		out[k] = DeepCopy(x)
 	}
 	for k, x := range m {
 		out[k] = x
@@ -231,7 +231,7 @@ func newItem(sp *stepPlan) map[string]any {
 	if sp.disc == nil {
 		return map[string]any{}
 	}
-	return deepCopy(sp.disc).(map[string]any)
+	return DeepCopy(sp.disc).(map[string]any)
 }
 
 // find returns the position in arr of the item the step selects (the
@@ -331,18 +331,20 @@ func detach(l link) {
 	l.parent[l.key] = out
 }
 
-func deepCopy(v any) any {
+// DeepCopy copies a decoded JSON value (maps and lists all the way down;
+// strings, numbers, booleans and nil are shared, being immutable).
+func DeepCopy(v any) any {
 	switch x := v.(type) {
 	case map[string]any:
 		m := make(map[string]any, len(x))
 		for k, e := range x {
-			m[k] = deepCopy(e)
+			m[k] = DeepCopy(e)
 		}
 		return m
 	case []any:
 		l := make([]any, len(x))
 		for i, e := range x {
-			l[i] = deepCopy(e)
+			l[i] = DeepCopy(e)
 		}
 		return l
 	}
