@@ -24,6 +24,7 @@ import (
 
 	"gorm.io/gorm"
 
+	"github.com/fhirsync/fhirsync/agent/fhir"
 	"github.com/fhirsync/fhirsync/logs"
 	"github.com/fhirsync/fhirsync/maps"
 	"github.com/fhirsync/fhirsync/queues"
@@ -355,17 +356,6 @@ func (mg *pairMerge) heldNames() string {
 	return strings.Join(names, ", ")
 }
 
-// fhirModified is a resource's meta.lastUpdated; zero when absent.
-func fhirModified(res map[string]any) time.Time {
-	meta, _ := res["meta"].(map[string]any)
-	s, _ := meta["lastUpdated"].(string)
-	t, err := time.Parse(time.RFC3339Nano, s)
-	if err != nil {
-		return time.Time{}
-	}
-	return t
-}
-
 // crmModified is a CRM record's modifiedon; zero when absent.
 func crmModified(rec map[string]any) time.Time {
 	s, _ := rec["modifiedon"].(string)
@@ -468,7 +458,7 @@ func (p *pipeline) deleteVersusEdit(ctx context.Context, f *flow, m *maps.Mappin
 		editAt = crmModified(rec)
 	} else {
 		res = cur.Data
-		editAt = fhirModified(res)
+		editAt = fhir.Resource(res).LastUpdated()
 	}
 	var edited []string
 	var kids map[string][]map[string]any
@@ -665,7 +655,7 @@ func (p *pipeline) editTimes(ctx context.Context, f *flow, src record, cur *reco
 		case own:
 			return oldC
 		case isFHIR:
-			return fhirModified(r.Data)
+			return fhir.Resource(r.Data).LastUpdated()
 		}
 		var rec map[string]any
 		if st := crmState(&r); st != nil {
@@ -705,7 +695,7 @@ const pairBusyWindow = time.Minute
 // modifiedOf is the target record's modified time.
 func modifiedOf(f *flow, cur record) time.Time {
 	if f.side == queues.SideCRM {
-		return fhirModified(cur.Data)
+		return fhir.Resource(cur.Data).LastUpdated()
 	}
 	var rec map[string]any
 	if st := crmState(&cur); st != nil {
@@ -782,7 +772,7 @@ func (p *pipeline) pairKeys(ctx context.Context, f *flow, m *maps.Mapping, src r
 	var keys []string
 	if f.side == queues.SideFHIR {
 		keys = append(keys, "fhir:"+em.FHIRType+"/"+src.ID)
-		if v := fhirBusinessKey(em, src.Data); v != "" {
+		if v, ok := m.BusinessKeyValue(src.Data); ok {
 			keys = append(keys, "key:"+em.FHIRType+"/"+v)
 		}
 		return keys

@@ -172,25 +172,6 @@ func crmBusinessKey(em *maps.EntityMap, src *record) string {
 	return v
 }
 
-// fhirBusinessKey is the resource's identifier value under the map's
-// business key system ("" when none).
-func fhirBusinessKey(em *maps.EntityMap, res map[string]any) string {
-	bk := em.Correlation.BusinessKey
-	if bk == nil {
-		return ""
-	}
-	ids, _ := res["identifier"].([]any)
-	for _, x := range ids {
-		id, _ := x.(map[string]any)
-		if sys, _ := id["system"].(string); sys == bk.FHIRIdentifierSystem {
-			if v, _ := id["value"].(string); v != "" {
-				return v
-			}
-		}
-	}
-	return ""
-}
-
 // conditionalCreator is a FHIR client that creates with If-None-Exist.
 type conditionalCreator interface {
 	CreateIfNoneExist(ctx context.Context, res fhir.Resource, criteria url.Values) (fhir.Resource, bool, error)
@@ -210,7 +191,7 @@ func (s fhirSide) write(ctx context.Context, m *maps.Mapping, src record, cur *r
 	} else {
 		delete(res, "id")
 		cc, ok := s.api.(conditionalCreator)
-		if v := fhirBusinessKey(em, res); v != "" && ok {
+		if v, has := m.BusinessKeyValue(res); has && ok {
 			// Created on both sides at once: the server links by the
 			// business key instead of creating a second resource.
 			var made bool
@@ -343,8 +324,8 @@ func (s crmSide) find(ctx context.Context, m *maps.Mapping, src record, cached *
 	if isMissing(err) {
 		// The same record created on both sides: the business key, an
 		// alternate key of the entity, links them.
-		v := fhirBusinessKey(em, src.Data)
-		if v == "" {
+		v, has := m.BusinessKeyValue(src.Data)
+		if !has {
 			return record{}, errGone
 		}
 		rec, err = s.api.Retrieve(ctx, crm.ByKey(em.CRMEntitySet, em.Correlation.BusinessKey.CRMAttribute, v))
