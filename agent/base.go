@@ -422,13 +422,7 @@ func (p *pipeline) baseAfter(f *flow, m *maps.Mapping, src record, cur *record, 
 			return nil
 		}
 		res = r
-		if st := crmState(&src); st != nil {
-			rec = st.Record
-			kids = st.Children
-			if kids == nil {
-				kids = map[string][]map[string]any{}
-			}
-		}
+		rec, kids = crmParts(&src)
 	}
 	if l.FHIRID == "" || l.CRMID == "" {
 		return nil

@@ -88,19 +88,15 @@ func pairOf(f *flow, em *maps.EntityMap, src, cur record) link {
 	return l
 }
 
-// sidesOf returns the FHIR resource and the CRM record of a pair.
-func sidesOf(f *flow, src, cur record) (res, rec map[string]any) {
+// sidesOf returns the FHIR resource, the CRM record and its child rows of
+// a pair.
+func sidesOf(f *flow, src, cur record) (res, rec map[string]any, kids map[string][]map[string]any) {
 	if f.side == queues.SideFHIR {
-		res = src.Data
-		if st := crmState(&cur); st != nil {
-			rec = st.Record
-		}
-		return res, rec
+		rec, kids = crmParts(&cur)
+		return src.Data, rec, kids
 	}
-	if st := crmState(&src); st != nil {
-		rec = st.Record
-	}
-	return cur.Data, rec
+	rec, kids = crmParts(&src)
+	return cur.Data, rec, kids
 }
 
 // mergeOptions is the agent's last-writer-wins configuration.
@@ -115,8 +111,7 @@ func (p *pipeline) mergeOptions() mergeOptions {
 func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src, cur record, srcOwn, linked bool, out mapped) (*pairMerge, error) {
 	em := mp.Def()
 	l := pairOf(f, em, src, cur)
-	res, rec := sidesOf(f, src, cur)
-	kids := childrenOf(f, src, cur)
+	res, rec, kids := sidesOf(f, src, cur)
 	mg := &pairMerge{skip: maps.Except{}, keep: map[string]bool{}}
 	old, err := p.links.base(ctx, l)
 	switch {
@@ -449,25 +444,18 @@ func (p *pipeline) deleteVersusEdit(ctx context.Context, f *flow, m *maps.Mappin
 	if err != nil {
 		return nil, false, err
 	}
+	// Only the target's side (the one that may have been edited) is read.
 	var res, rec map[string]any
+	var kids map[string][]map[string]any
 	var editAt time.Time
 	if f.side == queues.SideFHIR {
-		if st := crmState(&cur); st != nil {
-			rec = st.Record
-		}
+		rec, kids = crmParts(&cur)
 		editAt = crmModified(rec)
 	} else {
 		res = cur.Data
 		editAt = fhir.Resource(res).LastUpdated()
 	}
 	var edited []string
-	var kids map[string][]map[string]any
-	if st := crmState(&cur); f.side == queues.SideFHIR && st != nil {
-		kids = st.Children
-		if kids == nil {
-			kids = map[string][]map[string]any{}
-		}
-	}
 	for _, v := range p.base.read(m, l, res, rec, kids) {
 		b, ok := old.Attrs[v.name]
 		if !ok {
@@ -603,15 +591,15 @@ func (p *pipeline) changedSinceBase(ctx context.Context, f *flow, mp *maps.Mappi
 		return false, err
 	}
 	em := mp.Def()
+	// Only the source's side is compared.
 	var res, rec map[string]any
+	var kids map[string][]map[string]any
 	target := queues.SideCRM
 	if f.side == queues.SideFHIR {
 		res = src.Data
 	} else {
 		target = queues.SideFHIR
-		if st := crmState(&src); st != nil {
-			rec = st.Record
-		}
+		rec, kids = crmParts(&src)
 	}
 	dirs := make(map[string]maps.Direction, len(em.Attributes))
 	for _, a := range em.Attributes {
@@ -619,10 +607,6 @@ func (p *pipeline) changedSinceBase(ctx context.Context, f *flow, mp *maps.Mappi
 	}
 	for _, x := range em.Expansions {
 		dirs[x.Name] = x.Direction
-	}
-	kids := map[string][]map[string]any{}
-	if st := crmState(&src); f.side == queues.SideCRM && st != nil && st.Children != nil {
-		kids = st.Children
 	}
 	for _, v := range p.base.read(mp, *cached, res, rec, kids) {
 		if !mergeTravels(dirs[v.name], target) {
@@ -788,19 +772,6 @@ func (p *pipeline) pairKeys(ctx context.Context, f *flow, m *maps.Mapping, src r
 		keys = append(keys, "key:"+em.FHIRType+"/"+v)
 	}
 	return keys
-}
-
-// childrenOf is the CRM record's child rows of a pair, never nil: both
-// records were read in full.
-func childrenOf(f *flow, src, cur record) map[string][]map[string]any {
-	r := cur
-	if f.side == queues.SideCRM {
-		r = src
-	}
-	if st := crmState(&r); st != nil && st.Children != nil {
-		return st.Children
-	}
-	return map[string][]map[string]any{}
 }
 
 // backwardNotice is a change notice of the target record cur, for a merge

@@ -310,6 +310,19 @@ func crmState(r *record) *maps.CRMState {
 	return &st
 }
 
+// crmParts is a CRM record as read in full: its attributes and its child
+// rows by expansion map (never nil, so none read means none there).
+func crmParts(r *record) (rec map[string]any, kids map[string][]map[string]any) {
+	kids = map[string][]map[string]any{}
+	if st := crmState(r); st != nil {
+		rec = st.Record
+		if st.Children != nil {
+			kids = st.Children
+		}
+	}
+	return rec, kids
+}
+
 // find locates the CRM record correlated with a FHIR resource: the cached
 // link, else the alternate key holding the FHIR id.
 func (s crmSide) find(ctx context.Context, m *maps.Mapping, src record, cached *link) (record, error) {
