@@ -181,7 +181,9 @@ func (c *Client) Create(ctx context.Context, res Resource) (Resource, error) {
 // one match it answers with the existing resource and creates nothing,
 // with several it refuses (ClassConflict, 412) — FHIR R4 conditional create
 // (https://hl7.org/fhir/R4/http.html#ccreate). created reports whether the
-// resource returned is new.
+// resource returned is new. R4 only says that on one match the server
+// "ignores the post and returns 200 OK": the body may be the existing
+// resource (HAPI, Medplum) or nothing, and then the resource is nil.
 func (c *Client) CreateIfNoneExist(ctx context.Context, res Resource, criteria url.Values) (r Resource, created bool, err error) {
 	typ := res.Type()
 	op := "conditional create " + typ
@@ -193,8 +195,14 @@ func (c *Client) CreateIfNoneExist(ctx context.Context, res Resource, criteria u
 		return nil, false, fmt.Errorf("fhir %s: %w", op, err)
 	}
 	h := http.Header{"If-None-Exist": {criteria.Encode()}}
-	r, status, err := c.doResource(ctx, call{op: op, method: http.MethodPost, path: typ, body: body, header: h, want: typ})
-	return r, status == http.StatusCreated, err
+	r, status, err := c.do(ctx, call{op: op, method: http.MethodPost, path: typ, body: body, header: h, want: typ, allowEmpty: true})
+	if err != nil {
+		return nil, false, err
+	}
+	if status == http.StatusCreated && r == nil {
+		return nil, false, invalidResponse(op, status, "empty body where a %s was expected", typ)
+	}
+	return r, status == http.StatusCreated, nil
 }
 
 // Update PUTs res to its type/id. With ifMatch set (a version id), the

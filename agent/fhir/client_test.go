@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"regexp"
@@ -88,6 +89,31 @@ func TestClientSuite(t *testing.T) {
 	}
 }
 
+// conditionalCreateCase: If-None-Exist on the identifier creates once,
+// then reports the match without creating (R4 http.html#ccreate).
+var conditionalCreateCase = suiteCase{"conditional create", func(ctx context.Context, t *testing.T, c *Client, _ target) {
+	val := uniq("ccreate")
+	crit := url.Values{"identifier": {testSystem + "|" + val}}
+	first, created, err := c.CreateIfNoneExist(ctx, patient(testSystem, val), crit)
+	if err != nil || !created || first.ID() == "" {
+		t.Fatalf("first conditional create = %v, created %v, %v; want a new resource", first, created, err)
+	}
+	again, created, err := c.CreateIfNoneExist(ctx, patient(testSystem, val), crit)
+	if err != nil || created {
+		t.Fatalf("second conditional create: created %v, %v; want the match", created, err)
+	}
+	if again != nil && again.ID() != first.ID() {
+		t.Errorf("the match answered %s, want %s", again.ID(), first.ID())
+	}
+	page, err := c.Search(ctx, "Patient", crit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(page.Entries); n != 1 {
+		t.Errorf("%d Patients carry the identifier, want 1", n)
+	}
+}}
+
 type suiteCase struct {
 	name string
 	run  func(ctx context.Context, t *testing.T, c *Client, tg target)
@@ -146,6 +172,7 @@ func wantClass(t *testing.T, err error, class Class) *Error {
 }
 
 var suite = []suiteCase{
+	conditionalCreateCase,
 	{"capabilities", func(ctx context.Context, t *testing.T, c *Client, tg target) {
 		cs, err := c.Capabilities(ctx)
 		if err != nil {
@@ -460,6 +487,31 @@ var suite = []suiteCase{
 			t.Errorf("status %d retryable %v outcome %q; want a permanent 400 with outcome text", fe.Status, fe.Retryable, fe.Outcome)
 		}
 	}},
+}
+
+// TestConditionalCreateMatchWithoutBody: R4 says only that a conditional
+// create with one match "ignores the post and returns 200 OK"
+// (https://hl7.org/fhir/R4/http.html#ccreate); a server may answer with
+// no body, and that is a match, not an invalid response.
+func TestConditionalCreateMatchWithoutBody(t *testing.T) {
+	t.Parallel()
+	var got string
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = r.Header.Get("If-None-Exist")
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer hs.Close()
+	c, err := New(Config{BaseURL: hs.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, created, err := c.CreateIfNoneExist(context.Background(), patient(testSystem, "x"), url.Values{"identifier": {testSystem + "|x"}})
+	if err != nil || created || r != nil {
+		t.Fatalf("CreateIfNoneExist = %v, created %v, %v; want a match with no resource", r, created, err)
+	}
+	if got != "identifier="+url.QueryEscape(testSystem+"|x") {
+		t.Errorf("If-None-Exist = %q", got)
+	}
 }
 
 // BenchmarkConditionalUpdate measures the agent's FHIR write path, client
