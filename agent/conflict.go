@@ -750,19 +750,21 @@ func (l *pairLocks) lock(keys []string) (unlock func(), waited bool) {
 // pairKeys names the pair a source record belongs to: its FHIR resource
 // (the source itself, or for a CRM record the linked or correlated one)
 // and its business key, which is all two records created on both sides
-// share before they are linked.
-func (p *pipeline) pairKeys(ctx context.Context, f *flow, m *maps.Mapping, src record) []string {
+// share before they are linked. For a CRM record it reads the link, and
+// returns it (nil: none) with looked true, so the caller need not read it
+// again.
+func (p *pipeline) pairKeys(ctx context.Context, f *flow, m *maps.Mapping, src record) (keys []string, l *link, looked bool) {
 	em := m.Def()
-	var keys []string
 	if f.side == queues.SideFHIR {
 		keys = append(keys, "fhir:"+em.FHIRType+"/"+src.ID)
 		if v, ok := m.BusinessKeyValue(src.Data); ok {
 			keys = append(keys, "key:"+em.FHIRType+"/"+v)
 		}
-		return keys
+		return keys, nil, false
 	}
-	if l, err := p.links.byCRM(ctx, em.Name, src.ID); err == nil {
-		keys = append(keys, "fhir:"+em.FHIRType+"/"+l.FHIRID)
+	if cl := p.cachedLink(ctx, f, em, src.ID); cl != nil {
+		l = cl
+		keys = append(keys, "fhir:"+em.FHIRType+"/"+cl.FHIRID)
 	} else if st := crmState(&src); st != nil {
 		if id, _ := st.Record[em.Correlation.CRMAttribute].(string); id != "" {
 			keys = append(keys, "fhir:"+em.FHIRType+"/"+id)
@@ -771,7 +773,7 @@ func (p *pipeline) pairKeys(ctx context.Context, f *flow, m *maps.Mapping, src r
 	if v := crmBusinessKey(em, &src); v != "" {
 		keys = append(keys, "key:"+em.FHIRType+"/"+v)
 	}
-	return keys
+	return keys, l, true
 }
 
 // backwardNotice is a change notice of the target record cur, for a merge

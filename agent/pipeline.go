@@ -265,6 +265,10 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 	}
 
 	src, err := f.source.read(ctx, open[0], n.ID)
+	// pre is the link of open[0] that naming the pair read, when nothing
+	// can have changed it since: reused as the cached link below.
+	var pre *link
+	preOK := false
 	if p.base != nil && (err == nil || errors.Is(err, errGone)) {
 		// One message at a time per pair in this process: the merge reads
 		// the target and the base, and must see the last message's writes
@@ -274,10 +278,13 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 		if err != nil {
 			who = record{Type: n.Type, ID: n.ID} // deleted: its id is all there is
 		}
-		unlock, waited := p.pairs.lock(p.pairKeys(ctx, f, open[0], who))
+		keys, l, looked := p.pairKeys(ctx, f, open[0], who)
+		unlock, waited := p.pairs.lock(keys)
 		u.unlock = unlock
 		if waited {
 			src, err = f.source.read(ctx, open[0], n.ID)
+		} else {
+			pre, preOK = l, looked
 		}
 	}
 	gone := errors.Is(err, errGone)
@@ -337,7 +344,10 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 	d.EntityMap = em.Name
 	// The correlation link is read once per message and serves the stale
 	// check, the target lookup and the link update below.
-	cached := p.cachedLink(ctx, f, em, src.ID)
+	cached := pre
+	if !preOK || mp != open[0] {
+		cached = p.cachedLink(ctx, f, em, src.ID)
+	}
 	if st := staleCheck(f, n, src, cached); st != nil {
 		return st
 	}
