@@ -67,9 +67,30 @@ func (c conflictView) Choices() []conflictChoice {
 }
 
 // conflictID reads the {id} path value.
-func conflictID(r *http.Request) (int64, bool) {
+// conflictID is the held conflict's id in the path; when there is none it
+// answers 404 and reports false.
+func (a *app) conflictID(w http.ResponseWriter, r *http.Request) (int64, bool) {
 	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
-	return id, err == nil && id > 0
+	if err != nil || id <= 0 {
+		a.renderError(w, r, http.StatusNotFound, "No such held conflict.")
+		return 0, false
+	}
+	return id, true
+}
+
+// loadConflict reads the held conflict the path names; when it cannot it
+// answers the error and reports false.
+func (a *app) loadConflict(w http.ResponseWriter, r *http.Request) (logs.HeldConflict, bool) {
+	id, ok := a.conflictID(w, r)
+	if !ok {
+		return logs.HeldConflict{}, false
+	}
+	c, err := a.data.logs.Conflict(r.Context(), id)
+	if err != nil {
+		a.conflictsError(w, r, err)
+		return logs.HeldConflict{}, false
+	}
+	return c, true
 }
 
 // conflictsError maps a held-conflict error to what the user can fix.
@@ -198,20 +219,14 @@ func valueText(v any) string {
 }
 
 func (a *app) conflictPage(w http.ResponseWriter, r *http.Request) {
-	id, ok := conflictID(r)
+	c, ok := a.loadConflict(w, r)
 	if !ok {
-		a.renderError(w, r, http.StatusNotFound, "No such held conflict.")
-		return
-	}
-	c, err := a.data.logs.Conflict(r.Context(), id)
-	if err != nil {
-		a.conflictsError(w, r, err)
 		return
 	}
 	u, _ := currentUser(r)
 	d := conflictData{C: conflictView{c}, CanResolve: u.can(permConflictsResolve) && c.Status == logs.ConflictOpen}
 	d.FHIR, d.CRM = a.conflictValues(r, u, c)
-	a.render(w, r, http.StatusOK, "conflict", fmt.Sprintf("Conflict %d", id), d)
+	a.render(w, r, http.StatusOK, "conflict", fmt.Sprintf("Conflict %d", c.ID), d)
 }
 
 // resolveConflictPost records the signed-in user's choice and returns to
@@ -226,9 +241,8 @@ func (a *app) resolveConflictPost(w http.ResponseWriter, r *http.Request) {
 		a.renderError(w, r, http.StatusBadRequest, "Choose the FHIR or the CRM side.")
 		return
 	}
-	id, ok := conflictID(r)
+	id, ok := a.conflictID(w, r)
 	if !ok {
-		a.renderError(w, r, http.StatusNotFound, "No such held conflict.")
 		return
 	}
 	if err := a.data.logs.ResolveConflict(r.Context(), id, take, actor(r)); err != nil {
@@ -265,14 +279,8 @@ func (a *app) apiConflicts(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *app) apiConflict(w http.ResponseWriter, r *http.Request) {
-	id, ok := conflictID(r)
+	c, ok := a.loadConflict(w, r)
 	if !ok {
-		a.renderError(w, r, http.StatusNotFound, "No such held conflict.")
-		return
-	}
-	c, err := a.data.logs.Conflict(r.Context(), id)
-	if err != nil {
-		a.conflictsError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, c)
@@ -281,9 +289,8 @@ func (a *app) apiConflict(w http.ResponseWriter, r *http.Request) {
 // apiConflictValues is GET /api/v1/conflicts/{id}/values: both sides'
 // values, for holders of the PHI permission; every read is audited.
 func (a *app) apiConflictValues(w http.ResponseWriter, r *http.Request) {
-	id, ok := conflictID(r)
+	id, ok := a.conflictID(w, r)
 	if !ok {
-		a.renderError(w, r, http.StatusNotFound, "No such held conflict.")
 		return
 	}
 	u, _ := currentUser(r)
@@ -316,9 +323,8 @@ func (a *app) apiResolveConflict(w http.ResponseWriter, r *http.Request) {
 		a.renderError(w, r, http.StatusBadRequest, `take must be "fhir" or "crm".`)
 		return
 	}
-	id, ok := conflictID(r)
+	id, ok := a.conflictID(w, r)
 	if !ok {
-		a.renderError(w, r, http.StatusNotFound, "No such held conflict.")
 		return
 	}
 	if err := a.data.logs.ResolveConflict(r.Context(), id, req.Take, actor(r)); err != nil {
