@@ -106,8 +106,18 @@ func (e *Error) Is(target error) bool {
 
 // statusError classifies a non-2xx response.
 func statusError(op string, resp *http.Response, outcome string, now time.Time) *Error {
-	e := &Error{Op: op, Status: resp.StatusCode, Outcome: outcome}
-	switch s := resp.StatusCode; {
+	e := classifyStatus(op, resp.StatusCode, outcome)
+	if e.Retryable {
+		e.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), now)
+	}
+	return e
+}
+
+// classifyStatus turns a non-2xx status — of a response, or of one entry
+// of a batch-response Bundle — into an *Error of its class.
+func classifyStatus(op string, status int, outcome string) *Error {
+	e := &Error{Op: op, Status: status, Outcome: outcome}
+	switch s := status; {
 	case s == http.StatusTooManyRequests:
 		e.Class, e.Retryable = ClassThrottled, true
 	case s == http.StatusUnauthorized || s == http.StatusForbidden:
@@ -122,9 +132,6 @@ func statusError(op string, resp *http.Response, outcome string, now time.Time) 
 		e.Class, e.Retryable = ClassUnavailable, true
 	default:
 		e.Class = ClassRejected
-	}
-	if e.Retryable {
-		e.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), now)
 	}
 	return e
 }

@@ -1,0 +1,660 @@
+package fhir
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// countingTransport counts requests by "METHOD path" (the base's path
+// removed), so a test sees whether writes went as Bundles or singly.
+type countingTransport struct {
+	base string
+	mu   sync.Mutex
+	n    map[string]int
+}
+
+func (ct *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	p := strings.Trim(strings.TrimPrefix(r.URL.Path, ct.base), "/")
+	p, _, _ = strings.Cut(p, "/") // "Patient/123" counts as "Patient"
+	p = "/" + p
+	ct.mu.Lock()
+	ct.n[r.Method+" "+p]++
+	ct.mu.Unlock()
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+func (ct *countingTransport) count(key string) int {
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	return ct.n[key]
+}
+
+func countingClient(t *testing.T, base string) (*Client, *countingTransport) {
+	t.Helper()
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct := &countingTransport{base: strings.TrimRight(u.Path, "/"), n: map[string]int{}}
+	c, err := New(Config{BaseURL: base, Timeout: 20 * time.Second, HTTPClient: &http.Client{Transport: ct}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, ct
+}
+
+// writer is what both the Client and the Batcher offer the agent.
+type writer interface {
+	Create(ctx context.Context, res Resource) (Resource, error)
+	CreateIfNoneExist(ctx context.Context, res Resource, criteria url.Values) (Resource, bool, error)
+	Update(ctx context.Context, res Resource, ifMatch string) (Resource, error)
+	Delete(ctx context.Context, typ, id string) error
+}
+
+var (
+	_ writer = (*Client)(nil)
+	_ writer = (*Batcher)(nil)
+)
+
+// batchCase prepares server state with the plain client and returns the
+// call to make, which reports its outcome as a comparable string.
+type batchCase struct {
+	name string
+	// want is the outcome both paths must give; "" compares the batched
+	// path with the single one only (servers differ there).
+	want    string
+	prepare func(ctx context.Context, t *testing.T, c *Client) func(ctx context.Context, w writer) string
+}
+
+// outcome renders a call's result without server-assigned values.
+func outcome(res Resource, created *bool, err error) string {
+	if err != nil {
+		var fe *Error
+		if !errors.As(err, &fe) {
+			return "error " + err.Error()
+		}
+		return fmt.Sprintf("%s %d", fe.Class, fe.Status)
+	}
+	s := "ok"
+	if res != nil {
+		s += " " + res.Type()
+		if res.ID() == "" || res.VersionID() == "" {
+			s += " without id or version"
+		}
+	}
+	if created != nil {
+		s += fmt.Sprintf(" created=%v", *created)
+	}
+	return s
+}
+
+func made(ctx context.Context, t *testing.T, c *Client, val string) Resource {
+	t.Helper()
+	r, err := c.Create(ctx, patient(testSystem, val))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+var batchCases = []batchCase{
+	{"create", "ok Patient", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+		val := uniq("bcreate")
+		return func(ctx context.Context, w writer) string {
+			r, err := w.Create(ctx, patient(testSystem, val))
+			return outcome(r, nil, err)
+		}
+	}},
+	{"conditional create without a match", "ok Patient created=true", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+		val := uniq("bcc0")
+		return func(ctx context.Context, w writer) string {
+			r, made, err := w.CreateIfNoneExist(ctx, patient(testSystem, val), url.Values{"identifier": {testSystem + "|" + val}})
+			return outcome(r, &made, err)
+		}
+	}},
+	{"conditional create with one match", "", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+		val := uniq("bcc1")
+		made(ctx, t, c, val)
+		return func(ctx context.Context, w writer) string {
+			r, made, err := w.CreateIfNoneExist(ctx, patient(testSystem, val), url.Values{"identifier": {testSystem + "|" + val}})
+			return outcome(r, &made, err)
+		}
+	}},
+	{"conditional create with two matches", "conflict 412", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+		val := uniq("bcc2")
+		made(ctx, t, c, val)
+		made(ctx, t, c, val)
+		return func(ctx context.Context, w writer) string {
+			r, made, err := w.CreateIfNoneExist(ctx, patient(testSystem, val), url.Values{"identifier": {testSystem + "|" + val}})
+			return outcome(r, &made, err)
+		}
+	}},
+	{"update with the current version", "ok Patient", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+		cur := made(ctx, t, c, uniq("bupd"))
+		return func(ctx context.Context, w writer) string {
+			r, err := w.Update(ctx, cur, cur.VersionID())
+			return outcome(r, nil, err)
+		}
+	}},
+	{"update with a stale version", "conflict 412", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+		old := made(ctx, t, c, uniq("bstale"))
+		if _, err := c.Update(ctx, old, ""); err != nil {
+			t.Fatal(err)
+		}
+		return func(ctx context.Context, w writer) string {
+			r, err := w.Update(ctx, old, old.VersionID())
+			return outcome(r, nil, err)
+		}
+	}},
+	{"update without If-Match", "ok Patient", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+		cur := made(ctx, t, c, uniq("bnoif"))
+		return func(ctx context.Context, w writer) string {
+			r, err := w.Update(ctx, cur, "")
+			return outcome(r, nil, err)
+		}
+	}},
+	{"update of a deleted resource with If-Match", "", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+		cur := made(ctx, t, c, uniq("bgone"))
+		if err := c.Delete(ctx, "Patient", cur.ID()); err != nil {
+			t.Fatal(err)
+		}
+		return func(ctx context.Context, w writer) string {
+			r, err := w.Update(ctx, cur, cur.VersionID())
+			return outcome(r, nil, err)
+		}
+	}},
+	{"create of an invalid resource", "", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+		return func(ctx context.Context, w writer) string {
+			r, err := w.Create(ctx, Resource{"resourceType": "Patient", "birthDate": "not a date", "gender": 7})
+			return outcome(r, nil, err)
+		}
+	}},
+	{"delete", "ok", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+		cur := made(ctx, t, c, uniq("bdel"))
+		return func(ctx context.Context, w writer) string {
+			return outcome(nil, nil, w.Delete(ctx, "Patient", cur.ID()))
+		}
+	}},
+	{"delete of what does not exist", "", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+		id := uniq("nobody")
+		return func(ctx context.Context, w writer) string {
+			return outcome(nil, nil, w.Delete(ctx, "Patient", id))
+		}
+	}},
+}
+
+// TestBatcherSuite: each write gives, from its entry of a batch Bundle,
+// what the same call made singly gives (R4 http.html#transaction), against
+// every target; the writes of concurrent callers go as one Bundle.
+func TestBatcherSuite(t *testing.T) {
+	t.Parallel()
+	for _, tg := range targets() {
+		t.Run(tg.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			base := tg.start(t)
+			c, ct := countingClient(t, base)
+			// Two states per case, one for each path.
+			single := make([]func(context.Context, writer) string, len(batchCases))
+			batched := make([]func(context.Context, writer) string, len(batchCases))
+			for i, bc := range batchCases {
+				single[i] = bc.prepare(ctx, t, c)
+				batched[i] = bc.prepare(ctx, t, c)
+			}
+			want := make([]string, len(batchCases))
+			for i := range batchCases {
+				want[i] = single[i](ctx, c)
+			}
+			// Max is the number of cases and Wait long: the Bundle goes
+			// when the last caller joins, never by the timer.
+			b, err := NewBatcher(c, BatchConfig{Max: len(batchCases), Wait: time.Minute})
+			if err != nil {
+				t.Fatal(err)
+			}
+			before := ct.count("POST /")
+			got := make([]string, len(batchCases))
+			var wg sync.WaitGroup
+			for i := range batchCases {
+				wg.Go(func() { got[i] = batched[i](ctx, b) })
+			}
+			wg.Wait()
+			if n := ct.count("POST /") - before; n != 1 {
+				t.Errorf("%d batch Bundles posted, want 1", n)
+			}
+			for i, bc := range batchCases {
+				if bc.want != "" && want[i] != bc.want {
+					t.Errorf("%s singly: %s, want %s", bc.name, want[i], bc.want)
+				}
+				if got[i] != want[i] {
+					t.Errorf("%s in a batch: %s; singly: %s", bc.name, got[i], want[i])
+				}
+			}
+		})
+	}
+}
+
+// TestBatcherManyWriters: many concurrent callers, Bundles of at most Max
+// entries, every caller its own resource back (run with -race).
+func TestBatcherManyWriters(t *testing.T) {
+	t.Parallel()
+	for _, tg := range targets() {
+		t.Run(tg.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			c, ct := countingClient(t, tg.start(t))
+			b, err := NewBatcher(c, BatchConfig{Max: 10, Wait: time.Minute})
+			if err != nil {
+				t.Fatal(err)
+			}
+			const n = 60
+			vals := make([]string, n)
+			for i := range vals {
+				vals[i] = uniq(fmt.Sprintf("many%d", i))
+			}
+			created := make([]Resource, n)
+			errs := make([]error, n)
+			var wg sync.WaitGroup
+			for i := range n {
+				wg.Go(func() { created[i], errs[i] = b.Create(ctx, patient(testSystem, vals[i])) })
+			}
+			wg.Wait()
+			for i := range n {
+				if errs[i] != nil {
+					t.Fatalf("create %d: %v", i, errs[i])
+				}
+				if got := identifierValue(created[i]); got != vals[i] {
+					t.Fatalf("caller %d got the resource with identifier %q, want %q", i, got, vals[i])
+				}
+			}
+			if got := ct.count("POST /"); got != n/10 {
+				t.Errorf("%d Bundles for %d creates with Max 10, want %d", got, n, n/10)
+			}
+			if got := ct.count("POST /Patient"); got != 0 {
+				t.Errorf("%d single creates, want none", got)
+			}
+			// Then update them all with their versions, concurrently.
+			for i := range n {
+				wg.Go(func() {
+					r := created[i]
+					r["active"] = true
+					created[i], errs[i] = b.Update(ctx, r, r.VersionID())
+				})
+			}
+			wg.Wait()
+			for i := range n {
+				if errs[i] != nil {
+					t.Fatalf("update %d: %v", i, errs[i])
+				}
+				cur, err := c.Read(ctx, "Patient", created[i].ID())
+				if err != nil || cur.VersionID() != created[i].VersionID() || cur["active"] != true {
+					t.Fatalf("after the batched update %d, read %v (%v); want version %s, active", i, cur, err, created[i].VersionID())
+				}
+			}
+		})
+	}
+}
+
+func identifierValue(r Resource) string {
+	ids, _ := r["identifier"].([]any)
+	for _, id := range ids {
+		m, _ := id.(map[string]any)
+		if v, _ := m["value"].(string); v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// fakeBatchServer answers metadata with the given CapabilityStatement
+// interactions and POST [base] with batch(entries); every other request
+// is answered by single.
+type fakeBatchServer struct {
+	interactions []string
+	batch        func(w http.ResponseWriter, entries []any)
+	single       func(w http.ResponseWriter, r *http.Request)
+
+	bundles, singles, metadata atomic.Int32
+	sizes                      chan int
+}
+
+func (f *fakeBatchServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/fhir+json")
+	switch {
+	case r.URL.Path == "/metadata":
+		f.metadata.Add(1)
+		var ints []any
+		for _, c := range f.interactions {
+			ints = append(ints, map[string]any{"code": c})
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"resourceType": "CapabilityStatement",
+			"rest": []any{map[string]any{"mode": "server", "interaction": ints}}})
+	case r.URL.Path == "/" && r.Method == http.MethodPost:
+		f.bundles.Add(1)
+		var b struct {
+			Type  string `json:"type"`
+			Entry []any  `json:"entry"`
+		}
+		raw, _ := io.ReadAll(r.Body)
+		if json.Unmarshal(raw, &b) != nil || b.Type != "batch" {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		if f.sizes != nil {
+			f.sizes <- len(b.Entry)
+		}
+		f.batch(w, b.Entry)
+	default:
+		f.singles.Add(1)
+		f.single(w, r)
+	}
+}
+
+func writeBatchResponse(w http.ResponseWriter, entries ...any) {
+	_ = json.NewEncoder(w).Encode(map[string]any{"resourceType": "Bundle", "type": "batch-response", "entry": entries})
+}
+
+func singleCreated(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusCreated)
+	_, _ = io.WriteString(w, `{"resourceType":"Patient","id":"single","meta":{"versionId":"1"}}`)
+}
+
+func startFake(t *testing.T, f *fakeBatchServer) *Client {
+	t.Helper()
+	hs := httptest.NewServer(f)
+	t.Cleanup(hs.Close)
+	c, err := New(Config{BaseURL: hs.URL, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// createAll runs n concurrent creates through b.
+func createAll(ctx context.Context, b *Batcher, n int) ([]Resource, []error) {
+	res, errs := make([]Resource, n), make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { res[i], errs[i] = b.Create(ctx, Resource{"resourceType": "Patient"}) })
+	}
+	wg.Wait()
+	return res, errs
+}
+
+// TestBatcherWholeBundleFailures: a Bundle that fails as a whole gives each
+// caller the error its single request would have (retryable ones with the
+// server's Retry-After), or is sent again as single requests when the
+// server refused the Bundle itself.
+func TestBatcherWholeBundleFailures(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name        string
+		batch       func(w http.ResponseWriter, entries []any)
+		wantClass   Class // "" wants success through single requests
+		wantRetry   bool
+		wantAfter   time.Duration
+		wantSingles int32
+	}{
+		{name: "service unavailable", batch: func(w http.ResponseWriter, _ []any) {
+			w.Header().Set("Retry-After", "7")
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}, wantClass: ClassUnavailable, wantRetry: true, wantAfter: 7 * time.Second},
+		{name: "throttled", batch: func(w http.ResponseWriter, _ []any) {
+			w.Header().Set("Retry-After", "3")
+			w.WriteHeader(http.StatusTooManyRequests)
+		}, wantClass: ClassThrottled, wantRetry: true, wantAfter: 3 * time.Second},
+		{name: "unauthorized", batch: func(w http.ResponseWriter, _ []any) {
+			w.WriteHeader(http.StatusUnauthorized)
+		}, wantClass: ClassUnauthorized},
+		{name: "fewer entries than requests", batch: func(w http.ResponseWriter, _ []any) {
+			writeBatchResponse(w, map[string]any{"response": map[string]any{"status": "201 Created"}})
+		}, wantClass: ClassInvalidResponse},
+		{name: "a transaction-response", batch: func(w http.ResponseWriter, entries []any) {
+			_ = json.NewEncoder(w).Encode(map[string]any{"resourceType": "Bundle", "type": "transaction-response", "entry": entries})
+		}, wantClass: ClassInvalidResponse},
+		{name: "bundle refused", batch: func(w http.ResponseWriter, _ []any) {
+			w.WriteHeader(http.StatusUnprocessableEntity)
+			_, _ = io.WriteString(w, `{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"invalid"}]}`)
+		}, wantSingles: 3},
+		{name: "bundle too large", batch: func(w http.ResponseWriter, _ []any) {
+			w.WriteHeader(http.StatusRequestEntityTooLarge)
+		}, wantSingles: 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			f := &fakeBatchServer{interactions: []string{"batch"}, batch: tt.batch, single: singleCreated}
+			b, err := NewBatcher(startFake(t, f), BatchConfig{Max: 3, Wait: time.Minute})
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, errs := createAll(context.Background(), b, 3)
+			for i, err := range errs {
+				if tt.wantClass == "" {
+					if err != nil || res[i].ID() != "single" {
+						t.Errorf("caller %d: %v, %v; want the single request's resource", i, res[i], err)
+					}
+					continue
+				}
+				var fe *Error
+				if !errors.As(err, &fe) {
+					t.Fatalf("caller %d: %v, want an *Error", i, err)
+				}
+				if fe.Class != tt.wantClass || fe.Retryable != tt.wantRetry || fe.RetryAfter != tt.wantAfter || fe.Op != "create Patient" {
+					t.Errorf("caller %d: op %q class %s retryable %v after %v; want create Patient, %s, %v, %v",
+						i, fe.Op, fe.Class, fe.Retryable, fe.RetryAfter, tt.wantClass, tt.wantRetry, tt.wantAfter)
+				}
+			}
+			if got := f.singles.Load(); got != tt.wantSingles {
+				t.Errorf("%d single requests, want %d", got, tt.wantSingles)
+			}
+		})
+	}
+}
+
+// TestBatcherEntryResults: the entries of one batch-response, each read
+// into its own caller's result.
+func TestBatcherEntryResults(t *testing.T) {
+	t.Parallel()
+	f := &fakeBatchServer{interactions: []string{"batch"}, batch: func(w http.ResponseWriter, entries []any) {
+		out := make([]any, len(entries))
+		for i, e := range entries {
+			req := e.(map[string]any)["request"].(map[string]any)
+			switch id := strings.TrimPrefix(req["url"].(string), "Patient/"); id {
+			case "ok":
+				out[i] = map[string]any{"resource": map[string]any{"resourceType": "Patient", "id": "ok", "meta": map[string]any{"versionId": "2"}},
+					"response": map[string]any{"status": "200 OK", "etag": `W/"2"`}}
+			case "minimal":
+				// return=minimal: no resource, only where it is.
+				out[i] = map[string]any{"response": map[string]any{"status": "200", "location": "Patient/minimal/_history/5"}}
+			case "stale":
+				if req["ifMatch"] != `W/"1"` {
+					t.Errorf("stale entry's ifMatch %v, want W/\"1\"", req["ifMatch"])
+				}
+				out[i] = map[string]any{"response": map[string]any{"status": "412 Precondition Failed",
+					"outcome": map[string]any{"resourceType": "OperationOutcome", "issue": []any{map[string]any{"severity": "error", "code": "conflict", "diagnostics": "version 2 is current"}}}}}
+			case "busy":
+				out[i] = map[string]any{"response": map[string]any{"status": "503 Service Unavailable"}}
+			case "nostatus":
+				out[i] = map[string]any{"response": map[string]any{}}
+			}
+		}
+		writeBatchResponse(w, out...)
+	}, single: func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/Patient/minimal/_history/5" {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		_, _ = io.WriteString(w, `{"resourceType":"Patient","id":"minimal","meta":{"versionId":"5"}}`)
+	}}
+	b, err := NewBatcher(startFake(t, f), BatchConfig{Max: 5, Wait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := []string{"ok", "minimal", "stale", "busy", "nostatus"}
+	got := make([]string, len(ids))
+	var outcomeText string
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		wg.Go(func() {
+			r, err := b.Update(context.Background(), Resource{"resourceType": "Patient", "id": id}, "1")
+			got[i] = outcome(r, nil, err)
+			var fe *Error
+			if id == "stale" && errors.As(err, &fe) {
+				outcomeText = fe.Outcome
+				if !errors.Is(err, ErrConflict) || fe.Op != "update Patient/stale" {
+					t.Errorf("stale: %v, want ErrConflict for update Patient/stale", err)
+				}
+			}
+			if id == "busy" && (!errors.As(err, &fe) || !fe.Retryable) {
+				t.Errorf("busy: %v, want a retryable error", err)
+			}
+		})
+	}
+	wg.Wait()
+	want := []string{"ok Patient", "ok Patient", "conflict 412", "unavailable 503", "invalid_response 0"}
+	for i := range ids {
+		if got[i] != want[i] {
+			t.Errorf("%s: %s, want %s", ids[i], got[i], want[i])
+		}
+	}
+	if !strings.Contains(outcomeText, "version 2 is current") {
+		t.Errorf("the stale entry's outcome text %q lacks the server's diagnostics", outcomeText)
+	}
+	if n := f.bundles.Load(); n != 1 {
+		t.Errorf("%d Bundles, want 1", n)
+	}
+}
+
+// TestBatcherOnlyWhereSupported: without "batch" in the CapabilityStatement,
+// or with Max 1, every write is a single request.
+func TestBatcherOnlyWhereSupported(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name         string
+		interactions []string
+		max          int
+		wantMetadata int32
+	}{
+		{name: "transaction only", interactions: []string{"transaction", "history-system"}, max: 10, wantMetadata: 1},
+		{name: "max 1", interactions: []string{"batch"}, max: 1, wantMetadata: 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			f := &fakeBatchServer{interactions: tt.interactions, single: singleCreated,
+				batch: func(w http.ResponseWriter, _ []any) { t.Error("a batch Bundle was posted") }}
+			b, err := NewBatcher(startFake(t, f), BatchConfig{Max: tt.max, Wait: time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, errs := createAll(context.Background(), b, 4)
+			for _, err := range errs {
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if f.singles.Load() != 4 || f.metadata.Load() != tt.wantMetadata {
+				t.Errorf("%d single requests and %d metadata reads, want 4 and %d", f.singles.Load(), f.metadata.Load(), tt.wantMetadata)
+			}
+		})
+	}
+}
+
+// TestBatcherFlushesAfterWait: fewer writes than Max go after Wait; a
+// caller whose context ends while pending is left out of the Bundle.
+func TestBatcherFlushesAfterWait(t *testing.T) {
+	t.Parallel()
+	f := &fakeBatchServer{interactions: []string{"batch"}, single: singleCreated, sizes: make(chan int, 4),
+		batch: func(w http.ResponseWriter, entries []any) {
+			out := make([]any, len(entries))
+			for i := range entries {
+				out[i] = map[string]any{"resource": map[string]any{"resourceType": "Patient", "id": fmt.Sprint(i), "meta": map[string]any{"versionId": "1"}},
+					"response": map[string]any{"status": "201 Created"}}
+			}
+			writeBatchResponse(w, out...)
+		}}
+	b, err := NewBatcher(startFake(t, f), BatchConfig{Max: 100, Wait: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !b.batching(context.Background()) {
+		t.Fatal("the fake server's CapabilityStatement lists batch, but the Batcher does not batch")
+	}
+	gone, cancel := context.WithCancel(context.Background())
+	cancelled := make(chan error, 1)
+	go func() {
+		_, err := b.Create(gone, Resource{"resourceType": "Patient"})
+		cancelled <- err
+	}()
+	// Wait until the first create is pending, then cancel it.
+	for {
+		b.mu.Lock()
+		n := len(b.pending)
+		b.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	if err := <-cancelled; !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled caller got %v, want context.Canceled", err)
+	}
+	_, errs := createAll(context.Background(), b, 3)
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := <-f.sizes; n != 3 {
+		t.Errorf("Bundle of %d entries, want 3 (the cancelled caller left out)", n)
+	}
+}
+
+func TestSupportsBatch(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		cs   string
+		want bool
+	}{
+		{"system batch", `{"rest":[{"mode":"server","interaction":[{"code":"batch"}]}]}`, true},
+		{"transaction only", `{"rest":[{"mode":"server","interaction":[{"code":"transaction"}]}]}`, false},
+		{"client mode", `{"rest":[{"mode":"client","interaction":[{"code":"batch"}]}]}`, false},
+		{"batch as a type interaction", `{"rest":[{"mode":"server","resource":[{"type":"Patient","interaction":[{"code":"batch"}]}]}]}`, false},
+		{"no rest", `{"status":"active"}`, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := decodeResource([]byte(`{"resourceType":"CapabilityStatement",` + strings.TrimPrefix(tt.cs, "{")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := supportsBatch(r); got != tt.want {
+				t.Errorf("supportsBatch = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestEntryStatus(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]int{"201 Created": 201, "412": 412, " 200 OK ": 200, "": 0, "OK": 0, "2010": 0, "99 x": 0} {
+		if got := entryStatus(in); got != want {
+			t.Errorf("entryStatus(%q) = %d, want %d", in, got, want)
+		}
+	}
+}
