@@ -82,6 +82,13 @@ type AgentConfig struct {
 	// ConflictTie settles a last-writer-wins conflict whose order is not
 	// known: hold (default), fhir-wins or crm-wins.
 	ConflictTie string `yaml:"conflict_tie"`
+	// FHIRBatchMax is how many FHIR writes of concurrent messages share
+	// one batch Bundle, where the server's CapabilityStatement lists batch
+	// (0: 100; 1: no batching; at most 1000).
+	FHIRBatchMax int `yaml:"fhir_batch_max"`
+	// FHIRBatchWait is how long the first write of a batch Bundle waits
+	// for others (0: 50ms).
+	FHIRBatchWait time.Duration `yaml:"fhir_batch_wait"`
 	// StaleRetries is how many times a write refused with HTTP 412 is
 	// re-read, merged and retried within one delivery (0: 3; -1: none).
 	StaleRetries int `yaml:"stale_retries"`
@@ -104,6 +111,8 @@ type FHIRHistoryConfig struct {
 	Types    []string      `yaml:"types"`
 	Schedule string        `yaml:"schedule"`
 	Overlap  time.Duration `yaml:"overlap"`
+	// Count is _count, the page size of each history request (0: 100).
+	Count int `yaml:"count"`
 }
 
 // CRMTrackingConfig is Dataverse change tracking, per entity.
@@ -384,6 +393,9 @@ func (c Config) Validate() []string {
 	if _, err := cron.ParseStandard(c.Feeds.FHIRHistory.Schedule); err != nil {
 		bad("feeds.fhir_history.schedule", "%v", err)
 	}
+	if n := c.Feeds.FHIRHistory.Count; n < 0 || n > 1000 {
+		bad("feeds.fhir_history.count", "must be between 1 and 1000 (0: 100)")
+	}
 	if _, err := cron.ParseStandard(c.Feeds.CRMTracking.Schedule); err != nil {
 		bad("feeds.crm_tracking.schedule", "%v", err)
 	}
@@ -414,6 +426,12 @@ func (c Config) Validate() []string {
 	}
 	if c.Agent.Workers < 0 || c.Agent.MaxAttempts < 0 {
 		bad("agent", "workers and max_attempts must not be negative")
+	}
+	if c.Agent.FHIRBatchMax < 0 || c.Agent.FHIRBatchMax > 1000 {
+		bad("agent.fhir_batch_max", "must be between 1 and 1000 (0: the default)")
+	}
+	if c.Agent.FHIRBatchWait < 0 {
+		bad("agent.fhir_batch_wait", "must not be negative")
 	}
 	switch c.Agent.ConflictTie {
 	case "", "hold", "fhir-wins", "crm-wins":

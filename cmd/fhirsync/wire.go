@@ -117,10 +117,14 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 	if cfg.Queue.Kind == "embedded" {
 		renew = 20 * time.Second
 	}
+	fhirWrites, err := fhir.NewBatcher(s.fhir, fhir.BatchConfig{Max: cfg.Agent.FHIRBatchMax, Wait: cfg.Agent.FHIRBatchWait, Logger: log})
+	if err != nil {
+		return nil, err
+	}
 	s.agent, err = agent.New(agent.Config{Workers: cfg.Agent.Workers, MaxAttempts: cfg.Agent.MaxAttempts, CRMUserID: userID,
 		FHIRAccount: cfg.Agent.FHIRAccount, Drain: cfg.ShutdownTimeout, LockRenewEvery: renew, BaseKey: baseKey(cfg.Logs.KeySecret),
 		ConflictSkew: cfg.Agent.ConflictSkew, ConflictTie: maps.ConflictPolicy(cfg.Agent.ConflictTie), StaleRetries: cfg.Agent.StaleRetries},
-		agent.Deps{DB: db, Maps: s.maps, FHIR: s.fhir, CRM: s.crm, Logs: s.logs, FHIRChanges: s.fhirQ, CRMChanges: s.crmQ,
+		agent.Deps{DB: db, Maps: s.maps, FHIR: fhirWrites, CRM: s.crm, Logs: s.logs, FHIRChanges: s.fhirQ, CRMChanges: s.crmQ,
 			Registry: reg, Logger: log})
 	if err != nil {
 		return nil, err
@@ -130,7 +134,7 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 	}
 	if h := cfg.Feeds.FHIRHistory; len(h.Types) > 0 {
 		if s.poller, err = fhir.NewPoller(fhir.PollerConfig{Client: s.fhir, DB: db, Queue: s.fhirQ, Types: h.Types,
-			Schedule: h.Schedule, Overlap: h.Overlap, Holder: holder(), Logger: log}); err != nil {
+			Schedule: h.Schedule, Overlap: h.Overlap, PageSize: h.Count, Holder: holder(), Logger: log}); err != nil {
 			return nil, err
 		}
 	}
