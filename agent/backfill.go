@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
+	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -87,6 +90,24 @@ type BackfillOptions struct {
 	// OnNotice, when set, is called for every notice, sent or (in a dry
 	// run) not. It receives ids only, never record content.
 	OnNotice func(queues.Notice)
+	// MaxQueued bounds the unprocessed notices (active and scheduled) the
+	// walk lets stand on the queue: before each send it waits until the
+	// queue has room. Zero means DefaultBackfillMaxQueued, negative no
+	// bound. Queues that cannot report their depth are not bounded.
+	MaxQueued int
+	// Fresh starts every side's walk from the first record even when an
+	// unfinished run of it (interrupted, or of a process that died) is
+	// stored; that run is marked abandoned. Without Fresh such a run is
+	// resumed from its checkpoint.
+	Fresh bool
+	// OnProgress, when set, receives the progress of the side being
+	// walked at every checkpoint and while the walk waits. Counts only.
+	OnProgress func(BackfillProgress)
+	// Holder names this process in the walk's lease (default host:pid).
+	Holder string
+	// LeaseTTL is how long the lease outlives a process that died (default
+	// 15s); a restarted backfill waits up to twice that for it to lapse.
+	LeaseTTL time.Duration
 }
 
 // BackfillResult counts the notices of one backfill.
@@ -96,6 +117,9 @@ type BackfillResult struct {
 	// would have been) for each side.
 	FHIR, CRM int
 	DryRun    bool
+	// Resumed says at least one side continued from a stored checkpoint;
+	// the counts then include the records enqueued before it.
+	Resumed bool
 }
 
 // Total is FHIR + CRM.
@@ -104,9 +128,17 @@ func (r BackfillResult) Total() int { return r.FHIR + r.CRM }
 // Backfill walks every record of one entity map and enqueues a "changed"
 // notice for each, so the agent re-reads and syncs it. FHIR resources are
 // found with a type search paged by link[next]; CRM rows with a query of the
-// entity set selecting only the primary id. Notices of one run share one
-// ChangedAt, so a record met twice in a run is enqueued once by the
-// queue's duplicate detection.
+// entity set selecting only the primary id, ordered by it. Notices of one
+// run share one ChangedAt, so a record met twice in a run is enqueued once
+// by the queue's duplicate detection.
+//
+// With deps.DB set (and not a dry run), each side's walk is a stored run:
+// after the notices of a FHIR page (or of a batch of CRM rows) are sent,
+// its position — the page's next link, or the last CRM id — is saved, and
+// a Backfill of the same map and side started after a crash resumes from
+// there with the run's ChangedAt, so it re-sends at most one page, under
+// the same message ids. A lease keeps two processes off the same side.
+// The walk keeps at most MaxQueued notices waiting on the queue.
 func Backfill(ctx context.Context, opts BackfillOptions, deps BackfillDeps) (BackfillResult, error) {
 	res := BackfillResult{Map: opts.Map, DryRun: opts.DryRun}
 	if opts.Map == "" {
@@ -127,9 +159,19 @@ func Backfill(ctx context.Context, opts BackfillOptions, deps BackfillDeps) (Bac
 	if err != nil {
 		return res, fmt.Errorf("backfill of %s: %w", opts.Map, err)
 	}
+	if opts.MaxQueued == 0 {
+		opts.MaxQueued = DefaultBackfillMaxQueued
+	}
 	w := newWalker(opts, deps)
 	for _, side := range sides {
-		n, err := w.walk(ctx, m.Def(), side)
+		var n int
+		if deps.DB != nil && !opts.DryRun {
+			var resumed bool
+			n, resumed, err = w.walkRun(ctx, m.Def(), side)
+			res.Resumed = res.Resumed || resumed
+		} else {
+			n, err = w.walk(ctx, m.Def(), side)
+		}
 		if side == queues.SideFHIR {
 			res.FHIR = n
 		} else {
@@ -181,6 +223,10 @@ type walker struct {
 	deps      BackfillDeps
 	changedAt time.Time
 	batch     int
+	// run is the stored checkpoint of the side being walked; nil when the
+	// walk is not checkpointed (reconcile, dry run, no database).
+	run     *backfillRun
+	mapName string
 }
 
 func newWalker(opts BackfillOptions, deps BackfillDeps) *walker {
@@ -196,8 +242,54 @@ func newWalker(opts BackfillOptions, deps BackfillDeps) *walker {
 	return &walker{opts: opts, deps: deps, changedAt: time.Now().UTC(), batch: opts.BatchSize}
 }
 
+// walkRun walks one side as a stored run: it takes the side's lease,
+// resumes the newest unfinished run or starts one, walks, and records the
+// end. It returns the records enqueued by the run in all (including those
+// of earlier processes) and whether it resumed.
+func (w *walker) walkRun(ctx context.Context, em *maps.EntityMap, side queues.Side) (int, bool, error) {
+	holder := w.opts.Holder
+	if holder == "" {
+		holder = defaultHolder()
+	}
+	ttl := w.opts.LeaseTTL
+	if ttl <= 0 {
+		ttl = 15 * time.Second
+	}
+	runCtx, stop, err := holdLease(ctx, w.deps.DB, backfillLeaseName(em.Name, side), holder, ttl, 2*ttl+time.Second, w.deps.Logger)
+	if err != nil {
+		return 0, false, err
+	}
+	defer stop()
+	run, err := openBackfillRun(runCtx, w.deps.DB, em.Name, side, w.opts.Origin, holder, w.opts.Fresh)
+	if err != nil {
+		return 0, false, err
+	}
+	run.onProgress = w.opts.OnProgress
+	if run.resumed {
+		w.deps.Logger.Info("backfill resumes from its checkpoint", "map_id", em.Name, "side", string(side),
+			"run_id", run.row.ID, "done", run.row.Done, "resumes", run.row.Resumes)
+	}
+	w.run, w.changedAt = run, run.row.ChangedAt
+	defer func() { w.run = nil }()
+	_, werr := w.walk(runCtx, em, side)
+	if cause := context.Cause(runCtx); werr != nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		werr = fmt.Errorf("%w: %w", werr, cause)
+	}
+	if err := run.finish(ctx, werr); err != nil && werr == nil {
+		werr = err
+	}
+	return int(run.row.Done), run.resumed, werr
+}
+
+// defaultHolder names this process in a lease.
+func defaultHolder() string {
+	h, _ := os.Hostname()
+	return h + ":" + strconv.Itoa(os.Getpid())
+}
+
 // walk enqueues a notice for every record of em on side and returns how
-// many it enqueued.
+// many it enqueued. With w.run set it starts from the run's position and
+// saves its position after every page (FHIR) or send (CRM).
 func (w *walker) walk(ctx context.Context, em *maps.EntityMap, side queues.Side) (int, error) {
 	q := w.deps.FHIRChanges
 	if side == queues.SideCRM {
@@ -206,19 +298,30 @@ func (w *walker) walk(ctx context.Context, em *maps.EntityMap, side queues.Side)
 	if q == nil && !w.opts.DryRun {
 		return 0, fmt.Errorf("no queue for %s notices", side)
 	}
+	w.mapName = em.Name
 	var pending []queues.Message
+	var pendingLast string // id of the last pending notice
 	sent := 0
 	flush := func() error {
 		if len(pending) == 0 {
 			return nil
 		}
 		if !w.opts.DryRun {
+			if err := w.waitForRoom(ctx, q, len(pending)); err != nil {
+				return fmt.Errorf("waiting for room on the %s queue: %w", side, err)
+			}
 			if err := q.Send(ctx, pending...); err != nil {
 				return fmt.Errorf("enqueuing %d %s notices: %w", len(pending), side, err)
 			}
 		}
 		sent += len(pending)
+		if w.run != nil {
+			w.run.row.Done += int64(len(pending))
+		}
 		pending = nil // a transport may keep the slice it was given
+		if w.run != nil && side == queues.SideCRM {
+			return w.run.checkpoint(ctx, pendingLast)
+		}
 		return nil
 	}
 	add := func(typ, id string) error {
@@ -236,21 +339,33 @@ func (w *walker) walk(ctx context.Context, em *maps.EntityMap, side queues.Side)
 			w.opts.OnNotice(n)
 		}
 		pending = append(pending, msg)
+		pendingLast = id
 		if len(pending) >= w.batch {
 			return flush()
 		}
 		return nil
 	}
+	// pageDone sends the page's notices, then saves the position of the
+	// next page: a crash before the save re-sends this page only.
+	pageDone := func(next string) error {
+		if err := flush(); err != nil {
+			return err
+		}
+		if w.run != nil && next != "" {
+			return w.run.checkpoint(ctx, next)
+		}
+		return nil
+	}
 	var err error
 	if side == queues.SideFHIR {
-		err = w.walkFHIR(ctx, em, add)
+		err = w.walkFHIR(ctx, em, add, pageDone)
 	} else {
 		err = w.walkCRM(ctx, em, add)
 	}
-	if err != nil {
-		return sent, err
+	if err == nil {
+		err = flush()
 	}
-	if err := flush(); err != nil {
+	if err != nil {
 		return sent, err
 	}
 	w.deps.Logger.Info("backfill walked an entity map", "map_id", em.Name, "side", string(side),
@@ -258,16 +373,45 @@ func (w *walker) walk(ctx context.Context, em *maps.EntityMap, side queues.Side)
 	return sent, nil
 }
 
-func (w *walker) walkFHIR(ctx context.Context, em *maps.EntityMap, add func(typ, id string) error) error {
+func (w *walker) walkFHIR(ctx context.Context, em *maps.EntityMap, add func(typ, id string) error, pageDone func(next string) error) error {
 	if w.deps.FHIR == nil {
 		return errors.New("no FHIR server is configured")
 	}
-	q := url.Values{"_count": {strconv.Itoa(w.batch)}}
-	page, err := w.deps.FHIR.Search(ctx, em.FHIRType, q)
-	if err != nil {
-		return fmt.Errorf("searching %s: %w", em.FHIRType, err)
+	var page *fhir.Page
+	var err error
+	pages := 1
+	if w.run != nil && w.run.row.Position != "" {
+		err = w.retrySource(ctx, func() (err error) {
+			page, err = w.deps.FHIR.NextPage(ctx, &fhir.Page{Next: w.run.row.Position})
+			return err
+		})
+		var fe *fhir.Error
+		if err != nil && errors.As(err, &fe) && !fe.Retryable && fe.Class != fhir.ClassUnauthorized {
+			// The server no longer serves the saved link (paging links
+			// may expire): walk again from the first page. The re-sent
+			// notices only re-sync records already synced.
+			w.deps.Logger.Warn("backfill checkpoint link refused; walking from the first page again",
+				"map_id", em.Name, "run_id", w.run.row.ID, "error", err)
+			w.run.row.Done, w.run.row.Position, w.run.startDone = 0, "", 0
+			page, err = nil, nil
+		}
+		if err != nil {
+			return fmt.Errorf("resuming the %s walk at its checkpoint: %w", em.FHIRType, err)
+		}
 	}
-	for pages := 1; ; pages++ {
+	if page == nil {
+		q := url.Values{"_count": {strconv.Itoa(w.batch)}}
+		if err := w.retrySource(ctx, func() (err error) {
+			page, err = w.deps.FHIR.Search(ctx, em.FHIRType, q)
+			return err
+		}); err != nil {
+			return fmt.Errorf("searching %s: %w", em.FHIRType, err)
+		}
+	}
+	for ; ; pages++ {
+		if w.run != nil && page.Total >= 0 {
+			w.run.setTotal(int64(page.Total))
+		}
 		for _, e := range page.Entries {
 			if e.Resource == nil || (e.SearchMode != "" && e.SearchMode != "match") {
 				continue
@@ -279,10 +423,17 @@ func (w *walker) walkFHIR(ctx context.Context, em *maps.EntityMap, add func(typ,
 				return err
 			}
 		}
+		if err := pageDone(page.Next); err != nil {
+			return err
+		}
 		if page.Next == "" {
 			return nil
 		}
-		if page, err = w.deps.FHIR.NextPage(ctx, page); err != nil {
+		cur := page
+		if err := w.retrySource(ctx, func() (err error) {
+			page, err = w.deps.FHIR.NextPage(ctx, cur)
+			return err
+		}); err != nil {
 			return fmt.Errorf("reading page %d of %s: %w", pages+1, em.FHIRType, err)
 		}
 	}
@@ -293,17 +444,55 @@ func (w *walker) walkCRM(ctx context.Context, em *maps.EntityMap, add func(typ, 
 		return errors.New("no CRM is configured")
 	}
 	idAttr := crmIDAttribute(em)
-	err := w.deps.CRM.RetrieveMultiple(ctx, em.CRMEntitySet, crm.Query{Select: []string{idAttr}}, func(r crm.Record) error {
-		id := r.String(idAttr)
-		if id == "" {
-			return nil
+	if w.run == nil {
+		err := w.deps.CRM.RetrieveMultiple(ctx, em.CRMEntitySet, crm.Query{Select: []string{idAttr}}, func(r crm.Record) error {
+			id := r.String(idAttr)
+			if id == "" {
+				return nil
+			}
+			return add(em.CRMEntity, id)
+		})
+		if err != nil {
+			return fmt.Errorf("querying %s: %w", em.CRMEntitySet, err)
 		}
-		return add(em.CRMEntity, id)
+		return nil
+	}
+	// A checkpointed walk reads the rows in primary id order, so that it
+	// (and a retry after a failed page) continues after the last id seen.
+	last := w.run.row.Position
+	err := w.retrySource(ctx, func() error {
+		q := crm.Query{Select: []string{idAttr}, OrderBy: idAttr + " asc"}
+		if last != "" {
+			q.Filter = idAttr + " gt " + odataIDLiteral(last)
+		}
+		return w.deps.CRM.RetrieveMultiple(ctx, em.CRMEntitySet, q, func(r crm.Record) error {
+			id := r.String(idAttr)
+			if id == "" {
+				return nil
+			}
+			if err := add(em.CRMEntity, id); err != nil {
+				return err
+			}
+			last = id
+			return nil
+		})
 	})
 	if err != nil {
 		return fmt.Errorf("querying %s: %w", em.CRMEntitySet, err)
 	}
 	return nil
+}
+
+// guidPattern matches a bare GUID, which OData writes unquoted.
+var guidPattern = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+
+// odataIDLiteral writes a primary id as an OData literal: a GUID bare,
+// anything else as a quoted string.
+func odataIDLiteral(id string) string {
+	if guidPattern.MatchString(id) {
+		return id
+	}
+	return "'" + strings.ReplaceAll(id, "'", "''") + "'"
 }
 
 // crmIDAttribute is the primary key attribute of the map's CRM entity.
