@@ -79,7 +79,7 @@ func (c Config) withDefaults() Config {
 	if c.Duration <= 0 {
 		c.Duration = 15 * time.Second
 	}
-	if c.Limits == (crmserver.Limits{}) {
+	if c.Limits.Requests == 0 && c.Limits.Window == 0 && c.Limits.Concurrent == 0 && c.Limits.ExecutionTime == 0 {
 		c.Limits = crmserver.Limits{Requests: 600, Window: 10 * time.Second, Concurrent: 6}
 	}
 	if c.LimitedWindows <= 0 {

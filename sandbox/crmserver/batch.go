@@ -12,6 +12,7 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 )
@@ -52,11 +53,19 @@ func (s *Server) serveBatch(c *call, req *request) response {
 	if total > MaxBatchRequests {
 		return errBadRequest("0x8005f103", fmt.Sprintf("The number of requests in the batch (%d) exceeds the limit of %d.", total, MaxBatchRequests)).response()
 	}
-	release, e := s.admit(c.initiating, max(total, 1))
+	tk, e := s.admit(c.initiating)
 	if e != nil {
 		return e.response()
 	}
-	defer release()
+	// Every operation that ran is charged, the failed one included; those
+	// after a stop are not.
+	lim := s.Limits()
+	ops, spent := 0, time.Duration(0)
+	charge := func(r *request, resp response) {
+		n, d := costOf(lim, r, resp)
+		ops, spent = ops+n, spent+d
+	}
+	defer func() { tk.end(ops, spent) }()
 	_, continueOnError := prefer(req.header)["odata.continue-on-error"]
 	status := http.StatusOK
 
@@ -66,7 +75,9 @@ func (s *Server) serveBatch(c *call, req *request) response {
 	for _, it := range items {
 		if !it.changeSet {
 			op := it.ops[0]
-			resp := withErrorAnnotations(req.header, op.req.header, s.runOne(c, op.req))
+			resp := s.runOne(c, op.req)
+			charge(op.req, resp)
+			resp = withErrorAnnotations(req.header, op.req.header, resp)
 			writePart(mw, op.contentID, resp)
 			if resp.status >= 400 && !continueOnError {
 				status = resp.status
@@ -88,6 +99,7 @@ func (s *Server) serveBatch(c *call, req *request) response {
 				break
 			}
 			resp := s.exec(&cc, op.req, t)
+			charge(op.req, resp)
 			if resp.status >= 400 {
 				failed, failedID = &resp, op.contentID
 				break

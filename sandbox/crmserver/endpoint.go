@@ -315,6 +315,15 @@ const (
 // InputParameters and the images, marked MessageMaxSizeExceeded; one still
 // above it is not sent (counted as failed), as Dataverse does.
 func (s *Server) publish(ctx context.Context, events []event) {
+	if s.opts.OnWrite != nil {
+		for _, ev := range events {
+			w := Write{Message: ev.message, Entity: ev.entity.LogicalName, ID: ev.id, UserID: ev.c.user, InitiatingUserID: ev.c.initiating}
+			if ev.post != nil {
+				w.Attributes = ev.post.attrs
+			}
+			s.opts.OnWrite(w)
+		}
+	}
 	if s.opts.Endpoint == nil || len(events) == 0 {
 		return
 	}

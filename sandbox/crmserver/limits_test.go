@@ -202,8 +202,10 @@ func TestExecutionTimeLimit(t *testing.T) {
 		// combined cost to 1,200 s or more.
 		wantFirstRefused int
 	}{
-		{name: "default 50 ms per operation, batches of 100 (5 s each)", limits: DataverseLimits(), batchSize: 100,
-			wantFirstRefused: 241}, // 240 × 5 s = 1,200 s
+		{name: "default 40 ms per operation, batches of 100 (4 s each)", limits: DataverseLimits(), batchSize: 100,
+			wantFirstRefused: 301}, // 300 × 4 s = 1,200 s
+		{name: "twice the default cost, batches of 100 (8 s each)", limits: doubled(DataverseLimits()), batchSize: 100,
+			wantFirstRefused: 151}, // 150 × 8 s = 1,200 s
 		{name: "70 ms per operation and 25 ms per request, batches of 100 (7.025 s each)",
 			limits:    Limits{Requests: 6000, ExecutionTime: 20 * time.Minute, CostPerOperation: 70 * time.Millisecond, CostPerRequest: 25 * time.Millisecond},
 			batchSize: 100, wantFirstRefused: 172}, // 171 × 7.025 s = 1,201.275 s; 170 × 7.025 s = 1,194.25 s
@@ -408,7 +410,7 @@ func TestRateLimitHeaders(t *testing.T) {
 		wantTime      string
 		wantNoHeaders bool
 	}{
-		{name: "documented limits after one 50 ms request", limits: DataverseLimits(), wantBurst: "5999", wantTime: "1,199.95"},
+		{name: "documented limits after one read (10 ms, no rows)", limits: DataverseLimits(), wantBurst: "5999", wantTime: "1,199.99"},
 		{name: "requests only", limits: Limits{Requests: 600, Window: 10 * time.Second}, wantBurst: "599"},
 		{name: "no limits", wantNoHeaders: true},
 	}
@@ -432,6 +434,11 @@ func TestRateLimitHeaders(t *testing.T) {
 			}
 		})
 	}
+}
+
+func doubled(l Limits) Limits {
+	l.CostMultiplier = 2
+	return l
 }
 
 func TestFormatSeconds(t *testing.T) {

@@ -14,8 +14,9 @@ import (
 )
 
 // This file holds the OData subset: $filter (eq ne gt ge lt le, and or not,
-// parentheses, contains/startswith/endswith), $orderby, $select and key
-// segments such as contacts(msemr_azurefhirid='p1').
+// parentheses, contains/startswith/endswith, the query function
+// Microsoft.Dynamics.CRM.In), $orderby, $select and key segments such as
+// contacts(msemr_azurefhirid='p1').
 
 type token struct {
 	kind string // ident, string, literal, (, ), ",", eof
@@ -29,9 +30,18 @@ func tokenize(s string) ([]token, error) {
 		switch {
 		case c == ' ' || c == '\t':
 			i++
-		case c == '(' || c == ')' || c == ',':
+		case c == '(' || c == ')' || c == ',' || c == '[' || c == ']' || c == '=':
 			out = append(out, token{kind: string(c)})
 			i++
+		case c == '"':
+			// A double-quoted string: only in a collection of
+			// PropertyValues, as JSON writes it.
+			j := strings.IndexByte(s[i+1:], '"')
+			if j < 0 {
+				return nil, fmt.Errorf("unterminated string literal")
+			}
+			out = append(out, token{kind: "string", text: s[i+1 : i+1+j]})
+			i += j + 2
 		case c == '\'':
 			var b strings.Builder
 			j := i + 1
@@ -86,6 +96,29 @@ type cmpNode struct {
 }
 type funcNode struct {
 	fn, attr, arg string
+}
+
+// inNode is Microsoft.Dynamics.CRM.In: the attribute equals one of vals.
+type inNode struct {
+	attr string
+	vals []any
+}
+
+func (n inNode) eval(g func(string) any) bool {
+	v := g(n.attr)
+	for _, lit := range n.vals {
+		// The values are strings whatever the column's type:
+		// PropertyValues=['100000000'] matches a choice column's 100000000.
+		if s, ok := lit.(string); ok {
+			if _, num := v.(json.Number); num {
+				lit = json.Number(s)
+			}
+		}
+		if cmpNode(cmpNode{attr: n.attr, op: "eq", lit: lit}).eval(func(string) any { return v }) {
+			return true
+		}
+	}
+	return false
 }
 
 func (n andNode) eval(g func(string) any) bool { return n.l.eval(g) && n.r.eval(g) }
@@ -299,6 +332,8 @@ func (p *filterParser) unary(depth int) (filterNode, error) {
 			return nil, fmt.Errorf("%s: missing )", t.text)
 		}
 		return funcNode{fn: t.text, attr: a.text, arg: s.text}, nil
+	case t.kind == "ident" && t.text == queryFunctionIn:
+		return p.in()
 	case t.kind == "ident":
 		if !p.known(t.text) {
 			return nil, unknownProperty(t.text)
@@ -316,6 +351,105 @@ func (p *filterParser) unary(depth int) (filterNode, error) {
 		return cmpNode{attr: t.text, op: op.text, lit: lit}, nil
 	}
 	return nil, fmt.Errorf("unexpected %q", t.text+t.kind)
+}
+
+// queryFunctionIn is the Dataverse query function "In" ("Use Web API
+// query functions", learn.microsoft.com/power-apps/developer/data-platform/webapi/use-web-api-functions;
+// reference: learn.microsoft.com/power-apps/developer/data-platform/webapi/reference/in):
+// Microsoft.Dynamics.CRM.In(PropertyName='name',PropertyValues=['a','b']).
+const queryFunctionIn = "Microsoft.Dynamics.CRM.In"
+
+// in parses the arguments of Microsoft.Dynamics.CRM.In, named and in
+// either order.
+func (p *filterParser) in() (filterNode, error) {
+	if p.next().kind != "(" {
+		return nil, fmt.Errorf("%s: missing (", queryFunctionIn)
+	}
+	var n inNode
+	seenName, seenValues := false, false
+	for {
+		name := p.next()
+		if name.kind != "ident" || p.next().kind != "=" {
+			return nil, fmt.Errorf("%s: expected PropertyName= or PropertyValues=", queryFunctionIn)
+		}
+		switch name.text {
+		case "PropertyName":
+			v := p.next()
+			if v.kind != "string" {
+				return nil, fmt.Errorf("%s: PropertyName must be a string", queryFunctionIn)
+			}
+			if !p.known(v.text) {
+				return nil, unknownProperty(v.text)
+			}
+			n.attr, seenName = v.text, true
+		case "PropertyValues":
+			if p.next().kind != "[" {
+				return nil, fmt.Errorf("%s: PropertyValues must be a collection [...]", queryFunctionIn)
+			}
+			for {
+				v := p.next()
+				if v.kind == "]" && len(n.vals) == 0 {
+					break
+				}
+				if v.kind != "string" {
+					return nil, fmt.Errorf("%s: PropertyValues must hold strings", queryFunctionIn)
+				}
+				lit := any(v.text)
+				if len(v.text) == 36 && strings.Count(v.text, "-") == 4 {
+					lit = strings.ToLower(v.text)
+				}
+				n.vals = append(n.vals, lit)
+				if sep := p.next(); sep.kind == "]" {
+					break
+				} else if sep.kind != "," {
+					return nil, fmt.Errorf("%s: expected , or ] in PropertyValues", queryFunctionIn)
+				}
+			}
+			seenValues = true
+		default:
+			return nil, fmt.Errorf("%s: unknown parameter %s", queryFunctionIn, name.text)
+		}
+		sep := p.next()
+		if sep.kind == ")" {
+			break
+		}
+		if sep.kind != "," {
+			return nil, fmt.Errorf("%s: missing )", queryFunctionIn)
+		}
+	}
+	if !seenName || !seenValues {
+		return nil, fmt.Errorf("%s needs PropertyName and PropertyValues", queryFunctionIn)
+	}
+	return n, nil
+}
+
+// withAliases replaces the parameter aliases of a $filter (@p1) by the
+// values the query string gives them (&@p1='name'), as Dataverse accepts
+// for function parameters ("Use parameter aliases with system query
+// options").
+func withAliases(filter string, q url.Values) string {
+	if !strings.Contains(filter, "@") {
+		return filter
+	}
+	var b strings.Builder
+	for i := 0; i < len(filter); {
+		if filter[i] != '@' {
+			b.WriteByte(filter[i])
+			i++
+			continue
+		}
+		j := i + 1
+		for j < len(filter) && (filter[j] == '_' || unicode.IsLetter(rune(filter[j])) || filter[j] >= '0' && filter[j] <= '9') {
+			j++
+		}
+		if v, ok := q[filter[i:j]]; ok && len(v) > 0 {
+			b.WriteString(v[0])
+		} else {
+			b.WriteString(filter[i:j])
+		}
+		i = j
+	}
+	return b.String()
 }
 
 type propertyError string
@@ -694,7 +828,7 @@ func (s *Server) countRows(tb *table, req *request) response {
 	}
 	n := 0
 	if f := req.query.Get("$filter"); f != "" {
-		node, err := parseFilter(f, knownFilterName(tb.def))
+		node, err := parseFilter(withAliases(f, req.query), knownFilterName(tb.def))
 		if err != nil {
 			return errBadRequest("0x80060888", "Invalid $filter: "+err.Error()).response()
 		}

@@ -48,6 +48,11 @@ type Options struct {
 	// Limits are the initial service-protection limits (SetLimits changes
 	// them at run time).
 	Limits Limits
+	// DOPHint is the x-ms-dop-hint header every answer carries, the
+	// recommended degree of parallelism ("Send parallel requests",
+	// learn.microsoft.com/power-apps/developer/data-platform/send-parallel-requests).
+	// Zero means DataverseDOPHint; negative leaves the header out.
+	DOPHint int
 	// Endpoint, when set, receives a RemoteExecutionContext message for
 	// every committed create, update and delete.
 	Endpoint sender
@@ -81,10 +86,31 @@ type Options struct {
 	// MaxPageSize is the page size when the client asks for none; zero
 	// means 5000.
 	MaxPageSize int
+	// OnWrite, when set, is called with every committed create, update
+	// and delete, whatever the request that made it (a request on its own,
+	// a $batch, a bulk message), after the store is unlocked and before the
+	// service-endpoint post. It must not block for long.
+	OnWrite func(Write)
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Logger receives operational messages; nil discards them.
 	Logger *slog.Logger
+}
+
+// Write is a committed write, as Options.OnWrite receives it.
+type Write struct {
+	// Message is Create, Update or Delete.
+	Message string
+	// Entity is the table's logical name, ID the row's primary key.
+	Entity string
+	ID     string
+	// UserID is the user the write was made as (impersonated, if
+	// MSCRMCallerID was sent); InitiatingUserID the authenticated user.
+	UserID           string
+	InitiatingUserID string
+	// Attributes are the row's attributes after the write (nil after a
+	// delete). They are the server's copy: read them, never change them.
+	Attributes map[string]any
 }
 
 // Stats counts what the server did, for tests and the demo.
@@ -106,7 +132,8 @@ type Server struct {
 	log   *slog.Logger
 	orgID string
 
-	lim *limiter // service protection (limits.go)
+	lim     *limiter // service protection (limits.go)
+	dopHint string   // x-ms-dop-hint value; "" leaves it out
 
 	mu       sync.Mutex
 	failTil  time.Time
@@ -141,6 +168,12 @@ func New(opts Options) (*Server, error) {
 		opts.MaxPageSize = 5000
 	}
 	s := &Server{opts: opts, st: st, now: opts.Now, log: opts.Logger, orgID: uuid.NewString()}
+	switch {
+	case opts.DOPHint == 0:
+		s.dopHint = strconv.Itoa(DataverseDOPHint)
+	case opts.DOPHint > 0:
+		s.dopHint = strconv.Itoa(opts.DOPHint)
+	}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -241,6 +274,12 @@ type response struct {
 	status int
 	header http.Header
 	body   []byte
+
+	// What the operation did, for its execution-time cost (limits.go):
+	// rows a read returned; for a bulk message its kind and records.
+	rows    int
+	bulk    opKind
+	records int
 }
 
 func newHeader() http.Header {
@@ -301,6 +340,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.stats.Requests++
 	s.mu.Unlock()
+	if s.dopHint != "" {
+		w.Header().Set(headerDOPHint, s.dopHint)
+	}
 	if !strings.HasPrefix(r.URL.Path, APIPath) {
 		writeResponse(w, (&apiError{status: 404, code: "0x80060888", message: "Resource not found for the segment '" + r.URL.Path + "'."}).response())
 		return
@@ -334,14 +376,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Service protection counts the authenticated user's requests.
-	release, e := s.admit(initiating, 1)
+	tk, e := s.admit(initiating)
 	if e != nil {
 		s.limitHeaders(w.Header(), initiating)
 		writeResponse(w, e.response())
 		return
 	}
-	defer release()
-	resp := withErrorAnnotations(nil, req.header, s.runOne(c, req))
+	resp := s.runOne(c, req)
+	tk.end(costOf(s.Limits(), req, resp))
+	resp = withErrorAnnotations(nil, req.header, resp)
 	s.limitHeaders(w.Header(), initiating)
 	writeResponse(w, resp)
 }
@@ -439,6 +482,11 @@ func (s *Server) exec(c *call, req *request, t *tx) response {
 			return s.countRows(tb, req)
 		}
 	}
+	if set, message, ok := strings.Cut(p, "/"+bulkAction); ok && !strings.Contains(set, "(") {
+		if tb := s.st.bySet[set]; tb != nil {
+			return s.bulk(c, t, tb, req, message)
+		}
+	}
 	set, keySeg := p, ""
 	if i := strings.IndexByte(p, '('); i >= 0 {
 		if !strings.HasSuffix(p, ")") {
@@ -494,6 +542,7 @@ func (s *Server) exec(c *call, req *request, t *tx) response {
 		ann := wantAnnotations(prefer(req.header))
 		s.annotate(tb, existing, out, ann)
 		resp := jsonResponse(200, out)
+		resp.rows = 1
 		resp.header.Set("ETag", etag(existing))
 		if ann.any() {
 			resp.header.Add("Preference-Applied", ann.applied())
@@ -907,7 +956,7 @@ func (s *Server) list(c *call, tb *table, req *request) response {
 	var rows []*row
 	var filter filterNode
 	if f := q.Get("$filter"); f != "" {
-		n, err := parseFilter(f, knownFilterName(tb.def))
+		n, err := parseFilter(withAliases(f, q), knownFilterName(tb.def))
 		if err != nil {
 			return errBadRequest("0x80060888", "Invalid $filter: "+err.Error()).response()
 		}
@@ -920,6 +969,11 @@ func (s *Server) list(c *call, tb *table, req *request) response {
 			for _, r := range tb.byLookup(m[1], m[2]) {
 				candidates[r.id] = r
 			}
+		}
+	}
+	if in, ok := filter.(inNode); ok {
+		if c, ok := tb.inCandidates(in); ok {
+			candidates = c
 		}
 	}
 	for _, r := range candidates {
@@ -970,6 +1024,7 @@ func (s *Server) list(c *call, tb *table, req *request) response {
 	}
 	addCount(out, q, ann, matched)
 	resp := jsonResponse(200, out)
+	resp.rows = len(vals)
 	if ann.any() {
 		resp.header.Add("Preference-Applied", ann.applied())
 	}
@@ -1081,6 +1136,7 @@ func (s *Server) delta(c *call, tb *table, req *request, sel map[string]bool, pa
 		out["@odata.deltaLink"] = c.base + tb.def.EntitySetName + "?" + encodeQuery(nq)
 	}
 	resp := jsonResponse(200, out)
+	resp.rows = len(vals)
 	resp.header.Set("Preference-Applied", "odata.track-changes")
 	return resp
 }

@@ -284,15 +284,15 @@ func TestConcurrencyLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	release, e := s.admit(DefaultUserID, 1)
+	tk, e := s.admit(DefaultUserID)
 	if e != nil {
 		t.Fatal(e)
 	}
-	if _, e := s.admit(DefaultUserID, 1); e == nil || e.status != 429 || e.code != "0x80072326" {
+	if _, e := s.admit(DefaultUserID); e == nil || e.status != 429 || e.code != "0x80072326" {
 		t.Fatalf("second concurrent request admitted: %v", e)
 	}
-	release()
-	if _, e := s.admit(DefaultUserID, 1); e != nil {
+	tk.end(1, 0)
+	if _, e := s.admit(DefaultUserID); e != nil {
 		t.Fatalf("after release: %v", e)
 	}
 }

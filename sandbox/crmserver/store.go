@@ -464,3 +464,26 @@ func toNumber(v any) (json.Number, bool) {
 	}
 	return "", false
 }
+
+// inCandidates answers Microsoft.Dynamics.CRM.In on the primary id or on a
+// one-column alternate key from the indexes, as the database would; ok is
+// false for any other column.
+func (tb *table) inCandidates(in inNode) (map[string]*row, bool) {
+	if in.attr != tb.def.PrimaryID && tb.def.keyFor([]string{in.attr}) == nil {
+		return nil, false
+	}
+	out := make(map[string]*row, len(in.vals))
+	for _, v := range in.vals {
+		var r *row
+		if in.attr == tb.def.PrimaryID {
+			s, _ := v.(string)
+			r = tb.rows[strings.ToLower(s)]
+		} else if found, e := tb.findByKey(map[string]any{in.attr: v}); e == nil {
+			r = found
+		}
+		if r != nil {
+			out[r.id] = r
+		}
+	}
+	return out, true
+}
