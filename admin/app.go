@@ -190,6 +190,7 @@ func (a *app) routeTable() []route {
 		{"GET /conflicts", permLogsRead, a.conflictsPage},
 		{"GET /conflicts/{id}", permLogsRead, a.conflictPage},
 		{"POST /conflicts/{id}/resolve", permConflictsResolve, a.resolveConflictPost},
+		{"GET /backfills", permDashboard, a.backfillsPage},
 		{"GET /deadletters", permDLRead, a.deadLettersPage},
 		{"GET /deadletters/{queue}/{seq}", permDLRead, a.deadLetterPage},
 		{"POST /deadletters/confirm", permDLRedrive, a.confirmRedrive},
@@ -327,6 +328,7 @@ var navigation = []navItem{
 	{"Sync logs", "/logs", permLogsRead},
 	{"Conflicts", "/conflicts", permLogsRead},
 	{"Dead letters", "/deadletters", permDLRead},
+	{"Backfills", "/backfills", permDashboard},
 	{"Users", "/users", permUsers},
 	{"Audit trail", "/audit", permAudit},
 }

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"time"
 
+	"gorm.io/gorm"
+
 	"github.com/fhirsync/fhirsync/logs"
 	"github.com/fhirsync/fhirsync/maps"
 	"github.com/fhirsync/fhirsync/queues"
@@ -42,6 +44,7 @@ type dataStores struct {
 	queues     map[string]DeadLetterQueue
 	queueNames []string // sorted
 	feeds      func(ctx context.Context) ([]feedStatus, error)
+	db         *gorm.DB // tables other processes write, read directly (backfill_runs)
 }
 
 // openData builds the stores from the server's dependencies: the sync log
@@ -52,7 +55,7 @@ func (s *Server) openData() (*dataStores, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening the map store: %w", err)
 	}
-	d := &dataStores{maps: ms, logs: s.deps.Logs, queues: s.deps.Queues}
+	d := &dataStores{maps: ms, logs: s.deps.Logs, queues: s.deps.Queues, db: db}
 	if d.logs == nil {
 		if d.logs, err = logs.New(db, logs.Config{Logger: s.deps.Logger}, nil); err != nil {
 			return nil, fmt.Errorf("opening the sync log: %w", err)

@@ -100,6 +100,7 @@ var routeSpecs = map[string]routeSpec{
 	"GET /api/v1/deadletters/{queue}/{seq}":    {perm: "deadletters.read", allowed: 404},
 	"POST /api/v1/deadletters/redrive":         {perm: "deadletters.redrive", allowed: 400},
 	"GET /api/v1/dashboard":                    {perm: "dashboard.read", allowed: 200},
+	"GET /backfills":                           {perm: "dashboard.read", allowed: 200},
 }
 
 // matrixRequest builds a request for a route pattern, filling path
