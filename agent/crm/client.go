@@ -12,13 +12,12 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // APIPath is the Web API service root below the organisation URL.
@@ -38,7 +37,8 @@ const (
 
 // Limits from the Dataverse service-protection and $batch rules.
 const (
-	// MaxConcurrency is the per-user concurrent request limit.
+	// MaxConcurrency is the per-user concurrent request limit ("Send
+	// parallel requests", Service protection limits).
 	MaxConcurrency = 52
 	// MaxBatchSize is the number of requests one $batch may carry.
 	MaxBatchSize = 1000
@@ -49,6 +49,12 @@ type Config struct {
 	// URL is the organisation URL, e.g. https://contoso.crm.dynamics.com;
 	// a URL that already contains /api/data/ is used as the service root.
 	URL string
+	// Users are the application users the client signs in as, each with
+	// its own service-protection budget; requests are shared among them.
+	// Empty means one user from Auth, Token, TenantID, ClientID,
+	// ClientSecret and Credential below, which are then the only way to
+	// give credentials.
+	Users []User
 	// Auth selects the authentication mode; empty means none.
 	Auth AuthMode
 	// Token is the static bearer token for AuthBearer.
@@ -69,7 +75,10 @@ type Config struct {
 	// Timeout bounds one HTTP attempt; zero means 2 minutes (the Dataverse
 	// request time-out).
 	Timeout time.Duration
-	// MaxConcurrency caps requests in flight; zero means 8, at most 52.
+	// MaxConcurrency caps each user's requests in flight, at most 52.
+	// Within the cap a user's limit follows the latest x-ms-dop-hint the
+	// CRM answered with. Zero means no cap beyond 52: the hint alone
+	// decides, and until one arrives the limit is 8.
 	MaxConcurrency int
 	// MaxRetries is how many times a throttled or unavailable request is
 	// retried; zero means 5, negative means never.
@@ -84,26 +93,23 @@ type Config struct {
 	// PageSize is sent as Prefer: odata.maxpagesize; zero leaves the
 	// server default (5000).
 	PageSize int
+	// Registerer, when set, receives the per-user request metrics.
+	Registerer prometheus.Registerer
 }
 
 // Client talks to one Dataverse organisation. It is safe for concurrent use.
 type Client struct {
 	root      string // service root, ending in "/"
 	http      *http.Client
-	cred      azcore.TokenCredential
+	users     *users
 	scope     string
-	static    string
 	callerID  string
 	timeout   time.Duration
 	retries   int
 	retryWait time.Duration
 	pageSize  int
-	sem       chan struct{}
 	batchMax  int
 	batchSize atomic.Int64
-
-	tokMu sync.Mutex
-	tok   azcore.AccessToken
 }
 
 // New validates cfg and builds a client.
@@ -121,27 +127,7 @@ func New(cfg Config) (*Client, error) {
 	}
 	c := &Client{callerID: cfg.CallerID, timeout: cfg.Timeout, retries: cfg.MaxRetries,
 		retryWait: cfg.MaxRetryWait, pageSize: cfg.PageSize, http: cfg.HTTPClient}
-	switch cfg.Auth {
-	case "", AuthNone:
-	case AuthBearer:
-		if cfg.Token == "" {
-			probs = append(probs, "auth bearer needs Token")
-		}
-		c.static = cfg.Token
-	case AuthClientSecret, AuthManagedIdentity, AuthDefault:
-		if cfg.Credential == nil {
-			cred, err := newCredential(cfg)
-			if err != nil {
-				probs = append(probs, err.Error())
-			}
-			c.cred = cred
-		}
-	default:
-		probs = append(probs, fmt.Sprintf("unknown auth mode %q", cfg.Auth))
-	}
-	if cfg.Credential != nil {
-		c.cred = cfg.Credential
-	}
+	c.users = buildUsers(cfg, &probs)
 	if len(probs) > 0 {
 		return nil, fmt.Errorf("dataverse client config: %s", strings.Join(probs, "; "))
 	}
@@ -159,7 +145,7 @@ func New(cfg Config) (*Client, error) {
 			Proxy:               http.ProxyFromEnvironment,
 			DialContext:         (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 			TLSHandshakeTimeout: 15 * time.Second,
-			MaxIdleConnsPerHost: MaxConcurrency,
+			MaxIdleConnsPerHost: MaxConcurrency * max(1, len(cfg.Users)),
 			IdleConnTimeout:     90 * time.Second,
 		}}
 	}
@@ -175,11 +161,6 @@ func New(cfg Config) (*Client, error) {
 	if c.retryWait == 0 {
 		c.retryWait = 5 * time.Minute
 	}
-	n := cfg.MaxConcurrency
-	if n == 0 {
-		n = 8
-	}
-	c.sem = make(chan struct{}, n)
 	c.batchMax = cfg.BatchSize
 	if c.batchMax == 0 {
 		c.batchMax = 100
@@ -188,7 +169,7 @@ func New(cfg Config) (*Client, error) {
 	return c, nil
 }
 
-func newCredential(cfg Config) (azcore.TokenCredential, error) {
+func newCredential(cfg User) (azcore.TokenCredential, error) {
 	switch cfg.Auth {
 	case AuthClientSecret:
 		if cfg.TenantID == "" || cfg.ClientID == "" || cfg.ClientSecret == "" {
@@ -209,26 +190,6 @@ func newCredential(cfg Config) (azcore.TokenCredential, error) {
 // Root returns the service root URL, ending in "/".
 func (c *Client) Root() string { return c.root }
 
-func (c *Client) authorization(ctx context.Context) (string, error) {
-	if c.static != "" {
-		return "Bearer " + c.static, nil
-	}
-	if c.cred == nil {
-		return "", nil
-	}
-	c.tokMu.Lock()
-	defer c.tokMu.Unlock()
-	if c.tok.Token != "" && time.Until(c.tok.ExpiresOn) > 2*time.Minute {
-		return "Bearer " + c.tok.Token, nil
-	}
-	tok, err := c.cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{c.scope}})
-	if err != nil {
-		return "", &Error{Op: "getting a token", Class: ClassUnauthorized, Err: err}
-	}
-	c.tok = tok
-	return "Bearer " + tok.Token, nil
-}
-
 // call is one HTTP exchange to make.
 type call struct {
 	method string
@@ -243,6 +204,8 @@ type call struct {
 	// notModified accepts 304 Not Modified as an answer (a conditional
 	// retrieve).
 	notModified bool
+	// user, when set, is the only user the call may be sent as.
+	user *user
 	// batch marks a $batch: a multipart answer is returned for decoding
 	// whatever its status, because Dataverse answers a batch that stopped
 	// at a failed request with that request's error status and the
@@ -259,17 +222,44 @@ type result struct {
 
 // send makes the call, retrying what may be retried, and returns a 2xx
 // result or a classified *Error.
+//
+// Each attempt goes out as one of the client's users. A 429 pauses that
+// user (observe); the call is then sent again at once as another user that
+// is free, even a noRetry call, since a 429 means nothing was executed.
+// Only when every user is paused does the call wait, or for noRetry return
+// the throttled error with RetryAfter until the first user resumes.
 func (c *Client) send(ctx context.Context, op string, cl call) (result, error) {
-	for attempt := 0; ; attempt++ {
-		res, err := c.once(ctx, op, cl)
+	failovers := 0
+	for attempt := 0; ; {
+		u, err := c.users.acquire(ctx, cl.user)
+		if err != nil {
+			return result{}, fmt.Errorf("%s: %w", op, err)
+		}
+		res, err := c.once(ctx, u, op, cl)
+		c.users.release(u)
 		if err == nil {
 			return res, nil
 		}
 		e, ok := AsError(err)
-		if !ok || !e.Retryable || cl.noRetry || attempt >= c.retries {
+		if !ok || !e.Retryable {
 			return res, err
 		}
-		if e.Class != ClassThrottled && !cl.idempotent {
+		if e.Class == ClassThrottled {
+			wait := c.users.resumeIn(cl.user)
+			if wait == 0 && cl.user == nil && failovers < len(c.users.list) {
+				failovers++
+				continue
+			}
+			if len(c.users.list) > 1 && cl.user == nil {
+				e.RetryAfter = wait
+			}
+			if cl.noRetry || attempt >= c.retries || wait > c.retryWait {
+				return res, err
+			}
+			attempt++
+			continue // acquire waits out the pause
+		}
+		if cl.noRetry || attempt >= c.retries || !cl.idempotent {
 			return res, err
 		}
 		wait := e.RetryAfter
@@ -286,6 +276,7 @@ func (c *Client) send(ctx context.Context, op string, cl call) (result, error) {
 			return res, fmt.Errorf("%s: waiting to retry: %w", op, ctx.Err())
 		case <-t.C:
 		}
+		attempt++
 	}
 }
 
@@ -294,13 +285,8 @@ func backoff(attempt int) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-func (c *Client) once(ctx context.Context, op string, cl call) (result, error) {
-	select {
-	case c.sem <- struct{}{}:
-	case <-ctx.Done():
-		return result{}, fmt.Errorf("%s: %w", op, ctx.Err())
-	}
-	defer func() { <-c.sem }()
+// once makes one HTTP exchange as u, which holds a slot for it.
+func (c *Client) once(ctx context.Context, u *user, op string, cl call) (result, error) {
 	actx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	var body io.Reader
@@ -325,13 +311,14 @@ func (c *Client) once(ctx context.Context, op string, cl call) (result, error) {
 	if c.callerID != "" {
 		req.Header.Set("MSCRMCallerID", c.callerID)
 	}
-	auth, err := c.authorization(ctx)
+	auth, err := u.authorization(ctx, c.scope)
 	if err != nil {
 		return result{}, err
 	}
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
 	}
+	u.m.requests.Inc()
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -340,6 +327,7 @@ func (c *Client) once(ctx context.Context, op string, cl call) (result, error) {
 		return result{}, &Error{Op: op, Class: ClassUnavailable, Retryable: true, Err: err}
 	}
 	defer resp.Body.Close()
+	c.users.observe(u, resp.StatusCode, resp.Header)
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
 	if err != nil {
 		if ctx.Err() != nil {
@@ -355,6 +343,9 @@ func (c *Client) once(ctx context.Context, op string, cl call) (result, error) {
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		if cl.batch && resp.StatusCode < 500 && isMultipartAnswer(resp.Header, b) {
 			return res, nil
+		}
+		if len(c.users.list) > 1 && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) {
+			op += " as CRM user " + u.label
 		}
 		return res, errorFromResponse(op, resp.StatusCode, resp.Header, b)
 	}

@@ -69,8 +69,8 @@ func TestAzureCredentialModes(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", cfg.Auth, err)
 		}
-		if c.cred == nil || c.scope != "https://org.crm.dynamics.com/.default" {
-			t.Fatalf("%s: credential %v scope %s", cfg.Auth, c.cred, c.scope)
+		if c.users.list[0].cred == nil || c.scope != "https://org.crm.dynamics.com/.default" {
+			t.Fatalf("%s: credential %v scope %s", cfg.Auth, c.users.list[0].cred, c.scope)
 		}
 	}
 }

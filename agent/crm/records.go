@@ -106,11 +106,11 @@ func idFromEntityID(v string) (string, bool) {
 	return strings.ToLower(id), true
 }
 
-// WhoAmI returns the systemuserid the client acts as; the agent compares
-// it with change initiators to recognise its own writes.
-func (c *Client) WhoAmI(ctx context.Context) (string, error) {
+// whoAmI returns the systemuserid u acts as; the agent compares it with
+// change initiators to recognise its own writes.
+func (c *Client) whoAmI(ctx context.Context, u *user) (string, error) {
 	op := "calling WhoAmI"
-	res, err := c.send(ctx, op, call{method: http.MethodGet, url: c.url("WhoAmI", nil), idempotent: true})
+	res, err := c.send(ctx, op, call{method: http.MethodGet, url: c.url("WhoAmI", nil), idempotent: true, user: u})
 	if err != nil {
 		return "", err
 	}
