@@ -42,6 +42,9 @@ type Config struct {
 	// version the agent wrote, since another integration may sign in as
 	// the same user.
 	CRMUserID string
+	// CRMUserIDs are the agent's further application users when the CRM
+	// client signs in as several; each counts as CRMUserID does.
+	CRMUserIDs []string
 	// OwnWriteTTL is how long the versions the agent wrote are remembered
 	// for echo detection (7 days).
 	OwnWriteTTL time.Duration
@@ -159,6 +162,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	fs := fhirSide{api: deps.FHIR, crm: deps.CRM, writes: ow}
 	cs := crmSide{api: deps.CRM, writes: ow}
 	prec := newPrecisions(deps.CRM)
+	own := newCRMUsers(cfg.CRMUserID, cfg.CRMUserIDs)
 	a.pipe = &pipeline{
 		flows: map[queues.Side]*flow{
 			queues.SideFHIR: {dir: logs.FHIRToCRM, side: queues.SideFHIR, targetOf: "crm", source: fs, target: cs,
@@ -181,9 +185,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 				isEcho: func(ctx context.Context, n queues.Notice, src record) (bool, error) {
 					return ow.echo(ctx, "crm", n, src)
 				},
-				ownNotice: func(n queues.Notice) bool {
-					return cfg.CRMUserID != "" && n.Initiator == cfg.CRMUserID
-				}},
+				ownNotice: own.initiated},
 		},
 		maps:         a.mapSet,
 		log:          deps.Logs,
@@ -192,7 +194,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		base:         newBaseHasher(cfg.BaseKey),
 		maxAttempts:  cfg.MaxAttempts,
 		mergeOpts:    mergeOptions{Skew: cfg.ConflictSkew, Tie: cfg.ConflictTie},
-		crmUserID:    cfg.CRMUserID,
+		crmUsers:     own,
 		staleRetries: cfg.StaleRetries,
 		backoff:      Backoff{Base: cfg.RetryBase, Max: cfg.RetryMax},
 		metrics:      newMetrics(deps.Registry),

@@ -160,9 +160,9 @@ func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src
 	// or a pair synced before the base was kept. Its values are taken as
 	// the base, so the resource's values flow instead of being weighed
 	// against a write of fhirsync's own.
-	trusted := mg.old == nil && f.side == queues.SideFHIR && p.crmUserID != "" && rec != nil &&
+	trusted := mg.old == nil && f.side == queues.SideFHIR && rec != nil &&
 		strings.EqualFold(fmt.Sprint(rec[em.Correlation.CRMAttribute]), src.ID) &&
-		strings.EqualFold(fmt.Sprint(rec["_modifiedby_value"]), p.crmUserID)
+		p.crmUsers.has(fmt.Sprint(rec["_modifiedby_value"]))
 	var resolutions []logs.HeldConflict
 	var loaded bool
 	for _, v := range vals {

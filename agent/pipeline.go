@@ -130,9 +130,9 @@ type pipeline struct {
 	conflicts conflictStore
 	// mergeOpts is last-writer-wins' clock-skew allowance and tie-breaker.
 	mergeOpts mergeOptions
-	// crmUserID is fhirsync's own application user in the CRM ("" when
-	// not known).
-	crmUserID string
+	// crmUsers are fhirsync's own application users in the CRM (none
+	// when not known).
+	crmUsers crmUsers
 	// pairs serialises the messages of one linked pair in this process.
 	pairs pairLocks
 	// staleRetries is how many times a write that lost a race (HTTP 412)
