@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -13,18 +14,46 @@ import (
 
 	"github.com/fhirsync/fhirsync/agent"
 	"github.com/fhirsync/fhirsync/agent/internal/agenttest"
+	"github.com/fhirsync/fhirsync/sandbox/crmserver"
 	"github.com/fhirsync/fhirsync/sandbox/synth"
 	"github.com/fhirsync/fhirsync/storage/storagetest"
 )
 
-// backfillCrashPatients is the size of the backfill crash test.
+// backfillCrashPatients is the size of the backfill crash test in CI.
+// FHIRSYNC_BACKFILL_CRASH_RECORDS runs it at another size (docs/benchmarks.md:
+// the million-record backfill), and FHIRSYNC_BACKFILL_CRASH_LIMITS=dataverse
+// turns on the sandbox CRM's documented service-protection limits.
 const backfillCrashPatients = 3000
+
+// backfillCrashSize reads the test's size and limits from the environment.
+func backfillCrashSize(t *testing.T) (records int, limits bool, large bool) {
+	records = backfillCrashPatients
+	if v := os.Getenv("FHIRSYNC_BACKFILL_CRASH_RECORDS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 100 {
+			t.Fatalf("FHIRSYNC_BACKFILL_CRASH_RECORDS=%q: want a number of at least 100", v)
+		}
+		records, large = n, true
+	}
+	switch v := os.Getenv("FHIRSYNC_BACKFILL_CRASH_LIMITS"); v {
+	case "":
+	case "dataverse":
+		limits, large = true, true
+	default:
+		t.Fatalf("FHIRSYNC_BACKFILL_CRASH_LIMITS=%q: want dataverse or nothing", v)
+	}
+	return records, limits, large
+}
 
 // backfillCommand is `fhirsync backfill` of the patients as a child
 // process with the fleet's configuration.
-func (f *fleet) backfillCommand(t *testing.T, env map[string]string, stdout, stderr *bytes.Buffer) *exec.Cmd {
-	cmd := exec.Command(f.bin, "backfill", "--map", "patient-contact", "--side", "fhir",
-		"--batch", "50", "--max-queued", "200", "--progress", "1s")
+func (f *fleet) backfillCommand(t *testing.T, env map[string]string, stdout, stderr *bytes.Buffer, large bool) *exec.Cmd {
+	args := []string{"backfill", "--map", "patient-contact", "--side", "fhir", "--batch", "50", "--max-queued", "200", "--progress", "1s"}
+	if large {
+		// The defaults, as an operator runs it.
+		args = []string{"backfill", "--map", "patient-contact", "--side", "fhir", "--progress", "30s"}
+	}
+	cmd := exec.Command(f.bin, args...)
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "FHIRSYNC_") {
 			cmd.Env = append(cmd.Env, kv)
@@ -62,11 +91,18 @@ func TestBackfillResumesAfterSIGKILL(t *testing.T) {
 		t.Skip("the backfill crash test syncs 3,000 records; skipped with -short")
 	}
 	t.Parallel()
+	records, limits, large := backfillCrashSize(t)
 	for _, d := range storagetest.Dialects {
 		t.Run(string(d), func(t *testing.T) {
 			t.Parallel()
 			start := time.Now()
-			f := newFleet(t, d, backfillCrashPatients)
+			f := newFleet(t, d, records)
+			if limits {
+				// The agent's user only: the test's own reads stay free.
+				l := crmserver.DataverseLimits()
+				l.Exempt = []string{humanUser}
+				f.crmSrv.SetLimits(l)
+			}
 			env := f.env(t, "FHIRSYNC_AGENT_WORKERS", "8")
 			p := agenttest.Start(t, f.bin, env)
 			g := synth.New(11)
@@ -77,14 +113,19 @@ func TestBackfillResumesAfterSIGKILL(t *testing.T) {
 				f.drained(t, 3*time.Minute)
 			}
 
+			before := f.crmSrv.Accounts()[agentUser]
 			var out1, err1 bytes.Buffer
-			bf := f.backfillCommand(t, env, &out1, &err1)
+			backfillStart := time.Now()
+			bf := f.backfillCommand(t, env, &out1, &err1, large)
 			if err := bf.Start(); err != nil {
 				t.Fatal(err)
 			}
 			exited := make(chan error, 1)
 			go func() { exited <- bf.Wait() }()
 			deadline := time.Now().Add(5 * time.Minute)
+			if large {
+				deadline = time.Now().Add(24 * time.Hour)
+			}
 			var at agent.BackfillRun
 			for {
 				select {
@@ -92,7 +133,7 @@ func TestBackfillResumesAfterSIGKILL(t *testing.T) {
 					t.Fatalf("the backfill ended (%v) before it was half way; stdout:\n%s\nstderr:\n%s", err, out1.String(), err1.String())
 				default:
 				}
-				if r, ok := f.patientRun(t); ok && r.Done >= backfillCrashPatients/2 {
+				if r, ok := f.patientRun(t); ok && r.Done >= int64(records)/2 {
 					at = r
 					break
 				}
@@ -105,22 +146,22 @@ func TestBackfillResumesAfterSIGKILL(t *testing.T) {
 			<-exited
 			killed, _ := f.patientRun(t)
 			t.Logf("%s: backfill killed at %d of %d enqueued (checkpoint read just before: %d) after %s",
-				d, killed.Done, backfillCrashPatients, at.Done, time.Since(start).Round(time.Millisecond))
-			if killed.State != agent.BackfillRunning || killed.Done >= backfillCrashPatients || killed.Total != backfillCrashPatients {
+				d, killed.Done, records, at.Done, time.Since(start).Round(time.Millisecond))
+			if killed.State != agent.BackfillRunning || killed.Done >= int64(records) || killed.Total != int64(records) {
 				t.Fatalf("the run after SIGKILL = %+v, want it still running short of the end, with the search's total", killed)
 			}
 
 			var out2, err2 bytes.Buffer
 			resumed := time.Now()
-			bf = f.backfillCommand(t, env, &out2, &err2)
+			bf = f.backfillCommand(t, env, &out2, &err2, large)
 			if err := bf.Run(); err != nil {
 				t.Fatalf("the restarted backfill failed: %v\nstdout:\n%s\nstderr:\n%s", err, out2.String(), err2.String())
 			}
-			want := fmt.Sprintf("backfill of patient-contact: %d FHIR notices (fhir-changes), 0 CRM notices (crm-changes) enqueued, resumed from a checkpoint", backfillCrashPatients)
+			want := fmt.Sprintf("backfill of patient-contact: %d FHIR notices (fhir-changes), 0 CRM notices (crm-changes) enqueued, resumed from a checkpoint", records)
 			if !strings.Contains(out2.String(), want) {
 				t.Fatalf("the restarted backfill printed:\n%s\nwant %q", out2.String(), want)
 			}
-			if !strings.Contains(err2.String(), "backfill patient-contact fhir: ") || !strings.Contains(err2.String(), fmt.Sprintf(" of %d (", backfillCrashPatients)) {
+			if !strings.Contains(err2.String(), "backfill patient-contact fhir: ") || !strings.Contains(err2.String(), fmt.Sprintf(" of %d (", records)) {
 				t.Errorf("the restarted backfill printed no progress with the total; stderr:\n%s", err2.String())
 			}
 			for i := range 20 {
@@ -129,12 +170,22 @@ func TestBackfillResumesAfterSIGKILL(t *testing.T) {
 				}
 			}
 			final, _ := f.patientRun(t)
-			if final.State != agent.BackfillDone || final.Done != backfillCrashPatients || final.Resumes != 1 || final.ID != killed.ID {
-				t.Errorf("the run after the restart = %+v, want run %s done with %d after one resume", final, killed.ID, backfillCrashPatients)
+			if final.State != agent.BackfillDone || final.Done != int64(records) || final.Resumes != 1 || final.ID != killed.ID {
+				t.Errorf("the run after the restart = %+v, want run %s done with %d after one resume", final, killed.ID, records)
 			}
 			t.Logf("%s: the resumed backfill finished in %s", d, time.Since(resumed).Round(time.Millisecond))
 
-			f.drained(t, 5*time.Minute)
+			if large {
+				f.drained(t, 24*time.Hour)
+			} else {
+				f.drained(t, 5*time.Minute)
+			}
+			synced := time.Since(backfillStart)
+			after := f.crmSrv.Accounts()[agentUser]
+			req, ops := after.Requests-before.Requests, after.Operations-before.Operations
+			t.Logf("%s: %d patients backfilled and synced in %s (%.0f records/s), kill included, CRM limits on: %v; agent CRM requests %d (%.3f per record), operations %d, execution time %s, 429s %d; the backfill waited %s for the queue",
+				d, records, synced.Round(time.Second), float64(records)/synced.Seconds(), limits, req, float64(req)/float64(records), ops,
+				(after.ExecutionTime - before.ExecutionTime).Round(time.Second), after.Throttled-before.Throttled, final.Throttled.Round(time.Second))
 			if err := p.Stop(30 * time.Second); err != nil {
 				t.Errorf("stopping: %v\n%s", err, p.Output())
 			}
