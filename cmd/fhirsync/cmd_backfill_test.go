@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"gorm.io/gorm"
@@ -158,6 +159,17 @@ func TestBackfillCommand(t *testing.T) {
 			if code != 0 || !strings.Contains(out, "0 FHIR notices (fhir-changes), 4 CRM notices") {
 				t.Fatalf("--side crm: exit %d\n%s", code, out)
 			}
+
+			// Every walk is a stored run; --status lists them, newest first.
+			out, errOut, code = s.run(t, "backfill", "--status")
+			if code != 0 {
+				t.Fatalf("--status exit %d: %s", code, errOut)
+			}
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			if len(lines) != 3 || !strings.Contains(lines[0], "patient-contact") || !strings.Contains(lines[0], " crm ") ||
+				!strings.Contains(lines[0], "done") || !strings.Contains(lines[0], "4 of ?") || !strings.Contains(out, "7 of 7") {
+				t.Fatalf("--status printed:\n%s", out)
+			}
 		})
 	}
 }
@@ -174,6 +186,8 @@ func TestBackfillCommandUsage(t *testing.T) {
 		{name: "no map", args: []string{"backfill"}, wantCode: 2, wantStderr: "--map"},
 		{name: "bad side", args: []string{"backfill", "--map", "x", "--side", "up"}, wantCode: 2, wantStderr: "--side"},
 		{name: "bad batch", args: []string{"backfill", "--map", "x", "--batch", "0"}, wantCode: 2, wantStderr: "--batch"},
+		{name: "queue bound below a batch", args: []string{"backfill", "--map", "x", "--batch", "100", "--max-queued", "50"}, wantCode: 2, wantStderr: "--max-queued"},
+		{name: "negative queue bound", args: []string{"backfill", "--map", "x", "--max-queued", "-1"}, wantCode: 2, wantStderr: "--max-queued"},
 		{name: "stray argument", args: []string{"backfill", "--map", "x", "y"}, wantCode: 2, wantStderr: "no arguments"},
 		{name: "unknown map", args: []string{"backfill", "--map", "no-such-map"}, wantCode: 1, wantStderr: "no-such-map"},
 		{name: "direction off", args: []string{"backfill", "--map", "encounter", "--side", "crm"}, wantCode: 1, wantStderr: "direction is off"},
@@ -253,4 +267,33 @@ func replaysOfRecords(t *testing.T, reg *prometheus.Registry) float64 {
 	}
 	t.Fatal("fhirsync_replays_total{kind=record} is not on the registry")
 	return 0
+}
+
+func TestFormatProgress(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		p    agent.BackfillProgress
+		want string
+	}{
+		{name: "running with a total",
+			p:    agent.BackfillProgress{Map: "patient-contact", Side: queues.SideFHIR, Done: 250000, Total: 1000000, Rate: 812.4, Left: 923*time.Second + 300*time.Millisecond, Queued: 4800, State: agent.BackfillRunning},
+			want: "backfill patient-contact fhir: 250000 of 1000000 (25.0%) enqueued, 812 records/s, about 15m23s left; 4800 waiting on the queue"},
+		{name: "waiting, total unknown, resumed",
+			p:    agent.BackfillProgress{Map: "patient-contact", Side: queues.SideCRM, Done: 10, Total: -1, Left: -1, Queued: 5000, Waiting: true, Resumed: true, State: agent.BackfillRunning},
+			want: "backfill patient-contact crm: 10 of an unknown total enqueued, 0 records/s; 5000 waiting on the queue (paused for the agent or the source); resumed from a checkpoint"},
+		{name: "done",
+			p:    agent.BackfillProgress{Map: "m", Side: queues.SideFHIR, Done: 7, Total: 7, Rate: 7, State: agent.BackfillDone},
+			want: "backfill m fhir: 7 of 7 (100.0%) enqueued, 7 records/s, done; 0 waiting on the queue"},
+		{name: "interrupted",
+			p:    agent.BackfillProgress{Map: "m", Side: queues.SideFHIR, Done: 3, Total: 7, Left: time.Second, State: agent.BackfillInterrupted},
+			want: "backfill m fhir: 3 of 7 (42.9%) enqueued, 0 records/s, interrupted; 0 waiting on the queue"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := formatProgress(tt.p); got != tt.want {
+				t.Errorf("formatProgress =\n %q\nwant\n %q", got, tt.want)
+			}
+		})
+	}
 }
