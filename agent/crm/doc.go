@@ -13,7 +13,10 @@
 // in flight, retries idempotent requests after 5xx and network failures,
 // and UpsertMany adapts its batch size to throttling. Authentication is
 // azidentity (client secret, managed identity, default chain) with the
-// organisation's "/.default" scope, a static bearer token, or none.
+// organisation's "/.default" scope, a static bearer token, or none. The
+// client may sign in as several application users, each with its own
+// service-protection budget (users.go): its own requests in flight, under
+// a limit that follows x-ms-dop-hint, and its own pause after a 429.
 //
 // Every failure is an *Error with a Class (rejected, conflict,
 // unauthorized, throttled, unavailable, not_found, invalid_response),

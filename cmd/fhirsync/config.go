@@ -19,6 +19,7 @@ import (
 	"github.com/robfig/cron/v3"
 
 	"github.com/fhirsync/fhirsync/admin"
+	"github.com/fhirsync/fhirsync/agent/crm"
 	"github.com/fhirsync/fhirsync/logs"
 )
 
@@ -48,7 +49,7 @@ type Config struct {
 	ShutdownTimeout time.Duration  `yaml:"shutdown_timeout"`
 	Queue           QueueConfig    `yaml:"queue"`
 	FHIR            EndpointConfig `yaml:"fhir"`
-	CRM             EndpointConfig `yaml:"crm"`
+	CRM             CRMConfig      `yaml:"crm"`
 	// Admin configures the admin app: its public URL (https turns on
 	// secure cookies and HSTS), sessions and OIDC sign-in.
 	Admin admin.AppConfig `yaml:"admin"`
@@ -204,6 +205,58 @@ type EndpointConfig struct {
 	Timeout time.Duration    `yaml:"timeout"`
 }
 
+// CRMConfig is the Dataverse environment and the application users
+// fhirsync signs in as.
+type CRMConfig struct {
+	// BaseURL is the Dataverse org (https://org.crm.dynamics.com). Empty
+	// runs the built-in sandbox.
+	BaseURL string `yaml:"base_url"`
+	// Auth is the one application user, unless Users lists them.
+	Auth CredentialConfig `yaml:"auth"`
+	// Users are application users that share the requests, each with
+	// Dataverse's service-protection limits of its own. In the environment
+	// an entry's keys are FHIRSYNC_CRM_USERS_<n>_<KEY>, n counting from 0
+	// without gaps (FHIRSYNC_CRM_USERS_0_CLIENT_SECRET_FILE).
+	Users   []CRMUserConfig `yaml:"users"`
+	Timeout time.Duration   `yaml:"timeout"`
+	// MaxConcurrency caps each user's requests in flight (1 to 52). Within
+	// it, the limit follows the x-ms-dop-hint Dataverse answers with; 0
+	// leaves the hint alone to decide, at most 52.
+	MaxConcurrency int `yaml:"max_concurrency"`
+}
+
+// CRMUserConfig is one application user of crm.users.
+type CRMUserConfig struct {
+	// Name labels the user in metrics and errors; it must not be a
+	// secret. Empty: client_id, else user1, user2… by position.
+	Name string `yaml:"name"`
+	// Method and the rest are as in CredentialConfig.
+	Method       string `yaml:"method"`
+	TenantID     string `yaml:"tenant_id"`
+	ClientID     string `yaml:"client_id"`
+	ClientSecret string `yaml:"client_secret" secret:"true"`
+	Token        string `yaml:"token" secret:"true"`
+	// UserID is the user's systemuserid; empty asks the CRM (WhoAmI) at
+	// start.
+	UserID string `yaml:"user_id"`
+}
+
+// credential is the user's credential part, for validation.
+func (u CRMUserConfig) credential() CredentialConfig {
+	return CredentialConfig{Method: u.Method, TenantID: u.TenantID, ClientID: u.ClientID, ClientSecret: u.ClientSecret, Token: u.Token}
+}
+
+// label is the user's label in metrics, as the CRM client derives it.
+func (u CRMUserConfig) label(i int) string {
+	switch {
+	case u.Name != "":
+		return u.Name
+	case u.ClientID != "":
+		return u.ClientID
+	}
+	return "user" + strconv.Itoa(i+1)
+}
+
 // defaultConfig is what runs with no configuration at all.
 func defaultConfig() Config {
 	return Config{
@@ -213,7 +266,7 @@ func defaultConfig() Config {
 		ShutdownTimeout: 30 * time.Second,
 		Queue:           QueueConfig{Kind: "embedded", FHIRChanges: "fhir-changes", CRMChanges: "crm-changes"},
 		FHIR:            EndpointConfig{Timeout: 30 * time.Second, Auth: CredentialConfig{Method: "none"}},
-		CRM:             EndpointConfig{Timeout: 30 * time.Second, Auth: CredentialConfig{Method: "none"}},
+		CRM:             CRMConfig{Timeout: 30 * time.Second, Auth: CredentialConfig{Method: "none"}},
 		Feeds: FeedsConfig{
 			FHIRHistory: FHIRHistoryConfig{Schedule: "@every 30s", Overlap: 2 * time.Minute},
 			CRMTracking: CRMTrackingConfig{Schedule: "@every 30s"},
@@ -274,6 +327,10 @@ func applyEnv(v reflect.Value, prefix string, getenv func(string) string) []stri
 			probs = append(probs, applyEnv(fv, name, getenv)...)
 			continue
 		}
+		if fv.Kind() == reflect.Slice && fv.Type().Elem().Kind() == reflect.Struct {
+			probs = append(probs, applyEnvList(fv, name, getenv)...)
+			continue
+		}
 		val, set := getenv(name), getenv(name) != ""
 		if f.Tag.Get("secret") == "true" {
 			if file := getenv(name + "_FILE"); file != "" {
@@ -297,6 +354,42 @@ func applyEnv(v reflect.Value, prefix string, getenv func(string) string) []stri
 		}
 	}
 	return probs
+}
+
+// applyEnvList overlays NAME_<n>_… variables onto the list entries, n
+// counting from 0; an entry past the list's end is added when any of its
+// variables is set.
+func applyEnvList(fv reflect.Value, name string, getenv func(string) string) []string {
+	var probs []string
+	for i := 0; ; i++ {
+		prefix := name + "_" + strconv.Itoa(i)
+		if i >= fv.Len() {
+			if !anyEnv(fv.Type().Elem(), prefix, getenv) {
+				return probs
+			}
+			fv.Set(reflect.Append(fv, reflect.New(fv.Type().Elem()).Elem()))
+		}
+		probs = append(probs, applyEnv(fv.Index(i), prefix, getenv)...)
+	}
+}
+
+// anyEnv reports whether a variable of a struct t under prefix is set.
+func anyEnv(t reflect.Type, prefix string, getenv func(string) string) bool {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
+		if tag == "" || tag == "-" {
+			continue
+		}
+		name := prefix + "_" + strings.ToUpper(tag)
+		if getenv(name) != "" || (f.Tag.Get("secret") == "true" && getenv(name+"_FILE") != "") {
+			return true
+		}
+		if f.Type.Kind() == reflect.Struct && anyEnv(f.Type, name, getenv) {
+			return true
+		}
+	}
+	return false
 }
 
 func setScalar(fv reflect.Value, s string) error {
@@ -381,7 +474,8 @@ func (c Config) Validate() []string {
 	if c.Queue.FHIRChanges == "" || c.Queue.CRMChanges == "" || c.Queue.FHIRChanges == c.Queue.CRMChanges {
 		bad("queue", "fhir_changes and crm_changes must be two different non-empty names")
 	}
-	for key, ep := range map[string]EndpointConfig{"fhir": c.FHIR, "crm": c.CRM} {
+	crmEP := EndpointConfig{BaseURL: c.CRM.BaseURL, Auth: c.CRM.Auth, Timeout: c.CRM.Timeout}
+	for key, ep := range map[string]EndpointConfig{"fhir": c.FHIR, "crm": crmEP} {
 		if ep.BaseURL != "" && !hasAnyPrefix(ep.BaseURL, "https://", "http://") {
 			bad(key+".base_url", "must be an http(s) URL")
 		}
@@ -390,6 +484,7 @@ func (c Config) Validate() []string {
 		}
 		p = append(p, ep.Auth.validate(key+".auth", true)...)
 	}
+	p = append(p, c.validateCRMUsers()...)
 	if _, err := cron.ParseStandard(c.Feeds.FHIRHistory.Schedule); err != nil {
 		bad("feeds.fhir_history.schedule", "%v", err)
 	}
@@ -452,6 +547,38 @@ func (c Config) Validate() []string {
 		}
 	}
 	slices.Sort(p)
+	return p
+}
+
+// validateCRMUsers checks crm.users and crm.max_concurrency.
+func (c Config) validateCRMUsers() []string {
+	var p []string
+	if n := c.CRM.MaxConcurrency; n < 0 || n > crm.MaxConcurrency {
+		p = append(p, fmt.Sprintf("crm.max_concurrency: must be between 1 and %d per user (0: follow the CRM's x-ms-dop-hint)", crm.MaxConcurrency))
+	}
+	if len(c.CRM.Users) == 0 {
+		return p
+	}
+	if a := c.CRM.Auth; a.Method != "none" || a.Token != "" || a.ClientSecret != "" {
+		p = append(p, "crm.auth: set crm.auth or crm.users, not both")
+	}
+	if len(c.CRM.Users) > 1 && c.Agent.CRMUserID != "" {
+		p = append(p, "agent.crm_user_id: names one user; with several crm.users set each one's user_id, or leave them to WhoAmI")
+	}
+	seen := map[string]bool{}
+	for i, u := range c.CRM.Users {
+		key := fmt.Sprintf("crm.users[%d]", i)
+		if u.Method == "" {
+			p = append(p, key+".method: required")
+		} else {
+			p = append(p, u.credential().validate(key, true)...)
+		}
+		if l := u.label(i); seen[l] {
+			p = append(p, fmt.Sprintf("%s.name: %q labels another user too; give each user its own name", key, l))
+		} else {
+			seen[l] = true
+		}
+	}
 	return p
 }
 

@@ -86,10 +86,7 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 		}
 	}
 	if cfg.CRM.BaseURL != "" {
-		a := cfg.CRM.Auth
-		s.crm, err = crm.New(crm.Config{URL: cfg.CRM.BaseURL, Auth: crm.AuthMode(a.Method), Token: a.Token,
-			TenantID: a.TenantID, ClientID: a.ClientID, ClientSecret: a.ClientSecret, Timeout: cfg.CRM.Timeout})
-		if err != nil {
+		if s.crm, err = crm.New(crmConfig(cfg.CRM, reg)); err != nil {
 			return nil, err
 		}
 	}
@@ -104,13 +101,13 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 		log.Warn("the sync agent is idle: set fhir.base_url and crm.base_url (or run fhirsync demo) to sync")
 		return s, nil
 	}
-	userID := cfg.Agent.CRMUserID
-	if userID == "" {
+	userIDs := []string{cfg.Agent.CRMUserID}
+	if cfg.Agent.CRMUserID == "" {
 		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		userID, err = s.crm.WhoAmI(wctx)
+		userIDs, err = s.crm.UserIDs(wctx)
 		cancel()
 		if err != nil {
-			return nil, fmt.Errorf("asking the CRM who fhirsync is (set agent.crm_user_id to skip): %w", err)
+			return nil, fmt.Errorf("asking the CRM who fhirsync is (set agent.crm_user_id, or each crm.users entry's user_id, to skip): %w", err)
 		}
 	}
 	renew := time.Duration(0)
@@ -121,7 +118,7 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 	if err != nil {
 		return nil, err
 	}
-	s.agent, err = agent.New(agent.Config{Workers: cfg.Agent.Workers, MaxAttempts: cfg.Agent.MaxAttempts, CRMUserID: userID,
+	s.agent, err = agent.New(agent.Config{Workers: cfg.Agent.Workers, MaxAttempts: cfg.Agent.MaxAttempts, CRMUserID: userIDs[0], CRMUserIDs: userIDs[1:],
 		FHIRAccount: cfg.Agent.FHIRAccount, Drain: cfg.ShutdownTimeout, LockRenewEvery: renew, BaseKey: baseKey(cfg.Logs.KeySecret),
 		ConflictSkew: cfg.Agent.ConflictSkew, ConflictTie: maps.ConflictPolicy(cfg.Agent.ConflictTie), StaleRetries: cfg.Agent.StaleRetries},
 		agent.Deps{DB: db, Maps: s.maps, FHIR: fhirWrites, CRM: s.crm, Logs: s.logs, FHIRChanges: s.fhirQ, CRMChanges: s.crmQ,
@@ -155,6 +152,22 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 		}
 	}
 	return s, nil
+}
+
+// crmConfig is the CRM client's configuration: crm.users, or crm.auth as
+// the one user; reg receives the per-user request metrics.
+func crmConfig(c CRMConfig, reg prometheus.Registerer) crm.Config {
+	cc := crm.Config{URL: c.BaseURL, Timeout: c.Timeout, MaxConcurrency: c.MaxConcurrency, Registerer: reg}
+	users := c.Users
+	if len(users) == 0 {
+		a := c.Auth
+		users = []CRMUserConfig{{Method: a.Method, TenantID: a.TenantID, ClientID: a.ClientID, ClientSecret: a.ClientSecret, Token: a.Token}}
+	}
+	for _, u := range users {
+		cc.Users = append(cc.Users, crm.User{Name: u.Name, Auth: crm.AuthMode(u.Method), Token: u.Token, TenantID: u.TenantID,
+			ClientID: u.ClientID, ClientSecret: u.ClientSecret, UserID: u.UserID})
+	}
+	return cc
 }
 
 func openQueue(cfg *Config, db *gorm.DB, name string) (queues.Queue, error) {
