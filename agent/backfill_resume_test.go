@@ -3,7 +3,10 @@ package agent_test
 import (
 	"context"
 	"errors"
+	"os"
+	"os/exec"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -248,6 +251,25 @@ func TestBackfillLeaseKeepsOneWalker(t *testing.T) {
 	}
 	if n := bfActive(t, e.fhirQ); n != 0 {
 		t.Fatalf("%d notices enqueued without the lease", n)
+	}
+	// A holder on this host whose process has exited (killed with
+	// SIGKILL, say) loses the lease at once, without waiting for it to
+	// lapse.
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	host, _ := os.Hostname()
+	dead := storage.NewLease(db, "backfill:patient-contact:crm", host+":"+strconv.Itoa(gone.Process.Pid), time.Hour)
+	if ok, err := dead.Acquire(ctx); err != nil || !ok {
+		t.Fatalf("taking the lease: %v %v", ok, err)
+	}
+	start := time.Now()
+	if res, err := agent.Backfill(ctx, agent.BackfillOptions{Map: "patient-contact", Side: queues.SideCRM}, e.deps); err != nil || res.CRM != bfContacts {
+		t.Fatalf("Backfill after the holder exited = %+v, %v", res, err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("the walk waited %s for the lease of an exited process", d)
 	}
 	// Once the other process is gone, the walk runs.
 	if err := other.Release(ctx); err != nil {

@@ -7,6 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
 	"time"
 
 	"gorm.io/gorm"
@@ -379,6 +384,12 @@ func holdLease(ctx context.Context, db *gorm.DB, name, holder string, ttl, wait 
 		if ok {
 			break
 		}
+		if took, err := takeOverExitedHolder(ctx, db, name); err != nil {
+			return ctx, nil, err
+		} else if took {
+			log.Info("the process holding the backfill lease on this host has exited; taking the lease over", "lease", name)
+			continue
+		}
 		if time.Now().After(deadline) {
 			return ctx, nil, fmt.Errorf("%w: another process holds the lease %s", ErrBackfillBusy, name)
 		}
@@ -420,6 +431,51 @@ func holdLease(ctx context.Context, db *gorm.DB, name, holder string, ttl, wait 
 		}
 	}
 	return runCtx, stop, nil
+}
+
+// takeOverExitedHolder ends the lease name when its holder is a process
+// of this host (a holder named host:pid, as defaultHolder names them) that
+// no longer exists, so that a backfill restarted after kill -9 continues
+// at once instead of waiting for the lease to lapse. A holder on another
+// host, or one whose process may still exist, keeps its lease.
+func takeOverExitedHolder(ctx context.Context, db *gorm.DB, name string) (bool, error) {
+	var rows []struct{ Holder string }
+	if err := db.WithContext(ctx).Raw("SELECT holder FROM leases WHERE name = ?", name).Scan(&rows).Error; err != nil {
+		return false, fmt.Errorf("reading the backfill lease %s: %w", name, err)
+	}
+	if len(rows) != 1 {
+		return false, nil
+	}
+	holder := rows[0].Holder
+	i := strings.LastIndexByte(holder, ':')
+	host, _ := os.Hostname()
+	if i < 0 || holder[:i] != host {
+		return false, nil
+	}
+	pid, err := strconv.Atoi(holder[i+1:])
+	if err != nil || pid <= 0 || pid == os.Getpid() || processExists(pid) {
+		return false, nil
+	}
+	res := db.WithContext(ctx).Exec("DELETE FROM leases WHERE name = ? AND holder = ?", name, holder)
+	if res.Error != nil {
+		return false, fmt.Errorf("ending the backfill lease %s of an exited process: %w", name, res.Error)
+	}
+	return res.RowsAffected == 1, nil
+}
+
+// processExists reports whether a process with pid may exist on this host
+// (signal 0 checks without sending anything). Where that cannot be asked,
+// it answers true, so the lease is left to lapse.
+func processExists(pid int) bool {
+	if runtime.GOOS == "windows" {
+		return true
+	}
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return false
+	}
+	err = p.Signal(syscall.Signal(0))
+	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // ErrBackfillBusy means another live process is walking the same side of
