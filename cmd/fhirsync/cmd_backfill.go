@@ -27,8 +27,9 @@ dies (a crash, kill -9, a reboot), running the same command again resumes
 that walk from its last checkpoint: at most one page is enqueued twice, and
 the agent's correlation keeps each record to one target row. --fresh starts
 from the first record instead (the unfinished walk is marked abandoned).
-Only one process walks a map's side at a time; a restarted backfill waits for
-the lease of a process that died to lapse (about 30 seconds).
+Only one process walks a map's side at a time. A restarted backfill takes the
+walk over at once from a process of this host that has exited, and waits up
+to about 30 seconds for the lease of one elsewhere to lapse.
 
 The walk waits whenever --max-queued notices stand unprocessed on the queue,
 so a long backfill never fills the queue: when the agent slows (the CRM
