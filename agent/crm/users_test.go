@@ -465,3 +465,50 @@ func TestBatchesShareUsers(t *testing.T) {
 		t.Errorf("the sandbox throttled %d requests, want one per user before giving up", th)
 	}
 }
+
+// TestThrottledBatchMovesToAnotherUser: a $batch refused with 429 as a
+// whole ran nothing, so the client sends it again at once as a free user
+// even for a caller that handles throttling itself (UpsertMany, the
+// coalescer): that caller never sees the 429 while a user is free.
+func TestThrottledBatchMovesToAnotherUser(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	tokens := map[string]string{"tok-a": "aaaaaaaa-0000-0000-0000-000000000001", "tok-b": "aaaaaaaa-0000-0000-0000-000000000002",
+		"tok-c": "aaaaaaaa-0000-0000-0000-000000000003"}
+	srv, c := sandbox(t, crmserver.Options{Tokens: tokens, Limits: crmserver.Limits{Requests: 1, Window: time.Minute}},
+		Config{Users: bearerUsers("a", "b", "c"), BatchSize: 100})
+	// user a spends its one request elsewhere; the client's first request
+	// goes to a all the same (nothing told it)
+	req, err := http.NewRequest(http.MethodGet, c.Root()+"WhoAmI", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer tok-a")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	items := make([]UpsertItem, 10)
+	for i := range items {
+		items[i] = UpsertItem{Target: ByKey("contacts", "msemr_azurefhirid", fmt.Sprintf("p%d", i)), Record: Record{"lastname": "L"}}
+	}
+	out, err := c.UpsertMany(ctx, items)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, o := range out {
+		if o.Err != nil {
+			t.Fatalf("row %d: %v", i, o.Err)
+		}
+	}
+	if th := srv.Stats().Throttled; th != 1 {
+		t.Fatalf("the sandbox throttled %d requests, want the one batch sent as user a", th)
+	}
+	if c.BatchSize() != 100 {
+		t.Errorf("batch size %d: UpsertMany saw the 429 and shrank", c.BatchSize())
+	}
+	if n := testutil.ToFloat64(c.users.list[0].m.throttled); n != 1 {
+		t.Errorf("user a throttled %v times, want 1", n)
+	}
+}
