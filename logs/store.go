@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -215,33 +216,99 @@ type keyRow struct {
 
 func (keyRow) TableName() string { return "sync_decision_keys" }
 
-// On SQLite a batch is written one row per statement, through the same
-// statement text each time: the statement cache keeps it prepared, while
-// a multi-row statement of a new size would be prepared again (preparing
-// costs more than running the cached one per row). PostgreSQL gets
-// multi-row statements, one round trip per chunk.
+// On SQLite a batch is written in multi-row statements of a few fixed
+// sizes (32, 16, 8, 4, 2 and 1 rows: 27 rows go as 16+8+2+1), so that each
+// statement text stays prepared (storage.KeepPrepared) — a statement of a
+// new size every batch would be prepared again each time, which costs more
+// than running one cached statement per row. PostgreSQL gets multi-row
+// statements through gorm, one round trip per chunk.
 const (
-	insertDecisionSQL = `INSERT INTO sync_decisions (decided_at, correlation_id, message_id, direction, entity_map, map_version,
+	insertColumns = `decided_at, correlation_id, message_id, direction, entity_map, map_version,
 		source_type, source_id, source_version, target_type, target_id, target_version, outcome, reason, reason_subject,
-		message, changed_fields, attempts, duration_us, conflicts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`
-	insertKeySQL = `INSERT INTO sync_decision_keys (decision_id, name, hash) VALUES (?, ?, ?)`
+		message, changed_fields, attempts, duration_us, conflicts`
+	decisionParams = 20
+	keyParams      = 3
 )
+
+// sqliteChunks are the row counts of the multi-row statements, largest first.
+var sqliteChunks = []int{32, 16, 8, 4, 2, 1}
+
+// insertDecisionSQL and insertKeySQL hold the statements by row count.
+var insertDecisionSQL, insertKeySQL = func() (d, k map[int]string) {
+	d, k = map[int]string{}, map[int]string{}
+	for _, n := range sqliteChunks {
+		d[n] = storage.KeepPrepared(`INSERT INTO sync_decisions (` + insertColumns + `) VALUES ` + placeholders(n, decisionParams) + ` RETURNING id`)
+		k[n] = storage.KeepPrepared(`INSERT INTO sync_decision_keys (decision_id, name, hash) VALUES ` + placeholders(n, keyParams))
+	}
+	return d, k
+}()
+
+// placeholders is rows groups of cols "?", as in a VALUES list.
+func placeholders(rows, cols int) string {
+	g := "(?" + strings.Repeat(", ?", cols-1) + ")"
+	return g + strings.Repeat(", "+g, rows-1)
+}
+
+// chunk is the largest statement size that fits n rows.
+func chunk(n int) int {
+	for _, c := range sqliteChunks {
+		if c <= n {
+			return c
+		}
+	}
+	return 1
+}
 
 // insertDecisions inserts rows and sets their IDs.
 func insertDecisions(tx *gorm.DB, rows []decisionRow) error {
 	if storage.DialectOf(tx) != storage.SQLite {
 		return tx.CreateInBatches(&rows, writeChunk).Error
 	}
-	for i := range rows {
-		r := &rows[i]
-		err := storage.Direct(tx).QueryRow(insertDecisionSQL, r.DecidedAt, r.CorrelationID, r.MessageID, r.Direction, r.EntityMap, r.MapVersion,
-			r.SourceType, r.SourceID, r.SourceVersion, r.TargetType, r.TargetID, r.TargetVersion, r.Outcome, r.Reason,
-			r.ReasonSubject, r.Message, r.ChangedFields, r.Attempts, r.DurationUS, r.Conflicts).Scan(&r.ID)
-		if err != nil {
+	args := make([]any, 0, sqliteChunks[0]*decisionParams)
+	ids := make([]int64, 0, sqliteChunks[0])
+	for len(rows) > 0 {
+		n := chunk(len(rows))
+		args = args[:0]
+		for i := range rows[:n] {
+			r := &rows[i]
+			args = append(args, r.DecidedAt, r.CorrelationID, r.MessageID, r.Direction, r.EntityMap, r.MapVersion,
+				r.SourceType, r.SourceID, r.SourceVersion, r.TargetType, r.TargetID, r.TargetVersion, r.Outcome, r.Reason,
+				r.ReasonSubject, r.Message, r.ChangedFields, r.Attempts, r.DurationUS, r.Conflicts)
+		}
+		var err error
+		if ids, err = queryIDs(tx, insertDecisionSQL[n], args, ids[:0]); err != nil {
 			return err
 		}
+		if len(ids) != n {
+			return fmt.Errorf("the database returned %d ids for %d rows", len(ids), n)
+		}
+		// One statement numbers its rows in the order of its VALUES, each
+		// above every id before (AUTOINCREMENT); RETURNING may list them
+		// in any order.
+		slices.Sort(ids)
+		for i := range rows[:n] {
+			rows[i].ID = ids[i]
+		}
+		rows = rows[n:]
 	}
 	return nil
+}
+
+// queryIDs runs an INSERT … RETURNING id on SQLite and appends the ids.
+func queryIDs(tx *gorm.DB, query string, args []any, ids []int64) ([]int64, error) {
+	rs, err := storage.Direct(tx).Query(query, args...)
+	if err != nil {
+		return ids, err
+	}
+	defer rs.Close()
+	for rs.Next() {
+		var id int64
+		if err := rs.Scan(&id); err != nil {
+			return ids, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, rs.Err()
 }
 
 func insertKeys(tx *gorm.DB, keys []keyRow) error {
@@ -251,10 +318,17 @@ func insertKeys(tx *gorm.DB, keys []keyRow) error {
 	if storage.DialectOf(tx) != storage.SQLite {
 		return tx.CreateInBatches(&keys, writeChunk).Error
 	}
-	for _, k := range keys {
-		if _, err := storage.Direct(tx).Exec(insertKeySQL, k.DecisionID, k.Name, k.Hash); err != nil {
+	args := make([]any, 0, sqliteChunks[0]*keyParams)
+	for len(keys) > 0 {
+		n := chunk(len(keys))
+		args = args[:0]
+		for _, k := range keys[:n] {
+			args = append(args, k.DecisionID, k.Name, k.Hash)
+		}
+		if _, err := storage.Direct(tx).Exec(insertKeySQL[n], args...); err != nil {
 			return err
 		}
+		keys = keys[n:]
 	}
 	return nil
 }

@@ -69,8 +69,22 @@ const minGateWait = 5 * time.Second
 // the bound a statement is prepared for its one run, as without a cache.
 const maxStmts = 1024
 
-// maxStmtParams is the most parameters a statement kept prepared has.
+// maxStmtParams is the most parameters a statement kept prepared has,
+// unless its text was registered with KeepPrepared.
 const maxStmtParams = 64
+
+// keptPrepared holds the statement texts registered with KeepPrepared.
+var keptPrepared sync.Map
+
+// KeepPrepared marks query as a statement the SQLite pool keeps prepared
+// whatever its number of parameters, and returns it. It is for the few
+// fixed multi-row statements a hot path runs again and again (a batch
+// written in chunks of fixed sizes), which would otherwise be prepared
+// again at every run.
+func KeepPrepared(query string) string {
+	keptPrepared.Store(query, struct{}{})
+	return query
+}
 
 func newWriteGate(db *sql.DB, wait time.Duration) *writeGate {
 	return &writeGate{db: db, sem: make(chan struct{}, 1), wait: wait, stmts: map[string]*sql.Stmt{}}
@@ -117,7 +131,8 @@ func (g *writeGate) stmt(ctx context.Context, query string) *sql.Stmt {
 	if ok {
 		return st
 	}
-	if full || multiStatement(query) || isDDL(query) || strings.Count(query, "?") > maxStmtParams {
+	_, kept := keptPrepared.Load(query)
+	if full || multiStatement(query) || isDDL(query) || (!kept && strings.Count(query, "?") > maxStmtParams) {
 		// A prepared statement is the first statement only; the driver
 		// runs every statement of a script itself. A statement with many
 		// parameters is a multi-row insert or a long IN list whose text

@@ -255,6 +255,12 @@ func (c DirectConn) QueryRow(query string, args ...any) *sql.Row {
 	return c.pool.QueryRowContext(c.ctx, query, args...)
 }
 
+// Query runs a statement that returns rows. Outside a transaction a
+// statement that may write takes the write gate (see writeGate.QueryContext).
+func (c DirectConn) Query(query string, args ...any) (*sql.Rows, error) {
+	return c.pool.QueryContext(c.ctx, query, args...)
+}
+
 // Exists reports whether query returns a row.
 func (c DirectConn) Exists(query string, args ...any) (bool, error) {
 	var one any
