@@ -20,8 +20,9 @@ var ErrNotBoolean = errors.New("FHIRPath result is not a single boolean")
 // Expr is a compiled FHIRPath expression. It is immutable and safe for
 // concurrent use; compile it once per map version.
 type Expr struct {
-	src string
-	e   *gofhirpath.Expression
+	src  string
+	e    *gofhirpath.Expression
+	fast *node // nil when the fast evaluator does not serve the expression
 }
 
 // Compile parses a FHIRPath expression. It refuses the few functions for which
@@ -38,7 +39,11 @@ func Compile(expr string) (*Expr, error) {
 	if err := checkFunctions(expr); err != nil {
 		return nil, err
 	}
-	return &Expr{src: expr, e: e}, nil
+	fast, err := parseFast(expr)
+	if err != nil {
+		fast = nil // served by the engine alone
+	}
+	return &Expr{src: expr, e: e, fast: fast}, nil
 }
 
 // MustCompile is like Compile but panics on error. It is for expressions
@@ -100,23 +105,68 @@ func (e *Expr) EvalBool(resource []byte) (bool, error) {
 	}
 }
 
-// EvalResource is Eval for a resource already decoded as generic JSON; it
-// encodes it first, so prefer Eval when the JSON text is at hand.
+// EvalResource is Eval for a resource already decoded as generic JSON,
+// as DecodeJSON in package maps or encoding/json with UseNumber give it.
+// It is the fast route: the expression runs on the decoded values, with no
+// encoding. Expressions or values outside the fast evaluator's subset, and
+// every evaluation error, go to the engine on the encoded resource, so the
+// results and errors are the engine's either way. Objects in the result
+// are the resource's own maps, not copies: do not modify them.
 func (e *Expr) EvalResource(res map[string]any) ([]any, error) {
+	if col, ev := e.evalFast(res); ev != nil {
+		out := fastResult(col)
+		ev.release()
+		return out, nil
+	}
+	return e.evalEngine(res)
+}
+
+// EvalResourceBool is EvalBool for a resource decoded as generic JSON, by
+// the same route as EvalResource.
+func (e *Expr) EvalResourceBool(res map[string]any) (bool, error) {
+	col, ev := e.evalFast(res)
+	if ev == nil {
+		b, err := marshal(res)
+		if err != nil {
+			return false, err
+		}
+		return e.EvalBool(b)
+	}
+	defer ev.release()
+	switch len(col) {
+	case 0:
+		return false, nil
+	case 1:
+		if b, ok := col[0].(types.Boolean); ok {
+			return b.Bool(), nil
+		}
+		return false, fmt.Errorf("FHIRPath %q gives a %s: %w", e.src, col[0].Type(), ErrNotBoolean)
+	default:
+		return false, fmt.Errorf("FHIRPath %q gives %d values: %w", e.src, len(col), ErrNotBoolean)
+	}
+}
+
+// evalFast runs the fast evaluator. A nil evaluator means the engine must
+// answer instead; otherwise the caller releases it after reading col.
+func (e *Expr) evalFast(res map[string]any) (types.Collection, *evaluator) {
+	if e.fast == nil || res == nil {
+		return nil, nil
+	}
+	col, ev, err := evalFast(e.fast, res)
+	if err != nil {
+		return nil, nil
+	}
+	return col, ev
+}
+
+// evalEngine is the engine's route for a decoded resource: encode, then
+// Eval.
+func (e *Expr) evalEngine(res map[string]any) ([]any, error) {
 	b, err := marshal(res)
 	if err != nil {
 		return nil, err
 	}
 	return e.Eval(b)
-}
-
-// EvalResourceBool is EvalBool for a resource decoded as generic JSON.
-func (e *Expr) EvalResourceBool(res map[string]any) (bool, error) {
-	b, err := marshal(res)
-	if err != nil {
-		return false, err
-	}
-	return e.EvalBool(b)
 }
 
 func marshal(res map[string]any) ([]byte, error) {
@@ -125,6 +175,30 @@ func marshal(res map[string]any) ([]byte, error) {
 		return nil, fmt.Errorf("encoding resource for FHIRPath: %w", err)
 	}
 	return b, nil
+}
+
+// fastResult gives the fast evaluator's values in Eval's form.
+func fastResult(col types.Collection) []any {
+	out := make([]any, 0, len(col))
+	for _, v := range col {
+		switch x := v.(type) {
+		case *object:
+			out = append(out, x.m)
+		case *prim:
+			out = append(out, x.text())
+		case types.Boolean:
+			out = append(out, x.Bool())
+		case types.String:
+			out = append(out, x.Value())
+		case types.Integer:
+			out = append(out, json.Number(strconv.FormatInt(x.Value(), 10)))
+		case types.Decimal:
+			out = append(out, json.Number(x.String()))
+		default:
+			out = append(out, v.String())
+		}
+	}
+	return out
 }
 
 func (e *Expr) eval(resource []byte) (types.Collection, error) {
