@@ -8,11 +8,13 @@ import (
 	"log/slog"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"gorm.io/gorm"
 
+	"github.com/fhirsync/fhirsync/agent"
 	"github.com/fhirsync/fhirsync/agent/crm"
 	"github.com/fhirsync/fhirsync/agent/fhir"
 	"github.com/fhirsync/fhirsync/logs"
@@ -21,12 +23,26 @@ import (
 	"github.com/fhirsync/fhirsync/sandbox/synth"
 )
 
-// Targets are the goals the results are compared with.
+// Targets are the goals the results are compared with (issue 16: within
+// Dataverse's real limits).
 const (
-	TargetRecordsPerSecond = 1000.0
-	TargetP99              = time.Second
-	TargetPeakRSSBytes     = 200 << 20
-	TargetBudgetUsed       = 0.90
+	// TargetRecordsPerSecond is each direction's sustained rate without
+	// limits.
+	TargetRecordsPerSecond = 3000.0
+	// TargetLimitedRecordsPerSecond is each direction's rate under the
+	// documented limits with TargetLimitedUsers application users.
+	TargetLimitedRecordsPerSecond = 1000.0
+	TargetLimitedUsers            = 3
+	// TargetAgentCPUPerRecord is the agent process's CPU time per record,
+	// each direction.
+	TargetAgentCPUPerRecord = 350 * time.Microsecond
+	TargetP99               = time.Second
+	TargetPeakRSSBytes      = 150 << 20
+	// TargetBackfillRequestsPerRecord and TargetLiveRequestsPerRecord are
+	// the CRM requests per record of a backfill and of the live stream at
+	// the offered rate.
+	TargetBackfillRequestsPerRecord = 0.02
+	TargetLiveRequestsPerRecord     = 0.25
 )
 
 // Config sets the size of a run. Zero values take the defaults noted.
@@ -37,7 +53,8 @@ type Config struct {
 	// TempDir holds the sandbox FHIR server's SQLite file; "" keeps it in
 	// memory.
 	TempDir string
-	// Records is how many records each throughput run syncs (50,000).
+	// Records is how many records each throughput run and the backfill
+	// sync (50,000).
 	Records int
 	// OfferedRate is the source writes per second of the latency runs
 	// (200), kept up for Duration (15s) in each direction.
@@ -45,16 +62,24 @@ type Config struct {
 	Duration    time.Duration
 	// Workers is the agent's workers per queue (the agent's default).
 	Workers int
+	// CRMUsers is how many application users the agent signs in to the
+	// CRM as in the runs without limits (1).
+	CRMUsers int
 	// SandboxCommand, when set, runs the sandboxes in a process of their
 	// own: the command (argv) is `fhirsync bench --serve-sandboxes`, which
 	// calls ServeSandboxes. Empty serves them from this process.
 	SandboxCommand []string
-	// Limits are the CRM's service-protection limits for the throttled
-	// run (600 requests per 10s window, 6 concurrent). Requests < 0 skips
-	// the throttled run.
+	// Limits are the CRM's service-protection limits of the throttled runs
+	// (Dataverse's documented rates over a 10 s window:
+	// crmserver.DataverseLimitsOver). Requests < 0 skips them.
 	Limits crmserver.Limits
-	// LimitedWindows sizes the throttled run: enough records for this many
-	// full windows of requests (3).
+	// LimitedUsers are the numbers of application users of the throttled
+	// runs (1 and 3), LimitedCosts the execution-cost multipliers (1 and
+	// 2); each pair is a run in each direction.
+	LimitedUsers []int
+	LimitedCosts []float64
+	// LimitedWindows sizes each throttled run: enough records for this many
+	// windows of the users' budget, as the run without limits used it (2).
 	LimitedWindows int
 	// StallTimeout aborts a run when no decision is made for this long
 	// (2m).
@@ -79,11 +104,20 @@ func (c Config) withDefaults() Config {
 	if c.Duration <= 0 {
 		c.Duration = 15 * time.Second
 	}
-	if c.Limits.Requests == 0 && c.Limits.Window == 0 && c.Limits.Concurrent == 0 && c.Limits.ExecutionTime == 0 {
-		c.Limits = crmserver.Limits{Requests: 600, Window: 10 * time.Second, Concurrent: 6}
+	if c.CRMUsers <= 0 {
+		c.CRMUsers = 1
+	}
+	if c.Limits.Requests == 0 && c.Limits.ExecutionTime == 0 && c.Limits.Concurrent == 0 {
+		c.Limits = crmserver.DataverseLimitsOver(10 * time.Second)
+	}
+	if len(c.LimitedUsers) == 0 {
+		c.LimitedUsers = []int{1, TargetLimitedUsers}
+	}
+	if len(c.LimitedCosts) == 0 {
+		c.LimitedCosts = []float64{1, 2}
 	}
 	if c.LimitedWindows <= 0 {
-		c.LimitedWindows = 3
+		c.LimitedWindows = 2
 	}
 	if c.StallTimeout <= 0 {
 		c.StallTimeout = 2 * time.Minute
@@ -92,6 +126,27 @@ func (c Config) withDefaults() Config {
 		c.Logger = discardLogger()
 	}
 	return c
+}
+
+// CRMUse is what the agent's application users used of the sandbox CRM
+// over a run, by the sandbox's accounting, per record.
+type CRMUse struct {
+	RequestsPerRecord float64 `json:"crm_requests_per_record"`
+	// ExecutionMsPerRecord is the execution time charged, in milliseconds.
+	ExecutionMsPerRecord float64 `json:"crm_execution_ms_per_record"`
+	// OperationsPerRecord counts each request alone, each request inside
+	// a $batch and each record of a bulk message.
+	OperationsPerRecord float64 `json:"crm_operations_per_record"`
+	// Throttled is the 429 answers the agent's users got.
+	Throttled int64 `json:"crm_throttled"`
+}
+
+func crmUse(before, after crmserver.Account, records int) CRMUse {
+	n := float64(max(records, 1))
+	return CRMUse{RequestsPerRecord: float64(after.Requests-before.Requests) / n,
+		OperationsPerRecord:  float64(after.Operations-before.Operations) / n,
+		ExecutionMsPerRecord: float64((after.ExecutionTime - before.ExecutionTime).Microseconds()) / 1000 / n,
+		Throttled:            after.Throttled - before.Throttled}
 }
 
 // Throughput is one direction's sustained rate.
@@ -108,9 +163,9 @@ type Throughput struct {
 	Skipped      int `json:"skipped"`
 	DeadLettered int `json:"dead_lettered"`
 	Retries      int `json:"retries"`
-	// TargetRequests is the HTTP requests the agent's side of the target
-	// received per record (CRM target only; 0 when not measured).
-	TargetRequestsPerRecord float64 `json:"target_requests_per_record,omitempty"`
+	// CRM is what the agent used of the CRM, from the first notice to the
+	// queues' being empty.
+	CRM CRMUse `json:"crm"`
 	// DrainSeconds is how long the queues took to empty after the last
 	// decision counted (echoes of the agent's own writes still queued).
 	DrainSeconds float64 `json:"drain_seconds"`
@@ -131,7 +186,7 @@ type Throughput struct {
 
 // Latency is source-write-to-target-write time at a fixed offered rate,
 // from the start of the source write request to the target's answer to
-// the agent's write.
+// the agent's write (the CRM's commit of it, for the CRM).
 type Latency struct {
 	Direction   logs.Direction `json:"direction"`
 	OfferedRate float64        `json:"offered_rate"`
@@ -142,25 +197,43 @@ type Latency struct {
 	P50     float64 `json:"p50_seconds"`
 	P99     float64 `json:"p99_seconds"`
 	Max     float64 `json:"max_seconds"`
+	// CRM is what the agent used of the CRM per offered record.
+	CRM CRMUse `json:"crm"`
 }
 
-// Limited is the throttled run: FHIR→CRM with the CRM's limits on.
+// Backfill is a backfill of Patients already in the FHIR server, walked
+// through agent.Backfill as `fhirsync backfill` walks them, timed from the
+// start of the walk to the last record's decision.
+type Backfill struct {
+	Records          int     `json:"records"`
+	Notices          int     `json:"notices"`
+	Seconds          float64 `json:"seconds"`
+	RecordsPerSecond float64 `json:"records_per_second"`
+	Sent             int     `json:"sent"`
+	Skipped          int     `json:"skipped"`
+	DeadLettered     int     `json:"dead_lettered"`
+	CRM              CRMUse  `json:"crm"`
+}
+
+// Limited is one throttled run: one direction with the CRM's limits on,
+// the agent signing in as Users application users, the execution cost of
+// every operation multiplied by CostMultiplier.
 type Limited struct {
-	Requests      int     `json:"limit_requests"`
-	WindowSeconds float64 `json:"limit_window_seconds"`
-	Concurrent    int     `json:"limit_concurrent"`
-	Records       int     `json:"records"`
-	Seconds       float64 `json:"seconds"`
-	// FullWindows is how many whole windows passed before the last
-	// decision; Allowed the requests they allowed and Used the requests
-	// the CRM admitted in them.
-	FullWindows int     `json:"full_windows"`
-	Allowed     int     `json:"allowed_requests"`
-	Used        int64   `json:"used_requests"`
-	BudgetUsed  float64 `json:"budget_used"`
-	// Throttled is the 429 answers over the whole run.
-	Throttled int64 `json:"throttled_answers"`
-	Sent      int   `json:"sent"`
+	Direction        logs.Direction `json:"direction"`
+	Users            int            `json:"users"`
+	CostMultiplier   float64        `json:"cost_multiplier"`
+	Requests         int            `json:"limit_requests"`
+	ExecutionSeconds float64        `json:"limit_execution_seconds"`
+	WindowSeconds    float64        `json:"limit_window_seconds"`
+	Concurrent       int            `json:"limit_concurrent"`
+	Records          int            `json:"records"`
+	Seconds          float64        `json:"seconds"`
+	RecordsPerSecond float64        `json:"records_per_second"`
+	CRM              CRMUse         `json:"crm"`
+	// BudgetUsed is the larger of the shares of the users' request and
+	// execution-time budgets the run used, over the windows it lasted.
+	BudgetUsed float64 `json:"budget_used"`
+	Sent       int     `json:"sent"`
 	// Lost is the records that did not end sent (dead-lettered or never
 	// decided).
 	Lost int `json:"lost"`
@@ -170,9 +243,11 @@ type Limited struct {
 type Result struct {
 	Started    time.Time    `json:"started"`
 	Workers    int          `json:"workers"`
+	CRMUsers   int          `json:"crm_users"`
+	Backfill   *Backfill    `json:"backfill,omitempty"`
 	Throughput []Throughput `json:"throughput"`
 	Latency    []Latency    `json:"latency"`
-	Limited    *Limited     `json:"limited,omitempty"`
+	Limited    []Limited    `json:"limited,omitempty"`
 	// PeakRSSBytes is this process's peak resident set: the agent, the
 	// embedded queue and the bench's driver, and the sandboxes too when
 	// they run inline (SandboxesInline).
@@ -196,7 +271,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Started: time.Now().UTC(), Workers: cfg.Workers, SandboxesInline: len(cfg.SandboxCommand) == 0}
+	res := &Result{Started: time.Now().UTC(), Workers: cfg.Workers, CRMUsers: cfg.CRMUsers, SandboxesInline: len(cfg.SandboxCommand) == 0}
 	err = e.measure(ctx, res)
 	res.SandboxPeakRSSBytes = e.sb.peakRSS(context.WithoutCancel(ctx))
 	if serr := e.stop(); err == nil && serr != nil {
@@ -220,8 +295,35 @@ func (e *env) progress(format string, args ...any) {
 	}
 }
 
+// agentAccount is the sum of the agent's application users' accounts.
+func (e *env) agentAccount(ctx context.Context) (crmserver.Account, error) {
+	all, err := e.sb.accounts(ctx)
+	if err != nil {
+		return crmserver.Account{}, err
+	}
+	var sum crmserver.Account
+	for id, a := range all {
+		if isAgentUser(id) {
+			sum.Requests += a.Requests
+			sum.Operations += a.Operations
+			sum.ExecutionTime += a.ExecutionTime
+			sum.Throttled += a.Throttled
+		}
+	}
+	return sum, nil
+}
+
 func (e *env) measure(ctx context.Context, res *Result) error {
 	n := e.cfg.Records
+	bf, err := e.backfill(ctx, n)
+	if err != nil {
+		return err
+	}
+	res.Backfill = bf
+	if _, err := e.waitIdle(ctx); err != nil {
+		return err
+	}
+
 	e.progress("seeding %d patients in the sandbox FHIR server", n)
 	pats, err := e.seedPatients(ctx, "t", n)
 	if err != nil {
@@ -229,6 +331,10 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	}
 	e.progress("FHIR→CRM: %d event notices", n)
 	cpu, err := e.cpuMark(ctx)
+	if err != nil {
+		return err
+	}
+	acc0, err := e.agentAccount(ctx)
 	if err != nil {
 		return err
 	}
@@ -243,9 +349,14 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	if t1.AgentCPUSeconds, t1.SandboxCPUSeconds, t1.StealPercent, err = cpu(); err != nil {
 		return err
 	}
+	acc1, err := e.agentAccount(ctx)
+	if err != nil {
+		return err
+	}
+	t1.CRM = crmUse(acc0, acc1, t1.Records)
 	res.Throughput = append(res.Throughput, t1)
 
-	contacts, err := e.contacts(ctx)
+	contacts, err := e.contacts(ctx, e.runID+"-t-")
 	if err != nil {
 		return err
 	}
@@ -264,6 +375,11 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	if t2.AgentCPUSeconds, t2.SandboxCPUSeconds, t2.StealPercent, err = cpu(); err != nil {
 		return err
 	}
+	acc2, err := e.agentAccount(ctx)
+	if err != nil {
+		return err
+	}
+	t2.CRM = crmUse(acc1, acc2, t2.Records)
 	res.Throughput = append(res.Throughput, t2)
 
 	e.progress("latency FHIR→CRM at %.0f records/s for %s", e.cfg.OfferedRate, e.cfg.Duration)
@@ -271,35 +387,88 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	if err != nil {
 		return err
 	}
-	res.Latency = append(res.Latency, l1)
 	if _, err := e.waitIdle(ctx); err != nil {
 		return err
 	}
+	acc3, err := e.agentAccount(ctx)
+	if err != nil {
+		return err
+	}
+	l1.CRM = crmUse(acc2, acc3, l1.Offered)
+	res.Latency = append(res.Latency, l1)
 	e.progress("latency CRM→FHIR at %.0f records/s for %s", e.cfg.OfferedRate, e.cfg.Duration)
 	l2, err := e.latencyCRMToFHIR(ctx, contacts)
 	if err != nil {
 		return err
 	}
-	res.Latency = append(res.Latency, l2)
 	if _, err := e.waitIdle(ctx); err != nil {
 		return err
 	}
+	acc4, err := e.agentAccount(ctx)
+	if err != nil {
+		return err
+	}
+	l2.CRM = crmUse(acc3, acc4, l2.Offered)
+	res.Latency = append(res.Latency, l2)
 
-	if e.cfg.Limits.Requests >= 0 {
-		perRecord := t1.TargetRequestsPerRecord
-		if perRecord <= 0 {
-			perRecord = 1
+	if e.cfg.Limits.Requests < 0 {
+		return nil
+	}
+	for _, users := range e.cfg.LimitedUsers {
+		if err := e.startAgent(ctx, users); err != nil {
+			return fmt.Errorf("restarting the agent with %d CRM users: %w", users, err)
 		}
-		m := int(math.Ceil(float64(e.cfg.LimitedWindows*e.cfg.Limits.Requests) / perRecord))
-		e.progress("FHIR→CRM with CRM limits (%d requests per %s, %d concurrent): %d records", e.cfg.Limits.Requests,
-			e.cfg.Limits.Window, e.cfg.Limits.Concurrent, m)
-		lim, err := e.limited(ctx, m)
-		if err != nil {
-			return err
+		for _, cost := range e.cfg.LimitedCosts {
+			runs, err := e.limited(ctx, users, cost, t1, t2)
+			if err != nil {
+				return err
+			}
+			res.Limited = append(res.Limited, runs...)
 		}
-		res.Limited = lim
 	}
 	return nil
+}
+
+// backfill seeds n Patients and walks them as `fhirsync backfill
+// patient-contact --side fhir` does, through agent.Backfill, then waits for
+// each record's decision. It runs first, so the FHIR server holds only
+// these Patients.
+func (e *env) backfill(ctx context.Context, n int) (*Backfill, error) {
+	e.progress("seeding %d patients for the backfill", n)
+	if _, err := e.seedPatients(ctx, "b", n); err != nil {
+		return nil, err
+	}
+	base, err := e.decisions()
+	if err != nil {
+		return nil, err
+	}
+	acc0, err := e.agentAccount(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e.progress("backfill of %d patients", n)
+	from := time.Now()
+	br, err := agent.Backfill(ctx, agent.BackfillOptions{Map: "patient-contact", Side: queues.SideFHIR, BatchSize: 1000, Fresh: true,
+		Holder: e.runID}, agent.BackfillDeps{Maps: e.maps, FHIR: e.fhir, FHIRChanges: e.fhirQ, DB: e.db, Logger: e.cfg.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("backfill: %w", err)
+	}
+	end, to, err := e.waitTerminal(ctx, base, logs.FHIRToCRM, br.FHIR)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := e.waitIdle(ctx); err != nil {
+		return nil, err
+	}
+	acc1, err := e.agentAccount(ctx)
+	if err != nil {
+		return nil, err
+	}
+	d := func(o logs.Outcome) int { return end[logs.FHIRToCRM][o] - base[logs.FHIRToCRM][o] }
+	secs := to.Sub(from).Seconds()
+	return &Backfill{Records: n, Notices: br.FHIR, Seconds: secs, RecordsPerSecond: float64(n) / secs,
+		Sent: d(logs.OutcomeSent), Skipped: d(logs.OutcomeSkipped), DeadLettered: d(logs.OutcomeDeadLettered),
+		CRM: crmUse(acc0, acc1, n)}, nil
 }
 
 // cpuMark notes both processes' CPU time and the machine's; the returned
@@ -383,10 +552,6 @@ func (e *env) fhirToCRM(ctx context.Context, pats []patient) (Throughput, error)
 	if err != nil {
 		return Throughput{}, err
 	}
-	st0, err := e.sb.crmStats(ctx)
-	if err != nil {
-		return Throughput{}, err
-	}
 	from := time.Now()
 	if err := e.sendNotices(ctx, ns); err != nil {
 		return Throughput{}, err
@@ -395,22 +560,18 @@ func (e *env) fhirToCRM(ctx context.Context, pats []patient) (Throughput, error)
 	if err != nil {
 		return Throughput{}, err
 	}
-	t := throughput(logs.FHIRToCRM, len(pats), base, end, from, to)
-	st, err := e.sb.crmStats(ctx)
-	if err != nil {
-		return Throughput{}, err
-	}
-	t.TargetRequestsPerRecord = float64(st.Requests-st0.Requests) / float64(len(pats))
-	return t, nil
+	return throughput(logs.FHIRToCRM, len(pats), base, end, from, to), nil
 }
 
 // contact is a CRM contact paired with a Patient.
 type contact struct{ id, fhirID string }
 
-func (e *env) contacts(ctx context.Context) ([]contact, error) {
+// contacts lists the contacts paired with a Patient whose id starts with
+// prefix.
+func (e *env) contacts(ctx context.Context, prefix string) ([]contact, error) {
 	var out []contact
 	err := e.crm.RetrieveMultiple(ctx, "contacts", crm.Query{Select: []string{"contactid", "msemr_azurefhirid"}}, func(r crm.Record) error {
-		if f := r.String("msemr_azurefhirid"); f != "" {
+		if f := r.String("msemr_azurefhirid"); strings.HasPrefix(f, prefix) {
 			out = append(out, contact{id: r.String("contactid"), fhirID: f})
 		}
 		return nil
@@ -436,30 +597,7 @@ func (e *env) crmToFHIR(ctx context.Context, cs []contact) (Throughput, error) {
 	}
 	from := time.Now()
 	errc := make(chan error, 1)
-	go func() {
-		const batch = 1000
-		for i := 0; i < len(cs); i += batch {
-			items := make([]crm.UpsertItem, 0, batch)
-			for j := i; j < min(i+batch, len(cs)); j++ {
-				items = append(items, crm.UpsertItem{Target: crm.ByID("contacts", cs[j].id),
-					Record: crm.Record{"emailaddress1": fmt.Sprintf("bulk.%d@example.org", j)}, Options: crm.UpsertOptions{Mode: crm.UpdateOnly}})
-			}
-			outs, err := e.crm.UpsertMany(ctx, items)
-			if err == nil {
-				for _, o := range outs {
-					if o.Err != nil {
-						err = o.Err
-						break
-					}
-				}
-			}
-			if err != nil {
-				errc <- fmt.Errorf("updating contacts: %w", err)
-				return
-			}
-		}
-		errc <- nil
-	}()
+	go func() { errc <- e.updateContacts(ctx, cs, "bulk") }()
 	end, to, err := e.waitTerminal(ctx, base, logs.CRMToFHIR, len(cs))
 	if werr := <-errc; werr != nil {
 		return Throughput{}, werr
@@ -468,6 +606,32 @@ func (e *env) crmToFHIR(ctx context.Context, cs []contact) (Throughput, error) {
 		return Throughput{}, err
 	}
 	return throughput(logs.CRMToFHIR, len(cs), base, end, from, to), nil
+}
+
+// updateContacts has the coordinator update every contact's email through
+// $batch, as a bulk edit would; tag goes into the addresses.
+func (e *env) updateContacts(ctx context.Context, cs []contact, tag string) error {
+	const batch = 1000
+	for i := 0; i < len(cs); i += batch {
+		items := make([]crm.UpsertItem, 0, batch)
+		for j := i; j < min(i+batch, len(cs)); j++ {
+			items = append(items, crm.UpsertItem{Target: crm.ByID("contacts", cs[j].id),
+				Record: crm.Record{"emailaddress1": fmt.Sprintf("%s.%d@example.org", tag, j)}, Options: crm.UpsertOptions{Mode: crm.UpdateOnly}})
+		}
+		outs, err := e.crm.UpsertMany(ctx, items)
+		if err == nil {
+			for _, o := range outs {
+				if o.Err != nil {
+					err = o.Err
+					break
+				}
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("updating contacts: %w", err)
+		}
+	}
+	return nil
 }
 
 // paced calls write(i) for i in [0, n) at rate per second, each in its own
@@ -612,23 +776,37 @@ func cmpErr(first, err error) error {
 	return err
 }
 
-// limited runs FHIR→CRM for m records with the CRM's limits on and
-// samples how many requests the CRM admitted in each whole window.
-func (e *env) limited(ctx context.Context, m int) (*Limited, error) {
-	pats, err := e.seedPatients(ctx, "l", m)
-	if err != nil {
-		return nil, err
-	}
-	ns := make([]queues.Notice, len(pats))
-	for i, p := range pats {
-		ns[i] = notice(p)
-	}
+// limitedRecords sizes a throttled run: the records users application
+// users' budgets allow in LimitedWindows windows, at the requests and
+// execution time per record the run without limits used (execution time
+// scaled by cost).
+func (e *env) limitedRecords(users int, cost float64, use CRMUse) int {
 	lim := e.cfg.Limits
-	contactsBefore, err := e.sb.count(ctx, "contact")
-	if err != nil {
-		return nil, err
+	perWindow := math.Inf(1)
+	if lim.Requests > 0 && use.RequestsPerRecord > 0 {
+		perWindow = float64(lim.Requests) / use.RequestsPerRecord
 	}
-	base, err := e.decisions()
+	if lim.ExecutionTime > 0 && use.ExecutionMsPerRecord > 0 {
+		perWindow = min(perWindow, lim.ExecutionTime.Seconds()*1000/(use.ExecutionMsPerRecord*cost))
+	}
+	if math.IsInf(perWindow, 1) {
+		perWindow = float64(e.cfg.Records)
+	}
+	m := int(math.Ceil(perWindow * float64(users*e.cfg.LimitedWindows)))
+	return min(max(m, 100), 1000000)
+}
+
+// limited runs each direction with the CRM's limits on, the agent signing
+// in as users application users and every operation costing cost times
+// its default: FHIR→CRM for new Patients, then CRM→FHIR for the contacts
+// that run made. The person editing contacts is exempt from the limits.
+func (e *env) limited(ctx context.Context, users int, cost float64, t1, t2 Throughput) ([]Limited, error) {
+	lim := e.cfg.Limits
+	lim.CostMultiplier = cost
+	lim.Exempt = []string{humanUser}
+	tag := fmt.Sprintf("l%dx%g", users, cost)
+	m := e.limitedRecords(users, cost, t1.CRM)
+	pats, err := e.seedPatients(ctx, tag, m)
 	if err != nil {
 		return nil, err
 	}
@@ -636,70 +814,91 @@ func (e *env) limited(ctx context.Context, m int) (*Limited, error) {
 		return nil, err
 	}
 	defer e.sb.setLimits(context.WithoutCancel(ctx), crmserver.Limits{}) //nolint:errcheck
-	st0, err := e.sb.crmStats(ctx)
+	e.progress("FHIR→CRM with the documented CRM limits (%d requests and %s per %s), %d users, %gx cost: %d records",
+		lim.Requests, lim.ExecutionTime, lim.Window, users, cost, m)
+	ns := make([]queues.Notice, len(pats))
+	for i, p := range pats {
+		ns[i] = notice(p)
+	}
+	contactsBefore, err := e.sb.count(ctx, "contact")
 	if err != nil {
 		return nil, err
 	}
-	admitted := func(s crmserver.Stats) int64 {
-		return (s.Requests - s.Throttled - s.Injected) - (st0.Requests - st0.Throttled - st0.Injected)
-	}
-	from := time.Now()
-	// Sample admitted requests at each window boundary after the first
-	// notice (the CRM starts the agent's first window at its first request).
-	var samples []int64
-	var samplingErr error
-	stopSampling := make(chan struct{})
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		for k := 1; ; k++ {
-			select {
-			case <-stopSampling:
-				return
-			case <-time.After(time.Until(from.Add(time.Duration(k) * lim.Window))):
-				st, err := e.sb.crmStats(ctx)
-				if err != nil {
-					samplingErr = err
-					return
-				}
-				samples = append(samples, admitted(st))
-			}
-		}
-	}()
-	if err := e.sendNotices(ctx, ns); err != nil {
-		close(stopSampling)
-		<-sampled
-		return nil, err
-	}
-	end, to, err := e.waitTerminal(ctx, base, logs.FHIRToCRM, m)
-	close(stopSampling)
-	<-sampled
-	if err == nil {
-		err = samplingErr
-	}
+	first, err := e.limitedRun(ctx, logs.FHIRToCRM, m, lim, users, func() error { return e.sendNotices(ctx, ns) })
 	if err != nil {
 		return nil, err
-	}
-	st, err := e.sb.crmStats(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := &Limited{Requests: lim.Requests, WindowSeconds: lim.Window.Seconds(), Concurrent: lim.Concurrent, Records: m,
-		Seconds: to.Sub(from).Seconds(), Throttled: st.Throttled - st0.Throttled,
-		Sent: end[logs.FHIRToCRM][logs.OutcomeSent] - base[logs.FHIRToCRM][logs.OutcomeSent]}
-	// Whole windows only: the last, partial one runs out of work, not
-	// budget.
-	out.FullWindows = len(samples)
-	if out.FullWindows > 0 {
-		out.Allowed = out.FullWindows * lim.Requests
-		out.Used = samples[len(samples)-1]
-		out.BudgetUsed = float64(out.Used) / float64(out.Allowed)
 	}
 	contactsAfter, err := e.sb.count(ctx, "contact")
 	if err != nil {
 		return nil, err
 	}
-	created := contactsAfter - contactsBefore
-	out.Lost = m - min(out.Sent, created)
+	first.Lost = m - min(first.Sent, contactsAfter-contactsBefore)
+	if _, err := e.waitIdle(ctx); err != nil {
+		return nil, err
+	}
+
+	contacts, err := e.contacts(ctx, e.runID+"-"+tag+"-")
+	if err != nil {
+		return nil, err
+	}
+	contacts = contacts[:min(len(contacts), e.limitedRecords(users, cost, t2.CRM))]
+	e.progress("CRM→FHIR with the documented CRM limits, %d users, %gx cost: %d contact updates", users, cost, len(contacts))
+	errc := make(chan error, 1)
+	second, err := e.limitedRun(ctx, logs.CRMToFHIR, len(contacts), lim, users, func() error {
+		go func() { errc <- e.updateContacts(ctx, contacts, tag) }()
+		return nil
+	})
+	if werr := <-errc; err == nil {
+		err = werr
+	}
+	if err != nil {
+		return nil, err
+	}
+	second.Lost = len(contacts) - second.Sent
+	if _, err := e.waitIdle(ctx); err != nil {
+		return nil, err
+	}
+	return []Limited{first, second}, nil
+}
+
+// limitedRun starts a throttled run with begin and waits for m terminal
+// decisions in dir.
+func (e *env) limitedRun(ctx context.Context, dir logs.Direction, m int, lim crmserver.Limits, users int, begin func() error) (Limited, error) {
+	out := Limited{Direction: dir, Users: users, CostMultiplier: lim.CostMultiplier, Requests: lim.Requests,
+		ExecutionSeconds: lim.ExecutionTime.Seconds(), WindowSeconds: lim.Window.Seconds(), Concurrent: lim.Concurrent, Records: m}
+	base, err := e.decisions()
+	if err != nil {
+		return out, err
+	}
+	acc0, err := e.agentAccount(ctx)
+	if err != nil {
+		return out, err
+	}
+	from := time.Now()
+	if err := begin(); err != nil {
+		return out, err
+	}
+	end, to, err := e.waitTerminal(ctx, base, dir, m)
+	if err != nil {
+		return out, err
+	}
+	acc1, err := e.agentAccount(ctx)
+	if err != nil {
+		return out, err
+	}
+	out.Seconds = to.Sub(from).Seconds()
+	out.RecordsPerSecond = float64(m) / out.Seconds
+	out.CRM = crmUse(acc0, acc1, m)
+	out.Sent = end[dir][logs.OutcomeSent] - base[dir][logs.OutcomeSent]
+	if windows := math.Max(out.Seconds/lim.Window.Seconds(), 1) * float64(users); windows > 0 {
+		used := 0.0
+		if lim.Requests > 0 {
+			used = float64(acc1.Requests-acc0.Requests) / (windows * float64(lim.Requests))
+		}
+		if lim.ExecutionTime > 0 {
+			used = math.Max(used, float64(acc1.ExecutionTime-acc0.ExecutionTime)/(windows*float64(lim.ExecutionTime)))
+		}
+		out.BudgetUsed = used
+	}
 	return out, nil
 }

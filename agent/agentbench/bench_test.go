@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fhirsync/fhirsync/logs"
+	"github.com/fhirsync/fhirsync/sandbox/crmserver"
 )
 
 func TestQuantiles(t *testing.T) {
@@ -51,33 +52,48 @@ func TestQuantiles(t *testing.T) {
 
 func TestRowsCompareWithTargets(t *testing.T) {
 	t.Parallel()
+	limited := func(users int, cost, rate float64, lost int) Result {
+		return Result{Limited: []Limited{{Direction: logs.FHIRToCRM, Users: users, CostMultiplier: cost, Requests: 200, ExecutionSeconds: 40,
+			WindowSeconds: 10, Concurrent: 52, Records: 100, RecordsPerSecond: rate, Lost: lost}}}
+	}
 	tests := []struct {
 		name    string
 		res     Result
 		metric  string
 		wantMet string
 	}{
-		{name: "fast enough", res: Result{Throughput: []Throughput{{Direction: logs.FHIRToCRM, Records: 10, Sent: 10, RecordsPerSecond: 1500}}},
-			metric: "FHIR→CRM sustained", wantMet: "yes"},
-		{name: "too slow", res: Result{Throughput: []Throughput{{Direction: logs.CRMToFHIR, Records: 10, Sent: 10, RecordsPerSecond: 999}}},
-			metric: "CRM→FHIR sustained", wantMet: "no"},
+		{name: "fast enough", res: Result{Throughput: []Throughput{{Direction: logs.FHIRToCRM, Records: 10, Sent: 10, RecordsPerSecond: 3100}}},
+			metric: "FHIR→CRM sustained (", wantMet: "yes"},
+		{name: "too slow", res: Result{Throughput: []Throughput{{Direction: logs.CRMToFHIR, Records: 10, Sent: 10, RecordsPerSecond: 2999}}},
+			metric: "CRM→FHIR sustained (", wantMet: "no"},
 		{name: "fast but not all sent", res: Result{Throughput: []Throughput{{Direction: logs.FHIRToCRM, Records: 10, Sent: 9, RecordsPerSecond: 5000}}},
-			metric: "FHIR→CRM sustained", wantMet: "no"},
+			metric: "FHIR→CRM sustained (", wantMet: "no"},
+		{name: "agent CPU within target", res: Result{Throughput: []Throughput{{Direction: logs.FHIRToCRM, Records: 1000, AgentCPUSeconds: .3}}},
+			metric: "FHIR→CRM CPU per record, agent process", wantMet: "yes"},
+		{name: "agent CPU over target", res: Result{Throughput: []Throughput{{Direction: logs.FHIRToCRM, Records: 1000, AgentCPUSeconds: .4}}},
+			metric: "FHIR→CRM CPU per record, agent process", wantMet: "no"},
 		{name: "p99 within a second", res: Result{Latency: []Latency{{Direction: logs.FHIRToCRM, OfferedRate: 200, Offered: 5, Written: 5, P99: .9}}},
 			metric: "FHIR→CRM latency p99", wantMet: "yes"},
 		{name: "p99 over a second", res: Result{Latency: []Latency{{Direction: logs.FHIRToCRM, OfferedRate: 200, Offered: 5, Written: 5, P99: 1.2}}},
 			metric: "FHIR→CRM latency p99", wantMet: "no"},
 		{name: "a write never reached the target", res: Result{Latency: []Latency{{Direction: logs.CRMToFHIR, OfferedRate: 200, Offered: 5, Written: 4, P99: .1}}},
 			metric: "CRM→FHIR latency p99", wantMet: "no"},
-		{name: "budget used", res: Result{Limited: &Limited{Requests: 600, WindowSeconds: 10, FullWindows: 3, BudgetUsed: .93}},
-			metric: "CRM budget used", wantMet: "yes"},
-		{name: "budget unused", res: Result{Limited: &Limited{Requests: 600, WindowSeconds: 10, FullWindows: 3, BudgetUsed: .5}},
-			metric: "CRM budget used", wantMet: "no"},
-		{name: "no full window is no evidence", res: Result{Limited: &Limited{Requests: 600, WindowSeconds: 10, BudgetUsed: 1}},
-			metric: "CRM budget used", wantMet: "no"},
-		{name: "a record lost", res: Result{Limited: &Limited{Lost: 1}}, metric: "records lost to 429", wantMet: "no"},
+		{name: "live stream within its requests", res: Result{Latency: []Latency{{Direction: logs.FHIRToCRM, OfferedRate: 200, CRM: CRMUse{RequestsPerRecord: .2}}}},
+			metric: "FHIR→CRM live stream at 200 records/s: CRM requests per record", wantMet: "yes"},
+		{name: "live stream over its requests", res: Result{Latency: []Latency{{Direction: logs.FHIRToCRM, OfferedRate: 200, CRM: CRMUse{RequestsPerRecord: .3}}}},
+			metric: "FHIR→CRM live stream at 200 records/s: CRM requests per record", wantMet: "no"},
+		{name: "backfill within its requests", res: Result{Backfill: &Backfill{Records: 10, CRM: CRMUse{RequestsPerRecord: .02}}},
+			metric: "backfill: CRM requests per record", wantMet: "yes"},
+		{name: "backfill over its requests", res: Result{Backfill: &Backfill{Records: 10, CRM: CRMUse{RequestsPerRecord: .021}}},
+			metric: "backfill: CRM requests per record", wantMet: "no"},
+		{name: "three users fast enough under limits", res: limited(3, 1, 1000, 0), metric: "FHIR→CRM with CRM limits, ", wantMet: "yes"},
+		{name: "three users too slow under limits", res: limited(3, 1, 900, 0), metric: "FHIR→CRM with CRM limits, ", wantMet: "no"},
+		{name: "fast enough but a record lost", res: limited(3, 1, 2000, 1), metric: "FHIR→CRM with CRM limits, ", wantMet: "no"},
+		{name: "one user has no target", res: limited(1, 1, 10, 0), metric: "FHIR→CRM with CRM limits, ", wantMet: ""},
+		{name: "twice the cost has no target", res: limited(3, 2, 10, 0), metric: "FHIR→CRM with CRM limits, ", wantMet: ""},
+		{name: "a record lost to 429", res: limited(1, 1, 10, 1), metric: "FHIR→CRM with CRM limits, 1 user, 1x cost: records lost", wantMet: "no"},
 		{name: "small enough", res: Result{PeakRSSBytes: 150 << 20}, metric: "peak RSS", wantMet: "yes"},
-		{name: "too big", res: Result{PeakRSSBytes: 201 << 20}, metric: "peak RSS", wantMet: "no"},
+		{name: "too big", res: Result{PeakRSSBytes: 151 << 20}, metric: "peak RSS", wantMet: "no"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -95,23 +111,33 @@ func TestRowsCompareWithTargets(t *testing.T) {
 	}
 }
 
+func TestCRMUsePerRecord(t *testing.T) {
+	t.Parallel()
+	before := crmserver.Account{Requests: 10, Operations: 100, ExecutionTime: time.Second, Throttled: 1}
+	after := crmserver.Account{Requests: 30, Operations: 1100, ExecutionTime: 41 * time.Second, Throttled: 4}
+	got := crmUse(before, after, 1000)
+	want := CRMUse{RequestsPerRecord: .02, OperationsPerRecord: 1, ExecutionMsPerRecord: 40, Throttled: 3}
+	if got != want {
+		t.Fatalf("crmUse = %+v, want %+v", got, want)
+	}
+}
+
 func TestTargetWritesNoteOnlyTheAgentsSuccessfulWrites(t *testing.T) {
 	t.Parallel()
 	status := http.StatusOK
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(status) })
+	answer := ""
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(status)
+		_, _ = w.Write([]byte(answer))
+	})
 	w := newTargetWrites()
 	fhirSrv := httptest.NewServer(w.fhirHandler(h))
 	defer fhirSrv.Close()
-	crmSrv := httptest.NewServer(w.crmHandler(h))
-	defer crmSrv.Close()
-	do := func(method, url, token string) {
+	do := func(method, url, body string) {
 		t.Helper()
-		req, err := http.NewRequestWithContext(context.Background(), method, url, nil)
+		req, err := http.NewRequestWithContext(context.Background(), method, url, strings.NewReader(body))
 		if err != nil {
 			t.Fatal(err)
-		}
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
 		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -122,11 +148,15 @@ func TestTargetWritesNoteOnlyTheAgentsSuccessfulWrites(t *testing.T) {
 	do(http.MethodPut, fhirSrv.URL+"/Patient/p1", "")
 	do(http.MethodPost, fhirSrv.URL+"/Patient", "")
 	do(http.MethodPut, fhirSrv.URL+"/Patient/p2/_history/1", "")
-	do(http.MethodPatch, crmSrv.URL+"/api/data/v9.2/contacts(msemr_azurefhirid='p1')", agentToken)
-	do(http.MethodPatch, crmSrv.URL+"/api/data/v9.2/contacts(msemr_azurefhirid='p3')", humanToken)
+	answer = `{"resourceType":"Bundle","type":"batch-response","entry":[{"response":{"status":"200 OK"}},{"response":{"status":"412 Precondition Failed"}},{"response":{"status":"201 Created"}}]}`
+	do(http.MethodPost, fhirSrv.URL+"/", `{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"PUT","url":"Patient/b1"}},{"request":{"method":"PUT","url":"Patient/b2"}},{"request":{"method":"POST","url":"Patient"}}]}`)
+	w.crmWrite(crmserver.Write{Message: "Create", Entity: "contact", InitiatingUserID: agentUser(0), Attributes: map[string]any{"msemr_azurefhirid": "p1"}})
+	w.crmWrite(crmserver.Write{Message: "Update", Entity: "contact", InitiatingUserID: agentUser(2), Attributes: map[string]any{"msemr_azurefhirid": "p5"}})
+	w.crmWrite(crmserver.Write{Message: "Update", Entity: "contact", InitiatingUserID: humanUser, Attributes: map[string]any{"msemr_azurefhirid": "p3"}})
+	w.crmWrite(crmserver.Write{Message: "Create", Entity: "account", InitiatingUserID: agentUser(0), Attributes: map[string]any{"msemr_azurefhirid": "o1"}})
 	status = http.StatusTooManyRequests
 	do(http.MethodPut, fhirSrv.URL+"/Patient/p4", "")
-	do(http.MethodPatch, crmSrv.URL+"/api/data/v9.2/contacts(msemr_azurefhirid='p4')", agentToken)
+	do(http.MethodPost, fhirSrv.URL+"/", `{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"PUT","url":"Patient/b4"}}]}`)
 
 	tests := []struct {
 		name     string
@@ -137,10 +167,14 @@ func TestTargetWritesNoteOnlyTheAgentsSuccessfulWrites(t *testing.T) {
 		{name: "agent's Patient update", fhirSide: true, id: "p1", want: true},
 		{name: "a create is not an update", fhirSide: true, id: "", want: false},
 		{name: "a nested path is not a Patient update", fhirSide: true, id: "p2", want: false},
-		{name: "agent's contact upsert by FHIR id", id: "p1", want: true},
+		{name: "a Patient update in a batch Bundle", fhirSide: true, id: "b1", want: true},
+		{name: "a failed entry of a batch Bundle", fhirSide: true, id: "b2", want: false},
+		{name: "agent's contact write", id: "p1", want: true},
+		{name: "a write by the agent's third user", id: "p5", want: true},
 		{name: "a person's write is not the agent's", id: "p3", want: false},
+		{name: "another table", id: "o1", want: false},
 		{name: "a throttled FHIR write did not happen", fhirSide: true, id: "p4", want: false},
-		{name: "a throttled CRM write did not happen", id: "p4", want: false},
+		{name: "a throttled Bundle did not happen", fhirSide: true, id: "b4", want: false},
 	}
 	fhirWrites, crmWrites := w.snapshot()
 	for _, tt := range tests {

@@ -1,15 +1,19 @@
 package agentbench
 
 import (
+	"bytes"
 	"context"
 	crand "crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	stdmaps "maps"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -26,16 +30,44 @@ import (
 	"github.com/fhirsync/fhirsync/maps/starter"
 	"github.com/fhirsync/fhirsync/queues"
 	"github.com/fhirsync/fhirsync/queues/embedded"
+	"github.com/fhirsync/fhirsync/sandbox/crmserver"
 )
 
-// Sandbox CRM identities: the agent's application user and a person
+// Sandbox CRM identities: the agent's application users and a person
 // editing contacts.
 const (
-	agentToken = "bench-agent"
-	agentUser  = "00000000-0000-0000-0000-0000000be7c1"
 	humanToken = "bench-coordinator"
 	humanUser  = "00000000-0000-0000-0000-0000000be7c2"
+	// maxAgentUsers is how many application users the sandbox CRM knows
+	// for the agent (--crm-users at most).
+	maxAgentUsers = 8
 )
+
+// agentToken is the bearer token of the agent's application user i (from
+// 0), agentUser its systemuserid.
+func agentToken(i int) string {
+	if i == 0 {
+		return "bench-agent"
+	}
+	return fmt.Sprintf("bench-agent-%d", i+1)
+}
+
+func agentUser(i int) string {
+	if i == 0 {
+		return "00000000-0000-0000-0000-0000000be7c1"
+	}
+	return fmt.Sprintf("00000000-0000-0000-0000-0000000be8%02d", i)
+}
+
+// isAgentUser reports whether id is one of the agent's application users.
+func isAgentUser(id string) bool {
+	for i := range maxAgentUsers {
+		if agentUser(i) == id {
+			return true
+		}
+	}
+	return false
+}
 
 // env is one running agent between the two sandboxes.
 type env struct {
@@ -48,20 +80,27 @@ type env struct {
 	fhir  *fhir.Client // a clinician writing FHIR
 	crm   *crm.Client  // a care coordinator writing the CRM
 	reg   *prometheus.Registry
-	stop  func() error
+	logs  *logs.Store
+	maps  *maps.Store
+	// users is how many application users the running agent signs in as,
+	// agentReg the registry of its metrics.
+	users     int
+	agentReg  *prometheus.Registry
+	stopAgent func() error
+	// prior are the decisions of the agents stopped before the running
+	// one.
+	prior   counts
+	closers []func()
 }
 
-// start assembles and starts the agent the way `fhirsync serve` does, with
-// the sandboxes served over loopback HTTP.
+// start assembles the sandboxes and queues and starts the agent the way
+// `fhirsync serve` does, with the sandboxes served over loopback HTTP.
 func start(ctx context.Context, cfg Config) (*env, error) {
 	var rid [4]byte
 	_, _ = crand.Read(rid[:])
 	e := &env{cfg: cfg, db: cfg.DB, runID: "bench-" + hex.EncodeToString(rid[:]), reg: prometheus.NewRegistry()}
-	var closers []func()
 	fail := func(err error) (*env, error) {
-		for i := len(closers) - 1; i >= 0; i-- {
-			closers[i]()
-		}
+		e.closeAll()
 		return nil, err
 	}
 	var err error
@@ -71,9 +110,11 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 	if e.fhirQ, err = embedded.New(e.db, e.runID+"-fhir-changes", qopts); err != nil {
 		return fail(err)
 	}
+	e.closers = append(e.closers, func() { _ = e.fhirQ.Close(context.Background()) })
 	if e.crmQ, err = embedded.New(e.db, e.runID+"-crm-changes", qopts); err != nil {
 		return fail(err)
 	}
+	e.closers = append(e.closers, func() { _ = e.crmQ.Close(context.Background()) })
 	if len(cfg.SandboxCommand) > 0 {
 		e.sb, err = startRemote(ctx, cfg.SandboxCommand, cfg.TempDir, e.crmQ)
 	} else {
@@ -82,16 +123,10 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 	if err != nil {
 		return fail(err)
 	}
-	closers = append(closers, func() { _ = e.sb.close() })
-	agentFHIR, err := fhir.New(fhir.Config{BaseURL: e.sb.fhirURL()})
-	if err != nil {
-		return fail(err)
-	}
+	// The sandboxes close before the queues: the CRM posts what is pending
+	// to crm-changes.
+	e.closers = append(e.closers, func() { _ = e.sb.close() })
 	if e.fhir, err = fhir.New(fhir.Config{BaseURL: e.sb.fhirURL()}); err != nil {
-		return fail(err)
-	}
-	agentCRM, err := crm.New(crm.Config{URL: e.sb.crmURL(), Auth: crm.AuthBearer, Token: agentToken})
-	if err != nil {
 		return fail(err)
 	}
 	if e.crm, err = crm.New(crm.Config{URL: e.sb.crmURL(), Auth: crm.AuthBearer, Token: humanToken}); err != nil {
@@ -99,27 +134,82 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 	}
 	var secret [24]byte
 	_, _ = crand.Read(secret[:])
-	ls, err := logs.New(e.db, logs.Config{KeySecret: base64.StdEncoding.EncodeToString(secret[:]), Logger: cfg.Logger}, e.reg)
+	if e.logs, err = logs.New(e.db, logs.Config{KeySecret: base64.StdEncoding.EncodeToString(secret[:]), Logger: cfg.Logger}, e.reg); err != nil {
+		return fail(err)
+	}
+	if e.maps, err = maps.New(e.db, maps.Options{Logger: cfg.Logger}); err != nil {
+		return fail(err)
+	}
+	if err := publishStarter(ctx, e.maps); err != nil {
+		return fail(err)
+	}
+	if err := e.startAgent(ctx, cfg.CRMUsers); err != nil {
+		return fail(err)
+	}
+	return e, nil
+}
+
+// closeAll closes what start opened, last first.
+func (e *env) closeAll() {
+	for i := len(e.closers) - 1; i >= 0; i-- {
+		e.closers[i]()
+	}
+	e.closers = nil
+}
+
+// stop stops the agent, then the sandboxes and the queues.
+func (e *env) stop() error {
+	var err error
+	if e.stopAgent != nil {
+		err = e.stopAgent()
+		e.stopAgent = nil
+	}
+	e.closeAll()
+	return err
+}
+
+// startAgent starts an agent signing in to the CRM as users application
+// users, stopping the running one first. Agents started one after another
+// share the queues, the database and the decision counters, as a restarted
+// process does.
+func (e *env) startAgent(ctx context.Context, users int) error {
+	if e.stopAgent != nil {
+		// The decisions so far carry over to the next agent's counts.
+		c, err := e.decisions()
+		if err != nil {
+			return err
+		}
+		if err := e.stopAgent(); err != nil {
+			return fmt.Errorf("stopping the agent: %w", err)
+		}
+		e.stopAgent, e.prior = nil, c
+	}
+	users = max(users, 1)
+	agentFHIR, err := fhir.New(fhir.Config{BaseURL: e.sb.fhirURL()})
 	if err != nil {
-		return fail(err)
+		return err
 	}
-	ms, err := maps.New(e.db, maps.Options{Logger: cfg.Logger})
+	ccfg, acfg, err := agentCRMUsers(e.sb.crmURL(), users)
 	if err != nil {
-		return fail(err)
+		return err
 	}
-	if err := publishStarter(ctx, ms); err != nil {
-		return fail(err)
+	agentCRM, err := crm.New(ccfg)
+	if err != nil {
+		return err
 	}
-	baseKey := secret[:]
-	if cfg.BaseStateOff {
+	baseKey := make([]byte, 24)
+	_, _ = crand.Read(baseKey)
+	if e.cfg.BaseStateOff {
 		baseKey = nil
 	}
-	a, err := agent.New(agent.Config{Workers: cfg.Workers, CRMUserID: agentUser, LockRenewEvery: 20 * time.Second, DepthEvery: time.Second,
-		BaseKey: baseKey},
-		agent.Deps{DB: e.db, Maps: ms, FHIR: agentFHIR, CRM: agentCRM, Logs: ls, FHIRChanges: e.fhirQ, CRMChanges: e.crmQ,
-			Registry: e.reg, Logger: cfg.Logger})
+	acfg.Workers, acfg.LockRenewEvery, acfg.DepthEvery, acfg.BaseKey = e.cfg.Workers, 20*time.Second, time.Second, baseKey
+	// Each agent registers its metrics in a registry of its own.
+	reg := prometheus.NewRegistry()
+	a, err := agent.New(acfg,
+		agent.Deps{DB: e.db, Maps: e.maps, FHIR: agentFHIR, CRM: agentCRM, Logs: e.logs, FHIRChanges: e.fhirQ, CRMChanges: e.crmQ,
+			Registry: reg, Logger: e.cfg.Logger})
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan error, 1)
@@ -128,23 +218,18 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 	case <-a.Ready():
 	case err := <-done:
 		cancel()
-		return fail(fmt.Errorf("starting the agent: %w", err))
+		return fmt.Errorf("starting the agent: %w", err)
 	}
-	e.stop = func() error {
+	e.users, e.agentReg = users, reg
+	e.stopAgent = func() error {
 		cancel()
 		err := <-done
-		// The sandboxes first: the CRM posts what is pending to crm-changes.
-		for i := len(closers) - 1; i >= 0; i-- {
-			closers[i]()
-		}
-		_ = e.fhirQ.Close(context.Background())
-		_ = e.crmQ.Close(context.Background())
 		if errors.Is(err, context.Canceled) {
 			return nil
 		}
 		return err
 	}
-	return e, nil
+	return nil
 }
 
 func publishStarter(ctx context.Context, ms *maps.Store) error {
@@ -168,13 +253,20 @@ func (c counts) terminal(d logs.Direction) int {
 	return m[logs.OutcomeSent] + m[logs.OutcomeSkipped] + m[logs.OutcomeDeadLettered]
 }
 
-// decisions reads fhirsync_decisions_total from the registry.
+// decisions reads fhirsync_decisions_total from the running agent's
+// registry, adding the decisions of the agents before it.
 func (e *env) decisions() (counts, error) {
-	mfs, err := e.reg.Gather()
+	mfs, err := e.agentReg.Gather()
 	if err != nil {
 		return nil, err
 	}
 	out := counts{}
+	for dir, m := range e.prior {
+		out[dir] = map[logs.Outcome]int{}
+		for oc, n := range m {
+			out[dir][oc] = n
+		}
+	}
 	for _, mf := range mfs {
 		if mf.GetName() != "fhirsync_decisions_total" {
 			continue
@@ -338,10 +430,16 @@ func (s *statusWriter) Write(b []byte) (int, error) {
 	return s.ResponseWriter.Write(b)
 }
 
-// fhirHandler notes the agent's successful Patient updates (PUT
-// /Patient/{id}: only the agent updates in these runs).
+// fhirHandler notes the agent's successful Patient updates: PUT
+// /Patient/{id}, alone or as an entry of a batch or transaction Bundle
+// posted to the base (only the agent updates Patients while marks are
+// kept).
 func (w *targetWrites) fhirHandler(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && (r.URL.Path == "/" || r.URL.Path == "") {
+			w.serveBundle(h, rw, r)
+			return
+		}
 		id, ok := strings.CutPrefix(r.URL.Path, "/Patient/")
 		if r.Method != http.MethodPut || !ok || strings.Contains(id, "/") {
 			h.ServeHTTP(rw, r)
@@ -351,19 +449,90 @@ func (w *targetWrites) fhirHandler(h http.Handler) http.Handler {
 	})
 }
 
-// crmHandler notes the agent's successful contact creates, addressed by
-// the FHIR id alternate key.
-func (w *targetWrites) crmHandler(h http.Handler) http.Handler {
-	const key = "contacts(msemr_azurefhirid='"
-	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		_, rest, ok := strings.Cut(r.URL.Path, key)
-		id, _, closed := strings.Cut(rest, "'")
-		if r.Method != http.MethodPatch || !ok || !closed || r.Header.Get("Authorization") != "Bearer "+agentToken {
-			h.ServeHTTP(rw, r)
-			return
+// bundle is the part of a batch or transaction Bundle and of its answer
+// the marks need.
+type bundle struct {
+	Entry []struct {
+		Request struct {
+			Method string `json:"method"`
+			URL    string `json:"url"`
+		} `json:"request"`
+		Response struct {
+			Status string `json:"status"`
+		} `json:"response"`
+	} `json:"entry"`
+}
+
+// serveBundle serves a Bundle post and marks each PUT Patient/{id} entry
+// its answer says succeeded (entries answer in the order they were sent).
+func (w *targetWrites) serveBundle(h http.Handler, rw http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		http.Error(rw, err.Error(), http.StatusBadRequest)
+		return
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	var req bundle
+	var ids []string // "" where the entry is not a Patient update
+	if json.Unmarshal(body, &req) == nil {
+		for _, en := range req.Entry {
+			id, ok := strings.CutPrefix(en.Request.URL, "Patient/")
+			if en.Request.Method != http.MethodPut || !ok || strings.ContainsAny(id, "/?") {
+				id = ""
+			}
+			ids = append(ids, id)
 		}
-		w.serveAndMark(h, rw, r, false, id)
-	})
+	}
+	if !slices.ContainsFunc(ids, func(s string) bool { return s != "" }) {
+		h.ServeHTTP(rw, r)
+		return
+	}
+	rec := &recordingWriter{ResponseWriter: rw}
+	h.ServeHTTP(rec, r)
+	var resp bundle
+	if rec.status >= 300 || json.Unmarshal(rec.body.Bytes(), &resp) != nil || len(resp.Entry) != len(ids) {
+		return
+	}
+	now := time.Now()
+	for i, en := range resp.Entry {
+		if ids[i] != "" && strings.HasPrefix(en.Response.Status, "2") {
+			w.mark(true, ids[i], now)
+		}
+	}
+}
+
+// recordingWriter passes an answer through and keeps a copy of it.
+type recordingWriter struct {
+	http.ResponseWriter
+	status int
+	body   bytes.Buffer
+}
+
+func (r *recordingWriter) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recordingWriter) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	r.body.Write(b)
+	return r.ResponseWriter.Write(b)
+}
+
+// crmWrite notes the agent's contact writes as the sandbox CRM commits
+// them, by the FHIR id the contact carries, whatever request made them (a
+// request on its own, a $batch, a bulk message).
+func (w *targetWrites) crmWrite(cw crmserver.Write) {
+	if cw.Entity != "contact" || cw.Message == "Delete" || !isAgentUser(cw.InitiatingUserID) {
+		return
+	}
+	if id, ok := cw.Attributes["msemr_azurefhirid"].(string); ok && id != "" {
+		w.mark(false, id, time.Now())
+	}
 }
 
 // serveAndMark serves r and marks id on the FHIR or the CRM side if the

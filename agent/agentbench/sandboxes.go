@@ -31,6 +31,8 @@ type sandboxes interface {
 	crmURL() string
 	crmStats(ctx context.Context) (crmserver.Stats, error)
 	setLimits(ctx context.Context, l crmserver.Limits) error
+	// accounts is the CRM's accounting per user (crmserver.Server.Accounts).
+	accounts(ctx context.Context) (map[string]crmserver.Account, error)
 	count(ctx context.Context, entity string) (int, error)
 	// writes returns when the agent's writes reached each target since the
 	// last resetWrites, by FHIR id (see targetWrites).
@@ -76,15 +78,20 @@ func startLocal(dir, runID string, endpoint sender) (*local, error) {
 		_ = fs.Close()
 		return nil, fmt.Errorf("importing the starter maps: %w", err)
 	}
-	cs, err := crmserver.New(crmserver.Options{Tokens: map[string]string{agentToken: agentUser, humanToken: humanUser},
-		Endpoint: endpoint, EndpointEntities: doc.CRMEntities(), EndpointAsync: true})
+	tokens := map[string]string{humanToken: humanUser}
+	for i := range maxAgentUsers {
+		tokens[agentToken(i)] = agentUser(i)
+	}
+	tw := newTargetWrites()
+	cs, err := crmserver.New(crmserver.Options{Tokens: tokens,
+		Endpoint: endpoint, EndpointEntities: doc.CRMEntities(), EndpointAsync: true, OnWrite: tw.crmWrite})
 	if err != nil {
 		_ = fs.Close()
 		return nil, fmt.Errorf("starting the sandbox CRM: %w", err)
 	}
-	l := &local{fhirSrv: fs, crmSrv: cs, tw: newTargetWrites()}
+	l := &local{fhirSrv: fs, crmSrv: cs, tw: tw}
 	l.fhirHTTP = httptest.NewServer(l.tw.fhirHandler(fs))
-	l.crmHTTP = httptest.NewServer(l.tw.crmHandler(cs))
+	l.crmHTTP = httptest.NewServer(cs)
 	return l, nil
 }
 
@@ -96,6 +103,10 @@ func (l *local) crmStats(context.Context) (crmserver.Stats, error) { return l.cr
 func (l *local) setLimits(_ context.Context, lim crmserver.Limits) error {
 	l.crmSrv.SetLimits(lim)
 	return nil
+}
+
+func (l *local) accounts(context.Context) (map[string]crmserver.Account, error) {
+	return l.crmSrv.Accounts(), nil
 }
 
 func (l *local) count(_ context.Context, entity string) (int, error) {
@@ -202,6 +213,9 @@ func (l *local) control() http.Handler {
 		}
 		l.crmSrv.SetLimits(lim)
 		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /accounts", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, l.crmSrv.Accounts())
 	})
 	mux.HandleFunc("GET /count", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, l.crmSrv.Count(r.URL.Query().Get("entity")))
@@ -355,6 +369,12 @@ func (r *remote) crmStats(ctx context.Context) (crmserver.Stats, error) {
 
 func (r *remote) setLimits(ctx context.Context, l crmserver.Limits) error {
 	return r.call(ctx, http.MethodPost, "/limits", l, nil)
+}
+
+func (r *remote) accounts(ctx context.Context) (map[string]crmserver.Account, error) {
+	var a map[string]crmserver.Account
+	err := r.call(ctx, http.MethodGet, "/accounts", nil, &a)
+	return a, err
 }
 
 func (r *remote) count(ctx context.Context, entity string) (int, error) {

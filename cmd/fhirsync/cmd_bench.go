@@ -10,6 +10,8 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -23,20 +25,23 @@ func runBench(ctx context.Context, e *env, args []string) error {
 Measure the sync agent on this machine: the agent and the embedded queue
 run in this process, the sandbox FHIR server and CRM in a second one
 (--sandboxes inline keeps them in this one). Prints sustained
-records/s in each direction, source-write-to-target-write latency at a fixed
-offered rate, peak resident memory, and the share of the CRM's
-service-protection budget used with limits on (with every record still
-ending sent). The database is a temporary SQLite file unless --database-url
+records/s in each direction, a backfill of Patients already in the FHIR
+server, source-write-to-target-write latency at a fixed offered rate, peak
+resident memory, the CRM requests and execution time per record by the
+sandbox CRM's accounting, and records/s in each direction with Dataverse's
+documented service-protection limits on, for each number of application
+users (--crm-users) and execution-cost multiplier (--limit-costs). The database is a temporary SQLite file unless --database-url
 names one; use a scratch database, the run leaves its rows behind.`)
 	records := fs.Int("records", 50000, "records synced in each direction for the throughput figures")
 	rate := fs.Float64("offered-rate", 200, "source writes per second in the latency runs")
 	duration := fs.Duration("duration", 15*time.Second, "length of each latency run")
 	workers := fs.Int("workers", 0, "agent workers per queue (0: the agent's default)")
 	dbURL := fs.String("database-url", "", "postgres://… or sqlite:PATH (default: SQLite in a temporary directory)")
-	limitRequests := fs.Int("limit-requests", 600, "CRM requests allowed per window in the throttled run (0 skips it)")
-	limitWindow := fs.Duration("limit-window", 10*time.Second, "CRM service-protection window")
-	limitConcurrent := fs.Int("limit-concurrent", 6, "CRM concurrent requests allowed in the throttled run")
-	windows := fs.Int("limit-windows", 3, "size the throttled run to this many full windows of requests")
+	limitsOn := fs.String("limits", "documented", "CRM service-protection limits of the throttled runs: documented (Dataverse's rates over --limit-window) or off (skips them)")
+	limitWindow := fs.Duration("limit-window", 10*time.Second, "CRM service-protection window of the throttled runs; the documented 6,000 requests and 1,200 s of execution time per 300 s are scaled to it")
+	windows := fs.Int("limit-windows", 2, "size each throttled run to this many windows of its users' budget")
+	crmUsers := fs.String("crm-users", "1,3", "comma-separated numbers of CRM application users of the throttled runs (the runs without limits use the first)")
+	costs := fs.String("limit-costs", "1,2", "comma-separated multipliers of the CRM's execution cost per operation in the throttled runs")
 	baseState := fs.String("base-state", "on", "keep the base state of linked pairs: on (as in production) or off (to measure its cost)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this `file`")
@@ -85,9 +90,11 @@ names one; use a scratch database, the run leaves its rows behind.`)
 		return usageErrorf("bench: --records must be 1..1000000")
 	case *rate <= 0 || *duration <= 0 || *rate*duration.Seconds() < 1:
 		return usageErrorf("bench: --offered-rate and --duration must be positive and offer at least one record")
-	case *workers < 0 || *limitRequests < 0 || *limitConcurrent < 0 || *windows < 1:
-		return usageErrorf("bench: --workers, --limit-requests and --limit-concurrent must not be negative, --limit-windows at least 1")
-	case *limitRequests > 0 && *limitWindow <= 0:
+	case *workers < 0 || *windows < 1:
+		return usageErrorf("bench: --workers must not be negative, --limit-windows at least 1")
+	case *limitsOn != "documented" && *limitsOn != "off":
+		return usageErrorf("bench: --limits must be documented or off")
+	case *limitWindow <= 0:
 		return usageErrorf("bench: --limit-window must be positive")
 	case *sandboxProfile != "" && *where != "process":
 		return usageErrorf("bench: --sandbox-cpuprofile needs --sandboxes process")
@@ -118,8 +125,16 @@ names one; use a scratch database, the run leaves its rows behind.`)
 		}
 		defer stop()
 	}
-	limits := crmserver.Limits{Requests: *limitRequests, Window: *limitWindow, Concurrent: *limitConcurrent}
-	if *limitRequests == 0 {
+	users, err := positiveInts(*crmUsers, 8)
+	if err != nil {
+		return usageErrorf("bench: --crm-users: %v", err)
+	}
+	multipliers, err := positiveFloats(*costs)
+	if err != nil {
+		return usageErrorf("bench: --limit-costs: %v", err)
+	}
+	limits := crmserver.DataverseLimitsOver(*limitWindow)
+	if *limitsOn == "off" {
 		limits = crmserver.Limits{Requests: -1}
 	}
 	var progress io.Writer
@@ -142,7 +157,7 @@ names one; use a scratch database, the run leaves its rows behind.`)
 		}
 	}
 	res, err := agentbench.Run(ctx, agentbench.Config{DB: db, TempDir: dir, Records: *records, OfferedRate: *rate, Duration: *duration,
-		Workers: *workers, Limits: limits, LimitedWindows: *windows, Progress: progress, SandboxCommand: command, BaseStateOff: *baseState == "off"})
+		Workers: *workers, CRMUsers: users[0], Limits: limits, LimitedUsers: users, LimitedCosts: multipliers, LimitedWindows: *windows, Progress: progress, SandboxCommand: command, BaseStateOff: *baseState == "off"})
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}
@@ -169,6 +184,32 @@ names one; use a scratch database, the run leaves its rows behind.`)
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Metric, r.Value, benchCell(r.Target), benchCell(r.Met))
 	}
 	return tw.Flush()
+}
+
+// positiveInts parses a comma-separated list of integers from 1 to most.
+func positiveInts(list string, most int) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 || n > most {
+			return nil, fmt.Errorf("%q is not a number from 1 to %d", strings.TrimSpace(f), most)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// positiveFloats parses a comma-separated list of positive numbers.
+func positiveFloats(list string) ([]float64, error) {
+	var out []float64
+	for _, f := range strings.Split(list, ",") {
+		x, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || x <= 0 || x > 100 {
+			return nil, fmt.Errorf("%q is not a number above 0 and at most 100", strings.TrimSpace(f))
+		}
+		out = append(out, x)
+	}
+	return out, nil
 }
 
 // startCPUProfile writes a CPU profile to path until stop is called.

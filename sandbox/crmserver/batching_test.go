@@ -340,3 +340,14 @@ func TestOnWriteSeesEveryCommittedWrite(t *testing.T) {
 		t.Fatalf("writes %q, want %q", got, want)
 	}
 }
+
+func TestDataverseLimitsOver(t *testing.T) {
+	t.Parallel()
+	l := DataverseLimitsOver(10 * time.Second)
+	if l.Requests != 200 || l.ExecutionTime != 40*time.Second || l.Window != 10*time.Second || l.Concurrent != DataverseConcurrent {
+		t.Fatalf("scaled to 10 s: %+v", l)
+	}
+	if d := DataverseLimitsOver(DataverseWindow); d.Requests != DataverseRequests || d.ExecutionTime != DataverseExecutionTime {
+		t.Fatalf("the documented window: %+v", d)
+	}
+}

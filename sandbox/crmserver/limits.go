@@ -153,6 +153,20 @@ func DataverseLimits() Limits {
 		CostPerOperation: DefaultCostPerOperation, Concurrent: DataverseConcurrent}
 }
 
+// DataverseLimitsOver returns Dataverse's documented limits scaled to a
+// window of w: the same rates (6,000 requests and 1,200 s of execution time
+// per 300 s, so 200 requests and 40 s per 10 s), the same 52 concurrent
+// requests and the default costs. A short window lets a test or a bench see
+// several windows pass; the rates a client can sustain are the documented
+// ones, its bursts shorter.
+func DataverseLimitsOver(w time.Duration) Limits {
+	l := DataverseLimits()
+	l.Window = w
+	l.Requests = max(1, int(int64(DataverseRequests)*int64(w)/int64(DataverseWindow)))
+	l.ExecutionTime = time.Duration(float64(DataverseExecutionTime) * (float64(w) / float64(DataverseWindow)))
+	return l
+}
+
 func (l Limits) window() time.Duration {
 	if l.Window > 0 {
 		return l.Window
