@@ -40,11 +40,15 @@ func CreateOp(set string, rec Record) (Op, error) {
 	return Op{Method: http.MethodPost, Path: set, Body: b}, nil
 }
 
-// UpsertOp builds an upsert request (PATCH with return=representation).
+// UpsertOp builds an upsert request (PATCH with return=representation); c
+// may be nil, as the op's path is relative to the service root.
 func UpsertOp(c *Client, t Target, rec Record, o UpsertOptions) (Op, error) {
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return Op{}, fmt.Errorf("encoding upsert for %s: %w", t, err)
+	}
+	if c == nil {
+		c = &Client{}
 	}
 	cl := upsertCall(c, t, b, o)
 	return Op{Method: cl.method, Path: strings.TrimPrefix(cl.url, c.root), Header: cl.header, Body: b}, nil
