@@ -81,6 +81,12 @@ type Queue struct {
 	// queue in Go instead of spinning on SQLite's busy handler.
 	writeMu sync.Mutex
 
+	// sendMu guards the SQLite sends waiting to be written together
+	// (see sendGrouped).
+	sendMu  sync.Mutex
+	sendQ   []*sendReq
+	sending bool // a sender is writing a group or about to
+
 	mu        sync.Mutex
 	wake      chan struct{} // closed and replaced when messages may be ready
 	lastPrune time.Time
@@ -204,9 +210,12 @@ func (q *Queue) Send(ctx context.Context, msgs ...queues.Message) error {
 	t := now()
 	insert := func(tx *gorm.DB) error { return q.insertMessages(tx, batch, t) }
 	var err error
-	if q.dialect == storage.Postgres && len(batch) <= sendChunk {
+	switch {
+	case q.dialect == storage.Postgres && len(batch) <= sendChunk:
 		err = insert(q.db.WithContext(ctx)) // one statement, atomic on its own
-	} else {
+	case q.dialect == storage.SQLite:
+		err = q.sendGrouped(ctx, batch)
+	default:
 		err = q.write(ctx, insert)
 	}
 	if err != nil {
@@ -215,6 +224,77 @@ func (q *Queue) Send(ctx context.Context, msgs ...queues.Message) error {
 	q.notify()
 	q.maybePrune(ctx, t)
 	return nil
+}
+
+// sendReq is one Send waiting to be written with others.
+type sendReq struct {
+	msgs []queues.Message
+	done chan error    // the Send's result; buffered
+	lead chan struct{} // closed when this Send is to write the next group
+}
+
+// sendGrouped writes batch on SQLite together with the Sends of other
+// goroutines waiting at the same time: one transaction for the group
+// instead of one each (a commit costs more than the inserts of a few
+// messages). Sends arriving while a group is written wait and go in the
+// next group, written by the first of them. Each Send stays all or none:
+// when the group's transaction fails, its Sends are written again one
+// transaction each, and each gets its own result. The messages of a group
+// are inserted in arrival order, each Send's as one insertMessages, so
+// duplicates are dropped exactly as by Sends one after the other.
+func (q *Queue) sendGrouped(ctx context.Context, batch []queues.Message) error {
+	r := &sendReq{msgs: batch, done: make(chan error, 1), lead: make(chan struct{})}
+	q.sendMu.Lock()
+	q.sendQ = append(q.sendQ, r)
+	if !q.sending {
+		q.sending = true
+		close(r.lead)
+	}
+	q.sendMu.Unlock()
+	select {
+	case err := <-r.done:
+		return err
+	case <-r.lead:
+	}
+	q.sendMu.Lock()
+	group := q.sendQ
+	q.sendQ = nil
+	q.sendMu.Unlock()
+	// The group is written whatever becomes of this caller's context: the
+	// other Sends wait for it.
+	q.writeGroup(context.WithoutCancel(ctx), group)
+	q.sendMu.Lock()
+	if len(q.sendQ) == 0 {
+		q.sending = false
+	} else {
+		close(q.sendQ[0].lead) // the next group is its first Send's to write
+	}
+	q.sendMu.Unlock()
+	return <-r.done
+}
+
+// writeGroup writes the Sends of group and hands each its result.
+func (q *Queue) writeGroup(ctx context.Context, group []*sendReq) {
+	t := now()
+	if len(group) > 1 {
+		err := q.write(ctx, func(tx *gorm.DB) error {
+			for _, r := range group {
+				if err := q.insertMessages(tx, r.msgs, t); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err == nil {
+			for _, r := range group {
+				r.done <- nil
+			}
+			return
+		}
+	}
+	for _, r := range group {
+		r.done <- q.write(ctx, func(tx *gorm.DB) error { return q.insertMessages(tx, r.msgs, t) })
+	}
 }
 
 func messageSize(m queues.Message) int {
