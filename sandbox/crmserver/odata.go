@@ -353,8 +353,8 @@ func (p *filterParser) unary(depth int) (filterNode, error) {
 	return nil, fmt.Errorf("unexpected %q", t.text+t.kind)
 }
 
-// queryFunctionIn is the Dataverse query function "In" ("Use Web API
-// query functions", learn.microsoft.com/power-apps/developer/data-platform/webapi/use-web-api-functions;
+// queryFunctionIn is the Dataverse query function "In" ("Filter rows",
+// Query functions, learn.microsoft.com/power-apps/developer/data-platform/webapi/query/filter-rows#query-functions;
 // reference: learn.microsoft.com/power-apps/developer/data-platform/webapi/reference/in):
 // Microsoft.Dynamics.CRM.In(PropertyName='name',PropertyValues=['a','b']).
 const queryFunctionIn = "Microsoft.Dynamics.CRM.In"
