@@ -120,6 +120,9 @@ type BackfillResult struct {
 	// Resumed says at least one side continued from a stored checkpoint;
 	// the counts then include the records enqueued before it.
 	Resumed bool
+	// NotWalked are the requested sides left out because the backfill
+	// resumed another side's unfinished walk and theirs had finished.
+	NotWalked []queues.Side
 }
 
 // Total is FHIR + CRM.
@@ -161,6 +164,32 @@ func Backfill(ctx context.Context, opts BackfillOptions, deps BackfillDeps) (Bac
 	}
 	if opts.MaxQueued == 0 {
 		opts.MaxQueued = DefaultBackfillMaxQueued
+	}
+	if deps.DB != nil && !opts.DryRun && !opts.Fresh {
+		// Resuming: only the sides left unfinished are walked, so that a
+		// crash during the CRM side of a walk of both does not walk the
+		// finished FHIR side again.
+		origin := opts.Origin
+		if origin == "" {
+			origin = OriginBackfill
+		}
+		open, err := unfinishedSides(ctx, deps.DB, opts.Map, origin)
+		if err != nil {
+			return res, fmt.Errorf("backfill of %s: %w", opts.Map, err)
+		}
+		var keep []queues.Side
+		for _, side := range sides {
+			if open[side] {
+				keep = append(keep, side)
+			} else {
+				res.NotWalked = append(res.NotWalked, side)
+			}
+		}
+		if len(keep) > 0 {
+			sides = keep
+		} else {
+			res.NotWalked = nil
+		}
 	}
 	w := newWalker(opts, deps)
 	for _, side := range sides {

@@ -279,3 +279,36 @@ func TestBackfillLeaseKeepsOneWalker(t *testing.T) {
 		t.Fatalf("Backfill after the lease ended = %+v, %v", res, err)
 	}
 }
+
+// TestBackfillResumesOnlyTheUnfinishedSide crashes a walk of both sides
+// during the CRM side: the resumed backfill walks the rest of the CRM side
+// and leaves the finished FHIR side alone.
+func TestBackfillResumesOnlyTheUnfinishedSide(t *testing.T) {
+	t.Parallel()
+	db := storagetest.Open(t, storage.SQLite)
+	e := newBackfillEnv(t, db, fhirserver.Options{Seed: bfSeed, Patients: bfPatients})
+	ctx := context.Background()
+	deps := e.deps
+	deps.CRMChanges = &crashingQueue{Queue: e.crmQ, limit: 2}
+	opts := agent.BackfillOptions{Map: "patient-contact", BatchSize: 3}
+	if res, err := agent.Backfill(ctx, opts, deps); !errors.Is(err, errCrash) || res.FHIR != bfPatients {
+		t.Fatalf("first walk = %+v, %v; want the FHIR side done and the crash in the CRM side", res, err)
+	}
+	res, err := agent.Backfill(ctx, opts, e.deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Resumed || res.CRM != bfContacts || res.FHIR != 0 || !slices.Equal(res.NotWalked, []queues.Side{queues.SideFHIR}) {
+		t.Fatalf("resumed walk = %+v; want the CRM side resumed to %d and the FHIR side not walked", res, bfContacts)
+	}
+	if got := bfActive(t, e.fhirQ); got != bfPatients {
+		t.Errorf("fhir-changes holds %d notices, want the first walk's %d", got, bfPatients)
+	}
+	if got := bfIDs(bfDrain(t, e.crmQ), queues.SideCRM, "contact"); !slices.Equal(got, slices.Sorted(slices.Values(e.contactIDs))) {
+		t.Errorf("crm notices %v, want every contact once", got)
+	}
+	// With nothing unfinished, both sides are walked again.
+	if res, err := agent.Backfill(ctx, opts, e.deps); err != nil || res.Resumed || res.FHIR != bfPatients || res.CRM != bfContacts {
+		t.Fatalf("a backfill after both sides finished = %+v, %v", res, err)
+	}
+}

@@ -173,6 +173,20 @@ func openBackfillRun(ctx context.Context, db *gorm.DB, mapName string, side queu
 	return r, nil
 }
 
+// unfinishedSides reports which sides of the map have a run to resume.
+func unfinishedSides(ctx context.Context, db *gorm.DB, mapName, origin string) (map[queues.Side]bool, error) {
+	var sides []string
+	if err := db.WithContext(ctx).Model(&backfillRunRow{}).Where("map_name = ? AND origin = ? AND state IN ?", mapName, origin,
+		[]string{BackfillRunning, BackfillInterrupted}).Distinct().Pluck("side", &sides).Error; err != nil {
+		return nil, fmt.Errorf("reading unfinished backfill runs: %w", err)
+	}
+	out := map[queues.Side]bool{}
+	for _, s := range sides {
+		out[queues.Side(s)] = true
+	}
+	return out, nil
+}
+
 func newRunID() (string, error) {
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err != nil {

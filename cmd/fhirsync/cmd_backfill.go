@@ -116,6 +116,9 @@ and backfill --status show it.`)
 	if res.Resumed {
 		verb += ", resumed from a checkpoint"
 	}
+	for _, side := range res.NotWalked {
+		verb += fmt.Sprintf("; the %s side had finished and was not walked again (--fresh walks it)", side)
+	}
 	fmt.Fprintf(e.stdout, "backfill of %s: %d FHIR notices (%s), %d CRM notices (%s) %s\n",
 		*mapName, res.FHIR, cfg.Queue.FHIRChanges, res.CRM, cfg.Queue.CRMChanges, verb)
 	if !*dryRun && res.Total() > 0 {
