@@ -137,7 +137,12 @@ func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config, opts ...envOptions) *
 		t.Fatal(err)
 	}
 	cfg.CRMUserID = agentUser
-	a, err := agent.New(cfg, agent.Deps{DB: db, Maps: ms, FHIR: e.fhir, CRM: crmAgent, Logs: e.logs,
+	// The agent writes FHIR as in production: through a Batcher.
+	fw, err := fhir.NewBatcher(e.fhir, fhir.BatchConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := agent.New(cfg, agent.Deps{DB: db, Maps: ms, FHIR: fw, CRM: crmAgent, Logs: e.logs,
 		FHIRChanges: e.fhirQ, CRMChanges: e.crmQ})
 	if err != nil {
 		t.Fatal(err)
