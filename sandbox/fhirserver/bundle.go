@@ -67,25 +67,32 @@ func (s *Server) bundle(ctx context.Context, base string, body []byte) (reply, e
 			return reply{}, err
 		}
 	} else {
+		// Each entry succeeds or fails on its own (R4 http.html#transaction:
+		// "The success or failure of one change SHOULD not alter the success
+		// or failure or resulting content of another change"); they commit
+		// together.
+		var fns []func(w *writer) error
+		var at []int
 		for i, e := range entries {
 			if e.method == "INVALID" {
 				results[i] = entryResult{err: errorf(http.StatusBadRequest, "invalid", "entry %d is not a valid request", i)}
 				continue
 			}
-			var res entryResult
-			err := s.store.write(ctx, func(w *writer) error {
-				var err error
-				res, err = s.runEntry(ctx, w, e)
+			at = append(at, i)
+			fns = append(fns, func(w *writer) error {
+				res, err := s.runEntry(ctx, w, e)
+				results[i] = res
 				return err
 			})
+		}
+		for k, err := range s.store.writeEach(ctx, fns) {
 			var fe *fhirError
 			switch {
 			case errors.As(err, &fe):
-				res = entryResult{err: fe}
+				results[at[k]] = entryResult{err: fe}
 			case err != nil:
 				return reply{}, err
 			}
-			results[i] = res
 		}
 	}
 	out := newBundle(btype+"-response", s.opts.Now())

@@ -210,24 +210,39 @@ func (s *store) version(ctx context.Context, typ, id string, v int64) (record, e
 // with fn's error once fn's changes are undone. Writes that arrive while
 // a group commits wait and commit together; they run in arrival order.
 func (s *store) write(ctx context.Context, fn func(w *writer) error) error {
-	req := &writeReq{ctx: ctx, fn: fn, done: make(chan error, 1)}
-	s.qmu.Lock()
-	s.pending = append(s.pending, req)
-	s.qmu.Unlock()
-	s.mu.Lock()
-	select {
-	case err := <-req.done: // the group before took this write along
-		s.mu.Unlock()
-		return err
-	default:
+	return s.writeEach(ctx, []func(w *writer) error{fn})[0]
+}
+
+// writeEach runs each of fns as its own write (a savepoint), all in one
+// group commit, in order, and returns their errors: a batch Bundle's
+// entries commit together but fail alone.
+func (s *store) writeEach(ctx context.Context, fns []func(w *writer) error) []error {
+	if len(fns) == 0 {
+		return nil
+	}
+	reqs := make([]*writeReq, len(fns))
+	for i, fn := range fns {
+		reqs[i] = &writeReq{ctx: ctx, fn: fn, done: make(chan error, 1)}
 	}
 	s.qmu.Lock()
-	group := s.pending
-	s.pending = nil
+	s.pending = append(s.pending, reqs...)
 	s.qmu.Unlock()
-	s.commitGroup(group)
+	s.mu.Lock()
+	// A group commit answers all its writes before it lets go of s.mu, so
+	// reqs, queued together, are either all answered or all pending.
+	if len(reqs[0].done) == 0 {
+		s.qmu.Lock()
+		group := s.pending
+		s.pending = nil
+		s.qmu.Unlock()
+		s.commitGroup(group)
+	}
 	s.mu.Unlock()
-	return <-req.done
+	errs := make([]error, len(reqs))
+	for i, r := range reqs {
+		errs[i] = <-r.done
+	}
+	return errs
 }
 
 // commitGroup runs each write of group in a savepoint of one transaction
