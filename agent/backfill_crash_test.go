@@ -144,6 +144,7 @@ func TestBackfillResumesAfterSIGKILL(t *testing.T) {
 			}
 			_ = bf.Process.Signal(syscall.SIGKILL)
 			<-exited
+			walkCPU := processCPU(bf)
 			killed, _ := f.patientRun(t)
 			t.Logf("%s: backfill killed at %d of %d enqueued (checkpoint read just before: %d) after %s",
 				d, killed.Done, records, at.Done, time.Since(start).Round(time.Millisecond))
@@ -157,6 +158,7 @@ func TestBackfillResumesAfterSIGKILL(t *testing.T) {
 			if err := bf.Run(); err != nil {
 				t.Fatalf("the restarted backfill failed: %v\nstdout:\n%s\nstderr:\n%s", err, out2.String(), err2.String())
 			}
+			walkCPU += processCPU(bf)
 			want := fmt.Sprintf("backfill of patient-contact: %d FHIR notices (fhir-changes), 0 CRM notices (crm-changes) enqueued, resumed from a checkpoint", records)
 			if !strings.Contains(out2.String(), want) {
 				t.Fatalf("the restarted backfill printed:\n%s\nwant %q", out2.String(), want)
@@ -183,9 +185,10 @@ func TestBackfillResumesAfterSIGKILL(t *testing.T) {
 			synced := time.Since(backfillStart)
 			after := f.crmSrv.Accounts()[agentUser]
 			req, ops := after.Requests-before.Requests, after.Operations-before.Operations
-			t.Logf("%s: %d patients backfilled and synced in %s (%.0f records/s), kill included, CRM limits on: %v; agent CRM requests %d (%.3f per record), operations %d, execution time %s, 429s %d; the backfill waited %s for the queue",
+			t.Logf("%s: %d patients backfilled and synced in %s (%.0f records/s), kill included, CRM limits on: %v; agent CRM requests %d (%.3f per record), operations %d, execution time %s, 429s %d; the backfill waited %s for the queue; the two backfill processes used %s of CPU (%.1f µs per record)",
 				d, records, synced.Round(time.Second), float64(records)/synced.Seconds(), limits, req, float64(req)/float64(records), ops,
-				(after.ExecutionTime - before.ExecutionTime).Round(time.Second), after.Throttled-before.Throttled, final.Throttled.Round(time.Second))
+				(after.ExecutionTime - before.ExecutionTime).Round(time.Second), after.Throttled-before.Throttled, final.Throttled.Round(time.Second),
+				walkCPU.Round(time.Millisecond), float64(walkCPU.Microseconds())/float64(records))
 			if err := p.Stop(30 * time.Second); err != nil {
 				t.Errorf("stopping: %v\n%s", err, p.Output())
 			}
@@ -194,4 +197,13 @@ func TestBackfillResumesAfterSIGKILL(t *testing.T) {
 			t.Logf("%s: decisions by outcome %v; total %s", d, out, time.Since(start).Round(time.Millisecond))
 		})
 	}
+}
+
+// processCPU is the user and system CPU time of an ended child process
+// (getrusage of the child).
+func processCPU(cmd *exec.Cmd) time.Duration {
+	if cmd.ProcessState == nil {
+		return 0
+	}
+	return cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 }
