@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -511,6 +512,79 @@ func TestPollerTriggerPollsBetweenTurns(t *testing.T) {
 		}
 		if got := summary(q.notices(t)); got != "Patient/p1@1:created" {
 			t.Errorf("triggered poll sent %q", got)
+		}
+	})
+}
+
+// TestPollerKeepsChangesAtTheCheckpointInstant: a change stamped with the
+// very instant the checkpoint holds, made after the poll that set it, is
+// still sent — _since is inclusive ("at or after the given instant", R4
+// http.html#history) and what the window reads again is de-duplicated by
+// id and version — even with an overlap as small as it gets. Each request
+// carries _since and _count, and the next links are followed.
+func TestPollerKeepsChangesAtTheCheckpointInstant(t *testing.T) {
+	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
+		ctx := context.Background()
+		clock := &sandboxClock{t: time.Date(2026, 5, 1, 8, 0, 0, 0, time.UTC)}
+		var mu sync.Mutex
+		var queries []url.Values
+		_, c := sandbox(t, fhirserver.Options{Now: clock.now}, func(next http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if strings.HasSuffix(r.URL.Path, "/_history") {
+					mu.Lock()
+					queries = append(queries, r.URL.Query())
+					mu.Unlock()
+				}
+				next.ServeHTTP(w, r)
+			})
+		})
+		q := &fakeQueue{}
+		p, err := NewPoller(PollerConfig{Client: c, DB: db, Queue: q, Types: []string{"Patient"}, Holder: "a",
+			PageSize: 1, Overlap: time.Nanosecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		put(t, c, "Patient", "a", nil)
+		clock.add(time.Second)
+		put(t, c, "Patient", "b", nil)
+		if _, err := p.Poll(ctx, "Patient"); err != nil {
+			t.Fatal(err)
+		}
+		if got := summary(q.notices(t)); got != "Patient/b@1:created Patient/a@1:created" {
+			t.Fatalf("first poll sent %s", got)
+		}
+		// The clock has not moved: these carry the checkpoint's instant.
+		q.reset()
+		put(t, c, "Patient", "c", nil)
+		put(t, c, "Patient", "b", map[string]any{"active": true})
+		res, err := p.Poll(ctx, "Patient")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := summary(q.notices(t)); got != "Patient/b@2:updated Patient/c@1:created" {
+			t.Errorf("second poll sent %s (%+v), want the two changes at the checkpoint's instant", got, res)
+		}
+		if res.Duplicates != 1 {
+			t.Errorf("second poll: %d duplicates, want 1 (Patient/b@1, read again at the same instant)", res.Duplicates)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		// First poll: no checkpoint, so no _since; two pages of one.
+		// Second poll: three pages from the checkpoint's instant.
+		if len(queries) != 5 {
+			t.Fatalf("%d history requests, want 5: %v", len(queries), queries)
+		}
+		for i, qv := range queries {
+			if qv.Get("_count") != "1" {
+				t.Errorf("request %d: _count %q, want 1", i, qv.Get("_count"))
+			}
+		}
+		if s := queries[0].Get("_since"); s != "" {
+			t.Errorf("first poll's _since %q, want none (no checkpoint, no Start)", s)
+		}
+		since, err := time.Parse(time.RFC3339Nano, queries[2].Get("_since"))
+		if err != nil || since.After(clock.now()) || clock.now().Sub(since) > time.Millisecond {
+			t.Errorf("second poll's _since %q, want the checkpoint's instant or just before", queries[2].Get("_since"))
 		}
 	})
 }
