@@ -355,7 +355,7 @@ func (ev *evaluator) field(out types.Collection, m map[string]any, name, fhirTyp
 	}
 	if arr, isArr := v.([]any); isArr {
 		if out == nil {
-			out = make(types.Collection, 0, len(arr))
+			out = ev.coll(len(arr))
 		}
 		for _, e := range arr {
 			x, ok := ev.convert(e, fhirType)
@@ -373,6 +373,9 @@ func (ev *evaluator) field(out types.Collection, m map[string]any, name, fhirTyp
 		return out, false
 	}
 	if x != nil {
+		if out == nil {
+			return ev.one(x), true
+		}
 		out = append(out, x)
 	}
 	return out, true
@@ -514,6 +517,22 @@ type evaluator struct {
 	rootV [1]types.Value
 	objs  []object
 	prims []prim
+	vals  []types.Value // backing of collections
+}
+
+// coll returns an empty collection with room for n values.
+func (ev *evaluator) coll(n int) types.Collection {
+	if cap(ev.vals)-len(ev.vals) < n {
+		ev.vals = make([]types.Value, 0, max(64, 2*cap(ev.vals), n))
+	}
+	l := len(ev.vals)
+	ev.vals = ev.vals[:l+n]
+	return ev.vals[l : l : l+n]
+}
+
+// one returns the collection of v.
+func (ev *evaluator) one(v types.Value) types.Collection {
+	return append(ev.coll(1), v)
 }
 
 var evaluators = sync.Pool{New: func() any { return new(evaluator) }}
@@ -540,7 +559,8 @@ func (ev *evaluator) prim(s, fhirType string, kind byte) *prim {
 func (ev *evaluator) release() {
 	clear(ev.objs)
 	clear(ev.prims)
-	ev.objs, ev.prims = ev.objs[:0], ev.prims[:0]
+	clear(ev.vals)
+	ev.objs, ev.prims, ev.vals = ev.objs[:0], ev.prims[:0], ev.vals[:0]
 	ev.root, ev.rootV[0] = nil, nil
 	evaluators.Put(ev)
 }
@@ -587,7 +607,7 @@ func (ev *evaluator) eval(n *node, this types.Collection) (types.Collection, err
 		if k := i.Value(); k < 0 || k >= int64(len(base)) {
 			return nil, nil
 		} else {
-			return types.Collection{base[k]}, nil
+			return ev.one(base[k]), nil
 		}
 	case nNegate:
 		col, err := ev.eval(n.left, this)
@@ -604,7 +624,7 @@ func (ev *evaluator) eval(n *node, this types.Collection) (types.Collection, err
 		if err != nil {
 			return nil, errNotServed
 		}
-		return types.Collection{v}, nil
+		return ev.one(v), nil
 	case nIs, nAs:
 		col, err := ev.eval(n.left, this)
 		if err != nil || len(col) == 0 {
@@ -754,7 +774,7 @@ func (ev *evaluator) binary(n *node, this types.Collection) (types.Collection, e
 	if v == nil {
 		return nil, errNotServed
 	}
-	return types.Collection{v}, nil
+	return ev.one(v), nil
 }
 
 // truthy is the engine's test of a criterion: a first item that is true.
@@ -770,9 +790,12 @@ func (ev *evaluator) call(n *node, in types.Collection) (types.Collection, error
 	switch n.name {
 	case "where", "select", "all":
 		var out types.Collection
+		if n.name == "where" {
+			out = ev.coll(len(in))
+		}
 		// One $this for all items: a criterion's result is read, or
 		// copied by select, before the next item replaces it.
-		this := make(types.Collection, 1)
+		this := ev.coll(1)[:1]
 		for _, item := range in {
 			this[0] = item
 			c, err := ev.eval(n.args[0], this)
@@ -803,7 +826,7 @@ func (ev *evaluator) call(n *node, in types.Collection) (types.Collection, error
 		if len(n.args) == 0 {
 			return boolCol(len(in) > 0), nil
 		}
-		this := make(types.Collection, 1)
+		this := ev.coll(1)[:1]
 		for _, item := range in {
 			this[0] = item
 			c, err := ev.eval(n.args[0], this)
@@ -818,7 +841,7 @@ func (ev *evaluator) call(n *node, in types.Collection) (types.Collection, error
 	case "empty":
 		return boolCol(len(in) == 0), nil
 	case "count":
-		return types.Collection{types.GetInteger(int64(len(in)))}, nil
+		return ev.one(types.GetInteger(int64(len(in)))), nil
 	case "first":
 		if len(in) == 0 {
 			return nil, nil

@@ -1,10 +1,14 @@
 package fhirpath
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"text/tabwriter"
@@ -32,8 +36,9 @@ var speedExpressions = []string{
 // through fhirpath.js and through this project's routes — EvalResource (the
 // fast evaluator on the decoded resource, as maps call it), the gofhir
 // engine's Eval on the JSON text, and maps/path for path-language reads —
-// in one run and prints a table of median ns/op and the ratios. It only measures; it asserts
-// nothing about time. Run it with
+// in one run, alternating per expression and resource, and prints a table
+// of median ns/op and the ratios. It only measures; it asserts nothing
+// about time. Run it with
 //
 //	FHIRSYNC_COMPARE_SPEED=1 go test ./maps/fhirpath -run TestCompareSpeed -v
 func TestCompareSpeed(t *testing.T) {
@@ -72,31 +77,10 @@ func TestCompareSpeed(t *testing.T) {
 		}
 	}
 
-	var cases []oracleCase
-	for _, r := range rows {
-		for _, res := range resources {
-			cases = append(cases, oracleCase{Expression: r.expr, Resource: res.raw})
-		}
-	}
-	jsOut := runOracle(t, dir, cases, "--bench", "5")
-	for i, r := range rows {
-		for j := range resources {
-			var b struct {
-				NsPerOp float64 `json:"nsPerOp"`
-				Error   string  `json:"error"`
-			}
-			if err := json.Unmarshal(jsOut[i*len(resources)+j], &b); err != nil {
-				t.Fatal(err)
-			}
-			if b.Error != "" {
-				t.Fatalf("fhirpath.js cannot run %s: %s", r.expr, b.Error)
-			}
-			r.js = append(r.js, b.NsPerOp)
-		}
-	}
-
-	// The routes are timed side by side, resource by resource, so that a
-	// busy spell of the machine falls on both.
+	// Each row is timed by fhirpath.js and by this package's routes in
+	// turn, resource by resource, so that a busy spell of the shared
+	// machine falls on all of them alike.
+	js := startOracleServer(t, dir, 5)
 	for _, r := range rows {
 		e := MustCompile(r.expr)
 		r.served = e.fast != nil
@@ -105,6 +89,7 @@ func TestCompareSpeed(t *testing.T) {
 			p = path.MustCompile(r.expr)
 		}
 		for _, res := range resources {
+			r.js = append(r.js, js.bench(t, r.expr, res.raw))
 			r.engine = append(r.engine, timeIt(func() { _, _ = e.Eval(res.raw) }))
 			r.fast = append(r.fast, timeIt(func() { _, _ = e.EvalResource(res.doc) }))
 			if p != nil {
@@ -137,6 +122,61 @@ func TestCompareSpeed(t *testing.T) {
 	t.Logf("medians over %d synthetic resources per expression (JSON decoding excluded for fhirpath.js, EvalResource and maps/path; the engine's Eval reads JSON text):\n%s", len(resources), b.String())
 	t.Logf("median speed-up over fhirpath.js on %d expressions: EvalResource (fast evaluator, engine fallback) %.1fx; engine Eval on JSON text %.2fx; maps/path %.1fx on %d path reads",
 		len(rows), median(fastRatios), median(engineRatios), median(pathRatios), len(pathRatios))
+}
+
+// oracleServer is oracle.js --serve: it times one case per request.
+type oracleServer struct {
+	in  io.Writer
+	out *bufio.Reader
+}
+
+func startOracleServer(t *testing.T, dir string, rounds int) *oracleServer {
+	t.Helper()
+	cmd := exec.Command("node", "oracle.js", "--serve", strconv.Itoa(rounds))
+	cmd.Dir = dir
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting oracle.js: %v", err)
+	}
+	t.Cleanup(func() {
+		in.Close()
+		_ = cmd.Wait()
+	})
+	return &oracleServer{in: in, out: bufio.NewReader(out)}
+}
+
+func (o *oracleServer) bench(t *testing.T, expr string, resource json.RawMessage) float64 {
+	t.Helper()
+	line, err := json.Marshal(oracleCase{Expression: expr, Resource: resource})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.in.Write(append(line, '\n')); err != nil {
+		t.Fatalf("writing to oracle.js: %v", err)
+	}
+	reply, err := o.out.ReadBytes('\n')
+	if err != nil {
+		t.Fatalf("reading from oracle.js: %v", err)
+	}
+	var b struct {
+		NsPerOp float64 `json:"nsPerOp"`
+		Error   string  `json:"error"`
+	}
+	if err := json.Unmarshal(reply, &b); err != nil {
+		t.Fatal(err)
+	}
+	if b.Error != "" {
+		t.Fatalf("fhirpath.js cannot run %s: %s", expr, b.Error)
+	}
+	return b.NsPerOp
 }
 
 // timeIt returns the median ns per call of f over five rounds of at least

@@ -7,6 +7,9 @@
 //   node oracle.js --bench N  reads the same input and prints, per case, the
 //                             median ns per evaluation over N rounds:
 //                             [{"nsPerOp": 1234.5} | {"error": "..."}]
+//   node oracle.js --serve N  reads one case per line and answers each with
+//                             one line of the --bench form, so that a caller
+//                             can alternate its own timings with these
 'use strict';
 
 const fhirpath = require('fhirpath');
@@ -62,7 +65,20 @@ function bench(c, rounds) {
   return { nsPerOp: median(samples) };
 }
 
+function serve(rounds) {
+  const rl = require('readline').createInterface({ input: process.stdin });
+  rl.on('line', (line) => {
+    if (line.trim() === '') return;
+    process.stdout.write(JSON.stringify(bench(JSON.parse(line), rounds)) + '\n');
+  });
+}
+
 async function main() {
+  const s = process.argv.indexOf('--serve');
+  if (s >= 0) {
+    serve(Number(process.argv[s + 1] || 5));
+    return;
+  }
   const cases = JSON.parse(await readStdin());
   const i = process.argv.indexOf('--bench');
   let out;
