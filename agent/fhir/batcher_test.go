@@ -12,8 +12,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fhirsync/fhirsync/sandbox/fhirserver"
 )
 
 // countingTransport counts requests by "METHOD path" (the base's path
@@ -657,4 +660,69 @@ func TestEntryStatus(t *testing.T) {
 			t.Errorf("entryStatus(%q) = %d, want %d", in, got, want)
 		}
 	}
+}
+
+// BenchmarkBatcherCreate creates Patients in the sandbox from 64
+// concurrent callers, singly and through a Batcher, and reports HTTP
+// requests per record and the process's CPU time (client and sandbox
+// server together) per record.
+func BenchmarkBatcherCreate(b *testing.B) {
+	for _, mode := range []struct {
+		name string
+		max  int
+	}{{"single", 1}, {"batch", 100}} {
+		b.Run(mode.name, func(b *testing.B) {
+			srv, err := fhirserver.New(fhirserver.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			hs := httptest.NewServer(srv)
+			defer func() { hs.Close(); srv.Close() }()
+			ct := &countingTransport{n: map[string]int{}}
+			c, err := New(Config{BaseURL: hs.URL, HTTPClient: &http.Client{Transport: ct}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			bt, err := NewBatcher(c, BatchConfig{Max: mode.max, Wait: 5 * time.Millisecond})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+			var next atomic.Int64
+			cpu0 := cpuTime()
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			for range 64 {
+				wg.Go(func() {
+					for next.Add(1) <= int64(b.N) {
+						if _, err := bt.Create(ctx, patient(testSystem, "bench")); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			b.StopTimer()
+			reqs := 0
+			ct.mu.Lock()
+			for k, v := range ct.n {
+				if k != "GET /metadata" {
+					reqs += v
+				}
+			}
+			ct.mu.Unlock()
+			b.ReportMetric(float64(reqs)/float64(b.N), "requests/record")
+			b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/record")
+		})
+	}
+}
+
+// cpuTime is the process's user and system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
