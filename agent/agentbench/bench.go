@@ -65,6 +65,9 @@ type Config struct {
 	// CRMUsers is how many application users the agent signs in to the
 	// CRM as in the runs without limits (1).
 	CRMUsers int
+	// CRMDOPHint is the x-ms-dop-hint the sandbox CRM answers with (0: its
+	// default, crmserver.DataverseDOPHint).
+	CRMDOPHint int
 	// SandboxCommand, when set, runs the sandboxes in a process of their
 	// own: the command (argv) is `fhirsync bench --serve-sandboxes`, which
 	// calls ServeSandboxes. Empty serves them from this process.
@@ -79,7 +82,8 @@ type Config struct {
 	LimitedUsers []int
 	LimitedCosts []float64
 	// LimitedWindows sizes each throttled run: enough records for this many
-	// windows of the users' budget, as the run without limits used it (2).
+	// windows of the users' budget after the first, as the run without
+	// limits used it (2).
 	LimitedWindows int
 	// StallTimeout aborts a run when no decision is made for this long
 	// (2m).
@@ -227,11 +231,18 @@ type Limited struct {
 	WindowSeconds    float64        `json:"limit_window_seconds"`
 	Concurrent       int            `json:"limit_concurrent"`
 	Records          int            `json:"records"`
-	Seconds          float64        `json:"seconds"`
-	RecordsPerSecond float64        `json:"records_per_second"`
-	CRM              CRMUse         `json:"crm"`
+	// Steady says the figures below run from the end of the first window
+	// to the last decision, over MeasuredRecords records (the first
+	// window's burst left out); false, over the whole run.
+	Steady          bool `json:"steady"`
+	MeasuredRecords int  `json:"measured_records"`
+	// Seconds, RecordsPerSecond and CRM (per record; its Throttled over
+	// the whole run) are over the measured part.
+	Seconds          float64 `json:"seconds"`
+	RecordsPerSecond float64 `json:"records_per_second"`
+	CRM              CRMUse  `json:"crm"`
 	// BudgetUsed is the larger of the shares of the users' request and
-	// execution-time budgets the run used, over the windows it lasted.
+	// execution-time budgets the measured part used.
 	BudgetUsed float64 `json:"budget_used"`
 	Sent       int     `json:"sent"`
 	// Lost is the records that did not end sent (dead-lettered or never
@@ -244,6 +255,7 @@ type Result struct {
 	Started    time.Time    `json:"started"`
 	Workers    int          `json:"workers"`
 	CRMUsers   int          `json:"crm_users"`
+	CRMDOPHint int          `json:"crm_dop_hint"`
 	Backfill   *Backfill    `json:"backfill,omitempty"`
 	Throughput []Throughput `json:"throughput"`
 	Latency    []Latency    `json:"latency"`
@@ -271,7 +283,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Started: time.Now().UTC(), Workers: cfg.Workers, CRMUsers: cfg.CRMUsers, SandboxesInline: len(cfg.SandboxCommand) == 0}
+	res := &Result{Started: time.Now().UTC(), Workers: cfg.Workers, CRMUsers: cfg.CRMUsers, CRMDOPHint: cfg.CRMDOPHint, SandboxesInline: len(cfg.SandboxCommand) == 0}
 	err = e.measure(ctx, res)
 	res.SandboxPeakRSSBytes = e.sb.peakRSS(context.WithoutCancel(ctx))
 	if serr := e.stop(); err == nil && serr != nil {
@@ -792,7 +804,9 @@ func (e *env) limitedRecords(users int, cost float64, use CRMUse) int {
 	if math.IsInf(perWindow, 1) {
 		perWindow = float64(e.cfg.Records)
 	}
-	m := int(math.Ceil(perWindow * float64(users*e.cfg.LimitedWindows)))
+	// One window more than measured: the first window's budget, spent at
+	// once, is left out of the rate (see limitedRun).
+	m := int(math.Ceil(perWindow * float64(users*(e.cfg.LimitedWindows+1))))
 	return min(max(m, 100), 1000000)
 }
 
@@ -862,7 +876,11 @@ func (e *env) limited(ctx context.Context, users int, cost float64, t1, t2 Throu
 }
 
 // limitedRun starts a throttled run with begin and waits for m terminal
-// decisions in dir.
+// decisions in dir. A client starting on an idle user has a whole window's
+// budget at once; what it sustains is what the window gives back as it
+// slides. So the rate, the CRM use and the budget used are taken from the
+// end of the first window to the last decision; a run over before the first
+// window ends is measured whole (Steady false).
 func (e *env) limitedRun(ctx context.Context, dir logs.Direction, m int, lim crmserver.Limits, users int, begin func() error) (Limited, error) {
 	out := Limited{Direction: dir, Users: users, CostMultiplier: lim.CostMultiplier, Requests: lim.Requests,
 		ExecutionSeconds: lim.ExecutionTime.Seconds(), WindowSeconds: lim.Window.Seconds(), Concurrent: lim.Concurrent, Records: m}
@@ -878,7 +896,36 @@ func (e *env) limitedRun(ctx context.Context, dir logs.Direction, m int, lim crm
 	if err := begin(); err != nil {
 		return out, err
 	}
+	// The mark at the end of the first window.
+	type mark struct {
+		at   time.Time
+		done int
+		acc  crmserver.Account
+		err  error
+	}
+	marked := make(chan mark, 1)
+	stopMark := make(chan struct{})
+	go func() {
+		select {
+		case <-stopMark:
+			marked <- mark{}
+			return
+		case <-time.After(time.Until(from.Add(lim.Window))):
+		}
+		c, err := e.decisions()
+		if err != nil {
+			marked <- mark{err: err}
+			return
+		}
+		acc, err := e.agentAccount(ctx)
+		marked <- mark{at: time.Now(), done: c.terminal(dir) - base.terminal(dir), acc: acc, err: err}
+	}()
 	end, to, err := e.waitTerminal(ctx, base, dir, m)
+	close(stopMark)
+	mk := <-marked
+	if err == nil {
+		err = mk.err
+	}
 	if err != nil {
 		return out, err
 	}
@@ -886,17 +933,25 @@ func (e *env) limitedRun(ctx context.Context, dir logs.Direction, m int, lim crm
 	if err != nil {
 		return out, err
 	}
-	out.Seconds = to.Sub(from).Seconds()
-	out.RecordsPerSecond = float64(m) / out.Seconds
-	out.CRM = crmUse(acc0, acc1, m)
 	out.Sent = end[dir][logs.OutcomeSent] - base[dir][logs.OutcomeSent]
-	if windows := math.Max(out.Seconds/lim.Window.Seconds(), 1) * float64(users); windows > 0 {
+	start, startAcc, records := from, acc0, m
+	if !mk.at.IsZero() && mk.done < m {
+		out.Steady = true
+		start, startAcc, records = mk.at, mk.acc, m-mk.done
+	}
+	out.MeasuredRecords = records
+	out.Seconds = to.Sub(start).Seconds()
+	out.RecordsPerSecond = float64(records) / out.Seconds
+	out.CRM = crmUse(startAcc, acc1, records)
+	out.CRM.Throttled = acc1.Throttled - acc0.Throttled
+	capacity := out.Seconds / lim.Window.Seconds() * float64(users)
+	if capacity > 0 {
 		used := 0.0
 		if lim.Requests > 0 {
-			used = float64(acc1.Requests-acc0.Requests) / (windows * float64(lim.Requests))
+			used = float64(acc1.Requests-startAcc.Requests) / (capacity * float64(lim.Requests))
 		}
 		if lim.ExecutionTime > 0 {
-			used = math.Max(used, float64(acc1.ExecutionTime-acc0.ExecutionTime)/(windows*float64(lim.ExecutionTime)))
+			used = math.Max(used, float64(acc1.ExecutionTime-startAcc.ExecutionTime)/(capacity*float64(lim.ExecutionTime)))
 		}
 		out.BudgetUsed = used
 	}

@@ -54,7 +54,7 @@ func TestRowsCompareWithTargets(t *testing.T) {
 	t.Parallel()
 	limited := func(users int, cost, rate float64, lost int) Result {
 		return Result{Limited: []Limited{{Direction: logs.FHIRToCRM, Users: users, CostMultiplier: cost, Requests: 200, ExecutionSeconds: 40,
-			WindowSeconds: 10, Concurrent: 52, Records: 100, RecordsPerSecond: rate, Lost: lost}}}
+			WindowSeconds: 10, Concurrent: 52, Records: 100, Steady: true, MeasuredRecords: 80, RecordsPerSecond: rate, Lost: lost}}}
 	}
 	tests := []struct {
 		name    string
@@ -89,6 +89,8 @@ func TestRowsCompareWithTargets(t *testing.T) {
 		{name: "three users fast enough under limits", res: limited(3, 1, 1000, 0), metric: "FHIR→CRM with CRM limits, ", wantMet: "yes"},
 		{name: "three users too slow under limits", res: limited(3, 1, 900, 0), metric: "FHIR→CRM with CRM limits, ", wantMet: "no"},
 		{name: "fast enough but a record lost", res: limited(3, 1, 2000, 1), metric: "FHIR→CRM with CRM limits, ", wantMet: "no"},
+		{name: "a run shorter than a window is no evidence", res: Result{Limited: []Limited{{Direction: logs.FHIRToCRM, Users: 3, CostMultiplier: 1,
+			Records: 100, MeasuredRecords: 100, RecordsPerSecond: 5000}}}, metric: "FHIR→CRM with CRM limits, ", wantMet: "no"},
 		{name: "one user has no target", res: limited(1, 1, 10, 0), metric: "FHIR→CRM with CRM limits, ", wantMet: ""},
 		{name: "twice the cost has no target", res: limited(3, 2, 10, 0), metric: "FHIR→CRM with CRM limits, ", wantMet: ""},
 		{name: "a record lost to 429", res: limited(1, 1, 10, 1), metric: "FHIR→CRM with CRM limits, 1 user, 1x cost: records lost", wantMet: "no"},

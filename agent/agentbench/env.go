@@ -126,6 +126,11 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 	// The sandboxes close before the queues: the CRM posts what is pending
 	// to crm-changes.
 	e.closers = append(e.closers, func() { _ = e.sb.close() })
+	if cfg.CRMDOPHint != 0 {
+		if err := e.sb.setDOPHint(ctx, cfg.CRMDOPHint); err != nil {
+			return fail(err)
+		}
+	}
 	if e.fhir, err = fhir.New(fhir.Config{BaseURL: e.sb.fhirURL()}); err != nil {
 		return fail(err)
 	}

@@ -31,6 +31,8 @@ type sandboxes interface {
 	crmURL() string
 	crmStats(ctx context.Context) (crmserver.Stats, error)
 	setLimits(ctx context.Context, l crmserver.Limits) error
+	// setDOPHint sets the CRM's x-ms-dop-hint (crmserver.Server.SetDOPHint).
+	setDOPHint(ctx context.Context, n int) error
 	// accounts is the CRM's accounting per user (crmserver.Server.Accounts).
 	accounts(ctx context.Context) (map[string]crmserver.Account, error)
 	count(ctx context.Context, entity string) (int, error)
@@ -102,6 +104,11 @@ func (l *local) crmStats(context.Context) (crmserver.Stats, error) { return l.cr
 
 func (l *local) setLimits(_ context.Context, lim crmserver.Limits) error {
 	l.crmSrv.SetLimits(lim)
+	return nil
+}
+
+func (l *local) setDOPHint(_ context.Context, n int) error {
+	l.crmSrv.SetDOPHint(n)
 	return nil
 }
 
@@ -212,6 +219,15 @@ func (l *local) control() http.Handler {
 			return
 		}
 		l.crmSrv.SetLimits(lim)
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /dop-hint", func(w http.ResponseWriter, r *http.Request) {
+		var n int
+		if err := json.NewDecoder(r.Body).Decode(&n); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		l.crmSrv.SetDOPHint(n)
 		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("GET /accounts", func(w http.ResponseWriter, r *http.Request) {
@@ -369,6 +385,10 @@ func (r *remote) crmStats(ctx context.Context) (crmserver.Stats, error) {
 
 func (r *remote) setLimits(ctx context.Context, l crmserver.Limits) error {
 	return r.call(ctx, http.MethodPost, "/limits", l, nil)
+}
+
+func (r *remote) setDOPHint(ctx context.Context, n int) error {
+	return r.call(ctx, http.MethodPost, "/dop-hint", n, nil)
 }
 
 func (r *remote) accounts(ctx context.Context) (map[string]crmserver.Account, error) {

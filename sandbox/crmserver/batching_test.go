@@ -40,11 +40,13 @@ func TestDOPHintOnEveryAnswer(t *testing.T) {
 	tests := []struct {
 		name string
 		opts Options
+		set  int // SetDOPHint(set) when not zero
 		want string
 	}{
 		{name: "default", opts: Options{}, want: "4"},
 		{name: "configured", opts: Options{DOPHint: 50}, want: "50"},
 		{name: "off", opts: Options{DOPHint: -1}, want: ""},
+		{name: "changed at run time", opts: Options{DOPHint: -1}, set: 12, want: "12"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -54,6 +56,9 @@ func TestDOPHintOnEveryAnswer(t *testing.T) {
 			s, err := New(tt.opts)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if tt.set != 0 {
+				s.SetDOPHint(tt.set)
 			}
 			answers := map[string]*httptest.ResponseRecorder{
 				"success":      send(s, tokenA, http.MethodGet, "WhoAmI", ""),

@@ -132,14 +132,14 @@ type Server struct {
 	log   *slog.Logger
 	orgID string
 
-	lim     *limiter // service protection (limits.go)
-	dopHint string   // x-ms-dop-hint value; "" leaves it out
+	lim *limiter // service protection (limits.go)
 
 	mu       sync.Mutex
 	failTil  time.Time
 	failCode int
 	failN    int
 	stats    Stats
+	dopHint  string // x-ms-dop-hint value; "" leaves it out
 
 	post *poster // nil unless EndpointAsync
 }
@@ -168,12 +168,7 @@ func New(opts Options) (*Server, error) {
 		opts.MaxPageSize = 5000
 	}
 	s := &Server{opts: opts, st: st, now: opts.Now, log: opts.Logger, orgID: uuid.NewString()}
-	switch {
-	case opts.DOPHint == 0:
-		s.dopHint = strconv.Itoa(DataverseDOPHint)
-	case opts.DOPHint > 0:
-		s.dopHint = strconv.Itoa(opts.DOPHint)
-	}
+	s.SetDOPHint(opts.DOPHint)
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -220,6 +215,21 @@ func (s *Server) ExpireDeltaTokens() {
 	// Tick the version so tokens issued from now on are newer than the cut.
 	s.st.version++
 	s.st.expiredBelow = s.st.version
+}
+
+// SetDOPHint changes the x-ms-dop-hint of the answers from now on, as
+// Options.DOPHint sets it: zero means DataverseDOPHint, negative none.
+func (s *Server) SetDOPHint(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case n == 0:
+		s.dopHint = strconv.Itoa(DataverseDOPHint)
+	case n > 0:
+		s.dopHint = strconv.Itoa(n)
+	default:
+		s.dopHint = ""
+	}
 }
 
 // Stats returns a snapshot of the counters.
@@ -339,9 +349,10 @@ type request struct {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.stats.Requests++
+	dop := s.dopHint
 	s.mu.Unlock()
-	if s.dopHint != "" {
-		w.Header().Set(headerDOPHint, s.dopHint)
+	if dop != "" {
+		w.Header().Set(headerDOPHint, dop)
 	}
 	if !strings.HasPrefix(r.URL.Path, APIPath) {
 		writeResponse(w, (&apiError{status: 404, code: "0x80060888", message: "Resource not found for the segment '" + r.URL.Path + "'."}).response())
