@@ -19,6 +19,8 @@ type fhirExpr interface {
 	evalText(res map[string]any) (s string, ok bool, err error)
 }
 
+// fhirpathExpr evaluates on the record as decoded (EvalResource), which
+// the fast evaluator of maps/fhirpath serves without encoding it again.
 type fhirpathExpr struct {
 	e *fhirpath.Expr
 }

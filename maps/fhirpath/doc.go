@@ -36,9 +36,11 @@
 // engine's own operator functions (package eval), and it gives up — handing
 // the evaluation to the engine — on anything else: other functions and
 // syntax, objects compared with objects (the engine compares their JSON
-// text), numbers decoded as float64, and every evaluation error, so errors
-// are always the engine's. TestFastAgreesWithEngine compares the two routes
-// on the whole corpus, FuzzFastAgreesWithEngine on generated expressions.
+// text), values of types encoding/json does not decode to, and every
+// evaluation error, so errors are always the engine's.
+// TestFastAgreesWithEngine compares the two routes on the whole corpus,
+// TestFastEdgeCases on resources made for the engine's typing rules, and
+// FuzzFastAgreesWithEngine on generated expressions.
 //
 // # Agreement with the reference implementation
 //

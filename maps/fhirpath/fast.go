@@ -17,7 +17,8 @@ import (
 // same R4 model look-ups for element types and choice elements, the same
 // typing of JSON values, and the engine's own operator functions — and
 // gives up (errNotServed) wherever it would have to guess: objects compared
-// with objects, numbers decoded as float64, anything not parsed. Any error
+// with objects, values of types encoding/json does not decode to, anything
+// not parsed. Any error
 // also sends the evaluation to the engine, so that errors are the engine's.
 
 var model = r4.FHIRPathModel()
@@ -277,7 +278,8 @@ func isTime(s string) bool {
 
 // fromJSON mirrors the engine's typing of a JSON value whose element type
 // is not known (jsonValueToFHIRValue). ok is false for a value the fast
-// evaluator cannot type as the engine would (a float64).
+// evaluator cannot type as the engine would (a type encoding/json does not
+// decode to).
 func (ev *evaluator) fromJSON(v any) (types.Value, bool) {
 	switch x := v.(type) {
 	case string:
@@ -310,6 +312,14 @@ func (ev *evaluator) fromJSON(v any) (types.Value, bool) {
 		return types.FalseCollection[0], true
 	case map[string]any:
 		return ev.object(x, ""), true
+	case float64:
+		// From a decoder without UseNumber: the engine's route encodes the
+		// resource, so the number is read as encoding/json writes it.
+		b, err := json.Marshal(x)
+		if err != nil {
+			return nil, false
+		}
+		return ev.fromJSON(json.Number(b))
 	case nil, []any:
 		return nil, true
 	}
