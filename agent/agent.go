@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"gorm.io/gorm"
 
+	"github.com/fhirsync/fhirsync/agent/crm"
 	"github.com/fhirsync/fhirsync/logs"
 	"github.com/fhirsync/fhirsync/maps"
 	"github.com/fhirsync/fhirsync/maps/path"
@@ -73,6 +74,16 @@ type Config struct {
 	// ResolveEvery is how often resolutions of held conflicts are looked
 	// for and sent to be written (default 2s).
 	ResolveEvery time.Duration
+	// CRMBatchMax, above 1, gathers the CRM operations of concurrent
+	// messages into shared $batch requests of up to that many operations
+	// (at most 1,000; crm.Coalescer), each record's writes in one change
+	// set. 0 or 1: every operation is a request of its own (the default,
+	// until the crash test is verified with batching on). Batching applies
+	// when Deps.CRM is a *crm.Client.
+	CRMBatchMax int
+	// CRMBatchWait is how long the first operation of a $batch waits for
+	// others (default 50ms).
+	CRMBatchWait time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -158,9 +169,19 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		// secret too, under a key of their own.
 		ow.key = newValueKey(cfg.BaseKey)
 	}
-	res := resolver{links: lk, crm: deps.CRM, maps: a.entityMapByName}
-	fs := fhirSide{api: deps.FHIR, crm: deps.CRM, writes: ow}
-	cs := crmSide{api: deps.CRM, writes: ow}
+	api := deps.CRM
+	if c, ok := deps.CRM.(*crm.Client); ok && cfg.CRMBatchMax > 1 {
+		// Concurrent messages' CRM requests share $batch requests.
+		k, err := crm.NewCoalescer(c, crm.CoalesceConfig{MaxOps: cfg.CRMBatchMax, MaxWait: cfg.CRMBatchWait})
+		if err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		api = k
+	}
+	lookups := newLookupCache()
+	res := resolver{links: lk, crm: api, maps: a.entityMapByName, lookups: lookups}
+	fs := fhirSide{api: deps.FHIR, crm: api, writes: ow}
+	cs := crmSide{api: api, writes: ow}
 	prec := newPrecisions(deps.CRM)
 	own := newCRMUsers(cfg.CRMUserID, cfg.CRMUserIDs)
 	a.pipe = &pipeline{
@@ -190,6 +211,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		maps:         a.mapSet,
 		log:          deps.Logs,
 		links:        lk,
+		lookups:      lookups,
 		writes:       ow,
 		base:         newBaseHasher(cfg.BaseKey),
 		maxAttempts:  cfg.MaxAttempts,

@@ -124,7 +124,10 @@ type pipeline struct {
 	batch  *batchWriter
 	links  links
 	writes ownWrites
-	base   *baseHasher // hashes each sent pair's base state; nil: kept off
+	// lookups remembers resolved references; a notice naming a record
+	// makes it forget that record's pair.
+	lookups *lookupCache
+	base    *baseHasher // hashes each sent pair's base state; nil: kept off
 	// conflicts keeps conflicts held for a person; nil: none are kept
 	// (a held attribute is still left alone and named in the decision).
 	conflicts conflictStore
@@ -205,6 +208,9 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 		return &step{outcome: logs.OutcomeDeadLettered, reason: "invalid_message", message: truncate(describeDecodeError(err), 900), err: Permanent(err)}
 	}
 	n := ns[0]
+	for _, x := range ns {
+		p.lookups.forget(string(x.Side), x.Type, x.ID)
+	}
 	if len(ns) > 1 {
 		if p.requeue == nil {
 			return &step{outcome: logs.OutcomeDeadLettered, reason: "invalid_message", message: fmt.Sprintf("The message carries %d events and this queue cannot split them.", len(ns)), err: Permanent(errors.New("event batch"))}

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fhirsync/fhirsync/agent/crm"
@@ -370,6 +372,13 @@ func (s crmSide) write(ctx context.Context, m *maps.Mapping, src record, cur *re
 		// as well only when the values differ, so keep them equal.
 		rec[em.Correlation.CRMAttribute] = src.ID
 	}
+	if cs, ok := s.api.(changeSets); ok {
+		parentRef := "$1"
+		if cur != nil {
+			parentRef = crm.Bind(em.CRMEntitySet, cur.ID)
+		}
+		return s.writeChangeSet(ctx, cs, em, target, rec, opts, parentRef, res.Children)
+	}
 	r, err := s.api.Upsert(ctx, target, rec, opts)
 	if err != nil {
 		return written{}, classify(err)
@@ -378,6 +387,97 @@ func (s crmSide) write(ctx context.Context, m *maps.Mapping, src record, cur *re
 		return written{}, err
 	}
 	return written{ID: r.ID, Version: r.ETag, Created: r.Created}, nil
+}
+
+// changeSets is a CRM client that applies one record's writes as one
+// atomic change set of a $batch (crm.Coalescer).
+type changeSets interface {
+	Apply(ctx context.Context, ops []crm.Op) ([]crm.OpResult, error)
+}
+
+// writeChangeSet writes the record and its child row changes as one
+// change set: all of them or none, so a failed child row leaves the record
+// as it was and the next attempt's diff is the same. Child rows created
+// with a new record bind to it by its Content-ID ($1); those of an
+// existing record by its id. The written version is the record's own
+// ETag, as the upsert answered it.
+func (s crmSide) writeChangeSet(ctx context.Context, cs changeSets, em *maps.EntityMap, target crm.Target, rec crm.Record,
+	opts crm.UpsertOptions, parentRef string, changes []maps.ChildChange) (written, error) {
+	parent, err := crm.UpsertOp(nil, target, rec, opts)
+	if err != nil {
+		return written{}, Permanent(err)
+	}
+	for {
+		ops := []crm.Op{parent}
+		for _, c := range changes {
+			op, err := childOp(c, parentRef)
+			if err != nil {
+				return written{}, fmt.Errorf("writing %s row of %s: %w", c.Op, c.Expansion, err)
+			}
+			ops = append(ops, op)
+		}
+		results, err := cs.Apply(ctx, ops)
+		if err != nil {
+			return written{}, classify(err)
+		}
+		at, ferr := failedOp(results)
+		if ferr == nil {
+			r, err := crm.UpsertResultOf(target, results[0])
+			if err != nil {
+				return written{}, classify(err)
+			}
+			return written{ID: r.ID, Version: r.ETag, Created: r.Created}, nil
+		}
+		if at == 0 {
+			return written{}, classify(ferr)
+		}
+		c := changes[at-1]
+		if c.Op == maps.ChildDelete && isMissing(ferr) {
+			// Already gone: the change set goes again without it.
+			changes = slices.Delete(slices.Clone(changes), at-1, at)
+			continue
+		}
+		return written{}, fmt.Errorf("writing %s row of %s: %w", c.Op, c.Expansion, classify(ferr))
+	}
+}
+
+// failedOp finds the op that failed a change set: the one whose own
+// answer was an error (the others carry a rolled-back copy of it).
+func failedOp(results []crm.OpResult) (int, error) {
+	for i, r := range results {
+		if r.Err != nil && !r.Err.RolledBack {
+			return i, r.Err
+		}
+	}
+	for _, r := range results {
+		if r.Err != nil {
+			return 0, r.Err
+		}
+	}
+	return -1, nil
+}
+
+// childOp is one child row change as a request of a change set.
+func childOp(c maps.ChildChange, parentRef string) (crm.Op, error) {
+	rec := crm.Record(c.Record)
+	switch c.Op {
+	case maps.ChildCreate:
+		if rec == nil {
+			rec = crm.Record{}
+		}
+		if c.ParentNavigation != "" {
+			rec[c.ParentNavigation+"@odata.bind"] = parentRef
+		}
+		op, err := crm.CreateOp(c.EntitySet, rec)
+		return op, err
+	case maps.ChildUpdate:
+		return crm.UpsertOp(nil, crm.ByID(c.EntitySet, c.ID), rec, crm.UpsertOptions{Mode: crm.UpdateOnly})
+	case maps.ChildDeactivate:
+		return crm.UpsertOp(nil, crm.ByID(c.EntitySet, c.ID), crm.Record{"statecode": 1, "statuscode": 2}, crm.UpsertOptions{Mode: crm.UpdateOnly})
+	case maps.ChildDelete:
+		return crm.DeleteOp(crm.ByID(c.EntitySet, c.ID), ""), nil
+	}
+	return crm.Op{}, Permanent(fmt.Errorf("unknown child operation %q", c.Op))
 }
 
 // writeChildren applies expansion-map row changes. Each is idempotent on
@@ -433,12 +533,13 @@ func (s crmSide) remove(ctx context.Context, m *maps.Mapping, cur record) error 
 	return nil
 }
 
-// resolver answers the engine's lookups from the link cache, falling back
-// to the CRM's alternate key.
+// resolver answers the engine's lookups from memory (lookups), the link
+// cache, or the CRM's alternate key.
 type resolver struct {
-	links links
-	crm   crmAPI
-	maps  func(name string) (*maps.EntityMap, bool)
+	links   links
+	crm     crmAPI
+	maps    func(name string) (*maps.EntityMap, bool)
+	lookups *lookupCache
 }
 
 func (r resolver) CRMID(ctx context.Context, entityMap, fhirRef string) (string, bool, error) {
@@ -446,11 +547,19 @@ func (r resolver) CRMID(ctx context.Context, entityMap, fhirRef string) (string,
 	if !ok {
 		id = fhirRef
 	}
+	em, known := r.maps(entityMap)
+	if known {
+		if v, ok := r.lookups.get(lookupKey("fhir", em.FHIRType, id)); ok {
+			return v, true, nil
+		}
+	}
 	if l, err := r.links.byFHIR(ctx, entityMap, id); err == nil {
+		if known {
+			r.lookups.put(em, id, l.CRMID)
+		}
 		return l.CRMID, true, nil
 	}
-	em, ok := r.maps(entityMap)
-	if !ok {
+	if !known {
 		return "", false, nil
 	}
 	rec, err := r.crm.Retrieve(ctx, crm.ByKey(em.CRMEntitySet, em.Correlation.CRMAttribute, id), em.IDAttribute())
@@ -461,6 +570,9 @@ func (r resolver) CRMID(ctx context.Context, entityMap, fhirRef string) (string,
 		return "", false, classify(err)
 	}
 	crmID, _ := rec[em.IDAttribute()].(string)
+	if crmID != "" {
+		r.lookups.put(em, id, crmID)
+	}
 	return crmID, crmID != "", nil
 }
 
@@ -469,7 +581,11 @@ func (r resolver) FHIRRef(ctx context.Context, entityMap, crmID string) (string,
 	if !ok {
 		return "", false, nil
 	}
+	if v, ok := r.lookups.get(lookupKey("crm", em.CRMEntity, strings.ToLower(crmID))); ok {
+		return em.FHIRType + "/" + v, true, nil
+	}
 	if l, err := r.links.byCRM(ctx, entityMap, crmID); err == nil {
+		r.lookups.put(em, l.FHIRID, crmID)
 		return em.FHIRType + "/" + l.FHIRID, true, nil
 	}
 	rec, err := r.crm.Retrieve(ctx, crm.ByID(em.CRMEntitySet, crmID), em.Correlation.CRMAttribute)
@@ -483,5 +599,121 @@ func (r resolver) FHIRRef(ctx context.Context, entityMap, crmID string) (string,
 	if fid == "" {
 		return "", false, nil
 	}
+	r.lookups.put(em, fid, crmID)
 	return em.FHIRType + "/" + fid, true, nil
+}
+
+// lookupCacheSize and lookupCacheTTL bound the lookup cache: a process
+// that missed a change notice (another replica took it) forgets within
+// the TTL.
+const (
+	lookupCacheSize = 50_000
+	lookupCacheTTL  = 10 * time.Minute
+)
+
+// lookupCache remembers resolved references — a FHIR resource's CRM row id
+// and a CRM row's FHIR id — so that the lookups of many records cost no
+// read each. A pair is forgotten when a change notice names either record
+// (forget), after lookupCacheTTL, or, when full, oldest first. Misses are
+// not remembered: a reference to a record not yet synced is asked again.
+type lookupCache struct {
+	mu    sync.Mutex
+	byKey map[string]*lookupPair
+	order []*lookupPair // insertion order, for eviction
+	now   func() time.Time
+}
+
+// lookupPair is one resolved reference, under the keys of both records.
+type lookupPair struct {
+	fhirKey, crmKey string
+	fhirID, crmID   string
+	at              time.Time
+	gone            bool
+}
+
+func newLookupCache() *lookupCache {
+	return &lookupCache{byKey: map[string]*lookupPair{}, now: time.Now}
+}
+
+// lookupKey names a record: its side, its type (FHIR resource type or CRM
+// entity logical name) and its id, as change notices carry them.
+func lookupKey(side, typ, id string) string { return side + "|" + typ + "|" + id }
+
+// get returns the other side's id of the record key names.
+func (c *lookupCache) get(key string) (string, bool) {
+	if c == nil {
+		return "", false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.byKey[key]
+	if p == nil {
+		return "", false
+	}
+	if c.now().Sub(p.at) > lookupCacheTTL {
+		c.drop(p)
+		return "", false
+	}
+	if key == p.fhirKey {
+		return p.crmID, true
+	}
+	return p.fhirID, true
+}
+
+func (c *lookupCache) put(em *maps.EntityMap, fhirID, crmID string) {
+	if c == nil || fhirID == "" || crmID == "" {
+		return
+	}
+	p := &lookupPair{fhirKey: lookupKey("fhir", em.FHIRType, fhirID), crmKey: lookupKey("crm", em.CRMEntity, strings.ToLower(crmID)),
+		fhirID: fhirID, crmID: crmID}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p.at = c.now()
+	for _, k := range []string{p.fhirKey, p.crmKey} {
+		if old := c.byKey[k]; old != nil {
+			c.drop(old)
+		}
+	}
+	c.byKey[p.fhirKey], c.byKey[p.crmKey] = p, p
+	c.order = append(c.order, p)
+	for len(c.byKey) > 2*lookupCacheSize && len(c.order) > 0 {
+		c.drop(c.order[0])
+		c.order = c.order[1:]
+	}
+	if len(c.order) > 4*lookupCacheSize {
+		// Compact the dropped pairs out of the eviction order.
+		live := c.order[:0]
+		for _, q := range c.order {
+			if !q.gone {
+				live = append(live, q)
+			}
+		}
+		c.order = live
+	}
+}
+
+// forget drops the pair a record takes part in: a change notice names it
+// (it may have been deleted, re-created or re-linked).
+func (c *lookupCache) forget(side, typ, id string) {
+	if c == nil {
+		return
+	}
+	if side == "crm" {
+		id = strings.ToLower(id)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p := c.byKey[lookupKey(side, typ, id)]; p != nil {
+		c.drop(p)
+	}
+}
+
+func (c *lookupCache) drop(p *lookupPair) {
+	if c.byKey[p.fhirKey] == p {
+		delete(c.byKey, p.fhirKey)
+	}
+	if c.byKey[p.crmKey] == p {
+		delete(c.byKey, p.crmKey)
+	}
+	p.gone = true
 }

@@ -93,6 +93,13 @@ type AgentConfig struct {
 	// StaleRetries is how many times a write refused with HTTP 412 is
 	// re-read, merged and retried within one delivery (0: 3; -1: none).
 	StaleRetries int `yaml:"stale_retries"`
+	// CRMBatchMax, above 1, is how many CRM operations of concurrent
+	// messages share one $batch request (at most 1000; 0 or 1: no
+	// batching, the default for now).
+	CRMBatchMax int `yaml:"crm_batch_max"`
+	// CRMBatchWait is how long the first operation of a $batch waits for
+	// others (0: 50ms).
+	CRMBatchWait time.Duration `yaml:"crm_batch_wait"`
 }
 
 // FeedsConfig selects the change feeds this process runs. Every process may
@@ -532,6 +539,12 @@ func (c Config) Validate() []string {
 	case "", "hold", "fhir-wins", "crm-wins":
 	default:
 		bad("agent.conflict_tie", "%q is not hold, fhir-wins or crm-wins", c.Agent.ConflictTie)
+	}
+	if c.Agent.CRMBatchMax < 0 || c.Agent.CRMBatchMax > 1000 {
+		bad("agent.crm_batch_max", "must be between 0 and 1000")
+	}
+	if c.Agent.CRMBatchWait < 0 {
+		bad("agent.crm_batch_wait", "must not be negative")
 	}
 	if c.Agent.ConflictSkew < 0 {
 		bad("agent.conflict_skew", "must not be negative")
