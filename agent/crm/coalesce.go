@@ -57,8 +57,9 @@ type CoalesceConfig struct {
 // https://learn.microsoft.com/power-apps/developer/data-platform/api-limits),
 // so many small writes and reads cost one request instead of one each.
 //
-// A batch is sent when it holds MaxOps operations, or MaxWait after its
-// first operation arrived. It is sent with Prefer: odata.continue-on-error:
+// A batch is sent when it holds MaxOps operations, MaxWait after its
+// first operation arrived, or when no operation joined it for a tenth of
+// MaxWait (callers that have all asked wait no longer). It is sent with Prefer: odata.continue-on-error:
 // a failed operation or change set fails only its caller. Each caller gets
 // the result and the error a single request would have given (an *Error
 // with the same class, status and Retry-After; ErrNotFound on 404).
@@ -79,7 +80,15 @@ type Coalescer struct {
 	pending []*entry
 	ops     int
 	timer   *time.Timer
+	first   time.Time // arrival of the oldest pending entry
+	last    time.Time // arrival of the newest
 }
+
+// quietGap is how long a batch waits after the last arrival before it is
+// sent anyway: callers that have all asked are not kept waiting for
+// company that is not coming, while a steady stream fills the batch up to
+// MaxWait.
+func (k *Coalescer) quietGap() time.Duration { return max(k.wait/10, time.Millisecond) }
 
 // NewCoalescer builds a Coalescer over c.
 func NewCoalescer(c *Client, cfg CoalesceConfig) (*Coalescer, error) {
@@ -150,14 +159,19 @@ func (e *entry) finish(results []OpResult, rows []Record, err error) {
 // submit queues e and waits for its answer.
 func (k *Coalescer) submit(ctx context.Context, e *entry) error {
 	e.ctx, e.done = ctx, make(chan struct{})
+	now := time.Now()
 	k.mu.Lock()
+	if len(k.pending) == 0 {
+		k.first = now
+	}
+	k.last = now
 	k.pending = append(k.pending, e)
 	k.ops += e.size()
 	if k.ops >= k.max {
 		k.stopTimer()
 		go k.flush()
 	} else if k.timer == nil {
-		k.timer = time.AfterFunc(k.wait, k.expire)
+		k.timer = time.AfterFunc(k.quietGap(), k.expire)
 	}
 	k.mu.Unlock()
 	select {
@@ -175,8 +189,19 @@ func (k *Coalescer) stopTimer() {
 	}
 }
 
+// expire sends the pending batch once it has waited MaxWait or no one
+// joined it for the quiet gap; otherwise it waits again for whichever
+// comes first.
 func (k *Coalescer) expire() {
 	k.mu.Lock()
+	now := time.Now()
+	if len(k.pending) > 0 {
+		if d := min(k.first.Add(k.wait).Sub(now), k.last.Add(k.quietGap()).Sub(now)); d > 0 {
+			k.timer = time.AfterFunc(d, k.expire)
+			k.mu.Unlock()
+			return
+		}
+	}
 	k.timer = nil
 	k.mu.Unlock()
 	k.flush()
@@ -203,7 +228,8 @@ func (k *Coalescer) flush() {
 	case k.ops >= k.max:
 		go k.flush()
 	case k.timer == nil:
-		k.timer = time.AfterFunc(k.wait, k.expire)
+		k.first = time.Now()
+		k.timer = time.AfterFunc(k.quietGap(), k.expire)
 	}
 	k.mu.Unlock()
 	if len(take) > 0 {
