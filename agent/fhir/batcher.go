@@ -126,7 +126,7 @@ func (b *Batcher) Create(ctx context.Context, res Resource) (Resource, error) {
 	}
 	switch r := b.submit(ctx, op); {
 	case r.single:
-		return b.c.Create(ctx, res)
+		return b.c.create(ctx, typ, op.resource)
 	case r.err != nil:
 		return nil, r.err
 	default:
@@ -148,7 +148,7 @@ func (b *Batcher) CreateIfNoneExist(ctx context.Context, res Resource, criteria 
 	r := b.submit(ctx, op)
 	switch {
 	case r.single:
-		return b.c.CreateIfNoneExist(ctx, res, criteria)
+		return b.c.createIfNoneExist(ctx, typ, op.resource, criteria)
 	case r.err != nil:
 		return nil, false, r.err
 	case r.status != http.StatusCreated:
@@ -175,7 +175,7 @@ func (b *Batcher) Update(ctx context.Context, res Resource, ifMatch string) (Res
 	}
 	switch r := b.submit(ctx, op); {
 	case r.single:
-		return b.c.Update(ctx, res, ifMatch)
+		return b.c.update(ctx, typ, id, op.resource, ifMatch)
 	case r.err != nil:
 		return nil, r.err
 	default:

@@ -726,3 +726,40 @@ func cpuTime() time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// TestBatcherLoneWriteGoesSingly: a write with no company when its wait
+// ends is sent as its own request, with the same answers.
+func TestBatcherLoneWriteGoesSingly(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c, ct := countingClient(t, targets()[0].start(t))
+	b, err := NewBatcher(c, BatchConfig{Max: 100, Wait: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	val := uniq("lone")
+	p, err := b.Create(ctx, patient(testSystem, val))
+	if err != nil || p.VersionID() != "1" {
+		t.Fatalf("create: %v, %v", p, err)
+	}
+	crit := url.Values{"identifier": {testSystem + "|" + val}}
+	if _, made, err := b.CreateIfNoneExist(ctx, patient(testSystem, val), crit); err != nil || made {
+		t.Errorf("conditional create with a match: created %v, %v", made, err)
+	}
+	p2, err := b.Update(ctx, p, p.VersionID())
+	if err != nil || p2.VersionID() != "2" {
+		t.Fatalf("update: %v, %v", p2, err)
+	}
+	if _, err := b.Update(ctx, p, p.VersionID()); !errors.Is(err, ErrConflict) {
+		t.Errorf("stale update: %v, want ErrConflict", err)
+	}
+	if err := b.Delete(ctx, "Patient", p.ID()); err != nil {
+		t.Errorf("delete: %v", err)
+	}
+	if n := ct.count("POST /"); n != 0 {
+		t.Errorf("%d Bundles for lone writes, want none", n)
+	}
+	if n := ct.count("POST /Patient") + ct.count("PUT /Patient") + ct.count("DELETE /Patient"); n != 5 {
+		t.Errorf("%d single writes, want 5", n)
+	}
+}

@@ -172,6 +172,11 @@ func (c *Client) Create(ctx context.Context, res Resource) (Resource, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fhir create %s: %w", typ, err)
 	}
+	return c.create(ctx, typ, body)
+}
+
+// create POSTs an encoded resource of type typ.
+func (c *Client) create(ctx context.Context, typ string, body []byte) (Resource, error) {
 	r, _, err := c.doResource(ctx, call{op: "create " + typ, method: http.MethodPost, path: typ, body: body, want: typ})
 	return r, err
 }
@@ -194,6 +199,13 @@ func (c *Client) CreateIfNoneExist(ctx context.Context, res Resource, criteria u
 	if err != nil {
 		return nil, false, fmt.Errorf("fhir %s: %w", op, err)
 	}
+	return c.createIfNoneExist(ctx, typ, body, criteria)
+}
+
+// createIfNoneExist POSTs an encoded resource of type typ with
+// If-None-Exist: criteria.
+func (c *Client) createIfNoneExist(ctx context.Context, typ string, body []byte, criteria url.Values) (r Resource, created bool, err error) {
+	op := "conditional create " + typ
 	h := http.Header{"If-None-Exist": {criteria.Encode()}}
 	r, status, err := c.do(ctx, call{op: op, method: http.MethodPost, path: typ, body: body, header: h, want: typ, allowEmpty: true})
 	if err != nil {
@@ -218,6 +230,13 @@ func (c *Client) Update(ctx context.Context, res Resource, ifMatch string) (Reso
 	if err != nil {
 		return nil, fmt.Errorf("fhir %s: %w", op, err)
 	}
+	return c.update(ctx, typ, id, body, ifMatch)
+}
+
+// update PUTs an encoded resource to typ/id, with If-Match when ifMatch is
+// set.
+func (c *Client) update(ctx context.Context, typ, id string, body []byte, ifMatch string) (Resource, error) {
+	op := "update " + typ + "/" + id
 	h := http.Header{}
 	if ifMatch != "" {
 		h.Set("If-Match", `W/"`+ifMatch+`"`)
