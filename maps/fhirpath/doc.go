@@ -16,15 +16,16 @@
 // # Why a hand-written evaluator
 //
 // Every record passes through the map's filter and computed values, and the
-// engine was the slowest step of a read: on the corpus of TestCompareSpeed
-// it ran at a tenth of the speed of fhirpath.js (a median of 0.09x; 30 µs for
-// a plain period.start), while maps/path reads ran a hundred times faster
-// than fhirpath.js. The engine re-reads the JSON text for every member it
-// visits and walks an ANTLR parse tree, and the record, already decoded by
-// the agent, had to be encoded again to give it that text. The Go FHIRPath
-// libraries all evaluate their own form of a resource — JSON text, protocol
-// buffers, generated structs — so any of them would cost that encoding per
-// record; none reads the generic JSON the agent holds.
+// engine was the slowest step of a read: over the 105 expressions of
+// TestCompareSpeed it runs at a tenth of the speed of fhirpath.js (median
+// ratio 0.09x; tens of µs for a plain period.start), while maps/path reads
+// run about a hundred times faster than fhirpath.js. The engine re-reads
+// the JSON text for every member it visits (and for a missing one, for each
+// of some fifty choice-type suffixes) and walks an ANTLR parse tree; and the
+// record, already decoded by the agent, had to be encoded again to give it
+// that text. The other Go FHIRPath libraries evaluate their own form of a
+// resource — protocol buffers, generated structs — so they too would cost a
+// conversion per record; none reads the generic JSON the agent holds.
 //
 // The fast evaluator is therefore written here, for the subset maps use:
 // navigation with the R4 model's element types and choice elements
@@ -40,7 +41,9 @@
 // evaluation error, so errors are always the engine's.
 // TestFastAgreesWithEngine compares the two routes on the whole corpus,
 // TestFastEdgeCases on resources made for the engine's typing rules, and
-// FuzzFastAgreesWithEngine on generated expressions.
+// FuzzFastAgreesWithEngine on generated expressions. On the same 105
+// expressions the fast route (EvalResource) runs at a median of about ten
+// times the speed of fhirpath.js.
 //
 // # Agreement with the reference implementation
 //
