@@ -68,6 +68,10 @@ type Config struct {
 	// CRMDOPHint is the x-ms-dop-hint the sandbox CRM answers with (0: its
 	// default, crmserver.DataverseDOPHint).
 	CRMDOPHint int
+	// CRMBatchMax and CRMBatchWait are the agent's agent.Config
+	// CRMBatchMax and CRMBatchWait (0: the agent's defaults).
+	CRMBatchMax  int
+	CRMBatchWait time.Duration
 	// SandboxCommand, when set, runs the sandboxes in a process of their
 	// own: the command (argv) is `fhirsync bench --serve-sandboxes`, which
 	// calls ServeSandboxes. Empty serves them from this process.
@@ -252,14 +256,16 @@ type Limited struct {
 
 // Result is a whole run.
 type Result struct {
-	Started    time.Time    `json:"started"`
-	Workers    int          `json:"workers"`
-	CRMUsers   int          `json:"crm_users"`
-	CRMDOPHint int          `json:"crm_dop_hint"`
-	Backfill   *Backfill    `json:"backfill,omitempty"`
-	Throughput []Throughput `json:"throughput"`
-	Latency    []Latency    `json:"latency"`
-	Limited    []Limited    `json:"limited,omitempty"`
+	Started    time.Time `json:"started"`
+	Workers    int       `json:"workers"`
+	CRMUsers   int       `json:"crm_users"`
+	CRMDOPHint int       `json:"crm_dop_hint"`
+	// CRMBatchMax is the agent's CRMBatchMax (0: its default).
+	CRMBatchMax int          `json:"crm_batch_max"`
+	Backfill    *Backfill    `json:"backfill,omitempty"`
+	Throughput  []Throughput `json:"throughput"`
+	Latency     []Latency    `json:"latency"`
+	Limited     []Limited    `json:"limited,omitempty"`
 	// PeakRSSBytes is this process's peak resident set: the agent, the
 	// embedded queue and the bench's driver, and the sandboxes too when
 	// they run inline (SandboxesInline).
@@ -283,7 +289,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Started: time.Now().UTC(), Workers: cfg.Workers, CRMUsers: cfg.CRMUsers, CRMDOPHint: cfg.CRMDOPHint, SandboxesInline: len(cfg.SandboxCommand) == 0}
+	res := &Result{Started: time.Now().UTC(), Workers: cfg.Workers, CRMUsers: cfg.CRMUsers, CRMDOPHint: cfg.CRMDOPHint, CRMBatchMax: cfg.CRMBatchMax, SandboxesInline: len(cfg.SandboxCommand) == 0}
 	err = e.measure(ctx, res)
 	res.SandboxPeakRSSBytes = e.sb.peakRSS(context.WithoutCancel(ctx))
 	if serr := e.stop(); err == nil && serr != nil {
@@ -431,7 +437,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 			return fmt.Errorf("restarting the agent with %d CRM users: %w", users, err)
 		}
 		for _, cost := range e.cfg.LimitedCosts {
-			runs, err := e.limited(ctx, users, cost, t1, t2)
+			runs, err := e.limited(ctx, users, cost, t1, t2, contacts)
 			if err != nil {
 				return err
 			}
@@ -812,9 +818,10 @@ func (e *env) limitedRecords(users int, cost float64, use CRMUse) int {
 
 // limited runs each direction with the CRM's limits on, the agent signing
 // in as users application users and every operation costing cost times
-// its default: FHIR→CRM for new Patients, then CRM→FHIR for the contacts
-// that run made. The person editing contacts is exempt from the limits.
-func (e *env) limited(ctx context.Context, users int, cost float64, t1, t2 Throughput) ([]Limited, error) {
+// its default: FHIR→CRM for new Patients, then CRM→FHIR for linked
+// contacts (those of the sustained run, edited again). The person editing
+// contacts is exempt from the limits.
+func (e *env) limited(ctx context.Context, users int, cost float64, t1, t2 Throughput, linked []contact) ([]Limited, error) {
 	lim := e.cfg.Limits
 	lim.CostMultiplier = cost
 	lim.Exempt = []string{humanUser}
@@ -851,11 +858,7 @@ func (e *env) limited(ctx context.Context, users int, cost float64, t1, t2 Throu
 		return nil, err
 	}
 
-	contacts, err := e.contacts(ctx, e.runID+"-"+tag+"-")
-	if err != nil {
-		return nil, err
-	}
-	contacts = contacts[:min(len(contacts), e.limitedRecords(users, cost, t2.CRM))]
+	contacts := linked[:min(len(linked), e.limitedRecords(users, cost, t2.CRM))]
 	e.progress("CRM→FHIR with the documented CRM limits, %d users, %gx cost: %d contact updates", users, cost, len(contacts))
 	errc := make(chan error, 1)
 	second, err := e.limitedRun(ctx, logs.CRMToFHIR, len(contacts), lim, users, func() error {

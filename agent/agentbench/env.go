@@ -208,6 +208,7 @@ func (e *env) startAgent(ctx context.Context, users int) error {
 		baseKey = nil
 	}
 	acfg.Workers, acfg.LockRenewEvery, acfg.DepthEvery, acfg.BaseKey = e.cfg.Workers, 20*time.Second, time.Second, baseKey
+	acfg.CRMBatchMax, acfg.CRMBatchWait = e.cfg.CRMBatchMax, e.cfg.CRMBatchWait
 	// Each agent registers its metrics in a registry of its own.
 	reg := prometheus.NewRegistry()
 	a, err := agent.New(acfg,

@@ -42,6 +42,8 @@ names one; use a scratch database, the run leaves its rows behind.`)
 	windows := fs.Int("limit-windows", 2, "size each throttled run to this many windows of its users' budget")
 	crmUsers := fs.String("crm-users", "1,3", "comma-separated numbers of CRM application users of the throttled runs (the runs without limits use the first)")
 	dopHint := fs.Int("crm-dop-hint", 0, "x-ms-dop-hint the sandbox CRM answers with (0: its default, 4)")
+	batchMax := fs.Int("crm-batch-max", 0, "the agent's agent.crm_batch_max: CRM operations per shared $batch (0: the agent's default; 1: none)")
+	batchWait := fs.Duration("crm-batch-wait", 0, "the agent's agent.crm_batch_wait (0: the agent's default)")
 	costs := fs.String("limit-costs", "1,2", "comma-separated multipliers of the CRM's execution cost per operation in the throttled runs")
 	baseState := fs.String("base-state", "on", "keep the base state of linked pairs: on (as in production) or off (to measure its cost)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
@@ -95,6 +97,8 @@ names one; use a scratch database, the run leaves its rows behind.`)
 		return usageErrorf("bench: --workers must not be negative, --limit-windows at least 1")
 	case *limitsOn != "documented" && *limitsOn != "off":
 		return usageErrorf("bench: --limits must be documented or off")
+	case *batchMax < 0 || *batchMax > 1000 || *batchWait < 0:
+		return usageErrorf("bench: --crm-batch-max must be 0 to 1000, --crm-batch-wait not negative")
 	case *dopHint < 0 || *dopHint > 1000:
 		return usageErrorf("bench: --crm-dop-hint must be 0 to 1000")
 	case *limitWindow <= 0:
@@ -160,7 +164,7 @@ names one; use a scratch database, the run leaves its rows behind.`)
 		}
 	}
 	res, err := agentbench.Run(ctx, agentbench.Config{DB: db, TempDir: dir, Records: *records, OfferedRate: *rate, Duration: *duration,
-		Workers: *workers, CRMUsers: users[0], CRMDOPHint: *dopHint, Limits: limits, LimitedUsers: users, LimitedCosts: multipliers, LimitedWindows: *windows, Progress: progress, SandboxCommand: command, BaseStateOff: *baseState == "off"})
+		Workers: *workers, CRMUsers: users[0], CRMDOPHint: *dopHint, CRMBatchMax: *batchMax, CRMBatchWait: *batchWait, Limits: limits, LimitedUsers: users, LimitedCosts: multipliers, LimitedWindows: *windows, Progress: progress, SandboxCommand: command, BaseStateOff: *baseState == "off"})
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}
