@@ -707,7 +707,9 @@ func (r *Reconciler) reconcile(ctx context.Context) ([]BackfillResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reconcile: reading the published maps: %w", err)
 	}
-	w := newWalker(BackfillOptions{Origin: OriginReconcile, BatchSize: r.cfg.BatchSize}, r.deps)
+	// Like a backfill, a reconcile keeps the queue short rather than
+	// putting every record of every map on it at once.
+	w := newWalker(BackfillOptions{Origin: OriginReconcile, BatchSize: r.cfg.BatchSize, MaxQueued: DefaultBackfillMaxQueued}, r.deps)
 	walked := map[string]bool{}
 	var out []BackfillResult
 	for _, m := range set.Maps() {
