@@ -58,12 +58,13 @@ type BackfillProgress struct {
 	// Left is the estimated time to the end, or -1 when unknown.
 	Left time.Duration
 	// Queued is the queue's depth (active and scheduled notices) when
-	// last read, or -1 when the queue cannot tell.
+	// last read; 0 when the queue cannot tell or the walk is unbounded.
 	Queued int64
 	// Waiting is true while the walk waits for the queue to drain below
 	// its bound, or for the source after a throttled or failed read.
 	Waiting bool
-	// Throttled is the time this run spent waiting so far.
+	// Throttled is the time this run spent waiting so far, in every
+	// process that walked it.
 	Throttled time.Duration
 	// Resumed says the run continued from a checkpoint of an earlier
 	// process.
@@ -170,6 +171,7 @@ func openBackfillRun(ctx context.Context, db *gorm.DB, mapName string, side queu
 	}
 	r.row.ChangedAt = r.row.ChangedAt.UTC()
 	r.startDone = r.row.Done
+	r.throttled = time.Duration(r.row.ThrottledMS) * time.Millisecond
 	return r, nil
 }
 

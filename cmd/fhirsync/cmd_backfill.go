@@ -255,9 +255,7 @@ func formatProgress(p agent.BackfillProgress) string {
 	case p.Left >= 0:
 		b = fmt.Appendf(b, ", about %s left", p.Left.Round(time.Second))
 	}
-	if p.Queued >= 0 {
-		b = fmt.Appendf(b, "; %d waiting on the queue", p.Queued)
-	}
+	b = fmt.Appendf(b, "; %d waiting on the queue", p.Queued)
 	if p.Waiting {
 		b = fmt.Appendf(b, " (paused for the agent or the source)")
 	}
