@@ -74,12 +74,11 @@ type Config struct {
 	// ResolveEvery is how often resolutions of held conflicts are looked
 	// for and sent to be written (default 2s).
 	ResolveEvery time.Duration
-	// CRMBatchMax, above 1, gathers the CRM operations of concurrent
-	// messages into shared $batch requests of up to that many operations
-	// (at most 1,000; crm.Coalescer), each record's writes in one change
-	// set. 0 or 1: every operation is a request of its own (the default,
-	// until the crash test is verified with batching on). Batching applies
-	// when Deps.CRM is a *crm.Client.
+	// CRMBatchMax is how many CRM operations of concurrent messages share
+	// one $batch request (crm.Coalescer; default 100, at most 1,000), each
+	// record's writes in one change set; 1 turns batching off: every
+	// operation is a request of its own. Batching applies when Deps.CRM is
+	// a *crm.Client.
 	CRMBatchMax int
 	// CRMBatchWait is how long the first operation of a $batch waits for
 	// others (default 50ms).
@@ -170,7 +169,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		ow.key = newValueKey(cfg.BaseKey)
 	}
 	api := deps.CRM
-	if c, ok := deps.CRM.(*crm.Client); ok && cfg.CRMBatchMax > 1 {
+	if c, ok := deps.CRM.(*crm.Client); ok && cfg.CRMBatchMax != 1 {
 		// Concurrent messages' CRM requests share $batch requests.
 		k, err := crm.NewCoalescer(c, crm.CoalesceConfig{MaxOps: cfg.CRMBatchMax, MaxWait: cfg.CRMBatchWait})
 		if err != nil {

@@ -1,8 +1,10 @@
 package agent_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -34,9 +36,10 @@ type editBeforeWrite struct {
 }
 
 func (t *editBeforeWrite) RoundTrip(r *http.Request) (*http.Response, error) {
-	im := r.Header.Get("If-Match")
-	if r.Method == http.MethodPatch && strings.Contains(r.URL.Path, "/contacts(") && im != "" && im != "*" && t.left.Add(-1) >= 0 {
-		id := r.URL.Path[strings.LastIndex(r.URL.Path, "(")+1 : len(r.URL.Path)-1]
+	for _, id := range conditionalContactUpdates(r) {
+		if t.left.Add(-1) < 0 {
+			break
+		}
 		title := fmt.Sprintf("Coordinator %d", t.edits.Add(1))
 		if _, err := t.human().Upsert(r.Context(), crm.ByID("contacts", id), crm.Record{"jobtitle": title}, crm.UpsertOptions{Mode: crm.UpdateOnly}); err != nil {
 			return nil, fmt.Errorf("the coordinator's edit failed: %w", err)
@@ -47,6 +50,47 @@ func (t *editBeforeWrite) RoundTrip(r *http.Request) (*http.Response, error) {
 		}
 	}
 	return t.next.RoundTrip(r)
+}
+
+// conditionalContactUpdates lists the contacts r updates with If-Match on
+// an ETag: r itself, or the requests inside a $batch.
+func conditionalContactUpdates(r *http.Request) []string {
+	one := func(method, path, ifMatch string) (string, bool) {
+		if method != http.MethodPatch || ifMatch == "" || ifMatch == "*" || !strings.Contains(path, "/contacts(") {
+			return "", false
+		}
+		path, _, _ = strings.Cut(path, "?")
+		return path[strings.LastIndex(path, "(")+1 : len(path)-1], true
+	}
+	if !strings.HasSuffix(r.URL.Path, "/$batch") {
+		if id, ok := one(r.Method, r.URL.Path, r.Header.Get("If-Match")); ok {
+			return []string{id}
+		}
+		return nil
+	}
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		return nil
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	var ids []string
+	for _, part := range strings.Split(string(body), "\r\n\r\n") {
+		line, headers, _ := strings.Cut(part, "\r\n")
+		f := strings.Fields(line)
+		if len(f) != 3 || f[2] != "HTTP/1.1" {
+			continue
+		}
+		ifMatch := ""
+		for _, h := range strings.Split(headers, "\r\n") {
+			if v, ok := strings.CutPrefix(h, "If-Match: "); ok {
+				ifMatch = v
+			}
+		}
+		if id, ok := one(f[0], f[1], ifMatch); ok {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 // TestConflictIsRetriedAfterReRead: a contact changed between the agent's

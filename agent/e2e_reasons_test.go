@@ -39,7 +39,10 @@ func TestEveryReasonCodeEndToEnd(t *testing.T) {
 	}
 	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
 		stale := &staleContactWrites{}
-		e := startEnv(t, db, agent.Config{Workers: 2, MaxAttempts: 3, RetryBase: 100 * time.Millisecond, RetryMax: 300 * time.Millisecond, BaseKey: key},
+		// CRMBatchMax 1: staleContactWrites answers single PATCH requests
+		// with 412, which batching would carry inside $batch requests
+		// (TestConflictIsRetriedAfterReRead covers 412 through batches).
+		e := startEnv(t, db, agent.Config{Workers: 2, MaxAttempts: 3, RetryBase: 100 * time.Millisecond, RetryMax: 300 * time.Millisecond, BaseKey: key, CRMBatchMax: 1},
 			envOptions{noPoller: true, crmRetries: -1, tweak: reasonMaps,
 				crmTransport: func(next http.RoundTripper) http.RoundTripper { stale.next = next; return stale }})
 		ctx := context.Background()

@@ -93,9 +93,8 @@ type AgentConfig struct {
 	// StaleRetries is how many times a write refused with HTTP 412 is
 	// re-read, merged and retried within one delivery (0: 3; -1: none).
 	StaleRetries int `yaml:"stale_retries"`
-	// CRMBatchMax, above 1, is how many CRM operations of concurrent
-	// messages share one $batch request (at most 1000; 0 or 1: no
-	// batching, the default for now).
+	// CRMBatchMax is how many CRM operations of concurrent messages share
+	// one $batch request (0: 100; 1: no batching; at most 1000).
 	CRMBatchMax int `yaml:"crm_batch_max"`
 	// CRMBatchWait is how long the first operation of a $batch waits for
 	// others (0: 50ms).
