@@ -190,7 +190,13 @@ func (e *env) startAgent(ctx context.Context, users int) error {
 		e.stopAgent, e.prior = nil, c
 	}
 	users = max(users, 1)
-	agentFHIR, err := fhir.New(fhir.Config{BaseURL: e.sb.fhirURL()})
+	fc, err := fhir.New(fhir.Config{BaseURL: e.sb.fhirURL()})
+	if err != nil {
+		return err
+	}
+	// As serve does: the agent's FHIR writes go through a Batcher (batch
+	// Bundles where the CapabilityStatement lists batch).
+	agentFHIR, err := fhir.NewBatcher(fc, fhir.BatchConfig{Logger: e.cfg.Logger})
 	if err != nil {
 		return err
 	}

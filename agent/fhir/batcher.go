@@ -22,8 +22,9 @@ type BatchConfig struct {
 	// Max is the most entries one batch Bundle carries; default 100. 1
 	// turns batching off: every call is its own request.
 	Max int
-	// Wait is how long the first pending write waits for others before its
-	// Bundle is sent; default 50ms.
+	// Wait is the longest the first pending write waits for others before
+	// its Bundle is sent; default 50ms. The Bundle goes sooner when no
+	// write joined it for a tenth of Wait.
 	Wait time.Duration
 	// Logger receives capability and fallback notes (no resource
 	// content); default discards.
@@ -59,6 +60,9 @@ type Batcher struct {
 	mu      sync.Mutex
 	pending []*batchOp
 	gen     uint64 // counts taken pending lists, so a late timer flushes nothing
+	// firstAt and lastAt are when the pending list's first and latest
+	// entries arrived.
+	firstAt, lastAt time.Time
 
 	capMu     sync.Mutex
 	capable   atomic.Int32 // capUnknown, capYes or capNo
@@ -326,24 +330,18 @@ func (b *Batcher) submit(ctx context.Context, op *batchOp) batchResult {
 	op.done = make(chan batchResult, 1)
 	b.mu.Lock()
 	b.pending = append(b.pending, op)
+	now := time.Now()
+	b.lastAt = now
 	switch {
 	case len(b.pending) >= b.cfg.Max:
 		ops := b.take()
 		b.mu.Unlock()
 		go b.flush(ops)
 	case len(b.pending) == 1:
+		b.firstAt = now
 		gen := b.gen
 		b.mu.Unlock()
-		time.AfterFunc(b.cfg.Wait, func() {
-			b.mu.Lock()
-			if b.gen != gen {
-				b.mu.Unlock()
-				return
-			}
-			ops := b.take()
-			b.mu.Unlock()
-			b.flush(ops)
-		})
+		time.AfterFunc(b.quietGap(), func() { b.expire(gen) })
 	default:
 		b.mu.Unlock()
 	}
@@ -357,6 +355,31 @@ func (b *Batcher) submit(ctx context.Context, op *batchOp) batchResult {
 		op.state.CompareAndSwap(opWaiting, opAbandoned)
 		return batchResult{err: ctxError(op.op, ctx)}
 	}
+}
+
+// quietGap is how long a pending Bundle waits after its latest entry
+// before it is sent, when Wait has not run out: callers that have all
+// asked are not kept waiting for the rest of Wait.
+func (b *Batcher) quietGap() time.Duration { return max(b.cfg.Wait/10, time.Millisecond) }
+
+// expire sends the pending list gen once Wait has passed since its first
+// entry or nothing joined it for the quiet gap; otherwise it waits again
+// for whichever comes first.
+func (b *Batcher) expire(gen uint64) {
+	b.mu.Lock()
+	if b.gen != gen {
+		b.mu.Unlock()
+		return
+	}
+	now := time.Now()
+	if d := min(b.firstAt.Add(b.cfg.Wait).Sub(now), b.lastAt.Add(b.quietGap()).Sub(now)); d > 0 {
+		b.mu.Unlock()
+		time.AfterFunc(d, func() { b.expire(gen) })
+		return
+	}
+	ops := b.take()
+	b.mu.Unlock()
+	b.flush(ops)
 }
 
 // take empties the pending list; b.mu is held.
