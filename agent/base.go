@@ -306,8 +306,8 @@ func appendValue(b []byte, v any) []byte {
 }
 
 func appendJSON(b []byte, v any) []byte {
-	j, _ := json.Marshal(v)
-	return append(append(b, 'j'), j...)
+	b, _ = appendMarshal(append(b, 'j'), v)
+	return b
 }
 
 // lookupValue is a lookup's target id in either the Web API read shape
@@ -338,6 +338,9 @@ func saveBasesTx(tx *gorm.DB, bs []*linkBase) error {
 	const ins = `INSERT INTO agent_link_base (entity_map, fhir_id, crm_id, map_version, hashes, updated_at, fhir_edited_at, crm_edited_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (entity_map, fhir_id) DO UPDATE SET crm_id = excluded.crm_id, map_version = excluded.map_version, hashes = excluded.hashes, updated_at = excluded.updated_at,
 		fhir_edited_at = excluded.fhir_edited_at, crm_edited_at = excluded.crm_edited_at`
+	if sqlite && distinctCRM(bs) {
+		return saveBasesSQLite(tx, bs, now)
+	}
 	for _, b := range bs {
 		enc := encodeBase(b.Attrs)
 		fAt, cAt := nullTime(b.FHIREditedAt), nullTime(b.CRMEditedAt)
@@ -360,14 +363,88 @@ func saveBasesTx(tx *gorm.DB, bs []*linkBase) error {
 	return nil
 }
 
+// distinctCRM reports whether no two of bs name the same CRM record (or
+// the same pair) under one entity map: then deleting the bases of every
+// re-paired CRM record first and inserting all of bs after does what the
+// two statements per base in order do.
+func distinctCRM(bs []*linkBase) bool {
+	seen := make(map[string]bool, 2*len(bs))
+	for _, b := range bs {
+		c, f := "c\x00"+b.EntityMap+"\x00"+b.CRMID, "f\x00"+b.EntityMap+"\x00"+b.FHIRID
+		if seen[c] || seen[f] {
+			return false
+		}
+		seen[c], seen[f] = true, true
+	}
+	return true
+}
+
+// baseParams is the columns of one base row as saveBasesSQLite inserts it.
+const baseParams = 8
+
+// baseChunks are the row counts of saveBasesSQLite's statements, largest
+// first; fixed, so each statement text stays prepared.
+var baseChunks = []int{16, 8, 4, 2, 1}
+
+// Statements of saveBasesSQLite by row count: the deletion of bases left
+// under another FHIR id by re-paired CRM records, and the upsert.
+var delBaseSQL, insBaseSQL = func() (del, ins map[int]string) {
+	del, ins = map[int]string{}, map[int]string{}
+	for _, n := range baseChunks {
+		v3 := "(?, ?, ?)" + strings.Repeat(", (?, ?, ?)", n-1)
+		del[n] = storage.KeepPrepared(`DELETE FROM agent_link_base WHERE rowid IN (SELECT b.rowid FROM (VALUES ` + v3 + `) AS v
+			JOIN agent_link_base b ON b.entity_map = v.column1 AND b.crm_id = v.column2 AND b.fhir_id <> v.column3)`)
+		g := "(?" + strings.Repeat(", ?", baseParams-1) + ")"
+		ins[n] = storage.KeepPrepared(`INSERT INTO agent_link_base (entity_map, fhir_id, crm_id, map_version, hashes, updated_at, fhir_edited_at, crm_edited_at) VALUES ` +
+			g + strings.Repeat(", "+g, n-1) + `
+		ON CONFLICT (entity_map, fhir_id) DO UPDATE SET crm_id = excluded.crm_id, map_version = excluded.map_version, hashes = excluded.hashes, updated_at = excluded.updated_at,
+		fhir_edited_at = excluded.fhir_edited_at, crm_edited_at = excluded.crm_edited_at`)
+	}
+	return del, ins
+}()
+
+// saveBasesSQLite is saveBasesTx on SQLite for bases of distinct CRM
+// records and pairs, in multi-row statements.
+func saveBasesSQLite(tx *gorm.DB, bs []*linkBase, now time.Time) error {
+	var del, ins []any
+	for len(bs) > 0 {
+		n := 1
+		for _, c := range baseChunks {
+			if c <= len(bs) {
+				n = c
+				break
+			}
+		}
+		del, ins = del[:0], ins[:0]
+		for _, b := range bs[:n] {
+			del = append(del, b.EntityMap, b.CRMID, b.FHIRID)
+			ins = append(ins, b.EntityMap, b.FHIRID, b.CRMID, b.MapVersion, encodeBase(b.Attrs), now, nullTime(b.FHIREditedAt), nullTime(b.CRMEditedAt))
+		}
+		if _, err := storage.Direct(tx).Exec(delBaseSQL[n], del...); err != nil {
+			return err
+		}
+		if _, err := storage.Direct(tx).Exec(insBaseSQL[n], ins...); err != nil {
+			return err
+		}
+		bs = bs[n:]
+	}
+	return nil
+}
+
 // base loads the base state of l, for the three-way merge; errNoBase when
 // none is recorded for this pairing.
 func (s links) base(ctx context.Context, l link) (*linkBase, error) {
 	b := &linkBase{EntityMap: l.EntityMap, FHIRID: l.FHIRID}
 	var enc []byte
 	var fAt, cAt sql.NullTime
-	err := s.db.WithContext(ctx).Raw(`SELECT crm_id, map_version, hashes, updated_at, fhir_edited_at, crm_edited_at FROM agent_link_base WHERE entity_map = ? AND fhir_id = ?`, l.EntityMap, l.FHIRID).
-		Row().Scan(&b.CRMID, &b.MapVersion, &enc, &b.UpdatedAt, &fAt, &cAt)
+	const q = `SELECT crm_id, map_version, hashes, updated_at, fhir_edited_at, crm_edited_at FROM agent_link_base WHERE entity_map = ? AND fhir_id = ?`
+	var row *sql.Row
+	if storage.DialectOf(s.db) == storage.SQLite {
+		row = storage.Direct(s.db.WithContext(ctx)).QueryRow(q, l.EntityMap, l.FHIRID)
+	} else {
+		row = s.db.WithContext(ctx).Raw(q, l.EntityMap, l.FHIRID).Row()
+	}
+	err := row.Scan(&b.CRMID, &b.MapVersion, &enc, &b.UpdatedAt, &fAt, &cAt)
 	b.FHIREditedAt, b.CRMEditedAt = fAt.Time, cAt.Time
 	if errors.Is(err, sql.ErrNoRows) || (err == nil && b.CRMID != l.CRMID) {
 		return nil, errNoBase

@@ -7,7 +7,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -113,17 +115,60 @@ func recordDigest(key []byte, side string, src record, fields string) string {
 // they were decoded.
 func hashValues(key []byte, names []string, vals map[string]any) string {
 	m := hmac.New(sha256.New, key)
+	var b []byte
 	for _, n := range names {
-		b, err := json.Marshal(vals[n])
-		if err != nil {
-			b = []byte("!unencodable")
+		b = append(b[:0], n...)
+		b = append(b, 0)
+		var ok bool
+		if b, ok = appendMarshal(b, vals[n]); !ok {
+			b = append(b, "!unencodable"...)
 		}
-		m.Write([]byte(n))
-		m.Write([]byte{0})
+		b = append(b, 0)
 		m.Write(b)
-		m.Write([]byte{0})
 	}
 	return hex.EncodeToString(m.Sum(nil))
+}
+
+// appendMarshal appends the bytes json.Marshal writes for v — the same
+// bytes, as hashes of them are stored — writing the common scalars (null,
+// booleans, plain ASCII strings, numbers in the range Marshal writes
+// without an exponent) itself, without reflection. ok is false when v
+// cannot be encoded; b is then unchanged.
+func appendMarshal(b []byte, v any) (_ []byte, ok bool) {
+	switch x := v.(type) {
+	case nil:
+		return append(b, "null"...), true
+	case bool:
+		return strconv.AppendBool(b, x), true
+	case string:
+		if plainJSONString(x) {
+			b = append(b, '"')
+			b = append(b, x...)
+			return append(b, '"'), true
+		}
+	case float64:
+		// encoding/json writes 'f' format between 1e-6 and 1e21.
+		if a := math.Abs(x); x == 0 || (a >= 1e-6 && a < 1e21) {
+			return strconv.AppendFloat(b, x, 'f', -1, 64), true
+		}
+	}
+	j, err := json.Marshal(v)
+	if err != nil {
+		return b, false
+	}
+	return append(b, j...), true
+}
+
+// plainJSONString reports whether json.Marshal writes s as it is between
+// quotes: printable ASCII without the characters it escapes.
+func plainJSONString(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
 }
 
 // echo decides whether a change is the echo of an own write: the version

@@ -230,14 +230,48 @@ func rememberTx(tx *gorm.DB, ws []ownWrite) error {
 	if storage.DialectOf(tx) != storage.SQLite {
 		return tx.Clauses(clause.OnConflict{DoNothing: true}).CreateInBatches(&ws, 500).Error
 	}
-	for _, w := range ws {
-		_, err := storage.Direct(tx).Exec(`INSERT INTO agent_own_writes (side, rtype, rid, version, written_at, value_hash, value_fields) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
-			w.Side, w.RType, w.RID, w.Version, w.WrittenAt, w.ValueHash, w.ValueFields)
-		if err != nil {
+	// Multi-row statements of fixed sizes, so that each stays prepared.
+	args := make([]any, 0, ownChunks[0]*ownParams)
+	for len(ws) > 0 {
+		n := ownChunk(len(ws))
+		args = args[:0]
+		for _, w := range ws[:n] {
+			args = append(args, w.Side, w.RType, w.RID, w.Version, w.WrittenAt, w.ValueHash, w.ValueFields)
+		}
+		if _, err := storage.Direct(tx).Exec(insertOwnSQL[n], args...); err != nil {
 			return err
 		}
+		ws = ws[n:]
 	}
 	return nil
+}
+
+// ownParams is the columns of one own write as rememberTx inserts it.
+const ownParams = 7
+
+// ownChunks are the row counts of rememberTx's statements on SQLite,
+// largest first: 13 rows go as 8+4+1.
+var ownChunks = []int{32, 16, 8, 4, 2, 1}
+
+// insertOwnSQL holds rememberTx's SQLite statements by row count.
+var insertOwnSQL = func() map[int]string {
+	m := map[int]string{}
+	g := "(?" + strings.Repeat(", ?", ownParams-1) + ")"
+	for _, n := range ownChunks {
+		m[n] = storage.KeepPrepared(`INSERT INTO agent_own_writes (side, rtype, rid, version, written_at, value_hash, value_fields) VALUES ` +
+			g + strings.Repeat(", "+g, n-1) + ` ON CONFLICT DO NOTHING`)
+	}
+	return m
+}()
+
+// ownChunk is the largest statement size that fits n rows.
+func ownChunk(n int) int {
+	for _, c := range ownChunks {
+		if c <= n {
+			return c
+		}
+	}
+	return 1
 }
 
 // isOwn reports whether any of versions (empty ones ignored) of the
