@@ -17,7 +17,7 @@ import (
 // binary cannot be started again as `fhirsync bench --serve-sandboxes`
 // (agentbench's tests cover the sandbox process).
 var tinyBench = []string{"bench", "--quiet", "--records", "40", "--offered-rate", "20", "--duration", "1s",
-	"--limit-requests", "30", "--limit-window", "1s", "--limit-concurrent", "3", "--limit-windows", "2", "--sandboxes", "inline"}
+	"--limit-window", "1s", "--limit-windows", "2", "--crm-users", "1", "--limit-costs", "1", "--sandboxes", "inline"}
 
 func TestBenchPrintsEveryRowWithNumbers(t *testing.T) {
 	t.Parallel()
@@ -37,18 +37,29 @@ func TestBenchPrintsEveryRowWithNumbers(t *testing.T) {
 				t.Errorf("the header does not name the %s database:\n%s", d, out)
 			}
 			rows := []string{
-				"FHIR→CRM sustained (40 records)",
-				"CRM→FHIR sustained (40 records)",
+				"backfill of 40 patients (FHIR→CRM)",
+				"backfill: CRM requests per record",
+				"backfill: CRM execution time per record",
+				"FHIR→CRM sustained (40 records, no CRM limits)",
+				"FHIR→CRM sustained: CRM requests per record",
+				"FHIR→CRM sustained: CRM execution time per record",
+				"CRM→FHIR sustained (40 records, no CRM limits)",
+				"CRM→FHIR sustained: CRM requests per record",
 				"FHIR→CRM latency p50 at 20 records/s",
 				"FHIR→CRM latency p99 at 20 records/s",
+				"FHIR→CRM live stream at 20 records/s: CRM requests per record",
 				"CRM→FHIR latency p50 at 20 records/s",
 				"CRM→FHIR latency p99 at 20 records/s",
-				"CRM budget used (30 requests/1s, 3 concurrent,",
-				"CRM 429 answers (throttled run,",
-				"records lost to 429",
+				"CRM→FHIR live stream at 20 records/s: CRM requests per record",
+				"FHIR→CRM with CRM limits, 1 user, 1x cost (",
+				"FHIR→CRM with CRM limits, 1 user, 1x cost: CRM requests per record",
+				"FHIR→CRM with CRM limits, 1 user, 1x cost: budget used",
+				"FHIR→CRM with CRM limits, 1 user, 1x cost: records lost",
+				"CRM→FHIR with CRM limits, 1 user, 1x cost (",
+				"CRM→FHIR with CRM limits, 1 user, 1x cost: records lost",
 				"peak RSS",
 			}
-			number := regexp.MustCompile(`^\s+[0-9]+(\.[0-9]+)? (records/s|ms|%|MB)?`)
+			number := regexp.MustCompile(`^\s+[0-9]+(\.[0-9]+)?( (records/s|ms|%|MB))?(\s|$)`)
 			lines := strings.Split(out, "\n")
 			for _, want := range rows {
 				found := false
@@ -66,8 +77,8 @@ func TestBenchPrintsEveryRowWithNumbers(t *testing.T) {
 				}
 			}
 			for _, l := range lines {
-				if strings.HasPrefix(l, "records lost to 429") && !regexp.MustCompile(`^records lost to 429\s+0\s`).MatchString(l) {
-					t.Errorf("records were lost to 429: %q", l)
+				if strings.Contains(l, ": records lost") && !regexp.MustCompile(`: records lost\s+0\s`).MatchString(l) {
+					t.Errorf("records were lost under the CRM's limits: %q", l)
 				}
 			}
 		})
@@ -77,7 +88,7 @@ func TestBenchPrintsEveryRowWithNumbers(t *testing.T) {
 func TestBenchJSON(t *testing.T) {
 	t.Parallel()
 	var stdout, stderr bytes.Buffer
-	args := append(append([]string{}, tinyBench...), "--json", "--limit-requests", "0")
+	args := append(append([]string{}, tinyBench...), "--json", "--limits", "off")
 	if code := exitCode(run(context.Background(), args, func(string) string { return "" }, &stdout, &stderr), &stderr); code != 0 {
 		t.Fatalf("bench --json exited %d\n%s%s", code, stdout.String(), stderr.String())
 	}
@@ -94,7 +105,7 @@ func TestBenchJSON(t *testing.T) {
 				Written int     `json:"written"`
 				P99     float64 `json:"p99_seconds"`
 			} `json:"latency"`
-			Limited      *struct{} `json:"limited"`
+			Limited      []struct{} `json:"limited"`
 			PeakRSSBytes int64     `json:"peak_rss_bytes"`
 		} `json:"result"`
 		Rows []struct{ Metric, Value string } `json:"rows"`
@@ -106,8 +117,8 @@ func TestBenchJSON(t *testing.T) {
 	if got.Database != "sqlite" || len(r.Throughput) != 2 || len(r.Latency) != 2 || r.PeakRSSBytes <= 0 || len(got.Rows) == 0 {
 		t.Fatalf("result = %+v", got)
 	}
-	if r.Limited != nil {
-		t.Errorf("--limit-requests 0 still ran the throttled run")
+	if len(r.Limited) != 0 {
+		t.Errorf("--limits off still ran %d throttled runs", len(r.Limited))
 	}
 	for _, tp := range r.Throughput {
 		if tp.Records != 40 || tp.Sent != 40 || tp.RecordsPerSecond <= 0 {
