@@ -106,7 +106,7 @@ func TestBenchJSON(t *testing.T) {
 				P99     float64 `json:"p99_seconds"`
 			} `json:"latency"`
 			Limited      []struct{} `json:"limited"`
-			PeakRSSBytes int64     `json:"peak_rss_bytes"`
+			PeakRSSBytes int64      `json:"peak_rss_bytes"`
 		} `json:"result"`
 		Rows []struct{ Metric, Value string } `json:"rows"`
 	}
