@@ -641,30 +641,10 @@ func (r *Reconciler) RunOnce(ctx context.Context) (ReconcileResult, error) {
 		return res, err
 	}
 	res.Ran = true
-	runCtx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	renewed := make(chan struct{})
-	go func() {
-		defer close(renewed)
-		t := time.NewTicker(r.cfg.LeaseTTL / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-runCtx.Done():
-				return
-			case <-t.C:
-				if ok, err := lease.Acquire(runCtx); err != nil || !ok {
-					if runCtx.Err() == nil {
-						cancel(fmt.Errorf("the reconcile lease was lost (renewal: ok=%v, error=%v)", ok, err))
-					}
-					return
-				}
-			}
-		}
-	}()
+	runCtx, stopRenewing := renewLease(ctx, lease, r.cfg.LeaseTTL, "reconcile lease")
+	defer stopRenewing()
 	res.Maps, err = r.reconcile(runCtx)
-	cancel(nil)
-	<-renewed
+	stopRenewing()
 	if cause := context.Cause(runCtx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
 		err = fmt.Errorf("%w: %w", err, cause)
 	}

@@ -417,6 +417,23 @@ func holdLease(ctx context.Context, db *gorm.DB, name, holder string, ttl, wait 
 			return ctx, nil, err
 		}
 	}
+	runCtx, stopRenewing := renewLease(ctx, lease, ttl, "backfill lease "+name)
+	stop := func() {
+		stopRenewing()
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer rcancel()
+		if err := lease.Release(rctx); err != nil {
+			log.Warn("releasing the backfill lease failed", "lease", name, "error", err)
+		}
+	}
+	return runCtx, stop, nil
+}
+
+// renewLease renews lease every ttl/3 while the returned context lives. A
+// renewal that fails or finds the lease taken cancels that context, with a
+// cause naming what was lost. stop ends the renewals and returns once they
+// have stopped; releasing the lease is left to the caller.
+func renewLease(ctx context.Context, lease *storage.Lease, ttl time.Duration, what string) (runCtx context.Context, stop func()) {
 	runCtx, cancel := context.WithCancelCause(ctx)
 	renewed := make(chan struct{})
 	go func() {
@@ -430,23 +447,14 @@ func holdLease(ctx context.Context, db *gorm.DB, name, holder string, ttl, wait 
 			case <-t.C:
 				if ok, err := lease.Acquire(runCtx); err != nil || !ok {
 					if runCtx.Err() == nil {
-						cancel(fmt.Errorf("the backfill lease %s was lost (renewal: ok=%v, error=%v)", name, ok, err))
+						cancel(fmt.Errorf("the %s was lost (renewal: ok=%v, error=%v)", what, ok, err))
 					}
 					return
 				}
 			}
 		}
 	}()
-	stop := func() {
-		cancel(nil)
-		<-renewed
-		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer rcancel()
-		if err := lease.Release(rctx); err != nil {
-			log.Warn("releasing the backfill lease failed", "lease", name, "error", err)
-		}
-	}
-	return runCtx, stop, nil
+	return runCtx, func() { cancel(nil); <-renewed }
 }
 
 // takeOverExitedHolder ends the lease name when its holder is a process
