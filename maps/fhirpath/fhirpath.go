@@ -92,17 +92,7 @@ func (e *Expr) EvalBool(resource []byte) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	switch len(col) {
-	case 0:
-		return false, nil
-	case 1:
-		if b, ok := col[0].(types.Boolean); ok {
-			return b.Bool(), nil
-		}
-		return false, fmt.Errorf("FHIRPath %q gives a %s: %w", e.src, col[0].Type(), ErrNotBoolean)
-	default:
-		return false, fmt.Errorf("FHIRPath %q gives %d values: %w", e.src, len(col), ErrNotBoolean)
-	}
+	return e.boolOf(col)
 }
 
 // EvalResource is Eval for a resource already decoded as generic JSON,
@@ -133,6 +123,12 @@ func (e *Expr) EvalResourceBool(res map[string]any) (bool, error) {
 		return e.EvalBool(b)
 	}
 	defer ev.release()
+	return e.boolOf(col)
+}
+
+// boolOf reads a result as EvalBool does: empty is false, one Boolean is
+// its value, anything else is ErrNotBoolean.
+func (e *Expr) boolOf(col types.Collection) (bool, error) {
 	switch len(col) {
 	case 0:
 		return false, nil
