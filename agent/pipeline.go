@@ -516,6 +516,9 @@ func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues
 		}
 	}
 	p.metrics.observeLatency(f.dir, n.ChangedAt)
+	if !n.ChangedAt.IsZero() {
+		d.Latency = max(p.now().Sub(n.ChangedAt), 0)
+	}
 	if w.Created {
 		return stop(logs.OutcomeSent, "created", fmt.Sprintf("Created %s %s.", targetType(em, f), w.ID)+roundedNote(out.Rounded)), false
 	}

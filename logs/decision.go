@@ -60,10 +60,21 @@ type Decision struct {
 	// Conflicts lists the attributes changed on both sides and how this
 	// decision settled each. Never values.
 	Conflicts []Conflict `json:"conflicts,omitempty"`
-	// Attempts lists each try at the message, oldest first.
+	// Attempts lists each try at the message, oldest first. Retries fold
+	// into the message's one decision: each delivery's decision carries
+	// the attempts of those before it and replaces the failed decision
+	// of the delivery before (see Supersedes).
 	Attempts []Attempt `json:"attempts,omitempty"`
+	// Supersedes is the id of the failed decision an earlier delivery of
+	// the same message recorded; writing this decision deletes it in the
+	// same transaction, its attempts being in Attempts. Zero: none.
+	Supersedes int64 `json:"-"`
 	// Duration is how long the message took from receipt to decision.
 	Duration time.Duration `json:"duration_ns"`
+	// Latency is the time from the source change to the target write, on
+	// a sent decision whose notice said when the source changed; zero
+	// when unknown. The dashboard's percentiles read it.
+	Latency time.Duration `json:"latency_ns,omitempty"`
 	// Snapshots are the source and target payloads. They are stored,
 	// encrypted, only when payload capture is on; otherwise dropped. They
 	// are never returned by queries; see Store.ReadCapture.
@@ -109,6 +120,33 @@ type Attempt struct {
 	ErrorClass string `json:"error_class,omitempty"`
 	// Retryable reports whether the error was worth retrying.
 	Retryable bool `json:"retryable"`
+	// TargetError is what the endpoint said when it refused the attempt,
+	// when it answered with an error body; nil otherwise.
+	*TargetError
+}
+
+// TargetError is an endpoint's own account of why it refused a request
+// (the Dataverse error JSON, a FHIR OperationOutcome).
+type TargetError struct {
+	// Status is the HTTP status of the answer.
+	Status int `json:"status,omitempty"`
+	// Code is the endpoint's error code: a Dataverse code
+	// ("0x80040237") or an OperationOutcome issue code ("invalid").
+	Code string `json:"code,omitempty"`
+	// Message is the endpoint's message with the values it quotes elided
+	// ("…"), so that it may be shown without the PHI permission. The full
+	// message is kept only in the payload capture (Snapshots.Error).
+	Message string `json:"message,omitempty"`
+}
+
+// LastError is what the endpoint said on the decision's last attempt,
+// when that attempt failed with an error body; nil otherwise (a decision
+// sent after failed attempts has none).
+func (d Decision) LastError() *TargetError {
+	if len(d.Attempts) == 0 {
+		return nil
+	}
+	return d.Attempts[len(d.Attempts)-1].TargetError
 }
 
 // Conflict is one attribute changed on both sides, as a decision settled it. It never carries a value.
@@ -176,6 +214,9 @@ type Snapshots struct {
 	Source []byte
 	// Target is what was (or would have been) written to the target.
 	Target []byte
+	// Error is the endpoint's full error message, values included
+	// (TargetError.Message is its redacted form).
+	Error []byte
 }
 
 // Length limits keep one decision row small and stop a payload from being
@@ -235,6 +276,20 @@ func (d *Decision) validate(now time.Time) error {
 		if len(a.ErrorClass) > 64 {
 			bad("attempt %d: error class is longer than 64 bytes", i+1)
 		}
+		if te := a.TargetError; te != nil {
+			if len(te.Code) > 64 || !utf8.ValidString(te.Code) {
+				bad("attempt %d: target error code is longer than 64 bytes or not UTF-8", i+1)
+			}
+			if len(te.Message) > maxMessage || !utf8.ValidString(te.Message) {
+				bad("attempt %d: target error message is longer than %d bytes or not UTF-8", i+1, maxMessage)
+			}
+			if te.Status < 0 || te.Status > 999 {
+				bad("attempt %d: target error status %d is not an HTTP status", i+1, te.Status)
+			}
+		}
+	}
+	if d.Supersedes < 0 {
+		bad("supersedes %d is negative", d.Supersedes)
 	}
 	if len(d.Conflicts) > maxConflicts {
 		bad("%d conflicts, at most %d", len(d.Conflicts), maxConflicts)
@@ -264,6 +319,9 @@ func (d *Decision) validate(now time.Time) error {
 	}
 	if d.Duration < 0 {
 		bad("duration %s is negative", d.Duration)
+	}
+	if d.Latency < 0 {
+		bad("latency %s is negative", d.Latency)
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrInvalidDecision, errors.Join(errs...))

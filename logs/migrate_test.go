@@ -185,7 +185,7 @@ func TestMigration12KeepsDecisionsKeysAndCaptures(t *testing.T) {
 				t.Fatal(err)
 			}
 			sort.Strings(indexes)
-			want := []string{"sync_decision_captures_time", "sync_decision_keys_hash", "sync_decisions_map", "sync_decisions_message",
+			want := []string{"sync_decision_captures_time", "sync_decision_keys_hash", "sync_decisions_dashboard", "sync_decisions_map", "sync_decisions_message",
 				"sync_decisions_outcome", "sync_decisions_reason", "sync_decisions_source", "sync_decisions_target", "sync_decisions_time"}
 			if strings.Join(indexes, ",") != strings.Join(want, ",") {
 				t.Errorf("indexes = %v, want %v", indexes, want)

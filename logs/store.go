@@ -204,6 +204,7 @@ type decisionRow struct {
 	Attempts      string
 	DurationUS    int64 `gorm:"column:duration_us"`
 	Conflicts     string
+	LatencyUS     *int64 `gorm:"column:latency_us"` // NULL when unknown
 }
 
 func (decisionRow) TableName() string { return "sync_decisions" }
@@ -225,8 +226,8 @@ func (keyRow) TableName() string { return "sync_decision_keys" }
 const (
 	insertColumns = `decided_at, correlation_id, message_id, direction, entity_map, map_version,
 		source_type, source_id, source_version, target_type, target_id, target_version, outcome, reason, reason_subject,
-		message, changed_fields, attempts, duration_us, conflicts`
-	decisionParams = 20
+		message, changed_fields, attempts, duration_us, conflicts, latency_us`
+	decisionParams = 21
 	keyParams      = 3
 )
 
@@ -273,7 +274,7 @@ func insertDecisions(tx *gorm.DB, rows []decisionRow) error {
 			r := &rows[i]
 			args = append(args, r.DecidedAt, r.CorrelationID, r.MessageID, r.Direction, r.EntityMap, r.MapVersion,
 				r.SourceType, r.SourceID, r.SourceVersion, r.TargetType, r.TargetID, r.TargetVersion, r.Outcome, r.Reason,
-				r.ReasonSubject, r.Message, r.ChangedFields, r.Attempts, r.DurationUS, r.Conflicts)
+				r.ReasonSubject, r.Message, r.ChangedFields, r.Attempts, r.DurationUS, r.Conflicts, r.LatencyUS)
 		}
 		var err error
 		if ids, err = queryIDs(tx, insertDecisionSQL[n], args, ids[:0]); err != nil {
@@ -355,8 +356,13 @@ func toRow(d *Decision) (decisionRow, error) {
 	if err != nil {
 		return decisionRow{}, err
 	}
+	var latency *int64
+	if d.Latency > 0 {
+		us := d.Latency.Microseconds()
+		latency = &us
+	}
 	return decisionRow{
-		DecidedAt: d.Time, CorrelationID: d.CorrelationID, MessageID: d.MessageID,
+		LatencyUS: latency, DecidedAt: d.Time, CorrelationID: d.CorrelationID, MessageID: d.MessageID,
 		Direction: string(d.Direction), EntityMap: d.EntityMap, MapVersion: d.MapVersion,
 		SourceType: d.Source.Type, SourceID: d.Source.ID, SourceVersion: d.Source.Version,
 		TargetType: d.Target.Type, TargetID: d.Target.ID, TargetVersion: d.Target.Version,
@@ -374,6 +380,9 @@ func (r decisionRow) decision() Decision {
 		Target:  Ref{Type: r.TargetType, ID: r.TargetID, Version: r.TargetVersion},
 		Outcome: Outcome(r.Outcome), Reason: ReasonCode(r.Reason), ReasonSubject: r.ReasonSubject,
 		Message: r.Message, Duration: time.Duration(r.DurationUS) * time.Microsecond,
+	}
+	if r.LatencyUS != nil {
+		d.Latency = time.Duration(*r.LatencyUS) * time.Microsecond
 	}
 	// The columns are written only by toRow; a decode failure leaves the
 	// list empty rather than hiding the whole decision.
@@ -475,6 +484,9 @@ func (s *Store) WriteBatchWith(ctx context.Context, ds []*Decision, also func(tx
 		}
 		if err := insertKeys(tx, keys); err != nil {
 			return fmt.Errorf("inserting business key hashes: %w", err)
+		}
+		if err := deleteSuperseded(tx, ds); err != nil {
+			return err
 		}
 		if len(captures) > 0 {
 			if err := tx.CreateInBatches(&captures, 200).Error; err != nil {
