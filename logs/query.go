@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -33,8 +34,20 @@ type Filter struct {
 	// Record matches decisions whose source or target id is Record: a
 	// record's timeline across maps and directions.
 	Record string
-	// RecordType narrows Record to records of this type.
+	// RecordType narrows Record to records of this type, ignoring case.
 	RecordType string
+	// RecordPrefix makes Record a prefix of the id, ignoring case: a
+	// search, where the exact match (the default) is a timeline.
+	RecordPrefix bool
+	// Linked adds the decisions of the records linked to Record — the
+	// other side of each pair that a decision on Record names (a Patient's
+	// contact, a contact's Patient) — so a timeline shows both sides. The
+	// links are found from the ids equal to Record as typed, in lower or in
+	// upper case (CRM ids are GUIDs in either), at most maxLinked of them.
+	Linked bool
+	// linked is what Linked resolved to; resolved says it was looked up.
+	linked   []Ref
+	resolved bool
 	// BusinessKey matches decisions recorded with this key name and value.
 	BusinessKey BusinessKey
 	// EntityMap matches decisions made with this entity map.
@@ -115,14 +128,9 @@ func (s *Store) where(q *gorm.DB, f Filter) (*gorm.DB, error) {
 		return nil, fmt.Errorf("%w: unknown direction %q", ErrBadFilter, short(string(f.Direction)))
 	}
 	if f.Record != "" {
-		if f.RecordType != "" {
-			q = q.Where("((source_id = ? AND source_type = ?) OR (target_id = ? AND target_type = ?))",
-				f.Record, f.RecordType, f.Record, f.RecordType)
-		} else {
-			q = q.Where("(source_id = ? OR target_id = ?)", f.Record, f.Record)
-		}
-	} else if f.RecordType != "" {
-		return nil, fmt.Errorf("%w: a record type needs a record id", ErrBadFilter)
+		q = q.Where(recordCondition(s.db, f))
+	} else if f.RecordType != "" || f.RecordPrefix || f.Linked {
+		return nil, fmt.Errorf("%w: a record type, prefix or link needs a record id", ErrBadFilter)
 	}
 	if f.BusinessKey.Name != "" || f.BusinessKey.Value != "" {
 		if s.keyMAC == nil {
@@ -162,6 +170,79 @@ func (s *Store) where(q *gorm.DB, f Filter) (*gorm.DB, error) {
 	return q, nil
 }
 
+// maxLinked bounds the linked records a timeline takes in; a record is
+// normally linked to one record per map.
+const maxLinked = 50
+
+// recordCondition matches f's record on either side of a decision, and
+// the records linked to it.
+func recordCondition(db *gorm.DB, f Filter) *gorm.DB {
+	side := func(col string) *gorm.DB {
+		var c *gorm.DB
+		if f.RecordPrefix {
+			// LOWER on both sides: SQLite's LIKE ignores ASCII case,
+			// PostgreSQL's does not.
+			c = db.Where("LOWER("+col+"_id) LIKE ? ESCAPE '!'", likePrefix(strings.ToLower(f.Record)))
+		} else {
+			c = db.Where(col+"_id = ?", f.Record)
+		}
+		if f.RecordType != "" {
+			c = c.Where("LOWER("+col+"_type) = ?", strings.ToLower(f.RecordType))
+		}
+		return c
+	}
+	c := db.Where(side("source")).Or(side("target"))
+	for _, r := range f.linked {
+		c = c.Or("source_type = ? AND source_id = ?", r.Type, r.ID).Or("target_type = ? AND target_id = ?", r.Type, r.ID)
+	}
+	return c
+}
+
+// likePrefix is a LIKE pattern (escape character "!") matching strings
+// that start with s.
+func likePrefix(s string) string {
+	return strings.NewReplacer("!", "!!", "%", "!%", "_", "!_").Replace(s) + "%"
+}
+
+// resolve looks up what f.Linked needs: the records on the other side of
+// the decisions that name f's record.
+func (s *Store) resolve(ctx context.Context, f Filter) (Filter, error) {
+	if !f.Linked || f.resolved || f.Record == "" {
+		return f, nil
+	}
+	f.resolved = true
+	ids := []string{f.Record}
+	for _, v := range []string{strings.ToLower(f.Record), strings.ToUpper(f.Record)} {
+		if v != f.Record && !slices.Contains(ids, v) {
+			ids = append(ids, v)
+		}
+	}
+	type ref struct{ Type, ID string }
+	var refs []ref
+	for _, side := range [][2]string{{"source", "target"}, {"target", "source"}} {
+		q := s.db.WithContext(ctx).Model(&decisionRow{}).
+			Distinct(side[1]+"_type AS type", side[1]+"_id AS id").
+			Where(side[0]+"_id IN ?", ids).Where(side[1] + "_id <> ''")
+		if f.RecordType != "" {
+			q = q.Where("LOWER("+side[0]+"_type) = ?", strings.ToLower(f.RecordType))
+		}
+		var got []ref
+		if err := q.Limit(maxLinked).Scan(&got).Error; err != nil {
+			return f, fmt.Errorf("finding the records linked to %s: %w", short(f.Record), err)
+		}
+		refs = append(refs, got...)
+	}
+	seen := map[ref]bool{}
+	for _, r := range refs {
+		if seen[r] || len(f.linked) == maxLinked {
+			continue
+		}
+		seen[r] = true
+		f.linked = append(f.linked, Ref{Type: r.Type, ID: r.ID})
+	}
+	return f, nil
+}
+
 // Search lists decisions matching f, newest first, limit per page (1 to
 // MaxPageSize; zero means 100), continuing after the cursor after ("" for
 // the first page). With f.Record or f.BusinessKey set it is the record's
@@ -169,6 +250,9 @@ func (s *Store) where(q *gorm.DB, f Filter) (*gorm.DB, error) {
 func (s *Store) Search(ctx context.Context, f Filter, after string, limit int) (Page, error) {
 	limit, err := pageLimit(limit)
 	if err != nil {
+		return Page{}, err
+	}
+	if f, err = s.resolve(ctx, f); err != nil {
 		return Page{}, err
 	}
 	q, err := s.where(s.db.WithContext(ctx).Model(&decisionRow{}), f)
@@ -273,6 +357,10 @@ func (s *Store) Counts(ctx context.Context, f Filter, bucket time.Duration) (Cou
 	if bucket != 0 && bucket < time.Second {
 		return Counts{}, fmt.Errorf("%w: bucket %s is shorter than one second", ErrBadFilter, bucket)
 	}
+	f, err := s.resolve(ctx, f)
+	if err != nil {
+		return Counts{}, err
+	}
 	q, err := s.where(s.db.WithContext(ctx).Model(&decisionRow{}), f)
 	if err != nil {
 		return Counts{}, err
@@ -323,6 +411,10 @@ func (s *Store) Counts(ctx context.Context, f Filter, bucket time.Duration) (Cou
 
 // forEach pages through every decision matching f, newest first.
 func (s *Store) forEach(ctx context.Context, f Filter, fn func(Decision) error) error {
+	f, err := s.resolve(ctx, f)
+	if err != nil {
+		return err
+	}
 	after := ""
 	for {
 		p, err := s.Search(ctx, f, after, MaxPageSize)
