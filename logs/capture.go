@@ -126,6 +126,7 @@ type captureRow struct {
 	KeyCheck     string
 	SourceSealed []byte
 	TargetSealed []byte
+	ErrorSealed  []byte // the endpoint's full error message (migration 0017)
 }
 
 func (captureRow) TableName() string { return "sync_decision_captures" }
@@ -194,7 +195,11 @@ func (kr *keyring) seal(decisionID int64, now time.Time, s *Snapshots) (captureR
 	if err != nil {
 		return captureRow{}, err
 	}
-	return captureRow{DecisionID: decisionID, CapturedAt: now, KeyID: kr.sealID, KeyCheck: kr.checks[kr.sealID], SourceSealed: src, TargetSealed: tgt}, nil
+	msg, err := kr.sealBytes(s.Error, aad(decisionID, "error"))
+	if err != nil {
+		return captureRow{}, err
+	}
+	return captureRow{DecisionID: decisionID, CapturedAt: now, KeyID: kr.sealID, KeyCheck: kr.checks[kr.sealID], SourceSealed: src, TargetSealed: tgt, ErrorSealed: msg}, nil
 }
 
 func (kr *keyring) open(row captureRow) (Snapshots, error) {
@@ -210,7 +215,11 @@ func (kr *keyring) open(row captureRow) (Snapshots, error) {
 	if err != nil {
 		return Snapshots{}, fmt.Errorf("capture of decision %d, target: %w", row.DecisionID, err)
 	}
-	return Snapshots{Source: src, Target: tgt}, nil
+	msg, err := openBytes(aead, row.ErrorSealed, aad(row.DecisionID, "error"))
+	if err != nil {
+		return Snapshots{}, fmt.Errorf("capture of decision %d, error message: %w", row.DecisionID, err)
+	}
+	return Snapshots{Source: src, Target: tgt, Error: msg}, nil
 }
 
 // Audit actions written by the sync log itself.

@@ -92,6 +92,10 @@ const (
 	// ReasonDeleteOverruled: a delete met an edit on the other side and the
 	// conflict policy keeps the edit.
 	ReasonDeleteOverruled ReasonCode = "delete_overruled"
+	// ReasonChildRow: the change is to a child row that an expansion map
+	// writes with its parent record (fhirsync's own writes of child rows
+	// come back this way); ReasonSubject names the expansion map.
+	ReasonChildRow ReasonCode = "child_row"
 
 	// ReasonConflictHeld: an attribute changed on both sides is held for a
 	// person; the record's other changes were written (ChangedFields names
@@ -106,7 +110,11 @@ const (
 	// ReasonMappingError: a map could not be applied; ReasonSubject names
 	// the attribute map.
 	ReasonMappingError ReasonCode = "mapping_error"
-	// ReasonTargetRejected: the target refused the write (4xx).
+	// ReasonMissingReference: a lookup names a record that has no
+	// counterpart at the target yet; ReasonSubject names the attribute map.
+	ReasonMissingReference ReasonCode = "missing_reference"
+	// ReasonTargetRejected: the target refused the write (4xx); the
+	// decision's TargetError keeps the target's own code and message.
 	ReasonTargetRejected ReasonCode = "target_rejected"
 	// ReasonTargetConflict: the target kept reporting a version conflict
 	// (412) after retries.
@@ -168,13 +176,15 @@ var registry = []Reason{
 	{ReasonConflictDeferred, skipOnly, "The record's only changes conflict with changes made on the target side, and the conflict policy keeps the target's values; the decision's conflicts name them.", "None; the target side's own change carries its values the other way. Change the conflict policy if this side should win."},
 	{ReasonDeleteIgnored, skipOnly, "The source record was deleted, and the entity map's delete policy is to ignore deletes.", "None; change the entity map's delete policy if deletes should travel."},
 	{ReasonDeleteOverruled, skipOnly, "The source record was deleted while the target record was edited, and the conflict policy keeps the edit; the target record stays.", "None if the edit should win; otherwise delete the target record by hand or change the conflict policy."},
+	{ReasonChildRow, skipOnly, "The change is to a child row that an expansion map (named in the decision) writes together with its parent record; fhirsync's own writes of child rows come back this way.", "None; child rows travel with their parent record. To send a change made to a child row alone, replay its parent record."},
 
 	{ReasonConflictHeld, heldOnly, "An attribute changed on both sides to different values and is held for a person; the record's other changes were written (the changed fields name them).", "Open the conflict on the Conflicts page and take the FHIR or the CRM value."},
 	{ReasonDeleteHeld, heldOnly, "The record was deleted on one side while it was edited on the other; the delete waits for a person.", "Open the conflict on the Conflicts page and apply the delete or keep the record."},
 
 	{ReasonInvalidMessage, failOrDead, "The message could not be understood (malformed, unknown type or too large).", "Inspect the dead letter; fix the sender or discard the message."},
 	{ReasonMappingError, failOrDead, "A map could not be applied to the record (the decision names the attribute map).", "Fix the named attribute map, test it in the preview, publish, then redrive."},
-	{ReasonTargetRejected, failOrDead, "The target refused the write as invalid (HTTP 4xx).", "Read the attempt details, correct the map or the data, then redrive."},
+	{ReasonMissingReference, failOrDead, "A lookup names a record that has not been synced to the target yet (the decision names the attribute map); the message is retried until it is.", "None if the referenced record is on its way; otherwise sync or fix the referenced record (search the log for it), then redrive."},
+	{ReasonTargetRejected, failOrDead, "The target refused the write as invalid (HTTP 4xx); the decision keeps the target's own error code and message.", "Look up the target's error code and message shown with the decision, correct the map or the source data, then redrive."},
 	{ReasonTargetConflict, failOrDead, "The target kept reporting a version conflict (HTTP 412) after retries.", "Redrive; if it recurs, look for another writer updating the same record."},
 	{ReasonUnauthorized, failOrDead, "The target refused fhirsync's credentials (HTTP 401 or 403); never counted as success.", "Check the application user's credentials and permissions, then redrive."},
 	{ReasonThrottled, failOrDead, "The target asked fhirsync to slow down (HTTP 429).", "None if it clears; otherwise lower concurrency or raise the service limits."},
