@@ -40,7 +40,14 @@ type Options struct {
 	MaxOpenConns int
 	// BusyTimeout is how long SQLite waits on a locked database.
 	BusyTimeout time.Duration
+	// MustExist refuses to create a SQLite file (or its directory) that
+	// is not there yet, for commands that work on an existing database.
+	MustExist bool
 }
+
+// ErrNoDatabase means Options.MustExist was set and the SQLite file does
+// not exist.
+var ErrNoDatabase = errors.New("no database")
 
 // DefaultSQLiteFile is the file name used inside the data directory.
 const DefaultSQLiteFile = "fhirsync.db"
@@ -151,6 +158,11 @@ func sqliteBusy(opts Options) time.Duration {
 func parseURL(rawURL string, opts Options) (Dialect, string, string, error) {
 	busy := sqliteBusy(opts)
 	sqliteDSN := func(path string) (Dialect, string, string, error) {
+		if opts.MustExist {
+			if _, err := os.Stat(path); err != nil {
+				return "", "", "", fmt.Errorf("%w at %s: %v", ErrNoDatabase, path, errors.Unwrap(err))
+			}
+		}
 		if dir := filepath.Dir(path); dir != "" {
 			if err := os.MkdirAll(dir, 0o700); err != nil {
 				return "", "", "", fmt.Errorf("creating data directory %s: %w", dir, err)

@@ -9,10 +9,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"gorm.io/gorm"
 
 	"github.com/fhirsync/fhirsync/agent"
 	"github.com/fhirsync/fhirsync/logs"
 	"github.com/fhirsync/fhirsync/queues"
+	"github.com/fhirsync/fhirsync/storage"
 )
 
 func runReplay(ctx context.Context, e *env, args []string) error {
@@ -101,7 +103,7 @@ replay is written to the audit trail with the operator's name.`)
 		return usageErrorf("--queue %q is not %s or %s", *queue, cfg.Queue.FHIRChanges, cfg.Queue.CRMChanges)
 	}
 	defer e.close()
-	db, err := e.openDB(ctx)
+	db, err := e.openExistingDB(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -177,6 +179,30 @@ replay is written to the audit trail with the operator's name.`)
 		fmt.Fprintf(e.stdout, "more records matched; only the first %d were taken (raise --limit)\n", *limit)
 	}
 	return err
+}
+
+// openExistingDB opens the configured database without creating or
+// migrating it: a replay only makes sense on the database serve uses, so
+// a missing SQLite file (a command run in another directory) or a schema
+// that is not this binary's is an error that says what to configure.
+func (e *env) openExistingDB(ctx context.Context, cfg *Config) (*gorm.DB, error) {
+	db, err := storage.Open(ctx, cfg.Database.URL, storage.Options{DataDir: cfg.DataDir, MaxOpenConns: cfg.Database.MaxOpenConns, MustExist: true})
+	if errors.Is(err, storage.ErrNoDatabase) {
+		where := "database.url is not set, so the SQLite file in data_dir " + strconv.Quote(cfg.DataDir)
+		if cfg.Database.URL != "" {
+			where = "database.url names a SQLite file"
+		}
+		return nil, fmt.Errorf("%w; %s is looked for relative to the current directory. "+
+			"Point --config (or FHIRSYNC_CONFIG) at the configuration serve uses, or set FHIRSYNC_DATABASE_URL", err, where)
+	}
+	if err != nil {
+		return nil, err
+	}
+	e.closer = append(e.closer, func() error { return storage.Close(db) })
+	if err := storage.Check(ctx, db); err != nil {
+		return nil, fmt.Errorf("the configured database is not ready for a replay (%w); run fhirsync migrate, or check database.url", err)
+	}
+	return db, nil
 }
 
 // parseAge reads a Go duration, or a whole number of days such as 7d.

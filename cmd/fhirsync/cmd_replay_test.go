@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -179,5 +182,51 @@ func TestReplayCommandUsage(t *testing.T) {
 				t.Fatalf("exit %d, stderr %q; want 2 and %q", code, errOut, tt.wantStderr)
 			}
 		})
+	}
+}
+
+// TestReplayCommandNeedsTheConfiguredDatabase runs replay where there is
+// no database: it must say what to configure and create nothing (it used
+// to create ./data and an empty database, then report nothing to do).
+func TestReplayCommandNeedsTheConfiguredDatabase(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	getenv := func(string) string { return "" }
+	tests := []struct {
+		name string
+		args []string
+	}{
+		{name: "record", args: []string{"replay", "--record", "fhir:Patient/1"}},
+		{name: "dead letters, dry run", args: []string{"replay", "--dead-letters", "--dry-run"}},
+		{name: "log query", args: []string{"replay", "--reason", "throttled"}},
+	}
+	for _, tt := range tests {
+		var out, errb bytes.Buffer
+		err := run(context.Background(), tt.args, getenv, &out, &errb)
+		code := exitCode(err, &errb)
+		if code == 0 || !strings.Contains(errb.String(), "no database at data/fhirsync.db") ||
+			!strings.Contains(errb.String(), "--config") {
+			t.Fatalf("%s: exit %d, stderr %q; want a failure naming the missing database and --config", tt.name, code, errb.String())
+		}
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(entries) != 0 {
+			t.Fatalf("%s: replay created %v in the current directory", tt.name, entries)
+		}
+	}
+
+	// A database that exists but has no fhirsync schema is refused too,
+	// and left as it was.
+	path := filepath.Join(dir, "other.db")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"FHIRSYNC_DATABASE_URL": "sqlite:" + path}
+	var out, errb bytes.Buffer
+	err := run(context.Background(), []string{"replay", "--record", "fhir:Patient/1"}, func(k string) string { return env[k] }, &out, &errb)
+	if code := exitCode(err, &errb); code == 0 || !strings.Contains(errb.String(), "not ready for a replay") {
+		t.Fatalf("empty database: exit %d, stderr %q", code, errb.String())
 	}
 }
