@@ -145,6 +145,7 @@ func (s *Server) mount(cfg AppConfig, now func() time.Time) (*app, error) {
 		}
 		s.mux.Handle(rt.pattern, a.wrap(rt))
 	}
+	a.mountFallbacks(s.mux)
 	return a, nil
 }
 

@@ -121,3 +121,25 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	_, _ = w.Write([]byte("ready\n"))
 }
+
+// mountFallbacks serves what no route of the table names: the favicon
+// browsers ask for at /favicon.ico, and an app-styled 404 page (a JSON
+// error under /api/) for every other unknown path and method.
+func (a *app) mountFallbacks(mux *http.ServeMux) {
+	mux.Handle("GET /favicon.ico", a.headers(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "public, max-age=86400")
+		http.Redirect(w, r, "/static/favicon.svg", http.StatusMovedPermanently)
+	})))
+	mux.Handle("/", a.headers(http.HandlerFunc(a.notFound)))
+}
+
+// notFound shows the 404 page, with the navigation when someone is
+// signed in, so they can find their way back.
+func (a *app) notFound(w http.ResponseWriter, r *http.Request) {
+	if !isAPI(r) {
+		if u, err := a.sessions.user(r); err == nil {
+			r = r.WithContext(context.WithValue(r.Context(), userKey{}, u))
+		}
+	}
+	a.renderError(w, r, http.StatusNotFound, "There is no page at this address. Check the link, or start again from the dashboard.")
+}
