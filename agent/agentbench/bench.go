@@ -147,6 +147,25 @@ type CRMUse struct {
 	OperationsPerRecord float64 `json:"crm_operations_per_record"`
 	// Throttled is the 429 answers the agent's users got.
 	Throttled int64 `json:"crm_throttled"`
+	// Kinds breaks RequestsPerRecord and OperationsPerRecord down by
+	// what they did, as the agent sent them: "request: $batch", "request:
+	// read by primary id" (a request of its own), "op: In query: child
+	// rows" (an operation, alone or inside a $batch), and so on.
+	Kinds map[string]float64 `json:"crm_kinds_per_record,omitempty"`
+}
+
+// account is what the agent's users used of the CRM so far: the
+// sandbox's accounting and the agent's requests by kind.
+type account struct {
+	crmserver.Account
+	kinds map[string]int64
+}
+
+// crmUseOf is crmUse with the requests and operations by kind.
+func crmUseOf(before, after account, records int) CRMUse {
+	u := crmUse(before.Account, after.Account, records)
+	u.Kinds = kindsPerRecord(before.kinds, after.kinds, records)
+	return u
 }
 
 func crmUse(before, after crmserver.Account, records int) CRMUse {
@@ -314,12 +333,15 @@ func (e *env) progress(format string, args ...any) {
 }
 
 // agentAccount is the sum of the agent's application users' accounts.
-func (e *env) agentAccount(ctx context.Context) (crmserver.Account, error) {
+func (e *env) agentAccount(ctx context.Context) (account, error) {
 	all, err := e.sb.accounts(ctx)
 	if err != nil {
-		return crmserver.Account{}, err
+		return account{}, err
 	}
-	var sum crmserver.Account
+	var sum account
+	if e.kinds != nil {
+		sum.kinds = e.kinds.snapshot()
+	}
 	for id, a := range all {
 		if isAgentUser(id) {
 			sum.Requests += a.Requests
@@ -371,7 +393,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	if err != nil {
 		return err
 	}
-	t1.CRM = crmUse(acc0, acc1, t1.Records)
+	t1.CRM = crmUseOf(acc0, acc1, t1.Records)
 	res.Throughput = append(res.Throughput, t1)
 
 	contacts, err := e.contacts(ctx, e.runID+"-t-")
@@ -397,7 +419,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	if err != nil {
 		return err
 	}
-	t2.CRM = crmUse(acc1, acc2, t2.Records)
+	t2.CRM = crmUseOf(acc1, acc2, t2.Records)
 	res.Throughput = append(res.Throughput, t2)
 
 	e.progress("latency FHIR→CRM at %.0f records/s for %s", e.cfg.OfferedRate, e.cfg.Duration)
@@ -412,7 +434,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	if err != nil {
 		return err
 	}
-	l1.CRM = crmUse(acc2, acc3, l1.Offered)
+	l1.CRM = crmUseOf(acc2, acc3, l1.Offered)
 	res.Latency = append(res.Latency, l1)
 	e.progress("latency CRM→FHIR at %.0f records/s for %s", e.cfg.OfferedRate, e.cfg.Duration)
 	l2, err := e.latencyCRMToFHIR(ctx, contacts)
@@ -426,7 +448,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	if err != nil {
 		return err
 	}
-	l2.CRM = crmUse(acc3, acc4, l2.Offered)
+	l2.CRM = crmUseOf(acc3, acc4, l2.Offered)
 	res.Latency = append(res.Latency, l2)
 
 	if e.cfg.Limits.Requests < 0 {
@@ -486,7 +508,7 @@ func (e *env) backfill(ctx context.Context, n int) (*Backfill, error) {
 	secs := to.Sub(from).Seconds()
 	return &Backfill{Records: n, Notices: br.FHIR, Seconds: secs, RecordsPerSecond: float64(n) / secs,
 		Sent: d(logs.OutcomeSent), Skipped: d(logs.OutcomeSkipped), DeadLettered: d(logs.OutcomeDeadLettered),
-		CRM: crmUse(acc0, acc1, n)}, nil
+		CRM: crmUseOf(acc0, acc1, n)}, nil
 }
 
 // cpuMark notes both processes' CPU time and the machine's; the returned
@@ -903,7 +925,7 @@ func (e *env) limitedRun(ctx context.Context, dir logs.Direction, m int, lim crm
 	type mark struct {
 		at   time.Time
 		done int
-		acc  crmserver.Account
+		acc  account
 		err  error
 	}
 	marked := make(chan mark, 1)
@@ -945,7 +967,7 @@ func (e *env) limitedRun(ctx context.Context, dir logs.Direction, m int, lim crm
 	out.MeasuredRecords = records
 	out.Seconds = to.Sub(start).Seconds()
 	out.RecordsPerSecond = float64(records) / out.Seconds
-	out.CRM = crmUse(startAcc, acc1, records)
+	out.CRM = crmUseOf(startAcc, acc1, records)
 	out.CRM.Throttled = acc1.Throttled - acc0.Throttled
 	capacity := out.Seconds / lim.Window.Seconds() * float64(users)
 	if capacity > 0 {

@@ -2,9 +2,11 @@ package agentbench
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -119,10 +121,44 @@ func TestCRMUsePerRecord(t *testing.T) {
 	after := crmserver.Account{Requests: 30, Operations: 1100, ExecutionTime: 41 * time.Second, Throttled: 4}
 	got := crmUse(before, after, 1000)
 	want := CRMUse{RequestsPerRecord: .02, OperationsPerRecord: 1, ExecutionMsPerRecord: 40, Throttled: 3}
-	if got != want {
+	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("crmUse = %+v, want %+v", got, want)
 	}
 }
+
+func TestKindCounterBreaksRequestsDown(t *testing.T) {
+	t.Parallel()
+	k := newKindCounter(roundTripFunc(func(*http.Request) (*http.Response, error) {
+		return &http.Response{StatusCode: http.StatusOK, Body: io.NopCloser(strings.NewReader("")), Header: http.Header{}}, nil
+	}))
+	root := "http://crm/api/data/v9.2/"
+	batch := "--b\r\nContent-Type: application/http\r\n\r\n" +
+		"GET " + root + "contacts?$filter=Microsoft.Dynamics.CRM.In(PropertyName='_msemr_contact_value',PropertyValues=['x']) HTTP/1.1\r\n\r\n" +
+		"--b\r\nContent-Type: application/http\r\n\r\nPATCH " + root + "contacts(msemr_azurefhirid='p1') HTTP/1.1\r\n\r\n--b--\r\n"
+	reqs := []*http.Request{
+		httptest.NewRequest(http.MethodGet, root+"contacts(00000000-0000-0000-0000-000000000001)", nil),
+		httptest.NewRequest(http.MethodGet, root+"contacts(msemr_azurefhirid='p1')", nil),
+		httptest.NewRequest(http.MethodPost, root+"$batch", strings.NewReader(batch)),
+	}
+	for _, r := range reqs {
+		if _, err := k.RoundTrip(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := kindsPerRecord(nil, k.snapshot(), 2)
+	want := map[string]float64{
+		"request: read by primary id": .5, "op: read by primary id": .5,
+		"request: read by alternate key": .5, "op: read by alternate key": .5,
+		"request: $batch": .5, "op: In query: child rows": .5, "op: upsert or update": .5,
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("kinds = %v, want %v", got, want)
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 func TestTargetWritesNoteOnlyTheAgentsSuccessfulWrites(t *testing.T) {
 	t.Parallel()

@@ -84,8 +84,10 @@ type env struct {
 	maps  *maps.Store
 	// users is how many application users the running agent signs in as,
 	// agentReg the registry of its metrics.
-	users     int
-	agentReg  *prometheus.Registry
+	users    int
+	agentReg *prometheus.Registry
+	// kinds counts the agent's CRM requests by kind, across agents.
+	kinds     *kindCounter
 	stopAgent func() error
 	// prior are the decisions of the agents stopped before the running
 	// one.
@@ -204,6 +206,12 @@ func (e *env) startAgent(ctx context.Context, users int) error {
 	if err != nil {
 		return err
 	}
+	if e.kinds == nil {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.MaxIdleConnsPerHost = crm.MaxConcurrency * maxAgentUsers
+		e.kinds = newKindCounter(t)
+	}
+	ccfg.HTTPClient = &http.Client{Transport: e.kinds}
 	agentCRM, err := crm.New(ccfg)
 	if err != nil {
 		return err

@@ -1,0 +1,120 @@
+package agentbench
+
+import (
+	"bytes"
+	"io"
+	"maps"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"sync"
+)
+
+// kindCounter counts the agent's CRM requests and the operations they
+// carry by kind, as the agent sent them: what the sandbox's accounting
+// counts, broken down (a $batch is one request; each request inside it is
+// an operation of its own kind).
+type kindCounter struct {
+	next http.RoundTripper
+	mu   sync.Mutex
+	n    map[string]int64
+}
+
+func newKindCounter(next http.RoundTripper) *kindCounter {
+	return &kindCounter{next: next, n: map[string]int64{}}
+}
+
+// snapshot copies the counts so far.
+func (k *kindCounter) snapshot() map[string]int64 {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return maps.Clone(k.n)
+}
+
+// innerRequest is a request line inside a $batch body.
+var innerRequest = regexp.MustCompile(`(?m)^(GET|POST|PATCH|PUT|DELETE) (\S+) HTTP/1\.1\r?$`)
+
+func (k *kindCounter) RoundTrip(r *http.Request) (*http.Response, error) {
+	var counts []string
+	if strings.HasSuffix(r.URL.Path, "/$batch") && r.Body != nil {
+		body, err := io.ReadAll(r.Body)
+		_ = r.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		counts = append(counts, "request: $batch")
+		for _, m := range innerRequest.FindAllSubmatch(body, -1) {
+			counts = append(counts, "op: "+opKind(string(m[1]), string(m[2])))
+		}
+	} else {
+		kind := opKind(r.Method, r.URL.String())
+		counts = append(counts, "request: "+kind, "op: "+kind)
+	}
+	k.mu.Lock()
+	for _, c := range counts {
+		k.n[c]++
+	}
+	k.mu.Unlock()
+	return k.next.RoundTrip(r)
+}
+
+// guidKey matches a primary key in a path: contacts(<guid>).
+var guidKey = regexp.MustCompile(`\([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\)`)
+
+// opKind names what one request does: a read by primary id, by alternate
+// key, a query of child rows, a grouped (In) query, another query, a
+// write or a bulk message.
+func opKind(method, target string) string {
+	u, err := url.Parse(target)
+	if err != nil {
+		return strings.ToLower(method) + " (unparsed)"
+	}
+	path := u.Path
+	if i := strings.LastIndex(path, "/"); i >= 0 {
+		path = path[i+1:]
+	}
+	filter := u.Query().Get("$filter")
+	switch method {
+	case http.MethodGet:
+		switch {
+		case guidKey.MatchString(path):
+			return "read by primary id"
+		case strings.Contains(path, "("):
+			return "read by alternate key"
+		case strings.Contains(filter, "Microsoft.Dynamics.CRM.In(PropertyName='_"):
+			return "In query: child rows"
+		case strings.Contains(filter, "Microsoft.Dynamics.CRM.In("):
+			return "In query: by key or id"
+		case strings.HasPrefix(filter, "_") && strings.Contains(filter, "_value eq "):
+			return "query: child rows"
+		case u.Query().Has("$deltatoken") || strings.Contains(target, "deltatoken"):
+			return "change-tracking page"
+		case strings.HasPrefix(path, "EntityDefinitions") || strings.HasPrefix(path, "$metadata"):
+			return "metadata"
+		}
+		return "query: other"
+	case http.MethodPost:
+		if strings.HasSuffix(path, "Multiple") {
+			return "bulk " + path[strings.LastIndex(path, ".")+1:]
+		}
+		return "create"
+	case http.MethodPatch:
+		return "upsert or update"
+	case http.MethodDelete:
+		return "delete"
+	}
+	return strings.ToLower(method)
+}
+
+// kindsPerRecord is the counts between two snapshots per record.
+func kindsPerRecord(before, after map[string]int64, records int) map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range after {
+		if d := v - before[k]; d > 0 {
+			out[k] = float64(d) / float64(max(records, 1))
+		}
+	}
+	return out
+}
