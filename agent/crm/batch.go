@@ -29,6 +29,20 @@ type Op struct {
 	Body   []byte
 	// ContentID names the op inside a change set; assigned when empty.
 	ContentID string
+
+	// write is what CreateOp or UpsertOp built the op from, for a
+	// Coalescer that sends it inside a bulk message (bulk.go).
+	write *opWrite
+}
+
+// opWrite is the row write an op carries: a create in set, or an upsert
+// of target with options.
+type opWrite struct {
+	set    string
+	target Target
+	upsert bool
+	opts   UpsertOptions
+	rec    Record
 }
 
 // CreateOp builds a create request.
@@ -37,7 +51,7 @@ func CreateOp(set string, rec Record) (Op, error) {
 	if err != nil {
 		return Op{}, fmt.Errorf("encoding create for %s: %w", set, err)
 	}
-	return Op{Method: http.MethodPost, Path: set, Body: b}, nil
+	return Op{Method: http.MethodPost, Path: set, Body: b, write: &opWrite{set: set, rec: rec}}, nil
 }
 
 // UpsertOp builds an upsert request (PATCH with return=representation); c
@@ -51,7 +65,8 @@ func UpsertOp(c *Client, t Target, rec Record, o UpsertOptions) (Op, error) {
 		c = &Client{}
 	}
 	cl := upsertCall(c, t, b, o)
-	return Op{Method: cl.method, Path: strings.TrimPrefix(cl.url, c.root), Header: cl.header, Body: b}, nil
+	return Op{Method: cl.method, Path: strings.TrimPrefix(cl.url, c.root), Header: cl.header, Body: b,
+		write: &opWrite{set: t.Set, target: t, upsert: true, opts: o, rec: rec}}, nil
 }
 
 // DeleteOp builds a delete request.
@@ -569,4 +584,21 @@ func (c *Client) sleep(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// innerThrottle finds a 429 answered for a request inside a $batch answer
+// and returns that part's headers (Retry-After): Dataverse may throttle a
+// request of a batch that was itself admitted, and the user is to pause
+// as for a 429 of its own.
+func innerThrottle(body []byte) (http.Header, bool) {
+	i := bytes.Index(body, []byte("HTTP/1.1 429"))
+	if i < 0 || (i > 0 && body[i-1] != '\n') {
+		return nil, false
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(body[i:])), nil)
+	if err != nil {
+		return http.Header{}, true
+	}
+	resp.Body.Close()
+	return resp.Header, true
 }

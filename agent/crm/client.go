@@ -337,6 +337,11 @@ func (c *Client) once(ctx context.Context, u *user, op string, cl call) (result,
 			Err: fmt.Errorf("reading the response: %w", err)}
 	}
 	res := result{status: resp.StatusCode, header: resp.Header, body: b}
+	if cl.batch && resp.StatusCode != http.StatusTooManyRequests {
+		if h, ok := innerThrottle(b); ok {
+			c.users.observe(u, http.StatusTooManyRequests, h)
+		}
+	}
 	if resp.StatusCode == http.StatusNotModified && cl.notModified {
 		return res, nil
 	}

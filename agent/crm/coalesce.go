@@ -46,6 +46,10 @@ type CoalesceConfig struct {
 	MaxWait time.Duration
 	// MaxInFlight bounds the batches under way at once (default 4).
 	MaxInFlight int
+	// NoBulk sends every record's writes as its own change set, as
+	// single operations of the $batch. By default the writes of new
+	// records and updates sent alone go in bulk messages (bulk.go).
+	NoBulk bool
 }
 
 // Coalescer gathers the requests of concurrent callers into $batch
@@ -75,6 +79,8 @@ type Coalescer struct {
 	max      int
 	wait     time.Duration
 	inFlight chan struct{}
+	bulk     bool
+	tables   tables
 
 	mu      sync.Mutex
 	pending []*entry
@@ -107,7 +113,7 @@ func NewCoalescer(c *Client, cfg CoalesceConfig) (*Coalescer, error) {
 	if cfg.MaxInFlight <= 0 {
 		cfg.MaxInFlight = DefaultCoalesceInFlight
 	}
-	return &Coalescer{c: c, max: cfg.MaxOps, wait: cfg.MaxWait, inFlight: make(chan struct{}, cfg.MaxInFlight)}, nil
+	return &Coalescer{c: c, max: cfg.MaxOps, wait: cfg.MaxWait, inFlight: make(chan struct{}, cfg.MaxInFlight), bulk: !cfg.NoBulk}, nil
 }
 
 // Client returns the client the coalescer sends through.
@@ -138,6 +144,10 @@ type entry struct {
 	sel              []string
 	alone            bool // sent as its own request, never grouped
 
+	// bulk is the record's progress through bulk messages, when its
+	// writes go in them (bulk.go).
+	bulk *bulkState
+
 	done    chan struct{}
 	results []OpResult
 	rows    []Record
@@ -145,6 +155,10 @@ type entry struct {
 }
 
 func (e *entry) size() int {
+	if e.bulk != nil && !e.bulk.off {
+		// its rows travel inside bulk messages, one request each
+		return 1
+	}
 	if e.kind == kindOps {
 		return len(e.ops)
 	}
@@ -159,6 +173,9 @@ func (e *entry) finish(results []OpResult, rows []Record, err error) {
 // submit queues e and waits for its answer.
 func (k *Coalescer) submit(ctx context.Context, e *entry) error {
 	e.ctx, e.done = ctx, make(chan struct{})
+	if k.bulk {
+		e.bulk = bulkPlanOf(e)
+	}
 	now := time.Now()
 	k.mu.Lock()
 	if len(k.pending) == 0 {
@@ -251,7 +268,21 @@ func (k *Coalescer) run(entries []*entry, attempt int) {
 	if len(live) == 0 {
 		return
 	}
-	b, plan := k.build(live)
+	var bulk []*entry
+	rest := live
+	if k.bulk {
+		bulk, rest = k.bulkEntries(live)
+	}
+	b, plan := k.build(rest)
+	first := 0
+	for _, p := range plan {
+		first += p.n
+	}
+	bp := k.buildBulk(bulk, &b, first)
+	if b.size() > MaxBatchSize && len(live) > 1 {
+		k.split(live, attempt)
+		return
+	}
 	// The batch is sent on the coalescer's behalf: one caller giving up
 	// must not cancel the others' requests. The client's time-out bounds it.
 	results, err := k.c.executeBatch(context.Background(), b, true)
@@ -259,8 +290,16 @@ func (k *Coalescer) run(entries []*entry, attempt int) {
 		k.failed(live, err, attempt)
 		return
 	}
-	var again, alone []*entry
-	var wait time.Duration
+	bo := k.answerBulk(bp, results[first:])
+	if len(bo.again) > 0 && attempt >= k.c.retries {
+		for _, e := range bo.again {
+			e.finish(nil, nil, &Error{Op: "sending a batch", Class: ClassThrottled, Retryable: true, RetryAfter: bo.wait,
+				Err: errors.New("operations throttled inside the batch")})
+		}
+		bo.again = nil
+	}
+	again, alone := bo.again, bo.alone
+	wait := bo.wait
 	for _, p := range plan {
 		res := results[p.first : p.first+p.n]
 		if redo, after := p.retryable(res); redo && attempt < k.c.retries {
@@ -274,6 +313,9 @@ func (k *Coalescer) run(entries []*entry, attempt int) {
 	}
 	if len(alone) > 0 {
 		k.run(alone, attempt)
+	}
+	if len(bo.split) > 0 {
+		k.split(bo.split, attempt)
 	}
 	if len(again) > 0 {
 		if k.c.sleep(context.Background(), wait) != nil {
@@ -304,7 +346,12 @@ func (k *Coalescer) failed(entries []*entry, err error, attempt int) {
 		// goes again.
 		again = again[:0:0]
 		for _, x := range entries {
-			if x.kind != kindOps || x.idempotent {
+			if x.bulk != nil && !x.bulk.off {
+				// Its new rows go again as UpsertMultiple of the same
+				// ids, which a second run leaves as the first left it.
+				x.bulk.uncertain = true
+				again = append(again, x)
+			} else if x.kind != kindOps || x.idempotent {
 				again = append(again, x)
 			} else {
 				x.finish(nil, nil, err)
@@ -563,7 +610,7 @@ func (p planItem) retryable(res []OpResult) (bool, time.Duration) {
 // again each on its own.
 func (p planItem) answer(k *Coalescer, res []OpResult) (alone bool) {
 	if p.kind == kindOps {
-		p.entries[0].finish(res, nil, nil)
+		p.entries[0].finishOps(res)
 		return false
 	}
 	r := res[0]

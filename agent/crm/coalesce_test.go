@@ -180,9 +180,10 @@ func TestCoalesceRoutesResultsUnderConcurrency(t *testing.T) {
 
 // TestCoalesceFailingRecordFailsAlone puts a bad change set among good
 // ones: only its caller sees the failure, as a single request's error.
+// (With bulk messages, TestBulkFailingRecordFailsAlone.)
 func TestCoalesceFailingRecordFailsAlone(t *testing.T) {
 	t.Parallel()
-	srv, tap, k := coalescerOn(t, CoalesceConfig{MaxOps: 100, MaxWait: 50 * time.Millisecond})
+	srv, tap, k := coalescerOn(t, CoalesceConfig{MaxOps: 100, MaxWait: 50 * time.Millisecond, NoBulk: true})
 	ctx := context.Background()
 	const n = 10
 	type outcome struct {

@@ -1,0 +1,513 @@
+package crm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fhirsync/fhirsync/sandbox/crmserver"
+)
+
+// bulkTap stands in front of the sandbox CRM and keeps the request line
+// and body of every part of every $batch; it can also let the sandbox run
+// a batch and then lose its answer (503), as a gateway time-out does.
+type bulkTap struct {
+	next     http.Handler
+	requests atomic.Int64
+	lose     atomic.Int64 // $batch answers still to lose
+	mu       sync.Mutex
+	batches  [][]tapPart
+}
+
+type tapPart struct {
+	line, body string
+}
+
+func (b *bulkTap) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	b.requests.Add(1)
+	if !strings.HasSuffix(r.URL.Path, "$batch") {
+		b.next.ServeHTTP(w, r)
+		return
+	}
+	body, _ := io.ReadAll(r.Body)
+	r.Body = io.NopCloser(strings.NewReader(string(body)))
+	_, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	var parts []tapPart
+	var walk func(mr *multipart.Reader)
+	walk = func(mr *multipart.Reader) {
+		for {
+			p, err := mr.NextPart()
+			if err != nil {
+				return
+			}
+			if mt, ps, _ := mime.ParseMediaType(p.Header.Get("Content-Type")); mt == "multipart/mixed" {
+				walk(multipart.NewReader(p, ps["boundary"]))
+				continue
+			}
+			raw, _ := io.ReadAll(p)
+			line, rest, _ := strings.Cut(string(raw), "\r\n")
+			_, content, _ := strings.Cut(rest, "\r\n\r\n")
+			parts = append(parts, tapPart{line: line, body: strings.TrimSpace(content)})
+		}
+	}
+	walk(multipart.NewReader(strings.NewReader(string(body)), params["boundary"]))
+	b.mu.Lock()
+	b.batches = append(b.batches, parts)
+	b.mu.Unlock()
+	if b.lose.Add(-1) >= 0 {
+		b.next.ServeHTTP(httptest.NewRecorder(), r)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = io.WriteString(w, `{"error":{"code":"0x80040216","message":"The gateway timed out."}}`)
+		return
+	}
+	b.next.ServeHTTP(w, r)
+}
+
+// lines returns the request lines of every part sent, batch by batch.
+func (b *bulkTap) lines() [][]string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([][]string, len(b.batches))
+	for i, ps := range b.batches {
+		for _, p := range ps {
+			out[i] = append(out[i], p.line)
+		}
+	}
+	return out
+}
+
+func bulkOn(t *testing.T, cfg CoalesceConfig) (*crmserver.Server, *bulkTap, *Coalescer) {
+	t.Helper()
+	srv, err := crmserver.New(crmserver.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tap := &bulkTap{next: srv}
+	hs := httptest.NewServer(tap)
+	t.Cleanup(hs.Close)
+	c, err := New(Config{URL: hs.URL, MaxConcurrency: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := NewCoalescer(c, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, tap, k
+}
+
+// createAll writes n contacts, each with two identifier rows, from n
+// concurrent callers; bad, when set, spoils record i.
+func createAll(t *testing.T, k *Coalescer, prefix string, n int, bad func(i int, parent, kid Record)) [][]OpResult {
+	t.Helper()
+	out := make([][]OpResult, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fid := fmt.Sprintf("%s-%02d", prefix, i)
+			parent := Record{"lastname": "L" + fid, "msemr_azurefhirid": fid}
+			kid := Record{"msemr_identifiervalue": "mrn-" + fid, "msemr_contact@odata.bind": "$1"}
+			if bad != nil {
+				bad(i, parent, kid)
+			}
+			p, err := UpsertOp(nil, ByKey("contacts", "msemr_azurefhirid", fid), parent, UpsertOptions{Mode: CreateOnly})
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			c1, _ := CreateOp("msemr_medicalidentifiers", kid)
+			c2, _ := CreateOp("msemr_medicalidentifiers", Record{"msemr_identifiervalue": "ssn-" + fid, "msemr_contact@odata.bind": "$1"})
+			out[i], errs[i] = k.Apply(context.Background(), []Op{p, c1, c2})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("caller %d: %v", i, err)
+		}
+	}
+	return out
+}
+
+// kids returns the identifier values of the rows under contact id.
+func kids(t *testing.T, k *Coalescer, id string) []string {
+	t.Helper()
+	var got []string
+	err := k.Client().RetrieveMultiple(context.Background(), "msemr_medicalidentifiers", Query{Select: []string{"msemr_identifiervalue"},
+		Filter: "_msemr_contact_value eq " + id}, func(r Record) error { got = append(got, r.String("msemr_identifiervalue")); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// TestBulkRequestShapes: the records of one flush go as a CreateMultiple
+// of their contacts, then a CreateMultiple of their identifier rows bound
+// to the contacts' assigned ids, then one version query — one $batch —
+// and each caller gets its contact's id and current ETag.
+func TestBulkRequestShapes(t *testing.T) {
+	t.Parallel()
+	srv, tap, k := bulkOn(t, CoalesceConfig{MaxOps: 100, MaxWait: 200 * time.Millisecond})
+	const n = 6
+	res := createAll(t, k, "s", n, nil)
+	// Execution time by the sandbox's accounting: 10 ms per row created,
+	// one version query per batch, one table-definition read per table
+	// (a change set of three writes costs 120 ms).
+	var exec time.Duration
+	for _, a := range srv.Accounts() {
+		exec += a.ExecutionTime
+	}
+	if perRecord := exec / n; perRecord > 45*time.Millisecond {
+		t.Errorf("%v execution time per record, want under 45 ms", perRecord)
+	}
+	t.Logf("%v execution time per record", exec/n)
+	for i, r := range res {
+		for j, x := range r {
+			if x.Err != nil {
+				t.Fatalf("record %d op %d: %v", i, j, x.Err)
+			}
+		}
+		fid := fmt.Sprintf("s-%02d", i)
+		up, err := UpsertResultOf(ByKey("contacts", "msemr_azurefhirid", fid), r[0])
+		if err != nil || !up.Created || up.ID == "" || up.ETag == "" {
+			t.Fatalf("record %d: parent result %+v, %v", i, up, err)
+		}
+		row, err := k.Client().Retrieve(context.Background(), ByID("contacts", up.ID), "msemr_azurefhirid")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if row.String("msemr_azurefhirid") != fid || row.ETag() != up.ETag {
+			t.Errorf("record %d: row %v, want key %s and ETag %s", i, row, fid, up.ETag)
+		}
+		if got := kids(t, k, up.ID); len(got) != 2 {
+			t.Errorf("record %d: identifier rows %v, want 2", i, got)
+		}
+	}
+	if got := srv.Count("contact"); got != n {
+		t.Errorf("%d contacts, want %d", got, n)
+	}
+	tap.mu.Lock()
+	batches := tap.batches
+	tap.mu.Unlock()
+	var all []tapPart
+	for _, b := range batches {
+		all = append(all, b...)
+	}
+	var order []string
+	for _, p := range all {
+		order = append(order, p.line)
+		if !strings.Contains(p.line, "CreateMultiple") {
+			continue
+		}
+		var body struct{ Targets []map[string]any }
+		if err := json.Unmarshal([]byte(p.body), &body); err != nil {
+			t.Fatalf("%s: %v", p.line, err)
+		}
+		for _, tg := range body.Targets {
+			switch {
+			case strings.Contains(p.line, "/contacts/"):
+				if tg["@odata.type"] != "Microsoft.Dynamics.CRM.contact" || tg["contactid"] == nil || tg["msemr_azurefhirid"] == nil {
+					t.Errorf("contact target %v", tg)
+				}
+			default:
+				b, _ := tg["msemr_contact@odata.bind"].(string)
+				if tg["@odata.type"] != "Microsoft.Dynamics.CRM.msemr_medicalidentifier" || !strings.HasPrefix(b, "/contacts(") {
+					t.Errorf("identifier target %v", tg)
+				}
+			}
+		}
+	}
+	if len(batches) > 2 {
+		t.Errorf("%d batches for %d records arriving together: %v", len(batches), n, order)
+	}
+	// parents, then children, then the version query, in every batch
+	for _, b := range tap.lines() {
+		want := []string{"contacts/Microsoft.Dynamics.CRM.CreateMultiple", "msemr_medicalidentifiers/Microsoft.Dynamics.CRM.CreateMultiple", "GET "}
+		if len(b) != len(want) {
+			t.Fatalf("batch %v, want %v", b, want)
+		}
+		for i, w := range want {
+			if !strings.Contains(b[i], w) {
+				t.Errorf("batch %v: part %d is not %s", b, i, w)
+			}
+		}
+	}
+}
+
+// TestBulkFailingRecordFailsAlone: one record with a value the CRM
+// refuses fails the bulk message it is in; the records are sent again in
+// halves until it is alone, and it fails with the CRM's own error while
+// the others are created.
+func TestBulkFailingRecordFailsAlone(t *testing.T) {
+	t.Parallel()
+	srv, tap, k := bulkOn(t, CoalesceConfig{MaxOps: 100, MaxWait: 200 * time.Millisecond})
+	const n = 10
+	res := createAll(t, k, "f", n, func(i int, parent, kid Record) {
+		if i == 3 {
+			parent["gendercode"] = 99 // not an option of the choice column
+		}
+	})
+	for i, r := range res {
+		e := r[0].Err
+		if i == 3 {
+			if e == nil || e.Class != ClassRejected || e.Status != http.StatusBadRequest || e.Code == "" || e.RolledBack {
+				t.Errorf("the bad record: %+v, want the CRM's own 400", e)
+			}
+			continue
+		}
+		for j, x := range r {
+			if x.Err != nil {
+				t.Errorf("record %d op %d failed with the bad record: %v", i, j, x.Err)
+			}
+		}
+	}
+	if got := srv.Count("contact"); got != n-1 {
+		t.Errorf("%d contacts, want %d", got, n-1)
+	}
+	if got := srv.Count("msemr_medicalidentifier"); got != 2*(n-1) {
+		t.Errorf("%d identifier rows, want %d", got, 2*(n-1))
+	}
+	// the good records went in bulk messages; the bad one alone, as a
+	// change set
+	bulk, changeSets := 0, 0
+	for _, b := range tap.lines() {
+		for _, l := range b {
+			switch {
+			case strings.Contains(l, "/contacts/Microsoft.Dynamics.CRM.CreateMultiple"):
+				bulk++
+			case strings.HasPrefix(l, "PATCH "):
+				changeSets++
+			}
+		}
+	}
+	if bulk < 2 || changeSets != 1 {
+		t.Errorf("%d contact CreateMultiple and %d PATCH requests, want several and 1: %v", bulk, changeSets, tap.lines())
+	}
+}
+
+// TestBulkChildFailsAfterParent: a record whose identifier row is refused
+// after its contact was created gets the row's own error on that op; the
+// contact stands, and the other records are whole.
+func TestBulkChildFailsAfterParent(t *testing.T) {
+	t.Parallel()
+	srv, _, k := bulkOn(t, CoalesceConfig{MaxOps: 100, MaxWait: 200 * time.Millisecond})
+	const n = 6
+	res := createAll(t, k, "c", n, func(i int, parent, kid Record) {
+		if i == 2 {
+			kid["msemr_identifiervalue"] = strings.Repeat("x", 5000) // longer than the column allows
+		}
+	})
+	for i, r := range res {
+		if i == 2 {
+			if r[0].Err != nil {
+				t.Errorf("the parent of the bad row: %v", r[0].Err)
+			}
+			if e := r[1].Err; e == nil || e.Class != ClassRejected || e.RolledBack {
+				t.Errorf("the bad row: %+v, want its own rejection", e)
+			}
+			continue
+		}
+		for j, x := range r {
+			if x.Err != nil {
+				t.Errorf("record %d op %d: %v", i, j, x.Err)
+			}
+		}
+	}
+	if got := srv.Count("contact"); got != n {
+		t.Errorf("%d contacts, want %d", got, n)
+	}
+	if got := srv.Count("msemr_medicalidentifier"); got < 2*(n-1) || got > 2*n-1 {
+		t.Errorf("%d identifier rows, want %d or %d", got, 2*(n-1), 2*n-1)
+	}
+}
+
+// TestBulkLostAnswerResendsAsUpsert: the CRM ran the batch but its answer
+// was lost; the records go again as UpsertMultiple of the same ids and no
+// row is written twice.
+func TestBulkLostAnswerResendsAsUpsert(t *testing.T) {
+	t.Parallel()
+	srv, tap, k := bulkOn(t, CoalesceConfig{MaxOps: 100, MaxWait: 200 * time.Millisecond})
+	tap.lose.Store(1)
+	const n = 4
+	res := createAll(t, k, "l", n, nil)
+	for i, r := range res {
+		for j, x := range r {
+			if x.Err != nil {
+				t.Fatalf("record %d op %d: %v", i, j, x.Err)
+			}
+		}
+		if up, err := UpsertResultOf(ByKey("contacts", "msemr_azurefhirid", fmt.Sprintf("l-%02d", i)), r[0]); err != nil || up.ETag == "" {
+			t.Errorf("record %d: %+v %v", i, up, err)
+		}
+	}
+	if got := srv.Count("contact"); got != n {
+		t.Errorf("%d contacts, want %d", got, n)
+	}
+	if got := srv.Count("msemr_medicalidentifier"); got != 2*n {
+		t.Errorf("%d identifier rows, want %d", got, 2*n)
+	}
+	upserts := 0
+	for _, b := range tap.lines() {
+		for _, l := range b {
+			if strings.Contains(l, "UpsertMultiple") {
+				upserts++
+			}
+		}
+	}
+	if upserts == 0 {
+		t.Errorf("nothing was sent again as UpsertMultiple: %v", tap.lines())
+	}
+}
+
+// TestBulkThrottledBatchGoesAgain: a 429 for the batch holding bulk
+// messages pauses the user and the same records go again, once each.
+func TestBulkThrottledBatchGoesAgain(t *testing.T) {
+	t.Parallel()
+	srv, err := crmserver.New(crmserver.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tap := &batchTap{next: srv}
+	tap.refuse.Store(1)
+	hs := httptest.NewServer(tap)
+	t.Cleanup(hs.Close)
+	c, err := New(Config{URL: hs.URL, MaxConcurrency: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := NewCoalescer(c, CoalesceConfig{MaxOps: 100, MaxWait: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 5
+	res := createAll(t, k, "t", n, nil)
+	for i, r := range res {
+		for j, x := range r {
+			if x.Err != nil {
+				t.Fatalf("record %d op %d: %v", i, j, x.Err)
+			}
+		}
+	}
+	if got := srv.Count("contact"); got != n {
+		t.Errorf("%d contacts, want %d", got, n)
+	}
+	if got := srv.Count("msemr_medicalidentifier"); got != 2*n {
+		t.Errorf("%d identifier rows, want %d", got, 2*n)
+	}
+	if tap.refuse.Load() >= 0 {
+		t.Fatal("no batch was refused")
+	}
+}
+
+// TestBulkUpdatesAlone: updates by id sent alone by several callers go as
+// one UpdateMultiple, and each caller gets its row's new ETag.
+func TestBulkUpdatesAlone(t *testing.T) {
+	t.Parallel()
+	_, tap, k := bulkOn(t, CoalesceConfig{MaxOps: 100, MaxWait: 200 * time.Millisecond})
+	ctx := context.Background()
+	const n = 4
+	ids := make([]string, n)
+	for i := range n {
+		id, err := k.Client().Create(ctx, "contacts", Record{"lastname": fmt.Sprintf("U%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[i] = id
+	}
+	got := make([]UpsertResult, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i], errs[i] = k.Upsert(ctx, ByID("contacts", ids[i]), Record{"msemr_azurefhirid": fmt.Sprintf("u-%d", i)}, UpsertOptions{Mode: UpdateOnly})
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("caller %d: %v", i, errs[i])
+		}
+		row, err := k.Client().Retrieve(ctx, ByID("contacts", ids[i]), "msemr_azurefhirid")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got[i].ID != ids[i] || got[i].Created || got[i].ETag == "" || got[i].ETag != row.ETag() || row.String("msemr_azurefhirid") != fmt.Sprintf("u-%d", i) {
+			t.Errorf("caller %d: %+v, row %v", i, got[i], row)
+		}
+	}
+	found := false
+	for _, b := range tap.lines() {
+		for _, l := range b {
+			found = found || strings.Contains(l, "contacts/Microsoft.Dynamics.CRM.UpdateMultiple")
+		}
+	}
+	if !found {
+		t.Errorf("no UpdateMultiple: %v", tap.lines())
+	}
+	// A missing row fails its caller alone, with the CRM's 404.
+	_, err := k.Upsert(ctx, ByID("contacts", "00000000-0000-0000-0000-000000000001"), Record{"lastname": "x"}, UpsertOptions{Mode: UpdateOnly})
+	if !errors.Is(err, ErrNotFound) {
+		t.Errorf("update of a missing row: %v, want not found", err)
+	}
+}
+
+// TestBulkOffSendsChangeSets: NoBulk keeps every record's writes in a
+// change set of its own.
+func TestBulkOffSendsChangeSets(t *testing.T) {
+	t.Parallel()
+	_, tap, k := bulkOn(t, CoalesceConfig{MaxOps: 100, MaxWait: 200 * time.Millisecond, NoBulk: true})
+	createAll(t, k, "o", 3, nil)
+	for _, b := range tap.lines() {
+		for _, l := range b {
+			if strings.Contains(l, "Multiple") {
+				t.Errorf("bulk message with bulk off: %s", l)
+			}
+		}
+	}
+}
+
+// TestInnerThrottlePausesUser: a 429 answered for a request inside a
+// $batch pauses the user that sent the batch, as a 429 of its own does.
+func TestInnerThrottlePausesUser(t *testing.T) {
+	t.Parallel()
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "multipart/mixed; boundary=batchresponse_1")
+		_, _ = io.WriteString(w, "--batchresponse_1\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n"+
+			"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 30\r\nContent-Type: application/json; odata.metadata=minimal\r\n\r\n"+
+			`{"error":{"code":"0x80072321","message":"Combined execution time of incoming requests exceeded limit."}}`+
+			"\r\n--batchresponse_1--\r\n")
+	}))
+	t.Cleanup(hs.Close)
+	c, err := New(Config{URL: hs.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	op := Op{Method: http.MethodGet, Path: "contacts"}
+	res, err := c.ExecuteBatch(context.Background(), Batch{Items: []BatchItem{{Op: &op}}, ContinueOnError: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Err == nil || res[0].Err.Class != ClassThrottled {
+		t.Fatalf("inner answer %+v, want throttled", res[0])
+	}
+	if d := c.users.resumeIn(nil); d < 20*time.Second {
+		t.Errorf("user paused for %v after an inner 429 with Retry-After 30", d)
+	}
+}
