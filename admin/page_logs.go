@@ -18,9 +18,12 @@ import (
 const logsPageSize = 50
 
 // logQuery is the explorer's filter as typed, kept to refill the form and
-// to build page links.
+// to build every link on the page, so that paging and exports keep it.
 type logQuery struct {
 	Direction, Map, Outcome, Reason, From, To, Record, KeyName, KeyValue string
+	// Match is "exact" for a record's timeline; empty searches by
+	// case-insensitive prefix.
+	Match string
 	// Conflicts is "1" to show only decisions that name conflicts.
 	Conflicts string
 }
@@ -29,7 +32,7 @@ type logQuery struct {
 func (q logQuery) values() url.Values {
 	v := url.Values{}
 	for k, s := range map[string]string{"direction": q.Direction, "map": q.Map, "outcome": q.Outcome, "reason": q.Reason,
-		"from": q.From, "to": q.To, "record": q.Record, "key_name": q.KeyName, "key_value": q.KeyValue,
+		"from": q.From, "to": q.To, "record": q.Record, "match": q.Match, "key_name": q.KeyName, "key_value": q.KeyValue,
 		"conflicts": q.Conflicts} {
 		if s != "" {
 			v.Set(k, s)
@@ -41,8 +44,23 @@ func (q logQuery) values() url.Values {
 // Encode is the query string, for links.
 func (q logQuery) Encode() string { return q.values().Encode() }
 
+// link is path with q's filter and the extra parameters (name, value
+// pairs). Templates take it whole as an href: html/template escapes a
+// query string interpolated after "?" as one value, which turned "&" and
+// "=" into data and dropped every filter.
+func (q logQuery) link(path string, extra ...string) string {
+	v := q.values()
+	for i := 0; i+1 < len(extra); i += 2 {
+		v.Set(extra[i], extra[i+1])
+	}
+	if len(v) == 0 {
+		return path
+	}
+	return path + "?" + v.Encode()
+}
+
 // timeLayouts are the accepted forms of from and to, all UTC.
-var timeLayouts = []string{time.RFC3339, "2006-01-02T15:04:05", "2006-01-02T15:04", "2006-01-02"}
+var timeLayouts = []string{time.RFC3339, "2006-01-02T15:04:05", "2006-01-02T15:04", "2006-01-02 15:04:05", "2006-01-02 15:04", "2006-01-02"}
 
 func parseTime(s string) (time.Time, error) {
 	for _, l := range timeLayouts {
@@ -50,40 +68,130 @@ func parseTime(s string) (time.Time, error) {
 			return t.UTC(), nil
 		}
 	}
-	return time.Time{}, fmt.Errorf("%q is not a time (use 2006-01-02T15:04, UTC)", s)
+	return time.Time{}, fmt.Errorf("%q is not a date and time; write it as 2006-01-02T15:04 or 2006-01-02 (UTC)", s)
 }
 
-// logFilter reads the explorer's filter from the query string.
+// filterError lists what is wrong with a filter, by form field, so the
+// explorer can say it beside the field.
+type filterError struct {
+	fields map[string]string // field name → problem
+	order  []string
+}
+
+func (e *filterError) add(field, problem string) {
+	if e.fields == nil {
+		e.fields = map[string]string{}
+	}
+	if _, ok := e.fields[field]; !ok {
+		e.order = append(e.order, field)
+	}
+	e.fields[field] = problem
+}
+
+func (e *filterError) Error() string {
+	msgs := make([]string, len(e.order))
+	for i, f := range e.order {
+		msgs[i] = filterLabels[f] + ": " + e.fields[f]
+	}
+	return strings.Join(msgs, "; ")
+}
+
+// filterLabels name the filter fields as the form labels them.
+var filterLabels = map[string]string{"from": "From (UTC)", "to": "To (UTC)", "conflicts": "Only with conflicts", "record": "Record",
+	"direction": "Direction", "outcome": "Outcome", "reason": "Reason", "match": "Match"}
+
+// parseRecord reads a record search: an id, or a reference such as
+// Patient/123, a FHIR URL (https://…/Patient/123/_history/2) or an OData
+// key (contacts(…) is not a type name, so it stays an id).
+func parseRecord(s string) (typ, id string) {
+	s = strings.TrimSpace(s)
+	if i := strings.Index(s, "/_history/"); i >= 0 {
+		s = s[:i]
+	}
+	s = strings.TrimSuffix(s, "/")
+	i := strings.LastIndex(s, "/")
+	if i < 0 {
+		return "", s
+	}
+	head, id := s[:i], s[i+1:]
+	if j := strings.LastIndex(head, "/"); j >= 0 {
+		head = head[j+1:]
+	}
+	if !isTypeName(head) || id == "" {
+		return "", s
+	}
+	return head, id
+}
+
+// isTypeName says whether s looks like a FHIR resource type or a CRM
+// entity logical name.
+func isTypeName(s string) bool {
+	if s == "" || !(s[0] >= 'a' && s[0] <= 'z' || s[0] >= 'A' && s[0] <= 'Z') {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// logFilter reads the explorer's filter from the query string. A record
+// is searched by case-insensitive prefix, or exactly with match=exact;
+// either way the timeline takes in the records linked to it. The error is
+// a *filterError.
 func logFilter(r *http.Request) (logQuery, logs.Filter, error) {
 	v := r.URL.Query()
-	q := logQuery{Direction: v.Get("direction"), Map: v.Get("map"), Outcome: v.Get("outcome"), Reason: v.Get("reason"),
-		From: v.Get("from"), To: v.Get("to"), Record: strings.TrimSpace(v.Get("record")),
+	q := logQuery{Direction: v.Get("direction"), Map: strings.TrimSpace(v.Get("map")), Outcome: v.Get("outcome"), Reason: v.Get("reason"),
+		From: strings.TrimSpace(v.Get("from")), To: strings.TrimSpace(v.Get("to")), Record: strings.TrimSpace(v.Get("record")),
 		KeyName: strings.TrimSpace(v.Get("key_name")), KeyValue: strings.TrimSpace(v.Get("key_value"))}
 	f := logs.Filter{Direction: logs.Direction(q.Direction), EntityMap: q.Map, Outcome: logs.Outcome(q.Outcome),
-		Reason: logs.ReasonCode(q.Reason), Record: q.Record, MessageID: v.Get("message_id")}
+		Reason: logs.ReasonCode(q.Reason), MessageID: v.Get("message_id")}
+	var bad filterError
+	switch v.Get("match") {
+	case "", "prefix":
+		f.RecordPrefix = true
+	case "exact":
+		q.Match = "exact"
+	default:
+		bad.add("match", "must be prefix or exact")
+	}
+	if q.Record != "" {
+		f.RecordType, f.Record = parseRecord(q.Record)
+		f.Linked = true
+	} else {
+		f.RecordPrefix = false
+	}
 	switch v.Get("conflicts") {
 	case "":
 	case "1", "true", "on":
 		q.Conflicts, f.Conflicts = "1", true
 	default:
-		return q, f, fmt.Errorf("conflicts must be 1 or left out")
+		bad.add("conflicts", "must be 1 or left out")
 	}
 	var err error
 	if q.From != "" {
 		if f.From, err = parseTime(q.From); err != nil {
-			return q, f, err
+			bad.add("from", err.Error())
 		}
 	}
 	if q.To != "" {
 		if f.To, err = parseTime(q.To); err != nil {
-			return q, f, err
+			bad.add("to", err.Error())
 		}
+	}
+	if !f.From.IsZero() && !f.To.IsZero() && !f.From.Before(f.To) {
+		bad.add("to", "must be later than From")
 	}
 	if q.KeyValue != "" {
 		if q.KeyName == "" {
 			q.KeyName = "mrn"
 		}
 		f.BusinessKey = logs.BusinessKey{Name: q.KeyName, Value: q.KeyValue}
+	}
+	if len(bad.order) > 0 {
+		return q, f, &bad
 	}
 	return q, f, nil
 }
@@ -113,7 +221,17 @@ type logsData struct {
 	Policy    policyView
 	CanExport bool
 	Timeline  bool
+	// Errors are the filter's problems by field; the table is left out
+	// while there are any.
+	Errors    map[string]string
+	ErrorList []fieldProblem
+	// Links carry the filter: exports, the first page and the next.
+	ExportCSV, ExportNDJSON, First, Next string
 }
+
+// fieldProblem is one line of the form's error summary; Anchor is the
+// id of the field it links to.
+type fieldProblem struct{ Label, Problem, Anchor string }
 
 // policyView states the retention policy in words.
 type policyView struct {
@@ -148,21 +266,35 @@ func days(d time.Duration) string {
 }
 
 func (a *app) logsPage(w http.ResponseWriter, r *http.Request) {
+	u, _ := currentUser(r)
 	q, f, err := logFilter(r)
-	if err != nil {
-		a.renderError(w, r, http.StatusBadRequest, err.Error())
+	data := logsData{Query: q, Outcomes: logs.Outcomes(), Reasons: logs.Reasons(), Policy: a.policy(),
+		CanExport: u.can(permLogsExport), Timeline: f.Record != "" || f.BusinessKey.Value != ""}
+	var bad *filterError
+	if errors.As(err, &bad) {
+		data.Errors = bad.fields
+		for _, f := range bad.order {
+			p := fieldProblem{Label: filterLabels[f], Problem: bad.fields[f]}
+			if f == "from" || f == "to" {
+				p.Anchor = "f-" + f
+			}
+			data.ErrorList = append(data.ErrorList, p)
+		}
+		a.render(w, r, http.StatusBadRequest, "logs", "Sync logs", data)
 		return
 	}
-	after := r.URL.Query().Get("after")
-	page, err := a.data.logs.Search(r.Context(), f, after, logsPageSize)
+	data.After = r.URL.Query().Get("after")
+	data.Page, err = a.data.logs.Search(r.Context(), f, data.After, logsPageSize)
 	if err != nil {
 		a.logsError(w, r, err)
 		return
 	}
-	u, _ := currentUser(r)
-	a.render(w, r, http.StatusOK, "logs", "Sync logs", logsData{Query: q, Page: page, After: after,
-		Outcomes: logs.Outcomes(), Reasons: logs.Reasons(), Policy: a.policy(), CanExport: u.can(permLogsExport),
-		Timeline: f.Record != "" || f.BusinessKey.Value != ""})
+	data.ExportCSV, data.ExportNDJSON = q.link("/logs/export", "format", "csv"), q.link("/logs/export", "format", "ndjson")
+	data.First = q.link("/logs")
+	if data.Page.Next != "" {
+		data.Next = q.link("/logs", "after", data.Page.Next)
+	}
+	a.render(w, r, http.StatusOK, "logs", "Sync logs", data)
 }
 
 // decisionID reads the {id} path value.

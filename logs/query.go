@@ -42,8 +42,9 @@ type Filter struct {
 	// Linked adds the decisions of the records linked to Record — the
 	// other side of each pair that a decision on Record names (a Patient's
 	// contact, a contact's Patient) — so a timeline shows both sides. The
-	// links are found from the ids equal to Record as typed, in lower or in
-	// upper case (CRM ids are GUIDs in either), at most maxLinked of them.
+	// links are found from the ids equal to Record (with RecordPrefix: as
+	// typed, in lower or in upper case, since CRM ids are GUIDs written
+	// either way), at most maxLinked of them.
 	Linked bool
 	// linked is what Linked resolved to; resolved says it was looked up.
 	linked   []Ref
@@ -213,7 +214,7 @@ func (s *Store) resolve(ctx context.Context, f Filter) (Filter, error) {
 	f.resolved = true
 	ids := []string{f.Record}
 	for _, v := range []string{strings.ToLower(f.Record), strings.ToUpper(f.Record)} {
-		if v != f.Record && !slices.Contains(ids, v) {
+		if f.RecordPrefix && !slices.Contains(ids, v) {
 			ids = append(ids, v)
 		}
 	}
