@@ -52,6 +52,15 @@ type User struct {
 // https://learn.microsoft.com/power-apps/developer/data-platform/send-parallel-requests).
 const DOPHintHeader = "x-ms-dop-hint"
 
+// The response headers in which Dataverse reports what is left of a
+// user's service-protection budget in the current window ("Service
+// protection API limits", How to track remaining limits): requests as an
+// integer, execution time in seconds as "1,199.46".
+const (
+	RequestsRemainingHeader = "x-ms-ratelimit-burst-remaining-xrm-requests"
+	TimeRemainingHeader     = "x-ms-ratelimit-time-remaining-xrm-requests"
+)
+
 // defaultConcurrency is each user's limit before the first x-ms-dop-hint
 // arrives when no cap is configured (and for good when none ever does).
 const defaultConcurrency = 8
@@ -252,6 +261,16 @@ func (us *users) broadcastLocked() {
 func (us *users) observe(u *user, status int, h http.Header) {
 	us.mu.Lock()
 	defer us.mu.Unlock()
+	if v := strings.TrimSpace(h.Get(RequestsRemainingHeader)); v != "" {
+		if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+			u.m.requestsLeft(float64(n))
+		}
+	}
+	if v := strings.ReplaceAll(strings.TrimSpace(h.Get(TimeRemainingHeader)), ",", ""); v != "" {
+		if secs, err := strconv.ParseFloat(v, 64); err == nil && secs >= 0 {
+			u.m.timeLeft(secs)
+		}
+	}
 	if v := h.Get(DOPHintHeader); v != "" {
 		if hint, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && hint > 0 {
 			limit := min(hint, MaxConcurrency)
@@ -354,12 +373,17 @@ func (c *Client) UserLabels() []string {
 type userMetrics struct {
 	requests, throttled, paused prometheus.Counter
 	limit, inFlight             prometheus.Gauge
+	// requestsLeft and timeLeft set the budget gauges; their series
+	// appear with the first reading, so a user Dataverse has not yet
+	// reported on does not read as exhausted.
+	requestsLeft, timeLeft func(float64)
 }
 
 // clientMetrics are the client's Prometheus series, by user label.
 type clientMetrics struct {
 	requests, throttled, paused *prometheus.CounterVec
 	limit, inFlight             *prometheus.GaugeVec
+	requestsLeft, timeLeft      *prometheus.GaugeVec
 }
 
 func newClientMetrics(reg prometheus.Registerer) *clientMetrics {
@@ -379,6 +403,12 @@ func newClientMetrics(reg prometheus.Registerer) *clientMetrics {
 		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "fhirsync_crm_in_flight", Help: "Requests an application user has in flight.",
 		}, []string{"user"}),
+		requestsLeft: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "fhirsync_crm_budget_requests_remaining", Help: "Requests an application user has left in the current service-protection window, as Dataverse last reported (x-ms-ratelimit-burst-remaining-xrm-requests).",
+		}, []string{"user"}),
+		timeLeft: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "fhirsync_crm_budget_time_remaining_seconds", Help: "Execution time an application user has left in the current service-protection window, as Dataverse last reported (x-ms-ratelimit-time-remaining-xrm-requests).",
+		}, []string{"user"}),
 	}
 	if reg == nil {
 		return m
@@ -388,6 +418,8 @@ func newClientMetrics(reg prometheus.Registerer) *clientMetrics {
 	m.paused = register(reg, m.paused)
 	m.limit = register(reg, m.limit)
 	m.inFlight = register(reg, m.inFlight)
+	m.requestsLeft = register(reg, m.requestsLeft)
+	m.timeLeft = register(reg, m.timeLeft)
 	return m
 }
 
@@ -407,5 +439,7 @@ func register[T prometheus.Collector](reg prometheus.Registerer, c T) T {
 
 func (m *clientMetrics) forUser(label string) userMetrics {
 	return userMetrics{requests: m.requests.WithLabelValues(label), throttled: m.throttled.WithLabelValues(label),
-		paused: m.paused.WithLabelValues(label), limit: m.limit.WithLabelValues(label), inFlight: m.inFlight.WithLabelValues(label)}
+		paused: m.paused.WithLabelValues(label), limit: m.limit.WithLabelValues(label), inFlight: m.inFlight.WithLabelValues(label),
+		requestsLeft: func(v float64) { m.requestsLeft.WithLabelValues(label).Set(v) },
+		timeLeft:     func(v float64) { m.timeLeft.WithLabelValues(label).Set(v) }}
 }
