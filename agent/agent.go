@@ -276,7 +276,8 @@ func (a *Agent) settlesInTx(q queues.Queue) txQueue {
 // setView adapts a compiled maps.Set to the pipeline.
 type setView struct{ s *maps.Set }
 
-func (v setView) Version() int { return v.s.Version() }
+func (v setView) Version() int         { return v.s.Version() }
+func (v setView) all() []*maps.Mapping { return v.s.Maps() }
 func (v setView) candidates(side queues.Side, typ string) []*maps.Mapping {
 	if side == queues.SideFHIR {
 		return v.s.ForFHIR(typ)

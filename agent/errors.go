@@ -5,8 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"regexp"
+	"strings"
 
+	"github.com/fhirsync/fhirsync/agent/crm"
+	"github.com/fhirsync/fhirsync/agent/fhir"
 	"github.com/fhirsync/fhirsync/logs"
+	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/queues"
 )
 
 // Endpoint error classes, as the endpoint adapters report them.
@@ -72,6 +78,9 @@ func reasonForError(err error) logs.ReasonCode {
 	}
 	var me *mappingError
 	if errors.As(err, &me) {
+		if me.retryable {
+			return logs.ReasonMissingReference
+		}
 		return "mapping_error"
 	}
 	return "unavailable"
@@ -108,4 +117,192 @@ func errorClass(err error) string {
 		return "mapping"
 	}
 	return "internal"
+}
+
+// targetErrorOf is the endpoint's own account of err — the Dataverse
+// error JSON or the FHIR OperationOutcome — with its message redacted for
+// the sync log (see redact), and the full message, which may quote record
+// values and is kept only in a payload capture. Nil when no endpoint
+// answered with an error body.
+func targetErrorOf(err error, names map[string]bool) (*logs.TargetError, string) {
+	var ce *crm.Error
+	var fe *fhir.Error
+	switch {
+	case err == nil:
+		return nil, ""
+	case errors.As(err, &ce):
+		if ce.Code == "" && ce.Message == "" {
+			return nil, ""
+		}
+		return &logs.TargetError{Status: ce.Status, Code: truncate(ce.Code, 64), Message: truncate(redact(ce.Message, names), 900)}, ce.Message
+	case errors.As(err, &fe):
+		if fe.Outcome == "" {
+			return nil, ""
+		}
+		return &logs.TargetError{Status: fe.Status, Code: truncate(outcomeCode(fe.Outcome), 64), Message: truncate(redact(fe.Outcome, names), 900)}, fe.Outcome
+	}
+	return nil, ""
+}
+
+// outcomeCode is the issue code of the first issue of an OperationOutcome
+// as agent/fhir renders it ("severity code: text; …").
+func outcomeCode(outcome string) string {
+	first, _, _ := strings.Cut(outcome, ";")
+	head, _, _ := strings.Cut(first, ":")
+	f := strings.Fields(head)
+	if len(f) < 2 {
+		return ""
+	}
+	return f[1]
+}
+
+var (
+	// quotedText is text an endpoint quotes: Dataverse in single quotes,
+	// FHIR servers in either.
+	quotedText = regexp.MustCompile(`'[^']*'|"[^"]*"|‘[^’]*’|“[^”]*”`)
+	// valueWords are unquoted words that may be record values: anything
+	// with a digit or an @ (dates, phone numbers, identifiers, e-mail
+	// addresses), except record ids and hexadecimal error codes.
+	valueWords = regexp.MustCompile(`[^\s,;()\[\]]*[0-9@][^\s,;()\[\]]*`)
+	recordID   = regexp.MustCompile(`^(?i)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.?$|^0x[0-9a-fA-F]+\.?$`)
+	// lengthOf is Dataverse's "maximum allowed length of '100'": a column
+	// size, not a value.
+	lengthOf = regexp.MustCompile(`(?i)length of\s*$`)
+)
+
+// redact elides from an endpoint's message every value it may quote from
+// the record, so that the message can be shown to users without the PHI
+// permission: quoted text unless it is a name from the entity map (an
+// attribute, an entity, a FHIR element — words of the map, not of the
+// record), a value after "The value", and unquoted words with digits or
+// an @ other than record ids and error codes.
+func redact(msg string, names map[string]bool) string {
+	msg = valueInMessage.ReplaceAllString(msg, "The value … of")
+	var b strings.Builder
+	last := 0
+	for _, m := range quotedText.FindAllStringIndex(msg, -1) {
+		b.WriteString(redactWords(msg[last:m[0]]))
+		q := msg[m[0]:m[1]]
+		open, close := q[:1], q[len(q)-1:]
+		if r := []rune(q); len(r) >= 2 && r[0] > 127 {
+			open, close = string(r[0]), string(r[len(r)-1])
+		}
+		inner := strings.TrimSuffix(strings.TrimPrefix(q, open), close)
+		if isSchemaName(inner, names) || (isDigits(inner) && lengthOf.MatchString(msg[:m[0]])) {
+			b.WriteString(q)
+		} else {
+			b.WriteString(open + "…" + close)
+		}
+		last = m[1]
+	}
+	b.WriteString(redactWords(msg[last:]))
+	return b.String()
+}
+
+func redactWords(s string) string {
+	return valueWords.ReplaceAllStringFunc(s, func(w string) string {
+		if recordID.MatchString(w) {
+			return w
+		}
+		return "…"
+	})
+}
+
+// isSchemaName reports whether s is a name of the entity map or a dotted
+// path of such names (Patient.birthDate, contact.lastname).
+func isSchemaName(s string, names map[string]bool) bool {
+	if s == "" || len(names) == 0 {
+		return s == ""
+	}
+	for _, part := range strings.Split(s, ".") {
+		if !names[strings.ToLower(part)] {
+			return false
+		}
+	}
+	return true
+}
+
+func isDigits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// schemaNames are the words of an entity map that an endpoint's message
+// may quote and that are not record data: entity and entity set names,
+// FHIR resource types, attribute and element names, lower-cased.
+func schemaNames(em *maps.EntityMap) map[string]bool {
+	names := map[string]bool{}
+	add := func(ss ...string) {
+		for _, s := range ss {
+			for _, w := range pathWords.FindAllString(s, -1) {
+				names[strings.ToLower(w)] = true
+			}
+		}
+	}
+	add(em.Name, em.CRMEntity, em.CRMEntitySet, em.FHIRType, em.Correlation.CRMAttribute)
+	addAttrs := func(as []maps.AttributeMap) {
+		for _, a := range as {
+			add(a.Name, a.CRMAttribute, a.FHIRPath)
+			add(a.FallbackPaths...)
+		}
+	}
+	addAttrs(em.Attributes)
+	for _, x := range em.Expansions {
+		add(x.Name, x.CRMEntity, x.CRMEntitySet, x.ParentLookup, x.ParentNavigation, x.FHIRPath)
+		addAttrs(x.Attributes)
+	}
+	return names
+}
+
+// pathWords are the identifiers in a name or a path expression.
+var pathWords = regexp.MustCompile(`[A-Za-z_][A-Za-z0-9_]*`)
+
+// codeOf is the endpoint's own error code for a decision's sentence
+// (" 0x80040265"), empty when it sent none. Codes are not record data.
+func codeOf(err error) string {
+	var ce *crm.Error
+	var fe *fhir.Error
+	switch {
+	case errors.As(err, &ce) && ce.Code != "":
+		return " " + truncate(ce.Code, 64)
+	case errors.As(err, &fe) && fe.Outcome != "":
+		if c := outcomeCode(fe.Outcome); c != "" {
+			return " " + truncate(c, 64)
+		}
+	}
+	return ""
+}
+
+// targetError is what the endpoint said about err, redacted with the
+// names of the decision's entity map, for the decision's attempt. With
+// payload capture on, the full message goes into the decision's sealed
+// capture.
+func (p *pipeline) targetError(ctx context.Context, d *logs.Decision, err error) *logs.TargetError {
+	var names map[string]bool
+	if set, serr := p.maps(ctx); serr == nil && d.EntityMap != "" {
+		side := queues.SideFHIR
+		if d.Direction == logs.CRMToFHIR {
+			side = queues.SideCRM
+		}
+		for _, m := range set.candidates(side, d.Source.Type) {
+			if m.Name() == d.EntityMap {
+				names = schemaNames(m.Def())
+			}
+		}
+	}
+	te, full := targetErrorOf(err, names)
+	if te != nil && full != "" && p.capture != nil {
+		if d.Snapshots == nil {
+			d.Snapshots = &logs.Snapshots{}
+		}
+		d.Snapshots.Error = []byte(full)
+	}
+	return te
 }

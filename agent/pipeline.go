@@ -237,6 +237,10 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 	d.MapVersion = set.Version()
 	cands := set.candidates(n.Side, n.Type)
 	if len(cands) == 0 {
+		if st, parent := childRow(set, n); st != nil {
+			d.EntityMap = parent
+			return st
+		}
 		return stop(logs.OutcomeSkipped, "no_entity_map", fmt.Sprintf("No published entity map covers %s %s.", n.Side, n.Type))
 	}
 	// The gates that need no record: enabled and direction. With several
@@ -543,7 +547,7 @@ func (p *pipeline) mappingFailure(err error) *step {
 	st := &step{outcome: logs.OutcomeDeadLettered, reason: "mapping_error", subject: me.attribute,
 		message: fmt.Sprintf("Mapping failed at %s.", orUnknown(me.attribute)), err: Permanent(err)}
 	if me.retryable {
-		st.outcome, st.err = logs.OutcomeFailed, err
+		st.outcome, st.reason, st.err = logs.OutcomeFailed, logs.ReasonMissingReference, err
 		st.message = fmt.Sprintf("Mapping is waiting at %s: the referenced record has not been synced yet.", orUnknown(me.attribute))
 	}
 	return st
@@ -728,7 +732,7 @@ func (p *pipeline) failure(doing string, err error) *step {
 	if IsPermanent(err) {
 		outcome = logs.OutcomeDeadLettered
 	}
-	return &step{outcome: outcome, reason: reason, message: "Failed " + doing + ": " + errorClass(err) + ".", err: err}
+	return &step{outcome: outcome, reason: reason, message: "Failed " + doing + ": " + errorClass(err) + codeOf(err) + ".", err: err}
 }
 
 // finish records the decision and chooses the settlement — the one place
@@ -740,12 +744,13 @@ func (p *pipeline) finish(ctx context.Context, m *queues.Received, u *unit, q tx
 	if st.err != nil {
 		attempt.ErrorClass = errorClass(st.err)
 		attempt.Retryable = !IsPermanent(st.err)
+		attempt.TargetError = p.targetError(ctx, d, st.err)
 	}
 	var s settlement
 	switch {
 	case st.outcome == logs.OutcomeFailed && m.DeliveryCount >= p.maxAttempts:
 		d.Outcome, d.Reason = logs.OutcomeDeadLettered, "attempts_exhausted"
-		if st.reason == "target_conflict" {
+		if st.reason == "target_conflict" || st.reason == logs.ReasonMissingReference {
 			// Every attempt re-read the target and lost the race again:
 			// the registry's "412 after retries".
 			d.Reason = st.reason
@@ -761,7 +766,8 @@ func (p *pipeline) finish(ctx context.Context, m *queues.Received, u *unit, q tx
 	}
 	// Earlier deliveries' attempts, then this delivery's writes that lost
 	// a race and were merged again, then this one.
-	d.Attempts = append(append(p.previousAttempts(ctx, m), d.Attempts...), attempt)
+	earlier, prev := p.previousAttempts(ctx, m)
+	d.Attempts, d.Supersedes = append(append(earlier, d.Attempts...), attempt), prev
 	d.Duration = p.now().Sub(start)
 	if s.kind == settleComplete && q != nil {
 		u.complete, u.q = m, q
@@ -828,20 +834,22 @@ func (p *pipeline) commit(ctx context.Context, u *unit) error {
 }
 
 // previousAttempts collects the attempts recorded by earlier deliveries
-// of the same message, so the final decision shows every try.
-func (p *pipeline) previousAttempts(ctx context.Context, m *queues.Received) []logs.Attempt {
+// of the same message, so the final decision shows every try, and the id
+// of the failed decision they were recorded in, which the new decision
+// replaces: retries fold into one decision.
+func (p *pipeline) previousAttempts(ctx context.Context, m *queues.Received) ([]logs.Attempt, int64) {
 	if m.DeliveryCount <= 1 {
-		return nil
+		return nil, 0
 	}
 	// Each failed decision carries every attempt before it, so the newest
 	// one is the whole history.
 	page, err := p.log.Search(ctx, logs.Filter{MessageID: m.ID, Outcome: logs.OutcomeFailed}, "", 1)
 	if err != nil || len(page.Decisions) == 0 {
-		return nil
+		return nil, 0
 	}
 	out := page.Decisions[0].Attempts
 	if len(out) > 90 {
 		out = out[len(out)-90:]
 	}
-	return out
+	return out, page.Decisions[0].ID
 }
