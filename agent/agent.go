@@ -83,6 +83,15 @@ type Config struct {
 	// CRMBatchWait is how long the first operation of a $batch waits for
 	// others (default 50ms).
 	CRMBatchWait time.Duration
+	// BackfillWorkers is how many notices of a backfill or reconcile are
+	// processed at once per queue, beside Workers (default 1,024; negative:
+	// none apart, they share Workers). See backfill_lane.go.
+	BackfillWorkers int
+	// BackfillBatchMax and BackfillBatchWait are CRMBatchMax and
+	// CRMBatchWait for the CRM requests of those notices (default 1,000
+	// operations, 1s). Batching off (CRMBatchMax 1) turns them off too.
+	BackfillBatchMax  int
+	BackfillBatchWait time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -114,6 +123,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ResolveEvery <= 0 {
 		c.ResolveEvery = 2 * time.Second
+	}
+	if c.BackfillWorkers == 0 {
+		c.BackfillWorkers = DefaultBackfillWorkers
+	}
+	if c.BackfillBatchMax <= 0 {
+		c.BackfillBatchMax = DefaultBackfillBatchMax
+	}
+	if c.BackfillBatchWait <= 0 {
+		c.BackfillBatchWait = DefaultBackfillBatchWait
 	}
 	return c
 }
@@ -176,6 +194,15 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 			return nil, fmt.Errorf("agent: %w", err)
 		}
 		api = k
+		if cfg.BackfillWorkers > 0 {
+			// Notices of a backfill or reconcile share large batches
+			// of their own (backfill_lane.go).
+			bk, err := crm.NewCoalescer(c, crm.CoalesceConfig{MaxOps: cfg.BackfillBatchMax, MaxWait: cfg.BackfillBatchWait})
+			if err != nil {
+				return nil, fmt.Errorf("agent: backfill batches: %w", err)
+			}
+			api = laneAPI{live: k, bulk: bk}
+		}
 	}
 	lookups := newLookupCache()
 	res := resolver{links: lk, crm: api, maps: a.entityMapByName, lookups: lookups}
@@ -352,6 +379,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	errs := make(chan error, 2)
 	for name, q := range map[string]queues.Queue{"fhir-changes": a.deps.FHIRChanges, "crm-changes": a.deps.CRMChanges} {
 		p := &pool{name: name, q: q, handle: a.pipe.handleOn(a.settlesInTx(q)), workers: a.cfg.Workers, batch: a.cfg.Workers * 2,
+			bulkWorkers:    max(a.cfg.BackfillWorkers, 0),
 			lockRenewEvery: a.cfg.LockRenewEvery, drain: a.cfg.Drain, log: a.log}
 		wg.Go(func() {
 			if err := p.run(ctx); err != nil {

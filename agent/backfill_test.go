@@ -42,6 +42,7 @@ type backfillEnv struct {
 	crmSrv     *crmserver.Server
 	fhir       *fhir.Client
 	crm        *crm.Client
+	crmAddr    string // the sandbox CRM's base URL
 	maps       *maps.Store
 	fhirQ      *embedded.Queue
 	crmQ       *embedded.Queue
@@ -77,6 +78,7 @@ func newBackfillEnv(t *testing.T, db *gorm.DB, fhirOpts fhirserver.Options) *bac
 	}
 	crmHTTP := httptest.NewServer(e.crmSrv)
 	t.Cleanup(crmHTTP.Close)
+	e.crmAddr = crmHTTP.URL
 	if e.fhir, err = fhir.New(fhir.Config{BaseURL: fhirHTTP.URL}); err != nil {
 		t.Fatal(err)
 	}

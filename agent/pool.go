@@ -39,6 +39,10 @@ type pool struct {
 	handle  handler
 	workers int
 	batch   int
+	// bulkWorkers process the notices of a backfill or reconcile apart
+	// from the others, in the bulk lane (backfill_lane.go); zero: none
+	// apart.
+	bulkWorkers int
 	// lockRenewEvery renews a message's lock while it is processed; zero
 	// disables renewal (a transport that renews on its own).
 	lockRenewEvery time.Duration
@@ -72,6 +76,19 @@ func (p *pool) run(ctx context.Context) error {
 			}
 		})
 	}
+	bulk := jobs
+	if p.bulkWorkers > 0 {
+		bulk = make(chan *queues.Received)
+		bulkCtx := withBulkLane(workCtx)
+		for range p.bulkWorkers {
+			wg.Go(func() {
+				for m := range bulk {
+					p.process(bulkCtx, m)
+				}
+			})
+		}
+		p.batch += p.bulkWorkers
+	}
 	var recvErr error
 	backoff := Backoff{Base: 200 * time.Millisecond, Max: 10 * time.Second}
 	failures := 0
@@ -96,8 +113,12 @@ func (p *pool) run(ctx context.Context) error {
 		}
 		failures = 0
 		for i, m := range msgs {
+			to := jobs
+			if isBulkMessage(m) {
+				to = bulk
+			}
 			select {
-			case jobs <- m:
+			case to <- m:
 			case <-ctx.Done():
 				// Not started: hand the rest back at once.
 				for _, rest := range msgs[i:] {
@@ -111,6 +132,9 @@ func (p *pool) run(ctx context.Context) error {
 		}
 	}
 	close(jobs)
+	if p.bulkWorkers > 0 {
+		close(bulk)
+	}
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
 	select {

@@ -1,0 +1,104 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"time"
+
+	"github.com/fhirsync/fhirsync/agent/crm"
+	"github.com/fhirsync/fhirsync/queues"
+)
+
+// The bulk lane. A backfill or reconcile puts thousands of notices on a
+// queue at once and nobody waits for any one of them; the live stream's
+// notices each have someone waiting. So the two travel apart: notices of a
+// backfill or reconcile are processed by workers of their own
+// (Config.BackfillWorkers, many), and their CRM requests share $batch
+// requests of their own, large and slow to fill (Config.BackfillBatchMax,
+// BackfillBatchWait). With hundreds of records in flight, the target reads
+// of all of them become one Microsoft.Dynamics.CRM.In query per table —
+// the page's target state read at once, which also seeds the lookup cache —
+// and their writes go out in $batch requests of up to 1,000 operations:
+// a few CRM requests per thousand records instead of one per few records.
+// The live stream keeps its small, quick batches.
+
+// Bulk-lane defaults.
+const (
+	// DefaultBackfillWorkers is how many notices of a backfill or
+	// reconcile are processed at once per queue.
+	DefaultBackfillWorkers = 1024
+	// DefaultBackfillBatchMax is how many CRM operations of the bulk lane
+	// share one $batch: Dataverse's maximum.
+	DefaultBackfillBatchMax = crm.MaxBatchSize
+	// DefaultBackfillBatchWait is how long the first operation of a bulk
+	// $batch waits for company (a tenth of it without any arrival sends
+	// it anyway).
+	DefaultBackfillBatchWait = time.Second
+)
+
+// bulkOrigins are the origins of notices that travel in the bulk lane.
+var bulkOrigins = [][]byte{[]byte(`"origin":"` + OriginBackfill + `"`), []byte(`"origin":"` + OriginReconcile + `"`)}
+
+// isBulkMessage reports whether m is a notice of a backfill or reconcile.
+// It looks for the origin member as EncodeNotice writes it rather than
+// decoding the message a second time: it only chooses the lane, and the
+// message is decoded and checked in full by the pipeline.
+func isBulkMessage(m *queues.Received) bool {
+	for _, o := range bulkOrigins {
+		if bytes.Contains(m.Body, o) {
+			return true
+		}
+	}
+	return false
+}
+
+type bulkLaneKey struct{}
+
+// withBulkLane marks ctx as processing a notice of the bulk lane.
+func withBulkLane(ctx context.Context) context.Context {
+	return context.WithValue(ctx, bulkLaneKey{}, true)
+}
+
+// inBulkLane reports whether ctx processes a notice of the bulk lane.
+func inBulkLane(ctx context.Context) bool {
+	b, _ := ctx.Value(bulkLaneKey{}).(bool)
+	return b
+}
+
+// laneAPI is a CRM client that sends the requests of the bulk lane through
+// the bulk coalescer and all others through the live one.
+type laneAPI struct {
+	live, bulk *crm.Coalescer
+}
+
+func (l laneAPI) pick(ctx context.Context) *crm.Coalescer {
+	if inBulkLane(ctx) {
+		return l.bulk
+	}
+	return l.live
+}
+
+func (l laneAPI) Retrieve(ctx context.Context, t crm.Target, sel ...string) (crm.Record, error) {
+	return l.pick(ctx).Retrieve(ctx, t, sel...)
+}
+
+func (l laneAPI) RetrieveMultiple(ctx context.Context, set string, q crm.Query, fn func(crm.Record) error) error {
+	return l.pick(ctx).RetrieveMultiple(ctx, set, q, fn)
+}
+
+func (l laneAPI) Upsert(ctx context.Context, t crm.Target, rec crm.Record, o crm.UpsertOptions) (crm.UpsertResult, error) {
+	return l.pick(ctx).Upsert(ctx, t, rec, o)
+}
+
+func (l laneAPI) Create(ctx context.Context, set string, rec crm.Record) (string, error) {
+	return l.pick(ctx).Create(ctx, set, rec)
+}
+
+func (l laneAPI) Delete(ctx context.Context, t crm.Target, etag string) error {
+	return l.pick(ctx).Delete(ctx, t, etag)
+}
+
+// Apply sends one record's writes as an atomic change set (changeSets).
+func (l laneAPI) Apply(ctx context.Context, ops []crm.Op) ([]crm.OpResult, error) {
+	return l.pick(ctx).Apply(ctx, ops)
+}
