@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,6 +16,9 @@ type metrics struct {
 	depth     *prometheus.GaugeVec
 	feedLag   *prometheus.GaugeVec
 	now       func() time.Time
+
+	lagMu    sync.Mutex
+	lagFeeds map[string]bool // feeds whose lag was ever set
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -31,7 +35,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "fhirsync_queue_depth", Help: "Messages in a queue by state (active, scheduled, dead_letter).",
 		}, []string{"queue", "state"}),
 		feedLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "fhirsync_feed_lag_seconds", Help: "Age of the newest change a feed has seen when it last polled.",
+			Name: "fhirsync_feed_lag_seconds", Help: "Age of the oldest unprocessed change of a feed (origin/type), 0 when none waits.",
 		}, []string{"feed"}),
 		now: time.Now,
 	}
@@ -54,4 +58,30 @@ func (m *metrics) observeLatency(dir logs.Direction, changedAt time.Time) {
 		return
 	}
 	m.latency.WithLabelValues(string(dir)).Observe(m.now().Sub(changedAt).Seconds())
+}
+
+// ObserveFeedLag sets fhirsync_feed_lag_seconds for feed (the notices'
+// origin and record type, "history-poll/Patient"): the age of its oldest
+// change still waiting or being processed. The alert evaluator reports
+// every feed it finds after each evaluation; a feed missing from a report
+// has caught up and reads 0.
+func (a *Agent) ObserveFeedLag(lags map[string]time.Duration) {
+	m := a.pipe.metrics
+	if m == nil {
+		return
+	}
+	m.lagMu.Lock()
+	defer m.lagMu.Unlock()
+	for feed := range m.lagFeeds {
+		if _, ok := lags[feed]; !ok {
+			m.feedLag.WithLabelValues(feed).Set(0)
+		}
+	}
+	for feed, age := range lags {
+		m.feedLag.WithLabelValues(feed).Set(age.Seconds())
+		if m.lagFeeds == nil {
+			m.lagFeeds = map[string]bool{}
+		}
+		m.lagFeeds[feed] = true
+	}
 }

@@ -48,9 +48,9 @@ type Deps struct {
 	Logs *logs.Store
 	// Gatherer holds the CRM budget metrics; nil means no budget readings.
 	Gatherer prometheus.Gatherer
-	// OnLag, when set, receives each feed's lag after every evaluation
-	// (the agent's fhirsync_feed_lag_seconds gauge).
-	OnLag func(feed string, age time.Duration)
+	// OnLag, when set, receives every waiting feed's lag after each
+	// evaluation (the agent's fhirsync_feed_lag_seconds gauge).
+	OnLag func(map[string]time.Duration)
 }
 
 // Service evaluates alert rules and keeps their history.
@@ -391,9 +391,11 @@ func (s *Service) Evaluate(ctx context.Context) error {
 		return err
 	}
 	if s.deps.OnLag != nil {
+		lags := map[string]time.Duration{}
 		for _, l := range sig.Lags {
-			s.deps.OnLag(l.Feed, time.Duration(l.AgeSeconds)*time.Second)
+			lags[l.Feed] = max(lags[l.Feed], time.Duration(l.AgeSeconds)*time.Second)
 		}
+		s.deps.OnLag(lags)
 	}
 	rules, err := s.Rules(ctx)
 	if err != nil {

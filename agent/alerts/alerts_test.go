@@ -77,7 +77,11 @@ func TestAlertFiresOnceResolvesOnceWithoutPatientData(t *testing.T) {
 				{Name: "teams", URL: rcv.URL + "/teams", Format: FormatTeamsWorkflow},
 			},
 			Now: func() time.Time { return now },
-		}, Deps{DB: db, Logs: store, OnLag: func(feed string, age time.Duration) { lags.Store(feed, age) }})
+		}, Deps{DB: db, Logs: store, OnLag: func(m map[string]time.Duration) {
+			for feed, age := range m {
+				lags.Store(feed, age)
+			}
+		}})
 		if err != nil {
 			t.Fatal(err)
 		}
