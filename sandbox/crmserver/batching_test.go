@@ -2,6 +2,7 @@ package crmserver
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -134,6 +135,7 @@ func TestFilterIn(t *testing.T) {
 			query: "&@p1=" + url.QueryEscape(`'msemr_azurefhirid'`) + "&@p2=" + url.QueryEscape(`['p3']`), want: []string{"Three"}},
 		{name: "no match", filter: `Microsoft.Dynamics.CRM.In(PropertyName='msemr_azurefhirid',PropertyValues=['zz'])`},
 		{name: "unknown column", filter: `Microsoft.Dynamics.CRM.In(PropertyName='nosuch',PropertyValues=['a'])`, wantErr: true},
+		{name: "lookup by its _value property", filter: `Microsoft.Dynamics.CRM.In(PropertyName='_parentcustomerid_value',PropertyValues=['a'])`, wantErr: true},
 		{name: "values not a collection", filter: `Microsoft.Dynamics.CRM.In(PropertyName='lastname',PropertyValues='a')`, wantErr: true},
 		{name: "missing PropertyValues", filter: `Microsoft.Dynamics.CRM.In(PropertyName='lastname')`, wantErr: true},
 	}
@@ -151,6 +153,52 @@ func TestFilterIn(t *testing.T) {
 				t.Fatalf("got %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestFilterInOnLookup asks for the child rows of several parents at once,
+// naming the lookup by its logical name as Dataverse's In wants it.
+func TestFilterInOnLookup(t *testing.T) {
+	t.Parallel()
+	s, err := New(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var parents []string
+	for i, fhirID := range []string{"p1", "p2", "p3"} {
+		w := send(s, "", http.MethodPost, "contacts", `{"msemr_azurefhirid":"`+fhirID+`","lastname":"L"}`)
+		if w.Code != http.StatusNoContent {
+			t.Fatalf("create: %d %s", w.Code, w.Body)
+		}
+		loc := w.Header().Get("OData-EntityId")
+		id := loc[strings.LastIndex(loc, "(")+1 : len(loc)-1]
+		parents = append(parents, id)
+		for j := range i + 1 {
+			w := send(s, "", http.MethodPost, "msemr_medicalidentifiers",
+				fmt.Sprintf(`{"msemr_identifiervalue":"%s-%d","msemr_contact@odata.bind":"/contacts(%s)"}`, fhirID, j, id))
+			if w.Code != http.StatusNoContent {
+				t.Fatalf("create child: %d %s", w.Code, w.Body)
+			}
+		}
+	}
+	filter := `Microsoft.Dynamics.CRM.In(PropertyName='msemr_contact',PropertyValues=['` + strings.ToUpper(parents[0]) + `','` + parents[2] + `'])`
+	w := send(s, "", http.MethodGet, "msemr_medicalidentifiers?$select=msemr_identifiervalue&$filter="+url.QueryEscape(filter), "")
+	if w.Code != http.StatusOK {
+		t.Fatalf("status %d: %s", w.Code, w.Body)
+	}
+	var page struct {
+		Value []map[string]any `json:"value"`
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &page); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range page.Value {
+		got = append(got, fmt.Sprint(r["msemr_identifiervalue"]))
+	}
+	slices.Sort(got)
+	if want := []string{"p1-0", "p3-0", "p3-1", "p3-2"}; !slices.Equal(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
 	}
 }
 

@@ -378,7 +378,12 @@ func (p *filterParser) in() (filterNode, error) {
 			if v.kind != "string" {
 				return nil, fmt.Errorf("%s: PropertyName must be a string", queryFunctionIn)
 			}
-			if !p.known(v.text) {
+			// In names columns by their logical names, lookups too
+			// (parentcustomerid, not _parentcustomerid_value, which
+			// Dataverse refuses: the entity "doesn't contain attribute
+			// with Name = '_parentcustomerid_value'").
+			lookupValue := strings.HasPrefix(v.text, "_") && strings.HasSuffix(v.text, "_value")
+			if lookupValue || (!p.known(v.text) && !p.known("_"+v.text+"_value")) {
 				return nil, unknownProperty(v.text)
 			}
 			n.attr, seenName = v.text, true

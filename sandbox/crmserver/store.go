@@ -465,10 +465,20 @@ func toNumber(v any) (json.Number, bool) {
 	return "", false
 }
 
-// inCandidates answers Microsoft.Dynamics.CRM.In on the primary id or on a
-// one-column alternate key from the indexes, as the database would; ok is
-// false for any other column.
+// inCandidates answers Microsoft.Dynamics.CRM.In on the primary id, a
+// lookup or a one-column alternate key from the indexes, as the database
+// would; ok is false for any other column.
 func (tb *table) inCandidates(in inNode) (map[string]*row, bool) {
+	if a := tb.def.Attribute(in.attr); a != nil && a.isLookup() {
+		out := map[string]*row{}
+		for _, v := range in.vals {
+			s, _ := v.(string)
+			for _, r := range tb.byLookup(in.attr, s) {
+				out[r.id] = r
+			}
+		}
+		return out, true
+	}
 	if in.attr != tb.def.PrimaryID && tb.def.keyFor([]string{in.attr}) == nil {
 		return nil, false
 	}
