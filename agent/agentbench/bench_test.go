@@ -133,7 +133,7 @@ func TestKindCounterBreaksRequestsDown(t *testing.T) {
 	}))
 	root := "http://crm/api/data/v9.2/"
 	batch := "--b\r\nContent-Type: application/http\r\n\r\n" +
-		"GET " + root + "contacts?$filter=Microsoft.Dynamics.CRM.In(PropertyName='_msemr_contact_value',PropertyValues=['x']) HTTP/1.1\r\n\r\n" +
+		"GET " + root + "contacts?$filter=Microsoft.Dynamics.CRM.In(PropertyName='msemr_contact',PropertyValues=['x']) HTTP/1.1\r\n\r\n" +
 		"--b\r\nContent-Type: application/http\r\n\r\nPATCH " + root + "contacts(msemr_azurefhirid='p1') HTTP/1.1\r\n\r\n--b--\r\n"
 	reqs := []*http.Request{
 		httptest.NewRequest(http.MethodGet, root+"contacts(00000000-0000-0000-0000-000000000001)", nil),
@@ -147,9 +147,9 @@ func TestKindCounterBreaksRequestsDown(t *testing.T) {
 	}
 	got := kindsPerRecord(nil, k.snapshot(), 2)
 	want := map[string]float64{
-		"request: read by primary id": .5, "op: read by primary id": .5,
-		"request: read by alternate key": .5, "op: read by alternate key": .5,
-		"request: $batch": .5, "op: In query: child rows": .5, "op: upsert or update": .5,
+		"request: read by primary id, contacts": .5, "op: read by primary id, contacts": .5,
+		"request: read by alternate key, contacts": .5, "op: read by alternate key, contacts": .5,
+		"request: $batch": .5, "op: In query, contacts": .5, "op: upsert or update, contacts": .5,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("kinds = %v, want %v", got, want)

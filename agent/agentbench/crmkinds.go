@@ -75,37 +75,37 @@ func opKind(method, target string) string {
 	if i := strings.LastIndex(path, "/"); i >= 0 {
 		path = path[i+1:]
 	}
+	set, _, _ := strings.Cut(path, "(")
 	filter := u.Query().Get("$filter")
 	switch method {
 	case http.MethodGet:
 		switch {
 		case guidKey.MatchString(path):
-			return "read by primary id"
+			return "read by primary id, " + set
 		case strings.Contains(path, "("):
-			return "read by alternate key"
-		case strings.Contains(filter, "Microsoft.Dynamics.CRM.In(PropertyName='_"):
-			return "In query: child rows"
+			return "read by alternate key, " + set
 		case strings.Contains(filter, "Microsoft.Dynamics.CRM.In("):
-			return "In query: by key or id"
+			return "In query, " + set
 		case strings.HasPrefix(filter, "_") && strings.Contains(filter, "_value eq "):
-			return "query: child rows"
-		case u.Query().Has("$deltatoken") || strings.Contains(target, "deltatoken"):
-			return "change-tracking page"
+			return "child-row query, " + set
+		case strings.Contains(target, "deltatoken"):
+			return "change-tracking page, " + set
 		case strings.HasPrefix(path, "EntityDefinitions") || strings.HasPrefix(path, "$metadata"):
 			return "metadata"
 		}
-		return "query: other"
+		return "other query, " + set
 	case http.MethodPost:
 		if strings.HasSuffix(path, "Multiple") {
-			return "bulk " + path[strings.LastIndex(path, ".")+1:]
+			parts := strings.Split(strings.TrimSuffix(u.Path, "/"+path), "/")
+			return path[strings.LastIndex(path, ".")+1:] + ", " + parts[len(parts)-1]
 		}
-		return "create"
+		return "create, " + set
 	case http.MethodPatch:
-		return "upsert or update"
+		return "upsert or update, " + set
 	case http.MethodDelete:
-		return "delete"
+		return "delete, " + set
 	}
-	return strings.ToLower(method)
+	return strings.ToLower(method) + ", " + set
 }
 
 // kindsPerRecord is the counts between two snapshots per record.
