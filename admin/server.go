@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"gorm.io/gorm"
 
+	"github.com/fhirsync/fhirsync/agent/alerts"
 	"github.com/fhirsync/fhirsync/logs"
 	"github.com/fhirsync/fhirsync/storage"
 )
@@ -42,6 +43,10 @@ type Deps struct {
 	// keys, retention); nil means one opened on DB with the default policy,
 	// which can neither search by business key nor open payload captures.
 	Logs *logs.Store
+	// Alerts holds the alert rules and their history; nil means a service
+	// on DB with no configured rules or webhooks (rules made in the app
+	// are then shown only, never posted).
+	Alerts *alerts.Service
 }
 
 // Server serves the admin app and the operational endpoints.

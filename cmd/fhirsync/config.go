@@ -58,6 +58,8 @@ type Config struct {
 	// Logs configures the sync log: retention, business-key hashing and
 	// opt-in encrypted payload capture.
 	Logs logs.Config `yaml:"logs"`
+	// Alerts sets alert rules and the webhooks they post to.
+	Alerts AlertsConfig `yaml:"alerts"`
 }
 
 // AgentConfig tunes the sync agent. It runs when both fhir.base_url and
@@ -558,6 +560,7 @@ func (c Config) Validate() []string {
 			p = append(p, "admin: "+line)
 		}
 	}
+	p = append(p, c.Alerts.problems()...)
 	slices.Sort(p)
 	return p
 }

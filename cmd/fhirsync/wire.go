@@ -19,6 +19,7 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/fhirsync/fhirsync/agent"
+	"github.com/fhirsync/fhirsync/agent/alerts"
 	"github.com/fhirsync/fhirsync/agent/crm"
 	"github.com/fhirsync/fhirsync/agent/fhir"
 	"github.com/fhirsync/fhirsync/logs"
@@ -46,6 +47,7 @@ type services struct {
 	feedSched   string
 	reconciler  *agent.Reconciler
 	replayer    *agent.Replayer
+	alerts      *alerts.Service
 }
 
 // buildServices wires the stores, queues, endpoint clients, the agent and
@@ -68,6 +70,16 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 		return nil, err
 	}
 	if s.replayer, err = s.newReplayer(reg); err != nil {
+		return nil, err
+	}
+	ac := cfg.Alerts.alertsConfig()
+	ac.Holder, ac.Logger = holder(), log
+	gatherer, _ := reg.(prometheus.Gatherer)
+	if s.alerts, err = alerts.New(ac, alerts.Deps{DB: db, Logs: s.logs, Gatherer: gatherer, OnLag: func(lags map[string]time.Duration) {
+		if s.agent != nil {
+			s.agent.ObserveFeedLag(lags)
+		}
+	}}); err != nil {
 		return nil, err
 	}
 	if cfg.FHIR.BaseURL != "" {
@@ -259,6 +271,9 @@ func (s *services) run(ctx context.Context) error {
 		wg.Go(func() { fail(s.reconciler.Run(ctx)) })
 	}
 	wg.Go(func() { fail(s.logs.RunRetention(ctx)) })
+	if s.alerts != nil {
+		wg.Go(func() { fail(s.alerts.Run(ctx)) })
+	}
 	wg.Wait()
 	return errors.Join(errs...)
 }
