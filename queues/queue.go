@@ -118,6 +118,10 @@ type Queue interface {
 	// maxRedrives times is left in place and reported in the error
 	// (wrapping ErrRedriveLimit). It returns how many were redriven.
 	Redrive(ctx context.Context, seqs []int64, maxRedrives int) (int, error)
+	// Discard deletes the named dead letters (by sequence number) for
+	// good. Unknown sequence numbers are reported in the error (wrapping
+	// ErrNotFound); the others are discarded. It returns how many were.
+	Discard(ctx context.Context, seqs []int64) (int, error)
 	// Depth reports the queue's size.
 	Depth(ctx context.Context) (Depth, error)
 	// Close releases the queue's resources; in-flight locks lapse.

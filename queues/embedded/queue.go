@@ -585,6 +585,48 @@ func (q *Queue) Redrive(ctx context.Context, seqs []int64, maxRedrives int) (int
 	return res.moved, errors.Join(errs...)
 }
 
+// Discard deletes the named dead letters for good; unknown sequence
+// numbers (or messages that are not dead letters) are reported with
+// queues.ErrNotFound, the others are deleted even then.
+func (q *Queue) Discard(ctx context.Context, seqs []int64) (int, error) {
+	if err := q.errIfClosed("discarding"); err != nil {
+		return 0, err
+	}
+	if len(seqs) == 0 {
+		return 0, nil
+	}
+	var gone []int64
+	err := q.write(ctx, func(tx *gorm.DB) error {
+		for chunk := range slices.Chunk(seqs, 500) {
+			var found []int64
+			if err := tx.Raw(`SELECT seq FROM queue_messages WHERE queue = ? AND state = 'dead' AND seq IN ?`, q.name, chunk).Scan(&found).Error; err != nil {
+				return err
+			}
+			if len(found) == 0 {
+				continue
+			}
+			if err := tx.Exec(`DELETE FROM queue_messages WHERE queue = ? AND state = 'dead' AND seq IN ?`, q.name, found).Error; err != nil {
+				return err
+			}
+			gone = append(gone, found...)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("discarding dead letters of queue %s: %w", q.name, err)
+	}
+	var missing []int64
+	for _, s := range seqs {
+		if !slices.Contains(gone, s) && !slices.Contains(missing, s) {
+			missing = append(missing, s)
+		}
+	}
+	if len(missing) > 0 {
+		return len(gone), fmt.Errorf("discarding dead letters of queue %s: sequence numbers %v: %w", q.name, missing, queues.ErrNotFound)
+	}
+	return len(gone), nil
+}
+
 // Depth counts the queue's messages. Locked messages count as active;
 // messages abandoned with a delay count as scheduled until due.
 func (q *Queue) Depth(ctx context.Context) (queues.Depth, error) {

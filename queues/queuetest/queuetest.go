@@ -99,6 +99,7 @@ func cases() []testCase {
 		{name: "DeadLetterWithReason", run: testDeadLetter},
 		{name: "PeekDeadLettersPages", run: testPeekPaging},
 		{name: "RedriveCountsAndStopsLoops", run: testRedrive},
+		{name: "DiscardDeletesDeadLetters", run: testDiscard},
 		{name: "DuplicateWithinWindowDropped", run: testDuplicateWithinWindow},
 		{name: "DuplicateWindowExpires", opts: func(o *Options) { o.DuplicateWindow = 2 * time.Second }, run: testDuplicateWindowExpires},
 		{name: "ScheduledDelivery", run: testScheduled},
@@ -660,6 +661,41 @@ func testRedrive(t *testing.T, q queues.Queue, o Options) {
 	if held.RedriveCount != maxRedrives || !bytes.Equal(held.Body, sent.Body) {
 		t.Fatalf("held dead letter has RedriveCount %d body %q", held.RedriveCount, held.Body)
 	}
+	expectNone(t, q, 500*time.Millisecond)
+}
+
+func testDiscard(t *testing.T, q queues.Queue, o Options) {
+	send(t, q, msg("dc-1"), msg("dc-2"), msg("dc-3"))
+	for _, m := range receiveN(t, q, 3, 15*time.Second) {
+		if err := q.DeadLetter(t.Context(), m, "target_rejected", "400 from target"); err != nil {
+			t.Fatalf("DeadLetter: %v", err)
+		}
+	}
+	ds := waitDeadLetters(t, q, 3)
+	var keep queues.DeadLetter
+	var drop []int64
+	for _, d := range ds {
+		if d.ID == "dc-2" {
+			keep = d
+			continue
+		}
+		drop = append(drop, d.SequenceNumber)
+	}
+	n, err := q.Discard(t.Context(), drop)
+	if err != nil || n != 2 {
+		t.Fatalf("Discard of two = %d, %v; want 2, nil", n, err)
+	}
+	left := waitDeadLetters(t, q, 1)
+	if left[0].ID != "dc-2" {
+		t.Fatalf("after discarding dc-1 and dc-3 the dead letters are %s", deadIDs(left))
+	}
+	// Discarding again, or a sequence number that never was, is reported;
+	// the known one in the same call still goes.
+	n, err = q.Discard(t.Context(), []int64{drop[0], keep.SequenceNumber})
+	if !errors.Is(err, queues.ErrNotFound) || n != 1 {
+		t.Fatalf("Discard of one gone and one present = %d, %v; want 1, ErrNotFound", n, err)
+	}
+	waitDeadLetters(t, q, 0)
 	expectNone(t, q, 500*time.Millisecond)
 }
 

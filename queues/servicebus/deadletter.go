@@ -128,6 +128,20 @@ func (q *Queue) Redrive(ctx context.Context, seqs []int64, maxRedrives int) (int
 		}
 	}
 
+	done, rerrs := q.takeDeadLetters(ctx, r, want, "redriv", func(m *azservicebus.ReceivedMessage) error {
+		return q.redriveOne(ctx, r, m)
+	})
+	return done, errors.Join(append(errs, rerrs...)...)
+}
+
+// takeDeadLetters receives the dead letters whose sequence numbers are in
+// want (emptying it), applies act to each, and abandons the others it had
+// to receive on the way. It returns how many act settled, and an error for
+// each that failed or was not found. verb names the action in errors
+// ("redriv" → "redriving").
+func (q *Queue) takeDeadLetters(ctx context.Context, r *azservicebus.Receiver, want map[int64]bool, verb string,
+	act func(m *azservicebus.ReceivedMessage) error) (int, []error) {
+	var errs []error
 	done := 0
 	var passed []*azservicebus.ReceivedMessage
 	for len(want) > 0 {
@@ -151,8 +165,8 @@ func (q *Queue) Redrive(ctx context.Context, seqs []int64, maxRedrives int) (int
 				continue
 			}
 			delete(want, seq)
-			if err := q.redriveOne(ctx, r, m); err != nil {
-				errs = append(errs, fmt.Errorf("redriving dead letter %d of %s: %w", seq, q.name, err))
+			if err := act(m); err != nil {
+				errs = append(errs, fmt.Errorf("%sing dead letter %d of %s: %w", verb, seq, q.name, err))
 				continue
 			}
 			done++
@@ -162,8 +176,33 @@ func (q *Queue) Redrive(ctx context.Context, seqs []int64, maxRedrives int) (int
 		_ = r.AbandonMessage(ctx, m, nil)
 	}
 	for s := range want {
-		errs = append(errs, fmt.Errorf("dead letter %d of %s was not received for redrive: %w", s, q.name, queues.ErrNotFound))
+		errs = append(errs, fmt.Errorf("dead letter %d of %s was not received for %sing: %w", s, q.name, verb, queues.ErrNotFound))
 	}
+	return done, errs
+}
+
+// Discard completes the chosen dead letters in the sub-queue, which
+// deletes them for good.
+func (q *Queue) Discard(ctx context.Context, seqs []int64) (int, error) {
+	if err := q.checkOpen(); err != nil {
+		return 0, err
+	}
+	if len(seqs) == 0 {
+		return 0, nil
+	}
+	r, err := q.deadLetterReceiver()
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := q.opContext(ctx)
+	defer cancel()
+	want := map[int64]bool{}
+	for _, s := range seqs {
+		want[s] = true
+	}
+	done, errs := q.takeDeadLetters(ctx, r, want, "discard", func(m *azservicebus.ReceivedMessage) error {
+		return q.mapErr(r.CompleteMessage(ctx, m, nil))
+	})
 	return done, errors.Join(errs...)
 }
 
