@@ -511,3 +511,59 @@ func TestInnerThrottlePausesUser(t *testing.T) {
 		t.Errorf("user paused for %v after an inner 429 with Retry-After 30", d)
 	}
 }
+
+// TestBulkWithReadsInTheSameBatch: reads and bulk writes share a flush;
+// each caller still gets its own answer.
+func TestBulkWithReadsInTheSameBatch(t *testing.T) {
+	t.Parallel()
+	_, tap, k := bulkOn(t, CoalesceConfig{MaxOps: 100, MaxWait: 300 * time.Millisecond})
+	ctx := context.Background()
+	if _, err := k.Client().Create(ctx, "contacts", Record{"lastname": "Seeded", "msemr_azurefhirid": "seed-1"}); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var rec Record
+	var rerr, merr error
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		rec, rerr = k.Retrieve(ctx, ByKey("contacts", "msemr_azurefhirid", "seed-1"), "lastname")
+	}()
+	go func() {
+		defer wg.Done()
+		_, merr = k.Retrieve(ctx, ByKey("contacts", "msemr_azurefhirid", "nobody"), "lastname")
+	}()
+	res := createAll(t, k, "m", 4, nil)
+	wg.Wait()
+	if rerr != nil || rec.String("lastname") != "Seeded" {
+		t.Errorf("read in the flush: %v, %v", rec, rerr)
+	}
+	if !errors.Is(merr, ErrNotFound) {
+		t.Errorf("read of a missing row: %v, want not found", merr)
+	}
+	for i, r := range res {
+		for j, x := range r {
+			if x.Err != nil {
+				t.Errorf("record %d op %d: %v", i, j, x.Err)
+			}
+		}
+		if up, err := UpsertResultOf(ByKey("contacts", "msemr_azurefhirid", fmt.Sprintf("m-%02d", i)), r[0]); err != nil || up.ETag == "" {
+			t.Errorf("record %d: %+v, %v", i, up, err)
+		}
+	}
+	mixed := false
+	for _, b := range tap.lines() {
+		reads, bulk := 0, 0
+		for _, l := range b {
+			if strings.Contains(l, "Multiple") {
+				bulk++
+			} else if strings.HasPrefix(l, "GET ") {
+				reads++
+			}
+		}
+		mixed = mixed || (bulk > 0 && reads > 1)
+	}
+	if !mixed {
+		t.Errorf("no batch held both reads and bulk writes: %v", tap.lines())
+	}
+}

@@ -290,7 +290,7 @@ func (k *Coalescer) run(entries []*entry, attempt int) {
 		k.failed(live, err, attempt)
 		return
 	}
-	bo := k.answerBulk(bp, results[first:])
+	bo := k.answerBulk(bp, results)
 	if len(bo.again) > 0 && attempt >= k.c.retries {
 		for _, e := range bo.again {
 			e.finish(nil, nil, &Error{Op: "sending a batch", Class: ClassThrottled, Retryable: true, RetryAfter: bo.wait,
