@@ -43,12 +43,21 @@ func (r backfillRun) Percent() string {
 	return fmt.Sprintf("%.1f %%", 100*float64(min(r.Done, r.Total))/float64(r.Total))
 }
 
-// Left is the estimated time to the end of a running walk.
+// Processed estimates the records the agent has taken off the queue: the
+// notices enqueued less those still waiting there (of any origin, so the
+// figure errs low).
+func (r backfillRun) Processed() int64 {
+	return max(r.Done-r.Queued, 0)
+}
+
+// Left is the estimated time until the agent has processed the last record
+// of a running walk, at the walk's rate (records processed per second over
+// the last minute, as the walk stored it).
 func (r backfillRun) Left() string {
 	if r.State != "running" || r.Stale || r.Total < 0 || r.Rate <= 0 {
 		return "—"
 	}
-	return (time.Duration(float64(max(r.Total-r.Done, 0))/r.Rate) * time.Second).String()
+	return time.Duration(float64(max(r.Total-r.Processed(), 0)) / r.Rate * float64(time.Second)).Round(time.Second).String()
 }
 
 // Waited is the time the walk spent waiting for the queue or the source.

@@ -421,7 +421,7 @@ func (w *walker) walkFHIR(ctx context.Context, em *maps.EntityMap, add func(typ,
 			// notices only re-sync records already synced.
 			w.deps.Logger.Warn("backfill checkpoint link refused; walking from the first page again",
 				"map_id", em.Name, "run_id", w.run.row.ID, "error", err)
-			w.run.row.Done, w.run.row.Position, w.run.startDone = 0, "", 0
+			w.run.row.Done, w.run.row.Position = 0, ""
 			page, err = nil, nil
 		}
 		if err != nil {

@@ -52,10 +52,19 @@ type BackfillProgress struct {
 	// Total is the number of records the source reported (FHIR
 	// Bundle.total), or -1 when it did not say.
 	Total int64
-	// Rate is records per second enqueued by this process, since it
-	// started or resumed the run.
+	// Processed estimates the records of the run the agent has taken off
+	// the queue: Done less the notices still waiting on it (Queued, which
+	// counts notices of any origin, so the estimate errs low). Done when
+	// the queue cannot tell its depth.
+	Processed int64
+	// Rate is records per second processed over the last minute (the
+	// walk's own rate while it is shorter), measured in this process.
+	// Once the queue holds its bound, the walk enqueues only as fast as
+	// the agent processes, so this is the backfill's pace; the enqueue
+	// rate would run ahead by the queue's bound at first.
 	Rate float64
-	// Left is the estimated time to the end, or -1 when unknown.
+	// Left is the estimated time until the agent has processed every
+	// record (Total less Processed, at Rate), or -1 when unknown.
 	Left time.Duration
 	// Queued is the queue's depth (active and scheduled notices) when
 	// last read; 0 when the queue cannot tell or the walk is unbounded.
@@ -112,11 +121,13 @@ type backfillRun struct {
 	row       backfillRunRow
 	resumed   bool
 	started   time.Time // when this process took the run over
-	startDone int64     // Done when this process took it over
 	throttled time.Duration
 	queued    int64
 	waiting   bool
 	lastSave  time.Time
+	// samples are the processed counts of the last minute, oldest first,
+	// for the rate.
+	samples []progressSample
 	// onProgress, when set, receives the progress at every save.
 	onProgress func(BackfillProgress)
 }
@@ -170,7 +181,6 @@ func openBackfillRun(ctx context.Context, db *gorm.DB, mapName string, side queu
 		return nil, fmt.Errorf("opening the backfill checkpoint of %s (%s): %w", mapName, side, err)
 	}
 	r.row.ChangedAt = r.row.ChangedAt.UTC()
-	r.startDone = r.row.Done
 	r.throttled = time.Duration(r.row.ThrottledMS) * time.Millisecond
 	return r, nil
 }
@@ -244,16 +254,41 @@ func (r *backfillRun) save(ctx context.Context) error {
 	return nil
 }
 
-// progress is where the run stands now.
+// progressSample is the processed count at a time.
+type progressSample struct {
+	at        time.Time
+	processed int64
+}
+
+// rateWindow is how far back the rate looks.
+const rateWindow = time.Minute
+
+// progressNow is where the run stands now; it also keeps the sample the
+// rate is measured from.
 func (r *backfillRun) progressNow() BackfillProgress {
+	return r.progressAt(time.Now())
+}
+
+func (r *backfillRun) progressAt(now time.Time) BackfillProgress {
 	p := BackfillProgress{RunID: r.row.ID, Map: r.row.MapName, Side: queues.Side(r.row.Side), Done: r.row.Done,
 		Total: r.row.Total, Left: -1, Queued: r.queued, Waiting: r.waiting, Throttled: r.throttled,
 		Resumed: r.resumed, State: r.row.State}
-	if el := time.Since(r.started).Seconds(); el > 0 {
-		p.Rate = float64(r.row.Done-r.startDone) / el
+	p.Processed = max(p.Done-p.Queued, 0)
+	if p.State == BackfillDone && p.Queued == 0 {
+		p.Processed = p.Done
+	}
+	// The rate runs from the oldest sample of the last minute: until this
+	// process has seen two, it is unknown (0).
+	r.samples = append(r.samples, progressSample{at: now, processed: p.Processed})
+	for len(r.samples) > 2 && now.Sub(r.samples[1].at) >= rateWindow {
+		r.samples = r.samples[1:]
+	}
+	from := r.samples[0]
+	if el := now.Sub(from.at).Seconds(); el > 0 {
+		p.Rate = max(float64(p.Processed-from.processed)/el, 0)
 	}
 	if p.Total >= 0 && p.Rate > 0 {
-		p.Left = time.Duration(float64(max(p.Total-p.Done, 0)) / p.Rate * float64(time.Second))
+		p.Left = time.Duration(float64(max(p.Total-p.Processed, 0)) / p.Rate * float64(time.Second))
 	}
 	return p
 }

@@ -36,7 +36,10 @@ so a long backfill never fills the queue: when the agent slows (the CRM
 answers 429, an endpoint is down) the walk slows with it. Progress (records
 enqueued, of how many, rate, time left; counts only) goes to stderr every
 --progress interval and to the database, where the admin app's Backfills page
-and backfill --status show it.`)
+and backfill --status show it. Processed is what the agent has taken off the
+queue (enqueued less the notices waiting there); the rate is that pace over
+the last minute, and the time left is until the agent has processed the last
+record.`)
 	mapName := fs.String("map", "", "entity map `name` (required)")
 	side := fs.String("side", "both", "which records to walk: fhir, crm or both")
 	dryRun := fs.Bool("dry-run", false, "list what would be enqueued and send nothing")
@@ -246,7 +249,7 @@ func formatProgress(p agent.BackfillProgress) string {
 	} else {
 		b = fmt.Appendf(b, " of an unknown total")
 	}
-	b = fmt.Appendf(b, " enqueued, %.0f records/s", p.Rate)
+	b = fmt.Appendf(b, " enqueued, %d processed, %.0f records/s", p.Processed, p.Rate)
 	switch {
 	case p.State == agent.BackfillDone:
 		b = fmt.Appendf(b, ", done")
@@ -288,8 +291,8 @@ func backfillStatus(ctx context.Context, e *env) error {
 		if r.Total >= 0 {
 			total = fmt.Sprint(r.Total)
 		}
-		fmt.Fprintf(e.stdout, "%s  %-24s %-4s %-11s %d of %s  %.0f/s  resumes %d  updated %s\n", r.ID, r.Map, r.Side, r.State,
-			r.Done, total, r.Rate, r.Resumes, r.UpdatedAt.UTC().Format(time.RFC3339))
+		fmt.Fprintf(e.stdout, "%s  %-24s %-4s %-11s %d of %s  processed %d  %.0f/s  resumes %d  updated %s\n", r.ID, r.Map, r.Side, r.State,
+			r.Done, total, max(r.Done-r.Queued, 0), r.Rate, r.Resumes, r.UpdatedAt.UTC().Format(time.RFC3339))
 	}
 	return nil
 }

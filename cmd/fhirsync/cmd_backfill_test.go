@@ -277,17 +277,17 @@ func TestFormatProgress(t *testing.T) {
 		want string
 	}{
 		{name: "running with a total",
-			p:    agent.BackfillProgress{Map: "patient-contact", Side: queues.SideFHIR, Done: 250000, Total: 1000000, Rate: 812.4, Left: 923*time.Second + 300*time.Millisecond, Queued: 4800, State: agent.BackfillRunning},
-			want: "backfill patient-contact fhir: 250000 of 1000000 (25.0%) enqueued, 812 records/s, about 15m23s left; 4800 waiting on the queue"},
+			p:    agent.BackfillProgress{Map: "patient-contact", Side: queues.SideFHIR, Done: 250000, Processed: 245200, Total: 1000000, Rate: 812.4, Left: 923*time.Second + 300*time.Millisecond, Queued: 4800, State: agent.BackfillRunning},
+			want: "backfill patient-contact fhir: 250000 of 1000000 (25.0%) enqueued, 245200 processed, 812 records/s, about 15m23s left; 4800 waiting on the queue"},
 		{name: "waiting, total unknown, resumed",
 			p:    agent.BackfillProgress{Map: "patient-contact", Side: queues.SideCRM, Done: 10, Total: -1, Left: -1, Queued: 5000, Waiting: true, Resumed: true, State: agent.BackfillRunning},
-			want: "backfill patient-contact crm: 10 of an unknown total enqueued, 0 records/s; 5000 waiting on the queue (paused for the agent or the source); resumed from a checkpoint"},
+			want: "backfill patient-contact crm: 10 of an unknown total enqueued, 0 processed, 0 records/s; 5000 waiting on the queue (paused for the agent or the source); resumed from a checkpoint"},
 		{name: "done",
-			p:    agent.BackfillProgress{Map: "m", Side: queues.SideFHIR, Done: 7, Total: 7, Rate: 7, State: agent.BackfillDone},
-			want: "backfill m fhir: 7 of 7 (100.0%) enqueued, 7 records/s, done; 0 waiting on the queue"},
+			p:    agent.BackfillProgress{Map: "m", Side: queues.SideFHIR, Done: 7, Processed: 7, Total: 7, Rate: 7, State: agent.BackfillDone},
+			want: "backfill m fhir: 7 of 7 (100.0%) enqueued, 7 processed, 7 records/s, done; 0 waiting on the queue"},
 		{name: "interrupted",
-			p:    agent.BackfillProgress{Map: "m", Side: queues.SideFHIR, Done: 3, Total: 7, Left: time.Second, State: agent.BackfillInterrupted},
-			want: "backfill m fhir: 3 of 7 (42.9%) enqueued, 0 records/s, interrupted; 0 waiting on the queue"},
+			p:    agent.BackfillProgress{Map: "m", Side: queues.SideFHIR, Done: 3, Processed: 3, Total: 7, Left: time.Second, State: agent.BackfillInterrupted},
+			want: "backfill m fhir: 3 of 7 (42.9%) enqueued, 3 processed, 0 records/s, interrupted; 0 waiting on the queue"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
