@@ -201,6 +201,53 @@ func TestEveryReasonCodeEndToEnd(t *testing.T) {
 			{name: "CRM refuses the request", reason: "target_rejected", run: func(t *testing.T) string {
 				e.crmSrv.FailNext(1, http.StatusBadRequest)
 				return e.notify(t, queues.SideFHIR, "Patient", synth.PatientID(0), "", queues.EventChanged)
+			}, check: func(t *testing.T, d logs.Decision) {
+				// The CRM's own code and message, not only http_400.
+				if te := d.LastError(); te == nil || te.Code != "0x80040216" || te.Status != http.StatusBadRequest || te.Message == "" {
+					t.Errorf("target_rejected without the CRM's code and message: %+v", d.Attempts)
+				}
+			}},
+			{name: "encounter of a patient not synced yet", reason: "missing_reference", run: func(t *testing.T) string {
+				p, err := e.fhir.Create(ctx, fhir.Resource{"resourceType": "Patient", "gender": "male",
+					"name": []any{map[string]any{"use": "official", "family": "Unsynced"}}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				enc, err := e.fhir.Create(ctx, fhir.Resource{"resourceType": "Encounter", "status": "finished",
+					"class":   map[string]any{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+					"subject": map[string]any{"reference": "Patient/" + p.ID()}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return e.notify(t, queues.SideFHIR, "Encounter", enc.ID(), "", queues.EventCreated)
+			}, check: func(t *testing.T, d logs.Decision) {
+				if d.ReasonSubject == "" {
+					t.Errorf("missing_reference names no attribute map: %+v", d)
+				}
+			}},
+			{name: "a patient's identifier row changes in the CRM", reason: "child_row", run: func(t *testing.T) string {
+				var rowID string
+				err := e.crmHuman.RetrieveMultiple(ctx, "msemr_medicalidentifiers", crm.Query{Select: []string{"msemr_medicalidentifierid"}, Top: 1},
+					func(r crm.Record) error { rowID = r.String("msemr_medicalidentifierid"); return nil })
+				if err != nil || rowID == "" {
+					t.Fatalf("no identifier row in the CRM (%v)", err)
+				}
+				return e.notify(t, queues.SideCRM, "msemr_medicalidentifier", rowID, "", queues.EventUpdated)
+			}, check: func(t *testing.T, d logs.Decision) {
+				if d.EntityMap != "patient-contact" || d.ReasonSubject == "" {
+					t.Errorf("child_row decision names map %q and expansion %q, want patient-contact and its expansion", d.EntityMap, d.ReasonSubject)
+				}
+				// The CRM's service endpoint reported the child rows
+				// fhirsync wrote; none of them may be no_entity_map noise.
+				page, err := e.logs.Search(ctx, logs.Filter{Reason: "no_entity_map"}, "", 500)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, x := range page.Decisions {
+					if x.Source.Type == "msemr_medicalidentifier" {
+						t.Errorf("an identifier row was decided no_entity_map: %+v", x)
+					}
+				}
 			}},
 			{name: "CRM forbids fhirsync", reason: "unauthorized", run: func(t *testing.T) string {
 				e.crmSrv.FailNext(1, http.StatusForbidden)
