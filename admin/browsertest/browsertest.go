@@ -12,11 +12,14 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/browser"
 	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/cdproto/target"
 	"github.com/chromedp/chromedp"
 )
@@ -115,6 +118,7 @@ func (b *Browser) Session(t testing.TB, timeout time.Duration) context.Context {
 		t.Fatalf("opening a tab: %v", err)
 	}
 	ctx, cancel := chromedp.NewContext(b.ctx, chromedp.WithTargetID(id))
+	ctx = context.WithValue(ctx, browserContextKey{}, bc)
 	ctx, cancelTimeout := context.WithTimeout(ctx, timeout)
 	t.Cleanup(func() {
 		cancelTimeout()
@@ -122,6 +126,67 @@ func (b *Browser) Session(t testing.TB, timeout time.Duration) context.Context {
 		_ = target.DisposeBrowserContext(bc).Do(exec)
 	})
 	return ctx
+}
+
+// browserContextKey holds a session's browser context id in its context.
+type browserContextKey struct{}
+
+// Download runs action (a click on a download link, say) in the session
+// ctx and waits for the file it downloads into dir; it returns the
+// file's path. The browser names the file by its download GUID.
+func Download(ctx context.Context, dir string, action chromedp.Action) (string, error) {
+	bc, ok := ctx.Value(browserContextKey{}).(cdp.BrowserContextID)
+	if !ok {
+		return "", fmt.Errorf("downloading: the context is not a browsertest session")
+	}
+	c := chromedp.FromContext(ctx)
+	exec := cdp.WithExecutor(ctx, c.Browser)
+	err := browser.SetDownloadBehavior(browser.SetDownloadBehaviorBehaviorAllowAndName).
+		WithDownloadPath(dir).WithEventsEnabled(true).WithBrowserContextID(bc).Do(exec)
+	if err != nil {
+		return "", fmt.Errorf("allowing downloads: %w", err)
+	}
+	done := make(chan *browser.EventDownloadProgress, 1)
+	lctx, stop := context.WithCancel(ctx)
+	defer stop()
+	chromedp.ListenBrowser(lctx, func(ev any) {
+		if p, ok := ev.(*browser.EventDownloadProgress); ok && (p.State == browser.DownloadProgressStateCompleted || p.State == browser.DownloadProgressStateCanceled) {
+			select {
+			case done <- p:
+			default:
+			}
+		}
+	})
+	if err := chromedp.Run(ctx, action); err != nil {
+		return "", err
+	}
+	select {
+	case p := <-done:
+		if p.State != browser.DownloadProgressStateCompleted {
+			return "", fmt.Errorf("the download was canceled")
+		}
+		return filepath.Join(dir, p.GUID), nil
+	case <-ctx.Done():
+		return "", fmt.Errorf("waiting for the download: %w", ctx.Err())
+	}
+}
+
+// PhoneWidth is the narrowest screen the admin app must work on: an
+// iPhone SE/mini's 375 CSS pixels.
+const PhoneWidth = 375
+
+// Viewport emulates a screen width×height CSS pixels wide; mobile also
+// turns on touch-screen behaviour and the meta viewport, as on a phone.
+func Viewport(width, height int64, mobile bool) chromedp.Action {
+	return emulation.SetDeviceMetricsOverride(width, height, 2, mobile)
+}
+
+// ScrollWidth is how wide the current page's content is, in CSS pixels:
+// wider than the viewport means the page scrolls sideways.
+func ScrollWidth(ctx context.Context) (int64, error) {
+	var w int64
+	err := chromedp.Run(ctx, chromedp.Evaluate(`document.scrollingElement.scrollWidth`, &w))
+	return w, err
 }
 
 // Screenshot writes a PNG of the whole current page of ctx to path, for
