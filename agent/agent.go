@@ -83,6 +83,11 @@ type Config struct {
 	// CRMBatchWait is how long the first operation of a $batch waits for
 	// others (default 50ms).
 	CRMBatchWait time.Duration
+	// CRMBulkOff keeps each record's CRM writes in a change set of its
+	// own. By default the writes of new records (and updates by id sent
+	// alone) of one batch go as CreateMultiple / UpdateMultiple messages
+	// (crm.CoalesceConfig.NoBulk).
+	CRMBulkOff bool
 	// BackfillWorkers is how many notices of a backfill or reconcile are
 	// processed at once per queue, beside Workers (default 1,024; negative:
 	// none apart, they share Workers). See backfill_lane.go.
@@ -189,7 +194,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	api := deps.CRM
 	if c, ok := deps.CRM.(*crm.Client); ok && cfg.CRMBatchMax != 1 {
 		// Concurrent messages' CRM requests share $batch requests.
-		k, err := crm.NewCoalescer(c, crm.CoalesceConfig{MaxOps: cfg.CRMBatchMax, MaxWait: cfg.CRMBatchWait})
+		k, err := crm.NewCoalescer(c, crm.CoalesceConfig{MaxOps: cfg.CRMBatchMax, MaxWait: cfg.CRMBatchWait, NoBulk: cfg.CRMBulkOff})
 		if err != nil {
 			return nil, fmt.Errorf("agent: %w", err)
 		}
@@ -197,7 +202,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		if cfg.BackfillWorkers > 0 {
 			// Notices of a backfill or reconcile share large batches
 			// of their own (backfill_lane.go).
-			bk, err := crm.NewCoalescer(c, crm.CoalesceConfig{MaxOps: cfg.BackfillBatchMax, MaxWait: cfg.BackfillBatchWait})
+			bk, err := crm.NewCoalescer(c, crm.CoalesceConfig{MaxOps: cfg.BackfillBatchMax, MaxWait: cfg.BackfillBatchWait, NoBulk: cfg.CRMBulkOff})
 			if err != nil {
 				return nil, fmt.Errorf("agent: backfill batches: %w", err)
 			}

@@ -101,6 +101,10 @@ type AgentConfig struct {
 	// CRMBatchWait is how long the first operation of a $batch waits for
 	// others (0: 50ms).
 	CRMBatchWait time.Duration `yaml:"crm_batch_wait"`
+	// CRMBulk is on (the default, also when empty) or off: new records'
+	// writes in a batch go as CreateMultiple / UpdateMultiple bulk
+	// messages, or each record's as a change set of its own.
+	CRMBulk string `yaml:"crm_bulk"`
 }
 
 // FeedsConfig selects the change feeds this process runs. Every process may
@@ -546,6 +550,11 @@ func (c Config) Validate() []string {
 	}
 	if c.Agent.CRMBatchWait < 0 {
 		bad("agent.crm_batch_wait", "must not be negative")
+	}
+	switch c.Agent.CRMBulk {
+	case "", "on", "off":
+	default:
+		bad("agent.crm_bulk", "%q is not on or off", c.Agent.CRMBulk)
 	}
 	if c.Agent.ConflictSkew < 0 {
 		bad("agent.conflict_skew", "must not be negative")
