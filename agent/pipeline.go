@@ -243,25 +243,9 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 		}
 		return stop(logs.OutcomeSkipped, "no_entity_map", fmt.Sprintf("No published entity map covers %s %s.", n.Side, n.Type))
 	}
-	// The gates that need no record: enabled and direction. With several
-	// candidate maps, those that pass go on to the record's filters.
-	var open []*maps.Mapping
-	var closed *step
-	for _, m := range cands {
-		em := m.Def()
-		fl := flowOf(em, n.Side)
-		switch {
-		case !em.IsEnabled():
-			closed = stop(logs.OutcomeSkipped, "map_disabled", fmt.Sprintf("Entity map %s is disabled.", em.Name))
-		case !fl.Enabled:
-			closed = stop(logs.OutcomeSkipped, "direction_off", fmt.Sprintf("Entity map %s does not sync %s.", em.Name, f.dir))
-		default:
-			open = append(open, m)
-			continue
-		}
-		d.EntityMap = em.Name
-	}
+	open, closed, closedMap := gates(cands, n.Side, f.dir)
 	if len(open) == 0 {
+		d.EntityMap = closedMap
 		return closed
 	}
 	d.EntityMap = open[0].Name()
@@ -566,6 +550,29 @@ func otherSide(f *flow) string {
 		return "CRM"
 	}
 	return "FHIR"
+}
+
+// gates applies the gates that need no record, enabled and direction, to
+// the candidate maps of a change from side: the maps that pass go on to
+// the record's filters; when none does, closed is the decision and
+// closedMap the map whose gate closed last. A replay's dry run predicts
+// with the same gates.
+func gates(cands []*maps.Mapping, side queues.Side, dir logs.Direction) (open []*maps.Mapping, closed *step, closedMap string) {
+	for _, m := range cands {
+		em := m.Def()
+		fl := flowOf(em, side)
+		switch {
+		case !em.IsEnabled():
+			closed = stop(logs.OutcomeSkipped, "map_disabled", fmt.Sprintf("Entity map %s is disabled.", em.Name))
+		case !fl.Enabled:
+			closed = stop(logs.OutcomeSkipped, "direction_off", fmt.Sprintf("Entity map %s does not sync %s.", em.Name, dir))
+		default:
+			open = append(open, m)
+			continue
+		}
+		closedMap = em.Name
+	}
+	return open, closed, closedMap
 }
 
 func flowOf(em *maps.EntityMap, side queues.Side) maps.Flow {
