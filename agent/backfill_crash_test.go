@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -24,6 +25,66 @@ import (
 // the million-record backfill), and FHIRSYNC_BACKFILL_CRASH_LIMITS=dataverse
 // turns on the sandbox CRM's documented service-protection limits.
 const backfillCrashPatients = 3000
+
+// The further application users of the agent in runs with several
+// (FHIRSYNC_BACKFILL_CRASH_USERS).
+const (
+	agentUser2 = "00000000-0000-0000-0000-0000000a6e18"
+	agentUser3 = "00000000-0000-0000-0000-0000000a6e19"
+)
+
+// backfillCrashUsers is how many application users the agent signs in to
+// the CRM as: FHIRSYNC_BACKFILL_CRASH_USERS (1 to 3, default 1).
+func backfillCrashUsers(t *testing.T) []string {
+	all := []string{agentUser, agentUser2, agentUser3}
+	v := os.Getenv("FHIRSYNC_BACKFILL_CRASH_USERS")
+	if v == "" {
+		return all[:1]
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > len(all) {
+		t.Fatalf("FHIRSYNC_BACKFILL_CRASH_USERS=%q: want 1, 2 or 3", v)
+	}
+	return all[:n]
+}
+
+// usersEnv configures a `fhirsync serve` or `fhirsync backfill` child to
+// sign in as users (crm.users) instead of the one agent user.
+func usersEnv(t *testing.T, env map[string]string, users []string) {
+	if len(users) < 2 {
+		return
+	}
+	delete(env, "FHIRSYNC_CRM_AUTH_METHOD")
+	delete(env, "FHIRSYNC_CRM_AUTH_TOKEN")
+	delete(env, "FHIRSYNC_AGENT_CRM_USER_ID")
+	dir := t.TempDir()
+	for i, u := range users {
+		tok := "agent-token"
+		if i > 0 {
+			tok += "-" + strconv.Itoa(i+1)
+		}
+		file := filepath.Join(dir, "token"+strconv.Itoa(i))
+		if err := os.WriteFile(file, []byte(tok), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		k := "FHIRSYNC_CRM_USERS_" + strconv.Itoa(i) + "_"
+		env[k+"METHOD"], env[k+"TOKEN_FILE"], env[k+"USER_ID"] = "bearer", file, u
+	}
+}
+
+// accounts sums the sandbox CRM's accounting of users.
+func accounts(srv *crmserver.Server, users []string) crmserver.Account {
+	var sum crmserver.Account
+	all := srv.Accounts()
+	for _, u := range users {
+		a := all[u]
+		sum.Requests += a.Requests
+		sum.Operations += a.Operations
+		sum.ExecutionTime += a.ExecutionTime
+		sum.Throttled += a.Throttled
+	}
+	return sum
+}
 
 // backfillCrashSize reads the test's size and limits from the environment.
 func backfillCrashSize(t *testing.T) (records int, limits bool, large bool) {
@@ -92,6 +153,7 @@ func TestBackfillResumesAfterSIGKILL(t *testing.T) {
 	}
 	t.Parallel()
 	records, limits, large := backfillCrashSize(t)
+	users := backfillCrashUsers(t)
 	for _, d := range storagetest.Dialects {
 		t.Run(string(d), func(t *testing.T) {
 			t.Parallel()
@@ -104,6 +166,7 @@ func TestBackfillResumesAfterSIGKILL(t *testing.T) {
 				f.crmSrv.SetLimits(l)
 			}
 			env := f.env(t, "FHIRSYNC_AGENT_WORKERS", "8")
+			usersEnv(t, env, users)
 			p := agenttest.Start(t, f.bin, env)
 			g := synth.New(11)
 			for typ, want := range map[string]int{"Organization": g.Organizations, "Practitioner": g.Practitioners} {
@@ -113,7 +176,7 @@ func TestBackfillResumesAfterSIGKILL(t *testing.T) {
 				f.drained(t, 3*time.Minute)
 			}
 
-			before := f.crmSrv.Accounts()[agentUser]
+			before := accounts(f.crmSrv, users)
 			var out1, err1 bytes.Buffer
 			backfillStart := time.Now()
 			bf := f.backfillCommand(t, env, &out1, &err1, large)
@@ -183,12 +246,14 @@ func TestBackfillResumesAfterSIGKILL(t *testing.T) {
 				f.drained(t, 5*time.Minute)
 			}
 			synced := time.Since(backfillStart)
-			after := f.crmSrv.Accounts()[agentUser]
+			after := accounts(f.crmSrv, users)
 			req, ops := after.Requests-before.Requests, after.Operations-before.Operations
-			t.Logf("%s: %d patients backfilled and synced in %s (%.0f records/s), kill included, CRM limits on: %v; agent CRM requests %d (%.3f per record), operations %d, execution time %s, 429s %d; the backfill waited %s for the queue; the two backfill processes used %s of CPU (%.1f µs per record)",
-				d, records, synced.Round(time.Second), float64(records)/synced.Seconds(), limits, req, float64(req)/float64(records), ops,
+			t.Logf("%s: %d patients backfilled and synced in %s (%.0f records/s), kill included, CRM limits on: %v, %d application user(s); agent CRM requests %d (%.3f per record), operations %d, execution time %s, 429s %d; the backfill waited %s for the queue; the two backfill processes used %s of CPU (%.1f µs per record)",
+				d, records, synced.Round(time.Second), float64(records)/synced.Seconds(), limits, len(users), req, float64(req)/float64(records), ops,
 				(after.ExecutionTime - before.ExecutionTime).Round(time.Second), after.Throttled-before.Throttled, final.Throttled.Round(time.Second),
 				walkCPU.Round(time.Millisecond), float64(walkCPU.Microseconds())/float64(records))
+			t.Logf("%s: peak RSS: fhirsync serve %s, the backfill processes %s, this test process with the sandboxes %s",
+				d, peakRSS(p.Pid()), childRSS(bf), peakRSS(os.Getpid()))
 			if err := p.Stop(30 * time.Second); err != nil {
 				t.Errorf("stopping: %v\n%s", err, p.Output())
 			}
@@ -206,4 +271,30 @@ func processCPU(cmd *exec.Cmd) time.Duration {
 		return 0
 	}
 	return cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+}
+
+// peakRSS is a live process's peak resident set size (VmHWM), or "?"
+// where /proc cannot tell.
+func peakRSS(pid int) string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return "?"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			return strings.Join(strings.Fields(v), " ")
+		}
+	}
+	return "?"
+}
+
+// childRSS is an ended child process's peak resident set size.
+func childRSS(cmd *exec.Cmd) string {
+	if cmd.ProcessState == nil {
+		return "?"
+	}
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		return strconv.FormatInt(ru.Maxrss, 10) + " kB"
+	}
+	return "?"
 }

@@ -74,7 +74,9 @@ func newFleet(t *testing.T, dialect storage.Dialect, patients int) *fleet {
 	fhirHTTP := httptest.NewServer(f.fhirSrv)
 	t.Cleanup(fhirHTTP.Close)
 	f.fhirURL = fhirHTTP.URL
-	if f.crmSrv, err = crmserver.New(crmserver.Options{Tokens: map[string]string{"agent-token": agentUser, "human-token": humanUser}}); err != nil {
+	if f.crmSrv, err = crmserver.New(crmserver.Options{Tokens: map[string]string{"agent-token": agentUser, "human-token": humanUser,
+		// Further application users of the agent, for runs with several.
+		"agent-token-2": agentUser2, "agent-token-3": agentUser3}}); err != nil {
 		t.Fatal(err)
 	}
 	crmHTTP := httptest.NewServer(f.crmSrv)
