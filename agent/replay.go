@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fhirsync/fhirsync/logs"
+	"github.com/fhirsync/fhirsync/maps"
 	"github.com/fhirsync/fhirsync/queues"
 )
 
@@ -26,6 +27,9 @@ const (
 const (
 	AuditReplayRecords     = "replay.records"
 	AuditReplayDeadLetters = "replay.deadletters"
+	// AuditReplayDryRun records a dry run: what was asked and how many
+	// records it found. Nothing was sent.
+	AuditReplayDryRun = "replay.dry_run"
 )
 
 // DefaultMaxRedrives is how many times a dead letter may be redriven before
@@ -51,6 +55,11 @@ type deadLetters interface {
 	Redrive(ctx context.Context, seqs []int64, maxRedrives int) (int, error)
 }
 
+// mapSource gives the published map set a dry run predicts with.
+type mapSource interface {
+	Current(ctx context.Context) (*maps.Set, error)
+}
+
 // replayQueue is a change queue as replay uses it.
 type replayQueue interface {
 	sender
@@ -63,6 +72,9 @@ type ReplayDeps struct {
 	Audit       auditor
 	FHIRChanges replayQueue
 	CRMChanges  replayQueue
+	// Maps, when set, lets a dry run say which entity maps would handle
+	// each record and the decision their gates give (see ReplayPlan).
+	Maps mapSource
 	// Registry, when set, receives fhirsync_replays_total.
 	Registry prometheus.Registerer
 	Logger   *slog.Logger
@@ -151,6 +163,107 @@ type ReplayResult struct {
 	// limit.
 	Truncated bool
 	DryRun    bool
+	// Plans say, in a dry run with ReplayDeps.Maps set, what each record
+	// of Refs would meet (in the same order).
+	Plans []ReplayPlan
+}
+
+// ReplayPlan is a dry run's account of one record: which entity maps would
+// take it and the decision it would get, as far as that is known without
+// reading the record.
+type ReplayPlan struct {
+	Ref string `json:"ref"`
+	// Maps are the published entity maps whose gates are open for the
+	// record's type and side, or, when none is, the map whose gate closed.
+	Maps []string `json:"maps"`
+	// MapVersion is the published map set's version.
+	MapVersion int `json:"map_version"`
+	// Outcome and Reason are the decision the map gates give (no map,
+	// map disabled, direction off): what the agent will record. Both are
+	// empty when the gates are open and the record's content decides.
+	Outcome logs.Outcome    `json:"outcome,omitempty"`
+	Reason  logs.ReasonCode `json:"reason,omitempty"`
+	// Message says the decision in a sentence, or what the agent will do
+	// when the record decides.
+	Message string `json:"message"`
+	// Last is the record's latest logged decision (for a log query: the
+	// latest one matching it), when there is one.
+	Last *ReplayLast `json:"last,omitempty"`
+}
+
+// ReplayLast is the decision a record last got: no values, ids and codes.
+type ReplayLast struct {
+	ID        int64           `json:"id"`
+	Time      time.Time       `json:"time"`
+	EntityMap string          `json:"entity_map,omitempty"`
+	Outcome   logs.Outcome    `json:"outcome"`
+	Reason    logs.ReasonCode `json:"reason"`
+}
+
+// maxLastLookups bounds the log lookups of a dry run by record.
+const maxLastLookups = 500
+
+// plan predicts what the replay notices ns would meet. last holds the
+// latest decision known per ref; refs without one are looked up in the
+// log (at most maxLastLookups).
+func (r *Replayer) plan(ctx context.Context, ns []queues.Notice, last map[string]*ReplayLast) ([]ReplayPlan, error) {
+	if r.deps.Maps == nil {
+		return nil, nil
+	}
+	set, err := r.deps.Maps.Current(ctx)
+	if err != nil && !errors.Is(err, maps.ErrNotFound) {
+		return nil, fmt.Errorf("reading the published maps: %w", err)
+	}
+	lookups := 0
+	plans := make([]ReplayPlan, 0, len(ns))
+	for _, n := range ns {
+		p := ReplayPlan{Ref: n.Ref(), Last: last[n.Ref()]}
+		dir := logs.FHIRToCRM
+		if n.Side == queues.SideCRM {
+			dir = logs.CRMToFHIR
+		}
+		var cands []*maps.Mapping
+		if set != nil {
+			p.MapVersion = set.Version()
+			cands = setView{set}.candidates(n.Side, n.Type)
+		}
+		open, closed, closedMap := gates(cands, n.Side, dir)
+		switch {
+		case len(cands) == 0:
+			p.Outcome, p.Reason = logs.OutcomeSkipped, "no_entity_map"
+			p.Message = fmt.Sprintf("No published entity map covers %s %s.", n.Side, n.Type)
+		case len(open) == 0:
+			p.Maps = []string{closedMap}
+			p.Outcome, p.Reason, p.Message = closed.outcome, closed.reason, closed.message
+		default:
+			for _, m := range open {
+				p.Maps = append(p.Maps, m.Name())
+			}
+			from, to := "the FHIR server", "the CRM"
+			if n.Side == queues.SideCRM {
+				from, to = "the CRM", "the FHIR server"
+			}
+			p.Message = fmt.Sprintf("Re-read from %s and mapped by %s: sent to %s when a mapped value differs there, "+
+				"skipped as unchanged when none does, skipped as source_gone or deleted when the record is gone.",
+				from, strings.Join(p.Maps, ", "), to)
+		}
+		if p.Last == nil && r.deps.Logs != nil && lookups < maxLastLookups {
+			lookups++
+			page, err := r.deps.Logs.Search(ctx, logs.Filter{Record: n.ID, RecordType: n.Type, Direction: dir}, "", 1)
+			if err != nil {
+				return nil, fmt.Errorf("reading the last decision of %s: %w", n.Ref(), err)
+			}
+			if len(page.Decisions) > 0 {
+				p.Last = lastOf(page.Decisions[0])
+			}
+		}
+		plans = append(plans, p)
+	}
+	return plans, nil
+}
+
+func lastOf(d logs.Decision) *ReplayLast {
+	return &ReplayLast{ID: d.ID, Time: d.Time, EntityMap: d.EntityMap, Outcome: d.Outcome, Reason: d.Reason}
 }
 
 // Records enqueues a replay notice for each record reference.
@@ -163,7 +276,7 @@ func (r *Replayer) Records(ctx context.Context, refs []string, opts ReplayOption
 		}
 		ns = append(ns, n)
 	}
-	return r.send(ctx, ReplayRecord, ns, false, opts, "records "+strings.Join(refs, ", "))
+	return r.send(ctx, ReplayRecord, ns, nil, false, opts, "records "+strings.Join(refs, ", "))
 }
 
 // LogQuery says which decisions' source records to replay.
@@ -184,6 +297,7 @@ func (r *Replayer) FromLog(ctx context.Context, q LogQuery, opts ReplayOptions) 
 		q.Limit = 10000
 	}
 	seen := map[string]bool{}
+	last := map[string]*ReplayLast{}
 	var ns []queues.Notice
 	truncated := false
 	after := ""
@@ -203,6 +317,7 @@ walk:
 				break walk
 			}
 			seen[n.Ref()] = true
+			last[n.Ref()] = lastOf(d)
 			ns = append(ns, n)
 		}
 		if page.Next == "" {
@@ -210,7 +325,7 @@ walk:
 		}
 		after = page.Next
 	}
-	return r.send(ctx, ReplayLogQuery, ns, truncated, opts, describeFilter(q.Filter))
+	return r.send(ctx, ReplayLogQuery, ns, last, truncated, opts, describeFilter(q.Filter))
 }
 
 // sourceNotice is the replay notice for a decision's source record; false
@@ -258,12 +373,24 @@ func describeFilter(f logs.Filter) string {
 
 // send enqueues ns (one ChangedAt for all, so each is a new message that
 // no earlier notice deduplicates), then counts and audits the replay.
-func (r *Replayer) send(ctx context.Context, kind string, ns []queues.Notice, truncated bool, opts ReplayOptions, what string) (ReplayResult, error) {
+func (r *Replayer) send(ctx context.Context, kind string, ns []queues.Notice, last map[string]*ReplayLast, truncated bool, opts ReplayOptions, what string) (ReplayResult, error) {
 	res := ReplayResult{DryRun: opts.DryRun, Truncated: truncated}
 	for _, n := range ns {
 		res.Refs = append(res.Refs, n.Ref())
 	}
-	if opts.DryRun || len(ns) == 0 {
+	if opts.DryRun {
+		plans, err := r.plan(ctx, ns, last)
+		if err != nil {
+			return res, err
+		}
+		res.Plans = plans
+		if opts.Actor != "" {
+			r.record(ctx, kind, AuditReplayDryRun, "queue", "", opts.Actor,
+				fmt.Sprintf("%s (%d records)", clip(what, 1000), len(ns)), "dry run: nothing sent", 0)
+		}
+		return res, nil
+	}
+	if len(ns) == 0 {
 		return res, nil
 	}
 	if opts.Actor == "" {

@@ -14,6 +14,8 @@ import (
 
 	"github.com/fhirsync/fhirsync/agent"
 	"github.com/fhirsync/fhirsync/logs"
+	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/maps/starter"
 	"github.com/fhirsync/fhirsync/queues"
 	"github.com/fhirsync/fhirsync/queues/embedded"
 	"github.com/fhirsync/fhirsync/storage/storagetest"
@@ -397,5 +399,98 @@ func TestNewReplayerSharesTheCounter(t *testing.T) {
 	}
 	if _, err := agent.NewReplayer(agent.ReplayDeps{FHIRChanges: q, CRMChanges: q}); err == nil {
 		t.Fatal("a replayer without an audit trail was built")
+	}
+}
+
+// TestReplayDryRunPlans: a dry run says, per record, which published maps
+// would take it and the decision the map gates give — the same gates the
+// pipeline applies — plus the record's last decision, and sends nothing.
+func TestReplayDryRunPlans(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := storagetest.Open(t, "sqlite")
+	e := newReplayEnv(t, db)
+	ms, err := maps.New(db, maps.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, _, err := maps.Import(starter.YAML(), maps.CompileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := false
+	for i := range doc.EntityMaps {
+		if doc.EntityMaps[i].Name == "organization-account" {
+			doc.EntityMaps[i].Enabled = &off
+		}
+	}
+	v, err := ms.CreateDraft(ctx, doc, "test", "starter, organizations off")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ms.Publish(ctx, v.Number, "test", "starter"); err != nil {
+		t.Fatal(err)
+	}
+	r, err := agent.NewReplayer(agent.ReplayDeps{Logs: e.logs, Audit: e.logs, FHIRChanges: e.fhirQ, CRMChanges: e.crmQ, Maps: ms})
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now().UTC().Add(-time.Hour).Truncate(time.Second)
+	if err := e.logs.WriteBatch(ctx, []*logs.Decision{{Time: at, Direction: logs.FHIRToCRM, EntityMap: "patient-contact",
+		Source: logs.Ref{Type: "Patient", ID: "p1"}, Outcome: logs.OutcomeDeadLettered, Reason: logs.ReasonTargetRejected, Message: "400"}}); err != nil {
+		t.Fatal(err)
+	}
+
+	refs := []string{"fhir:Patient/p1", "crm:contact/c1", "crm:msemr_encounter/e1", "fhir:Organization/o1", "fhir:Basic/b1"}
+	res, err := r.Records(ctx, refs, agent.ReplayOptions{Actor: "alice", DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type want struct {
+		maps    string
+		outcome logs.Outcome
+		reason  logs.ReasonCode
+		last    logs.ReasonCode
+	}
+	wants := []want{
+		{maps: "patient-contact", last: logs.ReasonTargetRejected},
+		{maps: "patient-contact,practitioner-contact"},
+		{maps: "encounter", outcome: logs.OutcomeSkipped, reason: "direction_off"},
+		{maps: "organization-account", outcome: logs.OutcomeSkipped, reason: "map_disabled"},
+		{outcome: logs.OutcomeSkipped, reason: "no_entity_map"},
+	}
+	if len(res.Plans) != len(wants) {
+		t.Fatalf("%d plans for %d records: %+v", len(res.Plans), len(wants), res.Plans)
+	}
+	for i, w := range wants {
+		p := res.Plans[i]
+		var last logs.ReasonCode
+		if p.Last != nil {
+			last = p.Last.Reason
+		}
+		if p.Ref != refs[i] || strings.Join(p.Maps, ",") != w.maps || p.Outcome != w.outcome || p.Reason != w.reason || last != w.last || p.Message == "" {
+			t.Errorf("plan %d = %+v (last %v); want %+v", i, p, p.Last, w)
+		}
+		if p.MapVersion != v.Number {
+			t.Errorf("plan %d map version %d, want %d", i, p.MapVersion, v.Number)
+		}
+	}
+	if d, _ := e.fhirQ.Depth(ctx); d.Active != 0 {
+		t.Fatalf("a dry run enqueued %d notices", d.Active)
+	}
+	if got := e.audit(t, agent.AuditReplayDryRun); len(got) != 1 || got[0].Actor != "alice" || !strings.Contains(got[0].Before, "5 records") {
+		t.Fatalf("dry run audit = %+v", got)
+	}
+	if got := e.audit(t, agent.AuditReplayRecords); len(got) != 0 {
+		t.Fatalf("a dry run was audited as a replay: %+v", got)
+	}
+
+	// A log query's plan carries the matching decision it found.
+	res, err = r.FromLog(ctx, agent.LogQuery{Filter: logs.Filter{Outcome: logs.OutcomeDeadLettered}}, agent.ReplayOptions{DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Plans) != 1 || res.Plans[0].Last == nil || !res.Plans[0].Last.Time.Equal(at) || res.Plans[0].Maps[0] != "patient-contact" {
+		t.Fatalf("log query plans = %+v", res.Plans)
 	}
 }
