@@ -13,6 +13,7 @@ import (
 
 	"github.com/fhirsync/fhirsync/agent"
 	"github.com/fhirsync/fhirsync/logs"
+	"github.com/fhirsync/fhirsync/maps"
 	"github.com/fhirsync/fhirsync/queues"
 	"github.com/fhirsync/fhirsync/storage"
 )
@@ -123,7 +124,11 @@ replay is written to the audit trail with the operator's name.`)
 		return err
 	}
 	defer cq.Close(context.WithoutCancel(ctx))
-	r, err := agent.NewReplayer(agent.ReplayDeps{Logs: store, Audit: store, FHIRChanges: fq, CRMChanges: cq, Logger: e.logger()})
+	ms, err := maps.New(db, maps.Options{Logger: e.logger()})
+	if err != nil {
+		return err
+	}
+	r, err := agent.NewReplayer(agent.ReplayDeps{Logs: store, Audit: store, FHIRChanges: fq, CRMChanges: cq, Maps: ms, Logger: e.logger()})
 	if err != nil {
 		return err
 	}
@@ -172,8 +177,14 @@ replay is written to the audit trail with the operator's name.`)
 	} else {
 		fmt.Fprintf(e.stdout, "replayed %d of %d records\n", res.Sent, len(res.Refs))
 	}
-	for _, ref := range res.Refs {
-		fmt.Fprintf(e.stdout, "  %s\n", ref)
+	if res.Plans != nil {
+		for _, p := range res.Plans {
+			fmt.Fprintf(e.stdout, "  %s\tmaps %s\t%s\n", p.Ref, orDash(strings.Join(p.Maps, ",")), planDecision(p))
+		}
+	} else {
+		for _, ref := range res.Refs {
+			fmt.Fprintf(e.stdout, "  %s\n", ref)
+		}
 	}
 	if res.Truncated {
 		fmt.Fprintf(e.stdout, "more records matched; only the first %d were taken (raise --limit)\n", *limit)
@@ -205,6 +216,18 @@ func (e *env) openExistingDB(ctx context.Context, cfg *Config) (*gorm.DB, error)
 	return db, nil
 }
 
+// planDecision says in a few words what a dry run predicts for a record.
+func planDecision(p agent.ReplayPlan) string {
+	s := "decided by the record (re-read, mapped, compared with the target)"
+	if p.Outcome != "" {
+		s = fmt.Sprintf("would be %s: %s", p.Outcome, p.Reason)
+	}
+	if p.Last != nil {
+		s += fmt.Sprintf("; last %s %s at %s", p.Last.Outcome, p.Last.Reason, p.Last.Time.UTC().Format(time.RFC3339))
+	}
+	return s
+}
+
 // parseAge reads a Go duration, or a whole number of days such as 7d.
 func parseAge(s string) (time.Duration, error) {
 	if days, ok := strings.CutSuffix(s, "d"); ok {
@@ -232,5 +255,5 @@ func orDash(s string) string {
 // fhirsync_replays_total counter registered on reg.
 func (s *services) newReplayer(reg prometheus.Registerer) (*agent.Replayer, error) {
 	return agent.NewReplayer(agent.ReplayDeps{Logs: s.logs, Audit: s.logs, FHIRChanges: s.fhirQ, CRMChanges: s.crmQ,
-		Registry: reg, Logger: s.log})
+		Maps: s.maps, Registry: reg, Logger: s.log})
 }

@@ -82,11 +82,11 @@ func TestReplayCommand(t *testing.T) {
 				wantDeadFHIR, wDCR int64
 			}{
 				{name: "one record, dry run", args: []string{"replay", "--record", "fhir:Patient/p7", "--dry-run"},
-					wantOut: []string{"would replay 1 records", "fhir:Patient/p7"}, wantDeadFHIR: 1, wDCR: 2},
+					wantOut: []string{"would replay 1 records", "fhir:Patient/p7", "maps patient-contact", "decided by the record"}, wantDeadFHIR: 1, wDCR: 2},
 				{name: "one record", args: []string{"replay", "--record", "fhir:Patient/p7"},
 					wantOut: []string{"replayed 1 of 1 records"}, wantFHIR: 1, wantDeadFHIR: 1, wDCR: 2},
 				{name: "log query, dry run", args: []string{"replay", "--outcome", "failed", "--reason", "throttled", "--map", "patient-contact", "--since", "24h", "--dry-run"},
-					wantOut: []string{"would replay 1 records", "fhir:Patient/p1"}, wantFHIR: 1, wantDeadFHIR: 1, wDCR: 2},
+					wantOut: []string{"would replay 1 records", "fhir:Patient/p1", "last failed throttled"}, wantFHIR: 1, wantDeadFHIR: 1, wDCR: 2},
 				{name: "log query", args: []string{"replay", "--reason", "throttled", "--since", "7d"},
 					wantOut: []string{"replayed 2 of 2 records", "fhir:Patient/p1", "fhir:Patient/p9"}, wantFHIR: 3, wantDeadFHIR: 1, wDCR: 2},
 				{name: "dead letters of one queue, dry run", args: []string{"replay", "--dead-letters", "--queue", "crm-changes", "--dry-run"},
