@@ -9,6 +9,7 @@ import (
 
 	"gorm.io/gorm"
 
+	"github.com/fhirsync/fhirsync/agent/alerts"
 	"github.com/fhirsync/fhirsync/logs"
 	"github.com/fhirsync/fhirsync/maps"
 	"github.com/fhirsync/fhirsync/queues"
@@ -45,6 +46,7 @@ type dataStores struct {
 	queueNames []string // sorted
 	feeds      func(ctx context.Context) ([]feedStatus, error)
 	db         *gorm.DB // tables other processes write, read directly (backfill_runs)
+	alerts     *alerts.Service
 }
 
 // openData builds the stores from the server's dependencies: the sync log
@@ -69,6 +71,11 @@ func (s *Server) openData() (*dataStores, error) {
 				return nil, fmt.Errorf("opening queue %s: %w", name, err)
 			}
 			d.queues[name] = q
+		}
+	}
+	if d.alerts = s.deps.Alerts; d.alerts == nil {
+		if d.alerts, err = alerts.New(alerts.Config{}, alerts.Deps{DB: db, Logs: d.logs, Gatherer: s.deps.Registry}); err != nil {
+			return nil, fmt.Errorf("opening the alert rules: %w", err)
 		}
 	}
 	for name := range d.queues {

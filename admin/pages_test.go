@@ -582,24 +582,68 @@ func TestDashboardStats(t *testing.T) {
 		if err := db.Exec("INSERT INTO feed_checkpoints (feed, position, updated_at) VALUES (?, ?, ?)", "fhir:Patient", "x", polled).Error; err != nil {
 			t.Fatal(err)
 		}
-		code, out := e.apiCall(viewer, "GET", "/api/v1/dashboard?hours=2", "")
-		if code != 200 || out["total"] != float64(40) {
+		code, out := e.apiCall(viewer, "GET", "/api/v1/dashboard?range=1h", "")
+		if code != 200 {
 			t.Fatalf("dashboard = %d %v", code, out)
 		}
 		b, _ := json.Marshal(out)
-		for _, want := range []string{`{"count":30,"outcome":"sent"}`, `{"count":10,"outcome":"failed"}`,
-			`{"count":30,"reason":"updated"}`, `"dead_letter":1`, `"feed":"fhir:Patient"`, `"lag_seconds":90`} {
+		for _, want := range []string{`"decisions":40`, `"errors":10`, `"error_rate":0.25`, `"range":"1h"`, `"bucket_ns":60000000000`,
+			`{"count":30,"reason":"updated"}`, `"dead_letter":1`, `"feed":"fhir:Patient"`, `"age_seconds":90`, `"map":"patient-contact"`} {
 			if !bytes.Contains(b, []byte(want)) {
 				t.Errorf("dashboard lacks %s:\n%s", want, b)
 			}
 		}
-		if code, body := e.page(viewer, "GET", "/", "", ""); code != 200 || !strings.Contains(body, `id="stat-total">40<`) || !strings.Contains(body, "/static/dashboard.js") {
+		if n := len(out["series"].(map[string]any)["buckets"].([]any)); n != 60 && n != 61 {
+			t.Errorf("1 h in %d buckets, want 60 (61 when not aligned to the minute)", n)
+		}
+		code, body := e.page(viewer, "GET", "/", "", "")
+		if code != 200 || !strings.Contains(body, `id="stat-total">40<`) || !strings.Contains(body, "/static/dashboard.js") ||
+			!strings.Contains(body, `id="throughput-table"`) || !strings.Contains(body, `<th scope="row"><a href="/logs?map=patient-contact">patient-contact</a></th><td>40</td>`) {
 			t.Errorf("dashboard page = %d", code)
 		}
-		if code, _ := e.apiCall(viewer, "GET", "/api/v1/dashboard?hours=0", ""); code != 400 {
-			t.Errorf("hours=0 = %d, want 400", code)
+		if code, body := e.page(viewer, "GET", "/?range=custom&from=2026-03-02T00:00&to=2026-03-01T00:00", "", ""); code != 400 ||
+			!strings.Contains(body, "ends before it starts") || !strings.Contains(body, `id="stat-total">40<`) {
+			t.Errorf("a backwards custom range = %d, want 400 with the problem and the last 24 hours", code)
+		}
+		if code, _ := e.apiCall(viewer, "GET", "/api/v1/dashboard?range=2y", ""); code != 400 {
+			t.Errorf("range=2y = %d, want 400", code)
 		}
 	})
+}
+
+func TestParseRange(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name       string
+		query      string
+		wantKey    string
+		wantBucket time.Duration
+		wantSpan   time.Duration
+		wantErr    bool
+	}{
+		{"default", "", "24h", 15 * time.Minute, 24 * time.Hour, false},
+		{"hour", "range=1h", "1h", time.Minute, time.Hour, false},
+		{"day", "range=24h", "24h", 15 * time.Minute, 24 * time.Hour, false},
+		{"week", "range=7d", "7d", 2 * time.Hour, 7 * 24 * time.Hour, false},
+		{"custom 3h", "range=custom&from=2026-02-01T00:00&to=2026-02-01T03:00", "custom", 5 * time.Minute, 3 * time.Hour, false},
+		{"custom 30d", "range=custom&from=2026-01-01&to=2026-01-31", "custom", 6 * time.Hour, 30 * 24 * time.Hour, false},
+		{"custom too long", "range=custom&from=2025-01-01&to=2026-01-31", "24h", 15 * time.Minute, 24 * time.Hour, true},
+		{"custom bad date", "range=custom&from=yesterday&to=2026-01-31", "24h", 15 * time.Minute, 24 * time.Hour, true},
+		{"unknown", "range=2y", "24h", 15 * time.Minute, 24 * time.Hour, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			q, _ := url.ParseQuery(tt.query)
+			r, problem := parseRange(q, now)
+			if r.Key != tt.wantKey || r.Bucket != tt.wantBucket || r.To.Sub(r.From) != tt.wantSpan || (problem != "") != tt.wantErr {
+				t.Errorf("parseRange(%s) = %+v, %q", tt.query, r, problem)
+			}
+			if n := r.To.Sub(r.From) / r.Bucket; n > maxBuckets {
+				t.Errorf("%d buckets, at most %d", n, maxBuckets)
+			}
+		})
+	}
 }
 
 func TestLineDiff(t *testing.T) {

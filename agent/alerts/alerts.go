@@ -280,12 +280,8 @@ func (s *Service) Firing(ctx context.Context) (map[string]Event, error) {
 	return out, nil
 }
 
-// Signals reads the lags, polls and budget readings now.
-func (s *Service) Signals(ctx context.Context) (Signals, error) {
-	return s.signalsAt(ctx, s.cfg.Now().UTC())
-}
-
-func (s *Service) signalsAt(ctx context.Context, now time.Time) (Signals, error) {
+// Signals reads the lags, polls and budget readings, ages counted to now.
+func (s *Service) Signals(ctx context.Context, now time.Time) (Signals, error) {
 	sig := Signals{At: now}
 	var err error
 	if sig.Lags, err = Lags(ctx, s.deps.DB, now); err != nil {
@@ -386,7 +382,7 @@ func (s *Service) measure(ctx context.Context, r Rule, sig Signals) (float64, st
 // below resolves. Each change is recorded and sent to the rule's webhook.
 func (s *Service) Evaluate(ctx context.Context) error {
 	now := s.cfg.Now().UTC()
-	sig, err := s.signalsAt(ctx, now)
+	sig, err := s.Signals(ctx, now)
 	if err != nil {
 		return err
 	}
