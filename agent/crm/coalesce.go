@@ -22,8 +22,11 @@ const (
 	// before it is sent without waiting.
 	DefaultCoalesceMax = 100
 	// DefaultCoalesceWait is how long the first pending operation waits
-	// for company.
-	DefaultCoalesceWait = 50 * time.Millisecond
+	// for company (see flush.go): at 200 records/s a batch every 100 ms
+	// carries some 20 records' operations, and a record's two or three
+	// reads and writes add at most a few tenths of a second to its
+	// latency.
+	DefaultCoalesceWait = 100 * time.Millisecond
 	// DefaultCoalesceInFlight is how many coalesced batches may be under
 	// way at once.
 	DefaultCoalesceInFlight = 4
@@ -42,7 +45,7 @@ type CoalesceConfig struct {
 	// once (default 100, at most 1,000).
 	MaxOps int
 	// MaxWait is how long the first operation of a batch waits for others
-	// (default 50 ms).
+	// (default 100 ms).
 	MaxWait time.Duration
 	// MaxInFlight bounds the batches under way at once (default 4).
 	MaxInFlight int
@@ -62,8 +65,10 @@ type CoalesceConfig struct {
 // so many small writes and reads cost one request instead of one each.
 //
 // A batch is sent when it holds MaxOps operations, MaxWait after its
-// first operation arrived, or when no operation joined it for a tenth of
-// MaxWait (callers that have all asked wait no longer). It is sent with Prefer: odata.continue-on-error:
+// first operation arrived, or as soon as every caller of a Callers set
+// (a pool's workers) waits on the coalescer; while a caller of no set
+// waits in it, also when no operation joined it for a tenth of MaxWait
+// (flush.go). It is sent with Prefer: odata.continue-on-error:
 // a failed operation or change set fails only its caller. Each caller gets
 // the result and the error a single request would have given (an *Error
 // with the same class, status and Retry-After; ErrNotFound on 404).
@@ -88,6 +93,9 @@ type Coalescer struct {
 	timer   *time.Timer
 	first   time.Time // arrival of the oldest pending entry
 	last    time.Time // arrival of the newest
+	// ungrouped counts the pending entries whose caller is of no Callers
+	// set.
+	ungrouped int
 }
 
 // quietGap is how long a batch waits after the last arrival before it is
@@ -148,6 +156,9 @@ type entry struct {
 	// writes go in them (bulk.go).
 	bulk *bulkState
 
+	// callers is the set the caller belongs to (nil: none).
+	callers *Callers
+
 	done    chan struct{}
 	results []OpResult
 	rows    []Record
@@ -184,13 +195,21 @@ func (k *Coalescer) submit(ctx context.Context, e *entry) error {
 	k.last = now
 	k.pending = append(k.pending, e)
 	k.ops += e.size()
-	if k.ops >= k.max {
+	allWait := k.joined(e, callersOf(ctx))
+	switch {
+	case k.ops >= k.max || allWait:
 		k.stopTimer()
 		go k.flush()
-	} else if k.timer == nil {
-		k.timer = time.AfterFunc(k.quietGap(), k.expire)
+	case k.timer == nil:
+		k.timer = time.AfterFunc(k.due().Sub(now), k.expire)
+	case e.callers == nil && k.ungrouped == 1:
+		// The batch waited for MaxWait; a caller of no set brings the
+		// quiet gap.
+		k.stopTimer()
+		k.timer = time.AfterFunc(k.due().Sub(now), k.expire)
 	}
 	k.mu.Unlock()
+	defer k.answered(e)
 	select {
 	case <-e.done:
 		return nil
@@ -213,7 +232,7 @@ func (k *Coalescer) expire() {
 	k.mu.Lock()
 	now := time.Now()
 	if len(k.pending) > 0 {
-		if d := min(k.first.Add(k.wait).Sub(now), k.last.Add(k.quietGap()).Sub(now)); d > 0 {
+		if d := k.due().Sub(now); d > 0 {
 			k.timer = time.AfterFunc(d, k.expire)
 			k.mu.Unlock()
 			return
@@ -239,6 +258,7 @@ func (k *Coalescer) flush() {
 	take := slices.Clone(k.pending[:n])
 	k.pending = slices.Delete(k.pending, 0, n)
 	k.ops -= ops
+	k.taken(take)
 	switch {
 	case len(k.pending) == 0:
 		k.stopTimer()
@@ -246,7 +266,7 @@ func (k *Coalescer) flush() {
 		go k.flush()
 	case k.timer == nil:
 		k.first = time.Now()
-		k.timer = time.AfterFunc(k.quietGap(), k.expire)
+		k.timer = time.AfterFunc(k.due().Sub(k.first), k.expire)
 	}
 	k.mu.Unlock()
 	if len(take) > 0 {
