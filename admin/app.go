@@ -215,6 +215,10 @@ func (a *app) routeTable() []route {
 		{"GET /api/v1/deadletters/{queue}/{seq}", permDLRead, a.apiDeadLetter},
 		{"POST /api/v1/deadletters/redrive", permDLRedrive, a.apiRedrive},
 		{"GET /api/v1/dashboard", permDashboard, a.apiDashboard},
+		{"GET /alerts", permDashboard, a.alertsPage},
+		{"POST /alerts/rules", permAlerts, a.saveAlertRule},
+		{"POST /alerts/rules/{name}/delete", permAlerts, a.deleteAlertRule},
+		{"GET /api/v1/alerts", permDashboard, a.apiAlerts},
 	}
 	if a.oidc != nil {
 		rs = append(rs,
@@ -330,6 +334,7 @@ var navigation = []navItem{
 	{"Conflicts", "/conflicts", permLogsRead},
 	{"Dead letters", "/deadletters", permDLRead},
 	{"Backfills", "/backfills", permDashboard},
+	{"Alerts", "/alerts", permDashboard},
 	{"Users", "/users", permUsers},
 	{"Audit trail", "/audit", permAudit},
 }

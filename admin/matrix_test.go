@@ -16,9 +16,9 @@ import (
 // written out independently of rolePerms.
 var specRoles = map[Role][]string{
 	RoleAdmin: {"dashboard.read", "maps.read", "maps.edit", "logs.read", "logs.export", "deadletters.read",
-		"deadletters.redrive", "users.manage", "audit.read", "conflicts.resolve"},
+		"deadletters.redrive", "replay.send", "users.manage", "audit.read", "conflicts.resolve", "alerts.manage"},
 	RoleEditor:   {"dashboard.read", "maps.read", "maps.edit", "logs.read", "deadletters.read"},
-	RoleOperator: {"dashboard.read", "maps.read", "logs.read", "deadletters.read", "deadletters.redrive", "conflicts.resolve"},
+	RoleOperator: {"dashboard.read", "maps.read", "logs.read", "deadletters.read", "deadletters.redrive", "replay.send", "conflicts.resolve"},
 	RoleAuditor:  {"dashboard.read", "maps.read", "logs.read", "logs.export", "deadletters.read", "audit.read"},
 	RoleViewer:   {"dashboard.read", "maps.read", "logs.read", "deadletters.read"},
 }
@@ -85,6 +85,10 @@ var routeSpecs = map[string]routeSpec{
 	"GET /deadletters/{queue}/{seq}":           {perm: "deadletters.read", allowed: 404},
 	"POST /deadletters/confirm":                {perm: "deadletters.redrive", allowed: 400},
 	"POST /deadletters/redrive":                {perm: "deadletters.redrive", allowed: 400},
+	"POST /deadletters/discard":                {perm: "deadletters.redrive", allowed: 400},
+	"GET /replay":                              {perm: "replay.send", allowed: 200},
+	"POST /replay/preview":                     {perm: "replay.send", allowed: 400},
+	"POST /replay":                             {perm: "replay.send", allowed: 400},
 	"GET /api/v1/maps":                         {perm: "maps.read", allowed: 200},
 	"POST /api/v1/maps/validate":               {perm: "maps.read", allowed: 400},
 	"POST /api/v1/maps/import":                 {perm: "maps.edit", allowed: 400},
@@ -101,6 +105,10 @@ var routeSpecs = map[string]routeSpec{
 	"POST /api/v1/deadletters/redrive":         {perm: "deadletters.redrive", allowed: 400},
 	"GET /api/v1/dashboard":                    {perm: "dashboard.read", allowed: 200},
 	"GET /backfills":                           {perm: "dashboard.read", allowed: 200},
+	"GET /alerts":                              {perm: "dashboard.read", allowed: 200},
+	"POST /alerts/rules":                       {perm: "alerts.manage", allowed: 400},
+	"POST /alerts/rules/{name}/delete":         {perm: "alerts.manage", allowed: 303},
+	"GET /api/v1/alerts":                       {perm: "dashboard.read", allowed: 200},
 }
 
 // matrixRequest builds a request for a route pattern, filling path

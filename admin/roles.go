@@ -56,6 +56,12 @@ const (
 	// permConflictsResolve resolves held conflicts (take a side's value,
 	// apply or refuse a delete). Reading them needs logs.read.
 	permConflictsResolve perm = "conflicts.resolve"
+	// permReplay sends records through the agent again (by record, by
+	// log filter or time range), after a dry run.
+	permReplay perm = "replay.send"
+	// permAlerts adds, changes and deletes alert rules made in the app.
+	// Reading them needs dashboard.read.
+	permAlerts perm = "alerts.manage"
 	// permPHI is granted by the user's PHI flag, never by a role.
 	permPHI perm = "phi.view"
 )
@@ -63,9 +69,9 @@ const (
 // rolePerms is the role → permissions table.
 var rolePerms = map[Role][]perm{
 	RoleAdmin: {permDashboard, permMapsRead, permMapsEdit, permLogsRead, permLogsExport,
-		permDLRead, permDLRedrive, permUsers, permAudit, permConflictsResolve},
+		permDLRead, permDLRedrive, permReplay, permUsers, permAudit, permConflictsResolve, permAlerts},
 	RoleEditor:   {permDashboard, permMapsRead, permMapsEdit, permLogsRead, permDLRead},
-	RoleOperator: {permDashboard, permMapsRead, permLogsRead, permDLRead, permDLRedrive, permConflictsResolve},
+	RoleOperator: {permDashboard, permMapsRead, permLogsRead, permDLRead, permDLRedrive, permReplay, permConflictsResolve},
 	RoleAuditor:  {permDashboard, permMapsRead, permLogsRead, permLogsExport, permDLRead, permAudit},
 	RoleViewer:   {permDashboard, permMapsRead, permLogsRead, permDLRead},
 }
