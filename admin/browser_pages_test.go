@@ -276,58 +276,54 @@ func TestScreenshots(t *testing.T) {
 		t.Fatal(err)
 	}
 	browser := browsertest.Start(t)
-	e := newTestEnv(t, storagetest.Open(t, "sqlite"), AppConfig{})
-	e.user("admin@example.org", RoleAdmin, true)
-	n := starterDraft(t, e)
-	if _, err := e.app.data.maps.Publish(t.Context(), n, "admin@example.org", "starter maps"); err != nil {
-		t.Fatal(err)
-	}
-	doc, _, _ := e.app.data.maps.Version(t.Context(), n)
-	if _, err := e.app.data.maps.CreateDraft(t.Context(), doc, "admin@example.org", "next"); err != nil {
-		t.Fatal(err)
-	}
-	seedDemoLog(t, e.app.data.logs, e.clock.now())
-	q := e.embedded("fhir-changes")
-	for i := range 3 {
-		deadLetter(t, q, fmt.Sprint("p", 100+i))
-	}
-	for _, f := range []string{"fhir:Patient", "fhir:Encounter", "crm:contact"} {
-		if err := e.db.Exec("INSERT INTO feed_checkpoints (feed, position, updated_at) VALUES (?, ?, ?)", f, "x", e.clock.now().Add(-42*time.Second)).Error; err != nil {
-			t.Fatal(err)
-		}
-	}
-	conflictID, _ := holdConflicts(t, e.app.data.logs)
-	page, err := e.app.data.logs.Search(t.Context(), logs.Filter{Outcome: logs.OutcomeFailed}, "", 1)
-	if err != nil || len(page.Decisions) == 0 {
-		t.Fatal(err)
-	}
-	ctx := browser.Session(t, 120*time.Second)
+	sc := newShowcase(t)
+	e := sc.e
+	ctx := browser.Session(t, 3*time.Minute)
 	if err := chromedp.Run(ctx, signIn(e.url, "admin@example.org")); err != nil {
 		t.Fatal(err)
 	}
+	// Desktop shots at 1280 px, the whole page; the "-phone" ones at
+	// 375×812 px, the first screen as a phone shows it.
 	shots := []struct {
 		file, path, wait string
 		then             []chromedp.Action
 	}{
 		{"dashboard.png", "/", "#live[data-refreshed]", nil},
 		{"maps.png", "/maps", "#versions", nil},
-		{"map-edit.png", fmt.Sprintf("/maps/versions/%d?map=patient-contact&attr=first-name", n+1), "#attr-status:not(:empty)", []chromedp.Action{
+		{"map-edit.png", fmt.Sprintf("/maps/versions/%d?map=patient-contact&attr=first-name", sc.Draft), "#attr-status:not(:empty)", []chromedp.Action{
 			clearField("attr-fhirPath"), chromedp.SendKeys("#attr-fhirPath", "name.givn[0]", chromedp.ByID),
 			chromedp.WaitVisible("#problem-fhirPath", chromedp.ByID)}},
-		{"logs.png", "/logs", "#decisions", nil},
-		{"decision.png", fmt.Sprint("/logs/", page.Decisions[0].ID), "#reason", nil},
+		{"logs.png", "/logs?record=Patient/p1", "#decisions", nil},
+		{"decision.png", fmt.Sprint("/logs/", sc.Failed), "#reason", nil},
 		{"deadletters.png", "/deadletters", "#redrive-form", nil},
 		{"conflicts.png", "/conflicts", "#conflicts", nil},
-		{"conflict.png", fmt.Sprint("/conflicts/", conflictID), "#conflict-sides", nil},
+		{"conflict.png", fmt.Sprint("/conflicts/", sc.Conflict), "#conflict-sides", nil},
+		{"dashboard-phone.png", "/", "#live[data-refreshed]", nil},
+		{"logs-phone.png", "/logs?record=Patient/p1", "#decisions", []chromedp.Action{chromedp.ScrollIntoView("#timeline-note", chromedp.ByID)}},
+		{"decision-phone.png", fmt.Sprint("/logs/", sc.Failed), "#reason", nil},
+		{"deadletters-phone.png", "/deadletters", "#redrive-form", nil},
 	}
 	for _, s := range shots {
-		if err := chromedp.Run(ctx, chromedp.Navigate(e.url+s.path), chromedp.WaitVisible(s.wait, chromedp.ByQuery)); err != nil {
+		width := int64(1280)
+		if strings.HasSuffix(s.file, "-phone.png") {
+			width = browsertest.PhoneWidth
+		}
+		height := int64(900)
+		if width == browsertest.PhoneWidth {
+			height = 812
+		}
+		if err := chromedp.Run(ctx, browsertest.Viewport(width, height, width == browsertest.PhoneWidth),
+			chromedp.Navigate(e.url+s.path), chromedp.WaitVisible(s.wait, chromedp.ByQuery)); err != nil {
 			t.Fatalf("%s: %v", s.path, err)
 		}
 		if err := chromedp.Run(ctx, s.then...); err != nil {
 			t.Fatalf("%s: %v", s.path, err)
 		}
-		if err := browsertest.Screenshot(ctx, filepath.Join(dir, s.file)); err != nil {
+		shoot := browsertest.Screenshot
+		if width == browsertest.PhoneWidth {
+			shoot = browsertest.ViewportScreenshot
+		}
+		if err := shoot(ctx, filepath.Join(dir, s.file)); err != nil {
 			t.Fatal(err)
 		}
 	}

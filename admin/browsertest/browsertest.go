@@ -178,7 +178,7 @@ const PhoneWidth = 375
 // Viewport emulates a screen width×height CSS pixels wide; mobile also
 // turns on touch-screen behaviour and the meta viewport, as on a phone.
 func Viewport(width, height int64, mobile bool) chromedp.Action {
-	return emulation.SetDeviceMetricsOverride(width, height, 2, mobile)
+	return emulation.SetDeviceMetricsOverride(width, height, 1, mobile)
 }
 
 // ScrollWidth is how wide the current page's content is, in CSS pixels:
@@ -194,6 +194,19 @@ func ScrollWidth(ctx context.Context) (int64, error) {
 func Screenshot(ctx context.Context, path string) error {
 	var png []byte
 	if err := chromedp.Run(ctx, chromedp.FullScreenshot(&png, 100)); err != nil {
+		return fmt.Errorf("taking a screenshot: %w", err)
+	}
+	if err := os.WriteFile(path, png, 0o644); err != nil {
+		return fmt.Errorf("writing screenshot: %w", err)
+	}
+	return nil
+}
+
+// ViewportScreenshot writes a PNG of what the viewport of ctx shows, for
+// documentation of a phone-sized screen where the whole page is too long.
+func ViewportScreenshot(ctx context.Context, path string) error {
+	var png []byte
+	if err := chromedp.Run(ctx, chromedp.CaptureScreenshot(&png)); err != nil {
 		return fmt.Errorf("taking a screenshot: %w", err)
 	}
 	if err := os.WriteFile(path, png, 0o644); err != nil {
