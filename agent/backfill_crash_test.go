@@ -252,8 +252,11 @@ func TestBackfillResumesAfterSIGKILL(t *testing.T) {
 				d, records, synced.Round(time.Second), float64(records)/synced.Seconds(), limits, len(users), req, float64(req)/float64(records), ops,
 				(after.ExecutionTime - before.ExecutionTime).Round(time.Second), after.Throttled-before.Throttled, final.Throttled.Round(time.Second),
 				walkCPU.Round(time.Millisecond), float64(walkCPU.Microseconds())/float64(records))
-			t.Logf("%s: peak RSS: fhirsync serve %s, the backfill processes %s, this test process with the sandboxes %s",
-				d, peakRSS(p.Pid()), childRSS(bf), peakRSS(os.Getpid()))
+			var self syscall.Rusage
+			_ = syscall.Getrusage(syscall.RUSAGE_SELF, &self)
+			t.Logf("%s: fhirsync serve: peak RSS %s, CPU %s; this test process with the sandboxes: peak RSS %s, CPU %s",
+				d, peakRSS(p.Pid()), procCPU(p.Pid()), peakRSS(os.Getpid()),
+				(time.Duration(self.Utime.Nano() + self.Stime.Nano())).Round(time.Second))
 			if err := p.Stop(30 * time.Second); err != nil {
 				t.Errorf("stopping: %v\n%s", err, p.Output())
 			}
@@ -288,13 +291,22 @@ func peakRSS(pid int) string {
 	return "?"
 }
 
-// childRSS is an ended child process's peak resident set size.
-func childRSS(cmd *exec.Cmd) string {
-	if cmd.ProcessState == nil {
+// procCPU is a live process's user and system CPU time so far (from
+// /proc/<pid>/stat, in clock ticks of 1/100 s), or "?".
+func procCPU(pid int) string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
 		return "?"
 	}
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		return strconv.FormatInt(ru.Maxrss, 10) + " kB"
+	// The fields after the command name, which is in parentheses.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return "?"
 	}
-	return "?"
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return "?"
+	}
+	return (time.Duration(u+st) * 10 * time.Millisecond).Round(time.Second).String()
 }
