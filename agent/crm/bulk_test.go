@@ -567,3 +567,58 @@ func TestBulkWithReadsInTheSameBatch(t *testing.T) {
 		t.Errorf("no batch held both reads and bulk writes: %v", tap.lines())
 	}
 }
+
+// TestReadsByIDAreGrouped: reads by primary key from concurrent callers
+// become one In query on the primary key; each caller gets its row, and a
+// missing row is not found.
+func TestReadsByIDAreGrouped(t *testing.T) {
+	t.Parallel()
+	_, tap, k := bulkOn(t, CoalesceConfig{MaxOps: 100, MaxWait: 200 * time.Millisecond})
+	ctx := context.Background()
+	const n = 5
+	ids := make([]string, n)
+	for i := range n {
+		id, err := k.Client().Create(ctx, "contacts", Record{"lastname": fmt.Sprintf("R%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[i] = id
+	}
+	got := make([]Record, n+1)
+	errs := make([]error, n+1)
+	var wg sync.WaitGroup
+	for i := range n + 1 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := "00000000-0000-0000-0000-0000000000ff"
+			if i < n {
+				id = strings.ToUpper(ids[i])
+			}
+			got[i], errs[i] = k.Retrieve(ctx, ByID("contacts", id), "lastname")
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil || got[i].String("lastname") != fmt.Sprintf("R%d", i) || got[i].ETag() == "" {
+			t.Errorf("caller %d: %v, %v", i, got[i], errs[i])
+		}
+		if _, has := got[i]["contactid"]; has {
+			t.Errorf("caller %d: the key column added for routing came back: %v", i, got[i])
+		}
+	}
+	if !errors.Is(errs[n], ErrNotFound) {
+		t.Errorf("missing row: %v, want not found", errs[n])
+	}
+	in := 0
+	for _, b := range tap.lines() {
+		for _, l := range b {
+			if strings.Contains(l, "PropertyName%3D%27contactid%27") || strings.Contains(l, "PropertyName='contactid'") {
+				in++
+			}
+		}
+	}
+	if in == 0 {
+		t.Errorf("no In query on contactid: %v", tap.lines())
+	}
+}

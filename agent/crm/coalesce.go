@@ -155,6 +155,9 @@ type entry struct {
 	// bulk is the record's progress through bulk messages, when its
 	// writes go in them (bulk.go).
 	bulk *bulkState
+	// byID: a key read by primary key (attr names the primary key
+	// column), grouped with others as key reads are.
+	byID bool
 
 	// callers is the set the caller belongs to (nil: none).
 	callers *Callers
@@ -483,7 +486,7 @@ func (k *Coalescer) readOp(e *entry) Op {
 		if len(e.sel) > 0 {
 			q.Set("$select", strings.Join(e.sel, ","))
 		}
-		return Op{Method: http.MethodGet, Path: withQuery(ByKey(e.set, e.attr, e.value).path(), q), Header: h}
+		return Op{Method: http.MethodGet, Path: withQuery(e.target().path(), q), Header: h}
 	}
 	maps.Copy(h, k.c.preferHeader())
 	return Op{Method: http.MethodGet, Path: withQuery(e.set, Query{Select: e.sel, Filter: childFilter(e.attr, e.value)}.values()), Header: h}
@@ -731,9 +734,17 @@ func (k *Coalescer) collection(e *entry, r OpResult) ([]Record, error) {
 
 func readOpName(e *entry) string {
 	if e.kind == kindKeyRead {
-		return "retrieving " + ByKey(e.set, e.attr, e.value).String()
+		return "retrieving " + e.target().String()
 	}
 	return "querying " + e.set
+}
+
+// target is the row a key read asks for.
+func (e *entry) target() Target {
+	if e.byID {
+		return ByID(e.set, e.value)
+	}
+	return ByKey(e.set, e.attr, e.value)
 }
 
 // readError is a read's error as a single request would have had it.
@@ -801,14 +812,23 @@ func (k *Coalescer) single(ctx context.Context, name string, op Op, idempotent b
 	return r, nil
 }
 
-// Retrieve reads one row. Reads by a one-attribute alternate key are
-// grouped with others of the same entity set, key and columns.
+// Retrieve reads one row. Reads by a one-attribute alternate key, or by
+// primary key, are grouped with others of the same entity set, key and
+// columns into one Microsoft.Dynamics.CRM.In query: a read inside a $batch
+// costs as much execution time as a query of many rows.
 func (k *Coalescer) Retrieve(ctx context.Context, t Target, sel ...string) (Record, error) {
+	var e *entry
 	if len(t.Key) == 1 {
-		e := &entry{kind: kindKeyRead, set: t.Set, sel: sel}
+		e = &entry{kind: kindKeyRead, set: t.Set, sel: sel}
 		for a, v := range t.Key {
 			e.attr, e.value = a, v
 		}
+	} else if len(t.Key) == 0 && t.ID != "" {
+		if ti, err := k.tableOf(t.Set); err == nil {
+			e = &entry{kind: kindKeyRead, set: t.Set, sel: sel, attr: ti.primaryID, value: strings.ToLower(t.ID), byID: true}
+		}
+	}
+	if e != nil {
 		name := "retrieving " + t.String()
 		if err := k.submit(ctx, e); err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
