@@ -221,8 +221,9 @@ func TestAccessibility(t *testing.T) {
 				}
 				if width == browsertest.PhoneWidth {
 					if w, err := browsertest.ScrollWidth(ctx); err != nil || w > browsertest.PhoneWidth {
-						t.Errorf("%s at %d px is %d px wide (%v): it scrolls sideways", v.path, width, w, err)
-						_ = browsertest.Screenshot(ctx, t.TempDir()+"/phone.png")
+						var wide []string
+						_ = chromedp.Run(ctx, chromedp.Evaluate(wideElements, &wide))
+						t.Errorf("%s at %d px is %d px wide (%v): it scrolls sideways; these stick out: %v", v.path, width, w, err, wide)
 					}
 				}
 			}
@@ -274,6 +275,16 @@ func TestAccessibility(t *testing.T) {
 		}
 	})
 }
+
+// wideElements names the innermost elements that reach past the right
+// edge of the viewport, to say what makes a page scroll sideways.
+const wideElements = `Array.from(document.querySelectorAll("body *"))
+	.filter(el => el.getBoundingClientRect().right > innerWidth + 1 &&
+		!Array.from(el.children).some(c => c.getBoundingClientRect().right > innerWidth + 1))
+	.slice(0, 8)
+	.map(el => el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") +
+		(el.className && typeof el.className === "string" ? "." + el.className.trim().split(/\s+/).join(".") : "") +
+		" (right edge " + Math.round(el.getBoundingClientRect().right) + " px)")`
 
 // TestAxeFindsViolations keeps the accessibility walk honest: on a page
 // with a missing form label and text that cannot be read, axe reports
