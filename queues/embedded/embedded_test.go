@@ -356,3 +356,68 @@ func TestConcurrentDuplicateSends(t *testing.T) {
 		}
 	})
 }
+
+// Sends on one queue value racing with each other are written in groups:
+// each ID is enqueued once whichever Send of a group carries it first, and
+// each sender's messages keep their order.
+func TestGroupedSendsDropDuplicatesAndKeepOrder(t *testing.T) {
+	t.Parallel()
+	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
+		ctx := context.Background()
+		q := open(t, db, "grouped", embedded.Options{})
+		const senders, per = 8, 40
+		var wg sync.WaitGroup
+		for s := range senders {
+			wg.Go(func() {
+				for i := range per {
+					// Every sender also sends the shared IDs; only one copy
+					// of each may be enqueued.
+					msgs := []queues.Message{keyed(fmt.Sprintf("s%d-%02d", s, i), fmt.Sprint("s", s))}
+					if i%4 == 0 {
+						msgs = append(msgs, keyed(fmt.Sprintf("shared-%02d", i), ""))
+					}
+					if err := q.Send(ctx, msgs...); err != nil {
+						t.Errorf("sender %d: %v", s, err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		d, err := q.Depth(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := int64(senders*per + per/4); d.Active != want {
+			t.Fatalf("Depth.Active = %d, want %d", d.Active, want)
+		}
+		next := map[string]int{}
+		got := 0
+		for got < senders*per+per/4 {
+			ms, err := q.Receive(ctx, 100, time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(ms) == 0 {
+				t.Fatalf("queue ran dry after %d messages", got)
+			}
+			for _, m := range ms {
+				got++
+				if m.SessionKey == "" {
+					continue
+				}
+				var s, i int
+				if _, err := fmt.Sscanf(m.ID, "s%d-%d", &s, &i); err != nil {
+					t.Fatalf("unexpected message %s", m.ID)
+				}
+				if i != next[m.SessionKey] {
+					t.Fatalf("sender %d: message %d came after %d", s, i, next[m.SessionKey]-1)
+				}
+				next[m.SessionKey]++
+			}
+			if err := q.CompleteMany(ctx, ms); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}

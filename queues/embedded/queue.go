@@ -240,8 +240,10 @@ type sendReq struct {
 // next group, written by the first of them. Each Send stays all or none:
 // when the group's transaction fails, its Sends are written again one
 // transaction each, and each gets its own result. The messages of a group
-// are inserted in arrival order, each Send's as one insertMessages, so
-// duplicates are dropped exactly as by Sends one after the other.
+// are inserted in arrival order as one insertMessages (two statements for
+// the group rather than two per Send); it keeps the first copy of an ID and
+// drops later ones, so duplicates are dropped exactly as by Sends one
+// after the other.
 func (q *Queue) sendGrouped(ctx context.Context, batch []queues.Message) error {
 	r := &sendReq{msgs: batch, done: make(chan error, 1), lead: make(chan struct{})}
 	q.sendMu.Lock()
@@ -277,14 +279,11 @@ func (q *Queue) sendGrouped(ctx context.Context, batch []queues.Message) error {
 func (q *Queue) writeGroup(ctx context.Context, group []*sendReq) {
 	t := now()
 	if len(group) > 1 {
-		err := q.write(ctx, func(tx *gorm.DB) error {
-			for _, r := range group {
-				if err := q.insertMessages(tx, r.msgs, t); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
+		var all []queues.Message
+		for _, r := range group {
+			all = append(all, r.msgs...)
+		}
+		err := q.write(ctx, func(tx *gorm.DB) error { return q.insertMessages(tx, all, t) })
 		if err == nil {
 			for _, r := range group {
 				r.done <- nil
