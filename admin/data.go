@@ -9,6 +9,7 @@ import (
 
 	"gorm.io/gorm"
 
+	"github.com/fhirsync/fhirsync/agent"
 	"github.com/fhirsync/fhirsync/agent/alerts"
 	"github.com/fhirsync/fhirsync/logs"
 	"github.com/fhirsync/fhirsync/maps"
@@ -26,6 +27,8 @@ type DeadLetterQueue interface {
 	// Redrive sends the named dead letters back to the main queue; one
 	// already redriven maxRedrives times stays and is reported in the error.
 	Redrive(ctx context.Context, seqs []int64, maxRedrives int) (int, error)
+	// Discard deletes the named dead letters for good.
+	Discard(ctx context.Context, seqs []int64) (int, error)
 	// Depth reports the queue's size.
 	Depth(ctx context.Context) (queues.Depth, error)
 }
@@ -47,6 +50,10 @@ type dataStores struct {
 	feeds      func(ctx context.Context) ([]feedStatus, error)
 	db         *gorm.DB // tables other processes write, read directly (backfill_runs)
 	alerts     *alerts.Service
+
+	// replay sends records through the agent again; nil when this
+	// process cannot (queues passed in without a replayer).
+	replay Replayer
 }
 
 // openData builds the stores from the server's dependencies: the sync log
@@ -63,14 +70,24 @@ func (s *Server) openData() (*dataStores, error) {
 			return nil, fmt.Errorf("opening the sync log: %w", err)
 		}
 	}
+	d.replay = s.deps.Replay
 	if d.queues == nil {
 		d.queues = map[string]DeadLetterQueue{}
+		opened := map[string]*embedded.Queue{}
 		for _, name := range defaultQueueNames {
 			q, err := embedded.New(db, name, embedded.Options{})
 			if err != nil {
 				return nil, fmt.Errorf("opening queue %s: %w", name, err)
 			}
-			d.queues[name] = q
+			d.queues[name], opened[name] = q, q
+		}
+		if d.replay == nil {
+			r, err := agent.NewReplayer(agent.ReplayDeps{Logs: d.logs, Audit: d.logs, Maps: ms,
+				FHIRChanges: opened["fhir-changes"], CRMChanges: opened["crm-changes"], Logger: s.deps.Logger})
+			if err != nil {
+				return nil, err
+			}
+			d.replay = r
 		}
 	}
 	if d.alerts = s.deps.Alerts; d.alerts == nil {

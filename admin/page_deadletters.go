@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -26,6 +27,9 @@ type deadLetterView struct {
 	RedriveCount   int       `json:"redrive_count"`
 	Reason         string    `json:"reason"`
 	Description    string    `json:"description,omitempty"`
+	// Record names the notice's record (side:Type/id), or is empty when
+	// the body is not a fhirsync notice. Ids only, never content.
+	Record string `json:"record,omitempty"`
 	// Body and Properties are filled only for holders of the PHI permission.
 	Body       string            `json:"body,omitempty"`
 	Properties map[string]string `json:"properties,omitempty"`
@@ -35,8 +39,86 @@ type deadLetterView struct {
 func (d deadLetterView) Key() string { return fmt.Sprintf("%s:%d", d.Queue, d.SequenceNumber) }
 
 func viewOf(queue string, d queues.DeadLetter) deadLetterView {
-	return deadLetterView{Queue: queue, SequenceNumber: d.SequenceNumber, MessageID: d.ID, EnqueuedAt: d.EnqueuedAt,
+	v := deadLetterView{Queue: queue, SequenceNumber: d.SequenceNumber, MessageID: d.ID, EnqueuedAt: d.EnqueuedAt,
 		DeliveryCount: d.DeliveryCount, RedriveCount: d.RedriveCount, Reason: d.Reason, Description: d.Description}
+	if n, err := queues.DecodeNotice(d.Body); err == nil {
+		v.Record = n.Ref()
+	}
+	return v
+}
+
+// deadLetterFilter narrows the dead-letter list; the zero value lists all.
+type deadLetterFilter struct {
+	Queue  string // a queue name, exactly
+	Reason string // the dead-letter reason, exactly
+	// Record matches the notice's record reference (side:Type/id) by
+	// case-insensitive substring: "Patient/12", "contact".
+	Record string
+	// From and To bound the time the message was enqueued, as typed.
+	From, To string
+
+	from, to time.Time
+}
+
+// readDeadLetterFilter reads the filter from form or query values.
+func readDeadLetterFilter(v url.Values) (deadLetterFilter, error) {
+	f := deadLetterFilter{Queue: strings.TrimSpace(v.Get("queue")), Reason: strings.TrimSpace(v.Get("reason")),
+		Record: strings.TrimSpace(v.Get("record")), From: strings.TrimSpace(v.Get("from")), To: strings.TrimSpace(v.Get("to"))}
+	var errs []error
+	var err error
+	if f.From != "" {
+		if f.from, err = parseTime(f.From); err != nil {
+			errs = append(errs, fmt.Errorf("From: %w", err))
+		}
+	}
+	if f.To != "" {
+		if f.to, err = parseTime(f.To); err != nil {
+			errs = append(errs, fmt.Errorf("To: %w", err))
+		}
+	}
+	return f, errors.Join(errs...)
+}
+
+// IsZero reports whether the filter lets every dead letter through.
+func (f deadLetterFilter) IsZero() bool {
+	return f.Queue == "" && f.Reason == "" && f.Record == "" && f.From == "" && f.To == ""
+}
+
+// values renders the filter for links and hidden fields.
+func (f deadLetterFilter) values() url.Values {
+	v := url.Values{}
+	for k, s := range map[string]string{"queue": f.Queue, "reason": f.Reason, "record": f.Record, "from": f.From, "to": f.To} {
+		if s != "" {
+			v.Set(k, s)
+		}
+	}
+	return v
+}
+
+// Link is the list filtered by f, with extra name/value pairs.
+func (f deadLetterFilter) Link(extra ...string) string {
+	v := f.values()
+	for i := 0; i+1 < len(extra); i += 2 {
+		v.Set(extra[i], extra[i+1])
+	}
+	if len(v) == 0 {
+		return "/deadletters"
+	}
+	return "/deadletters?" + v.Encode()
+}
+
+func (f deadLetterFilter) match(v deadLetterView) bool {
+	switch {
+	case f.Reason != "" && v.Reason != f.Reason:
+		return false
+	case f.Record != "" && !strings.Contains(strings.ToLower(v.Record), strings.ToLower(f.Record)):
+		return false
+	case !f.from.IsZero() && v.EnqueuedAt.Before(f.from):
+		return false
+	case !f.to.IsZero() && !v.EnqueuedAt.Before(f.to):
+		return false
+	}
+	return true
 }
 
 // deadLetterGroup is the dead letters sharing one reason.
@@ -46,11 +128,15 @@ type deadLetterGroup struct {
 	Letters []deadLetterView `json:"dead_letters"`
 }
 
-// deadLetters reads up to deadLetterLimit dead letters per queue, grouped
-// by reason (largest group first). truncated names queues with more.
-func (a *app) deadLetters(ctx context.Context) (groups []deadLetterGroup, truncated []string, err error) {
+// deadLetters reads up to deadLetterLimit dead letters per queue, keeps
+// those f matches, and groups them by reason (largest group first).
+// truncated names queues with more.
+func (a *app) deadLetters(ctx context.Context, f deadLetterFilter) (groups []deadLetterGroup, truncated []string, err error) {
 	byReason := map[string]*deadLetterGroup{}
 	for _, name := range a.data.queueNames {
+		if f.Queue != "" && f.Queue != name {
+			continue
+		}
 		q := a.data.queues[name]
 		var after int64
 		read := 0
@@ -60,14 +146,18 @@ func (a *app) deadLetters(ctx context.Context) (groups []deadLetterGroup, trunca
 				return nil, nil, fmt.Errorf("listing dead letters of %s: %w", name, err)
 			}
 			for _, d := range batch {
+				after = d.SequenceNumber
+				v := viewOf(name, d)
+				if !f.match(v) {
+					continue
+				}
 				g := byReason[d.Reason]
 				if g == nil {
 					g = &deadLetterGroup{Reason: d.Reason}
 					byReason[d.Reason] = g
 				}
-				g.Letters = append(g.Letters, viewOf(name, d))
+				g.Letters = append(g.Letters, v)
 				g.Count++
-				after = d.SequenceNumber
 			}
 			read += len(batch)
 			if len(batch) == 0 {
@@ -97,25 +187,43 @@ type deadLettersData struct {
 	CanRedrive bool
 	Notice     string
 	Error      string
+	Filter     deadLetterFilter
+	Queues     []string
+	// Reasons are the reasons of the dead letters the filter's queue
+	// holds, for the reason filter.
+	Reasons []string
 }
 
 func (a *app) deadLettersPage(w http.ResponseWriter, r *http.Request) {
-	groups, truncated, err := a.deadLetters(r.Context())
+	f, ferr := readDeadLetterFilter(r.URL.Query())
+	groups, truncated, err := a.deadLetters(r.Context(), f)
 	if err != nil {
 		a.serverError(w, r, "listing dead letters", err)
 		return
 	}
 	u, _ := currentUser(r)
-	d := deadLettersData{Groups: groups, Truncated: truncated, CanRedrive: u.can(permDLRedrive)}
+	d := deadLettersData{Groups: groups, Truncated: truncated, CanRedrive: u.can(permDLRedrive), Filter: f, Queues: a.data.queueNames}
 	for _, g := range groups {
 		d.Total += g.Count
 	}
+	if all, _, err := a.deadLetters(r.Context(), deadLetterFilter{Queue: f.Queue}); err == nil {
+		for _, g := range all {
+			d.Reasons = append(d.Reasons, g.Reason)
+		}
+		slices.Sort(d.Reasons)
+	}
+	if ferr != nil {
+		d.Error = ferr.Error()
+	}
 	q := r.URL.Query()
-	if q.Get("ok") == "redriven" {
+	switch q.Get("ok") {
+	case "redriven":
 		d.Notice = fmt.Sprintf("%s message(s) sent back to their queue.", q.Get("n"))
 		if held := q.Get("held"); held != "" && held != "0" {
 			d.Error = fmt.Sprintf("%s message(s) were held back: they reached the redrive limit of %d, which usually means a loop. Inspect them before going further.", held, maxRedrives)
 		}
+	case "discarded":
+		d.Notice = fmt.Sprintf("%s message(s) discarded. The reason is in the audit trail.", q.Get("n"))
 	}
 	a.render(w, r, http.StatusOK, "deadletters", "Dead letters", d)
 }
@@ -195,28 +303,87 @@ func (a *app) selection(keys []string) (map[string][]int64, int, error) {
 type redriveConfirmData struct {
 	Keys  []string
 	Count int
+	// Action is "redrive" or "discard".
+	Action string
+	// Records are the first records of the selection, by id, to show
+	// what is about to happen.
+	Records []deadLetterView
+	More    int
+	Reason  string
+	Problem string
 }
 
-// confirmRedrive shows how many dead letters a redrive would send back,
-// before anything happens.
+// selectedKeys reads a bulk form: the "sel" keys ticked one by one, or,
+// with all=1, every dead letter the form's filter matches (as listed).
+func (a *app) selectedKeys(r *http.Request) ([]string, error) {
+	if r.PostFormValue("all") != "1" {
+		return r.PostForm["sel"], nil
+	}
+	f, err := readDeadLetterFilter(r.PostForm)
+	if err != nil {
+		return nil, err
+	}
+	groups, _, err := a.deadLetters(r.Context(), f)
+	if err != nil {
+		return nil, err
+	}
+	var keys []string
+	for _, g := range groups {
+		for _, l := range g.Letters {
+			keys = append(keys, l.Key())
+		}
+	}
+	return keys, nil
+}
+
+// confirmRedrive shows what a redrive or a discard would do — how many
+// dead letters, and which records — before anything happens. A discard
+// asks for its reason here.
 func (a *app) confirmRedrive(w http.ResponseWriter, r *http.Request) {
 	if err := r.ParseForm(); err != nil {
 		a.renderError(w, r, http.StatusBadRequest, "The form could not be read.")
 		return
 	}
-	keys := r.PostForm["sel"]
-	sel, n, err := a.selection(keys)
-	if err != nil || n == 0 {
-		a.renderError(w, r, http.StatusBadRequest, "Select at least one dead letter to redrive.")
+	action := r.PostFormValue("action")
+	if action == "" {
+		action = "redrive"
+	}
+	if action != "redrive" && action != "discard" {
+		a.renderError(w, r, http.StatusBadRequest, "Choose redrive or discard.")
 		return
 	}
-	var clean []string
+	keys, err := a.selectedKeys(r)
+	if err != nil {
+		a.renderError(w, r, http.StatusBadRequest, "The filter could not be read: "+err.Error())
+		return
+	}
+	sel, n, err := a.selection(keys)
+	if err != nil || n == 0 {
+		a.renderError(w, r, http.StatusBadRequest, "Select at least one dead letter to "+action+".")
+		return
+	}
+	a.renderConfirm(w, r, http.StatusOK, sel, n, action, "", "")
+}
+
+// renderConfirm shows the confirmation of action on sel.
+func (a *app) renderConfirm(w http.ResponseWriter, r *http.Request, status int, sel map[string][]int64, n int, action, reason, problem string) {
+	d := redriveConfirmData{Count: n, Action: action, Reason: reason, Problem: problem}
 	for _, name := range a.data.queueNames {
 		for _, seq := range sel[name] {
-			clean = append(clean, fmt.Sprintf("%s:%d", name, seq))
+			d.Keys = append(d.Keys, fmt.Sprintf("%s:%d", name, seq))
+			if len(d.Records) < 20 {
+				if v, _, err := a.findDeadLetter(r.Context(), name, strconv.FormatInt(seq, 10)); err == nil {
+					d.Records = append(d.Records, v)
+				}
+			}
 		}
 	}
-	a.render(w, r, http.StatusOK, "redrive_confirm", "Confirm redrive", redriveConfirmData{Keys: clean, Count: n})
+	d.More = n - len(d.Records)
+	title := "Confirm redrive"
+	if action == "discard" {
+		title = "Confirm discard"
+	}
+	a.render(w, r, status, "redrive_confirm", title, d)
 }
 
 // redrive sends the selected dead letters back to their queues; count is
@@ -275,8 +442,57 @@ func (a *app) redrivePost(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, fmt.Sprintf("/deadletters?ok=redriven&n=%d&held=%d", count, held), http.StatusSeeOther)
 }
 
+// minDiscardReason is the shortest reason a discard accepts: a word or
+// two that says why the messages are not wanted.
+const minDiscardReason = 5
+
+// discardPost deletes the selected dead letters for good, with the
+// operator's written reason in the audit trail.
+func (a *app) discardPost(w http.ResponseWriter, r *http.Request) {
+	if err := r.ParseForm(); err != nil {
+		a.renderError(w, r, http.StatusBadRequest, "The form could not be read.")
+		return
+	}
+	sel, n, err := a.selection(r.PostForm["sel"])
+	if err != nil || n == 0 {
+		a.renderError(w, r, http.StatusBadRequest, "Select at least one dead letter to discard.")
+		return
+	}
+	reason := strings.Join(strings.Fields(r.PostFormValue("reason")), " ")
+	if len(reason) < minDiscardReason || len(reason) > 500 {
+		a.renderConfirm(w, r, http.StatusBadRequest, sel, n, "discard", reason,
+			fmt.Sprintf("Say why these messages are discarded (%d to 500 characters): the reason goes into the audit trail.", minDiscardReason))
+		return
+	}
+	if r.PostFormValue("confirm") != "yes" {
+		a.renderError(w, r, http.StatusBadRequest, "Confirm the discard first.")
+		return
+	}
+	count := 0
+	for _, name := range a.data.queueNames {
+		seqs := sel[name]
+		if len(seqs) == 0 {
+			continue
+		}
+		k, derr := a.data.queues[name].Discard(r.Context(), seqs)
+		count += k
+		a.record(r, "deadletter.discard", "queue", name, fmt.Sprintf("%d selected; reason: %s", len(seqs), reason),
+			fmt.Sprintf("%d discarded; sequence numbers %s", k, joinSeqs(seqs)))
+		if derr != nil && !errors.Is(derr, queues.ErrNotFound) {
+			a.serverError(w, r, "discarding dead letters", derr)
+			return
+		}
+	}
+	http.Redirect(w, r, fmt.Sprintf("/deadletters?ok=discarded&n=%d", count), http.StatusSeeOther)
+}
+
 func (a *app) apiDeadLetters(w http.ResponseWriter, r *http.Request) {
-	groups, truncated, err := a.deadLetters(r.Context())
+	f, err := readDeadLetterFilter(r.URL.Query())
+	if err != nil {
+		a.renderError(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	groups, truncated, err := a.deadLetters(r.Context(), f)
 	if err != nil {
 		a.serverError(w, r, "listing dead letters", err)
 		return

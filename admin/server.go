@@ -47,6 +47,10 @@ type Deps struct {
 	// on DB with no configured rules or webhooks (rules made in the app
 	// are then shown only, never posted).
 	Alerts *alerts.Service
+	// Replay sends records through the agent again from the replay page;
+	// nil with the default embedded queues means one on those queues,
+	// nil with Queues passed in turns the replay page off.
+	Replay Replayer
 }
 
 // Server serves the admin app and the operational endpoints.
