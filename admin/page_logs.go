@@ -346,6 +346,8 @@ type captureData struct {
 	ID             int64
 	CapturedAt     time.Time
 	Source, Target string
+	// Error is the endpoint's whole error message, values included.
+	Error string
 }
 
 // capturePage shows a decision's captured payloads. The route needs the
@@ -373,7 +375,7 @@ func (a *app) capturePage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.render(w, r, http.StatusOK, "capture", fmt.Sprintf("Captured payload of decision %d", id),
-		captureData{ID: id, CapturedAt: c.CapturedAt, Source: prettyJSON(c.Snapshots.Source), Target: prettyJSON(c.Snapshots.Target)})
+		captureData{ID: id, CapturedAt: c.CapturedAt, Source: prettyJSON(c.Snapshots.Source), Target: prettyJSON(c.Snapshots.Target), Error: string(c.Snapshots.Error)})
 }
 
 // prettyJSON indents JSON, or returns the bytes as text.
