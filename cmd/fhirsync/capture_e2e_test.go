@@ -145,6 +145,12 @@ func TestServeCapturesPayloads(t *testing.T) {
 		t.Error("the decision page shows a captured value to a user without the PHI permission")
 	}
 
+	// serve gives the admin app its replayer: the replay page can send.
+	code, body = getWith(t, nophi, base+"/replay")
+	if code != http.StatusOK || strings.Contains(body, `id="replay-unavailable"`) {
+		t.Errorf("GET /replay under serve = %d, replay available: %v", code, !strings.Contains(body, `id="replay-unavailable"`))
+	}
+
 	views, err := store.Audit(ctx, logs.AuditFilter{Action: logs.AuditViewCapture}, "", 10)
 	if err != nil {
 		t.Fatal(err)

@@ -63,7 +63,7 @@ func serve(ctx context.Context, e *env, cfg *Config, onReady func(addr string, d
 	appCfg.TLS = cfg.TLSCertFile != ""
 	srv, err := admin.New(admin.Config{Version: buildVersion(), App: appCfg, SeparateMetrics: cfg.MetricsListen != ""}, admin.Deps{DB: db, Registry: reg, Logger: log,
 		Queues: map[string]admin.DeadLetterQueue{cfg.Queue.FHIRChanges: svc.fhirQ, cfg.Queue.CRMChanges: svc.crmQ},
-		Logs:   svc.logs, Alerts: svc.alerts})
+		Logs:   svc.logs, Alerts: svc.alerts, Replay: svc.replayer})
 	if err != nil {
 		return err
 	}
