@@ -189,6 +189,7 @@ func (a *app) routeTable() []route {
 		{"GET /logs/{id}", permLogsRead, a.decisionPage},
 		{"GET /logs/{id}/capture", permPHI, a.capturePage},
 		{"GET /failures", permLogsRead, a.failuresPage},
+		{"GET /api/v1/failures", permLogsRead, a.apiFailures},
 		{"GET /conflicts", permLogsRead, a.conflictsPage},
 		{"GET /conflicts/{id}", permLogsRead, a.conflictPage},
 		{"POST /conflicts/{id}/resolve", permConflictsResolve, a.resolveConflictPost},

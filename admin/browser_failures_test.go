@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"gorm.io/gorm"
 
 	"github.com/fhirsync/fhirsync/admin/browsertest"
 	"github.com/fhirsync/fhirsync/logs"
@@ -208,6 +210,41 @@ func TestBrowserFailingNow(t *testing.T) {
 		}
 		if rows != 1 || !strings.Contains(path, "reason=missing_reference") {
 			t.Errorf("filtered to missing_reference: %d groups at %q, want 1", rows, path)
+		}
+	})
+}
+
+// TestAPIFailures: the JSON API gives the same groups, with the messages
+// redacted whatever the caller's permissions.
+func TestAPIFailures(t *testing.T) {
+	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
+		store, err := logs.New(db, logs.Config{Capture: logs.CaptureConfig{Enabled: true, KeyID: "k1", Key: captureKey}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := newTestEnv(t, db, AppConfig{}, withLogs(store))
+		phi := e.as(e.user("phi@example.org", RoleOperator, true))
+		seedFailures(t, store)
+		code, body := e.page(phi, "GET", "/api/v1/failures", "", "")
+		var got logs.Failures
+		if err := json.Unmarshal([]byte(body), &got); err != nil || code != 200 {
+			t.Fatalf("GET /api/v1/failures = %d %v:\n%s", code, err, body)
+		}
+		if got.Records != 3 || len(got.Groups) != 2 || got.Groups[0].Errors[0].Code != "0x80040265" || got.Groups[0].Records != 2 {
+			t.Errorf("failures = %+v", got)
+		}
+		for _, v := range []string{"Bertram", "Annabelle", "55501234"} {
+			if strings.Contains(body, v) {
+				t.Errorf("the API answer carries %q", v)
+			}
+		}
+		if code, _ := e.page(phi, "GET", "/api/v1/failures?reason=nonsense", "", ""); code != 400 {
+			t.Errorf("unknown reason = %d, want 400", code)
+		}
+		code, body = e.page(phi, "GET", "/api/v1/failures?reason=missing_reference", "", "")
+		got = logs.Failures{}
+		if err := json.Unmarshal([]byte(body), &got); err != nil || code != 200 || len(got.Groups) != 1 || got.Groups[0].EntityMap != "encounter" {
+			t.Errorf("filtered = %d %v %s", code, err, body)
 		}
 	})
 }

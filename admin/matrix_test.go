@@ -75,6 +75,7 @@ var routeSpecs = map[string]routeSpec{
 	"GET /logs/{id}":                           {perm: "logs.read", allowed: 404},
 	"GET /logs/{id}/capture":                   {perm: "phi.view", allowed: 404},
 	"GET /failures":                            {perm: "logs.read", allowed: 200},
+	"GET /api/v1/failures":                     {perm: "logs.read", allowed: 200},
 	"GET /conflicts":                           {perm: "logs.read", allowed: 200},
 	"GET /conflicts/{id}":                      {perm: "logs.read", allowed: 404},
 	"POST /conflicts/{id}/resolve":             {perm: "conflicts.resolve", allowed: 400},

@@ -96,6 +96,29 @@ func (a *app) failuresPage(w http.ResponseWriter, r *http.Request) {
 	a.render(w, r, http.StatusOK, "failures", "Failing now", d)
 }
 
+// apiFailures is the failures page as JSON. Messages are redacted for
+// every role: the whole message is read one decision at a time, audited,
+// through the capture.
+func (a *app) apiFailures(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := logs.FailureFilter{EntityMap: q.Get("map"), Reason: logs.ReasonCode(q.Get("reason"))}
+	if f.Reason != "" {
+		if _, ok := logs.LookupReason(f.Reason); !ok {
+			a.renderError(w, r, http.StatusBadRequest, "Unknown reason code.")
+			return
+		}
+	}
+	res, err := a.data.logs.FailingNow(r.Context(), f)
+	if err != nil {
+		a.serverError(w, r, "listing failures", err)
+		return
+	}
+	if res.Groups == nil {
+		res.Groups = []logs.FailureGroup{}
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
 // fullTargetMessage opens the endpoint's whole message of decision id
 // from its payload capture, for a PHI holder; the sync log records the
 // reading in the audit trail. When it cannot, it says why.
