@@ -48,6 +48,9 @@ func decisionRecord(d Decision) []string {
 	att := make([]string, len(d.Attempts))
 	for i, a := range d.Attempts {
 		att[i] = a.At.Format(time.RFC3339Nano) + " " + a.ErrorClass + " retryable=" + strconv.FormatBool(a.Retryable)
+		if a.TargetError != nil && a.Code != "" {
+			att[i] += " code=" + a.Code // the message may hold ";" and stays in the NDJSON export
+		}
 	}
 	return []string{
 		strconv.FormatInt(d.ID, 10), d.Time.Format(time.RFC3339Nano), d.CorrelationID, d.MessageID,
