@@ -100,6 +100,33 @@ func a11yExamples(s *showcase) map[string][]string {
 	}
 }
 
+// a11yFlow is a page reached by doing something on another — a form
+// posted, a result shown — which the walk of GET pages cannot reach.
+type a11yFlow struct {
+	name, path string
+	then       []chromedp.Action
+}
+
+// a11yFlows are checked like pages: each opens path, runs then, and is
+// checked when then is done. Add one for a page that a POST renders.
+func a11yFlows(s *showcase) []a11yFlow {
+	return []a11yFlow{
+		{"redrive confirmation", "/deadletters", []chromedp.Action{
+			chromedp.Click(`#redrive-form input[name=sel]`, chromedp.ByQuery),
+			chromedp.Click("#redrive-selected", chromedp.ByID),
+			chromedp.WaitVisible("#confirm-count", chromedp.ByID)}},
+		{"map preview result", fmt.Sprintf("/maps/versions/%d?map=patient-contact&attr=first-name", s.Draft), []chromedp.Action{
+			chromedp.WaitVisible("#preview-form", chromedp.ByID),
+			setField("preview-input", `{"resourceType":"Patient","id":"p1","name":[{"use":"official","family":"Lovelace","given":["Ada"]}]}`),
+			chromedp.Click("#preview", chromedp.ByID),
+			chromedp.WaitVisible("#preview-result", chromedp.ByID)}},
+		{"decision search with a bad date", "/logs", []chromedp.Action{
+			chromedp.SendKeys("#f-from", "tomorrow", chromedp.ByID),
+			chromedp.Click("#search", chromedp.ByID),
+			chromedp.WaitVisible("#filter-errors", chromedp.ByID)}},
+	}
+}
+
 // patternRE matches the paths a ServeMux pattern's path serves.
 func patternRE(path string) *regexp.Regexp {
 	path = strings.TrimSuffix(path, "{$}")
@@ -146,7 +173,11 @@ func TestAccessibility(t *testing.T) {
 
 	// Pages to open, in order: fixed paths first, so that their links
 	// can stand in for the wildcards.
-	type visit struct{ pattern, path string }
+	type visit struct {
+		pattern, path string
+		name          string
+		then          []chromedp.Action
+	}
 	var fixed, wild []string
 	for _, p := range pageRoutes(e.app) {
 		if strings.Contains(p, "{") && !strings.HasSuffix(p, "{$}") {
@@ -157,15 +188,18 @@ func TestAccessibility(t *testing.T) {
 	}
 	var visits []visit
 	for _, p := range fixed {
-		visits = append(visits, visit{p, strings.TrimSuffix(strings.TrimPrefix(p, "GET "), "{$}")})
+		visits = append(visits, visit{pattern: p, path: strings.TrimSuffix(strings.TrimPrefix(p, "GET "), "{$}")})
 		if p == "GET /{$}" {
 			visits[len(visits)-1].path = "/"
 		}
 	}
 	for _, p := range append(append([]string{}, fixed...), "404") {
 		for _, path := range examples[p] {
-			visits = append(visits, visit{p, path})
+			visits = append(visits, visit{pattern: p, path: path})
 		}
+	}
+	for _, f := range a11yFlows(s) {
+		visits = append(visits, visit{pattern: "flow", path: f.path, name: f.name, then: f.then})
 	}
 
 	ctx := browser.Session(t, 10*time.Minute)
@@ -175,7 +209,10 @@ func TestAccessibility(t *testing.T) {
 	var links []string
 	check := func(v visit) {
 		name := strings.TrimPrefix(v.path, "/")
-		if name == "" {
+		switch {
+		case v.name != "":
+			name = v.name
+		case name == "":
 			name = "dashboard"
 		}
 		t.Run(name, func(t *testing.T) {
@@ -196,6 +233,7 @@ func TestAccessibility(t *testing.T) {
 					browsertest.Viewport(width, 900, width == browsertest.PhoneWidth),
 					chromedp.Navigate(e.url+v.path),
 					chromedp.WaitReady("body", chromedp.ByQuery),
+					chromedp.Tasks(v.then),
 					chromedp.Evaluate(`Array.from(document.querySelectorAll("a[href]"), a => a.getAttribute("href"))`, &hrefs),
 					chromedp.Evaluate(`(() => { const a = document.querySelector("a[href]");
 						return !!a && a.classList.contains("skip-link") && a.textContent === "Skip to content" &&
@@ -247,7 +285,7 @@ func TestAccessibility(t *testing.T) {
 			t.Errorf("page %s is linked from no page the walk opened: give it an address in a11yExamples", p)
 		}
 		for _, path := range paths {
-			check(visit{p, path})
+			check(visit{pattern: p, path: path})
 		}
 	}
 
