@@ -220,6 +220,8 @@ func (a *app) routeTable() []route {
 		{"GET /api/v1/deadletters", permDLRead, a.apiDeadLetters},
 		{"GET /api/v1/deadletters/{queue}/{seq}", permDLRead, a.apiDeadLetter},
 		{"POST /api/v1/deadletters/redrive", permDLRedrive, a.apiRedrive},
+		{"POST /api/v1/deadletters/discard", permDLRedrive, a.apiDiscard},
+		{"POST /api/v1/replay", permReplay, a.apiReplay},
 		{"GET /api/v1/dashboard", permDashboard, a.apiDashboard},
 		{"GET /alerts", permDashboard, a.alertsPage},
 		{"POST /alerts/rules", permAlerts, a.saveAlertRule},

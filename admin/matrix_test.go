@@ -105,6 +105,8 @@ var routeSpecs = map[string]routeSpec{
 	"GET /api/v1/deadletters":                  {perm: "deadletters.read", allowed: 200},
 	"GET /api/v1/deadletters/{queue}/{seq}":    {perm: "deadletters.read", allowed: 404},
 	"POST /api/v1/deadletters/redrive":         {perm: "deadletters.redrive", allowed: 400},
+	"POST /api/v1/deadletters/discard":         {perm: "deadletters.redrive", allowed: 400},
+	"POST /api/v1/replay":                      {perm: "replay.send", allowed: 400},
 	"GET /api/v1/dashboard":                    {perm: "dashboard.read", allowed: 200},
 	"GET /backfills":                           {perm: "dashboard.read", allowed: 200},
 	"GET /alerts":                              {perm: "dashboard.read", allowed: 200},

@@ -536,3 +536,35 @@ func (a *app) apiRedrive(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, map[string]int{"redriven": count, "held": held})
 }
+
+// discardRequest is the body of POST /api/v1/deadletters/discard.
+type discardRequest struct {
+	Queue           string  `json:"queue"`
+	SequenceNumbers []int64 `json:"sequence_numbers"`
+	Reason          string  `json:"reason"`
+}
+
+func (a *app) apiDiscard(w http.ResponseWriter, r *http.Request) {
+	var req discardRequest
+	if !a.decodeJSON(w, r, &req) {
+		return
+	}
+	q, ok := a.data.queues[req.Queue]
+	if !ok || len(req.SequenceNumbers) == 0 {
+		a.renderError(w, r, http.StatusBadRequest, "Name a queue ("+strings.Join(a.data.queueNames, ", ")+") and at least one sequence number.")
+		return
+	}
+	reason := strings.Join(strings.Fields(req.Reason), " ")
+	if len(reason) < minDiscardReason || len(reason) > 500 {
+		a.renderError(w, r, http.StatusBadRequest, fmt.Sprintf("Say why the messages are discarded: a reason of %d to 500 characters.", minDiscardReason))
+		return
+	}
+	n, err := q.Discard(r.Context(), req.SequenceNumbers)
+	a.record(r, "deadletter.discard", "queue", req.Queue, fmt.Sprintf("%d selected; reason: %s", len(req.SequenceNumbers), reason),
+		fmt.Sprintf("%d discarded; sequence numbers %s", n, joinSeqs(req.SequenceNumbers)))
+	if err != nil && !errors.Is(err, queues.ErrNotFound) {
+		a.serverError(w, r, "discarding dead letters", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"discarded": n, "not_found": len(req.SequenceNumbers) - n})
+}

@@ -252,3 +252,64 @@ func (a *app) replayRun(w http.ResponseWriter, r *http.Request, dry bool) {
 	}
 	http.Redirect(w, r, "/replay?ok=sent&n="+strconv.Itoa(res.Sent), http.StatusSeeOther)
 }
+
+// replayRequest is the body of POST /api/v1/replay: records, or a filter
+// with the log explorer's field names (outcome, reason, map, direction,
+// record, match, from, to, key_name, key_value).
+type replayRequest struct {
+	Records []string          `json:"records"`
+	Filter  map[string]string `json:"filter"`
+	// DryRun says what would be sent and sends nothing.
+	DryRun bool `json:"dry_run"`
+}
+
+func (a *app) apiReplay(w http.ResponseWriter, r *http.Request) {
+	var req replayRequest
+	if !a.decodeJSON(w, r, &req) {
+		return
+	}
+	v := url.Values{}
+	switch {
+	case len(req.Records) > 0 && len(req.Filter) > 0:
+		a.renderError(w, r, http.StatusBadRequest, "Give records or a filter, not both.")
+		return
+	case len(req.Records) > 0:
+		v.Set("mode", "records")
+		v.Set("records", strings.Join(req.Records, "\n"))
+	default:
+		v.Set("mode", "filter")
+		for k, s := range req.Filter {
+			v.Set(k, s)
+		}
+	}
+	_, refs, q, bad := readReplayForm(v)
+	if bad != nil {
+		a.renderError(w, r, http.StatusBadRequest, bad.Error())
+		return
+	}
+	if a.data.replay == nil {
+		a.renderError(w, r, http.StatusServiceUnavailable, "Replay is not available in this process: it has no queues to send to.")
+		return
+	}
+	opts := agent.ReplayOptions{Actor: actor(r), DryRun: req.DryRun}
+	var res agent.ReplayResult
+	var err error
+	if refs != nil {
+		res, err = a.data.replay.Records(r.Context(), refs, opts)
+	} else {
+		res, err = a.data.replay.FromLog(r.Context(), *q, opts)
+	}
+	switch {
+	case errors.Is(err, logs.ErrBadFilter), errors.Is(err, agent.ErrBadRecordRef):
+		a.renderError(w, r, http.StatusBadRequest, err.Error())
+		return
+	case err != nil && (req.DryRun || res.Sent == 0):
+		a.serverError(w, r, "replaying", err)
+		return
+	}
+	if res.Refs == nil {
+		res.Refs = []string{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"records": res.Refs, "sent": res.Sent, "truncated": res.Truncated,
+		"dry_run": res.DryRun, "plans": res.Plans})
+}

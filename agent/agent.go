@@ -94,7 +94,7 @@ type Config struct {
 	BackfillWorkers int
 	// BackfillBatchMax and BackfillBatchWait are CRMBatchMax and
 	// CRMBatchWait for the CRM requests of those notices (default 1,000
-	// operations, 1s). Batching off (CRMBatchMax 1) turns them off too.
+	// operations, 2s). Batching off (CRMBatchMax 1) turns them off too.
 	BackfillBatchMax  int
 	BackfillBatchWait time.Duration
 }

@@ -33,7 +33,7 @@ const (
 	// DefaultBackfillBatchWait is how long the first operation of a bulk
 	// $batch waits for company (a tenth of it without any arrival sends
 	// it anyway).
-	DefaultBackfillBatchWait = time.Second
+	DefaultBackfillBatchWait = 2 * time.Second
 )
 
 // bulkOrigins are the origins of notices that travel in the bulk lane.

@@ -76,7 +76,7 @@ func (p *pool) run(ctx context.Context) error {
 			}
 		})
 	}
-	bulk := jobs
+	var bulk chan *queues.Received
 	if p.bulkWorkers > 0 {
 		bulk = make(chan *queues.Received)
 		bulkCtx := withBulkLane(workCtx)
@@ -87,13 +87,21 @@ func (p *pool) run(ctx context.Context) error {
 				}
 			})
 		}
-		p.batch += p.bulkWorkers
 	}
+	// bulkSeen: the last receive held notices of the bulk lane, so the
+	// next asks for enough to keep its workers busy too. Live traffic
+	// alone is received as before, so that none of it waits locked
+	// behind workers it cannot use.
+	bulkSeen := false
 	var recvErr error
 	backoff := Backoff{Base: 200 * time.Millisecond, Max: 10 * time.Second}
 	failures := 0
 	for ctx.Err() == nil {
-		msgs, err := p.q.Receive(ctx, p.batch, time.Second)
+		n := p.batch
+		if bulkSeen {
+			n += p.bulkWorkers
+		}
+		msgs, err := p.q.Receive(ctx, n, time.Second)
 		if err != nil {
 			if ctx.Err() != nil {
 				break
@@ -112,24 +120,25 @@ func (p *pool) run(ctx context.Context) error {
 			continue
 		}
 		failures = 0
-		for i, m := range msgs {
-			to := jobs
+		if p.bulkWorkers == 0 {
+			p.dispatch(ctx, workCtx, jobs, msgs)
+			continue
+		}
+		// Each lane is fed on its own, so that a live notice is not
+		// held behind backfill notices waiting for a bulk worker.
+		var live, bulkMsgs []*queues.Received
+		for _, m := range msgs {
 			if isBulkMessage(m) {
-				to = bulk
-			}
-			select {
-			case to <- m:
-			case <-ctx.Done():
-				// Not started: hand the rest back at once.
-				for _, rest := range msgs[i:] {
-					p.settle(workCtx, rest, settlement{kind: settleAbandon})
-				}
-				msgs = nil
-			}
-			if msgs == nil {
-				break
+				bulkMsgs = append(bulkMsgs, m)
+			} else {
+				live = append(live, m)
 			}
 		}
+		bulkSeen = len(bulkMsgs) > 0
+		fed := make(chan struct{})
+		go func() { defer close(fed); p.dispatch(ctx, workCtx, bulk, bulkMsgs) }()
+		p.dispatch(ctx, workCtx, jobs, live)
+		<-fed
 	}
 	close(jobs)
 	if p.bulkWorkers > 0 {
@@ -145,6 +154,21 @@ func (p *pool) run(ctx context.Context) error {
 		<-done
 	}
 	return recvErr
+}
+
+// dispatch hands msgs to the workers reading to, one by one; when ctx
+// ends first, the messages not yet started are abandoned at once.
+func (p *pool) dispatch(ctx, workCtx context.Context, to chan<- *queues.Received, msgs []*queues.Received) {
+	for i, m := range msgs {
+		select {
+		case to <- m:
+		case <-ctx.Done():
+			for _, rest := range msgs[i:] {
+				p.settle(workCtx, rest, settlement{kind: settleAbandon})
+			}
+			return
+		}
+	}
 }
 
 // process handles one message with lock renewal and settles it.

@@ -2,6 +2,7 @@ package crm
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -109,7 +110,7 @@ func bulkPlanOf(e *entry) *bulkState {
 	if p == nil || !p.upsert || len(p.target.Key) == 0 || p.opts.Mode != CreateOnly || !minimal(p) {
 		return nil
 	}
-	st := &bulkState{rows: []*bulkRow{{set: p.target.Set, rec: p.rec, id: uuid.NewString(), key: p.target.Key}}}
+	st := &bulkState{rows: []*bulkRow{{set: p.target.Set, rec: p.rec, id: newRowID(), key: p.target.Key}}}
 	for i, op := range e.ops[1:] {
 		w := op.write
 		if w == nil || w.upsert || op.ContentID != "" {
@@ -126,9 +127,30 @@ func bulkPlanOf(e *entry) *bulkState {
 			}
 			binds = true
 		}
-		st.rows = append(st.rows, &bulkRow{op: i + 1, set: w.set, rec: w.rec, id: uuid.NewString(), bindsParent: binds})
+		st.rows = append(st.rows, &bulkRow{op: i + 1, set: w.set, rec: w.rec, id: newRowID(), bindsParent: binds})
 	}
 	return st
+}
+
+// newRowID is the primary key given to a row created in bulk. Dataverse
+// lets a create name its row's primary key, though its own values "are
+// optimized for best performance" ("Create a table row using the Web API",
+// Set the primary key value:
+// https://learn.microsoft.com/power-apps/developer/data-platform/webapi/create-entity-web-api#set-the-primary-key-value):
+// its rows live in SQL Server, which orders uniqueidentifier values by
+// their last six bytes first, so those carry the time in milliseconds and
+// new rows land at the end of the index, as sequential GUIDs do. The rest
+// is random (a version 4 layout).
+func newRowID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	ms := uint64(time.Now().UnixMilli())
+	for i := range 6 {
+		b[15-i] = byte(ms >> (8 * i))
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return uuid.UUID(b).String()
 }
 
 // tableInfo is what a bulk message needs to know of a table.

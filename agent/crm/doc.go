@@ -18,6 +18,19 @@
 // service-protection budget (users.go): its own requests in flight, under
 // a limit that follows x-ms-dop-hint, and its own pause after a 429.
 //
+// A Coalescer (NewCoalescer) gathers the calls of concurrent callers into
+// shared $batch requests; its API is the client's (Retrieve,
+// RetrieveMultiple, Upsert, Create, Delete) plus Apply for one record's
+// writes as one change set. Callers need nothing else for bulk messages:
+// with CoalesceConfig.NoBulk unset, an Apply whose first op is an UpsertOp
+// in CreateOnly mode by alternate key, followed by CreateOps of child rows
+// that bind "$1", is sent with the other records of its batch as
+// CreateMultiple messages (the parent's primary key assigned by the
+// coalescer), and Upserts by id in UpdateOnly mode as UpdateMultiple;
+// each caller still gets one result per op as the change set would have
+// answered it, ETags included (bulk.go). Reads by alternate key or by
+// primary key are grouped into Microsoft.Dynamics.CRM.In queries.
+//
 // Every failure is an *Error with a Class (rejected, conflict,
 // unauthorized, throttled, unavailable, not_found, invalid_response),
 // Retryable and RetryAfter, decided here once. An answer the Web API would

@@ -229,17 +229,23 @@ func TestBulkMessages(t *testing.T) {
 	if w.Code != http.StatusNoContent {
 		t.Fatalf("UpdateMultiple: %d %s", w.Code, w.Body)
 	}
-	// UpsertMultiple: by alternate key through @odata.id, one existing, one new.
+	// UpsertMultiple: by alternate key through @odata.id, one existing,
+	// one new; 204 without a body ("The UpsertMultiple action returns 204
+	// NoContent. The UpsertMultipleResponse complex type is not returned.")
 	w = send(s, "", http.MethodPost, "contacts/Microsoft.Dynamics.CRM.UpsertMultiple",
 		`{"Targets":[{`+typ+`,"@odata.id":"contacts(msemr_azurefhirid='a')","lastname":"A2"},{`+typ+`,"@odata.id":"contacts(msemr_azurefhirid='c')","lastname":"C"}]}`)
-	if w.Code != http.StatusOK {
-		t.Fatalf("UpsertMultiple: %d %s", w.Code, w.Body)
+	if w.Code != http.StatusNoContent || w.Body.Len() != 0 {
+		t.Fatalf("UpsertMultiple: %d %s, want 204 without a body", w.Code, w.Body)
 	}
-	var upserted struct {
-		IDs []string `json:"Ids"`
+	// by primary key in the body: a new row with the id given
+	const newID = "0f8fad5b-d9cb-469f-a165-70867728950e"
+	w = send(s, "", http.MethodPost, "contacts/Microsoft.Dynamics.CRM.UpsertMultiple",
+		`{"Targets":[{`+typ+`,"contactid":"`+newID+`","lastname":"Z"}]}`)
+	if w.Code != http.StatusNoContent {
+		t.Fatalf("UpsertMultiple by primary key: %d %s", w.Code, w.Body)
 	}
-	if err := json.Unmarshal(w.Body.Bytes(), &upserted); err != nil || len(upserted.IDs) != 2 || upserted.IDs[0] != created.IDs[0] || upserted.IDs[1] == created.IDs[1] {
-		t.Fatalf("UpsertMultiple answer %s, created %v", w.Body, created.IDs)
+	if w := send(s, "", http.MethodDelete, "contacts("+newID+")", ""); w.Code != http.StatusNoContent {
+		t.Fatalf("the row upserted by primary key: %d %s", w.Code, w.Body)
 	}
 	got := lastnames(t, send(s, "", http.MethodGet, "contacts?$select=lastname,firstname", ""))
 	if want := []string{"A2", "B", "C"}; !slices.Equal(got, want) {

@@ -20,9 +20,10 @@ import (
 // Every target names its type with @odata.type. An UpdateMultiple target
 // carries its primary key; an UpsertMultiple target its primary key or an
 // @odata.id naming it by alternate key ("contacts(msemr_azurefhirid='p1')").
-// CreateMultiple answers 200 with the new rows' Ids, UpsertMultiple 200 with
-// the Ids of the rows created or updated, in the order of the targets, and
-// UpdateMultiple 204. On a standard table the message is one transaction:
+// CreateMultiple answers 200 with the new rows' Ids in the order of the
+// targets; UpdateMultiple and UpsertMultiple answer 204 (the Web API
+// reference of UpsertMultiple: "The UpsertMultiple action returns 204
+// NoContent. The UpsertMultipleResponse complex type is not returned."). On a standard table the message is one transaction:
 // the first target that fails fails the whole message, nothing is written
 // and the answer is that target's error (the documentation: "Any error
 // that occurs within one operation in these APIs causes the entire
@@ -94,7 +95,7 @@ func (s *Server) bulk(c *call, t *tx, tb *table, req *request, message string) r
 			ids = append(ids, loc[i+1:len(loc)-1])
 		}
 	}
-	if kind == opUpdateMultiple {
+	if kind != opCreateMultiple {
 		out = response{status: http.StatusNoContent, header: newHeader()}
 	} else {
 		out = jsonResponse(http.StatusOK, map[string]any{
