@@ -26,7 +26,7 @@ func TestTargetErrorKeepsTheCodeAndRedactsValues(t *testing.T) {
 			err: fmt.Errorf("upserting: %w", &crm.Error{Status: 400, Class: crm.ClassRejected, Code: "0x80040265",
 				Message: "Contact 'Annabelle Canary' born '1987-04-02' (MRN 448-21-9970, anna@example.org) already exists as 3f2a7c1e-0b6d-4e8a-9c61-2f1d8e7a4b10."}),
 			wantCode: "0x80040265", wantIn: []string{"Contact '…' born '…'", "3f2a7c1e-0b6d-4e8a-9c61-2f1d8e7a4b10"},
-			wantOut:  []string{"Annabelle", "Canary", "1987", "448-21", "anna@"}},
+			wantOut: []string{"Annabelle", "Canary", "1987", "448-21", "anna@"}},
 		{name: "Dataverse column too long keeps the attribute and the size",
 			err: &crm.Error{Status: 400, Class: crm.ClassRejected, Code: "0x80044331",
 				Message: "A validation error occurred.  The length of the 'lastname' attribute of the 'contact' entity exceeded the maximum allowed length of '50'."},
