@@ -192,13 +192,14 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		ow.key = newValueKey(cfg.BaseKey)
 	}
 	api := deps.CRM
+	var live *crm.Coalescer
 	if c, ok := deps.CRM.(*crm.Client); ok && cfg.CRMBatchMax != 1 {
 		// Concurrent messages' CRM requests share $batch requests.
 		k, err := crm.NewCoalescer(c, crm.CoalesceConfig{MaxOps: cfg.CRMBatchMax, MaxWait: cfg.CRMBatchWait, NoBulk: cfg.CRMBulkOff})
 		if err != nil {
 			return nil, fmt.Errorf("agent: %w", err)
 		}
-		api = k
+		api, live = k, k
 		if cfg.BackfillWorkers > 0 {
 			// Notices of a backfill or reconcile share large batches
 			// of their own (backfill_lane.go).
@@ -240,6 +241,8 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 				ownNotice: own.initiated},
 		},
 		maps:         a.mapSet,
+		crmBatch:     live,
+		workers:      cfg.Workers,
 		log:          deps.Logs,
 		links:        lk,
 		lookups:      lookups,

@@ -11,6 +11,7 @@ import (
 
 	"gorm.io/gorm"
 
+	"github.com/fhirsync/fhirsync/agent/crm"
 	"github.com/fhirsync/fhirsync/logs"
 	"github.com/fhirsync/fhirsync/maps"
 	"github.com/fhirsync/fhirsync/queues"
@@ -154,6 +155,11 @@ type pipeline struct {
 	requeue func(ctx context.Context, ns []queues.Notice) error
 	// capture returns payload snapshots to attach when capture is on.
 	capture func(src, out any) *logs.Snapshots
+	// crmBatch is the coalescer the CRM requests go through (nil: none);
+	// the workers of each queue, workers of them, are one crm.Callers
+	// set of it, so that a batch goes at once when all of them wait.
+	crmBatch *crm.Coalescer
+	workers  int
 }
 
 // echoWait bounds how long a change by the agent's own user waits for
@@ -183,7 +189,9 @@ func (p *pipeline) handle(ctx context.Context, m *queues.Received) settlement {
 // the agent's own database) a completed message is settled in the
 // transaction that records its decision.
 func (p *pipeline) handleOn(q txQueue) handler {
+	callers := p.crmBatch.Callers(p.workers)
 	return func(ctx context.Context, m *queues.Received) settlement {
+		ctx = callers.Context(ctx)
 		start := p.now()
 		u := &unit{d: &logs.Decision{MessageID: m.ID, Direction: logs.FHIRToCRM}}
 		st := p.run(ctx, m, u)
@@ -251,7 +259,15 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 	d.EntityMap = open[0].Name()
 
 	if n.Version != "" && f.ownNotice != nil && f.ownNotice(n) {
-		if own, err := p.writes.isOwn(ctx, string(f.side), n.Type, n.ID, n.Version); err != nil {
+		// The echo of a write still waiting for its answer (its version
+		// not yet known) is told once the write ends, before the source
+		// is read: an echo costs no read.
+		writing := p.writes.flights.inFlight(string(f.side), n.Type)
+		own, err := p.writes.isOwn(ctx, string(f.side), n.Type, n.ID, n.Version)
+		if err == nil && !own && wait(ctx, writing, echoWait) {
+			own, err = p.writes.isOwn(ctx, string(f.side), n.Type, n.ID, n.Version)
+		}
+		if err != nil {
 			return p.failure("checking for an own write", err)
 		} else if own {
 			return stop(logs.OutcomeSkipped, "own_write_echo", "This version was written by fhirsync itself; its echo is not synced back.")

@@ -16,11 +16,16 @@ import (
 //   - A pool of workers going through a backlog (a closed loop: a backfill,
 //     a burst) sends nothing more once every worker waits for the batch:
 //     then waiting longer only stalls them, and the batch goes at once.
+//     Workers busy elsewhere (reading the source, committing decisions)
+//     would hold it back for MaxWait, so a batch that holds the
+//     operations of at least half the pool goes after a quiet gap (a
+//     tenth of MaxWait without a new operation): a batch of that size is
+//     worth its request, and the rest of the pool joins the next one.
 //
 // So callers that belong to a fixed set — a pool's workers — say so
-// (Callers), and a batch goes as soon as every one of them waits on the
-// coalescer. Callers that do not say so keep the earlier rule: the batch
-// goes when no operation joined it for a tenth of MaxWait.
+// (Callers). A stream too slow to keep half the pool waiting on one batch
+// gets batches of MaxWait. Callers that do not say so keep the earlier
+// rule: the batch goes when no operation joined it for the quiet gap.
 
 // Callers is a fixed number of callers sharing a Coalescer, each making
 // one call at a time: the workers of a pool. When all of them wait on the
@@ -30,13 +35,24 @@ type Callers struct {
 	k    *Coalescer
 	size int
 	// waiting is how many of them wait for an answer (their operation
-	// pending or in a batch under way); guarded by k.mu.
-	waiting int
+	// pending or in a batch under way), pending how many of those are in
+	// the pending batch; guarded by k.mu.
+	waiting, pending int
 }
 
+// half reports whether the pending batch holds the operations of at
+// least half of c's callers. k.mu is held.
+func (c *Callers) half() bool { return c.pending*2 >= c.size }
+
 // Callers returns a set of n callers of k; Context marks a caller's
-// calls as theirs.
-func (k *Coalescer) Callers(n int) *Callers { return &Callers{k: k, size: max(n, 1)} }
+// calls as theirs. On a nil Coalescer it returns nil, whose Context
+// changes nothing.
+func (k *Coalescer) Callers(n int) *Callers {
+	if k == nil {
+		return nil
+	}
+	return &Callers{k: k, size: max(n, 1)}
+}
 
 type callersKey struct{}
 
@@ -68,6 +84,13 @@ func (k *Coalescer) joined(e *entry, g *Callers) (now bool) {
 		return false
 	}
 	g.waiting++
+	g.pending++
+	if (g.pending-1)*2 < g.size && g.half() {
+		// Half the pool is in: the batch may go after the quiet gap,
+		// sooner than the timer set for MaxWait.
+		k.stopTimer()
+		k.timer = time.AfterFunc(time.Until(k.due()), k.expire)
+	}
 	return g.waiting >= g.size
 }
 
@@ -86,17 +109,29 @@ func (k *Coalescer) taken(es []*entry) {
 	for _, e := range es {
 		if e.callers == nil {
 			k.ungrouped--
+		} else {
+			e.callers.pending--
 		}
 	}
 }
 
 // due is when the pending batch goes unless it fills or every caller of a
-// set waits first: MaxWait after its first operation, or, while a caller
-// of no set waits in it, a quiet gap after its last. k.mu is held.
+// set waits first: MaxWait after its first operation, or a quiet gap
+// after its last while a caller of no set waits in it or it holds the
+// operations of half the callers of a set. k.mu is held.
 func (k *Coalescer) due() time.Time {
 	at := k.first.Add(k.wait)
-	if quiet := k.last.Add(k.quietGap()); k.ungrouped > 0 && quiet.Before(at) {
-		at = quiet
+	quiet := k.last.Add(k.quietGap())
+	if !quiet.Before(at) {
+		return at
+	}
+	if k.ungrouped > 0 {
+		return quiet
+	}
+	for _, e := range k.pending {
+		if e.callers != nil && e.callers.half() {
+			return quiet
+		}
 	}
 	return at
 }

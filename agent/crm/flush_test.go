@@ -81,8 +81,8 @@ func TestFlushOpenLoopWaitsForMaxWait(t *testing.T) {
 }
 
 // TestFlushWhenEveryWorkerWaits: a pool whose workers all wait on the
-// coalescer sends the batch at once, though MaxWait is a minute; while one
-// worker is busy elsewhere the others' operations wait for it.
+// coalescer sends the batch at once, though MaxWait is a minute; while
+// most workers are busy elsewhere the others' operations wait for them.
 func TestFlushWhenEveryWorkerWaits(t *testing.T) {
 	t.Parallel()
 	_, tap, k := coalescerOn(t, CoalesceConfig{MaxWait: time.Minute})
@@ -90,7 +90,7 @@ func TestFlushWhenEveryWorkerWaits(t *testing.T) {
 	seedContacts(t, k, workers)
 	before := tap.batches()
 	pool := k.Callers(workers)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
@@ -103,17 +103,21 @@ func TestFlushWhenEveryWorkerWaits(t *testing.T) {
 		}
 		errs <- err
 	}
-	wg.Add(workers - 1)
-	for i := range workers - 1 {
+	// Two of five ask; the others are busy elsewhere: nothing goes.
+	wg.Add(2)
+	for i := range 2 {
 		go read(i)
 	}
-	// The last worker is busy elsewhere: nothing goes until it asks too.
 	time.Sleep(200 * time.Millisecond)
 	if got := tap.batches() - before; got != 0 {
-		t.Fatalf("%d batches sent while a worker had yet to ask", got)
+		t.Fatalf("%d batches sent while most workers had yet to ask", got)
 	}
-	wg.Add(1)
-	go read(workers - 1)
+	// The rest ask: all wait, the batch goes at once (the quiet gap of
+	// half the pool is 6 s, MaxWait a minute).
+	wg.Add(workers - 2)
+	for i := 2; i < workers; i++ {
+		go read(i)
+	}
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -166,5 +170,52 @@ func TestFlushCallerOfNoSetBringsTheQuietGap(t *testing.T) {
 	wg.Wait()
 	if got := tap.batches() - before; got != 1 {
 		t.Fatalf("%d batches, want 1", got)
+	}
+}
+
+// TestFlushWhenHalfThePoolWaits: a batch holding the operations of half a
+// pool goes after the quiet gap (a tenth of MaxWait); one holding fewer
+// waits for MaxWait.
+func TestFlushWhenHalfThePoolWaits(t *testing.T) {
+	t.Parallel()
+	const workers = 4
+	tests := []struct {
+		name     string
+		callers  int
+		wantSent bool // within half of MaxWait
+	}{
+		{name: "half the pool", callers: workers / 2, wantSent: true},
+		{name: "a quarter of the pool", callers: workers / 4, wantSent: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, tap, k := coalescerOn(t, CoalesceConfig{MaxWait: 4 * time.Second})
+			seedContacts(t, k, tt.callers)
+			before := tap.batches()
+			pool := k.Callers(workers)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			var wg sync.WaitGroup
+			errs := make(chan error, tt.callers)
+			for i := range tt.callers {
+				wg.Go(func() {
+					_, err := k.Retrieve(pool.Context(ctx), ByKey("contacts", "msemr_azurefhirid", fmt.Sprintf("p-%d", i)))
+					errs <- err
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				if sent := err == nil; sent != tt.wantSent {
+					t.Fatalf("answered within 2 s: %v (%v), want %v", sent, err, tt.wantSent)
+				}
+			}
+			if tt.wantSent {
+				if got := tap.batches() - before; got != 1 {
+					t.Fatalf("%d batches, want 1", got)
+				}
+			}
+		})
 	}
 }
