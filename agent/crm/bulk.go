@@ -92,6 +92,10 @@ type bulkState struct {
 	// the ops that change set holds.
 	off  bool
 	sent []int
+	// refused names the table whose bulk message, holding this record
+	// alone, was refused; if the record's change set then succeeds, the
+	// table does not take the message and later records skip it.
+	refused func()
 }
 
 // bulkPlanOf reports whether e's writes can go in bulk messages, and how.
@@ -162,6 +166,25 @@ type tableInfo struct {
 type tables struct {
 	mu sync.Mutex
 	m  map[string]tableInfo
+	// noBulk: sets whose bulk messages were refused for a record whose
+	// change set then went through ("Not all standard tables support
+	// these messages", bulk-operations, Availability).
+	noBulk map[string]bool
+}
+
+func (t *tables) refuse(set string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.noBulk == nil {
+		t.noBulk = map[string]bool{}
+	}
+	t.noBulk[set] = true
+}
+
+func (t *tables) refused(set string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.noBulk[set]
 }
 
 // tableOf reads the logical name and primary key of the table behind set
@@ -217,7 +240,7 @@ func (k *Coalescer) bulkEntries(live []*entry) (bulk, rest []*entry) {
 		v, seen := known[set]
 		if !seen {
 			_, err := k.tableOf(set)
-			v = err == nil
+			v = err == nil && !k.tables.refused(set)
 			known[set] = v
 		}
 		return v
@@ -275,6 +298,7 @@ type bulkPlan struct {
 	entries []*entry
 	msgs    []*bulkMsg
 	reads   []bulkRead
+	broken  map[*entry]bool // in a message that could not be encoded
 }
 
 // buildBulk appends the bulk messages for entries to b, parents first,
@@ -329,8 +353,11 @@ func (k *Coalescer) buildBulk(entries []*entry, b *Batch, first int) *bulkPlan {
 		if err != nil {
 			// A row that does not encode: its records go as change sets,
 			// where the same error is theirs alone.
+			if bp.broken == nil {
+				bp.broken = map[*entry]bool{}
+			}
 			for _, e := range m.owners {
-				e.bulk.off = true
+				bp.broken[e] = true
 			}
 			continue
 		}
@@ -469,6 +496,9 @@ func (k *Coalescer) answerBulk(bp *bulkPlan, results []OpResult) bulkOutcome {
 	}
 	state := map[*entry]int{}
 	mark := func(e *entry, s int) { state[e] = max(state[e], s) }
+	for e := range bp.broken {
+		mark(e, bulkAlone)
+	}
 	for _, m := range bp.msgs {
 		r := results[m.at]
 		switch {
@@ -499,6 +529,10 @@ func (k *Coalescer) answerBulk(bp *bulkPlan, results []OpResult) bulkOutcome {
 				} else {
 					mark(e, bulkSplit)
 				}
+			}
+			if one && r.Err.Status >= 400 && r.Err.Status < 500 {
+				set := m.set
+				m.owners[0].bulk.refused = func() { k.tables.refuse(set) }
 			}
 			continue
 		}
@@ -636,10 +670,15 @@ func (e *entry) finishOps(res []OpResult) {
 		}
 	}
 	if st.off {
+		ok := len(res) == len(st.sent)
 		for i, at := range st.sent {
 			if i < len(res) {
 				out[at] = res[i]
+				ok = ok && res[i].Err == nil
 			}
+		}
+		if ok && st.refused != nil {
+			st.refused()
 		}
 	}
 	e.finish(out, nil, nil)

@@ -622,3 +622,64 @@ func TestReadsByIDAreGrouped(t *testing.T) {
 		t.Errorf("no In query on contactid: %v", tap.lines())
 	}
 }
+
+// TestBulkRefusedByATable: a table that does not take CreateMultiple (here
+// the request is renamed on its way, so the CRM refuses it) costs the
+// records in it a change set each, once; later records of that table skip
+// the bulk messages.
+func TestBulkRefusedByATable(t *testing.T) {
+	t.Parallel()
+	srv, err := crmserver.New(crmserver.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tap := &bulkTap{next: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "$batch") {
+			body, _ := io.ReadAll(r.Body)
+			body = []byte(strings.ReplaceAll(string(body), "msemr_medicalidentifiers/Microsoft.Dynamics.CRM.CreateMultiple", "msemr_medicalidentifiers/Microsoft.Dynamics.CRM.NoSuchMultiple"))
+			r.Body = io.NopCloser(strings.NewReader(string(body)))
+			r.ContentLength = int64(len(body))
+		}
+		srv.ServeHTTP(w, r)
+	})}
+	hs := httptest.NewServer(tap)
+	t.Cleanup(hs.Close)
+	c, err := New(Config{URL: hs.URL, MaxConcurrency: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := NewCoalescer(c, CoalesceConfig{MaxOps: 100, MaxWait: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round, prefix := range []string{"r1", "r2"} {
+		before := len(tap.lines())
+		for i, r := range createAll(t, k, prefix, 4, nil) {
+			for j, x := range r {
+				if x.Err != nil {
+					t.Fatalf("round %d record %d op %d: %v", round, i, j, x.Err)
+				}
+			}
+		}
+		refused := 0
+		for _, b := range tap.lines()[before:] {
+			for _, l := range b {
+				if strings.Contains(l, "msemr_medicalidentifiers/Microsoft.Dynamics.CRM.") {
+					refused++
+				}
+			}
+		}
+		if round == 0 && refused == 0 {
+			t.Fatalf("round 1 sent no identifier bulk message: %v", tap.lines())
+		}
+		if round == 1 && refused != 0 {
+			t.Errorf("round 2 sent %d identifier bulk messages to a table that refused them", refused)
+		}
+	}
+	if got := srv.Count("msemr_medicalidentifier"); got != 16 {
+		t.Errorf("%d identifier rows, want 16", got)
+	}
+	if got := srv.Count("contact"); got != 8 {
+		t.Errorf("%d contacts, want 8", got)
+	}
+}
