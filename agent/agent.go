@@ -81,7 +81,9 @@ type Config struct {
 	// a *crm.Client.
 	CRMBatchMax int
 	// CRMBatchWait is how long the first operation of a $batch waits for
-	// others (default 50ms).
+	// others (default 100ms); a batch goes sooner when all of a queue's
+	// workers wait on it, or half of them and no other operation came for
+	// a tenth of the wait (crm.Callers).
 	CRMBatchWait time.Duration
 	// CRMBulkOff keeps each record's CRM writes in a change set of its
 	// own. By default the writes of new records (and updates by id sent

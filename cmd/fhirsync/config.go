@@ -99,7 +99,7 @@ type AgentConfig struct {
 	// one $batch request (0: 100; 1: no batching; at most 1000).
 	CRMBatchMax int `yaml:"crm_batch_max"`
 	// CRMBatchWait is how long the first operation of a $batch waits for
-	// others (0: 50ms).
+	// others unless the agent's workers all wait on it (0: 100ms).
 	CRMBatchWait time.Duration `yaml:"crm_batch_wait"`
 	// CRMBulk is on (the default, also when empty) or off: new records'
 	// writes in a batch go as CreateMultiple / UpdateMultiple bulk
