@@ -94,13 +94,21 @@ func BenchmarkAt1M(b *testing.B) {
 			}
 			ctx := context.Background()
 			rng := rand.New(rand.NewPCG(1, 2))
-			for _, kind := range []string{"record", "business_key"} {
+			// record_linked is the admin app's exact timeline (the record and
+			// the records linked to it); record_prefix its default search, a
+			// case-insensitive prefix, which no index serves.
+			for _, kind := range []string{"record", "record_linked", "record_prefix", "business_key"} {
 				b.Run("timeline_"+kind, func(b *testing.B) {
 					rows := 0
 					for b.Loop() {
 						n := rng.IntN(seedPatients)
 						f := Filter{Record: fmt.Sprint("p", n)}
-						if kind == "business_key" {
+						switch kind {
+						case "record_linked":
+							f.Linked = true
+						case "record_prefix":
+							f = Filter{Record: fmt.Sprint("P", n), RecordPrefix: true, Linked: true}
+						case "business_key":
 							f = Filter{BusinessKey: BusinessKey{Name: "mrn", Value: fmt.Sprint("MRN", n)}}
 						}
 						page, err := s.Search(ctx, f, "", 50)
