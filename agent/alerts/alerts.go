@@ -266,19 +266,36 @@ func (s *Service) History(ctx context.Context, rule string, limit int) ([]Event,
 // Firing lists, by rule name, the event that started each rule's current
 // firing.
 func (s *Service) Firing(ctx context.Context) (map[string]Event, error) {
-	var rows []eventRow
-	err := s.deps.DB.WithContext(ctx).Where("id IN (SELECT MAX(id) FROM alert_events GROUP BY rule_name)").Find(&rows).Error
+	latest, err := s.latest(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("reading firing alerts: %w", err)
+		return nil, err
 	}
 	out := map[string]Event{}
-	for _, r := range rows {
+	for name, r := range latest {
 		if r.State == StateFiring {
-			out[r.RuleName] = r.event()
+			out[name] = r.event()
 		}
 	}
 	return out, nil
 }
+
+// latest is each rule's newest event, by rule name.
+func (s *Service) latest(ctx context.Context) (map[string]eventRow, error) {
+	var rows []eventRow
+	err := s.deps.DB.WithContext(ctx).Where("id IN (SELECT MAX(id) FROM alert_events GROUP BY rule_name)").Find(&rows).Error
+	if err != nil {
+		return nil, fmt.Errorf("reading the alert states: %w", err)
+	}
+	out := make(map[string]eventRow, len(rows))
+	for _, r := range rows {
+		out[r.RuleName] = r
+	}
+	return out, nil
+}
+
+// redeliverFor is how long a notice the webhook refused is offered again,
+// once per evaluation, while its rule stays in the same state.
+const redeliverFor = time.Hour
 
 // Signals reads the lags, polls and budget readings, ages counted to now.
 func (s *Service) Signals(ctx context.Context, now time.Time) (Signals, error) {
@@ -397,13 +414,14 @@ func (s *Service) Evaluate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	firing, err := s.Firing(ctx)
+	latest, err := s.latest(ctx)
 	if err != nil {
 		return err
 	}
 	var errs []error
 	for _, r := range rules {
-		_, was := firing[r.Name]
+		last, seen := latest[r.Name]
+		was := seen && last.State == StateFiring
 		if r.Disabled && !was {
 			continue
 		}
@@ -414,6 +432,13 @@ func (s *Service) Evaluate(ctx context.Context) error {
 		}
 		fire := !r.Disabled && value >= r.Threshold
 		if fire == was {
+			// The same notice again, not a new one, when the webhook
+			// refused it.
+			if seen && r.Webhook != "" && last.DeliveredAt == nil && last.DeliveryError != "" && now.Sub(last.At) < redeliverFor {
+				if err := s.deliverAndRecord(ctx, r, last); err != nil {
+					errs = append(errs, err)
+				}
+			}
 			continue
 		}
 		state := StateFiring
@@ -432,18 +457,27 @@ func (s *Service) Evaluate(ctx context.Context) error {
 		if r.Webhook == "" {
 			continue
 		}
-		upd := map[string]any{}
-		if err := s.deliver(ctx, r, ev); err != nil {
-			s.log.Warn("delivering an alert", "rule", r.Name, "webhook", r.Webhook, "error", err)
-			upd["delivery_error"] = short(err.Error())
-		} else {
-			upd["delivered_at"] = s.cfg.Now().UTC()
-		}
-		if err := s.deps.DB.WithContext(ctx).Model(&eventRow{}).Where("id = ?", ev.ID).Updates(upd).Error; err != nil {
-			errs = append(errs, fmt.Errorf("recording delivery of alert %s: %w", r.Name, err))
+		if err := s.deliverAndRecord(ctx, r, ev); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// deliverAndRecord posts ev to r's webhook and records whether it took it.
+func (s *Service) deliverAndRecord(ctx context.Context, r Rule, ev eventRow) error {
+	upd := map[string]any{}
+	if err := s.deliver(ctx, r, ev); err != nil {
+		s.log.Warn("delivering an alert", "rule", r.Name, "webhook", r.Webhook, "error", err)
+		upd["delivery_error"] = err.Error()
+	} else {
+		upd["delivered_at"] = s.cfg.Now().UTC()
+		upd["delivery_error"] = ""
+	}
+	if err := s.deps.DB.WithContext(ctx).Model(&eventRow{}).Where("id = ?", ev.ID).Updates(upd).Error; err != nil {
+		return fmt.Errorf("recording delivery of alert %s: %w", r.Name, err)
+	}
+	return nil
 }
 
 // Body is the notice a webhook receives, in the webhook's format.

@@ -196,18 +196,28 @@ func TestAlertFiresOnceResolvesOnceWithoutPatientData(t *testing.T) {
 	})
 }
 
-func TestAlertDeliveryFailureIsRecorded(t *testing.T) {
+// TestAlertDeliveryFailureIsRecordedAndRetried: a notice the webhook
+// refuses is recorded with the status (never the URL) and offered again
+// at the next evaluation; it stays one event.
+func TestAlertDeliveryFailureIsRecordedAndRetried(t *testing.T) {
 	db := storagetest.Open(t, "sqlite")
 	ctx := context.Background()
-	refuse := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		http.Error(w, "no", http.StatusForbidden)
+	var mu sync.Mutex
+	calls := 0
+	flaky := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		if calls == 1 {
+			http.Error(w, "no", http.StatusForbidden)
+		}
 	}))
-	defer refuse.Close()
+	defer flaky.Close()
 	store, err := logs.New(db, logs.Config{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := New(Config{Webhooks: []Webhook{{Name: "ops", URL: refuse.URL + "/secret-token", Format: FormatJSON}}},
+	svc, err := New(Config{Webhooks: []Webhook{{Name: "ops", URL: flaky.URL + "/secret-token", Format: FormatJSON}}},
 		Deps{DB: db, Logs: store})
 	if err != nil {
 		t.Fatal(err)
@@ -227,7 +237,59 @@ func TestAlertDeliveryFailureIsRecorded(t *testing.T) {
 	}
 	if len(h) != 1 || h[0].State != StateFiring || h[0].DeliveredAt != nil || !strings.Contains(h[0].DeliveryError, "HTTP 403") ||
 		strings.Contains(h[0].DeliveryError, "secret-token") {
-		t.Errorf("history = %+v, want one undelivered firing that names the status, not the URL", h)
+		t.Fatalf("history = %+v, want one undelivered firing that names the status, not the URL", h)
+	}
+	for range 2 {
+		if err := svc.Evaluate(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h, err = svc.History(ctx, "", 10); err != nil || len(h) != 1 || h[0].DeliveredAt == nil || h[0].DeliveryError != "" {
+		t.Errorf("after the next evaluations: %+v, %v; want the one event, delivered", h, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if calls != 2 {
+		t.Errorf("%d posts, want the refused one and one more", calls)
+	}
+}
+
+// TestOnlyTheLeaseHolderEvaluates: two processes run the evaluator on one
+// database; the rule's notice is sent once.
+func TestOnlyTheLeaseHolderEvaluates(t *testing.T) {
+	db := storagetest.Open(t, "sqlite")
+	rcv := newReceiver(t)
+	store, err := logs.New(db, logs.Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Exec("INSERT INTO feed_checkpoints (feed, position, updated_at) VALUES ('crm-tracking:contact', '{}', ?)", time.Now().UTC().Add(-time.Hour)).Error; err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, holder := range []string{"replica-a", "replica-b"} {
+		svc, err := New(Config{Holder: holder, Every: 50 * time.Millisecond,
+			Rules:    []Rule{{Name: "stopped", Kind: KindFeedStopped, Threshold: 60, Webhook: "ops"}},
+			Webhooks: []Webhook{{Name: "ops", URL: rcv.URL + "/ops"}}}, Deps{DB: db, Logs: store})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() { _ = svc.Run(ctx) })
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(rcv.got("/ops")) == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // several more ticks of both
+	cancel()
+	wg.Wait()
+	if n := len(rcv.got("/ops")); n != 1 {
+		t.Errorf("%d notices from two replicas, want 1", n)
+	}
+	var holders []string
+	if err := db.Raw("SELECT holder FROM leases WHERE name = 'alerts'").Scan(&holders).Error; err != nil || len(holders) > 1 {
+		t.Errorf("lease holders = %v, %v", holders, err)
 	}
 }
 
