@@ -33,6 +33,7 @@ func (c *clicks) click(sel string) chromedp.Action {
 // names the operator for both.
 func TestBrowserReplayByFilter(t *testing.T) {
 	browser := browsertest.Start(t)
+	axe := browsertest.LoadAxe(t)
 	e := newTestEnv(t, storagetest.Open(t, "sqlite"), AppConfig{})
 	e.user("operator@example.org", RoleOperator, false)
 	e.user("admin@example.org", RoleAdmin, false)
@@ -94,6 +95,7 @@ func TestBrowserReplayByFilter(t *testing.T) {
 	if d, _ := q.Depth(t.Context()); d.Active != 0 {
 		t.Fatalf("the dry run sent %d notices", d.Active)
 	}
+	accessible(t, ctx, axe, "the replay's dry run")
 
 	var notice string
 	err = chromedp.Run(ctx,
@@ -132,6 +134,35 @@ func TestBrowserReplayByFilter(t *testing.T) {
 		if !strings.Contains(audit, want) {
 			t.Errorf("audit page lacks %q:\n%s", want, audit)
 		}
+	}
+}
+
+// accessible runs axe-core on the page ctx shows, at desktop width and at
+// a phone's: the states a form POST reaches (a dry run, a confirmation)
+// are not in the accessibility walk over the GET pages.
+func accessible(t *testing.T, ctx context.Context, axe *browsertest.Axe, what string) {
+	t.Helper()
+	for _, width := range []int64{1280, browsertest.PhoneWidth} {
+		if err := chromedp.Run(ctx, browsertest.Viewport(width, 900, width == browsertest.PhoneWidth)); err != nil {
+			t.Fatal(err)
+		}
+		vs, err := axe.Check(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range vs {
+			if v.Severe() {
+				t.Errorf("%s at %d px: %s", what, width, v)
+			}
+		}
+		if width == browsertest.PhoneWidth {
+			if w, err := browsertest.ScrollWidth(ctx); err != nil || w > browsertest.PhoneWidth {
+				t.Errorf("%s at %d px is %d px wide (%v): it scrolls sideways", what, width, w, err)
+			}
+		}
+	}
+	if err := chromedp.Run(ctx, browsertest.Viewport(1280, 900, false)); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -192,6 +223,7 @@ func deadLetterAs(t *testing.T, q *embedded.Queue, side queues.Side, typ, id, re
 // audit trail shows both actions and the reason.
 func TestBrowserDeadLettersBulk(t *testing.T) {
 	browser := browsertest.Start(t)
+	axe := browsertest.LoadAxe(t)
 	e := newTestEnv(t, storagetest.Open(t, "sqlite"), AppConfig{})
 	e.user("operator@example.org", RoleOperator, false)
 	e.user("admin@example.org", RoleAdmin, false)
@@ -229,6 +261,7 @@ func TestBrowserDeadLettersBulk(t *testing.T) {
 	if d, _ := fq.Depth(t.Context()); d.DeadLetter != 40 || d.Active != 0 {
 		t.Fatalf("the confirmation page changed the queue: %+v", d)
 	}
+	accessible(t, ctx, axe, "the redrive confirmation")
 	err = chromedp.Run(ctx,
 		c.click("#confirm-redrive"),
 		chromedp.WaitVisible("#notice", chromedp.ByID),
@@ -270,6 +303,7 @@ func TestBrowserDeadLettersBulk(t *testing.T) {
 	if d, _ := cq.Depth(t.Context()); d.DeadLetter != 2 {
 		t.Fatalf("a discard without a reason deleted something: %+v", d)
 	}
+	accessible(t, ctx, axe, "the discard confirmation with its problem")
 	err = chromedp.Run(ctx,
 		chromedp.SendKeys("#discard-reason", "test messages from the pilot, not real changes", chromedp.ByID),
 		chromedp.Click("#confirm-discard", chromedp.ByID),
