@@ -497,6 +497,9 @@ func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues
 		if st := rejection(err); st != nil {
 			return st, false
 		}
+		if st := missingReference(err, targetType(em, f)); st != nil {
+			return st, false
+		}
 		return p.failure("writing the target record", err), false
 	}
 	if w.Version != "" {

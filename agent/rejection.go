@@ -59,6 +59,33 @@ func rejection(err error) *step {
 	return st
 }
 
+// missingRow is Dataverse's message for a row a request names that does
+// not exist (code 0x80040217); the entity leads it.
+var missingRow = regexp.MustCompile(`^([A-Za-z0-9_]+) With Id = [0-9A-Fa-f-]+ Does Not Exist`)
+
+// missingReference turns the CRM's refusal of a write that binds a
+// lookup to a row it does not have ("account With Id = … Does Not
+// Exist", where account is not the entity written) into a failed
+// missing_reference step naming the referenced entity: retried like an
+// unresolved lookup, since the row may be on its way (or its link is
+// stale and the next attempt resolves it again), and dead-lettered with
+// the same reason when the attempts run out. Nil for other errors.
+func missingReference(err error, target string) *step {
+	ce, ok := crm.AsError(err)
+	if !ok || ce.Code != "0x80040217" {
+		return nil
+	}
+	m := missingRow.FindStringSubmatch(ce.Message)
+	if m == nil || strings.EqualFold(m[1], target) {
+		return nil
+	}
+	st := &step{outcome: logs.OutcomeFailed, reason: logs.ReasonMissingReference, subject: m[1],
+		message: fmt.Sprintf("The CRM has no %s row that the write refers to (%s); retried until it exists.", m[1], ce.Code),
+		// Retryable: not the Permanent the client's classification gave.
+		err: &endpointError{class: classNotFound, status: ce.Status, err: ce}}
+	return st
+}
+
 // roundedNote says which mapped values the CRM holds rounded, for a
 // decision's sentence; empty when none.
 func roundedNote(rounded []string) string {

@@ -69,3 +69,27 @@ func TestTargetErrorKeepsTheCodeAndRedactsValues(t *testing.T) {
 		t.Errorf("a network error has a target error: %+v", te)
 	}
 }
+
+func TestMissingReferenceAtTheTarget(t *testing.T) {
+	t.Parallel()
+	gone := &crm.Error{Status: 404, Class: crm.ClassNotFound, Code: "0x80040217",
+		Message: "account With Id = 00000000-0000-0000-0000-000000000001 Does Not Exist"}
+	st := missingReference(Permanent(fmt.Errorf("upserting contact: %w", gone)), "contact")
+	if st == nil {
+		t.Fatal("a write binding a missing account is not missing_reference")
+	}
+	if st.reason != "missing_reference" || st.subject != "account" || IsPermanent(st.err) || errorClass(st.err) != "http_404" {
+		t.Errorf("step = %+v (permanent %v, class %s), want a retryable missing_reference naming account", st, IsPermanent(st.err), errorClass(st.err))
+	}
+	if te, _ := targetErrorOf(st.err, nil); te == nil || te.Code != "0x80040217" {
+		t.Errorf("target error = %+v, want the CRM's 0x80040217", te)
+	}
+	// The row written itself missing is not a missing reference.
+	self := &crm.Error{Status: 404, Class: crm.ClassNotFound, Code: "0x80040217", Message: "contact With Id = 00000000-0000-0000-0000-000000000002 Does Not Exist"}
+	if st := missingReference(self, "contact"); st != nil {
+		t.Errorf("the target row missing = %+v, want nil", st)
+	}
+	if st := missingReference(&crm.Error{Status: 400, Code: "0x80040265", Message: "x"}, "contact"); st != nil {
+		t.Errorf("another error = %+v, want nil", st)
+	}
+}
