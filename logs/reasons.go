@@ -111,7 +111,8 @@ const (
 	// the attribute map.
 	ReasonMappingError ReasonCode = "mapping_error"
 	// ReasonMissingReference: a lookup names a record that has no
-	// counterpart at the target yet; ReasonSubject names the attribute map.
+	// counterpart at the target yet; ReasonSubject names the attribute map
+	// (or the entity the target reported missing).
 	ReasonMissingReference ReasonCode = "missing_reference"
 	// ReasonTargetRejected: the target refused the write (4xx); the
 	// decision's TargetError keeps the target's own code and message.
@@ -183,7 +184,7 @@ var registry = []Reason{
 
 	{ReasonInvalidMessage, failOrDead, "The message could not be understood (malformed, unknown type or too large).", "Inspect the dead letter; fix the sender or discard the message."},
 	{ReasonMappingError, failOrDead, "A map could not be applied to the record (the decision names the attribute map).", "Fix the named attribute map, test it in the preview, publish, then redrive."},
-	{ReasonMissingReference, failOrDead, "A lookup names a record that has not been synced to the target yet (the decision names the attribute map); the message is retried until it is.", "None if the referenced record is on its way; otherwise sync or fix the referenced record (search the log for it), then redrive."},
+	{ReasonMissingReference, failOrDead, "A lookup names a record that the target does not have yet: not synced so far, or gone from the target (the decision names the attribute map, or the entity the target could not find); the message is retried until it is there.", "None if the referenced record is on its way; otherwise sync or fix the referenced record (search the log for it), then redrive."},
 	{ReasonTargetRejected, failOrDead, "The target refused the write as invalid (HTTP 4xx); the decision keeps the target's own error code and message.", "Look up the target's error code and message shown with the decision, correct the map or the source data, then redrive."},
 	{ReasonTargetConflict, failOrDead, "The target kept reporting a version conflict (HTTP 412) after retries.", "Redrive; if it recurs, look for another writer updating the same record."},
 	{ReasonUnauthorized, failOrDead, "The target refused fhirsync's credentials (HTTP 401 or 403); never counted as success.", "Check the application user's credentials and permissions, then redrive."},
