@@ -28,8 +28,15 @@ func TestReplayByRecords(t *testing.T) {
 		auditor := e.as(e.user("auditor@example.org", RoleAuditor, false))
 		fq, cq := e.embedded("fhir-changes"), e.embedded("crm-changes")
 
+		// A link with a log filter fills the form.
+		code, body := e.page(operator, "GET", "/replay?outcome=failed&reason=throttled&from=2026-12-01", "", "")
+		if code != 200 || !strings.Contains(body, "<option selected>failed</option>") || !strings.Contains(body, "<option selected>throttled</option>") ||
+			!strings.Contains(body, `value="2026-12-01"`) {
+			t.Errorf("GET /replay with a filter = %d; the form is not filled:\n%.3000s", code, body)
+		}
+
 		form := url.Values{"mode": {"records"}, "records": {"Patient/p1\ncrm:contact/c1\nEncounter/e1"}}
-		code, body := e.page(operator, "POST", "/replay/preview", formType, form.Encode())
+		code, body = e.page(operator, "POST", "/replay/preview", formType, form.Encode())
 		if code != 200 || !strings.Contains(body, "<strong>3</strong> record(s) would be sent") ||
 			!strings.Contains(body, `data-ref="fhir:Patient/p1"`) || !strings.Contains(body, `data-ref="crm:contact/c1"`) ||
 			!strings.Contains(body, "patient-contact, practitioner-contact") {
