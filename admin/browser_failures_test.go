@@ -3,6 +3,8 @@ package admin
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -129,6 +131,32 @@ func TestBrowserFailingNow(t *testing.T) {
 		if len(notes) == 0 || !strings.Contains(notes[0], "needs the PHI permission") {
 			t.Errorf("notes = %q, want one saying the values need the PHI permission", notes)
 		}
+		// At desktop and phone width (FHIRSYNC_SCREENSHOTS keeps the
+		// pictures, e.g. for docs/screenshots): on a phone the page does
+		// not scroll sideways.
+		dir := os.Getenv("FHIRSYNC_SCREENSHOTS")
+		if dir == "" {
+			dir = t.TempDir()
+		}
+		shots := browser.Session(t, 60*time.Second)
+		if err := chromedp.Run(shots, signIn(e.url, "viewer@example.org"), chromedp.Navigate(e.url+"/failures"),
+			chromedp.WaitVisible("#failure-groups", chromedp.ByID)); err != nil {
+			t.Fatal(err)
+		}
+		if err := browsertest.Screenshot(shots, filepath.Join(dir, "failures.png")); err != nil {
+			t.Fatal(err)
+		}
+		if err := chromedp.Run(shots, browsertest.Viewport(browsertest.PhoneWidth, 800, true), chromedp.Reload(),
+			chromedp.WaitVisible("#failure-groups", chromedp.ByID)); err != nil {
+			t.Fatal(err)
+		}
+		if w, err := browsertest.ScrollWidth(shots); err != nil || w > browsertest.PhoneWidth {
+			t.Errorf("/failures at %d px is %d px wide (%v): it scrolls sideways", browsertest.PhoneWidth, w, err)
+		}
+		if err := browsertest.ViewportScreenshot(shots, filepath.Join(dir, "failures-phone.png")); err != nil {
+			t.Fatal(err)
+		}
+
 		// The decision behind the code shows the CRM's answer too.
 		var answer, attempts string
 		ctx := browser.Session(t, 60*time.Second)
