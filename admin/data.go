@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"time"
 
 	"gorm.io/gorm"
 
@@ -47,7 +46,6 @@ type dataStores struct {
 	logs       *logs.Store
 	queues     map[string]DeadLetterQueue
 	queueNames []string // sorted
-	feeds      func(ctx context.Context) ([]feedStatus, error)
 	db         *gorm.DB // tables other processes write, read directly (backfill_runs)
 	alerts     *alerts.Service
 
@@ -99,21 +97,7 @@ func (s *Server) openData() (*dataStores, error) {
 		d.queueNames = append(d.queueNames, name)
 	}
 	slices.Sort(d.queueNames)
-	d.feeds = func(ctx context.Context) ([]feedStatus, error) {
-		var rows []feedStatus
-		err := db.WithContext(ctx).Raw("SELECT feed, updated_at FROM feed_checkpoints ORDER BY feed").Scan(&rows).Error
-		if err != nil {
-			return nil, fmt.Errorf("reading feed checkpoints: %w", err)
-		}
-		return rows, nil
-	}
 	return d, nil
-}
-
-// feedStatus is the last poll of one change feed.
-type feedStatus struct {
-	Feed      string    `json:"feed"`
-	UpdatedAt time.Time `json:"last_poll"`
 }
 
 // principal is the signed-in user as the sync log sees a PHI reader.
