@@ -348,6 +348,8 @@ type captureData struct {
 	Source, Target string
 	// Error is the endpoint's whole error message, values included.
 	Error string
+	// Changes are the decision's changed fields with the values written.
+	Changes []changedValue
 }
 
 // capturePage shows a decision's captured payloads. The route needs the
@@ -375,7 +377,8 @@ func (a *app) capturePage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.render(w, r, http.StatusOK, "capture", fmt.Sprintf("Captured payload of decision %d", id),
-		captureData{ID: id, CapturedAt: c.CapturedAt, Source: prettyJSON(c.Snapshots.Source), Target: prettyJSON(c.Snapshots.Target), Error: string(c.Snapshots.Error)})
+		captureData{ID: id, CapturedAt: c.CapturedAt, Source: prettyJSON(c.Snapshots.Source), Target: prettyJSON(c.Snapshots.Target), Error: string(c.Snapshots.Error),
+			Changes: a.capturedChanges(r.Context(), id, c.Snapshots.Target)})
 }
 
 // prettyJSON indents JSON, or returns the bytes as text.

@@ -135,6 +135,10 @@ func TestServeCapturesPayloads(t *testing.T) {
 	if !strings.Contains(body, `id="capture-target"`) || !strings.Contains(body, "lastname") {
 		t.Errorf("the capture page lacks the target (CRM) payload:\n%.2000s", body)
 	}
+	// The decision's changed fields, with the values written.
+	if !strings.Contains(body, `id="capture-changes"`) || !strings.Contains(body, "<td>lastname</td><td><code>&#34;Capturedottir&#34;</code>") {
+		t.Errorf("the capture page does not pair the changed fields with their values:\n%.4000s", body)
+	}
 	nophi := signIn(t, base, "nophi@example.org", password)
 	code, body = getWith(t, nophi, capturePath)
 	if code != http.StatusForbidden || strings.Contains(body, "Capturedottir") {
