@@ -227,6 +227,9 @@ type logsData struct {
 	ErrorList []fieldProblem
 	// Links carry the filter: exports, the first page and the next.
 	ExportCSV, ExportNDJSON, First, Next string
+	// Replay is the replay form filled with this filter, for holders of
+	// replay.send when a filter is set.
+	Replay string
 }
 
 // fieldProblem is one line of the form's error summary; Anchor is the
@@ -291,6 +294,9 @@ func (a *app) logsPage(w http.ResponseWriter, r *http.Request) {
 	}
 	data.ExportCSV, data.ExportNDJSON = q.link("/logs/export", "format", "csv"), q.link("/logs/export", "format", "ndjson")
 	data.First = q.link("/logs")
+	if u.can(permReplay) && q.Encode() != "" {
+		data.Replay = q.link("/replay", "mode", "filter")
+	}
 	if data.Page.Next != "" {
 		data.Next = q.link("/logs", "after", data.Page.Next)
 	}

@@ -28,6 +28,14 @@ func TestReplayByRecords(t *testing.T) {
 		auditor := e.as(e.user("auditor@example.org", RoleAuditor, false))
 		fq, cq := e.embedded("fhir-changes"), e.embedded("crm-changes")
 
+		// The log explorer links its filter to the replay form, for
+		// those who may replay.
+		if _, body := e.page(operator, "GET", "/logs?outcome=failed&reason=throttled", "", ""); !strings.Contains(body, `id="replay-these" href="/replay?mode=filter&amp;outcome=failed&amp;reason=throttled"`) {
+			t.Errorf("the filtered log explorer has no replay link:\n%.3000s", body)
+		}
+		if _, body := e.page(auditor, "GET", "/logs?outcome=failed", "", ""); strings.Contains(body, `id="replay-these"`) {
+			t.Error("an auditor gets a replay link")
+		}
 		// A link with a log filter fills the form.
 		code, body := e.page(operator, "GET", "/replay?outcome=failed&reason=throttled&from=2026-12-01", "", "")
 		if code != 200 || !strings.Contains(body, "<option selected>failed</option>") || !strings.Contains(body, "<option selected>throttled</option>") ||
