@@ -117,6 +117,25 @@ func TestBrowserReplayByFilter(t *testing.T) {
 		t.Errorf("the replay took %d clicks", c)
 	}
 
+	// The same replay reached from the log explorer: its filter carries
+	// over to the form, and the dry run finds the same records.
+	err = chromedp.Run(ctx,
+		chromedp.Navigate(e.url+"/logs?outcome=failed&from="+from),
+		chromedp.WaitVisible("#replay-these", chromedp.ByID),
+		chromedp.Click("#replay-these", chromedp.ByID),
+		chromedp.WaitVisible("#replay-form", chromedp.ByID),
+		chromedp.Click("#dry-run", chromedp.ByID),
+		chromedp.WaitVisible("#plan", chromedp.ByID),
+		chromedp.Text("#plan-summary", &summary, chromedp.ByID),
+		chromedp.Evaluate(`document.querySelectorAll('#plan tbody tr').length`, &rows),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(summary, "3 record(s) would be sent") || rows != 3 {
+		t.Errorf("from the log explorer the dry run says %q with %d rows; want the same 3 records", summary, rows)
+	}
+
 	// The audit trail, as the admin reads it, has the dry run and the
 	// replay, by the operator.
 	actx := browser.Session(t, 60*time.Second)
