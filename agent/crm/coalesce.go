@@ -212,7 +212,6 @@ func (k *Coalescer) submit(ctx context.Context, e *entry) error {
 		k.timer = time.AfterFunc(k.due().Sub(now), k.expire)
 	}
 	k.mu.Unlock()
-	defer k.answered(e)
 	select {
 	case <-e.done:
 		return nil

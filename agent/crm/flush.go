@@ -14,8 +14,8 @@ import (
 //     data) sends more while the batch waits, so waiting pays: the batch
 //     goes when MaxWait has passed since its first operation.
 //   - A pool of workers going through a backlog (a closed loop: a backfill,
-//     a burst) sends nothing more once every worker waits for the batch:
-//     then waiting longer only stalls them, and the batch goes at once.
+//     a burst) sends nothing more once every worker waits in the pending
+//     batch: then waiting longer only stalls them, and it goes at once.
 //     Workers busy elsewhere (reading the source, committing decisions)
 //     would hold it back for MaxWait, so a batch that holds the
 //     operations of at least half the pool goes after a quiet gap (a
@@ -28,16 +28,17 @@ import (
 // rule: the batch goes when no operation joined it for the quiet gap.
 
 // Callers is a fixed number of callers sharing a Coalescer, each making
-// one call at a time: the workers of a pool. When all of them wait on the
-// coalescer no other operation can come from them, and the pending batch
-// is sent without waiting longer.
+// one call at a time: the workers of a pool. When all of them wait in the
+// pending batch no other operation can come from them, and it is sent
+// without waiting longer. (Workers waiting on a batch under way are not
+// counted: they come back with their next operations when it returns,
+// and the pending batch waits for them, within MaxWait.)
 type Callers struct {
 	k    *Coalescer
 	size int
-	// waiting is how many of them wait for an answer (their operation
-	// pending or in a batch under way), pending how many of those are in
-	// the pending batch; guarded by k.mu.
-	waiting, pending int
+	// pending is how many of them wait in the pending batch; guarded by
+	// k.mu.
+	pending int
 }
 
 // half reports whether the pending batch holds the operations of at
@@ -74,8 +75,8 @@ func callersOf(ctx context.Context) *Callers {
 }
 
 // joined notes that e, submitted by one of g's callers (nil: a caller of
-// no set), waits; it reports whether the pending batch should go now
-// because every caller of g waits. k.mu is held.
+// no set), waits in the pending batch; it reports whether the batch
+// should go now because every caller of g waits in it. k.mu is held.
 func (k *Coalescer) joined(e *entry, g *Callers) (now bool) {
 	e.callers = g
 	if g == nil || g.k != k {
@@ -83,7 +84,6 @@ func (k *Coalescer) joined(e *entry, g *Callers) (now bool) {
 		k.ungrouped++
 		return false
 	}
-	g.waiting++
 	g.pending++
 	if (g.pending-1)*2 < g.size && g.half() {
 		// Half the pool is in: the batch may go after the quiet gap,
@@ -91,17 +91,7 @@ func (k *Coalescer) joined(e *entry, g *Callers) (now bool) {
 		k.stopTimer()
 		k.timer = time.AfterFunc(time.Until(k.due()), k.expire)
 	}
-	return g.waiting >= g.size
-}
-
-// answered notes that the caller of e no longer waits.
-func (k *Coalescer) answered(e *entry) {
-	if e.callers == nil {
-		return
-	}
-	k.mu.Lock()
-	e.callers.waiting--
-	k.mu.Unlock()
+	return g.pending >= g.size
 }
 
 // taken notes that the entries es left the pending batch. k.mu is held.
