@@ -37,7 +37,10 @@ type Filter struct {
 	// RecordType narrows Record to records of this type, ignoring case.
 	RecordType string
 	// RecordPrefix makes Record a prefix of the id, ignoring case: a
-	// search, where the exact match (the default) is a timeline.
+	// search, where the exact match (the default) is a timeline. No index
+	// serves it, so a rare prefix reads the whole log: about 1 s per page
+	// at 1,000,000 decisions on SQLite (BenchmarkAt1M), against 0.4 ms for
+	// an exact id.
 	RecordPrefix bool
 	// Linked adds the decisions of the records linked to Record — the
 	// other side of each pair that a decision on Record names (a Patient's
