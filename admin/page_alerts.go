@@ -20,6 +20,7 @@ type alertsData struct {
 	Kinds    []alerts.Kind
 	Windows  []windowOption
 	CanEdit  bool
+	Every    string
 	Form     alertForm
 	Problem  string
 	Done     string
@@ -77,7 +78,7 @@ func (a *app) renderAlerts(w http.ResponseWriter, r *http.Request, status int, f
 	}
 	u, _ := currentUser(r)
 	d := alertsData{History: hist, Webhooks: a.data.alerts.WebhookNames(), Kinds: alerts.Kinds(), Windows: alertWindows,
-		CanEdit: u.can(permAlerts), Form: form, Problem: problem, Done: done}
+		CanEdit: u.can(permAlerts), Every: humanDuration(a.data.alerts.Every()), Form: form, Problem: problem, Done: done}
 	for _, rule := range rules {
 		v := alertRuleView{Rule: rule}
 		if e, ok := firing[rule.Name]; ok {

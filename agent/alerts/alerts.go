@@ -117,6 +117,9 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	return s, nil
 }
 
+// Every is how often Run evaluates the rules.
+func (s *Service) Every() time.Duration { return s.cfg.Every }
+
 // WebhookNames lists the configured webhooks' names.
 func (s *Service) WebhookNames() []string {
 	out := make([]string, 0, len(s.cfg.Webhooks))
