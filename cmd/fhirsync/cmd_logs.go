@@ -262,6 +262,11 @@ func runLogsShow(ctx context.Context, e *env, args []string) error {
 		}
 		row(fmt.Sprintf("attempt %d", i+1), fmt.Sprintf("%s %s retryable=%t", a.At.Format(time.RFC3339), class, a.Retryable))
 	}
+	if te := d.LastError(); te != nil {
+		// The message with the values it quotes elided; the whole one is
+		// in the payload capture, for the PHI permission.
+		row("target's answer", strings.TrimSpace(fmt.Sprintf("%s HTTP %d %s", te.Code, te.Status, te.Message)))
+	}
 	return tw.Flush()
 }
 
