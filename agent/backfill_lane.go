@@ -66,39 +66,54 @@ func inBulkLane(ctx context.Context) bool {
 }
 
 // laneAPI is a CRM client that sends the requests of the bulk lane through
-// the bulk coalescer and all others through the live one.
+// the bulk coalescer and all others through the live one. The bulk
+// workers are one crm.Callers set of the bulk coalescer (whatever set the
+// pipeline marked their calls with), so that a bulk batch goes once they
+// all wait on it rather than after a pause in arrivals, which a loaded
+// machine makes often.
 type laneAPI struct {
 	live, bulk *crm.Coalescer
+	workers    *crm.Callers // of bulk
 }
 
-func (l laneAPI) pick(ctx context.Context) *crm.Coalescer {
+func newLaneAPI(live, bulk *crm.Coalescer, workers int) laneAPI {
+	return laneAPI{live: live, bulk: bulk, workers: bulk.Callers(workers)}
+}
+
+func (l laneAPI) pick(ctx context.Context) (*crm.Coalescer, context.Context) {
 	if inBulkLane(ctx) {
-		return l.bulk
+		return l.bulk, l.workers.Context(ctx)
 	}
-	return l.live
+	return l.live, ctx
 }
 
 func (l laneAPI) Retrieve(ctx context.Context, t crm.Target, sel ...string) (crm.Record, error) {
-	return l.pick(ctx).Retrieve(ctx, t, sel...)
+	k, ctx := l.pick(ctx)
+	return k.Retrieve(ctx, t, sel...)
 }
 
 func (l laneAPI) RetrieveMultiple(ctx context.Context, set string, q crm.Query, fn func(crm.Record) error) error {
-	return l.pick(ctx).RetrieveMultiple(ctx, set, q, fn)
+	k, ctx := l.pick(ctx)
+	return k.RetrieveMultiple(ctx, set, q, fn)
 }
 
 func (l laneAPI) Upsert(ctx context.Context, t crm.Target, rec crm.Record, o crm.UpsertOptions) (crm.UpsertResult, error) {
-	return l.pick(ctx).Upsert(ctx, t, rec, o)
+	k, ctx := l.pick(ctx)
+	return k.Upsert(ctx, t, rec, o)
 }
 
 func (l laneAPI) Create(ctx context.Context, set string, rec crm.Record) (string, error) {
-	return l.pick(ctx).Create(ctx, set, rec)
+	k, ctx := l.pick(ctx)
+	return k.Create(ctx, set, rec)
 }
 
 func (l laneAPI) Delete(ctx context.Context, t crm.Target, etag string) error {
-	return l.pick(ctx).Delete(ctx, t, etag)
+	k, ctx := l.pick(ctx)
+	return k.Delete(ctx, t, etag)
 }
 
 // Apply sends one record's writes as an atomic change set (changeSets).
 func (l laneAPI) Apply(ctx context.Context, ops []crm.Op) ([]crm.OpResult, error) {
-	return l.pick(ctx).Apply(ctx, ops)
+	k, ctx := l.pick(ctx)
+	return k.Apply(ctx, ops)
 }
