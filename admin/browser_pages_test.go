@@ -298,7 +298,8 @@ func TestScreenshots(t *testing.T) {
 		{"deadletters.png", "/deadletters", "#redrive-form", nil},
 		{"conflicts.png", "/conflicts", "#conflicts", nil},
 		{"conflict.png", fmt.Sprint("/conflicts/", sc.Conflict), "#conflict-sides", nil},
-		{"dashboard-phone.png", "/", "#live[data-refreshed]", nil},
+		{"dashboard-phone.png", "/", "#live[data-refreshed]", []chromedp.Action{
+			chromedp.Evaluate(`document.getElementById("live").scrollIntoView({block: "start"})`, nil)}},
 		{"logs-phone.png", "/logs?record=Patient/p1", "#decisions", []chromedp.Action{chromedp.ScrollIntoView("#timeline-note", chromedp.ByID)}},
 		{"decision-phone.png", fmt.Sprint("/logs/", sc.Failed), "#reason", nil},
 		{"deadletters-phone.png", "/deadletters", "#redrive-form", nil},
