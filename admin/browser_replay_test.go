@@ -264,6 +264,9 @@ func TestBrowserDeadLettersBulk(t *testing.T) {
 		chromedp.WaitVisible("#dl-filter", chromedp.ByID),
 		// The group's own link narrows the list to its reason.
 		c.click(`section[data-reason="target_rejected"] h2 a`),
+		// The unfiltered page has the same controls: wait for the filtered
+		// one (only it has the Clear link).
+		chromedp.WaitVisible("#dl-clear", chromedp.ByID),
 		chromedp.WaitVisible("#select-all", chromedp.ByID),
 		chromedp.Text("#dl-total", &total, chromedp.ByID),
 		c.click("#select-all"),
@@ -303,6 +306,7 @@ func TestBrowserDeadLettersBulk(t *testing.T) {
 		chromedp.WaitVisible("#dl-filter", chromedp.ByID),
 		chromedp.SetValue("#dl-queue", "crm-changes", chromedp.ByID),
 		chromedp.Click("#dl-apply", chromedp.ByID),
+		chromedp.WaitVisible("#dl-clear", chromedp.ByID),
 		chromedp.WaitVisible("#select-all", chromedp.ByID),
 		chromedp.Click("#select-all", chromedp.ByID),
 		chromedp.Click("#discard-selected", chromedp.ByID),
