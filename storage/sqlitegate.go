@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -201,6 +202,11 @@ func (g *writeGate) beginOnWriter(ctx context.Context, opts *sql.TxOptions) (*sq
 	if g.writer == nil {
 		c, err := g.db.Conn(ctx)
 		if err != nil {
+			return nil, err
+		}
+		if _, err := c.ExecContext(ctx, "PRAGMA cache_size="+strconv.Itoa(writerCacheKiB)); err != nil {
+			_ = c.Raw(func(any) error { return driver.ErrBadConn })
+			_ = c.Close()
 			return nil, err
 		}
 		g.writer = c

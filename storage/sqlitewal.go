@@ -26,12 +26,27 @@ const sqliteDriver = "sqlite3_fhirsync"
 // walSizeLimit is the size a WAL file is cut back to when it starts over.
 const walSizeLimit = 64 << 20
 
+// Page cache sizes, as PRAGMA cache_size takes them (negative: KiB). A
+// connection's cache is emptied whenever another connection has committed,
+// which under steady writes is many times a second, so a reader's cache
+// holds little more than the pages of its current query: SQLite's default
+// of 2 MiB on each of the pool's connections was memory held for nothing.
+// The writer (see writeGate) is the one connection whose cache survives
+// its own commits; it keeps a larger one.
+const (
+	readerCacheKiB = -512
+	writerCacheKiB = -8192
+)
+
 var registerDriver sync.Once
 
 func registerSQLiteDriver() {
 	registerDriver.Do(func() {
 		sql.Register(sqliteDriver, &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
 			if _, err := c.Exec("PRAGMA wal_autocheckpoint=0", nil); err != nil {
+				return err
+			}
+			if _, err := c.Exec("PRAGMA cache_size="+strconv.Itoa(readerCacheKiB), nil); err != nil {
 				return err
 			}
 			_, err := c.Exec("PRAGMA journal_size_limit="+strconv.Itoa(walSizeLimit), nil)

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"gorm.io/gorm"
 )
 
 // TestWALStartsOverUnderSteadyReads writes 2,000 commits of about three
@@ -80,5 +82,32 @@ func TestWALStartsOverUnderSteadyReads(t *testing.T) {
 	}
 	if passive < 2*restarted {
 		t.Errorf("WAL reached only %d bytes with PASSIVE checkpoints alone, against %d with RESTART: the readers did not keep it from starting over, so the test shows nothing", passive, restarted)
+	}
+}
+
+// Readers keep small page caches (every commit of another connection
+// empties them); the writer, whose cache survives its own commits, a
+// larger one.
+func TestSQLiteCacheSizes(t *testing.T) {
+	db, err := Open(context.Background(), "sqlite:"+filepath.Join(t.TempDir(), "cache.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Close(db)
+	var inTx int
+	if err := db.Transaction(func(tx *gorm.DB) error {
+		return tx.Raw("PRAGMA cache_size").Scan(&inTx).Error
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if inTx != writerCacheKiB {
+		t.Errorf("cache_size in a write transaction = %d, want %d", inTx, writerCacheKiB)
+	}
+	var reader int
+	if err := db.Raw("PRAGMA cache_size").Scan(&reader).Error; err != nil {
+		t.Fatal(err)
+	}
+	if reader != readerCacheKiB {
+		t.Errorf("cache_size of a reader = %d, want %d", reader, readerCacheKiB)
 	}
 }
