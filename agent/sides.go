@@ -263,7 +263,7 @@ type crmSide struct {
 }
 
 func (s crmSide) read(ctx context.Context, m *maps.Mapping, id string) (record, error) {
-	rec, err := s.api.Retrieve(ctx, crm.ByID(m.Def().CRMEntitySet, id))
+	rec, err := s.api.Retrieve(ctx, crm.ByID(m.Def().CRMEntitySet, id), crmColumns(m)...)
 	if isMissing(err) {
 		return record{}, errGone
 	}
@@ -303,6 +303,24 @@ func (s crmSide) withChildren(ctx context.Context, m *maps.Mapping, id string, r
 	return record{Type: em.CRMEntity, ID: id, Version: rec.ETag(), Data: map[string]any{"state": state}}, nil
 }
 
+// crmColumns is the $select of the agent's reads of a record of m: the
+// columns the mapping reads or compares (maps.Mapping.CRMSelect), and
+// those the merge and loop prevention read — when and by whom the record
+// was last modified, and its business key.
+func crmColumns(m *maps.Mapping) []string {
+	sel := m.CRMSelect()
+	extra := []string{"modifiedon", "_modifiedby_value"}
+	if bk := m.Def().Correlation.BusinessKey; bk != nil && bk.CRMAttribute != "" {
+		extra = append(extra, bk.CRMAttribute)
+	}
+	for _, x := range extra {
+		if !slices.Contains(sel, x) {
+			sel = append(sel, x)
+		}
+	}
+	return sel
+}
+
 // crmState unwraps the state a crm record carries.
 func crmState(r *record) *maps.CRMState {
 	if r == nil {
@@ -335,7 +353,7 @@ func (s crmSide) find(ctx context.Context, m *maps.Mapping, src record, cached *
 			return r, err
 		}
 	}
-	rec, err := s.api.Retrieve(ctx, crm.ByKey(em.CRMEntitySet, em.Correlation.CRMAttribute, src.ID))
+	rec, err := s.api.Retrieve(ctx, crm.ByKey(em.CRMEntitySet, em.Correlation.CRMAttribute, src.ID), crmColumns(m)...)
 	if isMissing(err) {
 		// The same record created on both sides: the business key, an
 		// alternate key of the entity, links them.
@@ -343,7 +361,7 @@ func (s crmSide) find(ctx context.Context, m *maps.Mapping, src record, cached *
 		if !has {
 			return record{}, errGone
 		}
-		rec, err = s.api.Retrieve(ctx, crm.ByKey(em.CRMEntitySet, em.Correlation.BusinessKey.CRMAttribute, v))
+		rec, err = s.api.Retrieve(ctx, crm.ByKey(em.CRMEntitySet, em.Correlation.BusinessKey.CRMAttribute, v), crmColumns(m)...)
 		if isMissing(err) {
 			return record{}, errGone
 		}
