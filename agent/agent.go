@@ -209,7 +209,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 			if err != nil {
 				return nil, fmt.Errorf("agent: backfill batches: %w", err)
 			}
-			api = newLaneAPI(k, bk, cfg.BackfillWorkers)
+			api = newLaneAPI(k, bk)
 		}
 	}
 	lookups := newLookupCache()

@@ -66,23 +66,27 @@ func inBulkLane(ctx context.Context) bool {
 }
 
 // laneAPI is a CRM client that sends the requests of the bulk lane through
-// the bulk coalescer and all others through the live one. The bulk
-// workers are one crm.Callers set of the bulk coalescer (whatever set the
-// pipeline marked their calls with), so that a bulk batch goes once they
-// all wait on it rather than after a pause in arrivals, which a loaded
-// machine makes often.
+// the bulk coalescer and all others through the live one.
+//
+// The bulk workers are deliberately not a crm.Callers set of the bulk
+// coalescer: they are many more than the notices a short backfill, the
+// tail of a long one or a low --max-queued keeps in flight, so "all of
+// them wait" would rarely come and each batch would wait its full
+// BackfillBatchWait. Their calls count as callers of no set of the bulk
+// coalescer (a set of the live one does not count there), and a bulk
+// batch goes when it is full, when its wait is over or after a tenth of
+// the wait without an arrival.
 type laneAPI struct {
 	live, bulk *crm.Coalescer
-	workers    *crm.Callers // of bulk
 }
 
-func newLaneAPI(live, bulk *crm.Coalescer, workers int) laneAPI {
-	return laneAPI{live: live, bulk: bulk, workers: bulk.Callers(workers)}
+func newLaneAPI(live, bulk *crm.Coalescer) laneAPI {
+	return laneAPI{live: live, bulk: bulk}
 }
 
 func (l laneAPI) pick(ctx context.Context) (*crm.Coalescer, context.Context) {
 	if inBulkLane(ctx) {
-		return l.bulk, l.workers.Context(ctx)
+		return l.bulk, ctx
 	}
 	return l.live, ctx
 }
