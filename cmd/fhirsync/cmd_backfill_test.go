@@ -297,3 +297,21 @@ func TestFormatProgress(t *testing.T) {
 		})
 	}
 }
+
+// TestBackfillLaneConfig reads the bulk lane's settings from the
+// environment and refuses a batch larger than Dataverse's $batch allows.
+func TestBackfillLaneConfig(t *testing.T) {
+	t.Parallel()
+	cfg, err := loadConfig("", envFrom(map[string]string{"FHIRSYNC_AGENT_BACKFILL_WORKERS": "-1",
+		"FHIRSYNC_AGENT_BACKFILL_BATCH_MAX": "500", "FHIRSYNC_AGENT_BACKFILL_BATCH_WAIT": "3s"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := cfg.Agent; a.BackfillWorkers != -1 || a.BackfillBatchMax != 500 || a.BackfillBatchWait != 3*time.Second {
+		t.Fatalf("agent = %+v", a)
+	}
+	_, err = loadConfig("", envFrom(map[string]string{"FHIRSYNC_AGENT_BACKFILL_BATCH_MAX": "5000"}))
+	if err == nil || !strings.Contains(err.Error(), "agent.backfill_batch_max") {
+		t.Fatalf("backfill_batch_max 5000: %v", err)
+	}
+}

@@ -105,6 +105,14 @@ type AgentConfig struct {
 	// writes in a batch go as CreateMultiple / UpdateMultiple bulk
 	// messages, or each record's as a change set of its own.
 	CRMBulk string `yaml:"crm_bulk"`
+	// BackfillWorkers is how many notices of a backfill or reconcile are
+	// processed at once per queue, beside Workers (0: 1024; -1: none
+	// apart, they share Workers).
+	BackfillWorkers int `yaml:"backfill_workers"`
+	// BackfillBatchMax and BackfillBatchWait are crm_batch_max and
+	// crm_batch_wait for the CRM requests of those notices (0: 1000, 2s).
+	BackfillBatchMax  int           `yaml:"backfill_batch_max"`
+	BackfillBatchWait time.Duration `yaml:"backfill_batch_wait"`
 }
 
 // FeedsConfig selects the change feeds this process runs. Every process may
@@ -550,6 +558,15 @@ func (c Config) Validate() []string {
 	}
 	if c.Agent.CRMBatchWait < 0 {
 		bad("agent.crm_batch_wait", "must not be negative")
+	}
+	if c.Agent.BackfillWorkers < -1 {
+		bad("agent.backfill_workers", "must be -1 (none apart), 0 (the default) or more")
+	}
+	if c.Agent.BackfillBatchMax < 0 || c.Agent.BackfillBatchMax > 1000 {
+		bad("agent.backfill_batch_max", "must be between 0 and 1000")
+	}
+	if c.Agent.BackfillBatchWait < 0 {
+		bad("agent.backfill_batch_wait", "must not be negative")
 	}
 	switch c.Agent.CRMBulk {
 	case "", "on", "off":

@@ -137,7 +137,8 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 	s.agent, err = agent.New(agent.Config{Workers: cfg.Agent.Workers, MaxAttempts: cfg.Agent.MaxAttempts, CRMUserID: userIDs[0], CRMUserIDs: userIDs[1:],
 		FHIRAccount: cfg.Agent.FHIRAccount, Drain: cfg.ShutdownTimeout, LockRenewEvery: renew, BaseKey: baseKey(cfg.Logs.KeySecret),
 		ConflictSkew: cfg.Agent.ConflictSkew, ConflictTie: maps.ConflictPolicy(cfg.Agent.ConflictTie), StaleRetries: cfg.Agent.StaleRetries,
-		CRMBatchMax: cfg.Agent.CRMBatchMax, CRMBatchWait: cfg.Agent.CRMBatchWait, CRMBulkOff: cfg.Agent.CRMBulk == "off"},
+		CRMBatchMax: cfg.Agent.CRMBatchMax, CRMBatchWait: cfg.Agent.CRMBatchWait, CRMBulkOff: cfg.Agent.CRMBulk == "off",
+		BackfillWorkers: cfg.Agent.BackfillWorkers, BackfillBatchMax: cfg.Agent.BackfillBatchMax, BackfillBatchWait: cfg.Agent.BackfillBatchWait},
 		agent.Deps{DB: db, Maps: s.maps, FHIR: fhirWrites, CRM: s.crm, Logs: s.logs, FHIRChanges: s.fhirQ, CRMChanges: s.crmQ,
 			Registry: reg, Logger: log, Capture: capture})
 	if err != nil {
