@@ -111,3 +111,19 @@ func TestSQLiteCacheSizes(t *testing.T) {
 		t.Errorf("cache_size of a reader = %d, want %d", reader, readerCacheKiB)
 	}
 }
+
+// Temporary files (statement journals, sorts) are kept in memory.
+func TestSQLiteTempStoreInMemory(t *testing.T) {
+	db, err := Open(context.Background(), "sqlite:"+filepath.Join(t.TempDir(), "temp.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Close(db)
+	var mode int
+	if err := db.Raw("PRAGMA temp_store").Scan(&mode).Error; err != nil {
+		t.Fatal(err)
+	}
+	if mode != 2 { // MEMORY
+		t.Errorf("temp_store = %d, want 2 (MEMORY)", mode)
+	}
+}
