@@ -363,6 +363,12 @@ func seedDemoLog(t testing.TB, s *logs.Store, now time.Time) {
 			Outcome: k.outcome, Reason: k.reason, Message: "Decision for " + src.String() + ".", Duration: 40 * time.Millisecond}
 		if k.outcome == logs.OutcomeSent {
 			d.ChangedFields = []string{"firstname", "birthdate"}
+			// Source change to target write: mostly under a second, a slow
+			// tail every few hours.
+			d.Latency = time.Duration(200+(i*53)%700) * time.Millisecond
+			if i%45 == 0 {
+				d.Latency = time.Duration(3+i%7) * time.Second
+			}
 		}
 		if k.reason == logs.ReasonFiltered {
 			d.ReasonSubject = "patient-contacts"
