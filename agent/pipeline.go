@@ -160,6 +160,10 @@ type pipeline struct {
 	// set of it, so that a batch goes at once when all of them wait.
 	crmBatch *crm.Coalescer
 	workers  int
+
+	// lags records the age of each change received, for the lag of a
+	// queue whose waiting messages cannot be read (lag_estimate.go).
+	lags lagEstimator
 }
 
 // echoWait bounds how long a change by the agent's own user waits for
@@ -216,6 +220,7 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 		return &step{outcome: logs.OutcomeDeadLettered, reason: "invalid_message", message: truncate(describeDecodeError(err), 900), err: Permanent(err)}
 	}
 	n := ns[0]
+	p.lags.observe(n.Side, n.Origin, n.Type, n.ChangedAt, m.EnqueuedAt, p.now())
 	for _, x := range ns {
 		p.lookups.forget(string(x.Side), x.Type, x.ID)
 	}

@@ -51,6 +51,11 @@ type Deps struct {
 	// OnLag, when set, receives every waiting feed's lag after each
 	// evaluation (the agent's fhirsync_feed_lag_seconds gauge).
 	OnLag func(map[string]time.Duration)
+	// EstimateLags, when set, estimates the lags of the feeds whose queue
+	// is not in the embedded queue's table (Service Bus), given the
+	// evaluation interval; its rows join those Lags reads. A queue it
+	// could not read is reported in the error beside the rows it has.
+	EstimateLags func(ctx context.Context, now time.Time, every time.Duration) ([]FeedLag, error)
 }
 
 // Service evaluates alert rules and keeps their history.
@@ -306,6 +311,14 @@ func (s *Service) Signals(ctx context.Context, now time.Time) (Signals, error) {
 	var err error
 	if sig.Lags, err = Lags(ctx, s.deps.DB, now); err != nil {
 		return sig, err
+	}
+	if s.deps.EstimateLags != nil {
+		est, err := s.deps.EstimateLags(ctx, now, s.cfg.Every)
+		if err != nil {
+			// The other queues' estimates and the readings stand.
+			s.log.Warn("estimating feed lags", "error", err)
+		}
+		sig.Lags = mergeLags(sig.Lags, est)
 	}
 	if sig.Polls, err = Polls(ctx, s.deps.DB, now); err != nil {
 		return sig, err

@@ -22,13 +22,18 @@ type FeedLag struct {
 	Feed string `json:"feed"`
 	// Queue is the queue the changes wait in.
 	Queue string `json:"queue"`
-	// Pending counts the feed's waiting changes among those scanned.
+	// Pending counts the feed's waiting changes among those scanned; for
+	// an estimate, the queue's waiting messages, all feeds together.
 	Pending int64 `json:"pending"`
 	// Oldest is when the oldest waiting change happened at the source, or
 	// when it was queued when the feed did not say.
 	Oldest time.Time `json:"oldest"`
 	// AgeSeconds is now - Oldest.
 	AgeSeconds int64 `json:"age_seconds"`
+	// Estimated is set when the lag was estimated from the changes the
+	// agent received and the queue's depth (Deps.EstimateLags) rather
+	// than read from the waiting messages.
+	Estimated bool `json:"estimated,omitempty"`
 }
 
 // FeedPoll is when a change feed last polled (saved its checkpoint).
@@ -89,7 +94,8 @@ type queueRow struct {
 
 // Lags reads the embedded queue's waiting messages (table queue_messages)
 // and returns, per feed, the age of the oldest change. A queue on another
-// transport (Service Bus) is not in the table and has no row here.
+// transport (Service Bus) is not in the table and has no row here; its
+// feeds' lags are estimated by the agent (Deps.EstimateLags).
 func Lags(ctx context.Context, db *gorm.DB, now time.Time) ([]FeedLag, error) {
 	var names []string
 	if err := db.WithContext(ctx).Raw("SELECT DISTINCT queue FROM queue_messages WHERE state = 'active'").Scan(&names).Error; err != nil {
@@ -135,6 +141,32 @@ func Lags(ctx context.Context, db *gorm.DB, now time.Time) ([]FeedLag, error) {
 		return strings.Compare(a.Queue, b.Queue)
 	})
 	return out, nil
+}
+
+// mergeLags adds the estimated rows est to the rows read from the table,
+// except for a queue the table has rows of (its reading is exact), sorted
+// by feed and queue.
+func mergeLags(read, est []FeedLag) []FeedLag {
+	if len(est) == 0 {
+		return read
+	}
+	inTable := map[string]bool{}
+	for _, l := range read {
+		inTable[l.Queue] = true
+	}
+	out := slices.Clone(read)
+	for _, l := range est {
+		if !inTable[l.Queue] {
+			out = append(out, l)
+		}
+	}
+	slices.SortFunc(out, func(a, b FeedLag) int {
+		if c := strings.Compare(a.Feed, b.Feed); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Queue, b.Queue)
+	})
+	return out
 }
 
 // Polls reads when each change feed last saved its checkpoint.
