@@ -232,15 +232,21 @@ func (e *lagEstimator) estimate(ctx context.Context, now time.Time, window time.
 // EstimatedLags estimates each feed's lag from the messages this agent
 // received and its queues' depths (see lagEstimator): for a transport
 // whose waiting messages alerts.Lags cannot read (Service Bus). window is
-// the interval the estimates are asked at (the alert evaluation interval).
-// A queue whose depth cannot be read has no rows; the error says which.
-func (a *Agent) EstimatedLags(ctx context.Context, now time.Time, window time.Duration) ([]alerts.FeedLag, error) {
+// the interval the estimates are asked at (the alert evaluation interval);
+// names are the queues' names by the side of the changes they carry
+// (unnamed: fhir-changes and crm-changes). A queue whose depth cannot be
+// read has no rows; the error says which.
+func (a *Agent) EstimatedLags(ctx context.Context, now time.Time, window time.Duration, names map[queues.Side]string) ([]alerts.FeedLag, error) {
 	var qs []lagQueue
-	if q := a.deps.FHIRChanges; q != nil {
-		qs = append(qs, lagQueue{name: "fhir-changes", side: queues.SideFHIR, depth: q.Depth})
-	}
-	if q := a.deps.CRMChanges; q != nil {
-		qs = append(qs, lagQueue{name: "crm-changes", side: queues.SideCRM, depth: q.Depth})
+	for side, q := range map[queues.Side]queues.Queue{queues.SideFHIR: a.deps.FHIRChanges, queues.SideCRM: a.deps.CRMChanges} {
+		if q == nil {
+			continue
+		}
+		name := names[side]
+		if name == "" {
+			name = string(side) + "-changes"
+		}
+		qs = append(qs, lagQueue{name: name, side: side, depth: q.Depth})
 	}
 	return a.pipe.lags.estimate(ctx, now, window, qs)
 }

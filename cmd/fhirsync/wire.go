@@ -75,7 +75,19 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 	ac := cfg.Alerts.alertsConfig()
 	ac.Holder, ac.Logger = holder(), log
 	gatherer, _ := reg.(prometheus.Gatherer)
-	if s.alerts, err = alerts.New(ac, alerts.Deps{DB: db, Logs: s.logs, Gatherer: gatherer, OnLag: func(lags map[string]time.Duration) {
+	var estimate func(context.Context, time.Time, time.Duration) ([]alerts.FeedLag, error)
+	if cfg.Queue.Kind != "embedded" {
+		// Service Bus: not in queue_messages; the agent estimates the lag
+		// from the changes it receives and the queues' depths.
+		names := map[queues.Side]string{queues.SideFHIR: cfg.Queue.FHIRChanges, queues.SideCRM: cfg.Queue.CRMChanges}
+		estimate = func(ctx context.Context, now time.Time, every time.Duration) ([]alerts.FeedLag, error) {
+			if s.agent == nil {
+				return nil, nil
+			}
+			return s.agent.EstimatedLags(ctx, now, every, names)
+		}
+	}
+	if s.alerts, err = alerts.New(ac, alerts.Deps{DB: db, Logs: s.logs, Gatherer: gatherer, EstimateLags: estimate, OnLag: func(lags map[string]time.Duration) {
 		if s.agent != nil {
 			s.agent.ObserveFeedLag(lags)
 		}
