@@ -62,7 +62,8 @@ func (m *metrics) observeLatency(dir logs.Direction, changedAt time.Time) {
 
 // ObserveFeedLag sets fhirsync_feed_lag_seconds for feed (the notices'
 // origin and record type, "history-poll/Patient"): the age of its oldest
-// change still waiting or being processed. The alert evaluator reports
+// change still waiting or being processed (on Service Bus, estimated:
+// EstimatedLags). The alert evaluator reports
 // every feed it finds after each evaluation; a feed missing from a report
 // has caught up and reads 0.
 func (a *Agent) ObserveFeedLag(lags map[string]time.Duration) {
