@@ -17,8 +17,7 @@ import "runtime/debug"
 // C allocator's free memory (storage/malloc.go) come on top. In `fhirsync
 // bench --records 5000` the agent's peak RSS was 146 MB at 100 MiB against
 // 170 MB at 150 MiB, for the same CPU per record; with SQLite's temporary
-// files in memory 148–154 MB at 100 MiB and 138–140 MB at 90 MiB, for
-// about 4 % more CPU per record FHIR→CRM.
+// files in memory 148–154 MB at 100 MiB and 144–145 MB at 90 MiB.
 const (
 	agentGCPercent   = 400
 	agentMemoryLimit = 90 << 20
