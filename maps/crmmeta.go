@@ -3,8 +3,11 @@ package maps
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // CRMMetadata is a snapshot of Dataverse entity metadata, as returned by
@@ -116,10 +119,14 @@ func (c *compiler) crmEntity(at Problem, entity, entitySet string) {
 	e, ok := md.entities[entity]
 	if !ok {
 		c.ps.add(withField(at, "crmEntity"), "CRM metadata has no entity %q", entity)
+		if near := closest(entity, slices.Collect(maps.Keys(md.entities))); near != "" {
+			c.ps.fix("did you mean %q?", near)
+		}
 		return
 	}
 	if entitySet != "" && e.EntitySetName != "" && e.EntitySetName != entitySet {
 		c.ps.add(withField(at, "crmEntitySet"), "entity %s has entity set %q, not %q", entity, e.EntitySetName, entitySet)
+		c.ps.fix("set crmEntitySet to %q", e.EntitySetName)
 	}
 }
 
@@ -145,6 +152,7 @@ func (c *compiler) crmMaxLength(at Problem, entity string, a *AttributeMap) {
 	}
 	if a.MaxLength > m.MaxLength {
 		c.ps.add(withField(at, "maxLength"), "maxLength %d exceeds the CRM attribute's limit of %d", a.MaxLength, m.MaxLength)
+		c.ps.fix("set maxLength to %d or less", m.MaxLength)
 	}
 }
 
@@ -155,6 +163,9 @@ func (c *compiler) crmAttribute(at Problem, entity, attribute string, typ CRMTyp
 	}
 	if !ok {
 		c.ps.add(withField(at, "crmAttribute"), "CRM entity %s has no attribute %q", entity, attribute)
+		if near := closest(attribute, slices.Collect(maps.Keys(c.opts.CRM.entities[entity].attrs))); near != "" {
+			c.ps.fix("did you mean %q?", near)
+		}
 		return
 	}
 	if typ == "" {
@@ -163,6 +174,9 @@ func (c *compiler) crmAttribute(at Problem, entity, attribute string, typ CRMTyp
 	types := a.crmTypes()
 	if !slices.Contains(types, typ) {
 		c.ps.add(withField(at, "crmType"), "type mismatch: CRM attribute %s.%s is %s, the map says %s", entity, attribute, a.AttributeType, typ)
+		if len(types) > 0 {
+			c.ps.fix("set crmType to %s, or choose an attribute of type %s", types[0], typ)
+		}
 	}
 }
 
@@ -173,6 +187,7 @@ func (c *compiler) crmLookupTarget(at Problem, entity, attribute, target string)
 	}
 	if !slices.Contains(a.Targets, target) {
 		c.ps.add(withField(at, "crmAttribute"), "lookup %s.%s targets %s, not %s", entity, attribute, strings.Join(a.Targets, ", "), target)
+		c.ps.fix("point the lookup at an entity map of %s, or choose a lookup attribute that targets %s", strings.Join(a.Targets, " or "), target)
 	}
 }
 
@@ -185,9 +200,107 @@ func (c *compiler) crmOptions(at Problem, entity, attribute string, vm *valueMap
 	for _, o := range a.OptionSet.Options {
 		valid[o.Value] = true
 	}
+	var values []string
+	for _, o := range a.OptionSet.Options {
+		values = append(values, strconv.Itoa(o.Value))
+	}
 	for _, e := range vm.def.Entries {
 		if !valid[e.CRM] {
 			c.ps.add(withField(at, "valueMap"), "value map %q uses option value %d, which %s.%s does not define", vm.def.Name, e.CRM, entity, attribute)
+			c.ps.fix("use one of the option values %s", strings.Join(values, ", "))
 		}
 	}
+}
+
+// fhirMaxLength is the longest value a FHIR element of type typ can hold,
+// in characters, when the specification bounds it (codes from a required
+// binding by the longest code); 0 means unbounded (a string holds up to
+// 1 MB).
+func fhirMaxLength(typ string, codes []string) int {
+	switch typ {
+	case "id":
+		return 64
+	case "uuid":
+		return len("urn:uuid:") + 36
+	case "code":
+		n := 0
+		for _, c := range codes {
+			n = max(n, utf8.RuneCountInString(c))
+		}
+		return n
+	}
+	return 0
+}
+
+// crmFHIRLength checks that a string or memo attribute written from FHIR
+// can hold what the FHIR element can: either the element is bounded within
+// the CRM's limit, or the map declares a maxLength (with lengthPolicy
+// error, the record fails naming the attribute map; with truncate, the
+// value is cut). Without either the CRM rejects the record.
+func (c *compiler) crmFHIRLength(at Problem, entity string, a *AttributeMap, el r4Element, toCRM bool) {
+	m, ok, checked := c.crmAttr(entity, a.CRMAttribute)
+	if !checked || !ok || !toCRM || m.MaxLength <= 0 || a.MaxLength > 0 || (a.CRMType != TypeString && a.CRMType != TypeMemo) {
+		return
+	}
+	if a.Action.orCopy() != ActionCopy && a.Action.orCopy() != ActionDefault {
+		return
+	}
+	bound := fhirMaxLength(el.Type, el.Codes)
+	if bound > 0 && bound <= m.MaxLength {
+		return
+	}
+	can := "any length"
+	if bound > 0 {
+		can = fmt.Sprintf("up to %d characters", bound)
+	}
+	c.ps.add(withField(at, "maxLength"), "FHIR %s at %s can hold %s; CRM attribute %s.%s holds %d", el.Type, a.FHIRPath, can, entity, a.CRMAttribute, m.MaxLength)
+	c.ps.fix("declare maxLength: %d with lengthPolicy: truncate (or error, to fail such records by name)", m.MaxLength)
+}
+
+// closest returns the candidate nearest to name by edit distance, when it
+// is near enough to be a likely misspelling (or contains name, or is
+// contained in it); "" otherwise.
+func closest(name string, candidates []string) string {
+	slices.Sort(candidates)
+	best, bestD := "", -1
+	for _, cand := range candidates {
+		d := editDistance(strings.ToLower(name), strings.ToLower(cand))
+		if bestD < 0 || d < bestD {
+			best, bestD = cand, d
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	if bestD <= max(2, utf8.RuneCountInString(name)/3) {
+		return best
+	}
+	for _, cand := range candidates {
+		if len(name) >= 4 && (strings.Contains(cand, name) || strings.Contains(name, cand)) {
+			return cand
+		}
+	}
+	return ""
+}
+
+// editDistance is the Levenshtein distance between a and b, in runes.
+func editDistance(a, b string) int {
+	ra, rb := []rune(a), []rune(b)
+	prev := make([]int, len(rb)+1)
+	cur := make([]int, len(rb)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(ra); i++ {
+		cur[0] = i
+		for j := 1; j <= len(rb); j++ {
+			cost := 1
+			if ra[i-1] == rb[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(rb)]
 }

@@ -25,6 +25,9 @@ type Problem struct {
 	ValueMap  string `json:"valueMap,omitempty"`
 	Field     string `json:"field,omitempty"`
 	Message   string `json:"message"`
+	// Fix suggests a correction, when one is known ("did you mean
+	// \"birthdate\"?").
+	Fix string `json:"fix,omitempty"`
 }
 
 // Location renders where the problem is, e.g.
@@ -55,7 +58,12 @@ func (p Problem) Location() string {
 	return strings.Join(parts, " / ")
 }
 
-func (p Problem) String() string { return p.Location() + ": " + p.Message }
+func (p Problem) String() string {
+	if p.Fix != "" {
+		return p.Location() + ": " + p.Message + " (" + p.Fix + ")"
+	}
+	return p.Location() + ": " + p.Message
+}
 
 // ValidationError lists every problem found in a map set at once.
 type ValidationError struct {
@@ -106,6 +114,13 @@ type problems struct {
 func (ps *problems) add(at Problem, format string, args ...any) {
 	at.Message = fmt.Sprintf(format, args...)
 	ps.list = append(ps.list, at)
+}
+
+// fix sets the suggested correction of the problem added last.
+func (ps *problems) fix(format string, args ...any) {
+	if n := len(ps.list); n > 0 {
+		ps.list[n-1].Fix = fmt.Sprintf(format, args...)
+	}
 }
 
 func (ps *problems) err() error {
