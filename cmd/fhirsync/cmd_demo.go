@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	crand "crypto/rand"
 	"encoding/base64"
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -14,6 +17,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"gopkg.in/yaml.v3"
 	"gorm.io/gorm"
 
 	"github.com/fhirsync/fhirsync/admin"
@@ -33,25 +37,47 @@ import (
 const demoHumanToken = crmserver.CoordinatorToken
 
 func runDemo(ctx context.Context, e *env, args []string) error {
-	fs := e.newFlagSet("demo", "demo [--listen ADDR] [--patients N] [--edits-per-second R] [--keep]", `
+	fs := e.newFlagSet("demo", "demo [--config FILE] [--listen ADDR] [--data-dir DIR] [--patients N] [--edits-per-second R] [--keep]", `
 Run a complete fhirsync on one machine: a sandbox FHIR server and a sandbox
 Dataverse-style CRM with synthetic patients, the starter maps published, the
 embedded queue and SQLite in a temporary data directory, the agent syncing
 both ways, and a simulator that keeps editing records on both sides so the
-syncing is visible in the admin app. Prints the admin URL and a login.`)
+syncing is visible in the admin app. Prints the admin URL and a login.
+
+--config FILE overlays the demo's own settings with the file's (log, agent,
+feeds, admin, logs, alerts, database, data_dir, listen…). Keys that would
+point the demo away from its sandboxes (fhir.base_url, fhir.auth,
+crm.base_url, crm.auth, crm.users, agent.crm_user_id, queue.kind,
+queue.service_bus) are refused. FHIRSYNC_CONFIG and the other FHIRSYNC_
+variables are not read, so a production environment in the shell never
+points the demo at production services. Flags given win over the file.`)
 	listen := fs.String("listen", "127.0.0.1:8080", "admin app address")
 	patients := fs.Int("patients", 300, "synthetic patients to seed the FHIR sandbox with")
 	rate := fs.Float64("edits-per-second", 1, "simulated edits per second on each side (0 turns the simulator off)")
 	keep := fs.Bool("keep", false, "keep the temporary data directory at exit")
-	dataDir := fs.String("data-dir", "", "use this data directory instead of a temporary one")
+	dataDir := fs.String("data-dir", "", "use this data directory instead of a temporary one (created, mode 0700, if missing; kept at exit)")
 	if done, err := parseFlags(fs, args); done {
 		return err
 	}
 	if *patients < 0 || *patients > 100000 || *rate < 0 {
 		return usageErrorf("demo: --patients must be 0..100000 and --edits-per-second not negative")
 	}
-	tuneCollector(e.getenv)
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	cfg, fileKeys, err := demoConfig(e.configPath)
+	if err != nil {
+		return err
+	}
+	if set["listen"] || !fileKeys["listen"] {
+		cfg.Listen = *listen
+	}
+	if e.logFormat != "" {
+		cfg.Log.Format = e.logFormat
+	}
 	dir := *dataDir
+	if dir == "" && fileKeys["data_dir"] {
+		dir = cfg.DataDir
+	}
 	if dir == "" {
 		d, err := os.MkdirTemp("", "fhirsync-demo-")
 		if err != nil {
@@ -61,7 +87,15 @@ syncing is visible in the admin app. Prints the admin URL and a login.`)
 		if !*keep {
 			defer os.RemoveAll(dir)
 		}
+	} else if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating the demo data directory: %w", err)
 	}
+	cfg.DataDir = dir
+	if probs := cfg.Validate(); len(probs) > 0 {
+		return &ConfigError{Problems: probs}
+	}
+	tuneCollector(e.getenv)
+	e.cfg = &cfg
 	log := e.logger()
 
 	// The sandboxes, each on its own loopback port.
@@ -76,23 +110,7 @@ syncing is visible in the admin app. Prints the admin URL and a login.`)
 		return err
 	}
 	defer stopFHIR()
-
-	cfg := defaultConfig()
-	cfg.DataDir = dir
-	cfg.Listen = *listen
-	cfg.Log.Format = "text"
-	if e.logFormat != "" {
-		cfg.Log.Format = e.logFormat
-	}
 	cfg.FHIR.BaseURL = fhirURL
-	useSandboxAgent(&cfg)
-	cfg.Feeds.FHIRHistory = FHIRHistoryConfig{Types: []string{"Organization", "Practitioner", "Patient", "Encounter", "Observation"},
-		Schedule: "@every 5s", Overlap: 30 * time.Second}
-	cfg.ShutdownTimeout = 10 * time.Second
-	var secret [24]byte
-	_, _ = crand.Read(secret[:])
-	cfg.Logs.KeySecret = base64.StdEncoding.EncodeToString(secret[:])
-	e.cfg = &cfg
 
 	// The CRM's service endpoint posts to the agent's crm-changes queue,
 	// which lives in the demo database; open it before the CRM starts.
@@ -145,6 +163,78 @@ the sync log fill. Ctrl-C stops.
 			go sim.run(ctx, log, *rate)
 		}
 	})
+}
+
+// demoRefusedKeys are the configuration keys the demo sets itself to reach
+// its sandboxes; a --config file setting them is refused, not ignored.
+var demoRefusedKeys = []string{
+	"fhir.base_url", "fhir.auth", "crm.base_url", "crm.auth", "crm.users",
+	"agent.crm_user_id", "queue.kind", "queue.service_bus",
+}
+
+// demoConfig is the demo's configuration: its own defaults (the sandbox
+// identities, quick feeds, a fresh sync-log key) overlaid with the YAML file
+// at path, if any. It reports the keys the file sets. The environment is
+// not read. Validation waits for the data directory.
+func demoConfig(path string) (Config, map[string]bool, error) {
+	cfg := defaultConfig()
+	cfg.Log.Format = "text"
+	useSandboxAgent(&cfg)
+	cfg.Feeds.FHIRHistory = FHIRHistoryConfig{Types: []string{"Organization", "Practitioner", "Patient", "Encounter", "Observation"},
+		Schedule: "@every 5s", Overlap: 30 * time.Second}
+	cfg.ShutdownTimeout = 10 * time.Second
+	var secret [24]byte
+	_, _ = crand.Read(secret[:])
+	cfg.Logs.KeySecret = base64.StdEncoding.EncodeToString(secret[:])
+	keys := map[string]bool{}
+	if path == "" {
+		return cfg, keys, nil
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return cfg, keys, &ConfigError{[]string{fmt.Sprintf("reading config file: %v", err)}}
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal(raw, &root); err != nil {
+		return cfg, keys, &ConfigError{[]string{fmt.Sprintf("%s: %v", path, err)}}
+	}
+	if len(root.Content) > 0 {
+		yamlKeys(root.Content[0], "", keys)
+	}
+	var probs []string
+	for _, k := range demoRefusedKeys {
+		if keys[k] {
+			probs = append(probs, fmt.Sprintf("%s: %s is set by the demo to reach its sandboxes; remove it from the file, or run fhirsync serve to use your own", path, k))
+		}
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			for _, m := range te.Errors {
+				probs = append(probs, path+": "+m)
+			}
+		} else {
+			probs = append(probs, fmt.Sprintf("%s: %v", path, err))
+		}
+	}
+	if len(probs) > 0 {
+		return cfg, keys, &ConfigError{Problems: probs}
+	}
+	return cfg, keys, nil
+}
+
+// yamlKeys records the dotted path of every mapping key under n.
+func yamlKeys(n *yaml.Node, prefix string, keys map[string]bool) {
+	if n.Kind != yaml.MappingNode {
+		return
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k := prefix + n.Content[i].Value
+		keys[k] = true
+		yamlKeys(n.Content[i+1], k+".", keys)
+	}
 }
 
 // serveLoopback serves h on a free loopback port.

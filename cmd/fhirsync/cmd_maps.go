@@ -154,6 +154,8 @@ func runMapsExport(ctx context.Context, e *env, args []string) error {
 		var set *maps.Set
 		if set, err = st.Current(ctx); err == nil {
 			doc = set.Document()
+		} else {
+			err = e.nothingPublished(err)
 		}
 	}
 	if err != nil {
@@ -168,6 +170,22 @@ func runMapsExport(ctx context.Context, e *env, args []string) error {
 	}
 	_, err = e.stdout.Write(raw)
 	return err
+}
+
+// nothingPublished turns the error of reading the current map set of a
+// database where none is published yet into what to do about it: a new
+// database holds no maps until a map set is imported and published.
+func (e *env) nothingPublished(err error) error {
+	if !errors.Is(err, maps.ErrNotFound) {
+		return err
+	}
+	config := ""
+	if e.configPath != "" {
+		config = " --config " + e.configPath
+	}
+	return fmt.Errorf("no map set is published in %s yet; import and publish one first, "+
+		"e.g. the starter maps from the source tree: fhirsync%s maps import --publish maps/starter/starter.yaml (%w)",
+		e.describeDB(), config, err)
 }
 
 // importFile reads the command's FILE argument and the --crm-metadata
@@ -236,7 +254,7 @@ or of the entity map NAME in the current published set.`)
 			return err
 		}
 		if set, err = st.Current(ctx); err != nil {
-			return err
+			return e.nothingPublished(err)
 		}
 		if _, ok := set.Map(arg); !ok {
 			return usageErrorf("%q is neither a file nor an entity map of the current map set (version %d)", arg, set.Version())
