@@ -2,6 +2,7 @@ package maps
 
 import (
 	"fmt"
+	"maps"
 	"reflect"
 	"slices"
 	"strconv"
@@ -467,6 +468,11 @@ func (c *compiler) attribute(set *Set, at Problem, a *AttributeMap, ctxPath stri
 			c.ps.add(withField(at, "lookup.entityMap"), "action lookup needs lookup.entityMap")
 		} else if target, ok := set.byName[a.Lookup.EntityMap]; !ok {
 			c.ps.add(withField(at, "lookup.entityMap"), "unknown entity map %q", a.Lookup.EntityMap)
+			if near := closest(a.Lookup.EntityMap, slices.Collect(maps.Keys(set.byName))); near != "" {
+				c.ps.fix("did you mean %q?", near)
+			} else {
+				c.ps.fix("add an entity map for the referenced records, or name one of this set's entity maps")
+			}
 		} else {
 			ca.lookup = target
 			ca.nav = a.Lookup.navigation(a.CRMAttribute)

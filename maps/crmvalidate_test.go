@@ -1,0 +1,176 @@
+package maps_test
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/maps/starter"
+	"github.com/fhirsync/fhirsync/sandbox/crmserver"
+)
+
+// sandboxMetadata reads the sandbox CRM's EntityDefinitions over HTTP.
+func sandboxMetadata(t *testing.T) *maps.CRMMetadata {
+	t.Helper()
+	s, err := crmserver.New(crmserver.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(s)
+	t.Cleanup(hs.Close)
+	res, err := http.Get(hs.URL + crmserver.APIPath + "EntityDefinitions?$expand=Attributes,Keys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil || res.StatusCode != http.StatusOK {
+		t.Fatalf("EntityDefinitions: %d %v %.200s", res.StatusCode, err, body)
+	}
+	md, err := maps.ParseCRMMetadata(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return md
+}
+
+// attributeMap finds attribute map attr of entity map m in doc.
+func attributeMap(t *testing.T, doc *maps.Document, m, attr string) *maps.AttributeMap {
+	t.Helper()
+	for i := range doc.EntityMaps {
+		if doc.EntityMaps[i].Name != m {
+			continue
+		}
+		for j := range doc.EntityMaps[i].Attributes {
+			if a := &doc.EntityMaps[i].Attributes[j]; a.Name == attr {
+				return a
+			}
+		}
+	}
+	t.Fatalf("starter maps have no attribute map %s/%s", m, attr)
+	return nil
+}
+
+// TestValidateAgainstSandboxCRM changes one thing in the starter maps at a
+// time and checks the problem found against the sandbox CRM's metadata:
+// where it is and what fix it suggests.
+func TestValidateAgainstSandboxCRM(t *testing.T) {
+	t.Parallel()
+	md := sandboxMetadata(t)
+	tests := []struct {
+		name   string
+		change func(t *testing.T, doc *maps.Document)
+		// want is the problem's location; nil wants none.
+		want    *maps.Problem
+		message string // a part of the message
+		fix     string // a part of the suggested fix
+	}{
+		{name: "starter maps fit", change: func(*testing.T, *maps.Document) {}},
+		{
+			name: "nonexistent attribute",
+			change: func(t *testing.T, doc *maps.Document) {
+				attributeMap(t, doc, "patient-contact", "birth-date").CRMAttribute = "birthdat"
+			},
+			want:    &maps.Problem{Map: "patient-contact", Attribute: "birth-date", Field: "crmAttribute"},
+			message: `has no attribute "birthdat"`, fix: `did you mean "birthdate"?`,
+		},
+		{
+			name: "wrong type",
+			change: func(t *testing.T, doc *maps.Document) {
+				attributeMap(t, doc, "patient-contact", "first-name").CRMType = maps.TypeMemo
+			},
+			want:    &maps.Problem{Map: "patient-contact", Attribute: "first-name", Field: "crmType"},
+			message: "contact.firstname is String, the map says memo", fix: "set crmType to string",
+		},
+		{
+			name: "maxLength above the CRM's limit",
+			change: func(t *testing.T, doc *maps.Document) {
+				attributeMap(t, doc, "patient-contact", "first-name").MaxLength = 500
+			},
+			want:    &maps.Problem{Map: "patient-contact", Attribute: "first-name", Field: "maxLength"},
+			message: "exceeds the CRM attribute's limit of 50", fix: "set maxLength to 50 or less",
+		},
+		{
+			name: "FHIR string longer than the CRM column, nothing declared",
+			change: func(t *testing.T, doc *maps.Document) {
+				a := attributeMap(t, doc, "patient-contact", "first-name")
+				a.MaxLength, a.LengthPolicy = 0, ""
+			},
+			want:    &maps.Problem{Map: "patient-contact", Attribute: "first-name", Field: "maxLength"},
+			message: "can hold any length; CRM attribute contact.firstname holds 50", fix: "declare maxLength: 50 with lengthPolicy: truncate",
+		},
+		{
+			name: "option value the CRM does not define",
+			change: func(t *testing.T, doc *maps.Document) {
+				doc.ValueMaps[0].Entries[0].CRM = 999
+			},
+			want:    &maps.Problem{Map: "patient-contact", Attribute: "gender", Field: "valueMap"},
+			message: "uses option value 999, which contact.gendercode does not define", fix: "use one of the option values 1, 2",
+		},
+		{
+			name: "lookup to a table its attribute does not target",
+			change: func(t *testing.T, doc *maps.Document) {
+				attributeMap(t, doc, "patient-contact", "general-practitioner").Lookup.EntityMap = "organization-account"
+			},
+			want:    &maps.Problem{Map: "patient-contact", Attribute: "general-practitioner", Field: "crmAttribute"},
+			message: "targets contact, not account", fix: "point the lookup at an entity map of contact",
+		},
+		{
+			name: "lookup to an unmapped table",
+			change: func(t *testing.T, doc *maps.Document) {
+				attributeMap(t, doc, "patient-contact", "general-practitioner").Lookup.EntityMap = "practitioner-contacts"
+			},
+			want:    &maps.Problem{Map: "patient-contact", Attribute: "general-practitioner", Field: "lookup.entityMap"},
+			message: `unknown entity map "practitioner-contacts"`, fix: `did you mean "practitioner-contact"?`,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			doc, err := maps.Parse(starter.YAML())
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.change(t, doc)
+			err = maps.Validate(doc, maps.CompileOptions{CRM: md})
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("want no problems, got %v", err)
+				}
+				return
+			}
+			var ve *maps.ValidationError
+			if !errors.As(err, &ve) {
+				t.Fatalf("want a validation error, got %v", err)
+			}
+			for _, p := range ve.Problems {
+				if p.Map == tt.want.Map && p.Expansion == "" && p.Attribute == tt.want.Attribute && p.Field == tt.want.Field &&
+					strings.Contains(p.Message, tt.message) {
+					if !strings.Contains(p.Fix, tt.fix) {
+						t.Fatalf("%s: fix %q, want it to contain %q", p.Location(), p.Fix, tt.fix)
+					}
+					return
+				}
+			}
+			t.Fatalf("no problem at %s containing %q; got:\n%v", tt.want.Location(), tt.message, err)
+		})
+	}
+}
+
+// TestValidateWithoutCRMMetadata: the same nonexistent attribute passes
+// when no CRM metadata is given, which is why save and publish must pass it.
+func TestValidateWithoutCRMMetadata(t *testing.T) {
+	t.Parallel()
+	doc, err := maps.Parse(starter.YAML())
+	if err != nil {
+		t.Fatal(err)
+	}
+	attributeMap(t, doc, "patient-contact", "birth-date").CRMAttribute = "birthdat"
+	if err := maps.Validate(doc, maps.CompileOptions{}); err != nil {
+		t.Fatalf("without metadata the attribute cannot be checked, got %v", err)
+	}
+}
