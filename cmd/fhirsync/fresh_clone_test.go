@@ -212,3 +212,52 @@ func TestDemoHonoursConfigAndCreatesDataDir(t *testing.T) {
 		t.Errorf("a data directory given with --data-dir is removed at exit: %v", err)
 	}
 }
+
+// TestCommandsDocumented fails when the README's command table leaves out
+// a command, or its flag tables leave out a flag that `--help` prints for
+// demo, replay, backfill or bench.
+func TestCommandsDocumented(t *testing.T) {
+	t.Parallel()
+	raw, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(raw)
+	for _, c := range commands() {
+		if !strings.Contains(readme, "| `fhirsync "+c.name) {
+			t.Errorf("the README's command table has no row for fhirsync %s", c.name)
+		}
+	}
+	flagLine := regexp.MustCompile(`(?m)^  -([a-z][a-z0-9-]*)`)
+	for _, name := range []string{"demo", "replay", "backfill", "bench"} {
+		var stdout, stderr bytes.Buffer
+		if err := run(context.Background(), []string{name, "--help"}, envFrom(nil), &stdout, &stderr); err != nil {
+			t.Fatalf("%s --help: %v", name, err)
+		}
+		flags := flagLine.FindAllStringSubmatch(stdout.String(), -1)
+		if len(flags) < 3 {
+			t.Fatalf("%s --help lists %d flags:\n%s", name, len(flags), stdout.String())
+		}
+		// The command's own table: from its bold synopsis to the next one
+		// or the next heading.
+		_, section, ok := strings.Cut(readme, "**`fhirsync "+name+" ")
+		if !ok {
+			t.Errorf("the README has no flags of fhirsync %s (a line starting **`fhirsync %s …`**)", name, name)
+			continue
+		}
+		if i := strings.Index(section, "\n**`fhirsync "); i >= 0 {
+			section = section[:i]
+		}
+		if i := strings.Index(section, "\n#"); i >= 0 {
+			section = section[:i]
+		}
+		for _, f := range flags {
+			if f[1] == "config" || f[1] == "log-format" {
+				continue
+			}
+			if !strings.Contains(section, "| `--"+f[1]+"`") && !strings.Contains(section, "| `--"+f[1]+" ") {
+				t.Errorf("the README's flags of fhirsync %s have no row for --%s", name, f[1])
+			}
+		}
+	}
+}
