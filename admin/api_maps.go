@@ -97,8 +97,9 @@ func (a *app) apiValidate(w http.ResponseWriter, r *http.Request) {
 		a.renderError(w, r, http.StatusBadRequest, "Send yaml, or a version (with an optional attribute map change).")
 		return
 	}
+	unchecked := ""
 	if err == nil {
-		err = maps.Validate(doc, maps.CompileOptions{})
+		unchecked, err = a.crmCheck(r.Context(), doc)
 	}
 	ps, isProblems := problemsOf(err)
 	if err != nil && !isProblems {
@@ -108,7 +109,11 @@ func (a *app) apiValidate(w http.ResponseWriter, r *http.Request) {
 	if ps == nil {
 		ps = []problemView{}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"valid": len(ps) == 0, "problems": ps})
+	out := map[string]any{"valid": len(ps) == 0, "problems": ps}
+	if unchecked != "" {
+		out["warning"] = unchecked
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (a *app) apiPreview(w http.ResponseWriter, r *http.Request) {
@@ -154,9 +159,13 @@ func (a *app) apiPublishing(w http.ResponseWriter, r *http.Request, rollback boo
 	if !a.decodeJSON(w, r, &req) {
 		return
 	}
-	info, status, msg, err := a.publish(r, n, rollback, req.Note)
+	info, status, msg, ps, err := a.publish(r, n, rollback, req.Note)
 	if err != nil {
 		a.serverError(w, r, "publishing maps", err)
+		return
+	}
+	if len(ps) > 0 {
+		writeProblems(w, "Not published: "+msg, ps)
 		return
 	}
 	if status != 0 {
@@ -180,11 +189,9 @@ func (a *app) apiImport(w http.ResponseWriter, r *http.Request) {
 		a.renderError(w, r, http.StatusBadRequest, "Send the map set as yaml.")
 		return
 	}
-	info, err := a.createDraft(r, []byte(req.YAML))
+	info, unchecked, err := a.createDraft(r, []byte(req.YAML))
 	if ps, ok := problemsOf(err); ok {
-		writeJSON(w, http.StatusUnprocessableEntity, map[string]any{
-			"error":    map[string]string{"code": "unprocessable_entity", "message": fmt.Sprintf("The map set has %d problem(s).", len(ps))},
-			"problems": ps})
+		writeProblems(w, fmt.Sprintf("The map set has %d problem(s).", len(ps)), ps)
 		return
 	}
 	if err != nil {
@@ -192,5 +199,17 @@ func (a *app) apiImport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Location", "/api/v1/maps/versions/"+strconv.Itoa(info.Number))
-	writeJSON(w, http.StatusCreated, info)
+	writeJSON(w, http.StatusCreated, struct {
+		maps.VersionInfo
+		// Warning says why the map set was not checked against the CRM.
+		Warning string `json:"warning,omitempty"`
+	}{info, unchecked})
+}
+
+// writeProblems answers 422 with the validation problems, each with its
+// location and suggested fix.
+func writeProblems(w http.ResponseWriter, msg string, ps []problemView) {
+	writeJSON(w, http.StatusUnprocessableEntity, map[string]any{
+		"error":    map[string]string{"code": "unprocessable_entity", "message": msg},
+		"problems": ps})
 }

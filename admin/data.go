@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"time"
 
 	"gorm.io/gorm"
 
@@ -52,6 +53,10 @@ type dataStores struct {
 	// replay sends records through the agent again; nil when this
 	// process cannot (queues passed in without a replayer).
 	replay Replayer
+
+	// crm caches the CRM's entity metadata for map validation; nil when
+	// no CRM is configured.
+	crm *crmMetadata
 }
 
 // openData builds the stores from the server's dependencies: the sync log
@@ -69,6 +74,7 @@ func (s *Server) openData() (*dataStores, error) {
 		}
 	}
 	d.replay = s.deps.Replay
+	d.crm = newCRMMetadata(s.deps.CRM, time.Now)
 	if d.queues == nil {
 		d.queues = map[string]DeadLetterQueue{}
 		opened := map[string]*embedded.Queue{}

@@ -152,7 +152,7 @@ func (a *app) importMaps(w http.ResponseWriter, r *http.Request) {
 		a.renderMaps(w, r, http.StatusBadRequest, mapsListData{Error: "Upload a YAML file or paste a map set."})
 		return
 	}
-	info, err := a.createDraft(r, data)
+	info, unchecked, err := a.createDraft(r, data)
 	if ps, ok := problemsOf(err); ok {
 		a.renderMaps(w, r, http.StatusUnprocessableEntity, mapsListData{Problems: ps, YAML: string(data),
 			Error: "The map set was not imported; fix these problems first."})
@@ -162,22 +162,30 @@ func (a *app) importMaps(w http.ResponseWriter, r *http.Request) {
 		a.serverError(w, r, "importing maps", err)
 		return
 	}
-	http.Redirect(w, r, fmt.Sprintf("/maps/versions/%d?ok=imported", info.Number), http.StatusSeeOther)
+	ok := "imported"
+	if unchecked != "" {
+		ok = "imported-unchecked"
+	}
+	http.Redirect(w, r, fmt.Sprintf("/maps/versions/%d?ok=%s", info.Number, ok), http.StatusSeeOther)
 }
 
-// createDraft parses, validates and stores data as a new draft, and
-// records it.
-func (a *app) createDraft(r *http.Request, data []byte) (maps.VersionInfo, error) {
+// createDraft parses, validates (against the CRM's metadata too, when a
+// CRM is configured) and stores data as a new draft, and records it.
+// unchecked says why the CRM check could not be made.
+func (a *app) createDraft(r *http.Request, data []byte) (info maps.VersionInfo, unchecked string, err error) {
 	doc, err := maps.Parse(data)
 	if err != nil {
-		return maps.VersionInfo{}, err
+		return maps.VersionInfo{}, "", err
 	}
-	info, err := a.data.maps.CreateDraft(r.Context(), doc, actor(r), "imported")
+	if unchecked, err = a.crmCheck(r.Context(), doc); err != nil {
+		return info, "", err
+	}
+	info, err = a.data.maps.CreateDraft(r.Context(), doc, actor(r), "imported")
 	if err != nil {
-		return info, err
+		return info, "", err
 	}
 	a.record(r, "map.import", "map_version", strconv.Itoa(info.Number), "", fmt.Sprintf("draft %d, %d entity maps", info.Number, len(doc.EntityMaps)))
-	return info, nil
+	return info, unchecked, nil
 }
 
 // versionNumber reads the {id} path value as a map version number.
@@ -240,11 +248,13 @@ var crmTypes = []maps.CRMType{maps.TypeString, maps.TypeMemo, maps.TypeInt, maps
 	maps.TypeDateOnly, maps.TypeDateTimeUTC, maps.TypeOptionSet, maps.TypeMultiSelect, maps.TypeLookup}
 
 var notices = map[string]string{
-	"imported":  "Map set imported as a new draft.",
-	"saved":     "Draft saved.",
-	"published": "Version published; the agent picks it up without a restart.",
-	"rollback":  "Earlier version published again.",
-	"draft":     "New draft created from this version.",
+	"imported":           "Map set imported as a new draft.",
+	"saved":              "Draft saved.",
+	"imported-unchecked": "Map set imported as a new draft. The CRM's metadata could not be read, so its attributes were not checked against the CRM; publishing checks them.",
+	"saved-unchecked":    "Draft saved. The CRM's metadata could not be read, so its attributes were not checked against the CRM; publishing checks them.",
+	"published":          "Version published; the agent picks it up without a restart.",
+	"rollback":           "Earlier version published again.",
+	"draft":              "New draft created from this version.",
 }
 
 func (a *app) versionPage(w http.ResponseWriter, r *http.Request) {
@@ -327,10 +337,11 @@ func (a *app) saveYAML(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	doc, err := maps.Parse(data)
+	unchecked := ""
 	if err == nil {
-		err = a.updateDraft(r, n, doc, "yaml edited")
+		unchecked, err = a.updateDraft(r, n, doc, "yaml edited")
 	}
-	a.afterSave(w, r, n, err, func(d *editorData) { d.YAML = string(data) })
+	a.afterSave(w, r, n, unchecked, err, func(d *editorData) { d.YAML = string(data) })
 }
 
 // attributeChange is an edit of one attribute map's main fields.
@@ -380,26 +391,31 @@ func (a *app) saveAttribute(w http.ResponseWriter, r *http.Request) {
 		a.renderError(w, r, http.StatusNotFound, "No such attribute map in this version.")
 		return
 	}
-	err := a.updateDraft(r, n, doc, fmt.Sprintf("attribute map %s/%s edited", mapName, attr))
-	a.afterSave(w, r, n, err, func(d *editorData) {
+	unchecked, err := a.updateDraft(r, n, doc, fmt.Sprintf("attribute map %s/%s edited", mapName, attr))
+	a.afterSave(w, r, n, unchecked, err, func(d *editorData) {
 		if em, am := findAttribute(doc, mapName, attr); am != nil {
 			d.Map, d.Attr = em, am
 		}
 	})
 }
 
-// updateDraft saves doc over draft n and records the change.
-func (a *app) updateDraft(r *http.Request, n int, doc *maps.Document, what string) error {
+// updateDraft checks doc against the CRM's metadata (when a CRM is
+// configured), saves it over draft n and records the change. unchecked
+// says why the CRM check could not be made; the draft is saved anyway.
+func (a *app) updateDraft(r *http.Request, n int, doc *maps.Document, what string) (unchecked string, err error) {
+	if unchecked, err = a.crmCheck(r.Context(), doc); err != nil {
+		return "", err
+	}
 	info, err := a.data.maps.UpdateDraft(r.Context(), n, doc, actor(r), "")
 	if err != nil {
-		return err
+		return "", err
 	}
 	a.record(r, "map.edit", "map_version", strconv.Itoa(n), "", what+", checksum "+info.Checksum)
-	return nil
+	return unchecked, nil
 }
 
 // afterSave redirects after a successful save, or shows the problems.
-func (a *app) afterSave(w http.ResponseWriter, r *http.Request, n int, err error, keep func(*editorData)) {
+func (a *app) afterSave(w http.ResponseWriter, r *http.Request, n int, unchecked string, err error, keep func(*editorData)) {
 	if ps, ok := problemsOf(err); ok {
 		a.renderVersion(w, r, http.StatusUnprocessableEntity, nil, func(d *editorData) {
 			keep(d)
@@ -418,7 +434,11 @@ func (a *app) afterSave(w http.ResponseWriter, r *http.Request, n int, err error
 		a.serverError(w, r, "saving a draft", err)
 		return
 	}
-	http.Redirect(w, r, fmt.Sprintf("/maps/versions/%d?ok=saved&map=%s&attr=%s", n,
+	ok := "saved"
+	if unchecked != "" {
+		ok = "saved-unchecked"
+	}
+	http.Redirect(w, r, fmt.Sprintf("/maps/versions/%d?ok=%s&map=%s&attr=%s", n, ok,
 		url.QueryEscape(r.PostFormValue("map")), url.QueryEscape(r.PostFormValue("attr"))), http.StatusSeeOther)
 }
 
@@ -437,9 +457,13 @@ func (a *app) publishing(w http.ResponseWriter, r *http.Request, rollback bool) 
 	if !ok {
 		return
 	}
-	info, status, msg, err := a.publish(r, n, rollback, r.PostFormValue("note"))
+	info, status, msg, ps, err := a.publish(r, n, rollback, r.PostFormValue("note"))
 	if err != nil {
 		a.serverError(w, r, "publishing maps", err)
+		return
+	}
+	if len(ps) > 0 {
+		a.renderVersion(w, r, status, nil, func(d *editorData) { d.Problems, d.Error = ps, "Not published: "+msg })
 		return
 	}
 	if status != 0 {
@@ -454,8 +478,15 @@ func (a *app) publishing(w http.ResponseWriter, r *http.Request, rollback bool) 
 }
 
 // publish publishes (or rolls back to) version n and records it. A
-// refusal comes back as a status and a message; err is for failures.
-func (a *app) publish(r *http.Request, n int, rollback bool, note string) (maps.VersionInfo, int, string, error) {
+// refusal comes back as a status and a message, with the problems when
+// the version does not validate; err is for failures.
+//
+// Publishing (not rolling back) checks the version against the CRM's
+// metadata when a CRM is configured, and is refused when that metadata
+// cannot be read: a version the CRM was never asked about is what
+// dead-letters every record. Rolling back publishes a version that was
+// published before and is not held up by the CRM being unreachable.
+func (a *app) publish(r *http.Request, n int, rollback bool, note string) (maps.VersionInfo, int, string, []problemView, error) {
 	before := "no version current"
 	if vs, err := a.data.maps.Versions(r.Context()); err == nil {
 		for _, v := range vs {
@@ -465,35 +496,44 @@ func (a *app) publish(r *http.Request, n int, rollback bool, note string) (maps.
 		}
 	}
 	var info maps.VersionInfo
-	var err error
 	action := "map.publish"
+	doc, vi, err := a.data.maps.Version(r.Context(), n)
+	if errors.Is(err, maps.ErrNotFound) {
+		return info, http.StatusNotFound, "No such map version.", nil, nil
+	}
+	if err != nil {
+		return info, 0, "", nil, err
+	}
 	if rollback {
-		_, vi, err := a.data.maps.Version(r.Context(), n)
-		if errors.Is(err, maps.ErrNotFound) {
-			return info, http.StatusNotFound, "No such map version.", nil
-		}
-		if err != nil {
-			return info, 0, "", err
-		}
 		if vi.Status != maps.StatusPublished {
-			return info, http.StatusConflict, "Only a published version can be rolled back to; publish a draft instead.", nil
+			return info, http.StatusConflict, "Only a published version can be rolled back to; publish a draft instead.", nil, nil
 		}
 		action = "map.rollback"
 		info, err = a.data.maps.Rollback(r.Context(), n, actor(r), note)
 	} else {
+		unchecked, cerr := a.crmCheck(r.Context(), doc)
+		if ps, ok := problemsOf(cerr); ok {
+			return info, http.StatusUnprocessableEntity, fmt.Sprintf("version %d does not fit the CRM (%d problems).", n, len(ps)), ps, nil
+		}
+		if cerr != nil {
+			return info, 0, "", nil, cerr
+		}
+		if unchecked != "" {
+			return info, http.StatusServiceUnavailable, "Not published: " + unchecked + " Publishing checks every attribute map against the CRM; try again when the CRM answers.", nil, nil
+		}
 		info, err = a.data.maps.Publish(r.Context(), n, actor(r), note)
 	}
 	if ps, ok := problemsOf(err); ok {
-		return info, http.StatusUnprocessableEntity, fmt.Sprintf("Version %d is not valid (%d problems).", n, len(ps)), nil
+		return info, http.StatusUnprocessableEntity, fmt.Sprintf("version %d is not valid (%d problems).", n, len(ps)), ps, nil
 	}
 	switch {
 	case errors.Is(err, maps.ErrNotFound):
-		return info, http.StatusNotFound, "No such map version.", nil
+		return info, http.StatusNotFound, "No such map version.", nil, nil
 	case err != nil:
-		return info, 0, "", err
+		return info, 0, "", nil, err
 	}
 	a.record(r, action, "map_version", strconv.Itoa(n), before, fmt.Sprintf("version %d current", n))
-	return info, 0, "", nil
+	return info, 0, "", nil, nil
 }
 
 // draftFrom copies a version into a new draft.

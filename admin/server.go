@@ -51,6 +51,9 @@ type Deps struct {
 	// nil with the default embedded queues means one on those queues,
 	// nil with Queues passed in turns the replay page off.
 	Replay Replayer
+	// CRM reads the CRM's entity metadata, against which saving and
+	// publishing a map set check every attribute map; nil skips the check.
+	CRM CRMEntityReader
 }
 
 // Server serves the admin app and the operational endpoints.

@@ -1,0 +1,177 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/fhirsync/fhirsync/agent/crm"
+	"github.com/fhirsync/fhirsync/maps"
+)
+
+// CRMEntityReader reads one CRM entity's metadata: attributes with their
+// types, lengths, precision, option values and lookup targets, and the
+// alternate keys. It returns an error matching crm.ErrNotFound when the
+// CRM has no such entity. *crm.Client is one.
+type CRMEntityReader interface {
+	EntityDefinition(ctx context.Context, logicalName string) (*crm.EntityMetadata, error)
+}
+
+// crmMetadataTTL is how long entity metadata read from the CRM is reused
+// before it is read again; the maps page can refresh it sooner.
+const crmMetadataTTL = 10 * time.Minute
+
+// crmMetadata keeps the entity metadata map validation reads from the CRM,
+// per entity, for crmMetadataTTL.
+type crmMetadata struct {
+	reader CRMEntityReader
+	now    func() time.Time
+
+	mu       sync.Mutex
+	entities map[string]cachedEntity
+}
+
+type cachedEntity struct {
+	meta *crm.EntityMetadata // nil: the CRM has no such entity
+	at   time.Time
+}
+
+func newCRMMetadata(r CRMEntityReader, now func() time.Time) *crmMetadata {
+	if r == nil {
+		return nil
+	}
+	return &crmMetadata{reader: r, now: now, entities: map[string]cachedEntity{}}
+}
+
+// refresh forgets every cached entity, so the next check reads them again.
+func (c *crmMetadata) refresh() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.entities)
+}
+
+// forDocument returns the metadata of every CRM entity doc's entity and
+// expansion maps name, read from the cache or the CRM. An entity the CRM
+// does not have is left out (validation then reports it); any other
+// failure to read is returned.
+func (c *crmMetadata) forDocument(ctx context.Context, doc *maps.Document) (*maps.CRMMetadata, error) {
+	var names []string
+	for _, em := range doc.EntityMaps {
+		names = append(names, em.CRMEntity)
+		for _, x := range em.Expansions {
+			names = append(names, x.CRMEntity)
+		}
+	}
+	var list []any
+	seen := map[string]bool{}
+	for _, name := range names {
+		if name == "" || seen[name] {
+			continue
+		}
+		seen[name] = true
+		m, err := c.entity(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		if m != nil {
+			list = append(list, entityJSON(m))
+		}
+	}
+	raw, err := json.Marshal(map[string]any{"value": append([]any{}, list...)})
+	if err != nil {
+		return nil, err
+	}
+	return maps.ParseCRMMetadata(raw)
+}
+
+func (c *crmMetadata) entity(ctx context.Context, name string) (*crm.EntityMetadata, error) {
+	c.mu.Lock()
+	e, ok := c.entities[name]
+	c.mu.Unlock()
+	if ok && c.now().Sub(e.at) < crmMetadataTTL {
+		return e.meta, nil
+	}
+	m, err := c.reader.EntityDefinition(ctx, name)
+	if errors.Is(err, crm.ErrNotFound) {
+		m, err = nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the CRM metadata of %s: %w", name, err)
+	}
+	c.mu.Lock()
+	c.entities[name] = cachedEntity{meta: m, at: c.now()}
+	c.mu.Unlock()
+	return m, nil
+}
+
+// entityJSON writes m in the shape of an EntityDefinitions entry, which
+// maps.ParseCRMMetadata reads.
+func entityJSON(m *crm.EntityMetadata) map[string]any {
+	var attrs []map[string]any
+	names := make([]string, 0, len(m.Attributes))
+	for n := range m.Attributes {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		a := m.Attributes[n]
+		j := map[string]any{"LogicalName": a.LogicalName, "AttributeType": a.Type, "Format": a.Format,
+			"MaxLength": a.MaxLength, "Targets": a.Targets}
+		switch a.Type {
+		case "MultiSelectPicklist", "Virtual":
+			if a.Type == "MultiSelectPicklist" || len(a.Options) > 0 {
+				j["AttributeType"] = "Virtual"
+				j["AttributeTypeName"] = map[string]string{"Value": "MultiSelectPicklistType"}
+			}
+		case "DateTime":
+			if a.Format == "DateOnly" {
+				j["DateTimeBehavior"] = map[string]string{"Value": "DateOnly"}
+			}
+		}
+		if len(a.Options) > 0 {
+			var opts []map[string]int
+			for _, o := range a.Options {
+				opts = append(opts, map[string]int{"Value": o.Value})
+			}
+			j["OptionSet"] = map[string]any{"Options": opts}
+		}
+		attrs = append(attrs, j)
+	}
+	keys := []map[string]any{}
+	for _, k := range m.Keys {
+		keys = append(keys, map[string]any{"LogicalName": k.LogicalName, "KeyAttributes": k.Attributes})
+	}
+	return map[string]any{"LogicalName": m.LogicalName, "EntitySetName": m.EntitySetName,
+		"PrimaryIdAttribute": m.PrimaryID, "Attributes": attrs, "Keys": keys}
+}
+
+// crmCheck validates doc, and against the CRM's metadata when a CRM is
+// configured. It returns the validation error when doc does not fit, and
+// unchecked (with the reason) when the metadata could not be read: doc is
+// then validated without it, saving a draft goes on with a warning,
+// publishing does not.
+func (a *app) crmCheck(ctx context.Context, doc *maps.Document) (unchecked string, err error) {
+	if a.data.crm == nil {
+		return "", maps.Validate(doc, maps.CompileOptions{})
+	}
+	md, err := a.data.crm.forDocument(ctx, doc)
+	if err != nil {
+		a.log.Warn("reading CRM metadata for map validation", "error", err)
+		return "The CRM's metadata could not be read, so attributes were not checked against it.", maps.Validate(doc, maps.CompileOptions{})
+	}
+	err = maps.Validate(doc, maps.CompileOptions{CRM: md})
+	var ve *maps.ValidationError
+	if errors.As(err, &ve) {
+		// The CRM may have changed since the metadata was cached (a column
+		// just added): read it again before refusing.
+		a.data.crm.refresh()
+		if md, rerr := a.data.crm.forDocument(ctx, doc); rerr == nil {
+			err = maps.Validate(doc, maps.CompileOptions{CRM: md})
+		}
+	}
+	return "", err
+}
