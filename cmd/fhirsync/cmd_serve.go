@@ -61,9 +61,13 @@ func serve(ctx context.Context, e *env, cfg *Config, onReady func(addr string, d
 	}
 	appCfg := cfg.Admin
 	appCfg.TLS = cfg.TLSCertFile != ""
-	srv, err := admin.New(admin.Config{Version: buildVersion(), App: appCfg, SeparateMetrics: cfg.MetricsListen != ""}, admin.Deps{DB: db, Registry: reg, Logger: log,
+	deps := admin.Deps{DB: db, Registry: reg, Logger: log,
 		Queues: map[string]admin.DeadLetterQueue{cfg.Queue.FHIRChanges: svc.fhirQ, cfg.Queue.CRMChanges: svc.crmQ},
-		Logs:   svc.logs, Alerts: svc.alerts, Replay: svc.replayer})
+		Logs:   svc.logs, Alerts: svc.alerts, Replay: svc.replayer}
+	if svc.crm != nil {
+		deps.CRM = svc.crm // map saves and publications are checked against its metadata
+	}
+	srv, err := admin.New(admin.Config{Version: buildVersion(), App: appCfg, SeparateMetrics: cfg.MetricsListen != ""}, deps)
 	if err != nil {
 		return err
 	}
