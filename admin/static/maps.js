@@ -35,6 +35,11 @@
     };
   }
 
+  // withFix is a problem's message with its suggested fix, when it has one.
+  function withFix(p) {
+    return p.fix ? p.message + " Suggested fix: " + p.fix : p.message;
+  }
+
   function show(problems) {
     form.querySelectorAll(".field-problem").forEach(function (el) {
       el.textContent = "";
@@ -46,12 +51,12 @@
       var here = p.map === form.dataset.map && p.attribute === form.dataset.attr && !p.expansion;
       var el = here ? form.querySelector('.field-problem[data-for="' + p.field + '"]') : null;
       if (el) {
-        el.textContent = el.textContent ? el.textContent + " " + p.message : p.message;
+        el.textContent = el.textContent ? el.textContent + " " + withFix(p) : withFix(p);
         el.hidden = false;
         return;
       }
       var li = document.createElement("li");
-      li.textContent = p.location + ": " + p.message;
+      li.textContent = p.location + ": " + withFix(p);
       others.appendChild(li);
       others.hidden = false;
     });
@@ -121,7 +126,7 @@
           var ps = body.problems || [];
           ps.forEach(function (p) {
             var li = document.createElement("li");
-            li.textContent = (p.line ? "line " + p.line + ", " : "") + p.location + ": " + p.message;
+            li.textContent = (p.line ? "line " + p.line + ", " : "") + p.location + ": " + withFix(p);
             list.appendChild(li);
           });
           list.hidden = ps.length === 0;
