@@ -99,7 +99,7 @@ func (a *app) apiValidate(w http.ResponseWriter, r *http.Request) {
 	}
 	unchecked := ""
 	if err == nil {
-		unchecked, err = a.crmCheck(r.Context(), doc)
+		unchecked, err = a.crmCheck(r.Context(), doc, false)
 	}
 	ps, isProblems := problemsOf(err)
 	if err != nil && !isProblems {

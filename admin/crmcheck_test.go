@@ -133,11 +133,20 @@ func TestMapSaveAndPublishCheckedAgainstCRM(t *testing.T) {
 
 		// Cached metadata is reused within its lifetime.
 		before := fake.reads.Load()
-		if _, err := e.app.crmCheck(t.Context(), doc); err != nil {
+		if _, err := e.app.crmCheck(t.Context(), doc, true); err != nil {
 			t.Fatal(err)
 		}
 		if fake.reads.Load() != before {
 			t.Fatalf("a check within the cache lifetime read the CRM again (%d reads)", fake.reads.Load()-before)
+		}
+		// Validation as one types finds the problem from the cache, without
+		// reading the CRM again.
+		code, out = e.apiCall(editor, "POST", "/api/v1/maps/validate", string(req))
+		if code != http.StatusOK || out["valid"] != false || !hasProblem(out, `attribute map "birth-date" / crmAttribute`, `did you mean "birthdate"?`) {
+			t.Fatalf("validating a nonexistent CRM attribute = %d %v", code, out)
+		}
+		if fake.reads.Load() != before {
+			t.Fatalf("live validation read the CRM again (%d reads)", fake.reads.Load()-before)
 		}
 	})
 }

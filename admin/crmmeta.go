@@ -153,8 +153,10 @@ func entityJSON(m *crm.EntityMetadata) map[string]any {
 // configured. It returns the validation error when doc does not fit, and
 // unchecked (with the reason) when the metadata could not be read: doc is
 // then validated without it, saving a draft goes on with a warning,
-// publishing does not.
-func (a *app) crmCheck(ctx context.Context, doc *maps.Document) (unchecked string, err error) {
+// publishing does not. With reread, metadata that finds problems is read
+// again from the CRM before they are reported (saves and publications,
+// which are rare; not the validation run at every keystroke).
+func (a *app) crmCheck(ctx context.Context, doc *maps.Document, reread bool) (unchecked string, err error) {
 	if a.data.crm == nil {
 		return "", maps.Validate(doc, maps.CompileOptions{})
 	}
@@ -165,7 +167,7 @@ func (a *app) crmCheck(ctx context.Context, doc *maps.Document) (unchecked strin
 	}
 	err = maps.Validate(doc, maps.CompileOptions{CRM: md})
 	var ve *maps.ValidationError
-	if errors.As(err, &ve) {
+	if reread && errors.As(err, &ve) {
 		// The CRM may have changed since the metadata was cached (a column
 		// just added): read it again before refusing.
 		a.data.crm.refresh()

@@ -177,7 +177,7 @@ func (a *app) createDraft(r *http.Request, data []byte) (info maps.VersionInfo, 
 	if err != nil {
 		return maps.VersionInfo{}, "", err
 	}
-	if unchecked, err = a.crmCheck(r.Context(), doc); err != nil {
+	if unchecked, err = a.crmCheck(r.Context(), doc, true); err != nil {
 		return info, "", err
 	}
 	info, err = a.data.maps.CreateDraft(r.Context(), doc, actor(r), "imported")
@@ -403,7 +403,7 @@ func (a *app) saveAttribute(w http.ResponseWriter, r *http.Request) {
 // configured), saves it over draft n and records the change. unchecked
 // says why the CRM check could not be made; the draft is saved anyway.
 func (a *app) updateDraft(r *http.Request, n int, doc *maps.Document, what string) (unchecked string, err error) {
-	if unchecked, err = a.crmCheck(r.Context(), doc); err != nil {
+	if unchecked, err = a.crmCheck(r.Context(), doc, true); err != nil {
 		return "", err
 	}
 	info, err := a.data.maps.UpdateDraft(r.Context(), n, doc, actor(r), "")
@@ -511,7 +511,7 @@ func (a *app) publish(r *http.Request, n int, rollback bool, note string) (maps.
 		action = "map.rollback"
 		info, err = a.data.maps.Rollback(r.Context(), n, actor(r), note)
 	} else {
-		unchecked, cerr := a.crmCheck(r.Context(), doc)
+		unchecked, cerr := a.crmCheck(r.Context(), doc, true)
 		if ps, ok := problemsOf(cerr); ok {
 			return info, http.StatusUnprocessableEntity, fmt.Sprintf("version %d does not fit the CRM (%d problems).", n, len(ps)), ps, nil
 		}
