@@ -145,6 +145,9 @@ func (a *app) apiPreview(w http.ResponseWriter, r *http.Request) {
 // noteRequest is the body of publish and rollback.
 type noteRequest struct {
 	Note string `json:"note"`
+	// OverrideReason publishes a draft whose samples fail; the audit
+	// trail records it with the failing samples.
+	OverrideReason string `json:"override_reason,omitempty"`
 }
 
 func (a *app) apiPublish(w http.ResponseWriter, r *http.Request)  { a.apiPublishing(w, r, false) }
@@ -159,9 +162,15 @@ func (a *app) apiPublishing(w http.ResponseWriter, r *http.Request, rollback boo
 	if !a.decodeJSON(w, r, &req) {
 		return
 	}
-	info, status, msg, ps, err := a.publish(r, n, rollback, req.Note)
+	info, status, msg, ps, fails, err := a.publish(r, n, rollback, req.Note, strings.TrimSpace(req.OverrideReason))
 	if err != nil {
 		a.serverError(w, r, "publishing maps", err)
+		return
+	}
+	if len(fails) > 0 {
+		writeJSON(w, status, map[string]any{
+			"error":           map[string]string{"code": "unprocessable_entity", "message": "Not published: " + msg},
+			"failing_samples": fails})
 		return
 	}
 	if len(ps) > 0 {

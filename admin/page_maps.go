@@ -27,11 +27,14 @@ type mapRow struct {
 
 type mapsListData struct {
 	Versions []maps.VersionInfo
-	Maps     []mapRow
-	CanEdit  bool
-	Problems []problemView
-	Error    string
-	YAML     string
+	// Publications is the publication history, each with its note.
+	Publications []maps.Publication
+	Maps         []mapRow
+	CanEdit      bool
+	Problems     []problemView
+	Error        string
+	Notice       string
+	YAML         string
 }
 
 // problemView is a validation problem with its rendered location.
@@ -94,7 +97,7 @@ func (a *app) mapRows(r *http.Request, versions []maps.VersionInfo) ([]mapRow, e
 }
 
 func (a *app) mapsPage(w http.ResponseWriter, r *http.Request) {
-	a.renderMaps(w, r, http.StatusOK, mapsListData{})
+	a.renderMaps(w, r, http.StatusOK, mapsListData{Notice: notices[r.URL.Query().Get("ok")]})
 }
 
 // listMaps reads the map versions and the entity maps of the newest ones,
@@ -118,8 +121,13 @@ func (a *app) renderMaps(w http.ResponseWriter, r *http.Request, status int, d m
 	if !ok {
 		return
 	}
+	pubs, err := a.data.maps.Publications(r.Context())
+	if err != nil {
+		a.serverError(w, r, "listing map publications", err)
+		return
+	}
 	u, _ := currentUser(r)
-	d.Versions, d.Maps, d.CanEdit = vs, rows, u.can(permMapsEdit)
+	d.Versions, d.Maps, d.CanEdit, d.Publications = vs, rows, u.can(permMapsEdit), pubs
 	a.render(w, r, status, "maps", "Maps", d)
 }
 
@@ -255,6 +263,7 @@ var notices = map[string]string{
 	"published":          "Version published; the agent picks it up without a restart.",
 	"rollback":           "Earlier version published again.",
 	"draft":              "New draft created from this version.",
+	"discarded":          "Draft discarded.",
 }
 
 func (a *app) versionPage(w http.ResponseWriter, r *http.Request) {
@@ -457,9 +466,14 @@ func (a *app) publishing(w http.ResponseWriter, r *http.Request, rollback bool) 
 	if !ok {
 		return
 	}
-	info, status, msg, ps, err := a.publish(r, n, rollback, r.PostFormValue("note"))
+	note, override := r.PostFormValue("note"), strings.TrimSpace(r.PostFormValue("override_reason"))
+	info, status, msg, ps, fails, err := a.publish(r, n, rollback, note, override)
 	if err != nil {
 		a.serverError(w, r, "publishing maps", err)
+		return
+	}
+	if len(fails) > 0 {
+		a.renderPublishConfirm(w, r, status, func(d *confirmData) { d.Note, d.Override, d.Error = note, override, "Not published: "+msg })
 		return
 	}
 	if len(ps) > 0 {
@@ -486,7 +500,11 @@ func (a *app) publishing(w http.ResponseWriter, r *http.Request, rollback bool) 
 // cannot be read: a version the CRM was never asked about is what
 // dead-letters every record. Rolling back publishes a version that was
 // published before and is not held up by the CRM being unreachable.
-func (a *app) publish(r *http.Request, n int, rollback bool, note string) (maps.VersionInfo, int, string, []problemView, error) {
+//
+// Publishing also runs the samples the map set carries: when one fails it
+// is refused (422, the failures returned) unless override gives a reason,
+// which the audit trail records with the failing samples.
+func (a *app) publish(r *http.Request, n int, rollback bool, note, override string) (maps.VersionInfo, int, string, []problemView, []sampleFailure, error) {
 	before := "no version current"
 	if vs, err := a.data.maps.Versions(r.Context()); err == nil {
 		for _, v := range vs {
@@ -499,41 +517,53 @@ func (a *app) publish(r *http.Request, n int, rollback bool, note string) (maps.
 	action := "map.publish"
 	doc, vi, err := a.data.maps.Version(r.Context(), n)
 	if errors.Is(err, maps.ErrNotFound) {
-		return info, http.StatusNotFound, "No such map version.", nil, nil
+		return info, http.StatusNotFound, "No such map version.", nil, nil, nil
 	}
 	if err != nil {
-		return info, 0, "", nil, err
+		return info, 0, "", nil, nil, err
 	}
 	if rollback {
 		if vi.Status != maps.StatusPublished {
-			return info, http.StatusConflict, "Only a published version can be rolled back to; publish a draft instead.", nil, nil
+			return info, http.StatusConflict, "Only a published version can be rolled back to; publish a draft instead.", nil, nil, nil
 		}
 		action = "map.rollback"
 		info, err = a.data.maps.Rollback(r.Context(), n, actor(r), note)
 	} else {
 		unchecked, cerr := a.crmCheck(r.Context(), doc, true)
 		if ps, ok := problemsOf(cerr); ok {
-			return info, http.StatusUnprocessableEntity, fmt.Sprintf("version %d does not fit the CRM (%d problems).", n, len(ps)), ps, nil
+			return info, http.StatusUnprocessableEntity, fmt.Sprintf("version %d does not fit the CRM (%d problems).", n, len(ps)), ps, nil, nil
 		}
 		if cerr != nil {
-			return info, 0, "", nil, cerr
+			return info, 0, "", nil, nil, cerr
 		}
 		if unchecked != "" {
-			return info, http.StatusServiceUnavailable, "Not published: " + unchecked + " Publishing checks every attribute map against the CRM; try again when the CRM answers.", nil, nil
+			return info, http.StatusServiceUnavailable, "Not published: " + unchecked + " Publishing checks every attribute map against the CRM; try again when the CRM answers.", nil, nil, nil
+		}
+		fails, runs := failingSamples(r.Context(), doc)
+		if len(fails) > 0 && override == "" {
+			return info, http.StatusUnprocessableEntity, fmt.Sprintf("%d of the map set's %d sample tests fail; fix them, or give a reason to publish anyway.", len(fails), runs), nil, fails, nil
 		}
 		info, err = a.data.maps.Publish(r.Context(), n, actor(r), note)
+		if err == nil && len(fails) > 0 {
+			var names []string
+			for _, f := range fails {
+				names = append(names, f.Map+"/"+f.Sample)
+			}
+			a.record(r, "map.publish_override", "map_version", strconv.Itoa(n), fmt.Sprintf("%d of %d sample tests failing: %s", len(fails), runs, strings.Join(names, ", ")),
+				"published anyway: "+override)
+		}
 	}
 	if ps, ok := problemsOf(err); ok {
-		return info, http.StatusUnprocessableEntity, fmt.Sprintf("version %d is not valid (%d problems).", n, len(ps)), ps, nil
+		return info, http.StatusUnprocessableEntity, fmt.Sprintf("version %d is not valid (%d problems).", n, len(ps)), ps, nil, nil
 	}
 	switch {
 	case errors.Is(err, maps.ErrNotFound):
-		return info, http.StatusNotFound, "No such map version.", nil, nil
+		return info, http.StatusNotFound, "No such map version.", nil, nil, nil
 	case err != nil:
-		return info, 0, "", nil, err
+		return info, 0, "", nil, nil, err
 	}
 	a.record(r, action, "map_version", strconv.Itoa(n), before, fmt.Sprintf("version %d current", n))
-	return info, 0, "", nil, nil
+	return info, 0, "", nil, nil, nil
 }
 
 // draftFrom copies a version into a new draft.
@@ -803,6 +833,9 @@ type diffData struct {
 	A, B     int
 	Lines    []diffLine
 	Changes  int
+	// Semantic lists the map set's elements added, removed and changed.
+	Semantic []semChange
+	Error    string
 }
 
 func (a *app) diffPage(w http.ResponseWriter, r *http.Request) {
@@ -821,8 +854,13 @@ func (a *app) diffPage(w http.ResponseWriter, r *http.Request) {
 		d.A, _ = strconv.Atoi(q.Get("a"))
 		d.B, _ = strconv.Atoi(q.Get("b"))
 	}
+	if d.A != 0 && d.A == d.B {
+		d.Error = fmt.Sprintf("Version %d compared with itself has no differences; choose two different versions.", d.A)
+		a.render(w, r, http.StatusBadRequest, "map_diff", "Compare map versions", d)
+		return
+	}
 	if d.A != 0 && d.B != 0 {
-		lines, err := a.versionDiff(r, d.A, d.B)
+		lines, changes, err := a.versionDiff(r, d.A, d.B)
 		if errors.Is(err, maps.ErrNotFound) {
 			a.renderError(w, r, http.StatusNotFound, "No such map version.")
 			return
@@ -831,7 +869,7 @@ func (a *app) diffPage(w http.ResponseWriter, r *http.Request) {
 			a.serverError(w, r, "comparing map versions", err)
 			return
 		}
-		d.Lines = lines
+		d.Lines, d.Semantic = lines, changes
 		for _, l := range lines {
 			if l.Op != " " {
 				d.Changes++
@@ -841,19 +879,21 @@ func (a *app) diffPage(w http.ResponseWriter, r *http.Request) {
 	a.render(w, r, http.StatusOK, "map_diff", "Compare map versions", d)
 }
 
-// versionDiff is the line diff of the YAML exports of versions x and y.
-func (a *app) versionDiff(r *http.Request, x, y int) ([]diffLine, error) {
+// versionDiff is the line diff of the YAML exports of versions x and y,
+// and what changes between them element by element.
+func (a *app) versionDiff(r *http.Request, x, y int) ([]diffLine, []semChange, error) {
 	var texts [2]string
+	var docs [2]*maps.Document
 	for i, n := range []int{x, y} {
 		doc, _, err := a.data.maps.Version(r.Context(), n)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		b, err := maps.Export(doc)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		texts[i] = string(b)
+		texts[i], docs[i] = string(b), doc
 	}
-	return lineDiff(texts[0], texts[1]), nil
+	return lineDiff(texts[0], texts[1]), semanticDiff(docs[0], docs[1]), nil
 }

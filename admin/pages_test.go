@@ -108,7 +108,7 @@ func TestMapsEditPublishRollback(t *testing.T) {
 			t.Errorf("auditor's version page = %d with edit controls", code)
 		}
 
-		if code, _ := e.page(editor, "POST", "/maps/versions/1/publish", formType, "note=first"); code != 303 {
+		if code, _ := e.page(editor, "POST", "/maps/versions/1/publish", formType, "note=first&override_reason=the+usual+name+is+wanted"); code != 303 { // the edit breaks a starter sample
 			t.Fatalf("publish = %d", code)
 		}
 		if code, _ := e.page(editor, "POST", "/maps/versions/1/attribute", formType, url.Values{"map": {"patient-contact"},
@@ -126,7 +126,7 @@ func TestMapsEditPublishRollback(t *testing.T) {
 		if code, _ := e.page(editor, "POST", "/maps/versions/2/rollback", formType, ""); code != 409 {
 			t.Errorf("rolling back to a draft = %d, want 409", code)
 		}
-		if code, _ := e.page(editor, "POST", "/maps/versions/2/publish", formType, ""); code != 303 {
+		if code, _ := e.page(editor, "POST", "/maps/versions/2/publish", formType, "override_reason=same+edit"); code != 303 {
 			t.Fatalf("publishing 2 = %d", code)
 		}
 		code, body = e.page(auditor, "GET", "/maps/diff?a=1&b=2", "", "")
