@@ -22,6 +22,7 @@ func commands() []command {
 		{"demo", "run everything on one machine with sandbox endpoints and synthetic data", runDemo},
 		{"serve", "run the sync agent, the admin app and the operational endpoints", runServe},
 		{"migrate", "apply pending database migrations and exit", runMigrate},
+		{"doctor", "check the database, queues, CRM, FHIR server and maps of a configuration", runDoctor},
 		{"maps", "import, export, validate, test and publish entity maps", runMaps},
 		{"logs", "search, show and export sync decisions; list reason codes", runLogs},
 		{"replay", "send records, logged decisions' records or dead letters through the agent again", runReplay},

@@ -1,0 +1,445 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	sbadmin "github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus/admin"
+	"gorm.io/gorm"
+
+	"github.com/fhirsync/fhirsync/agent/crm"
+	"github.com/fhirsync/fhirsync/agent/fhir"
+	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/storage"
+)
+
+// doctorTimeout bounds each check, so one endpoint that does not answer
+// does not hide the others.
+const doctorTimeout = 20 * time.Second
+
+func runDoctor(ctx context.Context, e *env, args []string) error {
+	fs := e.newFlagSet("doctor", "doctor [--config FILE]", `
+Check every dependency of the configuration before traffic flows: the
+database is reachable and migrated, the queues exist (Service Bus: with
+sessions), the CRM accepts the credentials and has each mapped table with
+the alternate keys the maps use (and change tracking where feeds.crm_tracking
+polls it), the FHIR server's CapabilityStatement supports _history for the
+mapped types, and maps are published. One line per check, with what to do
+when it fails; the exit status is 1 when any check fails. Secrets and
+records are never printed.`)
+	if done, err := parseFlags(fs, args); done {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageErrorf("doctor takes no arguments")
+	}
+	cfg, err := e.config()
+	if err != nil {
+		return err
+	}
+	defer e.close()
+	d := &doctor{cfg: cfg, out: e.stdout}
+	d.run(ctx, e)
+	if d.failed > 0 {
+		return fmt.Errorf("doctor: %d of %d checks failed", d.failed, d.checks)
+	}
+	return nil
+}
+
+// doctor runs the checks in order, each later one using what the earlier
+// ones opened (the database, the published maps).
+type doctor struct {
+	cfg            *Config
+	out            io.Writer
+	db             *gorm.DB
+	set            *maps.Set
+	checks, failed int
+}
+
+// problem is a failed check: what is wrong and what to do about it.
+type problem struct{ what, fix string }
+
+func (p *problem) Error() string { return p.what + " — " + p.fix }
+
+func fail(fix, format string, args ...any) *problem {
+	return &problem{what: fmt.Sprintf(format, args...), fix: fix}
+}
+
+// check prints one line: "ok   area  detail" or "FAIL area  what — fix".
+func (d *doctor) check(area string, detail string, p *problem) {
+	d.checks++
+	if p != nil {
+		d.failed++
+		fmt.Fprintf(d.out, "FAIL %s  %s\n", area, oneLine(p.Error()))
+		return
+	}
+	fmt.Fprintf(d.out, "ok   %s  %s\n", area, oneLine(detail))
+}
+
+// skip prints a check that could not run because an earlier one failed;
+// it is not counted again.
+func (d *doctor) skip(area, why string) {
+	fmt.Fprintf(d.out, "skip %s  %s\n", area, why)
+}
+
+func (d *doctor) run(ctx context.Context, e *env) {
+	step := func(fn func(context.Context)) {
+		c, cancel := context.WithTimeout(ctx, doctorTimeout)
+		defer cancel()
+		fn(c)
+	}
+	step(func(c context.Context) { d.database(c, e) })
+	step(d.queue)
+	step(d.maps)
+	step(d.crm)
+	step(d.fhir)
+}
+
+func (d *doctor) database(ctx context.Context, e *env) {
+	// Open's errors name the file or host (never the password); Describe
+	// is called only once the database exists, as it would create it.
+	db, err := storage.Open(ctx, d.cfg.Database.URL, storage.Options{DataDir: d.cfg.DataDir, MaxOpenConns: 2, MustExist: true})
+	switch {
+	case errors.Is(err, storage.ErrNoDatabase):
+		d.check("database", "", fail("run fhirsync migrate --config FILE to create it, or check data_dir and database.url", "%s", oneLine(err.Error())))
+		return
+	case err != nil:
+		d.check("database", "", fail("check database.url and that the database server is running and reachable from here", "%s", oneLine(err.Error())))
+		return
+	}
+	desc := storage.Describe(d.cfg.Database.URL, storage.Options{DataDir: d.cfg.DataDir})
+	e.closer = append(e.closer, func() error { return storage.Close(db) })
+	if err := storage.Check(ctx, db); err != nil {
+		fix := "run fhirsync migrate --config FILE"
+		if errors.Is(err, storage.ErrSchemaTooNew) {
+			fix = "upgrade fhirsync to the version that migrated this database"
+		}
+		d.check("database", "", fail(fix, "%s: schema %s", desc, shortCause(err)))
+		return
+	}
+	d.db = db
+	d.check("database", fmt.Sprintf("%s, schema %d", desc, storage.LatestVersion()), nil)
+}
+
+// shortCause is the last part of a wrapped error, where the cause is.
+func shortCause(err error) string {
+	s := oneLine(err.Error())
+	if i := strings.LastIndex(s, ": "); i >= 0 && len(s)-i > 8 {
+		return s[i+2:]
+	}
+	return s
+}
+
+func (d *doctor) queue(ctx context.Context) {
+	q := d.cfg.Queue
+	names := []string{q.FHIRChanges, q.CRMChanges}
+	if q.Kind == "servicebus" {
+		d.serviceBus(ctx, names)
+		return
+	}
+	if d.db == nil {
+		d.skip("queue", "embedded queue: needs the database")
+		return
+	}
+	for _, table := range []string{"queue_messages"} {
+		if !d.db.WithContext(ctx).Migrator().HasTable(table) {
+			d.check("queue", "", fail("run fhirsync migrate --config FILE", "embedded queue: table %s missing", table))
+			return
+		}
+	}
+	d.check("queue", fmt.Sprintf("embedded in the database: %s, %s", q.FHIRChanges, q.CRMChanges), nil)
+}
+
+// serviceBus checks each queue through the administration (ATOM) API:
+// it exists and requires sessions, which the agent's per-record ordering
+// relies on.
+func (d *doctor) serviceBus(ctx context.Context, names []string) {
+	sb := d.cfg.Queue.ServiceBus
+	var client *sbadmin.Client
+	var err error
+	if sb.ConnectionString != "" {
+		client, err = sbadmin.NewClientFromConnectionString(sb.ConnectionString, nil)
+	} else {
+		a := sb.Auth
+		if a.Method == "" {
+			a.Method = "default"
+		}
+		cred, cerr := credential(a)
+		if cerr != nil {
+			d.check("queue", "", fail("check queue.service_bus.auth", "Service Bus credential: %v", cerr))
+			return
+		}
+		client, err = sbadmin.NewClient(sb.Namespace, cred, nil)
+	}
+	if err != nil {
+		d.check("queue", "", fail("check queue.service_bus.connection_string or namespace", "Service Bus client: %s", shortCause(err)))
+		return
+	}
+	for _, name := range names {
+		area := "queue " + name
+		resp, err := client.GetQueue(ctx, name, nil)
+		switch {
+		case err != nil:
+			d.check(area, "", fail("check queue.service_bus credentials; the identity needs to read the namespace's queues (or give a connection string with Manage rights to run doctor)",
+				"Service Bus refused or did not answer: %s", shortCause(err)))
+		case resp == nil:
+			d.check(area, "", fail("create it with sessions enabled (deploy/azure creates both queues), or fix queue.fhir_changes / queue.crm_changes", "queue %s does not exist", name))
+		case resp.RequiresSession == nil || !*resp.RequiresSession:
+			d.check(area, "", fail("sessions can only be set when a queue is created: delete and recreate it with requires_session", "queue %s is not session-enabled", name))
+		default:
+			d.check(area, fmt.Sprintf("sessions on, max deliveries %d", deref(resp.MaxDeliveryCount)), nil)
+		}
+	}
+}
+
+func deref(p *int32) int32 {
+	if p == nil {
+		return 0
+	}
+	return *p
+}
+
+func (d *doctor) maps(ctx context.Context) {
+	if d.db == nil {
+		d.skip("maps", "needs the database")
+		return
+	}
+	ms, err := maps.New(d.db, maps.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err == nil {
+		d.set, err = ms.Current(ctx)
+	}
+	switch {
+	case errors.Is(err, maps.ErrNotFound):
+		d.check("maps", "", fail("fhirsync maps import maps/starter/starter.yaml, then fhirsync maps publish (or publish in the admin app)", "nothing published yet"))
+	case err != nil:
+		d.check("maps", "", fail("check the database", "reading the published maps: %s", shortCause(err)))
+	default:
+		on := 0
+		for _, m := range d.set.Maps() {
+			if m.Def().Enabled == nil || *m.Def().Enabled {
+				on++
+			}
+		}
+		d.check("maps", fmt.Sprintf("version %d published, %d entity maps (%d enabled)", d.set.Version(), len(d.set.Maps()), on), nil)
+	}
+}
+
+// secretKey names the configuration key holding the CRM credential.
+func (d *doctor) crmSecretKey() string {
+	method, key := d.cfg.CRM.Auth.Method, "crm.auth"
+	if len(d.cfg.CRM.Users) > 0 {
+		method, key = d.cfg.CRM.Users[0].Method, "crm.users[…]"
+	}
+	switch method {
+	case "bearer":
+		return key + ".token"
+	case "client_secret":
+		return key + ".client_secret, tenant_id and client_id"
+	}
+	return key + " (method " + method + ")"
+}
+
+func (d *doctor) crm(ctx context.Context) {
+	if d.cfg.CRM.BaseURL == "" {
+		d.check("crm", "", fail("set crm.base_url (and crm.auth) to the Dataverse environment", "no CRM configured: the agent would stay idle"))
+		return
+	}
+	c, err := crm.New(crmConfig(d.cfg.CRM, nil))
+	if err != nil {
+		d.check("crm", "", fail("check crm.base_url and crm.auth", "CRM client: %s", shortCause(err)))
+		return
+	}
+	ids, err := c.UserIDs(ctx)
+	if err != nil {
+		var ce *crm.Error
+		if errors.As(err, &ce) && (ce.Status == 401 || ce.Status == 403) {
+			d.check("crm", "", fail("check "+d.crmSecretKey()+", and that the application user exists in the environment",
+				"token refused (%d) by %s", ce.Status, d.cfg.CRM.BaseURL))
+			return
+		}
+		d.check("crm", "", fail("check crm.base_url and that the environment is reachable from here", "WhoAmI at %s failed: %s", d.cfg.CRM.BaseURL, shortCause(err)))
+		return
+	}
+	d.check("crm", fmt.Sprintf("%s, signed in as %d application user(s)", d.cfg.CRM.BaseURL, len(ids)), nil)
+	if d.set == nil {
+		d.skip("crm tables", "needs published maps")
+		return
+	}
+	tracked := d.cfg.Feeds.CRMTracking.Entities
+	for _, entity := range mappedEntities(d.set) {
+		area := "crm table " + entity
+		md, err := c.EntityDefinition(ctx, entity)
+		if err != nil {
+			var ce *crm.Error
+			if errors.As(err, &ce) && ce.Status == 404 {
+				d.check(area, "", fail("create the table (install the solution that defines it) or fix the map's crmEntity", "table %s does not exist", entity))
+			} else {
+				d.check(area, "", fail("check the application user's privileges to read table definitions", "reading the definition of %s failed: %s", entity, shortCause(err)))
+			}
+			continue
+		}
+		var keys []string
+		var missing []string
+		for _, attr := range keyAttributes(d.set, entity) {
+			if hasSingleKey(md, attr) {
+				keys = append(keys, attr)
+			} else {
+				missing = append(missing, attr)
+			}
+		}
+		if len(missing) > 0 {
+			d.check(area, "", fail("add an alternate key on "+strings.Join(missing, ", ")+" to table "+entity+" (the maps find records by it)",
+				"no alternate key on %s", strings.Join(missing, ", ")))
+			continue
+		}
+		track := "change tracking " + map[bool]string{true: "on", false: "off"}[md.ChangeTracking]
+		if slices.Contains(tracked, entity) && !md.ChangeTracking {
+			d.check(area, "", fail("enable Track changes on table "+entity+", or remove it from feeds.crm_tracking.entities", "change tracking is off but feeds.crm_tracking polls it"))
+			continue
+		}
+		d.check(area, fmt.Sprintf("alternate keys %s, %s", strings.Join(keys, ", "), track), nil)
+	}
+}
+
+// mappedEntities are the CRM tables of the set's enabled maps, in order.
+func mappedEntities(set *maps.Set) []string {
+	var out []string
+	for _, m := range set.Maps() {
+		def := m.Def()
+		if def.Enabled != nil && !*def.Enabled {
+			continue
+		}
+		if !slices.Contains(out, def.CRMEntity) {
+			out = append(out, def.CRMEntity)
+		}
+	}
+	return out
+}
+
+// keyAttributes are the attributes the entity's maps look records up by:
+// the correlation attribute and the business key's.
+func keyAttributes(set *maps.Set, entity string) []string {
+	var out []string
+	for _, m := range set.ForCRM(entity) {
+		def := m.Def()
+		if def.Enabled != nil && !*def.Enabled {
+			continue
+		}
+		attrs := []string{def.Correlation.CRMAttribute}
+		if bk := def.Correlation.BusinessKey; bk != nil {
+			attrs = append(attrs, bk.CRMAttribute)
+		}
+		for _, a := range attrs {
+			if a != "" && !slices.Contains(out, a) {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
+}
+
+func hasSingleKey(md *crm.EntityMetadata, attr string) bool {
+	for _, k := range md.Keys {
+		if len(k.Attributes) == 1 && strings.EqualFold(k.Attributes[0], attr) {
+			return true
+		}
+	}
+	return false
+}
+
+func (d *doctor) fhir(ctx context.Context) {
+	if d.cfg.FHIR.BaseURL == "" {
+		d.check("fhir", "", fail("set fhir.base_url (and fhir.auth) to the FHIR server", "no FHIR server configured: the agent would stay idle"))
+		return
+	}
+	fc := fhir.Config{BaseURL: d.cfg.FHIR.BaseURL, Timeout: d.cfg.FHIR.Timeout, UserAgent: "fhirsync/" + buildVersion()}
+	var err error
+	switch d.cfg.FHIR.Auth.Method {
+	case "bearer":
+		fc.BearerToken = d.cfg.FHIR.Auth.Token
+	case "none", "":
+	default:
+		if fc.Credential, err = credential(d.cfg.FHIR.Auth); err != nil {
+			d.check("fhir", "", fail("check fhir.auth", "FHIR credential: %v", err))
+			return
+		}
+	}
+	c, err := fhir.New(fc)
+	if err != nil {
+		d.check("fhir", "", fail("check fhir.base_url", "FHIR client: %s", shortCause(err)))
+		return
+	}
+	cs, err := c.Capabilities(ctx)
+	if err != nil {
+		d.check("fhir", "", fail("check fhir.base_url, fhir.auth and that the server is reachable from here", "reading the CapabilityStatement (GET /metadata) of %s failed: %s", d.cfg.FHIR.BaseURL, shortCause(err)))
+		return
+	}
+	types := slices.Clone(d.cfg.Feeds.FHIRHistory.Types)
+	if d.set != nil {
+		for _, m := range d.set.Maps() {
+			if def := m.Def(); (def.Enabled == nil || *def.Enabled) && !slices.Contains(types, def.FHIRType) {
+				types = append(types, def.FHIRType)
+			}
+		}
+	}
+	supported := capabilityInteractions(cs)
+	var absent, noHistory []string
+	for _, t := range types {
+		in, ok := supported[t]
+		switch {
+		case !ok:
+			absent = append(absent, t)
+		case !in["history-type"]:
+			noHistory = append(noHistory, t)
+		}
+	}
+	ver, _ := cs["fhirVersion"].(string)
+	switch {
+	case len(absent) > 0:
+		d.check("fhir", "", fail("use a FHIR server that serves these types, or disable their maps", "the CapabilityStatement of %s lists no %s", d.cfg.FHIR.BaseURL, strings.Join(absent, ", ")))
+	case len(noHistory) > 0:
+		d.check("fhir", "", fail("the FHIR history feed reads _history: enable versioning and history on the server for these types, or use a rest-hook subscription and drop them from feeds.fhir_history.types",
+			"%s does not support _history (history-type) for %s", d.cfg.FHIR.BaseURL, strings.Join(noHistory, ", ")))
+	case len(types) == 0:
+		d.check("fhir", fmt.Sprintf("%s, FHIR %s (no published maps or feeds.fhir_history.types: _history not checked)", d.cfg.FHIR.BaseURL, ver), nil)
+	default:
+		d.check("fhir", fmt.Sprintf("%s, FHIR %s, _history for %s", d.cfg.FHIR.BaseURL, ver, strings.Join(types, ", ")), nil)
+	}
+}
+
+// capabilityInteractions reads rest[mode=server].resource[].interaction[]
+// codes by resource type.
+func capabilityInteractions(cs fhir.Resource) map[string]map[string]bool {
+	out := map[string]map[string]bool{}
+	rests, _ := cs["rest"].([]any)
+	for _, r := range rests {
+		rest, _ := r.(map[string]any)
+		if mode, _ := rest["mode"].(string); mode != "" && mode != "server" {
+			continue
+		}
+		resources, _ := rest["resource"].([]any)
+		for _, x := range resources {
+			res, _ := x.(map[string]any)
+			typ, _ := res["type"].(string)
+			if typ == "" {
+				continue
+			}
+			codes := map[string]bool{}
+			inters, _ := res["interaction"].([]any)
+			for _, i := range inters {
+				in, _ := i.(map[string]any)
+				if code, _ := in["code"].(string); code != "" {
+					codes[code] = true
+				}
+			}
+			out[typ] = codes
+		}
+	}
+	return out
+}

@@ -1,0 +1,373 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/maps/starter"
+	"github.com/fhirsync/fhirsync/sandbox/crmserver"
+	"github.com/fhirsync/fhirsync/sandbox/fhirserver"
+	"github.com/fhirsync/fhirsync/storage"
+)
+
+// doctorSetup is a configuration file pointing at a migrated SQLite
+// database with the starter maps published, the sandbox CRM (answering
+// only its agent token) and the sandbox FHIR server, both on loopback.
+type doctorSetup struct {
+	dir, dbPath     string
+	fhirURL, crmURL string
+	token           string
+	extra           string
+}
+
+func newDoctorSetup(t *testing.T, crmOpts crmserver.Options) *doctorSetup {
+	t.Helper()
+	ctx := context.Background()
+	s := &doctorSetup{dir: t.TempDir(), token: crmserver.AgentToken}
+	s.dbPath = filepath.Join(s.dir, "fhirsync.db")
+	db, err := storage.Open(ctx, "sqlite:"+s.dbPath, storage.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = storage.Close(db) })
+	if _, err := storage.Migrate(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	ms, err := maps.New(db, maps.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, _, err := maps.Import(starter.YAML(), maps.CompileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := ms.CreateDraft(ctx, doc, "test", "starter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ms.Publish(ctx, v.Number, "test", "starter"); err != nil {
+		t.Fatal(err)
+	}
+	fs, err := fhirserver.New(fhirserver.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fs.Close() })
+	fhirHTTP := httptest.NewServer(fs)
+	t.Cleanup(fhirHTTP.Close)
+	s.fhirURL = fhirHTTP.URL
+	crmOpts.Tokens = crmserver.SandboxTokens()
+	cs, err := crmserver.New(crmOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crmHTTP := httptest.NewServer(cs)
+	t.Cleanup(crmHTTP.Close)
+	s.crmURL = crmHTTP.URL
+	return s
+}
+
+// doctor writes the configuration file and runs fhirsync doctor on it.
+func (s *doctorSetup) doctor(t *testing.T) (out string, code int) {
+	t.Helper()
+	cfg := fmt.Sprintf(`data_dir: %s
+database:
+  url: sqlite:%s
+fhir:
+  base_url: %s
+crm:
+  base_url: %s
+  auth:
+    method: bearer
+    token: %s
+feeds:
+  crm_tracking:
+    entities: [contact]
+%s`, s.dir, s.dbPath, s.fhirURL, s.crmURL, s.token, s.extra)
+	path := filepath.Join(s.dir, "fhirsync.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), []string{"doctor", "--config", path}, envFrom(nil), &stdout, &stderr)
+	code = exitCode(err, &stderr)
+	if strings.Contains(stdout.String(), s.token) && s.token != "" {
+		t.Errorf("doctor printed the CRM token:\n%s", stdout.String())
+	}
+	return stdout.String(), code
+}
+
+// doctorLine returns the line of doctor's output starting with prefix and
+// two spaces, e.g. "ok   crm" or "FAIL crm table contact".
+func doctorLine(out, prefix string) string {
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, prefix+"  ") {
+			return l
+		}
+	}
+	return ""
+}
+
+func TestDoctorAllChecksPassAgainstSandboxes(t *testing.T) {
+	t.Parallel()
+	s := newDoctorSetup(t, crmserver.Options{})
+	out, code := s.doctor(t)
+	t.Logf("fhirsync doctor:\n%s", out)
+	if code != 0 {
+		t.Fatalf("doctor exited %d:\n%s", code, out)
+	}
+	for _, want := range []string{"ok   database", "ok   queue", "ok   maps", "ok   crm", "ok   crm table contact", "ok   fhir"} {
+		if doctorLine(out, want) == "" {
+			t.Errorf("no %q line:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "FAIL") || strings.Contains(out, "skip") {
+		t.Errorf("a check failed or was skipped:\n%s", out)
+	}
+	if l := doctorLine(out, "ok   database"); !strings.Contains(l, fmt.Sprintf("schema %d", storage.LatestVersion())) {
+		t.Errorf("database line lacks the schema version: %q", l)
+	}
+	if l := doctorLine(out, "ok   fhir"); !strings.Contains(l, "_history for") || !strings.Contains(l, "Patient") {
+		t.Errorf("fhir line does not name the _history types: %q", l)
+	}
+}
+
+// TestDoctorBrokenSetups breaks one dependency at a time; each fails its
+// own check with its own message and the others still pass.
+func TestDoctorBrokenSetups(t *testing.T) {
+	t.Parallel()
+	noContactKey := func() crmserver.Options {
+		ents := crmserver.DefaultEntities()
+		for _, e := range ents {
+			if e.LogicalName == "contact" {
+				e.Keys = nil
+			}
+		}
+		return crmserver.Options{Entities: ents}
+	}
+	noTracking := func() crmserver.Options {
+		ents := crmserver.DefaultEntities()
+		for _, e := range ents {
+			if e.LogicalName == "contact" {
+				e.ChangeTracking = false
+			}
+		}
+		return crmserver.Options{Entities: ents}
+	}
+	tests := []struct {
+		name     string
+		crm      func() crmserver.Options
+		breakIt  func(t *testing.T, s *doctorSetup)
+		area     string // the failing check's line prefix
+		wantMsg  []string
+		alsoPass []string
+	}{
+		{
+			name:     "wrong CRM secret",
+			breakIt:  func(t *testing.T, s *doctorSetup) { s.token = "not-the-agent-token" },
+			area:     "FAIL crm",
+			wantMsg:  []string{"token refused (401)", "check crm.auth.token"},
+			alsoPass: []string{"ok   database", "ok   queue", "ok   maps", "ok   fhir"},
+		},
+		{
+			name: "embedded queue table missing",
+			breakIt: func(t *testing.T, s *doctorSetup) {
+				db, err := storage.Open(context.Background(), "sqlite:"+s.dbPath, storage.Options{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer storage.Close(db)
+				if err := db.Exec(`DROP TABLE queue_messages`).Error; err != nil {
+					t.Fatal(err)
+				}
+			},
+			area:     "FAIL queue",
+			wantMsg:  []string{"table queue_messages missing", "fhirsync migrate"},
+			alsoPass: []string{"ok   database", "ok   maps", "ok   crm", "ok   fhir"},
+		},
+		{
+			name:     "missing alternate key",
+			crm:      noContactKey,
+			area:     "FAIL crm table contact",
+			wantMsg:  []string{"no alternate key on msemr_azurefhirid", "add an alternate key"},
+			alsoPass: []string{"ok   database", "ok   queue", "ok   maps", "ok   crm", "ok   fhir"},
+		},
+		{
+			name:     "change tracking off on a polled table",
+			crm:      noTracking,
+			area:     "FAIL crm table contact",
+			wantMsg:  []string{"change tracking is off", "Track changes"},
+			alsoPass: []string{"ok   database", "ok   queue", "ok   maps", "ok   crm", "ok   fhir"},
+		},
+		{
+			name: "FHIR server without _history for Patient",
+			breakIt: func(t *testing.T, s *doctorSetup) {
+				s.fhirURL = withoutPatientHistory(t, s.fhirURL)
+			},
+			area:     "FAIL fhir",
+			wantMsg:  []string{"does not support _history (history-type) for Patient", "enable versioning and history"},
+			alsoPass: []string{"ok   database", "ok   queue", "ok   maps", "ok   crm"},
+		},
+		{
+			name: "SQLite database file missing",
+			breakIt: func(t *testing.T, s *doctorSetup) {
+				s.dbPath = filepath.Join(s.dir, "gone", "fhirsync.db")
+			},
+			area:     "FAIL database",
+			wantMsg:  []string{"no database at", "no such file", "fhirsync migrate"},
+			alsoPass: []string{"ok   crm", "ok   fhir"},
+		},
+		{
+			name: "maps not published",
+			breakIt: func(t *testing.T, s *doctorSetup) {
+				db, err := storage.Open(context.Background(), "sqlite:"+s.dbPath, storage.Options{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer storage.Close(db)
+				if err := db.Exec(`DELETE FROM map_publications`).Error; err != nil {
+					t.Fatal(err)
+				}
+			},
+			area:     "FAIL maps",
+			wantMsg:  []string{"nothing published yet", "maps/starter/starter.yaml"},
+			alsoPass: []string{"ok   database", "ok   queue", "ok   crm"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			opts := crmserver.Options{}
+			if tt.crm != nil {
+				opts = tt.crm()
+			}
+			s := newDoctorSetup(t, opts)
+			if tt.breakIt != nil {
+				tt.breakIt(t, s)
+			}
+			out, code := s.doctor(t)
+			t.Logf("fhirsync doctor:\n%s", out)
+			if code != 1 {
+				t.Errorf("doctor exited %d, want 1:\n%s", code, out)
+			}
+			line := doctorLine(out, tt.area)
+			if line == "" {
+				t.Fatalf("no %q line:\n%s", tt.area, out)
+			}
+			for _, w := range tt.wantMsg {
+				if !strings.Contains(line, w) {
+					t.Errorf("%q lacks %q", line, w)
+				}
+			}
+			if strings.Count(out, "FAIL") != 1 {
+				t.Errorf("want exactly one failed check:\n%s", out)
+			}
+			for _, p := range tt.alsoPass {
+				if doctorLine(out, p) == "" {
+					t.Errorf("no %q line:\n%s", p, out)
+				}
+			}
+		})
+	}
+}
+
+// TestDoctorPostgresUnreachable points database.url at a closed port.
+func TestDoctorPostgresUnreachable(t *testing.T) {
+	t.Parallel()
+	s := newDoctorSetup(t, crmserver.Options{})
+	cfg := fmt.Sprintf("database:\n  url: postgres://fhirsync:hunter2@127.0.0.1:%s/test?sslmode=disable\n", closedPort(t))
+	path := filepath.Join(s.dir, "pg.yaml")
+	if err := os.WriteFile(path, []byte(cfg+fmt.Sprintf("fhir:\n  base_url: %s\ncrm:\n  base_url: %s\n  auth:\n    method: bearer\n    token: %s\n", s.fhirURL, s.crmURL, s.token)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	code := exitCode(run(context.Background(), []string{"doctor", "--config", path}, envFrom(nil), &stdout, &stderr), &stderr)
+	out := stdout.String()
+	t.Logf("fhirsync doctor:\n%s", out)
+	if code != 1 {
+		t.Errorf("doctor exited %d:\n%s", code, out)
+	}
+	line := doctorLine(out, "FAIL database")
+	if !strings.Contains(line, "unreachable") || !strings.Contains(line, "check database.url") {
+		t.Errorf("database line: %q\n%s", line, out)
+	}
+	if strings.Contains(out, "hunter2") {
+		t.Errorf("doctor printed the database password:\n%s", out)
+	}
+	for _, want := range []string{"skip queue", "skip maps", "ok   crm", "ok   fhir"} {
+		if doctorLine(out, want) == "" {
+			t.Errorf("no %q line:\n%s", want, out)
+		}
+	}
+}
+
+func closedPort(t *testing.T) string {
+	t.Helper()
+	addr := freePort(t)
+	_, port, _ := strings.Cut(addr, ":")
+	return port
+}
+
+// withoutPatientHistory serves the FHIR sandbox behind a proxy whose
+// CapabilityStatement drops Patient's history-type interaction.
+func withoutPatientHistory(t *testing.T, base string) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		req, err := http.NewRequestWithContext(r.Context(), r.Method, base+r.URL.RequestURI(), r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), 500)
+			return
+		}
+		req.Header = r.Header.Clone()
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			http.Error(w, err.Error(), 502)
+			return
+		}
+		defer res.Body.Close()
+		body, _ := io.ReadAll(res.Body)
+		if r.URL.Path == "/metadata" {
+			var cs map[string]any
+			if err := json.Unmarshal(body, &cs); err != nil {
+				http.Error(w, err.Error(), 500)
+				return
+			}
+			for _, rest := range cs["rest"].([]any) {
+				for _, x := range rest.(map[string]any)["resource"].([]any) {
+					res := x.(map[string]any)
+					if res["type"] != "Patient" {
+						continue
+					}
+					var kept []any
+					for _, i := range res["interaction"].([]any) {
+						if c := i.(map[string]any)["code"]; c != "history-type" && c != "history-instance" {
+							kept = append(kept, i)
+						}
+					}
+					res["interaction"] = kept
+				}
+			}
+			body, _ = json.Marshal(cs)
+		}
+		for k, v := range res.Header {
+			if k != "Content-Length" {
+				w.Header()[k] = v
+			}
+		}
+		w.WriteHeader(res.StatusCode)
+		_, _ = w.Write(body)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
