@@ -60,6 +60,9 @@ type doctor struct {
 	db             *gorm.DB
 	set            *maps.Set
 	checks, failed int
+	// sbOptions configures the Service Bus administration client (tests
+	// give it a transport that trusts their server).
+	sbOptions *sbadmin.ClientOptions
 }
 
 // problem is a failed check: what is wrong and what to do about it.
@@ -164,7 +167,7 @@ func (d *doctor) serviceBus(ctx context.Context, names []string) {
 	var client *sbadmin.Client
 	var err error
 	if sb.ConnectionString != "" {
-		client, err = sbadmin.NewClientFromConnectionString(sb.ConnectionString, nil)
+		client, err = sbadmin.NewClientFromConnectionString(sb.ConnectionString, d.sbOptions)
 	} else {
 		a := sb.Auth
 		if a.Method == "" {
@@ -175,7 +178,7 @@ func (d *doctor) serviceBus(ctx context.Context, names []string) {
 			d.check("queue", "", fail("check queue.service_bus.auth", "Service Bus credential: %v", cerr))
 			return
 		}
-		client, err = sbadmin.NewClient(sb.Namespace, cred, nil)
+		client, err = sbadmin.NewClient(sb.Namespace, cred, d.sbOptions)
 	}
 	if err != nil {
 		d.check("queue", "", fail("check queue.service_bus.connection_string or namespace", "Service Bus client: %s", shortCause(err)))
@@ -189,9 +192,9 @@ func (d *doctor) serviceBus(ctx context.Context, names []string) {
 			d.check(area, "", fail("check queue.service_bus credentials; the identity needs to read the namespace's queues (or give a connection string with Manage rights to run doctor)",
 				"Service Bus refused or did not answer: %s", shortCause(err)))
 		case resp == nil:
-			d.check(area, "", fail("create it with sessions enabled (deploy/azure creates both queues), or fix queue.fhir_changes / queue.crm_changes", "queue %s does not exist", name))
+			d.check(area, "", fail("create it with sessions enabled, or fix queue.fhir_changes / queue.crm_changes", "queue %s does not exist", name))
 		case resp.RequiresSession == nil || !*resp.RequiresSession:
-			d.check(area, "", fail("sessions can only be set when a queue is created: delete and recreate it with requires_session", "queue %s is not session-enabled", name))
+			d.check(area, "", fail("sessions can only be set when a queue is created: delete and recreate it with sessions enabled (requiresSession)", "queue %s is not session-enabled", name))
 		default:
 			d.check(area, fmt.Sprintf("sessions on, max deliveries %d", deref(resp.MaxDeliveryCount)), nil)
 		}

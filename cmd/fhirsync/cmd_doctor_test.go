@@ -14,6 +14,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	sbadmin "github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus/admin"
+
 	"github.com/fhirsync/fhirsync/maps"
 	"github.com/fhirsync/fhirsync/maps/starter"
 	"github.com/fhirsync/fhirsync/sandbox/crmserver"
@@ -370,4 +373,84 @@ func withoutPatientHistory(t *testing.T, base string) string {
 	}))
 	t.Cleanup(srv.Close)
 	return srv.URL
+}
+
+// TestDoctorServiceBusQueues runs the Service Bus check's administration
+// client against a server answering as the Service Bus ATOM management API
+// does: a queue's QueueDescription entry, or an empty feed for a queue that
+// does not exist. (The repository's fake Service Bus speaks AMQP only; it
+// has no management endpoint.)
+func TestDoctorServiceBusQueues(t *testing.T) {
+	t.Parallel()
+	queues := map[string]bool{} // name → requires session
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") == "" {
+			http.Error(w, "no token", http.StatusUnauthorized)
+			return
+		}
+		name := strings.TrimPrefix(r.URL.Path, "/")
+		w.Header().Set("Content-Type", "application/atom+xml;type=entry;charset=utf-8")
+		sessions, ok := queues[name]
+		if !ok {
+			fmt.Fprintf(w, `<feed xmlns="http://www.w3.org/2005/Atom"><title type="text">Publicly Listed Services</title><id>uuid:1</id><updated>2026-01-01T00:00:00Z</updated></feed>`)
+			return
+		}
+		fmt.Fprintf(w, `<entry xmlns="http://www.w3.org/2005/Atom"><id>https://%s/%s</id><title type="text">%s</title><updated>2026-01-01T00:00:00Z</updated>`+
+			`<content type="application/xml"><QueueDescription xmlns="http://schemas.microsoft.com/netservices/2010/10/servicebus/connect" xmlns:i="http://www.w3.org/2001/XMLSchema-instance">`+
+			`<LockDuration>PT1M</LockDuration><MaxSizeInMegabytes>1024</MaxSizeInMegabytes><RequiresDuplicateDetection>false</RequiresDuplicateDetection>`+
+			`<RequiresSession>%t</RequiresSession><DefaultMessageTimeToLive>P14D</DefaultMessageTimeToLive><DeadLetteringOnMessageExpiration>false</DeadLetteringOnMessageExpiration>`+
+			`<DuplicateDetectionHistoryTimeWindow>PT10M</DuplicateDetectionHistoryTimeWindow><MaxDeliveryCount>10</MaxDeliveryCount><EnableBatchedOperations>true</EnableBatchedOperations>`+
+			`<Status>Active</Status><AutoDeleteOnIdle>P10675199DT2H48M5.4775807S</AutoDeleteOnIdle><EnablePartitioning>false</EnablePartitioning></QueueDescription></content></entry>`,
+			r.Host, name, name, sessions)
+	}))
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "https://")
+	const key = "c2VjcmV0LWtleS1ub3QtcHJpbnRlZA=="
+	check := func(t *testing.T, qs map[string]bool) string {
+		t.Helper()
+		for k := range queues {
+			delete(queues, k)
+		}
+		for k, v := range qs {
+			queues[k] = v
+		}
+		cfg := defaultConfig()
+		cfg.Queue.Kind = "servicebus"
+		cfg.Queue.ServiceBus.ConnectionString = "Endpoint=sb://" + host + "/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=" + key
+		var out bytes.Buffer
+		d := &doctor{cfg: &cfg, out: &out, sbOptions: &sbadmin.ClientOptions{ClientOptions: azcore.ClientOptions{Transport: srv.Client()}}}
+		d.queue(context.Background())
+		t.Logf("doctor's queue checks:\n%s", out.String())
+		if strings.Contains(out.String(), key) {
+			t.Errorf("the key was printed")
+		}
+		return out.String()
+	}
+	// The subtests share the server's queue table, so they run in order.
+	t.Run("both queues with sessions", func(t *testing.T) {
+		out := check(t, map[string]bool{"fhir-changes": true, "crm-changes": true})
+		for _, q := range []string{"fhir-changes", "crm-changes"} {
+			if l := doctorLine(out, "ok   queue "+q); !strings.Contains(l, "sessions on") {
+				t.Errorf("queue %s: %q", q, l)
+			}
+		}
+	})
+	t.Run("missing queue", func(t *testing.T) {
+		out := check(t, map[string]bool{"fhir-changes": true})
+		if l := doctorLine(out, "FAIL queue crm-changes"); !strings.Contains(l, "queue crm-changes does not exist") || !strings.Contains(l, "create it with sessions") {
+			t.Errorf("missing queue line: %q", l)
+		}
+		if doctorLine(out, "ok   queue fhir-changes") == "" {
+			t.Errorf("the existing queue did not pass:\n%s", out)
+		}
+	})
+	t.Run("queue without sessions", func(t *testing.T) {
+		out := check(t, map[string]bool{"fhir-changes": false, "crm-changes": true})
+		if l := doctorLine(out, "FAIL queue fhir-changes"); !strings.Contains(l, "is not session-enabled") || !strings.Contains(l, "recreate it") {
+			t.Errorf("no-sessions line: %q", l)
+		}
+		if doctorLine(out, "ok   queue crm-changes") == "" {
+			t.Errorf("the session queue did not pass:\n%s", out)
+		}
+	})
 }
