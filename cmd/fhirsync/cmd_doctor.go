@@ -392,7 +392,7 @@ func (d *doctor) fhir(ctx context.Context) {
 		}
 	}
 	supported := capabilityInteractions(cs)
-	var absent, noHistory []string
+	var absent, noHistory, noWrite []string
 	for _, t := range types {
 		in, ok := supported[t]
 		switch {
@@ -400,6 +400,13 @@ func (d *doctor) fhir(ctx context.Context) {
 			absent = append(absent, t)
 		case !in["history-type"]:
 			noHistory = append(noHistory, t)
+		}
+		if ok {
+			for _, need := range d.fhirWrites(t) {
+				if !in[need] {
+					noWrite = append(noWrite, t+" "+need)
+				}
+			}
 		}
 	}
 	ver, _ := cs["fhirVersion"].(string)
@@ -409,11 +416,46 @@ func (d *doctor) fhir(ctx context.Context) {
 	case len(noHistory) > 0:
 		d.check("fhir", "", fail("the FHIR history feed reads _history: enable versioning and history on the server for these types, or use a rest-hook subscription and drop them from feeds.fhir_history.types",
 			"%s does not support _history (history-type) for %s", d.cfg.FHIR.BaseURL, strings.Join(noHistory, ", ")))
+	case len(noWrite) > 0:
+		d.check("fhir", "", fail("enable these interactions on the server, or turn the operations off in the maps' crmToFHIR",
+			"%s does not support what the maps write: %s", d.cfg.FHIR.BaseURL, strings.Join(noWrite, ", ")))
 	case len(types) == 0:
 		d.check("fhir", fmt.Sprintf("%s, FHIR %s (no published maps or feeds.fhir_history.types: _history not checked)", d.cfg.FHIR.BaseURL, ver), nil)
 	default:
 		d.check("fhir", fmt.Sprintf("%s, FHIR %s, _history for %s", d.cfg.FHIR.BaseURL, ver, strings.Join(types, ", ")), nil)
 	}
+}
+
+// fhirWrites are the CapabilityStatement interactions the enabled maps of
+// a resource type write with: create and update where crmToFHIR allows
+// them, and conditional create (If-None-Exist) where a map with a business
+// key creates.
+func (d *doctor) fhirWrites(typ string) []string {
+	if d.set == nil {
+		return nil
+	}
+	var out []string
+	add := func(code string) {
+		if !slices.Contains(out, code) {
+			out = append(out, code)
+		}
+	}
+	for _, m := range d.set.ForFHIR(typ) {
+		def := m.Def()
+		if def.Enabled != nil && !*def.Enabled {
+			continue
+		}
+		if def.CRMToFHIR.Allows(maps.OpCreate) {
+			add("create")
+			if def.Correlation.BusinessKey != nil {
+				add("conditional-create")
+			}
+		}
+		if def.CRMToFHIR.Allows(maps.OpUpdate) {
+			add("update")
+		}
+	}
+	return out
 }
 
 // capabilityInteractions reads rest[mode=server].resource[].interaction[]
@@ -433,7 +475,12 @@ func capabilityInteractions(cs fhir.Resource) map[string]map[string]bool {
 			if typ == "" {
 				continue
 			}
+			// conditionalCreate is a flag, not an interaction; it reads
+			// here as the pseudo-interaction conditional-create.
 			codes := map[string]bool{}
+			if cc, _ := res["conditionalCreate"].(bool); cc {
+				codes["conditional-create"] = true
+			}
 			inters, _ := res["interaction"].([]any)
 			for _, i := range inters {
 				in, _ := i.(map[string]any)

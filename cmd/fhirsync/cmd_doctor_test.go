@@ -223,6 +223,23 @@ func TestDoctorBrokenSetups(t *testing.T) {
 			alsoPass: []string{"ok   database", "ok   queue", "ok   maps", "ok   crm"},
 		},
 		{
+			name: "FHIR server that does not let Patient be updated",
+			breakIt: func(t *testing.T, s *doctorSetup) {
+				s.fhirURL = editedCapabilities(t, s.fhirURL, func(res map[string]any) {
+					var kept []any
+					for _, i := range res["interaction"].([]any) {
+						if i.(map[string]any)["code"] != "update" {
+							kept = append(kept, i)
+						}
+					}
+					res["interaction"] = kept
+				})
+			},
+			area:     "FAIL fhir",
+			wantMsg:  []string{"does not support what the maps write: Patient update", "crmToFHIR"},
+			alsoPass: []string{"ok   database", "ok   queue", "ok   maps", "ok   crm"},
+		},
+		{
 			name: "SQLite database file missing",
 			breakIt: func(t *testing.T, s *doctorSetup) {
 				s.dbPath = filepath.Join(s.dir, "gone", "fhirsync.db")
@@ -326,6 +343,21 @@ func closedPort(t *testing.T) string {
 // CapabilityStatement drops Patient's history-type interaction.
 func withoutPatientHistory(t *testing.T, base string) string {
 	t.Helper()
+	return editedCapabilities(t, base, func(res map[string]any) {
+		var kept []any
+		for _, i := range res["interaction"].([]any) {
+			if c := i.(map[string]any)["code"]; c != "history-type" && c != "history-instance" {
+				kept = append(kept, i)
+			}
+		}
+		res["interaction"] = kept
+	})
+}
+
+// editedCapabilities serves the FHIR sandbox behind a proxy whose
+// CapabilityStatement's Patient resource is changed by edit.
+func editedCapabilities(t *testing.T, base string, edit func(patient map[string]any)) string {
+	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		req, err := http.NewRequestWithContext(r.Context(), r.Method, base+r.URL.RequestURI(), r.Body)
 		if err != nil {
@@ -352,13 +384,7 @@ func withoutPatientHistory(t *testing.T, base string) string {
 					if res["type"] != "Patient" {
 						continue
 					}
-					var kept []any
-					for _, i := range res["interaction"].([]any) {
-						if c := i.(map[string]any)["code"]; c != "history-type" && c != "history-instance" {
-							kept = append(kept, i)
-						}
-					}
-					res["interaction"] = kept
+					edit(res)
 				}
 			}
 			body, _ = json.Marshal(cs)
