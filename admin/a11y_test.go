@@ -97,6 +97,9 @@ func a11yExamples(s *showcase) map[string][]string {
 		"GET /maps/diff":          {fmt.Sprintf("/maps/diff?from=%d&to=%d", s.Published, s.Draft)},
 		// Not a route: the page every unknown address gets.
 		"404": {"/no/such/page"},
+
+		// The publish confirmation of the draft.
+		"GET /maps/versions/{id}/publish": {fmt.Sprintf("/maps/versions/%d/publish?note=next", s.Draft)},
 	}
 }
 

@@ -160,6 +160,10 @@ func TestBrowserMapEditorAndDeadLetters(t *testing.T) {
 		err = chromedp.Run(ctx,
 			chromedp.SendKeys("#publish-form input[name=note]", "first release", chromedp.ByQuery),
 			chromedp.Click("#publish", chromedp.ByID),
+			// The confirmation page: give a reason should a sample fail.
+			chromedp.WaitVisible("#confirm-publish", chromedp.ByID),
+			chromedp.Evaluate(`(() => { const o = document.getElementById("override-reason"); if (o) o.value = "edited in the test"; })()`, nil),
+			chromedp.Click("#confirm-publish", chromedp.ByID),
 			chromedp.WaitVisible("#notice", chromedp.ByID),
 			chromedp.Text("#version-status", &versionStatus, chromedp.ByID),
 		)
