@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"slices"
 	"strings"
 	"time"
@@ -102,6 +103,63 @@ func (d *doctor) run(ctx context.Context, e *env) {
 	step(d.maps)
 	step(d.crm)
 	step(d.fhir)
+	step(d.clock)
+}
+
+// clock compares the FHIR server's and the CRM's clocks (their HTTP Date
+// headers, to the second): last-writer-wins orders edits by the modified
+// times each side stamps, and agent.conflict_skew is all the skew it
+// allows for.
+func (d *doctor) clock(ctx context.Context) {
+	if d.cfg.FHIR.BaseURL == "" || d.cfg.CRM.BaseURL == "" {
+		d.skip("clock", "needs both fhir.base_url and crm.base_url")
+		return
+	}
+	fhirAt, err := serverDate(ctx, strings.TrimSuffix(d.cfg.FHIR.BaseURL, "/")+"/metadata")
+	if err == nil {
+		var crmAt time.Time
+		if crmAt, err = serverDate(ctx, d.cfg.CRM.BaseURL); err == nil {
+			allow := d.cfg.Agent.ConflictSkew
+			if allow == 0 {
+				allow = 2 * time.Second
+			}
+			skew := fhirAt.Sub(crmAt)
+			// Date headers have whole seconds: one second of the difference
+			// may be rounding.
+			if skew.Abs() > allow+time.Second {
+				ahead := "FHIR server"
+				if skew < 0 {
+					ahead = "CRM"
+				}
+				d.check("clock", "", fail("synchronise both servers' clocks (NTP), or raise agent.conflict_skew",
+					"the FHIR server's and the CRM's clocks are %s apart (the %s ahead), more than agent.conflict_skew %s", skew.Abs().Round(time.Second), ahead, allow))
+				return
+			}
+			d.check("clock", fmt.Sprintf("FHIR server and CRM %s apart (HTTP Date, to the second), within agent.conflict_skew %s", skew.Abs().Round(time.Second), allow), nil)
+			return
+		}
+	}
+	d.check("clock", "", fail("check that both servers are reachable from here", "reading the servers' time: %s", shortCause(err)))
+}
+
+// serverDate is the Date header of any answer to a GET of u, without
+// credentials (an answer of 401 carries it too).
+func serverDate(ctx context.Context, u string) (time.Time, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return time.Time{}, err
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return time.Time{}, err
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(res.Body, 1<<16))
+	res.Body.Close()
+	at, err := http.ParseTime(res.Header.Get("Date"))
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%s answered without a Date header", res.Request.URL.Host)
+	}
+	return at, nil
 }
 
 func (d *doctor) database(ctx context.Context, e *env) {

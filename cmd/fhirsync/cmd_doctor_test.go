@@ -9,10 +9,13 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	sbadmin "github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus/admin"
@@ -130,7 +133,7 @@ func TestDoctorAllChecksPassAgainstSandboxes(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("doctor exited %d:\n%s", code, out)
 	}
-	for _, want := range []string{"ok   database", "ok   queue", "ok   maps", "ok   crm", "ok   crm table contact", "ok   fhir"} {
+	for _, want := range []string{"ok   database", "ok   queue", "ok   maps", "ok   crm", "ok   crm table contact", "ok   fhir", "ok   clock"} {
 		if doctorLine(out, want) == "" {
 			t.Errorf("no %q line:\n%s", want, out)
 		}
@@ -238,6 +241,23 @@ func TestDoctorBrokenSetups(t *testing.T) {
 			area:     "FAIL fhir",
 			wantMsg:  []string{"does not support what the maps write: Patient update", "crmToFHIR"},
 			alsoPass: []string{"ok   database", "ok   queue", "ok   maps", "ok   crm"},
+		},
+		{
+			name: "FHIR server clock 10s ahead of the CRM",
+			breakIt: func(t *testing.T, s *doctorSetup) {
+				target, _ := url.Parse(s.fhirURL)
+				p := httputil.NewSingleHostReverseProxy(target)
+				p.ModifyResponse = func(res *http.Response) error {
+					res.Header.Set("Date", time.Now().Add(10*time.Second).UTC().Format(http.TimeFormat))
+					return nil
+				}
+				srv := httptest.NewServer(p)
+				t.Cleanup(srv.Close)
+				s.fhirURL = srv.URL
+			},
+			area:     "FAIL clock",
+			wantMsg:  []string{"the FHIR server ahead", "more than agent.conflict_skew 2s", "NTP"},
+			alsoPass: []string{"ok   database", "ok   queue", "ok   maps", "ok   crm", "ok   fhir"},
 		},
 		{
 			name: "SQLite database file missing",
