@@ -191,70 +191,13 @@ func (s ownWrites) echo(ctx context.Context, side string, n queues.Notice, src r
 // that may be their echo — its author is the agent's own user — and
 // arrives before the write's version is known can wait for them instead of
 // being taken for an edit.
-//
-// It also keeps the rows this process created (up to maxCreated, oldest
-// forgotten first): a row is created once, so the create notice of a row
-// the agent created is the echo of that create, told without reading the
-// row. A row not kept (created before a restart, or forgotten) is read and
-// told as before.
 type flights struct {
 	mu   sync.Mutex
 	seq  uint64
 	open map[string]map[uint64]chan struct{}
-
-	created     map[string]struct{}
-	createdFIFO []string
-	createdNext int
 }
 
-// maxCreated bounds the rows remembered as created by this process.
-const maxCreated = 1 << 16
-
-func newFlights() *flights {
-	return &flights{open: map[string]map[uint64]chan struct{}{}, created: map[string]struct{}{}}
-}
-
-// noteCreated remembers that the agent created row id of rtype on side.
-func (f *flights) noteCreated(side, rtype, id string) {
-	if f == nil || id == "" {
-		return
-	}
-	k := side + "\x00" + rtype + "\x00" + strings.ToLower(id)
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if _, ok := f.created[k]; ok {
-		return
-	}
-	if len(f.createdFIFO) < maxCreated {
-		f.createdFIFO = append(f.createdFIFO, k)
-	} else {
-		delete(f.created, f.createdFIFO[f.createdNext])
-		f.createdFIFO[f.createdNext] = k
-		f.createdNext = (f.createdNext + 1) % maxCreated
-	}
-	f.created[k] = struct{}{}
-}
-
-// createdByAgent reports whether row id of rtype on side is one the agent
-// created (and still remembers).
-func (f *flights) createdByAgent(side, rtype, id string) bool {
-	if f == nil || id == "" {
-		return false
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	_, ok := f.created[side+"\x00"+rtype+"\x00"+strings.ToLower(id)]
-	return ok
-}
-
-// createEcho reports whether n, a change by the agent's own user that
-// names no version, is the create notice of a row the agent created: its
-// echo, which costs no read. Only a create is told so: an update names a
-// later state, which may hold an edit by someone else signed in as the
-// same user, and is read and told by its version or values.
-func (f *flights) createEcho(side string, n queues.Notice) bool {
-	return n.Event == queues.EventCreated && f.createdByAgent(side, n.Type, n.ID)
-}
+func newFlights() *flights { return &flights{open: map[string]map[uint64]chan struct{}{}} }
 
 // begin marks a write to a record of rtype on side as in progress; end
 // marks it ended (its version noted, or failed).

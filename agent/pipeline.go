@@ -263,18 +263,6 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 	}
 	d.EntityMap = open[0].Name()
 
-	if n.Version == "" && n.Event == queues.EventCreated && f.ownNotice != nil && f.ownNotice(n) {
-		// The create notice of a row the agent created is its echo; one
-		// arriving before the create's answer waits for the writes then.
-		writing := p.writes.flights.inFlight(string(f.side), n.Type)
-		echo := p.writes.flights.createEcho(string(f.side), n)
-		if !echo && wait(ctx, writing, echoWait) {
-			echo = p.writes.flights.createEcho(string(f.side), n)
-		}
-		if echo {
-			return stop(logs.OutcomeSkipped, "own_write_echo", "This record was created by fhirsync itself; its echo is not synced back.")
-		}
-	}
 	if n.Version != "" && f.ownNotice != nil && f.ownNotice(n) {
 		// The echo of a write still waiting for its answer (its version
 		// not yet known) is told once the write ends, before the source
@@ -518,9 +506,6 @@ func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues
 			return st, false
 		}
 		return p.failure("writing the target record", err), false
-	}
-	if w.Created {
-		p.writes.flights.noteCreated(f.targetOf, targetType(em, f), w.ID)
 	}
 	if w.Version != "" {
 		u.own = &ownWrite{Side: f.targetOf, RType: targetType(em, f), RID: w.ID, Version: w.Version, WrittenAt: p.now().UTC()}
