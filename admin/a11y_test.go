@@ -94,7 +94,7 @@ func a11yExamples(s *showcase) map[string][]string {
 		"GET /logs/{id}/capture":  {fmt.Sprintf("/logs/%d/capture", s.Captured)},
 		"GET /maps/versions/{id}": {fmt.Sprintf("/maps/versions/%d?map=patient-contact&attr=first-name", s.Draft)},
 		"GET /conflicts/{id}":     {fmt.Sprint("/conflicts/", s.Conflict)},
-		"GET /maps/diff":          {fmt.Sprintf("/maps/diff?from=%d&to=%d", s.Published, s.Draft)},
+		"GET /maps/diff":          {fmt.Sprintf("/maps/diff?a=%d&b=%d", s.Published, s.Draft)},
 		// Not a route: the page every unknown address gets.
 		"404": {"/no/such/page"},
 
