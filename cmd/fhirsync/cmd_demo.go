@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	crand "crypto/rand"
 	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -207,18 +205,7 @@ func demoConfig(path string) (Config, map[string]bool, error) {
 			probs = append(probs, fmt.Sprintf("%s: %s is set by the demo to reach its sandboxes; remove it from the file, or run fhirsync serve to use your own", path, k))
 		}
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(raw))
-	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		var te *yaml.TypeError
-		if errors.As(err, &te) {
-			for _, m := range te.Errors {
-				probs = append(probs, path+": "+m)
-			}
-		} else {
-			probs = append(probs, fmt.Sprintf("%s: %v", path, err))
-		}
-	}
+	probs = append(probs, decodeConfigFile(path, raw, &cfg)...)
 	if len(probs) > 0 {
 		return cfg, keys, &ConfigError{Problems: probs}
 	}

@@ -310,18 +310,7 @@ func loadConfig(path string, getenv func(string) string) (Config, error) {
 		if err != nil {
 			return cfg, &ConfigError{[]string{fmt.Sprintf("reading config file: %v", err)}}
 		}
-		dec := yaml.NewDecoder(bytes.NewReader(raw))
-		dec.KnownFields(true)
-		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-			var te *yaml.TypeError
-			if errors.As(err, &te) {
-				for _, m := range te.Errors {
-					probs = append(probs, path+": "+m)
-				}
-			} else {
-				probs = append(probs, fmt.Sprintf("%s: %v", path, err))
-			}
-		}
+		probs = append(probs, decodeConfigFile(path, raw, &cfg)...)
 	}
 	probs = append(probs, applyEnv(reflect.ValueOf(&cfg).Elem(), "FHIRSYNC", getenv)...)
 	probs = append(probs, cfg.Validate()...)
@@ -329,6 +318,26 @@ func loadConfig(path string, getenv func(string) string) (Config, error) {
 		return cfg, &ConfigError{Problems: probs}
 	}
 	return cfg, nil
+}
+
+// decodeConfigFile overlays the YAML document raw (read from path) onto
+// cfg, refusing unknown keys, and returns each problem prefixed with path.
+func decodeConfigFile(path string, raw []byte, cfg *Config) []string {
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	err := dec.Decode(cfg)
+	if err == nil || errors.Is(err, io.EOF) {
+		return nil
+	}
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return []string{fmt.Sprintf("%s: %v", path, err)}
+	}
+	probs := make([]string, 0, len(te.Errors))
+	for _, m := range te.Errors {
+		probs = append(probs, path+": "+m)
+	}
+	return probs
 }
 
 // applyEnv overlays FHIRSYNC_… variables onto the struct v.
