@@ -60,20 +60,8 @@ func (a *app) alertsPage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *app) renderAlerts(w http.ResponseWriter, r *http.Request, status int, form alertForm, problem, done string) {
-	ctx := r.Context()
-	rules, err := a.data.alerts.Rules(ctx)
-	if err != nil {
-		a.serverError(w, r, "reading alert rules", err)
-		return
-	}
-	firing, err := a.data.alerts.Firing(ctx)
-	if err != nil {
-		a.serverError(w, r, "reading firing alerts", err)
-		return
-	}
-	hist, err := a.data.alerts.History(ctx, "", 100)
-	if err != nil {
-		a.serverError(w, r, "reading alert history", err)
+	rules, firing, hist, ok := a.readAlerts(w, r, "")
+	if !ok {
 		return
 	}
 	u, _ := currentUser(r)
@@ -160,21 +148,32 @@ func ruleSummary(r alerts.Rule) string {
 // apiAlerts is GET /api/v1/alerts: the rules, which fire now, and the
 // newest events.
 func (a *app) apiAlerts(w http.ResponseWriter, r *http.Request) {
+	rules, firing, hist, ok := a.readAlerts(w, r, r.URL.Query().Get("rule"))
+	if !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"rules": rules, "firing": firing, "history": hist})
+}
+
+// readAlerts reads the rules, the alerts firing now and the newest 100
+// events (of rule, or of every rule when rule is empty). On an error it
+// has written the server error and ok is false.
+func (a *app) readAlerts(w http.ResponseWriter, r *http.Request, rule string) (rules []alerts.Rule, firing map[string]alerts.Event, hist []alerts.Event, ok bool) {
 	ctx := r.Context()
 	rules, err := a.data.alerts.Rules(ctx)
 	if err != nil {
 		a.serverError(w, r, "reading alert rules", err)
-		return
+		return nil, nil, nil, false
 	}
-	firing, err := a.data.alerts.Firing(ctx)
+	firing, err = a.data.alerts.Firing(ctx)
 	if err != nil {
 		a.serverError(w, r, "reading firing alerts", err)
-		return
+		return nil, nil, nil, false
 	}
-	hist, err := a.data.alerts.History(ctx, r.URL.Query().Get("rule"), 100)
+	hist, err = a.data.alerts.History(ctx, rule, 100)
 	if err != nil {
 		a.serverError(w, r, "reading alert history", err)
-		return
+		return nil, nil, nil, false
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"rules": rules, "firing": firing, "history": hist})
+	return rules, firing, hist, true
 }
