@@ -95,17 +95,7 @@ func bulkOn(t *testing.T, cfg CoalesceConfig) (*crmserver.Server, *bulkTap, *Coa
 		t.Fatal(err)
 	}
 	tap := &bulkTap{next: srv}
-	hs := httptest.NewServer(tap)
-	t.Cleanup(hs.Close)
-	c, err := New(Config{URL: hs.URL, MaxConcurrency: 8})
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := NewCoalescer(c, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return srv, tap, k
+	return srv, tap, coalescerBehind(t, tap, cfg)
 }
 
 // createAll writes n contacts, each with two identifier rows, from n
@@ -384,16 +374,7 @@ func TestBulkThrottledBatchGoesAgain(t *testing.T) {
 	}
 	tap := &batchTap{next: srv}
 	tap.refuse.Store(1)
-	hs := httptest.NewServer(tap)
-	t.Cleanup(hs.Close)
-	c, err := New(Config{URL: hs.URL, MaxConcurrency: 8})
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := NewCoalescer(c, CoalesceConfig{MaxOps: 100, MaxWait: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := coalescerBehind(t, tap, CoalesceConfig{MaxOps: 100, MaxWait: 200 * time.Millisecond})
 	const n = 5
 	res := createAll(t, k, "t", n, nil)
 	for i, r := range res {
@@ -642,16 +623,7 @@ func TestBulkRefusedByATable(t *testing.T) {
 		}
 		srv.ServeHTTP(w, r)
 	})}
-	hs := httptest.NewServer(tap)
-	t.Cleanup(hs.Close)
-	c, err := New(Config{URL: hs.URL, MaxConcurrency: 8})
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := NewCoalescer(c, CoalesceConfig{MaxOps: 100, MaxWait: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := coalescerBehind(t, tap, CoalesceConfig{MaxOps: 100, MaxWait: 200 * time.Millisecond})
 	for round, prefix := range []string{"r1", "r2"} {
 		before := len(tap.lines())
 		for i, r := range createAll(t, k, prefix, 4, nil) {

@@ -71,7 +71,14 @@ func coalescerOn(t *testing.T, cfg CoalesceConfig) (*crmserver.Server, *batchTap
 		t.Fatal(err)
 	}
 	tap := &batchTap{next: srv}
-	hs := httptest.NewServer(tap)
+	return srv, tap, coalescerBehind(t, tap, cfg)
+}
+
+// coalescerBehind starts h on a test server and returns a Coalescer
+// sending to it.
+func coalescerBehind(t *testing.T, h http.Handler, cfg CoalesceConfig) *Coalescer {
+	t.Helper()
+	hs := httptest.NewServer(h)
 	t.Cleanup(hs.Close)
 	c, err := New(Config{URL: hs.URL, MaxConcurrency: 8})
 	if err != nil {
@@ -81,7 +88,7 @@ func coalescerOn(t *testing.T, cfg CoalesceConfig) (*crmserver.Server, *batchTap
 	if err != nil {
 		t.Fatal(err)
 	}
-	return srv, tap, k
+	return k
 }
 
 // createContact writes one contact and an identifier row under it in one
