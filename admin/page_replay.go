@@ -226,14 +226,7 @@ func (a *app) replayRun(w http.ResponseWriter, r *http.Request, dry bool) {
 		a.render(w, r, http.StatusBadRequest, "replay", "Replay", d)
 		return
 	}
-	opts := agent.ReplayOptions{Actor: actor(r), DryRun: dry}
-	var res agent.ReplayResult
-	var err error
-	if refs != nil {
-		res, err = a.data.replay.Records(r.Context(), refs, opts)
-	} else {
-		res, err = a.data.replay.FromLog(r.Context(), *q, opts)
-	}
+	res, err := a.runReplay(r, refs, q, dry)
 	switch {
 	case errors.Is(err, logs.ErrBadFilter), errors.Is(err, agent.ErrBadRecordRef):
 		d.Error = err.Error()
@@ -291,14 +284,7 @@ func (a *app) apiReplay(w http.ResponseWriter, r *http.Request) {
 		a.renderError(w, r, http.StatusServiceUnavailable, "Replay is not available in this process: it has no queues to send to.")
 		return
 	}
-	opts := agent.ReplayOptions{Actor: actor(r), DryRun: req.DryRun}
-	var res agent.ReplayResult
-	var err error
-	if refs != nil {
-		res, err = a.data.replay.Records(r.Context(), refs, opts)
-	} else {
-		res, err = a.data.replay.FromLog(r.Context(), *q, opts)
-	}
+	res, err := a.runReplay(r, refs, q, req.DryRun)
 	switch {
 	case errors.Is(err, logs.ErrBadFilter), errors.Is(err, agent.ErrBadRecordRef):
 		a.renderError(w, r, http.StatusBadRequest, err.Error())
@@ -312,4 +298,14 @@ func (a *app) apiReplay(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"records": res.Refs, "sent": res.Sent, "truncated": res.Truncated,
 		"dry_run": res.DryRun, "plans": res.Plans})
+}
+
+// runReplay replays the records refs names or, when refs is nil, the
+// records the log query q finds, as the signed-in user.
+func (a *app) runReplay(r *http.Request, refs []string, q *agent.LogQuery, dryRun bool) (agent.ReplayResult, error) {
+	opts := agent.ReplayOptions{Actor: actor(r), DryRun: dryRun}
+	if refs != nil {
+		return a.data.replay.Records(r.Context(), refs, opts)
+	}
+	return a.data.replay.FromLog(r.Context(), *q, opts)
 }
