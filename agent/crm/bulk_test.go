@@ -88,6 +88,23 @@ func (b *bulkTap) lines() [][]string {
 	return out
 }
 
+// count is the number of request lines sent so far that contain any of
+// subs.
+func (b *bulkTap) count(subs ...string) int {
+	n := 0
+	for _, batch := range b.lines() {
+		for _, l := range batch {
+			for _, s := range subs {
+				if strings.Contains(l, s) {
+					n++
+					break
+				}
+			}
+		}
+	}
+	return n
+}
+
 func bulkOn(t *testing.T, cfg CoalesceConfig) (*crmserver.Server, *bulkTap, *Coalescer) {
 	t.Helper()
 	srv, err := crmserver.New(crmserver.Options{})
@@ -351,15 +368,7 @@ func TestBulkLostAnswerResendsAsUpsert(t *testing.T) {
 	if got := srv.Count("msemr_medicalidentifier"); got != 2*n {
 		t.Errorf("%d identifier rows, want %d", got, 2*n)
 	}
-	upserts := 0
-	for _, b := range tap.lines() {
-		for _, l := range b {
-			if strings.Contains(l, "UpsertMultiple") {
-				upserts++
-			}
-		}
-	}
-	if upserts == 0 {
+	if tap.count("UpsertMultiple") == 0 {
 		t.Errorf("nothing was sent again as UpsertMultiple: %v", tap.lines())
 	}
 }
@@ -433,13 +442,7 @@ func TestBulkUpdatesAlone(t *testing.T) {
 			t.Errorf("caller %d: %+v, row %v", i, got[i], row)
 		}
 	}
-	found := false
-	for _, b := range tap.lines() {
-		for _, l := range b {
-			found = found || strings.Contains(l, "contacts/Microsoft.Dynamics.CRM.UpdateMultiple")
-		}
-	}
-	if !found {
+	if tap.count("contacts/Microsoft.Dynamics.CRM.UpdateMultiple") == 0 {
 		t.Errorf("no UpdateMultiple: %v", tap.lines())
 	}
 	// A missing row fails its caller alone, with the CRM's 404.
@@ -591,15 +594,7 @@ func TestReadsByIDAreGrouped(t *testing.T) {
 	if !errors.Is(errs[n], ErrNotFound) {
 		t.Errorf("missing row: %v, want not found", errs[n])
 	}
-	in := 0
-	for _, b := range tap.lines() {
-		for _, l := range b {
-			if strings.Contains(l, "PropertyName%3D%27contactid%27") || strings.Contains(l, "PropertyName='contactid'") {
-				in++
-			}
-		}
-	}
-	if in == 0 {
+	if tap.count("PropertyName%3D%27contactid%27", "PropertyName='contactid'") == 0 {
 		t.Errorf("no In query on contactid: %v", tap.lines())
 	}
 }
