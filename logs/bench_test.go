@@ -10,6 +10,7 @@ import (
 
 	"gorm.io/gorm"
 
+	"github.com/fhirsync/fhirsync/internal/proccpu"
 	"github.com/fhirsync/fhirsync/storage"
 	"github.com/fhirsync/fhirsync/storage/storagetest"
 )
@@ -37,7 +38,7 @@ func writeBatches(b *testing.B, s *Store) {
 	const batch = 500
 	ctx := context.Background()
 	n := 0
-	start, startCPU := time.Now(), processCPU()
+	start, startCPU := time.Now(), proccpu.Used()
 	for b.Loop() {
 		ds := make([]*Decision, batch)
 		for i := range ds {
@@ -61,7 +62,7 @@ func writeBatches(b *testing.B, s *Store) {
 	// On a shared machine wall time includes waiting for a core; this is
 	// the rate per second of this process's own CPU (for SQLite, the
 	// whole cost; for PostgreSQL, the client side only).
-	if cpu := processCPU() - startCPU; cpu > 0 {
+	if cpu := proccpu.Used() - startCPU; cpu > 0 {
 		b.ReportMetric(float64(n)/cpu.Seconds(), "decisions/cpu-s")
 	}
 }
@@ -276,7 +277,7 @@ func BenchmarkWriteBatchSmall(b *testing.B) {
 				}
 			}
 			const size = 25
-			start := processCPU()
+			start := proccpu.Used()
 			written := 0
 			for b.Loop() {
 				if err := s.WriteBatch(ctx, batch(size)); err != nil {
@@ -284,7 +285,7 @@ func BenchmarkWriteBatchSmall(b *testing.B) {
 				}
 				written += size
 			}
-			if cpu := processCPU() - start; cpu > 0 {
+			if cpu := proccpu.Used() - start; cpu > 0 {
 				b.ReportMetric(float64(cpu.Microseconds())/float64(written), "cpu-µs/decision")
 			}
 		})

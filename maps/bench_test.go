@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/fhirsync/fhirsync/internal/proccpu"
 	"github.com/fhirsync/fhirsync/sandbox/synth"
 )
 
@@ -39,7 +40,7 @@ func stateOf(b *testing.B, raw []byte) CRMState {
 // CPU time; the second is the meaningful one on a shared machine.
 func report(b *testing.B, n int, cpu0 time.Duration) {
 	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "records/s")
-	if cpu := processCPU() - cpu0; cpu > 0 {
+	if cpu := proccpu.Used() - cpu0; cpu > 0 {
 		b.ReportMetric(float64(n)/cpu.Seconds(), "records/cpu-s")
 	}
 }
@@ -88,7 +89,7 @@ func BenchmarkPatientToCRM(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	n := 0
-	cpu0 := processCPU()
+	cpu0 := proccpu.Used()
 	for b.Loop() {
 		res := decodeBench(b, inputs[n%benchRecords])
 		out, err := m.ToCRM(ctx, res, nil, r)
@@ -132,7 +133,7 @@ func BenchmarkPatientToFHIR(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	n := 0
-	cpu0 := processCPU()
+	cpu0 := proccpu.Used()
 	for b.Loop() {
 		in := inputs[n%benchRecords]
 		st := stateOf(b, in.state)

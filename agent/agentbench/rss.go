@@ -7,7 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
+
+	"github.com/fhirsync/fhirsync/internal/proccpu"
 )
 
 // machineCPU reads the machine-wide CPU counters of /proc/stat: the time
@@ -40,13 +41,7 @@ func machineCPU() (steal, total uint64, ok bool) {
 }
 
 // cpuSeconds is the user and system CPU time this process has used.
-func cpuSeconds() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
-}
+func cpuSeconds() float64 { return proccpu.Used().Seconds() }
 
 // peakRSS is the process's peak resident set size in bytes: VmHWM from
 // /proc/self/status where there is one, else getrusage's ru_maxrss.

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"testing"
 	"time"
+
+	"github.com/fhirsync/fhirsync/internal/proccpu"
 )
 
 var benchExpressions = []string{
@@ -32,7 +34,7 @@ func BenchmarkEval(b *testing.B) {
 		e := MustCompile(expr)
 		b.Run("Eval/"+expr, func(b *testing.B) {
 			b.ReportAllocs()
-			cpu0 := processCPU()
+			cpu0 := proccpu.Used()
 			for b.Loop() {
 				if _, err := e.Eval(raw); err != nil {
 					b.Fatal(err)
@@ -42,7 +44,7 @@ func BenchmarkEval(b *testing.B) {
 		})
 		b.Run("EvalResource/"+expr, func(b *testing.B) {
 			b.ReportAllocs()
-			cpu0 := processCPU()
+			cpu0 := proccpu.Used()
 			for b.Loop() {
 				if _, err := e.EvalResource(doc); err != nil {
 					b.Fatal(err)
@@ -54,7 +56,7 @@ func BenchmarkEval(b *testing.B) {
 }
 
 func reportCPU(b *testing.B, cpu0 time.Duration) {
-	if cpu := processCPU() - cpu0; cpu > 0 {
+	if cpu := proccpu.Used() - cpu0; cpu > 0 {
 		b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
 	}
 }

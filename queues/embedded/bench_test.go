@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fhirsync/fhirsync/internal/proccpu"
 	"github.com/fhirsync/fhirsync/queues"
 	"github.com/fhirsync/fhirsync/queues/embedded"
 	"github.com/fhirsync/fhirsync/storage/storagetest"
@@ -150,7 +151,7 @@ func BenchmarkConcurrentSends(b *testing.B) {
 			const senders = 32
 			var n atomic.Int64
 			body := []byte(`{"v":1,"side":"crm","type":"contact","id":"c","event":"updated","origin":"service-endpoint"}`)
-			startCPU := processCPU()
+			startCPU := proccpu.Used()
 			b.ResetTimer()
 			var wg sync.WaitGroup
 			for range senders {
@@ -170,7 +171,7 @@ func BenchmarkConcurrentSends(b *testing.B) {
 			}
 			wg.Wait()
 			b.StopTimer()
-			if cpu := processCPU() - startCPU; cpu > 0 {
+			if cpu := proccpu.Used() - startCPU; cpu > 0 {
 				b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/msg")
 			}
 		})

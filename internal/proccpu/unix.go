@@ -1,14 +1,15 @@
 //go:build unix
 
-package logs
+package proccpu
 
 import (
 	"syscall"
 	"time"
 )
 
-// processCPU is the user and system CPU time this process has used.
-func processCPU() time.Duration {
+// Used is the user and system CPU time this process has used, or zero if
+// getrusage fails.
+func Used() time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0
