@@ -426,21 +426,10 @@ func (k *Coalescer) bulkOp(m *bulkMsg) (Op, error) {
 
 // versionQuery reads the versions the writes made.
 func (k *Coalescer) versionQuery(set, pk string, ids []string) Op {
-	var f strings.Builder
-	f.WriteString("Microsoft.Dynamics.CRM.In(PropertyName=")
-	f.WriteString(quote(pk))
-	f.WriteString(",PropertyValues=[")
-	for i, id := range ids {
-		if i > 0 {
-			f.WriteString(",")
-		}
-		f.WriteString(quote(id))
-	}
-	f.WriteString("])")
 	h := http.Header{}
 	h.Set("Accept", "application/json")
 	maps.Copy(h, k.c.preferHeader())
-	return Op{Method: http.MethodGet, Path: withQuery(set, Query{Select: []string{pk, "versionnumber"}, Filter: f.String()}.values()), Header: h}
+	return Op{Method: http.MethodGet, Path: withQuery(set, Query{Select: []string{pk, "versionnumber"}, Filter: inOf(pk, ids)}.values()), Header: h}
 }
 
 // bulkOutcome is what answering the bulk part of a batch leaves to do.

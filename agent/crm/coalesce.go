@@ -522,22 +522,32 @@ func (k *Coalescer) inOp(es []*entry) (Op, string) {
 }
 
 func inFilter(attr string, es []*entry) string {
+	vals := make([]string, len(es))
+	for i, e := range es {
+		vals[i] = e.value
+	}
+	return inOf(attr, vals)
+}
+
+// inOf is the Microsoft.Dynamics.CRM.In filter matching attr against
+// vals, each value named once.
+func inOf(attr string, vals []string) string {
 	var b strings.Builder
 	b.WriteString("Microsoft.Dynamics.CRM.In(PropertyName=")
 	b.WriteString(quote(attr))
 	b.WriteString(",PropertyValues=[")
 	seen := map[string]bool{}
 	first := true
-	for _, e := range es {
-		if seen[e.value] {
+	for _, v := range vals {
+		if seen[v] {
 			continue
 		}
-		seen[e.value] = true
+		seen[v] = true
 		if !first {
 			b.WriteString(",")
 		}
 		first = false
-		b.WriteString(quote(e.value))
+		b.WriteString(quote(v))
 	}
 	b.WriteString("])")
 	return b.String()
