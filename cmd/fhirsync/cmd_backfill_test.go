@@ -14,8 +14,6 @@ import (
 
 	"github.com/fhirsync/fhirsync/agent"
 	"github.com/fhirsync/fhirsync/logs"
-	"github.com/fhirsync/fhirsync/maps"
-	"github.com/fhirsync/fhirsync/maps/starter"
 	"github.com/fhirsync/fhirsync/queues"
 	"github.com/fhirsync/fhirsync/queues/embedded"
 	"github.com/fhirsync/fhirsync/sandbox/crmserver"
@@ -35,31 +33,8 @@ type syncSetup struct {
 
 func newSyncSetup(t *testing.T, d storage.Dialect, patients, contacts int) *syncSetup {
 	t.Helper()
-	ctx := context.Background()
 	url := storagetest.URL(t, d)
-	db, err := storage.Open(ctx, url, storage.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = storage.Close(db) })
-	if _, err := storage.Migrate(ctx, db); err != nil {
-		t.Fatal(err)
-	}
-	ms, err := maps.New(db, maps.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc, _, err := maps.Import(starter.YAML(), maps.CompileOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := ms.CreateDraft(ctx, doc, "test", "starter")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ms.Publish(ctx, v.Number, "test", "starter"); err != nil {
-		t.Fatal(err)
-	}
+	db := openStarterDB(t, url)
 	fs, err := fhirserver.New(fhirserver.Options{Seed: 1, Patients: patients})
 	if err != nil {
 		t.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -20,8 +19,6 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	sbadmin "github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus/admin"
 
-	"github.com/fhirsync/fhirsync/maps"
-	"github.com/fhirsync/fhirsync/maps/starter"
 	"github.com/fhirsync/fhirsync/sandbox/crmserver"
 	"github.com/fhirsync/fhirsync/sandbox/fhirserver"
 	"github.com/fhirsync/fhirsync/storage"
@@ -39,32 +36,9 @@ type doctorSetup struct {
 
 func newDoctorSetup(t *testing.T, crmOpts crmserver.Options) *doctorSetup {
 	t.Helper()
-	ctx := context.Background()
 	s := &doctorSetup{dir: t.TempDir(), token: crmserver.AgentToken}
 	s.dbPath = filepath.Join(s.dir, "fhirsync.db")
-	db, err := storage.Open(ctx, "sqlite:"+s.dbPath, storage.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = storage.Close(db) })
-	if _, err := storage.Migrate(ctx, db); err != nil {
-		t.Fatal(err)
-	}
-	ms, err := maps.New(db, maps.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc, _, err := maps.Import(starter.YAML(), maps.CompileOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := ms.CreateDraft(ctx, doc, "test", "starter")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ms.Publish(ctx, v.Number, "test", "starter"); err != nil {
-		t.Fatal(err)
-	}
+	openStarterDB(t, "sqlite:"+s.dbPath)
 	fs, err := fhirserver.New(fhirserver.Options{})
 	if err != nil {
 		t.Fatal(err)
