@@ -591,9 +591,18 @@ func (c *Client) sleep(ctx context.Context, d time.Duration) error {
 // request of a batch that was itself admitted, and the user is to pause
 // as for a 429 of its own.
 func innerThrottle(body []byte) (http.Header, bool) {
-	i := bytes.Index(body, []byte("HTTP/1.1 429"))
-	if i < 0 || (i > 0 && body[i-1] != '\n') {
-		return nil, false
+	status := []byte("HTTP/1.1 429")
+	i := 0
+	for {
+		j := bytes.Index(body[i:], status)
+		if j < 0 {
+			return nil, false
+		}
+		i += j
+		if i == 0 || body[i-1] == '\n' {
+			break // a part's status line, not the text inside a body
+		}
+		i += len(status)
 	}
 	resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(body[i:])), nil)
 	if err != nil {

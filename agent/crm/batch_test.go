@@ -216,3 +216,20 @@ func FuzzDecodeBatchResponse(f *testing.F) {
 		}
 	})
 }
+
+// TestInnerThrottleLooksPastTextInABody: the status line of a throttled
+// part is found even when an earlier part's body quotes the same text.
+func TestInnerThrottleLooksPastTextInABody(t *testing.T) {
+	body := []byte("--batchresponse_1\r\nContent-Type: application/http\r\n\r\n" +
+		"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n\r\n" +
+		`{"error":{"message":"upstream said HTTP/1.1 429 earlier"}}` + "\r\n" +
+		"--batchresponse_1\r\nContent-Type: application/http\r\n\r\n" +
+		"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\n\r\n\r\n--batchresponse_1--\r\n")
+	h, ok := innerThrottle(body)
+	if !ok || h.Get("Retry-After") != "7" {
+		t.Fatalf("innerThrottle = %v, %v; want the second part's Retry-After 7", h, ok)
+	}
+	if _, ok := innerThrottle([]byte(`{"error":{"message":"quoted HTTP/1.1 429"}}`)); ok {
+		t.Fatal("text inside a body was taken for a throttled part")
+	}
+}
