@@ -257,6 +257,7 @@ func (c *compiler) entityMap(set *Set, m *Mapping) {
 		c.ps.add(withField(at, "conflictPolicy"), conflictPolicyProblem, def.ConflictPolicy)
 	}
 	c.deletePolicy(at, def)
+	c.stream(def)
 	c.businessKey(at, m, resType)
 	if f := def.FHIRFilter; f != nil {
 		if f.Name == "" {

@@ -75,6 +75,9 @@ type EntityMap struct {
 	Expansions   []ExpansionMap `yaml:"expansions,omitempty"`
 	// Samples are the map's own test cases.
 	Samples []Sample `yaml:"samples,omitempty"`
+	// Stream, on an Observation map, aggregates device readings per
+	// patient and code instead of sending each one (stream.go).
+	Stream *Stream `yaml:"stream,omitempty"`
 }
 
 // Flow switches one direction of an entity map.
