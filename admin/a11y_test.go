@@ -118,7 +118,7 @@ func a11yFlows(s *showcase) []a11yFlow {
 			chromedp.Click(`#redrive-form input[name=sel]`, chromedp.ByQuery),
 			chromedp.Click("#redrive-selected", chromedp.ByID),
 			chromedp.WaitVisible("#confirm-count", chromedp.ByID)}},
-		{"map preview result", fmt.Sprintf("/maps/versions/%d?map=patient-contact&attr=first-name", s.Draft), []chromedp.Action{
+		{"map preview result", fmt.Sprintf("/maps/versions/%d/preview?map=patient-contact", s.Draft), []chromedp.Action{
 			chromedp.WaitVisible("#preview-form", chromedp.ByID),
 			setField("preview-input", `{"resourceType":"Patient","id":"p1","name":[{"use":"official","family":"Lovelace","given":["Ada"]}]}`),
 			chromedp.Click("#preview", chromedp.ByID),

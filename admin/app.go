@@ -179,6 +179,7 @@ func (a *app) routeTable() []route {
 		{"GET /maps/versions/{id}", permMapsRead, a.versionPage},
 		{"POST /maps/versions/{id}", permMapsEdit, a.saveYAML},
 		{"POST /maps/versions/{id}/attribute", permMapsEdit, a.saveAttribute},
+		{"GET /maps/versions/{id}/preview", permMapsRead, a.previewGet},
 		{"POST /maps/versions/{id}/preview", permMapsRead, a.previewPage},
 		{"GET /maps/versions/{id}/publish", permMapsEdit, a.publishConfirm},
 		{"POST /maps/versions/{id}/publish", permMapsEdit, a.publishVersion},

@@ -119,8 +119,11 @@ func TestBrowserMapEditorAndDeadLetters(t *testing.T) {
 			t.Errorf("saved fhirPath = %q", am.FHIRPath)
 		}
 
-		// Preview a pasted Patient against a pasted current contact.
+		// Preview a pasted Patient against a pasted current contact, on
+		// the version's preview page.
 		err = chromedp.Run(ctx,
+			chromedp.Click("#open-preview", chromedp.ByID),
+			chromedp.WaitVisible("#preview-form", chromedp.ByID),
 			setField("preview-input", `{"resourceType":"Patient","id":"p1","name":[{"use":"official","family":"Lovelace","given":["Ada"]}]}`),
 			setField("preview-current", `{"record":{"firstname":"Ada","lastname":"Byron"}}`),
 			chromedp.Click("#preview", chromedp.ByID),
@@ -140,6 +143,9 @@ func TestBrowserMapEditorAndDeadLetters(t *testing.T) {
 		}
 		if !strings.Contains(diff, `"Byron"`) || !strings.Contains(diff, `"Lovelace"`) {
 			t.Errorf("preview diff %q lacks lastname Byron → Lovelace", diff)
+		}
+		if err := chromedp.Run(ctx, chromedp.Navigate(edit), chromedp.WaitVisible("#yaml", chromedp.ByID)); err != nil {
+			t.Fatal(err)
 		}
 
 		// The YAML editor validates as you type too.

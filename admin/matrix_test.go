@@ -65,6 +65,7 @@ var routeSpecs = map[string]routeSpec{
 	"GET /maps/versions/{id}":                  {perm: "maps.read", allowed: 404},
 	"POST /maps/versions/{id}":                 {perm: "maps.edit", allowed: 404},
 	"POST /maps/versions/{id}/attribute":       {perm: "maps.edit", allowed: 400},
+	"GET /maps/versions/{id}/preview":          {perm: "maps.read", allowed: 404},
 	"POST /maps/versions/{id}/preview":         {perm: "maps.read", allowed: 400},
 	"GET /maps/versions/{id}/publish":          {perm: "maps.edit", allowed: 404},
 	"POST /maps/versions/{id}/publish":         {perm: "maps.edit", allowed: 404},
