@@ -30,6 +30,7 @@ func commands() []command {
 		{"users", "create, list and change admin app accounts", runUsers},
 		{"sandbox", "run the sandbox FHIR server and CRM on their own", runSandbox},
 		{"bench", "measure sync throughput, latency, memory and throttling with sandbox endpoints", runBench},
+		{"healthcheck", "exit 0 when a running fhirsync answers /readyz with 200 (for container health checks)", runHealthcheck},
 		{"version", "print the version", runVersion},
 	}
 }
