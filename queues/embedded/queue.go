@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/trace"
 	"gorm.io/gorm"
 
 	"github.com/fhirsync/fhirsync/queues"
@@ -47,6 +48,10 @@ type Options struct {
 	// PollInterval is how often a waiting Receive looks for messages sent
 	// by other processes. Sends through this Queue value wake it at once.
 	PollInterval time.Duration
+	// Tracer, when set, starts a "notice" span for each message sent and
+	// carries its trace context in the message's properties
+	// (queues.TraceSend); nil: tracing off.
+	Tracer trace.TracerProvider
 }
 
 func (o Options) withDefaults() Options {
@@ -207,6 +212,7 @@ func (q *Queue) Send(ctx context.Context, msgs ...queues.Message) error {
 		}
 		batch[i] = m
 	}
+	traced := queues.TraceSend(ctx, q.opts.Tracer, "fhirsync_embedded", q.name, batch)
 	t := now()
 	insert := func(tx *gorm.DB) error { return q.insertMessages(tx, batch, t) }
 	var err error
@@ -218,6 +224,7 @@ func (q *Queue) Send(ctx context.Context, msgs ...queues.Message) error {
 	default:
 		err = q.write(ctx, insert)
 	}
+	traced(err)
 	if err != nil {
 		return fmt.Errorf("sending %d messages to queue %s: %w", len(msgs), q.name, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Credential names how the adapter authenticates when Config.Namespace is
@@ -72,6 +73,10 @@ type Config struct {
 	// after it was received. Zero means 5 minutes; negative turns automatic
 	// renewal off (locks then lapse after the queue's lock duration).
 	AutoRenewFor time.Duration
+	// Tracer, when set, starts a "notice" span for each message sent and
+	// carries its trace context in the message's application properties
+	// (queues.TraceSend); nil: tracing off.
+	Tracer trace.TracerProvider
 }
 
 // Validate reports every problem with the configuration at once.

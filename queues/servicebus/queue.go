@@ -158,10 +158,15 @@ func (q *Queue) Send(ctx context.Context, msgs ...queues.Message) error {
 	if err := q.checkOpen(); err != nil {
 		return err
 	}
+	if q.cfg.Tracer != nil {
+		msgs = slices.Clone(msgs) // TraceSend writes the trace context into them
+	}
+	traced := queues.TraceSend(ctx, q.cfg.Tracer, "servicebus", q.name, msgs)
 	out := make([]*azservicebus.Message, len(msgs))
 	for i, m := range msgs {
 		sm, err := q.toSB(m, m.ID, nil)
 		if err != nil {
+			traced(err)
 			return err
 		}
 		out[i] = sm
@@ -170,9 +175,11 @@ func (q *Queue) Send(ctx context.Context, msgs ...queues.Message) error {
 	defer cancel()
 	for i, m := range msgs {
 		if err := q.sendOne(ctx, out[i], m.VisibleAt); err != nil {
+			traced(err)
 			return fmt.Errorf("sending message %s to %s: %w", m.ID, q.name, err)
 		}
 	}
+	traced(nil)
 	return nil
 }
 
