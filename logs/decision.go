@@ -82,6 +82,10 @@ type Decision struct {
 	// Captured reports, on a decision returned by Get, that an encrypted
 	// capture of its payloads is stored.
 	Captured bool `json:"captured,omitempty"`
+	// TraceID is the OpenTelemetry trace the message was processed in (32
+	// lowercase hex digits), when tracing was on and the trace sampled;
+	// empty otherwise. The admin app links it to the tracing backend.
+	TraceID string `json:"trace_id,omitempty"`
 }
 
 // Ref names a record on one side.
@@ -291,6 +295,9 @@ func (d *Decision) validate(now time.Time) error {
 	if d.Supersedes < 0 {
 		bad("supersedes %d is negative", d.Supersedes)
 	}
+	if d.TraceID != "" && !validTraceID(d.TraceID) {
+		bad("trace id is not 32 lowercase hexadecimal digits")
+	}
 	if len(d.Conflicts) > maxConflicts {
 		bad("%d conflicts, at most %d", len(d.Conflicts), maxConflicts)
 	}
@@ -339,4 +346,18 @@ func short(s string) string {
 		return s[:40] + "…"
 	}
 	return s
+}
+
+// validTraceID reports whether s is a W3C trace id as the trace_id column
+// holds it: 32 lowercase hexadecimal digits, not all zero.
+func validTraceID(s string) bool {
+	if len(s) != 32 || strings.Trim(s, "0") == "" {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }

@@ -205,6 +205,7 @@ type decisionRow struct {
 	DurationUS    int64 `gorm:"column:duration_us"`
 	Conflicts     string
 	LatencyUS     *int64 `gorm:"column:latency_us"` // NULL when unknown
+	TraceID       string // empty when not traced
 }
 
 func (decisionRow) TableName() string { return "sync_decisions" }
@@ -226,8 +227,8 @@ func (keyRow) TableName() string { return "sync_decision_keys" }
 const (
 	insertColumns = `decided_at, correlation_id, message_id, direction, entity_map, map_version,
 		source_type, source_id, source_version, target_type, target_id, target_version, outcome, reason, reason_subject,
-		message, changed_fields, attempts, duration_us, conflicts, latency_us`
-	decisionParams = 21
+		message, changed_fields, attempts, duration_us, conflicts, latency_us, trace_id`
+	decisionParams = 22
 	keyParams      = 3
 )
 
@@ -274,7 +275,7 @@ func insertDecisions(tx *gorm.DB, rows []decisionRow) error {
 			r := &rows[i]
 			args = append(args, r.DecidedAt, r.CorrelationID, r.MessageID, r.Direction, r.EntityMap, r.MapVersion,
 				r.SourceType, r.SourceID, r.SourceVersion, r.TargetType, r.TargetID, r.TargetVersion, r.Outcome, r.Reason,
-				r.ReasonSubject, r.Message, r.ChangedFields, r.Attempts, r.DurationUS, r.Conflicts, r.LatencyUS)
+				r.ReasonSubject, r.Message, r.ChangedFields, r.Attempts, r.DurationUS, r.Conflicts, r.LatencyUS, r.TraceID)
 		}
 		var err error
 		if ids, err = queryIDs(tx, insertDecisionSQL[n], args, ids[:0]); err != nil {
@@ -368,7 +369,7 @@ func toRow(d *Decision) (decisionRow, error) {
 		TargetType: d.Target.Type, TargetID: d.Target.ID, TargetVersion: d.Target.Version,
 		Outcome: string(d.Outcome), Reason: string(d.Reason), ReasonSubject: d.ReasonSubject,
 		Message: d.Message, ChangedFields: string(fields), Attempts: string(att),
-		DurationUS: d.Duration.Microseconds(), Conflicts: string(conf),
+		DurationUS: d.Duration.Microseconds(), Conflicts: string(conf), TraceID: d.TraceID,
 	}, nil
 }
 
@@ -379,7 +380,7 @@ func (r decisionRow) decision() Decision {
 		Source:  Ref{Type: r.SourceType, ID: r.SourceID, Version: r.SourceVersion},
 		Target:  Ref{Type: r.TargetType, ID: r.TargetID, Version: r.TargetVersion},
 		Outcome: Outcome(r.Outcome), Reason: ReasonCode(r.Reason), ReasonSubject: r.ReasonSubject,
-		Message: r.Message, Duration: time.Duration(r.DurationUS) * time.Microsecond,
+		Message: r.Message, Duration: time.Duration(r.DurationUS) * time.Microsecond, TraceID: r.TraceID,
 	}
 	if r.LatencyUS != nil {
 		d.Latency = time.Duration(*r.LatencyUS) * time.Microsecond
