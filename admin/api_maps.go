@@ -1,13 +1,20 @@
 package admin
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
 
 	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/maps/fhirpath"
 )
 
 // apiMaps is GET /api/v1/maps: every version and the publication history.
@@ -221,4 +228,416 @@ func writeProblems(w http.ResponseWriter, msg string, ps []problemView) {
 	writeJSON(w, http.StatusUnprocessableEntity, map[string]any{
 		"error":    map[string]string{"code": "unprocessable_entity", "message": msg},
 		"problems": ps})
+}
+
+// apiFHIRElements is GET /api/v1/maps/fhir-elements: the R4 child
+// elements of the element path reaches in resource type, for completing a
+// FHIR path as it is typed. within is an expansion map's array path when
+// path is relative to one of its items.
+func (a *app) apiFHIRElements(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	typ, within, parent := q.Get("type"), q.Get("within"), q.Get("path")
+	if typ == "" {
+		a.renderError(w, r, http.StatusBadRequest, "Name the FHIR resource type (type=Patient).")
+		return
+	}
+	elType, els, err := maps.FHIRElements(typ, within, parent)
+	if err != nil {
+		a.renderError(w, r, http.StatusUnprocessableEntity, err.Error())
+		return
+	}
+	if els == nil {
+		els = []maps.FHIRElement{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"type": typ, "within": within, "path": parent, "elementType": elType, "elements": els})
+}
+
+// evaluateRequest is the body of POST /api/v1/maps/evaluate.
+type evaluateRequest struct {
+	// Expression is the FHIRPath to evaluate.
+	Expression string `json:"expression"`
+	// Within is an expansion map's array path: Expression is then
+	// evaluated on each of its items.
+	Within string `json:"within,omitempty"`
+	// Resource is the FHIR resource as JSON text. When empty, the sample
+	// of entity map Map in version Version is used: the one called Sample,
+	// or the first that holds a FHIR resource.
+	Resource string `json:"resource,omitempty"`
+	Version  int    `json:"version,omitempty"`
+	Map      string `json:"map,omitempty"`
+	Sample   string `json:"sample,omitempty"`
+}
+
+// apiEvaluate is POST /api/v1/maps/evaluate: a FHIRPath expression run by
+// the maps' FHIRPath engine on a map's sample resource, answering the
+// values it selects. An expression that does not compile or fails is
+// answered 200 with its error: it is the result of evaluating it.
+func (a *app) apiEvaluate(w http.ResponseWriter, r *http.Request) {
+	var req evaluateRequest
+	if !a.decodeJSON(w, r, &req) {
+		return
+	}
+	if strings.TrimSpace(req.Expression) == "" {
+		a.renderError(w, r, http.StatusBadRequest, "Send the expression to evaluate.")
+		return
+	}
+	resource, sample := req.Resource, ""
+	if strings.TrimSpace(resource) == "" {
+		doc, _, err := a.data.maps.Version(r.Context(), req.Version)
+		if errors.Is(err, maps.ErrNotFound) {
+			a.renderError(w, r, http.StatusNotFound, "No such map version.")
+			return
+		}
+		if err != nil {
+			a.serverError(w, r, "reading a map version", err)
+			return
+		}
+		if resource, sample = sampleResource(doc, req.Map, req.Sample); resource == "" {
+			a.renderError(w, r, http.StatusNotFound, "The entity map has no sample with a FHIR resource to evaluate on; send one as resource.")
+			return
+		}
+	}
+	out := map[string]any{"expression": req.Expression, "sample": sample}
+	values, err := evaluateOn([]byte(resource), req.Within, req.Expression)
+	if err != nil {
+		out["error"] = err.Error()
+		out["values"] = []any{}
+		writeJSON(w, http.StatusOK, out)
+		return
+	}
+	out["values"], out["count"] = values, len(values)
+	writeJSON(w, http.StatusOK, out)
+}
+
+// sampleResource is the FHIR resource of entity map m's sample called
+// name (or its first holding one): a FHIR → CRM sample's input, a CRM →
+// FHIR sample's base.
+func sampleResource(doc *maps.Document, m, name string) (resource, sample string) {
+	for _, em := range doc.EntityMaps {
+		if em.Name != m {
+			continue
+		}
+		for _, s := range em.Samples {
+			if name != "" && s.Name != name {
+				continue
+			}
+			switch {
+			case s.Direction == maps.FHIRToCRM && strings.TrimSpace(s.Input) != "":
+				return s.Input, s.Name
+			case s.Direction == maps.CRMToFHIR && strings.TrimSpace(s.Base) != "":
+				return s.Base, s.Name
+			}
+		}
+	}
+	return "", ""
+}
+
+// evaluateOn runs expr on resource, or on each item within selects.
+func evaluateOn(resource []byte, within, expr string) ([]any, error) {
+	if !json.Valid(resource) {
+		return nil, errors.New("the sample resource is not valid JSON")
+	}
+	if within != "" {
+		expr = "(" + within + ").select(" + expr + ")"
+	}
+	e, err := fhirpath.Compile(expr)
+	if err != nil {
+		return nil, err
+	}
+	return e.Eval(resource)
+}
+
+// documentRequest is the body of POST /api/v1/maps/document: a map set as
+// YAML text or as its document (the YAML's structure in JSON).
+type documentRequest struct {
+	YAML     string          `json:"yaml,omitempty"`
+	Document json.RawMessage `json:"document,omitempty"`
+}
+
+// apiMapDocument is POST /api/v1/maps/document: the structured editor's
+// round trip. It turns YAML into the document the forms edit, or the
+// forms' document into canonical YAML, and answers both with the
+// validation problems (checked against the CRM's cached metadata when a
+// CRM is configured). Text that cannot be read as a map set is 422 with
+// its problems and lines.
+func (a *app) apiMapDocument(w http.ResponseWriter, r *http.Request) {
+	var req documentRequest
+	if !a.decodeJSON(w, r, &req) {
+		return
+	}
+	var data []byte
+	switch {
+	case len(req.Document) > 0 && !bytes.Equal(bytes.TrimSpace(req.Document), []byte("null")):
+		var v any
+		dec := json.NewDecoder(bytes.NewReader(req.Document))
+		dec.UseNumber()
+		if err := dec.Decode(&v); err != nil {
+			a.renderError(w, r, http.StatusBadRequest, "The document is not valid JSON: "+err.Error())
+			return
+		}
+		y, err := yaml.Marshal(yamlValue(v))
+		if err != nil {
+			a.renderError(w, r, http.StatusBadRequest, "The document cannot be written as YAML: "+err.Error())
+			return
+		}
+		data = y
+	case strings.TrimSpace(req.YAML) != "":
+		data = []byte(req.YAML)
+	default:
+		a.renderError(w, r, http.StatusBadRequest, "Send yaml, or a document.")
+		return
+	}
+	doc, err := maps.Parse(data)
+	if ps, ok := problemsOf(err); ok {
+		writeProblems(w, fmt.Sprintf("The map set cannot be read (%d problems).", len(ps)), ps)
+		return
+	}
+	if err != nil {
+		a.serverError(w, r, "reading a map set", err)
+		return
+	}
+	canonical, err := maps.Export(doc)
+	if err != nil {
+		a.serverError(w, r, "exporting a map set", err)
+		return
+	}
+	var tree any
+	if err := yaml.Unmarshal(canonical, &tree); err != nil {
+		a.serverError(w, r, "reading a map set back", err)
+		return
+	}
+	unchecked, verr := a.crmCheck(r.Context(), doc, false)
+	ps, isProblems := problemsOf(verr)
+	if verr != nil && !isProblems {
+		a.serverError(w, r, "validating maps", verr)
+		return
+	}
+	if ps == nil {
+		ps = []problemView{}
+	}
+	out := map[string]any{"yaml": string(canonical), "document": tree, "valid": len(ps) == 0, "problems": ps}
+	if unchecked != "" {
+		out["warning"] = unchecked
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// yamlValue turns a JSON value decoded with UseNumber into one the YAML
+// encoder writes as the same YAML: numbers as numbers.
+func yamlValue(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			x[k] = yamlValue(e)
+		}
+		return x
+	case []any:
+		for i, e := range x {
+			x[i] = yamlValue(e)
+		}
+		return x
+	case json.Number:
+		if i, err := x.Int64(); err == nil {
+			return i
+		}
+		if f, err := x.Float64(); err == nil {
+			return f
+		}
+		return x.String()
+	}
+	return v
+}
+
+// crmAttributeView is one CRM column as the attribute picker shows it.
+type crmAttributeView struct {
+	Name string `json:"name"`
+	// Type is the CRM's AttributeType; MapType the attribute map type
+	// that carries it ("" when none does).
+	Type      string   `json:"type"`
+	MapType   string   `json:"mapType"`
+	Format    string   `json:"format,omitempty"`
+	MaxLength int      `json:"maxLength,omitempty"`
+	Precision *int     `json:"precision,omitempty"`
+	MinValue  *float64 `json:"minValue,omitempty"`
+	MaxValue  *float64 `json:"maxValue,omitempty"`
+	Targets   []string `json:"targets,omitempty"`
+	Options   []struct {
+		Value int    `json:"value"`
+		Label string `json:"label"`
+	} `json:"options,omitempty"`
+	Required       bool `json:"required"`
+	ValidForCreate bool `json:"validForCreate"`
+	ValidForUpdate bool `json:"validForUpdate"`
+}
+
+// apiCRMAttributes is GET /api/v1/maps/crm-attributes?entity=contact: the
+// columns of a CRM table from its metadata (EntityDefinitions/Attributes),
+// cached; the attribute picker lists them.
+func (a *app) apiCRMAttributes(w http.ResponseWriter, r *http.Request) {
+	name := r.URL.Query().Get("entity")
+	if name == "" {
+		a.renderError(w, r, http.StatusBadRequest, "Name the CRM table (entity=contact).")
+		return
+	}
+	if a.data.crm == nil {
+		a.renderError(w, r, http.StatusNotFound, "No CRM is configured, so its metadata cannot be read; type the attribute names.")
+		return
+	}
+	m, at, err := a.data.crm.entityAt(r.Context(), name)
+	if err != nil {
+		a.log.Warn("reading CRM metadata for the attribute picker", "error", err)
+		a.renderError(w, r, http.StatusServiceUnavailable, "The CRM's metadata could not be read; try again, or type the attribute names.")
+		return
+	}
+	if m == nil {
+		a.renderError(w, r, http.StatusNotFound, fmt.Sprintf("The CRM has no table %q.", name))
+		return
+	}
+	attrs := make([]crmAttributeView, 0, len(m.Attributes))
+	for _, x := range m.Attributes {
+		v := crmAttributeView{Name: x.LogicalName, Type: x.Type, MapType: string(crmTypeOf(x)), Format: x.Format,
+			MaxLength: x.MaxLength, Precision: x.Precision, MinValue: x.MinValue, MaxValue: x.MaxValue, Targets: x.Targets,
+			Required: x.Required, ValidForCreate: x.ValidForCreate, ValidForUpdate: x.ValidForUpdate}
+		for _, o := range x.Options {
+			v.Options = append(v.Options, struct {
+				Value int    `json:"value"`
+				Label string `json:"label"`
+			}{o.Value, o.Label})
+		}
+		attrs = append(attrs, v)
+	}
+	slices.SortFunc(attrs, func(x, y crmAttributeView) int { return strings.Compare(x.Name, y.Name) })
+	lookups := []map[string]string{}
+	for _, l := range m.Lookups {
+		lookups = append(lookups, map[string]string{"attribute": l.Attribute, "target": l.Target, "navigation": l.NavigationProperty})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"entity": m.LogicalName, "entitySet": m.EntitySetName, "primaryId": m.PrimaryID,
+		"readAt": at.UTC(), "attributes": attrs, "lookups": lookups})
+}
+
+// refreshRequest is the body of POST /api/v1/maps/crm-metadata/refresh.
+type refreshRequest struct {
+	// Entities are read again at once; the rest of the cache is dropped
+	// and read when next needed.
+	Entities []string `json:"entities,omitempty"`
+}
+
+// apiRefreshCRM is POST /api/v1/maps/crm-metadata/refresh: the cached CRM
+// metadata is dropped and the named tables are read again, so a column
+// just added in the CRM can be mapped. Recorded in the audit trail.
+func (a *app) apiRefreshCRM(w http.ResponseWriter, r *http.Request) {
+	var req refreshRequest
+	if !a.decodeJSON(w, r, &req) {
+		return
+	}
+	if a.data.crm == nil {
+		a.renderError(w, r, http.StatusNotFound, "No CRM is configured, so there is no metadata to refresh.")
+		return
+	}
+	a.data.crm.refresh()
+	type read struct {
+		Entity     string    `json:"entity"`
+		Found      bool      `json:"found"`
+		Attributes int       `json:"attributes"`
+		ReadAt     time.Time `json:"readAt"`
+	}
+	out := []read{}
+	var names []string
+	for _, name := range req.Entities {
+		if name == "" || slices.Contains(names, name) {
+			continue
+		}
+		names = append(names, name)
+		m, at, err := a.data.crm.entityAt(r.Context(), name)
+		if err != nil {
+			a.log.Warn("refreshing CRM metadata", "error", err)
+			a.record(r, "map.crm_metadata_refresh", "crm_metadata", strings.Join(names, ","), "", "failed: the CRM's metadata could not be read")
+			a.renderError(w, r, http.StatusServiceUnavailable, fmt.Sprintf("The CRM's metadata of %s could not be read; try again later.", name))
+			return
+		}
+		n := 0
+		if m != nil {
+			n = len(m.Attributes)
+		}
+		out = append(out, read{Entity: name, Found: m != nil, Attributes: n, ReadAt: at.UTC()})
+	}
+	what := "cache dropped"
+	if len(names) > 0 {
+		what += "; read again: " + strings.Join(names, ", ")
+	}
+	a.record(r, "map.crm_metadata_refresh", "crm_metadata", strings.Join(names, ","), "", what)
+	writeJSON(w, http.StatusOK, map[string]any{"refreshed": out})
+}
+
+// samplesRequest is the body of POST /api/v1/maps/samples.
+type samplesRequest struct {
+	// YAML is the map set as edited (not necessarily saved).
+	YAML string `json:"yaml"`
+	// Map names the entity map whose samples run; empty runs every map's.
+	Map string `json:"map,omitempty"`
+}
+
+// sampleView is one sample's run for the editor.
+type sampleView struct {
+	Map          string          `json:"map"`
+	Sample       string          `json:"sample"`
+	Direction    maps.Direction  `json:"direction"`
+	Passed       bool            `json:"passed"`
+	Decision     string          `json:"decision,omitempty"`
+	Filter       string          `json:"filter,omitempty"`
+	Attribute    string          `json:"attribute,omitempty"`
+	MappingError string          `json:"mappingError,omitempty"`
+	Output       json.RawMessage `json:"output,omitempty"`
+	Changed      []string        `json:"changed,omitempty"`
+	Mismatches   []string        `json:"mismatches,omitempty"`
+	Error        string          `json:"error,omitempty"`
+}
+
+// apiSamples is POST /api/v1/maps/samples: the samples of a map set as
+// edited, run by the one sample runner, each with its output and how it
+// differs from what the sample expects. A map set that does not validate
+// is 422 with its problems.
+func (a *app) apiSamples(w http.ResponseWriter, r *http.Request) {
+	var req samplesRequest
+	if !a.decodeJSON(w, r, &req) {
+		return
+	}
+	if strings.TrimSpace(req.YAML) == "" {
+		a.renderError(w, r, http.StatusBadRequest, "Send the map set as yaml.")
+		return
+	}
+	doc, err := maps.Parse([]byte(req.YAML))
+	var set *maps.Set
+	if err == nil {
+		set, err = maps.Compile(doc, maps.CompileOptions{})
+	}
+	if ps, ok := problemsOf(err); ok {
+		writeProblems(w, fmt.Sprintf("The samples cannot run: the map set has %d problem(s).", len(ps)), ps)
+		return
+	}
+	if err != nil {
+		a.serverError(w, r, "compiling maps", err)
+		return
+	}
+	out := []sampleView{}
+	for _, m := range set.Maps() {
+		def := m.Def()
+		if req.Map != "" && def.Name != req.Map {
+			continue
+		}
+		for _, s := range def.Samples {
+			res := maps.RunSample(r.Context(), m, s)
+			v := sampleView{Map: def.Name, Sample: s.Name, Direction: s.Direction, Passed: res.Passed(), Decision: res.Decision,
+				Filter: res.Filter, Attribute: res.Attribute, MappingError: res.MappingError, Output: res.Output,
+				Changed: res.Changed, Mismatches: res.Mismatches}
+			if res.ParseError != nil {
+				v.Error = "The sample cannot be read: " + res.ParseError.Error()
+			}
+			if res.EvalError != nil {
+				v.Error = "The engine failed: " + res.EvalError.Error()
+			}
+			out = append(out, v)
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"results": out})
 }

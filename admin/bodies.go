@@ -34,6 +34,10 @@ var mapSetRoutes = map[string]bool{
 	"POST /api/v1/maps/validate":              true,
 	"POST /api/v1/maps/import":                true,
 	"POST /api/v1/maps/versions/{id}/preview": true,
+	"POST /maps/versions/{id}/edit":           true,
+	"POST /api/v1/maps/document":              true,
+	"POST /api/v1/maps/samples":               true,
+	"POST /api/v1/maps/evaluate":              true,
 }
 
 // streamRoutes write exports that may outlast the server's write timeout

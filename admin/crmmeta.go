@@ -89,23 +89,67 @@ func (c *crmMetadata) forDocument(ctx context.Context, doc *maps.Document) (*map
 }
 
 func (c *crmMetadata) entity(ctx context.Context, name string) (*crm.EntityMetadata, error) {
+	m, _, err := c.entityAt(ctx, name)
+	return m, err
+}
+
+// entityAt is entity with the time its metadata was read from the CRM.
+// A nil metadata means the CRM has no such entity.
+func (c *crmMetadata) entityAt(ctx context.Context, name string) (*crm.EntityMetadata, time.Time, error) {
 	c.mu.Lock()
 	e, ok := c.entities[name]
 	c.mu.Unlock()
 	if ok && c.now().Sub(e.at) < crmMetadataTTL {
-		return e.meta, nil
+		return e.meta, e.at, nil
 	}
 	m, err := c.reader.EntityDefinition(ctx, name)
 	if errors.Is(err, crm.ErrNotFound) {
 		m, err = nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("reading the CRM metadata of %s: %w", name, err)
+		return nil, time.Time{}, fmt.Errorf("reading the CRM metadata of %s: %w", name, err)
 	}
+	at := c.now()
 	c.mu.Lock()
-	c.entities[name] = cachedEntity{meta: m, at: c.now()}
+	c.entities[name] = cachedEntity{meta: m, at: at}
 	c.mu.Unlock()
-	return m, nil
+	return m, at, nil
+}
+
+// crmTypeOf is the attribute map type that carries a CRM column of
+// attribute metadata a, or "" when no map type does (a uniqueidentifier,
+// a virtual column without choices).
+func crmTypeOf(a *crm.AttributeMetadata) maps.CRMType {
+	switch a.Type {
+	case "String", "EntityName":
+		return maps.TypeString
+	case "Memo":
+		return maps.TypeMemo
+	case "Integer", "BigInt":
+		return maps.TypeInt
+	case "Decimal", "Double":
+		return maps.TypeDecimal
+	case "Money":
+		return maps.TypeMoney
+	case "Boolean":
+		return maps.TypeBool
+	case "DateTime":
+		if a.Format == "DateOnly" {
+			return maps.TypeDateOnly
+		}
+		return maps.TypeDateTimeUTC
+	case "Picklist", "State", "Status":
+		return maps.TypeOptionSet
+	case "MultiSelectPicklist":
+		return maps.TypeMultiSelect
+	case "Virtual":
+		if len(a.Options) > 0 {
+			return maps.TypeMultiSelect
+		}
+	case "Lookup", "Customer", "Owner":
+		return maps.TypeLookup
+	}
+	return ""
 }
 
 // entityJSON writes m in the shape of an EntityDefinitions entry, which
