@@ -366,6 +366,8 @@ func (d *doctor) crm(ctx context.Context) {
 		}
 		d.check(area, fmt.Sprintf("alternate keys %s, %s", strings.Join(keys, ", "), track), nil)
 	}
+	d.crmPrivileges(ctx, c)
+	d.crmSteps(ctx, c)
 }
 
 // mappedEntities are the CRM tables of the set's enabled maps, in order.

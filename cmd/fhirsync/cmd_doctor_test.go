@@ -26,13 +26,20 @@ import (
 
 // doctorSetup is a configuration file pointing at a migrated SQLite
 // database with the starter maps published, the sandbox CRM (answering
-// only its agent token) and the sandbox FHIR server, both on loopback.
+// only its agent token, with a webhook service endpoint for
+// feeds.dataverse_webhook and its steps) and the sandbox FHIR server, both
+// on loopback.
 type doctorSetup struct {
 	dir, dbPath     string
 	fhirURL, crmURL string
 	token           string
 	extra           string
+	crm             *crmserver.Server
 }
+
+// doctorWebhookPath is the configuration's feeds.dataverse_webhook.path,
+// and the path of the sandbox CRM's webhook URL.
+const doctorWebhookPath = "/hooks/dataverse"
 
 func newDoctorSetup(t *testing.T, crmOpts crmserver.Options) *doctorSetup {
 	t.Helper()
@@ -48,10 +55,16 @@ func newDoctorSetup(t *testing.T, crmOpts crmserver.Options) *doctorSetup {
 	t.Cleanup(fhirHTTP.Close)
 	s.fhirURL = fhirHTTP.URL
 	crmOpts.Tokens = crmserver.SandboxTokens()
+	if crmOpts.Webhook.URL == "" {
+		// Registered only: the doctor writes nothing, so nothing is posted.
+		crmOpts.Webhook = crmserver.WebhookTarget{URL: "https://fhirsync.example.org" + doctorWebhookPath, Key: "doctor-webhook-key-0123"}
+	}
 	cs, err := crmserver.New(crmOpts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { cs.Close() })
+	s.crm = cs
 	crmHTTP := httptest.NewServer(cs)
 	t.Cleanup(crmHTTP.Close)
 	s.crmURL = crmHTTP.URL
@@ -74,7 +87,10 @@ crm:
 feeds:
   crm_tracking:
     entities: [contact]
-%s`, s.dir, s.dbPath, s.fhirURL, s.crmURL, s.token, s.extra)
+  dataverse_webhook:
+    path: %s
+    key: doctor-webhook-key-0123
+%s`, s.dir, s.dbPath, s.fhirURL, s.crmURL, s.token, doctorWebhookPath, s.extra)
 	path := filepath.Join(s.dir, "fhirsync.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -107,7 +123,8 @@ func TestDoctorAllChecksPassAgainstSandboxes(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("doctor exited %d:\n%s", code, out)
 	}
-	for _, want := range []string{"ok   database", "ok   queue", "ok   maps", "ok   crm", "ok   crm table contact", "ok   fhir", "ok   clock"} {
+	for _, want := range []string{"ok   database", "ok   queue", "ok   maps", "ok   crm", "ok   crm table contact", "ok   crm privileges contact",
+		"ok   crm privileges msemr_medicalidentifier", "ok   crm steps contact", "ok   fhir", "ok   clock"} {
 		if doctorLine(out, want) == "" {
 			t.Errorf("no %q line:\n%s", want, out)
 		}
@@ -120,6 +137,12 @@ func TestDoctorAllChecksPassAgainstSandboxes(t *testing.T) {
 	}
 	if l := doctorLine(out, "ok   fhir"); !strings.Contains(l, "_history for") || !strings.Contains(l, "Patient") {
 		t.Errorf("fhir line does not name the _history types: %q", l)
+	}
+	if l := doctorLine(out, "ok   crm privileges contact"); !strings.Contains(l, "Read, Create, Write, Delete, Append, AppendTo at Organization level") {
+		t.Errorf("contact privileges line: %q", l)
+	}
+	if l := doctorLine(out, "ok   crm steps contact"); !strings.Contains(l, `Create, Update steps on service endpoint "fhirsync webhook"`) {
+		t.Errorf("contact steps line: %q", l)
 	}
 }
 
@@ -232,6 +255,52 @@ func TestDoctorBrokenSetups(t *testing.T) {
 			area:     "FAIL clock",
 			wantMsg:  []string{"the FHIR server ahead", "more than agent.conflict_skew 2s", "NTP"},
 			alsoPass: []string{"ok   database", "ok   queue", "ok   maps", "ok   crm", "ok   fhir"},
+		},
+		{
+			name: "application user without the Write privilege on contact",
+			breakIt: func(t *testing.T, s *doctorSetup) {
+				s.crm.RevokePrivilege(crmserver.AgentUserID, "prvWriteContact")
+			},
+			area:     "FAIL crm privileges contact",
+			wantMsg:  []string{"lacks prvWriteContact on contact", "add Write (prvWriteContact)", "security role at Organization level"},
+			alsoPass: []string{"ok   crm", "ok   crm table contact", "ok   crm privileges account", "ok   crm steps contact", "ok   fhir"},
+		},
+		{
+			name: "application user without AppendTo on account (lookups to accounts)",
+			breakIt: func(t *testing.T, s *doctorSetup) {
+				s.crm.RevokePrivilege(crmserver.AgentUserID, "prvAppendToAccount")
+			},
+			area:     "FAIL crm privileges account",
+			wantMsg:  []string{"lacks prvAppendToAccount on account", "add AppendTo (prvAppendToAccount)"},
+			alsoPass: []string{"ok   crm privileges contact", "ok   crm steps contact"},
+		},
+		{
+			name: "no Update step for contact",
+			breakIt: func(t *testing.T, s *doctorSetup) {
+				s.crm.RemoveStep("contact", "Update")
+			},
+			area:     "FAIL crm steps contact",
+			wantMsg:  []string{"no Update step for contact", "register an asynchronous post-operation step", "for message Update, primary entity contact"},
+			alsoPass: []string{"ok   crm privileges contact", "ok   crm steps account", "ok   fhir"},
+		},
+		{
+			name: "contact's step registered for Assign instead of Create",
+			breakIt: func(t *testing.T, s *doctorSetup) {
+				s.crm.RemoveStep("contact", "Create")
+				s.crm.AddStep("contact", "Assign")
+			},
+			area:     "FAIL crm steps contact",
+			wantMsg:  []string{"no Create step for contact", "registered for Delete, Assign instead", "for message Create"},
+			alsoPass: []string{"ok   crm privileges contact", "ok   crm steps account"},
+		},
+		{
+			name: "no webhook registered for feeds.dataverse_webhook",
+			crm: func() crmserver.Options {
+				return crmserver.Options{Webhook: crmserver.WebhookTarget{URL: "https://fhirsync.example.org/hooks/other", Key: "k"}}
+			},
+			area:     "FAIL crm steps",
+			wantMsg:  []string{"no service endpoint found", "whose URL ends in /hooks/dataverse", "Register New WebHook"},
+			alsoPass: []string{"ok   crm privileges contact", "ok   fhir"},
 		},
 		{
 			name: "SQLite database file missing",

@@ -329,8 +329,10 @@ func (s *Server) publish(ctx context.Context, events []event) {
 	}
 	msgs := make([]queues.Message, 0, len(events))
 	dropped, failed := 0, 0
+	steps := s.stepSet()
 	for _, ev := range events {
-		if len(s.opts.EndpointEntities) > 0 && !slices.Contains(s.opts.EndpointEntities, ev.entity.LogicalName) {
+		// Only what a step is registered for is posted (registrations.go).
+		if !steps[[2]string{ev.entity.LogicalName, ev.message}] {
 			continue
 		}
 		body, err := s.contextJSON(ev, true)

@@ -385,6 +385,7 @@ func metadataJSON(e *Entity, base string) map[string]any {
 		"Attributes":             attrs,
 		"Keys":                   keys,
 		"ManyToOneRelationships": rels,
+		"Privileges":             privilegesJSON(e),
 	}
 }
 

@@ -61,6 +61,10 @@ type Options struct {
 	// message and entity); changes to other entities are not posted. Empty
 	// means every entity.
 	EndpointEntities []string
+	// EndpointPath is the queue the Service Bus endpoint posts to, as its
+	// serviceendpoint row's path reads (registrations.go); empty means
+	// crm-changes.
+	EndpointPath string
 	// EndpointAsync posts from a background worker, as Dataverse posts an
 	// asynchronous step's messages from its async service: a write answers
 	// without waiting for the post, and the messages that accumulated
@@ -142,17 +146,27 @@ type Server struct {
 	dopHint  string // x-ms-dop-hint value; "" leaves it out
 
 	post *poster // nil unless EndpointAsync
+
+	// Service endpoint registrations and revoked privileges
+	// (registrations.go, privileges.go), guarded by mu.
+	endpoints []*serviceEndpoint
+	steps     []Step
+	revoked   map[string][]string // systemuserid → lower-case privilege names
 }
 
 // New builds a server.
 func New(opts Options) (*Server, error) {
-	opts, err := withWebhook(opts)
-	if err != nil {
-		return nil, err
-	}
 	ents := opts.Entities
 	if ents == nil {
 		ents = DefaultEntities()
+	}
+	// The registrations follow the options as given, before the webhook
+	// joins Endpoint.
+	reg := &Server{opts: opts}
+	reg.registerEndpoints(ents)
+	opts, err := withWebhook(opts)
+	if err != nil {
+		return nil, err
 	}
 	st, err := newStore(ents)
 	if err != nil {
@@ -167,7 +181,8 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxPageSize == 0 {
 		opts.MaxPageSize = 5000
 	}
-	s := &Server{opts: opts, st: st, now: opts.Now, log: opts.Logger, orgID: uuid.NewString()}
+	s := &Server{opts: opts, st: st, now: opts.Now, log: opts.Logger, orgID: uuid.NewString(),
+		endpoints: reg.endpoints, steps: reg.steps}
 	s.SetDOPHint(opts.DOPHint)
 	if s.now == nil {
 		s.now = time.Now
@@ -487,6 +502,10 @@ func (s *Server) exec(c *call, req *request, t *tx) response {
 			"BusinessUnitId": "00000000-0000-0000-0000-0000000000b1", "UserId": c.user, "OrganizationId": s.orgID})
 	case strings.HasPrefix(p, "EntityDefinitions"):
 		return s.metadata(c, req, p)
+	case strings.HasPrefix(p, "serviceendpoints") || strings.HasPrefix(p, "sdkmessageprocessingsteps"):
+		return s.registrations(c, req, p)
+	case strings.HasPrefix(p, "systemusers(") && strings.HasSuffix(p, ")/Microsoft.Dynamics.CRM.RetrieveUserPrivileges()"):
+		return s.userPrivileges(c, req, strings.TrimSuffix(strings.TrimPrefix(p, "systemusers("), ")/Microsoft.Dynamics.CRM.RetrieveUserPrivileges()"))
 	}
 	if set, ok := strings.CutSuffix(p, "/$count"); ok {
 		if tb := s.st.bySet[set]; tb != nil {
