@@ -144,7 +144,7 @@ func TestEveryReasonCodeEndToEnd(t *testing.T) {
 				}
 			}},
 			{name: "type without a map", reason: "no_entity_map", run: func(t *testing.T) string {
-				return e.notify(t, queues.SideFHIR, "Device", "dev-1", "", queues.EventChanged)
+				return e.notify(t, queues.SideFHIR, "Basic", "basic-1", "", queues.EventChanged)
 			}},
 			{name: "disabled map", reason: "map_disabled", run: func(t *testing.T) string {
 				return e.notify(t, queues.SideFHIR, "Observation", "obs-1", "", queues.EventCreated)

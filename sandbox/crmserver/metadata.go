@@ -236,7 +236,8 @@ func fhirIDKey() []Key {
 
 // DefaultEntities returns the starter entities: contact, account and the
 // Cloud for Healthcare tables msemr_medicalidentifier, msemr_encounter and
-// msemr_observation, each with the msemr_azurefhirid alternate key.
+// msemr_observation, each with the msemr_azurefhirid alternate key, and
+// the data-model tables of the clinical starter maps (metadata_msemr.go).
 func DefaultEntities() []*Entity {
 	contact := &Entity{
 		LogicalName: "contact", EntitySetName: "contacts", PrimaryID: "contactid", PrimaryName: "fullname",
@@ -349,7 +350,7 @@ func DefaultEntities() []*Entity {
 			{SchemaName: "msemr_msemr_encounter_msemr_observation", Attribute: "msemr_encounter", Target: "msemr_encounter", NavigationProperty: "msemr_encounter"},
 		},
 	}
-	return []*Entity{contact, account, identifier, encounter, observation}
+	return append([]*Entity{contact, account, identifier, encounter, observation}, healthcareEntities()...)
 }
 
 // metadataJSON renders an entity the way EntityDefinitions does, with its
