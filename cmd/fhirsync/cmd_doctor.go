@@ -8,9 +8,11 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	sbadmin "github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus/admin"
 	"gorm.io/gorm"
 
@@ -27,13 +29,18 @@ const doctorTimeout = 20 * time.Second
 func runDoctor(ctx context.Context, e *env, args []string) error {
 	fs := e.newFlagSet("doctor", "doctor [--config FILE]", `
 Check every dependency of the configuration before traffic flows: the
-database is reachable and migrated, the queues exist (Service Bus: with
-sessions), the CRM accepts the credentials and has each mapped table with
-the alternate keys the maps use (and change tracking where feeds.crm_tracking
-polls it), the FHIR server's CapabilityStatement supports _history for the
-mapped types, and maps are published. One line per check, with what to do
-when it fails; the exit status is 1 when any check fails. Secrets and
-records are never printed.`)
+database is reachable and migrated; the queues exist (Service Bus: the
+credentials are accepted, and each queue has sessions, a lock of at least
+30s, max delivery count 10 and dead-lettering on expiry); maps are
+published; the CRM accepts the credentials and has each mapped table with
+the alternate keys the maps use (and change tracking where
+feeds.crm_tracking polls it); every application user holds the privileges
+the maps need on each table at Organization level; the webhook or Service
+Bus endpoint has a step for each table and message the CRM->FHIR direction
+carries; the FHIR server's CapabilityStatement supports _history and the
+interactions the maps write with; the clocks agree. One line per check,
+with what to do when it fails; the exit status is 1 when any check fails.
+Secrets and records are never printed.`)
 	if done, err := parseFlags(fs, args); done {
 		return err
 	}
@@ -242,21 +249,181 @@ func (d *doctor) serviceBus(ctx context.Context, names []string) {
 		d.check("queue", "", fail("check queue.service_bus.connection_string or namespace", "Service Bus client: %s", shortCause(err)))
 		return
 	}
+	authLine := false
 	for _, name := range names {
 		area := "queue " + name
 		resp, err := client.GetQueue(ctx, name, nil)
+		if !authLine {
+			// The first answer says whether the namespace took the
+			// credentials; one line for it, before the queues'.
+			authLine = true
+			if p := d.serviceBusAuth(err); p != nil {
+				d.check("servicebus", "", p)
+				return
+			}
+			d.check("servicebus", d.serviceBusWho()+" accepted by "+d.serviceBusHost(), nil)
+		}
 		switch {
 		case err != nil:
-			d.check(area, "", fail("check queue.service_bus credentials; the identity needs to read the namespace's queues (or give a connection string with Manage rights to run doctor)",
-				"Service Bus refused or did not answer: %s", shortCause(err)))
+			d.check(area, "", fail("check that the namespace is reachable from here (port 443) and try again",
+				"Service Bus did not answer: %s", shortCause(err)))
 		case resp == nil:
 			d.check(area, "", fail("create it with sessions enabled, or fix queue.fhir_changes / queue.crm_changes", "queue %s does not exist", name))
 		case resp.RequiresSession == nil || !*resp.RequiresSession:
 			d.check(area, "", fail("sessions can only be set when a queue is created: delete and recreate it with sessions enabled (requiresSession)", "queue %s is not session-enabled", name))
 		default:
-			d.check(area, fmt.Sprintf("sessions on, max deliveries %d", deref(resp.MaxDeliveryCount)), nil)
+			d.queueProperties(area, name, resp.QueueProperties)
 		}
 	}
+}
+
+// serviceBusAuth reads the administration API's first answer: a 401 is a
+// credential the namespace refused, a 403 one without the rights to read
+// queue properties.
+func (d *doctor) serviceBusAuth(err error) *problem {
+	var re *azcore.ResponseError
+	if err == nil || !errors.As(err, &re) {
+		return nil
+	}
+	sb := d.cfg.Queue.ServiceBus
+	switch re.StatusCode {
+	case http.StatusUnauthorized:
+		fix := "check queue.service_bus.connection_string: its SharedAccessKeyName and SharedAccessKey must be a policy of this namespace"
+		if sb.ConnectionString == "" {
+			fix = "check queue.service_bus.auth (tenant_id, client_id, client_secret or the managed identity) and that the identity belongs to the namespace's tenant"
+		}
+		return fail(fix, "%s refused the credentials (401)", d.serviceBusHost())
+	case http.StatusForbidden:
+		fix := "give the connection string's policy the Manage right, or run doctor with one that has it (the agent itself needs Send and Listen only)"
+		if sb.ConnectionString == "" {
+			fix = "assign the identity the Azure Service Bus Data Owner role on the namespace to run doctor (the agent itself needs Data Sender and Data Receiver only)"
+		}
+		return fail(fix, "%s accepted the credentials but refused to show queue properties (403)", d.serviceBusHost())
+	}
+	return nil
+}
+
+func (d *doctor) serviceBusHost() string {
+	sb := d.cfg.Queue.ServiceBus
+	if sb.Namespace != "" {
+		return sb.Namespace
+	}
+	for _, part := range strings.Split(sb.ConnectionString, ";") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(part), "Endpoint="); ok {
+			return strings.TrimSuffix(strings.TrimPrefix(v, "sb://"), "/")
+		}
+	}
+	return "the namespace"
+}
+
+// serviceBusWho names the credential, never its secret.
+func (d *doctor) serviceBusWho() string {
+	sb := d.cfg.Queue.ServiceBus
+	if sb.ConnectionString != "" {
+		for _, part := range strings.Split(sb.ConnectionString, ";") {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(part), "SharedAccessKeyName="); ok {
+				return "shared access policy " + v
+			}
+		}
+		return "connection string"
+	}
+	m := sb.Auth.Method
+	if m == "" {
+		m = "default"
+	}
+	return "Entra ID credential (" + m + ")"
+}
+
+// Queue settings the agent relies on.
+const (
+	// minLockDuration: the adapter renews locks in the background; below
+	// this a process paused for a few seconds (a busy host, a long
+	// collection) loses the lock and the message is delivered again.
+	minLockDuration = 30 * time.Second
+	// sbAdapterMaxDeliveries is the MaxDeliveryCount the Service Bus
+	// adapter assumes (queues/servicebus Config.MaxDeliveryCount, zero):
+	// it counts the retries it schedules itself against it.
+	sbAdapterMaxDeliveries = 10
+)
+
+// queueProperties checks a session queue's lock duration, maximum
+// delivery count and dead-lettering against what the agent expects.
+func (d *doctor) queueProperties(area, name string, qp sbadmin.QueueProperties) {
+	lock, lockErr := isoDuration(derefStr(qp.LockDuration))
+	maxDel := int(deref(qp.MaxDeliveryCount))
+	attempts := d.cfg.Agent.MaxAttempts
+	if attempts <= 0 {
+		attempts = 10
+	}
+	switch {
+	case lockErr == nil && lock < minLockDuration:
+		d.check(area, "", fail(fmt.Sprintf("set the queue's lock duration (lockDuration) to at least %s; 1 minute is the default", minLockDuration),
+			"queue %s locks messages for %s only", name, lock))
+	case maxDel != sbAdapterMaxDeliveries:
+		d.check(area, "", fail(fmt.Sprintf("set the queue's max delivery count (maxDeliveryCount) to %d, the count fhirsync's Service Bus adapter retries against", sbAdapterMaxDeliveries),
+			"queue %s has max delivery count %d", name, maxDel))
+	case attempts > maxDel:
+		d.check(area, "", fail(fmt.Sprintf("lower agent.max_attempts to %d or less", maxDel),
+			"agent.max_attempts %d exceeds the queue's max delivery count %d: Service Bus would dead-letter first, without a decision", attempts, maxDel))
+	case qp.DeadLetteringOnMessageExpiration == nil || !*qp.DeadLetteringOnMessageExpiration:
+		d.check(area, "", fail("turn on dead-lettering on message expiration (deadLetteringOnMessageExpiration) so an expired notice is kept in the dead-letter queue and can be redriven",
+			"queue %s drops expired messages without dead-lettering them", name))
+	case derefStr(qp.ForwardDeadLetteredMessagesTo) != "":
+		d.check(area, "", fail("clear forwardDeadLetteredMessagesTo: fhirsync lists and redrives dead letters from the queue's own dead-letter queue",
+			"queue %s forwards its dead letters to %s", name, derefStr(qp.ForwardDeadLetteredMessagesTo)))
+	default:
+		dup := "duplicate detection off"
+		if qp.RequiresDuplicateDetection != nil && *qp.RequiresDuplicateDetection {
+			dup = "duplicate detection " + derefStr(qp.DuplicateDetectionHistoryTimeWindow)
+		}
+		lockText := derefStr(qp.LockDuration)
+		if lockErr == nil {
+			lockText = lock.String()
+		}
+		d.check(area, fmt.Sprintf("sessions on, lock %s, max deliveries %d, dead-lettering on expiry, %s", lockText, maxDel, dup), nil)
+	}
+}
+
+func derefStr(p *string) string {
+	if p == nil {
+		return ""
+	}
+	return *p
+}
+
+// isoDuration parses the ISO 8601 durations the administration API
+// writes (PT1M, PT30S, P14D, P10675199DT2H48M5.4775807S).
+func isoDuration(s string) (time.Duration, error) {
+	rest, ok := strings.CutPrefix(s, "P")
+	if !ok {
+		return 0, fmt.Errorf("duration %q does not start with P", s)
+	}
+	var total time.Duration
+	inTime := false
+	num := ""
+	for _, r := range rest {
+		switch {
+		case r == 'T':
+			inTime = true
+		case r >= '0' && r <= '9' || r == '.':
+			num += string(r)
+		default:
+			v, err := strconv.ParseFloat(num, 64)
+			if err != nil {
+				return 0, fmt.Errorf("duration %q: %w", s, err)
+			}
+			num = ""
+			unit := map[bool]map[rune]time.Duration{
+				false: {'D': 24 * time.Hour, 'W': 7 * 24 * time.Hour},
+				true:  {'H': time.Hour, 'M': time.Minute, 'S': time.Second},
+			}[inTime][r]
+			if unit == 0 {
+				return 0, fmt.Errorf("duration %q: unit %q not understood", s, r)
+			}
+			total += time.Duration(v * float64(unit))
+		}
+	}
+	return total, nil
 }
 
 func deref(p *int32) int32 {

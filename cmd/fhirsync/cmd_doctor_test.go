@@ -464,38 +464,56 @@ func editedCapabilities(t *testing.T, base string, edit func(patient map[string]
 	return srv.URL
 }
 
-// TestDoctorServiceBusQueues runs the Service Bus check's administration
+// sbQueue is a queue as the fake administration API describes it.
+type sbQueue struct {
+	sessions, deadLetterOnExpiry bool
+	lock                         string // ISO 8601, e.g. PT1M
+	maxDeliveries                int
+}
+
+// goodQueue has the properties fhirsync expects.
+var goodQueue = sbQueue{sessions: true, deadLetterOnExpiry: true, lock: "PT1M", maxDeliveries: 10}
+
+// TestDoctorServiceBusQueues runs the Service Bus checks' administration
 // client against a server answering as the Service Bus ATOM management API
 // does: a queue's QueueDescription entry, or an empty feed for a queue that
-// does not exist. (The repository's fake Service Bus speaks AMQP only; it
+// does not exist; 401 for a key it does not know and 403 for one without
+// Manage rights. (The repository's fake Service Bus speaks AMQP only; it
 // has no management endpoint.)
 func TestDoctorServiceBusQueues(t *testing.T) {
 	t.Parallel()
-	queues := map[string]bool{} // name → requires session
+	queues := map[string]sbQueue{}
+	authStatus := 0 // 0: accept
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Authorization") == "" {
 			http.Error(w, "no token", http.StatusUnauthorized)
 			return
 		}
+		if authStatus != 0 {
+			w.Header().Set("Content-Type", "application/xml; charset=utf-8")
+			w.WriteHeader(authStatus)
+			fmt.Fprintf(w, `<Error><Code>%d</Code><Detail>refused by the test server</Detail></Error>`, authStatus)
+			return
+		}
 		name := strings.TrimPrefix(r.URL.Path, "/")
 		w.Header().Set("Content-Type", "application/atom+xml;type=entry;charset=utf-8")
-		sessions, ok := queues[name]
+		q, ok := queues[name]
 		if !ok {
 			fmt.Fprintf(w, `<feed xmlns="http://www.w3.org/2005/Atom"><title type="text">Publicly Listed Services</title><id>uuid:1</id><updated>2026-01-01T00:00:00Z</updated></feed>`)
 			return
 		}
 		fmt.Fprintf(w, `<entry xmlns="http://www.w3.org/2005/Atom"><id>https://%s/%s</id><title type="text">%s</title><updated>2026-01-01T00:00:00Z</updated>`+
 			`<content type="application/xml"><QueueDescription xmlns="http://schemas.microsoft.com/netservices/2010/10/servicebus/connect" xmlns:i="http://www.w3.org/2001/XMLSchema-instance">`+
-			`<LockDuration>PT1M</LockDuration><MaxSizeInMegabytes>1024</MaxSizeInMegabytes><RequiresDuplicateDetection>false</RequiresDuplicateDetection>`+
-			`<RequiresSession>%t</RequiresSession><DefaultMessageTimeToLive>P14D</DefaultMessageTimeToLive><DeadLetteringOnMessageExpiration>false</DeadLetteringOnMessageExpiration>`+
-			`<DuplicateDetectionHistoryTimeWindow>PT10M</DuplicateDetectionHistoryTimeWindow><MaxDeliveryCount>10</MaxDeliveryCount><EnableBatchedOperations>true</EnableBatchedOperations>`+
+			`<LockDuration>%s</LockDuration><MaxSizeInMegabytes>1024</MaxSizeInMegabytes><RequiresDuplicateDetection>false</RequiresDuplicateDetection>`+
+			`<RequiresSession>%t</RequiresSession><DefaultMessageTimeToLive>P14D</DefaultMessageTimeToLive><DeadLetteringOnMessageExpiration>%t</DeadLetteringOnMessageExpiration>`+
+			`<DuplicateDetectionHistoryTimeWindow>PT10M</DuplicateDetectionHistoryTimeWindow><MaxDeliveryCount>%d</MaxDeliveryCount><EnableBatchedOperations>true</EnableBatchedOperations>`+
 			`<Status>Active</Status><AutoDeleteOnIdle>P10675199DT2H48M5.4775807S</AutoDeleteOnIdle><EnablePartitioning>false</EnablePartitioning></QueueDescription></content></entry>`,
-			r.Host, name, name, sessions)
+			r.Host, name, name, q.lock, q.sessions, q.deadLetterOnExpiry, q.maxDeliveries)
 	}))
 	t.Cleanup(srv.Close)
 	host := strings.TrimPrefix(srv.URL, "https://")
 	const key = "c2VjcmV0LWtleS1ub3QtcHJpbnRlZA=="
-	check := func(t *testing.T, qs map[string]bool) string {
+	check := func(t *testing.T, qs map[string]sbQueue) string {
 		t.Helper()
 		for k := range queues {
 			delete(queues, k)
@@ -515,31 +533,70 @@ func TestDoctorServiceBusQueues(t *testing.T) {
 		}
 		return out.String()
 	}
+	with := func(change func(q *sbQueue)) sbQueue {
+		q := goodQueue
+		change(&q)
+		return q
+	}
 	// The subtests share the server's queue table, so they run in order.
-	t.Run("both queues with sessions", func(t *testing.T) {
-		out := check(t, map[string]bool{"fhir-changes": true, "crm-changes": true})
+	t.Run("both queues as fhirsync expects", func(t *testing.T) {
+		out := check(t, map[string]sbQueue{"fhir-changes": goodQueue, "crm-changes": goodQueue})
+		if l := doctorLine(out, "ok   servicebus"); !strings.Contains(l, "shared access policy RootManageSharedAccessKey accepted by "+host) {
+			t.Errorf("servicebus line: %q", l)
+		}
 		for _, q := range []string{"fhir-changes", "crm-changes"} {
-			if l := doctorLine(out, "ok   queue "+q); !strings.Contains(l, "sessions on") {
+			if l := doctorLine(out, "ok   queue "+q); !strings.Contains(l, "sessions on, lock 1m0s, max deliveries 10, dead-lettering on expiry") {
 				t.Errorf("queue %s: %q", q, l)
 			}
 		}
-	})
-	t.Run("missing queue", func(t *testing.T) {
-		out := check(t, map[string]bool{"fhir-changes": true})
-		if l := doctorLine(out, "FAIL queue crm-changes"); !strings.Contains(l, "queue crm-changes does not exist") || !strings.Contains(l, "create it with sessions") {
-			t.Errorf("missing queue line: %q", l)
-		}
-		if doctorLine(out, "ok   queue fhir-changes") == "" {
-			t.Errorf("the existing queue did not pass:\n%s", out)
+		if strings.Contains(out, "FAIL") {
+			t.Errorf("a check failed:\n%s", out)
 		}
 	})
-	t.Run("queue without sessions", func(t *testing.T) {
-		out := check(t, map[string]bool{"fhir-changes": false, "crm-changes": true})
-		if l := doctorLine(out, "FAIL queue fhir-changes"); !strings.Contains(l, "is not session-enabled") || !strings.Contains(l, "recreate it") {
-			t.Errorf("no-sessions line: %q", l)
-		}
-		if doctorLine(out, "ok   queue crm-changes") == "" {
-			t.Errorf("the session queue did not pass:\n%s", out)
-		}
-	})
+	tests := []struct {
+		name      string
+		fhirQueue *sbQueue // nil: missing
+		auth      int
+		line      string
+		want      []string
+	}{
+		{name: "missing queue", line: "FAIL queue fhir-changes", want: []string{"queue fhir-changes does not exist", "create it with sessions"}},
+		{name: "queue without sessions", fhirQueue: ptr(with(func(q *sbQueue) { q.sessions = false })), line: "FAIL queue fhir-changes",
+			want: []string{"is not session-enabled", "recreate it"}},
+		{name: "lock of 10 seconds", fhirQueue: ptr(with(func(q *sbQueue) { q.lock = "PT10S" })), line: "FAIL queue fhir-changes",
+			want: []string{"locks messages for 10s only", "lock duration (lockDuration) to at least 30s"}},
+		{name: "max delivery count 5", fhirQueue: ptr(with(func(q *sbQueue) { q.maxDeliveries = 5 })), line: "FAIL queue fhir-changes",
+			want: []string{"max delivery count 5", "maxDeliveryCount) to 10"}},
+		{name: "no dead-lettering on expiry", fhirQueue: ptr(with(func(q *sbQueue) { q.deadLetterOnExpiry = false })), line: "FAIL queue fhir-changes",
+			want: []string{"drops expired messages", "deadLetteringOnMessageExpiration"}},
+		{name: "key refused", fhirQueue: &goodQueue, auth: http.StatusUnauthorized, line: "FAIL servicebus",
+			want: []string{"refused the credentials (401)", "SharedAccessKeyName and SharedAccessKey"}},
+		{name: "key without Manage", fhirQueue: &goodQueue, auth: http.StatusForbidden, line: "FAIL servicebus",
+			want: []string{"refused to show queue properties (403)", "Manage right"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			authStatus = tt.auth
+			defer func() { authStatus = 0 }()
+			qs := map[string]sbQueue{"crm-changes": goodQueue}
+			if tt.fhirQueue != nil {
+				qs["fhir-changes"] = *tt.fhirQueue
+			}
+			out := check(t, qs)
+			l := doctorLine(out, tt.line)
+			for _, w := range tt.want {
+				if !strings.Contains(l, w) {
+					t.Errorf("%q lacks %q\n%s", l, w, out)
+				}
+			}
+			if strings.Count(out, "FAIL") != 1 {
+				t.Errorf("want exactly one failed check:\n%s", out)
+			}
+			if tt.auth == 0 && doctorLine(out, "ok   queue crm-changes") == "" {
+				t.Errorf("the good queue did not pass:\n%s", out)
+			}
+		})
+	}
 }
+
+func ptr[T any](v T) *T { return &v }
