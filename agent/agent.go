@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"gorm.io/gorm"
 
 	"github.com/fhirsync/fhirsync/agent/crm"
@@ -162,6 +163,9 @@ type Deps struct {
 	// Capture, when set, returns payload snapshots for a decision (payload
 	// capture on). It receives the source and the mapped output.
 	Capture func(src, out any) *logs.Snapshots
+	// Tracer, when set, traces each message from the trace context its
+	// properties carry (see tracing.go); nil: tracing off.
+	Tracer trace.TracerProvider
 }
 
 // Agent syncs both directions.
@@ -277,6 +281,10 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 			}
 			return nil
 		},
+	}
+	a.pipe.tracer = tracerOf(deps.Tracer)
+	if deps.Tracer != nil {
+		traceFlows(a.pipe.flows, a.pipe.tracer)
 	}
 	if cs, ok := deps.Logs.(conflictStore); ok && storage.SameDatabase(logsDatabase(deps.Logs), deps.DB) {
 		a.pipe.conflicts = cs

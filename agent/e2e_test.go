@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"gorm.io/gorm"
 
 	"github.com/fhirsync/fhirsync/agent"
@@ -66,6 +67,8 @@ type envOptions struct {
 	// crmOptions, when set, changes the sandbox CRM's options before it
 	// starts (e.g. to post through a webhook instead of the queue).
 	crmOptions func(*crmserver.Options)
+	// tracer, when set, traces the embedded queues' sends and the agent.
+	tracer trace.TracerProvider
 }
 
 func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config, opts ...envOptions) *env {
@@ -80,10 +83,10 @@ func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config, opts ...envOptions) *
 	if o.queue != nil {
 		e.fhirQ, e.crmQ = o.queue(t, "fhir-changes"), o.queue(t, "crm-changes")
 	} else {
-		if e.fhirQ, err = embedded.New(db, "fhir-changes", embedded.Options{LockDuration: 30 * time.Second, MaxDeliveryCount: 50}); err != nil {
+		if e.fhirQ, err = embedded.New(db, "fhir-changes", embedded.Options{LockDuration: 30 * time.Second, MaxDeliveryCount: 50, Tracer: o.tracer}); err != nil {
 			t.Fatal(err)
 		}
-		if e.crmQ, err = embedded.New(db, "crm-changes", embedded.Options{LockDuration: 30 * time.Second, MaxDeliveryCount: 50}); err != nil {
+		if e.crmQ, err = embedded.New(db, "crm-changes", embedded.Options{LockDuration: 30 * time.Second, MaxDeliveryCount: 50, Tracer: o.tracer}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -143,7 +146,7 @@ func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config, opts ...envOptions) *
 		t.Fatal(err)
 	}
 	a, err := agent.New(cfg, agent.Deps{DB: db, Maps: ms, FHIR: fw, CRM: crmAgent, Logs: e.logs,
-		FHIRChanges: e.fhirQ, CRMChanges: e.crmQ})
+		FHIRChanges: e.fhirQ, CRMChanges: e.crmQ, Tracer: o.tracer})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"go.opentelemetry.io/otel/trace"
 	"gorm.io/gorm"
 
 	"github.com/fhirsync/fhirsync/agent/crm"
@@ -164,6 +165,9 @@ type pipeline struct {
 	// lags records the age of each change received, for the lag of a
 	// queue whose waiting messages cannot be read (lag_estimate.go).
 	lags lagEstimator
+
+	// tracer starts the spans of each message (tracing.go); nil: none.
+	tracer trace.Tracer
 }
 
 // echoWait bounds how long a change by the agent's own user waits for
@@ -198,6 +202,8 @@ func (p *pipeline) handleOn(q txQueue) handler {
 		ctx = callers.Context(ctx)
 		start := p.now()
 		u := &unit{d: &logs.Decision{MessageID: m.ID, Direction: logs.FHIRToCRM}}
+		ctx, span := p.startProcess(ctx, m, u.d)
+		defer endProcess(span, u.d)
 		st := p.run(ctx, m, u)
 		return p.finish(ctx, m, u, q, st, start)
 	}
@@ -803,7 +809,7 @@ func (p *pipeline) finish(ctx context.Context, m *queues.Received, u *unit, q tx
 	if s.kind == settleComplete && q != nil {
 		u.complete, u.q = m, q
 	}
-	err := p.commit(ctx, u)
+	err := p.commitTraced(ctx, u)
 	if u.unlock != nil {
 		u.unlock()
 	}

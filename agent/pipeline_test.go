@@ -121,7 +121,7 @@ func (f fakeSet) candidates(side queues.Side, typ string) []*maps.Mapping {
 	return nil
 }
 
-func compileTestMap(t *testing.T) *maps.Mapping {
+func compileTestMap(t testing.TB) *maps.Mapping {
 	t.Helper()
 	all := []maps.Operation{maps.OpCreate, maps.OpUpdate, maps.OpDelete}
 	doc := &maps.Document{Format: 1, EntityMaps: []maps.EntityMap{{
@@ -151,7 +151,7 @@ type harness struct {
 	mapErr error
 }
 
-func newHarness(t *testing.T, db *gorm.DB) *harness {
+func newHarness(t testing.TB, db *gorm.DB) *harness {
 	t.Helper()
 	store, err := logs.New(db, logs.Config{KeySecret: "c2VjcmV0LXNlY3JldC1zZWNyZXQ="}, nil)
 	if err != nil {
@@ -207,7 +207,7 @@ func newHarness(t *testing.T, db *gorm.DB) *harness {
 
 var seq atomic.Int64
 
-func notice(t *testing.T, side queues.Side, typ, id, version string, ev queues.Event, deliveries int) *queues.Received {
+func notice(t testing.TB, side queues.Side, typ, id, version string, ev queues.Event, deliveries int) *queues.Received {
 	t.Helper()
 	n := queues.Notice{V: 1, Side: side, Type: typ, ID: id, Version: version, Event: ev, Origin: "test"}
 	msg, err := n.Message()
