@@ -6,7 +6,8 @@
 // and carry its context across the queue hop (queues.TraceSend), and the
 // agent starts the spans of processing it. Span attributes follow the rule
 // of process logs: record references, map names, reason codes and counts,
-// never a field value or a business key.
+// never a field value or a business key. The admin app links a decision's
+// trace to the tracing backend (admin.trace_url).
 package tracing
 
 import (
@@ -33,9 +34,6 @@ const (
 	ProtocolGRPC = "grpc"
 )
 
-// TraceIDPlaceholder is what Config.TraceURL holds where the trace id goes.
-const TraceIDPlaceholder = "{trace_id}"
-
 // Config is the tracing section of the configuration. Tracing is off unless
 // Enabled is set.
 type Config struct {
@@ -56,12 +54,6 @@ type Config struct {
 	// and at most 1 (0: 1, every message). The worker follows the
 	// decision taken when the notice was sent.
 	SampleRatio float64 `yaml:"sample_ratio"`
-	// TraceURL is the tracing backend's page of a trace, with {trace_id}
-	// where the trace id goes, e.g.
-	// https://grafana.example/explore?traceId={trace_id}. The admin app's
-	// decision page links the decision's trace there; empty shows the id
-	// as text.
-	TraceURL string `yaml:"trace_url"`
 }
 
 // Validate reports every problem in c at once.
@@ -79,15 +71,6 @@ func (c Config) Validate() error {
 	}
 	if c.SampleRatio < 0 || c.SampleRatio > 1 {
 		errs = append(errs, fmt.Errorf("tracing.sample_ratio %v is not between 0 and 1", c.SampleRatio))
-	}
-	if c.TraceURL != "" {
-		u, err := url.Parse(strings.ReplaceAll(c.TraceURL, TraceIDPlaceholder, "0"))
-		switch {
-		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
-			errs = append(errs, fmt.Errorf("tracing.trace_url %q is not an http(s) URL", c.TraceURL))
-		case !strings.Contains(c.TraceURL, TraceIDPlaceholder):
-			errs = append(errs, fmt.Errorf("tracing.trace_url %q does not say where the trace id goes (%s)", c.TraceURL, TraceIDPlaceholder))
-		}
 	}
 	return errors.Join(errs...)
 }

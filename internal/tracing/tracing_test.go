@@ -151,13 +151,10 @@ func TestValidate(t *testing.T) {
 		wantErr string
 	}{
 		{"zero", tracing.Config{}, ""},
-		{"full", tracing.Config{Enabled: true, Endpoint: "https://otel.example:4318", Protocol: "grpc", SampleRatio: 0.25,
-			TraceURL: "https://grafana.example/explore?traceId={trace_id}"}, ""},
+		{"full", tracing.Config{Enabled: true, Endpoint: "https://otel.example:4318", Protocol: "grpc", SampleRatio: 0.25}, ""},
 		{"protocol", tracing.Config{Protocol: "http/json"}, "tracing.protocol"},
 		{"endpoint", tracing.Config{Endpoint: "otel:4318"}, "tracing.endpoint"},
 		{"ratio", tracing.Config{SampleRatio: 1.5}, "tracing.sample_ratio"},
-		{"trace url without placeholder", tracing.Config{TraceURL: "https://grafana.example/explore"}, "{trace_id}"},
-		{"trace url scheme", tracing.Config{TraceURL: "javascript:alert({trace_id})"}, "not an http(s) URL"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.cfg.Validate()
