@@ -72,6 +72,11 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 	if s.replayer, err = s.newReplayer(reg); err != nil {
 		return nil, err
 	}
+	if reg != nil {
+		if err := reg.Register(feedPollCollector{db: db}); err != nil {
+			return nil, fmt.Errorf("registering the feed poll metric: %w", err)
+		}
+	}
 	ac := cfg.Alerts.alertsConfig()
 	ac.Holder, ac.Logger = holder(), log
 	gatherer, _ := reg.(prometheus.Gatherer)
