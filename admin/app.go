@@ -35,6 +35,11 @@ type AppConfig struct {
 	// addresses) whose X-Forwarded-For header names the client for the
 	// sign-in throttle. Empty trusts none: the peer address is the client.
 	TrustedProxies []string `yaml:"trusted_proxies"`
+	// TraceURL is the tracing backend's page of a trace, with {trace_id}
+	// where a decision's trace id goes, e.g.
+	// https://grafana.example/explore?traceId={trace_id}: the decision
+	// page links there. Empty shows the trace id as text.
+	TraceURL string `yaml:"trace_url"`
 }
 
 func (c AppConfig) withDefaults() AppConfig {
@@ -64,6 +69,15 @@ func (c AppConfig) Validate() error {
 	}
 	if _, err := parseProxies(c.TrustedProxies); err != nil {
 		errs = append(errs, err)
+	}
+	if c.TraceURL != "" {
+		u, err := url.Parse(traceLink(c.TraceURL, "0"))
+		switch {
+		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+			errs = append(errs, fmt.Errorf("admin.trace_url %q is not an http(s) URL", c.TraceURL))
+		case !strings.Contains(c.TraceURL, traceIDPlaceholder):
+			errs = append(errs, fmt.Errorf("admin.trace_url %q does not say where the trace id goes (%s)", c.TraceURL, traceIDPlaceholder))
+		}
 	}
 	return errors.Join(errs...)
 }

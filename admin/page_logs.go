@@ -336,6 +336,18 @@ type decisionData struct {
 	D      decisionView
 	PHI    bool
 	Policy policyView
+	// TraceURL is the tracing backend's page of the decision's trace;
+	// empty when it has none or admin.trace_url is not set.
+	TraceURL string
+}
+
+// traceIDPlaceholder is where admin.trace_url puts a trace id.
+const traceIDPlaceholder = "{trace_id}"
+
+// traceLink fills a trace URL template with a trace id (hex, which needs
+// no escaping).
+func traceLink(template, traceID string) string {
+	return strings.ReplaceAll(template, traceIDPlaceholder, url.QueryEscape(traceID))
 }
 
 func (a *app) decisionPage(w http.ResponseWriter, r *http.Request) {
@@ -345,7 +357,11 @@ func (a *app) decisionPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	u, _ := currentUser(r)
-	a.render(w, r, http.StatusOK, "decision", fmt.Sprintf("Decision %d", v.ID), decisionData{D: v, PHI: u.can(permPHI), Policy: a.policy()})
+	data := decisionData{D: v, PHI: u.can(permPHI), Policy: a.policy()}
+	if v.TraceID != "" && a.cfg.TraceURL != "" {
+		data.TraceURL = traceLink(a.cfg.TraceURL, v.TraceID)
+	}
+	a.render(w, r, http.StatusOK, "decision", fmt.Sprintf("Decision %d", v.ID), data)
 }
 
 type captureData struct {
