@@ -3,6 +3,7 @@ package crmserver
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -92,7 +93,44 @@ func TestRetrieveUserPrivileges(t *testing.T) {
 	if len(held(AgentUserID)) != len(before)-1 {
 		t.Errorf("revoking one privilege changed %d", len(before)-len(held(AgentUserID)))
 	}
+	// Enforced as Dataverse does: the agent may no longer update a
+	// contact; the coordinator still may, and the agent still reads.
+	do := func(method, path, token, body string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, hs.URL+APIPath+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Content-Type", "application/json")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode, string(b)
+	}
+	if st, body := do(http.MethodPost, "contacts", AgentToken, `{"lastname":"Priv","msemr_azurefhirid":"p-1"}`); st != 204 {
+		t.Fatalf("create: %d %s", st, body)
+	}
+	st, body := do(http.MethodPatch, "contacts(msemr_azurefhirid='p-1')", AgentToken, `{"firstname":"Ann"}`)
+	if st != 403 || !strings.Contains(body, `"0x80040220"`) || !strings.Contains(body, "is missing prvWriteContact privilege (Id="+ids["prvWriteContact"]+")") {
+		t.Errorf("update without prvWriteContact: %d %s", st, body)
+	}
+	if st, body := do(http.MethodPatch, "contacts(msemr_azurefhirid='p-1')", CoordinatorToken, `{"firstname":"Ann"}`); st != 204 {
+		t.Errorf("the coordinator's update: %d %s", st, body)
+	}
+	if st, body := do(http.MethodGet, "contacts(msemr_azurefhirid='p-1')?$select=firstname", AgentToken, ""); st != 200 {
+		t.Errorf("read with prvReadContact: %d %s", st, body)
+	}
 	s.GrantPrivilege(AgentUserID, "prvWriteContact")
+	if st, body := do(http.MethodPatch, "contacts(msemr_azurefhirid='p-1')", AgentToken, `{"firstname":"Bo"}`); st != 204 {
+		t.Errorf("update after the grant: %d %s", st, body)
+	}
+	s.RevokePrivilege(AgentUserID, "prvCreateContact")
+	if st, body := do(http.MethodPost, "contacts/Microsoft.Dynamics.CRM.CreateMultiple", AgentToken,
+		`{"Targets":[{"@odata.type":"Microsoft.Dynamics.CRM.contact","lastname":"Bulk"}]}`); st != 403 || !strings.Contains(body, "prvCreateContact") {
+		t.Errorf("CreateMultiple without prvCreateContact: %d %s", st, body)
+	}
+	s.GrantPrivilege(AgentUserID, "prvCreateContact")
 	if _, ok := held(AgentUserID)["prvWriteContact"]; !ok {
 		t.Errorf("granted prvWriteContact not listed")
 	}

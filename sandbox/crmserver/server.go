@@ -509,11 +509,17 @@ func (s *Server) exec(c *call, req *request, t *tx) response {
 	}
 	if set, ok := strings.CutSuffix(p, "/$count"); ok {
 		if tb := s.st.bySet[set]; tb != nil {
+			if e := s.denied(c.user, tb.def, "Read"); e != nil {
+				return e.response()
+			}
 			return s.countRows(tb, req)
 		}
 	}
 	if set, message, ok := strings.Cut(p, "/"+bulkAction); ok && !strings.Contains(set, "(") {
 		if tb := s.st.bySet[set]; tb != nil {
+			if e := s.denied(c.user, tb.def, bulkRights[message]...); e != nil {
+				return e.response()
+			}
 			return s.bulk(c, t, tb, req, message)
 		}
 	}
@@ -531,8 +537,14 @@ func (s *Server) exec(c *call, req *request, t *tx) response {
 	if keySeg == "" {
 		switch req.method {
 		case http.MethodGet:
+			if e := s.denied(c.user, tb.def, "Read"); e != nil {
+				return e.response()
+			}
 			return s.list(c, tb, req)
 		case http.MethodPost:
+			if e := s.denied(c.user, tb.def, "Create"); e != nil {
+				return e.response()
+			}
 			return s.create(c, t, tb, req)
 		}
 		return errMethod()
@@ -550,6 +562,13 @@ func (s *Server) exec(c *call, req *request, t *tx) response {
 		existing = r
 	} else {
 		existing = tb.rows[id]
+	}
+	right := map[string]string{http.MethodGet: "Read", http.MethodPatch: "Write", http.MethodDelete: "Delete"}[req.method]
+	if req.method == http.MethodPatch && existing == nil {
+		right = "Create" // an upsert that creates
+	}
+	if e := s.denied(c.user, tb.def, right); right != "" && e != nil {
+		return e.response()
 	}
 	switch req.method {
 	case http.MethodGet:
