@@ -190,6 +190,7 @@ func (a *app) routeTable() []route {
 		{"GET /maps", permMapsRead, a.mapsPage},
 		{"POST /maps/import", permMapsEdit, a.importMaps},
 		{"GET /maps/diff", permMapsRead, a.diffPage},
+		{"GET /maps/preview", permPHI, a.previewLogged},
 		{"GET /maps/versions/{id}", permMapsRead, a.versionPage},
 		{"POST /maps/versions/{id}", permMapsEdit, a.saveYAML},
 		{"POST /maps/versions/{id}/attribute", permMapsEdit, a.saveAttribute},

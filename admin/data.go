@@ -57,6 +57,11 @@ type dataStores struct {
 	// crm caches the CRM's entity metadata for map validation; nil when
 	// no CRM is configured.
 	crm *crmMetadata
+
+	// fhir and crmRecords read live records for the preview, read-only;
+	// nil when no FHIR server or CRM is configured.
+	fhir       FHIRReader
+	crmRecords CRMRecordReader
 }
 
 // openData builds the stores from the server's dependencies: the sync log
@@ -75,6 +80,7 @@ func (s *Server) openData() (*dataStores, error) {
 	}
 	d.replay = s.deps.Replay
 	d.crm = newCRMMetadata(s.deps.CRM, time.Now)
+	d.fhir, d.crmRecords = s.deps.FHIR, s.deps.CRMRecords
 	if d.queues == nil {
 		d.queues = map[string]DeadLetterQueue{}
 		opened := map[string]*embedded.Queue{}

@@ -62,6 +62,7 @@ var routeSpecs = map[string]routeSpec{
 	"GET /maps":                                {perm: "maps.read", allowed: 200},
 	"POST /maps/import":                        {perm: "maps.edit", allowed: 400},
 	"GET /maps/diff":                           {perm: "maps.read", allowed: 200},
+	"GET /maps/preview":                        {perm: "phi.view", allowed: 404},
 	"GET /maps/versions/{id}":                  {perm: "maps.read", allowed: 404},
 	"POST /maps/versions/{id}":                 {perm: "maps.edit", allowed: 404},
 	"POST /maps/versions/{id}/attribute":       {perm: "maps.edit", allowed: 400},

@@ -2,15 +2,51 @@ package admin
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/fhirsync/fhirsync/agent/crm"
+	"github.com/fhirsync/fhirsync/agent/fhir"
 	"github.com/fhirsync/fhirsync/logs"
 	"github.com/fhirsync/fhirsync/maps"
+)
+
+// FHIRReader reads one FHIR resource by type and id, for previewing a live
+// record and for reading a CRM record's FHIR counterpart. It must not
+// write. A resource the server does not have is an error matching
+// fhir.ErrNotFound. *fhir.Client is one.
+type FHIRReader interface {
+	Read(ctx context.Context, typ, id string) (fhir.Resource, error)
+}
+
+// CRMRecordReader reads one CRM record by primary key or alternate key,
+// for previewing a live record and for reading a FHIR resource's CRM
+// counterpart. It must not write. A record the CRM does not have is an
+// error matching crm.ErrNotFound. *crm.Client is one.
+type CRMRecordReader interface {
+	Retrieve(ctx context.Context, t crm.Target, sel ...string) (crm.Record, error)
+}
+
+// Audit actions of the preview: a live record's content is patient data,
+// so each read of one is recorded, like a view of a payload capture.
+const (
+	auditPreviewLiveRead = "preview.live_read"
+)
+
+// Where a preview's record comes from.
+const (
+	sourcePaste    = "paste"
+	sourceFHIR     = "fhir"     // read live from the FHIR server by id
+	sourceCRM      = "crm"      // read live from the CRM by id
+	sourceDecision = "decision" // a logged decision's captured payload
 )
 
 // previewData is the preview page: the form on one side, the result
@@ -22,15 +58,33 @@ type previewData struct {
 	Form    previewForm
 	Preview *previewView
 	Error   string
+	// LiveFHIR and LiveCRM say which endpoints the app can read records
+	// from.
+	LiveFHIR, LiveCRM bool
 }
 
 // previewForm is what the preview form holds.
 type previewForm struct {
-	Map        string `json:"map"`
-	Direction  string `json:"direction"`
-	Input      string `json:"input"`
-	Current    string `json:"current"`
+	Map       string `json:"map"`
+	Direction string `json:"direction"`
+	Input     string `json:"input"`
+	Current   string `json:"current"`
+	// Source is paste, fhir, crm or decision; empty means decision when
+	// DecisionID is set, else paste.
+	Source     string `json:"source,omitempty"`
+	RecordID   string `json:"record_id,omitempty"` // with source fhir or crm
 	DecisionID int64  `json:"decision_id,omitempty"`
+}
+
+// source is the form's source with its default filled in.
+func (f previewForm) source() string {
+	switch {
+	case f.Source != "":
+		return f.Source
+	case f.DecisionID != 0:
+		return sourceDecision
+	}
+	return sourcePaste
 }
 
 // previewView is a preview's result for people and for the API.
@@ -49,7 +103,13 @@ type previewView struct {
 	// Diff shows each changed CRM attribute's current and mapped value
 	// (FHIR → CRM with a current state only).
 	Diff   []fieldChange `json:"diff,omitempty"`
-	Source string        `json:"source,omitempty"` // "pasted" or "decision N"
+	Source string        `json:"source,omitempty"` // "pasted record", "captured payload of decision N", …
+	// Record is the record mapped when it was read live or from a
+	// capture, so the page can show it beside the result.
+	Record string `json:"record,omitempty"`
+	// Current says where the target's current state came from, or why
+	// there is none.
+	Current string `json:"current,omitempty"`
 }
 
 // fieldChange is one changed target field, values as JSON text.
@@ -94,8 +154,10 @@ type previewError struct {
 
 func (e *previewError) Error() string { return e.msg }
 
-// runPreview maps one pasted or logged record with entity map f.Map of
-// version n using the one sample runner.
+// runPreview maps one pasted, live or logged record with entity map f.Map
+// of version n using the one sample runner, against the target's current
+// state: pasted, or read live from the target (read-only), or captured
+// with the decision.
 func (a *app) runPreview(r *http.Request, n int, f previewForm) (*previewView, error) {
 	doc, _, err := a.data.maps.Version(r.Context(), n)
 	if errors.Is(err, maps.ErrNotFound) {
@@ -112,19 +174,29 @@ func (a *app) runPreview(r *http.Request, n int, f previewForm) (*previewView, e
 	if !ok {
 		return nil, &previewError{http.StatusNotFound, "No such entity map in this version."}
 	}
+	u, _ := currentUser(r)
+	src := f.source()
+	switch src {
+	case sourceFHIR:
+		f.Direction = string(maps.FHIRToCRM)
+	case sourceCRM:
+		f.Direction = string(maps.CRMToFHIR)
+	case sourcePaste, sourceDecision:
+	default:
+		return nil, &previewError{http.StatusBadRequest, "Choose where the record comes from: paste, fhir, crm or decision."}
+	}
 	dir := maps.Direction(f.Direction)
 	if dir != maps.FHIRToCRM && dir != maps.CRMToFHIR {
 		return nil, &previewError{http.StatusBadRequest, "Choose a direction: fhir-to-crm or crm-to-fhir."}
 	}
 	in := maps.PreviewInput{Direction: dir, Input: []byte(f.Input)}
-	if dir == maps.FHIRToCRM {
-		in.Current = []byte(f.Current)
-	} else {
-		in.Base = []byte(f.Current)
-	}
-	source := "pasted record"
-	if f.DecisionID != 0 {
-		u, _ := currentUser(r)
+	v := &previewView{Source: "pasted record"}
+	var captured []byte // the target state captured with a decision
+	switch src {
+	case sourceDecision:
+		if f.DecisionID <= 0 {
+			return nil, &previewError{http.StatusBadRequest, "Enter the id of a logged decision."}
+		}
 		if !u.can(permPHI) {
 			return nil, &previewError{http.StatusForbidden, "Previewing a logged record shows its payload, which needs the PHI permission; paste a record instead."}
 		}
@@ -137,22 +209,52 @@ func (a *app) runPreview(r *http.Request, n int, f previewForm) (*previewView, e
 		case err != nil:
 			return nil, err
 		}
-		in.Input = c.Snapshots.Source
-		if dir == maps.CRMToFHIR {
-			in.Input = asCRMState(c.Snapshots.Source)
-			in.Base = c.Snapshots.Target
-		} else if len(c.Snapshots.Target) > 0 {
-			in.Current = asCRMState(c.Snapshots.Target)
+		in.Input, captured = c.Snapshots.Source, c.Snapshots.Target
+		v.Source = fmt.Sprintf("captured payload of decision %d", f.DecisionID)
+	case sourceFHIR, sourceCRM:
+		rec, what, err := a.readLiveRecord(r, m.Def(), src, strings.TrimSpace(f.RecordID))
+		if err != nil {
+			return nil, err
 		}
-		source = fmt.Sprintf("captured payload of decision %d", f.DecisionID)
-	} else if strings.TrimSpace(f.Input) == "" {
-		return nil, &previewError{http.StatusBadRequest, "Paste a FHIR resource or a CRM record to preview."}
-	} else if dir == maps.CRMToFHIR {
+		in.Input, v.Source = rec, what
+	default:
+		if strings.TrimSpace(f.Input) == "" {
+			return nil, &previewError{http.StatusBadRequest, "Paste a FHIR resource or a CRM record to preview."}
+		}
+	}
+	if dir == maps.CRMToFHIR {
 		in.Input = asCRMState(in.Input)
 	}
+	if src != sourcePaste {
+		v.Record = indentJSON(in.Input)
+	}
+
+	// The target's current state: pasted, else read live, else captured.
+	current := []byte(strings.TrimSpace(f.Current))
+	switch {
+	case len(current) > 0:
+		v.Current = "pasted"
+	default:
+		current, v.Current, err = a.readLiveTarget(r, m.Def(), dir, in.Input)
+		if err != nil {
+			return nil, err
+		}
+		if current == nil && len(captured) > 0 {
+			current = captured
+			v.Current = "captured with the decision"
+		}
+	}
+	if dir == maps.FHIRToCRM {
+		if len(current) > 0 {
+			in.Current = asCRMState(current)
+		}
+	} else {
+		in.Base = current
+	}
+
 	res := maps.Preview(r.Context(), m, in)
-	v := &previewView{Map: res.Map, Decision: res.Decision, Filter: res.Filter, Attribute: res.Attribute,
-		MappingError: res.MappingError, Changed: res.Changed, Source: source}
+	v.Map, v.Decision, v.Filter, v.Attribute = res.Map, res.Decision, res.Filter, res.Attribute
+	v.MappingError, v.Changed = res.MappingError, res.Changed
 	if v.Changed == nil {
 		v.Changed = []string{}
 	}
@@ -162,16 +264,14 @@ func (a *app) runPreview(r *http.Request, n int, f previewForm) (*previewView, e
 	if res.EvalError != nil {
 		v.InputError = "The engine failed: " + res.EvalError.Error()
 	}
-	if dir == maps.FHIRToCRM && len(bytes.TrimSpace(in.Current)) > 0 && len(res.Output) > 0 {
-		v.Diff = recordDiff(in.Current, res.Output, res.Changed)
-	}
 	if len(res.Output) > 0 {
-		var buf bytes.Buffer
-		if json.Indent(&buf, res.Output, "", "  ") == nil {
-			v.Output = buf.String()
-		} else {
-			v.Output = string(res.Output)
+		if dir == maps.FHIRToCRM && len(bytes.TrimSpace(in.Current)) > 0 {
+			v.Diff = recordDiff(in.Current, res.Output, res.Changed)
 		}
+		if dir == maps.CRMToFHIR && len(bytes.TrimSpace(in.Base)) > 0 {
+			v.Diff = resourceDiff(in.Base, res.Output)
+		}
+		v.Output = indentJSON(res.Output)
 	}
 	outcome, reason := previewDecision(res.Decision, len(bytes.TrimSpace(in.Current)) > 0 || len(bytes.TrimSpace(in.Base)) > 0)
 	v.Outcome, v.Reason = string(outcome), string(reason)
@@ -179,6 +279,226 @@ func (a *app) runPreview(r *http.Request, n int, f previewForm) (*previewView, e
 		v.Meaning = rs.Meaning
 	}
 	return v, nil
+}
+
+// indentJSON is b indented for reading, or b as it is when it is not JSON.
+func indentJSON(b []byte) string {
+	var buf bytes.Buffer
+	if json.Indent(&buf, b, "", "  ") == nil {
+		return buf.String()
+	}
+	return string(b)
+}
+
+// fhirIDPattern is the FHIR R4 id type
+// (https://hl7.org/fhir/R4/datatypes.html#id); crmIDPattern a GUID, the
+// form of a Dataverse primary key.
+var (
+	fhirIDPattern = regexp.MustCompile(`^[A-Za-z0-9\-.]{1,64}$`)
+	crmIDPattern  = regexp.MustCompile(`^[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12}$`)
+)
+
+// readLiveRecord reads record id of em's FHIR type (src fhir) or CRM
+// entity (src crm) from the endpoint, read-only, for a user with the PHI
+// permission, and records the read in the audit trail. It returns the
+// record as JSON and a sentence naming it.
+func (a *app) readLiveRecord(r *http.Request, em *maps.EntityMap, src, id string) ([]byte, string, error) {
+	u, _ := currentUser(r)
+	if !u.can(permPHI) {
+		return nil, "", &previewError{http.StatusForbidden, "A live record is patient data: reading one needs the PHI permission; paste a record instead."}
+	}
+	if src == sourceFHIR {
+		if a.data.fhir == nil {
+			return nil, "", &previewError{http.StatusConflict, "No FHIR server is configured (fhir.base_url), so no live record can be read; paste a FHIR resource instead."}
+		}
+		if !fhirIDPattern.MatchString(id) {
+			return nil, "", &previewError{http.StatusBadRequest, "Enter the id of a " + em.FHIRType + " resource (letters, digits, '-' and '.', at most 64)."}
+		}
+		ref := em.FHIRType + "/" + id
+		if err := a.auditLiveRead(r, "fhir_resource", ref); err != nil {
+			return nil, "", err
+		}
+		res, err := a.data.fhir.Read(r.Context(), em.FHIRType, id)
+		if errors.Is(err, fhir.ErrNotFound) {
+			return nil, "", &previewError{http.StatusNotFound, "The FHIR server has no " + ref + "."}
+		}
+		if err != nil {
+			return nil, "", &previewError{http.StatusBadGateway, "Reading " + ref + " from the FHIR server failed: " + err.Error()}
+		}
+		b, err := json.Marshal(res)
+		if err != nil {
+			return nil, "", err
+		}
+		return b, ref + ", read live from the FHIR server", nil
+	}
+	if a.data.crmRecords == nil {
+		return nil, "", &previewError{http.StatusConflict, "No CRM is configured (crm.base_url), so no live record can be read; paste a CRM record instead."}
+	}
+	if !crmIDPattern.MatchString(id) {
+		return nil, "", &previewError{http.StatusBadRequest, "Enter the id (a GUID) of a " + em.CRMEntity + " record."}
+	}
+	ref := em.CRMEntitySet + "(" + id + ")"
+	if err := a.auditLiveRead(r, "crm_record", ref); err != nil {
+		return nil, "", err
+	}
+	rec, err := a.data.crmRecords.Retrieve(r.Context(), crm.ByID(em.CRMEntitySet, id))
+	if errors.Is(err, crm.ErrNotFound) {
+		return nil, "", &previewError{http.StatusNotFound, "The CRM has no " + em.CRMEntity + " record " + id + "."}
+	}
+	if err != nil {
+		return nil, "", &previewError{http.StatusBadGateway, "Reading " + ref + " from the CRM failed: " + err.Error()}
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return nil, "", err
+	}
+	return b, ref + ", read live from the CRM", nil
+}
+
+// readLiveTarget reads the target's current state of the record input
+// (a FHIR resource for fhir-to-crm, a CRM state for crm-to-fhir) the way
+// the agent pairs them, through the correlation attribute, read-only. It
+// returns nil and the reason when there is none or it cannot be read: the
+// preview then maps as for a new record and says so.
+func (a *app) readLiveTarget(r *http.Request, em *maps.EntityMap, dir maps.Direction, input []byte) ([]byte, string, error) {
+	attr := em.Correlation.CRMAttribute
+	u, _ := currentUser(r)
+	if dir == maps.FHIRToCRM {
+		var res struct {
+			ID string `json:"id"`
+		}
+		_ = json.Unmarshal(input, &res)
+		switch {
+		case a.data.crmRecords == nil:
+			return nil, "not read: no CRM is configured; paste it to see the changes", nil
+		case !u.can(permPHI):
+			return nil, "not read: the CRM record is patient data, which needs the PHI permission; paste it to see the changes", nil
+		case attr == "" || res.ID == "":
+			return nil, "not read: the resource has no id, or the entity map no correlation attribute, to find its CRM record by", nil
+		}
+		ref := fmt.Sprintf("%s(%s='%s')", em.CRMEntitySet, attr, res.ID)
+		if err := a.auditLiveRead(r, "crm_record", ref); err != nil {
+			return nil, "", err
+		}
+		rec, err := a.data.crmRecords.Retrieve(r.Context(), crm.ByKey(em.CRMEntitySet, attr, res.ID))
+		if errors.Is(err, crm.ErrNotFound) {
+			return nil, "read live from the CRM: no " + em.CRMEntity + " has " + attr + " = " + res.ID + ", so the agent would create one", nil
+		}
+		if err != nil {
+			return nil, "", &previewError{http.StatusBadGateway, "Reading the target " + ref + " from the CRM failed: " + err.Error()}
+		}
+		b, err := json.Marshal(rec)
+		if err != nil {
+			return nil, "", err
+		}
+		return b, "read live from the CRM: " + ref, nil
+	}
+	var st struct {
+		Record map[string]any `json:"record"`
+	}
+	_ = json.Unmarshal(input, &st)
+	id, _ := st.Record[attr].(string)
+	switch {
+	case a.data.fhir == nil:
+		return nil, "not read: no FHIR server is configured; paste it to see the changes", nil
+	case !u.can(permPHI):
+		return nil, "not read: the FHIR resource is patient data, which needs the PHI permission; paste it to see the changes", nil
+	case attr == "" || id == "":
+		return nil, "not read: the record holds no FHIR id (" + attr + "), so the agent would create the resource", nil
+	case !fhirIDPattern.MatchString(id):
+		return nil, "not read: " + attr + " does not hold a FHIR id", nil
+	}
+	ref := em.FHIRType + "/" + id
+	if err := a.auditLiveRead(r, "fhir_resource", ref); err != nil {
+		return nil, "", err
+	}
+	res, err := a.data.fhir.Read(r.Context(), em.FHIRType, id)
+	if errors.Is(err, fhir.ErrNotFound) {
+		return nil, "read live from the FHIR server: there is no " + ref + ", so the agent would create it", nil
+	}
+	if err != nil {
+		return nil, "", &previewError{http.StatusBadGateway, "Reading the target " + ref + " from the FHIR server failed: " + err.Error()}
+	}
+	b, err := json.Marshal(res)
+	if err != nil {
+		return nil, "", err
+	}
+	return b, "read live from the FHIR server: " + ref, nil
+}
+
+// auditLiveRead records, before it happens, that the signed-in user reads
+// a live record for a preview. A read that cannot be recorded is refused.
+func (a *app) auditLiveRead(r *http.Request, objectType, ref string) error {
+	e := logs.AuditEntry{At: a.now(), Actor: actor(r), Action: auditPreviewLiveRead, ObjectType: objectType, ObjectID: ref,
+		After: "read for a map preview"}
+	if err := a.data.logs.AppendAudit(r.Context(), e); err != nil {
+		return fmt.Errorf("recording a live read in the audit trail: %w", err)
+	}
+	return nil
+}
+
+// resourceDiff lists the elements of a FHIR resource that differ between
+// the current state and the mapped output, each as a path to a leaf with
+// its values as JSON text; meta is left out (the server sets it).
+func resourceDiff(current, output []byte) []fieldChange {
+	var cur, out any
+	if json.Unmarshal(current, &cur) != nil || json.Unmarshal(output, &out) != nil {
+		return nil
+	}
+	before, after := map[string]string{}, map[string]string{}
+	flattenJSON("", cur, before)
+	flattenJSON("", out, after)
+	var paths []string
+	for p := range before {
+		paths = append(paths, p)
+	}
+	for p := range after {
+		if _, ok := before[p]; !ok {
+			paths = append(paths, p)
+		}
+	}
+	slices.Sort(paths)
+	var diff []fieldChange
+	for _, p := range paths {
+		if p == "meta" || strings.HasPrefix(p, "meta.") || strings.HasPrefix(p, "meta[") {
+			continue
+		}
+		b, inB := before[p]
+		o, inO := after[p]
+		if inB && inO && b == o {
+			continue
+		}
+		if !inB {
+			b = "(absent)"
+		}
+		if !inO {
+			o = "(absent)"
+		}
+		diff = append(diff, fieldChange{Field: p, Before: b, After: o})
+	}
+	return diff
+}
+
+// flattenJSON writes each leaf of v (a value decoded from JSON) into out
+// under its path, name.given[0].
+func flattenJSON(prefix string, v any, out map[string]string) {
+	switch t := v.(type) {
+	case map[string]any:
+		for k, x := range t {
+			p := k
+			if prefix != "" {
+				p = prefix + "." + k
+			}
+			flattenJSON(p, x, out)
+		}
+	case []any:
+		for i, x := range t {
+			flattenJSON(fmt.Sprintf("%s[%d]", prefix, i), x, out)
+		}
+	default:
+		b, _ := json.Marshal(t)
+		out[prefix] = string(b)
+	}
 }
 
 // asCRMState wraps a bare CRM record as {"record": …} unless it already
@@ -222,10 +542,10 @@ func previewDecision(decision string, exists bool) (logs.Outcome, logs.ReasonCod
 // explorer's "Preview with current draft" link).
 func (a *app) previewGet(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	f := previewForm{Map: q.Get("map"), Direction: q.Get("direction")}
+	f := previewForm{Map: q.Get("map"), Direction: q.Get("direction"), Source: q.Get("source")}
 	if s := strings.TrimSpace(q.Get("decision")); s != "" {
 		if id, err := strconv.ParseInt(s, 10, 64); err == nil && id > 0 {
-			f.DecisionID = id
+			f.DecisionID, f.Source = id, sourceDecision
 		}
 	}
 	a.renderPreview(w, r, http.StatusOK, f, nil, "")
@@ -238,8 +558,11 @@ func (a *app) previewPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f := previewForm{Map: r.PostFormValue("map"), Direction: r.PostFormValue("direction"), Input: r.PostFormValue("input"),
-		Current: r.PostFormValue("current")}
-	if s := strings.TrimSpace(r.PostFormValue("decision_id")); s != "" {
+		Current: r.PostFormValue("current"), Source: r.PostFormValue("source"), RecordID: r.PostFormValue("record_id")}
+	if f.Source == sourcePaste && strings.TrimSpace(f.Input) == "" && strings.TrimSpace(r.PostFormValue("decision_id")) != "" {
+		f.Source = sourceDecision // a decision id typed, its choice left on paste
+	}
+	if s := strings.TrimSpace(r.PostFormValue("decision_id")); s != "" && (f.Source == "" || f.Source == sourceDecision) {
 		id, err := strconv.ParseInt(s, 10, 64)
 		if err != nil || id <= 0 {
 			a.renderPreview(w, r, http.StatusBadRequest, f, nil, "The decision id must be a number.")
@@ -276,7 +599,11 @@ func (a *app) renderPreview(w http.ResponseWriter, r *http.Request, status int, 
 		return
 	}
 	u, _ := currentUser(r)
-	d := previewData{Info: info, PHI: u.can(permPHI), Form: f, Preview: v, Error: msg}
+	d := previewData{Info: info, PHI: u.can(permPHI), Form: f, Preview: v, Error: msg,
+		LiveFHIR: a.data.fhir != nil, LiveCRM: a.data.crmRecords != nil}
+	if d.Form.Source == "" {
+		d.Form.Source = d.Form.source()
+	}
 	for i := range doc.EntityMaps {
 		em := &doc.EntityMaps[i]
 		d.Maps = append(d.Maps, mapRow{Name: em.Name, FHIRType: em.FHIRType, CRMEntity: em.CRMEntity, Version: n, Status: string(info.Status)})
@@ -288,4 +615,54 @@ func (a *app) renderPreview(w http.ResponseWriter, r *http.Request, status int, 
 		d.Form.Direction = string(maps.FHIRToCRM)
 	}
 	a.render(w, r, status, "preview", fmt.Sprintf("Preview with map set version %d", n), d)
+}
+
+// previewLogged opens the preview of a logged decision's captured payload
+// with the newest draft (or, without one, the current version): the
+// decision page's "Preview with current draft" link.
+func (a *app) previewLogged(w http.ResponseWriter, r *http.Request) {
+	id, err := strconv.ParseInt(r.URL.Query().Get("decision"), 10, 64)
+	if err != nil || id <= 0 {
+		a.renderError(w, r, http.StatusNotFound, "No such decision.")
+		return
+	}
+	d, err := a.data.logs.Get(r.Context(), id)
+	if errors.Is(err, logs.ErrNotFound) {
+		a.renderError(w, r, http.StatusNotFound, "No such decision.")
+		return
+	}
+	if err != nil {
+		a.serverError(w, r, "reading a decision", err)
+		return
+	}
+	vs, err := a.data.maps.Versions(r.Context())
+	if err != nil {
+		a.serverError(w, r, "listing map versions", err)
+		return
+	}
+	n := 0
+	for _, v := range vs { // newest first
+		if v.Status == maps.StatusDraft {
+			n = v.Number
+			break
+		}
+	}
+	for _, v := range vs {
+		if n == 0 && v.Current {
+			n = v.Number
+		}
+	}
+	if n == 0 {
+		a.renderError(w, r, http.StatusNotFound, "There is no map version to preview with: import or publish a map set first.")
+		return
+	}
+	dir := maps.FHIRToCRM
+	if d.Direction == logs.CRMToFHIR {
+		dir = maps.CRMToFHIR
+	}
+	q := url.Values{"decision": {strconv.FormatInt(id, 10)}, "direction": {string(dir)}}
+	if d.EntityMap != "" {
+		q.Set("map", d.EntityMap)
+	}
+	http.Redirect(w, r, fmt.Sprintf("/maps/versions/%d/preview?%s", n, q.Encode()), http.StatusSeeOther)
 }

@@ -54,6 +54,11 @@ type Deps struct {
 	// CRM reads the CRM's entity metadata, against which saving and
 	// publishing a map set check every attribute map; nil skips the check.
 	CRM CRMEntityReader
+	// FHIR and CRMRecords read single records, read-only, for the map
+	// preview of a live record and of the target's current state; nil
+	// turns those off.
+	FHIR       FHIRReader
+	CRMRecords CRMRecordReader
 }
 
 // Server serves the admin app and the operational endpoints.

@@ -66,6 +66,10 @@ func serve(ctx context.Context, e *env, cfg *Config, onReady func(addr string, d
 		Logs:   svc.logs, Alerts: svc.alerts, Replay: svc.replayer}
 	if svc.crm != nil {
 		deps.CRM = svc.crm // map saves and publications are checked against its metadata
+		deps.CRMRecords = svc.crm
+	}
+	if svc.fhir != nil {
+		deps.FHIR = svc.fhir // the map preview reads live records, read-only
 	}
 	srv, err := admin.New(admin.Config{Version: buildVersion(), App: appCfg, SeparateMetrics: cfg.MetricsListen != ""}, deps)
 	if err != nil {
