@@ -275,6 +275,9 @@ func (d *doctor) crmSteps(ctx context.Context, c *crm.Client) {
 			continue
 		}
 		want = "a Service Bus queue endpoint (contract Queue) with path " + d.cfg.Queue.CRMChanges
+		if ns := d.serviceBusHost(); ns != "the namespace" {
+			want += " in namespace " + ns
+		}
 		if (e.Contract == crm.ContractQueue || e.Contract == crm.ContractPersistentQueue) && strings.EqualFold(strings.Trim(e.Path, "/"), d.cfg.Queue.CRMChanges) && d.sameNamespace(e.NamespaceAddress) {
 			ep = e
 			break

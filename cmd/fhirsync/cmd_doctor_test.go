@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -19,9 +20,13 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	sbadmin "github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus/admin"
 
+	"github.com/fhirsync/fhirsync/agent/crm"
+	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/queues"
 	"github.com/fhirsync/fhirsync/sandbox/crmserver"
 	"github.com/fhirsync/fhirsync/sandbox/fhirserver"
 	"github.com/fhirsync/fhirsync/storage"
+	"github.com/fhirsync/fhirsync/storage/storagetest"
 )
 
 // doctorSetup is a configuration file pointing at a migrated SQLite
@@ -35,6 +40,11 @@ type doctorSetup struct {
 	token           string
 	extra           string
 	crm             *crmserver.Server
+	// dbURL, when set, is database.url instead of the SQLite file dbPath.
+	dbURL string
+	// crmUsers, when set, replaces crm.auth with these crm.users entries
+	// (YAML list items).
+	crmUsers string
 }
 
 // doctorWebhookPath is the configuration's feeds.dataverse_webhook.path,
@@ -43,9 +53,20 @@ const doctorWebhookPath = "/hooks/dataverse"
 
 func newDoctorSetup(t *testing.T, crmOpts crmserver.Options) *doctorSetup {
 	t.Helper()
-	s := &doctorSetup{dir: t.TempDir(), token: crmserver.AgentToken}
+	return newDoctorSetupOn(t, crmOpts, "")
+}
+
+// newDoctorSetupOn is newDoctorSetup with the database at dbURL (empty: a
+// SQLite file in the test's directory).
+func newDoctorSetupOn(t *testing.T, crmOpts crmserver.Options, dbURL string) *doctorSetup {
+	t.Helper()
+	s := &doctorSetup{dir: t.TempDir(), token: crmserver.AgentToken, dbURL: dbURL}
 	s.dbPath = filepath.Join(s.dir, "fhirsync.db")
-	openStarterDB(t, "sqlite:"+s.dbPath)
+	if dbURL == "" {
+		openStarterDB(t, "sqlite:"+s.dbPath)
+	} else {
+		openStarterDB(t, dbURL)
+	}
 	fs, err := fhirserver.New(fhirserver.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -74,23 +95,29 @@ func newDoctorSetup(t *testing.T, crmOpts crmserver.Options) *doctorSetup {
 // doctor writes the configuration file and runs fhirsync doctor on it.
 func (s *doctorSetup) doctor(t *testing.T) (out string, code int) {
 	t.Helper()
+	dbURL := s.dbURL
+	if dbURL == "" {
+		dbURL = "sqlite:" + s.dbPath
+	}
+	crmAuth := "  auth:\n    method: bearer\n    token: " + s.token
+	if s.crmUsers != "" {
+		crmAuth = "  users:\n" + s.crmUsers
+	}
 	cfg := fmt.Sprintf(`data_dir: %s
 database:
-  url: sqlite:%s
+  url: %s
 fhir:
   base_url: %s
 crm:
   base_url: %s
-  auth:
-    method: bearer
-    token: %s
+%s
 feeds:
   crm_tracking:
     entities: [contact]
   dataverse_webhook:
     path: %s
     key: doctor-webhook-key-0123
-%s`, s.dir, s.dbPath, s.fhirURL, s.crmURL, s.token, doctorWebhookPath, s.extra)
+%s`, s.dir, dbURL, s.fhirURL, s.crmURL, crmAuth, doctorWebhookPath, s.extra)
 	path := filepath.Join(s.dir, "fhirsync.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -600,3 +627,110 @@ func TestDoctorServiceBusQueues(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestDoctorOnPostgres runs the good setup with its database on
+// PostgreSQL: every check passes; then the agent loses prvDeleteContact
+// and only the contact privileges line fails.
+func TestDoctorOnPostgres(t *testing.T) {
+	t.Parallel()
+	s := newDoctorSetupOn(t, crmserver.Options{}, storagetest.URL(t, storage.Postgres))
+	out, code := s.doctor(t)
+	t.Logf("fhirsync doctor:\n%s", out)
+	if code != 0 || strings.Contains(out, "FAIL") || strings.Contains(out, "skip") {
+		t.Fatalf("doctor exited %d:\n%s", code, out)
+	}
+	if l := doctorLine(out, "ok   database"); !strings.Contains(l, "postgres") {
+		t.Errorf("database line: %q", l)
+	}
+	s.crm.RevokePrivilege(crmserver.AgentUserID, "prvDeleteContact")
+	out, code = s.doctor(t)
+	if l := doctorLine(out, "FAIL crm privileges contact"); code != 1 || !strings.Contains(l, "lacks prvDeleteContact on contact") || strings.Count(out, "FAIL") != 1 {
+		t.Errorf("exit %d, want 1 and one failed line naming prvDeleteContact:\n%s", code, out)
+	}
+}
+
+// TestDoctorChecksEveryCRMUser signs in as two application users
+// (crm.users); the second lacks prvCreateAccount, and the account line
+// names that user and that privilege.
+func TestDoctorChecksEveryCRMUser(t *testing.T) {
+	t.Parallel()
+	s := newDoctorSetup(t, crmserver.Options{})
+	s.crmUsers = fmt.Sprintf("    - name: primary\n      method: bearer\n      token: %s\n    - name: second\n      method: bearer\n      token: %s\n",
+		crmserver.AgentToken, crmserver.CoordinatorToken)
+	s.crm.RevokePrivilege(crmserver.CoordinatorUserID, "prvCreateAccount")
+	out, code := s.doctor(t)
+	t.Logf("fhirsync doctor:\n%s", out)
+	if code != 1 {
+		t.Errorf("doctor exited %d, want 1", code)
+	}
+	if l := doctorLine(out, "ok   crm"); !strings.Contains(l, "signed in as 2 application user(s)") {
+		t.Errorf("crm line: %q", l)
+	}
+	l := doctorLine(out, "FAIL crm privileges account")
+	for _, w := range []string{"the application user second lacks prvCreateAccount on account", "add Create (prvCreateAccount) to the application user second's security role"} {
+		if !strings.Contains(l, w) {
+			t.Errorf("%q lacks %q", l, w)
+		}
+	}
+	if strings.Contains(l, "primary") || strings.Count(out, "FAIL") != 1 {
+		t.Errorf("want one failed line, naming the second user only:\n%s", out)
+	}
+	if strings.Contains(out, crmserver.CoordinatorToken) {
+		t.Errorf("doctor printed a token")
+	}
+}
+
+// discard is a service-endpoint sender that keeps nothing.
+type discard struct{}
+
+func (discard) Send(context.Context, ...queues.Message) error { return nil }
+
+// TestDoctorServiceBusEndpointSteps checks the steps of a Service Bus
+// service endpoint: found by its queue path and namespace; another queue
+// or namespace is reported as no endpoint.
+func TestDoctorServiceBusEndpointSteps(t *testing.T) {
+	t.Parallel()
+	db := openStarterDB(t, "sqlite:"+filepath.Join(t.TempDir(), "fhirsync.db"))
+	ms, err := maps.New(db, maps.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := ms.Current(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := crmserver.New(crmserver.Options{Tokens: crmserver.SandboxTokens(), Endpoint: discard{}, EndpointPath: "crm-changes"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	hs := httptest.NewServer(cs)
+	t.Cleanup(hs.Close)
+	client, err := crm.New(crmConfig(CRMConfig{BaseURL: hs.URL, Auth: CredentialConfig{Method: "bearer", Token: crmserver.AgentToken}}, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps := func(queue, namespace string) string {
+		cfg := defaultConfig()
+		cfg.Queue.Kind = "servicebus"
+		cfg.Queue.CRMChanges = queue
+		cfg.Queue.ServiceBus.Namespace = namespace
+		var out bytes.Buffer
+		d := &doctor{cfg: &cfg, out: &out, set: set}
+		d.crmSteps(context.Background(), client)
+		t.Logf("steps checks (queue %s, namespace %s):\n%s", queue, namespace, out.String())
+		return out.String()
+	}
+	out := steps("crm-changes", "sandbox.servicebus.windows.net")
+	if l := doctorLine(out, "ok   crm steps contact"); !strings.Contains(l, `Create, Update steps on service endpoint "fhirsync crm-changes"`) || strings.Contains(out, "FAIL") {
+		t.Errorf("queue endpoint:\n%s", out)
+	}
+	out = steps("crm-other", "sandbox.servicebus.windows.net")
+	if l := doctorLine(out, "FAIL crm steps"); !strings.Contains(l, "want a Service Bus queue endpoint (contract Queue) with path crm-other") || !strings.Contains(l, "Register New Service Endpoint") {
+		t.Errorf("another queue: %q", l)
+	}
+	out = steps("crm-changes", "prod.servicebus.windows.net")
+	if l := doctorLine(out, "FAIL crm steps"); !strings.Contains(l, "with path crm-changes in namespace prod.servicebus.windows.net") {
+		t.Errorf("an endpoint of another namespace was taken:\n%s", out)
+	}
+}
