@@ -98,6 +98,9 @@ func a11yExamples(s *showcase) map[string][]string {
 		// Not a route: the page every unknown address gets.
 		"404": {"/no/such/page"},
 
+		// The preview of a captured decision with the newest draft.
+		"GET /maps/preview": {fmt.Sprintf("/maps/preview?decision=%d", s.Captured)},
+
 		// The publish confirmation of the draft.
 		"GET /maps/versions/{id}/publish": {fmt.Sprintf("/maps/versions/%d/publish?note=next", s.Draft)},
 	}
@@ -121,6 +124,10 @@ func a11yFlows(s *showcase) []a11yFlow {
 		{"map preview result", fmt.Sprintf("/maps/versions/%d/preview?map=patient-contact", s.Draft), []chromedp.Action{
 			chromedp.WaitVisible("#preview-form", chromedp.ByID),
 			setField("preview-input", `{"resourceType":"Patient","id":"p1","name":[{"use":"official","family":"Lovelace","given":["Ada"]}]}`),
+			chromedp.Click("#preview", chromedp.ByID),
+			chromedp.WaitVisible("#preview-result", chromedp.ByID)}},
+		{"map preview of a logged decision", fmt.Sprintf("/maps/preview?decision=%d", s.Captured), []chromedp.Action{
+			chromedp.WaitVisible("#preview-form", chromedp.ByID),
 			chromedp.Click("#preview", chromedp.ByID),
 			chromedp.WaitVisible("#preview-result", chromedp.ByID)}},
 		{"decision search with a bad date", "/logs", []chromedp.Action{
