@@ -166,8 +166,9 @@ func roundTripHL7(ctx context.Context, m *Mapping, orig func() map[string]any, r
 				if !a.toFHIR || a.path == nil {
 					continue
 				}
-				w, wok := a.path.Get(want[j].(map[string]any))
-				g, gok := a.path.Get(got[j].(map[string]any))
+				wi, gi := want[j].(map[string]any), got[j].(map[string]any)
+				w, wok := a.pathFor(wi).Get(wi)
+				g, gok := a.pathFor(gi).Get(gi)
 				if wok != gok || !a.equalFHIR(g, w) {
 					return fmt.Sprintf("expansion %s item %d: %s not reproduced", x.def.Name, j, a.def.Name), nil
 				}

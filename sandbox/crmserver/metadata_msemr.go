@@ -1,6 +1,9 @@
 package crmserver
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // The Microsoft Cloud for Healthcare (Provider data model, formerly the
 // Healthcare data model) tables the clinical starter maps write. Column
@@ -55,6 +58,16 @@ func healthTable(logical, set, primaryID, primaryName string, cols ...*Attribute
 			})
 		}
 	}
+	return e
+}
+
+// childTable is a data-model table that holds rows of a parent record
+// (telecoms, coded concepts, predictions): no FHIR Sync columns, as the
+// rows have no FHIR resource of their own.
+func childTable(logical, set, primaryID, primaryName string, cols ...*Attribute) *Entity {
+	e := healthTable(logical, set, primaryID, primaryName, cols...)
+	e.Attributes = e.Attributes[:len(e.Attributes)-len(fhirSyncColumns())]
+	e.Keys = nil
 	return e
 }
 
@@ -197,7 +210,7 @@ func healthcareEntities() []*Entity {
 		lookup("msemr_memberrelatedperson", "contact"), lookup("msemr_memberorganization", "account"),
 		lookup("msemr_onbehalfof", "account"),
 	)
-	participantRole := healthTable("msemr_careteamparticipantrole", "msemr_careteamparticipantroles", "msemr_careteamparticipantroleid", "msemr_display",
+	participantRole := childTable("msemr_careteamparticipantrole", "msemr_careteamparticipantroles", "msemr_careteamparticipantroleid", "msemr_display",
 		str("msemr_code", 100), str("msemr_display", 100), str("msemr_system", 1024),
 	)
 	device := healthTable("msemr_device", "msemr_devices", "msemr_deviceid", "msemr_name",
@@ -219,7 +232,7 @@ func healthcareEntities() []*Entity {
 		lookup("msemr_subjectpatient", "contact"), lookup("msemr_contextencounter", "msemr_encounter"),
 		lookup("msemr_condition", "msemr_condition"), lookup("msemr_performerpractitioner", "contact"),
 	)
-	prediction := healthTable("msemr_riskassessmentprediction", "msemr_riskassessmentpredictions", "msemr_riskassessmentpredictionid", "msemr_name",
+	prediction := childTable("msemr_riskassessmentprediction", "msemr_riskassessmentpredictions", "msemr_riskassessmentpredictionid", "msemr_name",
 		// Documented in the EMR accelerator's RiskAssessmentPrediction.cdm.json.
 		name100(), str("msemr_rationale", 100),
 		decimalAttr("msemr_probabilitydecimal"), decimalAttr("msemr_probabilitylowerlimit"), decimalAttr("msemr_probabilityupperlimit"),
@@ -274,6 +287,57 @@ func healthcareEntities() []*Entity {
 		lookup("msemr_beneficiarypatient", "contact"), lookup("msemr_subscriberpatient", "contact"),
 		lookup("msemr_policyholderorganization", "account"), lookup("msemr_policyholderpatient", "contact"),
 	)
+	telecomSystem := hcOptions("Phone", "Fax", "Email", "Pager", "URL", "SMS", "Other")
+	telecomUse := hcOptions("Home", "Work", "Temp", "Old", "Mobile")
+	locationTelecom := childTable("msemr_locationtelecom", "msemr_locationtelecoms", "msemr_locationtelecomid", "msemr_name",
+		// Foundational/Commoncore/LocationTelecom.cdm.json
+		name100(), str("msemr_locationtelecomvalue", 100),
+		picklist("msemr_locationtelecomsystem", telecomSystem...), picklist("msemr_locationtelecomuse", telecomUse...),
+		integer("msemr_locationtelecomrank"),
+		datetime("msemr_locationtelecomperiodstartdate"), datetime("msemr_locationtelecomperiodenddate"),
+		lookup("msemr_location", "msemr_location"),
+	)
+	roleTelecom := childTable("msemr_practitionerroletelecom", "msemr_practitionerroletelecoms", "msemr_practitionerroletelecomid", "msemr_name",
+		// Administration/AdministrationCore/PractitionerRoleTelecom.cdm.json
+		name100(), str("msemr_value", 100),
+		picklist("msemr_system", telecomSystem...), picklist("msemr_use", telecomUse...),
+		integer("msemr_rank"), datetime("msemr_periodstartdatetime"), datetime("msemr_periodenddatetime"),
+		lookup("msemr_practitionerrole", "msemr_practitionerrole"),
+	)
+	appointmentParticipant := childTable("msemr_appointmentemrparticipant", "msemr_appointmentemrparticipants", "msemr_appointmentemrparticipantid", "msemr_name",
+		// Administration/AdministrationAppointmentEMR/AppointmentEMRParticipant.cdm.json
+		name100(),
+		picklist("msemr_participantactortype", hcOptions("Patient", "Practitioner", "RelatedPerson", "Device", "HealthcareService", "Location")...),
+		picklist("msemr_participationstatus", hcOptions("Accepted", "Declined", "Tentative", "Needs Action")...),
+		picklist("msemr_required", hcOptions("Required", "Optional", "Information Only")...),
+		lookup("msemr_appointmentemr", "msemr_appointmentemr"),
+		lookup("msemr_actorpatient", "contact"), lookup("msemr_actorphysician", "contact"),
+		lookup("msemr_actorrelatedperson", "contact"), lookup("msemr_actorlocation", "msemr_location"),
+	)
+	// Coded child rows: each holds one CodeableConcept of its parent as a
+	// lookup to msemr_codeableconcept plus a name (files named after the
+	// table under Clinical/ClinicalCore, Clinical/ClinicalCareTeam,
+	// Administration/AdministrationCore and
+	// Administration/AdministrationAppointmentEMR).
+	conceptRows := func(logical, parent, parentTable, concept string) *Entity {
+		set := logical + "s"
+		if strings.HasSuffix(logical, "y") {
+			set = strings.TrimSuffix(logical, "y") + "ies"
+		}
+		return childTable(logical, set, logical+"id", "msemr_name",
+			name100(), lookup(parent, parentTable), lookup(concept, "msemr_codeableconcept"))
+	}
+	conditionCategory := conceptRows("msemr_conditioncategory", "msemr_condition", "msemr_condition", "msemr_category")
+	careTeamCategory := conceptRows("msemr_careteamcategory", "msemr_careteam", "msemr_careteam", "msemr_category")
+	carePlanCategory := conceptRows("msemr_careplancategory", "msemr_careplan", "msemr_careplan", "msemr_plancategoryidentifier")
+	roleSpecialty := conceptRows("msemr_practitionerrolespecialty", "msemr_practitionerrole", "msemr_practitionerrole", "msemr_specialty")
+	scheduleSpecialty := conceptRows("msemr_schedulespecialty", "msemr_schedule", "msemr_schedule", "msemr_specialty")
+	slotServiceType := conceptRows("msemr_slotservicetype", "msemr_slot", "msemr_slot", "msemr_slotservicetype")
+	// msemr_codeableconcept is the data model's table of coded concepts
+	// (Foundational/Commoncore/CodeableConcept.cdm.json); its msemr_type
+	// choice has over a hundred values and is left out.
+	codeableConcept := childTable("msemr_codeableconcept", "msemr_codeableconcepts", "msemr_codeableconceptid", "msemr_name",
+		name100(), str("msemr_code", 100), str("msemr_text", 2000))
 	// task is Dataverse's task activity with the data model's msemr_
 	// columns (Administration/AdministrationCore/Task.cdm.json extends the
 	// base Task); the FHIR id column is the one fhirsync adds (the FHIR
@@ -319,5 +383,7 @@ func healthcareEntities() []*Entity {
 	)
 	return []*Entity{appointment, condition, procedure, allergy, medicationRequest, report, carePlan, claim,
 		relatedPerson, location, medication, slot, schedule, careTeam, participant, participantRole, device,
-		risk, prediction, goal, practitionerRole, procedureRequest, coverage, task, flag, communication}
+		risk, prediction, goal, practitionerRole, procedureRequest, coverage, task, flag, communication,
+		locationTelecom, roleTelecom, appointmentParticipant, conditionCategory, careTeamCategory, carePlanCategory,
+		roleSpecialty, scheduleSpecialty, slotServiceType, codeableConcept}
 }
