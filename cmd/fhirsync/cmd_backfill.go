@@ -154,6 +154,7 @@ func (s *services) closeQueues(ctx context.Context) {
 			_ = q.Close(context.WithoutCancel(ctx))
 		}
 	}
+	s.flushTraces(ctx) // the notices' spans
 }
 
 // newReconciler builds the scheduled reconcile of every enabled entity map

@@ -20,6 +20,7 @@ import (
 
 	"github.com/fhirsync/fhirsync/admin"
 	"github.com/fhirsync/fhirsync/agent/crm"
+	"github.com/fhirsync/fhirsync/internal/tracing"
 	"github.com/fhirsync/fhirsync/logs"
 )
 
@@ -60,6 +61,9 @@ type Config struct {
 	Logs logs.Config `yaml:"logs"`
 	// Alerts sets alert rules and the webhooks they post to.
 	Alerts AlertsConfig `yaml:"alerts"`
+	// Tracing exports OpenTelemetry traces of each message over OTLP (off
+	// by default; docs/observability.md).
+	Tracing tracing.Config `yaml:"tracing"`
 }
 
 // AgentConfig tunes the sync agent. It runs when both fhir.base_url and
@@ -453,6 +457,12 @@ func setScalar(fv reflect.Value, s string) error {
 			return fmt.Errorf("%q is not true or false", s)
 		}
 		fv.SetBool(b)
+	case fv.Kind() == reflect.Float64:
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return fmt.Errorf("%q is not a number", s)
+		}
+		fv.SetFloat(f)
 	default:
 		return fmt.Errorf("cannot be set from the environment")
 	}
@@ -594,6 +604,9 @@ func (c Config) Validate() []string {
 		for _, line := range strings.Split(err.Error(), "\n") {
 			p = append(p, "admin: "+line)
 		}
+	}
+	if err := c.Tracing.Validate(); err != nil {
+		p = append(p, strings.Split(err.Error(), "\n")...)
 	}
 	p = append(p, c.Alerts.problems()...)
 	slices.Sort(p)

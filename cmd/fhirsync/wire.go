@@ -16,12 +16,14 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/robfig/cron/v3"
+	"go.opentelemetry.io/otel/trace"
 	"gorm.io/gorm"
 
 	"github.com/fhirsync/fhirsync/agent"
 	"github.com/fhirsync/fhirsync/agent/alerts"
 	"github.com/fhirsync/fhirsync/agent/crm"
 	"github.com/fhirsync/fhirsync/agent/fhir"
+	"github.com/fhirsync/fhirsync/internal/tracing"
 	"github.com/fhirsync/fhirsync/logs"
 	"github.com/fhirsync/fhirsync/maps"
 	"github.com/fhirsync/fhirsync/queues"
@@ -48,6 +50,7 @@ type services struct {
 	reconciler  *agent.Reconciler
 	replayer    *agent.Replayer
 	alerts      *alerts.Service
+	tracing     *tracing.Tracing // its Provider is nil when tracing is off
 }
 
 // buildServices wires the stores, queues, endpoint clients, the agent and
@@ -63,10 +66,13 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 	if s.maps, err = maps.New(db, maps.Options{Logger: log}); err != nil {
 		return nil, err
 	}
-	if s.fhirQ, err = openQueue(cfg, db, cfg.Queue.FHIRChanges); err != nil {
+	if s.tracing, err = tracing.New(ctx, cfg.Tracing, tracing.Deps{Getenv: os.Getenv, Version: buildVersion(), Logger: log}); err != nil {
 		return nil, err
 	}
-	if s.crmQ, err = openQueue(cfg, db, cfg.Queue.CRMChanges); err != nil {
+	if s.fhirQ, err = openTracedQueue(cfg, db, cfg.Queue.FHIRChanges, s.tracing.Provider()); err != nil {
+		return nil, err
+	}
+	if s.crmQ, err = openTracedQueue(cfg, db, cfg.Queue.CRMChanges, s.tracing.Provider()); err != nil {
 		return nil, err
 	}
 	if s.replayer, err = s.newReplayer(reg); err != nil {
@@ -157,7 +163,7 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 		CRMBatchMax: cfg.Agent.CRMBatchMax, CRMBatchWait: cfg.Agent.CRMBatchWait, CRMBulkOff: cfg.Agent.CRMBulk == "off",
 		BackfillWorkers: cfg.Agent.BackfillWorkers, BackfillBatchMax: cfg.Agent.BackfillBatchMax, BackfillBatchWait: cfg.Agent.BackfillBatchWait},
 		agent.Deps{DB: db, Maps: s.maps, FHIR: fhirWrites, CRM: s.crm, Logs: s.logs, FHIRChanges: s.fhirQ, CRMChanges: s.crmQ,
-			Registry: reg, Logger: log, Capture: capture})
+			Registry: reg, Logger: log, Capture: capture, Tracer: s.tracing.Provider()})
 	if err != nil {
 		return nil, err
 	}
@@ -206,14 +212,30 @@ func crmConfig(c CRMConfig, reg prometheus.Registerer) crm.Config {
 }
 
 func openQueue(cfg *Config, db *gorm.DB, name string) (queues.Queue, error) {
+	return openTracedQueue(cfg, db, name, nil)
+}
+
+// openTracedQueue opens a queue whose sends start each message's trace
+// when tp is set (queues.TraceSend).
+func openTracedQueue(cfg *Config, db *gorm.DB, name string, tp trace.TracerProvider) (queues.Queue, error) {
 	if cfg.Queue.Kind == "servicebus" {
 		sb := cfg.Queue.ServiceBus
 		return servicebus.New(servicebus.Config{ConnectionString: sb.ConnectionString, Namespace: sb.Namespace,
 			Credential: map[string]servicebus.Credential{"": servicebus.CredentialDefault, "default": servicebus.CredentialDefault,
 				"managed_identity": servicebus.CredentialManagedIdentity, "client_secret": servicebus.CredentialClientSecret}[sb.Auth.Method], TenantID: sb.Auth.TenantID, ClientID: sb.Auth.ClientID,
-			ClientSecret: sb.Auth.ClientSecret, Sessions: true}, name)
+			ClientSecret: sb.Auth.ClientSecret, Sessions: true, Tracer: tp}, name)
 	}
-	return embedded.New(db, name, embedded.Options{MaxDeliveryCount: 50})
+	return embedded.New(db, name, embedded.Options{MaxDeliveryCount: 50, Tracer: tp})
+}
+
+// flushTraces exports the spans still buffered; a collector that does not
+// answer within five seconds costs them.
+func (s *services) flushTraces(ctx context.Context) {
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := s.tracing.Shutdown(fctx); err != nil {
+		s.log.Warn("flushing traces failed", "error", err)
+	}
 }
 
 // credential builds the azidentity credential an endpoint's auth names.
@@ -293,6 +315,7 @@ func (s *services) run(ctx context.Context) error {
 		wg.Go(func() { fail(s.alerts.Run(ctx)) })
 	}
 	wg.Wait()
+	s.flushTraces(ctx)
 	return errors.Join(errs...)
 }
 
