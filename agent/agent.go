@@ -100,6 +100,9 @@ type Config struct {
 	// operations, 2s). Batching off (CRMBatchMax 1) turns them off too.
 	BackfillBatchMax  int
 	BackfillBatchWait time.Duration
+	// Stream tunes the windows of stream maps (stream.go); zero values
+	// take its defaults.
+	Stream StreamConfig
 }
 
 func (c Config) withDefaults() Config {
@@ -286,6 +289,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if deps.Tracer != nil {
 		traceFlows(a.pipe.flows, a.pipe.tracer)
 	}
+	a.pipe.streams = newStreamer(cfg.Stream, deps.DB, replicaName(), deps.Registry, deps.Logger, a.pipe.now)
 	if cs, ok := deps.Logs.(conflictStore); ok && storage.SameDatabase(logsDatabase(deps.Logs), deps.DB) {
 		a.pipe.conflicts = cs
 	}
@@ -392,6 +396,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		close(batchDone)
 	}
 	defer func() { stopBatch(); <-batchDone }()
+	// The stream window writer, like the decision writer, outlives the
+	// pools: draining workers wait on it.
+	streamDone := make(chan struct{})
+	go func() { a.pipe.streams.runWriter(batchCtx); close(streamDone) }()
+	defer func() { stopBatch(); <-streamDone }()
 
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
@@ -407,6 +416,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Go(func() { a.sampleDepth(ctx, name, q) })
 	}
 	wg.Go(func() { a.pruneOwnWrites(ctx) })
+	wg.Go(func() { a.pipe.streams.runCloser(ctx, a.pipe.closeWindow) })
 	if a.pipe.conflicts != nil {
 		wg.Go(func() { a.sendResolutions(ctx) })
 	}

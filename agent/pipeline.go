@@ -162,6 +162,9 @@ type pipeline struct {
 	crmBatch *crm.Coalescer
 	workers  int
 
+	// streams keeps the windows of stream maps (stream.go).
+	streams *streamer
+
 	// lags records the age of each change received, for the lag of a
 	// queue whose waiting messages cannot be read (lag_estimate.go).
 	lags lagEstimator
@@ -181,6 +184,10 @@ type step struct {
 	subject string
 	message string
 	err     error // the error behind a failure, classified
+	// reading, when set, is a device reading for the streamer: no
+	// decision of its own; the message is settled once the reading is
+	// part of its window (stream.go).
+	reading *streamReading
 }
 
 func stop(o logs.Outcome, r logs.ReasonCode, msg string) *step {
@@ -205,6 +212,9 @@ func (p *pipeline) handleOn(q txQueue) handler {
 		ctx, span := p.startProcess(ctx, m, u.d)
 		defer endProcess(span, u.d)
 		st := p.run(ctx, m, u)
+		if st.reading != nil {
+			return p.settleReading(ctx, m, *st.reading, q)
+		}
 		return p.finish(ctx, m, u, q, st, start)
 	}
 }
@@ -286,6 +296,12 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 	}
 
 	src, err := f.source.read(ctx, open[0], n.ID)
+	if sm := p.streamMap(open, n); sm != nil {
+		if err != nil && !errors.Is(err, errGone) {
+			return p.failure("reading the source record", err)
+		}
+		return p.readingStep(sm, n, src, err != nil)
+	}
 	// pre is the link of open[0] that naming the pair read, when nothing
 	// can have changed it since: reused as the cached link below.
 	var pre *link

@@ -75,6 +75,10 @@ type Decision struct {
 	// a sent decision whose notice said when the source changed; zero
 	// when unknown. The dashboard's percentiles read it.
 	Latency time.Duration `json:"latency_ns,omitempty"`
+	// Readings, on the decision of a device-stream window, says what
+	// became of the window's readings (one decision per window and key,
+	// never one per reading); nil on every other decision.
+	Readings *Readings `json:"readings,omitempty"`
 	// Snapshots are the source and target payloads. They are stored,
 	// encrypted, only when payload capture is on; otherwise dropped. They
 	// are never returned by queries; see Store.ReadCapture.
@@ -86,6 +90,32 @@ type Decision struct {
 	// lowercase hex digits), when tracing was on and the trace sampled;
 	// empty otherwise. The admin app links it to the tracing backend.
 	TraceID string `json:"trace_id,omitempty"`
+}
+
+// Readings summarises the readings of one device-stream window of one
+// key (a patient and a code): counts, never values.
+type Readings struct {
+	// Subject is the patient's reference (Patient/123) and Code the
+	// reading's code (system|code): the window's key.
+	Subject string `json:"subject"`
+	Code    string `json:"code"`
+	// Start and End bound the window.
+	Start time.Time `json:"start"`
+	End   time.Time `json:"end"`
+	// Counts are the readings taken by what became of them: aggregated
+	// (part of an aggregate that was sent), within_range, rate_limited,
+	// duplicate_reading; the decision's own reason says what became of
+	// the window's aggregate.
+	Counts map[ReasonCode]int `json:"counts"`
+}
+
+// Total is the number of readings the window took.
+func (r *Readings) Total() int {
+	n := 0
+	for _, c := range r.Counts {
+		n += c
+	}
+	return n
 }
 
 // Ref names a record on one side.

@@ -96,6 +96,18 @@ const (
 	// writes with its parent record (fhirsync's own writes of child rows
 	// come back this way); ReasonSubject names the expansion map.
 	ReasonChildRow ReasonCode = "child_row"
+	// ReasonAggregated: a device reading was folded into its window's
+	// aggregate instead of being sent on its own (docs/device-streams.md).
+	ReasonAggregated ReasonCode = "aggregated"
+	// ReasonWithinRange: a device-stream window's readings all lay inside
+	// the stream's threshold range, so its aggregate was not sent.
+	ReasonWithinRange ReasonCode = "within_range"
+	// ReasonDuplicateReading: a device reading repeated the key's previous
+	// value, or the same reading (id and version) came again.
+	ReasonDuplicateReading ReasonCode = "duplicate_reading"
+	// ReasonRateLimited: the patient's aggregates reached the stream's
+	// rate limit for the period, so this window's was not sent.
+	ReasonRateLimited ReasonCode = "rate_limited"
 
 	// ReasonConflictHeld: an attribute changed on both sides is held for a
 	// person; the record's other changes were written (ChangedFields names
@@ -178,6 +190,11 @@ var registry = []Reason{
 	{ReasonDeleteIgnored, skipOnly, "The source record was deleted, and the entity map's delete policy is to ignore deletes.", "None; change the entity map's delete policy if deletes should travel."},
 	{ReasonDeleteOverruled, skipOnly, "The source record was deleted while the target record was edited, and the conflict policy keeps the edit; the target record stays.", "None if the edit should win; otherwise delete the target record by hand or change the conflict policy."},
 	{ReasonChildRow, skipOnly, "The change is to a child row that an expansion map (named in the decision) writes together with its parent record; fhirsync's own writes of child rows come back this way.", "None; child rows travel with their parent record. To send a change made to a child row alone, replay its parent record."},
+
+	{ReasonAggregated, skipOnly, "Device readings were folded into their window's aggregate, which was sent in their place (a stream map's window decision counts them).", "None; the window's decision names the aggregate sent. Shorten the stream's window if readings should reach the CRM sooner."},
+	{ReasonWithinRange, skipOnly, "Every reading of the device-stream window lay inside the stream's threshold range, so no aggregate was sent.", "None; change the stream's threshold if in-range readings should reach the CRM."},
+	{ReasonDuplicateReading, skipOnly, "Device readings repeated the previous value of their patient and code, or the same reading (id and version) arrived again; they were dropped.", "None; turn the stream's dropRepeats off if repeated values should count."},
+	{ReasonRateLimited, skipOnly, "The patient's aggregates reached the stream's rate limit for the period, so this window's aggregate was not sent.", "None if the limit is meant; raise the stream's rateLimit if more aggregates should reach the CRM."},
 
 	{ReasonConflictHeld, heldOnly, "An attribute changed on both sides to different values and is held for a person; the record's other changes were written (the changed fields name them).", "Open the conflict on the Conflicts page and take the FHIR or the CRM value."},
 	{ReasonDeleteHeld, heldOnly, "The record was deleted on one side while it was edited on the other; the delete waits for a person.", "Open the conflict on the Conflicts page and apply the delete or keep the record."},

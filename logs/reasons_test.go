@@ -19,7 +19,9 @@ var designCodes = map[string][]logs.ReasonCode{
 	"sent": {"created", "updated", "deleted", "conflict_resolved", "deactivated"},
 	"skipped": {"no_entity_map", "map_disabled", "direction_off", "operation_off", "record_gate_off",
 		"filtered", "own_write_echo", "stale_version", "unchanged", "source_gone",
-		"conflict_deferred", "delete_ignored", "delete_overruled", "child_row"},
+		"conflict_deferred", "delete_ignored", "delete_overruled", "child_row",
+		// Device streams (docs/device-streams.md).
+		"aggregated", "within_range", "duplicate_reading", "rate_limited"},
 	"held": {"conflict_held", "delete_held"},
 	"failed": {"invalid_message", "mapping_error", "missing_reference", "target_rejected", "target_conflict",
 		"unauthorized", "throttled", "unavailable", "attempts_exhausted"},

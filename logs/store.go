@@ -204,8 +204,9 @@ type decisionRow struct {
 	Attempts      string
 	DurationUS    int64 `gorm:"column:duration_us"`
 	Conflicts     string
-	LatencyUS     *int64 `gorm:"column:latency_us"` // NULL when unknown
-	TraceID       string // empty when not traced
+	LatencyUS     *int64  `gorm:"column:latency_us"` // NULL when unknown
+	Readings      *string // JSON Readings of a device-stream window; NULL otherwise
+	TraceID       string  // empty when not traced
 }
 
 func (decisionRow) TableName() string { return "sync_decisions" }
@@ -227,8 +228,8 @@ func (keyRow) TableName() string { return "sync_decision_keys" }
 const (
 	insertColumns = `decided_at, correlation_id, message_id, direction, entity_map, map_version,
 		source_type, source_id, source_version, target_type, target_id, target_version, outcome, reason, reason_subject,
-		message, changed_fields, attempts, duration_us, conflicts, latency_us, trace_id`
-	decisionParams = 22
+		message, changed_fields, attempts, duration_us, conflicts, latency_us, readings, trace_id`
+	decisionParams = 23
 	keyParams      = 3
 )
 
@@ -275,7 +276,7 @@ func insertDecisions(tx *gorm.DB, rows []decisionRow) error {
 			r := &rows[i]
 			args = append(args, r.DecidedAt, r.CorrelationID, r.MessageID, r.Direction, r.EntityMap, r.MapVersion,
 				r.SourceType, r.SourceID, r.SourceVersion, r.TargetType, r.TargetID, r.TargetVersion, r.Outcome, r.Reason,
-				r.ReasonSubject, r.Message, r.ChangedFields, r.Attempts, r.DurationUS, r.Conflicts, r.LatencyUS, r.TraceID)
+				r.ReasonSubject, r.Message, r.ChangedFields, r.Attempts, r.DurationUS, r.Conflicts, r.LatencyUS, r.Readings, r.TraceID)
 		}
 		var err error
 		if ids, err = queryIDs(tx, insertDecisionSQL[n], args, ids[:0]); err != nil {
@@ -362,8 +363,17 @@ func toRow(d *Decision) (decisionRow, error) {
 		us := d.Latency.Microseconds()
 		latency = &us
 	}
+	var readings *string
+	if d.Readings != nil {
+		raw, err := json.Marshal(d.Readings)
+		if err != nil {
+			return decisionRow{}, err
+		}
+		s := string(raw)
+		readings = &s
+	}
 	return decisionRow{
-		LatencyUS: latency, DecidedAt: d.Time, CorrelationID: d.CorrelationID, MessageID: d.MessageID,
+		LatencyUS: latency, Readings: readings, DecidedAt: d.Time, CorrelationID: d.CorrelationID, MessageID: d.MessageID,
 		Direction: string(d.Direction), EntityMap: d.EntityMap, MapVersion: d.MapVersion,
 		SourceType: d.Source.Type, SourceID: d.Source.ID, SourceVersion: d.Source.Version,
 		TargetType: d.Target.Type, TargetID: d.Target.ID, TargetVersion: d.Target.Version,
@@ -384,6 +394,12 @@ func (r decisionRow) decision() Decision {
 	}
 	if r.LatencyUS != nil {
 		d.Latency = time.Duration(*r.LatencyUS) * time.Microsecond
+	}
+	if r.Readings != nil {
+		var rd Readings
+		if json.Unmarshal([]byte(*r.Readings), &rd) == nil {
+			d.Readings = &rd
+		}
 	}
 	// The columns are written only by toRow; a decode failure leaves the
 	// list empty rather than hiding the whole decision.
