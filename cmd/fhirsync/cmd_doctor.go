@@ -240,13 +240,13 @@ func (d *doctor) serviceBus(ctx context.Context, names []string) {
 		}
 		cred, cerr := credential(a)
 		if cerr != nil {
-			d.check("queue", "", fail("check queue.service_bus.auth", "Service Bus credential: %v", cerr))
+			d.check("queue", "", fail("set queue.service_bus.auth.method to default, managed_identity (client_id for a user-assigned identity) or client_secret (with tenant_id, client_id and client_secret)", "Service Bus credential: %v", cerr))
 			return
 		}
 		client, err = sbadmin.NewClient(sb.Namespace, cred, d.sbOptions)
 	}
 	if err != nil {
-		d.check("queue", "", fail("check queue.service_bus.connection_string or namespace", "Service Bus client: %s", shortCause(err)))
+		d.check("queue", "", fail("set queue.service_bus.connection_string to the namespace's Endpoint=sb://…;SharedAccessKeyName=…;SharedAccessKey=… string, or queue.service_bus.namespace to its host name (contoso.servicebus.windows.net)", "Service Bus client: %s", shortCause(err)))
 		return
 	}
 	authLine := false
@@ -446,7 +446,7 @@ func (d *doctor) maps(ctx context.Context) {
 	case errors.Is(err, maps.ErrNotFound):
 		d.check("maps", "", fail("fhirsync maps import maps/starter/starter.yaml, then fhirsync maps publish (or publish in the admin app)", "nothing published yet"))
 	case err != nil:
-		d.check("maps", "", fail("check the database", "reading the published maps: %s", shortCause(err)))
+		d.check("maps", "", fail("run fhirsync migrate --config FILE, and check that database.url's user may read the maps tables", "reading the published maps: %s", shortCause(err)))
 	default:
 		on := 0
 		for _, m := range d.set.Maps() {
@@ -480,7 +480,7 @@ func (d *doctor) crm(ctx context.Context) {
 	}
 	c, err := crm.New(crmConfig(d.cfg.CRM, nil))
 	if err != nil {
-		d.check("crm", "", fail("check crm.base_url and crm.auth", "CRM client: %s", shortCause(err)))
+		d.check("crm", "", fail("set crm.base_url to the environment's URL (https://<org>.crm.dynamics.com) and crm.auth (or each crm.users entry) to method bearer, client_secret, managed_identity or default with its keys", "CRM client: %s", shortCause(err)))
 		return
 	}
 	ids, err := c.UserIDs(ctx)
@@ -508,7 +508,7 @@ func (d *doctor) crm(ctx context.Context) {
 			if errors.As(err, &ce) && ce.Status == 404 {
 				d.check(area, "", fail("create the table (install the solution that defines it) or fix the map's crmEntity", "table %s does not exist", entity))
 			} else {
-				d.check(area, "", fail("check the application user's privileges to read table definitions", "reading the definition of %s failed: %s", entity, shortCause(err)))
+				d.check(area, "", fail("check that the environment is reachable and the application user has a security role (reading table definitions needs one)", "reading the definition of %s failed: %s", entity, shortCause(err)))
 			}
 			continue
 		}
@@ -596,13 +596,13 @@ func (d *doctor) fhir(ctx context.Context) {
 	case "none", "":
 	default:
 		if fc.Credential, err = credential(d.cfg.FHIR.Auth); err != nil {
-			d.check("fhir", "", fail("check fhir.auth", "FHIR credential: %v", err))
+			d.check("fhir", "", fail("set fhir.auth.method to none, bearer (with token), default, managed_identity or client_secret (with tenant_id, client_id and client_secret)", "FHIR credential: %v", err))
 			return
 		}
 	}
 	c, err := fhir.New(fc)
 	if err != nil {
-		d.check("fhir", "", fail("check fhir.base_url", "FHIR client: %s", shortCause(err)))
+		d.check("fhir", "", fail("set fhir.base_url to the server's base URL, e.g. https://<workspace>-<service>.fhir.azurehealthcareapis.com", "FHIR client: %s", shortCause(err)))
 		return
 	}
 	cs, err := c.Capabilities(ctx)
