@@ -513,6 +513,7 @@ func TestValidateManifestRefusesBrokenManifests(t *testing.T) {
 		{name: "mount of an undeclared volume", old: "{name: config, mountPath", new: "{name: secrets, mountPath", wantErr: `volumeMounts[0].name: Not found: "secrets"`},
 		{name: "invalid name", old: "name: sync-fhirsync\n  labels", new: "name: Sync_FHIRsync\n  labels", wantErr: "metadata.name: Invalid value"},
 		{name: "invalid label value", old: "  labels: {app.kubernetes.io/name: fhirsync}", new: "  labels: {app.kubernetes.io/name: \"not valid!\"}", wantErr: "metadata.labels: Invalid value"},
+		{name: "two ports on one number", old: "            - {name: http, containerPort: 8080}", new: "            - {name: http, containerPort: 8080}\n            - {name: web, containerPort: 8080}", wantErr: "does not match the Kubernetes schema: .spec.template.spec.containers[name=\"fhirsync\"].ports: duplicate entries"},
 		{name: "kind of another version", old: "apiVersion: apps/v1", new: "apiVersion: apps/v2", wantErr: "no kind"},
 		{name: "not YAML", old: "  replicas: 2", new: "  replicas: [2", wantErr: "not YAML"},
 		{name: "ServiceMonitor with an unknown field", doc: `apiVersion: monitoring.coreos.com/v1
