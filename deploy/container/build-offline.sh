@@ -50,10 +50,11 @@ nonroot:x:65532:
 GROUP
 echo 'hosts: files dns' >"$ctx/base/etc/nsswitch.conf"
 
-case "$builder" in
+case "$(basename "$builder")" in
   podman | buildah)
     # HEALTHCHECK exists only in the Docker image format, not in OCI's.
-    "$builder" build --format docker --tag "$tag" --file "$here/Containerfile.scratch" "$ctx" ;;
+    # --layers=false commits the final image only, no cached step images.
+    "$builder" build --format docker --layers=false --tag "$tag" --file "$here/Containerfile.scratch" "$ctx" ;;
   *)
     "$builder" build --tag "$tag" --file "$here/Containerfile.scratch" "$ctx" ;;
 esac
