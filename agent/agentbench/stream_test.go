@@ -1,0 +1,87 @@
+package agentbench
+
+import (
+	"context"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/fhirsync/fhirsync/storage"
+	"github.com/fhirsync/fhirsync/storage/storagetest"
+)
+
+// TestRunStreamSmall runs the device-stream bench at a small size: every
+// reading is accounted for, each window ends in one decision, and the CRM
+// gets one write per window, not per reading.
+func TestRunStreamSmall(t *testing.T) {
+	t.Parallel()
+	db := storagetest.Open(t, storage.SQLite)
+	res, err := RunStream(context.Background(), StreamConfig{DB: db, Rate: 400, Duration: 3 * time.Second, Patients: 20, Window: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Offered != 1200 || res.Lost != 0 {
+		t.Fatalf("offered %d, lost %d; want 1200 offered, none lost", res.Offered, res.Lost)
+	}
+	// 3 s of readings over 2 s windows: each patient's readings fall in 2
+	// or 3 windows.
+	if res.Windows < 40 || res.Windows > 60 || res.Sent != res.Windows {
+		t.Errorf("windows %d (sent %d), want 40 to 60, all sent", res.Windows, res.Sent)
+	}
+	if res.CRMWrites != int64(res.Sent) {
+		t.Errorf("CRM records written %d, want one per window sent (%d)", res.CRMWrites, res.Sent)
+	}
+	if res.Reduction < 20 {
+		t.Errorf("reduction %.1f, want at least 20 readings per CRM write (60 readings per window)", res.Reduction)
+	}
+	// One row per window and one per CRM notice of an aggregate written.
+	if res.LogRows != int64(res.Windows+res.Sent) {
+		t.Errorf("log rows %d, want %d", res.LogRows, res.Windows+res.Sent)
+	}
+}
+
+// BenchmarkDeviceStream runs the device-stream bench once per iteration
+// at the rate: FHIRSYNC_STREAM_RATE (5000), _SECONDS (60),
+// _PATIENTS (1000) and _WINDOW (30s) change it; FHIRSYNC_BENCH_DATABASE_URL
+// runs it on PostgreSQL.
+//
+//	go test ./agent/agentbench/ -run '^$' -bench DeviceStream -benchtime 1x
+func BenchmarkDeviceStream(b *testing.B) {
+	cfg := StreamConfig{Rate: envFloat("FHIRSYNC_STREAM_RATE", 5000), Duration: time.Duration(envFloat("FHIRSYNC_STREAM_SECONDS", 60) * float64(time.Second)),
+		Patients: int(envFloat("FHIRSYNC_STREAM_PATIENTS", 1000))}
+	if w, err := time.ParseDuration(os.Getenv("FHIRSYNC_STREAM_WINDOW")); err == nil {
+		cfg.Window = w
+	}
+	for b.Loop() {
+		db := storagetest.Open(b, storage.SQLite)
+		if url := os.Getenv("FHIRSYNC_BENCH_DATABASE_URL"); url != "" {
+			var err error
+			if db, err = storage.Open(context.Background(), url, storage.Options{}); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := storage.Migrate(context.Background(), db); err != nil {
+				b.Fatal(err)
+			}
+		}
+		cfg.DB, cfg.Progress = db, os.Stderr
+		res, err := RunStream(context.Background(), cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		WriteStream(os.Stderr, res)
+		b.ReportMetric(res.IngestedPerSecond, "readings/s")
+		b.ReportMetric(res.Reduction, "readings/CRM-write")
+		b.ReportMetric(float64(res.CRMWrites), "CRM-writes")
+		b.ReportMetric(res.LogRowsPerHour, "log-rows/h")
+		b.ReportMetric(res.LogBytesPerHour, "log-bytes/h")
+		b.ReportMetric(float64(res.CPUPerReading.Microseconds()), "cpu-µs/reading")
+	}
+}
+
+func envFloat(name string, def float64) float64 {
+	if v, err := strconv.ParseFloat(os.Getenv(name), 64); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
