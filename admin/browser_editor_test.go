@@ -1,0 +1,334 @@
+package admin
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/input"
+	"github.com/chromedp/cdproto/page"
+	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
+
+	"github.com/fhirsync/fhirsync/admin/browsertest"
+	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/storage/storagetest"
+)
+
+// activeID is the id of the focused element.
+func activeID(ctx context.Context) string {
+	var id string
+	_ = chromedp.Run(ctx, chromedp.Evaluate(`document.activeElement ? document.activeElement.id : ""`, &id))
+	return id
+}
+
+// tabTo presses Tab (Shift+Tab when back) until the element with id has
+// the focus, as a keyboard user moves through the page.
+func tabTo(id string, back bool) chromedp.ActionFunc {
+	return func(ctx context.Context) error {
+		var mods []chromedp.KeyOption
+		if back {
+			mods = append(mods, chromedp.KeyModifiers(input.ModifierShift))
+		}
+		for range 600 {
+			if activeID(ctx) == id {
+				return nil
+			}
+			if err := chromedp.KeyEvent(kb.Tab, mods...).Do(ctx); err != nil {
+				return err
+			}
+		}
+		return fmt.Errorf("Tab never reached #%s (focus is on #%s)", id, activeID(ctx))
+	}
+}
+
+// waitFocus waits until the element with id has the focus.
+func waitFocus(id string) chromedp.Action {
+	return chromedp.Poll(fmt.Sprintf(`document.activeElement && document.activeElement.id === %q`, id), nil, chromedp.WithPollingTimeout(10*time.Second))
+}
+
+// TestBrowserEditorAddFromPickerAndPublish: in Chromium, an editor adds
+// an attribute map for the CRM's nickname column from the attribute
+// picker (fed by the sandbox CRM's metadata), completes its FHIR path
+// from the R4 definitions, sees what it selects in the map's sample, lets
+// the sample expect the new output, saves and publishes — without
+// touching the YAML. The published version maps a record's nickname.
+func TestBrowserEditorAddFromPickerAndPublish(t *testing.T) {
+	axe := browsertest.LoadAxe(t)
+	browser := browsertest.Start(t)
+	e := newTestEnv(t, storagetest.Open(t, "sqlite"), AppConfig{})
+	withSandboxCRM(t, e)
+	e.user("editor@example.org", RoleEditor, false)
+	n := starterDraft(t, e)
+	doc, _, err := e.app.data.maps.Version(t.Context(), n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	added := len(doc.EntityMaps[0].Attributes) // the new attribute map's index
+	path := fmt.Sprintf("am-%d-fhirPath", added)
+
+	var pickerRow, hint, evaluated, yaml, samples, status string
+	ctx := browser.Session(t, 2*time.Minute)
+	err = chromedp.Run(ctx,
+		signIn(e.url, "editor@example.org"),
+		chromedp.Navigate(fmt.Sprintf("%s/maps/versions/%d/edit?map=patient-contact", e.url, n)),
+		chromedp.WaitVisible("#am-list", chromedp.ByID),
+		chromedp.Click("#am-add", chromedp.ByID),
+		chromedp.WaitVisible("#am-picker-filter", chromedp.ByID),
+		chromedp.SendKeys("#am-picker-filter", "nick", chromedp.ByID),
+		chromedp.WaitVisible("#am-pick-nickname", chromedp.ByID),
+		chromedp.Text(`#am-picker-table tr[data-attribute="nickname"]`, &pickerRow, chromedp.ByQuery),
+		chromedp.Click("#am-pick-nickname", chromedp.ByID),
+		waitFocus(path),
+		chromedp.Text(fmt.Sprintf("#am-%d-crm", added), &hint, chromedp.ByID),
+		// Completion: "name.where(use = 'nickname').gi" offers given.
+		chromedp.SendKeys("#"+path, "nam", chromedp.ByID),
+		chromedp.WaitVisible(fmt.Sprintf(`#%s-options li`, path), chromedp.ByQuery),
+		chromedp.KeyEvent(kb.ArrowDown),
+		chromedp.KeyEvent(kb.Enter),
+		chromedp.SendKeys("#"+path, ".where(use = 'nickname').gi", chromedp.ByID),
+		chromedp.Poll(fmt.Sprintf(`Array.from(document.querySelectorAll("#%s-options li .fp-name")).some(li => li.textContent === "given")`, path), nil),
+		chromedp.KeyEvent(kb.ArrowDown),
+		chromedp.KeyEvent(kb.Enter),
+		chromedp.SendKeys("#"+path, "[0]", chromedp.ByID),
+		chromedp.Poll(fmt.Sprintf(`document.getElementById("%s-result").textContent.includes("Tóta")`, path), nil),
+		chromedp.Text("#"+path+"-result", &evaluated, chromedp.ByID),
+		// The forms wrote the YAML.
+		chromedp.Poll(`document.getElementById("ed-yaml").value.includes("name: nickname") && document.getElementById("ed-yaml").value.includes("given[0]")`, nil),
+		chromedp.Value("#ed-yaml", &yaml, chromedp.ByID),
+		// The starter sample did not expect the new field; it is told to.
+		chromedp.Poll(`(document.getElementById("ed-samples-summary") || {textContent: ""}).textContent.includes("fail")`, nil),
+		chromedp.Click(`#ed-sample-results li[data-sample="patient to contact"] button`, chromedp.ByQuery),
+		chromedp.Poll(`(document.getElementById("ed-samples-summary") || {textContent: ""}).textContent.includes("All ")`, nil),
+		chromedp.Text("#ed-samples-summary", &samples, chromedp.ByID),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(pickerRow, "String") || !strings.Contains(pickerRow, "max length 100") {
+		t.Errorf("the picker shows nickname as %q, want its type and length from the CRM", pickerRow)
+	}
+	if !strings.Contains(hint, "String") || !strings.Contains(hint, "max length 100") {
+		t.Errorf("beside the CRM attribute: %q", hint)
+	}
+	if !strings.Contains(evaluated, `selects 1 value: "Tóta"`) {
+		t.Errorf("live evaluation on the sample: %q", evaluated)
+	}
+	for _, want := range []string{"crmAttribute: nickname", "fhirPath: name.where(use = 'nickname').given[0]", "maxLength: 100"} {
+		if !strings.Contains(yaml, want) {
+			t.Errorf("the YAML kept in step lacks %q:\n%s", want, yaml)
+		}
+	}
+	if !strings.Contains(samples, "All") {
+		t.Errorf("samples after expecting the new result: %q", samples)
+	}
+	vs, err := axe.Check(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vs {
+		if v.Severe() {
+			t.Errorf("editor with the picker used: %s", v)
+		}
+	}
+
+	err = chromedp.Run(ctx,
+		chromedp.Click("#ed-save", chromedp.ByID),
+		chromedp.WaitVisible("#notice", chromedp.ByID),
+		chromedp.Click("#editor-publish", chromedp.ByID),
+		chromedp.WaitVisible("#confirm-publish-form", chromedp.ByID),
+		chromedp.Click("#confirm-publish", chromedp.ByID),
+		chromedp.WaitVisible("#notice", chromedp.ByID),
+		chromedp.Text("#version-status", &status, chromedp.ByID),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status != "published" {
+		t.Fatalf("after publishing, version %d is %q", n, status)
+	}
+	set, err := e.app.data.maps.Current(t.Context())
+	if err != nil || set.Version() != n {
+		t.Fatalf("current set = %v, %v; want version %d", set, err, n)
+	}
+	m, _ := set.Map("patient-contact")
+	var am *maps.AttributeMap
+	for i := range m.Def().Attributes {
+		if m.Def().Attributes[i].CRMAttribute == "nickname" {
+			am = &m.Def().Attributes[i]
+		}
+	}
+	if am == nil || am.Name != "nickname" || am.CRMType != maps.TypeString || am.MaxLength != 100 {
+		t.Fatalf("the published version's nickname attribute map = %+v", am)
+	}
+	res, _ := maps.DecodeJSON([]byte(`{"resourceType":"Patient","id":"p7","name":[{"use":"official","family":"Hopper","given":["Grace"]},{"use":"nickname","given":["Amazing Grace"]}]}`))
+	out, err := m.ToCRM(t.Context(), res, nil, nil)
+	if err != nil || out.Record["nickname"] != "Amazing Grace" {
+		t.Errorf("the published version maps a patient to %v (%v), want nickname set", out, err)
+	}
+}
+
+// TestBrowserEditorUnsavedChangeGuard: with an unsaved edit, an in-app
+// link opens a dialog instead of leaving; "Stay" keeps the page and the
+// edit, the browser's own prompt (beforeunload) comes up for any other
+// navigation, and "Leave without saving" leaves with the draft unchanged.
+// Without changes, links leave at once.
+func TestBrowserEditorUnsavedChangeGuard(t *testing.T) {
+	browser := browsertest.Start(t)
+	e := newTestEnv(t, storagetest.Open(t, "sqlite"), AppConfig{})
+	e.user("editor@example.org", RoleEditor, false)
+	n := starterDraft(t, e)
+	edit := fmt.Sprintf("%s/maps/versions/%d/edit", e.url, n)
+	ctx := browser.Session(t, 2*time.Minute)
+
+	prompts := make(chan string, 4)
+	chromedp.ListenTarget(ctx, func(ev any) {
+		if d, ok := ev.(*page.EventJavascriptDialogOpening); ok {
+			prompts <- string(d.Type)
+			go func() { _ = chromedp.Run(ctx, page.HandleJavaScriptDialog(false)) }() // stay
+		}
+	})
+
+	var path, desc string
+	var open, dirty bool
+	err := chromedp.Run(ctx,
+		signIn(e.url, "editor@example.org"),
+		chromedp.Navigate(edit),
+		chromedp.WaitVisible("#ent-description", chromedp.ByID),
+		// No change yet: the link leaves at once.
+		chromedp.Click("#back-to-version", chromedp.ByID),
+		chromedp.WaitVisible("#version-info", chromedp.ByID),
+		chromedp.Navigate(edit),
+		chromedp.WaitVisible("#ent-description", chromedp.ByID),
+		chromedp.SendKeys("#ent-description", " (edited)", chromedp.ByID),
+		chromedp.WaitVisible("#ed-dirty", chromedp.ByID),
+		chromedp.Click("#back-to-version", chromedp.ByID),
+		chromedp.Poll(`document.getElementById("leave-dialog").open`, nil),
+		chromedp.Evaluate(`location.pathname`, &path),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if path != fmt.Sprintf("/maps/versions/%d/edit", n) {
+		t.Fatalf("the link left for %s with unsaved changes", path)
+	}
+	err = chromedp.Run(ctx,
+		chromedp.Click("#leave-stay", chromedp.ByID),
+		chromedp.Poll(`!document.getElementById("leave-dialog").open`, nil),
+		waitFocus("back-to-version"),
+		chromedp.Value("#ent-description", &desc, chromedp.ByID),
+		// Any other navigation gets the browser's own prompt.
+		chromedp.Evaluate(`location.href = "/maps"; true`, nil),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case kind := <-prompts:
+		if kind != "beforeunload" {
+			t.Errorf("prompt %q, want beforeunload", kind)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("leaving by script with unsaved changes raised no beforeunload prompt")
+	}
+	err = chromedp.Run(ctx,
+		chromedp.Sleep(300*time.Millisecond),
+		chromedp.Evaluate(`location.pathname`, &path),
+		chromedp.Evaluate(`!document.getElementById("ed-dirty").hidden`, &dirty),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(desc, "(edited)") || !dirty || !strings.HasSuffix(path, "/edit") {
+		t.Fatalf("after staying: description %q, dirty %v, at %s", desc, dirty, path)
+	}
+	err = chromedp.Run(ctx,
+		chromedp.Click("#back-to-version", chromedp.ByID),
+		chromedp.Poll(`document.getElementById("leave-dialog").open`, nil),
+		chromedp.Evaluate(`document.getElementById("leave-dialog").open`, &open),
+		chromedp.Click("#leave-go", chromedp.ByID),
+		chromedp.WaitVisible("#version-info", chromedp.ByID),
+		chromedp.Evaluate(`location.pathname`, &path),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if path != fmt.Sprintf("/maps/versions/%d", n) {
+		t.Errorf("leaving without saving went to %s", path)
+	}
+	doc, _, _ := e.app.data.maps.Version(t.Context(), n)
+	if strings.Contains(doc.EntityMaps[0].Description, "(edited)") {
+		t.Errorf("the unsaved edit was stored: %q", doc.EntityMaps[0].Description)
+	}
+	select {
+	case kind := <-prompts:
+		t.Errorf("a %s prompt came up although the dialog had been answered", kind)
+	default:
+	}
+}
+
+// TestBrowserEditorKeyboardOnly: from the top of the page, with the
+// keyboard alone, an editor opens the attribute picker, adds an
+// attribute map, moves it up twice with its Move up button (the focus
+// stays on it, the move is announced), and saves; the stored draft has
+// the new attribute map in the new place.
+func TestBrowserEditorKeyboardOnly(t *testing.T) {
+	browser := browsertest.Start(t)
+	e := newTestEnv(t, storagetest.Open(t, "sqlite"), AppConfig{})
+	withSandboxCRM(t, e)
+	e.user("editor@example.org", RoleEditor, false)
+	n := starterDraft(t, e)
+	doc, _, _ := e.app.data.maps.Version(t.Context(), n)
+	added := len(doc.EntityMaps[0].Attributes)
+	before := doc.EntityMaps[0].Attributes[added-2].Name // two places up
+
+	var announced, label string
+	ctx := browser.Session(t, 3*time.Minute)
+	err := chromedp.Run(ctx,
+		signIn(e.url, "editor@example.org"),
+		chromedp.Navigate(fmt.Sprintf("%s/maps/versions/%d/edit", e.url, n)),
+		chromedp.WaitVisible("#am-list", chromedp.ByID),
+		tabTo("am-add", false),
+		chromedp.KeyEvent(kb.Enter),
+		waitFocus("am-picker-filter"),
+		chromedp.KeyEvent("telephone3"),
+		chromedp.WaitVisible("#am-pick-telephone3", chromedp.ByID),
+		tabTo("am-pick-telephone3", false),
+		chromedp.KeyEvent(kb.Enter),
+		waitFocus(fmt.Sprintf("am-%d-fhirPath", added)),
+		chromedp.KeyEvent("telecom.where(system = 'pager').value"),
+		tabTo(fmt.Sprintf("am-up-%d", added), true),
+		chromedp.KeyEvent(kb.Enter),
+		waitFocus(fmt.Sprintf("am-up-%d", added-1)),
+		chromedp.KeyEvent(" "),
+		waitFocus(fmt.Sprintf("am-up-%d", added-2)),
+		chromedp.Text("#ed-status", &announced, chromedp.ByID),
+		chromedp.AttributeValue(fmt.Sprintf("#am-up-%d", added-2), "aria-label", &label, nil, chromedp.ByID),
+		chromedp.Poll(`document.getElementById("ed-yaml").value.indexOf("name: telephone3") > 0`, nil),
+		chromedp.Sleep(500*time.Millisecond), // the last round trip
+		tabTo("ed-save", false),
+		chromedp.KeyEvent(kb.Enter),
+		chromedp.WaitVisible("#notice", chromedp.ByID),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if label != "Move up telephone3" {
+		t.Errorf("the focused button is %q, want the moved attribute map's Move up", label)
+	}
+	if !strings.Contains(announced, fmt.Sprintf("telephone3 moved to position %d of %d", added-1, added+1)) {
+		t.Errorf("announced %q", announced)
+	}
+	doc, _, _ = e.app.data.maps.Version(t.Context(), n)
+	attrs := doc.EntityMaps[0].Attributes
+	if len(attrs) != added+1 || attrs[added-2].CRMAttribute != "telephone3" || attrs[added-1].Name != before ||
+		attrs[added-2].FHIRPath != "telecom.where(system = 'pager').value" {
+		var names []string
+		for _, a := range attrs {
+			names = append(names, a.Name)
+		}
+		t.Errorf("stored attribute maps %v; want telephone3 before %s", names, before)
+	}
+}
