@@ -41,6 +41,7 @@ var valueSets = []struct {
 	name   string
 	values string
 }{
+	{name: "production example", values: mustRead("helm/values-production.example.yaml")},
 	{name: "defaults", values: ``},
 	{name: "workload identity", values: `
 azureWorkloadIdentity:
@@ -105,6 +106,15 @@ config:
       tenant_id: 72f988bf-86f1-41af-91ab-2d7cd011db47
       client_id: 0f3c1a52-5a1e-4f51-9a7e-2d1c6b1f0a11
 `},
+}
+
+// mustRead reads a values file of the repository.
+func mustRead(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
 }
 
 func loadChart(t *testing.T) *chart.Chart {
@@ -312,7 +322,7 @@ func TestHelmChartDefaults(t *testing.T) {
 }
 
 func TestHelmChartWorkloadIdentity(t *testing.T) {
-	r := renderValid(t, loadChart(t), valueSets[1].values)
+	r := renderValid(t, loadChart(t), valueSets[2].values)
 	dep := r.one(t, "Deployment").(*appsv1.Deployment)
 	if got := dep.Spec.Template.Labels["azure.workload.identity/use"]; got != "true" {
 		t.Errorf("pod label azure.workload.identity/use = %q, want true", got)
@@ -327,7 +337,7 @@ func TestHelmChartWorkloadIdentity(t *testing.T) {
 }
 
 func TestHelmChartServiceMonitor(t *testing.T) {
-	r := renderValid(t, loadChart(t), valueSets[2].values)
+	r := renderValid(t, loadChart(t), valueSets[3].values)
 	sm := r.one(t, "ServiceMonitor").(*monitoringv1.ServiceMonitor)
 	if len(sm.Spec.Endpoints) != 1 || sm.Spec.Endpoints[0].Port != "metrics" || sm.Spec.Endpoints[0].Path != "/metrics" {
 		t.Errorf("ServiceMonitor endpoints = %+v, want /metrics on port metrics", sm.Spec.Endpoints)
@@ -380,7 +390,7 @@ func TestHelmChartRefusesBadValues(t *testing.T) {
 // hands the process.
 func TestHelmChartRenderedConfig(t *testing.T) {
 	ch := loadChart(t)
-	for i, vs := range valueSets {
+	for _, vs := range valueSets {
 		docs, err := render(ch, parseValues(t, vs.values))
 		if err != nil {
 			t.Fatal(err)
@@ -410,9 +420,12 @@ func TestHelmChartRenderedConfig(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		golden := filepath.Join("testdata", fmt.Sprintf("helm-config-%d.yaml", i))
+		golden := filepath.Join("testdata", "helm-config-"+strings.ReplaceAll(vs.name, " ", "-")+".yaml")
 		got := "# " + vs.name + ": the container's environment and config.yaml (written by TestHelmChartRenderedConfig -update)\n" + string(out)
 		if *update {
+			if err := os.MkdirAll("testdata", 0o755); err != nil {
+				t.Fatal(err)
+			}
 			if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
 				t.Fatal(err)
 			}

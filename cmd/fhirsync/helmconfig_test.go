@@ -22,10 +22,11 @@ func TestHelmChartConfigsLoad(t *testing.T) {
 	}
 	// The chart's defaults leave the Service Bus namespace to the operator.
 	wantProblems := map[string][]string{
-		"helm-config-0.yaml": {"queue.service_bus: set exactly one of connection_string and namespace"},
-		"helm-config-1.yaml": nil,
-		"helm-config-2.yaml": {"queue.service_bus: set exactly one of connection_string and namespace"},
-		"helm-config-3.yaml": nil,
+		"helm-config-production-example.yaml":                   nil,
+		"helm-config-defaults.yaml":                             {"queue.service_bus: set exactly one of connection_string and namespace"},
+		"helm-config-workload-identity.yaml":                    nil,
+		"helm-config-servicemonitor-and-ingress.yaml":           {"queue.service_bus: set exactly one of connection_string and namespace"},
+		"helm-config-single-replica-with-a-created-secret.yaml": nil,
 	}
 	for _, file := range files {
 		t.Run(filepath.Base(file), func(t *testing.T) {
