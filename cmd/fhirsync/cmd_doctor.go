@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
 	sbadmin "github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus/admin"
 	"gorm.io/gorm"
 
@@ -229,44 +230,59 @@ func (d *doctor) queue(ctx context.Context) {
 // relies on.
 func (d *doctor) serviceBus(ctx context.Context, names []string) {
 	sb := d.cfg.Queue.ServiceBus
+	var cred azcore.TokenCredential
+	if sb.ConnectionString == "" {
+		a := sb.Auth
+		if a.Method == "" {
+			a.Method = "default"
+		}
+		var err error
+		if cred, err = credential(a); err != nil {
+			d.check("servicebus", "", fail("set queue.service_bus.auth.method to default, managed_identity (client_id for a user-assigned identity) or client_secret (with tenant_id, client_id and client_secret)", "Service Bus credential: %v", err))
+			return
+		}
+	}
+	if isEmulator(sb.ConnectionString) {
+		// The development emulator has no administration API.
+		d.serviceBusDataPlane(ctx, names, cred, "the emulator has no administration API")
+		return
+	}
 	var client *sbadmin.Client
 	var err error
 	if sb.ConnectionString != "" {
 		client, err = sbadmin.NewClientFromConnectionString(sb.ConnectionString, d.sbOptions)
 	} else {
-		a := sb.Auth
-		if a.Method == "" {
-			a.Method = "default"
-		}
-		cred, cerr := credential(a)
-		if cerr != nil {
-			d.check("queue", "", fail("set queue.service_bus.auth.method to default, managed_identity (client_id for a user-assigned identity) or client_secret (with tenant_id, client_id and client_secret)", "Service Bus credential: %v", cerr))
-			return
-		}
 		client, err = sbadmin.NewClient(sb.Namespace, cred, d.sbOptions)
 	}
 	if err != nil {
-		d.check("queue", "", fail("set queue.service_bus.connection_string to the namespace's Endpoint=sb://…;SharedAccessKeyName=…;SharedAccessKey=… string, or queue.service_bus.namespace to its host name (contoso.servicebus.windows.net)", "Service Bus client: %s", shortCause(err)))
+		d.check("servicebus", "", fail("set queue.service_bus.connection_string to the namespace's Endpoint=sb://…;SharedAccessKeyName=…;SharedAccessKey=… string, or queue.service_bus.namespace to its host name (contoso.servicebus.windows.net)", "Service Bus client: %s", shortCause(err)))
 		return
 	}
-	authLine := false
+	queues := map[string]*sbadmin.GetQueueResponse{}
 	for _, name := range names {
-		area := "queue " + name
 		resp, err := client.GetQueue(ctx, name, nil)
-		if !authLine {
-			// The first answer says whether the namespace took the
-			// credentials; one line for it, before the queues'.
-			authLine = true
-			if p := d.serviceBusAuth(err); p != nil {
-				d.check("servicebus", "", p)
+		if err != nil {
+			var re *azcore.ResponseError
+			if errors.As(err, &re) && re.StatusCode == http.StatusUnauthorized {
+				d.check("servicebus", "", d.serviceBusAuth(err))
 				return
 			}
-			d.check("servicebus", d.serviceBusWho()+" accepted by "+d.serviceBusHost(), nil)
+			// Refused (403: an identity with the data roles only) or no
+			// answer: check what the agent itself does instead.
+			why := "the administration API did not answer: " + shortCause(err)
+			if errors.As(err, &re) && re.StatusCode == http.StatusForbidden {
+				why = "the administration API refused to show queue properties (403); they need Manage rights or the Azure Service Bus Data Owner role"
+			}
+			d.serviceBusDataPlane(ctx, names, cred, why)
+			return
 		}
+		queues[name] = resp
+	}
+	d.check("servicebus", d.serviceBusWho()+" accepted by "+d.serviceBusHost(), nil)
+	for _, name := range names {
+		area := "queue " + name
+		resp := queues[name]
 		switch {
-		case err != nil:
-			d.check(area, "", fail("check that the namespace is reachable from here (port 443) and try again",
-				"Service Bus did not answer: %s", shortCause(err)))
 		case resp == nil:
 			d.check(area, "", fail("create it with sessions enabled, or fix queue.fhir_changes / queue.crm_changes", "queue %s does not exist", name))
 		case resp.RequiresSession == nil || !*resp.RequiresSession:
@@ -277,30 +293,97 @@ func (d *doctor) serviceBus(ctx context.Context, names []string) {
 	}
 }
 
-// serviceBusAuth reads the administration API's first answer: a 401 is a
-// credential the namespace refused, a 403 one without the rights to read
-// queue properties.
-func (d *doctor) serviceBusAuth(err error) *problem {
-	var re *azcore.ResponseError
-	if err == nil || !errors.As(err, &re) {
-		return nil
+// sbErrorIs reports whether err is the Service Bus error code, or the AMQP
+// condition the client passes through untransformed when a link is
+// refused at attach.
+func sbErrorIs(err error, code azservicebus.Code, condition string) bool {
+	var sbe *azservicebus.Error
+	if errors.As(err, &sbe) && sbe.Code == code {
+		return true
 	}
+	return err != nil && strings.Contains(err.Error(), "Condition: "+condition+",")
+}
+
+func isEmulator(connectionString string) bool {
+	return strings.Contains(strings.ToLower(connectionString), "usedevelopmentemulator=true")
+}
+
+// serviceBusDataPlane checks what the agent does with the queues when
+// their properties cannot be read (why): it opens a sender link to each
+// queue, which authenticates over AMQP and needs the queue to exist and
+// the Send right, and sends nothing. The properties are then reported as
+// not checked.
+func (d *doctor) serviceBusDataPlane(ctx context.Context, names []string, cred azcore.TokenCredential, why string) {
 	sb := d.cfg.Queue.ServiceBus
-	switch re.StatusCode {
-	case http.StatusUnauthorized:
-		fix := "check queue.service_bus.connection_string: its SharedAccessKeyName and SharedAccessKey must be a policy of this namespace"
-		if sb.ConnectionString == "" {
-			fix = "check queue.service_bus.auth (tenant_id, client_id, client_secret or the managed identity) and that the identity belongs to the namespace's tenant"
-		}
-		return fail(fix, "%s refused the credentials (401)", d.serviceBusHost())
-	case http.StatusForbidden:
-		fix := "give the connection string's policy the Manage right, or run doctor with one that has it (the agent itself needs Send and Listen only)"
-		if sb.ConnectionString == "" {
-			fix = "assign the identity the Azure Service Bus Data Owner role on the namespace to run doctor (the agent itself needs Data Sender and Data Receiver only)"
-		}
-		return fail(fix, "%s accepted the credentials but refused to show queue properties (403)", d.serviceBusHost())
+	opts := &azservicebus.ClientOptions{RetryOptions: azservicebus.RetryOptions{MaxRetries: 1, RetryDelay: 200 * time.Millisecond, MaxRetryDelay: time.Second}}
+	var client *azservicebus.Client
+	var err error
+	if sb.ConnectionString != "" {
+		client, err = azservicebus.NewClientFromConnectionString(sb.ConnectionString, opts)
+	} else {
+		client, err = azservicebus.NewClient(sb.Namespace, cred, opts)
 	}
-	return nil
+	if err != nil {
+		d.check("servicebus", "", fail("set queue.service_bus.connection_string to the namespace's Endpoint=sb://…;SharedAccessKeyName=…;SharedAccessKey=… string, or queue.service_bus.namespace to its host name (contoso.servicebus.windows.net)", "Service Bus client: %s", shortCause(err)))
+		return
+	}
+	defer client.Close(context.WithoutCancel(ctx))
+	errs := map[string]error{}
+	var reached []string
+	for _, name := range names {
+		sender, err := client.NewSender(name, nil)
+		if err == nil {
+			_, err = sender.NewMessageBatch(ctx, nil)
+			_ = sender.Close(context.WithoutCancel(ctx))
+		}
+		switch {
+		case err == nil:
+			reached = append(reached, name)
+		case sbErrorIs(err, azservicebus.CodeUnauthorizedAccess, "amqp:unauthorized-access"):
+			fix := "check queue.service_bus.connection_string: its policy needs the Send and Listen rights on the queues"
+			if sb.ConnectionString == "" {
+				fix = "assign the identity the Azure Service Bus Data Sender and Data Receiver roles on the namespace (or the queues)"
+			}
+			d.check("servicebus", "", fail(fix, "%s refused to let %s send to queue %s (%s)", d.serviceBusHost(), d.serviceBusWho(), name, why))
+			return
+		}
+		errs[name] = err
+	}
+	if len(reached) == 0 {
+		notFound := 0
+		for _, err := range errs {
+			if sbErrorIs(err, azservicebus.CodeNotFound, "amqp:not-found") {
+				notFound++
+			}
+		}
+		if notFound < len(names) {
+			d.check("servicebus", "", fail("check that the namespace is reachable from here (AMQP port 5671, or 443 over WebSockets) and its name",
+				"%s did not answer (%s): %s", d.serviceBusHost(), why, shortCause(errs[names[0]])))
+			return
+		}
+	}
+	d.check("servicebus", fmt.Sprintf("%s accepted by %s (may send to %s)", d.serviceBusWho(), d.serviceBusHost(), strings.Join(reached, ", ")), nil)
+	for _, name := range names {
+		area := "queue " + name
+		switch err := errs[name]; {
+		case err == nil:
+			d.skip(area, "exists; sessions, lock duration, max deliveries and dead-lettering not checked: "+why)
+		case sbErrorIs(err, azservicebus.CodeNotFound, "amqp:not-found"):
+			d.check(area, "", fail("create it with sessions enabled, or fix queue.fhir_changes / queue.crm_changes", "queue %s does not exist", name))
+		default:
+			d.check(area, "", fail("check that the namespace is reachable from here and try again", "opening a sender to queue %s failed: %s", name, shortCause(err)))
+		}
+	}
+}
+
+// serviceBusAuth is the failure for a 401 from the administration API:
+// the namespace refused the credentials.
+func (d *doctor) serviceBusAuth(err error) *problem {
+	fix := "check queue.service_bus.connection_string: its SharedAccessKeyName and SharedAccessKey must be a policy of this namespace"
+	if d.cfg.Queue.ServiceBus.ConnectionString == "" {
+		fix = "check queue.service_bus.auth (tenant_id, client_id, client_secret or the managed identity) and that the identity belongs to the namespace's tenant"
+	}
+	return fail(fix, "%s refused the credentials (401)", d.serviceBusHost())
 }
 
 func (d *doctor) serviceBusHost() string {
