@@ -243,3 +243,39 @@ func TestEditorSamplesAndSave(t *testing.T) {
 		t.Errorf("the editor of a published version = %d, want 409", code)
 	}
 }
+
+// TestVersionPageDirectionsOnceAndEditorLink: the version page offers
+// each direction once (both ways is the default, not a second "both"),
+// shows each attribute map's arrow by its direction, and links a draft to
+// the structured editor.
+func TestVersionPageDirectionsOnceAndEditorLink(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, storagetest.Open(t, "sqlite"), AppConfig{})
+	editor := e.as(e.user("editor@example.org", RoleEditor, false))
+	n := starterDraft(t, e)
+	code, body := e.page(editor, "GET", fmt.Sprintf("/maps/versions/%d?map=patient-contact&attr=first-name", n), "", "")
+	if code != 200 {
+		t.Fatalf("version page = %d", code)
+	}
+	sel := body[strings.Index(body, `id="attr-direction"`):]
+	sel = sel[:strings.Index(sel, "</select>")]
+	if got := strings.Count(sel, "<option"); got != 3 || strings.Count(strings.ToLower(sel), "both") != 1 ||
+		!strings.Contains(sel, `<option value="" selected>Both ways (FHIR ↔ CRM)</option>`) {
+		t.Errorf("direction choices: %s", sel)
+	}
+	for _, want := range []string{
+		`first-name</a> <span class="muted attr-flow">name.where(use = &#39;official&#39;).given[0] <span aria-hidden="true">↔</span><span class="sr-only">(both ways)</span> firstname`,
+		`contact-type</a> <span class="muted attr-flow"> <span aria-hidden="true">→</span><span class="sr-only">(FHIR to CRM only)</span> msemr_contacttype`,
+		fmt.Sprintf(`href="/maps/versions/%d/edit?map=patient-contact" id="open-editor"`, n),
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("version page lacks %s", want)
+		}
+	}
+	if _, err := e.app.data.maps.Publish(t.Context(), n, "test", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, body = e.page(editor, "GET", fmt.Sprintf("/maps/versions/%d", n), "", ""); strings.Contains(body, `id="open-editor"`) {
+		t.Error("a published version links to the editor")
+	}
+}

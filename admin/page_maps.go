@@ -245,7 +245,17 @@ type editorData struct {
 	Notice   string
 	Error    string
 	CRMTypes []maps.CRMType
-	Dirs     []maps.Direction
+	Dirs     []directionOption
+}
+
+// directionOption is one choice of an attribute map's direction, each
+// offered once: both ways is the default, written as no direction.
+type directionOption struct{ Value, Label string }
+
+var directionOptions = []directionOption{
+	{"", "Both ways (FHIR ↔ CRM)"},
+	{string(maps.FHIRToCRM), "FHIR → CRM only"},
+	{string(maps.CRMToFHIR), "CRM → FHIR only"},
 }
 
 var crmTypes = []maps.CRMType{maps.TypeString, maps.TypeMemo, maps.TypeInt, maps.TypeDecimal, maps.TypeMoney, maps.TypeBool,
@@ -288,7 +298,7 @@ func (a *app) renderVersion(w http.ResponseWriter, r *http.Request, status int, 
 	}
 	u, _ := currentUser(r)
 	d := editorData{Info: info, Versions: vs, YAML: string(y), MayEdit: u.can(permMapsEdit), PHI: u.can(permPHI),
-		CRMTypes: crmTypes, Dirs: []maps.Direction{maps.Both, maps.FHIRToCRM, maps.CRMToFHIR}}
+		CRMTypes: crmTypes, Dirs: directionOptions}
 	d.CanEdit = d.MayEdit && info.Status == maps.StatusDraft
 	for i := range doc.EntityMaps {
 		em := &doc.EntityMaps[i]
