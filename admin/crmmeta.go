@@ -165,6 +165,19 @@ func entityJSON(m *crm.EntityMetadata) map[string]any {
 		a := m.Attributes[n]
 		j := map[string]any{"LogicalName": a.LogicalName, "AttributeType": a.Type, "Format": a.Format,
 			"MaxLength": a.MaxLength, "Targets": a.Targets}
+		// Left out when the CRM does not say: the checks then assume nothing.
+		if a.Precision != nil {
+			j["Precision"] = *a.Precision
+		}
+		if a.PrecisionSource != nil {
+			j["PrecisionSource"] = *a.PrecisionSource
+		}
+		if a.MinValue != nil {
+			j["MinValue"] = *a.MinValue
+		}
+		if a.MaxValue != nil {
+			j["MaxValue"] = *a.MaxValue
+		}
 		switch a.Type {
 		case "MultiSelectPicklist", "Virtual":
 			if a.Type == "MultiSelectPicklist" || len(a.Options) > 0 {

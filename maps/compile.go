@@ -547,6 +547,7 @@ func (c *compiler) attribute(set *Set, at Problem, a *AttributeMap, ctxPath stri
 	}
 	ca.fhirType = el.Type
 	c.crmFHIRLength(at, crmEntity, a, el, ca.toCRM)
+	c.crmFHIRNumber(at, crmEntity, a, el, ca.toCRM, ca.toFHIR)
 	if !slices.Contains(compatible[a.CRMType], el.Type) {
 		c.ps.add(withField(at, "crmType"), "type mismatch: CRM %s cannot carry FHIR %s (at %s)", a.CRMType, el.Type, a.FHIRPath)
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -41,8 +42,17 @@ type crmAttributeMeta struct {
 	Format            string
 	DateTimeBehavior  *struct{ Value string }
 	MaxLength         int
-	Targets           []string
-	OptionSet         *struct {
+	// Precision is how many decimal places a Decimal, Double or Money
+	// column keeps; PrecisionSource (Money only) says whether that
+	// Precision applies (0) or the organization's pricing precision (1) or
+	// the record currency's precision (2) does. MinValue and MaxValue bound
+	// numeric columns. Nil when the metadata does not say.
+	Precision       *int
+	PrecisionSource *int
+	MinValue        *float64
+	MaxValue        *float64
+	Targets         []string
+	OptionSet       *struct {
 		Options []struct{ Value int }
 	}
 }
@@ -255,6 +265,66 @@ func (c *compiler) crmFHIRLength(at Problem, entity string, a *AttributeMap, el 
 	}
 	c.ps.add(withField(at, "maxLength"), "FHIR %s at %s can hold %s; CRM attribute %s.%s holds %d", el.Type, a.FHIRPath, can, entity, a.CRMAttribute, m.MaxLength)
 	c.ps.fix("declare maxLength: %d with lengthPolicy: truncate (or error, to fail such records by name)", m.MaxLength)
+}
+
+// fhirIntRange is the range of a FHIR R4 integer type
+// (https://hl7.org/fhir/R4/datatypes.html#primitive: integer is a signed
+// 32-bit number, positiveInt from 1, unsignedInt from 0); ok is false for
+// other types.
+func fhirIntRange(typ string) (lo, hi float64, ok bool) {
+	switch typ {
+	case "integer":
+		return math.MinInt32, math.MaxInt32, true
+	case "positiveInt":
+		return 1, math.MaxInt32, true
+	case "unsignedInt":
+		return 0, math.MaxInt32, true
+	}
+	return 0, 0, false
+}
+
+// crmFHIRNumber checks that an integer column can hold what the FHIR
+// element can: a FHIR integer type written to an Integer column must fit
+// the column's MinValue..MaxValue (IntegerAttributeMetadata MinValue and
+// MaxValue,
+// https://learn.microsoft.com/en-us/dotnet/api/microsoft.xrm.sdk.metadata.integerattributemetadata),
+// and a BigInt column read into a FHIR integer must not hold more than 32
+// bits. Decimal precision is not checked here: a FHIR decimal has no
+// bound on its places (https://hl7.org/fhir/R4/datatypes.html#decimal), so
+// every Decimal, Double or Money column would need a rounding declared on
+// the attribute map, which the stored map model cannot hold yet.
+func (c *compiler) crmFHIRNumber(at Problem, entity string, a *AttributeMap, el r4Element, toCRM, toFHIR bool) {
+	m, ok, checked := c.crmAttr(entity, a.CRMAttribute)
+	if !checked || !ok {
+		return
+	}
+	if act := a.Action.orCopy(); act != ActionCopy && act != ActionDefault {
+		return
+	}
+	where := fmt.Sprintf("%s.%s", entity, a.CRMAttribute)
+	switch m.AttributeType {
+	case "Integer", "BigInt":
+		lo, hi, ok := fhirIntRange(el.Type)
+		if !ok {
+			return
+		}
+		if toCRM && ((m.MinValue != nil && *m.MinValue > lo) || (m.MaxValue != nil && *m.MaxValue < hi)) {
+			c.ps.add(withField(at, "crmAttribute"), "FHIR %s at %s can hold %.0f to %.0f; CRM attribute %s accepts %s to %s, and refuses the rest", el.Type, a.FHIRPath, lo, hi, where, bound(m.MinValue), bound(m.MaxValue))
+			c.ps.fix("widen the column's range to at least %.0f to %.0f, or choose a column that has it", lo, hi)
+		}
+		if toFHIR && m.AttributeType == "BigInt" {
+			c.ps.add(withField(at, "crmAttribute"), "CRM attribute %s is a 64-bit BigInt; FHIR %s at %s holds 32 bits (up to %.0f)", where, el.Type, a.FHIRPath, hi)
+			c.ps.fix("set direction: fhir-to-crm, or choose an Integer column")
+		}
+	}
+}
+
+// bound renders a metadata bound, "any" when absent.
+func bound(v *float64) string {
+	if v == nil {
+		return "any"
+	}
+	return strconv.FormatFloat(*v, 'f', -1, 64)
 }
 
 // closest returns the candidate nearest to name by edit distance, when it

@@ -1,8 +1,10 @@
 package maps_test
 
 import (
+	"encoding/json"
 	"errors"
 	"io"
+	maps0 "maps"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -15,6 +17,62 @@ import (
 
 // sandboxMetadata reads the sandbox CRM's EntityDefinitions over HTTP.
 func sandboxMetadata(t *testing.T) *maps.CRMMetadata {
+	t.Helper()
+	md, err := maps.ParseCRMMetadata(sandboxMetadataJSON(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return md
+}
+
+// columnChange sets properties of one attribute in an EntityDefinitions
+// answer, as an administrator changing the column in the CRM would.
+type columnChange struct {
+	entity, attribute string
+	set               map[string]any
+}
+
+// sandboxMetadataWith is the sandbox CRM's metadata with the columns
+// changed as given.
+func sandboxMetadataWith(t *testing.T, changes ...columnChange) *maps.CRMMetadata {
+	t.Helper()
+	var doc struct {
+		Value []map[string]any `json:"value"`
+	}
+	if err := json.Unmarshal(sandboxMetadataJSON(t), &doc); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range changes {
+		found := false
+		for _, e := range doc.Value {
+			if e["LogicalName"] != c.entity {
+				continue
+			}
+			attrs, _ := e["Attributes"].([]any)
+			for _, a := range attrs {
+				if am, ok := a.(map[string]any); ok && am["LogicalName"] == c.attribute {
+					maps0.Copy(am, c.set)
+					found = true
+				}
+			}
+		}
+		if !found {
+			t.Fatalf("the sandbox CRM has no column %s.%s", c.entity, c.attribute)
+		}
+	}
+	b, err := json.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, err := maps.ParseCRMMetadata(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return md
+}
+
+// sandboxMetadataJSON is the sandbox CRM's EntityDefinitions answer.
+func sandboxMetadataJSON(t *testing.T) []byte {
 	t.Helper()
 	s, err := crmserver.New(crmserver.Options{})
 	if err != nil {
@@ -31,11 +89,7 @@ func sandboxMetadata(t *testing.T) *maps.CRMMetadata {
 	if err != nil || res.StatusCode != http.StatusOK {
 		t.Fatalf("EntityDefinitions: %d %v %.200s", res.StatusCode, err, body)
 	}
-	md, err := maps.ParseCRMMetadata(body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return md
+	return body
 }
 
 // attributeMap finds attribute map attr of entity map m in doc.
@@ -172,5 +226,105 @@ func TestValidateWithoutCRMMetadata(t *testing.T) {
 	attributeMap(t, doc, "patient-contact", "birth-date").CRMAttribute = "birthdat"
 	if err := maps.Validate(doc, maps.CompileOptions{}); err != nil {
 		t.Fatalf("without metadata the attribute cannot be checked, got %v", err)
+	}
+}
+
+// TestValidateNumbersAgainstSandboxCRM checks integer attribute maps
+// against the ranges of the CRM's columns. The sandbox CRM describes an
+// Integer column with MinValue and MaxValue and a BigInt column as
+// Microsoft documents them (IntegerAttributeMetadata,
+// https://learn.microsoft.com/en-us/dotnet/api/microsoft.xrm.sdk.metadata.integerattributemetadata;
+// BigIntAttributeMetadata,
+// https://learn.microsoft.com/en-us/dotnet/api/microsoft.xrm.sdk.metadata.bigintattributemetadata);
+// a case may narrow a column as an administrator can. FHIR's integer types
+// are 32-bit, positiveInt from 1 and unsignedInt from 0
+// (https://hl7.org/fhir/R4/datatypes.html#primitive).
+func TestValidateNumbersAgainstSandboxCRM(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		columns []columnChange
+		change  func(t *testing.T, doc *maps.Document)
+		want    *maps.Problem // nil wants none
+		message string
+		fix     string
+	}{
+		{name: "default integer ranges hold every FHIR integer type", change: func(*testing.T, *maps.Document) {}},
+		{
+			name:    "a column narrower than positiveInt",
+			columns: []columnChange{{"msemr_appointmentemr", "msemr_minutesduration", map[string]any{"MinValue": 0, "MaxValue": 1440}}},
+			change:  func(*testing.T, *maps.Document) {},
+			want:    &maps.Problem{Map: "appointment", Attribute: "minutes-duration", Field: "crmAttribute"},
+			message: "FHIR positiveInt at minutesDuration can hold 1 to 2147483647; CRM attribute msemr_appointmentemr.msemr_minutesduration accepts 0 to 1440",
+			fix:     "widen the column's range to at least 1 to 2147483647",
+		},
+		{
+			name:    "a column whose minimum only is above unsignedInt's",
+			columns: []columnChange{{"msemr_appointmentemr", "msemr_priority", map[string]any{"MinValue": 1}}},
+			change:  func(*testing.T, *maps.Document) {},
+			want:    &maps.Problem{Map: "appointment", Attribute: "priority", Field: "crmAttribute"},
+			message: "FHIR unsignedInt at priority can hold 0 to 2147483647; CRM attribute msemr_appointmentemr.msemr_priority accepts 1 to 2147483647",
+			fix:     "widen the column's range to at least 0 to 2147483647",
+		},
+		{
+			name:    "a wider column is fine",
+			columns: []columnChange{{"msemr_appointmentemr", "msemr_minutesduration", map[string]any{"MinValue": -2147483648, "MaxValue": 2147483647}}},
+			change:  func(*testing.T, *maps.Document) {},
+		},
+		{
+			name: "a BigInt column read into a FHIR integer",
+			change: func(t *testing.T, doc *maps.Document) {
+				em := &doc.EntityMaps[0]
+				if em.Name != "patient-contact" {
+					t.Fatalf("the first starter map is %s", em.Name)
+				}
+				em.Attributes = append(em.Attributes, maps.AttributeMap{Name: "birth-order", CRMAttribute: "versionnumber",
+					CRMType: maps.TypeInt, FHIRPath: "multipleBirthInteger", Direction: maps.Both})
+			},
+			want:    &maps.Problem{Map: "patient-contact", Attribute: "birth-order", Field: "crmAttribute"},
+			message: "CRM attribute contact.versionnumber is a 64-bit BigInt; FHIR integer at multipleBirthInteger holds 32 bits",
+			fix:     "set direction: fhir-to-crm",
+		},
+		{
+			name: "a BigInt column written from FHIR only",
+			change: func(t *testing.T, doc *maps.Document) {
+				em := &doc.EntityMaps[0]
+				em.Attributes = append(em.Attributes, maps.AttributeMap{Name: "birth-order", CRMAttribute: "versionnumber",
+					CRMType: maps.TypeInt, FHIRPath: "multipleBirthInteger", Direction: maps.FHIRToCRM})
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			doc, err := maps.Parse(starter.YAML())
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.change(t, doc)
+			err = maps.Validate(doc, maps.CompileOptions{CRM: sandboxMetadataWith(t, tt.columns...)})
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("want no problems, got %v", err)
+				}
+				return
+			}
+			var ve *maps.ValidationError
+			if !errors.As(err, &ve) {
+				t.Fatalf("want a validation error, got %v", err)
+			}
+			for _, p := range ve.Problems {
+				if p.Map == tt.want.Map && p.Attribute == tt.want.Attribute && p.Field == tt.want.Field && strings.Contains(p.Message, tt.message) {
+					if !strings.Contains(p.Fix, tt.fix) {
+						t.Fatalf("%s: fix %q, want it to contain %q", p.Location(), p.Fix, tt.fix)
+					}
+					if len(ve.Problems) != 1 {
+						t.Errorf("want this one problem, got %v", err)
+					}
+					return
+				}
+			}
+			t.Fatalf("no problem at %s containing %q; got:\n%v", tt.want.Location(), tt.message, err)
+		})
 	}
 }
