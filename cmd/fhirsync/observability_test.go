@@ -24,6 +24,7 @@ import (
 // The alert rules and the dashboard shipped for Prometheus and Grafana.
 const (
 	rulesFile     = "../../deploy/prometheus/fhirsync-rules.yaml"
+	rulesTestFile = "../../deploy/prometheus/fhirsync-rules.test.yaml"
 	dashboardFile = "../../deploy/grafana/fhirsync-dashboard.json"
 )
 
@@ -174,7 +175,8 @@ func knownMetric(served map[string]bool, name string) bool {
 // a summary and a description saying what to do; every metric that rules
 // and dashboard query is one the serve process exposes. With promtool on
 // the PATH (Debian's prometheus package) the rules also pass promtool
-// check rules.
+// check rules, and their unit tests (fhirsync-rules.test.yaml, one at
+// least per alert) pass promtool test rules.
 func TestAlertRulesAndDashboard(t *testing.T) {
 	t.Parallel()
 	served := servedMetricNames(t)
@@ -278,4 +280,21 @@ func TestAlertRulesAndDashboard(t *testing.T) {
 		t.Fatalf("promtool check rules: %v\n%s", err, out)
 	}
 	t.Logf("promtool check rules:\n%s", out)
+	// The rules' unit tests: series in, alerts (labels and annotations)
+	// out, for every alert operators page on.
+	cmd := exec.Command(promtool, "test", "rules", filepath.Base(rulesTestFile))
+	cmd.Dir = filepath.Dir(abs)
+	if out, err = cmd.CombinedOutput(); err != nil {
+		t.Fatalf("promtool test rules: %v\n%s", err, out)
+	}
+	t.Logf("promtool test rules:\n%s", out)
+	tested, err := os.ReadFile(rulesTestFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range alerts {
+		if !strings.Contains(string(tested), "alertname: "+a+"\n") {
+			t.Errorf("alert %s has no test in %s", a, rulesTestFile)
+		}
+	}
 }
