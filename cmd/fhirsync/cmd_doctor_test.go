@@ -303,6 +303,15 @@ func TestDoctorBrokenSetups(t *testing.T) {
 			alsoPass: []string{"ok   crm privileges contact", "ok   crm steps contact"},
 		},
 		{
+			name: "application user reading contacts at Basic (own rows) depth",
+			breakIt: func(t *testing.T, s *doctorSetup) {
+				s.crm.SetPrivilegeDepth(crmserver.AgentUserID, "prvReadContact", "Basic")
+			},
+			area:     "FAIL crm privileges contact",
+			wantMsg:  []string{"holds prvReadContact (Basic) on contact below Organization level", "raise prvReadContact (Basic) to Organization level", "rows owned by others"},
+			alsoPass: []string{"ok   crm privileges account", "ok   crm steps contact"},
+		},
+		{
 			name: "no Update step for contact",
 			breakIt: func(t *testing.T, s *doctorSetup) {
 				s.crm.RemoveStep("contact", "Update")

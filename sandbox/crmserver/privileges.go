@@ -29,7 +29,8 @@ import (
 //     (MicrosoftDocs/powerapps-docs, developer/data-platform/webapi/reference).
 //
 // The sandbox has no security roles: every user holds every privilege of
-// every table at Global depth unless a test took it away (RevokePrivilege).
+// every table at Global depth unless a test took it away (RevokePrivilege)
+// or lowered its depth (SetPrivilegeDepth; reported, not enforced).
 // A request that needs a privilege its (effective, impersonated) user lacks
 // is refused as Dataverse refuses it: 403, code 0x80040220, "Principal user
 // (Id=<user>, type=8) is missing prvCreateContact privilege (Id=<id>)" (the
@@ -102,6 +103,19 @@ func (s *Server) RevokePrivilege(userID, name string) {
 	}
 }
 
+// SetPrivilegeDepth sets the depth at which the user holds the named
+// privilege: Basic (the user's own rows), Local (its business unit), Deep
+// (and the units below) or Global (the organization, the default).
+// RetrieveUserPrivileges reports it; requests are not limited by it.
+func (s *Server) SetPrivilegeDepth(userID, name, depth string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.depths == nil {
+		s.depths = map[string]string{}
+	}
+	s.depths[strings.ToLower(userID)+"/"+strings.ToLower(name)] = depth
+}
+
 // GrantPrivilege gives back a privilege RevokePrivilege took.
 func (s *Server) GrantPrivilege(userID, name string) {
 	s.mu.Lock()
@@ -122,6 +136,12 @@ func (s *Server) userPrivileges(c *call, req *request, idSeg string) response {
 	user := id.String()
 	s.mu.Lock()
 	revoked := slices.Clone(s.revoked[user])
+	depths := map[string]string{}
+	for k, v := range s.depths {
+		if u, name, _ := strings.Cut(k, "/"); u == user {
+			depths[name] = v
+		}
+	}
 	s.mu.Unlock()
 	var names []string
 	for _, tb := range s.st.tables {
@@ -135,8 +155,12 @@ func (s *Server) userPrivileges(c *call, req *request, idSeg string) response {
 		if slices.Contains(revoked, strings.ToLower(n)) {
 			continue
 		}
+		depth := "Global"
+		if d, ok := depths[strings.ToLower(n)]; ok {
+			depth = d
+		}
 		privs = append(privs, map[string]any{
-			"BusinessUnitId": sandboxBusinessUnit, "Depth": "Global", "PrivilegeId": privilegeID(n), "PrivilegeName": n,
+			"BusinessUnitId": sandboxBusinessUnit, "Depth": depth, "PrivilegeId": privilegeID(n), "PrivilegeName": n,
 			"RecordFilterId": nil, "RecordFilterUniqueName": nil,
 		})
 	}

@@ -60,6 +60,7 @@ func TestRetrieveUserPrivileges(t *testing.T) {
 		t.Errorf("$select=LogicalName,Privileges returned Attributes")
 	}
 
+	var readAccountDepth string
 	held := func(user string) map[string]string {
 		t.Helper()
 		status, out := getJSON(t, hs.URL, "systemusers("+user+")/Microsoft.Dynamics.CRM.RetrieveUserPrivileges()")
@@ -72,7 +73,10 @@ func TestRetrieveUserPrivileges(t *testing.T) {
 		m := map[string]string{}
 		for _, p := range out["RolePrivileges"].([]any) {
 			p := p.(map[string]any)
-			if p["Depth"] != "Global" || p["BusinessUnitId"] == "" {
+			if p["PrivilegeName"] == "prvReadAccount" && user == AgentUserID {
+				readAccountDepth = p["Depth"].(string)
+			}
+			if p["PrivilegeName"] != "prvReadAccount" && p["Depth"] != "Global" || p["BusinessUnitId"] == "" {
 				t.Errorf("privilege %v", p)
 			}
 			m[p["PrivilegeName"].(string)] = p["PrivilegeId"].(string)
@@ -83,6 +87,12 @@ func TestRetrieveUserPrivileges(t *testing.T) {
 	if before["prvWriteContact"] != ids["prvWriteContact"] {
 		t.Errorf("prvWriteContact: user holds %q, definition says %q", before["prvWriteContact"], ids["prvWriteContact"])
 	}
+	s.SetPrivilegeDepth(AgentUserID, "prvReadAccount", "Basic")
+	held(AgentUserID)
+	if readAccountDepth != "Basic" {
+		t.Errorf("prvReadAccount at depth %q after SetPrivilegeDepth Basic", readAccountDepth)
+	}
+	s.SetPrivilegeDepth(AgentUserID, "prvReadAccount", "Global")
 	s.RevokePrivilege(AgentUserID, "prvWriteContact")
 	if _, ok := held(AgentUserID)["prvWriteContact"]; ok {
 		t.Errorf("revoked prvWriteContact still listed")

@@ -152,6 +152,7 @@ type Server struct {
 	endpoints []*serviceEndpoint
 	steps     []Step
 	revoked   map[string][]string // systemuserid → lower-case privilege names
+	depths    map[string]string   // "systemuserid/privilege name" (lower case) → depth other than Global
 }
 
 // New builds a server.
