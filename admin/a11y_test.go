@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 
 	"github.com/fhirsync/fhirsync/admin/browsertest"
@@ -101,6 +103,9 @@ func a11yExamples(s *showcase) map[string][]string {
 		// The preview of a captured decision with the newest draft.
 		"GET /maps/preview": {fmt.Sprintf("/maps/preview?decision=%d", s.Captured)},
 
+		// The structured editor of the draft.
+		"GET /maps/versions/{id}/edit": {fmt.Sprintf("/maps/versions/%d/edit?map=patient-contact", s.Draft)},
+
 		// The publish confirmation of the draft.
 		"GET /maps/versions/{id}/publish": {fmt.Sprintf("/maps/versions/%d/publish?note=next", s.Draft)},
 	}
@@ -130,11 +135,39 @@ func a11yFlows(s *showcase) []a11yFlow {
 			chromedp.WaitVisible("#preview-form", chromedp.ByID),
 			chromedp.Click("#preview", chromedp.ByID),
 			chromedp.WaitVisible("#preview-result", chromedp.ByID)}},
+		{"map editor with the attribute picker and path completion open", fmt.Sprintf("/maps/versions/%d/edit?map=patient-contact", s.Draft), []chromedp.Action{
+			leaveWithoutAsking(),
+			chromedp.WaitVisible("#am-list", chromedp.ByID),
+			chromedp.Click("#am-add", chromedp.ByID),
+			chromedp.WaitVisible("#am-picker-filter", chromedp.ByID),
+			chromedp.SendKeys("#am-0-fhirPath", "na", chromedp.ByID),
+			chromedp.WaitVisible("#am-0-fhirPath-options li", chromedp.ByQuery)}},
+		{"map editor asking before leaving", fmt.Sprintf("/maps/versions/%d/edit?map=patient-contact", s.Draft), []chromedp.Action{
+			leaveWithoutAsking(),
+			chromedp.WaitVisible("#ent-description", chromedp.ByID),
+			chromedp.SendKeys("#ent-description", " edited", chromedp.ByID),
+			chromedp.WaitVisible("#ed-dirty", chromedp.ByID),
+			chromedp.Click("#back-to-version", chromedp.ByID),
+			chromedp.WaitVisible("#leave-dialog", chromedp.ByID)}},
 		{"decision search with a bad date", "/logs", []chromedp.Action{
 			chromedp.SendKeys("#f-from", "tomorrow", chromedp.ByID),
 			chromedp.Click("#search", chromedp.ByID),
 			chromedp.WaitVisible("#filter-errors", chromedp.ByID)}},
 	}
+}
+
+// leaveWithoutAsking answers the browser's "leave this page?" prompt
+// (beforeunload) with leave, so the walk can go on from a page left with
+// unsaved changes.
+func leaveWithoutAsking() chromedp.Action {
+	return chromedp.ActionFunc(func(ctx context.Context) error {
+		chromedp.ListenTarget(ctx, func(ev any) {
+			if _, ok := ev.(*page.EventJavascriptDialogOpening); ok {
+				go func() { _ = chromedp.Run(ctx, page.HandleJavaScriptDialog(true)) }()
+			}
+		})
+		return nil
+	})
 }
 
 // patternRE matches the paths a ServeMux pattern's path serves.
