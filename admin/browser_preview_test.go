@@ -66,6 +66,11 @@ func withLiveEndpoints(t *testing.T, e *testEnv) liveRecords {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A medical record number as a child row, which only the contact has.
+	if _, err := cc.Create(t.Context(), "msemr_medicalidentifiers", crm.Record{"msemr_identifiersystem": "urn:oid:1.2.36.146.595.217.0.1",
+		"msemr_identifiervalue": "MRN-1815", "msemr_contact@odata.bind": "/contacts(" + cid + ")"}); err != nil {
+		t.Fatal(err)
+	}
 	return liveRecords{patientID: p.ID(), contactID: cid}
 }
 
@@ -174,6 +179,9 @@ func TestBrowserPreview(t *testing.T) {
 		}
 		if !strings.Contains(s.output, `"family": "Byron"`) || !strings.Contains(s.output, `"resourceType": "Patient"`) {
 			t.Errorf("output %q, want the Patient with the contact's family name", s.output)
+		}
+		if !strings.Contains(s.output, `"value": "MRN-1815"`) || !strings.Contains(s.diff, `"MRN-1815"`) {
+			t.Errorf("output %q, diff %q: want the identifier of the contact's child row", s.output, s.diff)
 		}
 	})
 

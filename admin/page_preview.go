@@ -33,6 +33,9 @@ type FHIRReader interface {
 // error matching crm.ErrNotFound. *crm.Client is one.
 type CRMRecordReader interface {
 	Retrieve(ctx context.Context, t crm.Target, sel ...string) (crm.Record, error)
+	// RetrieveMultiple reads the rows of set that q selects, page by
+	// page (an expansion map's child rows).
+	RetrieveMultiple(ctx context.Context, set string, q crm.Query, fn func(crm.Record) error) error
 }
 
 // Audit actions of the preview: a live record's content is patient data,
@@ -212,7 +215,7 @@ func (a *app) runPreview(r *http.Request, n int, f previewForm) (*previewView, e
 		in.Input, captured = c.Snapshots.Source, c.Snapshots.Target
 		v.Source = fmt.Sprintf("captured payload of decision %d", f.DecisionID)
 	case sourceFHIR, sourceCRM:
-		rec, what, err := a.readLiveRecord(r, m.Def(), src, strings.TrimSpace(f.RecordID))
+		rec, what, err := a.readLiveRecord(r, m, src, strings.TrimSpace(f.RecordID))
 		if err != nil {
 			return nil, err
 		}
@@ -235,7 +238,7 @@ func (a *app) runPreview(r *http.Request, n int, f previewForm) (*previewView, e
 	case len(current) > 0:
 		v.Current = "pasted"
 	default:
-		current, v.Current, err = a.readLiveTarget(r, m.Def(), dir, in.Input)
+		current, v.Current, err = a.readLiveTarget(r, m, dir, in.Input)
 		if err != nil {
 			return nil, err
 		}
@@ -302,7 +305,8 @@ var (
 // entity (src crm) from the endpoint, read-only, for a user with the PHI
 // permission, and records the read in the audit trail. It returns the
 // record as JSON and a sentence naming it.
-func (a *app) readLiveRecord(r *http.Request, em *maps.EntityMap, src, id string) ([]byte, string, error) {
+func (a *app) readLiveRecord(r *http.Request, m *maps.Mapping, src, id string) ([]byte, string, error) {
+	em := m.Def()
 	u, _ := currentUser(r)
 	if !u.can(permPHI) {
 		return nil, "", &previewError{http.StatusForbidden, "A live record is patient data: reading one needs the PHI permission; paste a record instead."}
@@ -341,16 +345,16 @@ func (a *app) readLiveRecord(r *http.Request, em *maps.EntityMap, src, id string
 	if err := a.auditLiveRead(r, "crm_record", ref); err != nil {
 		return nil, "", err
 	}
-	rec, err := a.data.crmRecords.Retrieve(r.Context(), crm.ByID(em.CRMEntitySet, id))
+	rec, err := a.data.crmRecords.Retrieve(r.Context(), crm.ByID(em.CRMEntitySet, id), m.CRMSelect()...)
 	if errors.Is(err, crm.ErrNotFound) {
 		return nil, "", &previewError{http.StatusNotFound, "The CRM has no " + em.CRMEntity + " record " + id + "."}
 	}
 	if err != nil {
 		return nil, "", &previewError{http.StatusBadGateway, "Reading " + ref + " from the CRM failed: " + err.Error()}
 	}
-	b, err := json.Marshal(rec)
+	b, err := a.crmState(r.Context(), m, rec)
 	if err != nil {
-		return nil, "", err
+		return nil, "", &previewError{http.StatusBadGateway, "Reading the child rows of " + ref + " from the CRM failed: " + err.Error()}
 	}
 	return b, ref + ", read live from the CRM", nil
 }
@@ -360,7 +364,8 @@ func (a *app) readLiveRecord(r *http.Request, em *maps.EntityMap, src, id string
 // the agent pairs them, through the correlation attribute, read-only. It
 // returns nil and the reason when there is none or it cannot be read: the
 // preview then maps as for a new record and says so.
-func (a *app) readLiveTarget(r *http.Request, em *maps.EntityMap, dir maps.Direction, input []byte) ([]byte, string, error) {
+func (a *app) readLiveTarget(r *http.Request, m *maps.Mapping, dir maps.Direction, input []byte) ([]byte, string, error) {
+	em := m.Def()
 	attr := em.Correlation.CRMAttribute
 	u, _ := currentUser(r)
 	if dir == maps.FHIRToCRM {
@@ -380,16 +385,16 @@ func (a *app) readLiveTarget(r *http.Request, em *maps.EntityMap, dir maps.Direc
 		if err := a.auditLiveRead(r, "crm_record", ref); err != nil {
 			return nil, "", err
 		}
-		rec, err := a.data.crmRecords.Retrieve(r.Context(), crm.ByKey(em.CRMEntitySet, attr, res.ID))
+		rec, err := a.data.crmRecords.Retrieve(r.Context(), crm.ByKey(em.CRMEntitySet, attr, res.ID), m.CRMSelect()...)
 		if errors.Is(err, crm.ErrNotFound) {
 			return nil, "read live from the CRM: no " + em.CRMEntity + " has " + attr + " = " + res.ID + ", so the agent would create one", nil
 		}
 		if err != nil {
 			return nil, "", &previewError{http.StatusBadGateway, "Reading the target " + ref + " from the CRM failed: " + err.Error()}
 		}
-		b, err := json.Marshal(rec)
+		b, err := a.crmState(r.Context(), m, rec)
 		if err != nil {
-			return nil, "", err
+			return nil, "", &previewError{http.StatusBadGateway, "Reading the child rows of the target " + ref + " from the CRM failed: " + err.Error()}
 		}
 		return b, "read live from the CRM: " + ref, nil
 	}
@@ -424,6 +429,29 @@ func (a *app) readLiveTarget(r *http.Request, em *maps.EntityMap, dir maps.Direc
 		return nil, "", err
 	}
 	return b, "read live from the FHIR server: " + ref, nil
+}
+
+// crmState is a CRM record with its expansion maps' child rows, read as
+// the agent reads them (maps.Mapping.ChildQueries), as a CRMState's JSON.
+func (a *app) crmState(ctx context.Context, m *maps.Mapping, rec crm.Record) ([]byte, error) {
+	id, _ := rec[m.Def().IDAttribute()].(string)
+	st := maps.CRMState{Record: rec}
+	for _, q := range m.ChildQueries() {
+		if q.ParentLookup == "" || id == "" {
+			continue
+		}
+		var rows []map[string]any
+		err := a.data.crmRecords.RetrieveMultiple(ctx, q.EntitySet, crm.Query{Select: q.Select, Filter: fmt.Sprintf("_%s_value eq %s", q.ParentLookup, id)},
+			func(r crm.Record) error { rows = append(rows, r); return nil })
+		if err != nil {
+			return nil, fmt.Errorf("reading %s: %w", q.EntitySet, err)
+		}
+		if st.Children == nil {
+			st.Children = map[string][]map[string]any{}
+		}
+		st.Children[q.Expansion] = rows
+	}
+	return json.Marshal(st)
 }
 
 // auditLiveRead records, before it happens, that the signed-in user reads
