@@ -288,6 +288,7 @@ func TestScreenshots(t *testing.T) {
 	browser := browsertest.Start(t)
 	sc := newShowcase(t)
 	e := sc.e
+	withSandboxCRM(t, e) // the editor shows the CRM's metadata
 	ctx := browser.Session(t, 3*time.Minute)
 	if err := chromedp.Run(ctx, signIn(e.url, "admin@example.org")); err != nil {
 		t.Fatal(err)
@@ -303,6 +304,11 @@ func TestScreenshots(t *testing.T) {
 		{"map-edit.png", fmt.Sprintf("/maps/versions/%d?map=patient-contact&attr=first-name", sc.Draft), "#attr-status:not(:empty)", []chromedp.Action{
 			clearField("attr-fhirPath"), chromedp.SendKeys("#attr-fhirPath", "name.givn[0]", chromedp.ByID),
 			chromedp.WaitVisible("#problem-fhirPath", chromedp.ByID)}},
+		{"map-editor.png", fmt.Sprintf("/maps/versions/%d/edit?map=patient-contact", sc.Draft), "#am-list", []chromedp.Action{
+			chromedp.Click("#am-edit-1", chromedp.ByID),
+			chromedp.Poll(`document.getElementById("am-1-fhirPath-result").textContent.includes("selects")`, nil),
+			chromedp.Evaluate(`document.getElementById("am-edit-1").closest("li").scrollIntoView({block: "start"})`, nil),
+		}},
 		{"logs.png", "/logs?record=Patient/p1", "#decisions", nil},
 		{"decision.png", fmt.Sprint("/logs/", sc.Failed), "#reason", nil},
 		{"deadletters.png", "/deadletters", "#redrive-form", nil},
@@ -331,7 +337,8 @@ func TestScreenshots(t *testing.T) {
 			t.Fatalf("%s: %v", s.path, err)
 		}
 		shoot := browsertest.Screenshot
-		if width == browsertest.PhoneWidth {
+		// The editor's page is long: its shot is the screen at the attribute maps.
+		if width == browsertest.PhoneWidth || s.file == "map-editor.png" {
 			shoot = browsertest.ViewportScreenshot
 		}
 		if err := shoot(ctx, filepath.Join(dir, s.file)); err != nil {
