@@ -332,3 +332,54 @@ func TestBrowserEditorKeyboardOnly(t *testing.T) {
 		t.Errorf("stored attribute maps %v; want telephone3 before %s", names, before)
 	}
 }
+
+// TestBrowserEditorRefusesNonexistentAttribute: in the editor, a CRM
+// attribute the CRM does not have is shown beside its field with the
+// suggested fix as it is typed; saving anyway is refused with the
+// problem's location, the text sent stays on the page marked unsaved,
+// and the stored draft keeps the old attribute.
+func TestBrowserEditorRefusesNonexistentAttribute(t *testing.T) {
+	browser := browsertest.Start(t)
+	e := newTestEnv(t, storagetest.Open(t, "sqlite"), AppConfig{})
+	withSandboxCRM(t, e)
+	e.user("editor@example.org", RoleEditor, false)
+	n := starterDraft(t, e)
+
+	var beside, listed, yaml string
+	var dirty bool
+	ctx := browser.Session(t, 90*time.Second)
+	err := chromedp.Run(ctx,
+		signIn(e.url, "editor@example.org"),
+		chromedp.Navigate(fmt.Sprintf("%s/maps/versions/%d/edit?map=patient-contact", e.url, n)),
+		chromedp.WaitVisible("#am-list", chromedp.ByID),
+		chromedp.Click("#am-edit-1", chromedp.ByID),
+		chromedp.WaitVisible("#am-1-crmAttribute", chromedp.ByID),
+		clearField("am-1-crmAttribute"),
+		chromedp.SendKeys("#am-1-crmAttribute", "firstnam", chromedp.ByID),
+		chromedp.WaitVisible("#am-1-crmAttribute-problem", chromedp.ByID),
+		chromedp.Text("#am-1-crmAttribute-problem", &beside, chromedp.ByID),
+		chromedp.Poll(`document.getElementById("ed-yaml").value.includes("crmAttribute: firstnam\n")`, nil),
+		chromedp.Click("#ed-save", chromedp.ByID),
+		chromedp.WaitVisible("#problems", chromedp.ByID),
+		chromedp.Text("#problems", &listed, chromedp.ByID),
+		chromedp.Value("#ed-yaml", &yaml, chromedp.ByID),
+		chromedp.WaitVisible("#am-list", chromedp.ByID),
+		chromedp.Evaluate(`!document.getElementById("ed-dirty").hidden`, &dirty),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(beside, `did you mean "firstname"?`) {
+		t.Errorf("beside the field: %q", beside)
+	}
+	if !strings.Contains(listed, `entity map "patient-contact" / attribute map "first-name" / crmAttribute`) || !strings.Contains(listed, `has no attribute "firstnam"`) {
+		t.Errorf("the refused save lists %q", listed)
+	}
+	if !strings.Contains(yaml, "crmAttribute: firstnam\n") || !dirty {
+		t.Errorf("after the refusal the page holds the text sent (%v) and is marked unsaved (%v)", strings.Contains(yaml, "firstnam\n"), dirty)
+	}
+	doc, _, _ := e.app.data.maps.Version(t.Context(), n)
+	if _, am := findAttribute(doc, "patient-contact", "first-name"); am.CRMAttribute != "firstname" {
+		t.Errorf("the refused edit was stored: %q", am.CRMAttribute)
+	}
+}
