@@ -25,7 +25,7 @@ import (
 // agent links them (the contact's msemr_azurefhirid holds the Patient's
 // id), with different family names so that a preview has a change to show.
 type liveRecords struct {
-	patientID, contactID string
+	patientID, contactID, practitionerID string
 }
 
 // withLiveEndpoints starts the sandbox FHIR server and the sandbox CRM,
@@ -56,8 +56,16 @@ func withLiveEndpoints(t *testing.T, e *testEnv) liveRecords {
 	}
 	e.app.data.fhir, e.app.data.crmRecords = fc, cc
 
+	// Her general practitioner, already synced: a practitioner contact
+	// correlated with Practitioner/babbage.
+	drID, err := cc.Create(t.Context(), "contacts", crm.Record{"firstname": "Charles", "lastname": "Babbage",
+		"msemr_contacttype": 935000001, "msemr_azurefhirid": "babbage"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	p, err := fc.Create(t.Context(), fhir.Resource{"resourceType": "Patient", "gender": "female", "birthDate": "1815-12-10",
-		"name": []any{map[string]any{"use": "official", "family": "Lovelace", "given": []any{"Ada"}}}})
+		"name":                []any{map[string]any{"use": "official", "family": "Lovelace", "given": []any{"Ada"}}},
+		"generalPractitioner": []any{map[string]any{"reference": "Practitioner/babbage"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +79,7 @@ func withLiveEndpoints(t *testing.T, e *testEnv) liveRecords {
 		"msemr_identifiervalue": "MRN-1815", "msemr_contact@odata.bind": "/contacts(" + cid + ")"}); err != nil {
 		t.Fatal(err)
 	}
-	return liveRecords{patientID: p.ID(), contactID: cid}
+	return liveRecords{patientID: p.ID(), contactID: cid, practitionerID: drID}
 }
 
 // previewShown is what the preview page shows of a result.
@@ -149,6 +157,9 @@ func TestBrowserPreview(t *testing.T) {
 		}
 		if !strings.Contains(s.output, `"lastname": "Lovelace"`) {
 			t.Errorf("output %q lacks the mapped lastname", s.output)
+		}
+		if !strings.Contains(s.output, `"/contacts(`+live.practitionerID+`)"`) {
+			t.Errorf("output %q does not bind the general practitioner's contact %s", s.output, live.practitionerID)
 		}
 		if !beside {
 			t.Error("on a 1280 px window the result is not beside the form")

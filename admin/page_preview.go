@@ -255,6 +255,9 @@ func (a *app) runPreview(r *http.Request, n int, f previewForm) (*previewView, e
 		in.Base = current
 	}
 
+	if a.data.crmRecords != nil {
+		in.Lookups = previewLookups{set: set, crm: a.data.crmRecords}
+	}
 	res := maps.Preview(r.Context(), m, in)
 	v.Map, v.Decision, v.Filter, v.Attribute = res.Map, res.Decision, res.Filter, res.Attribute
 	v.MappingError, v.Changed = res.MappingError, res.Changed
@@ -452,6 +455,62 @@ func (a *app) crmState(ctx context.Context, m *maps.Mapping, rec crm.Record) ([]
 		st.Children[q.Expansion] = rows
 	}
 	return json.Marshal(st)
+}
+
+// previewLookups resolves a preview's lookups the way the agent does when
+// its link store has no answer: through the referenced entity map's
+// correlation attribute on the CRM, read-only. It reads ids and
+// correlation values only, not a record's content.
+type previewLookups struct {
+	set *maps.Set
+	crm CRMRecordReader
+}
+
+func (l previewLookups) CRMID(ctx context.Context, entityMap, fhirRef string) (string, bool, error) {
+	m, ok := l.set.Map(entityMap)
+	if !ok {
+		return "", false, nil
+	}
+	em := m.Def()
+	_, id, found := strings.Cut(fhirRef, "/")
+	if !found {
+		id = fhirRef
+	}
+	if em.Correlation.CRMAttribute == "" || !fhirIDPattern.MatchString(id) {
+		return "", false, nil
+	}
+	rec, err := l.crm.Retrieve(ctx, crm.ByKey(em.CRMEntitySet, em.Correlation.CRMAttribute, id), em.IDAttribute())
+	if errors.Is(err, crm.ErrNotFound) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("finding the CRM record of %s: %w", fhirRef, err)
+	}
+	crmID, _ := rec[em.IDAttribute()].(string)
+	return crmID, crmID != "", nil
+}
+
+func (l previewLookups) FHIRRef(ctx context.Context, entityMap, crmID string) (string, bool, error) {
+	m, ok := l.set.Map(entityMap)
+	if !ok || !crmIDPattern.MatchString(crmID) {
+		return "", false, nil
+	}
+	em := m.Def()
+	if em.Correlation.CRMAttribute == "" {
+		return "", false, nil
+	}
+	rec, err := l.crm.Retrieve(ctx, crm.ByID(em.CRMEntitySet, crmID), em.Correlation.CRMAttribute)
+	if errors.Is(err, crm.ErrNotFound) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("finding the FHIR id of %s record %s: %w", em.CRMEntity, crmID, err)
+	}
+	fid, _ := rec[em.Correlation.CRMAttribute].(string)
+	if fid == "" {
+		return "", false, nil
+	}
+	return em.FHIRType + "/" + fid, true, nil
 }
 
 // auditLiveRead records, before it happens, that the signed-in user reads
