@@ -350,6 +350,7 @@ func DefaultEntities() []*Entity {
 			{SchemaName: "msemr_msemr_encounter_msemr_observation", Attribute: "msemr_encounter", Target: "msemr_encounter", NavigationProperty: "msemr_encounter"},
 		},
 	}
+	medicalIdentifierColumns(identifier)
 	return append([]*Entity{contact, account, identifier, encounter, observation}, healthcareEntities()...)
 }
 

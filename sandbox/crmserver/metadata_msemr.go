@@ -71,6 +71,32 @@ func childTable(logical, set, primaryID, primaryName string, cols ...*Attribute)
 	return e
 }
 
+// medicalIdentifierColumns adds to msemr_medicalidentifier the documented
+// columns (Medication/MedicationCore/MedicalIdentifier.cdm.json) that the
+// care plan's identifiers use: the value (250), the use, the period and the
+// lookups to a care plan, an encounter and an assignee contact. The columns
+// the Patient map uses are kept as they are (maps/starter/SOURCES.md names
+// the difference).
+func medicalIdentifierColumns(e *Entity) {
+	cols := []*Attribute{
+		str("msemr_value", 250),
+		picklist("msemr_use", hcOptions("Usual", "Official", "Temp", "Secondary")...),
+		datetime("msemr_periodstart"), datetime("msemr_periodend"),
+		lookup("msemr_careplanmedicalidentifierid", "msemr_careplan"),
+		lookup("msemr_encountermedicalidentifierid", "msemr_encounter"),
+		lookup("msemr_assignee", "contact"),
+	}
+	e.Attributes = append(e.Attributes, cols...)
+	for _, a := range cols {
+		if a.Type == TypeLookup {
+			e.ManyToOne = append(e.ManyToOne, Relationship{
+				SchemaName: fmt.Sprintf("%s_%s_%s", a.Targets[0], e.LogicalName, a.LogicalName),
+				Attribute:  a.LogicalName, Target: a.Targets[0], NavigationProperty: a.LogicalName,
+			})
+		}
+	}
+}
+
 func name100() *Attribute { return str("msemr_name", 100) }
 
 var (
