@@ -379,7 +379,7 @@ func writeReadings(ctx context.Context, c *fhir.Client, n, patients int) ([]stre
 				// some consecutive readings repeat, as devices do.
 				v := 72 + int(rng.NormFloat64()*4)
 				res := fhir.Resource{"resourceType": "Observation", "status": "final",
-					"category": []any{map[string]any{"coding": []any{map[string]any{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}}}},
+					"category":          []any{map[string]any{"coding": []any{map[string]any{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}}}},
 					"code":              map[string]any{"coding": []any{map[string]any{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}}},
 					"subject":           map[string]any{"reference": "Patient/device-pat-" + strconv.Itoa(p)},
 					"device":            map[string]any{"reference": "Device/monitor-" + strconv.Itoa(p)},

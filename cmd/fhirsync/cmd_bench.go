@@ -54,6 +54,11 @@ names one; use a scratch database, the run leaves its rows behind.`)
 	serveSandboxes := fs.Bool("serve-sandboxes", false, "serve the sandboxes for another bench process and print their addresses (used by --sandboxes process)")
 	sandboxDir := fs.String("sandbox-dir", "", "with --serve-sandboxes: directory for the sandbox FHIR server's file")
 	endpoint := fs.String("endpoint", "", "with --serve-sandboxes: URL the sandbox CRM posts its service-endpoint messages to")
+	stream := fs.Bool("stream", false, "run the device-stream bench instead (docs/device-streams.md): --stream-rate Observations/s for --stream-duration to a stream map")
+	streamRate := fs.Float64("stream-rate", agentbench.TargetStreamReadingsPerSecond, "with --stream: device Observations per second offered to the FHIR feed")
+	streamDuration := fs.Duration("stream-duration", time.Minute, "with --stream: how long the readings are offered")
+	streamPatients := fs.Int("stream-patients", 1000, "with --stream: patients, one heart-rate stream each")
+	streamWindow := fs.Duration("stream-window", 30*time.Second, "with --stream: the stream map's window")
 	if done, err := parseFlags(fs, args); done {
 		return err
 	}
@@ -147,6 +152,29 @@ names one; use a scratch database, the run leaves its rows behind.`)
 	var progress io.Writer
 	if !*quiet {
 		progress = e.stderr
+	}
+	if *stream {
+		if *streamRate <= 0 || *streamDuration <= 0 || *streamPatients < 1 || *streamWindow < time.Second {
+			return usageErrorf("bench: --stream-rate, --stream-duration and --stream-patients must be positive, --stream-window at least 1s")
+		}
+		res, err := agentbench.RunStream(ctx, agentbench.StreamConfig{DB: db, Rate: *streamRate, Duration: *streamDuration,
+			Patients: *streamPatients, Window: *streamWindow, Workers: *workers, Progress: progress})
+		if err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+		if *asJSON {
+			enc := json.NewEncoder(e.stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(struct {
+				Database string                   `json:"database"`
+				CPUs     int                      `json:"cpus"`
+				Result   *agentbench.StreamResult `json:"result"`
+			}{string(storage.DialectOf(db)), runtime.NumCPU(), res})
+		}
+		fmt.Fprintf(e.stdout, "fhirsync bench --stream: %s database, embedded queue, sandbox endpoints in-process, %d CPUs, %s\n",
+			storage.DialectOf(db), runtime.NumCPU(), runtime.Version())
+		agentbench.WriteStream(e.stdout, res)
+		return nil
 	}
 	var command []string
 	if *where == "process" {
