@@ -3,6 +3,8 @@ package admin
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -11,9 +13,15 @@ import (
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fhirsync/fhirsync/admin/browsertest"
+	"github.com/fhirsync/fhirsync/agent"
+	"github.com/fhirsync/fhirsync/agent/crm"
+	"github.com/fhirsync/fhirsync/agent/fhir"
 	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/queues"
+	"github.com/fhirsync/fhirsync/sandbox/fhirserver"
 	"github.com/fhirsync/fhirsync/storage/storagetest"
 )
 
@@ -54,12 +62,13 @@ func waitFocus(id string) chromedp.Action {
 // picker (fed by the sandbox CRM's metadata), completes its FHIR path
 // from the R4 definitions, sees what it selects in the map's sample, lets
 // the sample expect the new output, saves and publishes — without
-// touching the YAML. The published version maps a record's nickname.
+// touching the YAML. The sync agent, on the published version, then
+// writes a Patient's nickname to the sandbox CRM's contact.
 func TestBrowserEditorAddFromPickerAndPublish(t *testing.T) {
 	axe := browsertest.LoadAxe(t)
 	browser := browsertest.Start(t)
 	e := newTestEnv(t, storagetest.Open(t, "sqlite"), AppConfig{})
-	withSandboxCRM(t, e)
+	crmFake := withSandboxCRM(t, e)
 	e.user("editor@example.org", RoleEditor, false)
 	n := starterDraft(t, e)
 	doc, _, err := e.app.data.maps.Version(t.Context(), n)
@@ -163,10 +172,66 @@ func TestBrowserEditorAddFromPickerAndPublish(t *testing.T) {
 	if am == nil || am.Name != "nickname" || am.CRMType != maps.TypeString || am.MaxLength != 100 {
 		t.Fatalf("the published version's nickname attribute map = %+v", am)
 	}
-	res, _ := maps.DecodeJSON([]byte(`{"resourceType":"Patient","id":"p7","name":[{"use":"official","family":"Hopper","given":["Grace"]},{"use":"nickname","given":["Amazing Grace"]}]}`))
-	out, err := m.ToCRM(t.Context(), res, nil, nil)
-	if err != nil || out.Record["nickname"] != "Amazing Grace" {
-		t.Errorf("the published version maps a patient to %v (%v), want nickname set", out, err)
+	syncsNickname(t, e, crmFake.client)
+}
+
+// syncsNickname runs the sync agent on the published maps against the
+// sandbox FHIR server and the sandbox CRM: a Patient with a nickname
+// becomes a contact whose nickname column holds it.
+func syncsNickname(t *testing.T, e *testEnv, cc *crm.Client) {
+	t.Helper()
+	fs, err := fhirserver.New(fhirserver.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fs.Close() })
+	fh := httptest.NewServer(fs)
+	t.Cleanup(fh.Close)
+	fc, err := fhir.New(fhir.Config{BaseURL: fh.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := fc.Create(t.Context(), fhir.Resource{"resourceType": "Patient", "gender": "female",
+		"name": []any{map[string]any{"use": "official", "family": "Hopper", "given": []any{"Grace"}},
+			map[string]any{"use": "nickname", "given": []any{"Amazing Grace"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	users, err := cc.UserIDs(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fq, cq := e.embedded("fhir-changes"), e.embedded("crm-changes")
+	a, err := agent.New(agent.Config{Workers: 1, CRMUserID: users[0]}, agent.Deps{DB: e.db, Maps: e.app.data.maps, FHIR: fc, CRM: cc,
+		Logs: e.app.data.logs, FHIRChanges: fq, CRMChanges: cq, Registry: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	<-a.Ready()
+	msg, err := queues.Notice{V: queues.NoticeVersion, Side: queues.SideFHIR, Type: "Patient", ID: p.ID(), Event: queues.EventCreated, Origin: "rest-hook"}.Message()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fq.Send(t.Context(), msg); err != nil {
+		t.Fatal(err)
+	}
+	var rec crm.Record
+	for range 200 {
+		rec, err = cc.Retrieve(t.Context(), crm.ByKey("contacts", "msemr_azurefhirid", p.ID()), "nickname", "firstname")
+		if err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil || rec["nickname"] != "Amazing Grace" || rec["firstname"] != "Grace" {
+		t.Errorf("after the agent synced Patient/%s with the published maps, the contact is %v (%v); want nickname Amazing Grace", p.ID(), rec, err)
 	}
 }
 
