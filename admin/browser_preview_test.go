@@ -70,7 +70,8 @@ func withLiveEndpoints(t *testing.T, e *testEnv) liveRecords {
 		t.Fatal(err)
 	}
 	cid, err := cc.Create(t.Context(), "contacts", crm.Record{"firstname": "Ada", "lastname": "Byron",
-		"gendercode": 2, "birthdate": "1815-12-10", "msemr_contacttype": 935000000, "msemr_azurefhirid": p.ID()})
+		"gendercode": 2, "birthdate": "1815-12-10", "msemr_contacttype": 935000000, "msemr_azurefhirid": p.ID(),
+		"msemr_generalpractitioner@odata.bind": "/contacts(" + drID + ")"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,6 +194,18 @@ func TestBrowserPreview(t *testing.T) {
 		}
 		if !strings.Contains(s.output, `"value": "MRN-1815"`) || !strings.Contains(s.diff, `"MRN-1815"`) {
 			t.Errorf("output %q, diff %q: want the identifier of the contact's child row", s.output, s.diff)
+		}
+		// The contact's practitioner lookup resolves back to the same
+		// Practitioner, so the reference does not change.
+		if !strings.Contains(s.output, `"reference": "Practitioner/babbage"`) || strings.Contains(s.diff, "generalPractitioner") {
+			t.Errorf("output %q, diff %q: want generalPractitioner kept as Practitioner/babbage", s.output, s.diff)
+		}
+		var dir string
+		if err := chromedp.Run(ctx, chromedp.Value("#preview-direction", &dir, chromedp.ByID)); err != nil {
+			t.Fatal(err)
+		}
+		if dir != "crm-to-fhir" {
+			t.Errorf("after a CRM record the form shows direction %q, want crm-to-fhir", dir)
 		}
 	})
 

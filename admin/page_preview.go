@@ -79,6 +79,18 @@ type previewForm struct {
 	DecisionID int64  `json:"decision_id,omitempty"`
 }
 
+// normalized is f with the direction a live source implies: a record read
+// from the FHIR server goes to the CRM, one read from the CRM to FHIR.
+func (f previewForm) normalized() previewForm {
+	switch f.source() {
+	case sourceFHIR:
+		f.Direction = string(maps.FHIRToCRM)
+	case sourceCRM:
+		f.Direction = string(maps.CRMToFHIR)
+	}
+	return f
+}
+
 // source is the form's source with its default filled in.
 func (f previewForm) source() string {
 	switch {
@@ -178,13 +190,10 @@ func (a *app) runPreview(r *http.Request, n int, f previewForm) (*previewView, e
 		return nil, &previewError{http.StatusNotFound, "No such entity map in this version."}
 	}
 	u, _ := currentUser(r)
+	f = f.normalized()
 	src := f.source()
 	switch src {
-	case sourceFHIR:
-		f.Direction = string(maps.FHIRToCRM)
-	case sourceCRM:
-		f.Direction = string(maps.CRMToFHIR)
-	case sourcePaste, sourceDecision:
+	case sourcePaste, sourceDecision, sourceFHIR, sourceCRM:
 	default:
 		return nil, &previewError{http.StatusBadRequest, "Choose where the record comes from: paste, fhir, crm or decision."}
 	}
@@ -661,6 +670,7 @@ func (a *app) previewPage(w http.ResponseWriter, r *http.Request) {
 		a.renderError(w, r, http.StatusBadRequest, "Choose an entity map to preview.")
 		return
 	}
+	f = f.normalized()
 	v, err := a.runPreview(r, n, f)
 	var pe *previewError
 	if errors.As(err, &pe) {
