@@ -279,3 +279,20 @@ func TestVersionPageDirectionsOnceAndEditorLink(t *testing.T) {
 		t.Error("a published version links to the editor")
 	}
 }
+
+// TestMapsListLinksDraftsToEditor: on the maps list, an editor reaches a
+// draft's entity maps in the structured editor; a viewer gets no link.
+func TestMapsListLinksDraftsToEditor(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t, storagetest.Open(t, "sqlite"), AppConfig{})
+	editor := e.as(e.user("editor@example.org", RoleEditor, false))
+	viewer := e.as(e.user("viewer@example.org", RoleViewer, false))
+	n := starterDraft(t, e)
+	link := fmt.Sprintf(`href="/maps/versions/%d/edit?map=patient-contact" class="edit-map"`, n)
+	if _, body := e.page(editor, "GET", "/maps", "", ""); !strings.Contains(body, link) {
+		t.Errorf("the maps list offers an editor no link to the structured editor")
+	}
+	if _, body := e.page(viewer, "GET", "/maps", "", ""); strings.Contains(body, "/edit?map=") {
+		t.Errorf("the maps list offers a viewer the editor")
+	}
+}
