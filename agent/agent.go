@@ -290,6 +290,9 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		traceFlows(a.pipe.flows, a.pipe.tracer)
 	}
 	a.pipe.streams = newStreamer(cfg.Stream, deps.DB, replicaName(), deps.Registry, deps.Logger, a.pipe.now)
+	if !cfg.Stream.ReadOneByOne {
+		a.pipe.streams.reader = newReadingReader(deps.FHIR.Search)
+	}
 	if cs, ok := deps.Logs.(conflictStore); ok && storage.SameDatabase(logsDatabase(deps.Logs), deps.DB) {
 		a.pipe.conflicts = cs
 	}
@@ -400,6 +403,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	// pools: draining workers wait on it.
 	streamDone := make(chan struct{})
 	go func() { a.pipe.streams.runWriter(batchCtx); close(streamDone) }()
+	if r := a.pipe.streams.reader; r != nil {
+		go r.run(batchCtx)
+	}
 	defer func() { stopBatch(); <-streamDone }()
 
 	var wg sync.WaitGroup

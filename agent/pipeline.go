@@ -295,13 +295,14 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 		}
 	}
 
-	src, err := f.source.read(ctx, open[0], n.ID)
 	if sm := p.streamMap(open, n); sm != nil {
+		src, err := p.streams.readReading(ctx, f, sm, n.ID)
 		if err != nil && !errors.Is(err, errGone) {
 			return p.failure("reading the source record", err)
 		}
 		return p.readingStep(sm, n, src, err != nil)
 	}
+	src, err := f.source.read(ctx, open[0], n.ID)
 	// pre is the link of open[0] that naming the pair read, when nothing
 	// can have changed it since: reused as the cached link below.
 	var pre *link

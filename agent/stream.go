@@ -193,6 +193,9 @@ type StreamConfig struct {
 	// Closers is how many windows are sent at once (32), so that their
 	// CRM writes share $batch requests.
 	Closers int
+	// ReadOneByOne reads each reading's Observation with a read of its
+	// own instead of searching for concurrent readings' by _id together.
+	ReadOneByOne bool
 }
 
 func (c StreamConfig) withDefaults() StreamConfig {
@@ -227,6 +230,21 @@ type streamer struct {
 	log   *slog.Logger
 	// readings counts readings by entity map and what became of them.
 	readings *prometheus.CounterVec
+	// reader reads readings' Observations many at a time; nil: one read
+	// each through the flow's source.
+	reader *readingReader
+}
+
+// readReading reads a reading's Observation.
+func (s *streamer) readReading(ctx context.Context, f *flow, mp *maps.Mapping, id string) (record, error) {
+	if s.reader == nil {
+		return f.source.read(ctx, mp, id)
+	}
+	res, err := s.reader.read(ctx, id)
+	if err != nil {
+		return record{}, err
+	}
+	return record{Type: "Observation", ID: res.ID(), Version: res.VersionID(), Data: res}, nil
 }
 
 type streamReq struct {

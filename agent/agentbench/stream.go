@@ -444,10 +444,11 @@ func waitEmpty(ctx context.Context, q queues.Queue, limit time.Duration) error {
 		if d.Active == 0 && d.Scheduled == 0 {
 			return nil
 		}
+		// Counting a long queue is not free: look twice a second.
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(500 * time.Millisecond):
 		}
 	}
 	return fmt.Errorf("queue not empty after %s", limit)
