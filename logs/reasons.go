@@ -109,6 +109,20 @@ const (
 	// rate limit for the period, so this window's was not sent.
 	ReasonRateLimited ReasonCode = "rate_limited"
 
+	// ReasonSignalOpened: a signal (a Flag, a RiskAssessment above its
+	// threshold) raised a CRM activity for care coordinators, or reopened
+	// a closed one (docs/signals.md).
+	ReasonSignalOpened ReasonCode = "signal_opened"
+	// ReasonSignalUpdated: a raised signal changed and its open activity
+	// was updated.
+	ReasonSignalUpdated ReasonCode = "signal_updated"
+	// ReasonSignalClosed: a signal was lowered (the Flag ended, the risk
+	// fell) and its activity was closed.
+	ReasonSignalClosed ReasonCode = "signal_closed"
+	// ReasonBelowSignalThreshold: the resource does not raise its
+	// signal and there is no open activity to close.
+	ReasonBelowSignalThreshold ReasonCode = "below_signal_threshold"
+
 	// ReasonConflictHeld: an attribute changed on both sides is held for a
 	// person; the record's other changes were written (ChangedFields names
 	// them).
@@ -195,6 +209,11 @@ var registry = []Reason{
 	{ReasonWithinRange, skipOnly, "Every reading of the device-stream window lay inside the stream's threshold range, so no aggregate was sent.", "None; change the stream's threshold if in-range readings should reach the CRM."},
 	{ReasonDuplicateReading, skipOnly, "Device readings repeated the previous value of their patient and code, or the same reading (id and version) arrived again; they were dropped.", "None; turn the stream's dropRepeats off if repeated values should count."},
 	{ReasonRateLimited, skipOnly, "The patient's aggregates reached the stream's rate limit for the period, so this window's aggregate was not sent.", "None if the limit is meant; raise the stream's rateLimit if more aggregates should reach the CRM."},
+
+	{ReasonSignalOpened, sentOnly, "A signal (a Flag, or a RiskAssessment above its threshold) raised a CRM activity regarding the patient's contact for care coordinators, or reopened its closed activity.", "None; the activity is in the CRM, owned as the map's signal says."},
+	{ReasonSignalUpdated, sentOnly, "A raised signal changed and its open CRM activity was updated.", "None."},
+	{ReasonSignalClosed, sentOnly, "A signal was lowered (the Flag ended or the risk fell below the threshold) and its CRM activity was closed.", "None; change the map's signal section if activities should stay open."},
+	{ReasonBelowSignalThreshold, skipOnly, "The resource does not raise its signal (its condition is false, it ended, or its risk is below the threshold) and no open activity needed closing.", "None; change the map's signal threshold if such resources should reach care coordinators."},
 
 	{ReasonConflictHeld, heldOnly, "An attribute changed on both sides to different values and is held for a person; the record's other changes were written (the changed fields name them).", "Open the conflict on the Conflicts page and take the FHIR or the CRM value."},
 	{ReasonDeleteHeld, heldOnly, "The record was deleted on one side while it was edited on the other; the delete waits for a person.", "Open the conflict on the Conflicts page and apply the delete or keep the record."},

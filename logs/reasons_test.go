@@ -16,12 +16,15 @@ import (
 // designCodes is the closed set of DESIGN.md §4, by outcome group.
 // The conflict codes are those of docs/conflicts.md.
 var designCodes = map[string][]logs.ReasonCode{
-	"sent": {"created", "updated", "deleted", "conflict_resolved", "deactivated"},
+	"sent": {"created", "updated", "deleted", "conflict_resolved", "deactivated",
+		// Signals to care coordinators (docs/signals.md).
+		"signal_opened", "signal_updated", "signal_closed"},
 	"skipped": {"no_entity_map", "map_disabled", "direction_off", "operation_off", "record_gate_off",
 		"filtered", "own_write_echo", "stale_version", "unchanged", "source_gone",
 		"conflict_deferred", "delete_ignored", "delete_overruled", "child_row",
 		// Device streams (docs/device-streams.md).
-		"aggregated", "within_range", "duplicate_reading", "rate_limited"},
+		"aggregated", "within_range", "duplicate_reading", "rate_limited",
+		"below_signal_threshold"},
 	"held": {"conflict_held", "delete_held"},
 	"failed": {"invalid_message", "mapping_error", "missing_reference", "target_rejected", "target_conflict",
 		"unauthorized", "throttled", "unavailable", "attempts_exhausted"},

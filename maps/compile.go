@@ -74,6 +74,8 @@ type Mapping struct {
 	// keyPath reads the business key's identifier value, when the map has
 	// a business key.
 	keyPath *path.Path
+	// signal is the compiled signal section (signal.go); nil: none.
+	signal *compiledSignal
 }
 
 // Def returns the entity map's definition. Callers must not modify it.
@@ -258,6 +260,7 @@ func (c *compiler) entityMap(set *Set, m *Mapping) {
 	}
 	c.deletePolicy(at, def)
 	c.stream(def)
+	c.signal(set, m)
 	c.businessKey(at, m, resType)
 	if f := def.FHIRFilter; f != nil {
 		if f.Name == "" {

@@ -78,6 +78,9 @@ type EntityMap struct {
 	// Stream, on an Observation map, aggregates device readings per
 	// patient and code instead of sending each one (stream.go).
 	Stream *Stream `yaml:"stream,omitempty"`
+	// Signal makes the map raise a CRM activity for care coordinators
+	// while the FHIR resource's signal holds (signal.go).
+	Signal *Signal `yaml:"signal,omitempty"`
 }
 
 // Flow switches one direction of an entity map.

@@ -89,6 +89,7 @@ type entityRow struct {
 	BusinessKeyCRMAttribute string `gorm:"column:business_key_crm_attribute"`
 	Samples                 *string
 	Stream                  *string // JSON Stream; NULL: not a stream map
+	Signal                  *string // JSON Signal; NULL: not a signal map
 }
 
 func (entityRow) TableName() string { return "map_entity_maps" }
@@ -198,7 +199,8 @@ func insertContent(tx *gorm.DB, versionID int64, doc *Document) error {
 			FHIRFilter: optJSON(m.FHIRFilter, m.FHIRFilter == nil), CRMFilter: optJSON(m.CRMFilter, m.CRMFilter == nil),
 			CRMGate:        optJSON(m.CRMGate, m.CRMGate == nil),
 			ConflictPolicy: string(m.ConflictPolicy), DeletePolicy: string(m.DeletePolicy),
-			Samples: optJSON(m.Samples, len(m.Samples) == 0), Stream: optJSON(m.Stream, m.Stream == nil)}
+			Samples: optJSON(m.Samples, len(m.Samples) == 0), Stream: optJSON(m.Stream, m.Stream == nil),
+			Signal: optJSON(m.Signal, m.Signal == nil)}
 		if bk := m.Correlation.BusinessKey; bk != nil {
 			row.BusinessKeyFHIRSystem, row.BusinessKeyCRMAttribute = bk.FHIRIdentifierSystem, bk.CRMAttribute
 		}
@@ -275,7 +277,7 @@ func loadContent(tx *gorm.DB, v *versionRow) (*Document, error) {
 			s *string
 			v any
 		}{{&r.FHIRToCRMOperations, &m.FHIRToCRM.Operations}, {&r.CRMToFHIROperations, &m.CRMToFHIR.Operations},
-			{r.FHIRFilter, &m.FHIRFilter}, {r.CRMFilter, &m.CRMFilter}, {r.CRMGate, &m.CRMGate}, {r.Samples, &m.Samples}, {r.Stream, &m.Stream}} {
+			{r.FHIRFilter, &m.FHIRFilter}, {r.CRMFilter, &m.CRMFilter}, {r.CRMGate, &m.CRMGate}, {r.Samples, &m.Samples}, {r.Stream, &m.Stream}, {r.Signal, &m.Signal}} {
 			if err := fromJSON(j.s, j.v); err != nil {
 				return nil, fmt.Errorf("entity map %q: %w", r.Name, err)
 			}

@@ -351,7 +351,7 @@ func DefaultEntities() []*Entity {
 		},
 	}
 	medicalIdentifierColumns(identifier)
-	return append([]*Entity{contact, account, identifier, encounter, observation}, healthcareEntities()...)
+	return withActivities(append([]*Entity{contact, account, identifier, encounter, observation}, healthcareEntities()...))
 }
 
 // metadataJSON renders an entity the way EntityDefinitions does, with its

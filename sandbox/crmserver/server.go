@@ -745,7 +745,7 @@ func (s *Server) applyBody(c *call, tb *table, body map[string]any, creating boo
 	changes := map[string]any{}
 	for k, v := range body {
 		if nav, ok := strings.CutSuffix(k, "@odata.bind"); ok {
-			rel := tb.def.navigation(nav)
+			rel := s.navigationFor(tb.def, nav, v)
 			if rel == nil {
 				return nil, errBadRequest("0x80060888", fmt.Sprintf("An undeclared property '%s' which only has property annotations in the payload but no property value was found in the payload.", nav))
 			}
@@ -834,6 +834,9 @@ func (s *Server) create(c *call, t *tx, tb *table, req *request) response {
 	if e != nil {
 		return e.response()
 	}
+	if e := s.activityWrite(c, tb, nil, changes); e != nil {
+		return e.response()
+	}
 	id, _ := changes[tb.def.PrimaryID].(string)
 	delete(changes, tb.def.PrimaryID)
 	if id == "" {
@@ -904,6 +907,9 @@ func (s *Server) upsert(c *call, t *tx, tb *table, req *request, existing *row, 
 	}
 	changes, e := s.applyBody(c, tb, body, existing == nil)
 	if e != nil {
+		return e.response()
+	}
+	if e := s.activityWrite(c, tb, existing, changes); e != nil {
 		return e.response()
 	}
 	delete(changes, tb.def.PrimaryID)
