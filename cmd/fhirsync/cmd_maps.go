@@ -14,7 +14,7 @@ import (
 	"github.com/fhirsync/fhirsync/maps/starter"
 )
 
-const mapsSynopsis = `maps <import|export|validate|test|publish|list> [flags] [args]`
+const mapsSynopsis = `maps <import|export|validate|test|publish|list|import-msa> [flags] [args]`
 
 const mapsAbout = `Manage the map sets that decide what travels between FHIR and the CRM.
 
@@ -24,11 +24,12 @@ const mapsAbout = `Manage the map sets that decide what travels between FHIR and
   test FILE|NAME     run the sample cases of a YAML file, of the built-in "starter" set,
                      or of the entity map NAME in the current published set
   publish VERSION    publish a draft, or publish an earlier version again (rollback)
-  list               list stored versions, newest first`
+  list               list stored versions, newest first
+  import-msa         convert the retired FHIR Sync Agent's exported maps into a map set`
 
 func runMaps(ctx context.Context, e *env, args []string) error {
 	if len(args) == 0 {
-		return usageErrorf("maps needs a subcommand: import, export, validate, test, publish or list (see fhirsync maps --help)")
+		return usageErrorf("maps needs a subcommand: import, export, validate, test, publish, list or import-msa (see fhirsync maps --help)")
 	}
 	sub, rest := args[0], args[1:]
 	switch sub {
@@ -44,6 +45,8 @@ func runMaps(ctx context.Context, e *env, args []string) error {
 		return runMapsPublish(ctx, e, rest)
 	case "list":
 		return runMapsList(ctx, e, rest)
+	case "import-msa":
+		return runMapsImportMSA(ctx, e, rest)
 	case "-h", "--help", "-help", "help":
 		fs := e.newFlagSet("maps", mapsSynopsis, mapsAbout)
 		fs.Usage()

@@ -1,0 +1,206 @@
+package msaimport
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/sandbox/crmserver"
+)
+
+// sandboxMetadata is the sandbox CRM's EntityDefinitions answer.
+func sandboxMetadata(t *testing.T) *maps.CRMMetadata {
+	t.Helper()
+	s, err := crmserver.New(crmserver.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(s)
+	t.Cleanup(hs.Close)
+	res, err := http.Get(hs.URL + crmserver.APIPath + "EntityDefinitions?$expand=Attributes,Keys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil || res.StatusCode != http.StatusOK {
+		t.Fatalf("EntityDefinitions: %d %v", res.StatusCode, err)
+	}
+	md, err := maps.ParseCRMMetadata(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return md
+}
+
+func readFixtures(t *testing.T) ([]EntityMapRow, []AttributeMapRow) {
+	t.Helper()
+	e, err := os.ReadFile("testdata/msa/entity-maps.csv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := os.ReadFile("testdata/msa/attribute-maps.csv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ents, err := ReadEntityMaps(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	attrs, err := ReadAttributeMaps(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ents, attrs
+}
+
+// item finds the report's item of an attribute map.
+func item(t *testing.T, rep *Report, mapName, expansion, attr string) Item {
+	t.Helper()
+	for _, it := range rep.Items {
+		if it.EntityMap == mapName && it.Expansion == expansion && it.Attribute == attr {
+			return it
+		}
+	}
+	t.Fatalf("the report has no item %s / %s / %s", mapName, expansion, attr)
+	return Item{}
+}
+
+// TestConvertFixtures imports the maps reconstructed from Microsoft's
+// documentation (testdata/msa) against the sandbox CRM's metadata: the map
+// set validates, every attribute map of the export is accounted for once,
+// and what converts and what does not is what the documentation's paths
+// and the sandbox's tables allow.
+func TestConvertFixtures(t *testing.T) {
+	t.Parallel()
+	ents, attrs := readFixtures(t)
+	md := sandboxMetadata(t)
+	doc, rep, err := Convert(ents, attrs, Options{CRM: md})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The exported YAML parses and validates against the same metadata.
+	raw, err := maps.Export(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := maps.Import(raw, maps.CompileOptions{CRM: md}); err != nil {
+		t.Fatalf("the imported map set does not validate: %v\n%s", err, raw)
+	}
+	tr, ro, nt := rep.Counts()
+	if tr+ro+nt != len(attrs) {
+		t.Errorf("the report accounts for %d attribute maps, the export has %d", tr+ro+nt, len(attrs))
+	}
+	t.Logf("attribute maps: %d translated, %d read-only, %d not translated", tr, ro, nt)
+
+	tests := []struct {
+		m, x, attr string
+		status     Status
+		fhirPath   string
+		reason     string
+	}{
+		{m: "patient-contact", attr: "firstname", status: Translated, fhirPath: "name[0].given[0]"},
+		{m: "patient-contact", attr: "telephone1", status: Translated, fhirPath: "telecom.where(system = 'phone' and use = 'home').value"},
+		{m: "patient-contact", attr: "jobtitle", status: Translated, fhirPath: "extension('http://example.org/fhir/StructureDefinition/job-title').valueString"},
+		{m: "patient-contact", attr: "address1_postalcode", status: Translated, fhirPath: "address[0].postalCode"},
+		{m: "patient-contact", attr: "gendercode", status: Translated, fhirPath: "gender"},
+		{m: "patient-contact", attr: "msemr_contacttype", status: Translated},
+		{m: "patient-contact", attr: "msemr_generalpractitioner", status: Translated, fhirPath: "generalPractitioner[0].reference"},
+		{m: "patient-contact", attr: "suffix", status: ReadOnly, fhirPath: "name[0].suffix.last()", reason: "last()"},
+		{m: "patient-contact", attr: "msemr_preferredlanguage", status: ReadOnly, reason: "path language cannot write"},
+		{m: "patient-contact", attr: "description", status: NotTranslated, reason: "recursive descent"},
+		{m: "patient-contact", attr: "msemr_npi", status: NotTranslated, reason: "union"},
+		{m: "patient-contact", attr: "familystatuscode", status: NotTranslated, reason: "without value map entries"},
+		{m: "patient-contact", x: "medicalidentifier", attr: "msemr_identifiersystem", status: Translated, fhirPath: "system"},
+		{m: "patient-contact", x: "medicalidentifier", attr: "msemr_type", status: NotTranslated, reason: "not in the CRM metadata"},
+		{m: "patient-contact", x: "contactlink", attr: "msemr_link", status: NotTranslated, reason: "expansion map is not imported"},
+		{m: "patient-contact", x: "contactlink", status: NotTranslated, reason: "table msemr_contactlink is not in the CRM metadata"},
+		{m: "care-team", x: "careteamparticipant", attr: "msemr_description", status: NotTranslated, reason: "has no element \"note\""},
+		{m: "care-team", x: "careteamparticipant", attr: "msemr_periodstart", status: Translated, fhirPath: "period.start"},
+		{m: "care-team", x: "careteamparticipant", attr: "msemr_memberpatient", status: NotTranslated, reason: "5 lookups share $.member.reference"},
+		{m: "care-team", attr: "msemr_subjectpatient", status: Translated, fhirPath: "subject.reference"},
+		{m: "Participant", x: "careteamparticipantrole", attr: "msemr_display", status: NotTranslated, reason: "expansion map is not imported"},
+	}
+	for _, tc := range tests {
+		it := item(t, rep, tc.m, tc.x, tc.attr)
+		if it.Status != tc.status || it.FHIRPath != tc.fhirPath && tc.fhirPath != "" {
+			t.Errorf("%s / %s / %s: %s %q (%q), want %s %q", tc.m, tc.x, tc.attr, it.Status, it.FHIRPath, it.Reasons, tc.status, tc.fhirPath)
+		}
+		if tc.reason != "" && !strings.Contains(strings.Join(it.Reasons, "; "), tc.reason) {
+			t.Errorf("%s / %s / %s: reasons %q, want one mentioning %q", tc.m, tc.x, tc.attr, it.Reasons, tc.reason)
+		}
+	}
+	// The generalPractitioner lookup goes to the Practitioner map, not the
+	// Patient one, although both write contacts.
+	for _, m := range doc.EntityMaps {
+		for _, a := range m.Attributes {
+			if a.Name == "msemr_generalpractitioner" && (a.Lookup == nil || a.Lookup.EntityMap != "practitioner-contact") {
+				t.Errorf("msemr_generalpractitioner looks up %+v, want practitioner-contact", a.Lookup)
+			}
+		}
+	}
+}
+
+// TestImportedPatientMapMapsASample runs HL7's R4 patient-example through
+// the imported Patient map with the maps engine.
+func TestImportedPatientMapMapsASample(t *testing.T) {
+	t.Parallel()
+	ents, attrs := readFixtures(t)
+	doc, _, err := Convert(ents, attrs, Options{CRM: sandboxMetadata(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := maps.Compile(doc, maps.CompileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, ok := set.Map("patient-contact")
+	if !ok {
+		t.Fatal("no patient-contact map")
+	}
+	raw, err := os.ReadFile("../../testdata/conformance/fhir/r4/patient-example.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := maps.DecodeJSON(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := m.ToCRM(context.Background(), res, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{
+		"firstname": "Peter", "middlename": "James", "lastname": "Chalmers", "birthdate": "1974-12-25",
+		"gendercode": json.Number("1"), "address1_city": "PleasantVille", "address1_postalcode": "3999",
+		"address1_line1": "534 Erewhon St", "msemr_deceased": false, "msemr_contacttype": json.Number("935000000"),
+	}
+	for k, v := range want {
+		got := out.Record[k]
+		if n, ok := got.(int); ok {
+			got = json.Number(strconv.Itoa(n))
+		}
+		if fmt.Sprint(got) != fmt.Sprint(v) {
+			t.Errorf("record[%s] = %#v, want %#v", k, out.Record[k], v)
+		}
+	}
+	// The identifiers become msemr_medicalidentifier rows (system only: the
+	// documented msemr_value column is not in the sandbox CRM).
+	rows := 0
+	for _, ch := range out.Children {
+		if ch.Expansion == "medicalidentifier" {
+			rows++
+		}
+	}
+	if rows != 1 {
+		t.Errorf("%d medicalidentifier row changes, want 1 (the example has one identifier): %+v", rows, out.Children)
+	}
+}
