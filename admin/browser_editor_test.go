@@ -448,3 +448,45 @@ func TestBrowserEditorRefusesNonexistentAttribute(t *testing.T) {
 		t.Errorf("the refused edit was stored: %q", am.CRMAttribute)
 	}
 }
+
+// TestBrowserEditorYAMLToForms: text typed into the YAML rebuilds the
+// forms once it can be read; YAML that cannot be read lists its problem
+// with the line and leaves the forms as they were.
+func TestBrowserEditorYAMLToForms(t *testing.T) {
+	browser := browsertest.Start(t)
+	e := newTestEnv(t, storagetest.Open(t, "sqlite"), AppConfig{})
+	e.user("editor@example.org", RoleEditor, false)
+	n := starterDraft(t, e)
+
+	var list, problems, status, desc string
+	ctx := browser.Session(t, 90*time.Second)
+	edit := func(from, to string) chromedp.Action {
+		return chromedp.Evaluate(fmt.Sprintf(`(() => { const a = document.getElementById("ed-yaml");
+			a.value = a.value.replace(%q, %q); a.dispatchEvent(new Event("input")); })()`, from, to), nil)
+	}
+	err := chromedp.Run(ctx,
+		signIn(e.url, "editor@example.org"),
+		chromedp.Navigate(fmt.Sprintf("%s/maps/versions/%d/edit?map=patient-contact", e.url, n)),
+		chromedp.WaitVisible("#am-list", chromedp.ByID),
+		edit("- name: first-name\n", "- name: given-name\n"),
+		chromedp.Poll(`document.getElementById("am-list").textContent.includes("given-name")`, nil),
+		chromedp.Text("#am-list", &list, chromedp.ByID),
+		edit("format: 1\n", "format: 1\nbogus: [\n"),
+		chromedp.WaitVisible("#ed-yaml-problems", chromedp.ByID),
+		chromedp.Text("#ed-yaml-problems", &problems, chromedp.ByID),
+		chromedp.Text("#ed-yaml-status", &status, chromedp.ByID),
+		chromedp.Value("#ent-description", &desc, chromedp.ByID),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(list, "first-name") {
+		t.Errorf("the attribute list still shows first-name: %q", list)
+	}
+	if !strings.Contains(problems, "line ") || !strings.Contains(status, "last readable version") {
+		t.Errorf("unreadable YAML: problems %q, status %q", problems, status)
+	}
+	if desc == "" {
+		t.Error("the forms were emptied by unreadable YAML")
+	}
+}

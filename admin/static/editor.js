@@ -230,6 +230,9 @@
         showProblems(r.body.problems || []);
         return;
       }
+      if (pullTimer) {
+        return; // the YAML was typed in meanwhile: it wins, and is read next
+      }
       yamlArea.value = r.body.yaml;
       yamlStatus.textContent = "";
       yamlProblems.hidden = true;
@@ -310,8 +313,18 @@
 
   yamlArea.addEventListener("input", function () {
     setDirty(true);
+    clearTimeout(pushTimer);
+    pushTimer = null;
     clearTimeout(pullTimer);
     pullTimer = setTimeout(pullYAML, 500);
+  });
+  // Leaving the text area reads it at once, so the forms are up to date
+  // before they are edited.
+  yamlArea.addEventListener("blur", function () {
+    if (pullTimer) {
+      clearTimeout(pullTimer);
+      pullYAML();
+    }
   });
 
   function showProblems(ps, warning) {
