@@ -251,3 +251,80 @@ func TestStreamWindowIsClaimedOnce(t *testing.T) {
 		}
 	})
 }
+
+// latestSource serves one Observation as the window's latest reading.
+type latestSource struct{ res map[string]any }
+
+func (s latestSource) read(_ context.Context, _ *maps.Mapping, id string) (record, error) {
+	if s.res == nil || s.res["id"] != id {
+		return record{}, errGone
+	}
+	return record{Type: "Observation", ID: id, Data: s.res}, nil
+}
+
+// TestWindowRecordCarriesTheStatistics builds a window's synthetic
+// Observation from folded readings: the chosen aggregate as the value,
+// latest, min, max, mean and count as extensions, the window as the
+// effective period, the latest reading's other elements kept.
+func TestWindowRecordCarriesTheStatistics(t *testing.T) {
+	t.Parallel()
+	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
+		now := time.Date(2026, 12, 6, 7, 0, 10, 0, time.UTC)
+		s := newStreamer(StreamConfig{}, db, "r1", nil, slog.New(slog.DiscardHandler), func() time.Time { return now })
+		em := streamTestMap(false)
+		last := observation("a4", "1", "p1", "65", now.Add(3*time.Second))
+		last["device"] = map[string]any{"reference": "Device/monitor-1"}
+		foldAll(t, s,
+			mustReading(t, em, observation("a1", "1", "p1", "70", now)),
+			mustReading(t, em, observation("a2", "1", "p1", "91.5", now.Add(time.Second))),
+			mustReading(t, em, observation("a3", "1", "p1", "60", now.Add(2*time.Second))),
+			mustReading(t, em, last))
+		w := windows(t, db)[0]
+		set, err := maps.Compile(&maps.Document{Format: maps.FormatVersion, EntityMaps: []maps.EntityMap{{Name: "device-vitals", FHIRType: "Observation",
+			CRMEntity: "msemr_observation", CRMEntitySet: "msemr_observations", FHIRToCRM: maps.Flow{Enabled: true, Operations: []maps.Operation{maps.OpCreate}},
+			Correlation: maps.Correlation{CRMAttribute: "msemr_azurefhirid", FHIRIdentifierSystem: "urn:x"},
+			Stream:      &maps.Stream{Window: maps.Duration(time.Minute), Aggregate: maps.AggregateMean}}}}, maps.CompileOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mp, _ := set.Map("device-vitals")
+		p := &pipeline{plog: slog.New(slog.DiscardHandler)}
+		for _, src := range []latestSource{{last}, {nil}} {
+			rec := p.windowRecord(context.Background(), &flow{source: src}, mp, w)
+			d := rec.Data
+			if rec.ID != windowID(w) || d["id"] != rec.ID || !strings.HasPrefix(rec.ID, "w") || len(rec.ID) != 33 {
+				t.Errorf("id = %q", rec.ID)
+			}
+			q := d["valueQuantity"].(map[string]any)
+			if q["value"] != json.Number("71.625") {
+				t.Errorf("value = %v, want the mean 71.625", q["value"])
+			}
+			ext := map[string]any{}
+			for _, e := range d["extension"].([]any) {
+				em := e.(map[string]any)
+				for k, v := range em {
+					if k != "url" {
+						ext[em["url"].(string)] = v
+					}
+				}
+			}
+			want := map[string]any{"urn:fhirsync:stream:latest": json.Number("65"), "urn:fhirsync:stream:min": json.Number("60"),
+				"urn:fhirsync:stream:max": json.Number("91.5"), "urn:fhirsync:stream:mean": json.Number("71.625"), "urn:fhirsync:stream:count": json.Number("4")}
+			for k, v := range want {
+				if ext[k] != v {
+					t.Errorf("%s = %v, want %v", k, ext[k], v)
+				}
+			}
+			p := d["effectivePeriod"].(map[string]any)
+			if p["start"] != "2026-12-06T07:00:00Z" || p["end"] != "2026-12-06T07:01:00Z" || d["effectiveDateTime"] != nil {
+				t.Errorf("effective = %v / %v", p, d["effectiveDateTime"])
+			}
+			if d["subject"].(map[string]any)["reference"] != "Patient/p1" {
+				t.Errorf("subject = %v", d["subject"])
+			}
+			if src.res != nil && d["device"] == nil {
+				t.Error("the latest reading's device was not kept")
+			}
+		}
+	})
+}
