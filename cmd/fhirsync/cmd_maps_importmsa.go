@@ -16,13 +16,13 @@ import (
 func runMapsImportMSA(_ context.Context, e *env, args []string) error {
 	fs := e.newFlagSet("maps import-msa", "maps import-msa --entity-maps FILE --attribute-maps FILE [--crm-metadata FILE] [--out FILE]",
 		`Convert the retired FHIR Sync Agent's maps, as its administration app exported them
-(Export to Excel of the Entity Maps and Attribute Maps views, saved as CSV), into a
+(Export to Excel of the Entity Maps and Attribute Maps views, .xlsx or saved as CSV), into a
 fhirsync map set. JSONPath selects are translated to the path language or FHIRPath where
 they can be; every attribute map that could not be carried over is listed with the reason.
 The map set is written as YAML to standard output (or --out) and the report to standard
 error. The exit status is 1 only when an input cannot be read.`)
-	entities := fs.String("entity-maps", "", "the entity maps export, CSV `file`")
-	attributes := fs.String("attribute-maps", "", "the attribute maps export, CSV `file`")
+	entities := fs.String("entity-maps", "", "the entity maps export, .xlsx or CSV `file`")
+	attributes := fs.String("attribute-maps", "", "the attribute maps export, .xlsx or CSV `file`")
 	out := fs.String("out", "", "write the map set to `file` instead of standard output")
 	md := crmMetadataFlag(fs)
 	if done, err := parseFlags(fs, args); done {

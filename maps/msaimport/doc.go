@@ -30,15 +30,17 @@
 // # Input
 //
 // The documented export is the app's Export to Excel of the Entity Maps and
-// Attribute Maps views; this package reads those sheets saved as CSV
-// (comma or semicolon separated, UTF-8). Columns are found by their display
+// Attribute Maps views; this package reads those workbooks (.xlsx, the first
+// sheet, by the SpreadsheetML parts of ECMA-376: xlsx.go) and the same
+// sheets saved as CSV (comma or semicolon separated, UTF-8). Columns are found by their display
 // names, compared without case or punctuation, with the spellings the
 // documentation and the app's views use ("Code (Azure FHIR Resource)",
 // "Is Disabled?"). Columns the published pages do not name, but which the
 // app's records hold, are read under the names docs/import-msa.md lists
 // (FHIR Element JSON Path, Create JSON, Default Value, Value Map, Lookup
-// Entity Map, Parent Link Attribute, Resource Element). The .xlsx file
-// itself and the JSON of the Dataverse records are not read.
+// Entity Map, Parent Link Attribute, Resource Element). The JSON of the
+// Dataverse records is not read: the published pages do not name the map
+// tables' columns.
 //
 // # JSONPath
 //

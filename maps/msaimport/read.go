@@ -108,23 +108,28 @@ func (t *table) get(row int, field string) string {
 
 func (t *table) has(field string) bool { _, ok := t.cols[field]; return ok }
 
-// readTable reads a CSV export (comma or semicolon separated, as Excel
-// saves it in the user's locale; UTF-8 with or without a byte-order mark).
+// readTable reads an export: the app's Export to Excel workbook (.xlsx,
+// its first sheet), or that sheet saved as CSV (comma or semicolon
+// separated, as Excel saves it in the user's locale; UTF-8 with or without
+// a byte-order mark).
 func readTable(what string, data []byte, columns map[string][]string, required ...string) (*table, error) {
-	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
-	if len(bytes.TrimSpace(data)) == 0 {
+	var (
+		records [][]string
+		lines   []int
+		err     error
+	)
+	if isZip(data) {
+		records, lines, err = readXLSX(data)
+	} else {
+		records, lines, err = readCSV(data)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if len(records) == 0 {
 		return nil, fmt.Errorf("%s: the file is empty", what)
 	}
-	first, _, _ := bytes.Cut(data, []byte("\n"))
-	r := csv.NewReader(bytes.NewReader(data))
-	if bytes.Count(first, []byte(";")) > bytes.Count(first, []byte(",")) {
-		r.Comma = ';'
-	}
-	r.FieldsPerRecord = -1
-	header, err := r.Read()
-	if err != nil {
-		return nil, fmt.Errorf("%s: reading the header: %w", what, err)
-	}
+	header := records[0]
 	t := &table{what: what, cols: map[string]int{}}
 	for i, h := range header {
 		n := normalizeHeader(h)
@@ -147,22 +152,41 @@ func readTable(what string, data []byte, columns map[string][]string, required .
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("%s: no column for %s among %q", what, strings.Join(missing, ", "), header)
 	}
-	for {
-		line, _ := r.FieldPos(0)
-		rec, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", what, err)
-		}
+	for i, rec := range records[1:] {
 		if strings.TrimSpace(strings.Join(rec, "")) == "" {
 			continue
 		}
 		t.rows = append(t.rows, rec)
-		t.lines = append(t.lines, line)
+		t.lines = append(t.lines, lines[i+1])
 	}
 	return t, nil
+}
+
+func readCSV(data []byte) ([][]string, []int, error) {
+	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, nil, nil
+	}
+	first, _, _ := bytes.Cut(data, []byte("\n"))
+	r := csv.NewReader(bytes.NewReader(data))
+	if bytes.Count(first, []byte(";")) > bytes.Count(first, []byte(",")) {
+		r.Comma = ';'
+	}
+	r.FieldsPerRecord = -1
+	var records [][]string
+	var lines []int
+	for {
+		rec, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return records, lines, nil
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		line, _ := r.FieldPos(0)
+		records = append(records, rec)
+		lines = append(lines, line)
+	}
 }
 
 // yes reads a Dataverse Yes/No column as exported (Yes, No, True, False,
