@@ -1,5 +1,7 @@
 package maps
 
+import "slices"
+
 // These accessors let other packages (such as the importer of the retired
 // agent's maps) read a metadata snapshot the way validation does.
 
@@ -56,4 +58,20 @@ func (m *CRMMetadata) MaxLength(entity, attribute string) int {
 		}
 	}
 	return 0
+}
+
+// LookupsTo returns the lookup attributes of entity whose targets include
+// target, in the snapshot's order.
+func (m *CRMMetadata) LookupsTo(entity, target string) []string {
+	e, ok := m.entities[entity]
+	if !ok {
+		return nil
+	}
+	var out []string
+	for _, a := range e.Attributes {
+		if slices.Contains(a.crmTypes(), TypeLookup) && slices.Contains(a.Targets, target) {
+			out = append(out, a.LogicalName)
+		}
+	}
+	return out
 }

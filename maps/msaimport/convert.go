@@ -262,7 +262,8 @@ func (c *converter) build(entities []EntityMapRow, attributes []AttributeMapRow)
 			continue
 		}
 		p := parents[0]
-		x, reasons := c.expansion(row, xname)
+		var xnotes []string
+		x, reasons := c.expansion(p.m, row, xname, &xnotes)
 		if len(reasons) > 0 {
 			c.notImported(p.m.Name, xname, src, strings.Join(reasons, "; "), byEntityRow[row])
 			continue
@@ -284,7 +285,7 @@ func (c *converter) build(entities []EntityMapRow, attributes []AttributeMapRow)
 			}
 		}
 		it := &c.report.Items[c.items[[3]string{p.m.Name, x.Name, ""}]]
-		it.Notes = []string{fmt.Sprintf("match key %v chosen from the translated attribute maps; removed items delete their rows", x.MatchKey)}
+		it.Notes = append(xnotes, fmt.Sprintf("match key %v chosen from the translated attribute maps; removed items delete their rows", x.MatchKey))
 		p.m.Expansions = append(p.m.Expansions, *x)
 	}
 	for _, r := range roots {
@@ -308,7 +309,7 @@ func (c *converter) polymorphic(mapName, xname string, attrs []*AttributeMapRow)
 	for _, a := range attrs {
 		if n := count[a.JSONPath]; n > 1 && normalizeHeader(a.Action) == "lookup" && !a.Disabled {
 			c.add(Item{EntityMap: mapName, Expansion: xname, Attribute: a.Attribute, Source: source("attribute maps", a.Line, ""), JSONPath: a.JSONPath, Status: NotTranslated,
-				Reasons: []string{fmt.Sprintf("%d lookups share %s: the agent chose one by the referenced resource's type, and a fhirsync lookup reads one entity map; map the reference with one lookup per type in a filtered entity map, or a computed value", n, a.JSONPath)}})
+				Reasons: []string{fmt.Sprintf("%d lookups share %s: the agent chose one by the referenced resource's type, and a fhirsync lookup resolves through one entity map, so none of them is carried over; map the reference by hand", n, a.JSONPath)}})
 			continue
 		}
 		out = append(out, a)
@@ -324,7 +325,7 @@ func (c *converter) notImported(mapName, xname, src, reason string, attrs []*Att
 	}
 }
 
-func (c *converter) expansion(row *EntityMapRow, xname string) (*maps.ExpansionMap, []string) {
+func (c *converter) expansion(parent *maps.EntityMap, row *EntityMapRow, xname string, notes *[]string) (*maps.ExpansionMap, []string) {
 	var reasons []string
 	if r := c.missingTable(row.Entity); r != "" {
 		return nil, []string{r}
@@ -345,14 +346,39 @@ func (c *converter) expansion(row *EntityMapRow, xname string) (*maps.ExpansionM
 	default:
 		x.FHIRPath = tr.FHIRPath
 	}
+	if x.ParentLookup == "" && c.opts.CRM != nil {
+		// The lookup column of the child table that targets the parent's
+		// table: the only one, or the one named after the parent
+		// (msemr_contact, msemr_careteam).
+		if l, ok := parentLink(c.opts.CRM.LookupsTo(row.Entity, parent.CRMEntity), parent.CRMEntity); ok {
+			x.ParentLookup = l
+			*notes = append(*notes, fmt.Sprintf("parent link attribute %s taken from the CRM metadata (the export names none)", l))
+		}
+	}
 	if x.ParentLookup == "" {
-		reasons = append(reasons, "the export names no parent link attribute")
+		reasons = append(reasons, "the export names no parent link attribute (and the CRM metadata has no lookup from the child table to the parent's that is the only one or named after the parent)")
 	} else if c.opts.CRM != nil {
 		if _, ok := c.opts.CRM.AttributeType(row.Entity, x.ParentLookup); !ok {
 			reasons = append(reasons, fmt.Sprintf("the parent link attribute %s.%s is not in the CRM metadata", row.Entity, x.ParentLookup))
 		}
 	}
 	return x, reasons
+}
+
+func parentLink(cands []string, parent string) (string, bool) {
+	if len(cands) == 1 {
+		return cands[0], true
+	}
+	var named []string
+	for _, l := range cands {
+		if l == parent || l == "msemr_"+strings.TrimPrefix(parent, "msemr_") {
+			named = append(named, l)
+		}
+	}
+	if len(named) == 1 {
+		return named[0], true
+	}
+	return "", false
 }
 
 func (c *converter) missingTable(entity string) string {
@@ -491,7 +517,7 @@ func (c *converter) attribute(mapName, xname, entity string, a *AttributeMapRow,
 	}
 	// The path.
 	var tr Translation
-	if a.JSONPath != "" {
+	if a.JSONPath != "" && action != maps.ActionDefault {
 		tr = Translate(a.JSONPath)
 		it.Notes = append(it.Notes, tr.Notes...)
 		if tr.FHIRPath == "" {
@@ -504,11 +530,13 @@ func (c *converter) attribute(mapName, xname, entity string, a *AttributeMapRow,
 		if a.Default == "" {
 			return fail("Set Default Value without a default value in the export")
 		}
+		// "Always set a default value in Dataverse" (the attribute maps
+		// page): a constant, written FHIR → CRM.
 		am.Action = maps.ActionDefault
 		am.Default = a.Default
-		if a.JSONPath == "" {
-			// The agent always set the value in Dataverse: a constant.
-			am.Direction = maps.FHIRToCRM
+		am.Direction = maps.FHIRToCRM
+		if a.JSONPath != "" {
+			it.Notes = append(it.Notes, fmt.Sprintf("the JSON path %s is not used: Set Default Value always sets the value", a.JSONPath))
 		}
 	case maps.ActionValueMap:
 		vm, err := parseValueMap(a.ValueMap)

@@ -41,7 +41,7 @@ func sandboxMetadata(t *testing.T) *maps.CRMMetadata {
 	return md
 }
 
-func readFixtures(t *testing.T) ([]EntityMapRow, []AttributeMapRow) {
+func readFixtures(t testing.TB) ([]EntityMapRow, []AttributeMapRow) {
 	t.Helper()
 	e, err := os.ReadFile("testdata/msa/entity-maps.csv")
 	if err != nil {
@@ -120,14 +120,31 @@ func TestConvertFixtures(t *testing.T) {
 		{m: "patient-contact", attr: "msemr_npi", status: NotTranslated, reason: "union"},
 		{m: "patient-contact", attr: "familystatuscode", status: NotTranslated, reason: "without value map entries"},
 		{m: "patient-contact", x: "medicalidentifier", attr: "msemr_identifiersystem", status: Translated, fhirPath: "system"},
-		{m: "patient-contact", x: "medicalidentifier", attr: "msemr_type", status: NotTranslated, reason: "not in the CRM metadata"},
-		{m: "patient-contact", x: "contactlink", attr: "msemr_link", status: NotTranslated, reason: "expansion map is not imported"},
-		{m: "patient-contact", x: "contactlink", status: NotTranslated, reason: "table msemr_contactlink is not in the CRM metadata"},
+		// $.coding[0].code is no element of an Identifier, whether or not
+		// the CRM has the column.
+		{m: "patient-contact", x: "medicalidentifier", attr: "msemr_type", status: NotTranslated},
 		{m: "care-team", x: "careteamparticipant", attr: "msemr_description", status: NotTranslated, reason: "has no element \"note\""},
 		{m: "care-team", x: "careteamparticipant", attr: "msemr_periodstart", status: Translated, fhirPath: "period.start"},
 		{m: "care-team", x: "careteamparticipant", attr: "msemr_memberpatient", status: NotTranslated, reason: "5 lookups share $.member.reference"},
 		{m: "care-team", attr: "msemr_subjectpatient", status: Translated, fhirPath: "subject.reference"},
 		{m: "Participant", x: "careteamparticipantrole", attr: "msemr_display", status: NotTranslated, reason: "expansion map is not imported"},
+	}
+	// What depends on the sandbox's tables follows them.
+	if !md.HasEntity("msemr_contactlink") {
+		tests = append(tests, struct {
+			m, x, attr string
+			status     Status
+			fhirPath   string
+			reason     string
+		}{m: "patient-contact", x: "contactlink", status: NotTranslated, reason: "table msemr_contactlink is not in the CRM metadata"})
+	}
+	if _, ok := md.AttributeType("msemr_careteamparticipant", "msemr_role"); !ok {
+		tests = append(tests, struct {
+			m, x, attr string
+			status     Status
+			fhirPath   string
+			reason     string
+		}{m: "care-team", x: "careteamparticipant", attr: "msemr_role", status: NotTranslated, reason: "not in the CRM metadata"})
 	}
 	for _, tc := range tests {
 		it := item(t, rep, tc.m, tc.x, tc.attr)
@@ -202,5 +219,60 @@ func TestImportedPatientMapMapsASample(t *testing.T) {
 	}
 	if rows != 1 {
 		t.Errorf("%d medicalidentifier row changes, want 1 (the example has one identifier): %+v", rows, out.Children)
+	}
+}
+
+// TestConvertInferencesAndDefaults covers what the import decides beyond
+// the path: a parent link taken from the metadata when the export names
+// none, Set Default Value as a constant (its JSON path noted and unused), a
+// Mapped Value's entries, and a disabled attribute map kept disabled.
+func TestConvertInferencesAndDefaults(t *testing.T) {
+	t.Parallel()
+	md := sandboxMetadata(t)
+	ents := []EntityMapRow{
+		{Line: 2, Name: "contact ↔ Patient", Entity: "contact", FHIRType: "Patient", WriteBack: true},
+		{Line: 3, Name: "id", Entity: "msemr_medicalidentifier", FHIRType: "Patient", Expand: true, Element: "$.identifier"},
+	}
+	attrs := []AttributeMapRow{
+		{Line: 2, EntityMap: "contact ↔ Patient", Attribute: "msemr_contacttype", Action: "Set Default Value", JSONPath: "$.extension[0].valueCode", Default: "935000000", WriteBack: true},
+		{Line: 3, EntityMap: "contact ↔ Patient", Attribute: "gendercode", Action: "Mapped Value", JSONPath: "$.gender", ValueMap: "1=male;2=female;935000000=other;935000001=unknown", WriteBack: true},
+		{Line: 4, EntityMap: "contact ↔ Patient", Attribute: "lastname", Action: "Copy Data", JSONPath: "$.name[0].family", Disabled: true, WriteBack: true},
+		{Line: 5, EntityMap: "id", Attribute: "msemr_identifiervalue", Action: "Copy Data", JSONPath: "$.value", WriteBack: true},
+		{Line: 6, EntityMap: "contact ↔ Patient", Attribute: "firstname", Action: "Transform", JSONPath: "$.name[0].given[0]", WriteBack: true},
+	}
+	doc, rep, err := Convert(ents, attrs, Options{CRM: md})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(doc.EntityMaps) != 1 || len(doc.EntityMaps[0].Expansions) != 1 {
+		var b strings.Builder
+		rep.Write(&b)
+		t.Fatalf("maps: %+v\n%s", doc.EntityMaps, b.String())
+	}
+	m := doc.EntityMaps[0]
+	if x := m.Expansions[0]; x.ParentLookup != "msemr_contact" || x.FHIRPath != "identifier" || len(x.Attributes) != 1 {
+		t.Errorf("expansion = %+v, want parent msemr_contact from the metadata, path identifier, one attribute", x)
+	}
+	if it := item(t, rep, "patient-contact", "medicalidentifier", ""); !strings.Contains(strings.Join(it.Notes, ";"), "taken from the CRM metadata") {
+		t.Errorf("the expansion's notes %q do not say where the parent link came from", it.Notes)
+	}
+	byName := map[string]maps.AttributeMap{}
+	for _, a := range m.Attributes {
+		byName[a.Name] = a
+	}
+	if a := byName["msemr_contacttype"]; a.Action != maps.ActionDefault || a.FHIRPath != "" || a.Default != "935000000" || a.Direction != maps.FHIRToCRM {
+		t.Errorf("Set Default Value = %+v, want a constant written FHIR → CRM", a)
+	}
+	if it := item(t, rep, "patient-contact", "", "msemr_contacttype"); !strings.Contains(strings.Join(it.Notes, ";"), "is not used") {
+		t.Errorf("notes %q do not say the JSON path is unused", it.Notes)
+	}
+	if a := byName["gendercode"]; a.Action != maps.ActionValueMap || len(doc.ValueMaps) != 1 || len(doc.ValueMaps[0].Entries) != 4 || doc.ValueMaps[0].Name != a.ValueMap {
+		t.Errorf("Mapped Value = %+v with value maps %+v", a, doc.ValueMaps)
+	}
+	if a := byName["lastname"]; a.IsEnabled() {
+		t.Errorf("a disabled attribute map came out enabled: %+v", a)
+	}
+	if it := item(t, rep, "patient-contact", "", "firstname"); it.Status != NotTranslated || !strings.Contains(it.Reasons[0], "action type") {
+		t.Errorf("an unknown action: %+v", it)
 	}
 }

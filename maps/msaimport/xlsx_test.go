@@ -10,6 +10,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/fhirsync/fhirsync/maps"
 )
 
 // writeXLSX builds a minimal SpreadsheetML workbook (ECMA-376) holding
@@ -17,7 +19,7 @@ import (
 // columns as inline strings, "Yes"/"No" of a Yes/No column as booleans
 // where boolCols says, and the sheet after a second, unrelated one in the
 // zip (the workbook names which is first).
-func writeXLSX(t *testing.T, records [][]string, boolCols map[int]bool, mutate ...func(name, body string) string) []byte {
+func writeXLSX(t testing.TB, records [][]string, boolCols map[int]bool, mutate ...func(name, body string) string) []byte {
 	t.Helper()
 	esc := func(s string) string {
 		var b strings.Builder
@@ -92,7 +94,7 @@ func writeXLSX(t *testing.T, records [][]string, boolCols map[int]bool, mutate .
 	return buf.Bytes()
 }
 
-func csvRecords(t *testing.T, file string) [][]string {
+func csvRecords(t testing.TB, file string) [][]string {
 	t.Helper()
 	raw, err := os.ReadFile(file)
 	if err != nil {
@@ -175,4 +177,31 @@ func TestReadErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzReadAttributeMaps feeds arbitrary exports (CSV text or workbooks) to
+// the reader and what it reads to Convert, with the fixtures' entity maps:
+// neither may panic, and a converted set must validate.
+func FuzzReadAttributeMaps(f *testing.F) {
+	raw, err := os.ReadFile("testdata/msa/attribute-maps.csv")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(raw)
+	f.Add(writeXLSX(f, csvRecords(f, "testdata/msa/attribute-maps.csv"), map[int]bool{8: true, 9: true, 10: true}))
+	f.Add([]byte("Entity Name;Attribute Name;Action Type;FHIR Element JSON Path\ncontact;firstname;Copy Data;$.name[0].given[0]\n"))
+	ents, _ := readFixtures(f)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		attrs, err := ReadAttributeMaps(data)
+		if err != nil {
+			return
+		}
+		doc, _, err := Convert(ents, attrs, Options{})
+		if err != nil {
+			return // a set validation could not settle is reported as an error
+		}
+		if _, err := maps.Compile(doc, maps.CompileOptions{}); err != nil {
+			t.Fatalf("Convert returned a set that does not validate: %v", err)
+		}
+	})
 }
