@@ -440,6 +440,17 @@ func (c *compiler) attribute(set *Set, at Problem, a *AttributeMap, ctxPath stri
 	if (a.MaxLength > 0 || a.LengthPolicy != "") && a.CRMType != TypeString && a.CRMType != TypeMemo {
 		c.ps.add(withField(at, "maxLength"), "maxLength and lengthPolicy apply to string and memo attributes only")
 	}
+	if a.Round != nil {
+		switch {
+		case a.CRMType != TypeDecimal && a.CRMType != TypeMoney:
+			c.ps.add(withField(at, "round"), "round applies to decimal and money attributes only")
+		case *a.Round < 0 || *a.Round > maxRound:
+			c.ps.add(withField(at, "round"), "round must be 0 to %d decimal places, got %d", maxRound, *a.Round)
+		case !ca.toCRM:
+			c.ps.add(withField(at, "round"), "round applies to values written to the CRM; this attribute map travels crm-to-fhir only")
+			c.ps.fix("remove round")
+		}
+	}
 	switch action {
 	case ActionCopy:
 		if a.CRMType == TypeOptionSet || a.CRMType == TypeMultiSelect {

@@ -2,6 +2,7 @@ package maps
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
@@ -240,6 +241,9 @@ func (m *Mapping) attrToCRM(ctx context.Context, x *expansion, a *attr, src, rec
 			dv, err := parseDefault(d.CRMType, d.Default)
 			if err != nil {
 				return m.fail(x, a, err)
+			}
+			if n, ok := dv.(json.Number); ok && (d.CRMType == TypeDecimal || d.CRMType == TypeMoney) {
+				dv = json.Number(roundText(n.String(), d.Round))
 			}
 			v = dv
 		case d.Required:
@@ -556,7 +560,7 @@ func (m *Mapping) attrToFHIR(ctx context.Context, x *expansion, a *attr, p *path
 	} else {
 		old, _ = p.Get(dst)
 	}
-	if a.equalFHIR(old, v) || a.truncatedFrom(old, v) {
+	if a.equalFHIR(old, v) || a.truncatedFrom(old, v) || a.roundedFrom(old, v) {
 		return false, nil
 	}
 	if err := p.Set(dst, v); err != nil {
@@ -576,6 +580,22 @@ func (a *attr) truncatedFrom(old, v any) bool {
 	os, ok1 := old.(string)
 	vs, ok2 := v.(string)
 	return ok1 && ok2 && utf8.RuneCountInString(os) > d.MaxLength && truncateRunes(os, d.MaxLength) == vs
+}
+
+// roundedFrom reports whether the CRM value v is what the attribute's
+// round made of the FHIR value old: compared at the places the CRM keeps,
+// they are the same, so write-back keeps the FHIR value's own places.
+func (a *attr) roundedFrom(old, v any) bool {
+	d := a.def
+	if d.Round == nil || (d.CRMType != TypeDecimal && d.CRMType != TypeMoney) || !a.toCRM {
+		return false
+	}
+	os, ok1 := numberText(old)
+	vs, ok2 := numberText(v)
+	if !ok1 || !ok2 {
+		return false
+	}
+	return equalValue(d.CRMType, json.Number(roundText(os, d.Round)), json.Number(vs))
 }
 
 // equalFHIR compares two FHIR-side values of a by meaning.

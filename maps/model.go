@@ -274,6 +274,15 @@ type AttributeMap struct {
 	// overlong value does.
 	MaxLength    int          `yaml:"maxLength,omitempty"`
 	LengthPolicy LengthPolicy `yaml:"lengthPolicy,omitempty"`
+	// Round, on a decimal or money attribute, is the number of decimal
+	// places a FHIR value keeps when written to the CRM, rounded half away
+	// from zero (2.345 to 2 places is 2.35, -2.345 is -2.35); nil leaves the
+	// value as FHIR has it. A FHIR decimal may carry any number of places
+	// and a CRM column keeps its Precision, so validation against CRM
+	// metadata asks for a round no larger than that Precision. Values read
+	// back from the CRM are not rounded; a FHIR value that rounds to the
+	// CRM's is kept as it is.
+	Round *int `yaml:"round,omitempty"`
 	// ConflictPolicy overrides the entity map's conflict policy for this
 	// attribute; only attribute maps that travel both ways may set it
 	// (a one-way attribute has one source, which always wins).

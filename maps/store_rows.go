@@ -137,6 +137,7 @@ type attributeRow struct {
 	Required         bool
 	MaxLength        int
 	LengthPolicy     string
+	RoundPlaces      *int `gorm:"column:round_places"`
 	ConflictPolicy   string
 }
 
@@ -155,7 +156,8 @@ func attributeRowOf(versionID, entityID int64, expID *int64, pos int, a *Attribu
 		Enabled: a.IsEnabled(), CRMAttribute: a.CRMAttribute, CRMType: string(a.CRMType), FHIRPath: a.FHIRPath,
 		Direction: string(a.Direction), Action: string(a.Action), DefaultValue: a.Default, ValueMap: a.ValueMap,
 		Expression: a.Expression, Required: a.Required, MaxLength: a.MaxLength, LengthPolicy: string(a.LengthPolicy),
-		FallbackPaths: optJSON(a.FallbackPaths, len(a.FallbackPaths) == 0), ConflictPolicy: string(a.ConflictPolicy)}
+		FallbackPaths: optJSON(a.FallbackPaths, len(a.FallbackPaths) == 0), ConflictPolicy: string(a.ConflictPolicy),
+		RoundPlaces: a.Round}
 	if a.Lookup != nil {
 		r.LookupEntityMap, r.LookupNavigation = a.Lookup.EntityMap, a.Lookup.Navigation
 	}
@@ -166,7 +168,7 @@ func (r *attributeRow) attributeMap() (AttributeMap, error) {
 	a := AttributeMap{Name: r.Name, CRMAttribute: r.CRMAttribute, CRMType: CRMType(r.CRMType), FHIRPath: r.FHIRPath,
 		Direction: Direction(r.Direction), Action: Action(r.Action), Default: r.DefaultValue, ValueMap: r.ValueMap,
 		Expression: r.Expression, Required: r.Required, MaxLength: r.MaxLength, LengthPolicy: LengthPolicy(r.LengthPolicy),
-		ConflictPolicy: ConflictPolicy(r.ConflictPolicy)}
+		ConflictPolicy: ConflictPolicy(r.ConflictPolicy), Round: r.RoundPlaces}
 	if !r.Enabled {
 		a.Enabled = new(false)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strconv"
 	"testing"
 	"time"
 
@@ -231,4 +232,93 @@ func TestStoreConcurrentDraftsGetDistinctNumbers(t *testing.T) {
 			t.Fatalf("versions = %+v, %v", vs, err)
 		}
 	})
+}
+
+// A version saved with round declarations reads back with them: round 0
+// (whole numbers) is kept apart from no round at all, on entity maps' and
+// expansion maps' attribute maps alike.
+func TestStoreKeepsRound(t *testing.T) {
+	t.Parallel()
+	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
+		ctx := context.Background()
+		st, err := maps.New(db, maps.Options{Logger: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		doc := starterDoc(t)
+		want := map[string]*int{}
+		places := []int{0, 4, 10}
+		n := 0
+		set := func(owner string, as []maps.AttributeMap) {
+			for i := range as {
+				a := &as[i]
+				if a.CRMType != maps.TypeDecimal && a.CRMType != maps.TypeMoney {
+					continue
+				}
+				a.Round = nil
+				if n%4 != 3 {
+					a.Round = new(places[n%4])
+				}
+				want[owner+"/"+a.Name] = a.Round
+				n++
+			}
+		}
+		for i := range doc.EntityMaps {
+			e := &doc.EntityMaps[i]
+			set(e.Name, e.Attributes)
+			for j := range e.Expansions {
+				set(e.Name+"/"+e.Expansions[j].Name, e.Expansions[j].Attributes)
+			}
+		}
+		if n < 4 {
+			t.Fatalf("the starter maps have %d decimal attribute maps, want at least 4", n)
+		}
+		v, err := st.CreateDraft(ctx, doc, "alice", "round")
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, _, err := st.Version(ctx, v.Number)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]*int{}
+		for _, e := range back.EntityMaps {
+			for _, a := range e.Attributes {
+				if a.CRMType == maps.TypeDecimal || a.CRMType == maps.TypeMoney {
+					got[e.Name+"/"+a.Name] = a.Round
+				}
+			}
+			for _, x := range e.Expansions {
+				for _, a := range x.Attributes {
+					if a.CRMType == maps.TypeDecimal || a.CRMType == maps.TypeMoney {
+						got[e.Name+"/"+x.Name+"/"+a.Name] = a.Round
+					}
+				}
+			}
+		}
+		if len(got) != len(want) {
+			t.Fatalf("read back %d decimal attribute maps, saved %d", len(got), len(want))
+		}
+		for k, w := range want {
+			g := got[k]
+			if (g == nil) != (w == nil) || (g != nil && *g != *w) {
+				t.Errorf("%s: round read back as %s, saved %s", k, roundText(g), roundText(w))
+			}
+		}
+		// And the YAML export carries it.
+		out, err := maps.Export(back)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Contains(out, []byte("round: 0")) || !bytes.Contains(out, []byte("round: 10")) {
+			t.Fatalf("exported YAML lacks the round declarations")
+		}
+	})
+}
+
+func roundText(p *int) string {
+	if p == nil {
+		return "none"
+	}
+	return strconv.Itoa(*p)
 }

@@ -77,6 +77,30 @@ func decimalText(v any) (string, error) {
 	return s, nil
 }
 
+// maxRound is the most decimal places a round may declare: Dataverse's
+// Decimal Number column keeps 0 to 10 (DecimalAttributeMetadata
+// MinSupportedPrecision and MaxSupportedPrecision,
+// https://learn.microsoft.com/en-us/dotnet/api/microsoft.xrm.sdk.metadata.decimalattributemetadata),
+// Money 0 to 4 and Double 0 to 5.
+const maxRound = 10
+
+// roundText rounds the decimal text s to places decimal places, half away
+// from zero (2.345 → 2.35, -2.345 → -2.35); nil places, or a value that
+// already has no more places, is returned as it is. Microsoft does not
+// document what the Web API does with a value that has more places than
+// the column's Precision, so the value written is rounded here and does
+// not depend on it.
+func roundText(s string, places *int) string {
+	if places == nil {
+		return s
+	}
+	d, err := decimal.NewFromString(s)
+	if err != nil || -d.Exponent() <= int32(*places) {
+		return s
+	}
+	return d.Round(int32(*places)).String()
+}
+
 // kind names a value's JSON type without revealing the value.
 func kind(v any) string {
 	switch v.(type) {
@@ -165,7 +189,7 @@ func (a *attr) toCRMValue(v any) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		return json.Number(s), nil
+		return json.Number(roundText(s, d.Round)), nil
 	case TypeBool:
 		b, ok := v.(bool)
 		if !ok {
