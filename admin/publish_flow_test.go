@@ -49,6 +49,9 @@ func TestSemanticDiff(t *testing.T) {
 	em.Attributes = append(em.Attributes, maps.AttributeMap{Name: "nick-name", FHIRPath: "name.given[2]", CRMAttribute: "nickname", CRMType: maps.TypeString})
 	em.ConflictPolicy = maps.ConflictHold
 	em.CRMFilter = &maps.CRMFilter{}
+	// A round declared or changed is a change of the attribute map.
+	_, lat := findAttribute(to, "location", "latitude")
+	lat.Round = new(7)
 	to.ValueMaps[0].Entries = to.ValueMaps[0].Entries[1:]
 	to.ValueMaps = append(to.ValueMaps, maps.ValueMap{Name: "new-codes"})
 	removedMap := to.EntityMaps[len(to.EntityMaps)-1].Name
@@ -63,6 +66,7 @@ func TestSemanticDiff(t *testing.T) {
 		{"added", "value map new-codes", nil},
 		{"changed", "entity map patient-contact", []string{"conflictPolicy", "crmFilter"}},
 		{"changed", "attribute map patient-contact / first-name", []string{"crmAttribute", "fhirPath"}},
+		{"changed", "attribute map location / latitude", []string{"round"}},
 		{"removed", "attribute map patient-contact / " + removed, nil},
 		{"added", "attribute map patient-contact / nick-name", nil},
 		{"removed", "entity map " + removedMap, nil},
