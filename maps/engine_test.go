@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -54,13 +55,31 @@ func TestExpansionNeverDuplicatesRows(t *testing.T) {
 	for _, c := range out.Children {
 		ops = append(ops, string(c.Op)+":"+c.ID)
 	}
-	// A1 matches row-a (unchanged: same use on the first item; the second
-	// A1 item is the same key and ignored); B2 is new; Z9 is gone and is
+	// The first A1 matches row-a (unchanged: same use); the second A1
+	// item shares its key but is an item of its own, and the key has one
+	// row, so it gets a new row; B2 is new; Z9 is gone and is
 	// deactivated; Z8 is already inactive; the correlation identifier is
 	// excluded.
-	want := []string{"create:", "deactivate:row-old"}
+	want := []string{"create:", "create:", "deactivate:row-old"}
 	if !slices.Equal(ops, want) {
 		t.Fatalf("child changes = %v, want %v", ops, want)
+	}
+	if got := fmt.Sprint(out.Children[0].Record["msemr_identifieruse"]); got != "935000001" {
+		t.Fatalf("the second A1 row's use = %v, want official (935000001)", got)
+	}
+	// Once the CRM holds a row per item, the same resource pairs each item
+	// with its row and writes nothing: rows are never duplicated.
+	done := &CRMState{Record: cur.Record, Children: map[string][]map[string]any{"medical-identifiers": {
+		cur.Children["medical-identifiers"][0],
+		{"msemr_medicalidentifierid": "row-a2", "statecode": json.Number("0"), "msemr_identifiersystem": mrnSystem, "msemr_identifiervalue": "A1", "msemr_identifieruse": json.Number("935000001")},
+		{"msemr_medicalidentifierid": "row-b", "statecode": json.Number("0"), "msemr_identifiersystem": "urn:other", "msemr_identifiervalue": "B2"},
+	}}}
+	again, err := m.ToCRM(ctx, res, done, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again.Children) != 0 {
+		t.Fatalf("second pass wrote %d child changes, want none: %+v", len(again.Children), again.Children)
 	}
 	if got := out.Children[0].Record["msemr_contact@odata.bind"]; got != "/contacts(c-1)" {
 		t.Fatalf("new row's parent link = %v", got)
@@ -79,7 +98,7 @@ func TestExpansionNeverDuplicatesRows(t *testing.T) {
 	for _, c := range out.Children {
 		ops = append(ops, string(c.Op)+":"+c.ID)
 	}
-	want = []string{"create:", "delete:row-old", "delete:row-inactive"}
+	want = []string{"create:", "create:", "delete:row-old", "delete:row-inactive"}
 	if !slices.Equal(ops, want) {
 		t.Fatalf("child changes with delete policy = %v, want %v", ops, want)
 	}

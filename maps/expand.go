@@ -83,8 +83,12 @@ func inactive(row map[string]any) bool {
 // expandToCRM pairs array items with the current child rows by match key
 // and returns the writes that bring the rows in line: creates for new
 // items, updates for changed ones, deletes or deactivations for rows whose
-// item is gone. Items with the same key as an earlier item are ignored, so
-// a row is never duplicated.
+// item is gone. Items that share a key pair with that key's rows in order:
+// the n-th such item with the n-th row. A FHIR array may repeat an item
+// exactly (R4 arrays are ordered lists, not sets, and HL7's own examples
+// repeat an identifier), and the rows hold each repeat, so a resource
+// created from the CRM has them all; an unchanged array still pairs every
+// item with its row and never adds one.
 func (m *Mapping) expandToCRM(ctx context.Context, x *expansion, res map[string]any, cur *CRMState, r LookupResolver) ([]ChildChange, error) {
 	var rows []map[string]any
 	parentID := ""
@@ -92,15 +96,12 @@ func (m *Mapping) expandToCRM(ctx context.Context, x *expansion, res map[string]
 		rows = cur.Children[x.def.Name]
 		parentID = rowID(cur.Record, m.def.idAttribute())
 	}
-	byKey := make(map[string]int, len(rows))
+	byKey := make(map[string][]int, len(rows))
 	for i, row := range rows {
 		k := x.crmKey(row)
-		if _, dup := byKey[k]; !dup {
-			byKey[k] = i
-		}
+		byKey[k] = append(byKey[k], i)
 	}
 	used := make([]bool, len(rows))
-	seen := map[string]bool{}
 	var out []ChildChange
 	nav := x.def.parentNavigation()
 	for _, it := range x.items(res) {
@@ -118,12 +119,10 @@ func (m *Mapping) expandToCRM(ctx context.Context, x *expansion, res map[string]
 			}
 		}
 		k := x.crmKey(rec)
-		if seen[k] {
-			continue
-		}
-		seen[k] = true
 		var current map[string]any
-		if i, exists = byKey[k]; exists {
+		if free := byKey[k]; len(free) > 0 {
+			i, exists = free[0], true
+			byKey[k] = free[1:]
 			current = rows[i]
 			used[i] = true
 		}
@@ -166,7 +165,7 @@ func (m *Mapping) expandToCRM(ctx context.Context, x *expansion, res map[string]
 }
 
 // expandToFHIR rebuilds the array from the child rows: items whose key
-// matches a row are updated in place (keeping their unmapped elements),
+// matches a row (the n-th item of a key with its n-th row) are updated in place (keeping their unmapped elements),
 // items without a row are removed, rows without an item are appended, and
 // excluded items stay as they are. It reports whether anything changed.
 func (m *Mapping) expandToFHIR(ctx context.Context, x *expansion, rows []map[string]any, base map[string]any, r LookupResolver) (bool, error) {
@@ -176,12 +175,10 @@ func (m *Mapping) expandToFHIR(ctx context.Context, x *expansion, rows []map[str
 			active = append(active, row)
 		}
 	}
-	byKey := make(map[string]int, len(active))
+	byKey := make(map[string][]int, len(active))
 	for i, row := range active {
 		k := x.crmKey(row)
-		if _, dup := byKey[k]; !dup {
-			byKey[k] = i
-		}
+		byKey[k] = append(byKey[k], i)
 	}
 	used := make([]bool, len(active))
 	old := x.items(base)
@@ -200,17 +197,16 @@ func (m *Mapping) expandToFHIR(ctx context.Context, x *expansion, rows []map[str
 				return false, err
 			}
 		}
-		i, ok := byKey[x.crmKey(rec)]
-		if !ok {
-			changed = true // the row is gone: drop the item
+		k := x.crmKey(rec)
+		free := byKey[k]
+		if len(free) == 0 {
+			// The row is gone, or the item repeats a key more often than
+			// the CRM has rows for it: drop the item.
+			changed = true
 			continue
 		}
-		if used[i] {
-			// A repeat of an earlier item (R4 examples repeat identifiers):
-			// the CRM holds it once, through the earlier item's row.
-			next = append(next, item)
-			continue
-		}
+		i := free[0]
+		byKey[k] = free[1:]
 		used[i] = true
 		for _, a := range x.attrs {
 			if !a.toFHIR || a.path == nil || a.expr != nil {

@@ -236,6 +236,18 @@ func healthcareEntities() []*Entity {
 		lookup("msemr_memberrelatedperson", "contact"), lookup("msemr_memberorganization", "account"),
 		lookup("msemr_onbehalfof", "account"),
 	)
+	// msemr_contactlink is a patient's link to another patient record of
+	// the same person (Patient.link): ContactLink.cdm.json of the EMR
+	// accelerator (microsoft/CDM schemaDocuments/core/applicationCommon/
+	// foundationCommon/crmCommon/accelerators/healthCare/
+	// electronicMedicalRecords/ContactLink.cdm.json): msemr_patient (the
+	// contact the link belongs to), msemr_link (the other contact),
+	// msemr_linktype (a lookup to msemr_codeableconcept, "Patient Link
+	// Type") and msemr_name (100, required).
+	contactLink := childTable("msemr_contactlink", "msemr_contactlinks", "msemr_contactlinkid", "msemr_name",
+		name100(), lookup("msemr_patient", "contact"), lookup("msemr_link", "contact"),
+		lookup("msemr_linktype", "msemr_codeableconcept"),
+	)
 	participantRole := childTable("msemr_careteamparticipantrole", "msemr_careteamparticipantroles", "msemr_careteamparticipantroleid", "msemr_display",
 		str("msemr_code", 100), str("msemr_display", 100), str("msemr_system", 1024),
 	)
@@ -408,7 +420,7 @@ func healthcareEntities() []*Entity {
 		lookup("fhirsync_encounter", "msemr_encounter"),
 	)
 	return []*Entity{appointment, condition, procedure, allergy, medicationRequest, report, carePlan, claim,
-		relatedPerson, location, medication, slot, schedule, careTeam, participant, participantRole, device,
+		relatedPerson, location, medication, slot, schedule, careTeam, participant, participantRole, contactLink, device,
 		risk, prediction, goal, practitionerRole, procedureRequest, coverage, task, flag, communication,
 		locationTelecom, roleTelecom, appointmentParticipant, conditionCategory, careTeamCategory, carePlanCategory,
 		roleSpecialty, scheduleSpecialty, slotServiceType, codeableConcept}
