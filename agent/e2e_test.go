@@ -39,6 +39,7 @@ type env struct {
 	db       *gorm.DB
 	fhirSrv  *fhirserver.Server
 	crmSrv   *crmserver.Server
+	crmURL   string       // the sandbox CRM's address, for another replica
 	fhir     *fhir.Client // as a clinician editing FHIR
 	crmHuman *crm.Client  // as a care coordinator editing the CRM
 	logs     *logs.Store
@@ -112,6 +113,7 @@ func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config, opts ...envOptions) *
 	}
 	crmHTTP := httptest.NewServer(e.crmSrv)
 	t.Cleanup(crmHTTP.Close)
+	e.crmURL = crmHTTP.URL
 
 	if e.fhir, err = fhir.New(fhir.Config{BaseURL: fhirURL}); err != nil {
 		t.Fatal(err)

@@ -303,6 +303,9 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 		return p.readingStep(sm, n, src, err != nil)
 	}
 	src, err := f.source.read(ctx, open[0], n.ID)
+	if sg := signalMap(open, n); sg != nil {
+		return p.signalStep(ctx, f, sg, n, src, err, u)
+	}
 	// pre is the link of open[0] that naming the pair read, when nothing
 	// can have changed it since: reused as the cached link below.
 	var pre *link

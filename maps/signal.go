@@ -21,7 +21,8 @@ import (
 //
 // One activity per source resource: the agent finds it by the link it
 // keeps and by the correlation alternate key, which holds the source's
-// "Type/id" (so a Flag's task and a FHIR Task's task never share a key).
+// "Type_id" (SignalKey): a column of its own such as fhirsync_signalsource,
+// so a Flag's task and a FHIR Task's task never share a key.
 type Signal struct {
 	// When is a FHIRPath boolean that must hold for the signal to be
 	// raised (e.g. status = 'active'); omitted means always.
@@ -112,8 +113,11 @@ func (s *Signal) OpenState() ActivityState {
 }
 
 // SignalKey is the correlation value of a signal's activity: the source's
-// type and id.
-func SignalKey(fhirType, id string) string { return fhirType + "/" + id }
+// type and id joined by an underscore, which no FHIR id holds ([A-Za-z0-9
+// -.]) and Dataverse allows in an alternate key value (unlike "/", which
+// its Web API refuses in key values; "Define alternate keys to reference
+// rows", Microsoft Learn). At most 80 characters.
+func SignalKey(fhirType, id string) string { return fhirType + "_" + id }
 
 // compiledSignal holds a signal's compiled expressions.
 type compiledSignal struct {

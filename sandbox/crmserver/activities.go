@@ -20,6 +20,9 @@ import (
 //     create leaves it out, the calling user owns the row (Dataverse
 //     table/column reference for ownerid: "Owner Id", "Lookup": systemuser,
 //     team; "Assign a table row").
+//   - owninguser and owningteam are read-only lookups that say which of
+//     the two owns the row (table reference: "owninguser", "owningteam"),
+//     for a reader that has no lookuplogicalname annotation at hand.
 //   - statecode and statuscode of a task come in documented pairs (Power
 //     Apps table reference "Task": StateCode 0 Open, 1 Completed, 2
 //     Canceled; StatusCode 2 Not Started, 3 In Progress, 4 Waiting on
@@ -52,12 +55,19 @@ func withActivities(es []*Entity) []*Entity {
 	for _, e := range es {
 		switch e.LogicalName {
 		case "contact", "task":
-			e.Attributes = append(e.Attributes, &Attribute{LogicalName: "ownerid", Type: TypeOwner, Targets: []string{"systemuser", "team"}})
+			e.Attributes = append(e.Attributes, &Attribute{LogicalName: "ownerid", Type: TypeOwner, Targets: []string{"systemuser", "team"}},
+				&Attribute{LogicalName: "owninguser", Type: TypeLookup, Targets: []string{"systemuser"}, ReadOnly: true},
+				&Attribute{LogicalName: "owningteam", Type: TypeLookup, Targets: []string{"team"}, ReadOnly: true})
 			e.ManyToOne = append(e.ManyToOne,
 				Relationship{SchemaName: "owner_" + e.LogicalName + "s", Attribute: "ownerid", Target: "systemuser", NavigationProperty: "ownerid"},
 				Relationship{SchemaName: "team_" + e.LogicalName, Attribute: "ownerid", Target: "team", NavigationProperty: "ownerid"})
 		}
 		if e.LogicalName == "task" {
+			// fhirsync_signalsource is the custom column an administrator
+			// adds for signal maps (docs/signals.md): the source resource's
+			// Type_id, an alternate key.
+			e.Attributes = append(e.Attributes, str("fhirsync_signalsource", 100))
+			e.Keys = append(e.Keys, Key{LogicalName: "fhirsync_signalsource_key", Attributes: []string{"fhirsync_signalsource"}})
 			e.Attributes = append(e.Attributes, &Attribute{LogicalName: "regardingobjectid", Type: TypeLookup, Targets: []string{"contact", "account"}})
 			e.ManyToOne = append(e.ManyToOne,
 				Relationship{SchemaName: "Contact_Tasks", Attribute: "regardingobjectid", Target: "contact", NavigationProperty: "regardingobjectid_contact_task"},
@@ -100,6 +110,14 @@ func (s *Server) navigationFor(def *Entity, nav string, v any) *Relationship {
 func (s *Server) activityWrite(c *call, tb *table, existing *row, changes map[string]any) *apiError {
 	if existing == nil && tb.def.Attribute("ownerid") != nil && changes["ownerid"] == nil && c.user != "" {
 		changes["ownerid"] = lookupValue{ID: c.user, Target: "systemuser"}
+	}
+	if o, ok := changes["ownerid"].(lookupValue); ok && tb.def.Attribute("owninguser") != nil {
+		changes["owninguser"], changes["owningteam"] = nil, nil
+		if o.Target == "team" {
+			changes["owningteam"] = lookupValue{ID: o.ID, Target: "team"}
+		} else {
+			changes["owninguser"] = lookupValue{ID: o.ID, Target: "systemuser"}
+		}
 	}
 	pairs := stateStatus[tb.def.LogicalName]
 	if pairs == nil {

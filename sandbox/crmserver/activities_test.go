@@ -14,7 +14,7 @@ func TestTaskStateStatusPairs(t *testing.T) {
 	h := map[string]string{"Content-Type": "application/json", "Prefer": "return=representation", "Authorization": "Bearer " + AgentToken}
 	read := func(id string) map[string]any {
 		t.Helper()
-		resp, b := do(t, "GET", hs.URL+APIPath+"tasks("+id+")?$select=statecode,statuscode,_ownerid_value,_regardingobjectid_value", map[string]string{"Authorization": "Bearer " + AgentToken, "Prefer": `odata.include-annotations="*"`}, "")
+		resp, b := do(t, "GET", hs.URL+APIPath+"tasks("+id+")?$select=statecode,statuscode,_ownerid_value,_owninguser_value,_owningteam_value,_regardingobjectid_value", map[string]string{"Authorization": "Bearer " + AgentToken, "Prefer": `odata.include-annotations="*"`}, "")
 		if resp.StatusCode != 200 {
 			t.Fatalf("reading task: %d %s", resp.StatusCode, b)
 		}
@@ -50,6 +50,9 @@ func TestTaskStateStatusPairs(t *testing.T) {
 	if got["_regardingobjectid_value"] != contact.Contactid || got["_regardingobjectid_value@Microsoft.Dynamics.CRM.lookuplogicalname"] != "contact" {
 		t.Errorf("regarding = %v (%v), want contact %s", got["_regardingobjectid_value"], got["_regardingobjectid_value@Microsoft.Dynamics.CRM.lookuplogicalname"], contact.Contactid)
 	}
+	if got["_owningteam_value"] != team.Teamid || got["_owninguser_value"] != nil {
+		t.Errorf("owning team/user = %v/%v, want the team", got["_owningteam_value"], got["_owninguser_value"])
+	}
 	if got["_ownerid_value"] != team.Teamid || got["_ownerid_value@Microsoft.Dynamics.CRM.lookuplogicalname"] != "team" {
 		t.Errorf("owner = %v (%v), want team %s", got["_ownerid_value"], got["_ownerid_value@Microsoft.Dynamics.CRM.lookuplogicalname"], team.Teamid)
 	}
@@ -80,10 +83,10 @@ func TestTaskStateStatusPairs(t *testing.T) {
 	}
 
 	// A contact created without an owner is owned by the calling user.
-	resp, b = do(t, "GET", hs.URL+APIPath+"contacts("+contact.Contactid+")?$select=_ownerid_value", map[string]string{"Authorization": "Bearer " + AgentToken}, "")
+	resp, b = do(t, "GET", hs.URL+APIPath+"contacts("+contact.Contactid+")?$select=_ownerid_value,_owninguser_value,_owningteam_value", map[string]string{"Authorization": "Bearer " + AgentToken}, "")
 	var c map[string]any
 	_ = json.Unmarshal(b, &c)
-	if resp.StatusCode != 200 || c["_ownerid_value"] != AgentUserID {
+	if resp.StatusCode != 200 || c["_ownerid_value"] != AgentUserID || c["_owninguser_value"] != AgentUserID || c["_owningteam_value"] != nil {
 		t.Errorf("contact owner = %v (%d), want the creating user %s", c["_ownerid_value"], resp.StatusCode, AgentUserID)
 	}
 }
