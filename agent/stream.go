@@ -494,8 +494,14 @@ func lockWindows(tx *gorm.DB, batch []*streamReq, now time.Time) (*windowSet, er
 	slices.SortFunc(rows, func(a, b streamWindow) int {
 		return strings.Compare(a.EntityMap+"\x00"+a.StreamKey, b.EntityMap+"\x00"+b.StreamKey)
 	})
-	if err := tx.Clauses(clause.OnConflict{DoNothing: true}).CreateInBatches(rows, 200).Error; err != nil {
-		return nil, fmt.Errorf("opening stream windows: %w", err)
+	// On PostgreSQL replicas fold at the same time: the rows must exist
+	// before they are locked, or two replicas would both insert a new
+	// window and one overwrite the other's counts. SQLite runs one write
+	// transaction at a time, so the upsert below suffices there.
+	if storage.DialectOf(tx) == storage.Postgres {
+		if err := tx.Clauses(clause.OnConflict{DoNothing: true}).CreateInBatches(rows, 200).Error; err != nil {
+			return nil, fmt.Errorf("opening stream windows: %w", err)
+		}
 	}
 	ws := &windowSet{byKey: map[string][]*streamWindow{}}
 	for m, keys := range keysByMap {

@@ -63,6 +63,8 @@ type StreamConfig struct {
 	// server, just before the first notice (a hook for a second stream
 	// measured alongside, such as risk signals to care coordinators).
 	OnStart func(ctx context.Context, fhirURL, crmURL string) error
+	// Signals, when set, runs the signal leg alongside (signals.go).
+	Signals *SignalConfig
 }
 
 func (c StreamConfig) withDefaults() StreamConfig {
@@ -127,6 +129,8 @@ type StreamResult struct {
 	// Lost counts readings neither aggregated nor dropped as duplicates
 	// by the agent's metrics. Must be 0.
 	Lost int `json:"lost"`
+	// Signals is the signal leg's result, when it ran.
+	Signals *SignalResult `json:"signals,omitempty"`
 }
 
 // RunStream measures the agent on a device stream: Rate heart-rate
@@ -185,7 +189,15 @@ func RunStream(ctx context.Context, cfg StreamConfig) (*StreamResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := publishStreamMap(ctx, ms, cfg.Window); err != nil {
+	var leg *signalLeg
+	var tweak func(*maps.Document)
+	if cfg.Signals != nil {
+		if leg, err = newSignalLeg(ctx, *cfg.Signals, sb, fc, fhirQ); err != nil {
+			return nil, err
+		}
+		tweak = signalMaps
+	}
+	if err := publishStreamMap(ctx, ms, cfg.Window, tweak); err != nil {
 		return nil, err
 	}
 	agentFHIR, err := fhir.NewBatcher(fc, fhir.BatchConfig{Logger: cfg.Logger})
@@ -253,9 +265,19 @@ func RunStream(ctx context.Context, cfg StreamConfig) (*StreamResult, error) {
 		}
 	})
 	progress("offering %d notices at %.0f/s for %s", n, cfg.Rate, cfg.Duration)
+	if leg != nil {
+		leg.start(ctx)
+	}
 	if err := offer(ctx, fhirQ, readings, cfg.Rate); err != nil {
 		stopSampling()
+		_ = leg.halt()
 		return nil, err
+	}
+	if leg != nil {
+		if err := leg.halt(); err != nil {
+			stopSampling()
+			return nil, err
+		}
 	}
 	offerSecs := time.Since(start).Seconds()
 	progress("waiting for the fhir-changes queue to empty")
@@ -312,6 +334,11 @@ func RunStream(ctx context.Context, cfg StreamConfig) (*StreamResult, error) {
 		return nil, err
 	}
 	res.Lost = n - taken
+	if leg != nil {
+		if res.Signals, err = leg.finish(ctx); err != nil {
+			return nil, err
+		}
+	}
 	return res, nil
 }
 
@@ -320,7 +347,7 @@ func RunStream(ctx context.Context, cfg StreamConfig) (*StreamResult, error) {
 // dropped. The readings' patients are not in the CRM, so the map's
 // lookups (patient, encounter) are left out: the run measures the stream,
 // not the lookups.
-func publishStreamMap(ctx context.Context, ms *maps.Store, w time.Duration) error {
+func publishStreamMap(ctx context.Context, ms *maps.Store, w time.Duration, tweak func(*maps.Document)) error {
 	doc, _, err := maps.Import(starter.YAML(), maps.CompileOptions{})
 	if err != nil {
 		return fmt.Errorf("importing the starter maps: %w", err)
@@ -344,6 +371,9 @@ func publishStreamMap(ctx context.Context, ms *maps.Store, w time.Duration) erro
 	}
 	if !found {
 		return errors.New("the starter maps have no Observation map")
+	}
+	if tweak != nil {
+		tweak(doc)
 	}
 	v, err := ms.CreateDraft(ctx, doc, "bench", "device stream")
 	if err != nil {
@@ -446,11 +476,11 @@ func waitEmpty(ctx context.Context, q queues.Queue, limit time.Duration) error {
 		if d.Active == 0 && d.Scheduled == 0 {
 			return nil
 		}
-		// Counting a long queue is not free: look twice a second.
+		// Counting a long queue is not free: look every second.
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(500 * time.Millisecond):
+		case <-time.After(time.Second):
 		}
 	}
 	return fmt.Errorf("queue not empty after %s", limit)
@@ -514,4 +544,7 @@ func WriteStream(w io.Writer, r *StreamResult) {
 	fmt.Fprintf(w, "  sync log          %d rows, %d bytes of values; %.0f rows/h, %.1f MB/h at this rate\n", r.LogRows, r.LogBytes, r.LogRowsPerHour, r.LogBytesPerHour/1e6)
 	fmt.Fprintf(w, "  CPU per reading   %.0f µs (whole process: agent, embedded queue, inline sandboxes, driver)\n", float64(r.CPUPerReading)/float64(time.Microsecond))
 	fmt.Fprintf(w, "  readings lost     %d\n", r.Lost)
+	if r.Signals != nil {
+		writeSignals(w, r.Signals)
+	}
 }
