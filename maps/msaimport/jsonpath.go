@@ -751,7 +751,10 @@ func termFHIRPath(t *term, depth int) (string, error) {
 			return "", err
 		}
 		if t.not {
-			return "(" + inner + ").not()", nil
+			// JSONPath's ! of a test on a missing member is true;
+			// FHIRPath's not() of an empty result is empty, which
+			// where() drops. iif() treats empty as false.
+			return "iif(" + inner + ", false, true)", nil
 		}
 		return "(" + inner + ")", nil
 	}
@@ -775,11 +778,15 @@ func termFHIRPath(t *term, depth int) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	op := map[string]string{"==": "=", "!=": "!="}[t.op]
-	if op == "" {
-		op = t.op
+	switch t.op {
+	case "==":
+		return left + " = " + right, nil
+	case "!=":
+		// A missing member differs from every value in JSONPath; in
+		// FHIRPath the comparison is empty, so where() would drop it.
+		return "iif(" + left + " = " + right + ", false, true)", nil
 	}
-	return left + " " + op + " " + right, nil
+	return left + " " + t.op + " " + right, nil
 }
 
 func operandFHIRPath(o operand) (string, error) {
