@@ -3,10 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/fhirsync/fhirsync/maps"
+	"github.com/fhirsync/fhirsync/sandbox/crmserver"
 )
 
 func TestMapsImportMSA(t *testing.T) {
@@ -43,5 +49,49 @@ func TestMapsImportMSA(t *testing.T) {
 				t.Errorf("the report lacks the counts or the reasons:\n%s", stderr.String())
 			}
 		})
+	}
+}
+
+// TestMapsImportMSAWithMetadata converts the fixtures against the sandbox
+// CRM's EntityDefinitions, writes the set with --out, and checks that it
+// validates against that metadata, as maps validate --crm-metadata would.
+func TestMapsImportMSAWithMetadata(t *testing.T) {
+	t.Parallel()
+	cs, err := crmserver.New(crmserver.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(cs)
+	t.Cleanup(hs.Close)
+	res, err := http.Get(hs.URL + crmserver.APIPath + "EntityDefinitions?$expand=Attributes,Keys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	if err != nil || res.StatusCode != http.StatusOK {
+		t.Fatalf("EntityDefinitions: %d %v", res.StatusCode, err)
+	}
+	dir := t.TempDir()
+	mdFile, outFile := filepath.Join(dir, "metadata.json"), filepath.Join(dir, "imported.yaml")
+	if err := os.WriteFile(mdFile, body, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const fixtures = "../../maps/msaimport/testdata/msa/"
+	var stdout, stderr bytes.Buffer
+	err = run(context.Background(), []string{"maps", "import-msa", "--crm-metadata", mdFile, "--out", outFile,
+		"--entity-maps", fixtures + "entity-maps.csv", "--attribute-maps", fixtures + "attribute-maps.csv"}, envFrom(nil), &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("import-msa: %v\n%s", err, stderr.String())
+	}
+	if stdout.Len() != 0 {
+		t.Errorf("with --out, standard output holds %q", stdout.String())
+	}
+	stdout.Reset()
+	if err := run(context.Background(), []string{"maps", "validate", "--crm-metadata", mdFile, outFile}, envFrom(nil), &stdout, &stderr); err != nil {
+		t.Fatalf("maps validate of the imported set: %v\n%s", err, stdout.String())
+	}
+	if !strings.Contains(stderr.String(), "5 lookups share $.member.reference") {
+		t.Errorf("the report does not list the care team member lookups:\n%s", stderr.String())
 	}
 }
