@@ -54,14 +54,17 @@
 // indexes other than -1, member wildcards, regular expressions ( =~, a .NET
 // extension), null and root references in filters are not translated.
 //
-// The parser is written here rather than taken from a library. The
-// maintained Go JSONPath libraries parse RFC 9535, which the agent's .NET
-// (Newtonsoft) paths predate: they refuse some of its forms (=~) and,
-// above all, github.com/theory/jsonpath — the one served here — keeps the
-// operands of a filter's comparisons unexported in its syntax tree, so a
-// translator cannot read "@.system == 'x'" out of it. The tests use that
-// library as an oracle instead: FuzzTranslate checks, on a sample Patient,
-// that each translation selects what the JSONPath selects.
+// The parser is written here rather than taken from a library. The Go
+// JSONPath module the module proxy serves here, github.com/theory/jsonpath
+// (RFC 9535), was tried: it parses, but its syntax tree keeps the operands
+// of a filter's comparisons unexported (CompExpr, SingularQueryExpr), so a
+// translator cannot read "@.system == 'x'" out of it; and the agent's paths
+// are of the older .NET (Newtonsoft) dialect, which RFC 9535 does not
+// accept in full (=~). The tests use that library as an oracle instead:
+// FuzzTranslate checks, on a sample Patient, that each translation without
+// a note selects what the JSONPath selects wherever the JSONPath selects
+// anything (it found that != and ! must keep JSONPath's "true" for a
+// missing member: iif(..., false, true)).
 //
 // # Output
 //
