@@ -289,10 +289,10 @@ func fhirIntRange(typ string) (lo, hi float64, ok bool) {
 // MaxValue,
 // https://learn.microsoft.com/en-us/dotnet/api/microsoft.xrm.sdk.metadata.integerattributemetadata),
 // and a BigInt column read into a FHIR integer must not hold more than 32
-// bits. Decimal precision is not checked here: a FHIR decimal has no
-// bound on its places (https://hl7.org/fhir/R4/datatypes.html#decimal), so
-// every Decimal, Double or Money column would need a rounding declared on
-// the attribute map, which the stored map model cannot hold yet.
+// bits. A FHIR decimal has no bound on its places
+// (https://hl7.org/fhir/R4/datatypes.html#decimal), so a FHIR decimal
+// written to a Decimal, Double or Money column needs a round no larger
+// than the places the column keeps (see columnPlaces).
 func (c *compiler) crmFHIRNumber(at Problem, entity string, a *AttributeMap, el r4Element, toCRM, toFHIR bool) {
 	m, ok, checked := c.crmAttr(entity, a.CRMAttribute)
 	if !checked || !ok {
@@ -316,6 +316,67 @@ func (c *compiler) crmFHIRNumber(at Problem, entity string, a *AttributeMap, el 
 			c.ps.add(withField(at, "crmAttribute"), "CRM attribute %s is a 64-bit BigInt; FHIR %s at %s holds 32 bits (up to %.0f)", where, el.Type, a.FHIRPath, hi)
 			c.ps.fix("set direction: fhir-to-crm, or choose an Integer column")
 		}
+	case "Decimal", "Double", "Money":
+		if !toCRM || el.Type != "decimal" {
+			return
+		}
+		places, known, what := columnPlaces(m)
+		if !known {
+			return
+		}
+		switch {
+		case a.Round == nil:
+			c.ps.add(withField(at, "round"), "FHIR decimal at %s can hold any number of decimal places; CRM attribute %s keeps %s", a.FHIRPath, where, what)
+		case *a.Round > places:
+			c.ps.add(withField(at, "round"), "round: %d keeps more decimal places than CRM attribute %s keeps (%s)", *a.Round, where, what)
+		default:
+			return
+		}
+		c.ps.fix("declare round: %d or choose a column with more precision", places)
+	}
+}
+
+// maxMoneyPlaces is the most decimal places a Money column keeps, whatever
+// its precision source: a column's own Precision, the organization's
+// pricing decimal precision and a currency's precision each range from 0
+// to 4 (https://learn.microsoft.com/en-us/dynamics365/sales/decimal-precision-currency-pricing).
+const maxMoneyPlaces = 4
+
+// columnPlaces is how many decimal places a Decimal, Double or Money
+// column keeps, whether the metadata says (known), and the places in
+// words for a problem. A Decimal or Double column keeps its Precision
+// (unknown when the metadata leaves it out). A Money column's
+// PrecisionSource
+// (https://learn.microsoft.com/en-us/dotnet/api/microsoft.xrm.sdk.metadata.moneyattributemetadata.precisionsource)
+// says where its places come from: 0, the column's Precision (at most
+// 4); 1, the organization's pricing decimal precision; 2 (also when the
+// metadata leaves it out, as the property defaults to 2), the precision
+// of each record's currency. Entity metadata holds neither of the last
+// two, and they can change without the column changing, so for sources 1
+// and 2 a round of at most 4 places is accepted: the CRM may keep fewer,
+// and then rounds the value again to its own places.
+func columnPlaces(m *crmAttributeMeta) (places int, known bool, what string) {
+	if m.AttributeType != "Money" {
+		if m.Precision == nil {
+			return 0, false, ""
+		}
+		return *m.Precision, true, fmt.Sprintf("%d decimal places (Precision)", *m.Precision)
+	}
+	source := 2
+	if m.PrecisionSource != nil {
+		source = *m.PrecisionSource
+	}
+	switch source {
+	case 0:
+		if m.Precision == nil {
+			return maxMoneyPlaces, true, fmt.Sprintf("at most %d decimal places (Money)", maxMoneyPlaces)
+		}
+		p := min(*m.Precision, maxMoneyPlaces)
+		return p, true, fmt.Sprintf("%d decimal places (Precision)", p)
+	case 1:
+		return maxMoneyPlaces, true, fmt.Sprintf("the organization's pricing decimal precision, at most %d decimal places", maxMoneyPlaces)
+	default:
+		return maxMoneyPlaces, true, fmt.Sprintf("its record currency's precision, at most %d decimal places", maxMoneyPlaces)
 	}
 }
 

@@ -328,3 +328,111 @@ func TestValidateNumbersAgainstSandboxCRM(t *testing.T) {
 		})
 	}
 }
+
+// A FHIR decimal may carry any number of decimal places
+// (https://hl7.org/fhir/R4/datatypes.html#decimal); a Dataverse Decimal,
+// Double or Money column keeps its Precision, so writing one into the
+// other needs a round no larger than that. A Money column's places come
+// from its PrecisionSource
+// (https://learn.microsoft.com/en-us/dotnet/api/microsoft.xrm.sdk.metadata.moneyattributemetadata.precisionsource):
+// its own Precision (0), the organization's pricing precision (1) or the
+// record currency's (2, also when left out), each at most 4.
+func TestValidateDecimalPrecisionAgainstSandboxCRM(t *testing.T) {
+	t.Parallel()
+	const (
+		entity = "msemr_location"
+		column = "msemr_locationpositionlatitude"
+		where  = "CRM attribute msemr_location.msemr_locationpositionlatitude"
+	)
+	col := func(set map[string]any) []columnChange { return []columnChange{{entity, column, set}} }
+	money := func(set map[string]any) []columnChange {
+		set["AttributeType"] = "Money"
+		return col(set)
+	}
+	tests := []struct {
+		name      string
+		columns   []columnChange
+		attribute string // the latitude attribute map's extra YAML keys
+		crmType   string
+		wantErr   bool
+		message   string
+		fix       string
+	}{
+		{name: "no round into 2 places", wantErr: true,
+			message: "FHIR decimal at position.latitude can hold any number of decimal places; " + where + " keeps 2 decimal places (Precision)",
+			fix:     "declare round: 2 or choose a column with more precision"},
+		{name: "round to the column's places", attribute: "round: 2"},
+		{name: "round to fewer places", attribute: "round: 0"},
+		{name: "round to more places than the column keeps", attribute: "round: 3", wantErr: true,
+			message: "round: 3 keeps more decimal places than " + where + " keeps (2 decimal places (Precision))",
+			fix:     "declare round: 2 or choose a column with more precision"},
+		{name: "no round into 10 places", columns: col(map[string]any{"Precision": 10}), wantErr: true,
+			message: where + " keeps 10 decimal places", fix: "declare round: 10"},
+		{name: "round 10 into 10 places", columns: col(map[string]any{"Precision": 10}), attribute: "round: 10"},
+		{name: "read from the CRM only", attribute: "direction: crm-to-fhir"},
+		{name: "metadata without Precision", columns: col(map[string]any{"Precision": nil})},
+		{name: "Double column", columns: col(map[string]any{"AttributeType": "Double", "Precision": 5}), attribute: "round: 6", wantErr: true,
+			message: "round: 6 keeps more decimal places than " + where + " keeps (5 decimal places (Precision))", fix: "declare round: 5"},
+		{name: "Double column, round within", columns: col(map[string]any{"AttributeType": "Double", "Precision": 5}), attribute: "round: 5"},
+		{name: "Money with its own Precision", columns: money(map[string]any{"Precision": 2, "PrecisionSource": 0}), crmType: "money", attribute: "round: 3", wantErr: true,
+			message: "keeps (2 decimal places (Precision))", fix: "declare round: 2"},
+		{name: "Money Precision above 4 keeps 4", columns: money(map[string]any{"Precision": 6, "PrecisionSource": 0}), crmType: "money", attribute: "round: 5", wantErr: true,
+			message: "keeps (4 decimal places (Precision))", fix: "declare round: 4"},
+		{name: "Money with the pricing precision, no round", columns: money(map[string]any{"Precision": 2, "PrecisionSource": 1}), crmType: "money", wantErr: true,
+			message: "keeps the organization's pricing decimal precision, at most 4 decimal places", fix: "declare round: 4"},
+		{name: "Money with the pricing precision, round 4", columns: money(map[string]any{"Precision": 2, "PrecisionSource": 1}), crmType: "money", attribute: "round: 4"},
+		{name: "Money with the currency's precision", columns: money(map[string]any{"Precision": 2, "PrecisionSource": 2}), crmType: "money", attribute: "round: 5", wantErr: true,
+			message: "keeps (its record currency's precision, at most 4 decimal places)", fix: "declare round: 4"},
+		{name: "Money without PrecisionSource is the currency's", columns: money(map[string]any{"Precision": 2, "PrecisionSource": nil}), crmType: "money", wantErr: true,
+			message: "keeps its record currency's precision", fix: "declare round: 4"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			typ := tt.crmType
+			if typ == "" {
+				typ = "decimal"
+			}
+			extra := ""
+			if tt.attribute != "" {
+				extra = ", " + tt.attribute
+			}
+			doc, err := maps.Parse([]byte(`format: 1
+entityMaps:
+  - name: location
+    crmEntity: msemr_location
+    crmEntitySet: msemr_locations
+    fhirType: Location
+    fhirToCRM: {enabled: true, operations: [create, update]}
+    crmToFHIR: {enabled: true, operations: [create, update]}
+    correlation: {crmAttribute: msemr_azurefhirid, fhirIdentifierSystem: "urn:fhirsync:crm:msemr_locationid"}
+    attributes:
+      - {name: latitude, crmAttribute: ` + column + `, crmType: ` + typ + `, fhirPath: position.latitude` + extra + `}
+`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = maps.Validate(doc, maps.CompileOptions{CRM: sandboxMetadataWith(t, tt.columns...)})
+			if !tt.wantErr {
+				if err != nil {
+					t.Fatalf("want no problems, got %v", err)
+				}
+				return
+			}
+			var ve *maps.ValidationError
+			if !errors.As(err, &ve) {
+				t.Fatalf("want a validation error, got %v", err)
+			}
+			if len(ve.Problems) != 1 {
+				t.Fatalf("want one problem, got %v", err)
+			}
+			p := ve.Problems[0]
+			if p.Map != "location" || p.Attribute != "latitude" || p.Field != "round" {
+				t.Fatalf("problem at %s, want location / latitude / round", p.Location())
+			}
+			if !strings.Contains(p.Message, tt.message) || !strings.Contains(p.Fix, tt.fix) {
+				t.Fatalf("problem %q (fix %q), want it to contain %q (fix %q)", p.Message, p.Fix, tt.message, tt.fix)
+			}
+		})
+	}
+}
