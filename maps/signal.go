@@ -289,6 +289,13 @@ func (c *compiler) signal(set *Set, m *Mapping) {
 	if def.CRMToFHIR.Enabled {
 		c.ps.add(at, "a signal raises CRM activities one way: turn crmToFHIR off")
 	}
+	if def.IsEnabled() {
+		for _, o := range set.maps {
+			if od := o.def; od != def && od.FHIRType == def.FHIRType && od.IsEnabled() && od.FHIRToCRM.Enabled {
+				c.ps.add(at, "entity map %q also maps %s to the CRM: a signal map must be the only enabled one of its FHIR type (disable one)", od.Name, def.FHIRType)
+			}
+		}
+	}
 	if !def.FHIRToCRM.Allows(OpCreate) || !def.FHIRToCRM.Allows(OpUpdate) {
 		c.ps.add(at, "a signal creates and updates its activity: fhirToCRM needs create and update")
 	}

@@ -547,6 +547,13 @@ func (r *recordingWriter) Write(b []byte) (int, error) {
 // them, by the FHIR id the contact carries, whatever request made them (a
 // request on its own, a $batch, a bulk message).
 func (w *targetWrites) crmWrite(cw crmserver.Write) {
+	if cw.Entity == "task" && cw.Message == "Create" && isAgentUser(cw.InitiatingUserID) {
+		// A signal's task (signals.go), by its source's key.
+		if k, ok := cw.Attributes["fhirsync_signalsource"].(string); ok && k != "" {
+			w.mark(false, taskMark(k), time.Now())
+		}
+		return
+	}
 	if cw.Entity != "contact" || cw.Message == "Delete" || !isAgentUser(cw.InitiatingUserID) {
 		return
 	}

@@ -44,12 +44,15 @@ func TestRunStreamSmall(t *testing.T) {
 // BenchmarkDeviceStream runs the device-stream bench once per iteration
 // at the rate: FHIRSYNC_STREAM_RATE (5000), _SECONDS (60),
 // _PATIENTS (1000) and _WINDOW (30s) change it; FHIRSYNC_BENCH_DATABASE_URL
-// runs it on PostgreSQL.
+// runs it on PostgreSQL. A signal leg runs alongside (signals.go).
 //
 //	go test ./agent/agentbench/ -run '^$' -bench DeviceStream -benchtime 1x
 func BenchmarkDeviceStream(b *testing.B) {
 	cfg := StreamConfig{Rate: envFloat("FHIRSYNC_STREAM_RATE", 5000), Duration: time.Duration(envFloat("FHIRSYNC_STREAM_SECONDS", 60) * float64(time.Second)),
-		Patients: int(envFloat("FHIRSYNC_STREAM_PATIENTS", 1000))}
+		Patients: int(envFloat("FHIRSYNC_STREAM_PATIENTS", 1000)),
+		// The signal leg: FHIRSYNC_SIGNAL_RATE RiskAssessments/Flags per
+		// second (1) while the readings go out.
+		Signals: &SignalConfig{Rate: envFloat("FHIRSYNC_SIGNAL_RATE", 1)}}
 	if w, err := time.ParseDuration(os.Getenv("FHIRSYNC_STREAM_WINDOW")); err == nil {
 		cfg.Window = w
 	}
@@ -76,6 +79,10 @@ func BenchmarkDeviceStream(b *testing.B) {
 		b.ReportMetric(res.LogRowsPerHour, "log-rows/h")
 		b.ReportMetric(res.LogBytesPerHour, "log-bytes/h")
 		b.ReportMetric(float64(res.CPUPerReading.Microseconds()), "cpu-µs/reading")
+		if s := res.Signals; s != nil {
+			b.ReportMetric(s.P50.Seconds(), "signal-p50-s")
+			b.ReportMetric(s.P99.Seconds(), "signal-p99-s")
+		}
 	}
 }
 

@@ -59,6 +59,7 @@ names one; use a scratch database, the run leaves its rows behind.`)
 	streamDuration := fs.Duration("stream-duration", time.Minute, "with --stream: how long the readings are offered")
 	streamPatients := fs.Int("stream-patients", 1000, "with --stream: patients, one heart-rate stream each")
 	streamWindow := fs.Duration("stream-window", 30*time.Second, "with --stream: the stream map's window")
+	signalRate := fs.Float64("signal-rate", 1, "with --stream: RiskAssessments/Flags per second written alongside, each timed from FHIR write to CRM task (docs/signals.md); 0 leaves the signal leg out")
 	if done, err := parseFlags(fs, args); done {
 		return err
 	}
@@ -157,8 +158,12 @@ names one; use a scratch database, the run leaves its rows behind.`)
 		if *streamRate <= 0 || *streamDuration <= 0 || *streamPatients < 1 || *streamWindow < time.Second {
 			return usageErrorf("bench: --stream-rate, --stream-duration and --stream-patients must be positive, --stream-window at least 1s")
 		}
+		var signals *agentbench.SignalConfig
+		if *signalRate > 0 {
+			signals = &agentbench.SignalConfig{Rate: *signalRate}
+		}
 		res, err := agentbench.RunStream(ctx, agentbench.StreamConfig{DB: db, Rate: *streamRate, Duration: *streamDuration,
-			Patients: *streamPatients, Window: *streamWindow, Workers: *workers, Progress: progress})
+			Patients: *streamPatients, Window: *streamWindow, Workers: *workers, Progress: progress, Signals: signals})
 		if err != nil {
 			return fmt.Errorf("bench: %w", err)
 		}
