@@ -54,7 +54,13 @@ func tabTo(id string, back bool) chromedp.ActionFunc {
 
 // waitFocus waits until the element with id has the focus.
 func waitFocus(id string) chromedp.Action {
-	return chromedp.Poll(fmt.Sprintf(`document.activeElement && document.activeElement.id === %q`, id), nil, chromedp.WithPollingTimeout(10*time.Second))
+	return poll(fmt.Sprintf(`document.activeElement && document.activeElement.id === %q`, id))
+}
+
+// poll waits until expr is true; the editor's round trips can be slow on
+// a busy machine, so it waits longer than chromedp's default.
+func poll(expr string) chromedp.Action {
+	return chromedp.Poll(expr, nil, chromedp.WithPollingTimeout(90*time.Second))
 }
 
 // TestBrowserEditorAddFromPickerAndPublish: in Chromium, an editor adds
@@ -79,7 +85,7 @@ func TestBrowserEditorAddFromPickerAndPublish(t *testing.T) {
 	path := fmt.Sprintf("am-%d-fhirPath", added)
 
 	var pickerRow, hint, evaluated, yaml, samples, status string
-	ctx := browser.Session(t, 2*time.Minute)
+	ctx := browser.Session(t, 5*time.Minute)
 	err = chromedp.Run(ctx,
 		signIn(e.url, "editor@example.org"),
 		chromedp.Navigate(fmt.Sprintf("%s/maps/versions/%d/edit?map=patient-contact", e.url, n)),
@@ -94,27 +100,31 @@ func TestBrowserEditorAddFromPickerAndPublish(t *testing.T) {
 		chromedp.Text(fmt.Sprintf("#am-%d-crm", added), &hint, chromedp.ByID),
 		// Completion: "name.where(use = 'nickname').gi" offers given.
 		chromedp.SendKeys("#"+path, "nam", chromedp.ByID),
-		chromedp.WaitVisible(fmt.Sprintf(`#%s-options li`, path), chromedp.ByQuery),
+		poll(fmt.Sprintf(`Array.from(document.querySelectorAll("#%s-options li .fp-name")).map(li => li.textContent).join() === "name"`, path)),
 		chromedp.KeyEvent(kb.ArrowDown),
 		chromedp.KeyEvent(kb.Enter),
 		chromedp.SendKeys("#"+path, ".where(use = 'nickname').gi", chromedp.ByID),
-		chromedp.Poll(fmt.Sprintf(`Array.from(document.querySelectorAll("#%s-options li .fp-name")).some(li => li.textContent === "given")`, path), nil),
+		poll(fmt.Sprintf(`Array.from(document.querySelectorAll("#%s-options li .fp-name")).some(li => li.textContent === "given")`, path)),
 		chromedp.KeyEvent(kb.ArrowDown),
 		chromedp.KeyEvent(kb.Enter),
 		chromedp.SendKeys("#"+path, "[0]", chromedp.ByID),
-		chromedp.Poll(fmt.Sprintf(`document.getElementById("%s-result").textContent.includes("Tóta")`, path), nil),
+		poll(fmt.Sprintf(`document.getElementById("%s-result").textContent.includes("Tóta")`, path)),
 		chromedp.Text("#"+path+"-result", &evaluated, chromedp.ByID),
 		// The forms wrote the YAML.
-		chromedp.Poll(`document.getElementById("ed-yaml").value.includes("name: nickname") && document.getElementById("ed-yaml").value.includes("given[0]")`, nil),
+		poll(`document.getElementById("ed-yaml").value.includes("fhirPath: name.where(use = 'nickname').given[0]")`),
 		chromedp.Value("#ed-yaml", &yaml, chromedp.ByID),
 		// The starter sample did not expect the new field; it is told to.
-		chromedp.Poll(`(document.getElementById("ed-samples-summary") || {textContent: ""}).textContent.includes("fail")`, nil),
+		poll(`(document.getElementById("ed-samples-summary") || {textContent: ""}).textContent.includes("fail")`),
 		chromedp.Click(`#ed-sample-results li[data-sample="patient to contact"] button`, chromedp.ByQuery),
-		chromedp.Poll(`(document.getElementById("ed-samples-summary") || {textContent: ""}).textContent.includes("All ")`, nil),
+		poll(`(document.getElementById("ed-samples-summary") || {textContent: ""}).textContent.includes("All ")`),
 		chromedp.Text("#ed-samples-summary", &samples, chromedp.ByID),
 	)
 	if err != nil {
-		t.Fatal(err)
+		var state string
+		_ = chromedp.Run(ctx, chromedp.Evaluate(`document.getElementById("ed-status").textContent + " | " +
+			(document.getElementById("ed-sample-results") || {textContent: ""}).textContent + " | " +
+			document.getElementById("ed-yaml").value.split("\n").filter(l => l.includes("nickname")).join(" / ")`, &state))
+		t.Fatalf("%v; the editor shows: %s", err, state)
 	}
 	if !strings.Contains(pickerRow, "String") || !strings.Contains(pickerRow, "max length 100") {
 		t.Errorf("the picker shows nickname as %q, want its type and length from the CRM", pickerRow)
@@ -246,7 +256,7 @@ func TestBrowserEditorUnsavedChangeGuard(t *testing.T) {
 	e.user("editor@example.org", RoleEditor, false)
 	n := starterDraft(t, e)
 	edit := fmt.Sprintf("%s/maps/versions/%d/edit", e.url, n)
-	ctx := browser.Session(t, 2*time.Minute)
+	ctx := browser.Session(t, 4*time.Minute)
 
 	prompts := make(chan string, 4)
 	chromedp.ListenTarget(ctx, func(ev any) {
@@ -270,7 +280,7 @@ func TestBrowserEditorUnsavedChangeGuard(t *testing.T) {
 		chromedp.SendKeys("#ent-description", " (edited)", chromedp.ByID),
 		chromedp.WaitVisible("#ed-dirty", chromedp.ByID),
 		chromedp.Click("#back-to-version", chromedp.ByID),
-		chromedp.Poll(`document.getElementById("leave-dialog").open`, nil),
+		poll(`document.getElementById("leave-dialog").open`),
 		chromedp.Evaluate(`location.pathname`, &path),
 	)
 	if err != nil {
@@ -281,7 +291,7 @@ func TestBrowserEditorUnsavedChangeGuard(t *testing.T) {
 	}
 	err = chromedp.Run(ctx,
 		chromedp.Click("#leave-stay", chromedp.ByID),
-		chromedp.Poll(`!document.getElementById("leave-dialog").open`, nil),
+		poll(`!document.getElementById("leave-dialog").open`),
 		waitFocus("back-to-version"),
 		chromedp.Value("#ent-description", &desc, chromedp.ByID),
 		// Any other navigation gets the browser's own prompt.
@@ -311,7 +321,7 @@ func TestBrowserEditorUnsavedChangeGuard(t *testing.T) {
 	}
 	err = chromedp.Run(ctx,
 		chromedp.Click("#back-to-version", chromedp.ByID),
-		chromedp.Poll(`document.getElementById("leave-dialog").open`, nil),
+		poll(`document.getElementById("leave-dialog").open`),
 		chromedp.Evaluate(`document.getElementById("leave-dialog").open`, &open),
 		chromedp.Click("#leave-go", chromedp.ByID),
 		chromedp.WaitVisible("#version-info", chromedp.ByID),
@@ -350,7 +360,7 @@ func TestBrowserEditorKeyboardOnly(t *testing.T) {
 	before := doc.EntityMaps[0].Attributes[added-2].Name // two places up
 
 	var announced, label string
-	ctx := browser.Session(t, 3*time.Minute)
+	ctx := browser.Session(t, 6*time.Minute)
 	err := chromedp.Run(ctx,
 		signIn(e.url, "editor@example.org"),
 		chromedp.Navigate(fmt.Sprintf("%s/maps/versions/%d/edit", e.url, n)),
@@ -369,9 +379,9 @@ func TestBrowserEditorKeyboardOnly(t *testing.T) {
 		waitFocus(fmt.Sprintf("am-up-%d", added-1)),
 		chromedp.KeyEvent(" "),
 		waitFocus(fmt.Sprintf("am-up-%d", added-2)),
-		chromedp.Text("#ed-status", &announced, chromedp.ByID),
+		chromedp.Text("#ed-announce", &announced, chromedp.ByID),
 		chromedp.AttributeValue(fmt.Sprintf("#am-up-%d", added-2), "aria-label", &label, nil, chromedp.ByID),
-		chromedp.Poll(`document.getElementById("ed-yaml").value.indexOf("name: telephone3") > 0`, nil),
+		poll(`document.getElementById("ed-yaml").value.indexOf("name: telephone3") > 0`),
 		chromedp.Sleep(500*time.Millisecond), // the last round trip
 		tabTo("ed-save", false),
 		chromedp.KeyEvent(kb.Enter),
@@ -412,7 +422,7 @@ func TestBrowserEditorRefusesNonexistentAttribute(t *testing.T) {
 
 	var beside, listed, yaml string
 	var dirty bool
-	ctx := browser.Session(t, 90*time.Second)
+	ctx := browser.Session(t, 4*time.Minute)
 	err := chromedp.Run(ctx,
 		signIn(e.url, "editor@example.org"),
 		chromedp.Navigate(fmt.Sprintf("%s/maps/versions/%d/edit?map=patient-contact", e.url, n)),
@@ -423,7 +433,7 @@ func TestBrowserEditorRefusesNonexistentAttribute(t *testing.T) {
 		chromedp.SendKeys("#am-1-crmAttribute", "firstnam", chromedp.ByID),
 		chromedp.WaitVisible("#am-1-crmAttribute-problem", chromedp.ByID),
 		chromedp.Text("#am-1-crmAttribute-problem", &beside, chromedp.ByID),
-		chromedp.Poll(`document.getElementById("ed-yaml").value.includes("crmAttribute: firstnam\n")`, nil),
+		poll(`document.getElementById("ed-yaml").value.includes("crmAttribute: firstnam\n")`),
 		chromedp.Click("#ed-save", chromedp.ByID),
 		chromedp.WaitVisible("#problems", chromedp.ByID),
 		chromedp.Text("#problems", &listed, chromedp.ByID),
@@ -459,7 +469,7 @@ func TestBrowserEditorYAMLToForms(t *testing.T) {
 	n := starterDraft(t, e)
 
 	var list, problems, status, desc string
-	ctx := browser.Session(t, 90*time.Second)
+	ctx := browser.Session(t, 4*time.Minute)
 	edit := func(from, to string) chromedp.Action {
 		return chromedp.Evaluate(fmt.Sprintf(`(() => { const a = document.getElementById("ed-yaml");
 			a.value = a.value.replace(%q, %q); a.dispatchEvent(new Event("input")); })()`, from, to), nil)
@@ -469,7 +479,7 @@ func TestBrowserEditorYAMLToForms(t *testing.T) {
 		chromedp.Navigate(fmt.Sprintf("%s/maps/versions/%d/edit?map=patient-contact", e.url, n)),
 		chromedp.WaitVisible("#am-list", chromedp.ByID),
 		edit("- name: first-name\n", "- name: given-name\n"),
-		chromedp.Poll(`document.getElementById("am-list").textContent.includes("given-name")`, nil),
+		poll(`document.getElementById("am-list").textContent.includes("given-name")`),
 		chromedp.Text("#am-list", &list, chromedp.ByID),
 		edit("format: 1\n", "format: 1\nbogus: [\n"),
 		chromedp.WaitVisible("#ed-yaml-problems", chromedp.ByID),

@@ -86,6 +86,14 @@
     status.textContent = msg;
   }
 
+  // announce tells what an action did (moved, added, removed) in a live
+  // region of its own, so the validation status that follows does not
+  // replace it.
+  var announcer = document.getElementById("ed-announce");
+  function announce(msg) {
+    announcer.textContent = msg;
+  }
+
   function withFix(p) {
     return p.fix ? p.message + " Suggested fix: " + p.fix : p.message;
   }
@@ -212,6 +220,7 @@
 
   function changed() {
     setDirty(true);
+    samplesStale();
     clearTimeout(pushTimer);
     pushTimer = setTimeout(pushDoc, 300);
   }
@@ -313,6 +322,7 @@
 
   yamlArea.addEventListener("input", function () {
     setDirty(true);
+    samplesStale();
     clearTimeout(pushTimer);
     pushTimer = null;
     clearTimeout(pullTimer);
@@ -840,6 +850,7 @@
     }
 
     input.addEventListener("input", function () {
+      close(); // its options were for the text before this keystroke
       set(input.value);
       changed();
       clearTimeout(compTimer);
@@ -923,7 +934,7 @@
       window.history.replaceState(null, "", "?map=" + encodeURIComponent(em.name));
     }
     runSamples();
-    say("Editing entity map " + (em ? em.name : "") + ".");
+    announce("Editing entity map " + (em ? em.name : "") + ".");
   });
 
   function fieldset(legend, kids, cls) {
@@ -1087,7 +1098,7 @@
               changed();
               var next = list.length === 0 ? key + "-add" : key + "-edit-" + Math.min(i, list.length - 1);
               rerender(key, list, ctx, next);
-              say("Attribute map " + gone.name + " removed; " + list.length + " left.");
+              announce("Attribute map " + gone.name + " removed; " + list.length + " left.");
             } })
         ])
       ]));
@@ -1139,7 +1150,7 @@
     }
     changed();
     rerender(key, list, ctx, key + (by < 0 ? "-up-" : "-down-") + j);
-    say(a.name + " moved to position " + (j + 1) + " of " + list.length + ".");
+    announce(a.name + " moved to position " + (j + 1) + " of " + list.length + ".");
   }
 
   // picker lists the CRM table's attributes from its metadata; choosing
@@ -1237,7 +1248,7 @@
     openPicker = null;
     changed();
     rerender(key, list, ctx, key + "-" + (list.length - 1) + "-fhirPath");
-    say("Attribute map " + am.name + " added at position " + list.length + (a ? " for " + a.name + " (" + am.crmType + ")" : "") + "; enter its FHIR path.");
+    announce("Attribute map " + am.name + " added at position " + list.length + (a ? " for " + a.name + " (" + am.crmType + ")" : "") + "; enter its FHIR path.");
   }
 
   function attrDetail(key, list, i, ctx) {
@@ -1348,7 +1359,7 @@
         renderExpansions();
         markFields();
         document.getElementById("ed-add-expansion").focus();
-        say("Expansion map " + x.name + " removed.");
+        announce("Expansion map " + x.name + " removed.");
       } })]));
       body.appendChild(box);
     });
@@ -1361,7 +1372,7 @@
       renderExpansions();
       markFields();
       document.getElementById("x" + (em.expansions.length - 1) + "-name").focus();
-      say("Expansion map added; name it and choose its FHIR array and CRM child table.");
+      announce("Expansion map added; name it and choose its FHIR array and CRM child table.");
     } })]));
   }
 
@@ -1476,7 +1487,7 @@
               renderValueMaps();
               var next = document.getElementById(id + "-e" + Math.min(j, vm.entries.length - 1) + "-remove") || document.getElementById(id + "-add-entry");
               next.focus();
-              say("Entry removed from " + vm.name + ".");
+              announce("Entry removed from " + vm.name + ".");
             } })])
         ]));
       });
@@ -1493,14 +1504,14 @@
           changed();
           renderValueMaps();
           document.getElementById(id + "-e" + (vm.entries.length - 1) + "-fhir").focus();
-          say("Entry added to " + vm.name + ".");
+          announce("Entry added to " + vm.name + ".");
         } }),
         h("button", { type: "button", class: "secondary danger", id: id + "-remove-map", text: "Remove value map " + vm.name, onclick: function () {
           doc.valueMaps.splice(i, 1);
           changed();
           renderValueMaps();
           document.getElementById("ed-add-valuemap").focus();
-          say("Value map " + vm.name + " removed.");
+          announce("Value map " + vm.name + " removed.");
         } })
       ]));
       body.appendChild(outer);
@@ -1519,6 +1530,22 @@
   var sampleTimer = null;
   var sampleSeq = 0;
 
+  // samplesStale drops the shown results (and any run under way) when the
+  // draft changes: the samples run again once the change is checked, and
+  // no button acts on a result of an earlier state.
+  function samplesStale() {
+    sampleSeq++;
+    clearTimeout(sampleTimer);
+    if (sampleResults !== null) {
+      sampleResults = null;
+      renderSampleResults();
+      var box = document.getElementById("ed-sample-results");
+      if (box) {
+        box.appendChild(h("p", { class: "muted", text: "The samples run again once the change is checked\u2026" }));
+      }
+    }
+  }
+
   function runSamples() {
     clearTimeout(sampleTimer);
     sampleTimer = setTimeout(function () {
@@ -1528,8 +1555,8 @@
       }
       var mine = ++sampleSeq;
       post("/api/v1/maps/samples", { yaml: yamlArea.value, map: em.name }).then(function (r) {
-        if (mine !== sampleSeq) {
-          return;
+        if (mine !== sampleSeq || pushTimer || pullTimer) {
+          return; // a newer change runs them again
         }
         sampleResults = r.ok ? r.body.results : { error: (r.body.error && r.body.error.message) || "The samples cannot run." };
         renderSampleResults();
@@ -1555,7 +1582,7 @@
       pick.addEventListener("change", function () {
         sampleName = pick.value;
         renderAll();
-        say("FHIR paths are now evaluated on sample " + sampleName + ".");
+        announce("FHIR paths are now evaluated on sample " + sampleName + ".");
       });
       body.appendChild(h("div", { class: "ed-field" }, [h("label", { for: "ed-sample", text: "FHIR paths are evaluated on sample" }), pick]));
     } else {
@@ -1623,11 +1650,11 @@
       }
     });
     changed();
-    say("Sample " + r.sample + " now expects the current result.");
-    var summary = document.getElementById("ed-samples-summary");
-    if (summary) {
-      summary.setAttribute("tabindex", "-1");
-      summary.focus();
+    announce("Sample " + r.sample + " now expects the current result.");
+    var box = document.getElementById("ed-sample-results");
+    if (box) {
+      box.setAttribute("tabindex", "-1");
+      box.focus();
     }
   }
 
