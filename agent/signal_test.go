@@ -133,9 +133,15 @@ func (e *env) fhirChange(t *testing.T, res fhir.Resource) (fhir.Resource, string
 	return got, e.notify(t, queues.SideFHIR, typ, id, ver, ev)
 }
 
-func setupSignals(t *testing.T, db *gorm.DB) (*env, string) {
+func setupSignals(t *testing.T, db *gorm.DB, tweaks ...func(*maps.Document)) (*env, string) {
 	t.Helper()
-	e := startEnv(t, db, agent.Config{Workers: 4, RetryBase: 200 * time.Millisecond, RetryMax: time.Second}, envOptions{tweak: withSignalMaps})
+	tweak := func(doc *maps.Document) {
+		withSignalMaps(doc)
+		for _, f := range tweaks {
+			f(doc)
+		}
+	}
+	e := startEnv(t, db, agent.Config{Workers: 4, RetryBase: 200 * time.Millisecond, RetryMax: time.Second}, envOptions{tweak: tweak})
 	if _, err := e.crmHuman.Create(context.Background(), "teams", crm.Record{"teamid": signalTeam, "name": "Care coordinators"}); err != nil {
 		t.Fatal(err)
 	}
@@ -389,4 +395,35 @@ func containsAny(s string, subs ...string) bool {
 		}
 	}
 	return false
+}
+
+// TestSignalOwnerIsThePatientsOwner: with owner.patient, a Flag's task is
+// owned by whoever owns the patient's contact — here a team a
+// coordinator assigned the contact to — not by fhirsync's user.
+func TestSignalOwnerIsThePatientsOwner(t *testing.T) {
+	t.Parallel()
+	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
+		e, p0 := setupSignals(t, db, func(doc *maps.Document) {
+			for i := range doc.EntityMaps {
+				if doc.EntityMaps[i].Name == "flag-task" {
+					doc.EntityMaps[i].Signal.Owner = maps.SignalOwner{Patient: true}
+				}
+			}
+		})
+		ctx := context.Background()
+		const ward = "5e1a0000-0000-4000-8000-00000000a11d"
+		if _, err := e.crmHuman.Create(ctx, "teams", crm.Record{"teamid": ward, "name": "Cardiology ward"}); err != nil {
+			t.Fatal(err)
+		}
+		contact := e.contactOf(t, p0)
+		if _, err := e.crmHuman.Upsert(ctx, crm.ByID("contacts", contact), crm.Record{"ownerid@odata.bind": crm.Bind("teams", ward)}, crm.UpsertOptions{Mode: crm.UpdateOnly}); err != nil {
+			t.Fatal(err)
+		}
+		flag, msg := e.fhirChange(t, fhir.Resource{"resourceType": "Flag", "status": "active",
+			"code": map[string]any{"text": "Falls"}, "subject": map[string]any{"reference": "Patient/" + p0}})
+		e.byMessage(t, msg, logs.ReasonSignalOpened)
+		if got := e.taskOf(t, "Flag_"+flag["id"].(string)); got.count != 1 || got.owner != ward || got.regarding != contact {
+			t.Fatalf("task %+v, want one owned by the contact's team %s regarding %s", got, ward, contact)
+		}
+	})
 }
