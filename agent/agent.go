@@ -285,6 +285,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 			return nil
 		},
 	}
+	a.pipe.parking = newEchoParking(api)
 	a.pipe.tracer = tracerOf(deps.Tracer)
 	if deps.Tracer != nil {
 		traceFlows(a.pipe.flows, a.pipe.tracer)
@@ -428,6 +429,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.once.Do(func() { close(a.ready) })
 	wg.Wait()
+	// Parked messages end their processing before decisions stop.
+	a.pipe.parking.wait()
 	close(errs)
 	return errors.Join(collect(errs)...)
 }

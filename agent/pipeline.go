@@ -130,6 +130,9 @@ type pipeline struct {
 	// makes it forget that record's pair.
 	lookups *lookupCache
 	base    *baseHasher // hashes each sent pair's base state; nil: kept off
+	// parking, when set, parks the notices of rows this process created
+	// while their versions are read together (echo_park.go).
+	parking *echoParking
 	// conflicts keeps conflicts held for a person; nil: none are kept
 	// (a held attribute is still left alone and named in the decision).
 	conflicts conflictStore
@@ -210,12 +213,14 @@ func (p *pipeline) handleOn(q txQueue) handler {
 		start := p.now()
 		u := &unit{d: &logs.Decision{MessageID: m.ID, Direction: logs.FHIRToCRM}}
 		ctx, span := p.startProcess(ctx, m, u.d)
-		defer endProcess(span, u.d)
-		st := p.run(ctx, m, u)
-		if st.reading != nil {
-			return p.settleReading(ctx, m, *st.reading, q)
-		}
-		return p.finish(ctx, m, u, q, st, start)
+		return p.parkable(ctx, q, m, func(ctx context.Context) settlement {
+			defer endProcess(span, u.d)
+			st := p.run(ctx, m, u)
+			if st.reading != nil {
+				return p.settleReading(ctx, m, *st.reading, q)
+			}
+			return p.finish(ctx, m, u, q, st, start)
+		})
 	}
 }
 
@@ -293,6 +298,9 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 		} else if own {
 			return stop(logs.OutcomeSkipped, "own_write_echo", "This version was written by fhirsync itself; its echo is not synced back.")
 		}
+	}
+	if st := p.createEcho(ctx, f, open[0], n, len(ns)); st != nil {
+		return st
 	}
 
 	if sm := p.streamMap(open, n); sm != nil {
@@ -534,7 +542,7 @@ func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues
 		return p.failure("writing the target record", err), false
 	}
 	if w.Version != "" {
-		u.own = &ownWrite{Side: f.targetOf, RType: targetType(em, f), RID: w.ID, Version: w.Version, WrittenAt: p.now().UTC()}
+		u.own = &ownWrite{Side: f.targetOf, RType: targetType(em, f), RID: w.ID, Version: w.Version, WrittenAt: p.now().UTC(), Created: w.Created}
 		u.own.ValueHash, u.own.ValueFields = valueDigest(p.writes.key, f.targetOf, out.Data)
 		// Known as the agent's from now; commit forgets it from memory
 		// once it is in the table.

@@ -160,6 +160,9 @@ type ownWrite struct {
 	// ValueFields the names it covers; both empty when not known.
 	ValueHash   string `gorm:"column:value_hash"`
 	ValueFields string `gorm:"column:value_fields"`
+	// Created: the write created the row (not kept in the table; see
+	// createdRows).
+	Created bool `gorm:"-"`
 }
 
 func (ownWrite) TableName() string { return "agent_own_writes" }
@@ -177,12 +180,15 @@ type ownWrites struct {
 	key []byte
 	// flights are the target writes whose versions are not known yet.
 	flights *flights
+	// created are the rows this process created, with the versions their
+	// creates made.
+	created *createdRows
 }
 
 // newOwnWrites hashes values under a random key; set key for the
 // installation's.
 func newOwnWrites(db *gorm.DB) ownWrites {
-	return ownWrites{db: db, pending: &sync.Map{}, key: newValueKey(nil), flights: newFlights()}
+	return ownWrites{db: db, pending: &sync.Map{}, key: newValueKey(nil), flights: newFlights(), created: newCreatedRows()}
 }
 
 func (w ownWrite) key() string {
@@ -196,6 +202,9 @@ func (w ownWrite) recordKey() string {
 // note records w as written, before it is committed; done forgets it
 // once the commit has ended (either way).
 func (s ownWrites) note(w ownWrite) (done func()) {
+	if w.Created {
+		s.created.note(w)
+	}
 	if s.pending == nil {
 		return func() {}
 	}
