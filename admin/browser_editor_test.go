@@ -500,3 +500,62 @@ func TestBrowserEditorYAMLToForms(t *testing.T) {
 		t.Error("the forms were emptied by unreadable YAML")
 	}
 }
+
+// TestBrowserEditorRoundField: a decimal attribute map's form shows the
+// places it rounds to (the starter Observation value rounds to 10);
+// changing the number changes the YAML and the stored draft.
+func TestBrowserEditorRoundField(t *testing.T) {
+	browser := browsertest.Start(t)
+	e := newTestEnv(t, storagetest.Open(t, "sqlite"), AppConfig{})
+	e.user("editor@example.org", RoleEditor, false)
+	n := starterDraft(t, e)
+	doc, _, err := e.app.data.maps.Version(t.Context(), n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := -1
+	for _, em := range doc.EntityMaps {
+		if em.Name != "observation" {
+			continue
+		}
+		for j, a := range em.Attributes {
+			if a.Name == "value" {
+				i = j
+			}
+		}
+	}
+	if i < 0 {
+		t.Fatal("the starter observation map has no value attribute map")
+	}
+	field := fmt.Sprintf("am-%d-round", i)
+
+	var shown, yaml string
+	ctx := browser.Session(t, 4*time.Minute)
+	err = chromedp.Run(ctx,
+		signIn(e.url, "editor@example.org"),
+		chromedp.Navigate(fmt.Sprintf("%s/maps/versions/%d/edit?map=observation", e.url, n)),
+		chromedp.WaitVisible("#am-list", chromedp.ByID),
+		chromedp.Click(fmt.Sprintf("#am-edit-%d", i), chromedp.ByID),
+		chromedp.WaitVisible("#"+field, chromedp.ByID),
+		chromedp.Value("#"+field, &shown, chromedp.ByID),
+		clearField(field),
+		chromedp.SendKeys("#"+field, "4", chromedp.ByID),
+		poll(`document.getElementById("ed-yaml").value.includes("round: 4\n")`),
+		chromedp.Value("#ed-yaml", &yaml, chromedp.ByID),
+		chromedp.Click("#ed-save", chromedp.ByID),
+		chromedp.WaitVisible("#notice", chromedp.ByID),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if shown != "10" {
+		t.Errorf("the round field shows %q, want the starter map's 10", shown)
+	}
+	if strings.Contains(yaml, "round: 10\n") {
+		t.Errorf("the YAML still rounds to 10 after the form said 4")
+	}
+	doc, _, _ = e.app.data.maps.Version(t.Context(), n)
+	if _, am := findAttribute(doc, "observation", "value"); am.Round == nil || *am.Round != 4 {
+		t.Errorf("stored round %v, want 4", am.Round)
+	}
+}

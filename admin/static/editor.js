@@ -1304,6 +1304,11 @@
       kids.push(field("Longer values", id + "-lengthPolicy", a.lengthPolicy || "error", function (v) { setOrDelete(a, "lengthPolicy", v === "error" ? "" : v); },
         { kind: "select", options: [["error", "Fail the record (mapping error)"], ["truncate", "Truncate to the maximum length"]], field: "lengthPolicy" }));
     }
+    if (a.crmType === "decimal" || a.crmType === "money" || (a.round !== undefined && a.round !== null)) {
+      var dmeta = crmAttr(entity, a.crmAttribute);
+      kids.push(field("Round to decimal places", id + "-round", a.round, function (v) { setOrDelete(a, "round", num(v)); }, { kind: "number", field: "round",
+        hint: dmeta && dmeta.precision !== undefined && dmeta.precision !== null ? "The CRM column keeps " + dmeta.precision + " decimal places." : null }));
+    }
     kids.push(field("Conflict policy", id + "-conflictPolicy", a.conflictPolicy, function (v) { setOrDelete(a, "conflictPolicy", v); },
       { kind: "select", options: [["", "As the entity map"]].concat(CONFLICT), field: "conflictPolicy" }));
     kids.push(field("Required (a missing value is a mapping error)", id + "-required", a.required, function (v) { setOrDelete(a, "required", v || ""); }, { kind: "checkbox", field: "required" }));
