@@ -46,8 +46,23 @@ func TestEveryReasonCodeEndToEnd(t *testing.T) {
 			envOptions{noPoller: true, crmRetries: -1, tweak: reasonMaps,
 				crmTransport: func(next http.RoundTripper) http.RoundTripper { stale.next = next; return stale }})
 		ctx := context.Background()
+		// The care coordinators' team the signal maps' tasks are owned by.
+		if _, err := e.crmHuman.Create(ctx, "teams", crm.Record{"teamid": signalTeam, "name": "Care coordinators"}); err != nil {
+			t.Fatal(err)
+		}
 		seen := map[logs.ReasonCode]bool{}
-		mark := func(d logs.Decision) { seen[d.Reason] = true }
+		// A device-stream window's decision also counts its readings by
+		// what became of them, each under its reason code.
+		mark := func(d logs.Decision) {
+			seen[d.Reason] = true
+			if d.Readings != nil {
+				for r, n := range d.Readings.Counts {
+					if n > 0 {
+						seen[r] = true
+					}
+				}
+			}
+		}
 
 		// The seeded organizations, practitioners and patients, in
 		// dependency order: created.
@@ -106,7 +121,50 @@ func TestEveryReasonCodeEndToEnd(t *testing.T) {
 		}
 		mark(e.byMessage(t, e.notify(t, queues.SideFHIR, "Encounter", enc.ID(), "", queues.EventCreated), "created"))
 		e.quiet(t)
-		var heldID int64 // the held conflict a coordinator resolves
+
+		// Device readings of two patients in one stream window: the one
+		// whose readings leave the range gets one aggregate (the same
+		// reading delivered twice is dropped), the other's window stays
+		// within the range; the first patient's next window meets the
+		// rate limit.
+		p0, p1 := synth.PatientID(0), synth.PatientID(1)
+		high := []fhir.Resource{heartRate(t, e.fhir, p0, "70"), heartRate(t, e.fhir, p0, "120")}
+		calm := []fhir.Resource{heartRate(t, e.fhir, p1, "60"), heartRate(t, e.fhir, p1, "65")}
+		atWindowStart()
+		for _, r := range append(high, calm...) {
+			e.notify(t, queues.SideFHIR, "Observation", r.ID(), r.VersionID(), queues.EventCreated)
+		}
+		time.Sleep(1500 * time.Millisecond)
+		e.notify(t, queues.SideFHIR, "Observation", high[0].ID(), "", queues.EventUpdated)
+		for _, d := range e.windowDecisions(t, 2, logs.ReasonCreated, logs.ReasonWithinRange) {
+			if d.Readings == nil {
+				continue
+			}
+			mark(d)
+			switch d.Reason {
+			case logs.ReasonCreated:
+				if c := d.Readings.Counts; d.Outcome != logs.OutcomeSent || c[logs.ReasonAggregated] != 2 || c[logs.ReasonDuplicateReading] != 1 {
+					t.Errorf("window sent: %s with counts %v, want sent, 2 aggregated and 1 duplicate_reading", d.Outcome, c)
+				}
+			case logs.ReasonWithinRange:
+				if d.Outcome != logs.OutcomeSkipped || d.Readings.Counts[logs.ReasonWithinRange] != 2 {
+					t.Errorf("window within range: %s with counts %v", d.Outcome, d.Readings.Counts)
+				}
+			}
+		}
+		e.quiet(t)
+		again := heartRate(t, e.fhir, p0, "130")
+		atWindowStart()
+		e.notify(t, queues.SideFHIR, "Observation", again.ID(), again.VersionID(), queues.EventCreated)
+		for _, d := range e.windowDecisions(t, 1, logs.ReasonRateLimited) {
+			if d.Readings != nil && d.Reason == logs.ReasonRateLimited {
+				mark(d)
+			}
+		}
+		e.quiet(t)
+
+		var heldID int64       // the held conflict a coordinator resolves
+		var flag fhir.Resource // the Flag whose task is opened, updated and closed
 
 		steps := []struct {
 			name   string
@@ -147,7 +205,40 @@ func TestEveryReasonCodeEndToEnd(t *testing.T) {
 				return e.notify(t, queues.SideFHIR, "Basic", "basic-1", "", queues.EventChanged)
 			}},
 			{name: "disabled map", reason: "map_disabled", run: func(t *testing.T) string {
-				return e.notify(t, queues.SideFHIR, "Observation", "obs-1", "", queues.EventCreated)
+				return e.notify(t, queues.SideFHIR, "Device", "dev-1", "", queues.EventCreated)
+			}},
+			{name: "an active Flag raises a task", reason: "signal_opened", run: func(t *testing.T) string {
+				var msg string
+				flag, msg = e.fhirChange(t, fhir.Resource{"resourceType": "Flag", "status": "active",
+					"code": map[string]any{"text": "Fall risk"}, "subject": map[string]any{"reference": "Patient/" + synth.PatientID(0)}})
+				return msg
+			}, after: func(t *testing.T) {
+				if got := e.taskOf(t, "Flag_"+flag.ID()); got.count != 1 || got.state != 0 {
+					t.Errorf("task of the active Flag = %+v, want one open", got)
+				}
+			}},
+			{name: "the Flag changes", reason: "signal_updated", run: func(t *testing.T) string {
+				flag["code"] = map[string]any{"text": "Fall risk, uses a walker"}
+				var msg string
+				flag, msg = e.fhirChange(t, flag)
+				return msg
+			}},
+			{name: "the Flag ends", reason: "signal_closed", run: func(t *testing.T) string {
+				flag["status"] = "inactive"
+				var msg string
+				flag, msg = e.fhirChange(t, flag)
+				return msg
+			}, after: func(t *testing.T) {
+				if got := e.taskOf(t, "Flag_"+flag.ID()); got.count != 1 || got.state != 1 || got.status != 5 {
+					t.Errorf("task of the ended Flag = %+v, want statecode 1 statuscode 5", got)
+				}
+			}},
+			{name: "a low qualitative risk", reason: "below_signal_threshold", run: func(t *testing.T) string {
+				_, msg := e.fhirChange(t, fhir.Resource{"resourceType": "RiskAssessment", "status": "final",
+					"subject": map[string]any{"reference": "Patient/" + synth.PatientID(0)},
+					"prediction": []any{map[string]any{"outcome": map[string]any{"text": "Fall"},
+						"qualitativeRisk": map[string]any{"coding": []any{map[string]any{"system": "http://terminology.hl7.org/CodeSystem/risk-probability", "code": "low"}}}}}})
+				return msg
 			}},
 			{name: "write-back off for encounters", reason: "direction_off", run: func(t *testing.T) string {
 				return e.notify(t, queues.SideCRM, "msemr_encounter", "00000000-0000-0000-0000-000000000e01", "", queues.EventUpdated)
@@ -539,17 +630,17 @@ func lastCRMMessage(t *testing.T, e *env, contactID string, since time.Time, rea
 }
 
 // reasonMaps is the starter map set as these scenarios need it:
-// observations off; on patients, the mobile phone held for a person when
+// observations as a device stream (asStreamMap), Flags and
+// RiskAssessments as signals (withSignalMaps); on patients, the mobile phone held for a person when
 // it changes on both sides and FHIR's work phone preferred; practitioners
 // deleted in FHIR kept in the CRM; encounters deleted in FHIR deactivated
 // there.
 func reasonMaps(doc *maps.Document) {
+	asStreamMap(doc)
+	withSignalMaps(doc)
 	for i := range doc.EntityMaps {
 		em := &doc.EntityMaps[i]
 		switch em.Name {
-		case "observation":
-			off := false
-			em.Enabled = &off
 		case "patient-contact":
 			for j := range em.Attributes {
 				switch em.Attributes[j].Name {
