@@ -491,7 +491,7 @@ func mapToCRM(ctx context.Context, m *maps.Mapping, src record, cur *record, r m
 		return mapped{Filtered: res.Filtered, Gated: res.Gated}, nil
 	}
 	rounded := prec.settle(ctx, m.Def().CRMEntity, res, crmState(cur))
-	return mapped{Data: res, Changed: res.Changed, Rounded: rounded, ChangedAttrs: stillChanged(m, res)}, nil
+	return mapped{Data: res, Changed: res.Changed, Rounded: rounded, Declared: declaredRounding(m, res.Rounded), ChangedAttrs: stillChanged(m, res)}, nil
 }
 
 // mapToFHIR runs the engine for a CRM change onto the current FHIR

@@ -47,6 +47,11 @@ type mapped struct {
 	// Rounded names the target fields whose mapped value the target
 	// holds rounded to its precision (compared at that precision).
 	Rounded []string
+	// Declared says, per target field, how the map's round declaration
+	// rounded the mapped value ("msemr_valuequantity rounded to 10
+	// decimal places"): the target holds it rounded and it is compared
+	// rounded.
+	Declared []string
 }
 
 // written is the result of a target write.
@@ -512,7 +517,7 @@ func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues
 	if curp != nil && len(out.Changed) == 0 {
 		u.link = linkFor(f, em, src, *curp, cached)
 		if mg == nil {
-			return stop(logs.OutcomeSkipped, "unchanged", "No mapped value differs at the target."+roundedNote(out.Rounded)), false
+			return stop(logs.OutcomeSkipped, "unchanged", "No mapped value differs at the target."+roundedNote(out.Rounded, out.Declared)), false
 		}
 		u.base = stampTimes(mg.unchangedBase(), mg.fhirAt, mg.crmAt)
 		switch {
@@ -521,7 +526,7 @@ func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues
 		case mg.deferred > 0:
 			return stop(logs.OutcomeSkipped, logs.ReasonConflictDeferred, fmt.Sprintf("%d attribute(s) changed on both sides; the policy keeps the %s value, which its own change carries over.", mg.deferred, otherSide(f))), false
 		}
-		return stop(logs.OutcomeSkipped, "unchanged", "No mapped value differs at the target, or only the target changed."+roundedNote(out.Rounded)), false
+		return stop(logs.OutcomeSkipped, "unchanged", "No mapped value differs at the target, or only the target changed."+roundedNote(out.Rounded, out.Declared)), false
 	}
 	if p.capture != nil {
 		d.Snapshots = p.capture(src.Data, out.Data)
@@ -566,9 +571,9 @@ func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues
 		d.Latency = max(p.now().Sub(n.ChangedAt), 0)
 	}
 	if w.Created {
-		return stop(logs.OutcomeSent, "created", fmt.Sprintf("Created %s %s.", targetType(em, f), w.ID)+roundedNote(out.Rounded)), false
+		return stop(logs.OutcomeSent, "created", fmt.Sprintf("Created %s %s.", targetType(em, f), w.ID)+roundedNote(out.Rounded, out.Declared)), false
 	}
-	msg := fmt.Sprintf("Updated %d field(s) of %s %s.", len(out.Changed), targetType(em, f), w.ID) + roundedNote(out.Rounded)
+	msg := fmt.Sprintf("Updated %d field(s) of %s %s.", len(out.Changed), targetType(em, f), w.ID) + roundedNote(out.Rounded, out.Declared)
 	switch {
 	case mg != nil && len(mg.held) > 0:
 		return stop(logs.OutcomeHeld, logs.ReasonConflictHeld, msg+fmt.Sprintf(" Held for a person: %s changed on both sides.", mg.heldNames())), false

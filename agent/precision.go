@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math/big"
 	"slices"
 	"strconv"
@@ -158,4 +159,26 @@ func decimalOf(v any) (*big.Rat, bool) {
 func roundRat(r *big.Rat, places int) *big.Rat {
 	out, _ := new(big.Rat).SetString(r.FloatString(places))
 	return out
+}
+
+// declaredRounding describes the CRM attributes m's round declarations
+// rounded ("msemr_valuequantity rounded to 10 decimal places"), sorted.
+func declaredRounding(m *maps.Mapping, attrs []string) []string {
+	if len(attrs) == 0 {
+		return nil
+	}
+	places := map[string]int{}
+	for _, a := range m.Def().Attributes {
+		if a.Round != nil {
+			places[a.CRMAttribute] = *a.Round
+		}
+	}
+	out := make([]string, 0, len(attrs))
+	for _, name := range attrs {
+		if n, ok := places[name]; ok {
+			out = append(out, fmt.Sprintf("%s rounded to %d decimal places", name, n))
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }

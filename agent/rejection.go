@@ -87,10 +87,16 @@ func missingReference(err error, target string) *step {
 }
 
 // roundedNote says which mapped values the CRM holds rounded, for a
-// decision's sentence; empty when none.
-func roundedNote(rounded []string) string {
-	if len(rounded) == 0 {
-		return ""
+// decision's sentence: rounded by the CRM to its column's precision, or
+// rounded before writing as the map declares (declared); empty when none.
+// The auditor reads here why the CRM's value differs from FHIR's.
+func roundedNote(rounded, declared []string) string {
+	var note string
+	if len(declared) > 0 {
+		note += " The map declares " + strings.Join(declared, ", ") + "; written and compared at the rounded value."
 	}
-	return " The CRM keeps " + strings.Join(rounded, ", ") + " rounded to its column's precision; compared at that precision."
+	if len(rounded) > 0 {
+		note += " The CRM keeps " + strings.Join(rounded, ", ") + " rounded to its column's precision; compared at that precision."
+	}
+	return note
 }

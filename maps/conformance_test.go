@@ -414,7 +414,8 @@ func jsonEqualExact(a, b any) bool {
 
 // roundedJSON is a JSON number with more than places decimal places
 // rounded half away from zero to places, as an attribute map's round
-// declaration writes it to the CRM; other values are returned as they are.
+// declaration writes it to the CRM (with exactly places decimal places);
+// other values are returned as they are.
 func roundedJSON(v any, places int) any {
 	n, ok := numberText(v)
 	if !ok {
@@ -424,5 +425,5 @@ func roundedJSON(v any, places int) any {
 	if err != nil || -d.Exponent() <= int32(places) {
 		return v
 	}
-	return json.Number(d.Round(int32(places)).String())
+	return json.Number(d.StringFixed(int32(places)))
 }

@@ -57,6 +57,11 @@ type CRMResult struct {
 	// whose mapped value differs from the current state, in map order:
 	// what a field-level merge compares.
 	ChangedAttributes []string `json:"changedAttributes,omitempty"`
+	// Rounded lists the CRM attributes whose FHIR value had more decimal
+	// places than the attribute map's round declares: the record holds
+	// the value rounded, and Changed compares it rounded. Child rows'
+	// attributes are not listed.
+	Rounded []string `json:"rounded,omitempty"`
 }
 
 // ChildOp is a write to one child row.
@@ -161,7 +166,7 @@ func (m *Mapping) ToCRMExcept(ctx context.Context, res map[string]any, cur *CRMS
 			continue
 		}
 		before := len(out.Changed)
-		if err := m.attrToCRM(ctx, nil, a, res, out.Record, current, &out.Changed, r); err != nil {
+		if err := m.attrToCRM(ctx, nil, a, res, out.Record, current, &out.Changed, &out.Rounded, r); err != nil {
 			return nil, err
 		}
 		if len(out.Changed) > before {
@@ -189,7 +194,10 @@ func (m *Mapping) ToCRMExcept(ctx context.Context, res map[string]any, cur *CRMS
 
 // attrToCRM maps one attribute into rec and notes a difference from
 // current in changed.
-func (m *Mapping) attrToCRM(ctx context.Context, x *expansion, a *attr, src, rec, current map[string]any, changed *[]string, r LookupResolver) error {
+//
+// A value its round declaration shortened is named in rounded (when not
+// nil), so the caller can say that the CRM holds it rounded.
+func (m *Mapping) attrToCRM(ctx context.Context, x *expansion, a *attr, src, rec, current map[string]any, changed, rounded *[]string, r LookupResolver) error {
 	d := a.def
 	var (
 		v       any
@@ -242,14 +250,17 @@ func (m *Mapping) attrToCRM(ctx context.Context, x *expansion, a *attr, src, rec
 			if err != nil {
 				return m.fail(x, a, err)
 			}
-			if n, ok := dv.(json.Number); ok && (d.CRMType == TypeDecimal || d.CRMType == TypeMoney) {
-				dv = json.Number(roundText(n.String(), d.Round))
-			}
 			v = dv
 		case d.Required:
 			return m.fail(x, a, fmt.Errorf("required value is missing"))
 		case a.lookup != nil:
 			return m.lookupToCRM(ctx, x, a, nil, rec, current, changed, r)
+		}
+	}
+	if rv, ok := a.round(v); ok {
+		v = rv
+		if rounded != nil {
+			*rounded = append(*rounded, d.CRMAttribute)
 		}
 	}
 	rec[d.CRMAttribute] = v

@@ -114,7 +114,7 @@ func (m *Mapping) expandToCRM(ctx context.Context, x *expansion, res map[string]
 		i, exists := -1, false
 		// Map the key first to find the row, then the rest against it.
 		for _, a := range x.key {
-			if err := m.attrToCRM(ctx, x, a, item, rec, nil, &changed, r); err != nil {
+			if err := m.attrToCRM(ctx, x, a, item, rec, nil, &changed, nil, r); err != nil {
 				return nil, err
 			}
 		}
@@ -131,7 +131,7 @@ func (m *Mapping) expandToCRM(ctx context.Context, x *expansion, res map[string]
 			if !a.toCRM {
 				continue
 			}
-			if err := m.attrToCRM(ctx, x, a, item, rec, current, &changed, r); err != nil {
+			if err := m.attrToCRM(ctx, x, a, item, rec, current, &changed, nil, r); err != nil {
 				return nil, err
 			}
 		}
@@ -193,7 +193,7 @@ func (m *Mapping) expandToFHIR(ctx context.Context, x *expansion, rows []map[str
 		rec := map[string]any{}
 		var ignore []string
 		for _, a := range x.key {
-			if err := m.attrToCRM(ctx, x, a, item, rec, nil, &ignore, r); err != nil {
+			if err := m.attrToCRM(ctx, x, a, item, rec, nil, &ignore, nil, r); err != nil {
 				return false, err
 			}
 		}

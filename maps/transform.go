@@ -85,20 +85,39 @@ func decimalText(v any) (string, error) {
 const maxRound = 10
 
 // roundText rounds the decimal text s to places decimal places, half away
-// from zero (2.345 → 2.35, -2.345 → -2.35); nil places, or a value that
-// already has no more places, is returned as it is. Microsoft does not
-// document what the Web API does with a value that has more places than
-// the column's Precision, so the value written is rounded here and does
-// not depend on it.
+// from zero (2.345 → 2.35, -2.345 → -2.35), written with exactly places
+// decimal places as the column keeps them (72.123456789012 to 10 places is
+// 72.1234567890); nil places, or a value that already has no more places,
+// is returned as it is. Microsoft does not document what the Web API does
+// with a value that has more places than the column's Precision, so the
+// value written is rounded here and does not depend on it.
 func roundText(s string, places *int) string {
+	r, _ := roundedText(s, places)
+	return r
+}
+
+// roundedText is roundText that also reports whether places were dropped.
+func roundedText(s string, places *int) (string, bool) {
 	if places == nil {
-		return s
+		return s, false
 	}
 	d, err := decimal.NewFromString(s)
 	if err != nil || -d.Exponent() <= int32(*places) {
-		return s
+		return s, false
 	}
-	return d.Round(int32(*places)).String()
+	return d.StringFixed(int32(*places)), true
+}
+
+// round rounds a decimal or money CRM value to the attribute's declared
+// places and reports whether the FHIR value had more.
+func (a *attr) round(v any) (any, bool) {
+	d := a.def
+	n, ok := v.(json.Number)
+	if !ok || d.Round == nil || (d.CRMType != TypeDecimal && d.CRMType != TypeMoney) {
+		return v, false
+	}
+	r, rounded := roundedText(n.String(), d.Round)
+	return json.Number(r), rounded
 }
 
 // kind names a value's JSON type without revealing the value.
@@ -189,7 +208,7 @@ func (a *attr) toCRMValue(v any) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		return json.Number(roundText(s, d.Round)), nil
+		return json.Number(s), nil // attrToCRM rounds it as declared
 	case TypeBool:
 		b, ok := v.(bool)
 		if !ok {
