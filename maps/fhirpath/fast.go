@@ -915,6 +915,32 @@ func (ev *evaluator) call(n *node, in types.Collection) (types.Collection, error
 		return nil, nil
 	case "ofType":
 		return ofType(in, n.typeName), nil
+	case "startsWith":
+		// FHIRPath 5.6.3 (https://hl7.org/fhirpath/N1/#startswithprefix--string--boolean):
+		// empty input or prefix gives empty; the engine's answer for
+		// several items or a non-string one is left to the engine.
+		if len(in) == 0 {
+			return nil, nil
+		}
+		if len(in) != 1 {
+			return nil, errNotServed
+		}
+		s, ok := stringOf(in[0])
+		if !ok {
+			return nil, errNotServed
+		}
+		a, err := ev.eval(n.args[0], in)
+		if err != nil {
+			return nil, err
+		}
+		if len(a) == 0 {
+			return nil, nil
+		}
+		prefix, ok := stringOf(a[0])
+		if len(a) != 1 || !ok {
+			return nil, errNotServed
+		}
+		return boolCol(strings.HasPrefix(s, prefix)), nil
 	case "extension":
 		a, err := ev.eval(n.args[0], in)
 		if err != nil {
