@@ -2,7 +2,6 @@ package admin
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -99,15 +98,7 @@ func (a *app) editorSave(w http.ResponseWriter, r *http.Request) {
 		})
 		return
 	}
-	switch {
-	case errors.Is(err, maps.ErrNotFound):
-		a.renderError(w, r, http.StatusNotFound, "No such map version.")
-		return
-	case errors.Is(err, maps.ErrImmutable):
-		a.renderError(w, r, http.StatusConflict, "Published versions cannot change; create a draft from this version.")
-		return
-	case err != nil:
-		a.serverError(w, r, "saving a draft", err)
+	if a.refuseDraftSave(w, r, err) {
 		return
 	}
 	done := "saved"

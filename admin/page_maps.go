@@ -434,15 +434,7 @@ func (a *app) afterSave(w http.ResponseWriter, r *http.Request, n int, unchecked
 		})
 		return
 	}
-	switch {
-	case errors.Is(err, maps.ErrNotFound):
-		a.renderError(w, r, http.StatusNotFound, "No such map version.")
-		return
-	case errors.Is(err, maps.ErrImmutable):
-		a.renderError(w, r, http.StatusConflict, "Published versions cannot change; create a draft from this version.")
-		return
-	case err != nil:
-		a.serverError(w, r, "saving a draft", err)
+	if a.refuseDraftSave(w, r, err) {
 		return
 	}
 	ok := "saved"
@@ -668,4 +660,21 @@ func (a *app) versionDiff(r *http.Request, x, y int) ([]diffLine, []semChange, e
 		texts[i], docs[i] = string(b), doc
 	}
 	return lineDiff(texts[0], texts[1]), semanticDiff(docs[0], docs[1]), nil
+}
+
+// refuseDraftSave answers a draft save that failed for a reason other than
+// the draft's own problems (no such version, a published version, the
+// database); it says whether it answered.
+func (a *app) refuseDraftSave(w http.ResponseWriter, r *http.Request, err error) bool {
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, maps.ErrNotFound):
+		a.renderError(w, r, http.StatusNotFound, "No such map version.")
+	case errors.Is(err, maps.ErrImmutable):
+		a.renderError(w, r, http.StatusConflict, "Published versions cannot change; create a draft from this version.")
+	default:
+		a.serverError(w, r, "saving a draft", err)
+	}
+	return true
 }
