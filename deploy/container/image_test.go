@@ -29,7 +29,7 @@ func TestContainerImage(t *testing.T) {
 	podman, err := exec.LookPath("podman")
 	if err != nil {
 		msg := "podman is not installed (apt-get install podman runc): the image is not built or run here; TestDockerfile still checks the Dockerfile"
-		if os.Getenv("FHIRSYNC_CI") == "1" {
+		if os.Getenv("FHIRSYNC_CI") != "" {
 			t.Fatal(msg)
 		}
 		t.Skip(msg)

@@ -153,7 +153,7 @@ func TestSystemdAnalyze(t *testing.T) {
 	sa, err := exec.LookPath("systemd-analyze")
 	if err != nil {
 		msg := "systemd-analyze is not installed (Debian package systemd): the unit is not verified by systemd here; TestSystemdUnit still checks it"
-		if os.Getenv("FHIRSYNC_CI") == "1" {
+		if os.Getenv("FHIRSYNC_CI") != "" {
 			t.Fatal(msg)
 		}
 		t.Skip(msg)
