@@ -42,6 +42,39 @@ func rowVersion(etag string) string {
 	return strings.Trim(strings.TrimPrefix(etag, "W/"), `"`)
 }
 
+// startEchoEnv starts an agent with no poller and the CRM's own notices
+// off, so the test decides the order of notices; returns it with a CRM
+// client of another integration signed in as the agent's application
+// user, and the Patient synth.New(seed).Patient(i) that fhirsync created
+// in FHIR and synced to the returned contact.
+func startEchoEnv(t *testing.T, db *gorm.DB, cfg agent.Config, seed int64, i int) (*env, *crm.Client, fhir.Resource, crm.Record) {
+	t.Helper()
+	e := startEnv(t, db, cfg, envOptions{
+		noPoller:   true,
+		crmOptions: func(o *crmserver.Options) { o.Endpoint = nil },
+	})
+	ctx := context.Background()
+	root := e.crmHuman.Root()
+	other, err := crm.New(crm.Config{URL: root[:strings.Index(root, "/api/data")], Auth: crm.AuthBearer, Token: "agent-token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pat := synth.New(seed).Patient(i)
+	delete(pat, "id")
+	delete(pat, "generalPractitioner")
+	delete(pat, "managingOrganization")
+	created, err := e.fhir.Create(ctx, fhir.Resource(pat))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.byMessage(t, e.notify(t, queues.SideFHIR, "Patient", created.ID(), created.VersionID(), queues.EventCreated), "created")
+	contact, err := e.crmHuman.Retrieve(ctx, crm.ByKey("contacts", "msemr_azurefhirid", created.ID()))
+	if err != nil {
+		t.Fatalf("the contact was not created: %v", err)
+	}
+	return e, other, created, contact
+}
+
 // TestEchoIsToldFromAnEditBySameUser: the agent's own write comes back as
 // an echo; the same application user, signed in by another integration,
 // edits the record after the agent's write and before its echo is
@@ -50,31 +83,9 @@ func rowVersion(etag string) string {
 func TestEchoIsToldFromAnEditBySameUser(t *testing.T) {
 	t.Parallel()
 	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
-		e := startEnv(t, db, agent.Config{Workers: 4, RetryBase: 200 * time.Millisecond, RetryMax: time.Second}, envOptions{
-			noPoller:   true,
-			crmOptions: func(o *crmserver.Options) { o.Endpoint = nil },
-		})
-		ctx := context.Background()
-		root := e.crmHuman.Root()
-		other, err := crm.New(crm.Config{URL: root[:strings.Index(root, "/api/data")], Auth: crm.AuthBearer, Token: "agent-token"})
-		if err != nil {
-			t.Fatal(err)
-		}
-
 		// fhirsync creates the contact of a new patient.
-		pat := synth.New(11).Patient(2)
-		delete(pat, "id")
-		delete(pat, "generalPractitioner")
-		delete(pat, "managingOrganization")
-		created, err := e.fhir.Create(ctx, fhir.Resource(pat))
-		if err != nil {
-			t.Fatal(err)
-		}
-		e.byMessage(t, e.notify(t, queues.SideFHIR, "Patient", created.ID(), created.VersionID(), queues.EventCreated), "created")
-		contact, err := e.crmHuman.Retrieve(ctx, crm.ByKey("contacts", "msemr_azurefhirid", created.ID()))
-		if err != nil {
-			t.Fatalf("the contact was not created: %v", err)
-		}
+		e, other, created, contact := startEchoEnv(t, db, agent.Config{Workers: 4, RetryBase: 200 * time.Millisecond, RetryMax: time.Second}, 11, 2)
+		ctx := context.Background()
 		contactID, written := contact.String("contactid"), rowVersion(contact.ETag())
 
 		cases := []struct {

@@ -11,11 +11,8 @@ import (
 
 	"github.com/fhirsync/fhirsync/agent"
 	"github.com/fhirsync/fhirsync/agent/crm"
-	"github.com/fhirsync/fhirsync/agent/fhir"
 	"github.com/fhirsync/fhirsync/logs"
 	"github.com/fhirsync/fhirsync/queues"
-	"github.com/fhirsync/fhirsync/sandbox/crmserver"
-	"github.com/fhirsync/fhirsync/sandbox/synth"
 	"github.com/fhirsync/fhirsync/storage/storagetest"
 )
 
@@ -45,30 +42,8 @@ func (e *env) crmNoticeWithoutVersion(t *testing.T, id, user string, ev queues.E
 func TestEchoOfACreateIsToldFromItsVersion(t *testing.T) {
 	t.Parallel()
 	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
-		e := startEnv(t, db, agent.Config{Workers: 4, RetryBase: 200 * time.Millisecond, RetryMax: time.Second, BaseKey: testBaseKey}, envOptions{
-			noPoller:   true,
-			crmOptions: func(o *crmserver.Options) { o.Endpoint = nil },
-		})
+		e, other, created, contact := startEchoEnv(t, db, agent.Config{Workers: 4, RetryBase: 200 * time.Millisecond, RetryMax: time.Second, BaseKey: testBaseKey}, 12, 3)
 		ctx := context.Background()
-		root := e.crmHuman.Root()
-		other, err := crm.New(crm.Config{URL: root[:strings.Index(root, "/api/data")], Auth: crm.AuthBearer, Token: "agent-token"})
-		if err != nil {
-			t.Fatal(err)
-		}
-
-		pat := synth.New(12).Patient(3)
-		delete(pat, "id")
-		delete(pat, "generalPractitioner")
-		delete(pat, "managingOrganization")
-		created, err := e.fhir.Create(ctx, fhir.Resource(pat))
-		if err != nil {
-			t.Fatal(err)
-		}
-		e.byMessage(t, e.notify(t, queues.SideFHIR, "Patient", created.ID(), created.VersionID(), queues.EventCreated), "created")
-		contact, err := e.crmHuman.Retrieve(ctx, crm.ByKey("contacts", "msemr_azurefhirid", created.ID()))
-		if err != nil {
-			t.Fatalf("the contact was not created: %v", err)
-		}
 		id := contact.String("contactid")
 		echo := e.byMessage(t, e.crmNoticeWithoutVersion(t, id, agentUser, queues.EventCreated), "own_write_echo")
 		if echo.Outcome != logs.OutcomeSkipped || !strings.Contains(echo.Message, "as fhirsync created it") {
