@@ -255,7 +255,7 @@ func TestAlternateKeyUpsert(t *testing.T) {
 		}},
 		{name: "key of another row is a duplicate", steps: []step{
 			{method: "PATCH", url: url("p7"), body: `{"lastname":"A"}`, wantStatus: 204},
-			{method: "POST", url: hs.URL + APIPath + "contacts", body: `{"lastname":"B","msemr_azurefhirid":"p7"}`, wantStatus: 412, wantCode: "0x80040237"},
+			{method: "POST", url: hs.URL + APIPath + "contacts", body: `{"lastname":"B","msemr_azurefhirid":"p7"}`, wantStatus: 412, wantCode: "0x80060892"},
 		}},
 		{name: "attributes that are not an alternate key", steps: []step{
 			{method: "PATCH", url: hs.URL + APIPath + "contacts(lastname='A')", body: `{"firstname":"X"}`, wantStatus: 400, wantCode: "0x80060892"},

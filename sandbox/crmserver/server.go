@@ -291,6 +291,21 @@ func errDuplicateKey() *apiError {
 	return &apiError{status: http.StatusPreconditionFailed, code: "0x80040237", message: "A record with matching key values already exists."}
 }
 
+// errDuplicateEntityKey is Dataverse's refusal of a create or update that
+// would give a second row the values of an alternate key: 412 Precondition
+// Failed (the status "Compose HTTP requests and handle errors" lists for
+// duplicate records,
+// learn.microsoft.com/power-apps/developer/data-platform/webapi/compose-http-requests-handle-errors)
+// with DuplicateRecordEntityKey, 0x80060892, not the DuplicateRecord code
+// 0x80040237 that errDuplicateKey answers for a taken primary key or
+// If-None-Match: * on an existing row (Web service error codes,
+// learn.microsoft.com/power-apps/developer/data-platform/reference/web-service-error-codes).
+func errDuplicateEntityKey(k Key) *apiError {
+	return &apiError{status: http.StatusPreconditionFailed, code: "0x80060892",
+		message: fmt.Sprintf("A record that has the attribute values %s already exists. The entity key %s requires that this set of attributes contains unique values. Select unique values and try again.",
+			strings.Join(k.Attributes, ", "), k.LogicalName)}
+}
+
 func errVersionMismatch() *apiError {
 	return &apiError{status: http.StatusPreconditionFailed, code: "0x80060882", message: "The version of the existing record doesn't match the RowVersion property provided."}
 }

@@ -186,7 +186,7 @@ func (tb *table) checkKeys(id string, attrs map[string]any) *apiError {
 			continue
 		}
 		if other, taken := tb.keys[k.LogicalName][kv]; taken && other != id {
-			return errDuplicateKey()
+			return errDuplicateEntityKey(k)
 		}
 	}
 	return nil
