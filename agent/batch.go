@@ -81,26 +81,36 @@ func newBatchWriter(store batchStore, max int, wait time.Duration, effects func(
 // run writes batches until ctx ends.
 func (b *batchWriter) run(ctx context.Context) {
 	for {
-		var first batchReq
-		select {
-		case <-ctx.Done():
+		batch, ok := gatherBatch(ctx, b.reqs, b.max, b.wait)
+		if !ok {
 			return
-		case first = <-b.reqs:
 		}
-		batch := []batchReq{first}
-		timer := time.NewTimer(b.wait)
-	gather:
-		for len(batch) < b.max {
-			select {
-			case r := <-b.reqs:
-				batch = append(batch, r)
-			case <-timer.C:
-				break gather
-			}
-		}
-		timer.Stop()
 		b.flush(context.WithoutCancel(ctx), batch)
 	}
+}
+
+// gatherBatch waits for a first request, then gathers more until max are
+// in hand or wait has passed since the first. It reports false, with no
+// batch, when ctx ends before a first request arrives.
+func gatherBatch[T any](ctx context.Context, reqs <-chan T, max int, wait time.Duration) ([]T, bool) {
+	var first T
+	select {
+	case <-ctx.Done():
+		return nil, false
+	case first = <-reqs:
+	}
+	batch := []T{first}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for len(batch) < max {
+		select {
+		case r := <-reqs:
+			batch = append(batch, r)
+		case <-timer.C:
+			return batch, true
+		}
+	}
+	return batch, true
 }
 
 func (b *batchWriter) flush(ctx context.Context, batch []batchReq) {

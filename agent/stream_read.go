@@ -58,24 +58,10 @@ func (r *readingReader) read(ctx context.Context, id string) (fhir.Resource, err
 // goroutine, so batches overlap.
 func (r *readingReader) run(ctx context.Context) {
 	for {
-		var first readReq
-		select {
-		case <-ctx.Done():
+		batch, ok := gatherBatch(ctx, r.reqs, r.max, r.wait)
+		if !ok {
 			return
-		case first = <-r.reqs:
 		}
-		batch := []readReq{first}
-		timer := time.NewTimer(r.wait)
-	gather:
-		for len(batch) < r.max {
-			select {
-			case q := <-r.reqs:
-				batch = append(batch, q)
-			case <-timer.C:
-				break gather
-			}
-		}
-		timer.Stop()
 		go r.flush(context.WithoutCancel(ctx), batch)
 	}
 }
