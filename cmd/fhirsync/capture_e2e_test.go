@@ -39,18 +39,10 @@ func TestServeCapturesPayloads(t *testing.T) {
 		"FHIRSYNC_FEEDS_FHIR_HISTORY_TYPES":    "Patient",
 		"FHIRSYNC_FEEDS_FHIR_HISTORY_SCHEDULE": "@every 1s",
 	}
-	getenv := func(k string) string {
-		if v, ok := extra[k]; ok {
-			return v
-		}
-		return s.getenv(k)
-	}
+	getenv := s.getenvWith(extra)
 
-	pwFile := filepath.Join(t.TempDir(), "pw")
 	const password = "correct horse battery staple 42"
-	if err := os.WriteFile(pwFile, []byte(password+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	pwFile := writePasswordFile(t, password)
 	for _, args := range [][]string{
 		{"users", "create", "--email", "phi@example.org", "--role", "operator", "--phi", "--password-file", pwFile},
 		{"users", "create", "--email", "nophi@example.org", "--role", "admin", "--password-file", pwFile},
@@ -61,20 +53,7 @@ func TestServeCapturesPayloads(t *testing.T) {
 		}
 	}
 
-	sctx, cancel := context.WithCancel(ctx)
-	var stderr syncBuffer
-	done := make(chan error, 1)
-	go func() { done <- run(sctx, []string{"serve"}, getenv, io.Discard, &stderr) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("serve did not stop within 30s")
-		}
-	})
-	base := "http://" + addr
-	waitFor(t, base+"/healthz", done, &stderr)
+	base, _, stderr := startServe(t, ctx, getenv, addr)
 
 	fc, err := fhir.New(fhir.Config{BaseURL: getenv("FHIRSYNC_FHIR_BASE_URL")})
 	if err != nil {
@@ -90,22 +69,7 @@ func TestServeCapturesPayloads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var d logs.Decision
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		page, err := store.Search(ctx, logs.Filter{Record: p.ID(), Outcome: logs.OutcomeSent}, "", 10)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(page.Decisions) > 0 {
-			d = page.Decisions[0]
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no sent decision for Patient/%s within 60s\n%s", p.ID(), stderr.String())
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	d := waitSentDecision(t, ctx, store, p.ID(), stderr)
 	got, err := store.Get(ctx, d.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -194,4 +158,72 @@ func getWith(t *testing.T, c *http.Client, u string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
+}
+
+// getenv is s's environment with extra's values in front.
+func (s *syncSetup) getenvWith(extra map[string]string) func(string) string {
+	return func(k string) string {
+		if v, ok := extra[k]; ok {
+			return v
+		}
+		return s.getenv(k)
+	}
+}
+
+// writePasswordFile writes password to a file for users create
+// --password-file and returns its path.
+func writePasswordFile(t *testing.T, password string) string {
+	t.Helper()
+	pwFile := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pwFile, []byte(password+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return pwFile
+}
+
+// startServe runs serve on addr until the test ends or stop is called
+// (stop waits up to 30s for it to return, and is safe to call twice), and
+// returns once /healthz answers. stderr collects serve's process log.
+func startServe(t *testing.T, ctx context.Context, getenv func(string) string, addr string) (base string, stop func(), stderr *syncBuffer) {
+	t.Helper()
+	sctx, cancel := context.WithCancel(ctx)
+	stderr = new(syncBuffer)
+	done := make(chan error, 1)
+	go func() { done <- run(sctx, []string{"serve"}, getenv, io.Discard, stderr) }()
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("serve did not stop within 30s")
+		}
+	}
+	t.Cleanup(stop)
+	base = "http://" + addr
+	waitFor(t, base+"/healthz", done, stderr)
+	return base, stop, stderr
+}
+
+// waitSentDecision waits up to 60s for a sent decision about Patient/id
+// and returns the newest one.
+func waitSentDecision(t *testing.T, ctx context.Context, store *logs.Store, id string, stderr fmt.Stringer) logs.Decision {
+	t.Helper()
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		page, err := store.Search(ctx, logs.Filter{Record: id, Outcome: logs.OutcomeSent}, "", 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page.Decisions) > 0 {
+			return page.Decisions[0]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no sent decision for Patient/%s within 60s\n%s", id, stderr.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }

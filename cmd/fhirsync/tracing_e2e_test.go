@@ -4,12 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/fhirsync/fhirsync/agent/fhir"
 	"github.com/fhirsync/fhirsync/internal/tracing/tracingtest"
@@ -36,42 +32,15 @@ func TestServeExportsTraces(t *testing.T) {
 		"FHIRSYNC_FEEDS_FHIR_HISTORY_TYPES":    "Patient",
 		"FHIRSYNC_FEEDS_FHIR_HISTORY_SCHEDULE": "@every 1s",
 	}
-	getenv := func(k string) string {
-		if v, ok := extra[k]; ok {
-			return v
-		}
-		return s.getenv(k)
-	}
-	pwFile := filepath.Join(t.TempDir(), "pw")
+	getenv := s.getenvWith(extra)
 	const password = "correct horse battery staple 42"
-	if err := os.WriteFile(pwFile, []byte(password+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	pwFile := writePasswordFile(t, password)
 	var out, errb bytes.Buffer
 	if code := exitCode(run(ctx, []string{"users", "create", "--email", "auditor@example.org", "--role", "auditor", "--password-file", pwFile}, getenv, &out, &errb), &errb); code != 0 {
 		t.Fatalf("users create: exit %d: %s", code, errb.String())
 	}
 
-	sctx, cancel := context.WithCancel(ctx)
-	var stderr syncBuffer
-	done := make(chan error, 1)
-	go func() { done <- run(sctx, []string{"serve"}, getenv, io.Discard, &stderr) }()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("serve did not stop within 30s")
-		}
-	}
-	t.Cleanup(stop)
-	base := "http://" + addr
-	waitFor(t, base+"/healthz", done, &stderr)
+	base, stop, stderr := startServe(t, ctx, getenv, addr)
 
 	fc, err := fhir.New(fhir.Config{BaseURL: getenv("FHIRSYNC_FHIR_BASE_URL")})
 	if err != nil {
@@ -86,21 +55,7 @@ func TestServeExportsTraces(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var d logs.Decision
-	for deadline := time.Now().Add(60 * time.Second); ; {
-		page, err := store.Search(ctx, logs.Filter{Record: p.ID(), Outcome: logs.OutcomeSent}, "", 10)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(page.Decisions) > 0 {
-			d = page.Decisions[0]
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no sent decision for Patient/%s within 60s\n%s", p.ID(), stderr.String())
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	d := waitSentDecision(t, ctx, store, p.ID(), stderr)
 	if len(d.TraceID) != 32 {
 		t.Fatalf("decision %d has trace id %q with tracing on", d.ID, d.TraceID)
 	}
