@@ -191,6 +191,29 @@ func readCSV(data []byte) ([][]string, []int, error) {
 
 // yes reads a Dataverse Yes/No column as exported (Yes, No, True, False,
 // 1, 0); empty is def.
+// flagCol is a yes/no column of a row, where its value goes and its
+// value when the cell is empty.
+type flagCol struct {
+	col string
+	dst *bool
+	def bool
+}
+
+// flags reads row i's yes/no columns into their destinations, answering
+// an error naming the sheet (what), line and column for each cell that is
+// not yes or no.
+func (t *table) flags(i int, what string, line int, fs ...flagCol) []error {
+	var errs []error
+	for _, f := range fs {
+		v, err := yes(t.get(i, f.col), f.def)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s line %d: %s: %w", what, line, f.col, err))
+		}
+		*f.dst = v
+	}
+	return errs
+}
+
 func yes(s string, def bool) (bool, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
 	case "":
@@ -216,18 +239,8 @@ func ReadEntityMaps(data []byte) ([]EntityMapRow, error) {
 			FHIRType: t.get(i, "fhir"), Messages: t.get(i, "messages"),
 			ParentLink: strings.ToLower(t.get(i, "parentlink")), Element: t.get(i, "element"),
 		}
-		var errs []error
-		for _, f := range []struct {
-			col string
-			dst *bool
-			def bool
-		}{{"disabled", &row.Disabled, false}, {"writeback", &row.WriteBack, false}, {"expand", &row.Expand, false}} {
-			v, err := yes(t.get(i, f.col), f.def)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("entity maps line %d: %s: %w", row.Line, f.col, err))
-			}
-			*f.dst = v
-		}
+		errs := t.flags(i, "entity maps", row.Line,
+			flagCol{"disabled", &row.Disabled, false}, flagCol{"writeback", &row.WriteBack, false}, flagCol{"expand", &row.Expand, false})
 		if row.Entity == "" || row.FHIRType == "" {
 			errs = append(errs, fmt.Errorf("entity maps line %d: the entity name and the Azure FHIR resource are required", row.Line))
 		}
@@ -256,18 +269,8 @@ func ReadAttributeMaps(data []byte) ([]AttributeMapRow, error) {
 			Action: t.get(i, "action"), JSONPath: t.get(i, "jsonpath"), Create: t.get(i, "create"),
 			Default: t.get(i, "default"), ValueMap: t.get(i, "valuemap"), LookupMap: t.get(i, "lookupmap"),
 		}
-		var errs []error
-		for _, f := range []struct {
-			col string
-			dst *bool
-			def bool
-		}{{"disabled", &row.Disabled, false}, {"writeback", &row.WriteBack, true}, {"required", &row.Required, false}} {
-			v, err := yes(t.get(i, f.col), f.def)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("attribute maps line %d: %s: %w", row.Line, f.col, err))
-			}
-			*f.dst = v
-		}
+		errs := t.flags(i, "attribute maps", row.Line,
+			flagCol{"disabled", &row.Disabled, false}, flagCol{"writeback", &row.WriteBack, true}, flagCol{"required", &row.Required, false})
 		if row.Attribute == "" {
 			errs = append(errs, fmt.Errorf("attribute maps line %d: the attribute name is required", row.Line))
 		}
