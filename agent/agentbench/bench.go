@@ -100,6 +100,10 @@ type Config struct {
 	// Progress, when set, receives one line as each step starts.
 	Logger   *slog.Logger
 	Progress io.Writer
+	// Phase, when set, is called as each sustained run starts
+	// ("fhir-to-crm", "crm-to-fhir"); the function it returns is called
+	// when the run's queues are empty (for profiling one run).
+	Phase func(name string) (end func())
 }
 
 func (c Config) withDefaults() Config {
@@ -378,6 +382,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	if err != nil {
 		return err
 	}
+	end := e.phase("fhir-to-crm")
 	t1, err := e.fhirToCRM(ctx, pats)
 	if err != nil {
 		return err
@@ -385,6 +390,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	if t1.idle, err = e.waitIdle(ctx); err != nil {
 		return err
 	}
+	end()
 	t1.DrainSeconds = t1.idle.Sub(t1.end).Seconds()
 	if t1.AgentCPUSeconds, t1.SandboxCPUSeconds, t1.StealPercent, err = cpu(); err != nil {
 		return err
@@ -404,6 +410,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	if cpu, err = e.cpuMark(ctx); err != nil {
 		return err
 	}
+	end = e.phase("crm-to-fhir")
 	t2, err := e.crmToFHIR(ctx, contacts)
 	if err != nil {
 		return err
@@ -411,6 +418,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	if t2.idle, err = e.waitIdle(ctx); err != nil {
 		return err
 	}
+	end()
 	t2.DrainSeconds = t2.idle.Sub(t2.end).Seconds()
 	if t2.AgentCPUSeconds, t2.SandboxCPUSeconds, t2.StealPercent, err = cpu(); err != nil {
 		return err
@@ -467,6 +475,14 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 		}
 	}
 	return nil
+}
+
+// phase tells Config.Phase that the named run starts.
+func (e *env) phase(name string) (end func()) {
+	if e.cfg.Phase == nil {
+		return func() {}
+	}
+	return e.cfg.Phase(name)
 }
 
 // backfill seeds n Patients and walks them as `fhirsync backfill

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -48,6 +49,8 @@ names one; use a scratch database, the run leaves its rows behind.`)
 	baseState := fs.String("base-state", "on", "keep the base state of linked pairs: on (as in production) or off (to measure its cost)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this `file`")
+	profilePhase := fs.String("cpuprofile-phase", "", "with --cpuprofile: profile only this sustained run (fhir-to-crm or crm-to-fhir)")
+	memProfile := fs.String("memprofile", "", "write a heap profile to this `file`, taken when the live heap was largest")
 	sandboxProfile := fs.String("sandbox-cpuprofile", "", "write a CPU profile of the sandbox process to this `file` (with --sandboxes process)")
 	quiet := fs.Bool("quiet", false, "do not print progress on stderr")
 	where := fs.String("sandboxes", "process", "where the sandboxes run: process (a process of their own) or inline (this process)")
@@ -131,8 +134,32 @@ names one; use a scratch database, the run leaves its rows behind.`)
 		return fmt.Errorf("migrating the bench database: %w", err)
 	}
 
-	if *cpuProfile != "" {
+	var phase func(string) func()
+	switch {
+	case *cpuProfile != "" && *profilePhase != "":
+		if *profilePhase != "fhir-to-crm" && *profilePhase != "crm-to-fhir" {
+			return usageErrorf("bench: --cpuprofile-phase must be fhir-to-crm or crm-to-fhir")
+		}
+		phase = func(name string) func() {
+			if name != *profilePhase {
+				return func() {}
+			}
+			stop, err := startCPUProfile(*cpuProfile)
+			if err != nil {
+				fmt.Fprintf(e.stderr, "bench: %v\n", err)
+				return func() {}
+			}
+			return stop
+		}
+	case *cpuProfile != "":
 		stop, err := startCPUProfile(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	if *memProfile != "" {
+		stop, err := startHeapProfile(ctx, *memProfile)
 		if err != nil {
 			return err
 		}
@@ -197,7 +224,7 @@ names one; use a scratch database, the run leaves its rows behind.`)
 		}
 	}
 	res, err := agentbench.Run(ctx, agentbench.Config{DB: db, TempDir: dir, Records: *records, OfferedRate: *rate, Duration: *duration,
-		Workers: *workers, CRMUsers: users[0], CRMDOPHint: *dopHint, CRMBatchMax: *batchMax, CRMBatchWait: *batchWait, Limits: limits, LimitedUsers: users, LimitedCosts: multipliers, LimitedWindows: *windows, Progress: progress, SandboxCommand: command, BaseStateOff: *baseState == "off"})
+		Workers: *workers, CRMUsers: users[0], CRMDOPHint: *dopHint, CRMBatchMax: *batchMax, CRMBatchWait: *batchWait, Limits: limits, LimitedUsers: users, LimitedCosts: multipliers, LimitedWindows: *windows, Progress: progress, SandboxCommand: command, BaseStateOff: *baseState == "off", Phase: phase})
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}
@@ -266,6 +293,42 @@ func startCPUProfile(path string) (stop func(), err error) {
 		pprof.StopCPUProfile()
 		f.Close()
 	}, nil
+}
+
+// startHeapProfile watches the live heap after each collection and writes
+// a heap profile to path whenever it is larger than at the last profile,
+// until stop is called: the profile shows what the heap held at its peak.
+func startHeapProfile(ctx context.Context, path string) (stop func(), err error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	f.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+		var peak uint64
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			metrics.Read(sample)
+			if live := sample[0].Value.Uint64(); live > peak+peak/20 {
+				peak = live
+				if g, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0o600); err == nil {
+					_ = pprof.Lookup("heap").WriteTo(g, 0)
+					g.Close()
+				}
+			}
+		}
+	}()
+	return func() { cancel(); <-done }, nil
 }
 
 func benchCell(s string) string {
