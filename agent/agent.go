@@ -542,18 +542,21 @@ func stillChanged(m *maps.Mapping, res *maps.CRMResult) []string {
 	for _, c := range res.Changed {
 		fields[c] = true
 	}
-	byName := make(map[string]string, len(m.Def().Attributes))
+	byName := make(map[string][]string, len(m.Def().Attributes))
 	for _, a := range m.Def().Attributes {
-		byName[a.Name] = a.CRMAttribute
+		byName[a.Name] = a.CRMAttributes()
 	}
 	out := make([]string, 0, len(res.ChangedAttributes))
 	for _, a := range res.ChangedAttributes {
-		field, ok := byName[a]
+		cols, ok := byName[a]
 		if !ok {
-			field = a // an expansion map: Changed names it
+			cols = []string{a} // an expansion map: Changed names it
 		}
-		if fields[field] {
-			out = append(out, a)
+		for _, c := range cols {
+			if fields[c] {
+				out = append(out, a)
+				break
+			}
 		}
 	}
 	return out

@@ -149,6 +149,10 @@ type baseAttr struct {
 	crmAttr   string
 	lookup    string // navigation property of a lookup; "" otherwise
 	fhir      []*path.Path
+
+	// byType are the columns of a lookup by type; its CRM value is the
+	// column that is set, with the id it holds.
+	byType []maps.LookupTarget
 }
 
 func (h *baseHasher) attrs(m *maps.Mapping) []baseAttr {
@@ -162,7 +166,9 @@ func (h *baseHasher) attrs(m *maps.Mapping) []baseAttr {
 			continue
 		}
 		ba := baseAttr{name: a.Name, crmAttr: a.CRMAttribute}
-		if a.Lookup != nil {
+		if a.Lookup.IsByType() {
+			ba.byType = a.Lookup.ByType
+		} else if a.Lookup != nil {
 			ba.lookup = a.Lookup.Navigation
 			if ba.lookup == "" {
 				ba.lookup = a.CRMAttribute
@@ -245,7 +251,9 @@ func (h *baseHasher) read(m *maps.Mapping, l link, res map[string]any, rec map[s
 			}
 		}
 		var cv any
-		if a.lookup != "" {
+		if len(a.byType) > 0 {
+			cv = byTypeValue(rec, a.byType)
+		} else if a.lookup != "" {
 			cv = lookupValue(rec, a.crmAttr, a.lookup)
 		} else {
 			cv = rec[a.crmAttr]
@@ -308,6 +316,25 @@ func appendValue(b []byte, v any) []byte {
 func appendJSON(b []byte, v any) []byte {
 	b, _ = appendMarshal(append(b, 'j'), v)
 	return b
+}
+
+// byTypeValue is a lookup by type's CRM value: "column=id" for each of
+// its columns that is set (one, on a record fhirsync wrote), or nil.
+func byTypeValue(rec map[string]any, targets []maps.LookupTarget) any {
+	var out []any
+	for _, t := range targets {
+		nav := t.Navigation
+		if nav == "" {
+			nav = t.CRMAttribute
+		}
+		if id, ok := lookupValue(rec, t.CRMAttribute, nav).(string); ok {
+			out = append(out, t.CRMAttribute+"="+id)
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
 }
 
 // lookupValue is a lookup's target id in either the Web API read shape

@@ -249,7 +249,8 @@ func schemaNames(em *maps.EntityMap) map[string]bool {
 	add(em.Name, em.CRMEntity, em.CRMEntitySet, em.FHIRType, em.Correlation.CRMAttribute)
 	addAttrs := func(as []maps.AttributeMap) {
 		for _, a := range as {
-			add(a.Name, a.CRMAttribute, a.FHIRPath)
+			add(a.Name, a.FHIRPath)
+			add(a.CRMAttributes()...)
 			add(a.FallbackPaths...)
 		}
 	}

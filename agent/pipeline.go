@@ -593,6 +593,13 @@ func (p *pipeline) mappingFailure(err error) *step {
 	}
 	st := &step{outcome: logs.OutcomeDeadLettered, reason: "mapping_error", subject: me.attribute,
 		message: fmt.Sprintf("Mapping failed at %s.", orUnknown(me.attribute)), err: Permanent(err)}
+	// A reference of a type the lookup does not map: the message names the
+	// types and the entity map (never the id), as the admin needs them to
+	// fix the map or the data.
+	var rte *maps.ReferenceTypeError
+	if errors.As(err, &rte) {
+		st.message = fmt.Sprintf("Mapping failed at %s: %s.", orUnknown(me.attribute), rte.Error())
+	}
 	if me.retryable {
 		st.outcome, st.reason, st.err = logs.OutcomeFailed, logs.ReasonMissingReference, err
 		st.message = fmt.Sprintf("Mapping is waiting at %s: the referenced record has not been synced yet.", orUnknown(me.attribute))

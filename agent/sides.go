@@ -552,7 +552,10 @@ func (s crmSide) remove(ctx context.Context, m *maps.Mapping, cur record) error 
 }
 
 // resolver answers the engine's lookups from memory (lookups), the link
-// cache, or the CRM's alternate key.
+// cache, or the CRM's alternate key. It honours the reference's type: a
+// reference to another resource type than the entity map syncs is refused
+// with a *maps.ReferenceTypeError (a mapping error naming the types), never
+// looked up among that map's records.
 type resolver struct {
 	links   links
 	crm     crmAPI
@@ -561,11 +564,11 @@ type resolver struct {
 }
 
 func (r resolver) CRMID(ctx context.Context, entityMap, fhirRef string) (string, bool, error) {
-	_, id, ok := strings.Cut(fhirRef, "/")
-	if !ok {
-		id = fhirRef
-	}
+	typ, id := maps.SplitReference(fhirRef)
 	em, known := r.maps(entityMap)
+	if known && typ != "" && typ != em.FHIRType {
+		return "", false, &maps.ReferenceTypeError{Got: typ, Want: []string{em.FHIRType}, EntityMap: entityMap}
+	}
 	if known {
 		if v, ok := r.lookups.get(lookupKey("fhir", em.FHIRType, id)); ok {
 			return v, true, nil

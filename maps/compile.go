@@ -101,6 +101,12 @@ type attr struct {
 	expr     fhirExpr
 	toCRM    bool
 	toFHIR   bool
+
+	// byType is a lookup by the reference's type (Lookup.ByType); lookup
+	// is nil then.
+	byType *byType
+	// refType reads the Reference.type beside a lookup's reference.
+	refType *path.Path
 }
 
 type expansion struct {
@@ -387,11 +393,12 @@ type targetSet struct {
 func (t targetSet) check(c *compiler, at Problem, a *attr) {
 	label := "attribute map " + strconv.Quote(a.def.Name)
 	if a.toCRM {
-		key := a.def.CRMAttribute
-		if prev, dup := t.crm[key]; dup {
-			c.ps.add(withField(at, "crmAttribute"), "duplicate target: CRM attribute %s is already written by %s", key, prev)
+		for _, key := range a.def.CRMAttributes() {
+			if prev, dup := t.crm[key]; dup {
+				c.ps.add(withField(at, "crmAttribute"), "duplicate target: CRM attribute %s is already written by %s", key, prev)
+			}
+			t.crm[key] = label
 		}
-		t.crm[key] = label
 	}
 	if a.toFHIR && a.path != nil {
 		key := a.path.String()
@@ -416,7 +423,8 @@ func (c *compiler) attribute(set *Set, at Problem, a *AttributeMap, ctxPath stri
 	}
 	ca.toCRM = dir.toCRM() && outer.toCRM()
 	ca.toFHIR = dir.toFHIR() && outer.toFHIR()
-	if a.CRMAttribute == "" {
+	byType := a.Action.orCopy() == ActionLookup && a.Lookup.IsByType()
+	if a.CRMAttribute == "" && !byType {
 		c.ps.add(withField(at, "crmAttribute"), "crmAttribute is required")
 	}
 	if _, ok := compatible[a.CRMType]; !ok {
@@ -479,8 +487,10 @@ func (c *compiler) attribute(set *Set, at Problem, a *AttributeMap, ctxPath stri
 		if a.CRMType != TypeLookup {
 			c.ps.add(withField(at, "crmType"), "action lookup needs crmType lookup, got %s", a.CRMType)
 		}
-		if a.Lookup == nil || a.Lookup.EntityMap == "" {
-			c.ps.add(withField(at, "lookup.entityMap"), "action lookup needs lookup.entityMap")
+		if byType {
+			ca.byType = c.lookupByType(set, at, a, crmEntity)
+		} else if a.Lookup == nil || a.Lookup.EntityMap == "" {
+			c.ps.add(withField(at, "lookup.entityMap"), "action lookup needs lookup.entityMap (or lookup.byType)")
 		} else if target, ok := set.byName[a.Lookup.EntityMap]; !ok {
 			c.ps.add(withField(at, "lookup.entityMap"), "unknown entity map %q", a.Lookup.EntityMap)
 			if near := closest(a.Lookup.EntityMap, slices.Collect(maps.Keys(set.byName))); near != "" {
@@ -519,7 +529,9 @@ func (c *compiler) attribute(set *Set, at Problem, a *AttributeMap, ctxPath stri
 			c.ps.add(withField(at, "default"), "%v", err)
 		}
 	}
-	c.crmAttribute(at, crmEntity, a.CRMAttribute, a.CRMType)
+	if !byType {
+		c.crmAttribute(at, crmEntity, a.CRMAttribute, a.CRMType)
+	}
 	c.crmMaxLength(at, crmEntity, a)
 	if ca.lookup != nil {
 		c.crmLookupTarget(at, crmEntity, a.CRMAttribute, ca.lookup.def.CRMEntity)
@@ -567,6 +579,8 @@ func (c *compiler) attribute(set *Set, at Problem, a *AttributeMap, ctxPath stri
 	}
 	if action == ActionLookup && !strings.HasSuffix(p.String(), ".reference") {
 		c.ps.add(withField(at, "fhirPath"), "a lookup path must end at a Reference's .reference element")
+	} else if action == ActionLookup {
+		ca.refType = c.referenceTypePath(at, a.FHIRPath, ctxPath, inItem)
 	}
 	if a.CRMType == TypeMultiSelect && !el.Many {
 		c.ps.add(withField(at, "fhirPath"), "a multi-select attribute needs a repeating element")
@@ -836,6 +850,13 @@ func (c *compiler) lookupCycles(set *Set) {
 		for _, a := range m.attrs {
 			if a.lookup != nil && a.lookup != m {
 				edges[m.def.Name] = append(edges[m.def.Name], a.lookup.def.Name)
+			}
+			if a.byType != nil {
+				for _, t := range a.byType.targets {
+					if t.m != m {
+						edges[m.def.Name] = append(edges[m.def.Name], t.m.def.Name)
+					}
+				}
 			}
 		}
 	}

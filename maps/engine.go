@@ -231,7 +231,10 @@ func (m *Mapping) attrToCRM(ctx context.Context, x *expansion, a *attr, src, rec
 		fv, ok := a.pathFor(src).Get(src)
 		if ok && fv != nil {
 			if a.lookup != nil {
-				return m.lookupToCRM(ctx, x, a, fv, rec, current, changed, r)
+				return m.lookupToCRM(ctx, x, a, fv, src, rec, current, changed, r)
+			}
+			if a.byType != nil {
+				return m.byTypeToCRM(ctx, x, a, fv, src, rec, current, changed, r)
 			}
 			cv, err := a.toCRMValue(fv)
 			if errors.Is(err, errSkip) {
@@ -254,7 +257,9 @@ func (m *Mapping) attrToCRM(ctx context.Context, x *expansion, a *attr, src, rec
 		case d.Required:
 			return m.fail(x, a, fmt.Errorf("required value is missing"))
 		case a.lookup != nil:
-			return m.lookupToCRM(ctx, x, a, nil, rec, current, changed, r)
+			return m.lookupToCRM(ctx, x, a, nil, src, rec, current, changed, r)
+		case a.byType != nil:
+			return m.byTypeToCRM(ctx, x, a, nil, src, rec, current, changed, r)
 		}
 	}
 	if rv, ok := a.round(v); ok {
@@ -274,7 +279,7 @@ func (m *Mapping) attrToCRM(ctx context.Context, x *expansion, a *attr, src, rec
 	return nil
 }
 
-func (m *Mapping) lookupToCRM(ctx context.Context, x *expansion, a *attr, fv any, rec, current map[string]any, changed *[]string, r LookupResolver) error {
+func (m *Mapping) lookupToCRM(ctx context.Context, x *expansion, a *attr, fv any, src, rec, current map[string]any, changed *[]string, r LookupResolver) error {
 	d := a.def
 	bind := a.nav + "@odata.bind"
 	var id string
@@ -282,6 +287,9 @@ func (m *Mapping) lookupToCRM(ctx context.Context, x *expansion, a *attr, fv any
 		ref, ok := fv.(string)
 		if !ok {
 			return m.fail(x, a, fmt.Errorf("expected a reference string, got %s", kind(fv)))
+		}
+		if err := m.checkReferenceType(x, a, src, ref); err != nil {
+			return err
 		}
 		if r == nil {
 			return m.fail(x, a, fmt.Errorf("no lookup resolver configured"))
@@ -528,7 +536,12 @@ func (m *Mapping) attrToFHIR(ctx context.Context, x *expansion, a *attr, p *path
 		v   any
 		err error
 	)
-	if a.lookup != nil {
+	if a.byType != nil {
+		var keep bool
+		if v, keep, err = m.byTypeToFHIR(ctx, x, a, p, rec, dst, r); err != nil || keep {
+			return false, err
+		}
+	} else if a.lookup != nil {
 		if id := lookupID(rec, d.CRMAttribute, a.nav); id != "" {
 			if r == nil {
 				return false, m.fail(x, a, fmt.Errorf("no lookup resolver configured"))
@@ -551,7 +564,7 @@ func (m *Mapping) attrToFHIR(ctx context.Context, x *expansion, a *attr, p *path
 			return false, m.fail(x, a, err)
 		}
 	}
-	if v == nil && d.Default != "" && a.lookup == nil {
+	if v == nil && d.Default != "" && a.lookup == nil && a.byType == nil {
 		dv, err := parseDefault(d.CRMType, d.Default)
 		if err != nil {
 			return false, m.fail(x, a, err)
@@ -576,6 +589,11 @@ func (m *Mapping) attrToFHIR(ctx context.Context, x *expansion, a *attr, p *path
 	}
 	if err := p.Set(dst, v); err != nil {
 		return false, m.fail(x, a, fmt.Errorf("writing %s: %w", p, err))
+	}
+	if a.byType != nil {
+		if err := a.fixReferenceType(dst, v); err != nil {
+			return false, m.fail(x, a, fmt.Errorf("writing the Reference.type beside %s: %w", p, err))
+		}
 	}
 	return true, nil
 }

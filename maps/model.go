@@ -290,13 +290,83 @@ type AttributeMap struct {
 }
 
 // Lookup maps a FHIR reference to a CRM lookup through another entity map's
-// correlation.
+// correlation. A reference names its resource type ("Patient/123"), and a
+// lookup through EntityMap only takes references of that map's FHIR type:
+// another type is a mapping error, never a look-up among the wrong records.
+//
+// A reference that may point at several resource types (Appointment's
+// participant actor, a Schedule's actor) maps with ByType instead: one CRM
+// lookup column per type, as the healthcare data model has them. FHIR→CRM
+// the reference's type chooses the column, which is set while the others
+// are cleared (and TypeAttribute, when given, gets the type's option value
+// through TypeValueMap); CRM→FHIR the reference is rebuilt from whichever
+// column is set, and several set is a mapping error. The attribute map's
+// crmAttribute is then empty: its columns are the targets'.
 type Lookup struct {
 	// EntityMap names the entity map of the referenced records.
-	EntityMap string `yaml:"entityMap"`
+	EntityMap string `yaml:"entityMap,omitempty"`
 	// Navigation is the single-valued navigation property used for
 	// "nav@odata.bind"; omitted means the CRM attribute name.
 	Navigation string `yaml:"navigation,omitempty"`
+	// ByType lists the lookup columns by the referenced resource type.
+	ByType []LookupTarget `yaml:"byType,omitempty"`
+	// TypeAttribute is an option-set column recording the referenced type
+	// (msemr_participantactortype); TypeValueMap translates resource types
+	// (its FHIR codes) to its option values. Both or neither.
+	TypeAttribute string `yaml:"typeAttribute,omitempty"`
+	TypeValueMap  string `yaml:"typeValueMap,omitempty"`
+	// OtherTypes says what a reference of a type ByType does not list
+	// does. Omitted means error.
+	OtherTypes OtherTypes `yaml:"otherTypes,omitempty"`
+}
+
+// LookupTarget is one resource type of a lookup by type and the CRM lookup
+// column that holds references of that type.
+type LookupTarget struct {
+	// Type is the FHIR resource type (Patient); it must be EntityMap's.
+	Type string `yaml:"type" json:"type"`
+	// EntityMap names the entity map of records of that type: Patient and
+	// Practitioner may both sync to contact, through different maps.
+	EntityMap    string `yaml:"entityMap" json:"entityMap"`
+	CRMAttribute string `yaml:"crmAttribute" json:"crmAttribute"`
+	// Navigation is the column's single-valued navigation property;
+	// omitted means CRMAttribute.
+	Navigation string `yaml:"navigation,omitempty" json:"navigation,omitempty"`
+}
+
+// OtherTypes is a lookup by type's policy for a reference of a type it
+// does not list.
+type OtherTypes string
+
+// Policies for references of unlisted types.
+const (
+	// OtherTypesError makes such a reference a mapping error (default).
+	OtherTypesError OtherTypes = "error"
+	// OtherTypesSkip clears every column FHIR→CRM and, CRM→FHIR when no
+	// column is set, keeps the FHIR reference as it is: the CRM has no
+	// place for it, and write-back must not remove it.
+	OtherTypesSkip OtherTypes = "skip"
+)
+
+// IsByType reports whether the lookup chooses its column by the reference's
+// resource type.
+func (l *Lookup) IsByType() bool { return l != nil && len(l.ByType) > 0 }
+
+// CRMAttributes lists the CRM columns the attribute map reads and writes:
+// its CRMAttribute, or, for a lookup by type, each target's column and the
+// type column.
+func (a *AttributeMap) CRMAttributes() []string {
+	if !a.Lookup.IsByType() {
+		return []string{a.CRMAttribute}
+	}
+	out := make([]string, 0, len(a.Lookup.ByType)+1)
+	for _, t := range a.Lookup.ByType {
+		out = append(out, t.CRMAttribute)
+	}
+	if a.Lookup.TypeAttribute != "" {
+		out = append(out, a.Lookup.TypeAttribute)
+	}
+	return out
 }
 
 // ExpansionMap maps the items of a FHIR array to child CRM rows.
@@ -408,7 +478,7 @@ const (
 	ActionCopy     Action = "copy"     // convert and copy (default)
 	ActionDefault  Action = "default"  // write Default when the source is empty; a constant when FHIRPath is empty
 	ActionValueMap Action = "valueMap" // translate through ValueMap
-	ActionLookup   Action = "lookup"   // reference ↔ lookup through Lookup.EntityMap
+	ActionLookup   Action = "lookup"   // reference ↔ lookup through Lookup.EntityMap (or Lookup.ByType)
 	ActionComputed Action = "computed" // FHIRPath Expression, FHIR → CRM only
 )
 

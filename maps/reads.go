@@ -14,7 +14,9 @@ func (m *Mapping) CRMSelect() []string {
 		seen[g.Attribute] = true
 	}
 	for _, a := range m.attrs {
-		seen[readName(a)] = true
+		for _, n := range readNames(a) {
+			seen[n] = true
+		}
 	}
 	return sortedKeys(seen)
 }
@@ -38,11 +40,29 @@ func (m *Mapping) ChildQueries() []ChildQuery {
 			seen["statecode"] = true
 		}
 		for _, a := range x.attrs {
-			seen[readName(a)] = true
+			for _, n := range readNames(a) {
+				seen[n] = true
+			}
 		}
 		out = append(out, ChildQuery{Expansion: x.def.Name, EntitySet: x.def.CRMEntitySet, ParentLookup: x.def.ParentLookup, Select: sortedKeys(seen)})
 	}
 	return out
+}
+
+// readNames are the columns an attribute map reads, in the Web API's read
+// form: a lookup by type reads each of its columns and its type column.
+func readNames(a *attr) []string {
+	if b := a.byType; b != nil {
+		out := make([]string, 0, len(b.targets)+1)
+		for _, t := range b.targets {
+			out = append(out, "_"+t.attr+"_value")
+		}
+		if b.typeAttr != "" {
+			out = append(out, b.typeAttr)
+		}
+		return out
+	}
+	return []string{readName(a)}
 }
 
 func readName(a *attr) string {

@@ -66,7 +66,9 @@ func (p patientsOnly) CRMID(ctx context.Context, entityMap, ref string) (string,
 // and runs HL7's linked examples through it: pat1 and pat2 link to each
 // other (seealso) and round-trip losslessly, each link a msemr_contactlink
 // row with the other contact and the link type; mom links to a
-// RelatedPerson, which has no contact, and is a mapping error on the link.
+// RelatedPerson, a type the link's lookup (patient-contact) does not sync,
+// and is a mapping error on the link that names the types, decided before
+// any look-up.
 func TestStarterPatientLinksRoundTrip(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -92,8 +94,11 @@ func TestStarterPatientLinksRoundTrip(t *testing.T) {
 			out, err := m.ToCRM(ctx, ex.resource(t), nil, r)
 			if tc.wantErr {
 				var me *MappingError
-				if !errors.As(err, &me) || me.Expansion != "patient-links" || me.Attribute != "other" || !errors.Is(err, ErrUnresolvedLookup) {
-					t.Fatalf("error = %v, want an unresolved lookup on patient-links / other", err)
+				if !errors.As(err, &me) || me.Expansion != "patient-links" || me.Attribute != "other" || !errors.Is(err, ErrReferenceType) {
+					t.Fatalf("error = %v, want a reference type mismatch on patient-links / other", err)
+				}
+				if msg := err.Error(); !strings.Contains(msg, "RelatedPerson") || strings.Contains(msg, "newborn-mom") {
+					t.Errorf("error %q should name the type and not the id", msg)
 				}
 				return
 			}

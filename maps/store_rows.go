@@ -139,9 +139,22 @@ type attributeRow struct {
 	LengthPolicy     string
 	RoundPlaces      *int `gorm:"column:round_places"`
 	ConflictPolicy   string
+
+	// LookupByType is a lookup by type's part (lookupByTypeColumn as
+	// JSON); NULL for any other attribute map (migration 0029).
+	LookupByType *string `gorm:"column:lookup_by_type"`
 }
 
 func (attributeRow) TableName() string { return "map_attribute_maps" }
+
+// lookupByTypeColumn is what map_attribute_maps.lookup_by_type holds: the
+// part of a Lookup that chooses its column by the reference's type.
+type lookupByTypeColumn struct {
+	ByType        []LookupTarget `json:"byType,omitempty"`
+	TypeAttribute string         `json:"typeAttribute,omitempty"`
+	TypeValueMap  string         `json:"typeValueMap,omitempty"`
+	OtherTypes    OtherTypes     `json:"otherTypes,omitempty"`
+}
 
 func optJSON(v any, empty bool) *string {
 	if empty {
@@ -160,6 +173,10 @@ func attributeRowOf(versionID, entityID int64, expID *int64, pos int, a *Attribu
 		RoundPlaces: a.Round}
 	if a.Lookup != nil {
 		r.LookupEntityMap, r.LookupNavigation = a.Lookup.EntityMap, a.Lookup.Navigation
+		if a.Lookup.IsByType() || a.Lookup.TypeAttribute != "" || a.Lookup.TypeValueMap != "" || a.Lookup.OtherTypes != "" {
+			r.LookupByType = optJSON(lookupByTypeColumn{ByType: a.Lookup.ByType, TypeAttribute: a.Lookup.TypeAttribute,
+				TypeValueMap: a.Lookup.TypeValueMap, OtherTypes: a.Lookup.OtherTypes}, false)
+		}
 	}
 	return r
 }
@@ -172,8 +189,15 @@ func (r *attributeRow) attributeMap() (AttributeMap, error) {
 	if !r.Enabled {
 		a.Enabled = new(false)
 	}
-	if r.LookupEntityMap != "" || r.LookupNavigation != "" {
+	if r.LookupEntityMap != "" || r.LookupNavigation != "" || r.LookupByType != nil {
 		a.Lookup = &Lookup{EntityMap: r.LookupEntityMap, Navigation: r.LookupNavigation}
+	}
+	if r.LookupByType != nil {
+		var bt lookupByTypeColumn
+		if err := fromJSON(r.LookupByType, &bt); err != nil {
+			return a, fmt.Errorf("attribute map %q: %w", r.Name, err)
+		}
+		a.Lookup.ByType, a.Lookup.TypeAttribute, a.Lookup.TypeValueMap, a.Lookup.OtherTypes = bt.ByType, bt.TypeAttribute, bt.TypeValueMap, bt.OtherTypes
 	}
 	if err := fromJSON(r.FallbackPaths, &a.FallbackPaths); err != nil {
 		return a, fmt.Errorf("attribute map %q: %w", r.Name, err)

@@ -1287,7 +1287,14 @@
       var vms = [["", "(choose a value map)"]].concat((doc.valueMaps || []).map(function (v) { return [v.name, v.name]; }));
       kids.push(field("Value map", id + "-valueMap", a.valueMap, function (v) { a.valueMap = v; }, { kind: "select", options: vms, field: "valueMap" }));
     }
-    if (action === "lookup" || a.lookup) {
+    if (a.lookup && a.lookup.byType && a.lookup.byType.length) {
+      // A lookup by type (one column per referenced resource type) is
+      // shown as it is and edited in the YAML; the document keeps it whole.
+      kids.push(h("p", { id: id + "-bytype", class: "muted", text: "Lookup by the reference's type: " + a.lookup.byType.map(function (t) {
+        return t.type + " \u2192 " + t.crmAttribute + " (" + t.entityMap + ")";
+      }).join(", ") + (a.lookup.typeAttribute ? "; type column " + a.lookup.typeAttribute + " through " + a.lookup.typeValueMap : "") +
+        (a.lookup.otherTypes === "skip" ? "; other types left unmapped" : "") + ". Edit it in the YAML." }));
+    } else if (action === "lookup" || a.lookup) {
       a.lookup = a.lookup || { entityMap: "" };
       var ems = [["", "(choose an entity map)"]].concat((doc.entityMaps || []).map(function (m) { return [m.name, m.name + " (" + m.crmEntity + ")"]; }));
       kids.push(field("Lookup through entity map", id + "-lookup", a.lookup.entityMap, function (v) { a.lookup.entityMap = v; }, { kind: "select", options: ems, field: "lookup.entityMap" }));

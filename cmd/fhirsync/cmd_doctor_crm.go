@@ -53,6 +53,11 @@ func neededRights(set *maps.Set) map[string][]string {
 			if target, ok := set.Map(a.Lookup.EntityMap); ok {
 				add(target.Def().CRMEntity, rightAppendTo)
 			}
+			for _, bt := range a.Lookup.ByType {
+				if target, ok := set.Map(bt.EntityMap); ok {
+					add(target.Def().CRMEntity, rightAppendTo)
+				}
+			}
 		}
 	}
 	for _, m := range set.Maps() {

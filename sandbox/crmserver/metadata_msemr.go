@@ -219,6 +219,12 @@ func healthcareEntities() []*Entity {
 		datetime("msemr_planninghorizonstartdatetime"), datetime("msemr_planninghorizonenddatetime"),
 		lookup("msemr_actorlocation", "msemr_location"), lookup("msemr_actorpractitioner", "contact"),
 		lookup("msemr_actorpatient", "contact"), lookup("msemr_actordevice", "msemr_device"),
+		// Schedule.cdm.json's actor columns also include a practitioner
+		// role and a related person (the msemr_relatedperson table, where
+		// the appointment participant's actor points at contact); its
+		// msemr_actorhealthcareservice is left out, as the sandbox has no
+		// healthcare service table.
+		lookup("msemr_actorpractitionerrole", "msemr_practitionerrole"), lookup("msemr_actorrelatedperson", "msemr_relatedperson"),
 	)
 	careTeam := healthTable("msemr_careteam", "msemr_careteams", "msemr_careteamid", "msemr_name",
 		name100(), str("msemr_careteamnumber", 100),
