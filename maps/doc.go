@@ -106,7 +106,11 @@
 // integers, decimals and money (exact: json.Number text, never float64),
 // booleans, date-only and UTC date-time, option sets and multi-selects
 // (through value maps with an unmapped policy), lookups (through another
-// entity map's correlation) and computed values (read-only FHIRPath).
+// entity map's correlation; a reference of another resource type than that
+// map's is a mapping error, never looked up) and computed values
+// (read-only FHIRPath). A reference that may name several resource types
+// maps through a lookup by type (Lookup.ByType, bytype.go): its type
+// chooses the entity map and one of several CRM lookup columns.
 //
 // # Samples
 //
