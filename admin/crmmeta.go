@@ -62,9 +62,7 @@ func (c *crmMetadata) forDocument(ctx context.Context, doc *maps.Document) (*map
 	var names []string
 	for _, em := range doc.EntityMaps {
 		names = append(names, em.CRMEntity)
-		for _, x := range em.Expansions {
-			names = append(names, x.CRMEntity)
-		}
+		em.EachExpansion(func(x *maps.ExpansionMap, _ string) { names = append(names, x.CRMEntity) })
 	}
 	var list []any
 	seen := map[string]bool{}

@@ -453,10 +453,12 @@ func (a *app) crmState(ctx context.Context, m *maps.Mapping, rec crm.Record) ([]
 			continue
 		}
 		var rows []map[string]any
-		err := a.data.crmRecords.RetrieveMultiple(ctx, q.EntitySet, crm.Query{Select: q.Select, Filter: fmt.Sprintf("_%s_value eq %s", q.ParentLookup, id)},
-			func(r crm.Record) error { rows = append(rows, r); return nil })
-		if err != nil {
-			return nil, fmt.Errorf("reading %s: %w", q.EntitySet, err)
+		for _, pid := range q.ParentIDs(&st, id) {
+			err := a.data.crmRecords.RetrieveMultiple(ctx, q.EntitySet, crm.Query{Select: q.Select, Filter: fmt.Sprintf("_%s_value eq %s", q.ParentLookup, pid)},
+				func(r crm.Record) error { rows = append(rows, r); return nil })
+			if err != nil {
+				return nil, fmt.Errorf("reading %s: %w", q.EntitySet, err)
+			}
 		}
 		if st.Children == nil {
 			st.Children = map[string][]map[string]any{}

@@ -31,14 +31,18 @@ func semanticDiff(from, to *maps.Document) []semChange {
 		to = &maps.Document{}
 	}
 	var out []semChange
+	// expansion compares an expansion map's attribute maps and the
+	// expansion maps nested in it.
+	var expansion func(p string, xa, xb maps.ExpansionMap)
+	expansion = func(p string, xa, xb maps.ExpansionMap) {
+		diffNamed(&out, "attribute map", p, xa.Attributes, xb.Attributes, func(x maps.AttributeMap) string { return x.Name }, nil)
+		diffNamed(&out, "expansion map", p, xa.Expansions, xb.Expansions, func(x maps.ExpansionMap) string { return x.Name }, expansion)
+	}
 	diffNamed(&out, "value map", "", from.ValueMaps, to.ValueMaps, func(v maps.ValueMap) string { return v.Name }, nil)
 	diffNamed(&out, "entity map", "", from.EntityMaps, to.EntityMaps, func(m maps.EntityMap) string { return m.Name },
 		func(prefix string, a, b maps.EntityMap) {
 			diffNamed(&out, "attribute map", prefix, a.Attributes, b.Attributes, func(x maps.AttributeMap) string { return x.Name }, nil)
-			diffNamed(&out, "expansion map", prefix, a.Expansions, b.Expansions, func(x maps.ExpansionMap) string { return x.Name },
-				func(p string, xa, xb maps.ExpansionMap) {
-					diffNamed(&out, "attribute map", p, xa.Attributes, xb.Attributes, func(x maps.AttributeMap) string { return x.Name }, nil)
-				})
+			diffNamed(&out, "expansion map", prefix, a.Expansions, b.Expansions, func(x maps.ExpansionMap) string { return x.Name }, expansion)
 		})
 	return out
 }

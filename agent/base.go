@@ -146,9 +146,12 @@ type baseAttr struct {
 	// expansion: an expansion map, whose value on the FHIR side is the
 	// list of items at its path and on the CRM side the child rows.
 	expansion bool
-	crmAttr   string
-	lookup    string // navigation property of a lookup; "" otherwise
-	fhir      []*path.Path
+	// nested are the expansion's nested expansion maps, whose rows count
+	// as part of its CRM value.
+	nested  []string
+	crmAttr string
+	lookup  string // navigation property of a lookup; "" otherwise
+	fhir    []*path.Path
 
 	// byType are the columns of a lookup by type; its CRM value is the
 	// column that is set, with the id it holds.
@@ -189,13 +192,26 @@ func (h *baseHasher) attrs(m *maps.Mapping) []baseAttr {
 		if x.Enabled != nil && !*x.Enabled {
 			continue
 		}
-		ba := baseAttr{name: x.Name, expansion: true}
+		ba := baseAttr{name: x.Name, expansion: true, nested: nestedNames(x.Expansions)}
 		if p, err := path.Compile(x.FHIRPath); err == nil {
 			ba.fhir = append(ba.fhir, p)
 		}
 		out = append(out, ba)
 	}
 	h.paths.Store(m, out)
+	return out
+}
+
+// nestedNames lists the names of the enabled expansion maps nested in xs,
+// at any depth.
+func nestedNames(xs []maps.ExpansionMap) []string {
+	var out []string
+	for _, n := range xs {
+		if n.IsEnabled() {
+			out = append(out, n.Name)
+			out = append(out, nestedNames(n.Expansions)...)
+		}
+	}
 	return out
 }
 
@@ -238,6 +254,15 @@ func (h *baseHasher) read(m *maps.Mapping, l link, res map[string]any, rec map[s
 			v := attrValues{name: a.name, fhir: fv, h: attrHash{FHIR: h.hash(l, a.name, "fhir", fv)}}
 			if kids != nil {
 				v.crm = sortedRows(kids[a.name])
+				if len(a.nested) > 0 {
+					// Rows nested under the expansion's rows change
+					// its value too (the FHIR side's items hold them).
+					all := []any{v.crm}
+					for _, n := range a.nested {
+						all = append(all, sortedRows(kids[n]))
+					}
+					v.crm = all
+				}
 				v.h.CRM = h.hash(l, a.name, "crm", v.crm)
 			}
 			out = append(out, v)

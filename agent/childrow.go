@@ -29,14 +29,26 @@ func childRow(set mapSet, n queues.Notice) (*step, string) {
 	}
 	for _, m := range all.all() {
 		em := m.Def()
-		for _, x := range em.Expansions {
-			if x.CRMEntity != n.Type {
-				continue
-			}
+		if x, parent := findExpansion(em.Expansions, em.CRMEntity, n.Type); x != nil {
 			st := stop(logs.OutcomeSkipped, logs.ReasonChildRow,
-				fmt.Sprintf("%s rows are written with their parent %s by expansion map %s of entity map %s; they travel with the parent record.", n.Type, em.CRMEntity, x.Name, em.Name))
+				fmt.Sprintf("%s rows are written with their parent %s by expansion map %s of entity map %s; they travel with the parent record.", n.Type, parent, x.Name, em.Name))
 			st.subject = x.Name
 			return st, em.Name
+		}
+	}
+	return nil, ""
+}
+
+// findExpansion finds the expansion map, nested ones included, that
+// writes rows of entity, and the CRM entity of its parent rows (parent
+// for the top level).
+func findExpansion(xs []maps.ExpansionMap, parent, entity string) (*maps.ExpansionMap, string) {
+	for i := range xs {
+		if xs[i].CRMEntity == entity {
+			return &xs[i], parent
+		}
+		if x, p := findExpansion(xs[i].Expansions, xs[i].CRMEntity, entity); x != nil {
+			return x, p
 		}
 	}
 	return nil, ""

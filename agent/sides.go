@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -289,11 +290,15 @@ func (s crmSide) withChildren(ctx context.Context, m *maps.Mapping, id string, r
 		if q.ParentLookup == "" {
 			continue
 		}
+		// A nested expansion's rows are read under each row of its
+		// parent expansion (read before it), one query per parent row.
 		var rows []map[string]any
-		err := s.api.RetrieveMultiple(ctx, q.EntitySet, crm.Query{Select: q.Select, Filter: fmt.Sprintf("_%s_value eq %s", q.ParentLookup, id)},
-			func(r crm.Record) error { rows = append(rows, r); return nil })
-		if err != nil {
-			return record{}, classify(err)
+		for _, pid := range q.ParentIDs(&state, id) {
+			err := s.api.RetrieveMultiple(ctx, q.EntitySet, crm.Query{Select: q.Select, Filter: fmt.Sprintf("_%s_value eq %s", q.ParentLookup, pid)},
+				func(r crm.Record) error { rows = append(rows, r); return nil })
+			if err != nil {
+				return record{}, classify(err)
+			}
 		}
 		if state.Children == nil {
 			state.Children = map[string][]map[string]any{}
@@ -425,14 +430,27 @@ func (s crmSide) writeChangeSet(ctx context.Context, cs changeSets, em *maps.Ent
 	if err != nil {
 		return written{}, Permanent(err)
 	}
+	dropped := make([]bool, len(changes))
 	for {
 		ops := []crm.Op{parent}
-		for _, c := range changes {
-			op, err := childOp(c, parentRef)
+		// opAt is each change's 1-based place among ops (its Content-ID),
+		// changeAt each op's change: a row nested under a row created in
+		// the same change set binds to that create as "$<Content-ID>".
+		opAt, changeAt := make([]int, len(changes)), []int{-1}
+		for i, c := range changes {
+			if dropped[i] {
+				continue
+			}
+			ref := parentRef
+			if c.Parent > 0 {
+				ref = "$" + strconv.Itoa(opAt[c.Parent-1])
+			}
+			op, err := childOp(c, ref)
 			if err != nil {
 				return written{}, fmt.Errorf("writing %s row of %s: %w", c.Op, c.Expansion, err)
 			}
 			ops = append(ops, op)
+			opAt[i], changeAt = len(ops), append(changeAt, i)
 		}
 		results, err := cs.Apply(ctx, ops)
 		if err != nil {
@@ -449,10 +467,10 @@ func (s crmSide) writeChangeSet(ctx context.Context, cs changeSets, em *maps.Ent
 		if at == 0 {
 			return written{}, classify(ferr)
 		}
-		c := changes[at-1]
+		c := changes[changeAt[at]]
 		if c.Op == maps.ChildDelete && isMissing(ferr) {
 			// Already gone: the change set goes again without it.
-			changes = slices.Delete(slices.Clone(changes), at-1, at)
+			dropped[changeAt[at]] = true
 			continue
 		}
 		return written{}, fmt.Errorf("writing %s row of %s: %w", c.Op, c.Expansion, classify(ferr))
@@ -475,7 +493,9 @@ func failedOp(results []crm.OpResult) (int, error) {
 	return -1, nil
 }
 
-// childOp is one child row change as a request of a change set.
+// childOp is one child row change as a request of a change set. A new
+// row binds to parentRef unless its record names its parent row already
+// (a nested row under an existing row).
 func childOp(c maps.ChildChange, parentRef string) (crm.Op, error) {
 	rec := crm.Record(c.Record)
 	switch c.Op {
@@ -483,8 +503,8 @@ func childOp(c maps.ChildChange, parentRef string) (crm.Op, error) {
 		if rec == nil {
 			rec = crm.Record{}
 		}
-		if c.ParentNavigation != "" {
-			rec[c.ParentNavigation+"@odata.bind"] = parentRef
+		if bind := c.ParentNavigation + "@odata.bind"; c.ParentNavigation != "" && (c.Parent > 0 || rec[bind] == nil) {
+			rec[bind] = parentRef
 		}
 		op, err := crm.CreateOp(c.EntitySet, rec)
 		return op, err
@@ -502,7 +522,8 @@ func childOp(c maps.ChildChange, parentRef string) (crm.Op, error) {
 // retry: creates are found again by their match key on the next attempt's
 // diff, so a crash between rows never duplicates one.
 func (s crmSide) writeChildren(ctx context.Context, em *maps.EntityMap, parentID string, changes []maps.ChildChange) error {
-	for _, c := range changes {
+	created := make([]string, len(changes))
+	for i, c := range changes {
 		rec := crm.Record(c.Record)
 		var err error
 		switch c.Op {
@@ -510,10 +531,15 @@ func (s crmSide) writeChildren(ctx context.Context, em *maps.EntityMap, parentID
 			if rec == nil {
 				rec = crm.Record{}
 			}
-			if c.ParentNavigation != "" {
-				rec[c.ParentNavigation+"@odata.bind"] = "/" + em.CRMEntitySet + "(" + parentID + ")"
+			ref := "/" + em.CRMEntitySet + "(" + parentID + ")"
+			if c.Parent > 0 {
+				// A row nested under a row created just before.
+				ref = "/" + changes[c.Parent-1].EntitySet + "(" + created[c.Parent-1] + ")"
 			}
-			_, err = s.api.Create(ctx, c.EntitySet, rec)
+			if bind := c.ParentNavigation + "@odata.bind"; c.ParentNavigation != "" && (c.Parent > 0 || rec[bind] == nil) {
+				rec[bind] = ref
+			}
+			created[i], err = s.api.Create(ctx, c.EntitySet, rec)
 		case maps.ChildUpdate:
 			_, err = s.api.Upsert(ctx, crm.ByID(c.EntitySet, c.ID), rec, crm.UpsertOptions{Mode: crm.UpdateOnly})
 		case maps.ChildDeactivate:

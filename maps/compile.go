@@ -117,6 +117,24 @@ type expansion struct {
 	exclude []Condition
 	toCRM   bool
 	toFHIR  bool
+	// nested are the enabled expansions inside this one (ExpansionMap.
+	// Expansions), relative to its item; parent is the expansion a nested
+	// one sits in (nil at the top level).
+	nested []*expansion
+	parent *expansion
+}
+
+// expansionScope is where an expansion map sits: the CRM entity its
+// parent lookup points at, the FHIR type its path starts from, the
+// direction of the expansion around it (Both at the top level), its depth
+// (1 at the top level) and the names taken in its entity map.
+type expansionScope struct {
+	owner   string
+	ctxName string
+	ctxType reflect.Type
+	outer   Direction
+	depth   int
+	names   map[string]bool
 }
 
 type valueMap struct {
@@ -356,7 +374,7 @@ func (c *compiler) entityMap(set *Set, m *Mapping) {
 			continue
 		}
 		xnames[x.Name] = true
-		ce := c.expansion(set, xat, x, def, resType)
+		ce := c.expansion(set, xat, x, expansionScope{owner: def.CRMEntity, ctxName: def.FHIRType, ctxType: resType, outer: Both, depth: 1, names: xnames})
 		if ce != nil && x.IsEnabled() {
 			if prev, dup := targets.fhir[ce.path.String()]; dup {
 				c.ps.add(withField(xat, "fhirPath"), "FHIR element %s is already written by %s", ce.path, prev)
@@ -729,7 +747,7 @@ func (c *compiler) binding(at Problem, a *attr, codes []string) {
 	}
 }
 
-func (c *compiler) expansion(set *Set, at Problem, x *ExpansionMap, parent *EntityMap, resType reflect.Type) *expansion {
+func (c *compiler) expansion(set *Set, at Problem, x *ExpansionMap, sc expansionScope) *expansion {
 	ce := &expansion{def: x, exclude: x.Exclude}
 	dir := x.Direction.orBoth()
 	switch dir {
@@ -738,9 +756,15 @@ func (c *compiler) expansion(set *Set, at Problem, x *ExpansionMap, parent *Enti
 		c.ps.add(withField(at, "direction"), "direction must be both, fhir-to-crm or crm-to-fhir, got %q", x.Direction)
 		return nil
 	}
+	if sc.outer != Both && dir != sc.outer && dir != Both {
+		c.ps.add(withField(at, "direction"), "direction conflict: %s inside an expansion map that only travels %s", dir, sc.outer)
+	}
+	if sc.outer != Both {
+		dir = sc.outer
+	}
 	ce.toCRM, ce.toFHIR = dir.toCRM(), dir.toFHIR()
 	for field, v := range map[string]string{"crmEntity": x.CRMEntity, "crmEntitySet": x.CRMEntitySet, "parentLookup": x.ParentLookup, "fhirPath": x.FHIRPath} {
-		if v == "" {
+		if v == "" && (field != "parentLookup" || sc.depth == 1) { // a nested one says more (nestedExpansions)
 			c.ps.add(withField(at, field), "%s is required", field)
 		}
 	}
@@ -751,7 +775,7 @@ func (c *compiler) expansion(set *Set, at Problem, x *ExpansionMap, parent *Enti
 	}
 	c.crmEntity(at, x.CRMEntity, x.CRMEntitySet)
 	c.crmAttribute(at, x.CRMEntity, x.ParentLookup, TypeLookup)
-	c.crmLookupTarget(at, x.CRMEntity, x.ParentLookup, parent.CRMEntity)
+	c.crmLookupTarget(at, x.CRMEntity, x.ParentLookup, sc.owner)
 	if x.FHIRPath == "" {
 		return nil
 	}
@@ -762,8 +786,8 @@ func (c *compiler) expansion(set *Set, at Problem, x *ExpansionMap, parent *Enti
 	}
 	ce.path = p
 	itemPath, itemType := "", reflect.Type(nil)
-	if resType != nil {
-		el, err := resolveR4(parent.FHIRType, resType, p.Segments())
+	if sc.ctxType != nil {
+		el, err := resolveR4(sc.ctxName, sc.ctxType, p.Segments())
 		switch {
 		case err != nil:
 			c.ps.add(withField(at, "fhirPath"), "path %s reaches no element: %v", x.FHIRPath, err)
@@ -772,11 +796,11 @@ func (c *compiler) expansion(set *Set, at Problem, x *ExpansionMap, parent *Enti
 		default:
 			itemPath, itemType = el.Type, el.goType
 			if el.Type == "BackboneElement" || el.Type == "Element" {
-				itemPath = parent.FHIRType + "." + strings.Join(segNames(p.Segments()), ".")
+				itemPath = sc.ctxName + "." + strings.Join(segNames(p.Segments()), ".")
 			}
 		}
 		for i, s := range p.Segments() {
-			if s.Index >= 0 || len(s.Where) > 0 || s.Extension != "" || (i < len(p.Segments())-1 && c.repeats(parent.FHIRType, resType, p.Segments()[:i+1])) {
+			if s.Index >= 0 || len(s.Where) > 0 || s.Extension != "" || (i < len(p.Segments())-1 && c.repeats(sc.ctxName, sc.ctxType, p.Segments()[:i+1])) {
 				c.ps.add(withField(at, "fhirPath"), "an expansion path is plain, non-repeating element names down to the array (no index, where() or extension())")
 				break
 			}
@@ -829,7 +853,71 @@ func (c *compiler) expansion(set *Set, at Problem, x *ExpansionMap, parent *Enti
 			ce.key = append(ce.key, ca)
 		}
 	}
+	c.nestedExpansions(set, at, ce, sc, itemPath, itemType, targets)
 	return ce
+}
+
+// nestedExpansions compiles the expansions inside ce (ExpansionMap.
+// Expansions): their paths start at ce's item, their parent lookup points
+// at ce's rows, and they travel at most the way ce does.
+func (c *compiler) nestedExpansions(set *Set, at Problem, ce *expansion, sc expansionScope, itemPath string, itemType reflect.Type, targets targetSet) {
+	x := ce.def
+	if len(x.Expansions) == 0 {
+		return
+	}
+	if sc.depth >= MaxExpansionDepth {
+		c.ps.add(withField(at, "expansions"), "expansion maps nest at most %d levels deep; %q is at level %d and cannot hold expansion maps", MaxExpansionDepth, x.Name, sc.depth)
+		return
+	}
+	for i := range x.Expansions {
+		n := &x.Expansions[i]
+		nat := at
+		nat.Expansion = at.Expansion + "/" + n.Name
+		if n.Name == "" {
+			c.ps.add(withField(at, fmt.Sprintf("expansions[%d].name", i)), "name is required")
+			continue
+		}
+		if sc.names[n.Name] {
+			c.ps.add(nat, "duplicate expansion map name (names are unique across the entity map, nested ones included)")
+			continue
+		}
+		sc.names[n.Name] = true
+		if n.ParentLookup == "" {
+			c.ps.add(withField(nat, "parentLookup"), "a nested expansion map needs parentLookup: the lookup of %s that points at the %s row of expansion map %q", orUnnamed(n.CRMEntity), orUnnamed(x.CRMEntity), x.Name)
+		}
+		ne := c.expansion(set, nat, n, expansionScope{owner: x.CRMEntity, ctxName: itemPath, ctxType: itemType,
+			outer: ce.dir(), depth: sc.depth + 1, names: sc.names})
+		if ne == nil || !n.IsEnabled() || !x.IsEnabled() {
+			continue
+		}
+		if ne.path != nil {
+			key := ne.path.String()
+			if prev, dup := targets.fhir[key]; dup {
+				c.ps.add(withField(nat, "fhirPath"), "FHIR element %s is already written by %s", key, prev)
+			}
+			targets.fhir[key] = "expansion map " + strconv.Quote(n.Name)
+		}
+		ne.parent = ce
+		ce.nested = append(ce.nested, ne)
+	}
+}
+
+// dir is the direction an expansion travels, after its parent's.
+func (x *expansion) dir() Direction {
+	switch {
+	case x.toCRM && x.toFHIR:
+		return Both
+	case x.toCRM:
+		return FHIRToCRM
+	}
+	return CRMToFHIR
+}
+
+func orUnnamed(s string) string {
+	if s == "" {
+		return "the child entity"
+	}
+	return s
 }
 
 func segNames(segs []path.Segment) []string {

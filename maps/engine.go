@@ -85,8 +85,15 @@ type ChildChange struct {
 	// ParentNavigation is the navigation property linking a new row to
 	// its parent; Record carries "ParentNavigation@odata.bind" already
 	// when the parent's id was known.
-	ParentNavigation string         `json:"parentNavigation,omitempty"`
-	Record           map[string]any `json:"record,omitempty"`
+	ParentNavigation string `json:"parentNavigation,omitempty"`
+	// Parent, on a create of a nested expansion's row whose parent row is
+	// created by the same result, is the 1-based place of that parent's
+	// create among CRMResult.Children: the writer binds the new row to
+	// the row that create made (in a change set, by its Content-ID). 0
+	// means the parent exists (Record binds to it already) or is the
+	// record itself.
+	Parent int            `json:"parent,omitempty"`
+	Record map[string]any `json:"record,omitempty"`
 }
 
 // FHIRResult is the outcome of mapping a CRM record to FHIR.
@@ -173,17 +180,29 @@ func (m *Mapping) ToCRMExcept(ctx context.Context, res map[string]any, cur *CRMS
 			out.ChangedAttributes = append(out.ChangedAttributes, a.def.Name)
 		}
 	}
+	var (
+		children map[string][]map[string]any
+		top      = childParent{set: m.def.CRMEntitySet}
+	)
+	if cur != nil {
+		children = cur.Children
+		top.id = rowID(cur.Record, m.def.idAttribute())
+	}
 	for _, x := range m.expansions {
 		if !x.toCRM || skip[x.def.Name] {
 			continue
 		}
-		changes, err := m.expandToCRM(ctx, x, res, cur, r)
-		if err != nil {
+		before := len(out.Children)
+		top.rows = children[x.def.Name]
+		if err := m.expandToCRM(ctx, x, res, top, children, &out.Children, r); err != nil {
 			return nil, err
 		}
-		if len(changes) > 0 {
-			out.Children = append(out.Children, changes...)
-			out.Changed = append(out.Changed, x.def.Name)
+		if len(out.Children) > before {
+			// The nested expansions' rows travel with x's: x names the
+			// change for a merge; Changed names each expansion written.
+			for _, c := range out.Children[before:] {
+				out.Changed = append(out.Changed, c.Expansion)
+			}
 			out.ChangedAttributes = append(out.ChangedAttributes, x.def.Name)
 		}
 	}
@@ -407,7 +426,7 @@ func (m *Mapping) ToFHIRExcept(ctx context.Context, src CRMState, base map[strin
 		if !x.toFHIR || skip[x.def.Name] {
 			continue
 		}
-		ch, err := m.expandToFHIR(ctx, x, src.Children[x.def.Name], base, r)
+		ch, err := m.expandToFHIR(ctx, x, src.Children[x.def.Name], base, src.Children, r)
 		if err != nil {
 			return nil, err
 		}

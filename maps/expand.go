@@ -80,29 +80,57 @@ func inactive(row map[string]any) bool {
 	return ok && s != "0"
 }
 
-// expandToCRM pairs array items with the current child rows by match key
-// and returns the writes that bring the rows in line: creates for new
-// items, updates for changed ones, deletes or deactivations for rows whose
-// item is gone. Items that share a key pair with that key's rows in order:
-// the n-th such item with the n-th row. A FHIR array may repeat an item
-// exactly (R4 arrays are ordered lists, not sets, and HL7's own examples
-// repeat an identifier), and the rows hold each repeat, so a resource
-// created from the CRM has them all; an unchanged array still pairs every
-// item with its row and never adds one.
-func (m *Mapping) expandToCRM(ctx context.Context, x *expansion, res map[string]any, cur *CRMState, r LookupResolver) ([]ChildChange, error) {
-	var rows []map[string]any
-	parentID := ""
-	if cur != nil {
-		rows = cur.Children[x.def.Name]
-		parentID = rowID(cur.Record, m.def.idAttribute())
+// childParent is what a set of child rows hangs under: the rows of the
+// expansion there now, the parent row's id and entity set (a new row binds
+// to it), or, when the parent row is created by the same result, the
+// 1-based place of its create among the result's Children. A top-level
+// expansion's parent is the record: its id when it exists, else nothing
+// (the writer binds new rows to the record it creates).
+type childParent struct {
+	rows   []map[string]any
+	id     string
+	set    string
+	change int
+}
+
+// rowsUnder returns the rows of the nested expansion n whose parent
+// lookup points at the row parentID, in the order read.
+func rowsUnder(children map[string][]map[string]any, n *expansion, parentID string) []map[string]any {
+	if parentID == "" {
+		return nil
 	}
+	var out []map[string]any
+	for _, row := range children[n.def.Name] {
+		if strings.EqualFold(lookupID(row, n.def.ParentLookup, n.def.parentNavigation()), parentID) {
+			out = append(out, row)
+		}
+	}
+	return out
+}
+
+// expandToCRM pairs array items with the current child rows by match key
+// and appends to out the writes that bring the rows in line: creates for
+// new items, updates for changed ones, deletes or deactivations for rows
+// whose item is gone. Items that share a key pair with that key's rows in
+// order: the n-th such item with the n-th row. A FHIR array may repeat an
+// item exactly (R4 arrays are ordered lists, not sets, and HL7's own
+// examples repeat an identifier), and the rows hold each repeat, so a
+// resource created from the CRM has them all; an unchanged array still
+// pairs every item with its row and never adds one.
+//
+// The expansions nested in x follow each item's own write: the rows
+// under an existing row are paired with the item's inner array the same
+// way; under a row created here, every inner item is a create naming the
+// parent's create (ChildChange.Parent). The rows under a removed row are
+// removed first, by their own onRemove, then the row itself.
+func (m *Mapping) expandToCRM(ctx context.Context, x *expansion, res map[string]any, p childParent, children map[string][]map[string]any, out *[]ChildChange, r LookupResolver) error {
+	rows := p.rows
 	byKey := make(map[string][]int, len(rows))
 	for i, row := range rows {
 		k := x.crmKey(row)
 		byKey[k] = append(byKey[k], i)
 	}
 	used := make([]bool, len(rows))
-	var out []ChildChange
 	nav := x.def.parentNavigation()
 	for _, it := range x.items(res) {
 		item, ok := it.(map[string]any)
@@ -115,7 +143,7 @@ func (m *Mapping) expandToCRM(ctx context.Context, x *expansion, res map[string]
 		// Map the key first to find the row, then the rest against it.
 		for _, a := range x.key {
 			if err := m.attrToCRM(ctx, x, a, item, rec, nil, &changed, nil, r); err != nil {
-				return nil, err
+				return err
 			}
 		}
 		k := x.crmKey(rec)
@@ -132,43 +160,76 @@ func (m *Mapping) expandToCRM(ctx context.Context, x *expansion, res map[string]
 				continue
 			}
 			if err := m.attrToCRM(ctx, x, a, item, rec, current, &changed, nil, r); err != nil {
-				return nil, err
+				return err
 			}
 		}
+		inner := childParent{set: x.def.CRMEntitySet}
 		switch {
 		case !exists:
-			if parentID != "" {
-				rec[nav+"@odata.bind"] = "/" + m.def.CRMEntitySet + "(" + parentID + ")"
+			c := ChildChange{Expansion: x.def.Name, EntitySet: x.def.CRMEntitySet, Op: ChildCreate, ParentNavigation: nav, Record: rec, Parent: p.change}
+			if p.id != "" {
+				rec[nav+"@odata.bind"] = "/" + p.set + "(" + p.id + ")"
 			}
-			out = append(out, ChildChange{Expansion: x.def.Name, EntitySet: x.def.CRMEntitySet, Op: ChildCreate, ParentNavigation: nav, Record: rec})
+			*out = append(*out, c)
+			inner.change = len(*out)
 		case x.def.OnRemove == RemoveDeactivate && inactive(current):
 			rec["statecode"] = 0
-			out = append(out, ChildChange{Expansion: x.def.Name, EntitySet: x.def.CRMEntitySet, Op: ChildUpdate, ID: rowID(current, x.def.idAttribute()), Record: rec})
+			*out = append(*out, ChildChange{Expansion: x.def.Name, EntitySet: x.def.CRMEntitySet, Op: ChildUpdate, ID: rowID(current, x.def.idAttribute()), Record: rec})
 		case len(changed) > 0:
-			out = append(out, ChildChange{Expansion: x.def.Name, EntitySet: x.def.CRMEntitySet, Op: ChildUpdate, ID: rowID(current, x.def.idAttribute()), Record: rec})
+			*out = append(*out, ChildChange{Expansion: x.def.Name, EntitySet: x.def.CRMEntitySet, Op: ChildUpdate, ID: rowID(current, x.def.idAttribute()), Record: rec})
+		}
+		if exists {
+			inner.id = rowID(current, x.def.idAttribute())
+		}
+		for _, n := range x.nested {
+			if !n.toCRM {
+				continue
+			}
+			inner.rows = rowsUnder(children, n, inner.id)
+			if err := m.expandToCRM(ctx, n, item, inner, children, out, r); err != nil {
+				return err
+			}
 		}
 	}
 	for i, row := range rows {
-		if used[i] {
-			continue
-		}
-		id := rowID(row, x.def.idAttribute())
-		switch {
-		case x.def.OnRemove == RemoveDelete:
-			out = append(out, ChildChange{Expansion: x.def.Name, EntitySet: x.def.CRMEntitySet, Op: ChildDelete, ID: id})
-		case !inactive(row):
-			out = append(out, ChildChange{Expansion: x.def.Name, EntitySet: x.def.CRMEntitySet, Op: ChildDeactivate, ID: id,
-				Record: map[string]any{"statecode": 1}})
+		if !used[i] {
+			x.removeRow(row, children, out)
 		}
 	}
-	return out, nil
+	return nil
+}
+
+// removeRow appends the writes that remove a row whose item is gone: the
+// rows nested under it first (each by its own expansion's onRemove), then
+// the row by x's.
+func (x *expansion) removeRow(row map[string]any, children map[string][]map[string]any, out *[]ChildChange) {
+	id := rowID(row, x.def.idAttribute())
+	for _, n := range x.nested {
+		if !n.toCRM {
+			continue
+		}
+		for _, nr := range rowsUnder(children, n, id) {
+			n.removeRow(nr, children, out)
+		}
+	}
+	switch {
+	case x.def.OnRemove == RemoveDelete:
+		*out = append(*out, ChildChange{Expansion: x.def.Name, EntitySet: x.def.CRMEntitySet, Op: ChildDelete, ID: id})
+	case !inactive(row):
+		*out = append(*out, ChildChange{Expansion: x.def.Name, EntitySet: x.def.CRMEntitySet, Op: ChildDeactivate, ID: id,
+			Record: map[string]any{"statecode": 1}})
+	}
 }
 
 // expandToFHIR rebuilds the array from the child rows: items whose key
 // matches a row (the n-th item of a key with its n-th row) are updated in place (keeping their unmapped elements),
 // items without a row are removed, rows without an item are appended, and
 // excluded items stay as they are. It reports whether anything changed.
-func (m *Mapping) expandToFHIR(ctx context.Context, x *expansion, rows []map[string]any, base map[string]any, r LookupResolver) (bool, error) {
+//
+// The expansions nested in x are rebuilt the same way inside each item
+// from the rows under the item's row (children holds every expansion's
+// rows, by name).
+func (m *Mapping) expandToFHIR(ctx context.Context, x *expansion, rows []map[string]any, base map[string]any, children map[string][]map[string]any, r LookupResolver) (bool, error) {
 	active := make([]map[string]any, 0, len(rows))
 	for _, row := range rows {
 		if !inactive(row) {
@@ -218,6 +279,11 @@ func (m *Mapping) expandToFHIR(ctx context.Context, x *expansion, rows []map[str
 			}
 			changed = changed || ch
 		}
+		ch, err := m.nestedToFHIR(ctx, x, active[i], item, children, r)
+		if err != nil {
+			return false, err
+		}
+		changed = changed || ch
 		next = append(next, item)
 	}
 	for i, row := range active {
@@ -232,6 +298,9 @@ func (m *Mapping) expandToFHIR(ctx context.Context, x *expansion, rows []map[str
 			if _, err := m.attrToFHIR(ctx, x, a, nil, row, item, r); err != nil {
 				return false, err
 			}
+		}
+		if _, err := m.nestedToFHIR(ctx, x, row, item, children, r); err != nil {
+			return false, err
 		}
 		if len(item) == 0 {
 			return false, m.fail(x, nil, fmt.Errorf("a child row maps to an empty item"))
@@ -252,4 +321,40 @@ func (m *Mapping) expandToFHIR(ctx context.Context, x *expansion, rows []map[str
 		obj[key] = next
 	}
 	return true, nil
+}
+
+// nestedToFHIR rebuilds the arrays of x's nested expansions inside item
+// from the rows under row, and reports whether any changed.
+func (m *Mapping) nestedToFHIR(ctx context.Context, x *expansion, row, item map[string]any, children map[string][]map[string]any, r LookupResolver) (bool, error) {
+	changed := false
+	id := rowID(row, x.def.idAttribute())
+	for _, n := range x.nested {
+		if !n.toFHIR {
+			continue
+		}
+		ch, err := m.expandToFHIR(ctx, n, rowsUnder(children, n, id), item, children, r)
+		if err != nil {
+			return false, err
+		}
+		changed = changed || ch
+	}
+	return changed, nil
+}
+
+// expansionNamed finds an enabled expansion of m by name, nested ones
+// included; nil when there is none.
+func (m *Mapping) expansionNamed(name string) *expansion {
+	var find func(xs []*expansion) *expansion
+	find = func(xs []*expansion) *expansion {
+		for _, x := range xs {
+			if x.def.Name == name {
+				return x
+			}
+			if n := find(x.nested); n != nil {
+				return n
+			}
+		}
+		return nil
+	}
+	return find(m.expansions)
 }

@@ -155,38 +155,8 @@ func roundTripHL7(ctx context.Context, m *Mapping, orig func() map[string]any, r
 		}
 	}
 	for _, x := range m.expansions {
-		if x.def.Direction == FHIRToCRM {
-			continue
-		}
-		var want, got []any
-		for _, it := range x.items(src) {
-			if o, ok := it.(map[string]any); ok && !x.excluded(o) && x.mappable(o) {
-				want = append(want, it)
-			}
-		}
-		for _, it := range x.items(fresh.Resource) {
-			if o, ok := it.(map[string]any); ok && !x.excluded(o) {
-				got = append(got, it)
-			}
-		}
-		if len(got) != len(want) {
-			return fmt.Sprintf("expansion %s: %d items reproduced, want %d", x.def.Name, len(got), len(want)), nil
-		}
-		for j := range want {
-			for _, a := range x.attrs {
-				if !a.toFHIR || a.path == nil {
-					continue
-				}
-				wi, gi := want[j].(map[string]any), got[j].(map[string]any)
-				w, wok := a.pathFor(wi).Get(wi)
-				g, gok := a.pathFor(gi).Get(gi)
-				if a.def.Round != nil && wok {
-					w = roundedJSON(w, *a.def.Round)
-				}
-				if wok != gok || !a.equalFHIR(g, w) {
-					return fmt.Sprintf("expansion %s item %d: %s not reproduced", x.def.Name, j, a.def.Name), nil
-				}
-			}
+		if loss := itemsReproduced(x, x.def.Name, src, fresh.Resource); loss != "" {
+			return loss, nil
 		}
 	}
 	again, err := m.ToCRM(ctx, back.Resource, &state, r)
@@ -197,6 +167,52 @@ func roundTripHL7(ctx context.Context, m *Mapping, orig func() map[string]any, r
 		return fmt.Sprintf("the unchanged resource reported changes %v (%d child operations)", again.Changed, len(again.Children)), nil
 	}
 	return "", nil
+}
+
+// itemsReproduced compares the items of expansion x (and of the
+// expansions nested in them, under label) in the source src and in fresh,
+// the resource written back from the CRM onto nothing, and returns the
+// first loss found, or "".
+func itemsReproduced(x *expansion, label string, src, fresh map[string]any) string {
+	if !x.toFHIR {
+		return ""
+	}
+	var want, got []any
+	for _, it := range x.items(src) {
+		if o, ok := it.(map[string]any); ok && !x.excluded(o) && x.mappable(o) {
+			want = append(want, it)
+		}
+	}
+	for _, it := range x.items(fresh) {
+		if o, ok := it.(map[string]any); ok && !x.excluded(o) {
+			got = append(got, it)
+		}
+	}
+	if len(got) != len(want) {
+		return fmt.Sprintf("expansion %s: %d items reproduced, want %d", label, len(got), len(want))
+	}
+	for j := range want {
+		wi, gi := want[j].(map[string]any), got[j].(map[string]any)
+		for _, a := range x.attrs {
+			if !a.toFHIR || a.path == nil {
+				continue
+			}
+			w, wok := a.pathFor(wi).Get(wi)
+			g, gok := a.pathFor(gi).Get(gi)
+			if a.def.Round != nil && wok {
+				w = roundedJSON(w, *a.def.Round)
+			}
+			if wok != gok || !a.equalFHIR(g, w) {
+				return fmt.Sprintf("expansion %s item %d: %s not reproduced", label, j, a.def.Name)
+			}
+		}
+		for _, n := range x.nested {
+			if loss := itemsReproduced(n, fmt.Sprintf("%s[%d]/%s", label, j, n.def.Name), wi, gi); loss != "" {
+				return loss
+			}
+		}
+	}
+	return ""
 }
 
 // TestStarterMapsRoundTripHL7Examples runs every starter map on HL7's

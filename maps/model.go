@@ -393,7 +393,21 @@ type ExpansionMap struct {
 	OnRemove RemovePolicy `yaml:"onRemove"`
 	// Attributes are relative to the array item.
 	Attributes []AttributeMap `yaml:"attributes"`
+	// Expansions are expansions inside this one: arrays within each item
+	// (CareTeam.participant.role) whose rows are children of the item's
+	// row. Their FHIRPath is relative to this expansion's item and their
+	// ParentLookup points at this expansion's row. They may not nest
+	// further (MaxExpansionDepth).
+	Expansions []ExpansionMap `yaml:"expansions,omitempty"`
 }
+
+// MaxExpansionDepth is how deep expansion maps nest: an entity map's
+// expansion (depth 1) may hold expansions (depth 2), which may hold none.
+// Every level is one more round of child-row reads per record (the rows
+// under each parent row) and one more Content-ID hop in a change set; two
+// levels cover the retired agent's deepest map (care team → participant →
+// participant role).
+const MaxExpansionDepth = 2
 
 // Condition is an equality test on a field of an array item.
 type Condition struct {

@@ -23,18 +23,28 @@ func (m *Mapping) CRMSelect() []string {
 
 // ChildQuery says how to read an expansion map's current child rows:
 // GET EntitySet?$select=Select&$filter=_ParentLookup_value eq {parent id}.
+// A top-level expansion's parent is the record; a nested one's parents are
+// the rows read for the expansion named Parent, each by its
+// ParentIDAttribute, so its query runs once per such row and its rows
+// (which carry "_ParentLookup_value") are gathered under its name.
 type ChildQuery struct {
 	Expansion    string
 	EntitySet    string
 	ParentLookup string
 	Select       []string
+	// Parent names the expansion whose rows are the parents; "" for the
+	// record. Queries come parents first.
+	Parent            string
+	ParentIDAttribute string
 }
 
-// ChildQueries returns one ChildQuery per enabled expansion map; the rows
-// go into CRMState.Children under the expansion's name.
+// ChildQueries returns one ChildQuery per enabled expansion map, nested
+// ones after their parent; the rows go into CRMState.Children under the
+// expansion's name.
 func (m *Mapping) ChildQueries() []ChildQuery {
 	out := make([]ChildQuery, 0, len(m.expansions))
-	for _, x := range m.expansions {
+	var add func(x *expansion)
+	add = func(x *expansion) {
 		seen := map[string]bool{x.def.idAttribute(): true}
 		if x.def.OnRemove == RemoveDeactivate {
 			seen["statecode"] = true
@@ -44,7 +54,19 @@ func (m *Mapping) ChildQueries() []ChildQuery {
 				seen[n] = true
 			}
 		}
-		out = append(out, ChildQuery{Expansion: x.def.Name, EntitySet: x.def.CRMEntitySet, ParentLookup: x.def.ParentLookup, Select: sortedKeys(seen)})
+		q := ChildQuery{Expansion: x.def.Name, EntitySet: x.def.CRMEntitySet, ParentLookup: x.def.ParentLookup}
+		if x.parent != nil {
+			seen["_"+x.def.ParentLookup+"_value"] = true
+			q.Parent, q.ParentIDAttribute = x.parent.def.Name, x.parent.def.idAttribute()
+		}
+		q.Select = sortedKeys(seen)
+		out = append(out, q)
+		for _, n := range x.nested {
+			add(n)
+		}
+	}
+	for _, x := range m.expansions {
+		add(x)
 	}
 	return out
 }
@@ -81,4 +103,40 @@ func sortedKeys(m map[string]bool) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// ParentIDs returns the ids of the rows q's rows hang under, one query
+// each: recordID for a top-level expansion, else the ids of the rows of
+// q.Parent already in st (ChildQueries lists parents first).
+func (q ChildQuery) ParentIDs(st *CRMState, recordID string) []string {
+	if q.Parent == "" {
+		if recordID == "" {
+			return nil
+		}
+		return []string{recordID}
+	}
+	var out []string
+	for _, row := range st.Children[q.Parent] {
+		if id, _ := row[q.ParentIDAttribute].(string); id != "" {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// EachExpansion calls fn for each expansion map of the entity map, each
+// before those nested in it, with the CRM entity its rows' parent lookup
+// points at (the entity map's for a top-level one). The expansions nested
+// in a disabled one are not visited; fn sees disabled ones themselves.
+func (m *EntityMap) EachExpansion(fn func(x *ExpansionMap, parentEntity string)) {
+	var walk func(xs []ExpansionMap, parent string)
+	walk = func(xs []ExpansionMap, parent string) {
+		for i := range xs {
+			fn(&xs[i], parent)
+			if xs[i].IsEnabled() {
+				walk(xs[i].Expansions, xs[i].CRMEntity)
+			}
+		}
+	}
+	walk(m.Expansions, m.CRMEntity)
 }

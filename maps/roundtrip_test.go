@@ -62,21 +62,22 @@ func crmRecordStore(m *Mapping, res *CRMResult, id string) CRMState {
 		}
 	}
 	st := CRMState{Record: rec, Children: map[string][]map[string]any{}}
+	ids := make([]string, len(res.Children))
 	for i, ch := range res.Children {
 		if ch.Op != ChildCreate {
 			continue
 		}
-		var x *expansion
-		for _, e := range m.expansions {
-			if e.def.Name == ch.Expansion {
-				x = e
-			}
-		}
-		row := map[string]any{x.def.idAttribute(): uuid.NewSHA1(uuid.NameSpaceURL, fmt.Appendf(nil, "%s|%d", id, i)).String(), "statecode": 0}
+		x := m.expansionNamed(ch.Expansion)
+		ids[i] = uuid.NewSHA1(uuid.NameSpaceURL, fmt.Appendf(nil, "%s|%d", id, i)).String()
+		row := map[string]any{x.def.idAttribute(): ids[i], "statecode": 0}
 		for k, v := range ch.Record {
 			if v != nil {
 				row[k] = v
 			}
+		}
+		if ch.Parent > 0 {
+			// A nested row, created under the row of an earlier create.
+			row["_"+x.def.ParentLookup+"_value"] = ids[ch.Parent-1]
 		}
 		st.Children[ch.Expansion] = append(st.Children[ch.Expansion], row)
 	}

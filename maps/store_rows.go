@@ -111,6 +111,9 @@ type expansionRow struct {
 	ParentNavigation string
 	MatchKey         string
 	OnRemove         string
+	// ParentExpansionID is the expansion map this one is nested in; nil
+	// at the top level (migration 0030).
+	ParentExpansionID *int64
 }
 
 func (expansionRow) TableName() string { return "map_expansion_maps" }
@@ -237,18 +240,29 @@ func insertContent(tx *gorm.DB, versionID int64, doc *Document) error {
 		for j := range m.Attributes {
 			attrs = append(attrs, attributeRowOf(versionID, row.ID, nil, j, &m.Attributes[j]))
 		}
-		for j := range m.Expansions {
-			x := &m.Expansions[j]
-			xr := expansionRow{VersionID: versionID, EntityMapID: row.ID, Position: j, Name: x.Name, Enabled: x.IsEnabled(),
-				FHIRPath: x.FHIRPath, Exclude: optJSON(x.Exclude, len(x.Exclude) == 0), Direction: string(x.Direction),
-				CRMEntity: x.CRMEntity, CRMEntitySet: x.CRMEntitySet, CRMIDAttribute: x.CRMIDAttribute,
-				ParentLookup: x.ParentLookup, ParentNavigation: x.ParentNavigation, MatchKey: toJSON(x.MatchKey), OnRemove: string(x.OnRemove)}
-			if err := tx.Create(&xr).Error; err != nil {
-				return fmt.Errorf("expansion map %q: %w", x.Name, err)
+		var expansions func(xs []ExpansionMap, parent *int64) error
+		expansions = func(xs []ExpansionMap, parent *int64) error {
+			for j := range xs {
+				x := &xs[j]
+				xr := expansionRow{VersionID: versionID, EntityMapID: row.ID, Position: j, Name: x.Name, Enabled: x.IsEnabled(),
+					FHIRPath: x.FHIRPath, Exclude: optJSON(x.Exclude, len(x.Exclude) == 0), Direction: string(x.Direction),
+					CRMEntity: x.CRMEntity, CRMEntitySet: x.CRMEntitySet, CRMIDAttribute: x.CRMIDAttribute,
+					ParentLookup: x.ParentLookup, ParentNavigation: x.ParentNavigation, MatchKey: toJSON(x.MatchKey), OnRemove: string(x.OnRemove),
+					ParentExpansionID: parent}
+				if err := tx.Create(&xr).Error; err != nil {
+					return fmt.Errorf("expansion map %q: %w", x.Name, err)
+				}
+				for k := range x.Attributes {
+					attrs = append(attrs, attributeRowOf(versionID, row.ID, &xr.ID, k, &x.Attributes[k]))
+				}
+				if err := expansions(x.Expansions, &xr.ID); err != nil {
+					return err
+				}
 			}
-			for k := range x.Attributes {
-				attrs = append(attrs, attributeRowOf(versionID, row.ID, &xr.ID, k, &x.Attributes[k]))
-			}
+			return nil
+		}
+		if err := expansions(m.Expansions, nil); err != nil {
+			return err
 		}
 		if len(attrs) > 0 {
 			if err := tx.CreateInBatches(attrs, 200).Error; err != nil {
@@ -317,34 +331,63 @@ func loadContent(tx *gorm.DB, v *versionRow) (*Document, error) {
 				m.Attributes = append(m.Attributes, a)
 			}
 		}
-		for _, xr := range xs {
-			if xr.EntityMapID != r.ID {
-				continue
-			}
-			x := ExpansionMap{Name: xr.Name, FHIRPath: xr.FHIRPath, Direction: Direction(xr.Direction), CRMEntity: xr.CRMEntity,
-				CRMEntitySet: xr.CRMEntitySet, CRMIDAttribute: xr.CRMIDAttribute, ParentLookup: xr.ParentLookup,
-				ParentNavigation: xr.ParentNavigation, OnRemove: RemovePolicy(xr.OnRemove)}
-			if !xr.Enabled {
-				x.Enabled = new(false)
-			}
-			if err := fromJSON(xr.Exclude, &x.Exclude); err != nil {
-				return nil, fmt.Errorf("expansion map %q: %w", xr.Name, err)
-			}
-			if err := fromJSON(&xr.MatchKey, &x.MatchKey); err != nil {
-				return nil, fmt.Errorf("expansion map %q: %w", xr.Name, err)
-			}
-			for i := range as {
-				if as[i].ExpansionMapID != nil && *as[i].ExpansionMapID == xr.ID {
-					a, err := as[i].attributeMap()
-					if err != nil {
-						return nil, fmt.Errorf("expansion map %q: %w", xr.Name, err)
-					}
-					x.Attributes = append(x.Attributes, a)
+		var expansions func(parent *int64) ([]ExpansionMap, error)
+		expansions = func(parent *int64) ([]ExpansionMap, error) {
+			var out []ExpansionMap
+			for _, xr := range xs {
+				if xr.EntityMapID != r.ID || !sameID(xr.ParentExpansionID, parent) {
+					continue
 				}
+				x, err := xr.expansionMap(as)
+				if err != nil {
+					return nil, err
+				}
+				if x.Expansions, err = expansions(&xr.ID); err != nil {
+					return nil, err
+				}
+				out = append(out, x)
 			}
-			m.Expansions = append(m.Expansions, x)
+			return out, nil
+		}
+		var err error
+		if m.Expansions, err = expansions(nil); err != nil {
+			return nil, err
 		}
 		doc.EntityMaps = append(doc.EntityMaps, m)
 	}
 	return doc, nil
+}
+
+func sameID(a, b *int64) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	return *a == *b
+}
+
+// expansionMap is the expansion map of xr with its attribute maps (from
+// as), without its nested expansions.
+func (xr *expansionRow) expansionMap(as []attributeRow) (ExpansionMap, error) {
+	x := ExpansionMap{Name: xr.Name, FHIRPath: xr.FHIRPath, Direction: Direction(xr.Direction), CRMEntity: xr.CRMEntity,
+		CRMEntitySet: xr.CRMEntitySet, CRMIDAttribute: xr.CRMIDAttribute, ParentLookup: xr.ParentLookup,
+		ParentNavigation: xr.ParentNavigation, OnRemove: RemovePolicy(xr.OnRemove)}
+	if !xr.Enabled {
+		x.Enabled = new(false)
+	}
+	if err := fromJSON(xr.Exclude, &x.Exclude); err != nil {
+		return x, fmt.Errorf("expansion map %q: %w", xr.Name, err)
+	}
+	if err := fromJSON(&xr.MatchKey, &x.MatchKey); err != nil {
+		return x, fmt.Errorf("expansion map %q: %w", xr.Name, err)
+	}
+	for i := range as {
+		if as[i].ExpansionMapID != nil && *as[i].ExpansionMapID == xr.ID {
+			a, err := as[i].attributeMap()
+			if err != nil {
+				return x, fmt.Errorf("expansion map %q: %w", xr.Name, err)
+			}
+			x.Attributes = append(x.Attributes, a)
+		}
+	}
+	return x, nil
 }

@@ -106,13 +106,18 @@ func canonicalize(doc *Document) {
 		for j := range m.Attributes {
 			on(&m.Attributes[j].Enabled)
 		}
-		for j := range m.Expansions {
-			x := &m.Expansions[j]
-			on(&x.Enabled)
-			for k := range x.Attributes {
-				on(&x.Attributes[k].Enabled)
+		var expansions func(xs []ExpansionMap)
+		expansions = func(xs []ExpansionMap) {
+			for j := range xs {
+				x := &xs[j]
+				on(&x.Enabled)
+				for k := range x.Attributes {
+					on(&x.Attributes[k].Enabled)
+				}
+				expansions(x.Expansions)
 			}
 		}
+		expansions(m.Expansions)
 	}
 }
 
@@ -124,10 +129,16 @@ func cloneDocument(doc *Document) *Document {
 	for i := range c.EntityMaps {
 		m := &c.EntityMaps[i]
 		m.Attributes = slices.Clone(m.Attributes)
-		m.Expansions = slices.Clone(m.Expansions)
-		for j := range m.Expansions {
-			m.Expansions[j].Attributes = slices.Clone(m.Expansions[j].Attributes)
-		}
+		m.Expansions = cloneExpansions(m.Expansions)
 	}
 	return &c
+}
+
+func cloneExpansions(xs []ExpansionMap) []ExpansionMap {
+	xs = slices.Clone(xs)
+	for j := range xs {
+		xs[j].Attributes = slices.Clone(xs[j].Attributes)
+		xs[j].Expansions = cloneExpansions(xs[j].Expansions)
+	}
+	return xs
 }

@@ -1365,6 +1365,12 @@
       ]));
       box.appendChild(h("h3", { text: "Attribute maps of " + x.name + " (relative to one item)" }));
       box.appendChild(attrList(id, x.attributes, ctx));
+      if (x.expansions && x.expansions.length) {
+        // Nested expansion maps travel in the document as they are; the
+        // forms do not edit them.
+        box.appendChild(h("p", { class: "muted", text: "Expansion maps inside " + x.name + ": " +
+          x.expansions.map(function (n) { return n.name; }).join(", ") + ". Edit them in the YAML; saving keeps them." }));
+      }
       box.appendChild(h("p", {}, [h("button", { type: "button", class: "secondary danger", id: id + "-remove-expansion", text: "Remove expansion map " + x.name, onclick: function () {
         em.expansions.splice(i, 1);
         changed();

@@ -72,11 +72,11 @@ func neededRights(set *maps.Set) map[string][]string {
 		}
 		toCRM := def.FHIRToCRM
 		if !toCRM.Enabled {
-			for _, x := range def.Expansions {
+			def.EachExpansion(func(x *maps.ExpansionMap, _ string) {
 				if enabled(x.Enabled) && x.Direction != maps.FHIRToCRM {
 					add(x.CRMEntity, rightRead)
 				}
-			}
+			})
 			continue
 		}
 		if toCRM.Allows(maps.OpCreate) {
@@ -94,21 +94,21 @@ func neededRights(set *maps.Set) map[string][]string {
 			}
 		}
 		lookups(e, def.Attributes)
-		for _, x := range def.Expansions {
+		def.EachExpansion(func(x *maps.ExpansionMap, parent string) {
 			if !enabled(x.Enabled) {
-				continue
+				return
 			}
 			add(x.CRMEntity, rightRead)
 			if x.Direction == maps.CRMToFHIR {
-				continue
+				return
 			}
 			add(x.CRMEntity, rightCreate, rightWrite, rightAppend)
 			if x.OnRemove == maps.RemoveDelete {
 				add(x.CRMEntity, rightDelete)
 			}
-			add(e, rightAppendTo)
+			add(parent, rightAppendTo)
 			lookups(x.CRMEntity, x.Attributes)
-		}
+		})
 	}
 	for e := range out {
 		slices.SortFunc(out[e], func(a, b string) int { return slices.Index(rightOrder, a) - slices.Index(rightOrder, b) })

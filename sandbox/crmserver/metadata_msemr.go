@@ -254,8 +254,17 @@ func healthcareEntities() []*Entity {
 		name100(), lookup("msemr_patient", "contact"), lookup("msemr_link", "contact"),
 		lookup("msemr_linktype", "msemr_codeableconcept"),
 	)
+	// CareTeamParticipantRole.cdm.json documents the role's columns (code
+	// 100, display 100, system 1024) but no column linking a role to its
+	// participant, while the FHIR Sync Agent's "Care team participant role
+	// expansion map" wrote the roles as rows under a participant row. The
+	// lookup msemr_careteamparticipant is the sandbox's stand-in for that
+	// link, named after the parent table as the documented child tables
+	// name theirs (msemr_careteamparticipant.msemr_careteam); its name is
+	// not documented.
 	participantRole := childTable("msemr_careteamparticipantrole", "msemr_careteamparticipantroles", "msemr_careteamparticipantroleid", "msemr_display",
 		str("msemr_code", 100), str("msemr_display", 100), str("msemr_system", 1024),
+		lookup("msemr_careteamparticipant", "msemr_careteamparticipant"),
 	)
 	device := healthTable("msemr_device", "msemr_devices", "msemr_deviceid", "msemr_name",
 		name100(), str("msemr_devicenumber", 100),

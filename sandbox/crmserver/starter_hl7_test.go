@@ -68,6 +68,7 @@ func TestStarterHL7SamplesWriteToSandbox(t *testing.T) {
 				Children []struct {
 					EntitySet        string         `json:"entitySet"`
 					ParentNavigation string         `json:"parentNavigation"`
+					Parent           int            `json:"parent"`
 					Record           map[string]any `json:"record"`
 				} `json:"children"`
 			}
@@ -82,14 +83,21 @@ func TestStarterHL7SamplesWriteToSandbox(t *testing.T) {
 				continue
 			}
 			parent := strings.TrimPrefix(resp.Header.Get("OData-EntityId"), hs.URL+APIPath)
+			// A nested row (a participant's role) binds to the row its
+			// parent create made (maps.ChildChange.Parent).
+			made := make([]string, len(out.Children))
 			for i, ch := range out.Children {
 				binds(t, ch.Record)
 				ch.Record[ch.ParentNavigation+"@odata.bind"] = "/" + parent
+				if ch.Parent > 0 {
+					ch.Record[ch.ParentNavigation+"@odata.bind"] = "/" + made[ch.Parent-1]
+				}
 				body, _ := json.Marshal(ch.Record)
 				resp, b := do(t, "POST", hs.URL+APIPath+ch.EntitySet, map[string]string{"Content-Type": "application/json"}, string(body))
 				if resp.StatusCode != 204 && resp.StatusCode != 201 {
 					t.Errorf("%s / %s: child %d in %s = %d %s", em.Name, sm.Name, i, ch.EntitySet, resp.StatusCode, b)
 				}
+				made[i] = strings.TrimPrefix(resp.Header.Get("OData-EntityId"), hs.URL+APIPath)
 			}
 		}
 	}
