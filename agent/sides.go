@@ -290,15 +290,9 @@ func (s crmSide) withChildren(ctx context.Context, m *maps.Mapping, id string, r
 		if q.ParentLookup == "" {
 			continue
 		}
-		// A nested expansion's rows are read under each row of its
-		// parent expansion (read before it), one query per parent row.
-		var rows []map[string]any
-		for _, pid := range q.ParentIDs(&state, id) {
-			err := s.api.RetrieveMultiple(ctx, q.EntitySet, crm.Query{Select: q.Select, Filter: fmt.Sprintf("_%s_value eq %s", q.ParentLookup, pid)},
-				func(r crm.Record) error { rows = append(rows, r); return nil })
-			if err != nil {
-				return record{}, classify(err)
-			}
+		rows, err := s.childRows(ctx, q, q.ParentIDs(&state, id))
+		if err != nil {
+			return record{}, classify(err)
 		}
 		if state.Children == nil {
 			state.Children = map[string][]map[string]any{}
@@ -306,6 +300,45 @@ func (s crmSide) withChildren(ctx context.Context, m *maps.Mapping, id string, r
 		state.Children[q.Expansion] = rows
 	}
 	return record{Type: em.CRMEntity, ID: id, Version: rec.ETag(), Data: map[string]any{"state": state}}, nil
+}
+
+// maxChildReads bounds the reads of one nested expansion's rows in flight
+// at once (one per parent row).
+const maxChildReads = 16
+
+// childRows reads q's rows under each of parents, in the parents' order.
+// A nested expansion's rows are read under each row of its parent
+// expansion, one query per parent row; the queries go at once, so a
+// batching client (crm.Coalescer) answers them with one request.
+func (s crmSide) childRows(ctx context.Context, q maps.ChildQuery, parents []string) ([]map[string]any, error) {
+	read := func(pid string) ([]map[string]any, error) {
+		var rows []map[string]any
+		err := s.api.RetrieveMultiple(ctx, q.EntitySet, crm.Query{Select: q.Select, Filter: fmt.Sprintf("_%s_value eq %s", q.ParentLookup, pid)},
+			func(r crm.Record) error { rows = append(rows, r); return nil })
+		return rows, err
+	}
+	if len(parents) == 1 {
+		return read(parents[0])
+	}
+	per := make([][]map[string]any, len(parents))
+	errs := make([]error, len(parents))
+	slots := make(chan struct{}, maxChildReads)
+	var wg sync.WaitGroup
+	for i, pid := range parents {
+		wg.Add(1)
+		slots <- struct{}{}
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			per[i], errs[i] = read(pid)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return slices.Concat(per...), nil
 }
 
 // crmColumns is the $select of the agent's reads of a record of m: the
@@ -422,7 +455,10 @@ type changeSets interface {
 // change set: all of them or none, so a failed child row leaves the record
 // as it was and the next attempt's diff is the same. Child rows created
 // with a new record bind to it by its Content-ID ($1); those of an
-// existing record by its id. The written version is the record's own
+// existing record by its id. A nested expansion's row whose parent row is
+// created in the same change set binds to that create's Content-ID ($n):
+// "reference URIs in an operation" of any earlier request of the change
+// set, https://learn.microsoft.com/power-apps/developer/data-platform/webapi/execute-batch-operations-using-web-api. The written version is the record's own
 // ETag, as the upsert answered it.
 func (s crmSide) writeChangeSet(ctx context.Context, cs changeSets, em *maps.EntityMap, target crm.Target, rec crm.Record,
 	opts crm.UpsertOptions, parentRef string, changes []maps.ChildChange) (written, error) {
