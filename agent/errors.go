@@ -255,10 +255,10 @@ func schemaNames(em *maps.EntityMap) map[string]bool {
 		}
 	}
 	addAttrs(em.Attributes)
-	for _, x := range em.Expansions {
+	em.EachExpansion(func(x *maps.ExpansionMap, _ string) {
 		add(x.Name, x.CRMEntity, x.CRMEntitySet, x.ParentLookup, x.ParentNavigation, x.FHIRPath)
 		addAttrs(x.Attributes)
-	}
+	})
 	return names
 }
 

@@ -93,3 +93,19 @@ func TestMissingReferenceAtTheTarget(t *testing.T) {
 		t.Errorf("another error = %+v, want nil", st)
 	}
 }
+
+// TestTargetErrorKeepsNestedExpansionNames: a CRM message about a nested
+// expansion's table and column (a participant role's display too long)
+// keeps them, as for a top-level expansion's.
+func TestTargetErrorKeepsNestedExpansionNames(t *testing.T) {
+	t.Parallel()
+	names := schemaNames(&maps.EntityMap{Name: "care-team", CRMEntity: "msemr_careteam", CRMEntitySet: "msemr_careteams", FHIRType: "CareTeam",
+		Expansions: []maps.ExpansionMap{{Name: "participants", CRMEntity: "msemr_careteamparticipant", FHIRPath: "participant",
+			Expansions: []maps.ExpansionMap{{Name: "participant-roles", CRMEntity: "msemr_careteamparticipantrole", FHIRPath: "role",
+				Attributes: []maps.AttributeMap{{Name: "display", CRMAttribute: "msemr_display", FHIRPath: "coding[0].display"}}}}}}})
+	te, _ := targetErrorOf(&crm.Error{Status: 400, Class: crm.ClassRejected, Code: "0x80044331",
+		Message: "A validation error occurred.  The length of the 'msemr_display' attribute of the 'msemr_careteamparticipantrole' entity exceeded the maximum allowed length of '100'."}, names)
+	if te == nil || !strings.Contains(te.Message, "'msemr_display' attribute of the 'msemr_careteamparticipantrole' entity") {
+		t.Errorf("redacted message %+v: want the nested table and column kept", te)
+	}
+}

@@ -10,7 +10,9 @@
 // entity maps. An EntityMap pairs a CRM entity with a FHIR resource type and
 // holds AttributeMaps (one CRM attribute ↔ one FHIR element, addressed with
 // the path language of package maps/path) and ExpansionMaps (the items of a
-// FHIR array ↔ child CRM rows, paired by a match key). Maps refer to each
+// FHIR array ↔ child CRM rows, paired by a match key; an ExpansionMap may
+// hold ExpansionMaps of its own, an array inside each item whose rows hang
+// under the item's row, two levels at most). Maps refer to each
 // other by name, so a Document moves between installations as YAML
 // (Parse, Import, Export; export is canonical and stable).
 //

@@ -65,6 +65,11 @@ import (
 // (the parent's result stands); the agent's retry re-reads and writes the
 // rest. A 429 answered for a bulk message pauses the user and sends the
 // records again, as for any request of a batch.
+//
+// A record whose child rows bind to another Content-ID than "$1" (a
+// nested expansion's row under a row created in the same change set)
+// keeps its change set: the bulk messages carry no references between
+// their rows.
 
 // bulkRow is one row write of a record sent in a bulk message.
 type bulkRow struct {

@@ -650,3 +650,52 @@ func TestBulkRefusedByATable(t *testing.T) {
 		t.Errorf("%d contacts, want 8", got)
 	}
 }
+
+// TestBulkKeepsChangeSetOfNestedBinds: a record whose rows bind to a row
+// created in the same change set other than the record ($2: a care team
+// participant's role under the participant) keeps its change set, next to
+// records that go in bulk, and the role row points at its participant.
+func TestBulkKeepsChangeSetOfNestedBinds(t *testing.T) {
+	t.Parallel()
+	_, tap, k := bulkOn(t, CoalesceConfig{MaxOps: 100, MaxWait: 200 * time.Millisecond})
+	var (
+		wg      sync.WaitGroup
+		results []OpResult
+		err     error
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		team, _ := UpsertOp(nil, ByKey("msemr_careteams", "msemr_azurefhirid", "team-1"), Record{"msemr_name": "Ward 3", "msemr_azurefhirid": "team-1"}, UpsertOptions{Mode: CreateOnly})
+		part, _ := CreateOp("msemr_careteamparticipants", Record{"msemr_description": "nurse", "msemr_careteam@odata.bind": "$1"})
+		role, _ := CreateOp("msemr_careteamparticipantroles", Record{"msemr_display": "Registered nurse", "msemr_careteamparticipant@odata.bind": "$2"})
+		results, err = k.Apply(context.Background(), []Op{team, part, role})
+	}()
+	createAll(t, k, "n", 2, nil)
+	wg.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range results {
+		if r.Err != nil {
+			t.Fatalf("op %d: %v", i, r.Err)
+		}
+	}
+	if n := tap.count("msemr_careteams/Microsoft.Dynamics.CRM.", "msemr_careteamparticipantroles/Microsoft.Dynamics.CRM."); n != 0 {
+		t.Errorf("%d bulk messages for the care team's rows, want its change set", n)
+	}
+	if n := tap.count("/msemr_careteamparticipantroles HTTP/1.1"); n != 1 {
+		t.Errorf("role rows created by request: %d, want 1 (lines %v)", n, tap.lines())
+	}
+	var parts, roles []Record
+	c := k.Client()
+	if err := c.RetrieveMultiple(context.Background(), "msemr_careteamparticipants", Query{}, func(r Record) error { parts = append(parts, r); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RetrieveMultiple(context.Background(), "msemr_careteamparticipantroles", Query{}, func(r Record) error { roles = append(roles, r); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(parts) != 1 || len(roles) != 1 || !strings.EqualFold(roles[0].String("_msemr_careteamparticipant_value"), parts[0].String("msemr_careteamparticipantid")) {
+		t.Errorf("participants %v, roles %v: want one role under the one participant", parts, roles)
+	}
+}
