@@ -22,7 +22,8 @@ import (
 // types through the starter maps' lookups by type, against the sandbox
 // CRM: a Schedule's actor goes to the column of its type (a location, then
 // a practitioner, clearing the location), an Appointment's participants
-// each get the column of their actor's type and the type column, and an
+// each get the column of their actor's type and the type column, so do a
+// CareTeam's participants by their member's type, and an
 // Encounter whose subject is a Group (a type its patient lookup does not
 // sync) ends in one dead-lettered mapping_error decision naming the
 // attribute map and the types, without the id.
@@ -33,7 +34,7 @@ func TestLookupByTypeEndToEnd(t *testing.T) {
 			envOptions{noPoller: true, tweak: func(doc *maps.Document) {
 				for i := range doc.EntityMaps {
 					switch doc.EntityMaps[i].Name {
-					case "location", "schedule", "appointment":
+					case "location", "schedule", "appointment", "care-team":
 						doc.EntityMaps[i].Enabled = nil
 					}
 				}
@@ -133,6 +134,39 @@ func TestLookupByTypeEndToEnd(t *testing.T) {
 			for k, w := range want {
 				if got[k] != w {
 					t.Errorf("participant %q: patient|physician|location|type = %q, want %q", k, got[k], w)
+				}
+			}
+		})
+
+		t.Run("a care team's members", func(t *testing.T) {
+			org := allIDs(t, e, "Organization")[0]
+			id := create(t, fhir.Resource{"resourceType": "CareTeam", "status": "active", "name": "Ward team", "participant": []any{
+				map[string]any{"member": map[string]any{"reference": "Patient/" + patient}, "period": map[string]any{"start": "2026-01-01T00:00:00Z"}},
+				map[string]any{"member": map[string]any{"reference": "Organization/" + org}, "period": map[string]any{"start": "2026-01-02T00:00:00Z"}},
+				map[string]any{"member": map[string]any{"reference": "Practitioner/" + practitioner}, "period": map[string]any{"start": "2026-01-03T00:00:00Z"}},
+			}})
+			e.byMessage(t, e.notify(t, queues.SideFHIR, "CareTeam", id, "", queues.EventChanged), "created")
+			team := crmID(t, "msemr_careteams", "msemr_careteamid", id)
+			account := crmID(t, "accounts", "accountid", org)
+			got := map[string]string{}
+			err := e.crmHuman.RetrieveMultiple(ctx, "msemr_careteamparticipants", crm.Query{
+				Select: []string{"msemr_periodstart", "msemr_membertype", "_msemr_memberpatient_value", "_msemr_memberpractioner_value", "_msemr_memberorganization_value"},
+				Filter: "_msemr_careteam_value eq " + team}, func(r crm.Record) error {
+				got[r.String("msemr_periodstart")[:10]] = strings.ToLower(r.String("_msemr_memberpatient_value")) + "|" + strings.ToLower(r.String("_msemr_memberpractioner_value")) +
+					"|" + strings.ToLower(r.String("_msemr_memberorganization_value")) + "|" + optionText(r["msemr_membertype"])
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := map[string]string{
+				"2026-01-01": person + "|||935000002",
+				"2026-01-02": "||" + account + "|935000003",
+				"2026-01-03": "|" + doctor + "||935000000",
+			}
+			for k, w := range want {
+				if got[k] != w {
+					t.Errorf("participant from %s: patient|practitioner|organization|type = %q, want %q", k, got[k], w)
 				}
 			}
 		})

@@ -144,6 +144,9 @@ func roundTripHL7(ctx context.Context, m *Mapping, orig func() map[string]any, r
 		// included): a value found under a fallback element in the
 		// original is written under the primary one on a new resource.
 		want, wok := a.pathFor(src).Get(src)
+		if wok && skippedReference(a, src, want) {
+			want, wok = nil, false
+		}
 		got, gok := a.pathFor(fresh.Resource).Get(fresh.Resource)
 		if a.def.Round != nil && wok {
 			// The declared rounding is what the CRM keeps (listed in
@@ -198,6 +201,9 @@ func itemsReproduced(x *expansion, label string, src, fresh map[string]any) stri
 				continue
 			}
 			w, wok := a.pathFor(wi).Get(wi)
+			if wok && skippedReference(a, wi, w) {
+				w, wok = nil, false
+			}
 			g, gok := a.pathFor(gi).Get(gi)
 			if a.def.Round != nil && wok {
 				w = roundedJSON(w, *a.def.Round)
@@ -374,4 +380,18 @@ func declaredRounding(m *Mapping) string {
 		add(x.Name+"/", x.Attributes)
 	}
 	return strings.Join(out, ", ")
+}
+
+// skippedReference reports whether v, read at a's path on src, is a
+// reference its lookup by type leaves unmapped (otherTypes skip, a type it
+// does not list, or a contained "#id"): the CRM has no column for it, so a
+// resource created from the CRM lacks it, while write-back onto the
+// original keeps it (checked above).
+func skippedReference(a *attr, src map[string]any, v any) bool {
+	ref, ok := v.(string)
+	if a.byType == nil || !a.byType.skip || !ok {
+		return false
+	}
+	typ, err := a.referenceType(src, ref)
+	return err == nil && a.byType.target(typ) == nil
 }
