@@ -896,6 +896,17 @@ func (c *compiler) nestedExpansions(set *Set, at Problem, ce *expansion, sc expa
 				c.ps.add(withField(nat, "fhirPath"), "FHIR element %s is already written by %s", key, prev)
 			}
 			targets.fhir[key] = "expansion map " + strconv.Quote(n.Name)
+			if ne.toFHIR {
+				// Write-back rebuilds the nested array from its rows; an
+				// attribute map of the item writing inside it would
+				// fight it.
+				first := ne.path.Segments()[0].Name
+				for _, a := range ce.attrs {
+					if a.toFHIR && a.path != nil && a.path.Segments()[0].Name == first {
+						c.ps.add(withField(nat, "fhirPath"), "FHIR element %s is rebuilt from the rows of this expansion map, and attribute map %q of %q writes %s inside it; make that attribute map fhir-to-crm", key, a.def.Name, x.Name, a.path)
+					}
+				}
+			}
 		}
 		ne.parent = ce
 		ce.nested = append(ce.nested, ne)

@@ -63,6 +63,9 @@ func TestNestedExpansionValidation(t *testing.T) {
 			wantField: "expansions", wantMsg: `expansion maps nest at most 2 levels deep; "roles" is at level 2 and cannot hold expansion maps`},
 		{name: "name taken by a top-level expansion", old: "          - name: roles\n", new: "          - name: participants\n",
 			wantMsg: "duplicate expansion map name (names are unique across the entity map, nested ones included)"},
+		{name: "an item attribute writes inside the nested array", old: "          - {name: start, crmAttribute: msemr_periodstart, crmType: date-time, fhirPath: period.start}\n",
+			new:       "          - {name: start, crmAttribute: msemr_periodstart, crmType: date-time, fhirPath: period.start}\n          - {name: role-text, crmAttribute: msemr_description, crmType: string, fhirPath: \"role[0].text\"}\n",
+			wantField: "fhirPath", wantMsg: `FHIR element role is rebuilt from the rows of this expansion map, and attribute map "role-text" of "participants" writes role[0].text inside it; make that attribute map fhir-to-crm`},
 		{name: "path relative to the item", old: "            fhirPath: role\n", new: "            fhirPath: participant.role\n",
 			wantField: "fhirPath", wantMsg: "path participant.role reaches no element"},
 	}
