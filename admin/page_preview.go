@@ -265,7 +265,7 @@ func (a *app) runPreview(r *http.Request, n int, f previewForm) (*previewView, e
 	}
 
 	if a.data.crmRecords != nil {
-		in.Lookups = previewLookups{set: set, crm: a.data.crmRecords}
+		in.Lookups = previewLookups{set: set, crm: a.data.crmRecords, MemoryConcepts: maps.NewMemoryConcepts()}
 	}
 	res := maps.Preview(r.Context(), m, in)
 	v.Map, v.Decision, v.Filter, v.Attribute = res.Map, res.Decision, res.Filter, res.Attribute
@@ -475,6 +475,10 @@ func (a *app) crmState(ctx context.Context, m *maps.Mapping, rec crm.Record) ([]
 type previewLookups struct {
 	set *maps.Set
 	crm CRMRecordReader
+	// Concept lookups resolve against an empty concept table, as a first
+	// sync would meet it: a preview writes nothing, so the rows a map may
+	// create are shown with the ids maps.MemoryConceptID gives them.
+	*maps.MemoryConcepts
 }
 
 func (l previewLookups) CRMID(ctx context.Context, entityMap, fhirRef string) (string, bool, error) {

@@ -220,7 +220,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		}
 	}
 	lookups := newLookupCache()
-	res := resolver{links: lk, crm: api, maps: a.entityMapByName, lookups: lookups}
+	res := conceptLookups{resolver: resolver{links: lk, crm: api, maps: a.entityMapByName, lookups: lookups}, concepts: newConceptCache(api)}
 	fs := fhirSide{api: deps.FHIR, crm: api, writes: ow}
 	cs := crmSide{api: api, writes: ow}
 	prec := newPrecisions(deps.CRM)

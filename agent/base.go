@@ -177,6 +177,13 @@ func (h *baseHasher) attrs(m *maps.Mapping) []baseAttr {
 				ba.lookup = a.CRMAttribute
 			}
 		}
+		if a.Concept != nil {
+			// A concept is a lookup to its concept row (maps/concept.go).
+			ba.lookup = a.Concept.Navigation
+			if ba.lookup == "" {
+				ba.lookup = a.CRMAttribute
+			}
+		}
 		for _, text := range append([]string{a.FHIRPath}, a.FallbackPaths...) {
 			if text == "" {
 				continue

@@ -97,6 +97,7 @@ type attr struct {
 	fhirType string // R4 type of the element the path reaches
 	vm       *valueMap
 	lookup   *Mapping
+	concept  *compiledConcept // a concept lookup (concept.go)
 	nav      string
 	expr     fhirExpr
 	toCRM    bool
@@ -502,6 +503,10 @@ func (c *compiler) attribute(set *Set, at Problem, a *AttributeMap, ctxPath stri
 		}
 		ca.vm = vm
 	case ActionLookup:
+		if a.Concept != nil {
+			c.concept(at, a, ca) // concept.go
+			break
+		}
 		if a.CRMType != TypeLookup {
 			c.ps.add(withField(at, "crmType"), "action lookup needs crmType lookup, got %s", a.CRMType)
 		}
@@ -554,6 +559,12 @@ func (c *compiler) attribute(set *Set, at Problem, a *AttributeMap, ctxPath stri
 	if ca.lookup != nil {
 		c.crmLookupTarget(at, crmEntity, a.CRMAttribute, ca.lookup.def.CRMEntity)
 	}
+	if ca.concept != nil {
+		c.crmLookupTarget(at, crmEntity, a.CRMAttribute, ConceptEntity)
+	}
+	if action != ActionLookup && a.Concept != nil {
+		c.ps.add(withField(at, "concept"), "concept is only used by action lookup")
+	}
 	if ca.vm != nil {
 		c.crmOptions(at, crmEntity, a.CRMAttribute, ca.vm)
 	}
@@ -590,6 +601,10 @@ func (c *compiler) attribute(set *Set, at Problem, a *AttributeMap, ctxPath stri
 		return ca
 	}
 	ca.fhirType = el.Type
+	if ca.concept != nil {
+		c.conceptPath(at, ca, ctxPath, inItem, el)
+		return ca
+	}
 	c.crmFHIRLength(at, crmEntity, a, el, ca.toCRM)
 	c.crmFHIRNumber(at, crmEntity, a, el, ca.toCRM, ca.toFHIR)
 	if !slices.Contains(compatible[a.CRMType], el.Type) {

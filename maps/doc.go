@@ -113,6 +113,10 @@
 // (read-only FHIRPath). A reference that may name several resource types
 // maps through a lookup by type (Lookup.ByType, bytype.go): its type
 // chooses the entity map and one of several CRM lookup columns.
+// A coded element (a CodeableConcept) maps through a concept lookup
+// (AttributeMap.Concept, concept.go) to a row of the data model's
+// msemr_codeableconcept table, found by code and type and created where
+// the map allows, through a LookupResolver that is also a ConceptResolver.
 //
 // # Samples
 //

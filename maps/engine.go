@@ -217,6 +217,9 @@ func (m *Mapping) ToCRMExcept(ctx context.Context, res map[string]any, cur *CRMS
 // A value its round declaration shortened is named in rounded (when not
 // nil), so the caller can say that the CRM holds it rounded.
 func (m *Mapping) attrToCRM(ctx context.Context, x *expansion, a *attr, src, rec, current map[string]any, changed, rounded *[]string, r LookupResolver) error {
+	if a.concept != nil {
+		return m.conceptToCRM(ctx, x, a, src, rec, current, changed, r)
+	}
 	d := a.def
 	var (
 		v       any
@@ -547,6 +550,9 @@ func sameItem(x, y any) bool {
 // attrToFHIR writes one attribute into dst at p (nil: the path the
 // attribute chooses on dst) and reports whether it changed.
 func (m *Mapping) attrToFHIR(ctx context.Context, x *expansion, a *attr, p *path.Path, rec, dst map[string]any, r LookupResolver) (bool, error) {
+	if a.concept != nil {
+		return m.conceptToFHIR(ctx, x, a, p, rec, dst, r)
+	}
 	d := a.def
 	if p == nil {
 		p = a.pathFor(dst)

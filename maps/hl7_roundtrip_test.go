@@ -140,6 +140,12 @@ func roundTripHL7(ctx context.Context, m *Mapping, orig func() map[string]any, r
 		if !a.toFHIR || a.path == nil || a.expr != nil {
 			continue
 		}
+		if a.concept != nil {
+			if msg := sameConcept(a, src, fresh.Resource); msg != "" {
+				return "attribute map " + a.def.Name + ": " + msg, nil
+			}
+			continue
+		}
 		// Each side is read where the map reads it (fallback paths
 		// included): a value found under a fallback element in the
 		// original is written under the primary one on a new resource.
@@ -198,6 +204,12 @@ func itemsReproduced(x *expansion, label string, src, fresh map[string]any) stri
 		wi, gi := want[j].(map[string]any), got[j].(map[string]any)
 		for _, a := range x.attrs {
 			if !a.toFHIR || a.path == nil {
+				continue
+			}
+			if a.concept != nil {
+				if msg := sameConcept(a, wi, gi); msg != "" {
+					return fmt.Sprintf("expansion %s item %d: %s: %s", label, j, a.def.Name, msg)
+				}
 				continue
 			}
 			w, wok := a.pathFor(wi).Get(wi)
@@ -394,4 +406,17 @@ func skippedReference(a *attr, src map[string]any, v any) bool {
 	}
 	typ, err := a.referenceType(src, ref)
 	return err == nil && a.byType.target(typ) == nil
+}
+
+// sameConcept compares a concept lookup's element on the original and on
+// the resource rebuilt from the CRM by the concept row each resolves to
+// (code and type): the CRM keeps the chosen coding, not the others, nor
+// displays the row does not hold.
+func sameConcept(a *attr, want, got map[string]any) string {
+	w, wok := a.concept.pick(a.concept.object(a, want))
+	g, gok := a.concept.pick(a.concept.object(a, got))
+	if wok != gok || w.Code != g.Code {
+		return fmt.Sprintf("concept not reproduced (got code %q, want %q)", g.Code, w.Code)
+	}
+	return ""
 }

@@ -266,6 +266,9 @@ type AttributeMap struct {
 	ValueMap string `yaml:"valueMap,omitempty"`
 	// Lookup configures action lookup.
 	Lookup *Lookup `yaml:"lookup,omitempty"`
+	// Concept makes action lookup resolve through the data model's concept
+	// table instead of an entity map (concept.go).
+	Concept *Concept `yaml:"concept,omitempty"`
 	// Expression is the FHIRPath expression of action computed.
 	Expression string `yaml:"expression,omitempty"`
 	// Required makes a missing source value a mapping error.

@@ -88,7 +88,7 @@ func readNames(a *attr) []string {
 }
 
 func readName(a *attr) string {
-	if a.lookup != nil {
+	if a.lookup != nil || a.concept != nil {
 		return "_" + a.def.CRMAttribute + "_value"
 	}
 	return a.def.CRMAttribute

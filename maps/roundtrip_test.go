@@ -21,9 +21,13 @@ type fakeResolver struct {
 	mu    sync.Mutex
 	byID  map[string]string
 	calls int
+	// Concept rows live in memory, created as the maps allow.
+	*MemoryConcepts
 }
 
-func newFakeResolver() *fakeResolver { return &fakeResolver{byID: map[string]string{}} }
+func newFakeResolver() *fakeResolver {
+	return &fakeResolver{byID: map[string]string{}, MemoryConcepts: NewMemoryConcepts()}
+}
 
 func (f *fakeResolver) CRMID(_ context.Context, entityMap, ref string) (string, bool, error) {
 	f.mu.Lock()

@@ -64,7 +64,7 @@ func RunSample(ctx context.Context, m *Mapping, s Sample) SampleResult {
 		Input:     []byte(s.Input),
 		Base:      []byte(s.Base),
 		Current:   []byte(s.Current),
-		Lookups:   tableResolver(s.Lookups),
+		Lookups:   sampleResolver{tableResolver(s.Lookups), NewMemoryConcepts()},
 	})
 	r.Sample = s.Name
 	if r.ParseError != nil || r.EvalError != nil {
@@ -343,6 +343,14 @@ func short(v any) string {
 		s = s[:117] + "..."
 	}
 	return strings.TrimSpace(s)
+}
+
+// sampleResolver is a sample's resolver: its lookups table, and a concept
+// table that starts empty and creates the rows the maps may create (with
+// the ids MemoryConceptID gives them).
+type sampleResolver struct {
+	tableResolver
+	*MemoryConcepts
 }
 
 // tableResolver resolves lookups from a sample's table of FHIR reference →

@@ -146,6 +146,9 @@ type attributeRow struct {
 	// LookupByType is a lookup by type's part (lookupByTypeColumn as
 	// JSON); NULL for any other attribute map (migration 0029).
 	LookupByType *string `gorm:"column:lookup_by_type"`
+	// Concept is a concept lookup's section as JSON (NULL: none; migration
+	// 0031).
+	Concept *string `gorm:"column:concept"`
 }
 
 func (attributeRow) TableName() string { return "map_attribute_maps" }
@@ -181,6 +184,9 @@ func attributeRowOf(versionID, entityID int64, expID *int64, pos int, a *Attribu
 				TypeValueMap: a.Lookup.TypeValueMap, OtherTypes: a.Lookup.OtherTypes}, false)
 		}
 	}
+	if a.Concept != nil {
+		r.Concept = optJSON(a.Concept, false)
+	}
 	return r
 }
 
@@ -204,6 +210,12 @@ func (r *attributeRow) attributeMap() (AttributeMap, error) {
 	}
 	if err := fromJSON(r.FallbackPaths, &a.FallbackPaths); err != nil {
 		return a, fmt.Errorf("attribute map %q: %w", r.Name, err)
+	}
+	if r.Concept != nil {
+		a.Concept = &Concept{}
+		if err := fromJSON(r.Concept, a.Concept); err != nil {
+			return a, fmt.Errorf("attribute map %q: concept: %w", r.Name, err)
+		}
 	}
 	return a, nil
 }

@@ -1294,6 +1294,12 @@
         return t.type + " \u2192 " + t.crmAttribute + " (" + t.entityMap + ")";
       }).join(", ") + (a.lookup.typeAttribute ? "; type column " + a.lookup.typeAttribute + " through " + a.lookup.typeValueMap : "") +
         (a.lookup.otherTypes === "skip" ? "; other types left unmapped" : "") + ". Edit it in the YAML." }));
+    } else if (a.concept && !a.lookup) {
+      // A concept lookup (a CodeableConcept to an msemr_codeableconcept
+      // row, maps/concept.go) is shown as it is and edited in the YAML.
+      kids.push(h("p", { id: id + "-concept", class: "muted", text: "Concept lookup: rows of type " + (a.concept.type === undefined ? "(none)" : a.concept.type) +
+        (a.concept.systems && a.concept.systems.length ? ", codes of " + a.concept.systems.join(", ") : ", codes of any system") +
+        (a.concept.create ? ", created when missing" : ", never created") + ". Edit it in the YAML." }));
     } else if (action === "lookup" || a.lookup) {
       a.lookup = a.lookup || { entityMap: "" };
       var ems = [["", "(choose an entity map)"]].concat((doc.entityMaps || []).map(function (m) { return [m.name, m.name + " (" + m.crmEntity + ")"]; }));

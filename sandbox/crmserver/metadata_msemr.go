@@ -128,6 +128,9 @@ func healthcareEntities() []*Entity {
 		picklist("msemr_subjecttype", subjectType...),
 		lookup("msemr_subjecttypepatient", "contact"), lookup("msemr_asserter", "contact"),
 		lookup("msemr_encounter", "msemr_encounter"),
+		// Lookups to msemr_codeableconcept: code, category, severity.
+		lookup("msemr_conditioncode", "msemr_codeableconcept"), lookup("msemr_category", "msemr_codeableconcept"),
+		lookup("msemr_severity", "msemr_codeableconcept"),
 	)
 	procedure := healthTable("msemr_procedure", "msemr_procedures", "msemr_procedureid", "msemr_description",
 		str("msemr_description", 100), str("msemr_procedureidentifier", 100),
@@ -137,6 +140,9 @@ func healthcareEntities() []*Entity {
 		picklist("msemr_subjecttype", hcValues(hcBase, "Patient", hcBase+1, "Patient Group")...),
 		lookup("msemr_patient", "contact"), lookup("msemr_encounter", "msemr_encounter"),
 		lookup("msemr_location", "msemr_location"),
+		// Lookups to msemr_codeableconcept: the code (msemr_codeableconcept;
+		// msemr_codenew points at msemr_medication) and the category.
+		lookup("msemr_codeableconcept", "msemr_codeableconcept"), lookup("msemr_category", "msemr_codeableconcept"),
 	)
 	allergy := healthTable("msemr_allergyintolerance", "msemr_allergyintolerances", "msemr_allergyintoleranceid", "msemr_name",
 		name100(), str("msemr_code", 100),
@@ -158,6 +164,8 @@ func healthcareEntities() []*Entity {
 		lookup("msemr_subjecttypepatient", "contact"), lookup("msemr_contexttypeencounter", "msemr_encounter"),
 		lookup("msemr_medicationreferencenew", "msemr_medication"), lookup("msemr_requesteragenttypepractitioner", "contact"),
 		lookup("msemr_recorder", "contact"),
+		// Lookups to msemr_codeableconcept: the medication as a code, the category.
+		lookup("msemr_medicationtypecodeableconcept", "msemr_codeableconcept"), lookup("msemr_category", "msemr_codeableconcept"),
 	)
 	report := healthTable("msemr_diagnosticreport", "msemr_diagnosticreports", "msemr_diagnosticreportid", "msemr_conclusion",
 		str("msemr_conclusion", 100),
@@ -166,6 +174,7 @@ func healthcareEntities() []*Entity {
 		datetime("msemr_effectivestartdatetime"), datetime("msemr_effectiveenddatetime"), datetime("msemr_issued"),
 		lookup("msemr_subjectpatient", "contact"), lookup("msemr_encounter", "msemr_encounter"),
 		lookup("msemr_subjectlocation", "msemr_location"),
+		lookup("msemr_code", "msemr_codeableconcept"), // the report's code
 	)
 	carePlan := healthTable("msemr_careplan", "msemr_careplans", "msemr_careplanid", "msemr_title",
 		str("msemr_title", 100), str("msemr_plandescription", 100), str("msemr_careplanidentifier", 100),
@@ -205,6 +214,8 @@ func healthcareEntities() []*Entity {
 	medication := healthTable("msemr_medication", "msemr_medications", "msemr_medicationid", "msemr_name",
 		name100(), str("msemr_amount", 100), boolean("msemr_isbrand"), boolean("msemr_isoverthecounter"),
 		lookup("msemr_manufacturer", "account"),
+		// Lookups to msemr_codeableconcept: the medication's code and form.
+		lookup("msemr_medicationcode", "msemr_codeableconcept"), lookup("msemr_form", "msemr_codeableconcept"),
 	)
 	medication.Attribute("statuscode").Options = append(medication.Attribute("statuscode").Options, Option{hcBase, "Entered In Error"})
 	slot := healthTable("msemr_slot", "msemr_slots", "msemr_slotid", "msemr_name",
@@ -386,11 +397,7 @@ func healthcareEntities() []*Entity {
 	roleSpecialty := conceptRows("msemr_practitionerrolespecialty", "msemr_practitionerrole", "msemr_practitionerrole", "msemr_specialty")
 	scheduleSpecialty := conceptRows("msemr_schedulespecialty", "msemr_schedule", "msemr_schedule", "msemr_specialty")
 	slotServiceType := conceptRows("msemr_slotservicetype", "msemr_slot", "msemr_slot", "msemr_slotservicetype")
-	// msemr_codeableconcept is the data model's table of coded concepts
-	// (Foundational/Commoncore/CodeableConcept.cdm.json); its msemr_type
-	// choice has over a hundred values and is left out.
-	codeableConcept := childTable("msemr_codeableconcept", "msemr_codeableconcepts", "msemr_codeableconceptid", "msemr_name",
-		name100(), str("msemr_code", 100), str("msemr_text", 2000))
+	codeableConcept := codeableConceptTable() // metadata_concept.go
 	// task is Dataverse's task activity with the data model's msemr_
 	// columns (Administration/AdministrationCore/Task.cdm.json extends the
 	// base Task); the FHIR id column is the one fhirsync adds (the FHIR

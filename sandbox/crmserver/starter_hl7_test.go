@@ -45,6 +45,11 @@ func TestStarterHL7SamplesWriteToSandbox(t *testing.T) {
 		if a := e.Attribute(e.PrimaryName); a != nil && a.Type == TypeString && !a.ReadOnly {
 			row[e.PrimaryName] = "seeded"
 		}
+		for _, a := range e.Attributes {
+			if a.Required && a.Type == TypeString && !a.ReadOnly && row[a.LogicalName] == nil {
+				row[a.LogicalName] = "seeded " + m[2] // msemr_codeableconcept's msemr_code
+			}
+		}
 		if err := s.Seed(e.LogicalName, []map[string]any{row}); err != nil {
 			t.Fatalf("seeding %s: %v", ref, err)
 		}

@@ -1,0 +1,260 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fhirsync/fhirsync/agent/crm"
+	"github.com/fhirsync/fhirsync/maps"
+)
+
+// conceptLookups is the engine's resolver with concept lookups added: the
+// lookups of resolver, and the concept rows of maps.ConceptResolver found
+// in (and, where a map allows, created in) the CRM's msemr_codeableconcept
+// table, cached.
+type conceptLookups struct {
+	resolver
+	concepts *conceptCache
+}
+
+// conceptCacheSize and conceptCacheTTL bound the concept cache. Concept
+// rows are reference data no entity map covers, so no change notice names
+// them: a row renamed or deleted in the CRM is forgotten within the TTL
+// (until then a write that binds a deleted row fails and is retried).
+const (
+	conceptCacheSize = 20_000
+	conceptCacheTTL  = 10 * time.Minute
+)
+
+// conceptCache finds concept rows by type and code and reads them by id,
+// remembering what it found. Creates of the same concept are serialised
+// in the process, and a create refused because another writer made the
+// row first (412, the alternate key on msemr_code and msemr_type that
+// maps/starter/SOURCES.md asks for) reads the row that writer made: a
+// concept is created once, not once per record that carries it.
+type conceptCache struct {
+	api crmAPI
+	now func() time.Time
+
+	mu    sync.Mutex
+	byKey map[string]conceptEntry // maps.ConceptKey → row
+	byID  map[string]conceptEntry // lower-case id → row
+	keyMu map[string]*keyLock     // creates under way, by key
+}
+
+type conceptEntry struct {
+	row maps.ConceptRow
+	at  time.Time
+}
+
+// keyLock serialises the finds-then-creates of one concept.
+type keyLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+func newConceptCache(api crmAPI) *conceptCache {
+	return &conceptCache{api: api, now: time.Now, byKey: map[string]conceptEntry{}, byID: map[string]conceptEntry{}, keyMu: map[string]*keyLock{}}
+}
+
+// ConceptID implements maps.ConceptResolver.
+func (l conceptLookups) ConceptID(ctx context.Context, want maps.ConceptRow, create bool) (string, bool, error) {
+	return l.concepts.id(ctx, want, create)
+}
+
+// Concept implements maps.ConceptResolver.
+func (l conceptLookups) Concept(ctx context.Context, id string) (maps.ConceptRow, bool, error) {
+	return l.concepts.row(ctx, id)
+}
+
+func (c *conceptCache) cached(key string, byKey bool) (maps.ConceptRow, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.byID
+	if byKey {
+		m = c.byKey
+	}
+	e, ok := m[key]
+	if !ok {
+		return maps.ConceptRow{}, false
+	}
+	if c.now().Sub(e.at) > conceptCacheTTL {
+		c.drop(e.row)
+		return maps.ConceptRow{}, false
+	}
+	return e.row, true
+}
+
+func (c *conceptCache) put(row maps.ConceptRow) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.byID) >= conceptCacheSize {
+		// Reference data: starting over costs one read per concept.
+		c.byKey, c.byID = map[string]conceptEntry{}, map[string]conceptEntry{}
+	}
+	e := conceptEntry{row: row, at: c.now()}
+	c.byKey[maps.ConceptKey(row.Type, row.Code)] = e
+	c.byID[strings.ToLower(row.ID)] = e
+}
+
+// forgetID drops whatever the cache holds under the row id: the row is
+// gone from the CRM.
+func (c *conceptCache) forgetID(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, e := range c.byKey {
+		if strings.EqualFold(e.row.ID, id) {
+			delete(c.byKey, k)
+		}
+	}
+	delete(c.byID, strings.ToLower(id))
+}
+
+func (c *conceptCache) drop(row maps.ConceptRow) {
+	delete(c.byKey, maps.ConceptKey(row.Type, row.Code))
+	delete(c.byID, strings.ToLower(row.ID))
+}
+
+// lock takes the create lock of key; the returned func releases it.
+func (c *conceptCache) lock(key string) func() {
+	c.mu.Lock()
+	kl := c.keyMu[key]
+	if kl == nil {
+		kl = &keyLock{}
+		c.keyMu[key] = kl
+	}
+	kl.refs++
+	c.mu.Unlock()
+	kl.mu.Lock()
+	return func() {
+		kl.mu.Unlock()
+		c.mu.Lock()
+		if kl.refs--; kl.refs == 0 {
+			delete(c.keyMu, key)
+		}
+		c.mu.Unlock()
+	}
+}
+
+// id finds the row of want's type and code: the cache, else a query of
+// the concept table, else (create) a new row.
+func (c *conceptCache) id(ctx context.Context, want maps.ConceptRow, create bool) (string, bool, error) {
+	key := maps.ConceptKey(want.Type, want.Code)
+	if row, ok := c.cached(key, true); ok {
+		return row.ID, true, nil
+	}
+	unlock := c.lock(key)
+	defer unlock()
+	if row, ok := c.cached(key, true); ok {
+		// Found or made by the holder of the lock before us.
+		return row.ID, true, nil
+	}
+	row, found, err := c.find(ctx, want)
+	if err != nil || found {
+		return row.ID, found, err
+	}
+	if !create {
+		return "", false, nil
+	}
+	rec := crm.Record{maps.ConceptCodeColumn: want.Code, maps.ConceptNameColumn: want.Name}
+	if want.Text != "" {
+		rec[maps.ConceptTextColumn] = want.Text
+	}
+	if want.Type != nil {
+		rec[maps.ConceptTypeColumn] = *want.Type
+	}
+	id, err := c.api.Create(ctx, maps.ConceptEntitySet, rec)
+	var ce *crm.Error
+	if errors.As(err, &ce) && ce.Class == crm.ClassConflict {
+		// Another writer (a second process) made it first.
+		row, found, ferr := c.find(ctx, want)
+		if ferr == nil && found {
+			return row.ID, true, nil
+		}
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("creating a %s row: %w", maps.ConceptEntity, classify(err))
+	}
+	want.ID = id
+	c.put(want)
+	return id, true, nil
+}
+
+// conceptColumns is the $select of concept rows.
+func conceptColumns() []string {
+	return []string{maps.ConceptIDColumn, maps.ConceptCodeColumn, maps.ConceptNameColumn, maps.ConceptTextColumn, maps.ConceptTypeColumn}
+}
+
+// find queries the concept table for want's type and code. Dataverse
+// compares strings without regard to case, FHIR codes are case-sensitive:
+// the answer is filtered again exactly. Of several rows (made before the
+// alternate key existed) the one with the smallest id is taken, so every
+// process picks the same.
+func (c *conceptCache) find(ctx context.Context, want maps.ConceptRow) (maps.ConceptRow, bool, error) {
+	filter := maps.ConceptCodeColumn + " eq " + crm.Quote(want.Code)
+	if want.Type != nil {
+		filter += " and " + maps.ConceptTypeColumn + " eq " + strconv.Itoa(*want.Type)
+	} else {
+		filter += " and " + maps.ConceptTypeColumn + " eq null"
+	}
+	var rows []maps.ConceptRow
+	err := c.api.RetrieveMultiple(ctx, maps.ConceptEntitySet, crm.Query{Select: conceptColumns(), Filter: filter},
+		func(r crm.Record) error {
+			if row := conceptRow(r); row.Code == want.Code && row.ID != "" {
+				rows = append(rows, row)
+			}
+			return nil
+		})
+	if err != nil {
+		return maps.ConceptRow{}, false, fmt.Errorf("finding a %s row: %w", maps.ConceptEntity, classify(err))
+	}
+	if len(rows) == 0 {
+		return maps.ConceptRow{}, false, nil
+	}
+	slices.SortFunc(rows, func(a, b maps.ConceptRow) int { return strings.Compare(strings.ToLower(a.ID), strings.ToLower(b.ID)) })
+	c.put(rows[0])
+	return rows[0], true, nil
+}
+
+// row reads the concept row id, for write-back.
+func (c *conceptCache) row(ctx context.Context, id string) (maps.ConceptRow, bool, error) {
+	if row, ok := c.cached(strings.ToLower(id), false); ok {
+		return row, true, nil
+	}
+	r, err := c.api.Retrieve(ctx, crm.ByID(maps.ConceptEntitySet, id), conceptColumns()...)
+	if isMissing(err) {
+		c.forgetID(id)
+		return maps.ConceptRow{}, false, nil
+	}
+	if err != nil {
+		return maps.ConceptRow{}, false, fmt.Errorf("reading a %s row: %w", maps.ConceptEntity, classify(err))
+	}
+	row := conceptRow(r)
+	if row.ID == "" {
+		row.ID = id
+	}
+	c.put(row)
+	return row, true, nil
+}
+
+// conceptRow reads a concept row from a Web API record.
+func conceptRow(r crm.Record) maps.ConceptRow {
+	row := maps.ConceptRow{
+		ID:   r.String(maps.ConceptIDColumn),
+		Code: r.String(maps.ConceptCodeColumn),
+		Name: r.String(maps.ConceptNameColumn),
+		Text: r.String(maps.ConceptTextColumn),
+	}
+	if s := fmt.Sprint(r[maps.ConceptTypeColumn]); r[maps.ConceptTypeColumn] != nil {
+		if n, err := strconv.Atoi(s); err == nil {
+			row.Type = &n
+		}
+	}
+	return row
+}
