@@ -103,6 +103,25 @@ func TestLookupByTypeEndToEnd(t *testing.T) {
 			if got := scheduleActors(t, id); len(got) != 1 || got["_msemr_actorpractitioner_value"] != doctor {
 				t.Fatalf("actor columns %v, want only msemr_actorpractitioner = the practitioner's contact", got)
 			}
+			// Back in the CRM, the actor becomes the location again: write-back
+			// rebuilds the reference from the one column set. (The comment
+			// changes too: an edit of lookup columns alone reads as the echo
+			// of fhirsync's own write, as the echo check hashes no lookup.)
+			e.quiet(t)
+			row := crmID(t, "msemr_schedules", "msemr_scheduleid", id)
+			if _, err := e.crmHuman.Upsert(ctx, crm.ByID("msemr_schedules", row), crm.Record{"msemr_actorpractitioner@odata.bind": nil,
+				"msemr_actorlocation@odata.bind": "/msemr_locations(" + locRow + ")", "msemr_comment": "Moved to the south wing"},
+				crm.UpsertOptions{Mode: crm.UpdateOnly}); err != nil {
+				t.Fatal(err)
+			}
+			e.waitDecision(t, row, logs.CRMToFHIR, "updated")
+			back, err := e.fhir.Read(ctx, "Schedule", id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if actors, _ := back["actor"].([]any); len(actors) != 1 || actors[0].(map[string]any)["reference"] != "Location/"+loc || back["comment"] != "Moved to the south wing" {
+				t.Errorf("Schedule after write-back: actor %v, comment %v; want [Location/%s] and the CRM's comment", back["actor"], back["comment"], loc)
+			}
 		})
 
 		t.Run("an appointment's participants", func(t *testing.T) {
