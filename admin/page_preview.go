@@ -475,9 +475,9 @@ func (a *app) crmState(ctx context.Context, m *maps.Mapping, rec crm.Record) ([]
 type previewLookups struct {
 	set *maps.Set
 	crm CRMRecordReader
-	// Concept lookups resolve against an empty concept table, as a first
-	// sync would meet it: a preview writes nothing, so the rows a map may
-	// create are shown with the ids maps.MemoryConceptID gives them.
+	// Concept lookups read the CRM's concept table (preview_concepts.go);
+	// a preview writes nothing, so the rows a map would create are held
+	// here, with the ids maps.MemoryConceptID gives them.
 	*maps.MemoryConcepts
 }
 

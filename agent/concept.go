@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -186,40 +184,23 @@ func (c *conceptCache) id(ctx context.Context, want maps.ConceptRow, create bool
 	return id, true, nil
 }
 
-// conceptColumns is the $select of concept rows.
-func conceptColumns() []string {
-	return []string{maps.ConceptIDColumn, maps.ConceptCodeColumn, maps.ConceptNameColumn, maps.ConceptTextColumn, maps.ConceptTypeColumn}
-}
-
-// find queries the concept table for want's type and code. Dataverse
-// compares strings without regard to case, FHIR codes are case-sensitive:
-// the answer is filtered again exactly. Of several rows (made before the
-// alternate key existed) the one with the smallest id is taken, so every
-// process picks the same.
+// find queries the concept table for want's type and code
+// (maps.ConceptFilter, maps.ChooseConceptRow: exact code, smallest id).
 func (c *conceptCache) find(ctx context.Context, want maps.ConceptRow) (maps.ConceptRow, bool, error) {
-	filter := maps.ConceptCodeColumn + " eq " + crm.Quote(want.Code)
-	if want.Type != nil {
-		filter += " and " + maps.ConceptTypeColumn + " eq " + strconv.Itoa(*want.Type)
-	} else {
-		filter += " and " + maps.ConceptTypeColumn + " eq null"
-	}
 	var rows []maps.ConceptRow
-	err := c.api.RetrieveMultiple(ctx, maps.ConceptEntitySet, crm.Query{Select: conceptColumns(), Filter: filter},
+	err := c.api.RetrieveMultiple(ctx, maps.ConceptEntitySet, crm.Query{Select: maps.ConceptColumns(), Filter: maps.ConceptFilter(want)},
 		func(r crm.Record) error {
-			if row := conceptRow(r); row.Code == want.Code && row.ID != "" {
-				rows = append(rows, row)
-			}
+			rows = append(rows, maps.ConceptRowOf(r))
 			return nil
 		})
 	if err != nil {
 		return maps.ConceptRow{}, false, fmt.Errorf("finding a %s row: %w", maps.ConceptEntity, classify(err))
 	}
-	if len(rows) == 0 {
-		return maps.ConceptRow{}, false, nil
+	row, found := maps.ChooseConceptRow(rows, want)
+	if found {
+		c.put(row)
 	}
-	slices.SortFunc(rows, func(a, b maps.ConceptRow) int { return strings.Compare(strings.ToLower(a.ID), strings.ToLower(b.ID)) })
-	c.put(rows[0])
-	return rows[0], true, nil
+	return row, found, nil
 }
 
 // row reads the concept row id, for write-back.
@@ -227,7 +208,7 @@ func (c *conceptCache) row(ctx context.Context, id string) (maps.ConceptRow, boo
 	if row, ok := c.cached(strings.ToLower(id), false); ok {
 		return row, true, nil
 	}
-	r, err := c.api.Retrieve(ctx, crm.ByID(maps.ConceptEntitySet, id), conceptColumns()...)
+	r, err := c.api.Retrieve(ctx, crm.ByID(maps.ConceptEntitySet, id), maps.ConceptColumns()...)
 	if isMissing(err) {
 		c.forgetID(id)
 		return maps.ConceptRow{}, false, nil
@@ -235,26 +216,10 @@ func (c *conceptCache) row(ctx context.Context, id string) (maps.ConceptRow, boo
 	if err != nil {
 		return maps.ConceptRow{}, false, fmt.Errorf("reading a %s row: %w", maps.ConceptEntity, classify(err))
 	}
-	row := conceptRow(r)
+	row := maps.ConceptRowOf(r)
 	if row.ID == "" {
 		row.ID = id
 	}
 	c.put(row)
 	return row, true, nil
-}
-
-// conceptRow reads a concept row from a Web API record.
-func conceptRow(r crm.Record) maps.ConceptRow {
-	row := maps.ConceptRow{
-		ID:   r.String(maps.ConceptIDColumn),
-		Code: r.String(maps.ConceptCodeColumn),
-		Name: r.String(maps.ConceptNameColumn),
-		Text: r.String(maps.ConceptTextColumn),
-	}
-	if s := fmt.Sprint(r[maps.ConceptTypeColumn]); r[maps.ConceptTypeColumn] != nil {
-		if n, err := strconv.Atoi(s); err == nil {
-			row.Type = &n
-		}
-	}
-	return row
 }

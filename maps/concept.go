@@ -443,3 +443,52 @@ func (mc *MemoryConcepts) Len() int {
 	defer mc.mu.Unlock()
 	return len(mc.rows)
 }
+
+// ConceptColumns is the $select of a concept row read.
+func ConceptColumns() []string {
+	return []string{ConceptIDColumn, ConceptCodeColumn, ConceptNameColumn, ConceptTextColumn, ConceptTypeColumn}
+}
+
+// ConceptFilter is the OData $filter that finds the concept rows of want's
+// code and type (msemr_code eq '…' and msemr_type eq N, or eq null for no
+// type). Dataverse compares strings without regard to case: pass what it
+// answers through ChooseConceptRow.
+func ConceptFilter(want ConceptRow) string {
+	f := ConceptCodeColumn + " eq '" + strings.ReplaceAll(want.Code, "'", "''") + "'"
+	if want.Type != nil {
+		return f + " and " + ConceptTypeColumn + " eq " + strconv.Itoa(*want.Type)
+	}
+	return f + " and " + ConceptTypeColumn + " eq null"
+}
+
+// ConceptRowOf reads a concept row from a Web API record.
+func ConceptRowOf(rec map[string]any) ConceptRow {
+	str := func(k string) string { s, _ := rec[k].(string); return s }
+	row := ConceptRow{ID: str(ConceptIDColumn), Code: str(ConceptCodeColumn), Name: str(ConceptNameColumn), Text: str(ConceptTextColumn)}
+	if v := rec[ConceptTypeColumn]; v != nil {
+		if s, ok := numberText(v); ok {
+			if n, err := strconv.Atoi(s); err == nil {
+				row.Type = &n
+			}
+		}
+	}
+	return row
+}
+
+// ChooseConceptRow picks, of the rows a ConceptFilter query answered, the
+// one with want's code exactly (FHIR codes are case-sensitive); of several
+// (made before an alternate key existed) the one with the smallest id, so
+// every reader picks the same.
+func ChooseConceptRow(rows []ConceptRow, want ConceptRow) (ConceptRow, bool) {
+	var best ConceptRow
+	found := false
+	for _, r := range rows {
+		if r.Code != want.Code || r.ID == "" {
+			continue
+		}
+		if !found || strings.ToLower(r.ID) < strings.ToLower(best.ID) {
+			best, found = r, true
+		}
+	}
+	return best, found
+}

@@ -299,3 +299,29 @@ func TestConceptYAMLRoundTrip(t *testing.T) {
 		t.Fatalf("expansion concept after export and import = %+v", x)
 	}
 }
+
+// TestConceptQuery: the filter quotes the code as OData does and names
+// the type (or its absence); of the rows Dataverse answers (without regard
+// to case) the exact code with the smallest id is chosen.
+func TestConceptQuery(t *testing.T) {
+	t.Parallel()
+	typ := 935000023
+	if got, want := maps.ConceptFilter(maps.ConceptRow{Code: "O'Brien", Type: &typ}), "msemr_code eq 'O''Brien' and msemr_type eq 935000023"; got != want {
+		t.Errorf("filter = %q, want %q", got, want)
+	}
+	if got, want := maps.ConceptFilter(maps.ConceptRow{Code: "x"}), "msemr_code eq 'x' and msemr_type eq null"; got != want {
+		t.Errorf("filter without a type = %q, want %q", got, want)
+	}
+	rows := []maps.ConceptRow{
+		maps.ConceptRowOf(map[string]any{"msemr_codeableconceptid": "B", "msemr_code": "abc", "msemr_type": json.Number("935000023")}),
+		maps.ConceptRowOf(map[string]any{"msemr_codeableconceptid": "c", "msemr_code": "ABC", "msemr_type": json.Number("935000023")}),
+		maps.ConceptRowOf(map[string]any{"msemr_codeableconceptid": "a", "msemr_code": "ABC", "msemr_type": json.Number("935000023")}),
+	}
+	row, ok := maps.ChooseConceptRow(rows, maps.ConceptRow{Code: "ABC", Type: &typ})
+	if !ok || row.ID != "a" || row.Type == nil || *row.Type != typ {
+		t.Errorf("chosen = %+v %v, want row a", row, ok)
+	}
+	if _, ok := maps.ChooseConceptRow(rows[:1], maps.ConceptRow{Code: "ABC", Type: &typ}); ok {
+		t.Errorf("a row of another case was chosen")
+	}
+}
