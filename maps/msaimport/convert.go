@@ -128,6 +128,9 @@ type converter struct {
 	// items indexes report items by map / expansion / attribute name.
 	items     map[[3]string]int
 	valueMaps []maps.ValueMap
+	// groups lists, by map / expansion / lookup by type, the attribute
+	// maps of the export it was made of.
+	groups map[[3]string][]string
 }
 
 func (c *converter) add(it Item) {
@@ -233,60 +236,29 @@ func (c *converter) build(entities []EntityMapRow, attributes []AttributeMapRow)
 		byEntityRow[em] = append(byEntityRow[em], a)
 	}
 	for _, r := range roots {
-		for _, a := range c.polymorphic(r.m.Name, "", byEntityRow[r.row]) {
-			if am, ok := c.attribute(r.m.Name, "", r.m.CRMEntity, a, roots); ok {
-				r.m.Attributes = append(r.m.Attributes, am)
+		r.m.Attributes = c.attributes(r.m.Name, "", r.m.CRMEntity, byEntityRow[r.row], roots)
+	}
+	// Expansion maps go to the expansion map their parent link points at
+	// (the participant role expansion under the participant expansion), or
+	// else to the root map of the same FHIR resource.
+	b := &expansionBuilder{c: c, entities: entities, roots: roots, attrs: byEntityRow, nodes: map[*EntityMapRow]*xnode{}}
+	var built []*xnode
+	for i := range entities {
+		if row := &entities[i]; row.Expand {
+			if n := b.resolve(row); n != nil && !n.failed {
+				built = append(built, n)
 			}
 		}
 	}
-	// Expansion maps go to the root map of the same FHIR resource.
-	for i := range entities {
-		row := &entities[i]
-		if !row.Expand {
-			continue
+	// Attach the deepest first: a parent takes its children's finished
+	// copies.
+	sort.SliceStable(built, func(i, j int) bool { return built[i].depth > built[j].depth })
+	for _, n := range built {
+		if n.parent != nil {
+			n.parent.x.Expansions = append(n.parent.x.Expansions, *n.x)
+		} else {
+			n.root.m.Expansions = append(n.root.m.Expansions, *n.x)
 		}
-		var parents []*root
-		for _, r := range roots {
-			if r.row.FHIRType == row.FHIRType {
-				parents = append(parents, r)
-			}
-		}
-		xname := strings.TrimPrefix(row.Entity, "msemr_")
-		src := source("entity maps", row.Line, row.Name)
-		if len(parents) != 1 {
-			reason := fmt.Sprintf("no imported root entity map for the FHIR resource %s to expand", row.FHIRType)
-			if len(parents) > 1 {
-				reason = fmt.Sprintf("%d root entity maps for the FHIR resource %s; the agent allows one", len(parents), row.FHIRType)
-			}
-			c.notImported(row.FHIRType, xname, src, reason, byEntityRow[row])
-			continue
-		}
-		p := parents[0]
-		var xnotes []string
-		x, reasons := c.expansion(p.m, row, xname, &xnotes)
-		if len(reasons) > 0 {
-			c.notImported(p.m.Name, xname, src, strings.Join(reasons, "; "), byEntityRow[row])
-			continue
-		}
-		c.add(Item{EntityMap: p.m.Name, Expansion: x.Name, Source: src, Status: Translated})
-		for _, a := range c.polymorphic(p.m.Name, x.Name, byEntityRow[row]) {
-			if am, ok := c.attribute(p.m.Name, x.Name, row.Entity, a, roots); ok {
-				x.Attributes = append(x.Attributes, am)
-			}
-		}
-		for _, am := range x.Attributes {
-			if (am.Action == "" || am.Action == maps.ActionCopy) && am.CRMType != maps.TypeLookup {
-				x.MatchKey = append(x.MatchKey, am.Name)
-			}
-		}
-		if len(x.MatchKey) == 0 {
-			for _, am := range x.Attributes {
-				x.MatchKey = append(x.MatchKey, am.Name)
-			}
-		}
-		it := &c.report.Items[c.items[[3]string{p.m.Name, x.Name, ""}]]
-		it.Notes = append(xnotes, fmt.Sprintf("match key %v chosen from the translated attribute maps; removed items delete their rows", x.MatchKey))
-		p.m.Expansions = append(p.m.Expansions, *x)
 	}
 	for _, r := range roots {
 		doc.EntityMaps = append(doc.EntityMaps, *r.m)
@@ -294,27 +266,182 @@ func (c *converter) build(entities []EntityMapRow, attributes []AttributeMapRow)
 	return doc
 }
 
-// polymorphic lists, and leaves out, the lookups of one map that share a
-// JSON path: the agent picked among them by the type of the referenced
-// resource (a care team member is a Practitioner, a Patient, an
-// Organization...), which one fhirsync lookup cannot do.
-func (c *converter) polymorphic(mapName, xname string, attrs []*AttributeMapRow) []*AttributeMapRow {
-	count := map[string]int{}
-	for _, a := range attrs {
-		if normalizeHeader(a.Action) == "lookup" && !a.Disabled {
-			count[a.JSONPath]++
+// xnode is an expansion map being built: under a root map (parent nil) or
+// under another expansion map.
+type xnode struct {
+	row    *EntityMapRow
+	root   *root
+	parent *xnode
+	x      *maps.ExpansionMap
+	// path names the expansion as validation does: "participant/role".
+	path   string
+	depth  int
+	failed bool
+}
+
+type expansionBuilder struct {
+	c        *converter
+	entities []EntityMapRow
+	roots    []*root
+	attrs    map[*EntityMapRow][]*AttributeMapRow
+	nodes    map[*EntityMapRow]*xnode
+}
+
+// parentExpansion finds the expansion map record an expansion map record's
+// parent link points at: the expansion map of the table the parent link
+// attribute targets (from the CRM metadata, or else the table the
+// attribute is named after, as msemr_careteamparticipant is), preferring
+// one of the same FHIR resource when several expand that table.
+func (b *expansionBuilder) parentExpansion(row *EntityMapRow) *EntityMapRow {
+	if row.ParentLink == "" {
+		return nil
+	}
+	var tables []string
+	if b.c.opts.CRM != nil {
+		tables = b.c.opts.CRM.LookupTargets(row.Entity, row.ParentLink)
+	}
+	if len(tables) == 0 {
+		tables = []string{row.ParentLink}
+	}
+	var found, same []*EntityMapRow
+	for i := range b.entities {
+		e := &b.entities[i]
+		if e != row && e.Expand && slices.Contains(tables, e.Entity) {
+			found = append(found, e)
+			if strings.EqualFold(e.FHIRType, row.FHIRType) {
+				same = append(same, e)
+			}
 		}
 	}
-	out := attrs[:0:0]
-	for _, a := range attrs {
-		if n := count[a.JSONPath]; n > 1 && normalizeHeader(a.Action) == "lookup" && !a.Disabled {
-			c.add(Item{EntityMap: mapName, Expansion: xname, Attribute: a.Attribute, Source: source("attribute maps", a.Line, ""), JSONPath: a.JSONPath, Status: NotTranslated,
-				Reasons: []string{fmt.Sprintf("%d lookups share %s: the agent chose one by the referenced resource's type, and a fhirsync lookup resolves through one entity map, so none of them is carried over; map the reference by hand", n, a.JSONPath)}})
+	switch {
+	case len(found) == 1:
+		return found[0]
+	case len(same) == 1:
+		return same[0]
+	}
+	return nil
+}
+
+// resolve builds the expansion map of an entity map record marked Expand,
+// its parent first; a failed node is listed as not translated.
+func (b *expansionBuilder) resolve(row *EntityMapRow) *xnode {
+	if n, ok := b.nodes[row]; ok {
+		return n // nil while row's own parents are being resolved: a cycle
+	}
+	b.nodes[row] = nil
+	c := b.c
+	xname := strings.TrimPrefix(row.Entity, "msemr_")
+	src := source("entity maps", row.Line, row.Name)
+	n := &xnode{row: row, depth: 1, path: xname}
+	fail := func(mapName, reason string) *xnode {
+		n.failed = true
+		c.notImported(mapName, n.path, src, reason, b.attrs[row])
+		b.nodes[row] = n
+		return n
+	}
+	var parentEntity string
+	if pr := b.parentExpansion(row); pr != nil {
+		pn := b.resolve(pr)
+		if pn == nil {
+			return fail(row.FHIRType, fmt.Sprintf("its parent link %s leads back to it through other expansion maps (a cycle)", row.ParentLink))
+		}
+		n.parent, n.root, n.depth = pn, pn.root, pn.depth+1
+		n.path = pn.path + "/" + xname
+		mapName := pr.FHIRType
+		if pn.root != nil {
+			mapName = pn.root.m.Name
+		}
+		switch {
+		case pn.failed:
+			return fail(mapName, fmt.Sprintf("its parent expansion map %s (%s) is not imported", pn.path, pr.Entity))
+		case n.depth > maps.MaxExpansionDepth:
+			return fail(mapName, fmt.Sprintf("it would be an expansion map %d levels deep (%s), and fhirsync's expansion maps nest at most %d levels (maps.MaxExpansionDepth)", n.depth, n.path, maps.MaxExpansionDepth))
+		}
+		parentEntity = pn.x.CRMEntity
+	} else {
+		var parents []*root
+		for _, r := range b.roots {
+			if r.row.FHIRType == row.FHIRType {
+				parents = append(parents, r)
+			}
+		}
+		if len(parents) != 1 {
+			reason := fmt.Sprintf("no imported root entity map for the FHIR resource %s to expand", row.FHIRType)
+			if len(parents) > 1 {
+				reason = fmt.Sprintf("%d root entity maps for the FHIR resource %s; the agent allows one", len(parents), row.FHIRType)
+			}
+			return fail(row.FHIRType, reason)
+		}
+		n.root = parents[0]
+		parentEntity = n.root.m.CRMEntity
+	}
+	mapName := n.root.m.Name
+	var xnotes []string
+	x, reasons := c.expansion(parentEntity, row, xname, &xnotes)
+	if len(reasons) > 0 {
+		return fail(mapName, strings.Join(reasons, "; "))
+	}
+	n.x = x
+	if n.parent != nil {
+		xnotes = append(xnotes, fmt.Sprintf("nested in the expansion map %s, whose rows its parent link %s points at", n.parent.path, x.ParentLookup))
+	}
+	c.add(Item{EntityMap: mapName, Expansion: n.path, Source: src, Status: Translated})
+	x.Attributes = c.attributes(mapName, n.path, row.Entity, b.attrs[row], b.roots)
+	for _, am := range x.Attributes {
+		if (am.Action == "" || am.Action == maps.ActionCopy) && am.CRMType != maps.TypeLookup {
+			x.MatchKey = append(x.MatchKey, am.Name)
+		}
+	}
+	if len(x.MatchKey) == 0 {
+		for _, am := range x.Attributes {
+			x.MatchKey = append(x.MatchKey, am.Name)
+		}
+	}
+	it := &c.report.Items[c.items[[3]string{mapName, n.path, ""}]]
+	it.Notes = append(xnotes, fmt.Sprintf("match key %v chosen from the translated attribute maps; removed items delete their rows", x.MatchKey))
+	b.nodes[row] = n
+	return n
+}
+
+// attributes translates the attribute maps of one entity or expansion
+// map. Lookups that share a JSON path become one lookup by type.
+func (c *converter) attributes(mapName, xname, entity string, rows []*AttributeMapRow, roots []*root) []maps.AttributeMap {
+	groups := map[string][]*AttributeMapRow{}
+	for _, a := range rows {
+		if k := lookupGroupKey(a); k != "" {
+			groups[k] = append(groups[k], a)
+		}
+	}
+	var out []maps.AttributeMap
+	done := map[string]bool{}
+	for _, a := range rows {
+		if k := lookupGroupKey(a); k != "" && len(groups[k]) > 1 {
+			if !done[k] {
+				done[k] = true
+				if am, ok := c.lookupByType(mapName, xname, entity, groups[k], rows, roots); ok {
+					out = append(out, am)
+				}
+			}
 			continue
 		}
-		out = append(out, a)
+		if am, ok := c.attribute(mapName, xname, entity, a, roots); ok {
+			out = append(out, am)
+		}
 	}
 	return out
+}
+
+// lookupGroupKey is what lookups sharing a JSON path share: the path's
+// translation (so $.member.reference and $['member']['reference'] agree),
+// else the path itself; "" for what is not an enabled lookup with a path.
+func lookupGroupKey(a *AttributeMapRow) string {
+	if normalizeHeader(a.Action) != "lookup" || a.Disabled || a.JSONPath == "" {
+		return ""
+	}
+	if tr := Translate(a.JSONPath); tr.FHIRPath != "" {
+		return tr.FHIRPath
+	}
+	return a.JSONPath
 }
 
 // notImported lists an expansion map and each of its attribute maps.
@@ -325,7 +452,7 @@ func (c *converter) notImported(mapName, xname, src, reason string, attrs []*Att
 	}
 }
 
-func (c *converter) expansion(parent *maps.EntityMap, row *EntityMapRow, xname string, notes *[]string) (*maps.ExpansionMap, []string) {
+func (c *converter) expansion(parentEntity string, row *EntityMapRow, xname string, notes *[]string) (*maps.ExpansionMap, []string) {
 	var reasons []string
 	if r := c.missingTable(row.Entity); r != "" {
 		return nil, []string{r}
@@ -350,7 +477,7 @@ func (c *converter) expansion(parent *maps.EntityMap, row *EntityMapRow, xname s
 		// The lookup column of the child table that targets the parent's
 		// table: the only one, or the one named after the parent
 		// (msemr_contact, msemr_careteam).
-		if l, ok := parentLink(c.opts.CRM.LookupsTo(row.Entity, parent.CRMEntity), parent.CRMEntity); ok {
+		if l, ok := parentLink(c.opts.CRM.LookupsTo(row.Entity, parentEntity), parentEntity); ok {
 			x.ParentLookup = l
 			*notes = append(*notes, fmt.Sprintf("parent link attribute %s taken from the CRM metadata (the export names none)", l))
 		}
@@ -547,7 +674,7 @@ func (c *converter) attribute(mapName, xname, entity string, a *AttributeMapRow,
 		am.ValueMap = c.valueMapName(mapName, xname, a.Attribute)
 		c.valueMaps = append(c.valueMaps, maps.ValueMap{Name: am.ValueMap, Description: "Imported from the agent's Mapped Value of " + entity + "." + a.Attribute + ".", Entries: vm})
 	case maps.ActionLookup:
-		target, reason := lookupTarget(c, entity, a, tr.FHIRPath, roots)
+		target, _, reason := lookupTarget(c, entity, a, tr.FHIRPath, roots)
 		if target == "" {
 			return fail(reason)
 		}
@@ -584,7 +711,7 @@ func (c *converter) attribute(mapName, xname, entity string, a *AttributeMapRow,
 func (c *converter) valueMapName(mapName, xname, attr string) string {
 	n := mapName + "-" + attr
 	if xname != "" {
-		n = mapName + "-" + xname + "-" + attr
+		n = mapName + "-" + strings.ReplaceAll(xname, "/", "-") + "-" + attr
 	}
 	return n
 }
@@ -609,31 +736,31 @@ func parseValueMap(s string) ([]maps.ValueMapEntry, error) {
 // lookupTarget picks the entity map a lookup refers to: the one the export
 // names, or the only imported map of the lookup's target table, or among
 // several the one whose FHIR type the element is named after
-// (generalPractitioner → Practitioner).
-func lookupTarget(c *converter, entity string, a *AttributeMapRow, fhirPath string, roots []*root) (string, string) {
+// (generalPractitioner → Practitioner). When it cannot choose among
+// imported maps of the target table it answers them as cands.
+func lookupTarget(c *converter, entity string, a *AttributeMapRow, fhirPath string, roots []*root) (target string, cands []*root, reason string) {
 	if a.LookupMap != "" {
 		for _, r := range roots {
 			if strings.EqualFold(r.row.Name, a.LookupMap) {
-				return r.m.Name, ""
+				return r.m.Name, nil, ""
 			}
 		}
-		return "", fmt.Sprintf("the lookup's entity map %q is not imported", a.LookupMap)
+		return "", nil, fmt.Sprintf("the lookup's entity map %q is not imported", a.LookupMap)
 	}
 	var targets []string
 	if c.opts.CRM != nil {
 		targets = c.opts.CRM.LookupTargets(entity, a.Attribute)
 	}
-	var cands []*root
+	if len(targets) == 0 {
+		return "", nil, "a lookup whose target table is unknown: give --crm-metadata or a Lookup Entity Map column"
+	}
 	for _, r := range roots {
-		if len(targets) == 0 || slices.Contains(targets, r.m.CRMEntity) {
+		if slices.Contains(targets, r.m.CRMEntity) {
 			cands = append(cands, r)
 		}
 	}
-	if len(targets) == 0 {
-		return "", "a lookup whose target table is unknown: give --crm-metadata or a Lookup Entity Map column"
-	}
 	if len(cands) == 1 {
-		return cands[0].m.Name, ""
+		return cands[0].m.Name, nil, ""
 	}
 	elem := strings.ToLower(strings.NewReplacer(".reference", "", "[0]", "").Replace(fhirPath) + " " + a.Attribute)
 	var named []*root
@@ -643,17 +770,235 @@ func lookupTarget(c *converter, entity string, a *AttributeMapRow, fhirPath stri
 		}
 	}
 	if len(named) == 1 {
-		return named[0].m.Name, ""
+		return named[0].m.Name, nil, ""
 	}
-	names := make([]string, 0, len(cands))
-	for _, r := range cands {
+	if len(cands) == 0 {
+		return "", nil, fmt.Sprintf("no imported entity map for the lookup's target table (%s)", strings.Join(targets, ", "))
+	}
+	return "", cands, fmt.Sprintf("the lookup may refer to any of %s; the export does not say which", strings.Join(rootNames(cands), ", "))
+}
+
+func rootNames(rs []*root) []string {
+	names := make([]string, 0, len(rs))
+	for _, r := range rs {
 		names = append(names, r.m.Name)
 	}
 	sort.Strings(names)
-	if len(names) == 0 {
-		return "", fmt.Sprintf("no imported entity map for the lookup's target table (%s)", strings.Join(targets, ", "))
+	return names
+}
+
+// lookupByType carries several Lookup attribute maps on one JSON path (the
+// care team participant's member: msemr_memberpatient,
+// msemr_memberpractioner, ...) over as one lookup by type. The agent chose
+// the column by the referenced resource's type; here each column's type is
+// the FHIR resource of the entity map its lookup resolves through. A
+// column whose target cannot be told apart from the others' (two maps of
+// one table, both taken) is listed as not translated; the rest still
+// convert. A reference of a type no column takes is kept as it is
+// (otherTypes: skip), as the agent had no column to write it to.
+func (c *converter) lookupByType(mapName, xname, entity string, group, siblings []*AttributeMapRow, roots []*root) (maps.AttributeMap, bool) {
+	items := make([]Item, len(group))
+	for i, a := range group {
+		items[i] = Item{EntityMap: mapName, Expansion: xname, Attribute: a.Attribute, Source: source("attribute maps", a.Line, ""), JSONPath: a.JSONPath}
 	}
-	return "", fmt.Sprintf("the lookup may refer to any of %s; the export does not say which", strings.Join(names, ", "))
+	tr := Translate(group[0].JSONPath)
+	failAll := func(reason string) (maps.AttributeMap, bool) {
+		for i := range items {
+			items[i].Status = NotTranslated
+			items[i].Reasons = append(items[i].Reasons, reason)
+			c.add(items[i])
+		}
+		return maps.AttributeMap{}, false
+	}
+	switch {
+	case tr.FHIRPath == "":
+		return failAll(tr.Reason)
+	case !tr.Writable:
+		return failAll(tr.Reason + "; a read-only FHIRPath can only be a copied (computed) value, not a lookup")
+	}
+	// Each column's entity map: first those the export or the metadata
+	// settle, then the undecided ones among the maps not yet taken.
+	reasons := make([]string, len(group))
+	chosen := make([]*root, len(group))
+	undecided := make([][]*root, len(group))
+	for i, a := range group {
+		if c.opts.CRM != nil {
+			t, ok := c.opts.CRM.AttributeType(entity, a.Attribute)
+			switch {
+			case !ok:
+				reasons[i] = fmt.Sprintf("the column %s.%s is not in the CRM metadata", entity, a.Attribute)
+				continue
+			case t != maps.TypeLookup:
+				reasons[i] = fmt.Sprintf("the column %s.%s is a %s, not a lookup", entity, a.Attribute, t)
+				continue
+			}
+		}
+		target, cands, reason := lookupTarget(c, entity, a, tr.FHIRPath, roots)
+		if target == "" {
+			reasons[i], undecided[i] = reason, cands
+			continue
+		}
+		for _, r := range roots {
+			if r.m.Name == target {
+				chosen[i] = r
+			}
+		}
+	}
+	taken := func(r *root) bool { return slices.Contains(chosen, r) }
+	for i, cands := range undecided {
+		if len(cands) == 0 {
+			continue
+		}
+		var free []*root
+		for _, r := range cands {
+			if !taken(r) {
+				free = append(free, r)
+			}
+		}
+		switch len(free) {
+		case 1:
+			chosen[i], reasons[i] = free[0], ""
+			items[i].Notes = append(items[i].Notes, fmt.Sprintf("entity map %s chosen as the only imported map of the column's table that the other lookups on %s do not take", free[0].m.Name, group[i].JSONPath))
+		case 0:
+			reasons[i] = fmt.Sprintf("the column's table is synced by %s, and the other lookups on %s already take them; no imported entity map is left for the resource type it holds", strings.Join(rootNames(cands), ", "), group[i].JSONPath)
+		}
+	}
+	// One column per type.
+	byType := map[string]int{}
+	am := maps.AttributeMap{Name: byTypeName(tr.FHIRPath, siblings), CRMType: maps.TypeLookup, FHIRPath: tr.FHIRPath, Action: maps.ActionLookup,
+		Lookup: &maps.Lookup{OtherTypes: maps.OtherTypesSkip}}
+	var cols, parts []string
+	writeBack, required := 0, 0
+	for i, a := range group {
+		r := chosen[i]
+		if r == nil {
+			continue
+		}
+		if j, dup := byType[r.m.FHIRType]; dup {
+			chosen[i], reasons[i] = nil, fmt.Sprintf("%s references already go to %s (entity map %s); a reference of one type goes to one column", r.m.FHIRType, group[j].Attribute, r.m.Name)
+			continue
+		}
+		byType[r.m.FHIRType] = i
+		am.Lookup.ByType = append(am.Lookup.ByType, maps.LookupTarget{Type: r.m.FHIRType, EntityMap: r.m.Name, CRMAttribute: a.Attribute})
+		cols = append(cols, a.Attribute)
+		parts = append(parts, r.m.FHIRType+" → "+a.Attribute)
+		if a.WriteBack {
+			writeBack++
+		}
+		if a.Required {
+			required++
+		}
+	}
+	if len(cols) == 0 {
+		for i := range items {
+			items[i].Status = NotTranslated
+			items[i].Reasons = append(items[i].Reasons, reasons[i])
+			c.add(items[i])
+		}
+		return maps.AttributeMap{}, false
+	}
+	var notes []string
+	if writeBack < len(cols) {
+		am.Direction = maps.FHIRToCRM
+		if writeBack > 0 {
+			notes = append(notes, "some of the lookups are written back to FHIR and some not; the lookup by type goes fhir-to-crm")
+		}
+	}
+	am.Required = required == len(cols)
+	if required > 0 && !am.Required {
+		notes = append(notes, "some of the lookups are FHIR required attributes and some not; the lookup by type is not required")
+	}
+	notes = append(notes, c.typeColumn(mapName, xname, entity, group, chosen, &am)...)
+	summary := fmt.Sprintf("one of %d lookups on %s, carried over together as the lookup by type %q (%s; a reference of another type is kept as it is and sets no column)", len(group), group[0].JSONPath, am.Name, strings.Join(parts, ", "))
+	var translated []string
+	for i := range items {
+		if chosen[i] == nil {
+			items[i].Status = NotTranslated
+			items[i].Reasons = append(items[i].Reasons, reasons[i])
+			items[i].Notes = nil
+			items[i].Reasons[len(items[i].Reasons)-1] += fmt.Sprintf("; the other lookups on the path are carried over as the lookup by type %q", am.Name)
+		} else {
+			items[i].Status = Translated
+			items[i].FHIRPath = tr.FHIRPath
+			items[i].Notes = append(append(append(items[i].Notes, summary), notes...), tr.Notes...)
+			translated = append(translated, group[i].Attribute)
+		}
+		c.add(items[i])
+	}
+	if c.groups == nil {
+		c.groups = map[[3]string][]string{}
+	}
+	c.groups[[3]string{mapName, xname, am.Name}] = translated
+	return am, true
+}
+
+// byTypeName names a lookup by type after its element (member.reference →
+// member), unless an attribute map of the same map already has the name.
+func byTypeName(fhirPath string, siblings []*AttributeMapRow) string {
+	p := strings.TrimSuffix(fhirPath, ".reference")
+	if i := strings.LastIndex(p, "."); i >= 0 {
+		p = p[i+1:]
+	}
+	if i := strings.IndexAny(p, "[("); i >= 0 {
+		p = p[:i]
+	}
+	if p == "" || p == "reference" {
+		p = "reference"
+	}
+	name := kebab(p)
+	for _, a := range siblings {
+		if a.Attribute == name {
+			return name + "-by-type"
+		}
+	}
+	return name
+}
+
+// typeColumn adds the type column of a lookup by type when the export
+// names one (Type Attribute, assumed) with each column's option value in
+// its Value Map ("935000002=Patient"), and says why not when it cannot.
+func (c *converter) typeColumn(mapName, xname, entity string, group []*AttributeMapRow, chosen []*root, am *maps.AttributeMap) []string {
+	var attr string
+	var entries []maps.ValueMapEntry
+	for i, a := range group {
+		if a.TypeAttribute == "" {
+			continue
+		}
+		if attr != "" && attr != a.TypeAttribute {
+			return []string{fmt.Sprintf("the lookups name different type attributes (%s, %s); no type column is written", attr, a.TypeAttribute)}
+		}
+		attr = a.TypeAttribute
+		if chosen[i] == nil || a.ValueMap == "" {
+			continue
+		}
+		vm, err := parseValueMap(a.ValueMap)
+		if err != nil {
+			return []string{fmt.Sprintf("the type attribute %s is not written: %s", attr, err)}
+		}
+		for _, e := range vm {
+			if !slices.ContainsFunc(entries, func(x maps.ValueMapEntry) bool { return x.FHIR == e.FHIR }) {
+				entries = append(entries, e)
+			}
+		}
+	}
+	if attr == "" {
+		return nil
+	}
+	for _, t := range am.Lookup.ByType {
+		if !slices.ContainsFunc(entries, func(x maps.ValueMapEntry) bool { return x.FHIR == t.Type }) {
+			return []string{fmt.Sprintf("the type attribute %s is not written: no Value Map entry gives the option value of %s (\"935000002=%s\")", attr, t.Type, t.Type)}
+		}
+	}
+	if c.opts.CRM != nil {
+		if t, ok := c.opts.CRM.AttributeType(entity, attr); !ok || t != maps.TypeOptionSet {
+			return []string{fmt.Sprintf("the type attribute %s.%s is not a choice column in the CRM metadata; it is not written", entity, attr)}
+		}
+	}
+	am.Lookup.TypeAttribute = attr
+	am.Lookup.TypeValueMap = c.valueMapName(mapName, xname, attr)
+	c.valueMaps = append(c.valueMaps, maps.ValueMap{Name: am.Lookup.TypeValueMap, System: "http://hl7.org/fhir/resource-types",
+		Description: "Imported from the Value Map entries of the agent's lookups on " + group[0].JSONPath + ": the referenced resource type ↔ " + entity + "." + attr + ".", Entries: entries})
+	return nil
 }
 
 // createNotes compares the create JSON with what fhirsync's path writes: the
@@ -734,7 +1079,15 @@ func (c *converter) drop(doc *maps.Document, p maps.Problem) {
 	if p.Fix != "" {
 		reason += " (" + p.Fix + ")"
 	}
-	mark := func(m, x, a string) {
+	var mark func(m, x, a string)
+	mark = func(m, x, a string) {
+		if rows, ok := c.groups[[3]string{m, x, a}]; ok {
+			// A lookup by type: the attribute maps it was made of.
+			for _, r := range rows {
+				mark(m, x, r)
+			}
+			return
+		}
 		if i, ok := c.items[[3]string{m, x, a}]; ok {
 			it := &c.report.Items[i]
 			it.Status = NotTranslated
@@ -742,6 +1095,17 @@ func (c *converter) drop(doc *maps.Document, p maps.Problem) {
 			return
 		}
 		c.add(Item{EntityMap: m, Expansion: x, Attribute: a, Source: "validation", Status: NotTranslated, Reasons: []string{reason}})
+	}
+	// markExpansion lists a dropped expansion map with what it held.
+	var markExpansion func(m, path string, x *maps.ExpansionMap)
+	markExpansion = func(m, path string, x *maps.ExpansionMap) {
+		mark(m, path, "")
+		for _, a := range x.Attributes {
+			mark(m, path, a.Name)
+		}
+		for i := range x.Expansions {
+			markExpansion(m, path+"/"+x.Expansions[i].Name, &x.Expansions[i])
+		}
 	}
 	if p.ValueMap != "" && p.Map == "" {
 		// A value map problem: drop the attribute maps that use it.
@@ -765,22 +1129,25 @@ func (c *converter) drop(doc *maps.Document, p maps.Problem) {
 		}
 		switch {
 		case p.Expansion != "" && p.Attribute != "":
-			for j := range m.Expansions {
-				x := &m.Expansions[j]
-				if x.Name == p.Expansion {
-					x.Attributes = slices.DeleteFunc(x.Attributes, func(a maps.AttributeMap) bool { return a.Name == p.Attribute })
-					x.MatchKey = slices.DeleteFunc(x.MatchKey, func(k string) bool { return k == p.Attribute })
-					if len(x.Attributes) == 0 {
-						m.Expansions = slices.Delete(m.Expansions, j, j+1)
-						mark(m.Name, p.Expansion, "")
-					}
-					break
+			if xs, j := findExpansion(&m.Expansions, p.Expansion); xs != nil {
+				x := &(*xs)[j]
+				x.Attributes = slices.DeleteFunc(x.Attributes, func(a maps.AttributeMap) bool { return a.Name == p.Attribute })
+				x.MatchKey = slices.DeleteFunc(x.MatchKey, func(k string) bool { return k == p.Attribute })
+				if len(x.Attributes) == 0 {
+					dropped := *x
+					*xs = slices.Delete(*xs, j, j+1)
+					markExpansion(m.Name, p.Expansion, &dropped)
 				}
 			}
 			mark(m.Name, p.Expansion, p.Attribute)
 		case p.Expansion != "":
-			m.Expansions = slices.DeleteFunc(m.Expansions, func(x maps.ExpansionMap) bool { return x.Name == p.Expansion })
-			mark(m.Name, p.Expansion, "")
+			if xs, j := findExpansion(&m.Expansions, p.Expansion); xs != nil {
+				dropped := (*xs)[j]
+				*xs = slices.Delete(*xs, j, j+1)
+				markExpansion(m.Name, p.Expansion, &dropped)
+			} else {
+				mark(m.Name, p.Expansion, "")
+			}
 		case p.Attribute != "":
 			m.Attributes = slices.DeleteFunc(m.Attributes, func(a maps.AttributeMap) bool { return a.Name == p.Attribute })
 			mark(m.Name, "", p.Attribute)
@@ -790,4 +1157,20 @@ func (c *converter) drop(doc *maps.Document, p maps.Problem) {
 		}
 		return
 	}
+}
+
+// findExpansion finds an expansion map by validation's name for it
+// ("participants/roles" for a nested one): the slice holding it and its
+// index, or nil.
+func findExpansion(xs *[]maps.ExpansionMap, path string) (*[]maps.ExpansionMap, int) {
+	head, rest, nested := strings.Cut(path, "/")
+	for j := range *xs {
+		if (*xs)[j].Name == head {
+			if !nested {
+				return xs, j
+			}
+			return findExpansion(&(*xs)[j].Expansions, rest)
+		}
+	}
+	return nil, -1
 }

@@ -125,9 +125,18 @@ func TestConvertFixtures(t *testing.T) {
 		{m: "patient-contact", x: "medicalidentifier", attr: "msemr_type", status: NotTranslated},
 		{m: "care-team", x: "careteamparticipant", attr: "msemr_description", status: NotTranslated, reason: "has no element \"note\""},
 		{m: "care-team", x: "careteamparticipant", attr: "msemr_periodstart", status: Translated, fhirPath: "period.start"},
-		{m: "care-team", x: "careteamparticipant", attr: "msemr_memberpatient", status: NotTranslated, reason: "5 lookups share $.member.reference"},
+		// The five lookups on $.member.reference: four become one lookup
+		// by type; msemr_memberrelatedperson targets contact, whose two
+		// maps (Patient, Practitioner) the others already take.
+		{m: "care-team", x: "careteamparticipant", attr: "msemr_memberpatient", status: Translated, fhirPath: "member.reference"},
+		{m: "care-team", x: "careteamparticipant", attr: "msemr_memberpractioner", status: Translated, fhirPath: "member.reference"},
+		{m: "care-team", x: "careteamparticipant", attr: "msemr_memberorganization", status: Translated, fhirPath: "member.reference"},
+		{m: "care-team", x: "careteamparticipant", attr: "msemr_membercareteam", status: Translated, fhirPath: "member.reference"},
+		{m: "care-team", x: "careteamparticipant", attr: "msemr_memberrelatedperson", status: NotTranslated, reason: "no imported entity map is left for the resource type it holds"},
 		{m: "care-team", attr: "msemr_subjectpatient", status: Translated, fhirPath: "subject.reference"},
-		{m: "Participant", x: "careteamparticipantrole", attr: "msemr_display", status: NotTranslated, reason: "expansion map is not imported"},
+		// The participant role expansion nests in the participant one.
+		{m: "care-team", x: "careteamparticipant/careteamparticipantrole", status: Translated},
+		{m: "care-team", x: "careteamparticipant/careteamparticipantrole", attr: "msemr_display", status: Translated, fhirPath: "coding[0].display"},
 	}
 	// What depends on the sandbox's tables follows them.
 	if !md.HasEntity("msemr_contactlink") {
@@ -153,6 +162,62 @@ func TestConvertFixtures(t *testing.T) {
 		}
 		if tc.reason != "" && !strings.Contains(strings.Join(it.Reasons, "; "), tc.reason) {
 			t.Errorf("%s / %s / %s: reasons %q, want one mentioning %q", tc.m, tc.x, tc.attr, it.Reasons, tc.reason)
+		}
+	}
+	// The member lookups are one lookup by type, each type to its column;
+	// the participant roles are rows under each participant's row.
+	var participants *maps.ExpansionMap
+	for i := range doc.EntityMaps {
+		if doc.EntityMaps[i].Name == "care-team" {
+			for j := range doc.EntityMaps[i].Expansions {
+				if x := &doc.EntityMaps[i].Expansions[j]; x.Name == "careteamparticipant" {
+					participants = x
+				}
+			}
+		}
+	}
+	if participants == nil {
+		t.Fatal("no careteamparticipant expansion in care-team")
+	}
+	got := map[string]string{}
+	for _, a := range participants.Attributes {
+		if a.Name == "member" && a.Lookup.IsByType() {
+			for _, bt := range a.Lookup.ByType {
+				got[bt.Type] = bt.EntityMap + " " + bt.CRMAttribute
+			}
+			if a.Lookup.OtherTypes != maps.OtherTypesSkip {
+				t.Errorf("member: otherTypes %q, want skip", a.Lookup.OtherTypes)
+			}
+		}
+	}
+	wantTypes := map[string]string{
+		"Patient": "patient-contact msemr_memberpatient", "Practitioner": "practitioner-contact msemr_memberpractioner",
+		"Organization": "organization-account msemr_memberorganization", "CareTeam": "care-team msemr_membercareteam",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(wantTypes) {
+		t.Errorf("member lookup by type = %v, want %v", got, wantTypes)
+	}
+	if len(participants.Expansions) != 1 || participants.Expansions[0].Name != "careteamparticipantrole" ||
+		participants.Expansions[0].FHIRPath != "role" || participants.Expansions[0].ParentLookup != "msemr_careteamparticipant" {
+		t.Errorf("the participant expansion holds %+v, want the role expansion on role under msemr_careteamparticipant", participants.Expansions)
+	}
+	// The report says what still does not convert, line by line.
+	var b strings.Builder
+	if err := rep.Write(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{
+		"not-translated: entity map care-team / expansion careteamparticipant / attribute msemr_memberrelatedperson (attribute maps line 38, $.member.reference)",
+		`carried over as the lookup by type "member"`,
+		"translated: entity map care-team / expansion careteamparticipant/careteamparticipantrole (entity maps",
+	} {
+		if !strings.Contains(b.String(), line) {
+			t.Errorf("the report lacks %q:\n%s", line, b.String())
+		}
+	}
+	if _, ok := md.AttributeType("msemr_careteamparticipantrole", "msemr_codeableconceptid"); !ok {
+		if it := item(t, rep, "care-team", "careteamparticipant/careteamparticipantrole", "msemr_codeableconceptid"); it.Status != NotTranslated {
+			t.Errorf("msemr_codeableconceptid, a column the sandbox lacks: %+v", it)
 		}
 	}
 	// The generalPractitioner lookup goes to the Practitioner map, not the
@@ -274,5 +339,151 @@ func TestConvertInferencesAndDefaults(t *testing.T) {
 	}
 	if it := item(t, rep, "patient-contact", "", "firstname"); it.Status != NotTranslated || !strings.Contains(it.Reasons[0], "action type") {
 		t.Errorf("an unknown action: %+v", it)
+	}
+}
+
+// TestConvertNestedExpansionDepth imports an expansion map whose parent is
+// an expansion map (the participant role under the participant) as a
+// nested expansion, and refuses one more level (maps.MaxExpansionDepth),
+// an expansion under that one, and a parent link cycle, listing each with
+// its attribute maps.
+func TestConvertNestedExpansionDepth(t *testing.T) {
+	t.Parallel()
+	ents := []EntityMapRow{
+		{Line: 2, Name: "team", Entity: "msemr_careteam", FHIRType: "CareTeam"},
+		{Line: 3, Name: "participant", Entity: "msemr_careteamparticipant", FHIRType: "CareTeam", Expand: true, ParentLink: "msemr_careteam", Element: "participant"},
+		{Line: 4, Name: "role", Entity: "msemr_careteamparticipantrole", FHIRType: "Participant", Expand: true, ParentLink: "msemr_careteamparticipant", Element: "role"},
+		{Line: 5, Name: "coding", Entity: "msemr_rolecoding", FHIRType: "Participant", Expand: true, ParentLink: "msemr_careteamparticipantrole", Element: "coding"},
+		{Line: 6, Name: "below", Entity: "msemr_below", FHIRType: "Participant", Expand: true, ParentLink: "msemr_rolecoding", Element: "extension"},
+		{Line: 7, Name: "a", Entity: "msemr_a", FHIRType: "Basic", Expand: true, ParentLink: "msemr_b", Element: "identifier"},
+		{Line: 8, Name: "b", Entity: "msemr_b", FHIRType: "Basic", Expand: true, ParentLink: "msemr_a", Element: "identifier"},
+	}
+	attrs := []AttributeMapRow{
+		{Line: 2, EntityMap: "team", Attribute: "msemr_name", Action: "Copy Data", JSONPath: "$.name", WriteBack: true},
+		{Line: 3, EntityMap: "participant", Attribute: "msemr_description", Action: "Copy Data", JSONPath: "$.member.display", WriteBack: true},
+		{Line: 4, EntityMap: "role", Attribute: "msemr_display", Action: "Copy Data", JSONPath: "$.coding[0].display", WriteBack: true},
+		{Line: 5, EntityMap: "coding", Attribute: "msemr_code", Action: "Copy Data", JSONPath: "$.code", WriteBack: true},
+		{Line: 6, EntityMap: "below", Attribute: "msemr_url", Action: "Copy Data", JSONPath: "$.url", WriteBack: true},
+		{Line: 7, EntityMap: "a", Attribute: "msemr_value", Action: "Copy Data", JSONPath: "$.value", WriteBack: true},
+	}
+	doc, rep, err := Convert(ents, attrs, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	if err := rep.Write(&b); err != nil {
+		t.Fatal(err)
+	}
+	if len(doc.EntityMaps) != 1 || len(doc.EntityMaps[0].Expansions) != 1 {
+		t.Fatalf("maps: %+v\n%s", doc.EntityMaps, b.String())
+	}
+	p := doc.EntityMaps[0].Expansions[0]
+	if p.Name != "careteamparticipant" || len(p.Expansions) != 1 {
+		t.Fatalf("participant expansion = %+v\n%s", p, b.String())
+	}
+	if r := p.Expansions[0]; r.Name != "careteamparticipantrole" || r.FHIRPath != "role" || r.ParentLookup != "msemr_careteamparticipant" ||
+		len(r.Attributes) != 1 || len(r.Expansions) != 0 {
+		t.Errorf("role expansion = %+v, want role under msemr_careteamparticipant with msemr_display and nothing nested", r)
+	}
+	tests := []struct {
+		x, attr string
+		status  Status
+		reason  string
+	}{
+		{x: "careteamparticipant/careteamparticipantrole", status: Translated},
+		{x: "careteamparticipant/careteamparticipantrole", attr: "msemr_display", status: Translated},
+		{x: "careteamparticipant/careteamparticipantrole/rolecoding", status: NotTranslated, reason: "nest at most 2 levels (maps.MaxExpansionDepth)"},
+		{x: "careteamparticipant/careteamparticipantrole/rolecoding", attr: "msemr_code", status: NotTranslated, reason: "its expansion map is not imported"},
+		{x: "careteamparticipant/careteamparticipantrole/rolecoding/below", status: NotTranslated, reason: "its parent expansion map careteamparticipant/careteamparticipantrole/rolecoding (msemr_rolecoding) is not imported"},
+		{x: "careteamparticipant/careteamparticipantrole/rolecoding/below", attr: "msemr_url", status: NotTranslated, reason: "its expansion map is not imported"},
+	}
+	for _, tc := range tests {
+		it := item(t, rep, "care-team", tc.x, tc.attr)
+		if it.Status != tc.status || !strings.Contains(strings.Join(it.Reasons, "; "), tc.reason) {
+			t.Errorf("%s / %s: %s %q, want %s mentioning %q", tc.x, tc.attr, it.Status, it.Reasons, tc.status, tc.reason)
+		}
+	}
+	cycle := false
+	for _, it := range rep.Items {
+		if it.Attribute == "" && strings.Contains(strings.Join(it.Reasons, ";"), "a cycle") {
+			cycle = true
+		}
+	}
+	if it := item(t, rep, "Basic", "b/a", "msemr_value"); !cycle || it.Status != NotTranslated {
+		t.Errorf("the parent link cycle a ↔ b: cycle listed %v, a's attribute %+v\n%s", cycle, it, b.String())
+	}
+	if tr, ro, nt := rep.Counts(); tr+ro+nt != len(attrs) || tr != 3 {
+		t.Errorf("counts %d, %d, %d; want 3 translated of %d\n%s", tr, ro, nt, len(attrs), b.String())
+	}
+}
+
+// TestConvertLookupByTypeColumn: lookups on one path whose export names a
+// type attribute (Type Attribute, with each type's option value in its
+// Value Map) set that column through an imported value map; without an
+// option value for every type the column is left out and the report says
+// why.
+func TestConvertLookupByTypeColumn(t *testing.T) {
+	t.Parallel()
+	md := sandboxMetadata(t)
+	ents := []EntityMapRow{
+		{Line: 2, Name: "patient", Entity: "contact", FHIRType: "Patient"},
+		{Line: 3, Name: "practitioner", Entity: "contact", FHIRType: "Practitioner"},
+		{Line: 4, Name: "team", Entity: "msemr_careteam", FHIRType: "CareTeam"},
+		{Line: 5, Name: "participant", Entity: "msemr_careteamparticipant", FHIRType: "CareTeam", Expand: true, ParentLink: "msemr_careteam", Element: "participant"},
+	}
+	rows := func(practitionerOption string) []AttributeMapRow {
+		return []AttributeMapRow{
+			{Line: 2, EntityMap: "team", Attribute: "msemr_name", Action: "Copy Data", JSONPath: "$.name", WriteBack: true},
+			{Line: 3, EntityMap: "participant", Attribute: "msemr_periodstart", Action: "Copy Data", JSONPath: "$.period.start", WriteBack: true},
+			{Line: 4, EntityMap: "participant", Attribute: "msemr_memberpatient", Action: "Lookup", JSONPath: "$.member.reference", TypeAttribute: "msemr_membertype", ValueMap: "935000002=Patient", WriteBack: true},
+			{Line: 5, EntityMap: "participant", Attribute: "msemr_memberpractioner", Action: "Lookup", JSONPath: "$['member']['reference']", TypeAttribute: "msemr_membertype", ValueMap: practitionerOption, WriteBack: false},
+		}
+	}
+	member := func(doc *maps.Document) maps.AttributeMap {
+		t.Helper()
+		for _, m := range doc.EntityMaps {
+			for _, x := range m.Expansions {
+				for _, a := range x.Attributes {
+					if a.Name == "member" {
+						return a
+					}
+				}
+			}
+		}
+		t.Fatalf("no member lookup by type in %+v", doc.EntityMaps)
+		return maps.AttributeMap{}
+	}
+
+	doc, rep, err := Convert(ents, rows("935000000=Practitioner"), Options{CRM: md})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := member(doc)
+	if a.Lookup.TypeAttribute != "msemr_membertype" || a.Direction != maps.FHIRToCRM || len(a.Lookup.ByType) != 2 {
+		t.Errorf("member = %+v (lookup %+v), want the type column and fhir-to-crm (one of the lookups is not written back)", a, a.Lookup)
+	}
+	var vm *maps.ValueMap
+	for i := range doc.ValueMaps {
+		if doc.ValueMaps[i].Name == a.Lookup.TypeValueMap {
+			vm = &doc.ValueMaps[i]
+		}
+	}
+	if vm == nil || fmt.Sprint(vm.Entries) != fmt.Sprint([]maps.ValueMapEntry{{CRM: 935000002, FHIR: "Patient"}, {CRM: 935000000, FHIR: "Practitioner"}}) {
+		t.Errorf("type value map %q = %+v", a.Lookup.TypeValueMap, vm)
+	}
+	if it := item(t, rep, "care-team", "careteamparticipant", "msemr_memberpractioner"); it.Status != Translated ||
+		!strings.Contains(strings.Join(it.Notes, ";"), "some of the lookups are written back") {
+		t.Errorf("msemr_memberpractioner: %+v", it)
+	}
+
+	doc, rep, err = Convert(ents, rows(""), Options{CRM: md})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := member(doc); a.Lookup.TypeAttribute != "" || a.Lookup.TypeValueMap != "" || len(doc.ValueMaps) != 0 {
+		t.Errorf("without Practitioner's option value: lookup %+v, value maps %+v; want no type column", a.Lookup, doc.ValueMaps)
+	}
+	if it := item(t, rep, "care-team", "careteamparticipant", "msemr_memberpatient"); !strings.Contains(strings.Join(it.Notes, ";"), "no Value Map entry gives the option value of Practitioner") {
+		t.Errorf("notes %q do not say why the type column is left out", it.Notes)
 	}
 }

@@ -38,7 +38,7 @@
 // "Is Disabled?"). Columns the published pages do not name, but which the
 // app's records hold, are read under the names docs/import-msa.md lists
 // (FHIR Element JSON Path, Create JSON, Default Value, Value Map, Lookup
-// Entity Map, Parent Link Attribute, Resource Element). The JSON of the
+// Entity Map, Type Attribute, Parent Link Attribute, Resource Element). The JSON of the
 // Dataverse records is not read: the published pages do not name the map
 // tables' columns.
 //
@@ -67,6 +67,15 @@
 // missing member: iif(..., false, true)).
 //
 // # Output
+//
+// Several Lookup attribute maps of one map on one JSON path (the care team
+// participant's member columns, all on $.member.reference: the agent chose
+// the column by the referenced resource's type) become one lookup by type,
+// each column typed by the FHIR resource of the entity map its lookup
+// resolves to. An expansion map whose parent link points at another
+// expansion map's table (the care team participant role expansion map under
+// the participant one) becomes a nested expansion; deeper than
+// maps.MaxExpansionDepth it is listed as not translated.
 //
 // Convert builds the map set and then validates it (with the target CRM's
 // metadata when given): whatever validation refuses — a column the CRM does

@@ -44,9 +44,13 @@ type AttributeMapRow struct {
 	Default   string // Default Value
 	ValueMap  string // Value Map: "crm=fhir; ..."
 	LookupMap string // Lookup Entity Map
-	Disabled  bool
-	WriteBack bool // Enable Writeback to FHIR (default yes)
-	Required  bool // FHIR Required Attribute
+	// TypeAttribute is the choice column recording the referenced
+	// resource's type beside several lookups on one path (Type Attribute,
+	// assumed); the lookup's Value Map then gives its option value.
+	TypeAttribute string
+	Disabled      bool
+	WriteBack     bool // Enable Writeback to FHIR (default yes)
+	Required      bool // FHIR Required Attribute
 }
 
 // columns lists, per field, the header spellings accepted (compared
@@ -75,6 +79,7 @@ var attributeColumns = map[string][]string{
 	"default":   {"defaultvalue", "default"},
 	"valuemap":  {"valuemap", "valuemaps", "mappedvalues"},
 	"lookupmap": {"lookupentitymap", "lookupentity"},
+	"typeattr":  {"typeattribute", "lookuptypeattribute"},
 	"disabled":  {"disable", "isdisabled", "disabled"},
 	"writeback": {"enablewritebacktofhir", "writebacktofhir"},
 	"required":  {"fhirrequiredattribute", "required"},
@@ -268,6 +273,7 @@ func ReadAttributeMaps(data []byte) ([]AttributeMapRow, error) {
 			FHIRType: t.get(i, "fhir"), Attribute: strings.ToLower(t.get(i, "attribute")), Type: t.get(i, "type"),
 			Action: t.get(i, "action"), JSONPath: t.get(i, "jsonpath"), Create: t.get(i, "create"),
 			Default: t.get(i, "default"), ValueMap: t.get(i, "valuemap"), LookupMap: t.get(i, "lookupmap"),
+			TypeAttribute: strings.ToLower(t.get(i, "typeattr")),
 		}
 		errs := t.flags(i, "attribute maps", row.Line,
 			flagCol{"disabled", &row.Disabled, false}, flagCol{"writeback", &row.WriteBack, true}, flagCol{"required", &row.Required, false})
