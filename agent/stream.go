@@ -374,10 +374,7 @@ func (s *streamer) fold(ctx context.Context, batch []*streamReq) error {
 		slices.SortFunc(rows, func(a, b streamWindow) int {
 			return strings.Compare(a.EntityMap+"\x00"+a.StreamKey, b.EntityMap+"\x00"+b.StreamKey)
 		})
-		if err := tx.Clauses(clause.OnConflict{
-			Columns:   []clause.Column{{Name: "entity_map"}, {Name: "stream_key"}, {Name: "window_start"}},
-			DoUpdates: clause.AssignmentColumns([]string{"unit", "kept", "duplicates", "sum_value", "min_value", "max_value", "latest_value", "latest_at_us", "latest_id", "last_value"}),
-		}).CreateInBatches(rows, 200).Error; err != nil {
+		if err := saveWindows(tx, rows); err != nil {
 			return fmt.Errorf("writing the stream windows: %w", err)
 		}
 		byQueue := map[txQueue][]*streamReq{}
@@ -440,13 +437,10 @@ func markSeen(tx *gorm.DB, batch []*streamReq, now time.Time) (map[*streamReq]bo
 		for _, k := range order[:n] {
 			args = append(args, k.m, k.h, now.Unix())
 		}
-		var rows []struct {
-			EntityMap string
-			Reading   int64
-		}
+		var rows []seenRow
 		q := `INSERT INTO stream_seen (entity_map, reading, taken_at) VALUES ` + placeholders3(n) +
 			` ON CONFLICT (entity_map, reading) DO NOTHING RETURNING entity_map, reading`
-		if err := tx.Raw(q, args...).Scan(&rows).Error; err != nil {
+		if err := scanSeen(tx, q, args, &rows); err != nil {
 			return nil, err
 		}
 		for _, row := range rows {
@@ -457,6 +451,33 @@ func markSeen(tx *gorm.DB, batch []*streamReq, now time.Time) (map[*streamReq]bo
 		order = order[n:]
 	}
 	return fresh, nil
+}
+
+// seenRow is a reading markSeen recorded.
+type seenRow struct {
+	EntityMap string
+	Reading   int64
+}
+
+// scanSeen runs markSeen's insert, without gorm on SQLite (it runs holding
+// the database's one writer).
+func scanSeen(tx *gorm.DB, q string, args []any, out *[]seenRow) error {
+	if storage.DialectOf(tx) != storage.SQLite {
+		return tx.Raw(q, args...).Scan(out).Error
+	}
+	rs, err := storage.Direct(tx).Query(q, args...)
+	if err != nil {
+		return err
+	}
+	defer rs.Close()
+	for rs.Next() {
+		var r seenRow
+		if err := rs.Scan(&r.EntityMap, &r.Reading); err != nil {
+			return err
+		}
+		*out = append(*out, r)
+	}
+	return rs.Err()
 }
 
 func placeholders3(n int) string {
@@ -513,7 +534,13 @@ func lockWindows(tx *gorm.DB, batch []*streamReq, now time.Time) (*windowSet, er
 				q = q.Clauses(clause.Locking{Strength: "UPDATE"})
 			}
 			var got []streamWindow
-			if err := q.Find(&got).Error; err != nil {
+			var err error
+			if storage.DialectOf(tx) == storage.SQLite {
+				got, err = readWindowsSQLite(tx, m, keys[:n], since[m])
+			} else {
+				err = q.Find(&got).Error
+			}
+			if err != nil {
 				return nil, fmt.Errorf("reading stream windows: %w", err)
 			}
 			for i := range got {
@@ -525,6 +552,77 @@ func lockWindows(tx *gorm.DB, batch []*streamReq, now time.Time) (*windowSet, er
 		}
 	}
 	return ws, nil
+}
+
+// windowColumns are stream_windows' columns in streamWindow's field order.
+const windowColumns = `entity_map, stream_key, window_start, window_end, state, subject, code, unit, kept, duplicates,
+	sum_value, min_value, max_value, latest_value, latest_at_us, latest_id, last_value, claimed_by, claimed_until, attempts`
+
+// readWindowsSQLite is lockWindows' read on SQLite, without gorm's
+// reflection: the fold runs it holding the database's one writer, so its
+// cost is every other writer's wait.
+func readWindowsSQLite(tx *gorm.DB, m string, keys []string, since int64) ([]streamWindow, error) {
+	args := make([]any, 0, len(keys)+2)
+	args = append(args, m)
+	for _, k := range keys {
+		args = append(args, k)
+	}
+	args = append(args, since)
+	q := `SELECT ` + windowColumns + ` FROM stream_windows WHERE entity_map = ? AND stream_key IN (` +
+		strings.TrimSuffix(strings.Repeat("?, ", len(keys)), ", ") + `) AND window_start >= ? ORDER BY stream_key, window_start`
+	rs, err := storage.Direct(tx).Query(q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	var out []streamWindow
+	for rs.Next() {
+		var w streamWindow
+		if err := rs.Scan(&w.EntityMap, &w.StreamKey, &w.WindowStart, &w.WindowEnd, &w.State, &w.Subject, &w.Code, &w.Unit,
+			&w.Kept, &w.Duplicates, &w.SumValue, &w.MinValue, &w.MaxValue, &w.LatestValue, &w.LatestAtUS, &w.LatestID,
+			&w.LastValue, &w.ClaimedBy, &w.ClaimedUntil, &w.Attempts); err != nil {
+			return nil, err
+		}
+		out = append(out, w)
+	}
+	return out, rs.Err()
+}
+
+// windowsPerStatement bounds the rows of one upsert: 20 parameters each,
+// well within SQLite's 32,766 and PostgreSQL's 65,535.
+const windowsPerStatement = 200
+
+// saveWindows writes the fold's windows: a new one is inserted, an
+// existing one gets its statistics (a window's key, bounds, state and
+// claim are not the fold's to change).
+func saveWindows(tx *gorm.DB, rows []streamWindow) error {
+	if storage.DialectOf(tx) != storage.SQLite {
+		return tx.Clauses(clause.OnConflict{
+			Columns:   []clause.Column{{Name: "entity_map"}, {Name: "stream_key"}, {Name: "window_start"}},
+			DoUpdates: clause.AssignmentColumns([]string{"unit", "kept", "duplicates", "sum_value", "min_value", "max_value", "latest_value", "latest_at_us", "latest_id", "last_value"}),
+		}).CreateInBatches(rows, windowsPerStatement).Error
+	}
+	for len(rows) > 0 {
+		n := min(len(rows), windowsPerStatement)
+		args := make([]any, 0, 20*n)
+		for i := range rows[:n] {
+			w := &rows[i]
+			args = append(args, w.EntityMap, w.StreamKey, w.WindowStart, w.WindowEnd, w.State, w.Subject, w.Code, w.Unit,
+				w.Kept, w.Duplicates, w.SumValue, w.MinValue, w.MaxValue, w.LatestValue, w.LatestAtUS, w.LatestID,
+				w.LastValue, w.ClaimedBy, w.ClaimedUntil, w.Attempts)
+		}
+		q := `INSERT INTO stream_windows (` + windowColumns + `) VALUES ` +
+			strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?), ", n), ", ") +
+			` ON CONFLICT (entity_map, stream_key, window_start) DO UPDATE SET unit = excluded.unit, kept = excluded.kept,
+			duplicates = excluded.duplicates, sum_value = excluded.sum_value, min_value = excluded.min_value,
+			max_value = excluded.max_value, latest_value = excluded.latest_value, latest_at_us = excluded.latest_at_us,
+			latest_id = excluded.latest_id, last_value = excluded.last_value`
+		if _, err := storage.Direct(tx).Exec(q, args...); err != nil {
+			return err
+		}
+		rows = rows[n:]
+	}
+	return nil
 }
 
 // current is the window r joins: its key's window holding now, or, when

@@ -45,8 +45,19 @@ func (p *pipeline) readingStep(mp *maps.Mapping, n queues.Notice, src record, go
 }
 
 // settleReading hands a reading to the streamer and settles its message
-// once the reading is part of its window in the database.
+// once the reading is part of its window in the database. The message
+// parks while it waits when it can (its queue completes it in the fold's
+// transaction): the worker goes on to the next message, so a fold takes
+// the readings of many more messages than there are workers, and the
+// cost of its transaction is shared among them.
 func (p *pipeline) settleReading(ctx context.Context, m *queues.Received, r streamReading, q txQueue) settlement {
+	if spot, ep := spotOf(ctx), p.parking; spot != nil && ep != nil {
+		select {
+		case ep.slots <- struct{}{}:
+			spot.park()
+		default: // the lot is full: wait in the worker
+		}
+	}
 	done := p.streams.take(ctx, r, m, q)
 	if done.err != nil {
 		p.plog.Warn("taking a stream reading failed; the message will be retried", "message_id", m.ID, "entity_map", r.mapName, "error", done.err)

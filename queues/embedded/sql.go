@@ -88,8 +88,15 @@ func (q *Queue) lockBatch(db *gorm.DB, limit int, t time.Time, token string) ([]
 	var out []*queues.Received
 	deadTotal := 0
 	for len(out) < limit {
-		rows, err := db.Raw(query, q.name, t, limit-len(out), maxDC, maxDC, token, maxDC, until, maxDC, maxDC,
-			queues.ReasonMaxDeliveryCountExceeded, maxDC, desc, maxDC, t).Rows()
+		args := []any{q.name, t, limit - len(out), maxDC, maxDC, token, maxDC, until, maxDC, maxDC,
+			queues.ReasonMaxDeliveryCountExceeded, maxDC, desc, maxDC, t}
+		var rows *sql.Rows
+		var err error
+		if q.dialect == storage.SQLite {
+			rows, err = storage.Direct(db).Query(query, args...)
+		} else {
+			rows, err = db.Raw(query, args...).Rows()
+		}
 		if err != nil {
 			return nil, 0, fmt.Errorf("locking ready messages: %w", err)
 		}
@@ -268,7 +275,7 @@ func (q *Queue) insertMessages(tx *gorm.DB, batch []queues.Message, t time.Time)
 		sb.WriteString(` ON CONFLICT (queue, message_id) DO UPDATE SET expires_at = excluded.expires_at
 			WHERE queue_message_ids.expires_at <= ? RETURNING message_id`)
 		args = append(args, t)
-		rows, err := tx.Raw(sb.String(), args...).Rows()
+		rows, err := storage.Direct(tx).Query(sb.String(), args...)
 		if err != nil {
 			return fmt.Errorf("recording message ids: %w", err)
 		}
@@ -363,7 +370,15 @@ func (q *Queue) insertRows(tx *gorm.DB, rows []newRow, t time.Time) error {
 			}
 			args = append(args, q.name, r.id, r.sessionKey, body, props, t, r.visibleAt, r.redriveCount)
 		}
-		if err := tx.Exec(sb.String(), args...).Error; err != nil {
+		var err error
+		if q.dialect == storage.SQLite {
+			// The statement goes to the driver as written, without gorm's
+			// work, which on SQLite is done holding the one writer.
+			_, err = storage.Direct(tx).Exec(sb.String(), args...)
+		} else {
+			err = tx.Exec(sb.String(), args...).Error
+		}
+		if err != nil {
 			return fmt.Errorf("inserting messages: %w", err)
 		}
 	}

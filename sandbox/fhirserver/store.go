@@ -427,8 +427,11 @@ func (w *writer) put(ctx context.Context, res map[string]any, method string, pre
 			return r, err
 		}
 	}
-	if _, err := w.tx.ExecContext(ctx, sqlDeleteIdents, typ, id); err != nil {
-		return r, err
+	// A first version has no identifiers stored yet.
+	if prev > 0 {
+		if _, err := w.tx.ExecContext(ctx, sqlDeleteIdents, typ, id); err != nil {
+			return r, err
+		}
 	}
 	for _, ident := range idents {
 		if _, err := w.tx.ExecContext(ctx, sqlInsertIdent,
