@@ -74,8 +74,9 @@ func (ep *echoParking) wait() {
 // parkSpot lets a message's processing park: give its worker back while
 // the processing goes on.
 type parkSpot struct {
-	once sync.Once
-	ch   chan struct{}
+	once   sync.Once
+	ch     chan struct{}
+	onPark func()
 }
 
 type parkKey struct{}
@@ -85,7 +86,12 @@ func spotOf(ctx context.Context) *parkSpot {
 	return s
 }
 
-func (s *parkSpot) park() { s.once.Do(func() { close(s.ch) }) }
+func (s *parkSpot) park() {
+	s.once.Do(func() {
+		close(s.ch)
+		s.onPark()
+	})
+}
 
 func (s *parkSpot) parked() bool {
 	select {
@@ -96,18 +102,24 @@ func (s *parkSpot) parked() bool {
 	}
 }
 
-// parkable runs work, the processing of m, so that it may park: work runs
-// on a goroutine of its own, and the worker returns as soon as work parks
-// (settleNone: work settles m itself when it ends) or with work's
-// settlement. Only messages of q, a queue whose completions commit with
-// their decisions, park; others are processed in the worker.
+// parkable runs work, the processing of m, so that it may park: when work
+// parks, a new worker takes its worker's place (pool.work) and work goes
+// on in this goroutine, its message settled by the pool as any other when
+// work ends. Only messages of q, a queue whose completions commit with
+// their decisions, processed by a pool's worker, park; others are
+// processed as they come.
 func (p *pipeline) parkable(ctx context.Context, q txQueue, m *queues.Received, work func(context.Context) settlement) settlement {
 	ep := p.parking
-	qq, ok := q.(queues.Queue)
-	if ep == nil || !ok {
+	_, ok := q.(queues.Queue)
+	hand := handoffOf(ctx)
+	if ep == nil || !ok || hand == nil {
 		return work(ctx)
 	}
 	spot := &parkSpot{ch: make(chan struct{})}
+	spot.onPark = func() {
+		ep.wg.Add(1)
+		hand.replace()
+	}
 	// The work outlives the worker's context once parked; until then, the
 	// worker's cancellation (shutdown past the drain period) is its own.
 	wctx, cancel := context.WithCancel(context.WithValue(context.WithoutCancel(ctx), parkKey{}, spot))
@@ -116,28 +128,14 @@ func (p *pipeline) parkable(ctx context.Context, q txQueue, m *queues.Received, 
 			cancel()
 		}
 	})
-	res := make(chan settlement, 1)
-	ep.wg.Add(1)
-	go func() {
-		defer ep.wg.Done()
-		defer cancel()
-		defer stop()
-		s := p.safeWork(wctx, m, work)
-		if !spot.parked() {
-			res <- s
-			return
-		}
-		// Parked: the worker has gone on; the message is settled here, in
-		// the pool's one place for it.
-		(&pool{name: "parked", q: qq, log: p.plog}).settle(context.WithoutCancel(wctx), m, s)
+	s := p.safeWork(wctx, m, work)
+	stop()
+	cancel()
+	if spot.parked() {
 		<-ep.slots
-	}()
-	select {
-	case s := <-res:
-		return s
-	case <-spot.ch:
-		return settlement{kind: settleNone}
+		ep.wg.Done()
 	}
+	return s
 }
 
 // safeWork turns a panic of parked work into a dead letter, as the pool

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fhirsync/fhirsync/queues"
@@ -70,22 +71,14 @@ func (p *pool) run(ctx context.Context) error {
 	jobs := make(chan *queues.Received)
 	var wg sync.WaitGroup
 	for range p.workers {
-		wg.Go(func() {
-			for m := range jobs {
-				p.process(workCtx, m)
-			}
-		})
+		wg.Go(func() { p.work(workCtx, jobs, &wg) })
 	}
 	var bulk chan *queues.Received
 	if p.bulkWorkers > 0 {
 		bulk = make(chan *queues.Received)
 		bulkCtx := withBulkLane(workCtx)
 		for range p.bulkWorkers {
-			wg.Go(func() {
-				for m := range bulk {
-					p.process(bulkCtx, m)
-				}
-			})
+			wg.Go(func() { p.work(bulkCtx, bulk, &wg) })
 		}
 	}
 	// bulkSeen: the last receive held notices of the bulk lane, so the
@@ -154,6 +147,40 @@ func (p *pool) run(ctx context.Context) error {
 		<-done
 	}
 	return recvErr
+}
+
+// work is a worker: it processes the messages of jobs one at a time until
+// jobs is closed. When a message's processing parks (parkable), a new
+// worker takes this one's place at once, and this one ends with that
+// message: the pool keeps its number of workers taking messages, and the
+// parked processing goes on where it is, without a goroutine of its own
+// for every message.
+func (p *pool) work(ctx context.Context, jobs <-chan *queues.Received, wg *sync.WaitGroup) {
+	for m := range jobs {
+		h := &handoff{}
+		h.replace = func() {
+			h.replaced.Store(true)
+			wg.Go(func() { p.work(ctx, jobs, wg) })
+		}
+		p.process(context.WithValue(ctx, handoffKey{}, h), m)
+		if h.replaced.Load() {
+			return
+		}
+	}
+}
+
+// handoff lets a message's processing give its worker's place to a new
+// worker (see pool.work).
+type handoff struct {
+	replace  func()
+	replaced atomic.Bool
+}
+
+type handoffKey struct{}
+
+func handoffOf(ctx context.Context) *handoff {
+	h, _ := ctx.Value(handoffKey{}).(*handoff)
+	return h
 }
 
 // dispatch hands msgs to the workers reading to, one by one; when ctx
