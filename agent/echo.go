@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -51,13 +52,123 @@ func newValueKey(secret []byte) []byte {
 }
 
 // skipField reports fields that are not mapped values: FHIR bookkeeping
-// the server rewrites, and OData annotations and lookup binds, which read
-// back under another name.
+// the server rewrites, and OData annotations. A lookup bind, which reads
+// back under another name, is hashed under that name (lookupField).
 func skipField(side, name string) bool {
 	if strings.Contains(name, "@") {
 		return true
 	}
 	return side == "fhir" && (name == "meta" || name == "id" || name == "text")
+}
+
+// Lookups are written and read back in two shapes (Microsoft Learn, "Web
+// API properties", Lookup properties:
+// https://learn.microsoft.com/power-apps/developer/data-platform/webapi/web-api-properties#lookup-properties;
+// "Retrieve related table records with a query":
+// https://learn.microsoft.com/power-apps/developer/data-platform/webapi/retrieve-related-entities-query;
+// "Associate and disassociate table rows using the Web API":
+// https://learn.microsoft.com/power-apps/developer/data-platform/webapi/associate-disassociate-entities-using-web-api).
+// fhirsync writes a lookup through its single-valued navigation property,
+// "nav@odata.bind": "/set(id)" (null clears it), and the navigation
+// property need not be the column's logical name (contact's
+// parentcustomerid_account sets parentcustomerid). A read returns the
+// column as the lookup property "_logicalname_value" holding the id (a
+// GUID; the Prefer header may add annotations such as
+// "_logicalname_value@Microsoft.Dynamics.CRM.lookuplogicalname", which
+// are not values). So the echo hash names a lookup as it reads back,
+// "_logicalname_value", and holds the referenced id in lower case on both
+// sides: a person's edit of lookup columns alone changes the hash.
+
+// lookupField reports whether name is a lookup property as the Web API
+// reads it ("_logicalname_value"), a name no other property is given.
+func lookupField(name string) bool {
+	return len(name) > len("__value") && name[0] == '_' && strings.HasSuffix(name, "_value")
+}
+
+// lookupColumn is the logical name of the lookup column em writes through
+// the navigation property nav: an attribute map's lookup or concept
+// lookup, or a column of a lookup by type. "" when em maps no lookup
+// through nav.
+func lookupColumn(em *maps.EntityMap, nav string) string {
+	if em == nil {
+		return ""
+	}
+	for i := range em.Attributes {
+		a := &em.Attributes[i]
+		if a.Lookup.IsByType() {
+			for _, t := range a.Lookup.ByType {
+				if n := cmp.Or(t.Navigation, t.CRMAttribute); n == nav {
+					return t.CRMAttribute
+				}
+			}
+			continue
+		}
+		var n string
+		switch {
+		case a.Concept != nil:
+			n = cmp.Or(a.Concept.Navigation, a.CRMAttribute)
+		case a.Lookup != nil:
+			n = cmp.Or(a.Lookup.Navigation, a.CRMAttribute)
+		default:
+			continue
+		}
+		if n == nav {
+			return a.CRMAttribute
+		}
+	}
+	return ""
+}
+
+// boundID is the id an @odata.bind value "/set(id)" names, normalised
+// (normGUID); ok is false for a bind that names no GUID (by alternate
+// key, or a Content-ID reference "$1"). A null bind clears the lookup.
+func boundID(v any) (id any, ok bool) {
+	if v == nil {
+		return nil, true
+	}
+	s, _ := v.(string)
+	i := strings.LastIndexByte(s, '(')
+	if i < 0 || !strings.HasSuffix(s, ")") {
+		return nil, false
+	}
+	g, isGUID := normGUID(s[i+1 : len(s)-1])
+	if !isGUID {
+		return nil, false
+	}
+	return g, true
+}
+
+// normGUID is a GUID in the form the Web API writes it — 36 characters,
+// lower case, no braces — and whether s is one.
+func normGUID(s string) (string, bool) {
+	s = strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(s), "{"), "}")
+	if len(s) != 36 {
+		return "", false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if c != '-' {
+				return "", false
+			}
+		case '0' <= c && c <= '9', 'a' <= c && c <= 'f', 'A' <= c && c <= 'F':
+		default:
+			return "", false
+		}
+	}
+	return strings.ToLower(s), true
+}
+
+// lookupHashValue is a lookup property's value as hashed: the GUID in
+// lower case, or the value as it is when it is none.
+func lookupHashValue(v any) any {
+	if s, ok := v.(string); ok {
+		if g, ok := normGUID(s); ok {
+			return g
+		}
+	}
+	return v
 }
 
 // writtenValues returns the fields and values the agent wrote to side:
@@ -77,11 +188,42 @@ func writtenValues(side string, data any) map[string]any {
 
 // valueDigest hashes the values fhirsync wrote to side; fields lists the
 // names hashed (sorted, comma-separated), to project a re-read record the
-// same way. Both are empty when nothing can be hashed.
-func valueDigest(key []byte, side string, data any) (hash, fields string) {
+// same way. Both are empty when nothing can be hashed. em is the entity
+// map the values were written by: a lookup bind of a CRM record is hashed
+// as its column's lookup property, the referenced id (a bind em does not
+// map, or that names no id, is left out).
+func valueDigest(key []byte, side string, data any, em *maps.EntityMap) (hash, fields string) {
 	vals := writtenValues(side, data)
 	names := make([]string, 0, len(vals))
-	for n := range vals {
+	var lookups map[string]any
+	for n, v := range vals {
+		if side == "crm" {
+			if nav, ok := strings.CutSuffix(n, "@odata.bind"); ok {
+				col := lookupColumn(em, nav)
+				if id, ok := boundID(v); ok && col != "" {
+					if lookups == nil {
+						lookups = make(map[string]any, len(vals))
+						for k, x := range vals {
+							if !lookupField(k) {
+								lookups[k] = x
+							}
+						}
+					}
+					// Two navigation properties of one column (a
+					// customer lookup's _account and _contact): the one
+					// that sets it counts.
+					f := "_" + col + "_value"
+					if prev, dup := lookups[f]; !dup || id != nil || prev == nil {
+						lookups[f] = id
+					}
+					names = append(names, f)
+				}
+				continue
+			}
+			if lookupField(n) {
+				continue
+			}
+		}
 		if !skipField(side, n) && !strings.Contains(n, ",") {
 			names = append(names, n)
 		}
@@ -89,8 +231,12 @@ func valueDigest(key []byte, side string, data any) (hash, fields string) {
 	if len(names) == 0 {
 		return "", ""
 	}
+	if lookups != nil {
+		vals = lookups
+	}
 	slices.Sort(names)
-	return hashValues(key, names, vals), strings.Join(names, ",")
+	names = slices.Compact(names)
+	return hashValues(key, side, names, vals), strings.Join(names, ",")
 }
 
 // recordDigest hashes src's values of the fields named (as valueDigest
@@ -107,20 +253,24 @@ func recordDigest(key []byte, side string, src record, fields string) string {
 		}
 		vals = st.Record
 	}
-	return hashValues(key, strings.Split(fields, ","), vals)
+	return hashValues(key, side, strings.Split(fields, ","), vals)
 }
 
 // hashValues is HMAC-SHA256 under key over each name and the canonical JSON
 // of its value (absent and null alike), so equal values hash equal however
-// they were decoded.
-func hashValues(key []byte, names []string, vals map[string]any) string {
+// they were decoded; a CRM lookup property's GUID counts in lower case.
+func hashValues(key []byte, side string, names []string, vals map[string]any) string {
 	m := hmac.New(sha256.New, key)
 	var b []byte
 	for _, n := range names {
 		b = append(b[:0], n...)
 		b = append(b, 0)
+		v := vals[n]
+		if side == "crm" && lookupField(n) {
+			v = lookupHashValue(v)
+		}
 		var ok bool
-		if b, ok = appendMarshal(b, vals[n]); !ok {
+		if b, ok = appendMarshal(b, v); !ok {
 			b = append(b, "!unencodable"...)
 		}
 		b = append(b, 0)

@@ -58,7 +58,7 @@ func TestValueDigestComparesWhatWasWritten(t *testing.T) {
 		"lastname": "Doe", "gendercode": 2, "emailaddress1": nil,
 		"parentcustomerid_account@odata.bind": "/accounts(a1)",
 	}}
-	hash, fields := valueDigest(key, "crm", wrote)
+	hash, fields := valueDigest(key, "crm", wrote, nil)
 	if fields != "emailaddress1,gendercode,lastname" {
 		t.Fatalf("fields = %q, want the written attributes without the lookup bind", fields)
 	}
@@ -86,7 +86,7 @@ func TestValueDigestComparesWhatWasWritten(t *testing.T) {
 
 	// A FHIR resource: the server's meta and id do not count.
 	res := map[string]any{"resourceType": "Patient", "id": "p1", "meta": map[string]any{"versionId": "1"}, "gender": "female"}
-	fh, ff := valueDigest(key, "fhir", res)
+	fh, ff := valueDigest(key, "fhir", res, nil)
 	if ff != "gender,resourceType" {
 		t.Fatalf("fhir fields = %q", ff)
 	}
@@ -96,12 +96,88 @@ func TestValueDigestComparesWhatWasWritten(t *testing.T) {
 	}
 }
 
+// TestValueDigestHashesLookupsAsTheyReadBack: a lookup fhirsync wrote as
+// "nav@odata.bind": "/set(id)" is hashed as the column's lookup property
+// "_logicalname_value" with the id, so a re-read row that holds the same
+// ids (in any case, with annotations beside them) matches, and one whose
+// lookup columns alone were changed does not.
+func TestValueDigestHashesLookupsAsTheyReadBack(t *testing.T) {
+	t.Parallel()
+	key := []byte("installation-key-0123456789")
+	em := &maps.EntityMap{Name: "patient-contact", CRMEntity: "contact", Attributes: []maps.AttributeMap{
+		{Name: "family", CRMAttribute: "lastname"},
+		{Name: "general-practitioner", CRMAttribute: "msemr_generalpractitioner", Lookup: &maps.Lookup{EntityMap: "practitioner-contact"}},
+		{Name: "managing-organization", CRMAttribute: "parentcustomerid", Lookup: &maps.Lookup{EntityMap: "organization-account", Navigation: "parentcustomerid_account"}},
+		{Name: "actor", Lookup: &maps.Lookup{ByType: []maps.LookupTarget{
+			{Type: "Location", EntityMap: "location", CRMAttribute: "msemr_actorlocation"},
+			{Type: "Practitioner", EntityMap: "practitioner-contact", CRMAttribute: "msemr_actorpractitioner", Navigation: "msemr_ActorPractitioner"},
+		}}},
+	}}
+	const gp, org, loc = "6F1A2B3C-0000-4000-8000-00000000AA01", "6f1a2b3c-0000-4000-8000-00000000bb02", "{6F1A2B3C-0000-4000-8000-00000000CC03}"
+	wrote := &maps.CRMResult{Record: map[string]any{
+		"lastname":                             "Doe",
+		"msemr_generalpractitioner@odata.bind": "/contacts(" + gp + ")",
+		"parentcustomerid_account@odata.bind":  "/accounts(" + org + ")",
+		"msemr_actorlocation@odata.bind":       "/msemr_locations(" + loc + ")",
+		"msemr_ActorPractitioner@odata.bind":   nil,
+		"ownerid@odata.bind":                   "/systemusers(6f1a2b3c-0000-4000-8000-00000000dd04)",
+		"msemr_link@odata.bind":                "$1",
+	}}
+	hash, fields := valueDigest(key, "crm", wrote, em)
+	want := "_msemr_actorlocation_value,_msemr_actorpractitioner_value,_msemr_generalpractitioner_value,_parentcustomerid_value,lastname"
+	if fields != want {
+		t.Fatalf("fields = %q, want %q (lookups by their columns; binds the map does not write left out)", fields, want)
+	}
+	if nohash, _ := valueDigest(key, "crm", wrote, nil); nohash == hash {
+		t.Fatal("the hash without the entity map equals the one with its lookups")
+	}
+	read := map[string]any{
+		"lastname":                         "Doe",
+		"_msemr_generalpractitioner_value": strings.ToLower(gp),
+		"_msemr_generalpractitioner_value@Microsoft.Dynamics.CRM.lookuplogicalname": "contact",
+		"_parentcustomerid_value": org,
+		"_parentcustomerid_value@Microsoft.Dynamics.CRM.lookuplogicalname": "account",
+		"_msemr_actorlocation_value":                                       "6f1a2b3c-0000-4000-8000-00000000cc03",
+		"_msemr_actorpractitioner_value":                                   nil,
+		"@odata.etag":                                                      `W/"9"`,
+	}
+	with := func(k string, v any) map[string]any {
+		out := make(map[string]any, len(read))
+		for k, v := range read {
+			out[k] = v
+		}
+		if v == nil {
+			delete(out, k)
+		} else {
+			out[k] = v
+		}
+		return out
+	}
+	tests := []struct {
+		name  string
+		attrs map[string]any
+		want  bool
+	}{
+		{name: "the lookups written, read back", attrs: decoded(t, read), want: true},
+		{name: "the ids in upper case", attrs: with("_parentcustomerid_value", strings.ToUpper(org)), want: true},
+		{name: "a cleared lookup read as absent", attrs: with("_msemr_actorpractitioner_value", nil), want: true},
+		{name: "the general practitioner changed", attrs: with("_msemr_generalpractitioner_value", "6f1a2b3c-0000-4000-8000-00000000ee05"), want: false},
+		{name: "the general practitioner cleared", attrs: with("_msemr_generalpractitioner_value", nil), want: false},
+		{name: "a lookup by type moved to another column", attrs: with("_msemr_actorpractitioner_value", strings.ToLower(gp)), want: false},
+	}
+	for _, tt := range tests {
+		if got := recordDigest(key, "crm", crmRecord("c1", "9", tt.attrs), fields) == hash; got != tt.want {
+			t.Errorf("%s: equal = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
 func TestOwnWritesEcho(t *testing.T) {
 	t.Parallel()
 	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
 		ctx := context.Background()
 		ow := newOwnWrites(db)
-		hash, fields := valueDigest(ow.key, "crm", &maps.CRMResult{Record: map[string]any{"lastname": "Doe"}})
+		hash, fields := valueDigest(ow.key, "crm", &maps.CRMResult{Record: map[string]any{"lastname": "Doe"}}, nil)
 		// The agent wrote version 7 of c1 (the ETag form the Web API answers).
 		if err := rememberTx(db, []ownWrite{{Side: "crm", RType: "contact", RID: "c1", Version: `W/"7"`, WrittenAt: time.Now().UTC(),
 			ValueHash: hash, ValueFields: fields}}); err != nil {

@@ -548,7 +548,7 @@ func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues
 	}
 	if w.Version != "" {
 		u.own = &ownWrite{Side: f.targetOf, RType: targetType(em, f), RID: w.ID, Version: w.Version, WrittenAt: p.now().UTC(), Created: w.Created}
-		u.own.ValueHash, u.own.ValueFields = valueDigest(p.writes.key, f.targetOf, out.Data)
+		u.own.ValueHash, u.own.ValueFields = valueDigest(p.writes.key, f.targetOf, out.Data, em)
 		// Known as the agent's from now; commit forgets it from memory
 		// once it is in the table.
 		p.writes.note(*u.own)
