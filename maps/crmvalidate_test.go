@@ -124,6 +124,18 @@ func TestValidateAgainstSandboxCRM(t *testing.T) {
 		fix     string // a part of the suggested fix
 	}{
 		{name: "starter maps fit", change: func(*testing.T, *maps.Document) {}},
+		{name: "starter signal maps enabled fit", change: func(t *testing.T, doc *maps.Document) {
+			n := 0
+			for i := range doc.EntityMaps {
+				if em := &doc.EntityMaps[i]; em.Name == "risk-signal" || em.Name == "flag-signal" {
+					em.Enabled = nil
+					n++
+				}
+			}
+			if n != 2 {
+				t.Fatalf("%d starter signal maps, want risk-signal and flag-signal", n)
+			}
+		}},
 		{
 			name: "nonexistent attribute",
 			change: func(t *testing.T, doc *maps.Document) {

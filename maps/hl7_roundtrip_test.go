@@ -312,8 +312,8 @@ func TestStarterMapsRoundTripHL7Examples(t *testing.T) {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %d (%s) | %s |\n", r.mapName, r.fhirType, r.crmEntity, r.direction, len(r.examples), strings.Join(r.examples, ", "), r.result)
 	}
 	t.Log("\n" + b.String())
-	if len(rows) != 28 {
-		t.Errorf("%d starter maps, want 28 (issue 21's twenty-eight resource types)", len(rows))
+	if len(rows) != 30 {
+		t.Errorf("%d starter maps, want 30 (issue 21's twenty-eight resource types and the two signal maps, risk-signal and flag-signal)", len(rows))
 	}
 }
 

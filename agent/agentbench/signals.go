@@ -68,6 +68,11 @@ type signalLeg struct {
 // a probability of 0.7 or more, and active Flags, raise tasks regarding
 // the patient's contact for the team. The patient map is the starter's.
 func signalMaps(doc *maps.Document) {
+	// The starter set ships its own risk-signal and flag-signal (disabled,
+	// owned by the contact's owner); the leg's team-owned ones replace them.
+	doc.EntityMaps = slices.DeleteFunc(doc.EntityMaps, func(em maps.EntityMap) bool {
+		return em.Name == "risk-signal" || em.Name == "flag-signal"
+	})
 	for i := range doc.EntityMaps {
 		if t := doc.EntityMaps[i].FHIRType; t == "Flag" || t == "RiskAssessment" {
 			off := false

@@ -35,7 +35,7 @@ func TestMapsCommand(t *testing.T) {
 				return stdout.String() + stderr.String(), exitCode(err, &stderr)
 			}
 
-			if out, code := call("validate", good); code != 0 || !strings.Contains(out, "valid (28 entity maps") {
+			if out, code := call("validate", good); code != 0 || !strings.Contains(out, "valid (30 entity maps") {
 				t.Fatalf("validate starter: exit %d\n%s", code, out)
 			}
 			if out, code := call("validate", bad); code == 0 || !strings.Contains(out, "Patientt") {

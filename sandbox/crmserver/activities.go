@@ -64,8 +64,12 @@ func withActivities(es []*Entity) []*Entity {
 		}
 		if e.LogicalName == "task" {
 			// fhirsync_signalsource is the custom column an administrator
-			// adds for signal maps (docs/signals.md): the source resource's
-			// Type_id, an alternate key.
+			// adds for signal maps (docs/signals.md; maps/starter/SOURCES.md,
+			// "Custom tables fhirsync documents", for the starter risk-signal
+			// and flag-signal maps): the source resource's Type_id, a single
+			// line of text of 100 characters with an alternate key on it, as
+			// Microsoft Learn's "Define alternate keys to reference rows"
+			// describes keys.
 			e.Attributes = append(e.Attributes, str("fhirsync_signalsource", 100))
 			e.Keys = append(e.Keys, Key{LogicalName: "fhirsync_signalsource_key", Attributes: []string{"fhirsync_signalsource"}})
 			e.Attributes = append(e.Attributes, &Attribute{LogicalName: "regardingobjectid", Type: TypeLookup, Targets: []string{"contact", "account"}})
