@@ -92,7 +92,7 @@ type Config struct {
 	// (crm.CoalesceConfig.NoBulk).
 	CRMBulkOff bool
 	// BackfillWorkers is how many notices of a backfill or reconcile are
-	// processed at once per queue, beside Workers (default 1,024; negative:
+	// processed at once per queue, beside Workers (default 512; negative:
 	// none apart, they share Workers). See backfill_lane.go.
 	BackfillWorkers int
 	// BackfillBatchMax and BackfillBatchWait are CRMBatchMax and

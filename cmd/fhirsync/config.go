@@ -110,7 +110,7 @@ type AgentConfig struct {
 	// messages, or each record's as a change set of its own.
 	CRMBulk string `yaml:"crm_bulk"`
 	// BackfillWorkers is how many notices of a backfill or reconcile are
-	// processed at once per queue, beside Workers (0: 1024; -1: none
+	// processed at once per queue, beside Workers (0: 512; -1: none
 	// apart, they share Workers).
 	BackfillWorkers int `yaml:"backfill_workers"`
 	// BackfillBatchMax and BackfillBatchWait are crm_batch_max and
