@@ -71,6 +71,21 @@ func (ep *echoParking) wait() {
 	}
 }
 
+// reserve takes a parking place for spot, which must then park. It
+// reports false, taking none, when spot is nil (the message cannot park)
+// or the lot is full.
+func (ep *echoParking) reserve(spot *parkSpot) bool {
+	if spot == nil {
+		return false
+	}
+	select {
+	case ep.slots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
 // parkSpot lets a message's processing park: give its worker back while
 // the processing goes on.
 type parkSpot struct {
@@ -166,12 +181,8 @@ func (p *pipeline) createEcho(ctx context.Context, f *flow, m *maps.Mapping, n q
 	side := string(f.side)
 	created, ok := p.writes.created.version(side, n.Type, n.ID)
 	spot := spotOf(ctx)
-	if spot != nil {
-		select {
-		case ep.slots <- struct{}{}:
-		default:
-			spot = nil // the lot is full
-		}
+	if !ep.reserve(spot) {
+		spot = nil
 	}
 	if !ok {
 		// The create may still wait for its answer; only a parked

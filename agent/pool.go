@@ -156,13 +156,16 @@ func (p *pool) run(ctx context.Context) error {
 // parked processing goes on where it is, without a goroutine of its own
 // for every message.
 func (p *pool) work(ctx context.Context, jobs <-chan *queues.Received, wg *sync.WaitGroup) {
+	// One handoff serves all of this worker's messages: once it is
+	// replaced, the worker ends with the message that replaced it.
+	h := &handoff{}
+	h.replace = func() {
+		h.replaced.Store(true)
+		wg.Go(func() { p.work(ctx, jobs, wg) })
+	}
+	hctx := context.WithValue(ctx, handoffKey{}, h)
 	for m := range jobs {
-		h := &handoff{}
-		h.replace = func() {
-			h.replaced.Store(true)
-			wg.Go(func() { p.work(ctx, jobs, wg) })
-		}
-		p.process(context.WithValue(ctx, handoffKey{}, h), m)
+		p.process(hctx, m)
 		if h.replaced.Load() {
 			return
 		}

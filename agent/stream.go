@@ -462,10 +462,7 @@ type seenRow struct {
 // scanSeen runs markSeen's insert, without gorm on SQLite (it runs holding
 // the database's one writer).
 func scanSeen(tx *gorm.DB, q string, args []any, out *[]seenRow) error {
-	if storage.DialectOf(tx) != storage.SQLite {
-		return tx.Raw(q, args...).Scan(out).Error
-	}
-	rs, err := storage.Direct(tx).Query(q, args...)
+	rs, err := storage.Query(tx, q, args...)
 	if err != nil {
 		return err
 	}
@@ -529,17 +526,7 @@ func lockWindows(tx *gorm.DB, batch []*streamReq, now time.Time) (*windowSet, er
 		slices.Sort(keys)
 		for len(keys) > 0 {
 			n := min(len(keys), 500)
-			q := tx.Where("entity_map = ? AND stream_key IN ? AND window_start >= ?", m, keys[:n], since[m]).Order("stream_key, window_start")
-			if storage.DialectOf(tx) == storage.Postgres {
-				q = q.Clauses(clause.Locking{Strength: "UPDATE"})
-			}
-			var got []streamWindow
-			var err error
-			if storage.DialectOf(tx) == storage.SQLite {
-				got, err = readWindowsSQLite(tx, m, keys[:n], since[m])
-			} else {
-				err = q.Find(&got).Error
-			}
+			got, err := readWindows(tx, m, keys[:n], since[m])
 			if err != nil {
 				return nil, fmt.Errorf("reading stream windows: %w", err)
 			}
@@ -558,10 +545,11 @@ func lockWindows(tx *gorm.DB, batch []*streamReq, now time.Time) (*windowSet, er
 const windowColumns = `entity_map, stream_key, window_start, window_end, state, subject, code, unit, kept, duplicates,
 	sum_value, min_value, max_value, latest_value, latest_at_us, latest_id, last_value, claimed_by, claimed_until, attempts`
 
-// readWindowsSQLite is lockWindows' read on SQLite, without gorm's
-// reflection: the fold runs it holding the database's one writer, so its
-// cost is every other writer's wait.
-func readWindowsSQLite(tx *gorm.DB, m string, keys []string, since int64) ([]streamWindow, error) {
+// readWindows is lockWindows' read of the windows of keys since since,
+// locked on PostgreSQL. It scans the rows itself rather than through
+// gorm's reflection: on SQLite the fold runs it holding the database's one
+// writer, so its cost is every other writer's wait.
+func readWindows(tx *gorm.DB, m string, keys []string, since int64) ([]streamWindow, error) {
 	args := make([]any, 0, len(keys)+2)
 	args = append(args, m)
 	for _, k := range keys {
@@ -570,7 +558,10 @@ func readWindowsSQLite(tx *gorm.DB, m string, keys []string, since int64) ([]str
 	args = append(args, since)
 	q := `SELECT ` + windowColumns + ` FROM stream_windows WHERE entity_map = ? AND stream_key IN (` +
 		strings.TrimSuffix(strings.Repeat("?, ", len(keys)), ", ") + `) AND window_start >= ? ORDER BY stream_key, window_start`
-	rs, err := storage.Direct(tx).Query(q, args...)
+	if storage.DialectOf(tx) == storage.Postgres {
+		q += ` FOR UPDATE`
+	}
+	rs, err := storage.Query(tx, q, args...)
 	if err != nil {
 		return nil, err
 	}

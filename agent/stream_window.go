@@ -51,13 +51,9 @@ func (p *pipeline) readingStep(mp *maps.Mapping, n queues.Notice, src record, go
 // the readings of many more messages than there are workers, and the
 // cost of its transaction is shared among them.
 func (p *pipeline) settleReading(ctx context.Context, m *queues.Received, r streamReading, q txQueue) settlement {
-	if spot, ep := spotOf(ctx), p.parking; spot != nil && ep != nil {
-		select {
-		case ep.slots <- struct{}{}:
-			spot.park()
-		default: // the lot is full: wait in the worker
-		}
-	}
+	if spot := spotOf(ctx); p.parking != nil && p.parking.reserve(spot) {
+		spot.park()
+	} // else the lot is full or the message cannot park: wait in the worker
 	done := p.streams.take(ctx, r, m, q)
 	if done.err != nil {
 		p.plog.Warn("taking a stream reading failed; the message will be retried", "message_id", m.ID, "entity_map", r.mapName, "error", done.err)

@@ -283,6 +283,31 @@ func (c DirectConn) Exists(query string, args ...any) (bool, error) {
 	return err == nil, err
 }
 
+// Query runs a statement that returns rows under db: on SQLite through
+// Direct, elsewhere through gorm, which rewrites the "?" placeholders for
+// the dialect. The text must not rely on gorm's expansion of slice
+// arguments, which Direct does not do.
+func Query(db *gorm.DB, query string, args ...any) (*sql.Rows, error) {
+	if DialectOf(db) == SQLite {
+		return Direct(db).Query(query, args...)
+	}
+	return db.Raw(query, args...).Rows()
+}
+
+// Exec runs a statement that returns no rows under db, as Query does, and
+// reports the rows it affected.
+func Exec(db *gorm.DB, query string, args ...any) (int64, error) {
+	if DialectOf(db) == SQLite {
+		res, err := Direct(db).Exec(query, args...)
+		if err != nil {
+			return 0, err
+		}
+		return res.RowsAffected()
+	}
+	res := db.Exec(query, args...)
+	return res.RowsAffected, res.Error
+}
+
 // createPrivate creates the SQLite file at path with mode 0600 when it does
 // not exist yet, whatever the umask: it holds the sync log and sessions.
 // SQLite gives its -wal and -shm files the database file's mode.

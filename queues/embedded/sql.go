@@ -90,13 +90,7 @@ func (q *Queue) lockBatch(db *gorm.DB, limit int, t time.Time, token string) ([]
 	for len(out) < limit {
 		args := []any{q.name, t, limit - len(out), maxDC, maxDC, token, maxDC, until, maxDC, maxDC,
 			queues.ReasonMaxDeliveryCountExceeded, maxDC, desc, maxDC, t}
-		var rows *sql.Rows
-		var err error
-		if q.dialect == storage.SQLite {
-			rows, err = storage.Direct(db).Query(query, args...)
-		} else {
-			rows, err = db.Raw(query, args...).Rows()
-		}
+		rows, err := storage.Query(db, query, args...)
 		if err != nil {
 			return nil, 0, fmt.Errorf("locking ready messages: %w", err)
 		}
@@ -143,15 +137,7 @@ func (q *Queue) lockBatch(db *gorm.DB, limit int, t time.Time, token string) ([]
 const lockedWhere = `seq = ? AND queue = ? AND lock_token = ? AND state = 'active' AND visible_at > ?`
 
 func (q *Queue) deleteLocked(tx *gorm.DB, m *queues.Received, t time.Time) (int64, error) {
-	if q.dialect == storage.SQLite {
-		res, err := storage.Direct(tx).Exec(`DELETE FROM queue_messages WHERE `+lockedWhere, m.SequenceNumber, q.name, m.LockToken, t)
-		if err != nil {
-			return 0, err
-		}
-		return res.RowsAffected()
-	}
-	res := tx.Exec(`DELETE FROM queue_messages WHERE `+lockedWhere, m.SequenceNumber, q.name, m.LockToken, t)
-	return res.RowsAffected, res.Error
+	return storage.Exec(tx, `DELETE FROM queue_messages WHERE `+lockedWhere, m.SequenceNumber, q.name, m.LockToken, t)
 }
 
 // deleteLockedMany deletes the rows of ms whose locks are current and
@@ -370,15 +356,7 @@ func (q *Queue) insertRows(tx *gorm.DB, rows []newRow, t time.Time) error {
 			}
 			args = append(args, q.name, r.id, r.sessionKey, body, props, t, r.visibleAt, r.redriveCount)
 		}
-		var err error
-		if q.dialect == storage.SQLite {
-			// The statement goes to the driver as written, without gorm's
-			// work, which on SQLite is done holding the one writer.
-			_, err = storage.Direct(tx).Exec(sb.String(), args...)
-		} else {
-			err = tx.Exec(sb.String(), args...).Error
-		}
-		if err != nil {
+		if _, err := storage.Exec(tx, sb.String(), args...); err != nil {
 			return fmt.Errorf("inserting messages: %w", err)
 		}
 	}
