@@ -716,11 +716,7 @@ func quantiles(dir logs.Direction, rate float64, offered int, lat []time.Duratio
 		return l
 	}
 	slices.Sort(lat)
-	q := func(p float64) float64 {
-		i := int(math.Ceil(p*float64(len(lat)))) - 1
-		return lat[max(i, 0)].Seconds()
-	}
-	l.P50, l.P99, l.Max = q(0.50), q(0.99), lat[len(lat)-1].Seconds()
+	l.P50, l.P99, l.Max = percentile(lat, 0.50).Seconds(), percentile(lat, 0.99).Seconds(), lat[len(lat)-1].Seconds()
 	return l
 }
 

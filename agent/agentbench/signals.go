@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"strconv"
 	"sync"
@@ -229,7 +230,7 @@ func (l *signalLeg) finish(ctx context.Context) (*SignalResult, error) {
 
 // percentile is the nearest-rank percentile of sorted ds.
 func percentile(ds []time.Duration, p float64) time.Duration {
-	i := int(float64(len(ds))*p+0.999999) - 1
+	i := int(math.Ceil(p*float64(len(ds)))) - 1
 	return ds[min(max(i, 0), len(ds)-1)]
 }
 
