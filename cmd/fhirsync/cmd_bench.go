@@ -136,6 +136,8 @@ names one; use a scratch database, the run leaves its rows behind.`)
 
 	var phase func(string) func()
 	switch {
+	case *profilePhase != "" && *cpuProfile == "":
+		return usageErrorf("bench: --cpuprofile-phase needs --cpuprofile")
 	case *cpuProfile != "" && *profilePhase != "":
 		if *profilePhase != "fhir-to-crm" && *profilePhase != "crm-to-fhir" {
 			return usageErrorf("bench: --cpuprofile-phase must be fhir-to-crm or crm-to-fhir")
@@ -295,8 +297,9 @@ func startCPUProfile(path string) (stop func(), err error) {
 	}, nil
 }
 
-// startHeapProfile watches the live heap after each collection and writes
-// a heap profile to path whenever it is larger than at the last profile,
+// startHeapProfile reads the live heap (as of the last collection) twice a
+// second and writes a heap profile to path whenever it is 5 % larger than
+// at the last profile,
 // until stop is called: the profile shows what the heap held at its peak.
 func startHeapProfile(ctx context.Context, path string) (stop func(), err error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
