@@ -171,19 +171,9 @@ func (h *baseHasher) attrs(m *maps.Mapping) []baseAttr {
 		ba := baseAttr{name: a.Name, crmAttr: a.CRMAttribute}
 		if a.Lookup.IsByType() {
 			ba.byType = a.Lookup.ByType
-		} else if a.Lookup != nil {
-			ba.lookup = a.Lookup.Navigation
-			if ba.lookup == "" {
-				ba.lookup = a.CRMAttribute
-			}
 		}
-		if a.Concept != nil {
-			// A concept is a lookup to its concept row (maps/concept.go).
-			ba.lookup = a.Concept.Navigation
-			if ba.lookup == "" {
-				ba.lookup = a.CRMAttribute
-			}
-		}
+		// A concept is a lookup to its concept row (maps/concept.go).
+		ba.lookup = a.NavigationProperty()
 		for _, text := range append([]string{a.FHIRPath}, a.FallbackPaths...) {
 			if text == "" {
 				continue
@@ -355,11 +345,7 @@ func appendJSON(b []byte, v any) []byte {
 func byTypeValue(rec map[string]any, targets []maps.LookupTarget) any {
 	var out []any
 	for _, t := range targets {
-		nav := t.Navigation
-		if nav == "" {
-			nav = t.CRMAttribute
-		}
-		if id, ok := lookupValue(rec, t.CRMAttribute, nav).(string); ok {
+		if id, ok := lookupValue(rec, t.CRMAttribute, t.NavigationProperty()).(string); ok {
 			out = append(out, t.CRMAttribute+"="+id)
 		}
 	}

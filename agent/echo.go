@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -97,22 +96,13 @@ func lookupColumn(em *maps.EntityMap, nav string) string {
 		a := &em.Attributes[i]
 		if a.Lookup.IsByType() {
 			for _, t := range a.Lookup.ByType {
-				if n := cmp.Or(t.Navigation, t.CRMAttribute); n == nav {
+				if t.NavigationProperty() == nav {
 					return t.CRMAttribute
 				}
 			}
 			continue
 		}
-		var n string
-		switch {
-		case a.Concept != nil:
-			n = cmp.Or(a.Concept.Navigation, a.CRMAttribute)
-		case a.Lookup != nil:
-			n = cmp.Or(a.Lookup.Navigation, a.CRMAttribute)
-		default:
-			continue
-		}
-		if n == nav {
+		if n := a.NavigationProperty(); n != "" && n == nav {
 			return a.CRMAttribute
 		}
 	}

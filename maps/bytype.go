@@ -159,11 +159,7 @@ func (c *compiler) lookupByType(set *Set, at Problem, a *AttributeMap, crmEntity
 			c.crmAttribute(withField(at, field+".crmAttribute"), crmEntity, t.CRMAttribute, TypeLookup)
 			c.crmLookupTarget(at, crmEntity, t.CRMAttribute, target.def.CRMEntity)
 		}
-		nav := t.Navigation
-		if nav == "" {
-			nav = t.CRMAttribute
-		}
-		bt.targets = append(bt.targets, &byTypeTarget{typ: t.Type, m: target, attr: t.CRMAttribute, nav: nav})
+		bt.targets = append(bt.targets, &byTypeTarget{typ: t.Type, m: target, attr: t.CRMAttribute, nav: t.NavigationProperty()})
 	}
 	if (l.TypeAttribute == "") != (l.TypeValueMap == "") {
 		c.ps.add(withField(at, "lookup.typeValueMap"), "lookup.typeAttribute and lookup.typeValueMap go together: the value map gives the type column its option value")

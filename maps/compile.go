@@ -523,7 +523,7 @@ func (c *compiler) attribute(set *Set, at Problem, a *AttributeMap, ctxPath stri
 			}
 		} else {
 			ca.lookup = target
-			ca.nav = a.Lookup.navigation(a.CRMAttribute)
+			ca.nav = a.NavigationProperty()
 		}
 	case ActionComputed:
 		if dir != FHIRToCRM {

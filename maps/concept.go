@@ -154,10 +154,7 @@ func (c *compiler) concept(at Problem, a *AttributeMap, ca *attr) {
 		c.ps.add(withField(at, "fhirPath"), "a concept lookup needs a fhirPath to a CodeableConcept (code, category[0]), or coding inside an expansion of CodeableConcepts")
 	}
 	ca.concept = &compiledConcept{def: a.Concept}
-	ca.nav = a.CRMAttribute
-	if a.Concept.Navigation != "" {
-		ca.nav = a.Concept.Navigation
-	}
+	ca.nav = a.NavigationProperty()
 }
 
 func slicesCompact(s []string) []string {

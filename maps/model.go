@@ -372,6 +372,40 @@ func (a *AttributeMap) CRMAttributes() []string {
 	return out
 }
 
+// NavigationProperty is the single-valued navigation property the
+// attribute map writes its lookup through ("nav@odata.bind"): its
+// concept's or its lookup's Navigation when set, else CRMAttribute. It is
+// "" for an attribute map that maps no lookup, and for a lookup by type,
+// whose columns each have their own (LookupTarget.NavigationProperty).
+func (a *AttributeMap) NavigationProperty() string {
+	switch {
+	case a.Concept != nil:
+		return navigationOf(a.Concept.Navigation, a.CRMAttribute)
+	case a.Lookup.IsByType():
+		return ""
+	case a.Lookup != nil:
+		return navigationOf(a.Lookup.Navigation, a.CRMAttribute)
+	}
+	return ""
+}
+
+// NavigationProperty is the single-valued navigation property the target's
+// column is written through: Navigation when set, else CRMAttribute.
+func (t LookupTarget) NavigationProperty() string {
+	return navigationOf(t.Navigation, t.CRMAttribute)
+}
+
+// navigationOf is the rule every lookup's navigation property follows: the
+// one the map names, else the column's logical name, which is the
+// navigation property's name unless the relationship says otherwise
+// (contact's parentcustomerid is written through parentcustomerid_account).
+func navigationOf(nav, column string) string {
+	if nav != "" {
+		return nav
+	}
+	return column
+}
+
 // ExpansionMap maps the items of a FHIR array to child CRM rows.
 type ExpansionMap struct {
 	Name    string `yaml:"name"`
@@ -598,15 +632,5 @@ func (x *ExpansionMap) idAttribute() string {
 }
 
 func (x *ExpansionMap) parentNavigation() string {
-	if x.ParentNavigation != "" {
-		return x.ParentNavigation
-	}
-	return x.ParentLookup
-}
-
-func (l *Lookup) navigation(attr string) string {
-	if l.Navigation != "" {
-		return l.Navigation
-	}
-	return attr
+	return navigationOf(x.ParentNavigation, x.ParentLookup)
 }
