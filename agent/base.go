@@ -356,14 +356,15 @@ func byTypeValue(rec map[string]any, targets []maps.LookupTarget) any {
 }
 
 // lookupValue is a lookup's target id in either the Web API read shape
-// ("_attr_value") or the write shape ("nav@odata.bind": "/set(id)").
-// The write shape wins: it is what was just written over a record read
-// in the read shape.
+// ("_attr_value") or the write shape ("nav@odata.bind": "/set(id)", read
+// by maps.BoundID; a bind that names no GUID, or null, is nil). The write
+// shape wins: it is what was just written over a record read in the read
+// shape.
 func lookupValue(rec map[string]any, attribute, nav string) any {
 	if v, ok := rec[nav+"@odata.bind"]; ok {
 		s, _ := v.(string)
-		if i := strings.LastIndexByte(s, '('); i >= 0 && strings.HasSuffix(s, ")") {
-			return strings.ToLower(strings.Trim(s[i+1:len(s)-1], "'"))
+		if id, ok := maps.BoundID(s); ok {
+			return id
 		}
 		return nil
 	}

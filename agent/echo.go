@@ -109,54 +109,25 @@ func lookupColumn(em *maps.EntityMap, nav string) string {
 	return ""
 }
 
-// boundID is the id an @odata.bind value "/set(id)" names, normalised
-// (normGUID); ok is false for a bind that names no GUID (by alternate
-// key, or a Content-ID reference "$1"). A null bind clears the lookup.
+// boundID is the id an @odata.bind value names (maps.BoundID), or nil
+// for a null bind, which clears the lookup; ok is false for a bind that
+// names no GUID (by alternate key, or a Content-ID reference "$1").
 func boundID(v any) (id any, ok bool) {
 	if v == nil {
 		return nil, true
 	}
 	s, _ := v.(string)
-	i := strings.LastIndexByte(s, '(')
-	if i < 0 || !strings.HasSuffix(s, ")") {
-		return nil, false
+	if g, ok := maps.BoundID(s); ok {
+		return g, true
 	}
-	g, isGUID := normGUID(s[i+1 : len(s)-1])
-	if !isGUID {
-		return nil, false
-	}
-	return g, true
-}
-
-// normGUID is a GUID in the form the Web API writes it — 36 characters,
-// lower case, no braces — and whether s is one.
-func normGUID(s string) (string, bool) {
-	s = strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(s), "{"), "}")
-	if len(s) != 36 {
-		return "", false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case i == 8 || i == 13 || i == 18 || i == 23:
-			if c != '-' {
-				return "", false
-			}
-		case '0' <= c && c <= '9', 'a' <= c && c <= 'f', 'A' <= c && c <= 'F':
-		default:
-			return "", false
-		}
-	}
-	return strings.ToLower(s), true
+	return nil, false
 }
 
 // lookupHashValue is a lookup property's value as hashed: the GUID in
 // lower case, or the value as it is when it is none.
 func lookupHashValue(v any) any {
-	if s, ok := v.(string); ok {
-		if g, ok := normGUID(s); ok {
-			return g
-		}
+	if s, ok := v.(string); ok && maps.IsGUID(s) {
+		return strings.ToLower(s)
 	}
 	return v
 }

@@ -358,7 +358,7 @@ func (c *compiler) signal(set *Set, m *Mapping) {
 		c.ps.add(field("owner"), "set exactly one of owner.team (a team id), owner.user (a systemuser id) or owner.patient: true (the contact's owner)")
 	}
 	for _, id := range []struct{ f, v string }{{"owner.team", s.Owner.Team}, {"owner.user", s.Owner.User}} {
-		if id.v != "" && !isGUID(id.v) {
+		if id.v != "" && !IsGUID(id.v) {
 			c.ps.add(field(id.f), "%q is not a GUID", id.v)
 		}
 	}
@@ -391,23 +391,4 @@ func ValidTaskState(st ActivityState) bool {
 		return st.Status == 6
 	}
 	return false
-}
-
-func isGUID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	for i, r := range s {
-		switch i {
-		case 8, 13, 18, 23:
-			if r != '-' {
-				return false
-			}
-		default:
-			if !strings.ContainsRune("0123456789abcdefABCDEF", r) {
-				return false
-			}
-		}
-	}
-	return true
 }
