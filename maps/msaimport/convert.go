@@ -412,13 +412,20 @@ func (c *converter) attributes(mapName, xname, entity string, rows []*AttributeM
 			groups[k] = append(groups[k], a)
 		}
 	}
+	// names holds the attribute map names taken: the columns', and those
+	// of the lookups by type made so far (actor[0] and actor[1] are both
+	// "actor").
+	names := map[string]bool{}
+	for _, a := range rows {
+		names[a.Attribute] = true
+	}
 	var out []maps.AttributeMap
 	done := map[string]bool{}
 	for _, a := range rows {
 		if k := lookupGroupKey(a); k != "" && len(groups[k]) > 1 {
 			if !done[k] {
 				done[k] = true
-				if am, ok := c.lookupByType(mapName, xname, entity, groups[k], rows, roots); ok {
+				if am, ok := c.lookupByType(mapName, xname, entity, groups[k], names, roots); ok {
 					out = append(out, am)
 				}
 			}
@@ -796,7 +803,7 @@ func rootNames(rs []*root) []string {
 // one table, both taken) is listed as not translated; the rest still
 // convert. A reference of a type no column takes is kept as it is
 // (otherTypes: skip), as the agent had no column to write it to.
-func (c *converter) lookupByType(mapName, xname, entity string, group, siblings []*AttributeMapRow, roots []*root) (maps.AttributeMap, bool) {
+func (c *converter) lookupByType(mapName, xname, entity string, group []*AttributeMapRow, names map[string]bool, roots []*root) (maps.AttributeMap, bool) {
 	items := make([]Item, len(group))
 	for i, a := range group {
 		items[i] = Item{EntityMap: mapName, Expansion: xname, Attribute: a.Attribute, Source: source("attribute maps", a.Line, ""), JSONPath: a.JSONPath}
@@ -865,7 +872,7 @@ func (c *converter) lookupByType(mapName, xname, entity string, group, siblings 
 	}
 	// One column per type.
 	byType := map[string]int{}
-	am := maps.AttributeMap{Name: byTypeName(tr.FHIRPath, siblings), CRMType: maps.TypeLookup, FHIRPath: tr.FHIRPath, Action: maps.ActionLookup,
+	am := maps.AttributeMap{Name: byTypeName(tr.FHIRPath, names), CRMType: maps.TypeLookup, FHIRPath: tr.FHIRPath, Action: maps.ActionLookup,
 		Lookup: &maps.Lookup{OtherTypes: maps.OtherTypesSkip}}
 	var cols, parts []string
 	writeBack, required := 0, 0
@@ -933,8 +940,9 @@ func (c *converter) lookupByType(mapName, xname, entity string, group, siblings 
 }
 
 // byTypeName names a lookup by type after its element (member.reference →
-// member), unless an attribute map of the same map already has the name.
-func byTypeName(fhirPath string, siblings []*AttributeMapRow) string {
+// member), unless an attribute map of the same map already has the name,
+// and takes the name in names.
+func byTypeName(fhirPath string, names map[string]bool) string {
 	p := strings.TrimSuffix(fhirPath, ".reference")
 	if i := strings.LastIndex(p, "."); i >= 0 {
 		p = p[i+1:]
@@ -946,11 +954,13 @@ func byTypeName(fhirPath string, siblings []*AttributeMapRow) string {
 		p = "reference"
 	}
 	name := kebab(p)
-	for _, a := range siblings {
-		if a.Attribute == name {
-			return name + "-by-type"
+	if names[name] {
+		name += "-by-type"
+		for i := 2; names[name]; i++ {
+			name = fmt.Sprintf("%s-by-type-%d", kebab(p), i)
 		}
 	}
+	names[name] = true
 	return name
 }
 

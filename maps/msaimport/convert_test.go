@@ -487,3 +487,44 @@ func TestConvertLookupByTypeColumn(t *testing.T) {
 		t.Errorf("notes %q do not say why the type column is left out", it.Notes)
 	}
 }
+
+// TestConvertTwoLookupsByTypeOfOneElementName: two groups of lookups on
+// paths that end in the same element (a schedule's first and second
+// actor) become two lookups by type with names of their own; each
+// validates and the report tells the truth about both.
+func TestConvertTwoLookupsByTypeOfOneElementName(t *testing.T) {
+	t.Parallel()
+	ents := []EntityMapRow{
+		{Line: 2, Name: "patient", Entity: "contact", FHIRType: "Patient"},
+		{Line: 3, Name: "location", Entity: "msemr_location", FHIRType: "Location"},
+		{Line: 4, Name: "schedule", Entity: "msemr_schedule", FHIRType: "Schedule"},
+	}
+	attrs := []AttributeMapRow{
+		{Line: 2, EntityMap: "schedule", Attribute: "msemr_actorpatient", Action: "Lookup", JSONPath: "$.actor[0].reference", LookupMap: "patient", WriteBack: true},
+		{Line: 3, EntityMap: "schedule", Attribute: "msemr_actorlocation", Action: "Lookup", JSONPath: "$.actor[0].reference", LookupMap: "location", WriteBack: true},
+		{Line: 4, EntityMap: "schedule", Attribute: "msemr_secondpatient", Action: "Lookup", JSONPath: "$.actor[1].reference", LookupMap: "patient", WriteBack: true},
+		{Line: 5, EntityMap: "schedule", Attribute: "msemr_secondlocation", Action: "Lookup", JSONPath: "$.actor[1].reference", LookupMap: "location", WriteBack: true},
+	}
+	doc, rep, err := Convert(ents, attrs, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	if err := rep.Write(&b); err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]string{}
+	for _, m := range doc.EntityMaps {
+		for _, a := range m.Attributes {
+			if a.Lookup.IsByType() {
+				names[a.Name] = a.FHIRPath
+			}
+		}
+	}
+	if len(names) != 2 {
+		t.Fatalf("lookups by type = %v, want two (actor[0] and actor[1])\n%s", names, b.String())
+	}
+	if tr, _, nt := rep.Counts(); tr != 4 || nt != 0 {
+		t.Errorf("counts: %d translated, %d not; want 4, 0\n%s", tr, nt, b.String())
+	}
+}
