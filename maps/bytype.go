@@ -186,6 +186,22 @@ func (c *compiler) lookupByType(set *Set, at Problem, a *AttributeMap, crmEntity
 	return bt
 }
 
+// byTypeFieldsUnused refuses the fields only a lookup by type reads on a
+// lookup through one entity map, where they would be silently ignored (a
+// type column never written, otherTypes never applied).
+func (c *compiler) byTypeFieldsUnused(at Problem, l *Lookup) {
+	if l == nil {
+		return
+	}
+	for _, f := range []struct{ field, value string }{
+		{"lookup.typeAttribute", l.TypeAttribute}, {"lookup.typeValueMap", l.TypeValueMap}, {"lookup.otherTypes", string(l.OtherTypes)},
+	} {
+		if f.value != "" {
+			c.ps.add(withField(at, f.field), "%s is only used by a lookup by type (lookup.byType)", f.field)
+		}
+	}
+}
+
 // referenceTypePath compiles the path of the Reference.type beside a
 // lookup's reference (…actor.reference → …actor.type).
 func (c *compiler) referenceTypePath(at Problem, text, ctxPath string, inItem bool) *path.Path {

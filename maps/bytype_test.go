@@ -3,6 +3,7 @@ package maps
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -467,5 +468,26 @@ func TestLookupByTypeExportImport(t *testing.T) {
 	l := back.EntityMaps[3].Attributes[0].Lookup
 	if len(l.ByType) != 3 || l.ByType[2] != (LookupTarget{Type: "Location", EntityMap: "location", CRMAttribute: "msemr_actorlocation", Navigation: "msemr_ActorLocation"}) {
 		t.Errorf("the schedule's lookup read back = %+v", l)
+	}
+}
+
+// TestLookupByTypeFieldsOnAPlainLookup: typeAttribute, typeValueMap and
+// otherTypes on a lookup through one entity map are refused, not ignored.
+func TestLookupByTypeFieldsOnAPlainLookup(t *testing.T) {
+	t.Parallel()
+	plain := "      - {name: description, crmAttribute: msemr_description, crmType: string, fhirPath: description}\n" +
+		"      - {name: first-patient, crmAttribute: msemr_patient, crmType: lookup, fhirPath: \"participant[0].actor.reference\", action: lookup, lookup: {entityMap: patient-contact%s}}"
+	if _, _, err := Import([]byte(strings.Replace(byTypeYAML, "      - {name: description, crmAttribute: msemr_description, crmType: string, fhirPath: description}", fmt.Sprintf(plain, ""), 1)), CompileOptions{}); err != nil {
+		t.Fatalf("the plain lookup alone: %v", err)
+	}
+	for _, extra := range []string{
+		", typeAttribute: msemr_participantactortype, typeValueMap: actor-type",
+		", otherTypes: skip",
+	} {
+		text := strings.Replace(byTypeYAML, "      - {name: description, crmAttribute: msemr_description, crmType: string, fhirPath: description}", fmt.Sprintf(plain, extra), 1)
+		_, _, err := Import([]byte(text), CompileOptions{})
+		if err == nil || !strings.Contains(err.Error(), "is only used by a lookup by type") {
+			t.Errorf("lookup {entityMap: patient-contact%s}: error = %v, want the field refused", extra, err)
+		}
 	}
 }

@@ -510,6 +510,9 @@ func (c *compiler) attribute(set *Set, at Problem, a *AttributeMap, ctxPath stri
 		if a.CRMType != TypeLookup {
 			c.ps.add(withField(at, "crmType"), "action lookup needs crmType lookup, got %s", a.CRMType)
 		}
+		if !byType {
+			c.byTypeFieldsUnused(at, a.Lookup) // bytype.go
+		}
 		if byType {
 			ca.byType = c.lookupByType(set, at, a, crmEntity)
 		} else if a.Lookup == nil || a.Lookup.EntityMap == "" {
