@@ -150,41 +150,16 @@ func writtenValues(side string, data any) map[string]any {
 // valueDigest hashes the values fhirsync wrote to side; fields lists the
 // names hashed (sorted, comma-separated), to project a re-read record the
 // same way. Both are empty when nothing can be hashed. em is the entity
-// map the values were written by: a lookup bind of a CRM record is hashed
-// as its column's lookup property, the referenced id (a bind em does not
-// map, or that names no id, is left out).
+// map the values were written by: a CRM record's values are hashed as a
+// read returns them (crmReadBack).
 func valueDigest(key []byte, side string, data any, em *maps.EntityMap) (hash, fields string) {
 	vals := writtenValues(side, data)
+	if side == "crm" {
+		vals = crmReadBack(vals, em)
+	}
 	names := make([]string, 0, len(vals))
-	var lookups map[string]any
-	for n, v := range vals {
-		if side == "crm" {
-			if nav, ok := strings.CutSuffix(n, "@odata.bind"); ok {
-				col := lookupColumn(em, nav)
-				if id, ok := boundID(v); ok && col != "" {
-					if lookups == nil {
-						lookups = make(map[string]any, len(vals))
-						for k, x := range vals {
-							if !lookupField(k) {
-								lookups[k] = x
-							}
-						}
-					}
-					// Two navigation properties of one column (a
-					// customer lookup's _account and _contact): the one
-					// that sets it counts.
-					f := "_" + col + "_value"
-					if prev, dup := lookups[f]; !dup || id != nil || prev == nil {
-						lookups[f] = id
-					}
-					names = append(names, f)
-				}
-				continue
-			}
-			if lookupField(n) {
-				continue
-			}
-		}
+	for n := range vals {
+		// A name with a comma could not be told apart in fields.
 		if !skipField(side, n) && !strings.Contains(n, ",") {
 			names = append(names, n)
 		}
@@ -192,12 +167,57 @@ func valueDigest(key []byte, side string, data any, em *maps.EntityMap) (hash, f
 	if len(names) == 0 {
 		return "", ""
 	}
-	if lookups != nil {
-		vals = lookups
-	}
 	slices.Sort(names)
-	names = slices.Compact(names)
 	return hashValues(key, side, names, vals), strings.Join(names, ",")
+}
+
+// crmReadBack returns the values of a CRM record fhirsync wrote under the
+// names a read returns them by: each lookup bind "nav@odata.bind" that em
+// maps becomes its column's lookup property "_column_value" holding the
+// bound id (nil for a null bind); a bind em does not map, or that names
+// no id, is left out, and so is a lookup property in the written record
+// (fhirsync writes lookups as binds). Other values are kept. vals itself
+// is returned when it holds neither binds nor lookup properties.
+func crmReadBack(vals map[string]any, em *maps.EntityMap) map[string]any {
+	if !hasLookupNames(vals) {
+		return vals
+	}
+	out := make(map[string]any, len(vals))
+	for n, v := range vals {
+		nav, isBind := strings.CutSuffix(n, "@odata.bind")
+		switch {
+		case isBind:
+			col := lookupColumn(em, nav)
+			id, ok := boundID(v)
+			if col == "" || !ok {
+				continue
+			}
+			// Two navigation properties of one column (a customer
+			// lookup's _account and _contact): the one that sets it
+			// counts over the one that clears it.
+			f := "_" + col + "_value"
+			if prev, dup := out[f]; dup && prev != nil && id == nil {
+				continue
+			}
+			out[f] = id
+		case lookupField(n):
+			// Left out: fhirsync writes lookups as binds.
+		default:
+			out[n] = v
+		}
+	}
+	return out
+}
+
+// hasLookupNames reports whether vals holds a lookup bind or a lookup
+// property.
+func hasLookupNames(vals map[string]any) bool {
+	for n := range vals {
+		if strings.HasSuffix(n, "@odata.bind") || lookupField(n) {
+			return true
+		}
+	}
+	return false
 }
 
 // recordDigest hashes src's values of the fields named (as valueDigest
