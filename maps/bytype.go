@@ -119,7 +119,7 @@ func (c *compiler) lookupByType(set *Set, at Problem, a *AttributeMap, crmEntity
 	default:
 		c.ps.add(withField(at, "lookup.otherTypes"), "lookup.otherTypes must be error or skip, got %q", l.OtherTypes)
 	}
-	types, cols := map[string]bool{}, map[string]bool{}
+	types, cols, navs := map[string]bool{}, map[string]bool{}, map[string]bool{}
 	for i, t := range l.ByType {
 		field := fmt.Sprintf("lookup.byType[%d]", i)
 		switch {
@@ -140,6 +140,14 @@ func (c *compiler) lookupByType(set *Set, at Problem, a *AttributeMap, crmEntity
 			c.ps.add(withField(at, field+".crmAttribute"), "column %s is also the type attribute", t.CRMAttribute)
 		}
 		cols[t.CRMAttribute] = true
+		if nav := t.NavigationProperty(); nav != "" {
+			if navs[nav] {
+				// Each column is bound through its own navigation
+				// property; a shared one would be bound and cleared at once.
+				c.ps.add(withField(at, field+".navigation"), "navigation property %s is listed twice; each column is written through its own", nav)
+			}
+			navs[nav] = true
+		}
 		target, ok := set.byName[t.EntityMap]
 		switch {
 		case t.EntityMap == "":
