@@ -153,8 +153,27 @@ func (c *compiler) concept(at Problem, a *AttributeMap, ca *attr) {
 	if a.FHIRPath == "" {
 		c.ps.add(withField(at, "fhirPath"), "a concept lookup needs a fhirPath to a CodeableConcept (code, category[0]), or coding inside an expansion of CodeableConcepts")
 	}
+	if a.Concept.Type != nil {
+		c.conceptType(at, *a.Concept.Type)
+	}
 	ca.concept = &compiledConcept{def: a.Concept}
 	ca.nav = a.NavigationProperty()
+}
+
+// conceptType checks a concept's type against the CRM metadata's options
+// of msemr_type: a value it does not define finds no row and fails every
+// create.
+func (c *compiler) conceptType(at Problem, typ int) {
+	ma, ok, checked := c.crmAttr(ConceptEntity, ConceptTypeColumn)
+	if !checked || !ok || ma.OptionSet == nil || len(ma.OptionSet.Options) == 0 {
+		return
+	}
+	for _, o := range ma.OptionSet.Options {
+		if o.Value == typ {
+			return
+		}
+	}
+	c.ps.add(withField(at, "concept.type"), "concept type %d is not an option value of %s.%s", typ, ConceptEntity, ConceptTypeColumn)
 }
 
 func slicesCompact(s []string) []string {

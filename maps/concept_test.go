@@ -325,3 +325,31 @@ func TestConceptQuery(t *testing.T) {
 		t.Errorf("a row of another case was chosen")
 	}
 }
+
+// TestConceptTypeAgainstCRMMetadata: with the CRM's metadata, a concept
+// type that msemr_codeableconcept.msemr_type does not define is refused.
+func TestConceptTypeAgainstCRMMetadata(t *testing.T) {
+	t.Parallel()
+	md := sandboxMetadata(t)
+	doc := func(typ string) string {
+		return `format: 1
+entityMaps:
+  - name: condition
+    crmEntity: msemr_condition
+    crmEntitySet: msemr_conditions
+    fhirType: Condition
+    fhirToCRM: {enabled: true, operations: [create]}
+    crmToFHIR: {enabled: false, operations: []}
+    correlation: {crmAttribute: msemr_azurefhirid, fhirIdentifierSystem: "urn:x"}
+    attributes:
+      - {name: code, crmAttribute: msemr_conditioncode, crmType: lookup, fhirPath: code, action: lookup, concept: {type: ` + typ + `, systems: ["http://snomed.info/sct"], create: true}}
+`
+	}
+	if _, _, err := maps.Import([]byte(doc("935000023")), maps.CompileOptions{CRM: md}); err != nil {
+		t.Fatalf("Condition Code (935000023): %v", err)
+	}
+	_, _, err := maps.Import([]byte(doc("93500023")), maps.CompileOptions{CRM: md})
+	if err == nil || !strings.Contains(err.Error(), "concept.type: concept type 93500023 is not an option value of msemr_codeableconcept.msemr_type") {
+		t.Errorf("a type the CRM does not define: %v", err)
+	}
+}
