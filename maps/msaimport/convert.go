@@ -291,10 +291,11 @@ type expansionBuilder struct {
 // parent link points at: the expansion map of the table the parent link
 // attribute targets (from the CRM metadata, or else the table the
 // attribute is named after, as msemr_careteamparticipant is), preferring
-// one of the same FHIR resource when several expand that table.
-func (b *expansionBuilder) parentExpansion(row *EntityMapRow) *EntityMapRow {
+// one of the same FHIR resource when several expand that table. Several
+// it cannot choose among are answered as ambiguous (their names).
+func (b *expansionBuilder) parentExpansion(row *EntityMapRow) (parent *EntityMapRow, ambiguous []string) {
 	if row.ParentLink == "" {
-		return nil
+		return nil, nil
 	}
 	var tables []string
 	if b.c.opts.CRM != nil {
@@ -315,11 +316,14 @@ func (b *expansionBuilder) parentExpansion(row *EntityMapRow) *EntityMapRow {
 	}
 	switch {
 	case len(found) == 1:
-		return found[0]
+		return found[0], nil
 	case len(same) == 1:
-		return same[0]
+		return same[0], nil
 	}
-	return nil
+	for _, e := range found {
+		ambiguous = append(ambiguous, e.Name)
+	}
+	return nil, ambiguous
 }
 
 // resolve builds the expansion map of an entity map record marked Expand,
@@ -340,7 +344,13 @@ func (b *expansionBuilder) resolve(row *EntityMapRow) *xnode {
 		return n
 	}
 	var parentEntity string
-	if pr := b.parentExpansion(row); pr != nil {
+	pr, ambiguous := b.parentExpansion(row)
+	if len(ambiguous) > 0 {
+		// Not a top-level expansion: its rows hang under rows of one of
+		// these, and the export does not say which.
+		return fail(row.FHIRType, fmt.Sprintf("its parent link %s points at the rows of several expansion maps (%s); the export does not say which is its parent", row.ParentLink, strings.Join(ambiguous, ", ")))
+	}
+	if pr != nil {
 		pn := b.resolve(pr)
 		if pn == nil {
 			return fail(row.FHIRType, fmt.Sprintf("its parent link %s leads back to it through other expansion maps (a cycle)", row.ParentLink))

@@ -528,3 +528,49 @@ func TestConvertTwoLookupsByTypeOfOneElementName(t *testing.T) {
 		t.Errorf("counts: %d translated, %d not; want 4, 0\n%s", tr, nt, b.String())
 	}
 }
+
+// TestConvertNestedExpansionAmbiguousParent: an expansion map whose parent
+// link points at a table two expansion maps expand is not made a
+// top-level expansion of its resource; it is listed as not translated,
+// naming both.
+func TestConvertNestedExpansionAmbiguousParent(t *testing.T) {
+	t.Parallel()
+	ents := []EntityMapRow{
+		{Line: 2, Name: "team", Entity: "msemr_careteam", FHIRType: "CareTeam"},
+		{Line: 3, Name: "participant", Entity: "msemr_careteamparticipant", FHIRType: "CareTeam", Expand: true, ParentLink: "msemr_careteam", Element: "participant"},
+		{Line: 4, Name: "participant-again", Entity: "msemr_careteamparticipant", FHIRType: "CareTeam", Expand: true, ParentLink: "msemr_careteam", Element: "participant"},
+		{Line: 5, Name: "role", Entity: "msemr_careteamparticipantrole", FHIRType: "CareTeam", Expand: true, ParentLink: "msemr_careteamparticipant", Element: "note"},
+	}
+	attrs := []AttributeMapRow{
+		{Line: 2, EntityMap: "team", Attribute: "msemr_name", Action: "Copy Data", JSONPath: "$.name", WriteBack: true},
+		{Line: 3, EntityMap: "participant", Attribute: "msemr_description", Action: "Copy Data", JSONPath: "$.member.display", WriteBack: true},
+		{Line: 4, EntityMap: "role", Attribute: "msemr_text", Action: "Copy Data", JSONPath: "$.text", WriteBack: true},
+	}
+	doc, rep, err := Convert(ents, attrs, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	if err := rep.Write(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range doc.EntityMaps {
+		for _, x := range m.Expansions {
+			if x.CRMEntity == "msemr_careteamparticipantrole" {
+				t.Errorf("the role expansion became a top-level expansion of %s: %+v", m.Name, x)
+			}
+		}
+	}
+	found := false
+	for _, it := range rep.Items {
+		if it.Attribute == "" && strings.Contains(it.Expansion, "careteamparticipantrole") {
+			found = true
+			if it.Status != NotTranslated || !strings.Contains(strings.Join(it.Reasons, ";"), "several expansion maps (participant, participant-again)") {
+				t.Errorf("role expansion: %+v", it)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("the role expansion is not listed\n%s", b.String())
+	}
+}
