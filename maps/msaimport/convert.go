@@ -1108,6 +1108,20 @@ func (c *converter) drop(doc *maps.Document, p maps.Problem) {
 			}
 			return
 		}
+		// Every item still in the set under the name: validation names
+		// an attribute map, and the drop removes each of that name (two
+		// attribute maps of the export on one column).
+		marked := false
+		for i := range c.report.Items {
+			if it := &c.report.Items[i]; it.EntityMap == m && it.Expansion == x && it.Attribute == a && it.Status != NotTranslated {
+				it.Status = NotTranslated
+				it.Reasons = append(it.Reasons, reason)
+				marked = true
+			}
+		}
+		if marked {
+			return
+		}
 		if i, ok := c.items[[3]string{m, x, a}]; ok {
 			it := &c.report.Items[i]
 			it.Status = NotTranslated

@@ -574,3 +574,33 @@ func TestConvertNestedExpansionAmbiguousParent(t *testing.T) {
 		t.Errorf("the role expansion is not listed\n%s", b.String())
 	}
 }
+
+// TestConvertTwoAttributeMapsOfOneColumn: two attribute maps of the export
+// on one column are both refused by validation (one name), and the report
+// says so for each instead of listing the first as translated.
+func TestConvertTwoAttributeMapsOfOneColumn(t *testing.T) {
+	t.Parallel()
+	ents := []EntityMapRow{{Line: 2, Name: "patient", Entity: "contact", FHIRType: "Patient"}}
+	attrs := []AttributeMapRow{
+		{Line: 2, EntityMap: "patient", Attribute: "lastname", Action: "Copy Data", JSONPath: "$.name[0].family", WriteBack: true},
+		{Line: 3, EntityMap: "patient", Attribute: "lastname", Action: "Copy Data", JSONPath: "$.name[1].family", WriteBack: false},
+		{Line: 4, EntityMap: "patient", Attribute: "firstname", Action: "Copy Data", JSONPath: "$.name[0].given[0]", WriteBack: true},
+	}
+	doc, rep, err := Convert(ents, attrs, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	if err := rep.Write(&b); err != nil {
+		t.Fatal(err)
+	}
+	inDoc := map[string]bool{}
+	for _, a := range doc.EntityMaps[0].Attributes {
+		inDoc[a.Name] = true
+	}
+	for _, it := range rep.Items {
+		if it.Attribute != "" && (it.Status == NotTranslated) == inDoc[it.Attribute] {
+			t.Errorf("%s (%s): %s, but in the converted map: %v\n%s", it.Attribute, it.Source, it.Status, inDoc[it.Attribute], b.String())
+		}
+	}
+}
