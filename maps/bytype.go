@@ -287,7 +287,15 @@ func (m *Mapping) byTypeToCRM(ctx context.Context, x *expansion, a *attr, fv any
 		}
 		typ = t
 		chosen = b.target(typ)
+		contained := strings.HasPrefix(ref, "#")
+		if contained {
+			// A resource contained in this one ("#loc1"), whatever its
+			// Reference.type: no entity map syncs it, so no column holds it.
+			chosen = nil
+		}
 		switch {
+		case contained && !b.skip && typ != "":
+			return m.fail(x, a, fmt.Errorf("the reference is to a contained resource, which no entity map syncs (the lookup by type maps %s)", strings.Join(b.types(), ", ")))
 		case chosen == nil && !b.skip && typ == "":
 			return m.fail(x, a, fmt.Errorf("the reference names no resource type, and a lookup by type needs one (it maps %s)", strings.Join(b.types(), ", ")))
 		case chosen == nil && !b.skip:
@@ -356,7 +364,7 @@ func (m *Mapping) byTypeToCRM(ctx context.Context, x *expansion, a *attr, fv any
 // byTypeToFHIR rebuilds the reference of a lookup by type from the column
 // that is set on rec. keep reports that the FHIR reference at p must stay
 // as it is: no column is set and dst's reference is of a type the lookup
-// skips.
+// skips (or is to a contained resource).
 func (m *Mapping) byTypeToFHIR(ctx context.Context, x *expansion, a *attr, p *path.Path, rec, dst map[string]any, r LookupResolver) (v any, keep bool, err error) {
 	b := a.byType
 	var (
@@ -378,7 +386,7 @@ func (m *Mapping) byTypeToFHIR(ctx context.Context, x *expansion, a *attr, p *pa
 			if old, ok := p.Get(dst); ok {
 				ref, _ := old.(string)
 				typ, terr := a.referenceType(dst, ref)
-				if terr != nil || b.target(typ) == nil {
+				if terr != nil || b.target(typ) == nil || strings.HasPrefix(ref, "#") {
 					return nil, true, nil
 				}
 			}

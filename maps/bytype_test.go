@@ -494,3 +494,44 @@ func TestLookupByTypeFieldsOnAPlainLookup(t *testing.T) {
 		}
 	}
 }
+
+// TestLookupByTypeContainedReference: a reference to a contained resource
+// ("#loc1") names no record of an entity map, even with a Reference.type
+// of a listed type: with otherTypes skip it sets no column and asks
+// nothing FHIR→CRM, and write-back keeps it; with otherTypes error it is a
+// mapping error before any look-up.
+func TestLookupByTypeContainedReference(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	set := byTypeSet(t)
+	sched, _ := set.Map("schedule")
+	appt, _ := set.Map("appointment")
+	res := `{"resourceType":"Schedule","contained":[{"resourceType":"Location","id":"loc1","name":"Van"}],"actor":[{"reference":"#loc1","type":"Location"}]}`
+
+	r := newTypedResolver(set)
+	out, err := sched.ToCRM(ctx, obj(t, res), nil, r)
+	if err != nil {
+		t.Fatalf("ToCRM: %v", err)
+	}
+	for _, k := range []string{"msemr_actorpatient@odata.bind", "msemr_actorpractitioner@odata.bind", "msemr_ActorLocation@odata.bind"} {
+		if v, ok := out.Record[k]; !ok || v != nil {
+			t.Errorf("%s = %v (set %v), want cleared", k, v, ok)
+		}
+	}
+	if len(r.asked) != 0 {
+		t.Errorf("looked up %v for a contained reference", r.asked)
+	}
+
+	back, err := sched.ToFHIR(ctx, CRMState{Record: map[string]any{}}, obj(t, res), r)
+	if err != nil {
+		t.Fatalf("ToFHIR: %v", err)
+	}
+	if got, _ := sched.attrs[0].path.Get(back.Resource); got != "#loc1" {
+		t.Errorf("write-back: actor[0].reference = %v, want #loc1 kept", got)
+	}
+
+	_, err = appt.ToCRM(ctx, obj(t, `{"resourceType":"Appointment","participant":[{"actor":{"reference":"#p1","type":"Patient","display":"P"}}]}`), nil, r)
+	if err == nil || !strings.Contains(err.Error(), "contained resource") || len(r.asked) != 0 {
+		t.Errorf("otherTypes error: %v (asked %v), want a mapping error about the contained resource and no look-up", err, r.asked)
+	}
+}
