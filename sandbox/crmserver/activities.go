@@ -141,8 +141,8 @@ func (s *Server) activityWrite(c *call, tb *table, existing *row, changes map[st
 	}
 	state, status := 0, 0
 	if existing != nil {
-		state, _ = intOf(existing.attrs["statecode"])
-		status, _ = intOf(existing.attrs["statuscode"])
+		state, _ = intOf(existing.attrs.get("statecode"))
+		status, _ = intOf(existing.attrs.get("statuscode"))
 	}
 	sv, setState := changes["statecode"]
 	tv, setStatus := changes["statuscode"]

@@ -96,7 +96,7 @@ func (s *Server) contextJSON(ev event, full bool) ([]byte, error) {
 		b = append(b, `,"ParentContext":null,"PostEntityImages":[`...)
 		if images && ev.post != nil {
 			b = append(b, `{"key":"PostImage","value":`...)
-			if b, err = appendEntity(b, ev.entity, ev.id, ev.post.attrs, ev.post, false); err != nil {
+			if b, err = appendEntity(b, ev.entity, ev.id, ev.post.attrs.toMap(), ev.post, false); err != nil {
 				return nil, err
 			}
 			b = append(b, '}')
@@ -104,7 +104,7 @@ func (s *Server) contextJSON(ev event, full bool) ([]byte, error) {
 		b = append(b, `],"PreEntityImages":[`...)
 		if images && ev.pre != nil {
 			b = append(b, `{"key":"PreImage","value":`...)
-			if b, err = appendEntity(b, ev.entity, ev.id, ev.pre.attrs, ev.pre, false); err != nil {
+			if b, err = appendEntity(b, ev.entity, ev.id, ev.pre.attrs.toMap(), ev.pre, false); err != nil {
 				return nil, err
 			}
 			b = append(b, '}')
@@ -319,7 +319,7 @@ func (s *Server) publish(ctx context.Context, events []event) {
 		for _, ev := range events {
 			w := Write{Message: ev.message, Entity: ev.entity.LogicalName, ID: ev.id, UserID: ev.c.user, InitiatingUserID: ev.c.initiating}
 			if ev.post != nil {
-				w.Attributes = ev.post.attrs
+				w.Attributes = ev.post.attrs.toMap()
 			}
 			s.opts.OnWrite(w)
 		}

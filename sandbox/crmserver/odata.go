@@ -698,7 +698,7 @@ func (s *Server) primaryName(entity, id string) (string, bool) {
 	if r == nil {
 		return "", false
 	}
-	name, ok := r.attrs[tb.def.PrimaryName].(string)
+	name, ok := r.attrs.get(tb.def.PrimaryName).(string)
 	return name, ok
 }
 

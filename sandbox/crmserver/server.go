@@ -695,7 +695,7 @@ func attrValue(e *Entity, r *row, name string) any {
 	case "versionnumber":
 		return json.Number(strconv.FormatInt(r.version, 10))
 	}
-	return r.attrs[name]
+	return r.attrs.get(name)
 }
 
 // filterValue reads a $filter operand ("_x_value" names a lookup's id).
@@ -872,20 +872,20 @@ func (s *Server) insert(c *call, t *tx, tb *table, id string, changes map[string
 			return nil, errBadRequest("0x80040200", fmt.Sprintf("The attribute %s is required.", a.LogicalName))
 		}
 	}
-	if err := tb.checkKeys(id, changes); err != nil {
+	if err := tb.checkKeys(id, mapGet(changes)); err != nil {
 		return nil, err
 	}
 	now := s.now().UTC().Truncate(time.Second)
-	r := &row{id: id, attrs: changes, version: t.nextVersion(), createdOn: now, modifiedOn: now, createdBy: c.user, modifiedBy: c.user}
-	if r.attrs == nil {
-		r.attrs = map[string]any{}
-	}
+	// Room for fullname, statecode and statuscode.
+	r := &row{id: id, attrs: attrsOf(tb.def, changes, 3), version: t.nextVersion(), createdOn: now, modifiedOn: now, createdBy: c.user, modifiedBy: c.user}
 	computeFullName(tb, r)
-	if _, ok := r.attrs["statecode"]; !ok && tb.def.Attribute("statecode") != nil {
-		r.attrs["statecode"], r.attrs["statuscode"] = json.Number("0"), json.Number("1")
+	if _, ok := r.attrs.lookup("statecode"); !ok && tb.def.Attribute("statecode") != nil {
+		r.attrs.set("statecode", json.Number("0"))
+		r.attrs.set("statuscode", json.Number("1"))
 	}
 	t.put(tb, nil, r)
-	t.events = append(t.events, event{message: "Create", entity: tb.def, id: id, target: changes, post: r.clone(), c: c})
+	// The Target is what was created, the platform's defaults included.
+	t.events = append(t.events, event{message: "Create", entity: tb.def, id: id, target: r.attrs.toMap(), post: r.clone(), c: c})
 	return r, nil
 }
 
@@ -895,15 +895,15 @@ func computeFullName(tb *table, r *row) {
 	}
 	var parts []string
 	for _, n := range []string{"firstname", "middlename", "lastname"} {
-		if v, ok := r.attrs[n].(string); ok && v != "" {
+		if v, ok := r.attrs.get(n).(string); ok && v != "" {
 			parts = append(parts, v)
 		}
 	}
 	if len(parts) == 0 {
-		r.attrs["fullname"] = nil
+		r.attrs.set("fullname", nil)
 		return
 	}
-	r.attrs["fullname"] = strings.Join(parts, " ")
+	r.attrs.set("fullname", strings.Join(parts, " "))
 }
 
 func (s *Server) upsert(c *call, t *tx, tb *table, req *request, existing *row, id string, key map[string]any) response {
@@ -960,9 +960,9 @@ func (s *Server) upsert(c *call, t *tx, tb *table, req *request, existing *row, 
 	changed := map[string]any{}
 	for k, v := range changes {
 		changed[k] = v
-		next.attrs[k] = v
+		next.attrs.set(k, v)
 	}
-	if err := tb.checkKeys(existing.id, next.attrs); err != nil {
+	if err := tb.checkKeys(existing.id, next.attrs.get); err != nil {
 		return err.response()
 	}
 	next.version = t.nextVersion()

@@ -3,9 +3,9 @@ package crmserver
 import (
 	"encoding/json"
 	"fmt"
-	"maps"
 	"math"
 	"math/big"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,7 +23,7 @@ type lookupValue struct {
 
 type row struct {
 	id         string
-	attrs      map[string]any // logical name → string, json.Number, bool, lookupValue, nil
+	attrs      rowAttrs // logical name → string, json.Number, bool, lookupValue, nil
 	version    int64
 	createdOn  time.Time
 	modifiedOn time.Time
@@ -33,7 +33,7 @@ type row struct {
 
 func (r *row) clone() *row {
 	c := *r
-	c.attrs = maps.Clone(r.attrs)
+	c.attrs = slices.Clone(r.attrs)
 	return &c
 }
 
@@ -55,8 +55,9 @@ type table struct {
 
 // index adds r to the lookup index.
 func (tb *table) index(r *row) {
-	for name, v := range r.attrs {
-		lv, ok := v.(lookupValue)
+	for _, a := range r.attrs {
+		name := a.name
+		lv, ok := a.value.(lookupValue)
 		if !ok || lv.ID == "" {
 			continue
 		}
@@ -78,8 +79,9 @@ func (tb *table) index(r *row) {
 
 // unindex removes r from the lookup index.
 func (tb *table) unindex(r *row) {
-	for name, v := range r.attrs {
-		if lv, ok := v.(lookupValue); ok && lv.ID != "" {
+	for _, a := range r.attrs {
+		name := a.name
+		if lv, ok := a.value.(lookupValue); ok && lv.ID != "" {
 			if rows := tb.lookups[name][strings.ToLower(lv.ID)]; rows != nil && rows[r.id] == r {
 				delete(rows, r.id)
 			}
@@ -166,11 +168,12 @@ func (t *tx) nextVersion() int64 {
 	return t.s.version
 }
 
-func keyValue(k Key, attrs map[string]any) (string, bool) {
+// keyValue is k's joined values as get gives them (nil when absent).
+func keyValue(k Key, get func(string) any) (string, bool) {
 	parts := make([]string, len(k.Attributes))
 	for i, a := range k.Attributes {
-		v, ok := attrs[a]
-		if !ok || v == nil {
+		v := get(a)
+		if v == nil {
 			return "", false
 		}
 		parts[i] = fmt.Sprint(v)
@@ -178,10 +181,15 @@ func keyValue(k Key, attrs map[string]any) (string, bool) {
 	return strings.Join(parts, "\x00"), true
 }
 
+// mapGet reads m as keyValue and checkKeys do.
+func mapGet(m map[string]any) func(string) any {
+	return func(n string) any { return m[n] }
+}
+
 // checkKeys reports a duplicate alternate key value held by another row.
-func (tb *table) checkKeys(id string, attrs map[string]any) *apiError {
+func (tb *table) checkKeys(id string, get func(string) any) *apiError {
 	for _, k := range tb.def.Keys {
-		kv, ok := keyValue(k, attrs)
+		kv, ok := keyValue(k, get)
 		if !ok {
 			continue
 		}
@@ -197,11 +205,11 @@ func (t *tx) put(tb *table, old, r *row) {
 	for _, k := range tb.def.Keys {
 		idx := tb.keys[k.LogicalName]
 		if old != nil {
-			if kv, ok := keyValue(k, old.attrs); ok {
+			if kv, ok := keyValue(k, old.attrs.get); ok {
 				delete(idx, kv)
 			}
 		}
-		if kv, ok := keyValue(k, r.attrs); ok {
+		if kv, ok := keyValue(k, r.attrs.get); ok {
 			idx[kv] = r.id
 		}
 	}
@@ -217,11 +225,11 @@ func (t *tx) put(tb *table, old, r *row) {
 		}
 		for _, k := range tb.def.Keys {
 			idx := tb.keys[k.LogicalName]
-			if kv, ok := keyValue(k, r.attrs); ok {
+			if kv, ok := keyValue(k, r.attrs.get); ok {
 				delete(idx, kv)
 			}
 			if old != nil {
-				if kv, ok := keyValue(k, old.attrs); ok {
+				if kv, ok := keyValue(k, old.attrs.get); ok {
 					idx[kv] = old.id
 				}
 			}
@@ -236,7 +244,7 @@ func (t *tx) put(tb *table, old, r *row) {
 
 func (t *tx) remove(tb *table, old *row, version int64) {
 	for _, k := range tb.def.Keys {
-		if kv, ok := keyValue(k, old.attrs); ok {
+		if kv, ok := keyValue(k, old.attrs.get); ok {
 			delete(tb.keys[k.LogicalName], kv)
 		}
 	}
@@ -249,7 +257,7 @@ func (t *tx) remove(tb *table, old *row, version int64) {
 		tb.rows[old.id] = old
 		tb.index(old)
 		for _, k := range tb.def.Keys {
-			if kv, ok := keyValue(k, old.attrs); ok {
+			if kv, ok := keyValue(k, old.attrs.get); ok {
 				tb.keys[k.LogicalName][kv] = old.id
 			}
 		}
@@ -275,7 +283,7 @@ func (tb *table) findByKey(kv map[string]any) (*row, *apiError) {
 		}
 		norm[n] = nv
 	}
-	s, _ := keyValue(*k, norm)
+	s, _ := keyValue(*k, mapGet(norm))
 	id, ok := tb.keys[k.LogicalName][s]
 	if !ok {
 		return nil, nil

@@ -21,29 +21,39 @@ func (s *Server) seed(ctx context.Context) error {
 	}
 	g := synth.New(s.opts.Seed)
 	g.Patients = max(s.opts.Patients, 1)
-	var all []map[string]any
+	// The resources in seeding order, each made when its batch is written:
+	// the generator derives every record from its index alone, so making
+	// them one batch at a time gives the same store as making them all
+	// first, without holding a million patients' maps at once.
+	type part struct {
+		n    int
+		make func(int) map[string]any
+	}
+	var parts []part
 	if s.opts.Patients > 0 {
-		for i := range g.Organizations {
-			all = append(all, g.Organization(i))
-		}
-		for i := range g.Practitioners {
-			all = append(all, g.Practitioner(i))
-		}
-		for i := range s.opts.Patients {
-			all = append(all, g.Patient(i))
-		}
+		parts = append(parts, part{g.Organizations, g.Organization}, part{g.Practitioners, g.Practitioner}, part{s.opts.Patients, g.Patient})
 	}
-	for i := range s.opts.Encounters {
-		all = append(all, g.Encounter(i))
+	parts = append(parts, part{s.opts.Encounters, g.Encounter}, part{s.opts.Observations, g.Observation})
+	total := 0
+	for _, p := range parts {
+		total += p.n
 	}
-	for i := range s.opts.Observations {
-		all = append(all, g.Observation(i))
+	// at is the resource with seeding position i.
+	at := func(i int) map[string]any {
+		for _, p := range parts {
+			if i < p.n {
+				return p.make(i)
+			}
+			i -= p.n
+		}
+		return nil
 	}
 	const batch = 500
-	for start := 0; start < len(all); start += batch {
-		chunk := all[start:min(start+batch, len(all))]
+	for start := 0; start < total; start += batch {
+		end := min(start+batch, total)
 		err := s.store.write(ctx, func(w *writer) error {
-			for _, res := range chunk {
+			for i := start; i < end; i++ {
+				res := at(i)
 				// The generator's meta describes a history this store does
 				// not have; versions start at 1 here.
 				if m, ok := res["meta"].(map[string]any); ok {
