@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http/httptest"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -53,6 +54,20 @@ type fleet struct {
 
 func newFleet(t *testing.T, dialect storage.Dialect, patients int) *fleet {
 	t.Helper()
+	return newFleetWith(t, dialect, patients, fleetOptions{})
+}
+
+// fleetOptions change how newFleetWith builds the fleet.
+type fleetOptions struct {
+	// fhirOnDisk keeps the sandbox FHIR server's store in a SQLite file in
+	// a temporary directory (fhirserver.Options.Path) instead of in memory,
+	// for runs too large to hold every version of every resource in the
+	// test process.
+	fhirOnDisk bool
+}
+
+func newFleetWith(t *testing.T, dialect storage.Dialect, patients int, o fleetOptions) *fleet {
+	t.Helper()
 	ctx := context.Background()
 	f := &fleet{url: storagetest.URL(t, dialect), patients: patients}
 	var err error
@@ -67,7 +82,11 @@ func newFleet(t *testing.T, dialect storage.Dialect, patients int) *fleet {
 	if f.fhirQ, err = embedded.New(f.db, "fhir-changes", embedded.Options{MaxDeliveryCount: 50}); err != nil {
 		t.Fatal(err)
 	}
-	if f.fhirSrv, err = fhirserver.New(fhirserver.Options{Seed: 11, Patients: patients}); err != nil {
+	fo := fhirserver.Options{Seed: 11, Patients: patients}
+	if o.fhirOnDisk {
+		fo.Path = filepath.Join(t.TempDir(), "fhirserver.db")
+	}
+	if f.fhirSrv, err = fhirserver.New(fo); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.fhirSrv.Close() })
