@@ -411,10 +411,19 @@ func (m *Mapping) byTypeToFHIR(ctx context.Context, x *expansion, a *attr, p *pa
 
 // fixReferenceType keeps a Reference.type beside a rewritten reference
 // true: when dst has one that names another type, it is set to the new
-// reference's type.
+// reference's type. When the reference was removed (ref nil: the CRM
+// cleared the lookup), its Reference.type goes too, and with it a
+// Reference that it leaves empty: a type left behind would still say the
+// element refers to a resource of that type.
 func (a *attr) fixReferenceType(dst map[string]any, ref any) error {
+	if a.refType == nil {
+		return nil
+	}
+	if ref == nil {
+		return a.refType.Set(dst, nil)
+	}
 	s, ok := ref.(string)
-	if a.refType == nil || !ok {
+	if !ok {
 		return nil
 	}
 	old, has := a.refType.Get(dst)

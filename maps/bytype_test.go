@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -300,7 +301,10 @@ func TestLookupByTypeToFHIR(t *testing.T) {
 		name, base string
 		rec        map[string]any
 		want       any // actor[0].reference; nil: absent
-		wantErr    string
+		// wantActor is actor[0] when set; wantNoActor, that there is none.
+		wantActor   map[string]any
+		wantNoActor bool
+		wantErr     string
 	}{
 		{name: "the practitioner column", rec: map[string]any{"_msemr_actorpractitioner_value": "practitioner-dr1"}, want: "Practitioner/dr1"},
 		{name: "the location column, written as bound", rec: map[string]any{"msemr_ActorLocation@odata.bind": "/msemr_locations(location-1)"}, want: "Location/1"},
@@ -308,6 +312,10 @@ func TestLookupByTypeToFHIR(t *testing.T) {
 			rec: map[string]any{}, want: nil},
 		{name: "no column set keeps a reference of a skipped type", base: `{"resourceType":"Schedule","actor":[{"reference":"HealthcareService/hs1"}]}`,
 			rec: map[string]any{}, want: "HealthcareService/hs1"},
+		{name: "no column set removes the reference and its Reference.type", base: `{"resourceType":"Schedule","actor":[{"type":"Patient","reference":"Patient/p1","display":"Pat"}]}`,
+			rec: map[string]any{}, want: nil, wantActor: map[string]any{"display": "Pat"}},
+		{name: "no column set removes a typed reference that held nothing else", base: `{"resourceType":"Schedule","active":true,"actor":[{"type":"Practitioner","reference":"Practitioner/dr1"}]}`,
+			rec: map[string]any{}, want: nil, wantNoActor: true},
 		{name: "a stale Reference.type follows the new reference", base: `{"resourceType":"Schedule","actor":[{"type":"Patient","reference":"Patient/p1"}]}`,
 			rec: map[string]any{"_msemr_actorpractitioner_value": "practitioner-dr1"}, want: "Practitioner/dr1"},
 		{name: "two columns set", rec: map[string]any{"_msemr_actorpractitioner_value": "practitioner-dr1", "_msemr_actorlocation_value": "location-1"},
@@ -333,6 +341,13 @@ func TestLookupByTypeToFHIR(t *testing.T) {
 			got, _ := sched.attrs[0].path.Get(out.Resource)
 			if got != tc.want {
 				t.Fatalf("actor[0].reference = %v, want %v", got, tc.want)
+			}
+			actors, hasActor := out.Resource["actor"].([]any)
+			if tc.wantNoActor && hasActor {
+				t.Errorf("actor = %v, want none", out.Resource["actor"])
+			}
+			if tc.wantActor != nil && (len(actors) == 0 || !reflect.DeepEqual(actors[0], tc.wantActor)) {
+				t.Errorf("actor = %v, want [%v]", out.Resource["actor"], tc.wantActor)
 			}
 			if tc.name == "a stale Reference.type follows the new reference" {
 				if typ, _ := sched.attrs[0].refType.Get(out.Resource); typ != "Practitioner" {
