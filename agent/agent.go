@@ -220,7 +220,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		}
 	}
 	lookups := newLookupCache()
-	res := conceptLookups{resolver: resolver{links: lk, crm: api, maps: a.entityMapByName, lookups: lookups}, concepts: newConceptCache(api)}
+	res := conceptLookups{resolver: resolver{links: lk, crm: api, maps: a.entityMapByName, sharing: a.entityMapsOfCRM, lookups: lookups}, concepts: newConceptCache(api)}
 	fs := fhirSide{api: deps.FHIR, crm: api, writes: ow}
 	cs := crmSide{api: api, writes: ow}
 	prec := newPrecisions(deps.CRM)
@@ -362,6 +362,19 @@ func (a *Agent) entityMapByName(name string) (*maps.EntityMap, bool) {
 		return nil, false
 	}
 	return m.Def(), true
+}
+
+// entityMapsOfCRM is the published entity maps of a CRM entity.
+func (a *Agent) entityMapsOfCRM(entity string) []*maps.EntityMap {
+	s := a.current.Load()
+	if s == nil {
+		return nil
+	}
+	var out []*maps.EntityMap
+	for _, m := range s.ForCRM(entity) {
+		out = append(out, m.Def())
+	}
+	return out
 }
 
 // Run processes both queues until ctx ends, then drains. New map

@@ -617,11 +617,14 @@ func (s crmSide) remove(ctx context.Context, m *maps.Mapping, cur record) error 
 // cache, or the CRM's alternate key. It honours the reference's type: a
 // reference to another resource type than the entity map syncs is refused
 // with a *maps.ReferenceTypeError (a mapping error naming the types), never
-// looked up among that map's records.
+// looked up among that map's records; so is, on write-back, a CRM row
+// linked under an entity map of another type that shares the table.
 type resolver struct {
-	links   links
-	crm     crmAPI
-	maps    func(name string) (*maps.EntityMap, bool)
+	links links
+	crm   crmAPI
+	maps  func(name string) (*maps.EntityMap, bool)
+	// sharing lists the entity maps of a CRM entity (nil: none known).
+	sharing func(crmEntity string) []*maps.EntityMap
 	lookups *lookupCache
 }
 
@@ -664,12 +667,24 @@ func (r resolver) FHIRRef(ctx context.Context, entityMap, crmID string) (string,
 	if !ok {
 		return "", false, nil
 	}
-	if v, ok := r.lookups.get(lookupKey("crm", em.CRMEntity, strings.ToLower(crmID))); ok {
+	if v, ok := r.lookups.fhirOf(em, crmID); ok {
 		return em.FHIRType + "/" + v, true, nil
 	}
 	if l, err := r.links.byCRM(ctx, entityMap, crmID); err == nil {
 		r.lookups.put(em, l.FHIRID, crmID)
 		return em.FHIRType + "/" + l.FHIRID, true, nil
+	}
+	// Two entity maps may share a table and its correlation column
+	// (patient-contact and practitioner-contact): a row linked under a map
+	// of another type is that type's record, and its correlation column
+	// holds that resource's id. Only a row linked under no map falls back
+	// to the column.
+	other, err := r.linkedElsewhere(ctx, em, crmID)
+	if err != nil {
+		return "", false, err
+	}
+	if other != nil {
+		return "", false, &maps.ReferenceTypeError{Got: other.FHIRType, Want: []string{em.FHIRType}, EntityMap: entityMap}
 	}
 	rec, err := r.crm.Retrieve(ctx, crm.ByID(em.CRMEntitySet, crmID), em.Correlation.CRMAttribute)
 	if isMissing(err) {
@@ -684,6 +699,28 @@ func (r resolver) FHIRRef(ctx context.Context, entityMap, crmID string) (string,
 	}
 	r.lookups.put(em, fid, crmID)
 	return em.FHIRType + "/" + fid, true, nil
+}
+
+// linkedElsewhere returns the entity map of another resource type than
+// em's, sharing em's table, under which CRM row crmID is linked; nil when
+// there is none.
+func (r resolver) linkedElsewhere(ctx context.Context, em *maps.EntityMap, crmID string) (*maps.EntityMap, error) {
+	if r.sharing == nil {
+		return nil, nil
+	}
+	for _, m := range r.sharing(em.CRMEntity) {
+		if m.Name == em.Name || m.FHIRType == em.FHIRType {
+			continue
+		}
+		_, err := r.links.byCRM(ctx, m.Name, crmID)
+		if err == nil {
+			return m, nil
+		}
+		if !errors.Is(err, errNoLink) {
+			return nil, fmt.Errorf("reading the links of a %s row: %w", em.CRMEntity, err)
+		}
+	}
+	return nil, nil
 }
 
 // lookupCacheSize and lookupCacheTTL bound the lookup cache: a process
@@ -739,6 +776,29 @@ func (c *lookupCache) get(key string) (string, bool) {
 	}
 	if key == p.fhirKey {
 		return p.crmID, true
+	}
+	return p.fhirID, true
+}
+
+// fhirOf returns the FHIR id paired with the CRM row crmID of em's table
+// when the pair is of em's resource type: a row of a table two entity
+// maps share, paired with a Patient, is no Practitioner.
+func (c *lookupCache) fhirOf(em *maps.EntityMap, crmID string) (string, bool) {
+	if c == nil {
+		return "", false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.byKey[lookupKey("crm", em.CRMEntity, strings.ToLower(crmID))]
+	if p == nil {
+		return "", false
+	}
+	if c.now().Sub(p.at) > lookupCacheTTL {
+		c.drop(p)
+		return "", false
+	}
+	if p.fhirKey != lookupKey("fhir", em.FHIRType, p.fhirID) {
+		return "", false
 	}
 	return p.fhirID, true
 }
