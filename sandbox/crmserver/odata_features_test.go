@@ -257,6 +257,20 @@ func TestAlternateKeyUpsert(t *testing.T) {
 			{method: "PATCH", url: url("p7"), body: `{"lastname":"A"}`, wantStatus: 204},
 			{method: "POST", url: hs.URL + APIPath + "contacts", body: `{"lastname":"B","msemr_azurefhirid":"p7"}`, wantStatus: 412, wantCode: "0x80060892"},
 		}},
+		// Dataverse compares key values as its SQL collation does, without
+		// regard to case (keyfold.go).
+		{name: "a key differing only in case is a duplicate", steps: []step{
+			{method: "PATCH", url: url("p8"), body: `{"lastname":"A"}`, wantStatus: 204},
+			{method: "POST", url: hs.URL + APIPath + "contacts", body: `{"lastname":"B","msemr_azurefhirid":"P8"}`, wantStatus: 412, wantCode: "0x80060892"},
+		}},
+		{name: "a key finds its row whatever the case", steps: []step{
+			{method: "PATCH", url: url("p9"), body: `{"lastname":"A"}`, wantStatus: 204},
+			{method: "PATCH", url: url("P9"), body: `{"lastname":"B"}`, hdr: map[string]string{"If-Match": "*"}, wantStatus: 204},
+		}, check: func(t *testing.T) {
+			if m := get(t, "p9"); m["lastname"] != "B" || m["msemr_azurefhirid"] != "p9" {
+				t.Errorf("got %v", m)
+			}
+		}},
 		{name: "attributes that are not an alternate key", steps: []step{
 			{method: "PATCH", url: hs.URL + APIPath + "contacts(lastname='A')", body: `{"firstname":"X"}`, wantStatus: 400, wantCode: "0x80060892"},
 		}},

@@ -168,7 +168,8 @@ func (t *tx) nextVersion() int64 {
 	return t.s.version
 }
 
-// keyValue is k's joined values as get gives them (nil when absent).
+// keyValue is k's joined values as get gives them, strings without regard
+// to case (keyPart); ok is false when one is absent.
 func keyValue(k Key, get func(string) any) (string, bool) {
 	parts := make([]string, len(k.Attributes))
 	for i, a := range k.Attributes {
@@ -176,7 +177,7 @@ func keyValue(k Key, get func(string) any) (string, bool) {
 		if v == nil {
 			return "", false
 		}
-		parts[i] = fmt.Sprint(v)
+		parts[i] = keyPart(v)
 	}
 	return strings.Join(parts, "\x00"), true
 }
