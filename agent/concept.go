@@ -153,7 +153,7 @@ func (c *conceptCache) id(ctx context.Context, want maps.ConceptRow, create bool
 		// Found or made by the holder of the lock before us.
 		return row.ID, true, nil
 	}
-	row, found, err := c.find(ctx, want)
+	row, found, _, err := c.find(ctx, want)
 	if err != nil || found {
 		return row.ID, found, err
 	}
@@ -170,10 +170,17 @@ func (c *conceptCache) id(ctx context.Context, want maps.ConceptRow, create bool
 	id, err := c.api.Create(ctx, maps.ConceptEntitySet, rec)
 	var ce *crm.Error
 	if errors.As(err, &ce) && ce.Class == crm.ClassConflict {
-		// Another writer (a second process) made it first.
-		row, found, ferr := c.find(ctx, want)
+		// Another writer (a second process) made it first; or the table
+		// holds the code in another case, which the alternate key does
+		// not tell from this one (maps.ConceptCaseError): a retry would
+		// be refused the same, so it is a mapping error, and the CRM's
+		// refusal is not wrapped (it would make it a retried conflict).
+		row, found, variant, ferr := c.find(ctx, want)
 		if ferr == nil && found {
 			return row.ID, true, nil
+		}
+		if ferr == nil && variant != nil {
+			return "", false, &maps.ConceptCaseError{Code: want.Code, Held: variant.Code, Type: want.Type}
 		}
 	}
 	if err != nil {
@@ -186,21 +193,28 @@ func (c *conceptCache) id(ctx context.Context, want maps.ConceptRow, create bool
 
 // find queries the concept table for want's type and code
 // (maps.ConceptFilter, maps.ChooseConceptRow: exact code, smallest id).
-func (c *conceptCache) find(ctx context.Context, want maps.ConceptRow) (maps.ConceptRow, bool, error) {
+// When no row has the code exactly, variant is a row whose code differs
+// only in case (the filter compares as Dataverse does, without regard to
+// case), if there is one.
+func (c *conceptCache) find(ctx context.Context, want maps.ConceptRow) (row maps.ConceptRow, found bool, variant *maps.ConceptRow, err error) {
 	var rows []maps.ConceptRow
-	err := c.api.RetrieveMultiple(ctx, maps.ConceptEntitySet, crm.Query{Select: maps.ConceptColumns(), Filter: maps.ConceptFilter(want)},
+	err = c.api.RetrieveMultiple(ctx, maps.ConceptEntitySet, crm.Query{Select: maps.ConceptColumns(), Filter: maps.ConceptFilter(want)},
 		func(r crm.Record) error {
 			rows = append(rows, maps.ConceptRowOf(r))
 			return nil
 		})
 	if err != nil {
-		return maps.ConceptRow{}, false, fmt.Errorf("finding a %s row: %w", maps.ConceptEntity, classify(err))
+		return maps.ConceptRow{}, false, nil, fmt.Errorf("finding a %s row: %w", maps.ConceptEntity, classify(err))
 	}
-	row, found := maps.ChooseConceptRow(rows, want)
+	row, found = maps.ChooseConceptRow(rows, want)
 	if found {
 		c.put(row)
+		return row, true, nil, nil
 	}
-	return row, found, nil
+	if v, ok := maps.CaseVariant(rows, want); ok {
+		variant = &v
+	}
+	return row, false, variant, nil
 }
 
 // row reads the concept row id, for write-back.

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -58,6 +59,13 @@ func (f *conceptTable) Create(_ context.Context, _ string, rec crm.Record) (stri
 	time.Sleep(20 * time.Millisecond)
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	// The alternate key on msemr_code and msemr_type, compared as
+	// Dataverse's collation compares, without regard to case.
+	for _, r := range f.rows {
+		if strings.EqualFold(r.String("msemr_code"), rec.String("msemr_code")) && fmt.Sprint(r["msemr_type"]) == fmt.Sprint(rec["msemr_type"]) {
+			return "", &crm.Error{Status: 412, Class: crm.ClassConflict, Code: "0x80060892"}
+		}
+	}
 	id := fmt.Sprintf("00000000-0000-0000-0000-%012d", len(f.rows)+1)
 	r := crm.Record{"msemr_codeableconceptid": id}
 	for k, v := range rec {
@@ -76,9 +84,10 @@ func (f *conceptTable) Delete(context.Context, crm.Target, string) error {
 
 // TestConceptCacheCreatesOnceAndForgets: twenty concurrent resolutions of
 // a new concept create one row; later ones are answered from the cache
-// without a request; a code differing only in case is another concept;
-// after the TTL the table is asked again; a row gone from the CRM is
-// forgotten.
+// without a request; a code differing only in case from a row's is
+// refused at once with a *maps.ConceptCaseError (the alternate key cannot
+// hold both); after the TTL the table is asked again; a row gone from the
+// CRM is forgotten.
 func TestConceptCacheCreatesOnceAndForgets(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -115,11 +124,28 @@ func TestConceptCacheCreatesOnceAndForgets(t *testing.T) {
 		t.Errorf("a cached concept was asked again (%d queries, was %d): %v", api.queries.Load(), q, err)
 	}
 
-	// FHIR codes are case-sensitive: "ABC" and "abc" are two concepts.
-	upper, _, _ := c.id(ctx, maps.ConceptRow{Code: "ABC", Name: "A", Type: &typ}, true)
-	lower, _, _ := c.id(ctx, maps.ConceptRow{Code: "abc", Name: "a", Type: &typ}, true)
-	if upper == lower || api.creates.Load() != 3 {
-		t.Errorf("codes differing in case: rows %q and %q, %d creates", upper, lower, api.creates.Load())
+	// FHIR codes are case-sensitive, so "ABC" and "abc" are two concepts,
+	// but the CRM's alternate key compares codes without regard to case
+	// and holds only one: "abc" is a case error after one refused create,
+	// not a row and not a retryable conflict.
+	upper, found, err := c.id(ctx, maps.ConceptRow{Code: "ABC", Name: "A", Type: &typ}, true)
+	if err != nil || !found || upper == "" {
+		t.Fatalf("ABC: %q %v %v", upper, found, err)
+	}
+	lower, found, err := c.id(ctx, maps.ConceptRow{Code: "abc", Name: "a", Type: &typ}, true)
+	var cce *maps.ConceptCaseError
+	if !errors.As(err, &cce) || lower != "" || found || cce.Code != "abc" || cce.Held != "ABC" || cce.Type == nil || *cce.Type != typ {
+		t.Errorf("abc after ABC = %q %v %v (%+v), want a case error", lower, found, err, cce)
+	}
+	var ce *crm.Error
+	if errors.As(err, &ce) {
+		t.Errorf("the case error wraps the CRM's conflict, which would make it a retried target_conflict: %v", err)
+	}
+	if n := api.creates.Load(); n != 3 {
+		t.Errorf("creates = %d, want 3 (the concept, ABC, and the refused abc)", n)
+	}
+	if n := len(api.rows); n != 2 {
+		t.Errorf("rows = %d, want 2", n)
 	}
 
 	// Past the TTL the table is asked again (and still has the row).

@@ -600,6 +600,13 @@ func (p *pipeline) mappingFailure(err error) *step {
 	if errors.As(err, &rte) {
 		st.message = fmt.Sprintf("Mapping failed at %s: %s.", orUnknown(me.attribute), rte.Error())
 	}
+	// A concept code the CRM cannot hold beside one differing only in
+	// case: the message names both codes (reference data, not patient
+	// data), for the admin to find the row.
+	var cce *maps.ConceptCaseError
+	if errors.As(err, &cce) {
+		st.message = fmt.Sprintf("Mapping failed at %s: %s.", orUnknown(me.attribute), cce.Detail())
+	}
 	if me.retryable {
 		st.outcome, st.reason, st.err = logs.OutcomeFailed, logs.ReasonMissingReference, err
 		st.message = fmt.Sprintf("Mapping is waiting at %s: the referenced record has not been synced yet.", orUnknown(me.attribute))

@@ -107,7 +107,9 @@ type ConceptResolver interface {
 	// ConceptID returns the id of the row with want's code and type
 	// (matched exactly, code case and all). When there is none and create
 	// is set, it creates one from want and returns its id; found is false
-	// only when there is none and create is not set.
+	// only when there is none and create is not set. A CRM that refuses
+	// the row because it holds the code in another case answers a
+	// *ConceptCaseError.
 	ConceptID(ctx context.Context, want ConceptRow, create bool) (id string, found bool, err error)
 	// Concept reads the row id; found is false when there is none.
 	Concept(ctx context.Context, id string) (row ConceptRow, found bool, err error)
@@ -116,6 +118,63 @@ type ConceptResolver interface {
 // ErrUnknownConcept means a coded element's code and type match no concept
 // row and the attribute map does not create rows.
 var ErrUnknownConcept = errors.New("no concept row has the code and type, and the map does not create rows")
+
+// ConceptCaseError means the CRM holds a concept row whose code differs
+// from a coded element's only in case, and refused a row for the
+// element's code. FHIR codes are case-sensitive ("ML" and "mL" are two
+// codes), but Dataverse compares text as its SQL collation does, without
+// regard to case in every language ("Microsoft Dataverse language
+// collations", MicrosoftDocs/power-platform
+// power-platform/admin/language-collations.md), so the alternate key on
+// msemr_code and msemr_type (maps/starter/SOURCES.md) holds one of the
+// two. Retrying cannot change that: it is a mapping error. Error names
+// neither code (it may reach a process log); Detail does, for the
+// decision.
+type ConceptCaseError struct {
+	// Code is the coded element's code; Held the code of the row the CRM
+	// holds; Type the concept type (msemr_type), nil for none.
+	Code, Held string
+	Type       *int
+}
+
+func (e *ConceptCaseError) Error() string {
+	return fmt.Sprintf("the CRM already holds a %s row of %s whose code differs from this code only in case, and its alternate key on %s and %s, which compares without regard to case, cannot hold both",
+		ConceptEntity, e.typeText(), ConceptCodeColumn, ConceptTypeColumn)
+}
+
+// Detail is Error naming the two codes, for the decision's message (a
+// code is not patient data).
+func (e *ConceptCaseError) Detail() string {
+	return fmt.Sprintf("the CRM already holds the %s code %q of %s, which differs from the code %q only in case, and its alternate key on %s and %s, which compares without regard to case, cannot hold both",
+		ConceptEntity, e.Held, e.typeText(), e.Code, ConceptCodeColumn, ConceptTypeColumn)
+}
+
+func (e *ConceptCaseError) typeText() string {
+	if e.Type == nil {
+		return "no type"
+	}
+	return "type " + strconv.Itoa(*e.Type)
+}
+
+// CaseVariant returns, of the rows a ConceptFilter query answered, one
+// whose code differs from want's only in case (the smallest id, as
+// ChooseConceptRow picks), when no row has want's code exactly.
+func CaseVariant(rows []ConceptRow, want ConceptRow) (ConceptRow, bool) {
+	if _, exact := ChooseConceptRow(rows, want); exact {
+		return ConceptRow{}, false
+	}
+	var best ConceptRow
+	found := false
+	for _, r := range rows {
+		if r.ID == "" || !strings.EqualFold(r.Code, want.Code) || !sameType(want.Type, r.Type) {
+			continue
+		}
+		if !found || strings.ToLower(r.ID) < strings.ToLower(best.ID) {
+			best, found = r, true
+		}
+	}
+	return best, found
+}
 
 // compiledConcept is an attribute map's concept section, compiled.
 type compiledConcept struct {
