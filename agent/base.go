@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
@@ -577,9 +576,10 @@ func sortedRows(rows []map[string]any) any {
 		r map[string]any
 	}
 	ks := make([]keyed, len(rows))
+	var buf []byte
 	for i, r := range rows {
-		j, _ := json.Marshal(r)
-		ks[i] = keyed{string(j), r}
+		buf, _ = appendMarshal(buf[:0], r)
+		ks[i] = keyed{string(buf), r}
 	}
 	slices.SortFunc(ks, func(a, b keyed) int { return strings.Compare(a.k, b.k) })
 	out := make([]any, len(ks))

@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"bytes"
 	"encoding/json"
 	"math"
+	"strings"
 	"testing"
 )
 
@@ -13,7 +15,13 @@ func TestAppendMarshalMatchesJSON(t *testing.T) {
 	values := []any{
 		nil, true, false, "", "plain text 123", "Müller", "a<b", "x&y", "q\"uote", `back\slash`, "tab\there", "line\u2028sep", "\x7f", "bad \xff utf-8",
 		0.0, math.Copysign(0, -1), 1.0, -1.0, 42.5, 1e-6, 9.99e-7, 1e20, 1e21, 123456789012345678.0, 0.1 + 0.2, -3.25e-5,
-		[]any{"a", 1.0, nil}, map[string]any{"b": 1.0, "a": []any{"x"}}, []any{},
+		[]any{"a", 1.0, nil}, map[string]any{"b": 1.0, "a": []any{"x"}}, []any{}, []any(nil), map[string]any{}, map[string]any(nil),
+		json.Number("0"), json.Number("-0"), json.Number("1.50"), json.Number("1e5"), json.Number("-2.5E-3"), json.Number(""),
+		map[string]any{"z<": "a&b", "é": json.Number("12"), "a": map[string]any{"c": []any{true, nil, "x\u2029"}}, "": false},
+		map[string]any{"given": []any{"Ann", "Marie"}, "use": "official"},
+		[]any{map[string]string{"b": "2", "a": "1"}, []string{"x"}, 3, int64(-4), uint8(5)},
+		map[string]any{"k01": 1.0, "k02": 2.0, "k03": 3.0, "k04": 4.0, "k05": 5.0, "k06": 6.0, "k07": 7.0, "k08": 8.0,
+			"k09": 9.0, "k10": 10.0, "k11": 11.0, "k12": 12.0, "k13": 13.0, "k14": 14.0, "k15": 15.0, "k16": 16.0, "k17": 17.0},
 	}
 	for _, v := range values {
 		want, err := json.Marshal(v)
@@ -25,9 +33,69 @@ func TestAppendMarshalMatchesJSON(t *testing.T) {
 			t.Errorf("appendMarshal(%#v) = %q, %v; json.Marshal writes %q", v, got, ok, want)
 		}
 	}
-	for _, v := range []any{math.NaN(), math.Inf(1)} {
+	for _, v := range []any{math.NaN(), math.Inf(1), json.Number("01"), json.Number("1."), json.Number(" 1"), json.Number("0x1"),
+		[]any{"a", math.NaN()}, map[string]any{"a": 1.0, "b": map[string]any{"c": math.Inf(-1)}}} {
+		if _, err := json.Marshal(v); err == nil {
+			t.Fatalf("json.Marshal(%#v) succeeds; the case is meant to be unencodable", v)
+		}
 		if got, ok := appendMarshal([]byte("p"), v); ok || string(got) != "p" {
-			t.Errorf("appendMarshal(%v) = %q, %v; want the input unchanged and false", v, got, ok)
+			t.Errorf("appendMarshal(%#v) = %q, %v; want the input unchanged and false", v, got, ok)
 		}
 	}
+}
+
+// FuzzAppendMarshalMatchesJSON decodes each input as the agent decodes
+// FHIR resources and CRM rows (json.Number) and as plain float64, and
+// checks that appendMarshal writes what json.Marshal writes.
+func FuzzAppendMarshalMatchesJSON(f *testing.F) {
+	for _, s := range []string{
+		`{"resourceType":"Patient","name":[{"family":"Ng","given":["A","B"]}],"birthDate":"1970-01-01"}`,
+		`[1, 1.0, -0, 1e300, 2.5E-7, "a<b>&", "\u2028", null, true, {}]`,
+		`{"b":{"d":[],"c":""},"a":0.000001,"\u00e9":"\ud800"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, useNumber := range []bool{true, false} {
+			dec := json.NewDecoder(bytes.NewReader(data))
+			if useNumber {
+				dec.UseNumber()
+			}
+			var v any
+			if dec.Decode(&v) != nil {
+				return
+			}
+			want, err := json.Marshal(v)
+			got, ok := appendMarshal(nil, v)
+			if (err == nil) != ok || (ok && !bytes.Equal(got, want)) {
+				t.Fatalf("UseNumber %v: appendMarshal = %q, %v; json.Marshal = %q, %v", useNumber, got, ok, want, err)
+			}
+		}
+	})
+}
+
+// BenchmarkAppendMarshal compares appendMarshal with json.Marshal on the
+// values the base state hashes most: a Patient's names and telecoms as
+// decoded (json.Number).
+func BenchmarkAppendMarshal(b *testing.B) {
+	var v any
+	d := json.NewDecoder(strings.NewReader(`[{"use":"official","family":"Chalmers","given":["Peter","James"]},{"use":"usual","given":["Jim"]},` +
+		`{"system":"phone","value":"(03) 5555 6473","use":"work","rank":1}]`))
+	d.UseNumber()
+	if err := d.Decode(&v); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("appendMarshal", func(b *testing.B) {
+		var buf []byte
+		for b.Loop() {
+			buf, _ = appendMarshal(buf[:0], v)
+		}
+	})
+	b.Run("json.Marshal", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := json.Marshal(v); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
