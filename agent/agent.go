@@ -222,7 +222,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	lookups := newLookupCache()
 	res := conceptLookups{resolver: resolver{links: lk, crm: api, maps: a.entityMapByName, sharing: a.entityMapsOfCRM, lookups: lookups}, concepts: newConceptCache(api)}
 	fs := fhirSide{api: deps.FHIR, crm: api, writes: ow}
-	cs := crmSide{api: api, writes: ow}
+	cs := crmSide{api: api, writes: ow, links: lk, sharing: a.entityMapsOfCRM}
 	prec := newPrecisions(deps.CRM)
 	own := newCRMUsers(cfg.CRMUserID, cfg.CRMUserIDs)
 	a.pipe = &pipeline{

@@ -83,6 +83,10 @@ func reasonForError(err error) logs.ReasonCode {
 		}
 		return "mapping_error"
 	}
+	var sre *sharedRowError
+	if errors.As(err, &sre) {
+		return "mapping_error"
+	}
 	return "unavailable"
 }
 
@@ -110,10 +114,11 @@ func errorClass(err error) string {
 		return "network"
 	}
 	var me *mappingError
-	if errors.As(err, &me) {
-		if me.retryable {
-			return "unresolved_lookup"
-		}
+	var sre *sharedRowError
+	switch {
+	case errors.As(err, &me) && me.retryable:
+		return "unresolved_lookup"
+	case errors.As(err, &me), errors.As(err, &sre):
 		return "mapping"
 	}
 	return "internal"

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -454,11 +455,19 @@ func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues
 	d.Conflicts = nil
 	cur, err := f.target.find(ctx, mp, src, cached)
 	var curp *record
+	var sre *sharedRowError
 	switch {
 	case errors.Is(err, errGone):
 		if st := p.linkedTargetGone(ctx, f, em, cached, d); st != nil {
 			return st, false
 		}
+	case errors.As(err, &sre):
+		// Neither update another record's row nor create a second row
+		// beside it: an admin has to tell the two records apart.
+		st := &step{outcome: logs.OutcomeDeadLettered, reason: "mapping_error", subject: cmp.Or(sre.ownerMap, sre.filter),
+			message: fmt.Sprintf("Entity map %s did not write the %s: %s, and a second row would break the alternate key on %s (FHIR ids are unique per resource type only).",
+				em.Name, em.FHIRType, sre.whose(), sre.column), err: Permanent(err)}
+		return st, false
 	case err != nil:
 		return p.failure("reading the target record", err), false
 	default:
@@ -607,6 +616,12 @@ func (p *pipeline) mappingFailure(err error) *step {
 	if errors.As(err, &cce) {
 		st.message = fmt.Sprintf("Mapping failed at %s: %s.", orUnknown(me.attribute), cce.Detail())
 	}
+	// A lookup whose correlation column names a row of another type's
+	// record (a table two entity maps share).
+	var sre *sharedRowError
+	if errors.As(err, &sre) {
+		st.message = fmt.Sprintf("Mapping failed at %s: %s.", orUnknown(me.attribute), sre.whose())
+	}
 	if me.retryable {
 		st.outcome, st.reason, st.err = logs.OutcomeFailed, logs.ReasonMissingReference, err
 		st.message = fmt.Sprintf("Mapping is waiting at %s: the referenced record has not been synced yet.", orUnknown(me.attribute))
@@ -692,6 +707,11 @@ func (p *pipeline) deleteTarget(ctx context.Context, f *flow, m *maps.Mapping, n
 	cur, err := f.target.find(ctx, m, record{Type: n.Type, ID: n.ID}, cached)
 	if errors.Is(err, errGone) {
 		return stop(logs.OutcomeSkipped, "source_gone", "The source record no longer exists and nothing is correlated at the target.")
+	}
+	// A row holding the id that is another record's is not this one's.
+	var sre *sharedRowError
+	if errors.As(err, &sre) {
+		return stop(logs.OutcomeSkipped, "source_gone", fmt.Sprintf("The source record no longer exists and nothing is correlated at the target: %s, and is kept.", sre.whose()))
 	}
 	if err != nil {
 		return p.failure("reading the target record", err)

@@ -261,6 +261,12 @@ func (s fhirSide) remove(ctx context.Context, m *maps.Mapping, cur record) error
 type crmSide struct {
 	api    crmAPI
 	writes ownWrites
+	// links and sharing tell, in a table several entity maps share
+	// (patient-contact and practitioner-contact on contact), a row found
+	// through the correlation column that is another map's record; nil
+	// sharing: no map shares a table.
+	links   links
+	sharing func(crmEntity string) []*maps.EntityMap
 }
 
 func (s crmSide) read(ctx context.Context, m *maps.Mapping, id string) (record, error) {
@@ -407,7 +413,104 @@ func (s crmSide) find(ctx context.Context, m *maps.Mapping, src record, cached *
 	if err != nil {
 		return record{}, classify(err)
 	}
+	if err := s.checkOwnRow(ctx, em, rec); err != nil {
+		return record{}, err
+	}
 	return s.withChildren(ctx, m, "", rec)
+}
+
+// checkOwnRow refuses a row found through the correlation column or the
+// business key, not through em's link, that is another record's (see
+// ownRow).
+func (s crmSide) checkOwnRow(ctx context.Context, em *maps.EntityMap, rec crm.Record) error {
+	return ownRow(ctx, s.links, s.sharing, em, rec)
+}
+
+// ownRow checks that a row of em's table found through the correlation
+// column (or the business key), not through em's link, is em's. FHIR ids
+// are unique within a resource type only
+// (https://hl7.org/fhir/R4/resource.html#id), so when entity maps of two
+// types share a table and its correlation column, Patient/123 and
+// Practitioner/123 both look for the value 123. A row linked under a map
+// of another type, or one em's CRM filter excludes, is not em's: a
+// *sharedRowError. A second row cannot be created beside it, as the agent
+// creates rows by the correlation column's alternate key (one row per
+// value). rec must hold em's filter column.
+func ownRow(ctx context.Context, lk links, sharing func(string) []*maps.EntityMap, em *maps.EntityMap, rec crm.Record) error {
+	var owner *maps.EntityMap
+	if id, _ := rec[em.IDAttribute()].(string); id != "" {
+		o, err := linkedElsewhere(ctx, lk, sharing, em, id)
+		if err != nil {
+			return err
+		}
+		owner = o
+	}
+	if owner == nil && em.CRMFilter.Admits(rec) {
+		return nil
+	}
+	e := &sharedRowError{entityMap: em.Name, fhirType: em.FHIRType, crmEntity: em.CRMEntity, column: em.Correlation.CRMAttribute}
+	if owner == nil {
+		e.filter = em.CRMFilter.Name
+		// Name the map of another type whose filter admits the row, when
+		// the row holds that filter's column.
+		for _, m := range othersOfTable(sharing, em) {
+			if f := m.CRMFilter; f != nil {
+				if _, read := rec[f.Attribute]; read && f.Admits(rec) {
+					owner = m
+					break
+				}
+			}
+		}
+	}
+	if owner != nil {
+		e.ownerMap, e.ownerType = owner.Name, owner.FHIRType
+	}
+	return e
+}
+
+// othersOfTable is the entity maps of another resource type than em's
+// that share em's table.
+func othersOfTable(sharing func(string) []*maps.EntityMap, em *maps.EntityMap) []*maps.EntityMap {
+	if sharing == nil {
+		return nil
+	}
+	var out []*maps.EntityMap
+	for _, m := range sharing(em.CRMEntity) {
+		if m.Name != em.Name && m.FHIRType != em.FHIRType {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// sharedRowError is a CRM row found through the correlation column that
+// is another record's (see ownRow). Its text names the
+// entity maps, the resource types, the table, the column and the filter,
+// never an id or a value: it reaches the sync log and the process log.
+type sharedRowError struct {
+	entityMap, fhirType string // the map syncing the record, and its type
+	crmEntity, column   string // the table and its correlation column
+	// ownerMap and ownerType name the map of another type the row is
+	// linked under, or whose filter admits it ("" when unknown).
+	ownerMap, ownerType string
+	// filter names em's CRM filter when it excludes the row.
+	filter string
+}
+
+func (e *sharedRowError) Error() string {
+	return e.whose() + "; entity map " + e.entityMap + " does not write it"
+}
+
+// whose says whose the row is, for decision messages.
+func (e *sharedRowError) whose() string {
+	row := fmt.Sprintf("the %s row whose %s holds this %s's id", e.crmEntity, e.column, e.fhirType)
+	switch {
+	case e.ownerMap != "" && e.filter != "":
+		return fmt.Sprintf("%s is a %s's (entity map %s), excluded by filter %s", row, e.ownerType, e.ownerMap, e.filter)
+	case e.ownerMap != "":
+		return fmt.Sprintf("%s is a %s's (entity map %s)", row, e.ownerType, e.ownerMap)
+	}
+	return fmt.Sprintf("%s is excluded by filter %s", row, e.filter)
 }
 
 func (s crmSide) write(ctx context.Context, m *maps.Mapping, src record, cur *record, out mapped) (written, error) {
@@ -648,12 +751,21 @@ func (r resolver) CRMID(ctx context.Context, entityMap, fhirRef string) (string,
 	if !known {
 		return "", false, nil
 	}
-	rec, err := r.crm.Retrieve(ctx, crm.ByKey(em.CRMEntitySet, em.Correlation.CRMAttribute, id), em.IDAttribute())
+	sel := []string{em.IDAttribute()}
+	if f := em.CRMFilter; f != nil {
+		sel = append(sel, f.Attribute)
+	}
+	rec, err := r.crm.Retrieve(ctx, crm.ByKey(em.CRMEntitySet, em.Correlation.CRMAttribute, id), sel...)
 	if isMissing(err) {
 		return "", false, nil
 	}
 	if err != nil {
 		return "", false, classify(err)
+	}
+	// The row holding the id may be another type's record (a Patient's
+	// contact for a Practitioner's id): the lookup must not point at it.
+	if err := ownRow(ctx, r.links, r.sharing, em, rec); err != nil {
+		return "", false, err
 	}
 	crmID, _ := rec[em.IDAttribute()].(string)
 	if crmID != "" {
@@ -679,7 +791,7 @@ func (r resolver) FHIRRef(ctx context.Context, entityMap, crmID string) (string,
 	// of another type is that type's record, and its correlation column
 	// holds that resource's id. Only a row linked under no map falls back
 	// to the column.
-	other, err := r.linkedElsewhere(ctx, em, crmID)
+	other, err := linkedElsewhere(ctx, r.links, r.sharing, em, crmID)
 	if err != nil {
 		return "", false, err
 	}
@@ -701,18 +813,12 @@ func (r resolver) FHIRRef(ctx context.Context, entityMap, crmID string) (string,
 	return em.FHIRType + "/" + fid, true, nil
 }
 
-// linkedElsewhere returns the entity map of another resource type than
-// em's, sharing em's table, under which CRM row crmID is linked; nil when
-// there is none.
-func (r resolver) linkedElsewhere(ctx context.Context, em *maps.EntityMap, crmID string) (*maps.EntityMap, error) {
-	if r.sharing == nil {
-		return nil, nil
-	}
-	for _, m := range r.sharing(em.CRMEntity) {
-		if m.Name == em.Name || m.FHIRType == em.FHIRType {
-			continue
-		}
-		_, err := r.links.byCRM(ctx, m.Name, crmID)
+// linkedElsewhere returns the entity map, among sharing's maps of another
+// resource type than em's, under which CRM row crmID of em's table is
+// linked; nil when there is none.
+func linkedElsewhere(ctx context.Context, lk links, sharing func(string) []*maps.EntityMap, em *maps.EntityMap, crmID string) (*maps.EntityMap, error) {
+	for _, m := range othersOfTable(sharing, em) {
+		_, err := lk.byCRM(ctx, m.Name, crmID)
 		if err == nil {
 			return m, nil
 		}

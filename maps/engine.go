@@ -668,6 +668,13 @@ func (a *attr) equalFHIR(x, y any) bool {
 	return equalValue(a.def.CRMType, x, y)
 }
 
+// Admits reports whether the CRM record rec passes the filter; a nil
+// filter admits every record. An attribute absent from rec counts as
+// null.
+func (f *CRMFilter) Admits(rec map[string]any) bool {
+	return f == nil || crmFilterPasses(f, rec)
+}
+
 func crmFilterPasses(f *CRMFilter, rec map[string]any) bool {
 	v, has := rec[f.Attribute]
 	text := ""
