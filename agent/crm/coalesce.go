@@ -687,7 +687,10 @@ func (p planItem) answer(k *Coalescer, res []OpResult) (alone bool) {
 		for _, row := range rows {
 			if sameValue(row[p.match], e.value, e.kind == kindChildren) {
 				c := maps.Clone(row)
-				if p.added != "" {
+				if p.added != "" && !e.byID {
+					// A retrieve by primary id answers with the primary
+					// id whatever $select names, so a grouped read by id
+					// keeps it, as its own request would have.
 					delete(c, p.added)
 				}
 				mine = append(mine, c)
