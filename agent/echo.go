@@ -6,14 +6,12 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
-	"math"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/fhirsync/fhirsync/internal/jsonenc"
 	"github.com/fhirsync/fhirsync/maps"
 	"github.com/fhirsync/fhirsync/queues"
 )
@@ -251,147 +249,13 @@ func hashValues(key []byte, side string, names []string, vals map[string]any) st
 			v = lookupHashValue(v)
 		}
 		var ok bool
-		if b, ok = appendMarshal(b, v); !ok {
+		if b, ok = jsonenc.Append(b, v); !ok {
 			b = append(b, "!unencodable"...)
 		}
 		b = append(b, 0)
 		m.Write(b)
 	}
 	return hex.EncodeToString(m.Sum(nil))
-}
-
-// appendMarshal appends the bytes json.Marshal writes for v — the same
-// bytes, as hashes of them are stored — writing what a decoded JSON
-// document holds (null, booleans, strings, json.Number, float64 in the
-// range Marshal writes without an exponent, []any and map[string]any, keys
-// sorted) itself, without reflection; anything else, and strings Marshal
-// escapes, go through json.Marshal. TestAppendMarshalMatchesJSON and
-// FuzzAppendMarshalMatchesJSON compare the two. ok is false when v cannot
-// be encoded; b is then unchanged.
-func appendMarshal(b []byte, v any) (_ []byte, ok bool) {
-	start := len(b)
-	switch x := v.(type) {
-	case nil:
-		return append(b, "null"...), true
-	case bool:
-		return strconv.AppendBool(b, x), true
-	case string:
-		return appendJSONString(b, x), true
-	case float64:
-		// encoding/json writes 'f' format between 1e-6 and 1e21.
-		if a := math.Abs(x); x == 0 || (a >= 1e-6 && a < 1e21) {
-			return strconv.AppendFloat(b, x, 'f', -1, 64), true
-		}
-	case json.Number:
-		if x == "" {
-			return append(b, '0'), true // as Marshal writes an empty Number
-		}
-		if plainJSONNumber(string(x)) {
-			return append(b, x...), true
-		}
-	case []any:
-		if x == nil {
-			return append(b, "null"...), true
-		}
-		b = append(b, '[')
-		for i, e := range x {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			if b, ok = appendMarshal(b, e); !ok {
-				return b[:start], false
-			}
-		}
-		return append(b, ']'), true
-	case map[string]any:
-		if x == nil {
-			return append(b, "null"...), true
-		}
-		var keys [16]string
-		ks := keys[:0]
-		for k := range x {
-			ks = append(ks, k)
-		}
-		slices.Sort(ks)
-		b = append(b, '{')
-		for i, k := range ks {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = appendJSONString(b, k)
-			b = append(b, ':')
-			if b, ok = appendMarshal(b, x[k]); !ok {
-				return b[:start], false
-			}
-		}
-		return append(b, '}'), true
-	}
-	j, err := json.Marshal(v)
-	if err != nil {
-		return b[:start], false
-	}
-	return append(b, j...), true
-}
-
-// appendJSONString appends s as json.Marshal writes it.
-func appendJSONString(b []byte, s string) []byte {
-	if plainJSONString(s) {
-		b = append(b, '"')
-		b = append(b, s...)
-		return append(b, '"')
-	}
-	j, _ := json.Marshal(s) // a string always encodes
-	return append(b, j...)
-}
-
-// plainJSONNumber reports whether s is a number as JSON writes it
-// (RFC 8259 section 6), which Marshal copies as it is.
-func plainJSONNumber(s string) bool {
-	i := 0
-	if i < len(s) && s[i] == '-' {
-		i++
-	}
-	digits := func() int {
-		n := 0
-		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
-			i, n = i+1, n+1
-		}
-		return n
-	}
-	switch {
-	case i < len(s) && s[i] == '0':
-		i++
-	case digits() == 0:
-		return false
-	}
-	if i < len(s) && s[i] == '.' {
-		i++
-		if digits() == 0 {
-			return false
-		}
-	}
-	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
-		i++
-		if i < len(s) && (s[i] == '+' || s[i] == '-') {
-			i++
-		}
-		if digits() == 0 {
-			return false
-		}
-	}
-	return i == len(s)
-}
-
-// plainJSONString reports whether json.Marshal writes s as it is between
-// quotes: printable ASCII without the characters it escapes.
-func plainJSONString(s string) bool {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			return false
-		}
-	}
-	return true
 }
 
 // echo decides whether a change is the echo of an own write: the version

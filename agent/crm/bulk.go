@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/fhirsync/fhirsync/internal/jsonenc"
 )
 
 // Bulk messages. With bulk on (the default), a Coalescer sends the row
@@ -394,7 +396,7 @@ func (k *Coalescer) bulkOp(m *bulkMsg) (Op, error) {
 	if err != nil {
 		return Op{}, err
 	}
-	targets := make([]Record, len(m.rows))
+	targets := make([]map[string]any, len(m.rows))
 	for i, r := range m.rows {
 		t := maps.Clone(r.rec)
 		if t == nil {
@@ -420,7 +422,7 @@ func (k *Coalescer) bulkOp(m *bulkMsg) (Op, error) {
 		}
 		targets[i] = t
 	}
-	body, err := json.Marshal(map[string]any{"Targets": targets})
+	body, err := jsonenc.Marshal(map[string]any{"Targets": targets})
 	if err != nil {
 		return Op{}, fmt.Errorf("encoding %s for %s: %w", m.action, m.set, err)
 	}

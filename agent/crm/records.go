@@ -2,13 +2,14 @@ package crm
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/fhirsync/fhirsync/internal/jsonenc"
 )
 
 // Record is one row as the Web API renders it: attribute logical names to
@@ -129,7 +130,7 @@ func (c *Client) whoAmI(ctx context.Context, u *user) (string, error) {
 // Create inserts a row and returns its id.
 func (c *Client) Create(ctx context.Context, set string, rec Record) (string, error) {
 	op := "creating in " + set
-	body, err := json.Marshal(rec)
+	body, err := jsonenc.Marshal(map[string]any(rec))
 	if err != nil {
 		return "", fmt.Errorf("%s: encoding: %w", op, err)
 	}
@@ -305,7 +306,7 @@ func upsertCall(c *Client, t Target, body []byte, o UpsertOptions) call {
 // return=representation) and reports which happened.
 func (c *Client) Upsert(ctx context.Context, t Target, rec Record, o UpsertOptions) (UpsertResult, error) {
 	op := "upserting " + t.String()
-	body, err := json.Marshal(rec)
+	body, err := jsonenc.Marshal(map[string]any(rec))
 	if err != nil {
 		return UpsertResult{}, fmt.Errorf("%s: encoding: %w", op, err)
 	}
