@@ -16,7 +16,6 @@ import (
 
 	"gorm.io/gorm"
 
-	"github.com/fhirsync/fhirsync/internal/jsonenc"
 	"github.com/fhirsync/fhirsync/maps"
 	"github.com/fhirsync/fhirsync/maps/path"
 	"github.com/fhirsync/fhirsync/queues"
@@ -336,7 +335,7 @@ func appendValue(b []byte, v any) []byte {
 }
 
 func appendJSON(b []byte, v any) []byte {
-	b, _ = jsonenc.Append(append(b, 'j'), v)
+	b, _ = maps.AppendJSON(append(b, 'j'), v)
 	return b
 }
 
@@ -579,7 +578,7 @@ func sortedRows(rows []map[string]any) any {
 	ks := make([]keyed, len(rows))
 	var buf []byte
 	for i, r := range rows {
-		buf, _ = jsonenc.Append(buf[:0], r)
+		buf, _ = maps.AppendJSON(buf[:0], r)
 		ks[i] = keyed{string(buf), r}
 	}
 	slices.SortFunc(ks, func(a, b keyed) int { return strings.Compare(a.k, b.k) })

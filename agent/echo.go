@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/fhirsync/fhirsync/internal/jsonenc"
 	"github.com/fhirsync/fhirsync/maps"
 	"github.com/fhirsync/fhirsync/queues"
 )
@@ -248,8 +247,8 @@ func hashValues(key []byte, side string, names []string, vals map[string]any) st
 		if side == "crm" && lookupField(n) {
 			v = lookupHashValue(v)
 		}
-		var ok bool
-		if b, ok = jsonenc.Append(b, v); !ok {
+		var err error
+		if b, err = maps.AppendJSON(b, v); err != nil {
 			b = append(b, "!unencodable"...)
 		}
 		b = append(b, 0)

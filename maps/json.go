@@ -402,6 +402,16 @@ func EncodeJSON(v any) ([]byte, error) {
 	return appendJSON(make([]byte, 0, 2048), v)
 }
 
+// AppendJSON appends v as EncodeJSON encodes it; on an error b is
+// returned as it was.
+func AppendJSON(b []byte, v any) ([]byte, error) {
+	out, err := appendJSON(b, v)
+	if err != nil {
+		return b, err
+	}
+	return out, nil
+}
+
 func appendJSON(b []byte, v any) ([]byte, error) {
 	switch x := v.(type) {
 	case nil:
@@ -419,6 +429,9 @@ func appendJSON(b []byte, v any) ([]byte, error) {
 		}
 		return append(b, x...), nil
 	case map[string]any:
+		if x == nil {
+			return append(b, "null"...), nil
+		}
 		if len(x) == 0 {
 			return append(b, "{}"...), nil
 		}

@@ -17,7 +17,7 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/fhirsync/fhirsync/internal/jsonenc"
+	fsmaps "github.com/fhirsync/fhirsync/maps"
 )
 
 // Op is one request inside a $batch.
@@ -48,7 +48,7 @@ type opWrite struct {
 
 // CreateOp builds a create request.
 func CreateOp(set string, rec Record) (Op, error) {
-	b, err := jsonenc.Marshal(map[string]any(rec))
+	b, err := fsmaps.EncodeJSON(map[string]any(rec))
 	if err != nil {
 		return Op{}, fmt.Errorf("encoding create for %s: %w", set, err)
 	}
@@ -58,7 +58,7 @@ func CreateOp(set string, rec Record) (Op, error) {
 // UpsertOp builds an upsert request (PATCH with return=representation); c
 // may be nil, as the op's path is relative to the service root.
 func UpsertOp(c *Client, t Target, rec Record, o UpsertOptions) (Op, error) {
-	b, err := jsonenc.Marshal(map[string]any(rec))
+	b, err := fsmaps.EncodeJSON(map[string]any(rec))
 	if err != nil {
 		return Op{}, fmt.Errorf("encoding upsert for %s: %w", t, err)
 	}

@@ -15,7 +15,7 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/fhirsync/fhirsync/internal/jsonenc"
+	fsmaps "github.com/fhirsync/fhirsync/maps"
 )
 
 // Bulk messages. With bulk on (the default), a Coalescer sends the row
@@ -396,7 +396,7 @@ func (k *Coalescer) bulkOp(m *bulkMsg) (Op, error) {
 	if err != nil {
 		return Op{}, err
 	}
-	targets := make([]map[string]any, len(m.rows))
+	targets := make([]any, len(m.rows))
 	for i, r := range m.rows {
 		t := maps.Clone(r.rec)
 		if t == nil {
@@ -422,7 +422,7 @@ func (k *Coalescer) bulkOp(m *bulkMsg) (Op, error) {
 		}
 		targets[i] = t
 	}
-	body, err := jsonenc.Marshal(map[string]any{"Targets": targets})
+	body, err := fsmaps.EncodeJSON(map[string]any{"Targets": targets})
 	if err != nil {
 		return Op{}, fmt.Errorf("encoding %s for %s: %w", m.action, m.set, err)
 	}

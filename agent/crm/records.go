@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/fhirsync/fhirsync/internal/jsonenc"
+	fsmaps "github.com/fhirsync/fhirsync/maps"
 )
 
 // Record is one row as the Web API renders it: attribute logical names to
@@ -130,7 +130,7 @@ func (c *Client) whoAmI(ctx context.Context, u *user) (string, error) {
 // Create inserts a row and returns its id.
 func (c *Client) Create(ctx context.Context, set string, rec Record) (string, error) {
 	op := "creating in " + set
-	body, err := jsonenc.Marshal(map[string]any(rec))
+	body, err := fsmaps.EncodeJSON(map[string]any(rec))
 	if err != nil {
 		return "", fmt.Errorf("%s: encoding: %w", op, err)
 	}
@@ -306,7 +306,7 @@ func upsertCall(c *Client, t Target, body []byte, o UpsertOptions) call {
 // return=representation) and reports which happened.
 func (c *Client) Upsert(ctx context.Context, t Target, rec Record, o UpsertOptions) (UpsertResult, error) {
 	op := "upserting " + t.String()
-	body, err := jsonenc.Marshal(map[string]any(rec))
+	body, err := fsmaps.EncodeJSON(map[string]any(rec))
 	if err != nil {
 		return UpsertResult{}, fmt.Errorf("%s: encoding: %w", op, err)
 	}

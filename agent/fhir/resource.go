@@ -4,7 +4,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fhirsync/fhirsync/internal/jsonenc"
+	fsmaps "github.com/fhirsync/fhirsync/maps"
 )
 
 // Resource is a FHIR resource as generic JSON. Numbers are json.Number, so
@@ -40,7 +40,7 @@ func (r Resource) Ref() string { return r.Type() + "/" + r.ID() }
 
 // MarshalJSON encodes the resource; json.Number values are written as
 // their original text.
-func (r Resource) MarshalJSON() ([]byte, error) { return jsonenc.Marshal(map[string]any(r)) }
+func (r Resource) MarshalJSON() ([]byte, error) { return fsmaps.EncodeJSON(map[string]any(r)) }
 
 // Entry is one Bundle entry, with the parts of request and response that
 // history, search and transaction bundles carry.
