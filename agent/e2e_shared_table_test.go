@@ -161,6 +161,26 @@ func TestSharedCorrelationColumnEndToEnd(t *testing.T) {
 			}
 		})
 
+		t.Run("a contact nobody gave a type is the record's own", func(t *testing.T) {
+			// A contact made before fhirsync (or by hand) holds the id and
+			// no contact type: its filter column is empty, so no map's
+			// filter says it is another record's, and the patient takes it
+			// over, as it did before rows were checked.
+			row, err := e.crmHuman.Create(ctx, "contacts", crm.Record{"firstname": "Una", "lastname": "Typless", "msemr_azurefhirid": "shared-10"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			put(t, "Patient", "shared-10", "Uma", "Typed")
+			d := settled(t, e.notify(t, queues.SideFHIR, "Patient", "shared-10", "", queues.EventChanged))
+			if d.Outcome != logs.OutcomeSent || d.EntityMap != "patient-contact" {
+				t.Fatalf("the patient: %s/%s under %q (%s), want sent under patient-contact", d.Outcome, d.Reason, d.EntityMap, d.Message)
+			}
+			after := contacts(t, "shared-10")
+			if len(after) != 1 || after[0].String("contactid") != row || after[0].String("firstname") != "Uma" || contactType(after[0]) != "935000000" {
+				t.Fatalf("contacts of shared-10 after the patient: %v, want the untyped row, now the patient's", after)
+			}
+		})
+
 		t.Run("a patient's delete with a synced practitioner's id", func(t *testing.T) {
 			put(t, "Practitioner", "shared-9", "Dirk", "Doctorov")
 			e.byMessage(t, e.notify(t, queues.SideFHIR, "Practitioner", "shared-9", "", queues.EventChanged), "created")

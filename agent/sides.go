@@ -445,7 +445,7 @@ func ownRow(ctx context.Context, lk links, sharing func(string) []*maps.EntityMa
 		}
 		owner = o
 	}
-	if owner == nil && em.CRMFilter.Admits(rec) {
+	if owner == nil && (em.CRMFilter.Admits(rec) || unclassified(em.CRMFilter, rec)) {
 		return nil
 	}
 	e := &sharedRowError{entityMap: em.Name, fhirType: em.FHIRType, crmEntity: em.CRMEntity, column: em.Correlation.CRMAttribute}
@@ -466,6 +466,20 @@ func ownRow(ctx context.Context, lk links, sharing func(string) []*maps.EntityMa
 		e.ownerMap, e.ownerType = owner.Name, owner.FHIRType
 	}
 	return e
+}
+
+// unclassified reports that rec holds no value in f's column: a row
+// nobody has given a type (a contact without msemr_contacttype, made
+// before fhirsync or by hand) is not another record's by its filter, and
+// is taken as it was before the check, as the record's own row. A row
+// whose column holds a value f refuses (a Patient's contact, for a
+// Practitioner) is refused.
+func unclassified(f *maps.CRMFilter, rec crm.Record) bool {
+	if f == nil {
+		return false
+	}
+	v, has := rec[f.Attribute]
+	return !has || v == nil || v == ""
 }
 
 // othersOfTable is the entity maps of another resource type than em's
