@@ -413,17 +413,10 @@ func (s crmSide) find(ctx context.Context, m *maps.Mapping, src record, cached *
 	if err != nil {
 		return record{}, classify(err)
 	}
-	if err := s.checkOwnRow(ctx, em, rec); err != nil {
+	if err := ownRow(ctx, s.links, s.sharing, em, rec); err != nil {
 		return record{}, err
 	}
 	return s.withChildren(ctx, m, "", rec)
-}
-
-// checkOwnRow refuses a row found through the correlation column or the
-// business key, not through em's link, that is another record's (see
-// ownRow).
-func (s crmSide) checkOwnRow(ctx context.Context, em *maps.EntityMap, rec crm.Record) error {
-	return ownRow(ctx, s.links, s.sharing, em, rec)
 }
 
 // ownRow checks that a row of em's table found through the correlation

@@ -689,8 +689,11 @@ func (p planItem) answer(k *Coalescer, res []OpResult) (alone bool) {
 				c := maps.Clone(row)
 				if p.added != "" && !e.byID {
 					// A retrieve by primary id answers with the primary
-					// id whatever $select names, so a grouped read by id
-					// keeps it, as its own request would have.
+					// id whatever $select names (powerapps-docs,
+					// webapi/retrieve-entity-using-web-api.md, "Retrieve
+					// specific properties": $select=name,revenue answers
+					// accountid too), so a grouped read by id keeps it, as
+					// its own request would have.
 					delete(c, p.added)
 				}
 				mine = append(mine, c)
