@@ -163,17 +163,7 @@ func CaseVariant(rows []ConceptRow, want ConceptRow) (ConceptRow, bool) {
 	if _, exact := ChooseConceptRow(rows, want); exact {
 		return ConceptRow{}, false
 	}
-	var best ConceptRow
-	found := false
-	for _, r := range rows {
-		if r.ID == "" || !strings.EqualFold(r.Code, want.Code) || !sameType(want.Type, r.Type) {
-			continue
-		}
-		if !found || strings.ToLower(r.ID) < strings.ToLower(best.ID) {
-			best, found = r, true
-		}
-	}
-	return best, found
+	return smallestID(rows, func(r ConceptRow) bool { return strings.EqualFold(r.Code, want.Code) && sameType(want.Type, r.Type) })
 }
 
 // compiledConcept is an attribute map's concept section, compiled.
@@ -555,10 +545,16 @@ func ConceptRowOf(rec map[string]any) ConceptRow {
 // (made before an alternate key existed) the one with the smallest id, so
 // every reader picks the same.
 func ChooseConceptRow(rows []ConceptRow, want ConceptRow) (ConceptRow, bool) {
+	return smallestID(rows, func(r ConceptRow) bool { return r.Code == want.Code })
+}
+
+// smallestID is, of the rows with an id that keep accepts, the one whose
+// id sorts first (ids compared without case).
+func smallestID(rows []ConceptRow, keep func(ConceptRow) bool) (ConceptRow, bool) {
 	var best ConceptRow
 	found := false
 	for _, r := range rows {
-		if r.Code != want.Code || r.ID == "" {
+		if r.ID == "" || !keep(r) {
 			continue
 		}
 		if !found || strings.ToLower(r.ID) < strings.ToLower(best.ID) {
