@@ -87,8 +87,15 @@ var restartFrames int64 = 4096
 // restartWait bounds how long a RESTART checkpoint waits for readers
 // (SQLite's busy handler on its connection); writers wait meanwhile, so
 // it is short. A RESTART that runs out of time is tried again at the next
-// tick.
-const restartWait = 50 * time.Millisecond
+// tick with twice the wait, up to restartWaitMax, and the wait that
+// sufficed is kept: on a machine short of
+// CPU the readers of the moment may need longer than restartWait to
+// finish, and a checkpointer that always gave up first let the WAL grow
+// as if it did not restart at all.
+const (
+	restartWait    = 50 * time.Millisecond
+	restartWaitMax = 800 * time.Millisecond
+)
 
 // checkpoint runs PASSIVE checkpoints on db until db is closed, then gives
 // the gate's writer connection back. PASSIVE never waits for readers or
@@ -98,61 +105,70 @@ const restartWait = 50 * time.Millisecond
 func checkpoint(db *sql.DB, g *writeGate) {
 	t := time.NewTicker(checkpointEvery)
 	defer t.Stop()
+	wait := restartWait
 	for range t.C {
-		frames, err := walCheckpoint(context.Background(), db, "PASSIVE")
+		frames, _, err := walCheckpoint(context.Background(), db, "PASSIVE")
 		if err != nil && strings.Contains(err.Error(), "database is closed") {
 			g.closeWriter()
 			return
 		}
-		if err == nil && frames >= restartFrames {
-			_ = restartWAL(db, g)
+		if err != nil || frames < restartFrames {
+			continue
+		}
+		// The wait is kept once it suffices: the busy handler returns as
+		// soon as the readers finish, so a longer bound costs writers
+		// nothing while readers are quick.
+		if busy, err := restartWAL(db, g, wait); err != nil || busy {
+			wait = min(2*wait, restartWaitMax)
 		}
 	}
 }
 
 // walCheckpoint runs one checkpoint in mode and returns the WAL's length in
-// pages, as SQLite reports it.
+// pages, as SQLite reports it, and whether the checkpoint was kept from
+// finishing by a reader or writer (SQLITE_BUSY in the pragma's answer).
 func walCheckpoint(ctx context.Context, q interface {
 	QueryRowContext(context.Context, string, ...any) *sql.Row
-}, mode string) (frames int64, err error) {
+}, mode string) (frames int64, busy bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	var busy, checkpointed int64
-	err = q.QueryRowContext(ctx, "PRAGMA wal_checkpoint("+mode+")").Scan(&busy, &frames, &checkpointed)
-	return frames, err
+	var b, checkpointed int64
+	err = q.QueryRowContext(ctx, "PRAGMA wal_checkpoint("+mode+")").Scan(&b, &frames, &checkpointed)
+	return frames, b != 0, err
 }
 
 // restartWAL runs a RESTART checkpoint while holding g, so none of this
 // process's writers is inside a transaction, on a connection whose busy
-// handler gives up after restartWait.
-func restartWAL(db *sql.DB, g *writeGate) error {
+// handler gives up after wait. It reports whether readers kept the WAL
+// from starting over.
+func restartWAL(db *sql.DB, g *writeGate, wait time.Duration) (busy bool, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	release, gated, err := g.take(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer release()
 	if !gated {
-		return nil
+		return false, nil
 	}
 	c, err := db.Conn(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer c.Close()
 	var was int64
 	if err := c.QueryRowContext(ctx, "PRAGMA busy_timeout").Scan(&was); err != nil {
-		return err
+		return false, err
 	}
-	if _, err := c.ExecContext(ctx, "PRAGMA busy_timeout="+strconv.FormatInt(restartWait.Milliseconds(), 10)); err != nil {
-		return err
+	if _, err := c.ExecContext(ctx, "PRAGMA busy_timeout="+strconv.FormatInt(wait.Milliseconds(), 10)); err != nil {
+		return false, err
 	}
-	_, cerr := walCheckpoint(ctx, c, "RESTART")
+	_, busy, cerr := walCheckpoint(ctx, c, "RESTART")
 	if _, err := c.ExecContext(ctx, "PRAGMA busy_timeout="+strconv.FormatInt(was, 10)); err != nil {
 		// A connection left with the short timeout must not go back to the pool.
 		_ = c.Raw(func(any) error { return driver.ErrBadConn })
-		return err
+		return busy, err
 	}
-	return cerr
+	return busy, cerr
 }

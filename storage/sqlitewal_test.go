@@ -23,7 +23,7 @@ func TestWALStartsOverUnderSteadyReads(t *testing.T) {
 		t.Skip("writes about 25 MB twice")
 	}
 	const commits = 2000
-	run := func(t *testing.T, frames int64) (maxWAL int64) {
+	run := func(t *testing.T, frames int64, rowPause time.Duration) (maxWAL int64) {
 		old := restartFrames
 		restartFrames = frames
 		t.Cleanup(func() { restartFrames = old })
@@ -41,11 +41,24 @@ func TestWALStartsOverUnderSteadyReads(t *testing.T) {
 			reads atomic.Int64
 			wg    sync.WaitGroup
 		)
-		for range 8 {
+		// Each reader walks the newest rows slowly, so its read
+		// transaction (the statement's) lasts a few milliseconds; with
+		// eight of them, started apart, one is nearly always inside the
+		// WAL, on a busy machine too (short queries left moments with no
+		// reader, in which even PASSIVE checkpoints let the WAL start over).
+		for i := range 8 {
 			wg.Go(func() {
+				time.Sleep(time.Duration(i) * time.Millisecond)
 				for !stop.Load() {
-					var n int64
-					if err := db.Raw(`SELECT COUNT(*) FROM blobs WHERE id > (SELECT COALESCE(MAX(id), 0) - 5 FROM blobs)`).Scan(&n).Error; err != nil {
+					rows, err := db.Raw(`SELECT id FROM blobs ORDER BY id DESC LIMIT 5`).Rows()
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					for rows.Next() {
+						time.Sleep(rowPause)
+					}
+					if err := rows.Close(); err != nil {
 						t.Error(err)
 						return
 					}
@@ -58,8 +71,8 @@ func TestWALStartsOverUnderSteadyReads(t *testing.T) {
 			if err := db.Exec(`INSERT INTO blobs (b) VALUES (randomblob(8192))`).Error; err != nil {
 				t.Fatal(err)
 			}
-			if fi, err := os.Stat(path + "-wal"); err == nil && fi.Size() > maxWAL {
-				maxWAL = fi.Size()
+			if fi, err := os.Stat(path + "-wal"); err == nil {
+				maxWAL = max(maxWAL, fi.Size())
 			}
 			if i%10 == 0 {
 				time.Sleep(10 * time.Millisecond) // at most ~1,000 commits/s: several checkpoint ticks
@@ -67,16 +80,24 @@ func TestWALStartsOverUnderSteadyReads(t *testing.T) {
 		}
 		stop.Store(true)
 		wg.Wait()
-		if reads.Load() < commits {
+		if rowPause < time.Millisecond && reads.Load() < commits {
 			t.Fatalf("only %d reads beside %d commits: the readers did not keep the WAL busy", reads.Load(), commits)
 		}
 		return maxWAL
 	}
 	const written = commits * 3 * 4096 // at least three pages a commit
-	var restarted, passive int64
-	t.Run("restart", func(t *testing.T) { restarted = run(t, 256) })
-	t.Run("passive only", func(t *testing.T) { passive = run(t, math.MaxInt64) })
-	t.Logf("largest WAL: %d bytes with RESTART checkpoints, %d with PASSIVE alone (%d written)", restarted, passive, written)
+	var restarted, passive, slow int64
+	t.Run("restart", func(t *testing.T) { restarted = run(t, 256, 250*time.Microsecond) })
+	t.Run("passive only", func(t *testing.T) { passive = run(t, math.MaxInt64, 250*time.Microsecond) })
+	// Readers whose transactions (about 100 ms) outlast restartWait: the
+	// first RESTARTs give up, the wait grows until it outlasts them, and
+	// from then on the WAL starts over again (the file keeps the size it
+	// reached while the wait grew).
+	t.Run("slow readers", func(t *testing.T) { slow = run(t, 256, 20*time.Millisecond) })
+	t.Logf("largest WAL: %d bytes with RESTART checkpoints, %d with PASSIVE alone, %d with RESTART beside slow readers (%d written)", restarted, passive, slow, written)
+	if 2*slow > passive {
+		t.Errorf("WAL reached %d bytes with RESTART checkpoints beside readers slower than %v, against %d with PASSIVE alone: it hardly started over", slow, restartWait, passive)
+	}
 	if restarted > written/4 {
 		t.Errorf("WAL reached %d bytes with RESTART checkpoints past 256 pages; %d bytes were written in all", restarted, written)
 	}
