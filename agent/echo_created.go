@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"hash/maphash"
 	"strings"
 	"sync"
 )
@@ -16,27 +17,46 @@ import (
 // restart, or by another replica) is read and told as any other.
 type createdRows struct {
 	mu   sync.Mutex
-	rows map[string]string // side, type, id → created version (normalised)
-	fifo []string
+	rows map[uint64]createdVersion // hash of side, type, id → created version
+	fifo []uint64
 	next int
+}
+
+// createdVersion is the hash of a created row's version (normalised).
+type createdVersion uint64
+
+// is reports whether v (as read, not yet normalised) is the version.
+func (c createdVersion) is(v string) bool { return c == createdVersionOf(v) }
+
+// createdSeed seeds the hashes of createdRows for this process.
+var createdSeed = maphash.MakeSeed()
+
+func createdVersionOf(v string) createdVersion {
+	return createdVersion(maphash.String(createdSeed, normVersion(v)))
 }
 
 // maxCreated bounds the rows remembered as created by this process.
 const maxCreated = 1 << 16
 
-func newCreatedRows() *createdRows { return &createdRows{rows: map[string]string{}} }
+func newCreatedRows() *createdRows { return &createdRows{rows: map[uint64]createdVersion{}} }
 
-func createdKey(side, rtype, id string) string {
-	return side + "\x00" + rtype + "\x00" + strings.ToLower(id)
+func createdKey(side, rtype, id string) uint64 {
+	var h maphash.Hash
+	h.SetSeed(createdSeed)
+	h.WriteString(side)
+	h.WriteByte(0)
+	h.WriteString(rtype)
+	h.WriteByte(0)
+	h.WriteString(strings.ToLower(id))
+	return h.Sum64()
 }
 
 // note remembers that the agent created w's row, at w's version.
 func (c *createdRows) note(w ownWrite) {
-	v := normVersion(w.Version)
-	if c == nil || w.RID == "" || v == "" {
+	if c == nil || w.RID == "" || normVersion(w.Version) == "" {
 		return
 	}
-	k := createdKey(w.Side, w.RType, w.RID)
+	k, v := createdKey(w.Side, w.RType, w.RID), createdVersionOf(w.Version)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.rows[k]; ok {
@@ -55,9 +75,9 @@ func (c *createdRows) note(w ownWrite) {
 
 // version returns the version the agent's create of the row made, if the
 // row is one this process created and still remembers.
-func (c *createdRows) version(side, rtype, id string) (string, bool) {
+func (c *createdRows) version(side, rtype, id string) (createdVersion, bool) {
 	if c == nil || id == "" {
-		return "", false
+		return 0, false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

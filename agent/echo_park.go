@@ -210,7 +210,7 @@ func (p *pipeline) createEcho(ctx context.Context, f *flow, m *maps.Mapping, n q
 	} else {
 		cur, found, err = ep.reads.versionNow(ctx, em.CRMEntitySet, em.IDAttribute(), n.ID)
 	}
-	if err != nil || !found || cur != created {
+	if err != nil || !found || !created.is(cur) {
 		return nil
 	}
 	return stop(logs.OutcomeSkipped, "own_write_echo", "This record is as fhirsync created it (its version is the create's); its echo is not synced back.")
