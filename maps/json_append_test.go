@@ -1,8 +1,11 @@
 package maps
 
 import (
+	"bytes"
 	"encoding/json"
 	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -63,6 +66,35 @@ func BenchmarkAppendJSON(b *testing.B) {
 	b.Run("json.Marshal", func(b *testing.B) {
 		for b.Loop() {
 			if _, err := json.Marshal(v); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkDecodeJSON compares DecodeJSON with encoding/json (UseNumber)
+// on HL7's example Patient, as the FHIR client decodes every resource it
+// reads.
+func BenchmarkDecodeJSON(b *testing.B) {
+	data, err := os.ReadFile(filepath.Join("..", "testdata", "conformance", "fhir", "r4", "patient-example.json"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("DecodeJSON", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := DecodeJSON(data); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("encoding/json", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			d := json.NewDecoder(bytes.NewReader(data))
+			d.UseNumber()
+			var m map[string]any
+			if err := d.Decode(&m); err != nil {
 				b.Fatal(err)
 			}
 		}

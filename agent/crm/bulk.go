@@ -468,11 +468,8 @@ func (k *Coalescer) answerBulk(bp *bulkPlan, results []OpResult) bulkOutcome {
 		if r.Err != nil {
 			continue
 		}
-		var pg struct {
-			Value    []Record `json:"value"`
-			NextLink string   `json:"@odata.nextLink"`
-		}
-		if decodeJSON("querying "+rd.set, result{status: r.Status, header: r.Header, body: r.Body}, &pg) != nil {
+		pg, _, err := decodePage("querying "+rd.set, result{status: r.Status, header: r.Header, body: r.Body})
+		if err != nil {
 			continue
 		}
 		rows := pg.Value

@@ -18,6 +18,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/prometheus/client_golang/prometheus"
+
+	fsmaps "github.com/fhirsync/fhirsync/maps"
 )
 
 // APIPath is the Web API service root below the organisation URL.
@@ -361,9 +363,19 @@ func (c *Client) once(ctx context.Context, u *user, op string, cl call) (result,
 // invalid_response. A body without a Content-Type is decoded as JSON:
 // Microsoft's documentation prints many answers without that header, and
 // the body decides; a body declared as something else is refused.
+//
+// Rows (a *Record) are decoded by the map engine's decoder
+// (maps.DecodeJSON: the values encoding/json gives with UseNumber, in a
+// fraction of its time and memory), as decodePage decodes collections;
+// other answers by encoding/json.
 func decodeJSON(op string, res result, out any) error {
 	if ct := res.header.Get("Content-Type"); ct != "" && !isJSON(ct) {
 		return invalidResponse(op, res.status, "expected JSON, got %s", describeBody(res.header, res.body))
+	}
+	if rec, ok := out.(*Record); ok {
+		m, err := decodeObject(op, res)
+		*rec = m
+		return err
 	}
 	dec := json.NewDecoder(bytes.NewReader(res.body))
 	dec.UseNumber()
@@ -374,6 +386,64 @@ func decodeJSON(op string, res result, out any) error {
 		return invalidResponse(op, res.status, "trailing data after the JSON answer")
 	}
 	return nil
+}
+
+// decodeObject decodes a 2xx JSON body that should be an object; a body
+// of null is no object (nil, no error), as encoding/json decodes it into a
+// map.
+func decodeObject(op string, res result) (map[string]any, error) {
+	if bytes.Equal(bytes.TrimSpace(res.body), []byte("null")) {
+		return nil, nil
+	}
+	m, err := fsmaps.DecodeJSON(res.body)
+	if err != nil {
+		return nil, invalidResponse(op, res.status, "decoding the JSON answer: %v", err)
+	}
+	return m, nil
+}
+
+// decodePage decodes a collection answer (value, @odata.nextLink,
+// @odata.deltaLink); hasValue is false when the answer has no value
+// member.
+func decodePage(op string, res result) (pg page, hasValue bool, err error) {
+	if ct := res.header.Get("Content-Type"); ct != "" && !isJSON(ct) {
+		return pg, false, invalidResponse(op, res.status, "expected JSON, got %s", describeBody(res.header, res.body))
+	}
+	m, err := decodeObject(op, res)
+	if err != nil || m == nil {
+		return pg, false, err
+	}
+	for _, l := range []struct {
+		name string
+		to   *string
+	}{{"@odata.nextLink", &pg.NextLink}, {"@odata.deltaLink", &pg.DeltaLink}} {
+		switch v := m[l.name].(type) {
+		case nil:
+		case string:
+			*l.to = v
+		default:
+			return pg, false, invalidResponse(op, res.status, "decoding the JSON answer: %s is not a string", l.name)
+		}
+	}
+	v, hasValue := m["value"]
+	switch items := v.(type) {
+	case nil:
+		return pg, false, nil
+	case []any:
+		pg.Value = make([]Record, len(items))
+		for i, it := range items {
+			switch row := it.(type) {
+			case nil:
+			case map[string]any:
+				pg.Value[i] = row
+			default:
+				return pg, false, invalidResponse(op, res.status, "decoding the JSON answer: value item %d is not an object", i)
+			}
+		}
+	default:
+		return pg, false, invalidResponse(op, res.status, "decoding the JSON answer: value is not an array")
+	}
+	return pg, hasValue, nil
 }
 
 func (c *Client) url(path string, q url.Values) string {

@@ -725,17 +725,14 @@ func sameValue(v any, want string, guid bool) bool {
 // any, with requests of its own.
 func (k *Coalescer) collection(e *entry, r OpResult) ([]Record, error) {
 	op := "querying " + e.set
-	var pg struct {
-		Value    *[]Record `json:"value"`
-		NextLink string    `json:"@odata.nextLink"`
-	}
-	if err := decodeJSON(op, result{status: r.Status, header: r.Header, body: r.Body}, &pg); err != nil {
+	pg, hasValue, err := decodePage(op, result{status: r.Status, header: r.Header, body: r.Body})
+	if err != nil {
 		return nil, err
 	}
-	if pg.Value == nil {
+	if !hasValue {
 		return nil, invalidResponse(op, r.Status, "collection answer without a value array")
 	}
-	rows := *pg.Value
+	rows := pg.Value
 	for link := pg.NextLink; link != ""; {
 		next, err := k.c.page(e.ctx, op, link, k.c.preferHeader())
 		if err != nil {

@@ -227,18 +227,14 @@ func (c *Client) page(ctx context.Context, op, link string, h http.Header) (page
 	if err != nil {
 		return page{}, err
 	}
-	var pg struct {
-		page
-		Value *[]Record `json:"value"`
-	}
-	if err := decodeJSON(op, res, &pg); err != nil {
+	pg, hasValue, err := decodePage(op, res)
+	if err != nil {
 		return page{}, err
 	}
-	if pg.Value == nil {
+	if !hasValue {
 		return page{}, invalidResponse(op, res.status, "collection answer without a value array")
 	}
-	pg.page.Value = *pg.Value
-	return pg.page, nil
+	return pg, nil
 }
 
 // UpsertMode chooses what an upsert may do.
