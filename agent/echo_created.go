@@ -26,13 +26,14 @@ type createdRows struct {
 type createdVersion uint64
 
 // is reports whether v (as read, not yet normalised) is the version.
-func (c createdVersion) is(v string) bool { return c == createdVersionOf(v) }
+func (c createdVersion) is(v string) bool { return c == createdVersionOf(normVersion(v)) }
 
 // createdSeed seeds the hashes of createdRows for this process.
 var createdSeed = maphash.MakeSeed()
 
+// createdVersionOf hashes a normalised version.
 func createdVersionOf(v string) createdVersion {
-	return createdVersion(maphash.String(createdSeed, normVersion(v)))
+	return createdVersion(maphash.String(createdSeed, v))
 }
 
 // maxCreated bounds the rows remembered as created by this process.
@@ -53,10 +54,11 @@ func createdKey(side, rtype, id string) uint64 {
 
 // note remembers that the agent created w's row, at w's version.
 func (c *createdRows) note(w ownWrite) {
-	if c == nil || w.RID == "" || normVersion(w.Version) == "" {
+	nv := normVersion(w.Version)
+	if c == nil || w.RID == "" || nv == "" {
 		return
 	}
-	k, v := createdKey(w.Side, w.RType, w.RID), createdVersionOf(w.Version)
+	k, v := createdKey(w.Side, w.RType, w.RID), createdVersionOf(nv)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.rows[k]; ok {

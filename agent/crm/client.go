@@ -369,8 +369,8 @@ func (c *Client) once(ctx context.Context, u *user, op string, cl call) (result,
 // fraction of its time and memory), as decodePage decodes collections;
 // other answers by encoding/json.
 func decodeJSON(op string, res result, out any) error {
-	if ct := res.header.Get("Content-Type"); ct != "" && !isJSON(ct) {
-		return invalidResponse(op, res.status, "expected JSON, got %s", describeBody(res.header, res.body))
+	if err := checkJSONType(op, res); err != nil {
+		return err
 	}
 	if rec, ok := out.(*Record); ok {
 		m, err := decodeObject(op, res)
@@ -384,6 +384,15 @@ func decodeJSON(op string, res result, out any) error {
 	}
 	if dec.More() {
 		return invalidResponse(op, res.status, "trailing data after the JSON answer")
+	}
+	return nil
+}
+
+// checkJSONType refuses a body declared as something other than JSON; one
+// without a Content-Type is taken as JSON (see decodeJSON).
+func checkJSONType(op string, res result) error {
+	if ct := res.header.Get("Content-Type"); ct != "" && !isJSON(ct) {
+		return invalidResponse(op, res.status, "expected JSON, got %s", describeBody(res.header, res.body))
 	}
 	return nil
 }
@@ -406,8 +415,8 @@ func decodeObject(op string, res result) (map[string]any, error) {
 // @odata.deltaLink); hasValue is false when the answer has no value
 // member.
 func decodePage(op string, res result) (pg page, hasValue bool, err error) {
-	if ct := res.header.Get("Content-Type"); ct != "" && !isJSON(ct) {
-		return pg, false, invalidResponse(op, res.status, "expected JSON, got %s", describeBody(res.header, res.body))
+	if err := checkJSONType(op, res); err != nil {
+		return pg, false, err
 	}
 	m, err := decodeObject(op, res)
 	if err != nil || m == nil {
