@@ -68,6 +68,10 @@ type envOptions struct {
 	// crmOptions, when set, changes the sandbox CRM's options before it
 	// starts (e.g. to post through a webhook instead of the queue).
 	crmOptions func(*crmserver.Options)
+	// bypassOwnSteps has the agent's CRM client name the sandbox
+	// endpoint's steps in BypassBusinessLogicExecutionStepIds
+	// (crm.bypass_own_steps).
+	bypassOwnSteps bool
 	// tracer, when set, traces the embedded queues' sends and the agent.
 	tracer trace.TracerProvider
 }
@@ -125,6 +129,19 @@ func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config, opts ...envOptions) *
 	crmAgent, err := crm.New(crm.Config{URL: crmHTTP.URL, Auth: crm.AuthBearer, Token: "agent-token", MaxRetries: o.crmRetries, HTTPClient: crmHC})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if o.bypassOwnSteps {
+		eps, err := crmAgent.ServiceEndpoints(context.Background())
+		if err != nil || len(eps) == 0 {
+			t.Fatalf("service endpoints %v: %v", eps, err)
+		}
+		steps, err := crmAgent.EndpointSteps(context.Background(), eps[0].ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := crmAgent.BypassSteps(context.Background(), steps, 0); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if e.crmHuman, err = crm.New(crm.Config{URL: crmHTTP.URL, Auth: crm.AuthBearer, Token: "human-token"}); err != nil {
 		t.Fatal(err)

@@ -96,6 +96,10 @@ type Config struct {
 	// for measuring what the base state costs; it is on otherwise, as in
 	// production.
 	BaseStateOff bool
+	// BypassOwnSteps has the agent's CRM writes name the steps of the
+	// sandbox CRM's service endpoint in BypassBusinessLogicExecutionStepIds
+	// (crm.bypass_own_steps), so the CRM posts no echo of them.
+	BypassOwnSteps bool
 	// Logger receives the agent's process logs (discarded by default);
 	// Progress, when set, receives one line as each step starts.
 	Logger   *slog.Logger
@@ -284,11 +288,14 @@ type Result struct {
 	CRMUsers   int       `json:"crm_users"`
 	CRMDOPHint int       `json:"crm_dop_hint"`
 	// CRMBatchMax is the agent's CRMBatchMax (0: its default).
-	CRMBatchMax int          `json:"crm_batch_max"`
-	Backfill    *Backfill    `json:"backfill,omitempty"`
-	Throughput  []Throughput `json:"throughput"`
-	Latency     []Latency    `json:"latency"`
-	Limited     []Limited    `json:"limited,omitempty"`
+	CRMBatchMax int `json:"crm_batch_max"`
+	// BypassOwnSteps: the agent's CRM writes bypassed its endpoint's
+	// steps (no echoes of them).
+	BypassOwnSteps bool         `json:"bypass_own_steps"`
+	Backfill       *Backfill    `json:"backfill,omitempty"`
+	Throughput     []Throughput `json:"throughput"`
+	Latency        []Latency    `json:"latency"`
+	Limited        []Limited    `json:"limited,omitempty"`
 	// PeakRSSBytes is this process's peak resident set: the agent, the
 	// embedded queue and the bench's driver, and the sandboxes too when
 	// they run inline (SandboxesInline).
@@ -312,7 +319,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Started: time.Now().UTC(), Workers: cfg.Workers, CRMUsers: cfg.CRMUsers, CRMDOPHint: cfg.CRMDOPHint, CRMBatchMax: cfg.CRMBatchMax, SandboxesInline: len(cfg.SandboxCommand) == 0}
+	res := &Result{Started: time.Now().UTC(), Workers: cfg.Workers, CRMUsers: cfg.CRMUsers, CRMDOPHint: cfg.CRMDOPHint, CRMBatchMax: cfg.CRMBatchMax, BypassOwnSteps: cfg.BypassOwnSteps, SandboxesInline: len(cfg.SandboxCommand) == 0}
 	err = e.measure(ctx, res)
 	res.SandboxPeakRSSBytes = e.sb.peakRSS(context.WithoutCancel(ctx))
 	if serr := e.stop(); err == nil && serr != nil {

@@ -216,6 +216,11 @@ func (e *env) startAgent(ctx context.Context, users int) error {
 	if err != nil {
 		return err
 	}
+	if e.cfg.BypassOwnSteps {
+		if err := bypassEndpointSteps(ctx, agentCRM); err != nil {
+			return err
+		}
+	}
 	baseKey := make([]byte, 24)
 	_, _ = crand.Read(baseKey)
 	if e.cfg.BaseStateOff {
@@ -574,3 +579,23 @@ func (w *targetWrites) serveAndMark(h http.Handler, rw http.ResponseWriter, r *h
 
 // discardLogger is the default process logger: the bench prints a table.
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// bypassEndpointSteps has c's writes bypass the steps of the sandbox CRM's
+// service endpoint, as crm.bypass_own_steps does in serve.
+func bypassEndpointSteps(ctx context.Context, c *crm.Client) error {
+	eps, err := c.ServiceEndpoints(ctx)
+	if err != nil {
+		return err
+	}
+	for _, ep := range eps {
+		if ep.Contract != crm.ContractQueue {
+			continue
+		}
+		steps, err := c.EndpointSteps(ctx, ep.ID)
+		if err != nil {
+			return err
+		}
+		return c.BypassSteps(ctx, steps, 0)
+	}
+	return errors.New("agentbench: the sandbox CRM has no Service Bus endpoint to bypass")
+}

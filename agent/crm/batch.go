@@ -158,6 +158,7 @@ func (c *Client) executeBatch(ctx context.Context, b Batch, noRetry bool) ([]OpR
 	if err != nil {
 		return nil, err
 	}
+	c.noteBatchBypassRefusal(parts)
 	return matchBatch(op, b, res.status, parts)
 }
 
@@ -210,6 +211,9 @@ func writeOp(c *Client, mw *multipart.Writer, op Op) {
 		for _, v := range vs {
 			fmt.Fprintf(&b, "%s: %s\r\n", k, v)
 		}
+	}
+	if v := c.bypassHeader(op.Method, op.Path, op.Header); v != "" && op.Header.Get(HeaderBypassStepIDs) == "" {
+		fmt.Fprintf(&b, "%s: %s\r\n", HeaderBypassStepIDs, v)
 	}
 	if op.Body != nil {
 		b.WriteString("Content-Type: application/json; type=entry\r\n")

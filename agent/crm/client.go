@@ -112,6 +112,8 @@ type Client struct {
 	pageSize  int
 	batchMax  int
 	batchSize atomic.Int64
+	// bypass names the steps a write asks Dataverse to skip (bypass.go).
+	bypass atomic.Pointer[bypass]
 }
 
 // New validates cfg and builds a client.
@@ -243,6 +245,10 @@ func (c *Client) send(ctx context.Context, op string, cl call) (result, error) {
 			return res, nil
 		}
 		e, ok := AsError(err)
+		if ok && !cl.batch && c.noteBypassRefusal(e) {
+			// Refused only for the bypass header, which is now off.
+			continue
+		}
 		if !ok || !e.Retryable {
 			return res, err
 		}
@@ -312,6 +318,11 @@ func (c *Client) once(ctx context.Context, u *user, op string, cl call) (result,
 	}
 	if c.callerID != "" {
 		req.Header.Set("MSCRMCallerID", c.callerID)
+	}
+	if !cl.batch {
+		if v := c.bypassHeader(cl.method, cl.url, req.Header); v != "" {
+			req.Header.Set(HeaderBypassStepIDs, v)
+		}
 	}
 	auth, err := u.authorization(ctx, c.scope)
 	if err != nil {

@@ -46,6 +46,7 @@ names one; use a scratch database, the run leaves its rows behind.`)
 	batchMax := fs.Int("crm-batch-max", 0, "the agent's agent.crm_batch_max: CRM operations per shared $batch (0: the agent's default; 1: none)")
 	batchWait := fs.Duration("crm-batch-wait", 0, "the agent's agent.crm_batch_wait (0: the agent's default)")
 	costs := fs.String("limit-costs", "1,2", "comma-separated multipliers of the CRM's execution cost per operation in the throttled runs")
+	bypass := fs.String("crm-bypass-own-steps", "off", "the agent's crm.bypass_own_steps: on (its CRM writes bypass the sandbox CRM's service-endpoint steps, so no echo comes back) or off")
 	baseState := fs.String("base-state", "on", "keep the base state of linked pairs: on (as in production) or off (to measure its cost)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this `file`")
@@ -96,6 +97,8 @@ names one; use a scratch database, the run leaves its rows behind.`)
 	switch {
 	case *baseState != "on" && *baseState != "off":
 		return usageErrorf("bench: --base-state must be on or off")
+	case *bypass != "on" && *bypass != "off":
+		return usageErrorf("bench: --crm-bypass-own-steps must be on or off")
 	case *where != "process" && *where != "inline":
 		return usageErrorf("bench: --sandboxes must be process or inline")
 	case *records < 1 || *records > 1000000:
@@ -226,7 +229,7 @@ names one; use a scratch database, the run leaves its rows behind.`)
 		}
 	}
 	res, err := agentbench.Run(ctx, agentbench.Config{DB: db, TempDir: dir, Records: *records, OfferedRate: *rate, Duration: *duration,
-		Workers: *workers, CRMUsers: users[0], CRMDOPHint: *dopHint, CRMBatchMax: *batchMax, CRMBatchWait: *batchWait, Limits: limits, LimitedUsers: users, LimitedCosts: multipliers, LimitedWindows: *windows, Progress: progress, SandboxCommand: command, BaseStateOff: *baseState == "off", Phase: phase})
+		Workers: *workers, CRMUsers: users[0], CRMDOPHint: *dopHint, CRMBatchMax: *batchMax, CRMBatchWait: *batchWait, Limits: limits, LimitedUsers: users, LimitedCosts: multipliers, LimitedWindows: *windows, Progress: progress, SandboxCommand: command, BaseStateOff: *baseState == "off", BypassOwnSteps: *bypass == "on", Phase: phase})
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}

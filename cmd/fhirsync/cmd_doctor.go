@@ -618,6 +618,7 @@ func (d *doctor) crm(ctx context.Context) {
 	}
 	d.crmPrivileges(ctx, c)
 	d.crmSteps(ctx, c)
+	d.crmBypass(ctx, c)
 }
 
 // mappedEntities are the CRM tables of the set's enabled maps, in order.

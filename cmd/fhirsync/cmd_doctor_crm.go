@@ -267,26 +267,9 @@ func (d *doctor) crmSteps(ctx context.Context, c *crm.Client) {
 			"listing service endpoints failed: %s", shortCause(err)))
 		return
 	}
-	var ep *crm.ServiceEndpoint
-	var want string
-	for i := range eps {
-		e := &eps[i]
-		if wh != "" {
-			want = "a webhook (contract 8) whose URL ends in " + wh
-			if u, err := url.Parse(e.URL); e.Contract == crm.ContractWebhook && err == nil && strings.TrimSuffix(u.Path, "/") == strings.TrimSuffix(wh, "/") {
-				ep = e
-				break
-			}
-			continue
-		}
-		want = "a Service Bus queue endpoint (contract Queue) with path " + d.cfg.Queue.CRMChanges
-		if ns := d.serviceBusHost(); ns != "the namespace" {
-			want += " in namespace " + ns
-		}
-		if (e.Contract == crm.ContractQueue || e.Contract == crm.ContractPersistentQueue) && strings.EqualFold(strings.Trim(e.Path, "/"), d.cfg.Queue.CRMChanges) && d.sameNamespace(e.NamespaceAddress) {
-			ep = e
-			break
-		}
+	ep, want := ownEndpoint(d.cfg, eps)
+	if ns := d.serviceBusHost(); wh == "" && ns != "the namespace" {
+		want += " in namespace " + ns
 	}
 	if ep == nil {
 		fix := "register a Service Bus endpoint for queue " + d.cfg.Queue.CRMChanges + " (Plug-in Registration tool → Register New Service Endpoint, message format JSON), then a step per table and message"
@@ -348,10 +331,35 @@ func (d *doctor) crmSteps(ctx context.Context, c *crm.Client) {
 // sameNamespace reports whether a service endpoint's namespaceaddress
 // (sb://contoso.servicebus.windows.net/) is the configured namespace; true
 // when the configuration does not say which.
-func (d *doctor) sameNamespace(addr string) bool {
-	want := d.cfg.Queue.ServiceBus.Namespace
+// ownEndpoint is the service endpoint among eps that delivers the CRM's
+// changes to this service — the webhook behind feeds.dataverse_webhook,
+// or the Service Bus queue queue.crm_changes in the configured namespace —
+// or nil, with what was looked for.
+func ownEndpoint(cfg *Config, eps []crm.ServiceEndpoint) (*crm.ServiceEndpoint, string) {
+	wh := cfg.Feeds.DataverseWebhook.Path
+	if wh != "" {
+		for i, e := range eps {
+			if u, err := url.Parse(e.URL); e.Contract == crm.ContractWebhook && err == nil && strings.TrimSuffix(u.Path, "/") == strings.TrimSuffix(wh, "/") {
+				return &eps[i], ""
+			}
+		}
+		return nil, "a webhook (contract 8) whose URL ends in " + wh
+	}
+	for i, e := range eps {
+		if (e.Contract == crm.ContractQueue || e.Contract == crm.ContractPersistentQueue) && strings.EqualFold(strings.Trim(e.Path, "/"), cfg.Queue.CRMChanges) && sameNamespace(cfg, e.NamespaceAddress) {
+			return &eps[i], ""
+		}
+	}
+	return nil, "a Service Bus queue endpoint (contract Queue) with path " + cfg.Queue.CRMChanges
+}
+
+// sameNamespace reports whether addr (a serviceendpoint's
+// namespaceaddress) is the configured Service Bus namespace, or either is
+// unknown.
+func sameNamespace(cfg *Config, addr string) bool {
+	want := cfg.Queue.ServiceBus.Namespace
 	if want == "" {
-		for _, part := range strings.Split(d.cfg.Queue.ServiceBus.ConnectionString, ";") {
+		for _, part := range strings.Split(cfg.Queue.ServiceBus.ConnectionString, ";") {
 			if v, ok := strings.CutPrefix(strings.TrimSpace(part), "Endpoint="); ok {
 				want = v
 			}

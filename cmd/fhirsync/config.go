@@ -247,6 +247,18 @@ type CRMConfig struct {
 	// it, the limit follows the x-ms-dop-hint Dataverse answers with; 0
 	// leaves the hint alone to decide, at most 52.
 	MaxConcurrency int `yaml:"max_concurrency"`
+	// BypassOwnSteps has the agent's writes name the steps of its own
+	// service endpoint in Dataverse's optional parameter
+	// BypassBusinessLogicExecutionStepIds, so its own changes are not
+	// posted back to it; other endpoints' steps still run. Every
+	// application user needs prvBypassCustomBusinessLogic (System
+	// Administrator has it); without it the agent goes on without the
+	// bypass.
+	BypassOwnSteps bool `yaml:"bypass_own_steps"`
+	// BypassStepLimit is the organization's
+	// BypassBusinessLogicExecutionStepIdsLimit, how many step ids a request
+	// may name; 0 means Dataverse's default, 3.
+	BypassStepLimit int `yaml:"bypass_step_limit"`
 }
 
 // CRMUserConfig is one application user of crm.users.
@@ -616,6 +628,9 @@ func (c Config) Validate() []string {
 // validateCRMUsers checks crm.users and crm.max_concurrency.
 func (c Config) validateCRMUsers() []string {
 	var p []string
+	if c.CRM.BypassStepLimit < 0 {
+		p = append(p, "crm.bypass_step_limit: must not be negative (0: Dataverse's default, 3)")
+	}
 	if n := c.CRM.MaxConcurrency; n < 0 || n > crm.MaxConcurrency {
 		p = append(p, fmt.Sprintf("crm.max_concurrency: must be between 1 and %d per user (0: follow the CRM's x-ms-dop-hint)", crm.MaxConcurrency))
 	}

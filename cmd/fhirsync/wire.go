@@ -145,6 +145,11 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 			return nil, fmt.Errorf("asking the CRM who fhirsync is (set agent.crm_user_id, or each crm.users entry's user_id, to skip): %w", err)
 		}
 	}
+	if cfg.CRM.BypassOwnSteps {
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		bypassOwnSteps(wctx, cfg, s.crm, log)
+		cancel()
+	}
 	renew := time.Duration(0)
 	if cfg.Queue.Kind == "embedded" {
 		renew = 20 * time.Second

@@ -24,6 +24,9 @@ type event struct {
 	target    map[string]any // the attributes the request set
 	pre, post *row
 	c         *call
+	// bypass are the step ids the request that made the change asked to
+	// skip (BypassBusinessLogicExecutionStepIds).
+	bypass []string
 }
 
 const contracts = ":http://schemas.microsoft.com/xrm/2011/Contracts"
@@ -328,11 +331,17 @@ func (s *Server) publish(ctx context.Context, events []event) {
 		return
 	}
 	msgs := make([]queues.Message, 0, len(events))
-	dropped, failed := 0, 0
+	dropped, failed, bypassed := 0, 0, 0
 	steps := s.stepSet()
 	for _, ev := range events {
-		// Only what a step is registered for is posted (registrations.go).
-		if !steps[[2]string{ev.entity.LogicalName, ev.message}] {
+		// Only what a step is registered for is posted (registrations.go),
+		// unless the request bypassed it.
+		ids := steps[[2]string{ev.entity.LogicalName, ev.message}]
+		if len(ids) == 0 {
+			continue
+		}
+		if bypassesAll(ev.bypass, ids) {
+			bypassed++
 			continue
 		}
 		body, err := s.contextJSON(ev, true)
@@ -366,10 +375,11 @@ func (s *Server) publish(ctx context.Context, events []event) {
 			Properties: props,
 		})
 	}
-	if len(msgs) == 0 && dropped == 0 && failed == 0 {
+	if len(msgs) == 0 && dropped == 0 && failed == 0 && bypassed == 0 {
 		return
 	}
 	s.mu.Lock()
+	s.stats.EndpointBypassed += int64(bypassed)
 	s.stats.ImagesDropped += int64(dropped)
 	s.stats.EndpointFailed += int64(failed)
 	s.mu.Unlock()

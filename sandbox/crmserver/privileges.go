@@ -69,6 +69,9 @@ func PrivilegeName(right, entity string) string {
 }
 
 func privilegeID(name string) string {
+	if strings.EqualFold(name, privBypassCustomBusinessLogic) {
+		return privBypassCustomBusinessLogicID
+	}
 	return uuid.NewSHA1(privilegeSpace, []byte(strings.ToLower(name))).String()
 }
 
@@ -149,6 +152,7 @@ func (s *Server) userPrivileges(c *call, req *request, idSeg string) response {
 			names = append(names, PrivilegeName(right, tb.def.LogicalName))
 		}
 	}
+	names = append(names, privBypassCustomBusinessLogic)
 	slices.Sort(names)
 	privs := make([]any, 0, len(names))
 	for _, n := range names {

@@ -144,15 +144,16 @@ func (s *Server) Steps() []Step {
 	return slices.Clone(s.steps)
 }
 
-// stepSet is the (entity, message) pairs with an enabled step, for
-// publish.
-func (s *Server) stepSet() map[[2]string]bool {
+// stepSet is the ids of the enabled steps of each (entity, message) pair,
+// for publish.
+func (s *Server) stepSet() map[[2]string][]string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make(map[[2]string]bool, len(s.steps))
+	out := make(map[[2]string][]string, len(s.steps))
 	for _, st := range s.steps {
 		if !st.Disabled {
-			out[[2]string{st.Entity, st.Message}] = true
+			k := [2]string{st.Entity, st.Message}
+			out[k] = append(out[k], st.ID)
 		}
 	}
 	return out

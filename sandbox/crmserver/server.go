@@ -80,6 +80,10 @@ type Options struct {
 	// EndpointImages registers a PreImage and a PostImage on the emulated
 	// step (Dataverse: images configured on the step registration).
 	EndpointImages bool
+	// BypassStepLimit is the organization's
+	// BypassBusinessLogicExecutionStepIdsLimit: how many step ids one
+	// request may name; zero means 3, the documented default.
+	BypassStepLimit int
 	// MaxContextBytes is the size above which the emulation cuts a message
 	// down as Dataverse does (ParentContext, InputParameters and both
 	// images removed, MessageMaxSizeExceeded set); zero means 192 KiB.
@@ -125,6 +129,9 @@ type Stats struct {
 	EndpointSent   int64 // RemoteExecutionContext messages posted
 	EndpointFailed int64 // posts the endpoint refused
 	ImagesDropped  int64 // messages posted cut down for size (images, InputParameters and ParentContext removed)
+	// EndpointBypassed counts changes not posted because the request that
+	// made them named their steps in BypassBusinessLogicExecutionStepIds.
+	EndpointBypassed int64
 }
 
 // Server is an in-memory Dataverse Web API. It is an http.Handler serving
@@ -497,8 +504,29 @@ func (s *Server) runOne(c *call, req *request) response {
 	return resp
 }
 
-// exec routes one operation. The store lock is held.
+// exec runs one operation: it checks the optional parameter
+// BypassBusinessLogicExecutionStepIds (bypass.go), routes the operation
+// and marks the events it committed with the steps they bypass. The store
+// lock is held.
 func (s *Server) exec(c *call, req *request, t *tx) response {
+	var skip []string
+	if v := req.header.Get(headerBypassStepIDs); v != "" {
+		ids, e := s.bypassSteps(c, v)
+		if e != nil {
+			return e.response()
+		}
+		skip = ids
+	}
+	start := len(t.events)
+	resp := s.route(c, req, t)
+	for i := start; i < len(t.events); i++ {
+		t.events[i].bypass = skip
+	}
+	return resp
+}
+
+// route routes one operation. The store lock is held.
+func (s *Server) route(c *call, req *request, t *tx) response {
 	p := req.path
 	if strings.HasPrefix(p, "$") && c.contentIDs != nil {
 		ref, rest, _ := strings.Cut(p, "/")

@@ -1,0 +1,118 @@
+package crm
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/fhirsync/fhirsync/sandbox/crmserver"
+)
+
+// TestBypassStepsKeepsOwnWritesUnposted: with BypassSteps set from its
+// endpoint's steps, the client's creates, upserts, updates, deletes, $batch
+// parts and CreateMultiple name their steps and the sandbox CRM posts none
+// of them, while another user's write is posted; each request names only
+// its own table's and message's steps, within the limit; when the user
+// loses prvBypassCustomBusinessLogic, the next write is refused once for
+// it, sent again without the header, succeeds and is posted, and the
+// bypass stays off.
+func TestBypassStepsKeepsOwnWritesUnposted(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const agentUser, human = "11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222"
+	q := &memQueue{}
+	srv, c := sandbox(t, crmserver.Options{Tokens: map[string]string{"agent": agentUser, "human": human}, Endpoint: q,
+		EndpointEntities: []string{"contact", "account"}, BypassStepLimit: 2}, Config{Auth: AuthBearer, Token: "agent"})
+	other, err := New(Config{URL: strings.TrimSuffix(c.Root(), APIPath), Auth: AuthBearer, Token: "human"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	posted := func() int {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return len(q.msgs)
+	}
+	eps, err := c.ServiceEndpoints(ctx)
+	if err != nil || len(eps) != 1 {
+		t.Fatalf("endpoints %v, %v", eps, err)
+	}
+	steps, err := c.EndpointSteps(ctx, eps[0].ID)
+	if err != nil || len(steps) != 6 {
+		t.Fatalf("steps %v, %v", steps, err)
+	}
+	if err := c.BypassSteps(ctx, steps, 2); err != nil || !c.Bypassing() {
+		t.Fatalf("BypassSteps: %v (bypassing %v)", err, c.Bypassing())
+	}
+	stepOf := map[string]string{}
+	for _, s := range steps {
+		stepOf[s.Entity+" "+s.Message] = s.ID
+	}
+	// Each request names its own steps only.
+	for _, tt := range []struct {
+		method, path string
+		header       http.Header
+		want         []string
+	}{
+		{"POST", "contacts", nil, []string{"contact Create"}},
+		{"PATCH", "contacts(msemr_azurefhirid='p')", nil, []string{"contact Create", "contact Update"}},
+		{"PATCH", "accounts(00000000-0000-0000-0000-000000000001)", http.Header{"If-Match": {"*"}}, []string{"account Update"}},
+		{"DELETE", "contacts(00000000-0000-0000-0000-000000000001)", nil, []string{"contact Delete"}},
+		{"POST", "contacts/Microsoft.Dynamics.CRM.UpsertMultiple", nil, []string{"contact Create", "contact Update"}},
+		{"GET", "contacts", nil, nil},
+		{"POST", "msemr_medicalidentifiers", nil, nil},
+	} {
+		var want []string
+		for _, w := range tt.want {
+			want = append(want, stepOf[w])
+		}
+		if got := c.bypassHeader(tt.method, c.Root()+tt.path, tt.header); got != strings.Join(want, ",") {
+			t.Errorf("%s %s: header %q, want %q", tt.method, tt.path, got, strings.Join(want, ","))
+		}
+	}
+
+	id, err := c.Create(ctx, "contacts", Record{"lastname": "Own"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Upsert(ctx, ByKey("contacts", "msemr_azurefhirid", "pat-1"), Record{"lastname": "Lee"}, UpsertOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Upsert(ctx, ByID("contacts", id), Record{"firstname": "A"}, UpsertOptions{Mode: UpdateOnly}); err != nil {
+		t.Fatal(err)
+	}
+	op, err := CreateOp("accounts", Record{"name": "Clinic"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.ExecuteBatch(ctx, Batch{Items: []BatchItem{{ChangeSet: []Op{op}}}})
+	if err != nil || len(res) != 1 || res[0].Err != nil {
+		t.Fatalf("batch: %v %v", res, err)
+	}
+	if err := c.Delete(ctx, ByID("contacts", id), ""); err != nil {
+		t.Fatal(err)
+	}
+	if n := posted(); n != 0 {
+		t.Errorf("%d of the bypassing client's writes posted, want none", n)
+	}
+	if _, err := other.Create(ctx, "contacts", Record{"lastname": "Theirs"}); err != nil {
+		t.Fatal(err)
+	}
+	if n := posted(); n != 1 {
+		t.Errorf("another user's create: %d posted, want 1", n)
+	}
+	if st := srv.Stats(); st.EndpointBypassed != 5 {
+		t.Errorf("sandbox counted %d bypassed changes, want 5", st.EndpointBypassed)
+	}
+
+	srv.RevokePrivilege(agentUser, "prvBypassCustomBusinessLogic")
+	if _, err := c.Create(ctx, "contacts", Record{"lastname": "AfterRevoke"}); err != nil {
+		t.Fatalf("create after the privilege was revoked: %v", err)
+	}
+	if c.Bypassing() {
+		t.Errorf("still bypassing after the refusal")
+	}
+	if n := posted(); n != 2 {
+		t.Errorf("create after the refusal: %d posted, want 2 (its change comes back as without the bypass)", n)
+	}
+}
