@@ -420,6 +420,22 @@ func appendJSON(b []byte, v any) ([]byte, error) {
 		return appendString(b, x), nil
 	case bool:
 		return strconv.AppendBool(b, x), nil
+	case int:
+		return strconv.AppendInt(b, int64(x), 10), nil
+	case int64:
+		return strconv.AppendInt(b, x, 10), nil
+	case []string:
+		if x == nil {
+			return append(b, "null"...), nil
+		}
+		b = append(b, '[')
+		for i, e := range x {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, e)
+		}
+		return append(b, ']'), nil
 	case json.Number:
 		if x == "" {
 			return append(b, '0'), nil

@@ -22,6 +22,7 @@ func TestAppendJSONMatchesMarshal(t *testing.T) {
 		map[string]any{"z<": "a&b", "é": json.Number("12"), "a": map[string]any{"c": []any{true, nil, "x\u2029"}}, "": false},
 		map[string]any{"given": []any{"Ann", "Marie"}, "use": "official"},
 		[]any{map[string]string{"b": "2", "a": "1"}, []string{"x"}, 3, int64(-4), uint8(5)},
+		[]any{[]string{}, []string(nil), []string{"a<b", "é", "q\""}, 0, -1, math.MaxInt64, math.MinInt64, int64(math.MinInt64)},
 		map[string]any{"k01": 1.0, "k02": 2.0, "k03": 3.0, "k04": 4.0, "k05": 5.0, "k06": 6.0, "k07": 7.0, "k08": 8.0,
 			"k09": 9.0, "k10": 10.0, "k11": 11.0, "k12": 12.0, "k13": 13.0, "k14": 14.0, "k15": 15.0, "k16": 16.0, "k17": 17.0},
 	}

@@ -420,7 +420,9 @@ func (k *Coalescer) bulkOp(m *bulkMsg) (Op, error) {
 		if m.action == "UpsertMultiple" {
 			t["@odata.id"] = m.set + "(" + r.id + ")"
 		}
-		targets[i] = t
+		// As the generic map it is, so the encoder takes its fast path
+		// rather than reflection (a Record is a named map type).
+		targets[i] = map[string]any(t)
 	}
 	body, err := fsmaps.EncodeJSON(map[string]any{"Targets": targets})
 	if err != nil {
