@@ -139,7 +139,7 @@ func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config, opts ...envOptions) *
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := crmAgent.BypassSteps(context.Background(), steps, 0); err != nil {
+		if err := crmAgent.BypassSteps(context.Background(), steps, 0, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -595,7 +595,7 @@ func bypassEndpointSteps(ctx context.Context, c *crm.Client) error {
 		if err != nil {
 			return err
 		}
-		return c.BypassSteps(ctx, steps, 0)
+		return c.BypassSteps(ctx, steps, 0, nil)
 	}
 	return errors.New("agentbench: the sandbox CRM has no Service Bus endpoint to bypass")
 }

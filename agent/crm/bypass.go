@@ -48,6 +48,8 @@ type bypass struct {
 	on    atomic.Bool
 	steps map[string]map[string][]string // entity set (lower case) → message → step ids
 	limit int
+	// off, when set, is told of the refusal that turned the bypass off.
+	off func(*Error)
 }
 
 // BypassSteps makes the client's writes ask Dataverse to skip steps: each
@@ -55,13 +57,14 @@ type bypass struct {
 // CreateMultiple, UpdateMultiple, UpsertMultiple) names the enabled steps
 // among steps registered for its table and message, at most limit of them
 // (0: DefaultBypassStepLimit). The tables' entity sets are read from the
-// CRM's metadata. No steps turns the bypass off. Call it before the
-// client's first write.
-func (c *Client) BypassSteps(ctx context.Context, steps []Step, limit int) error {
+// CRM's metadata. No steps turns the bypass off. off, when not nil, is
+// called once if a refusal for the missing privilege turns the bypass off
+// later. Call it before the client's first write.
+func (c *Client) BypassSteps(ctx context.Context, steps []Step, limit int, off func(*Error)) error {
 	if limit <= 0 {
 		limit = DefaultBypassStepLimit
 	}
-	b := &bypass{steps: map[string]map[string][]string{}, limit: limit}
+	b := &bypass{steps: map[string]map[string][]string{}, limit: limit, off: off}
 	sets := map[string]string{}
 	for _, s := range steps {
 		if !s.Enabled || s.ID == "" || s.Entity == "" || s.Entity == "none" {
@@ -169,7 +172,13 @@ func (c *Client) noteBypassRefusal(e *Error) bool {
 	if b == nil || e == nil || e.Status != http.StatusForbidden || !strings.Contains(strings.ToLower(e.Message), "prvbypasscustombusinesslogic") {
 		return false
 	}
-	return b.on.CompareAndSwap(true, false)
+	if !b.on.CompareAndSwap(true, false) {
+		return false
+	}
+	if b.off != nil {
+		b.off(e)
+	}
+	return true
 }
 
 // noteBatchBypassRefusal turns the bypass off when a request of a $batch

@@ -41,7 +41,8 @@ func TestBypassStepsKeepsOwnWritesUnposted(t *testing.T) {
 	if err != nil || len(steps) != 6 {
 		t.Fatalf("steps %v, %v", steps, err)
 	}
-	if err := c.BypassSteps(ctx, steps, 2); err != nil || !c.Bypassing() {
+	var offs []*Error
+	if err := c.BypassSteps(ctx, steps, 2, func(e *Error) { offs = append(offs, e) }); err != nil || !c.Bypassing() {
 		t.Fatalf("BypassSteps: %v (bypassing %v)", err, c.Bypassing())
 	}
 	stepOf := map[string]string{}
@@ -112,7 +113,13 @@ func TestBypassStepsKeepsOwnWritesUnposted(t *testing.T) {
 	if c.Bypassing() {
 		t.Errorf("still bypassing after the refusal")
 	}
-	if n := posted(); n != 2 {
-		t.Errorf("create after the refusal: %d posted, want 2 (its change comes back as without the bypass)", n)
+	if len(offs) != 1 || offs[0].Status != 403 || offs[0].Code != "0x80040220" {
+		t.Errorf("told of the refusal %v, want once, 403 0x80040220", offs)
+	}
+	if _, err := c.Create(ctx, "contacts", Record{"lastname": "AfterOff"}); err != nil || len(offs) != 1 {
+		t.Errorf("a later create: %v, told %d times; want it sent without the header and no second call", err, len(offs))
+	}
+	if n := posted(); n != 3 {
+		t.Errorf("creates after the refusal: %d posted in all, want 3 (their changes come back as without the bypass)", n)
 	}
 }

@@ -18,7 +18,11 @@ import (
 func bypassOwnSteps(ctx context.Context, cfg *Config, c *crm.Client, log *slog.Logger) {
 	p := planBypass(ctx, cfg, c)
 	if p.why == "" {
-		if err := c.BypassSteps(ctx, p.steps, cfg.CRM.BypassStepLimit); err != nil {
+		off := func(e *crm.Error) {
+			log.Warn("the CRM refused the agent's step bypass for a missing privilege; its writes go on without it, and their changes come back as echoes",
+				"privilege", "prvBypassCustomBusinessLogic", "status", e.Status, "code", e.Code)
+		}
+		if err := c.BypassSteps(ctx, p.steps, cfg.CRM.BypassStepLimit, off); err != nil {
 			p.why, p.err = "reading the steps' tables failed", err
 		}
 	}

@@ -40,11 +40,12 @@ func (s *countingSender) count() int {
 // the endpoint is another queue's, or the user lacks
 // prvBypassCustomBusinessLogic, the setup logs why and leaves the client
 // without the bypass (its writes are posted), and doctor fails the check
-// with the fix.
+// with the fix; a privilege taken away while running turns the bypass off
+// with a warning, and the write goes through.
 func TestBypassOwnSteps(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	run := func(t *testing.T, queue string, revoke bool) (posted int, bypassing bool, log, doctorOut string) {
+	run := func(t *testing.T, queue string, revoke, revokeLater bool) (posted int, bypassing bool, log, doctorOut string) {
 		t.Helper()
 		sent := &countingSender{}
 		cs, err := crmserver.New(crmserver.Options{Tokens: crmserver.SandboxTokens(), Endpoint: sent, EndpointPath: "crm-changes"})
@@ -72,10 +73,20 @@ func TestBypassOwnSteps(t *testing.T) {
 		var out bytes.Buffer
 		d := &doctor{cfg: &cfg, out: &out}
 		d.crmBypass(ctx, client)
+		if revokeLater {
+			n := sent.count()
+			cs.RevokePrivilege(crmserver.AgentUserID, "prvBypassCustomBusinessLogic")
+			if _, err := client.Create(ctx, "contacts", crm.Record{"lastname": "AfterRevoke"}); err != nil {
+				t.Fatal(err)
+			}
+			if sent.count() != n+1 {
+				t.Errorf("the create after the privilege was revoked was not posted")
+			}
+		}
 		return sent.count(), client.Bypassing(), buf.String(), out.String()
 	}
 
-	posted, on, log, doc := run(t, "crm-changes", false)
+	posted, on, log, doc := run(t, "crm-changes", false, false)
 	if posted != 0 || !on || !strings.Contains(log, "bypass its service endpoint's steps") || !strings.Contains(log, "contact Create") {
 		t.Errorf("own endpoint: %d posted, bypassing %v, log %q; want none posted, on", posted, on, log)
 	}
@@ -83,7 +94,7 @@ func TestBypassOwnSteps(t *testing.T) {
 		t.Errorf("doctor with the bypass in place:\n%s", doc)
 	}
 
-	posted, on, log, doc = run(t, "crm-other", false)
+	posted, on, log, doc = run(t, "crm-other", false, false)
 	if posted != 1 || on || !strings.Contains(log, "no service endpoint found: want a Service Bus queue endpoint (contract Queue) with path crm-other") {
 		t.Errorf("another queue: %d posted, bypassing %v, log %q; want the change posted, off, and why", posted, on, log)
 	}
@@ -91,11 +102,16 @@ func TestBypassOwnSteps(t *testing.T) {
 		t.Errorf("doctor without the endpoint:\n%s", doc)
 	}
 
-	posted, on, log, doc = run(t, "crm-changes", true)
+	posted, on, log, doc = run(t, "crm-changes", true, false)
 	if posted != 1 || on || !strings.Contains(log, "lacks prvBypassCustomBusinessLogic") {
 		t.Errorf("without the privilege: %d posted, bypassing %v, log %q; want the change posted, off, and why", posted, on, log)
 	}
 	if l := doctorLine(doc, "FAIL crm bypass"); !strings.Contains(l, "lacks prvBypassCustomBusinessLogic") || !strings.Contains(l, crm.PrivilegeBypassCustomBusinessLogic) {
 		t.Errorf("doctor without the privilege:\n%s", doc)
+	}
+
+	_, on, log, _ = run(t, "crm-changes", false, true)
+	if on || !strings.Contains(log, "refused the agent's step bypass for a missing privilege") || !strings.Contains(log, "0x80040220") {
+		t.Errorf("privilege revoked while running: bypassing %v, log %q; want off and a warning", on, log)
 	}
 }
