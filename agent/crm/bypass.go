@@ -82,9 +82,9 @@ func (c *Client) BypassSteps(ctx context.Context, steps []Step, limit int, off f
 		if b.steps[set] == nil {
 			b.steps[set] = map[string][]string{}
 		}
-		msg := canonicalMessage(s.Message)
-		if !slices.Contains(b.steps[set][msg], s.ID) {
-			b.steps[set][msg] = append(b.steps[set][msg], strings.ToLower(s.ID))
+		msg, id := canonicalMessage(s.Message), strings.ToLower(s.ID)
+		if !slices.Contains(b.steps[set][msg], id) {
+			b.steps[set][msg] = append(b.steps[set][msg], id)
 		}
 	}
 	if len(b.steps) == 0 {

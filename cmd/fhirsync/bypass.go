@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 
@@ -101,7 +102,6 @@ func (d *doctor) crmBypass(ctx context.Context, c *crm.Client) {
 		d.check("crm bypass", "", fail(p.fix, "crm.bypass_own_steps is on but the agent's writes will not bypass its endpoint's steps: %s", why))
 		return
 	}
-	d.check("crm bypass", "the agent's writes bypass the steps of service endpoint "+quoteName(p.endpoint.Name)+" ("+p.names()+"); every application user holds prvBypassCustomBusinessLogic", nil)
+	d.check("crm bypass", fmt.Sprintf("the agent's writes bypass the steps of service endpoint %q (%s); every application user holds prvBypassCustomBusinessLogic",
+		p.endpoint.Name, p.names()), nil)
 }
-
-func quoteName(s string) string { return `"` + s + `"` }

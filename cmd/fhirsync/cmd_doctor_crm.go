@@ -328,9 +328,6 @@ func (d *doctor) crmSteps(ctx context.Context, c *crm.Client) {
 	}
 }
 
-// sameNamespace reports whether a service endpoint's namespaceaddress
-// (sb://contoso.servicebus.windows.net/) is the configured namespace; true
-// when the configuration does not say which.
 // ownEndpoint is the service endpoint among eps that delivers the CRM's
 // changes to this service — the webhook behind feeds.dataverse_webhook,
 // or the Service Bus queue queue.crm_changes in the configured namespace —
@@ -353,9 +350,9 @@ func ownEndpoint(cfg *Config, eps []crm.ServiceEndpoint) (*crm.ServiceEndpoint, 
 	return nil, "a Service Bus queue endpoint (contract Queue) with path " + cfg.Queue.CRMChanges
 }
 
-// sameNamespace reports whether addr (a serviceendpoint's
-// namespaceaddress) is the configured Service Bus namespace, or either is
-// unknown.
+// sameNamespace reports whether a service endpoint's namespaceaddress
+// (sb://contoso.servicebus.windows.net/) is the configured namespace; true
+// when the configuration does not say which.
 func sameNamespace(cfg *Config, addr string) bool {
 	want := cfg.Queue.ServiceBus.Namespace
 	if want == "" {
