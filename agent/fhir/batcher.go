@@ -15,6 +15,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	fsmaps "github.com/fhirsync/fhirsync/maps"
 )
 
 // BatchConfig configures a Batcher.
@@ -412,6 +414,45 @@ type bundleRequest struct {
 	IfNoneExist string `json:"ifNoneExist,omitempty"`
 }
 
+// batchBundle writes the batch Bundle of entries as json.Marshal writes
+// the struct {resourceType, type, entry}, without re-reading each entry's
+// resource: encode wrote those bytes, already valid and compact.
+func batchBundle(entries []bundleEntry) []byte {
+	n := 64
+	for _, e := range entries {
+		n += len(e.Resource) + len(e.Request.URL) + 128
+	}
+	b := append(make([]byte, 0, n), `{"resourceType":"Bundle","type":"batch","entry":[`...)
+	for i, e := range entries {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '{')
+		if e.FullURL != "" {
+			b = append(b, `"fullUrl":`...)
+			b = append(fsmaps.AppendJSONString(b, e.FullURL), ',')
+		}
+		if len(e.Resource) > 0 {
+			b = append(b, `"resource":`...)
+			b = append(append(b, e.Resource...), ',')
+		}
+		b = append(b, `"request":{"method":`...)
+		b = fsmaps.AppendJSONString(b, e.Request.Method)
+		b = append(b, `,"url":`...)
+		b = fsmaps.AppendJSONString(b, e.Request.URL)
+		if e.Request.IfMatch != "" {
+			b = append(b, `,"ifMatch":`...)
+			b = fsmaps.AppendJSONString(b, e.Request.IfMatch)
+		}
+		if e.Request.IfNoneExist != "" {
+			b = append(b, `,"ifNoneExist":`...)
+			b = fsmaps.AppendJSONString(b, e.Request.IfNoneExist)
+		}
+		b = append(b, "}}"...)
+	}
+	return append(b, "]}"...)
+}
+
 // flush sends the ops callers are still waiting for as one batch Bundle
 // and answers each.
 func (b *Batcher) flush(ops []*batchOp) {
@@ -440,16 +481,7 @@ func (b *Batcher) flush(ops []*batchOp) {
 		}
 		entries[i] = e
 	}
-	body, err := json.Marshal(struct {
-		ResourceType string        `json:"resourceType"`
-		Type         string        `json:"type"`
-		Entry        []bundleEntry `json:"entry"`
-	}{"Bundle", "batch", entries})
-	if err != nil {
-		answerAll(live, batchResult{single: true})
-		return
-	}
-	page, err := b.c.batch(context.Background(), body)
+	page, err := b.c.batch(context.Background(), batchBundle(entries))
 	if err == nil && len(page.Entries) != len(live) {
 		err = invalidResponse("batch", http.StatusOK, "batch-response has %d entries for %d requests", len(page.Entries), len(live))
 	}

@@ -597,13 +597,10 @@ func encode(r Resource) ([]byte, error) {
 	if !isTypeName(r.Type()) {
 		return nil, errors.New("resource has no resourceType")
 	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(map[string]any(r)); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
+	// The map engine's encoder writes what encoding/json.Marshal writes
+	// (HTML characters escaped, as a batch Bundle's entries always were),
+	// without reflection.
+	return fsmaps.EncodeJSON(map[string]any(r))
 }
 
 func isJSONType(ct string) bool {
