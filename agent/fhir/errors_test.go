@@ -146,13 +146,6 @@ func TestRetryAfterHTTPDate(t *testing.T) {
 
 func TestNetworkFailuresAreRetryable(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close() // nothing listens here now
-
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-r.Context().Done():
@@ -160,6 +153,16 @@ func TestNetworkFailuresAreRetryable(t *testing.T) {
 		}
 	}))
 	t.Cleanup(slow.Close)
+	// A port nothing listens on: one the system just gave out and took
+	// back. The slow server starts first, so it cannot be given this port
+	// after it was closed (it once was, and "connection refused" was
+	// answered 200 five seconds later).
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
 
 	tests := []struct {
 		name string
