@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/fhirsync/fhirsync/agent/crm"
 )
 
@@ -16,10 +18,21 @@ import (
 // when the endpoint cannot be found, its steps cannot be read, or a user
 // lacks prvBypassCustomBusinessLogic, the agent runs without it (its own
 // writes come back and are told apart, as always) and the log says why.
-func bypassOwnSteps(ctx context.Context, cfg *Config, c *crm.Client, log *slog.Logger) {
+//
+// reg, when set, receives fhirsync_crm_bypass_active: 1 while the writes
+// bypass the steps, 0 when they do not (never set up, or turned off).
+func bypassOwnSteps(ctx context.Context, cfg *Config, c *crm.Client, log *slog.Logger, reg prometheus.Registerer) {
+	active := prometheus.NewGauge(prometheus.GaugeOpts{Name: "fhirsync_crm_bypass_active",
+		Help: "1 while the agent's CRM writes bypass its service endpoint's steps (crm.bypass_own_steps), 0 when they do not."})
+	if reg != nil {
+		if err := reg.Register(active); err != nil {
+			log.Warn("registering fhirsync_crm_bypass_active", "err", err)
+		}
+	}
 	p := planBypass(ctx, cfg, c)
 	if p.why == "" {
 		off := func(e *crm.Error) {
+			active.Set(0)
 			log.Warn("the CRM refused the agent's step bypass for a missing privilege; its writes go on without it, and their changes come back as echoes",
 				"privilege", "prvBypassCustomBusinessLogic", "status", e.Status, "code", e.Code)
 		}
@@ -35,6 +48,7 @@ func bypassOwnSteps(ctx context.Context, cfg *Config, c *crm.Client, log *slog.L
 		log.Warn("crm.bypass_own_steps is on but the agent's writes will not bypass its service endpoint's steps", attrs...)
 		return
 	}
+	active.Set(1)
 	log.Info("the agent's writes bypass its service endpoint's steps", "endpoint", p.endpoint.Name, "steps", p.names())
 }
 

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/fhirsync/fhirsync/agent/crm"
 	"github.com/fhirsync/fhirsync/queues"
 	"github.com/fhirsync/fhirsync/sandbox/crmserver"
@@ -45,6 +47,7 @@ func (s *countingSender) count() int {
 func TestBypassOwnSteps(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
+	var gauge float64
 	run := func(t *testing.T, queue string, revoke, revokeLater bool) (posted int, bypassing bool, log, doctorOut string) {
 		t.Helper()
 		sent := &countingSender{}
@@ -66,7 +69,15 @@ func TestBypassOwnSteps(t *testing.T) {
 		cfg.Queue.CRMChanges = queue
 		cfg.CRM.BypassOwnSteps = true
 		var buf bytes.Buffer
-		bypassOwnSteps(ctx, &cfg, client, slog.New(slog.NewTextHandler(&buf, nil)))
+		reg := prometheus.NewRegistry()
+		bypassOwnSteps(ctx, &cfg, client, slog.New(slog.NewTextHandler(&buf, nil)), reg)
+		defer func() {
+			mfs, err := reg.Gather()
+			if err != nil || len(mfs) != 1 || mfs[0].GetName() != "fhirsync_crm_bypass_active" {
+				t.Fatalf("gathered %v, %v", mfs, err)
+			}
+			gauge = mfs[0].GetMetric()[0].GetGauge().GetValue()
+		}()
 		if _, err := client.Create(ctx, "contacts", crm.Record{"lastname": "Own"}); err != nil {
 			t.Fatal(err)
 		}
@@ -87,6 +98,9 @@ func TestBypassOwnSteps(t *testing.T) {
 	}
 
 	posted, on, log, doc := run(t, "crm-changes", false, false)
+	if gauge != 1 {
+		t.Errorf("fhirsync_crm_bypass_active %v with the bypass in place, want 1", gauge)
+	}
 	if posted != 0 || !on || !strings.Contains(log, "bypass its service endpoint's steps") || !strings.Contains(log, "contact Create") {
 		t.Errorf("own endpoint: %d posted, bypassing %v, log %q; want none posted, on", posted, on, log)
 	}
@@ -95,6 +109,9 @@ func TestBypassOwnSteps(t *testing.T) {
 	}
 
 	posted, on, log, doc = run(t, "crm-other", false, false)
+	if gauge != 0 {
+		t.Errorf("fhirsync_crm_bypass_active %v without the endpoint, want 0", gauge)
+	}
 	if posted != 1 || on || !strings.Contains(log, "no service endpoint found: want a Service Bus queue endpoint (contract Queue) with path crm-other") {
 		t.Errorf("another queue: %d posted, bypassing %v, log %q; want the change posted, off, and why", posted, on, log)
 	}
@@ -111,6 +128,9 @@ func TestBypassOwnSteps(t *testing.T) {
 	}
 
 	_, on, log, _ = run(t, "crm-changes", false, true)
+	if gauge != 0 {
+		t.Errorf("fhirsync_crm_bypass_active %v after the refusal, want 0", gauge)
+	}
 	if on || !strings.Contains(log, "refused the agent's step bypass for a missing privilege") || !strings.Contains(log, "0x80040220") {
 		t.Errorf("privilege revoked while running: bypassing %v, log %q; want off and a warning", on, log)
 	}

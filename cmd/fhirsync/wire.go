@@ -147,7 +147,7 @@ func buildServices(ctx context.Context, cfg *Config, db *gorm.DB, reg prometheus
 	}
 	if cfg.CRM.BypassOwnSteps {
 		wctx, cancel := context.WithTimeout(ctx, time.Minute)
-		bypassOwnSteps(wctx, cfg, s.crm, log)
+		bypassOwnSteps(wctx, cfg, s.crm, log, reg)
 		cancel()
 	}
 	renew := time.Duration(0)
