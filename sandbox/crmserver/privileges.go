@@ -186,18 +186,29 @@ var bulkRights = map[string][]string{
 // denied is the error for user lacking any of rights on table e, nil when
 // it holds them all.
 func (s *Server) denied(user string, e *Entity, rights ...string) *apiError {
-	s.mu.Lock()
-	revoked := slices.Clone(s.revoked[strings.ToLower(user)])
-	s.mu.Unlock()
+	revoked := s.revokedFrom(user)
 	if len(revoked) == 0 {
 		return nil
 	}
 	for _, right := range rights {
 		name := PrivilegeName(right, e.LogicalName)
 		if slices.Contains(revoked, strings.ToLower(name)) {
-			return &apiError{status: http.StatusForbidden, code: "0x80040220",
-				message: fmt.Sprintf("Principal user (Id=%s, type=8) is missing %s privilege (Id=%s)", strings.ToLower(user), name, privilegeID(name))}
+			return missingPrivilege(user, name)
 		}
 	}
 	return nil
+}
+
+// revokedFrom is the privileges (lower-case names) taken from user.
+func (s *Server) revokedFrom(user string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.revoked[strings.ToLower(user)])
+}
+
+// missingPrivilege is Dataverse's refusal of a request by user, who lacks
+// the privilege name.
+func missingPrivilege(user, name string) *apiError {
+	return &apiError{status: http.StatusForbidden, code: "0x80040220",
+		message: fmt.Sprintf("Principal user (Id=%s, type=8) is missing %s privilege (Id=%s)", strings.ToLower(user), name, privilegeID(name))}
 }
