@@ -22,8 +22,14 @@ import (
 // reg, when set, receives fhirsync_crm_bypass_active: 1 while the writes
 // bypass the steps, 0 when they do not (never set up, or turned off).
 func bypassOwnSteps(ctx context.Context, cfg *Config, c *crm.Client, log *slog.Logger, reg prometheus.Registerer) {
-	active := prometheus.NewGauge(prometheus.GaugeOpts{Name: "fhirsync_crm_bypass_active",
-		Help: "1 while the agent's CRM writes bypass its service endpoint's steps (crm.bypass_own_steps), 0 when they do not."})
+	active := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fhirsync_crm_bypass_active",
+		Help: "1 while the agent's CRM writes bypass its service endpoint's steps (crm.bypass_own_steps), 0 when they do not."},
+		func() float64 {
+			if c.Bypassing() {
+				return 1
+			}
+			return 0
+		})
 	if reg != nil {
 		if err := reg.Register(active); err != nil {
 			log.Warn("registering fhirsync_crm_bypass_active", "err", err)
@@ -32,7 +38,6 @@ func bypassOwnSteps(ctx context.Context, cfg *Config, c *crm.Client, log *slog.L
 	p := planBypass(ctx, cfg, c)
 	if p.why == "" {
 		off := func(e *crm.Error) {
-			active.Set(0)
 			log.Warn("the CRM refused the agent's step bypass for a missing privilege; its writes go on without it, and their changes come back as echoes",
 				"privilege", "prvBypassCustomBusinessLogic", "status", e.Status, "code", e.Code)
 		}
@@ -48,7 +53,6 @@ func bypassOwnSteps(ctx context.Context, cfg *Config, c *crm.Client, log *slog.L
 		log.Warn("crm.bypass_own_steps is on but the agent's writes will not bypass its service endpoint's steps", attrs...)
 		return
 	}
-	active.Set(1)
 	log.Info("the agent's writes bypass its service endpoint's steps", "endpoint", p.endpoint.Name, "steps", p.names())
 }
 

@@ -625,7 +625,8 @@ func (c Config) Validate() []string {
 	return p
 }
 
-// validateCRMUsers checks crm.users and crm.max_concurrency.
+// validateCRMUsers checks crm.users, crm.max_concurrency and
+// crm.bypass_step_limit.
 func (c Config) validateCRMUsers() []string {
 	var p []string
 	if c.CRM.BypassStepLimit < 0 {
