@@ -177,3 +177,45 @@ func BenchmarkConcurrentSends(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkDepth measures Depth over a backlog of 30,000 messages whose
+// bodies are the size of a Dataverse change notice (about 1.5 KB), 100 of
+// them locked: the cost of each depth sample and of each wait of a
+// backfill for room in the queue.
+func BenchmarkDepth(b *testing.B) {
+	for _, d := range storagetest.Dialects {
+		b.Run(string(d), func(b *testing.B) {
+			ctx := context.Background()
+			q, err := embedded.New(storagetest.Open(b, d), "bench", embedded.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			body := make([]byte, 1500)
+			for i := range body {
+				body[i] = 'a' + byte(i%26)
+			}
+			const backlog, batch = 30000, 500
+			for sent := 0; sent < backlog; sent += batch {
+				msgs := make([]queues.Message, batch)
+				for i := range msgs {
+					msgs[i] = queues.Message{ID: fmt.Sprintf("m%d", sent+i), Body: body}
+				}
+				if err := q.Send(ctx, msgs...); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if _, err := q.Receive(ctx, 100, time.Second); err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				dep, err := q.Depth(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if dep.Active != backlog {
+					b.Fatalf("Depth = %+v, want %d active", dep, backlog)
+				}
+			}
+		})
+	}
+}

@@ -48,6 +48,9 @@ const readyWhere = `m.queue = ? AND m.state = 'active' AND m.visible_at <= ?
 		SELECT 1 FROM queue_messages e
 		WHERE e.queue = m.queue AND e.session_key = m.session_key AND e.state = 'active' AND e.seq < m.seq))`
 
+// pickSQL selects, oldest first, up to a number of rows ready now.
+const pickSQL = `SELECT m.seq FROM queue_messages m WHERE ` + readyWhere + ` ORDER BY m.seq LIMIT ?`
+
 func (q *Queue) anyReady(db *gorm.DB, t time.Time) (bool, error) {
 	if q.dialect == storage.SQLite {
 		return storage.Direct(db).Exists(`SELECT 1 FROM queue_messages m WHERE `+readyWhere+` LIMIT 1`, q.name, t)
@@ -67,7 +70,7 @@ func (q *Queue) lockBatch(db *gorm.DB, limit int, t time.Time, token string) ([]
 	until := t.Add(q.opts.LockDuration)
 	maxDC := q.opts.MaxDeliveryCount
 	desc := fmt.Sprintf("delivered %d times without being settled", maxDC)
-	pick := `SELECT m.seq FROM queue_messages m WHERE ` + readyWhere + ` ORDER BY m.seq LIMIT ?`
+	pick := pickSQL
 	if q.dialect == storage.Postgres {
 		pick += ` FOR UPDATE SKIP LOCKED`
 	}
@@ -467,13 +470,18 @@ func (q *Queue) redrive(tx *gorm.DB, seqs []int64, maxRedrives int, t time.Time)
 	return res, nil
 }
 
-func (q *Queue) depth(db *gorm.DB, t time.Time) (queues.Depth, error) {
-	var d queues.Depth
-	row := db.Raw(`SELECT
+// depthSQL counts a queue's messages by state. On SQLite it reads the
+// order index alone (migration 0032 put visible_at and lock_token in it),
+// not every message's row.
+const depthSQL = `SELECT
 		COALESCE(SUM(CASE WHEN state = 'active' AND (visible_at <= ? OR lock_token IS NOT NULL) THEN 1 ELSE 0 END), 0),
 		COALESCE(SUM(CASE WHEN state = 'active' AND visible_at > ? AND lock_token IS NULL THEN 1 ELSE 0 END), 0),
 		COALESCE(SUM(CASE WHEN state = 'dead' THEN 1 ELSE 0 END), 0)
-		FROM queue_messages WHERE queue = ?`, t, t, q.name).Row()
+		FROM queue_messages WHERE queue = ?`
+
+func (q *Queue) depth(db *gorm.DB, t time.Time) (queues.Depth, error) {
+	var d queues.Depth
+	row := db.Raw(depthSQL, t, t, q.name).Row()
 	err := row.Scan(&d.Active, &d.Scheduled, &d.DeadLetter)
 	return d, err
 }

@@ -1,0 +1,5 @@
+-- Nothing on PostgreSQL: the SQLite variant widens the embedded queue's
+-- order index so that counting reads the index alone. Here the columns it
+-- adds (visible_at, lock_token) change whenever a message is locked, and
+-- an index holding them would rule out PostgreSQL's heap-only updates of
+-- those rows.
