@@ -57,4 +57,3 @@ func TestCountingReadsOnlyTheIndex(t *testing.T) {
 		}
 	}
 }
-
