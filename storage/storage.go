@@ -241,6 +241,14 @@ func shortErr(err error) string {
 // a sync run. The text goes to the driver as written, so Direct is for
 // SQLite's "?" placeholders; callers keep gorm for PostgreSQL. Errors are
 // the driver's, not translated into gorm's.
+//
+// A statement run through Direct is not interrupted when its context ends
+// while it runs; a context that has already ended fails it at once, as
+// before. For a context that can end, database/sql and the SQLite driver
+// each start a goroutine per statement (and the driver one per row read)
+// only to watch it, and the driver steps SQLite on that goroutine while
+// the caller waits: for the short statements Direct is for, that cost more
+// than the statement.
 func Direct(db *gorm.DB) DirectConn {
 	ctx := db.Statement.Context
 	if ctx == nil {
@@ -257,20 +265,29 @@ type DirectConn struct {
 
 // Exec runs a statement that returns no rows.
 func (c DirectConn) Exec(query string, args ...any) (sql.Result, error) {
-	return c.pool.ExecContext(c.ctx, query, args...)
+	return c.pool.ExecContext(c.runCtx(), query, args...)
 }
 
 // QueryRow runs a statement that returns at most one row. Outside a
 // transaction it runs as a read, beside the write gate: writes that
 // return rows belong in a transaction.
 func (c DirectConn) QueryRow(query string, args ...any) *sql.Row {
-	return c.pool.QueryRowContext(c.ctx, query, args...)
+	return c.pool.QueryRowContext(c.runCtx(), query, args...)
 }
 
 // Query runs a statement that returns rows. Outside a transaction a
 // statement that may write takes the write gate (see writeGate.QueryContext).
 func (c DirectConn) Query(query string, args ...any) (*sql.Rows, error) {
-	return c.pool.QueryContext(c.ctx, query, args...)
+	return c.pool.QueryContext(c.runCtx(), query, args...)
+}
+
+// runCtx is the context a statement runs under: c's own once it has ended
+// (the statement then fails with its error), else c's without its end.
+func (c DirectConn) runCtx() context.Context {
+	if c.ctx.Err() != nil {
+		return c.ctx
+	}
+	return context.WithoutCancel(c.ctx)
 }
 
 // Exists reports whether query returns a row.

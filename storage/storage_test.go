@@ -155,3 +155,41 @@ func TestLeaseRaceHasOneWinner(t *testing.T) {
 		}
 	})
 }
+
+// TestDirectRunsStatementsToTheEnd checks Direct's contract on SQLite: a
+// context that has already ended fails the statement at once, and one
+// that ends while the statement runs does not interrupt it (the driver
+// would otherwise watch the context on a goroutine per statement and row).
+func TestDirectRunsStatementsToTheEnd(t *testing.T) {
+	t.Parallel()
+	db := storagetest.Open(t, storage.SQLite)
+
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	var one int
+	if err := storage.Direct(db.WithContext(ended)).QueryRow(`SELECT 1`).Scan(&one); !errors.Is(err, context.Canceled) {
+		t.Errorf("QueryRow under an ended context: %v, want context.Canceled", err)
+	}
+	if _, err := storage.Direct(db.WithContext(ended)).Exec(`CREATE TEMP TABLE t (x)`); !errors.Is(err, context.Canceled) {
+		t.Errorf("Exec under an ended context: %v, want context.Canceled", err)
+	}
+	if _, err := storage.Direct(db.WithContext(ended)).Query(`SELECT 1`); !errors.Is(err, context.Canceled) {
+		t.Errorf("Query under an ended context: %v, want context.Canceled", err)
+	}
+
+	// A count that takes SQLite a while; the context ends meanwhile.
+	const n = 3_000_000
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	timer := time.AfterFunc(20*time.Millisecond, cancel)
+	defer timer.Stop()
+	var got int
+	err := storage.Direct(db.WithContext(ctx)).QueryRow(
+		`WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) SELECT count(*) FROM c`, n).Scan(&got)
+	if err != nil || got != n {
+		t.Fatalf("count = %d, %v; want %d with no error though the context ended while it ran", got, err, n)
+	}
+	if ctx.Err() == nil {
+		t.Fatal("the context had not ended when the count finished: make the count longer")
+	}
+}
