@@ -243,8 +243,8 @@ func shortErr(err error) string {
 // the driver's, not translated into gorm's.
 //
 // A statement run through Direct is not interrupted when its context ends
-// while it runs; a context that has already ended fails it at once, as
-// before. For a context that can end, database/sql and the SQLite driver
+// while it runs or waits for the write gate; a context that has already
+// ended fails it at once, as before. For a context that can end, database/sql and the SQLite driver
 // each start a goroutine per statement (and the driver one per row read)
 // only to watch it, and the driver steps SQLite on that goroutine while
 // the caller waits: for the short statements Direct is for, that cost more

@@ -471,8 +471,8 @@ func (q *Queue) redrive(tx *gorm.DB, seqs []int64, maxRedrives int, t time.Time)
 }
 
 // depthSQL counts a queue's messages by state. On SQLite it reads the
-// order index alone (migration 0032 put visible_at and lock_token in it),
-// not every message's row.
+// order index alone (migration 0032 put visible_at, session_key and
+// lock_token in it), not every message's row.
 const depthSQL = `SELECT
 		COALESCE(SUM(CASE WHEN state = 'active' AND (visible_at <= ? OR lock_token IS NOT NULL) THEN 1 ELSE 0 END), 0),
 		COALESCE(SUM(CASE WHEN state = 'active' AND visible_at > ? AND lock_token IS NULL THEN 1 ELSE 0 END), 0),
