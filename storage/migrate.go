@@ -157,6 +157,15 @@ func Migrate(ctx context.Context, db *gorm.DB) ([]int, error) {
 		return nil
 	}
 	if d != Postgres {
+		if g, ok := db.ConnPool.(*writeGate); ok {
+			g.schema.Lock()
+			defer g.schema.Unlock()
+			defer func() {
+				if len(applied) > 0 {
+					g.forgetSchemas()
+				}
+			}()
+		}
 		return applied, run(db)
 	}
 	sqlDB, err := db.DB()

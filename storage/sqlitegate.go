@@ -58,6 +58,25 @@ type writeGate struct {
 	// writer is the connection gated transactions run on, opened at first
 	// use; only the gate's holder touches it.
 	writer *sql.Conn
+
+	// schema is held by Migrate while it changes the schema, and read-held
+	// by the checkpointer around each checkpoint. maxIdle is the pool's
+	// idle connection limit, restored after Migrate drops idle connections.
+	schema  sync.RWMutex
+	maxIdle int
+}
+
+// forgetSchemas is called by Migrate after it changed the schema. A
+// connection keeps the schema it last read until a statement of its own
+// notices the change, and SQLite prepares "SELECT *" from that copy: the
+// driver then reports the columns as they were and drops those added
+// since (a checkpoint on another connection during the migrations, or a
+// read before them, leaves such a copy). The pool's idle connections are
+// closed, so that each statement after the migrations runs on a
+// connection that reads the schema afresh.
+func (g *writeGate) forgetSchemas() {
+	g.db.SetMaxIdleConns(0)
+	g.db.SetMaxIdleConns(g.maxIdle)
 }
 
 // minGateWait is the shortest time a writer waits for the gate before it

@@ -107,21 +107,33 @@ func checkpoint(db *sql.DB, g *writeGate) {
 	defer t.Stop()
 	wait := restartWait
 	for range t.C {
-		frames, _, err := walCheckpoint(context.Background(), db, "PASSIVE")
-		if err != nil && strings.Contains(err.Error(), "database is closed") {
-			g.closeWriter()
+		if !checkpointOnce(db, g, &wait) {
 			return
 		}
-		if err != nil || frames < restartFrames {
-			continue
-		}
-		// The wait is kept once it suffices: the busy handler returns as
-		// soon as the readers finish, so a longer bound costs writers
-		// nothing while readers are quick.
-		if busy, err := restartWAL(db, g, wait); err != nil || busy {
-			wait = min(2*wait, restartWaitMax)
-		}
 	}
+}
+
+// checkpointOnce is one tick of checkpoint; false when db is closed. It
+// holds g.schema for reading, so that no checkpoint reads the schema while
+// Migrate changes it.
+func checkpointOnce(db *sql.DB, g *writeGate, wait *time.Duration) bool {
+	g.schema.RLock()
+	defer g.schema.RUnlock()
+	frames, _, err := walCheckpoint(context.Background(), db, "PASSIVE")
+	if err != nil && strings.Contains(err.Error(), "database is closed") {
+		g.closeWriter()
+		return false
+	}
+	if err != nil || frames < restartFrames {
+		return true
+	}
+	// The wait is kept once it suffices: the busy handler returns as soon
+	// as the readers finish, so a longer bound costs writers nothing while
+	// readers are quick.
+	if busy, err := restartWAL(db, g, *wait); err != nil || busy {
+		*wait = min(2**wait, restartWaitMax)
+	}
+	return true
 }
 
 // walCheckpoint runs one checkpoint in mode and returns the WAL's length in

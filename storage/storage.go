@@ -104,6 +104,7 @@ func Open(ctx context.Context, rawURL string, opts Options) (*gorm.DB, error) {
 		return nil, fmt.Errorf("connecting to %s database at %s: %w: %s", d, host, ErrUnreachable, shortErr(err))
 	}
 	if d == SQLite {
+		gate.maxIdle = maxOpen
 		go checkpoint(sqlDB, gate)
 	}
 	return db, nil
