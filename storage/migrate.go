@@ -157,16 +157,16 @@ func Migrate(ctx context.Context, db *gorm.DB) ([]int, error) {
 		return nil
 	}
 	if d != Postgres {
-		if g, ok := db.ConnPool.(*writeGate); ok {
+		g, gated := db.ConnPool.(*writeGate)
+		if gated {
 			g.schema.Lock()
 			defer g.schema.Unlock()
-			defer func() {
-				if len(applied) > 0 {
-					g.forgetSchemas()
-				}
-			}()
 		}
-		return applied, run(db)
+		err := run(db)
+		if gated && len(applied) > 0 {
+			g.forgetSchemas()
+		}
+		return applied, err
 	}
 	sqlDB, err := db.DB()
 	if err != nil {

@@ -245,11 +245,11 @@ func shortErr(err error) string {
 //
 // A statement run through Direct is not interrupted when its context ends
 // while it runs or waits for the write gate; a context that has already
-// ended fails it at once, as before. For a context that can end, database/sql and the SQLite driver
-// each start a goroutine per statement (and the driver one per row read)
-// only to watch it, and the driver steps SQLite on that goroutine while
-// the caller waits: for the short statements Direct is for, that cost more
-// than the statement.
+// ended fails it at once. For a context that can end, database/sql and the
+// SQLite driver each start a goroutine per statement (and the driver one
+// per row read) only to watch it, and the driver steps SQLite on that
+// goroutine while the caller waits: for the short statements Direct is
+// for, that cost more than the statement.
 func Direct(db *gorm.DB) DirectConn {
 	ctx := db.Statement.Context
 	if ctx == nil {

@@ -15,21 +15,7 @@ import (
 // notices a row read per message made every depth sample cost as much as
 // reading the whole backlog.
 func TestCountingReadsOnlyTheIndex(t *testing.T) {
-	// A connection prepares EXPLAIN with the schema it last read, so the
-	// plans are taken on a handle opened after the migrations.
-	u := storagetest.URL(t, storage.SQLite)
-	db, err := storage.Open(t.Context(), u, storage.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := storage.Migrate(t.Context(), db); err != nil {
-		t.Fatal(err)
-	}
-	storage.Close(db) //nolint:errcheck
-	if db, err = storage.Open(t.Context(), u, storage.Options{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = storage.Close(db) })
+	db := storagetest.Open(t, storage.SQLite)
 	now := time.Now().UTC()
 	for _, c := range []struct {
 		name, query string
