@@ -130,6 +130,7 @@ func TestEveryReasonCodeEndToEnd(t *testing.T) {
 		p0, p1 := synth.PatientID(0), synth.PatientID(1)
 		high := []fhir.Resource{heartRate(t, e.fhir, p0, "70"), heartRate(t, e.fhir, p0, "120")}
 		calm := []fhir.Resource{heartRate(t, e.fhir, p1, "60"), heartRate(t, e.fhir, p1, "65")}
+		clearOfHour(90 * time.Second)
 		atWindowStart()
 		for _, r := range append(high, calm...) {
 			e.notify(t, queues.SideFHIR, "Observation", r.ID(), r.VersionID(), queues.EventCreated)
