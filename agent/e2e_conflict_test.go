@@ -117,101 +117,116 @@ func TestConflictIsRetriedAfterReRead(t *testing.T) {
 		{name: "every attempt loses the race", interfere: 1000, wantFinal: "target_conflict", wantOutcome: logs.OutcomeDeadLettered, wantConflict: 2, wantLost: 9},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			db := storagetest.Open(t, storage.SQLite)
-			ctx := context.Background()
-			tr := &editBeforeWrite{titles: make(chan string, 1)}
-			var e *env
-			tr.human = func() *crm.Client { return e.crmHuman }
-			e = startEnv(t, db, agent.Config{Workers: 2, MaxAttempts: 3, StaleRetries: 2, RetryBase: 100 * time.Millisecond, RetryMax: 300 * time.Millisecond},
-				envOptions{noPoller: true, crmRetries: -1, crmTransport: func(next http.RoundTripper) http.RoundTripper { tr.next = next; return tr },
-					// The coordinator's edits stay in the CRM: without the
-					// write-back, a lost race is all these runs show (the
-					// three-way merge of edits on both sides is another
-					// test's business).
-					tweak: func(doc *maps.Document) {
-						for i := range doc.EntityMaps {
-							doc.EntityMaps[i].CRMToFHIR.Enabled = false
-						}
-					}})
-			for _, typ := range []string{"Organization", "Practitioner"} {
-				for _, id := range allIDs(t, e, typ) {
-					e.notify(t, queues.SideFHIR, typ, id, "", queues.EventChanged)
+		for _, bypass := range []bool{false, true} {
+			name := tt.name + "/echoed"
+			if bypass {
+				name = tt.name + "/bypassed"
+			}
+			t.Run(name, func(t *testing.T) {
+				t.Parallel()
+				db := storagetest.Open(t, storage.SQLite)
+				ctx := context.Background()
+				tr := &editBeforeWrite{titles: make(chan string, 1)}
+				var e *env
+				tr.human = func() *crm.Client { return e.crmHuman }
+				e = startEnv(t, db, agent.Config{Workers: 2, MaxAttempts: 3, StaleRetries: 2, RetryBase: 100 * time.Millisecond, RetryMax: 300 * time.Millisecond},
+					envOptions{noPoller: true, crmRetries: -1, bypassOwnSteps: bypass, crmTransport: func(next http.RoundTripper) http.RoundTripper { tr.next = next; return tr },
+						// The coordinator's edits stay in the CRM: without the
+						// write-back, a lost race is all these runs show (the
+						// three-way merge of edits on both sides is another
+						// test's business).
+						tweak: func(doc *maps.Document) {
+							for i := range doc.EntityMaps {
+								doc.EntityMaps[i].CRMToFHIR.Enabled = false
+							}
+						}})
+				for _, typ := range []string{"Organization", "Practitioner"} {
+					for _, id := range allIDs(t, e, typ) {
+						e.notify(t, queues.SideFHIR, typ, id, "", queues.EventChanged)
+					}
+					e.quiet(t)
 				}
+				pid := synth.PatientID(0)
+				e.byMessage(t, e.notify(t, queues.SideFHIR, "Patient", pid, "", queues.EventChanged), "created")
 				e.quiet(t)
-			}
-			pid := synth.PatientID(0)
-			e.byMessage(t, e.notify(t, queues.SideFHIR, "Patient", pid, "", queues.EventChanged), "created")
-			e.quiet(t)
-			contact := contactOf(t, e, pid)
+				contact := contactOf(t, e, pid)
 
-			// A clinician changes the home phone in FHIR; the coordinator
-			// edits the contact between the agent's read and its write.
-			p, err := e.fhir.Read(ctx, "Patient", pid)
-			if err != nil {
-				t.Fatal(err)
-			}
-			const phone = "555-0142"
-			p["telecom"] = []any{map[string]any{"system": "phone", "use": "home", "value": phone}}
-			if _, err := e.fhir.Update(ctx, p, ""); err != nil {
-				t.Fatal(err)
-			}
-			tr.left.Store(tt.interfere)
-			msg := e.notify(t, queues.SideFHIR, "Patient", pid, "", queues.EventChanged)
-			final := e.finalDecision(t, msg, tt.wantOutcome)
-			if final.Reason != tt.wantFinal {
-				t.Fatalf("final decision %s/%s (%s), want %s", final.Outcome, final.Reason, final.Message, tt.wantOutcome)
-			}
-			tr.left.Store(0)
-
-			// Retries fold into one decision: the message has only its
-			// final decision, whose attempts show each delivery.
-			all := e.messageDecisions(t, msg)
-			if len(all) != 1 {
-				t.Errorf("the message has %d decisions (%v), want its final one only", len(all), reasons(all))
-			}
-			for _, d := range all {
-				if d.Outcome == logs.OutcomeDeadLettered && d.Reason != "target_conflict" {
-					t.Errorf("dead-lettered as %s (%s): a lost race is target_conflict", d.Reason, d.Message)
+				// A clinician changes the home phone in FHIR; the coordinator
+				// edits the contact between the agent's read and its write.
+				p, err := e.fhir.Read(ctx, "Patient", pid)
+				if err != nil {
+					t.Fatal(err)
 				}
-			}
-			// Each delivery ends with an attempt; the failed deliveries'
-			// last attempts are retryable http_412 (StaleRetries+1 of them
-			// per delivery).
-			if deliveries := len(final.Attempts) / 3; tt.wantConflict > 0 && deliveries != tt.wantConflict+1 {
-				t.Errorf("final decision lists %d attempts: %d deliveries of 3, want %d", len(final.Attempts), deliveries, tt.wantConflict+1)
-			}
-			want := tt.wantLost + 1
-			if !tt.wantLanded {
-				want = tt.wantLost // the last lost write is the final attempt
-			}
-			if len(final.Attempts) != want {
-				t.Fatalf("final decision records %d attempts, want %d: %+v", len(final.Attempts), want, final.Attempts)
-			}
-			for i, a := range final.Attempts[:tt.wantLost] {
-				if a.ErrorClass != "http_412" || !a.Retryable {
-					t.Errorf("attempt %d: class %q retryable %v, want a retryable http_412", i+1, a.ErrorClass, a.Retryable)
+				const phone = "555-0142"
+				p["telecom"] = []any{map[string]any{"system": "phone", "use": "home", "value": phone}}
+				if _, err := e.fhir.Update(ctx, p, ""); err != nil {
+					t.Fatal(err)
 				}
-			}
+				tr.left.Store(tt.interfere)
+				msg := e.notify(t, queues.SideFHIR, "Patient", pid, "", queues.EventChanged)
+				final := e.finalDecision(t, msg, tt.wantOutcome)
+				if final.Reason != tt.wantFinal {
+					t.Fatalf("final decision %s/%s (%s), want %s", final.Outcome, final.Reason, final.Message, tt.wantOutcome)
+				}
+				tr.left.Store(0)
 
-			rec, err := e.crmHuman.Retrieve(ctx, crm.ByID("contacts", contact), "telephone2", "jobtitle")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := rec.String("telephone2") == phone; got != tt.wantLanded {
-				t.Errorf("home phone in the CRM = %q; landed %v, want %v", rec.String("telephone2"), got, tt.wantLanded)
-			}
-			if want := fmt.Sprintf("Coordinator %d", tr.edits.Load()); rec.String("jobtitle") != want {
-				t.Errorf("job title = %q, want the coordinator's last edit %q", rec.String("jobtitle"), want)
-			}
-			if tt.wantLanded && final.Target.Version != rec.ETag() && rec.ETag() != "" {
-				// the write-back of the coordinator's edit may move the
-				// version on; the agent's write must still be the one
-				// that set the phone
-				t.Logf("contact version moved on after the agent's write (%s → %s)", final.Target.Version, rec.ETag())
-			}
-		})
+				// Retries fold into one decision: the message has only its
+				// final decision, whose attempts show each delivery.
+				all := e.messageDecisions(t, msg)
+				if len(all) != 1 {
+					t.Errorf("the message has %d decisions (%v), want its final one only", len(all), reasons(all))
+				}
+				for _, d := range all {
+					if d.Outcome == logs.OutcomeDeadLettered && d.Reason != "target_conflict" {
+						t.Errorf("dead-lettered as %s (%s): a lost race is target_conflict", d.Reason, d.Message)
+					}
+				}
+				// Each delivery ends with an attempt; the failed deliveries'
+				// last attempts are retryable http_412 (StaleRetries+1 of them
+				// per delivery).
+				if deliveries := len(final.Attempts) / 3; tt.wantConflict > 0 && deliveries != tt.wantConflict+1 {
+					t.Errorf("final decision lists %d attempts: %d deliveries of 3, want %d", len(final.Attempts), deliveries, tt.wantConflict+1)
+				}
+				want := tt.wantLost + 1
+				if !tt.wantLanded {
+					want = tt.wantLost // the last lost write is the final attempt
+				}
+				if len(final.Attempts) != want {
+					t.Fatalf("final decision records %d attempts, want %d: %+v", len(final.Attempts), want, final.Attempts)
+				}
+				for i, a := range final.Attempts[:tt.wantLost] {
+					if a.ErrorClass != "http_412" || !a.Retryable {
+						t.Errorf("attempt %d: class %q retryable %v, want a retryable http_412", i+1, a.ErrorClass, a.Retryable)
+					}
+				}
+
+				rec, err := e.crmHuman.Retrieve(ctx, crm.ByID("contacts", contact), "telephone2", "jobtitle")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := rec.String("telephone2") == phone; got != tt.wantLanded {
+					t.Errorf("home phone in the CRM = %q; landed %v, want %v", rec.String("telephone2"), got, tt.wantLanded)
+				}
+				if want := fmt.Sprintf("Coordinator %d", tr.edits.Load()); rec.String("jobtitle") != want {
+					t.Errorf("job title = %q, want the coordinator's last edit %q", rec.String("jobtitle"), want)
+				}
+				if tt.wantLanded && final.Target.Version != rec.ETag() && rec.ETag() != "" {
+					// the write-back of the coordinator's edit may move the
+					// version on; the agent's write must still be the one
+					// that set the phone
+					t.Logf("contact version moved on after the agent's write (%s → %s)", final.Target.Version, rec.ETag())
+				}
+				// The coordinator's edits are posted; the agent's writes,
+				// retried or not, are not.
+				if bypass {
+					e.quiet(t)
+					if st := e.crmSrv.Stats(); st.EndpointBypassed == 0 || st.EndpointSent != int64(tr.edits.Load()) {
+						t.Errorf("sandbox endpoint: %d changes bypassed, %d posted; want the agent's writes bypassed and the coordinator's %d edits posted",
+							st.EndpointBypassed, st.EndpointSent, tr.edits.Load())
+					}
+				}
+			})
+		}
 	}
 }
 

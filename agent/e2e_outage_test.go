@@ -14,7 +14,6 @@ import (
 	"github.com/fhirsync/fhirsync/agent/fhir"
 	"github.com/fhirsync/fhirsync/logs"
 	"github.com/fhirsync/fhirsync/queues"
-	"github.com/fhirsync/fhirsync/storage/storagetest"
 )
 
 // outage is how long the CRM answers 503 (the number).
@@ -28,14 +27,14 @@ func TestTargetOutage(t *testing.T) {
 		t.Skip("the outage lasts a minute; skipped with -short")
 	}
 	t.Parallel()
-	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
-		t.Parallel() // both dialects wait out their minute together
+	eachEchoMode(t, func(t *testing.T, db *gorm.DB, bypass bool) {
+		t.Parallel() // every run waits out its minute with the others
 		// The defaults' ten attempts from 2s up to 5m outlast a minute;
 		// a shorter base keeps the test quick without changing that. The
 		// CRM client does not retry on its own, so every try is the
 		// agent's and is recorded.
 		e := startEnv(t, db, agent.Config{Workers: 4, RetryBase: 500 * time.Millisecond, RetryMax: 30 * time.Second, BaseKey: testBaseKey},
-			envOptions{noPoller: true, crmRetries: -1})
+			envOptions{noPoller: true, crmRetries: -1, bypassOwnSteps: bypass})
 		ctx := context.Background()
 
 		// The seeded organizations and practitioners, then 300 patients
@@ -143,6 +142,11 @@ func TestTargetOutage(t *testing.T) {
 		}
 		t.Logf("%d of %d records were still to sync when the CRM went down; %d decisions show the 503 attempts",
 			50+len(patients)-before, 50+len(patients), retried)
+		// The writes retried after the outage still named the endpoint's
+		// steps.
+		if bypass {
+			e.checkNoEcho(t)
+		}
 	})
 }
 

@@ -76,6 +76,35 @@ type envOptions struct {
 	tracer trace.TracerProvider
 }
 
+// eachEchoMode runs fn once per dialect and per way the agent's own CRM
+// writes are treated: posted back by the sandbox endpoint and recognised
+// as echoes (bypass false), and written naming the endpoint's steps so
+// none is posted (crm.bypass_own_steps, bypass true). Each run has a
+// fresh migrated database.
+func eachEchoMode(t *testing.T, fn func(t *testing.T, db *gorm.DB, bypass bool)) {
+	t.Helper()
+	for _, d := range storagetest.Dialects {
+		for _, bypass := range []bool{false, true} {
+			name := string(d) + "/echoed"
+			if bypass {
+				name = string(d) + "/bypassed"
+			}
+			t.Run(name, func(t *testing.T) {
+				fn(t, storagetest.Open(t, d), bypass)
+			})
+		}
+	}
+}
+
+// checkNoEcho fails t when the sandbox endpoint posted any change back
+// although the agent's writes bypass its steps.
+func (e *env) checkNoEcho(t *testing.T) {
+	t.Helper()
+	if st := e.crmSrv.Stats(); st.EndpointBypassed == 0 || st.EndpointSent != 0 {
+		t.Errorf("sandbox endpoint: %d changes bypassed, %d posted; want the agent's writes bypassed and none posted", st.EndpointBypassed, st.EndpointSent)
+	}
+}
+
 func startEnv(t *testing.T, db *gorm.DB, cfg agent.Config, opts ...envOptions) *env {
 	t.Helper()
 	var o envOptions
