@@ -234,6 +234,10 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 				mapExcept: func(ctx context.Context, m *maps.Mapping, src record, cur *record, skip maps.Except) (mapped, error) {
 					return mapToCRM(ctx, m, src, cur, res, prec, skip)
 				},
+				filtered: func(m *maps.Mapping, src record) (string, error) {
+					name, err := m.FHIRFiltered(src.Data)
+					return name, engineError(err)
+				},
 				isEcho: func(ctx context.Context, n queues.Notice, src record) (bool, error) {
 					return ow.echo(ctx, "fhir", n, src)
 				}},
@@ -243,6 +247,9 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 				},
 				mapExcept: func(ctx context.Context, m *maps.Mapping, src record, cur *record, skip maps.Except) (mapped, error) {
 					return mapToFHIR(ctx, m, src, cur, res, skip)
+				},
+				filtered: func(m *maps.Mapping, src record) (string, error) {
+					return m.CRMFiltered(crmState(&src).Record), nil
 				},
 				isEcho: func(ctx context.Context, n queues.Notice, src record) (bool, error) {
 					return ow.echo(ctx, "crm", n, src)

@@ -95,6 +95,11 @@ type flow struct {
 	// in skip (the target keeps its values for them). Nil: no field-level
 	// merge in this flow.
 	mapExcept func(ctx context.Context, m *maps.Mapping, src record, cur *record, skip maps.Except) (mapped, error)
+	// filtered is the first check of mapFor alone: the name of the entity
+	// map's filter when it excludes src, "" when the map takes src; an
+	// error when mapFor would fail before mapping. When nil, mapFor's
+	// result answers.
+	filtered func(m *maps.Mapping, src record) (string, error)
 	// isEcho reports whether the change is the echo of an own write: the
 	// version the notice names, or src, is one the agent wrote, or src's
 	// values equal what it wrote (see ownWrites.echo).
@@ -378,12 +383,12 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 		var names []string
 		mp = nil
 		for _, c := range open {
-			probe, err := f.mapFor(ctx, c, src, nil)
+			filtered, err := f.filterOf(ctx, c, src)
 			// A closed gate still means this is the record's map: the
 			// gate is decided below, as record_gate_off.
 			// A mapping error also means the filter admitted the record (the
 			// engine checks the filter first): the error is decided below.
-			if err != nil || probe.Filtered == "" {
+			if err != nil || filtered == "" {
 				mp = c
 				break
 			}
@@ -441,6 +446,15 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 		}
 		d.Source.Version = src.Version
 	}
+}
+
+// filterOf names the filter of m that excludes src, "" when m takes it.
+func (f *flow) filterOf(ctx context.Context, m *maps.Mapping, src record) (string, error) {
+	if f.filtered != nil {
+		return f.filtered(m, src)
+	}
+	probe, err := f.mapFor(ctx, m, src, nil)
+	return probe.Filtered, err
 }
 
 // sync maps src onto its target record, merges the two field by field

@@ -132,6 +132,35 @@ func (m *Mapping) fail(x *expansion, a *attr, err error) error {
 // ToCRM maps a FHIR resource to a CRM record. cur is the CRM record's
 // current state (nil when it does not exist yet); the diff in the result
 // is taken against it. The resource is only read.
+// FHIRFiltered is ToCRM's first check, alone: the name of the entity map's
+// FHIR filter when it excludes res, "" when the map takes res. The error is
+// ToCRM's for a resource of another type or a filter that cannot be
+// evaluated.
+func (m *Mapping) FHIRFiltered(res map[string]any) (string, error) {
+	if rt, _ := res["resourceType"].(string); rt != m.def.FHIRType {
+		return "", m.fail(nil, nil, fmt.Errorf("resource type %q does not match the map's %s", rt, m.def.FHIRType))
+	}
+	if f := m.def.FHIRFilter; f != nil && m.fhirFilter != nil {
+		ok, err := m.fhirFilter.evalBool(res)
+		if err != nil {
+			return "", m.fail(nil, nil, fmt.Errorf("filter %q: %w", f.Name, err))
+		}
+		if !ok {
+			return f.Name, nil
+		}
+	}
+	return "", nil
+}
+
+// CRMFiltered is ToFHIR's first check, alone: the name of the entity map's
+// CRM filter when it excludes rec, "" when the map takes rec.
+func (m *Mapping) CRMFiltered(rec map[string]any) string {
+	if f := m.def.CRMFilter; f != nil && !crmFilterPasses(f, rec) {
+		return f.Name
+	}
+	return ""
+}
+
 func (m *Mapping) ToCRM(ctx context.Context, res map[string]any, cur *CRMState, r LookupResolver) (*CRMResult, error) {
 	return m.ToCRMExcept(ctx, res, cur, r, nil)
 }
@@ -139,17 +168,10 @@ func (m *Mapping) ToCRM(ctx context.Context, res map[string]any, cur *CRMState, 
 // ToCRMExcept is ToCRM leaving out the attribute maps named in skip: the
 // record holds no value for them, so an update leaves them as they are.
 func (m *Mapping) ToCRMExcept(ctx context.Context, res map[string]any, cur *CRMState, r LookupResolver, skip Except) (*CRMResult, error) {
-	if rt, _ := res["resourceType"].(string); rt != m.def.FHIRType {
-		return nil, m.fail(nil, nil, fmt.Errorf("resource type %q does not match the map's %s", rt, m.def.FHIRType))
-	}
-	if f := m.def.FHIRFilter; f != nil && m.fhirFilter != nil {
-		ok, err := m.fhirFilter.evalBool(res)
-		if err != nil {
-			return nil, m.fail(nil, nil, fmt.Errorf("filter %q: %w", f.Name, err))
-		}
-		if !ok {
-			return &CRMResult{Filtered: f.Name, Changed: []string{}}, nil
-		}
+	if name, err := m.FHIRFiltered(res); err != nil {
+		return nil, err
+	} else if name != "" {
+		return &CRMResult{Filtered: name, Changed: []string{}}, nil
 	}
 	if g := m.def.CRMGate; g != nil && cur != nil && !crmFilterPasses(g, cur.Record) {
 		return &CRMResult{Gated: g.Name, Changed: []string{}}, nil
@@ -370,8 +392,8 @@ func (m *Mapping) ToFHIR(ctx context.Context, src CRMState, base map[string]any,
 // ToFHIRExcept is ToFHIR leaving out the attribute maps named in skip:
 // base keeps its values for them.
 func (m *Mapping) ToFHIRExcept(ctx context.Context, src CRMState, base map[string]any, r LookupResolver, skip Except) (*FHIRResult, error) {
-	if f := m.def.CRMFilter; f != nil && !crmFilterPasses(f, src.Record) {
-		return &FHIRResult{Filtered: f.Name, Changed: []string{}}, nil
+	if name := m.CRMFiltered(src.Record); name != "" {
+		return &FHIRResult{Filtered: name, Changed: []string{}}, nil
 	}
 	if g := m.def.CRMGate; g != nil && !crmFilterPasses(g, src.Record) {
 		return &FHIRResult{Gated: g.Name, Changed: []string{}}, nil
