@@ -215,10 +215,26 @@ func nestedNames(xs []maps.ExpansionMap) []string {
 // record as they stand after a sync. An attribute's FHIR value is read at
 // its path (the first of its fallback paths whose value exists); a
 // computed attribute has no FHIR path and its FHIR hash is that of null.
-func (h *baseHasher) of(m *maps.Mapping, l link, res map[string]any, rec map[string]any, kids map[string][]map[string]any) *linkBase {
-	vals := h.read(m, l, res, rec, kids)
+//
+// known, when not nil, is the pair's base as read before the write
+// (pairMerge.now), and unwritten the side the write left as it was: that
+// side's hashes are taken from known instead of being read and computed
+// again, when known is of the same pair and map version.
+func (h *baseHasher) of(m *maps.Mapping, l link, res map[string]any, rec map[string]any, kids map[string][]map[string]any,
+	known *linkBase, unwritten queues.Side) *linkBase {
+	if known == nil || known.EntityMap != l.EntityMap || known.FHIRID != l.FHIRID || known.CRMID != l.CRMID ||
+		known.MapVersion != m.Version() || len(known.Attrs) != len(h.attrs(m)) {
+		unwritten = ""
+	}
+	vals := h.readSides(m, l, res, rec, kids, unwritten)
 	b := &linkBase{EntityMap: l.EntityMap, FHIRID: l.FHIRID, CRMID: l.CRMID, MapVersion: m.Version(), Attrs: make(map[string]attrHash, len(vals))}
 	for _, v := range vals {
+		switch unwritten {
+		case queues.SideFHIR:
+			v.h.FHIR = known.Attrs[v.name].FHIR
+		case queues.SideCRM:
+			v.h.CRM = known.Attrs[v.name].CRM
+		}
 		b.Attrs[v.name] = v.h
 	}
 	return b
@@ -237,18 +253,26 @@ type attrValues struct {
 // rows by expansion; nil when not known (just written), and then an
 // expansion's CRM hash is unknownHash.
 func (h *baseHasher) read(m *maps.Mapping, l link, res map[string]any, rec map[string]any, kids map[string][]map[string]any) []attrValues {
+	return h.readSides(m, l, res, rec, kids, "")
+}
+
+// readSides is read leaving out one side (none when skip is ""): its
+// values stay nil and its hashes zero.
+func (h *baseHasher) readSides(m *maps.Mapping, l link, res map[string]any, rec map[string]any, kids map[string][]map[string]any, skip queues.Side) []attrValues {
 	attrs := h.attrs(m)
 	out := make([]attrValues, 0, len(attrs))
 	for _, a := range attrs {
 		if a.expansion {
-			var fv any
-			if len(a.fhir) > 0 {
-				if vs := a.fhir[0].GetAll(res); len(vs) > 0 {
-					fv = vs
+			v := attrValues{name: a.name}
+			if skip != queues.SideFHIR {
+				if len(a.fhir) > 0 {
+					if vs := a.fhir[0].GetAll(res); len(vs) > 0 {
+						v.fhir = vs
+					}
 				}
+				v.h.FHIR = h.hash(l, a.name, "fhir", v.fhir)
 			}
-			v := attrValues{name: a.name, fhir: fv, h: attrHash{FHIR: h.hash(l, a.name, "fhir", fv)}}
-			if kids != nil {
+			if kids != nil && skip != queues.SideCRM {
 				v.crm = sortedRows(kids[a.name])
 				if len(a.nested) > 0 {
 					// Rows nested under the expansion's rows change
@@ -264,22 +288,27 @@ func (h *baseHasher) read(m *maps.Mapping, l link, res map[string]any, rec map[s
 			out = append(out, v)
 			continue
 		}
-		var fv any
-		for _, p := range a.fhir {
-			if vs := p.GetAll(res); len(vs) > 0 {
-				fv = vs
-				break
+		v := attrValues{name: a.name}
+		if skip != queues.SideFHIR {
+			for _, p := range a.fhir {
+				if vs := p.GetAll(res); len(vs) > 0 {
+					v.fhir = vs
+					break
+				}
 			}
+			v.h.FHIR = h.hash(l, a.name, "fhir", v.fhir)
 		}
-		var cv any
-		if len(a.byType) > 0 {
-			cv = byTypeValue(rec, a.byType)
-		} else if a.lookup != "" {
-			cv = lookupValue(rec, a.crmAttr, a.lookup)
-		} else {
-			cv = rec[a.crmAttr]
+		if skip != queues.SideCRM {
+			if len(a.byType) > 0 {
+				v.crm = byTypeValue(rec, a.byType)
+			} else if a.lookup != "" {
+				v.crm = lookupValue(rec, a.crmAttr, a.lookup)
+			} else {
+				v.crm = rec[a.crmAttr]
+			}
+			v.h.CRM = h.hash(l, a.name, "crm", v.crm)
 		}
-		out = append(out, attrValues{name: a.name, fhir: fv, crm: cv, h: attrHash{FHIR: h.hash(l, a.name, "fhir", fv), CRM: h.hash(l, a.name, "crm", cv)}})
+		out = append(out, v)
 	}
 	return out
 }
@@ -511,7 +540,10 @@ func removeBase(tx *gorm.DB, entityMap, fhirID string) error {
 // baseAfter is the base of the pair a sent decision leaves: the source as
 // read and the target as written (w), under mapping m; nil when the base
 // is off or the output is not what the flow writes.
-func (p *pipeline) baseAfter(f *flow, m *maps.Mapping, src record, cur *record, out mapped, w written) *linkBase {
+//
+// mg, when not nil, is this message's merge: the source side was read for
+// it and is not written, so its hashes are taken from there.
+func (p *pipeline) baseAfter(f *flow, m *maps.Mapping, src record, cur *record, out mapped, w written, mg *pairMerge) *linkBase {
 	if p.base == nil {
 		return nil
 	}
@@ -549,7 +581,11 @@ func (p *pipeline) baseAfter(f *flow, m *maps.Mapping, src record, cur *record, 
 	if l.FHIRID == "" || l.CRMID == "" {
 		return nil
 	}
-	return p.base.of(m, l, res, rec, kids)
+	var known *linkBase
+	if mg != nil {
+		known = mg.now
+	}
+	return p.base.of(m, l, res, rec, kids, known, f.side)
 }
 
 // nullTime is t for a nullable column: NULL when zero, else UTC.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -127,7 +128,7 @@ func TestBaseAfterASyncHashesEachAttributeOnBothSides(t *testing.T) {
 				t.Fatal(err)
 			}
 			f := &flow{side: "fhir", targetOf: "crm"}
-			return p.baseAfter(f, m, src, nil, out, written{ID: "c1", Version: "7", Created: true})
+			return p.baseAfter(f, m, src, nil, out, written{ID: "c1", Version: "7", Created: true}, nil)
 		}},
 		{name: "CRM to FHIR", base: func(t *testing.T) *linkBase {
 			st := fsmaps.CRMState{Record: map[string]any{"contactid": "c1", "msemr_azurefhirid": "p1", "lastname": "Basewright",
@@ -139,7 +140,7 @@ func TestBaseAfterASyncHashesEachAttributeOnBothSides(t *testing.T) {
 				t.Fatal(err)
 			}
 			f := &flow{side: "crm", targetOf: "fhir"}
-			return p.baseAfter(f, m, src, &cur, out, written{ID: "p1", Version: "2"})
+			return p.baseAfter(f, m, src, &cur, out, written{ID: "p1", Version: "2"}, nil)
 		}},
 	}
 	for _, tt := range tests {
@@ -370,7 +371,7 @@ func BenchmarkBaseAfterASync(b *testing.B) {
 	var enc []byte
 	b.ReportAllocs()
 	for b.Loop() {
-		enc = encodeBase(p.baseAfter(f, m, src, nil, out, w).Attrs)
+		enc = encodeBase(p.baseAfter(f, m, src, nil, out, w, nil).Attrs)
 	}
 	b.ReportMetric(float64(len(enc)), "hash-bytes/record")
 }
@@ -396,4 +397,89 @@ func BenchmarkSaveBase(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n), "ns/record")
+}
+
+// TestBaseAfterTakesTheUnwrittenSideFromTheMerge: after a write, the base
+// takes the hashes of the side that was not written (the source) from the
+// merge's reading of the pair instead of computing them again, and comes
+// out the same as when it computes both sides; a reading of another pair
+// is not used.
+func TestBaseAfterTakesTheUnwrittenSideFromTheMerge(t *testing.T) {
+	t.Parallel()
+	m := baseTestMap(t)
+	p := &pipeline{base: newBaseHasher([]byte("an installation's sixteen-byte+ secret"))}
+	const account = "4b1a0000-0000-0000-0000-000000000001"
+	pat := map[string]any{"resourceType": "Patient", "id": "p1", "name": []any{map[string]any{"family": "Basewright"}},
+		"birthDate": "1980-01-02", "managingOrganization": map[string]any{"reference": "Organization/o1"}}
+	st := fsmaps.CRMState{Record: map[string]any{"contactid": "c1", "msemr_azurefhirid": "p1", "lastname": "Baseworth",
+		"birthdate": "1980-01-03", "_parentcustomerid_value": account}}
+	contact := record{Type: "contact", ID: "c1", Version: "7", Data: map[string]any{"state": st}}
+	patient := record{Type: "Patient", ID: "p1", Version: "1", Data: pat}
+	var marker [baseHashSize]byte
+	for i := range marker {
+		marker[i] = 0xab
+	}
+	for _, tc := range []struct {
+		name     string
+		f        *flow
+		src, cur record
+		w        written
+	}{
+		{"FHIR to CRM", &flow{side: "fhir", targetOf: "crm"}, patient, contact, written{ID: "c1", Version: "8"}},
+		{"CRM to FHIR", &flow{side: "crm", targetOf: "fhir"}, contact, patient, written{ID: "p1", Version: "2"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out mapped
+			var err error
+			if tc.f.side == "fhir" {
+				out, err = mapToCRM(context.Background(), m, tc.src, &tc.cur, orgResolver{}, nil, nil)
+			} else {
+				out, err = mapToFHIR(context.Background(), m, tc.src, &tc.cur, orgResolver{}, nil)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The pair as the merge read it, before the write.
+			l := pairOf(tc.f, m.Def(), tc.src, tc.cur)
+			res, rec, kids := sidesOf(tc.f, tc.src, tc.cur)
+			read := p.base.of(m, l, res, rec, kids, nil, "")
+
+			both := p.baseAfter(tc.f, m, tc.src, &tc.cur, out, tc.w, nil)
+			reused := p.baseAfter(tc.f, m, tc.src, &tc.cur, out, tc.w, &pairMerge{now: read})
+			if !reflect.DeepEqual(reused.Attrs, both.Attrs) {
+				t.Errorf("with the merge's reading the base differs:\n got %v\nwant %v", reused.Attrs, both.Attrs)
+			}
+
+			// The source side's hashes come from the reading, the
+			// written side's are computed.
+			marked := *read
+			marked.Attrs = map[string]attrHash{}
+			for name, h := range read.Attrs {
+				if tc.f.side == "fhir" {
+					h.FHIR = marker
+				} else {
+					h.CRM = marker
+				}
+				marked.Attrs[name] = h
+			}
+			got := p.baseAfter(tc.f, m, tc.src, &tc.cur, out, tc.w, &pairMerge{now: &marked})
+			for name, h := range got.Attrs {
+				src, written := h.FHIR, h.CRM
+				wantWritten := both.Attrs[name].CRM
+				if tc.f.side == "crm" {
+					src, written, wantWritten = h.CRM, h.FHIR, both.Attrs[name].FHIR
+				}
+				if src != marker || written != wantWritten {
+					t.Errorf("%s: the source side's hash was computed again or the written side's taken from the reading", name)
+				}
+			}
+
+			// A reading of another pair is left alone.
+			other := marked
+			other.FHIRID = "p2"
+			if got := p.baseAfter(tc.f, m, tc.src, &tc.cur, out, tc.w, &pairMerge{now: &other}); !reflect.DeepEqual(got.Attrs, both.Attrs) {
+				t.Errorf("another pair's reading was used")
+			}
+		})
+	}
 }

@@ -579,7 +579,7 @@ func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues
 	landed()
 	d.Target = logs.Ref{Type: targetType(em, f), ID: w.ID, Version: w.Version}
 	u.link = linkFor(f, em, src, record{ID: w.ID, Version: w.Version}, cached)
-	u.base = p.baseAfter(f, mp, src, curp, out, w)
+	u.base = p.baseAfter(f, mp, src, curp, out, w, mg)
 	if mg != nil {
 		u.base = stampTimes(mg.baseWith(u.base), mg.fhirAt, mg.crmAt)
 	} else if u.base != nil {
