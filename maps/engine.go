@@ -129,9 +129,6 @@ func (m *Mapping) fail(x *expansion, a *attr, err error) error {
 	return me
 }
 
-// ToCRM maps a FHIR resource to a CRM record. cur is the CRM record's
-// current state (nil when it does not exist yet); the diff in the result
-// is taken against it. The resource is only read.
 // FHIRFiltered is ToCRM's first check, alone: the name of the entity map's
 // FHIR filter when it excludes res, "" when the map takes res. The error is
 // ToCRM's for a resource of another type or a filter that cannot be
@@ -161,6 +158,9 @@ func (m *Mapping) CRMFiltered(rec map[string]any) string {
 	return ""
 }
 
+// ToCRM maps a FHIR resource to a CRM record. cur is the CRM record's
+// current state (nil when it does not exist yet); the diff in the result
+// is taken against it. The resource is only read.
 func (m *Mapping) ToCRM(ctx context.Context, res map[string]any, cur *CRMState, r LookupResolver) (*CRMResult, error) {
 	return m.ToCRMExcept(ctx, res, cur, r, nil)
 }
