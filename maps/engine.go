@@ -637,7 +637,7 @@ func (m *Mapping) attrToFHIR(ctx context.Context, x *expansion, a *attr, p *path
 	if err := p.Set(dst, v); err != nil {
 		return false, m.fail(x, a, fmt.Errorf("writing %s: %w", p, err))
 	}
-	if a.byType != nil {
+	if a.byType != nil || a.lookup != nil {
 		if err := a.fixReferenceType(dst, v); err != nil {
 			return false, m.fail(x, a, fmt.Errorf("writing the Reference.type beside %s: %w", p, err))
 		}
