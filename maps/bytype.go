@@ -210,10 +210,10 @@ func (c *compiler) byTypeFieldsUnused(at Problem, l *Lookup) {
 	}
 }
 
-// referenceTypePath compiles the path of the Reference.type beside a
-// lookup's reference (…actor.reference → …actor.type).
-func (c *compiler) referenceTypePath(at Problem, text, ctxPath string, inItem bool) *path.Path {
-	typeText := strings.TrimSuffix(text, "reference") + "type"
+// besideReference compiles the path of the Reference's element field
+// beside a lookup's reference (…actor.reference → …actor.type).
+func (c *compiler) besideReference(at Problem, text, ctxPath string, inItem bool, field string) *path.Path {
+	typeText := strings.TrimSuffix(text, "reference") + field
 	var (
 		p   *path.Path
 		err error
@@ -224,7 +224,7 @@ func (c *compiler) referenceTypePath(at Problem, text, ctxPath string, inItem bo
 		p, err = path.Compile(typeText)
 	}
 	if err != nil {
-		c.ps.add(withField(at, "fhirPath"), "the Reference.type beside %s: %v", text, err)
+		c.ps.add(withField(at, "fhirPath"), "the Reference.%s beside %s: %v", field, text, err)
 		return nil
 	}
 	return p

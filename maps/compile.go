@@ -106,8 +106,9 @@ type attr struct {
 	// byType is a lookup by the reference's type (Lookup.ByType); lookup
 	// is nil then.
 	byType *byType
-	// refType reads the Reference.type beside a lookup's reference.
-	refType *path.Path
+	// refType reads the Reference.type beside a lookup's reference,
+	// refDisplay its Reference.display.
+	refType, refDisplay *path.Path
 }
 
 type expansion struct {
@@ -616,7 +617,8 @@ func (c *compiler) attribute(set *Set, at Problem, a *AttributeMap, ctxPath stri
 	if action == ActionLookup && !strings.HasSuffix(p.String(), ".reference") {
 		c.ps.add(withField(at, "fhirPath"), "a lookup path must end at a Reference's .reference element")
 	} else if action == ActionLookup {
-		ca.refType = c.referenceTypePath(at, a.FHIRPath, ctxPath, inItem)
+		ca.refType = c.besideReference(at, a.FHIRPath, ctxPath, inItem, "type")
+		ca.refDisplay = c.besideReference(at, a.FHIRPath, ctxPath, inItem, "display")
 	}
 	if a.CRMType == TypeMultiSelect && !el.Many {
 		c.ps.add(withField(at, "fhirPath"), "a multi-select attribute needs a repeating element")

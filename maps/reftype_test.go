@@ -61,3 +61,47 @@ func TestPlainLookupClearedTakesItsReferenceType(t *testing.T) {
 		})
 	}
 }
+
+// TestPlainLookupChangedDropsTheOldDisplay: when the CRM points a lookup at
+// another record, write-back writes the new reference and removes the
+// Reference.display, which named the record referred to before; a lookup
+// left as it was keeps its display.
+func TestPlainLookupChangedDropsTheOldDisplay(t *testing.T) {
+	t.Parallel()
+	_, set, err := Import(starter.YAML(), CompileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, ok := set.Map("patient-contact")
+	if !ok {
+		t.Fatal("no patient-contact map")
+	}
+	r := tableResolver{"Practitioner/d1": "cd1", "Practitioner/d3": "cd3"}
+	before := `[{"type":"Practitioner","reference":"Practitioner/d1","display":"Dr One"}]`
+	for _, tc := range []struct {
+		name, gp string
+		want     []any
+	}{
+		{"changed to another practitioner", "cd3", []any{map[string]any{"type": "Practitioner", "reference": "Practitioner/d3"}}},
+		{"left as it was", "cd1", []any{map[string]any{"type": "Practitioner", "reference": "Practitioner/d1", "display": "Dr One"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := map[string]any{"contactid": "c1", "msemr_azurefhirid": "p1", "lastname": "Changed", "msemr_contacttype": 935000000,
+				"msemr_syncenabled": true, "_msemr_generalpractitioner_value": tc.gp}
+			base, err := decodeObject([]byte(`{"resourceType":"Patient","id":"p1","name":[{"family":"Changed"}],"generalPractitioner":` + before + `}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, err := m.ToFHIR(context.Background(), CRMState{Record: rec}, base, r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if out.Filtered != "" || out.Gated != "" {
+				t.Fatalf("filtered %q, gated %q: the record must be one the map writes back", out.Filtered, out.Gated)
+			}
+			if got := out.Resource["generalPractitioner"]; !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("generalPractitioner = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
