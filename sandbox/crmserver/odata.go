@@ -129,7 +129,7 @@ func (n funcNode) eval(g func(string) any) bool {
 	if !ok {
 		return false
 	}
-	s, arg := strings.ToLower(s), strings.ToLower(n.arg)
+	s, arg := collate(s), collate(n.arg)
 	switch n.fn {
 	case "contains":
 		return strings.Contains(s, arg)
@@ -205,7 +205,7 @@ func compare(v, lit any) (int, bool) {
 				return ta.Compare(tb), true
 			}
 		}
-		return strings.Compare(strings.ToLower(s), strings.ToLower(l)), true
+		return strings.Compare(collate(s), collate(l)), true
 	}
 	return 0, false
 }

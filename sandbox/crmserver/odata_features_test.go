@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 )
@@ -67,6 +68,40 @@ func TestCount(t *testing.T) {
 				if m[k] != v {
 					t.Errorf("%s: got %v, want %v", k, m[k], v)
 				}
+			}
+		})
+	}
+}
+
+// TestFilterCollation: $filter compares strings as an English (United
+// States) environment's collation does, without regard to case or accents
+// (keyfold.go): eq, the In function and contains find "Zoë Núñez" from
+// plain letters, and a different letter still differs.
+func TestFilterCollation(t *testing.T) {
+	t.Parallel()
+	srv, hs := newServer(t, Options{})
+	if err := srv.Seed("contact", []map[string]any{{"firstname": "Zo\u00eb", "lastname": "N\u00fa\u00f1ez"}, {"firstname": "Zoe", "lastname": "Nunn"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		filter string
+		want   int
+	}{
+		{"lastname eq 'nunez'", 1},
+		{"lastname eq 'N\u00daNEZ'", 1},
+		{"Microsoft.Dynamics.CRM.In(PropertyName='lastname',PropertyValues=['NUNEZ','x'])", 1},
+		{"contains(lastname,'\u00fa\u00f1e')", 1},
+		{"contains(lastname,'u\u00f1')", 2},
+		{"firstname eq 'zoe'", 2},
+		{"lastname eq 'nanez'", 0},
+	} {
+		t.Run(tc.filter, func(t *testing.T) {
+			resp, b := do(t, "GET", hs.URL+APIPath+"contacts/$count?$filter="+url.QueryEscape(tc.filter), nil, "")
+			if resp.StatusCode != 200 {
+				t.Fatalf("%d %s", resp.StatusCode, b)
+			}
+			if string(b) != fmt.Sprint(tc.want) {
+				t.Errorf("%s rows, want %d", b, tc.want)
 			}
 		})
 	}
@@ -268,6 +303,20 @@ func TestAlternateKeyUpsert(t *testing.T) {
 			{method: "PATCH", url: url("P9"), body: `{"lastname":"B"}`, hdr: map[string]string{"If-Match": "*"}, wantStatus: 204},
 		}, check: func(t *testing.T) {
 			if m := get(t, "p9"); m["lastname"] != "B" || m["msemr_azurefhirid"] != "p9" {
+				t.Errorf("got %v", m)
+			}
+		}},
+		// An English (United States) environment's collation is accent
+		// insensitive too (_CI_AI).
+		{name: "a key differing only in accents is a duplicate", steps: []step{
+			{method: "PATCH", url: url("p10-jose"), body: `{"lastname":"A"}`, wantStatus: 204},
+			{method: "POST", url: hs.URL + APIPath + "contacts", body: `{"lastname":"B","msemr_azurefhirid":"p10-Jos\u00e9"}`, wantStatus: 412, wantCode: "0x80060892"},
+		}},
+		{name: "a key finds its row whatever the accents", steps: []step{
+			{method: "PATCH", url: url("p11-ren%C3%A9e"), body: `{"lastname":"A"}`, wantStatus: 204},
+			{method: "PATCH", url: url("p11-RENEE"), body: `{"lastname":"B"}`, hdr: map[string]string{"If-Match": "*"}, wantStatus: 204},
+		}, check: func(t *testing.T) {
+			if m := get(t, "p11-renee"); m["lastname"] != "B" || m["msemr_azurefhirid"] != "p11-ren\u00e9e" {
 				t.Errorf("got %v", m)
 			}
 		}},
