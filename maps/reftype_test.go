@@ -8,6 +8,26 @@ import (
 	"github.com/fhirsync/fhirsync/maps/starter"
 )
 
+// importedMap is the entity map name of the map set doc.
+func importedMap(t *testing.T, doc []byte, name string) *Mapping {
+	t.Helper()
+	_, set, err := Import(doc, CompileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, ok := set.Map(name)
+	if !ok {
+		t.Fatalf("no %s map", name)
+	}
+	return m
+}
+
+// starterPatientMap is the starter map set's patient-contact map.
+func starterPatientMap(t *testing.T) *Mapping {
+	t.Helper()
+	return importedMap(t, starter.YAML(), "patient-contact")
+}
+
 // TestPlainLookupClearedTakesItsReferenceType: when the CRM clears a plain
 // lookup (the starter patient map's general practitioner and managing
 // organization), write-back removes the reference and the Reference.type
@@ -16,14 +36,7 @@ import (
 // say the element refers to a Practitioner.
 func TestPlainLookupClearedTakesItsReferenceType(t *testing.T) {
 	t.Parallel()
-	_, set, err := Import(starter.YAML(), CompileOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, ok := set.Map("patient-contact")
-	if !ok {
-		t.Fatal("no patient-contact map")
-	}
+	m := starterPatientMap(t)
 	// A patient contact (the map's filter) with sync on (its gate), whose
 	// general practitioner and organization lookups are empty.
 	rec := map[string]any{"contactid": "c1", "msemr_azurefhirid": "p1", "lastname": "Cleared", "msemr_contacttype": 935000000,
@@ -68,14 +81,7 @@ func TestPlainLookupClearedTakesItsReferenceType(t *testing.T) {
 // left as it was keeps its display.
 func TestPlainLookupChangedDropsTheOldDisplay(t *testing.T) {
 	t.Parallel()
-	_, set, err := Import(starter.YAML(), CompileOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, ok := set.Map("patient-contact")
-	if !ok {
-		t.Fatal("no patient-contact map")
-	}
+	m := starterPatientMap(t)
 	r := tableResolver{"Practitioner/d1": "cd1", "Practitioner/d3": "cd3"}
 	before := `[{"type":"Practitioner","reference":"Practitioner/d1","display":"Dr One"}]`
 	for _, tc := range []struct {

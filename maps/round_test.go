@@ -28,15 +28,7 @@ entityMaps:
 
 func roundMapping(t *testing.T) *Mapping {
 	t.Helper()
-	_, set, err := Import([]byte(roundDoc), CompileOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, ok := set.Map("location")
-	if !ok {
-		t.Fatal("no location map")
-	}
-	return m
+	return importedMap(t, []byte(roundDoc), "location")
 }
 
 func TestRoundWritesTheDeclaredPlaces(t *testing.T) {
