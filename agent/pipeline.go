@@ -97,8 +97,8 @@ type flow struct {
 	mapExcept func(ctx context.Context, m *maps.Mapping, src record, cur *record, skip maps.Except) (mapped, error)
 	// filtered is the first check of mapFor alone: the name of the entity
 	// map's filter when it excludes src, "" when the map takes src; an
-	// error when mapFor would fail before mapping. When nil, mapFor's
-	// result answers.
+	// error when mapFor would fail before mapping. It chooses among the
+	// maps of one type or table.
 	filtered func(m *maps.Mapping, src record) (string, error)
 	// isEcho reports whether the change is the echo of an own write: the
 	// version the notice names, or src, is one the agent wrote, or src's
@@ -383,7 +383,7 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 		var names []string
 		mp = nil
 		for _, c := range open {
-			filtered, err := f.filterOf(ctx, c, src)
+			filtered, err := f.filtered(c, src)
 			// A closed gate still means this is the record's map: the
 			// gate is decided below, as record_gate_off.
 			// A mapping error also means the filter admitted the record (the
@@ -446,15 +446,6 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 		}
 		d.Source.Version = src.Version
 	}
-}
-
-// filterOf names the filter of m that excludes src, "" when m takes it.
-func (f *flow) filterOf(ctx context.Context, m *maps.Mapping, src record) (string, error) {
-	if f.filtered != nil {
-		return f.filtered(m, src)
-	}
-	probe, err := f.mapFor(ctx, m, src, nil)
-	return probe.Filtered, err
 }
 
 // sync maps src onto its target record, merges the two field by field
