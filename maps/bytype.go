@@ -409,6 +409,23 @@ func (m *Mapping) byTypeToFHIR(ctx context.Context, x *expansion, a *attr, p *pa
 	return ref, false, nil
 }
 
+// fixReference keeps the elements beside a lookup's rewritten reference
+// (prev before, ref now) true to it: its Reference.type (fixReferenceType),
+// and its Reference.display, which goes when the reference changed from one
+// record to another: it named the record referred to before. Attributes
+// other than lookups have neither path, and nothing is done.
+func (a *attr) fixReference(dst map[string]any, prev, ref any) error {
+	if err := a.fixReferenceType(dst, ref); err != nil {
+		return fmt.Errorf("writing the Reference.type: %w", err)
+	}
+	if a.refDisplay != nil && prev != nil && ref != nil {
+		if err := a.refDisplay.Set(dst, nil); err != nil {
+			return fmt.Errorf("removing the Reference.display: %w", err)
+		}
+	}
+	return nil
+}
+
 // fixReferenceType keeps a Reference.type beside a rewritten reference
 // true: when dst has one that names another type, it is set to the new
 // reference's type. When the reference was removed (ref nil: the CRM

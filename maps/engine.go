@@ -637,17 +637,8 @@ func (m *Mapping) attrToFHIR(ctx context.Context, x *expansion, a *attr, p *path
 	if err := p.Set(dst, v); err != nil {
 		return false, m.fail(x, a, fmt.Errorf("writing %s: %w", p, err))
 	}
-	if a.byType != nil || a.lookup != nil {
-		if err := a.fixReferenceType(dst, v); err != nil {
-			return false, m.fail(x, a, fmt.Errorf("writing the Reference.type beside %s: %w", p, err))
-		}
-		// A display named the record referred to before; beside another
-		// record's reference it would name the wrong one.
-		if old != nil && v != nil && a.refDisplay != nil {
-			if err := a.refDisplay.Set(dst, nil); err != nil {
-				return false, m.fail(x, a, fmt.Errorf("removing the Reference.display beside %s: %w", p, err))
-			}
-		}
+	if err := a.fixReference(dst, old, v); err != nil {
+		return false, m.fail(x, a, fmt.Errorf("beside %s: %w", p, err))
 	}
 	return true, nil
 }
