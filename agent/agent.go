@@ -308,6 +308,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	// links and own writes live.
 	if bs, ok := deps.Logs.(batchStore); ok && storage.SameDatabase(logsDatabase(deps.Logs), deps.DB) {
 		a.batch = newBatchWriter(bs, 4*cfg.Workers, 2*time.Millisecond, applyEffects)
+		a.batch.committed = a.pipe.metrics.observeGroupCommit
 		a.pipe.batch = a.batch
 	}
 	return a, nil

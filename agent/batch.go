@@ -60,6 +60,9 @@ type batchWriter struct {
 	// effects applies the units' links, own writes and completions inside
 	// the decisions' transaction.
 	effects func(tx *gorm.DB, us []*unit) error
+	// committed, when set, is told the size of each transaction that
+	// committed (fhirsync_group_commit_decisions).
+	committed func(n int)
 }
 
 // batchStore writes decisions, with the caller's rows in the same
@@ -141,6 +144,9 @@ func (b *batchWriter) write(ctx context.Context, us []*unit) error {
 	}
 	err := b.store.WriteBatchWith(ctx, ds, func(tx *gorm.DB) error { return b.effects(tx, us) })
 	if err == nil {
+		if b.committed != nil {
+			b.committed(len(us))
+		}
 		return nil
 	}
 	for _, u := range us {
@@ -149,7 +155,13 @@ func (b *batchWriter) write(ctx context.Context, us []*unit) error {
 	if len(us) > 1 || !errors.Is(err, errEffects) {
 		return err
 	}
-	return b.store.Write(ctx, us[0].d)
+	if err := b.store.Write(ctx, us[0].d); err != nil {
+		return err
+	}
+	if b.committed != nil {
+		b.committed(1)
+	}
+	return nil
 }
 
 // commit queues u for the next batch and waits until it is written.

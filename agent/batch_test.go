@@ -59,6 +59,13 @@ func TestBatchWriterGroupsConcurrentDecisions(t *testing.T) {
 	t.Parallel()
 	st := &countingStore{}
 	b := newBatchWriter(st, 16, 50*time.Millisecond, noEffects)
+	var sizesMu sync.Mutex
+	var sizes []int
+	b.committed = func(n int) {
+		sizesMu.Lock()
+		defer sizesMu.Unlock()
+		sizes = append(sizes, n)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go b.run(ctx)
@@ -87,6 +94,15 @@ func TestBatchWriterGroupsConcurrentDecisions(t *testing.T) {
 	}
 	if len(st.batches) == 0 {
 		t.Error("20 concurrent decisions were never batched")
+	}
+	// The group-commit metric counts the transactions that committed, each
+	// with its decisions: every batch and every single but the refused one.
+	total := 0
+	for _, n := range sizes {
+		total += n
+	}
+	if total != 19 || len(sizes) != len(st.batches)+st.singles-1 {
+		t.Errorf("committed transactions %v (%d decisions); want %d transactions of 19 decisions", sizes, total, len(st.batches)+st.singles-1)
 	}
 }
 

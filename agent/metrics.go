@@ -15,7 +15,9 @@ type metrics struct {
 	latency   *prometheus.HistogramVec
 	depth     *prometheus.GaugeVec
 	feedLag   *prometheus.GaugeVec
-	now       func() time.Time
+	// groupCommit is the decisions written per decision-log transaction.
+	groupCommit prometheus.Histogram
+	now         func() time.Time
 
 	lagMu    sync.Mutex
 	lagFeeds map[string]bool // feeds whose lag was ever set
@@ -37,10 +39,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		feedLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "fhirsync_feed_lag_seconds", Help: "Age of the oldest unprocessed change of a feed (origin/type), 0 when none waits.",
 		}, []string{"feed"}),
+		groupCommit: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "fhirsync_group_commit_decisions",
+			Help:    "Decisions written per transaction of the sync log in the agent's database (group commit).",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
+		}),
 		now: time.Now,
 	}
 	if reg != nil {
-		reg.MustRegister(m.decisions, m.latency, m.depth, m.feedLag)
+		reg.MustRegister(m.decisions, m.latency, m.depth, m.feedLag, m.groupCommit)
 	}
 	return m
 }
@@ -50,6 +57,14 @@ func (m *metrics) observe(d *logs.Decision) {
 		return
 	}
 	m.decisions.WithLabelValues(string(d.Direction), string(d.Outcome), string(d.Reason)).Inc()
+}
+
+// observeGroupCommit records a transaction of n decisions that committed.
+func (m *metrics) observeGroupCommit(n int) {
+	if m == nil {
+		return
+	}
+	m.groupCommit.Observe(float64(n))
 }
 
 // observeLatency records source-change-to-target-write time.

@@ -215,8 +215,29 @@ type Throughput struct {
 	// (steal, from /proc/stat) over the same interval; -1 where unknown.
 	// On a shared virtual machine it explains runs far below the others.
 	StealPercent float64 `json:"cpu_steal_percent"`
+	// AgentIO is the bench's process's read and write calls per record
+	// over the same interval; nil where /proc/self/io is not there.
+	AgentIO *IOUse `json:"agent_io,omitempty"`
+	// DecisionsPerCommit is the mean number of decisions per transaction
+	// of the sync log over the same interval
+	// (fhirsync_group_commit_decisions); 0 when none committed.
+	DecisionsPerCommit float64 `json:"decisions_per_commit"`
 
 	end, idle time.Time
+}
+
+// IOUse is what /proc/self/io counts of a process's read and write calls,
+// per record: files, pipes and sockets alike (rchar, wchar, syscr, syscw),
+// whether or not the kernel had to reach the disk. With SQLite the
+// agent's database is in the bench's process, so its WAL writes,
+// checkpoints and page reads are counted here beside the HTTP traffic;
+// unlike CPU time these counts hardly move from run to run, which makes
+// them the measure of a change to the storage layout on a busy machine.
+type IOUse struct {
+	ReadKiBPerRecord    float64 `json:"read_kib_per_record"`
+	ReadCallsPerRecord  float64 `json:"read_calls_per_record"`
+	WriteKiBPerRecord   float64 `json:"write_kib_per_record"`
+	WriteCallsPerRecord float64 `json:"write_calls_per_record"`
 }
 
 // Latency is source-write-to-target-write time at a fixed offered rate,
@@ -389,6 +410,10 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	if err != nil {
 		return err
 	}
+	use1, err := e.useMark()
+	if err != nil {
+		return err
+	}
 	end := e.phase("fhir-to-crm")
 	t1, err := e.fhirToCRM(ctx, pats)
 	if err != nil {
@@ -400,6 +425,9 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	end()
 	t1.DrainSeconds = t1.idle.Sub(t1.end).Seconds()
 	if t1.AgentCPUSeconds, t1.SandboxCPUSeconds, t1.StealPercent, err = cpu(); err != nil {
+		return err
+	}
+	if t1.AgentIO, t1.DecisionsPerCommit, err = use1(t1.Records); err != nil {
 		return err
 	}
 	acc1, err := e.agentAccount(ctx)
@@ -417,6 +445,10 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	if cpu, err = e.cpuMark(ctx); err != nil {
 		return err
 	}
+	use2, err := e.useMark()
+	if err != nil {
+		return err
+	}
 	end = e.phase("crm-to-fhir")
 	t2, err := e.crmToFHIR(ctx, contacts)
 	if err != nil {
@@ -428,6 +460,9 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	end()
 	t2.DrainSeconds = t2.idle.Sub(t2.end).Seconds()
 	if t2.AgentCPUSeconds, t2.SandboxCPUSeconds, t2.StealPercent, err = cpu(); err != nil {
+		return err
+	}
+	if t2.AgentIO, t2.DecisionsPerCommit, err = use2(t2.Records); err != nil {
 		return err
 	}
 	acc2, err := e.agentAccount(ctx)
@@ -551,6 +586,36 @@ func (e *env) cpuMark(ctx context.Context) (func() (agent, sandboxes, steal floa
 			steal = 100 * float64(st1-st0) / float64(tot1-tot0)
 		}
 		return cpuSeconds() - a0, s1 - s0, steal, err
+	}, nil
+}
+
+// useMark notes the bench process's I/O counts and the agent's group
+// commits; the returned function gives, per record of the interval since,
+// the I/O (nil without /proc/self/io) and the mean decisions per commit.
+func (e *env) useMark() (func(records int) (*IOUse, float64, error), error) {
+	io0, ok0 := processIO()
+	n0, sum0, err := e.groupCommits()
+	if err != nil {
+		return nil, err
+	}
+	return func(records int) (*IOUse, float64, error) {
+		n1, sum1, err := e.groupCommits()
+		if err != nil {
+			return nil, 0, err
+		}
+		var per float64
+		if n1 > n0 {
+			per = (sum1 - sum0) / float64(n1-n0)
+		}
+		io1, ok1 := processIO()
+		if !ok0 || !ok1 || records <= 0 {
+			return nil, per, nil
+		}
+		r := float64(records)
+		return &IOUse{
+			ReadKiBPerRecord: float64(io1.rchar-io0.rchar) / 1024 / r, ReadCallsPerRecord: float64(io1.syscr-io0.syscr) / r,
+			WriteKiBPerRecord: float64(io1.wchar-io0.wchar) / 1024 / r, WriteCallsPerRecord: float64(io1.syscw-io0.syscw) / r,
+		}, per, nil
 	}, nil
 }
 

@@ -243,3 +243,66 @@ func TestMachineCPUReadsStealFromProcStat(t *testing.T) {
 		t.Fatalf("total CPU time went back from %d to %d", total, later)
 	}
 }
+
+func TestProcessIOReadsProcSelfIO(t *testing.T) {
+	t.Parallel()
+	const sample = "rchar: 228356027\nwchar: 363842190\nsyscr: 62676\nsyscw: 137670\nread_bytes: 0\nwrite_bytes: 1024\ncancelled_write_bytes: 0\n"
+	c, ok := parseProcIO([]byte(sample), nil)
+	if !ok || c != (ioCounts{rchar: 228356027, wchar: 363842190, syscr: 62676, syscw: 137670}) {
+		t.Fatalf("parseProcIO = %+v, %v", c, ok)
+	}
+	for _, bad := range []string{"", "rchar: 1\nwchar: 2\nsyscr: 3\n", "rchar: x\nwchar: 2\nsyscr: 3\nsyscw: 4\n"} {
+		if c, ok := parseProcIO([]byte(bad), nil); ok {
+			t.Errorf("parseProcIO(%q) = %+v, want not ok", bad, c)
+		}
+	}
+	if _, ok := parseProcIO(nil, os.ErrNotExist); ok {
+		t.Error("parseProcIO of a missing file is ok")
+	}
+	if _, err := os.Stat("/proc/self/io"); err != nil {
+		return
+	}
+	before, ok := processIO()
+	if !ok {
+		t.Fatal("processIO found no /proc/self/io")
+	}
+	f, err := os.CreateTemp(t.TempDir(), "io")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(make([]byte, 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	after, _ := processIO()
+	if after.wchar-before.wchar < 64<<10 || after.syscw <= before.syscw {
+		t.Errorf("a 64 KiB write moved wchar by %d and syscw by %d", after.wchar-before.wchar, after.syscw-before.syscw)
+	}
+}
+
+func TestRowsShowIOAndGroupCommits(t *testing.T) {
+	t.Parallel()
+	res := Result{Throughput: []Throughput{{Direction: logs.CRMToFHIR, Records: 10, AgentCPUSeconds: .01, DecisionsPerCommit: 35.25,
+		AgentIO: &IOUse{ReadKiBPerRecord: 53.4, ReadCallsPerRecord: 14.3, WriteKiBPerRecord: 59.04, WriteCallsPerRecord: 24.3}}}}
+	want := map[string]string{
+		"CRM→FHIR read and write calls per record, bench process (database and HTTP)": "53.4 KiB in 14.3 reads, 59.0 KiB in 24.3 writes",
+		"CRM→FHIR decisions per group commit (mean)":                                  "35.2",
+	}
+	for _, r := range res.Rows() {
+		if v, ok := want[r.Metric]; ok {
+			if r.Value != v {
+				t.Errorf("%s = %q, want %q", r.Metric, r.Value, v)
+			}
+			delete(want, r.Metric)
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("rows missing: %v", want)
+	}
+	res.Throughput[0].AgentIO, res.Throughput[0].DecisionsPerCommit = nil, 0
+	for _, r := range res.Rows() {
+		if strings.Contains(r.Metric, "read and write calls") || strings.Contains(r.Metric, "group commit") {
+			t.Errorf("row %q without the figures", r.Metric)
+		}
+	}
+}

@@ -307,6 +307,26 @@ func (e *env) decisions() (counts, error) {
 	return out, nil
 }
 
+// groupCommits reads fhirsync_group_commit_decisions from the running
+// agent's registry: how many transactions of the sync log committed and
+// the decisions they held.
+func (e *env) groupCommits() (n uint64, decisions float64, err error) {
+	mfs, err := e.agentReg.Gather()
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "fhirsync_group_commit_decisions" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			n += m.GetHistogram().GetSampleCount()
+			decisions += m.GetHistogram().GetSampleSum()
+		}
+	}
+	return n, decisions, nil
+}
+
 func label(m *dto.Metric, name string) string {
 	for _, l := range m.GetLabel() {
 		if l.GetName() == name {

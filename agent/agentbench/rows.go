@@ -81,6 +81,14 @@ func (r *Result) Rows() []Row {
 					Row{Metric: fmt.Sprintf("%s CPU per record, sandbox process", arrow(t.Direction)), Value: perRecord(t.SandboxCPUSeconds)})
 			}
 		}
+		if io := t.AgentIO; io != nil {
+			rows = append(rows, Row{Metric: fmt.Sprintf("%s read and write calls per record, bench process (database and HTTP)", arrow(t.Direction)),
+				Value: fmt.Sprintf("%.1f KiB in %.1f reads, %.1f KiB in %.1f writes", io.ReadKiBPerRecord, io.ReadCallsPerRecord, io.WriteKiBPerRecord, io.WriteCallsPerRecord)})
+		}
+		if t.DecisionsPerCommit > 0 {
+			rows = append(rows, Row{Metric: fmt.Sprintf("%s decisions per group commit (mean)", arrow(t.Direction)),
+				Value: fmt.Sprintf("%.1f", t.DecisionsPerCommit)})
+		}
 	}
 	for _, l := range r.Latency {
 		all := l.Written == l.Offered

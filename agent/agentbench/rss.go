@@ -43,6 +43,38 @@ func machineCPU() (steal, total uint64, ok bool) {
 // cpuSeconds is the user and system CPU time this process has used.
 func cpuSeconds() float64 { return proccpu.Used().Seconds() }
 
+// ioCounts is the process's line of /proc/self/io: bytes passed to read
+// and write calls and the number of calls.
+type ioCounts struct{ rchar, wchar, syscr, syscw uint64 }
+
+// processIO reads /proc/self/io; false where there is none.
+func processIO() (ioCounts, bool) {
+	return parseProcIO(os.ReadFile("/proc/self/io"))
+}
+
+func parseProcIO(b []byte, err error) (ioCounts, bool) {
+	if err != nil {
+		return ioCounts{}, false
+	}
+	var c ioCounts
+	fields := map[string]*uint64{"rchar": &c.rchar, "wchar": &c.wchar, "syscr": &c.syscr, "syscw": &c.syscw}
+	found := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		name, v, ok := strings.Cut(line, ":")
+		p := fields[name]
+		if !ok || p == nil {
+			continue
+		}
+		n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+		if err != nil {
+			return ioCounts{}, false
+		}
+		*p = n
+		found++
+	}
+	return c, found == len(fields)
+}
+
 // peakRSS is the process's peak resident set size in bytes: VmHWM from
 // /proc/self/status where there is one, else getrusage's ru_maxrss.
 func peakRSS() int64 {
