@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -146,5 +147,41 @@ func TestSQLiteTempStoreInMemory(t *testing.T) {
 	}
 	if mode != 2 { // MEMORY
 		t.Errorf("temp_store = %d, want 2 (MEMORY)", mode)
+	}
+}
+
+// SQLite syncs the WAL at checkpoints by default and at every commit with
+// SyncFull, on every connection of the pool, the writer's included; an
+// unknown setting is refused before anything is opened.
+func TestSQLiteSynchronous(t *testing.T) {
+	for _, tt := range []struct {
+		setting string
+		want    int
+	}{{"", 1}, {SyncNormal, 1}, {SyncFull, 2}} {
+		db, err := Open(context.Background(), "sqlite:"+filepath.Join(t.TempDir(), "sync.db"), Options{SQLiteSynchronous: tt.setting})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var inTx, reader int
+		if err := db.Transaction(func(tx *gorm.DB) error {
+			return tx.Raw("PRAGMA synchronous").Scan(&inTx).Error
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Raw("PRAGMA synchronous").Scan(&reader).Error; err != nil {
+			t.Fatal(err)
+		}
+		Close(db)
+		if inTx != tt.want || reader != tt.want {
+			t.Errorf("setting %q: synchronous = %d in a write transaction, %d on a reader; want %d", tt.setting, inTx, reader, tt.want)
+		}
+	}
+	dir := t.TempDir()
+	_, err := Open(context.Background(), "sqlite:"+filepath.Join(dir, "sync.db"), Options{SQLiteSynchronous: "extra"})
+	if err == nil || !strings.Contains(err.Error(), `"extra" is not normal or full`) {
+		t.Errorf("unknown setting: err = %v", err)
+	}
+	if _, statErr := os.Stat(filepath.Join(dir, "sync.db")); statErr == nil {
+		t.Error("an unknown setting created the database file")
 	}
 }

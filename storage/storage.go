@@ -43,7 +43,21 @@ type Options struct {
 	// MustExist refuses to create a SQLite file (or its directory) that
 	// is not there yet, for commands that work on an existing database.
 	MustExist bool
+	// SQLiteSynchronous is SQLite's synchronous setting, SyncNormal (the
+	// default when empty) or SyncFull.
+	SQLiteSynchronous string
 }
+
+// SQLite synchronous settings (PRAGMA synchronous). In WAL mode NORMAL
+// syncs the WAL only when a checkpoint copies it into the database (every
+// checkpointEvery under writes): a killed process loses nothing, a power
+// cut or an operating-system crash can take back the commits since the
+// last checkpoint. FULL syncs the WAL at every commit, in the committing
+// thread, which costs the agent CPU per record (docs/benchmarks.md).
+const (
+	SyncNormal = "normal"
+	SyncFull   = "full"
+)
 
 // ErrNoDatabase means Options.MustExist was set and the SQLite file does
 // not exist.
@@ -159,6 +173,15 @@ func sqliteBusy(opts Options) time.Duration {
 func parseURL(rawURL string, opts Options) (Dialect, string, string, error) {
 	busy := sqliteBusy(opts)
 	sqliteDSN := func(path string) (Dialect, string, string, error) {
+		var sync string
+		switch opts.SQLiteSynchronous {
+		case "", SyncNormal:
+			sync = "NORMAL"
+		case SyncFull:
+			sync = "FULL"
+		default:
+			return "", "", "", fmt.Errorf("SQLite synchronous setting %q is not %s or %s", opts.SQLiteSynchronous, SyncNormal, SyncFull)
+		}
 		if opts.MustExist {
 			if _, err := os.Stat(path); err != nil {
 				return "", "", "", fmt.Errorf("%w at %s: %v", ErrNoDatabase, path, errors.Unwrap(err))
@@ -177,7 +200,7 @@ func parseURL(rawURL string, opts Options) (Dialect, string, string, error) {
 		q.Set("_busy_timeout", fmt.Sprint(busy.Milliseconds()))
 		q.Set("_foreign_keys", "1")
 		q.Set("_txlock", "immediate")
-		q.Set("_synchronous", "NORMAL")
+		q.Set("_synchronous", sync)
 		return SQLite, "file:" + path + "?" + q.Encode(), path, nil
 	}
 	switch {

@@ -197,7 +197,8 @@ replay is written to the audit trail with the operator's name.`)
 // a missing SQLite file (a command run in another directory) or a schema
 // that is not this binary's is an error that says what to configure.
 func (e *env) openExistingDB(ctx context.Context, cfg *Config) (*gorm.DB, error) {
-	db, err := storage.Open(ctx, cfg.Database.URL, storage.Options{DataDir: cfg.DataDir, MaxOpenConns: cfg.Database.MaxOpenConns, MustExist: true})
+	db, err := storage.Open(ctx, cfg.Database.URL, storage.Options{DataDir: cfg.DataDir, MaxOpenConns: cfg.Database.MaxOpenConns, MustExist: true,
+		SQLiteSynchronous: cfg.Database.SQLiteSynchronous})
 	if errors.Is(err, storage.ErrNoDatabase) {
 		where := "database.url is not set, so the SQLite file in data_dir " + strconv.Quote(cfg.DataDir)
 		if cfg.Database.URL != "" {

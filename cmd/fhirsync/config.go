@@ -22,6 +22,7 @@ import (
 	"github.com/fhirsync/fhirsync/agent/crm"
 	"github.com/fhirsync/fhirsync/internal/tracing"
 	"github.com/fhirsync/fhirsync/logs"
+	"github.com/fhirsync/fhirsync/storage"
 )
 
 // Config is the whole configuration of a fhirsync process. It is loaded from
@@ -181,6 +182,8 @@ type DatabaseConfig struct {
 	// URL is empty for SQLite in DataDir, "sqlite:PATH", or "postgres://…".
 	URL          string `yaml:"url" secret:"true"`
 	MaxOpenConns int    `yaml:"max_open_conns"`
+	// SQLiteSynchronous is storage.SyncNormal or storage.SyncFull.
+	SQLiteSynchronous string `yaml:"sqlite_synchronous"`
 }
 
 // LogConfig shapes process logging (not the sync log).
@@ -499,6 +502,9 @@ func (c Config) Validate() []string {
 	}
 	if c.Database.MaxOpenConns < 0 {
 		bad("database.max_open_conns", "must not be negative")
+	}
+	if s := c.Database.SQLiteSynchronous; s != "" && s != storage.SyncNormal && s != storage.SyncFull {
+		bad("database.sqlite_synchronous", "%q is not %s or %s", s, storage.SyncNormal, storage.SyncFull)
 	}
 	if !slices.Contains([]string{"text", "json"}, c.Log.Format) {
 		bad("log.format", "%q is not text or json", c.Log.Format)

@@ -92,6 +92,20 @@ func TestLoadConfigSources(t *testing.T) {
 			wantErr: []string{"FHIRSYNC_SHUTDOWN_TIMEOUT", "FHIRSYNC_DATABASE_MAX_OPEN_CONNS"},
 		},
 		{
+			name: "SQLite synced at every commit",
+			env:  map[string]string{"FHIRSYNC_DATABASE_SQLITE_SYNCHRONOUS": "full"},
+			check: func(t *testing.T, c Config) {
+				if c.Database.SQLiteSynchronous != "full" {
+					t.Errorf("database.sqlite_synchronous = %q", c.Database.SQLiteSynchronous)
+				}
+			},
+		},
+		{
+			name:    "SQLite synchronous setting must be known",
+			env:     map[string]string{"FHIRSYNC_DATABASE_SQLITE_SYNCHRONOUS": "extra"},
+			wantErr: []string{`database.sqlite_synchronous: "extra" is not normal or full`},
+		},
+		{
 			name:    "service bus needs one way in",
 			env:     map[string]string{"FHIRSYNC_QUEUE_KIND": "servicebus"},
 			wantErr: []string{"queue.service_bus: set exactly one of"},

@@ -101,7 +101,8 @@ func (e *env) openDBNoMigrate(ctx context.Context) (*gorm.DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	db, err := storage.Open(ctx, cfg.Database.URL, storage.Options{DataDir: cfg.DataDir, MaxOpenConns: cfg.Database.MaxOpenConns})
+	db, err := storage.Open(ctx, cfg.Database.URL, storage.Options{DataDir: cfg.DataDir, MaxOpenConns: cfg.Database.MaxOpenConns,
+		SQLiteSynchronous: cfg.Database.SQLiteSynchronous})
 	if err != nil {
 		return nil, err
 	}
