@@ -100,6 +100,10 @@ type Config struct {
 	// sandbox CRM's service endpoint in BypassBusinessLogicExecutionStepIds
 	// (crm.bypass_own_steps), so the CRM posts no echo of them.
 	BypassOwnSteps bool
+	// SQLiteSynchronous is the synchronous setting the caller opened the
+	// database with (storage.SyncNormal or SyncFull; empty for PostgreSQL),
+	// reported in the result.
+	SQLiteSynchronous string
 	// Logger receives the agent's process logs (discarded by default);
 	// Progress, when set, receives one line as each step starts.
 	Logger   *slog.Logger
@@ -312,11 +316,13 @@ type Result struct {
 	CRMBatchMax int `json:"crm_batch_max"`
 	// BypassOwnSteps: the agent's CRM writes bypassed its endpoint's
 	// steps (no echoes of them).
-	BypassOwnSteps bool         `json:"bypass_own_steps"`
-	Backfill       *Backfill    `json:"backfill,omitempty"`
-	Throughput     []Throughput `json:"throughput"`
-	Latency        []Latency    `json:"latency"`
-	Limited        []Limited    `json:"limited,omitempty"`
+	BypassOwnSteps bool `json:"bypass_own_steps"`
+	// SQLiteSynchronous is Config.SQLiteSynchronous.
+	SQLiteSynchronous string       `json:"sqlite_synchronous,omitempty"`
+	Backfill          *Backfill    `json:"backfill,omitempty"`
+	Throughput        []Throughput `json:"throughput"`
+	Latency           []Latency    `json:"latency"`
+	Limited           []Limited    `json:"limited,omitempty"`
 	// PeakRSSBytes is this process's peak resident set: the agent, the
 	// embedded queue and the bench's driver, and the sandboxes too when
 	// they run inline (SandboxesInline).
@@ -340,7 +346,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Started: time.Now().UTC(), Workers: cfg.Workers, CRMUsers: cfg.CRMUsers, CRMDOPHint: cfg.CRMDOPHint, CRMBatchMax: cfg.CRMBatchMax, BypassOwnSteps: cfg.BypassOwnSteps, SandboxesInline: len(cfg.SandboxCommand) == 0}
+	res := &Result{Started: time.Now().UTC(), Workers: cfg.Workers, CRMUsers: cfg.CRMUsers, CRMDOPHint: cfg.CRMDOPHint, CRMBatchMax: cfg.CRMBatchMax, BypassOwnSteps: cfg.BypassOwnSteps, SQLiteSynchronous: cfg.SQLiteSynchronous, SandboxesInline: len(cfg.SandboxCommand) == 0}
 	err = e.measure(ctx, res)
 	res.SandboxPeakRSSBytes = e.sb.peakRSS(context.WithoutCancel(ctx))
 	if serr := e.stop(); err == nil && serr != nil {

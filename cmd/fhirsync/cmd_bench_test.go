@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -88,17 +89,23 @@ func TestBenchPrintsEveryRowWithNumbers(t *testing.T) {
 func TestBenchJSON(t *testing.T) {
 	t.Parallel()
 	var stdout, stderr bytes.Buffer
-	args := append(append([]string{}, tinyBench...), "--json", "--limits", "off")
+	args := append(append([]string{}, tinyBench...), "--json", "--limits", "off", "--sqlite-synchronous", "full")
 	if code := exitCode(run(context.Background(), args, func(string) string { return "" }, &stdout, &stderr), &stderr); code != 0 {
 		t.Fatalf("bench --json exited %d\n%s%s", code, stdout.String(), stderr.String())
 	}
 	var got struct {
 		Database string `json:"database"`
 		Result   struct {
-			Throughput []struct {
-				Records          int     `json:"records"`
-				Sent             int     `json:"sent"`
-				RecordsPerSecond float64 `json:"records_per_second"`
+			SQLiteSynchronous string `json:"sqlite_synchronous"`
+			Throughput        []struct {
+				Records            int     `json:"records"`
+				Sent               int     `json:"sent"`
+				RecordsPerSecond   float64 `json:"records_per_second"`
+				DecisionsPerCommit float64 `json:"decisions_per_commit"`
+				AgentIO            *struct {
+					WriteKiB   float64 `json:"write_kib_per_record"`
+					WriteCalls float64 `json:"write_calls_per_record"`
+				} `json:"agent_io"`
 			} `json:"throughput"`
 			Latency []struct {
 				Offered int     `json:"offered"`
@@ -120,9 +127,21 @@ func TestBenchJSON(t *testing.T) {
 	if len(r.Limited) != 0 {
 		t.Errorf("--limits off still ran %d throttled runs", len(r.Limited))
 	}
+	if r.SQLiteSynchronous != "full" {
+		t.Errorf("sqlite_synchronous = %q, want full", r.SQLiteSynchronous)
+	}
+	_, procIO := os.Stat("/proc/self/io")
 	for _, tp := range r.Throughput {
 		if tp.Records != 40 || tp.Sent != 40 || tp.RecordsPerSecond <= 0 {
 			t.Errorf("throughput = %+v, want 40 records all sent", tp)
+		}
+		// Each record's decision commits in some transaction of the
+		// agent's database, which writes to its WAL.
+		if tp.DecisionsPerCommit < 1 {
+			t.Errorf("decisions_per_commit = %v, want at least 1", tp.DecisionsPerCommit)
+		}
+		if procIO == nil && (tp.AgentIO == nil || tp.AgentIO.WriteKiB <= 0 || tp.AgentIO.WriteCalls <= 0) {
+			t.Errorf("agent_io = %+v, want the writes counted", tp.AgentIO)
 		}
 	}
 	for _, l := range r.Latency {
@@ -146,6 +165,7 @@ func TestBenchUsage(t *testing.T) {
 		{name: "stray argument", args: []string{"bench", "now"}},
 		{name: "unknown flag", args: []string{"bench", "--fast"}},
 		{name: "sandboxes nowhere", args: []string{"bench", "--sandboxes", "elsewhere"}},
+		{name: "unknown SQLite synchronous setting", args: []string{"bench", "--sqlite-synchronous", "extra"}},
 		{name: "sandbox process without an endpoint", args: []string{"bench", "--serve-sandboxes"}},
 	}
 	for _, tt := range tests {
