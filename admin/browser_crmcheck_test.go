@@ -34,7 +34,7 @@ func TestBrowserNonexistentCRMAttributeRefused(t *testing.T) {
 		clearField("attr-crmAttribute"),
 		chromedp.SendKeys("#attr-crmAttribute", "birthdat", chromedp.ByID),
 		chromedp.WaitVisible("#problem-crmAttribute", chromedp.ByID),
-		chromedp.Poll(`document.getElementById("problem-crmAttribute").textContent.includes("birthdat\"")`, nil),
+		poll(`document.getElementById("problem-crmAttribute").textContent.includes("birthdat\"")`),
 		chromedp.Text("#problem-crmAttribute", &beside, chromedp.ByID),
 		chromedp.Click("#save-attr", chromedp.ByID),
 		chromedp.WaitVisible("#problems", chromedp.ByID),

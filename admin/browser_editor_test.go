@@ -58,9 +58,24 @@ func waitFocus(id string) chromedp.Action {
 }
 
 // poll waits until expr is true; the editor's round trips can be slow on
-// a busy machine, so it waits longer than chromedp's default.
+// a busy machine, so it waits longer than chromedp's default. It checks
+// every 50 ms on a timer rather than in chromedp's default
+// requestAnimationFrame callback: a page the browser stops drawing frames
+// for never runs that callback again, so the check and its own timeout
+// both stopped and the test hung until its session's deadline.
 func poll(expr string) chromedp.Action {
-	return chromedp.Poll(expr, nil, chromedp.WithPollingTimeout(90*time.Second))
+	return chromedp.Poll(expr, nil, chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(90*time.Second))
+}
+
+// step runs actions as one named step, so that a failure says which step
+// it was.
+func step(name string, actions ...chromedp.Action) chromedp.Action {
+	return chromedp.ActionFunc(func(ctx context.Context) error {
+		if err := chromedp.Tasks(actions).Do(ctx); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		return nil
+	})
 }
 
 // TestBrowserEditorAddFromPickerAndPublish: in Chromium, an editor adds
@@ -532,18 +547,23 @@ func TestBrowserEditorRoundField(t *testing.T) {
 	var shown, yaml string
 	ctx := browser.Session(t, 4*time.Minute)
 	err = chromedp.Run(ctx,
-		signIn(e.url, "editor@example.org"),
-		chromedp.Navigate(fmt.Sprintf("%s/maps/versions/%d/edit?map=observation", e.url, n)),
-		chromedp.WaitVisible("#am-list", chromedp.ByID),
-		chromedp.Click(fmt.Sprintf("#am-edit-%d", i), chromedp.ByID),
-		chromedp.WaitVisible("#"+field, chromedp.ByID),
-		chromedp.Value("#"+field, &shown, chromedp.ByID),
-		clearField(field),
-		chromedp.SendKeys("#"+field, "4", chromedp.ByID),
-		poll(`document.getElementById("ed-yaml").value.includes("round: 4\n")`),
-		chromedp.Value("#ed-yaml", &yaml, chromedp.ByID),
-		chromedp.Click("#ed-save", chromedp.ByID),
-		chromedp.WaitVisible("#notice", chromedp.ByID),
+		step("signing in", signIn(e.url, "editor@example.org")),
+		step("opening the editor",
+			chromedp.Navigate(fmt.Sprintf("%s/maps/versions/%d/edit?map=observation", e.url, n)),
+			chromedp.WaitVisible("#am-list", chromedp.ByID)),
+		step("opening the attribute map",
+			chromedp.Click(fmt.Sprintf("#am-edit-%d", i), chromedp.ByID),
+			chromedp.WaitVisible("#"+field, chromedp.ByID),
+			chromedp.Value("#"+field, &shown, chromedp.ByID)),
+		step("typing 4",
+			clearField(field),
+			chromedp.SendKeys("#"+field, "4", chromedp.ByID)),
+		step("waiting for the YAML to round to 4",
+			poll(`document.getElementById("ed-yaml").value.includes("round: 4\n")`),
+			chromedp.Value("#ed-yaml", &yaml, chromedp.ByID)),
+		step("saving",
+			chromedp.Click("#ed-save", chromedp.ByID),
+			chromedp.WaitVisible("#notice", chromedp.ByID)),
 	)
 	if err != nil {
 		t.Fatal(err)

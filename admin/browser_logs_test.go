@@ -171,7 +171,7 @@ func TestBrowserShell(t *testing.T) {
 			chromedp.Evaluate(`document.activeElement.textContent`, &first),
 			chromedp.Evaluate(`String(document.activeElement.getBoundingClientRect().top >= 0)`, &visible),
 			chromedp.KeyEvent(kb.Enter),
-			chromedp.Poll(`document.activeElement.id === "content"`, nil),
+			poll(`document.activeElement.id === "content"`),
 			chromedp.Evaluate(`document.activeElement.id`, &after),
 		)
 		if err != nil {

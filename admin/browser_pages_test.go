@@ -91,7 +91,7 @@ func TestBrowserMapEditorAndDeadLetters(t *testing.T) {
 			chromedp.SendKeys("#attr-fhirPath", "name.givn[0]", chromedp.ByID),
 			chromedp.WaitVisible("#problem-fhirPath", chromedp.ByID),
 			// Problems follow the keystrokes; wait for the one about the whole path.
-			chromedp.Poll(`document.getElementById("problem-fhirPath").textContent.includes("givn")`, nil),
+			poll(`document.getElementById("problem-fhirPath").textContent.includes("givn")`),
 			chromedp.Text("#problem-fhirPath", &problem, chromedp.ByID),
 		)
 		if err != nil {
@@ -306,7 +306,7 @@ func TestScreenshots(t *testing.T) {
 			chromedp.WaitVisible("#problem-fhirPath", chromedp.ByID)}},
 		{"map-editor.png", fmt.Sprintf("/maps/versions/%d/edit?map=patient-contact", sc.Draft), "#am-list", []chromedp.Action{
 			chromedp.Click("#am-edit-1", chromedp.ByID),
-			chromedp.Poll(`document.getElementById("am-1-fhirPath-result").textContent.includes("selects")`, nil),
+			poll(`document.getElementById("am-1-fhirPath-result").textContent.includes("selects")`),
 			chromedp.Evaluate(`document.getElementById("am-edit-1").closest("li").scrollIntoView({block: "start"})`, nil),
 		}},
 		{"logs.png", "/logs?record=Patient/p1", "#decisions", nil},
