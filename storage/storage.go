@@ -53,7 +53,7 @@ type Options struct {
 // checkpointEvery under writes): a killed process loses nothing, a power
 // cut or an operating-system crash can take back the commits since the
 // last checkpoint. FULL syncs the WAL at every commit, in the committing
-// thread, which costs the agent CPU per record (docs/benchmarks.md).
+// thread, before the commit returns (docs/benchmarks.md measures both).
 const (
 	SyncNormal = "normal"
 	SyncFull   = "full"
