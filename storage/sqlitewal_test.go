@@ -150,14 +150,14 @@ func TestSQLiteTempStoreInMemory(t *testing.T) {
 	}
 }
 
-// SQLite syncs the WAL at checkpoints by default and at every commit with
-// SyncFull, on every connection of the pool, the writer's included; an
-// unknown setting is refused before anything is opened.
+// SQLite syncs the WAL at every commit by default and only at checkpoints
+// with SyncNormal, on every connection of the pool, the writer's included;
+// an unknown setting is refused before anything is opened.
 func TestSQLiteSynchronous(t *testing.T) {
 	for _, tt := range []struct {
 		setting string
 		want    int
-	}{{"", 1}, {SyncNormal, 1}, {SyncFull, 2}} {
+	}{{"", 2}, {SyncNormal, 1}, {SyncFull, 2}} {
 		db, err := Open(context.Background(), "sqlite:"+filepath.Join(t.TempDir(), "sync.db"), Options{SQLiteSynchronous: tt.setting})
 		if err != nil {
 			t.Fatal(err)

@@ -43,8 +43,8 @@ type Options struct {
 	// MustExist refuses to create a SQLite file (or its directory) that
 	// is not there yet, for commands that work on an existing database.
 	MustExist bool
-	// SQLiteSynchronous is SQLite's synchronous setting, SyncNormal (the
-	// default when empty) or SyncFull.
+	// SQLiteSynchronous is SQLite's synchronous setting, SyncFull (the
+	// default when empty) or SyncNormal.
 	SQLiteSynchronous string
 }
 
@@ -175,9 +175,9 @@ func parseURL(rawURL string, opts Options) (Dialect, string, string, error) {
 	sqliteDSN := func(path string) (Dialect, string, string, error) {
 		var sync string
 		switch opts.SQLiteSynchronous {
-		case "", SyncNormal:
+		case SyncNormal:
 			sync = "NORMAL"
-		case SyncFull:
+		case "", SyncFull:
 			sync = "FULL"
 		default:
 			return "", "", "", fmt.Errorf("SQLite synchronous setting %q is not %s or %s", opts.SQLiteSynchronous, SyncNormal, SyncFull)
