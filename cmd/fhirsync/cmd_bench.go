@@ -47,7 +47,7 @@ names one; use a scratch database, the run leaves its rows behind.`)
 	batchWait := fs.Duration("crm-batch-wait", 0, "the agent's agent.crm_batch_wait (0: the agent's default)")
 	costs := fs.String("limit-costs", "1,2", "comma-separated multipliers of the CRM's execution cost per operation in the throttled runs")
 	bypass := fs.String("crm-bypass-own-steps", "off", "the agent's crm.bypass_own_steps: on (its CRM writes bypass the sandbox CRM's service-endpoint steps, so no echo comes back) or off")
-	sqliteSync := fs.String("sqlite-synchronous", storage.SyncFull, "with SQLite: the agent's database.sqlite_synchronous, full (the WAL synced at every commit) or normal (at checkpoints)")
+	sqliteSyncFlag := fs.String("sqlite-synchronous", storage.SyncFull, "with SQLite: the agent's database.sqlite_synchronous, full (the WAL synced at every commit) or normal (at checkpoints)")
 	baseState := fs.String("base-state", "on", "keep the base state of linked pairs: on (as in production) or off (to measure its cost)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this `file`")
@@ -100,7 +100,7 @@ names one; use a scratch database, the run leaves its rows behind.`)
 		return usageErrorf("bench: --base-state must be on or off")
 	case *bypass != "on" && *bypass != "off":
 		return usageErrorf("bench: --crm-bypass-own-steps must be on or off")
-	case *sqliteSync != storage.SyncNormal && *sqliteSync != storage.SyncFull:
+	case *sqliteSyncFlag != storage.SyncNormal && *sqliteSyncFlag != storage.SyncFull:
 		return usageErrorf("bench: --sqlite-synchronous must be normal or full")
 	case *where != "process" && *where != "inline":
 		return usageErrorf("bench: --sandboxes must be process or inline")
@@ -131,7 +131,7 @@ names one; use a scratch database, the run leaves its rows behind.`)
 	if url == "" {
 		url = "sqlite:" + filepath.Join(dir, "bench.db")
 	}
-	db, err := storage.Open(ctx, url, storage.Options{SQLiteSynchronous: *sqliteSync})
+	db, err := storage.Open(ctx, url, storage.Options{SQLiteSynchronous: *sqliteSyncFlag})
 	if err != nil {
 		return err
 	}
@@ -231,9 +231,13 @@ names one; use a scratch database, the run leaves its rows behind.`)
 			command = append(command, "--cpuprofile", abs)
 		}
 	}
+	sqliteSync := *sqliteSyncFlag
+	if storage.DialectOf(db) != storage.SQLite {
+		sqliteSync = ""
+	}
 	res, err := agentbench.Run(ctx, agentbench.Config{DB: db, TempDir: dir, Records: *records, OfferedRate: *rate, Duration: *duration,
 		Workers: *workers, CRMUsers: users[0], CRMDOPHint: *dopHint, CRMBatchMax: *batchMax, CRMBatchWait: *batchWait, Limits: limits, LimitedUsers: users, LimitedCosts: multipliers, LimitedWindows: *windows, Progress: progress, SandboxCommand: command, BaseStateOff: *baseState == "off", BypassOwnSteps: *bypass == "on", Phase: phase,
-		SQLiteSynchronous: sqliteSyncOf(url, *sqliteSync)})
+		SQLiteSynchronous: sqliteSync})
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}
@@ -346,13 +350,4 @@ func benchCell(s string) string {
 		return "-"
 	}
 	return s
-}
-
-// sqliteSyncOf is the synchronous setting a bench database opened at url
-// runs with: setting for SQLite, none for PostgreSQL.
-func sqliteSyncOf(url, setting string) string {
-	if strings.HasPrefix(url, "postgres://") || strings.HasPrefix(url, "postgresql://") {
-		return ""
-	}
-	return setting
 }
