@@ -60,8 +60,8 @@ type batchWriter struct {
 	// effects applies the units' links, own writes and completions inside
 	// the decisions' transaction.
 	effects func(tx *gorm.DB, us []*unit) error
-	// committed, when set, is told the size of each transaction that
-	// committed (fhirsync_group_commit_decisions).
+	// committed is told the size of each transaction that committed
+	// (fhirsync_group_commit_decisions); by default it does nothing.
 	committed func(n int)
 }
 
@@ -78,7 +78,7 @@ type batchReq struct {
 }
 
 func newBatchWriter(store batchStore, max int, wait time.Duration, effects func(tx *gorm.DB, us []*unit) error) *batchWriter {
-	return &batchWriter{store: store, reqs: make(chan batchReq), max: max, wait: wait, effects: effects}
+	return &batchWriter{store: store, reqs: make(chan batchReq), max: max, wait: wait, effects: effects, committed: func(int) {}}
 }
 
 // run writes batches until ctx ends.
@@ -144,9 +144,7 @@ func (b *batchWriter) write(ctx context.Context, us []*unit) error {
 	}
 	err := b.store.WriteBatchWith(ctx, ds, func(tx *gorm.DB) error { return b.effects(tx, us) })
 	if err == nil {
-		if b.committed != nil {
-			b.committed(len(us))
-		}
+		b.committed(len(us))
 		return nil
 	}
 	for _, u := range us {
@@ -158,9 +156,7 @@ func (b *batchWriter) write(ctx context.Context, us []*unit) error {
 	if err := b.store.Write(ctx, us[0].d); err != nil {
 		return err
 	}
-	if b.committed != nil {
-		b.committed(1)
-	}
+	b.committed(1)
 	return nil
 }
 
