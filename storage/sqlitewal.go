@@ -65,8 +65,19 @@ func registerSQLiteDriver() {
 }
 
 // checkpointEvery is how often the checkpointer copies the WAL into the
-// database file.
-const checkpointEvery = 250 * time.Millisecond
+// database file, by synchronous setting. With NORMAL the WAL is synced
+// only when a checkpoint copies it, so the interval is also the span of
+// commits a power cut can take back: it stays short. With FULL every
+// commit is synced when it returns, and the interval only sets how often
+// the pages commits changed are copied: a page changed by many commits
+// (an index's, the queue's) is copied once per interval, so checkpoints
+// two seconds apart read about half and write about a fifth less per
+// record than every 250 ms, for the same CPU (docs/benchmarks.md, ninth
+// round). The WAL holds up to an interval's commits before it starts over.
+var checkpointEvery = map[string]time.Duration{
+	SyncNormal: 250 * time.Millisecond,
+	SyncFull:   2 * time.Second,
+}
 
 // restartFrames is the WAL length (in pages) past which the checkpointer
 // makes the WAL start over from its beginning.
@@ -97,13 +108,13 @@ const (
 	restartWaitMax = 800 * time.Millisecond
 )
 
-// checkpoint runs PASSIVE checkpoints on db until db is closed, then gives
-// the gate's writer connection back. PASSIVE never waits for readers or
-// writers: it copies what it can. When the WAL is longer than
-// restartFrames after one, a RESTART checkpoint, under the write gate,
-// lets the WAL start over.
-func checkpoint(db *sql.DB, g *writeGate) {
-	t := time.NewTicker(checkpointEvery)
+// checkpoint runs PASSIVE checkpoints on db every interval until db is
+// closed, then gives the gate's writer connection back. PASSIVE never
+// waits for readers or writers: it copies what it can. When the WAL is
+// longer than restartFrames after one, a RESTART checkpoint, under the
+// write gate, lets the WAL start over.
+func checkpoint(db *sql.DB, g *writeGate, every time.Duration) {
+	t := time.NewTicker(every)
 	defer t.Stop()
 	wait := restartWait
 	for range t.C {

@@ -25,9 +25,11 @@ func TestWALStartsOverUnderSteadyReads(t *testing.T) {
 	}
 	const commits = 2000
 	run := func(t *testing.T, frames int64, rowPause time.Duration) (maxWAL int64) {
-		old := restartFrames
+		old, oldEvery := restartFrames, checkpointEvery[SyncFull]
 		restartFrames = frames
-		t.Cleanup(func() { restartFrames = old })
+		// Several checkpoint ticks in the two seconds of commits.
+		checkpointEvery[SyncFull] = 250 * time.Millisecond
+		t.Cleanup(func() { restartFrames, checkpointEvery[SyncFull] = old, oldEvery })
 		path := filepath.Join(t.TempDir(), "wal.db")
 		db, err := Open(context.Background(), "sqlite:"+path, Options{})
 		if err != nil {

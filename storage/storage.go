@@ -50,10 +50,11 @@ type Options struct {
 
 // SQLite synchronous settings (PRAGMA synchronous). In WAL mode NORMAL
 // syncs the WAL only when a checkpoint copies it into the database (every
-// checkpointEvery under writes): a killed process loses nothing, a power
-// cut or an operating-system crash can take back the commits since the
-// last checkpoint. FULL syncs the WAL at every commit, in the committing
-// thread, before the commit returns (docs/benchmarks.md measures both).
+// checkpointEvery[SyncNormal] under writes): a killed process loses
+// nothing, a power cut or an operating-system crash can take back the
+// commits since the last checkpoint. FULL syncs the WAL at every commit,
+// in the committing thread, before the commit returns (docs/benchmarks.md
+// measures both).
 const (
 	SyncNormal = "normal"
 	SyncFull   = "full"
@@ -119,7 +120,7 @@ func Open(ctx context.Context, rawURL string, opts Options) (*gorm.DB, error) {
 	}
 	if d == SQLite {
 		gate.maxIdle = maxOpen
-		go checkpoint(sqlDB, gate)
+		go checkpoint(sqlDB, gate, checkpointEvery[sqliteSync(opts)])
 	}
 	return db, nil
 }
@@ -170,16 +171,19 @@ func sqliteBusy(opts Options) time.Duration {
 	return opts.BusyTimeout
 }
 
+// sqliteSync is opts' synchronous setting, SyncFull when empty.
+func sqliteSync(opts Options) string {
+	if opts.SQLiteSynchronous == "" {
+		return SyncFull
+	}
+	return opts.SQLiteSynchronous
+}
+
 func parseURL(rawURL string, opts Options) (Dialect, string, string, error) {
 	busy := sqliteBusy(opts)
 	sqliteDSN := func(path string) (Dialect, string, string, error) {
-		var sync string
-		switch opts.SQLiteSynchronous {
-		case SyncNormal:
-			sync = "NORMAL"
-		case "", SyncFull:
-			sync = "FULL"
-		default:
+		sync := strings.ToUpper(sqliteSync(opts))
+		if _, ok := checkpointEvery[sqliteSync(opts)]; !ok {
 			return "", "", "", fmt.Errorf("SQLite synchronous setting %q is not %s or %s", opts.SQLiteSynchronous, SyncNormal, SyncFull)
 		}
 		if opts.MustExist {
