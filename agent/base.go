@@ -508,28 +508,103 @@ func saveBasesSQLite(tx *gorm.DB, bs []*linkBase, now time.Time) error {
 // base loads the base state of l, for the three-way merge; errNoBase when
 // none is recorded for this pairing.
 func (s links) base(ctx context.Context, l link) (*linkBase, error) {
-	b := &linkBase{EntityMap: l.EntityMap, FHIRID: l.FHIRID}
-	var enc []byte
-	var fAt, cAt sql.NullTime
+	var r baseRow
 	const q = `SELECT crm_id, map_version, hashes, updated_at, fhir_edited_at, crm_edited_at FROM agent_link_base WHERE entity_map = ? AND fhir_id = ?`
-	var row *sql.Row
-	if storage.DialectOf(s.db) == storage.SQLite {
-		row = storage.Direct(s.db.WithContext(ctx)).QueryRow(q, l.EntityMap, l.FHIRID)
-	} else {
-		row = s.db.WithContext(ctx).Raw(q, l.EntityMap, l.FHIRID).Row()
-	}
-	err := row.Scan(&b.CRMID, &b.MapVersion, &enc, &b.UpdatedAt, &fAt, &cAt)
-	b.FHIREditedAt, b.CRMEditedAt = fAt.Time, cAt.Time
-	if errors.Is(err, sql.ErrNoRows) || (err == nil && b.CRMID != l.CRMID) {
+	err := s.row(ctx, q, l.EntityMap, l.FHIRID).Scan(r.dest()...)
+	if errors.Is(err, sql.ErrNoRows) {
 		return nil, errNoBase
 	}
 	if err != nil {
 		return nil, fmt.Errorf("reading the base state of %s %s: %w", l.EntityMap, l.FHIRID, err)
 	}
-	if b.Attrs, err = decodeBase(enc); err != nil {
-		return nil, fmt.Errorf("reading the base state of %s %s: %w", l.EntityMap, l.FHIRID, err)
+	return r.read(l.EntityMap, l.FHIRID).of(l)
+}
+
+// row runs a query of one row: on SQLite without gorm (storage.Direct).
+func (s links) row(ctx context.Context, q string, args ...any) *sql.Row {
+	if storage.DialectOf(s.db) == storage.SQLite {
+		return storage.Direct(s.db.WithContext(ctx)).QueryRow(q, args...)
 	}
-	return b, nil
+	return s.db.WithContext(ctx).Raw(q, args...).Row()
+}
+
+// byCRMWithBase is byCRM that also reads, in the same statement, the base
+// state recorded under the link's FHIR id: the one read of the agent's
+// database a CRM→FHIR message makes before it locks its pair.
+func (s links) byCRMWithBase(ctx context.Context, entityMap, crmID string) (link, *baseRead, error) {
+	var l link
+	var r baseRow
+	const q = `SELECT l.entity_map, l.fhir_type, l.fhir_id, l.crm_entity, l.crm_id, l.fhir_version, l.crm_version, l.updated_at,
+		b.crm_id, b.map_version, b.hashes, b.updated_at, b.fhir_edited_at, b.crm_edited_at
+		FROM agent_links l LEFT JOIN agent_link_base b ON b.entity_map = l.entity_map AND b.fhir_id = l.fhir_id
+		WHERE l.entity_map = ? AND l.crm_id = ?`
+	dest := append([]any{&l.EntityMap, &l.FHIRType, &l.FHIRID, &l.CRMEntity, &l.CRMID, &l.FHIRVersion, &l.CRMVersion, &l.UpdatedAt}, r.dest()...)
+	err := s.row(ctx, q, entityMap, crmID).Scan(dest...)
+	if errors.Is(err, sql.ErrNoRows) {
+		return link{}, nil, errNoLink
+	}
+	if err != nil {
+		return link{}, nil, err
+	}
+	return l, r.read(l.EntityMap, l.FHIRID), nil
+}
+
+// baseRow is a row of agent_link_base as scanned, every column nullable
+// (a LEFT JOIN finds none).
+type baseRow struct {
+	crmID         sql.NullString
+	mapVersion    sql.NullInt64
+	enc           []byte
+	updatedAt     sql.NullTime
+	fhirAt, crmAt sql.NullTime
+}
+
+func (r *baseRow) dest() []any {
+	return []any{&r.crmID, &r.mapVersion, &r.enc, &r.updatedAt, &r.fhirAt, &r.crmAt}
+}
+
+// read is the base the row holds for entityMap and fhirID.
+func (r *baseRow) read(entityMap, fhirID string) *baseRead {
+	br := &baseRead{entityMap: entityMap, fhirID: fhirID, crmID: r.crmID.String}
+	if !r.crmID.Valid {
+		return br
+	}
+	b := &linkBase{EntityMap: entityMap, FHIRID: fhirID, CRMID: r.crmID.String, MapVersion: int(r.mapVersion.Int64),
+		UpdatedAt: r.updatedAt.Time, FHIREditedAt: r.fhirAt.Time, CRMEditedAt: r.crmAt.Time}
+	var err error
+	if b.Attrs, err = decodeBase(r.enc); err != nil {
+		br.err = fmt.Errorf("reading the base state of %s %s: %w", entityMap, fhirID, err)
+		return br
+	}
+	br.b = b
+	return br
+}
+
+// baseRead is what agent_link_base held under one entity map and FHIR id
+// when it was read: the base b, recorded for the CRM id crmID, or the
+// error decoding it; all empty when nothing.
+type baseRead struct {
+	entityMap, fhirID, crmID string
+	b                        *linkBase
+	err                      error
+}
+
+// errBaseNotRead means a baseRead is not about the pair asked for (or
+// there is none): the base is to be read.
+var errBaseNotRead = errors.New("base state not read")
+
+// of is what links.base would return for l from what was read:
+// errBaseNotRead when r is nil or about another FHIR record.
+func (r *baseRead) of(l link) (*linkBase, error) {
+	switch {
+	case r == nil || r.entityMap != l.EntityMap || r.fhirID != l.FHIRID:
+		return nil, errBaseNotRead
+	case r.crmID != l.CRMID || (r.b == nil && r.err == nil):
+		return nil, errNoBase
+	case r.err != nil:
+		return nil, r.err
+	}
+	return r.b, nil
 }
 
 // removeBase forgets the base of the link of entityMap and fhirID.

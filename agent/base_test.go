@@ -291,6 +291,82 @@ func TestBaseFollowsItsLink(t *testing.T) {
 	})
 }
 
+// A CRM→FHIR message reads its link and the pair's base in one statement
+// before it locks the pair; what that read serves must be what links.base
+// reads on its own, for the pair asked about only.
+func TestBaseReadWithTheLinkServesWhatBaseReads(t *testing.T) {
+	t.Parallel()
+	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
+		ctx := context.Background()
+		lk := links{db: db}
+		l := func(fhirID, crmID string) link {
+			return link{EntityMap: "patient", FHIRType: "Patient", FHIRID: fhirID, CRMEntity: "contact", CRMID: crmID, FHIRVersion: "3", CRMVersion: "7"}
+		}
+		edited := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+		withTimes := testBase("a", "x", 1)
+		withTimes.FHIREditedAt = edited
+		if err := db.Transaction(func(tx *gorm.DB) error {
+			if err := saveLinksTx(tx, []link{l("a", "x"), l("b", "y"), l("c", "z")}); err != nil {
+				return err
+			}
+			// b's base was written for another CRM record; c has none.
+			return saveBasesTx(tx, []*linkBase{withTimes, testBase("b", "w", 2)})
+		}); err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			name, crmID string
+			ask         link
+			wantErr     error
+		}{
+			{name: "linked with a base", crmID: "x", ask: l("a", "x")},
+			{name: "base of another CRM record", crmID: "y", ask: l("b", "y"), wantErr: errNoBase},
+			{name: "no base", crmID: "z", ask: l("c", "z"), wantErr: errNoBase},
+			{name: "another FHIR record than the link's", crmID: "x", ask: l("q", "x"), wantErr: errBaseNotRead},
+			{name: "another map", crmID: "x", ask: link{EntityMap: "other", FHIRID: "a", CRMID: "x"}, wantErr: errBaseNotRead},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				got, pb, err := lk.byCRMWithBase(ctx, "patient", tc.crmID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want, err := lk.byCRM(ctx, "patient", tc.crmID)
+				if err != nil || !got.UpdatedAt.Equal(want.UpdatedAt) {
+					t.Fatalf("link %+v, byCRM gives %+v (%v)", got, want, err)
+				}
+				got.UpdatedAt, want.UpdatedAt = time.Time{}, time.Time{}
+				if got != want {
+					t.Errorf("link %+v, byCRM gives %+v", got, want)
+				}
+				b, err := pb.of(tc.ask)
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("of(%s/%s): %v, want %v", tc.ask.FHIRID, tc.ask.CRMID, err, tc.wantErr)
+				}
+				if tc.wantErr != nil {
+					return
+				}
+				alone, err := lk.base(ctx, tc.ask)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !reflect.DeepEqual(b, alone) {
+					t.Errorf("read with the link: %+v\nread alone: %+v", b, alone)
+				}
+				if !b.FHIREditedAt.Equal(edited) || !b.CRMEditedAt.IsZero() || b.MapVersion != 4 || b.Attrs["family"].CRM[1] != 1 {
+					t.Errorf("base read with the link lost a field: %+v", b)
+				}
+			})
+		}
+		if _, _, err := lk.byCRMWithBase(ctx, "patient", "nobody"); !errors.Is(err, errNoLink) {
+			t.Errorf("no link: %v, want errNoLink", err)
+		}
+		var nothing *baseRead
+		if _, err := nothing.of(l("a", "x")); !errors.Is(err, errBaseNotRead) {
+			t.Errorf("nil read: %v, want errBaseNotRead", err)
+		}
+	})
+}
+
 // The schema refuses a base that is not one.
 func TestBaseSchemaChecks(t *testing.T) {
 	t.Parallel()

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -113,5 +114,49 @@ func TestBatchWriterHonoursCancellation(t *testing.T) {
 	defer cancel()
 	if err := b.commit(ctx, &unit{d: &logs.Decision{}}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Write on a stopped writer = %v, want the context's error", err)
+	}
+}
+
+// A message names its pair before it locks it; releasedSince tells it
+// whether a message of the same pair let go of it in between, so that
+// what it read before the lock is read again.
+func TestPairLocksReportReleasesSinceAStamp(t *testing.T) {
+	t.Parallel()
+	var l pairLocks
+	s0 := l.stamp()
+	unlock, waited := l.lock([]string{"fhir:Patient/a", "key:Patient/1"})
+	if waited {
+		t.Fatal("waited for a free pair")
+	}
+	if l.releasedSince([]string{"fhir:Patient/a"}, s0) {
+		t.Error("a lock still held counted as released")
+	}
+	unlock()
+	unlock() // a second call does nothing
+	if !l.releasedSince([]string{"fhir:Patient/a"}, s0) || !l.releasedSince([]string{"key:Patient/1", "fhir:Patient/z"}, s0) {
+		t.Error("a release after the stamp was not reported")
+	}
+	if l.releasedSince([]string{"fhir:Patient/b"}, s0) {
+		t.Error("another pair's release was reported")
+	}
+	s1 := l.stamp()
+	if l.releasedSince([]string{"fhir:Patient/a"}, s1) {
+		t.Error("a release before the stamp was reported")
+	}
+	// Past maxReleased keys the record is dropped: stamps from before
+	// then are stale for every key, later ones are not.
+	for i := range maxReleased {
+		u, _ := l.lock([]string{fmt.Sprintf("fhir:Patient/%d", i)})
+		u()
+	}
+	if !l.releasedSince([]string{"fhir:Patient/b"}, s1) {
+		t.Error("a stamp from before the record was dropped counted as fresh")
+	}
+	s2 := l.stamp()
+	if l.releasedSince([]string{"fhir:Patient/b"}, s2) {
+		t.Error("a stamp from after the record was dropped counted as stale")
+	}
+	if n := len(l.released); n > maxReleased {
+		t.Errorf("%d releases kept, more than %d", n, maxReleased)
 	}
 }

@@ -106,14 +106,24 @@ func (p *pipeline) mergeOptions() mergeOptions {
 	return o
 }
 
+// baseOf is the base state of l: pb's when pb was read for l, else read.
+func (p *pipeline) baseOf(ctx context.Context, l link, pb *baseRead) (*linkBase, error) {
+	b, err := pb.of(l)
+	if errors.Is(err, errBaseNotRead) {
+		return p.links.base(ctx, l)
+	}
+	return b, err
+}
+
 // mergePair merges src with its target record cur, whose mapping (with no
-// attribute left out) is out.
-func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src, cur record, srcOwn, linked bool, out mapped) (*pairMerge, error) {
+// attribute left out) is out. pb, when not nil, is the base read with the
+// link; it serves when it is this pair's.
+func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src, cur record, srcOwn, linked bool, pb *baseRead, out mapped) (*pairMerge, error) {
 	em := mp.Def()
 	l := pairOf(f, em, src, cur)
 	res, rec, kids := sidesOf(f, src, cur)
 	mg := &pairMerge{skip: maps.Except{}, keep: map[string]bool{}}
-	old, err := p.links.base(ctx, l)
+	old, err := p.baseOf(ctx, l, pb)
 	switch {
 	case errors.Is(err, errNoBase):
 	case err != nil:
@@ -579,11 +589,11 @@ func resolvedByPerson(d *logs.Decision) bool {
 // a value of an attribute that travels to the other side and differs from
 // the pair's base: an edit the write carried along. Without a link or a
 // base there is nothing to compare with, and the version is an echo.
-func (p *pipeline) changedSinceBase(ctx context.Context, f *flow, mp *maps.Mapping, src record, cached *link) (bool, error) {
+func (p *pipeline) changedSinceBase(ctx context.Context, f *flow, mp *maps.Mapping, src record, cached *link, pb *baseRead) (bool, error) {
 	if p.base == nil || cached == nil {
 		return false, nil
 	}
-	old, err := p.links.base(ctx, *cached)
+	old, err := p.baseOf(ctx, *cached, pb)
 	if errors.Is(err, errNoBase) {
 		return false, nil
 	}
@@ -698,10 +708,25 @@ func stampTimes(b *linkBase, fhirAt, crmAt time.Time) *linkBase {
 
 // pairLocks serialises, within one process, the messages that touch the
 // same pair of records: one from each side may arrive at once.
+//
+// It also tells a message whether another one held a pair since a moment
+// before it took the lock (releasedSince): a message names its pair by
+// reading the link before it can lock it, and what it read then holds only
+// if no message of the pair committed in between.
 type pairLocks struct {
 	mu   sync.Mutex
 	held map[string]*pairLock
+	// seq counts releases; released holds each key's last release, and
+	// horizon the seq up to which entries were dropped (released keeps at
+	// most maxReleased keys).
+	seq, horizon uint64
+	released     map[string]uint64
 }
+
+// maxReleased bounds pairLocks.released. Dropping it whole makes every
+// stamp taken before then stale, which only costs the messages holding one
+// a second read.
+const maxReleased = 1 << 14
 
 type pairLock struct {
 	mu   sync.Mutex
@@ -736,8 +761,16 @@ func (l *pairLocks) lock(keys []string) (unlock func(), waited bool) {
 	return func() {
 		once.Do(func() {
 			for i, pl := range taken {
-				pl.mu.Unlock()
 				l.mu.Lock()
+				l.seq++
+				if len(l.released) >= maxReleased {
+					l.released, l.horizon = nil, l.seq
+				}
+				if l.released == nil {
+					l.released = map[string]uint64{}
+				}
+				l.released[keys[i]] = l.seq
+				pl.mu.Unlock()
 				if pl.refs--; pl.refs == 0 {
 					delete(l.held, keys[i])
 				}
@@ -747,23 +780,48 @@ func (l *pairLocks) lock(keys []string) (unlock func(), waited bool) {
 	}, waited
 }
 
+// stamp marks the present, for releasedSince.
+func (l *pairLocks) stamp() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.seq
+}
+
+// releasedSince reports whether a lock of any of keys was released after
+// stamp s, or may have been (the record of releases was dropped since).
+// Called with the keys locked, false means no message of the pair
+// committed since s: a message commits before it releases its pair.
+func (l *pairLocks) releasedSince(keys []string, s uint64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s < l.horizon {
+		return true
+	}
+	for _, k := range keys {
+		if l.released[k] > s {
+			return true
+		}
+	}
+	return false
+}
+
 // pairKeys names the pair a source record belongs to: its FHIR resource
 // (the source itself, or for a CRM record the linked or correlated one)
 // and its business key, which is all two records created on both sides
 // share before they are linked. For a CRM record it reads the link, and
-// returns it (nil: none) with looked true, so the caller need not read it
-// again.
-func (p *pipeline) pairKeys(ctx context.Context, f *flow, m *maps.Mapping, src record) (keys []string, l *link, looked bool) {
+// returns it (nil: none) with looked true, and the pair's base read in the
+// same statement, so the caller need not read either again.
+func (p *pipeline) pairKeys(ctx context.Context, f *flow, m *maps.Mapping, src record) (keys []string, l *link, b *baseRead, looked bool) {
 	em := m.Def()
 	if f.side == queues.SideFHIR {
 		keys = append(keys, "fhir:"+em.FHIRType+"/"+src.ID)
 		if v, ok := m.BusinessKeyValue(src.Data); ok {
 			keys = append(keys, "key:"+em.FHIRType+"/"+v)
 		}
-		return keys, nil, false
+		return keys, nil, nil, false
 	}
-	if cl := p.cachedLink(ctx, f, em, src.ID); cl != nil {
-		l = cl
+	if cl, cb, err := p.links.byCRMWithBase(ctx, em.Name, src.ID); err == nil {
+		l, b = &cl, cb
 		keys = append(keys, "fhir:"+em.FHIRType+"/"+cl.FHIRID)
 	} else if st := crmState(&src); st != nil {
 		if id, _ := st.Record[em.Correlation.CRMAttribute].(string); id != "" {
@@ -773,7 +831,7 @@ func (p *pipeline) pairKeys(ctx context.Context, f *flow, m *maps.Mapping, src r
 	if v := crmBusinessKey(em, &src); v != "" {
 		keys = append(keys, "key:"+em.FHIRType+"/"+v)
 	}
-	return keys, l, true
+	return keys, l, b, true
 }
 
 // backwardNotice is a change notice of the target record cur, for a merge

@@ -321,30 +321,34 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 		}
 		return p.readingStep(sm, n, src, err != nil)
 	}
+	since := p.pairs.stamp()
 	src, err := f.source.read(ctx, open[0], n.ID)
 	if sg := signalMap(open, n); sg != nil {
 		return p.signalStep(ctx, f, sg, n, src, err, u)
 	}
-	// pre is the link of open[0] that naming the pair read, when nothing
-	// can have changed it since: reused as the cached link below.
+	// pre is the link of open[0] that naming the pair read, and preBase
+	// the base read with it, when nothing can have changed them since:
+	// reused as the cached link and the merge's base below.
 	var pre *link
+	var preBase *baseRead
 	preOK := false
 	if p.base != nil && (err == nil || errors.Is(err, errGone)) {
 		// One message at a time per pair in this process: the merge reads
 		// the target and the base, and must see the last message's writes
-		// and base. A message that waited reads its source again, which the
-		// other message may have written.
+		// and base. A message that waited, or whose pair another message
+		// held and let go of since its source was read, reads its source
+		// again, which the other message may have written.
 		who := src
 		if err != nil {
 			who = record{Type: n.Type, ID: n.ID} // deleted: its id is all there is
 		}
-		keys, l, looked := p.pairKeys(ctx, f, open[0], who)
+		keys, l, b, looked := p.pairKeys(ctx, f, open[0], who)
 		unlock, waited := p.pairs.lock(keys)
 		u.unlock = unlock
-		if waited {
+		if waited || p.pairs.releasedSince(keys, since) {
 			src, err = f.source.read(ctx, open[0], n.ID)
 		} else {
-			pre, preOK = l, looked
+			pre, preBase, preOK = l, b, looked
 		}
 	}
 	gone := errors.Is(err, errGone)
@@ -406,7 +410,7 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 	// check, the target lookup and the link update below.
 	cached := pre
 	if !preOK || mp != open[0] {
-		cached = p.cachedLink(ctx, f, em, src.ID)
+		cached, preBase = p.cachedLink(ctx, f, em, src.ID), nil
 	}
 	if st := staleCheck(f, n, src, cached); st != nil {
 		return st
@@ -415,7 +419,7 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 	// write merged onto the record as read carries along any edit made on
 	// that side since the last sync, and that edit has still to travel.
 	if echo {
-		changed, err := p.changedSinceBase(ctx, f, mp, src, cached)
+		changed, err := p.changedSinceBase(ctx, f, mp, src, cached, preBase)
 		if err != nil {
 			return p.failure("comparing the record with the base state", err)
 		}
@@ -424,10 +428,12 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 		}
 	}
 	for try := 1; ; try++ {
-		st, raced := p.sync(ctx, f, mp, n, src, echo, cached, u)
+		st, raced := p.sync(ctx, f, mp, n, src, echo, cached, preBase, u)
 		if !raced || try > p.staleRetries {
 			return st
 		}
+		// Another process may have written the pair and its base.
+		preBase = nil
 		// The target changed between the read and the write (412 on
 		// If-Match), or another message is syncing the pair: read both
 		// sides again and merge again, after a short pause.
@@ -452,7 +458,9 @@ func (p *pipeline) run(ctx context.Context, m *queues.Received, u *unit) (st *st
 // when the pair has been synced before, and writes what the merge lets
 // this direction write. raced reports a write refused because the target
 // changed since it was read (HTTP 412).
-func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues.Notice, src record, srcOwn bool, cached *link, u *unit) (st *step, raced bool) {
+//
+// pb, when not nil, is the pair's base as read with the cached link.
+func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues.Notice, src record, srcOwn bool, cached *link, pb *baseRead, u *unit) (st *step, raced bool) {
 	d := u.d
 	em := mp.Def()
 	fl := flowOf(em, n.Side)
@@ -503,7 +511,7 @@ func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues
 	}
 	var mg *pairMerge
 	if curp != nil && p.base != nil && f.mapExcept != nil {
-		if mg, err = p.mergePair(ctx, f, mp, src, *curp, srcOwn, cached != nil, out); err != nil {
+		if mg, err = p.mergePair(ctx, f, mp, src, *curp, srcOwn, cached != nil, pb, out); err != nil {
 			if errors.Is(err, errPairBusy) {
 				return &step{outcome: logs.OutcomeFailed, reason: "target_conflict", message: "Another message was syncing the same pair; tried again.",
 					err: &endpointError{class: classConflict, err: err}}, true

@@ -187,7 +187,7 @@ func (p *pipeline) windowStep(ctx context.Context, w streamWindow, u *unit) *ste
 	d.Source = logs.Ref{Type: "Observation", ID: src.ID}
 	n := queues.Notice{V: queues.NoticeVersion, Side: queues.SideFHIR, Type: "Observation", ID: src.ID, Event: queues.EventChanged,
 		Origin: "stream", ChangedAt: time.Unix(w.WindowEnd, 0)}
-	st, _ := p.sync(ctx, f, mp, n, src, false, p.cachedLink(ctx, f, em, src.ID), u)
+	st, _ := p.sync(ctx, f, mp, n, src, false, p.cachedLink(ctx, f, em, src.ID), nil, u)
 	return st
 }
 
