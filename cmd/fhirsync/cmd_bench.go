@@ -83,7 +83,7 @@ names one; use a scratch database, the run leaves its rows behind.`)
 			debug.SetGCPercent(400)
 		}
 		if e.getenv("GOMEMLIMIT") == "" {
-			debug.SetMemoryLimit(3 << 30)
+			debug.SetMemoryLimit(sandboxMemoryLimit)
 		}
 		if *cpuProfile != "" {
 			stop, err := startCPUProfile(*cpuProfile)
@@ -120,6 +120,12 @@ names one; use a scratch database, the run leaves its rows behind.`)
 		return usageErrorf("bench: --limit-window must be positive")
 	case *sandboxProfile != "" && *where != "process":
 		return usageErrorf("bench: --sandbox-cpuprofile needs --sandboxes process")
+	}
+	if *where == "inline" && e.getenv("GOMEMLIMIT") == "" {
+		// The sandboxes' rows share this heap: under the agent's soft
+		// limit alone the collector would run almost without pause (one
+		// run: 268 CRM→FHIR records/s, 6.9 ms of CPU a record).
+		debug.SetMemoryLimit(sandboxMemoryLimit)
 	}
 
 	dir, err := os.MkdirTemp("", "fhirsync-bench-")

@@ -27,6 +27,9 @@ import "runtime/debug"
 const (
 	agentGCPercent   = 400
 	agentMemoryLimit = 80 << 20
+	// sandboxMemoryLimit is the soft limit of a bench process that holds
+	// the sandboxes, whose CRM keeps every row in memory.
+	sandboxMemoryLimit = 3 << 30
 )
 
 func tuneCollector(getenv func(string) string) {
