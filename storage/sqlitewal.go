@@ -65,18 +65,21 @@ func registerSQLiteDriver() {
 }
 
 // checkpointEvery is how often the checkpointer copies the WAL into the
-// database file, by synchronous setting. With NORMAL the WAL is synced
-// only when a checkpoint copies it, so the interval is also the span of
-// commits a power cut can take back: it stays short. With FULL every
-// commit is synced when it returns, and the interval only sets how often
-// the pages commits changed are copied: a page changed by many commits
-// (an index's, the queue's) is copied once per interval, so checkpoints
-// two seconds apart read about half and write about a fifth less per
-// record than every 250 ms, for the same CPU (docs/benchmarks.md, ninth
-// round). The WAL holds up to an interval's commits before it starts over.
-var checkpointEvery = map[string]time.Duration{
-	SyncNormal: 250 * time.Millisecond,
-	SyncFull:   2 * time.Second,
+// database file under synchronous setting sync (SyncNormal or SyncFull).
+// With NORMAL the WAL is synced only when a checkpoint copies it, so the
+// interval is also the span of commits a power cut can take back: it
+// stays short. With FULL every commit is synced when it returns, and the
+// interval only sets how often the pages commits changed are copied: a
+// page changed by many commits (an index's, the queue's) is copied once
+// per interval, so checkpoints two seconds apart read about half and write
+// about a fifth less per record than every 250 ms, for the same CPU
+// (docs/benchmarks.md, ninth round). The WAL holds up to an interval's
+// commits before it starts over.
+func checkpointEvery(sync string) time.Duration {
+	if sync == SyncNormal {
+		return 250 * time.Millisecond
+	}
+	return 2 * time.Second
 }
 
 // restartFrames is the WAL length (in pages) past which the checkpointer

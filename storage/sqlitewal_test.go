@@ -25,13 +25,13 @@ func TestWALStartsOverUnderSteadyReads(t *testing.T) {
 	}
 	const commits = 2000
 	run := func(t *testing.T, frames int64, rowPause time.Duration) (maxWAL int64) {
-		old, oldEvery := restartFrames, checkpointEvery[SyncFull]
+		old := restartFrames
 		restartFrames = frames
-		// Several checkpoint ticks in the two seconds of commits.
-		checkpointEvery[SyncFull] = 250 * time.Millisecond
-		t.Cleanup(func() { restartFrames, checkpointEvery[SyncFull] = old, oldEvery })
+		t.Cleanup(func() { restartFrames = old })
 		path := filepath.Join(t.TempDir(), "wal.db")
-		db, err := Open(context.Background(), "sqlite:"+path, Options{})
+		// NORMAL checkpoints every 250 ms: several ticks in the two
+		// seconds of commits.
+		db, err := Open(context.Background(), "sqlite:"+path, Options{SQLiteSynchronous: SyncNormal})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -50,7 +50,7 @@ type Options struct {
 
 // SQLite synchronous settings (PRAGMA synchronous). In WAL mode NORMAL
 // syncs the WAL only when a checkpoint copies it into the database (every
-// checkpointEvery[SyncNormal] under writes): a killed process loses
+// checkpointEvery(SyncNormal) under writes): a killed process loses
 // nothing, a power cut or an operating-system crash can take back the
 // commits since the last checkpoint. FULL syncs the WAL at every commit,
 // in the committing thread, before the commit returns (docs/benchmarks.md
@@ -120,7 +120,7 @@ func Open(ctx context.Context, rawURL string, opts Options) (*gorm.DB, error) {
 	}
 	if d == SQLite {
 		gate.maxIdle = maxOpen
-		go checkpoint(sqlDB, gate, checkpointEvery[sqliteSync(opts)])
+		go checkpoint(sqlDB, gate, checkpointEvery(sqliteSync(opts)))
 	}
 	return db, nil
 }
@@ -182,8 +182,8 @@ func sqliteSync(opts Options) string {
 func parseURL(rawURL string, opts Options) (Dialect, string, string, error) {
 	busy := sqliteBusy(opts)
 	sqliteDSN := func(path string) (Dialect, string, string, error) {
-		sync := strings.ToUpper(sqliteSync(opts))
-		if _, ok := checkpointEvery[sqliteSync(opts)]; !ok {
+		sync := sqliteSync(opts)
+		if sync != SyncNormal && sync != SyncFull {
 			return "", "", "", fmt.Errorf("SQLite synchronous setting %q is not %s or %s", opts.SQLiteSynchronous, SyncNormal, SyncFull)
 		}
 		if opts.MustExist {
@@ -204,7 +204,7 @@ func parseURL(rawURL string, opts Options) (Dialect, string, string, error) {
 		q.Set("_busy_timeout", fmt.Sprint(busy.Milliseconds()))
 		q.Set("_foreign_keys", "1")
 		q.Set("_txlock", "immediate")
-		q.Set("_synchronous", sync)
+		q.Set("_synchronous", strings.ToUpper(sync))
 		return SQLite, "file:" + path + "?" + q.Encode(), path, nil
 	}
 	switch {
