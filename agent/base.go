@@ -510,7 +510,7 @@ func saveBasesSQLite(tx *gorm.DB, bs []*linkBase, now time.Time) error {
 func (s links) base(ctx context.Context, l link) (*linkBase, error) {
 	var r baseRow
 	const q = `SELECT crm_id, map_version, hashes, updated_at, fhir_edited_at, crm_edited_at FROM agent_link_base WHERE entity_map = ? AND fhir_id = ?`
-	err := s.row(ctx, q, l.EntityMap, l.FHIRID).Scan(r.dest()...)
+	err := queryRow(ctx, s.db, q, l.EntityMap, l.FHIRID).Scan(r.dest()...)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, errNoBase
 	}
@@ -518,14 +518,6 @@ func (s links) base(ctx context.Context, l link) (*linkBase, error) {
 		return nil, fmt.Errorf("reading the base state of %s %s: %w", l.EntityMap, l.FHIRID, err)
 	}
 	return r.read(l.EntityMap, l.FHIRID).of(l)
-}
-
-// row runs a query of one row: on SQLite without gorm (storage.Direct).
-func (s links) row(ctx context.Context, q string, args ...any) *sql.Row {
-	if storage.DialectOf(s.db) == storage.SQLite {
-		return storage.Direct(s.db.WithContext(ctx)).QueryRow(q, args...)
-	}
-	return s.db.WithContext(ctx).Raw(q, args...).Row()
 }
 
 // byCRMWithBase is byCRM that also reads, in the same statement, the base
@@ -538,8 +530,7 @@ func (s links) byCRMWithBase(ctx context.Context, entityMap, crmID string) (link
 		b.crm_id, b.map_version, b.hashes, b.updated_at, b.fhir_edited_at, b.crm_edited_at
 		FROM agent_links l LEFT JOIN agent_link_base b ON b.entity_map = l.entity_map AND b.fhir_id = l.fhir_id
 		WHERE l.entity_map = ? AND l.crm_id = ?`
-	dest := append([]any{&l.EntityMap, &l.FHIRType, &l.FHIRID, &l.CRMEntity, &l.CRMID, &l.FHIRVersion, &l.CRMVersion, &l.UpdatedAt}, r.dest()...)
-	err := s.row(ctx, q, entityMap, crmID).Scan(dest...)
+	err := queryRow(ctx, s.db, q, entityMap, crmID).Scan(append(l.dest(), r.dest()...)...)
 	if errors.Is(err, sql.ErrNoRows) {
 		return link{}, nil, errNoLink
 	}

@@ -42,12 +42,26 @@ type links struct{ db *gorm.DB }
 // linkColumns are the columns byKey scans, in link's field order.
 const linkColumns = `entity_map, fhir_type, fhir_id, crm_entity, crm_id, fhir_version, crm_version, updated_at`
 
+// dest is where a row of linkColumns scans into.
+func (l *link) dest() []any {
+	return []any{&l.EntityMap, &l.FHIRType, &l.FHIRID, &l.CRMEntity, &l.CRMID, &l.FHIRVersion, &l.CRMVersion, &l.UpdatedAt}
+}
+
+// queryRow runs a query of one row with ? placeholders: on SQLite without
+// gorm (storage.Direct), on PostgreSQL through gorm, which numbers them.
+func queryRow(ctx context.Context, db *gorm.DB, q string, args ...any) *sql.Row {
+	if storage.DialectOf(db) == storage.SQLite {
+		return storage.Direct(db.WithContext(ctx)).QueryRow(q, args...)
+	}
+	return db.WithContext(ctx).Raw(q, args...).Row()
+}
+
 // byKey reads a link on SQLite without gorm (see storage.Direct); column
 // is fhir_id or crm_id.
 func (s links) byKey(ctx context.Context, column, entityMap, id string) (link, error) {
 	var l link
 	err := storage.Direct(s.db.WithContext(ctx)).QueryRow(`SELECT `+linkColumns+` FROM agent_links WHERE entity_map = ? AND `+column+` = ?`, entityMap, id).
-		Scan(&l.EntityMap, &l.FHIRType, &l.FHIRID, &l.CRMEntity, &l.CRMID, &l.FHIRVersion, &l.CRMVersion, &l.UpdatedAt)
+		Scan(l.dest()...)
 	if errors.Is(err, sql.ErrNoRows) {
 		return link{}, errNoLink
 	}
@@ -330,13 +344,7 @@ func (s ownWrites) probe(ctx context.Context, side, rtype, rid, version string) 
 	// The row of version sorts first when there is one; else the newest.
 	const q = `SELECT version, value_hash, value_fields FROM agent_own_writes WHERE side = ? AND rtype = ? AND rid = ?
 		ORDER BY CASE WHEN version = ? THEN 0 ELSE 1 END, written_at DESC LIMIT 1`
-	var row *sql.Row
-	if storage.DialectOf(s.db) == storage.SQLite {
-		row = storage.Direct(s.db.WithContext(ctx)).QueryRow(q, side, rtype, rid, version)
-	} else {
-		row = s.db.WithContext(ctx).Raw(q, side, rtype, rid, version).Row()
-	}
-	err = row.Scan(&newest.Version, &newest.ValueHash, &newest.ValueFields)
+	err = queryRow(ctx, s.db, q, side, rtype, rid, version).Scan(&newest.Version, &newest.ValueHash, &newest.ValueFields)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, ownWrite{}, false, nil
 	}
