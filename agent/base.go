@@ -461,20 +461,33 @@ const baseParams = 8
 var baseChunks = []int{16, 8, 4, 2, 1}
 
 // Statements of saveBasesSQLite by row count: the deletion of bases left
-// under another FHIR id by re-paired CRM records, and the upsert.
-var delBaseSQL, insBaseSQL = func() (del, ins map[int]string) {
-	del, ins = map[int]string{}, map[int]string{}
+// under another FHIR id by re-paired CRM records, the update of bases kept
+// by the same pair, and the upsert of the others.
+//
+// The update leaves crm_id out of its SET list: SQLite rewrites the entry
+// of every index holding a column the statement assigns, even to the value
+// it had, so an upsert setting crm_id = excluded.crm_id writes a page of
+// agent_link_base_crm for each base it refreshes. Most saves refresh the
+// base of a pair that exists; the upsert after the update then finds the
+// same crm_id and, by its WHERE, writes nothing.
+var delBaseSQL, updBaseSQL, insBaseSQL = func() (del, upd, ins map[int]string) {
+	del, upd, ins = map[int]string{}, map[int]string{}, map[int]string{}
 	for _, n := range baseChunks {
 		v3 := "(?, ?, ?)" + strings.Repeat(", (?, ?, ?)", n-1)
 		del[n] = storage.KeepPrepared(`DELETE FROM agent_link_base WHERE rowid IN (SELECT b.rowid FROM (VALUES ` + v3 + `) AS v
 			JOIN agent_link_base b ON b.entity_map = v.column1 AND b.crm_id = v.column2 AND b.fhir_id <> v.column3)`)
 		g := "(?" + strings.Repeat(", ?", baseParams-1) + ")"
+		rows := g + strings.Repeat(", "+g, n-1)
+		upd[n] = storage.KeepPrepared(`UPDATE agent_link_base AS b SET map_version = v.column4, hashes = v.column5, updated_at = v.column6,
+			fhir_edited_at = v.column7, crm_edited_at = v.column8
+			FROM (VALUES ` + rows + `) AS v WHERE b.entity_map = v.column1 AND b.fhir_id = v.column2 AND b.crm_id = v.column3`)
 		ins[n] = storage.KeepPrepared(`INSERT INTO agent_link_base (entity_map, fhir_id, crm_id, map_version, hashes, updated_at, fhir_edited_at, crm_edited_at) VALUES ` +
-			g + strings.Repeat(", "+g, n-1) + `
+			rows + `
 		ON CONFLICT (entity_map, fhir_id) DO UPDATE SET crm_id = excluded.crm_id, map_version = excluded.map_version, hashes = excluded.hashes, updated_at = excluded.updated_at,
-		fhir_edited_at = excluded.fhir_edited_at, crm_edited_at = excluded.crm_edited_at`)
+		fhir_edited_at = excluded.fhir_edited_at, crm_edited_at = excluded.crm_edited_at
+		WHERE agent_link_base.crm_id IS NOT excluded.crm_id`)
 	}
-	return del, ins
+	return del, upd, ins
 }()
 
 // saveBasesSQLite is saveBasesTx on SQLite for bases of distinct CRM
@@ -495,6 +508,9 @@ func saveBasesSQLite(tx *gorm.DB, bs []*linkBase, now time.Time) error {
 			ins = append(ins, b.EntityMap, b.FHIRID, b.CRMID, b.MapVersion, encodeBase(b.Attrs), now, nullTime(b.FHIREditedAt), nullTime(b.CRMEditedAt))
 		}
 		if _, err := storage.Direct(tx).Exec(delBaseSQL[n], del...); err != nil {
+			return err
+		}
+		if _, err := storage.Direct(tx).Exec(updBaseSQL[n], ins...); err != nil {
 			return err
 		}
 		if _, err := storage.Direct(tx).Exec(insBaseSQL[n], ins...); err != nil {

@@ -291,6 +291,60 @@ func TestBaseFollowsItsLink(t *testing.T) {
 	})
 }
 
+// One batch of bases, as a group commit saves them: refreshes of pairs that
+// have a base, new pairs, a FHIR record paired with another CRM record and
+// a CRM record paired with another FHIR record each leave one base per pair,
+// holding what the batch saved.
+func TestSavingBasesInABatchLeavesOneBasePerPair(t *testing.T) {
+	t.Parallel()
+	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
+		ctx := context.Background()
+		lk := links{db: db}
+		save := func(bs ...*linkBase) {
+			t.Helper()
+			if err := db.Transaction(func(tx *gorm.DB) error { return saveBasesTx(tx, bs) }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		save(testBase("a", "x", 1), testBase("b", "y", 1), testBase("c", "z", 1), testBase("d", "w", 1))
+		edited := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+		refreshed := testBase("a", "x", 2)
+		refreshed.MapVersion, refreshed.CRMEditedAt = 5, edited
+		// a: refreshed; b: now paired with CRM v; z: now paired with FHIR e;
+		// f: new; d keeps its base from before.
+		save(refreshed, testBase("b", "v", 3), testBase("e", "z", 4), testBase("f", "u", 5))
+		l := func(fhirID, crmID string) link { return link{EntityMap: "patient", FHIRID: fhirID, CRMID: crmID} }
+		for _, tc := range []struct {
+			pair    link
+			want    byte
+			version int
+		}{
+			{l("a", "x"), 2, 5}, {l("b", "v"), 3, 4}, {l("e", "z"), 4, 4}, {l("f", "u"), 5, 4}, {l("d", "w"), 1, 4},
+		} {
+			got, err := lk.base(ctx, tc.pair)
+			if err != nil {
+				t.Errorf("%s/%s: %v", tc.pair.FHIRID, tc.pair.CRMID, err)
+				continue
+			}
+			if got.Attrs["family"].FHIR[0] != tc.want || got.Attrs["family"].CRM[1] != tc.want || got.MapVersion != tc.version {
+				t.Errorf("%s/%s: base %+v, want hashes of %d and map version %d", tc.pair.FHIRID, tc.pair.CRMID, got, tc.want, tc.version)
+			}
+		}
+		if got, err := lk.base(ctx, l("a", "x")); err != nil || !got.CRMEditedAt.Equal(edited) || !got.FHIREditedAt.IsZero() {
+			t.Errorf("refreshed base's edit times: %+v, %v", got, err)
+		}
+		for _, gone := range []link{l("b", "y"), l("c", "z")} {
+			if _, err := lk.base(ctx, gone); !errors.Is(err, errNoBase) {
+				t.Errorf("the base of the old pairing %s/%s survived: %v", gone.FHIRID, gone.CRMID, err)
+			}
+		}
+		var n int64
+		if err := db.Raw(`SELECT COUNT(*) FROM agent_link_base`).Scan(&n).Error; err != nil || n != 5 {
+			t.Errorf("%d bases after the batch, want 5 (%v)", n, err)
+		}
+	})
+}
+
 // A CRM→FHIR message reads its link and the pair's base in one statement
 // before it locks the pair; what that read serves must be what links.base
 // reads on its own, for the pair asked about only.
