@@ -215,6 +215,29 @@ func TestSavedLinksRepointACRMRecord(t *testing.T) {
 		if _, err := lk.byCRM(ctx, "patient", "y"); !errors.Is(err, errNoLink) {
 			t.Errorf("y kept a link after b moved to z: %v", err)
 		}
+		// A batch of more links than one statement holds: even FHIR ids
+		// refresh their pairing, odd ones move to a new CRM record.
+		var first, second []link
+		for i := range 21 {
+			first = append(first, l(fmt.Sprintf("f%02d", i), fmt.Sprintf("k%02d", i), "1"))
+			crm := fmt.Sprintf("k%02d", i)
+			if i%2 == 1 {
+				crm = fmt.Sprintf("n%02d", i)
+			}
+			second = append(second, l(fmt.Sprintf("f%02d", i), crm, "2"))
+		}
+		save(first...)
+		save(second...)
+		for _, want := range second {
+			if got, err := lk.byFHIR(ctx, "patient", want.FHIRID); err != nil || got.CRMID != want.CRMID || got.FHIRVersion != "2" {
+				t.Errorf("%s: link %+v, %v; want paired with %s at version 2", want.FHIRID, got, err, want.CRMID)
+			}
+		}
+		for i := 1; i < 21; i += 2 {
+			if _, err := lk.byCRM(ctx, "patient", fmt.Sprintf("k%02d", i)); !errors.Is(err, errNoLink) {
+				t.Errorf("k%02d kept a link after its FHIR record moved on: %v", i, err)
+			}
+		}
 	})
 }
 

@@ -149,3 +149,54 @@ func TestCompleteHeldSkipsExpiredLocksInTheCallersTransaction(t *testing.T) {
 		})
 	})
 }
+
+// A batch larger than one statement's rows, in which one message carries
+// another's lock token and one was completed already: the other messages
+// are deleted, those two are reported lost, and the message whose token
+// was borrowed is deleted once.
+func TestCompleteHeldInBatchesMatchesEachSeqWithItsOwnToken(t *testing.T) {
+	t.Parallel()
+	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
+		ctx := context.Background()
+		q := open(t, db, "held-batches", embedded.Options{LockDuration: time.Hour})
+		const n = 45
+		for i := range n {
+			if err := q.Send(ctx, keyed(fmt.Sprintf("held-batches-%02d", i), "")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var got []*queues.Received
+		for len(got) < n {
+			ms, err := q.Receive(ctx, n-len(got), time.Second)
+			if err != nil || len(ms) == 0 {
+				t.Fatalf("received %d of %d: %v", len(got), n, err)
+			}
+			got = append(got, ms...)
+		}
+		done := got[7]
+		if err := q.Complete(ctx, done); err != nil {
+			t.Fatal(err)
+		}
+		borrowed := *got[20]
+		borrowed.LockToken = got[21].LockToken
+		batch := slices.Clone(got)
+		batch[20] = &borrowed
+		var lost []int64
+		if err := q.Database().Transaction(func(tx *gorm.DB) error {
+			var err error
+			lost, err = q.CompleteHeld(tx, batch...)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(lost)
+		want := []int64{done.SequenceNumber, borrowed.SequenceNumber}
+		slices.Sort(want)
+		if !slices.Equal(lost, want) {
+			t.Fatalf("lost %v, want %v (the completed message and the one with a borrowed token)", lost, want)
+		}
+		if d, err := q.Depth(ctx); err != nil || d != (queues.Depth{Active: 1}) {
+			t.Fatalf("Depth = %+v, %v; want the message with the borrowed token only", d, err)
+		}
+	})
+}
