@@ -24,11 +24,11 @@ import (
 // does, so a Bundle is worth waiting for only as long as the wait does not
 // hold up the writers: a pool of workers going through a backlog waits in
 // the pending Bundle, and every millisecond there is a millisecond of each
-// message's time. Writes arriving while Bundles are in flight still make
-// Bundles of tens of entries. In `fhirsync bench` (10,000 records, CRM→FHIR
-// without limits, 64 workers) the agent synced a median of 1,237 records/s
-// with 3ms against 1,036 with 50ms (twelve and thirteen runs, alternating),
-// at the same CPU per record; see docs/benchmarks.md, tenth round.
+// message's time; writes that arrive together still share a Bundle. In
+// `fhirsync bench` (10,000 records, CRM→FHIR without limits, 64 workers)
+// the agent synced a median of 1,237 records/s with 3ms against 1,036 with
+// 50ms (twelve and thirteen runs, alternating), at the same CPU per record;
+// see docs/benchmarks.md, tenth round.
 const DefaultBatchWait = 3 * time.Millisecond
 
 // BatchConfig configures a Batcher.
