@@ -150,11 +150,11 @@ func TestCompleteHeldSkipsExpiredLocksInTheCallersTransaction(t *testing.T) {
 	})
 }
 
-// A batch larger than one statement's rows, in which one message carries
+// A group commit's batch of 45 messages, in which one message carries
 // another's lock token and one was completed already: the other messages
 // are deleted, those two are reported lost, and the message whose token
 // was borrowed is deleted once.
-func TestCompleteHeldInBatchesMatchesEachSeqWithItsOwnToken(t *testing.T) {
+func TestCompleteHeldMatchesEachSeqWithItsOwnToken(t *testing.T) {
 	t.Parallel()
 	storagetest.Each(t, func(t *testing.T, db *gorm.DB) {
 		ctx := context.Background()
