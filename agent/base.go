@@ -493,7 +493,9 @@ var delBaseSQL, updBaseSQL, insBaseSQL = func() (del, upd, ins map[int]string) {
 // saveBasesSQLite is saveBasesTx on SQLite for bases of distinct CRM
 // records and pairs, in multi-row statements.
 func saveBasesSQLite(tx *gorm.DB, bs []*linkBase, now time.Time) error {
-	var del, ins []any
+	// del binds the deletion's (entity map, CRM id, FHIR id) rows; rows
+	// binds the base rows the update and the upsert both take.
+	var del, rows []any
 	for len(bs) > 0 {
 		n := 1
 		for _, c := range baseChunks {
@@ -502,18 +504,18 @@ func saveBasesSQLite(tx *gorm.DB, bs []*linkBase, now time.Time) error {
 				break
 			}
 		}
-		del, ins = del[:0], ins[:0]
+		del, rows = del[:0], rows[:0]
 		for _, b := range bs[:n] {
 			del = append(del, b.EntityMap, b.CRMID, b.FHIRID)
-			ins = append(ins, b.EntityMap, b.FHIRID, b.CRMID, b.MapVersion, encodeBase(b.Attrs), now, nullTime(b.FHIREditedAt), nullTime(b.CRMEditedAt))
+			rows = append(rows, b.EntityMap, b.FHIRID, b.CRMID, b.MapVersion, encodeBase(b.Attrs), now, nullTime(b.FHIREditedAt), nullTime(b.CRMEditedAt))
 		}
 		if _, err := storage.Direct(tx).Exec(delBaseSQL[n], del...); err != nil {
 			return err
 		}
-		if _, err := storage.Direct(tx).Exec(updBaseSQL[n], ins...); err != nil {
+		if _, err := storage.Direct(tx).Exec(updBaseSQL[n], rows...); err != nil {
 			return err
 		}
-		if _, err := storage.Direct(tx).Exec(insBaseSQL[n], ins...); err != nil {
+		if _, err := storage.Direct(tx).Exec(insBaseSQL[n], rows...); err != nil {
 			return err
 		}
 		bs = bs[n:]
