@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"runtime/metrics"
 	"runtime/pprof"
 	"strconv"
@@ -75,16 +74,8 @@ names one; use a scratch database, the run leaves its rows behind.`)
 		if *endpoint == "" {
 			return usageErrorf("bench: --serve-sandboxes needs --endpoint")
 		}
-		// The sandbox CRM keeps every row in memory: a large live heap that
-		// Go's default collector would mark over and over, taking CPU the
-		// agent's run needs (the sandboxes stand in for servers on other
-		// machines). Collect at 400 % growth, within 3 GiB.
-		if e.getenv("GOGC") == "" {
-			debug.SetGCPercent(400)
-		}
-		if e.getenv("GOMEMLIMIT") == "" {
-			debug.SetMemoryLimit(sandboxMemoryLimit)
-		}
+		// The sandboxes stand in for servers on other machines.
+		tuneSandboxCollector(e.getenv)
 		if *cpuProfile != "" {
 			stop, err := startCPUProfile(*cpuProfile)
 			if err != nil {
@@ -94,7 +85,6 @@ names one; use a scratch database, the run leaves its rows behind.`)
 		}
 		return agentbench.ServeSandboxes(ctx, *sandboxDir, *endpoint, os.Stdin, e.stdout)
 	}
-	tuneCollector(e.getenv)
 	switch {
 	case *baseState != "on" && *baseState != "off":
 		return usageErrorf("bench: --base-state must be on or off")
@@ -121,11 +111,13 @@ names one; use a scratch database, the run leaves its rows behind.`)
 	case *sandboxProfile != "" && *where != "process":
 		return usageErrorf("bench: --sandbox-cpuprofile needs --sandboxes process")
 	}
-	if *where == "inline" && e.getenv("GOMEMLIMIT") == "" {
+	if *where == "inline" {
 		// The sandboxes' rows share this heap: under the agent's soft
 		// limit alone the collector would run almost without pause (one
 		// run: 268 CRM→FHIR records/s, 6.9 ms of CPU a record).
-		debug.SetMemoryLimit(sandboxMemoryLimit)
+		tuneSandboxCollector(e.getenv)
+	} else {
+		tuneCollector(e.getenv)
 	}
 
 	dir, err := os.MkdirTemp("", "fhirsync-bench-")
