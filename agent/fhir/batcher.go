@@ -45,8 +45,8 @@ type BatchConfig struct {
 	Logger *slog.Logger
 }
 
-// Batcher gathers the writes (Create, CreateIfNoneExist, Update, Delete)
-// that concurrent callers make into batch Bundles (FHIR R4
+// Batcher gathers the reads and writes (Read, Create, CreateIfNoneExist,
+// Update, Delete) that concurrent callers make into batch Bundles (FHIR R4
 // http.html#transaction: https://hl7.org/fhir/R4/http.html#transaction):
 // one POST [base] per up to Max entries, or after Wait since the first
 // pending entry, with several Bundles in flight at once. Each caller gets
@@ -63,8 +63,8 @@ type BatchConfig struct {
 // as such (another 4xx) is sent again as single requests.
 //
 // It batches only when the server's CapabilityStatement lists the
-// system-level interaction "batch"; otherwise, and for reads and searches,
-// it passes the call through to the Client. Calls that overlap in time
+// system-level interaction "batch"; otherwise, and for searches, it passes
+// the call through to the Client. Calls that overlap in time
 // have no order among them, as with concurrent single requests.
 type Batcher struct {
 	c   *Client
@@ -80,6 +80,7 @@ type Batcher struct {
 
 	capMu     sync.Mutex
 	capable   atomic.Int32 // capUnknown, capYes or capNo
+	noReads   atomic.Bool  // the server refused a GET entry: reads go singly
 	checkedAt time.Time    // of the last failed capability read
 	now       func() time.Time
 }
@@ -122,9 +123,44 @@ func NewBatcher(c *Client, cfg BatchConfig) (*Batcher, error) {
 	return b, nil
 }
 
-// Read passes through to the Client.
+// Read is Client.Read, batched as a GET entry (R4 http.html#transaction:
+// a batch may hold reads) in the Bundle pending with other reads and
+// writes. The entry answers as the read interaction does: the resource,
+// or 404 / 410 as an *Error of the same class. A server that refuses GET
+// entries (an entry answered 400, 405, 422 or 501) gets single reads from
+// then on.
 func (b *Batcher) Read(ctx context.Context, typ, id string) (Resource, error) {
-	return b.c.Read(ctx, typ, id)
+	if b.noReads.Load() || !isTypeName(typ) || !isID(id) || !b.batching(ctx) {
+		return b.c.Read(ctx, typ, id)
+	}
+	op := &batchOp{op: "read " + typ + "/" + id, typ: typ, id: id, method: http.MethodGet, url: typ + "/" + id}
+	r := b.submit(ctx, op)
+	switch {
+	case r.single:
+		return b.c.Read(ctx, typ, id)
+	case r.err != nil && readsRefused(r.status):
+		if b.noReads.CompareAndSwap(false, true) {
+			b.log.Warn("fhir batch: the server refused a read in a batch Bundle; reading with single requests", "status", r.status)
+		}
+		return b.c.Read(ctx, typ, id)
+	case r.err != nil:
+		return nil, r.err
+	case r.res == nil || r.res.ID() != id:
+		// A 2xx entry without the resource asked for: read it as the
+		// Client would.
+		return b.c.Read(ctx, typ, id)
+	}
+	return r.res, nil
+}
+
+// readsRefused reports whether a read entry's status says the server does
+// not serve reads inside a batch, rather than anything about the resource.
+func readsRefused(status int) bool {
+	switch status {
+	case http.StatusBadRequest, http.StatusMethodNotAllowed, http.StatusUnprocessableEntity, http.StatusNotImplemented:
+		return true
+	}
+	return false
 }
 
 // Search passes through to the Client.

@@ -59,6 +59,7 @@ func countingClient(t *testing.T, base string) (*Client, *countingTransport) {
 
 // writer is what both the Client and the Batcher offer the agent.
 type writer interface {
+	Read(ctx context.Context, typ, id string) (Resource, error)
 	Create(ctx context.Context, res Resource) (Resource, error)
 	CreateIfNoneExist(ctx context.Context, res Resource, criteria url.Values) (Resource, bool, error)
 	Update(ctx context.Context, res Resource, ifMatch string) (Resource, error)
@@ -183,6 +184,36 @@ var batchCases = []batchCase{
 			return outcome(r, nil, err)
 		}
 	}},
+	{"read", "ok Patient", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+		val := uniq("bread")
+		cur := made(ctx, t, c, val)
+		return func(ctx context.Context, w writer) string {
+			r, err := w.Read(ctx, "Patient", cur.ID())
+			got := outcome(r, nil, err)
+			if err == nil && (r.ID() != cur.ID() || r.VersionID() != cur.VersionID() || identifierValue(r) != val) {
+				got += fmt.Sprintf(" but %s/%s version %s (%s), want %s version %s (%s)",
+					r.Type(), r.ID(), r.VersionID(), identifierValue(r), cur.ID(), cur.VersionID(), val)
+			}
+			return got
+		}
+	}},
+	{"read of what does not exist", "not_found 404", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+		id := uniq("nobody")
+		return func(ctx context.Context, w writer) string {
+			r, err := w.Read(ctx, "Patient", id)
+			return outcome(r, nil, err)
+		}
+	}},
+	{"read of a deleted resource", "", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+		cur := made(ctx, t, c, uniq("breadgone"))
+		if err := c.Delete(ctx, "Patient", cur.ID()); err != nil {
+			t.Fatal(err)
+		}
+		return func(ctx context.Context, w writer) string {
+			r, err := w.Read(ctx, "Patient", cur.ID())
+			return outcome(r, nil, err)
+		}
+	}},
 	{"delete", "ok", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
 		cur := made(ctx, t, c, uniq("bdel"))
 		return func(ctx context.Context, w writer) string {
@@ -226,7 +257,7 @@ func TestBatcherSuite(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			before := ct.count("POST /")
+			before, readsBefore := ct.count("POST /"), ct.count("GET /Patient")
 			got := make([]string, len(batchCases))
 			var wg sync.WaitGroup
 			for i := range batchCases {
@@ -235,6 +266,9 @@ func TestBatcherSuite(t *testing.T) {
 			wg.Wait()
 			if n := ct.count("POST /") - before; n != 1 {
 				t.Errorf("%d batch Bundles posted, want 1", n)
+			}
+			if n := ct.count("GET /Patient") - readsBefore; n != 0 {
+				t.Errorf("%d single reads beside the Bundle, want none (the reads are its entries)", n)
 			}
 			for i, bc := range batchCases {
 				if bc.want != "" && want[i] != bc.want {
@@ -761,5 +795,91 @@ func TestBatcherLoneWriteGoesSingly(t *testing.T) {
 	}
 	if n := ct.count("POST /Patient") + ct.count("PUT /Patient") + ct.count("DELETE /Patient"); n != 5 {
 		t.Errorf("%d single writes, want 5", n)
+	}
+}
+
+// TestBatcherReadsWhereServed: a server that answers a read entry 405 (it
+// serves only writes in a batch) gets that read again as a single request,
+// and every later read singly; its writes still go as Bundles. A read
+// entry answered 404 is the caller's own not-found, not a refusal.
+func TestBatcherReadsWhereServed(t *testing.T) {
+	t.Parallel()
+	var refuse atomic.Bool
+	f := &fakeBatchServer{interactions: []string{"batch"}, batch: func(w http.ResponseWriter, entries []any) {
+		out := make([]any, len(entries))
+		for i, e := range entries {
+			req := e.(map[string]any)["request"].(map[string]any)
+			id := strings.TrimPrefix(req["url"].(string), "Patient/")
+			switch {
+			case req["method"] != http.MethodGet:
+				out[i] = map[string]any{"resource": map[string]any{"resourceType": "Patient", "id": id, "meta": map[string]any{"versionId": "2"}},
+					"response": map[string]any{"status": "200 OK"}}
+			case refuse.Load():
+				out[i] = map[string]any{"response": map[string]any{"status": "405 Method Not Allowed"}}
+			case id == "gone":
+				out[i] = map[string]any{"response": map[string]any{"status": "404 Not Found"}}
+			default:
+				out[i] = map[string]any{"resource": map[string]any{"resourceType": "Patient", "id": id, "meta": map[string]any{"versionId": "7"}},
+					"response": map[string]any{"status": "200 OK", "etag": `W/"7"`}}
+			}
+		}
+		writeBatchResponse(w, out...)
+	}, single: func(w http.ResponseWriter, r *http.Request) {
+		id := strings.TrimPrefix(r.URL.Path, "/Patient/")
+		_, _ = fmt.Fprintf(w, `{"resourceType":"Patient","id":%q,"meta":{"versionId":"8"}}`, id)
+	}}
+	b, err := NewBatcher(startFake(t, f), BatchConfig{Max: 2, Wait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	// Two reads fill a Bundle of two: both are its entries.
+	pair := func(a, c string) (got [2]string) {
+		var wg sync.WaitGroup
+		for i, id := range []string{a, c} {
+			wg.Go(func() {
+				r, err := b.Read(ctx, "Patient", id)
+				got[i] = outcome(r, nil, err)
+				if err == nil {
+					got[i] += " " + r.ID() + "@" + r.VersionID()
+				}
+			})
+		}
+		wg.Wait()
+		return got
+	}
+	if got := pair("a", "gone"); got != [2]string{"ok Patient a@7", "not_found 404"} {
+		t.Errorf("reads as entries: %q", got)
+	}
+	if b.noReads.Load() || f.singles.Load() != 0 || f.bundles.Load() != 1 {
+		t.Fatalf("after entries that were served: noReads %v, %d single requests, %d Bundles; want false, 0, 1",
+			b.noReads.Load(), f.singles.Load(), f.bundles.Load())
+	}
+	refuse.Store(true)
+	if got := pair("b", "c"); got != [2]string{"ok Patient b@8", "ok Patient c@8"} {
+		t.Errorf("reads refused as entries: %q, want each read again singly", got)
+	}
+	if !b.noReads.Load() || f.singles.Load() != 2 {
+		t.Fatalf("after refused entries: noReads %v, %d single requests; want true, 2", b.noReads.Load(), f.singles.Load())
+	}
+	bundles := f.bundles.Load()
+	if got := pair("d", "e"); got != [2]string{"ok Patient d@8", "ok Patient e@8"} {
+		t.Errorf("later reads: %q", got)
+	}
+	if f.bundles.Load() != bundles || f.singles.Load() != 4 {
+		t.Errorf("later reads: %d more Bundles, %d single requests; want 0 and 4", f.bundles.Load()-bundles, f.singles.Load())
+	}
+	// Writes still share Bundles.
+	var wg sync.WaitGroup
+	for _, id := range []string{"w1", "w2"} {
+		wg.Go(func() {
+			if _, err := b.Update(ctx, Resource{"resourceType": "Patient", "id": id}, ""); err != nil {
+				t.Errorf("update %s: %v", id, err)
+			}
+		})
+	}
+	wg.Wait()
+	if f.bundles.Load() != bundles+1 {
+		t.Errorf("two updates after reads went singly: %d Bundles, want %d", f.bundles.Load(), bundles+1)
 	}
 }

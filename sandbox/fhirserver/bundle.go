@@ -71,11 +71,18 @@ func (s *Server) bundle(ctx context.Context, base string, body []byte) (reply, e
 		// "The success or failure of one change SHOULD not alter the success
 		// or failure or resulting content of another change"); they commit
 		// together.
+		// Reads are answered after the writes have committed, from the
+		// store as any read sees it: a batch of reads takes no write
+		// transaction.
 		var fns []func(w *writer) error
-		var at []int
+		var at, reads []int
 		for i, e := range entries {
-			if e.method == "INVALID" {
+			switch e.method {
+			case "INVALID":
 				results[i] = entryResult{err: errorf(http.StatusBadRequest, "invalid", "entry %d is not a valid request", i)}
+				continue
+			case "GET":
+				reads = append(reads, i)
 				continue
 			}
 			at = append(at, i)
@@ -92,6 +99,18 @@ func (s *Server) bundle(ctx context.Context, base string, body []byte) (reply, e
 				results[at[k]] = entryResult{err: fe}
 			case err != nil:
 				return reply{}, err
+			}
+		}
+		for _, i := range reads {
+			rec, err := s.readCurrent(ctx, entries[i].typ, entries[i].id)
+			var fe *fhirError
+			switch {
+			case errors.As(err, &fe):
+				results[i] = entryResult{err: fe}
+			case err != nil:
+				return reply{}, err
+			default:
+				results[i] = entryResult{rec: rec, status: http.StatusOK}
 			}
 		}
 	}
@@ -278,12 +297,16 @@ func (s *Server) runEntry(ctx context.Context, w *writer, e *bundleEntry) (entry
 		}
 		return entryResult{status: http.StatusNoContent, deleted: true}, nil
 	case "GET":
+		// Inside a transaction, as the read interaction answers.
 		rec, err := current(ctx, w.tx, e.typ, e.id)
-		if errors.Is(err, errNoRecord) || err == nil && rec.deleted {
+		if errors.Is(err, errNoRecord) {
 			return entryResult{}, errorf(http.StatusNotFound, "not-found", "%s/%s is not known", e.typ, e.id)
 		}
 		if err != nil {
 			return entryResult{}, err
+		}
+		if rec.deleted {
+			return entryResult{}, errorf(http.StatusGone, "deleted", "%s/%s was deleted", e.typ, e.id)
 		}
 		return entryResult{rec: rec, status: http.StatusOK}, nil
 	}

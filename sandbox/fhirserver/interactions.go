@@ -75,17 +75,28 @@ func resourceReply(status int, base string, r record) reply {
 }
 
 func (s *Server) read(ctx context.Context, typ, id string) (reply, error) {
-	r, err := current(ctx, s.store.reader(), typ, id)
-	if errors.Is(err, errNoRecord) {
-		return reply{}, errorf(http.StatusNotFound, "not-found", "%s/%s is not known", typ, id)
-	}
+	r, err := s.readCurrent(ctx, typ, id)
 	if err != nil {
 		return reply{}, err
 	}
-	if r.deleted {
-		return reply{}, errorf(http.StatusGone, "deleted", "%s/%s was deleted", typ, id)
-	}
 	return resourceReply(http.StatusOK, "", r), nil
+}
+
+// readCurrent is the read interaction, alone or as a batch entry: the
+// current version of typ/id; 404 when it never existed, 410 when its
+// current version is a deletion (R4 http.html#read).
+func (s *Server) readCurrent(ctx context.Context, typ, id string) (record, error) {
+	r, err := current(ctx, s.store.reader(), typ, id)
+	if errors.Is(err, errNoRecord) {
+		return r, errorf(http.StatusNotFound, "not-found", "%s/%s is not known", typ, id)
+	}
+	if err != nil {
+		return r, err
+	}
+	if r.deleted {
+		return r, errorf(http.StatusGone, "deleted", "%s/%s was deleted", typ, id)
+	}
+	return r, nil
 }
 
 func (s *Server) vread(ctx context.Context, typ, id, vid string) (reply, error) {

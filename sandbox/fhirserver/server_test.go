@@ -459,3 +459,53 @@ func BenchmarkUpsert(b *testing.B) {
 		}
 	})
 }
+
+// TestBatchReads: a GET entry of a batch answers as the read interaction
+// does (R4 http.html#read: 404 for an id never known, 410 for a deleted
+// one), with the resource and its etag, and sees the batch's own writes,
+// which commit before its reads are answered.
+func TestBatchReads(t *testing.T) {
+	t.Parallel()
+	_, base := newTest(t, Options{})
+	do(t, "PUT", base+"/Patient/r1", `{"resourceType":"Patient","id":"r1","gender":"female"}`)
+	do(t, "PUT", base+"/Patient/r2", `{"resourceType":"Patient","id":"r2"}`)
+	do(t, "DELETE", base+"/Patient/r2", "")
+	batch := `{"resourceType":"Bundle","type":"batch","entry":[
+		{"request":{"method":"GET","url":"Patient/r1"}},
+		{"request":{"method":"GET","url":"Patient/r2"}},
+		{"request":{"method":"GET","url":"Patient/nobody"}},
+		{"resource":{"resourceType":"Patient","id":"r3","gender":"male"},"request":{"method":"PUT","url":"Patient/r3"}},
+		{"request":{"method":"GET","url":"Patient/r3"}}]}`
+	r := do(t, "POST", base+"/", batch)
+	if r.status != 200 || r.body["type"] != "batch-response" {
+		t.Fatalf("batch: %d %v", r.status, r.body["type"])
+	}
+	entries := r.body["entry"].([]any)
+	if len(entries) != 5 {
+		t.Fatalf("%d entries, want 5", len(entries))
+	}
+	entry := func(i int) (status, etag string, res map[string]any) {
+		e := entries[i].(map[string]any)
+		resp := e["response"].(map[string]any)
+		status, _ = resp["status"].(string)
+		etag, _ = resp["etag"].(string)
+		res, _ = e["resource"].(map[string]any)
+		return status, etag, res
+	}
+	if st, etag, res := entry(0); st != "200 OK" || etag != `W/"1"` || res["id"] != "r1" || res["gender"] != "female" {
+		t.Errorf("read of r1: %q %q %v", st, etag, res)
+	}
+	if st, _, res := entry(1); st != "410 Gone" || res != nil {
+		t.Errorf("read of deleted r2: %q %v, want 410 Gone without a resource", st, res)
+	}
+	if st, _, res := entry(2); st != "404 Not Found" || res != nil {
+		t.Errorf("read of an unknown id: %q %v, want 404 Not Found", st, res)
+	}
+	if st, _, res := entry(4); st != "200 OK" || res["gender"] != "male" {
+		t.Errorf("read of r3, written by the same batch: %q %v", st, res)
+	}
+	// The single read answers the same.
+	if got := do(t, "GET", base+"/Patient/r2", ""); got.status != 410 {
+		t.Errorf("single read of deleted r2: %d, want 410", got.status)
+	}
+}
