@@ -752,6 +752,76 @@ func BenchmarkBatcherCreate(b *testing.B) {
 	}
 }
 
+// BenchmarkBatcherRead reads 1,000 stored Patients from the sandbox server
+// (in this process) with 64 concurrent callers, singly and as GET entries
+// of batch Bundles at the default wait, and reports HTTP requests per read
+// and the process's CPU time (client and sandbox server together) per
+// read.
+func BenchmarkBatcherRead(b *testing.B) {
+	for _, mode := range []struct {
+		name string
+		max  int
+	}{{"single", 1}, {"batch", 100}} {
+		b.Run(mode.name, func(b *testing.B) {
+			srv, err := fhirserver.New(fhirserver.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			hs := httptest.NewServer(srv)
+			defer func() { hs.Close(); srv.Close() }()
+			ct := &countingTransport{n: map[string]int{}}
+			c, err := New(Config{BaseURL: hs.URL, HTTPClient: &http.Client{Transport: ct}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+			ids := make([]string, 1000)
+			for i := range ids {
+				r, err := c.Create(ctx, patient(testSystem, fmt.Sprintf("read-%d", i)))
+				if err != nil {
+					b.Fatal(err)
+				}
+				ids[i] = r.ID()
+			}
+			bt, err := NewBatcher(c, BatchConfig{Max: mode.max})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ct.mu.Lock()
+			clear(ct.n)
+			ct.mu.Unlock()
+			var next atomic.Int64
+			cpu0 := cpuTime()
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			for range 64 {
+				wg.Go(func() {
+					for i := next.Add(1); i <= int64(b.N); i = next.Add(1) {
+						id := ids[i%int64(len(ids))]
+						r, err := bt.Read(ctx, "Patient", id)
+						if err != nil || r.ID() != id {
+							b.Errorf("read Patient/%s: %v", id, err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			b.StopTimer()
+			reqs := 0
+			ct.mu.Lock()
+			for k, v := range ct.n {
+				if k != "GET /metadata" {
+					reqs += v
+				}
+			}
+			ct.mu.Unlock()
+			b.ReportMetric(float64(reqs)/float64(b.N), "requests/read")
+			b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/read")
+		})
+	}
+}
+
 // cpuTime is the process's user and system CPU time so far.
 func cpuTime() time.Duration {
 	var ru syscall.Rusage
