@@ -15,9 +15,10 @@
 // ClassInvalidResponse errors, never successes.
 //
 // A Batcher (NewBatcher) sits in front of the client for the agent: where
-// the server's CapabilityStatement lists batch, it sends the creates,
-// conditional creates, updates and deletes of concurrent callers as one
-// batch Bundle, and gives each caller what its single request would have.
+// the server's CapabilityStatement lists batch, it sends the reads,
+// creates, conditional creates, updates and deletes of concurrent callers
+// as one batch Bundle, and gives each caller what its single request would
+// have.
 //
 // Error.Outcome holds the server's OperationOutcome text, which can quote
 // request values (names, identifiers, dates). Error() leaves it out; do not
