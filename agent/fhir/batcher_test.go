@@ -701,6 +701,46 @@ func TestEntryStatus(t *testing.T) {
 // requests per record and the process's CPU time (client and sandbox
 // server together) per record.
 func BenchmarkBatcherCreate(b *testing.B) {
+	benchBatcher(b, 5*time.Millisecond, "record", func(b *testing.B, c *Client) func(ctx context.Context, bt *Batcher, i int64) error {
+		return func(ctx context.Context, bt *Batcher, _ int64) error {
+			_, err := bt.Create(ctx, patient(testSystem, "bench"))
+			return err
+		}
+	})
+}
+
+// BenchmarkBatcherRead reads 1,000 stored Patients from the sandbox server
+// (in this process) with 64 concurrent callers, singly and as GET entries
+// of batch Bundles at the default wait, and reports HTTP requests per read
+// and the process's CPU time (client and sandbox server together) per
+// read.
+func BenchmarkBatcherRead(b *testing.B) {
+	benchBatcher(b, 0, "read", func(b *testing.B, c *Client) func(ctx context.Context, bt *Batcher, i int64) error {
+		ids := make([]string, 1000)
+		for i := range ids {
+			r, err := c.Create(context.Background(), patient(testSystem, fmt.Sprintf("read-%d", i)))
+			if err != nil {
+				b.Fatal(err)
+			}
+			ids[i] = r.ID()
+		}
+		return func(ctx context.Context, bt *Batcher, i int64) error {
+			id := ids[i%int64(len(ids))]
+			r, err := bt.Read(ctx, "Patient", id)
+			if err == nil && r.ID() != id {
+				err = fmt.Errorf("read Patient/%s gave Patient/%s", id, r.ID())
+			}
+			return err
+		}
+	})
+}
+
+// benchBatcher runs call b.N times from 64 concurrent callers against the
+// sandbox server in this process, singly (Max 1) and through a Batcher
+// (Max 100, the given wait; 0 is the default), after prepare, and reports
+// HTTP requests per call and the process's CPU time per call, each per
+// unit.
+func benchBatcher(b *testing.B, wait time.Duration, unit string, prepare func(b *testing.B, c *Client) func(ctx context.Context, bt *Batcher, i int64) error) {
 	for _, mode := range []struct {
 		name string
 		max  int
@@ -717,10 +757,14 @@ func BenchmarkBatcherCreate(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			bt, err := NewBatcher(c, BatchConfig{Max: mode.max, Wait: 5 * time.Millisecond})
+			call := prepare(b, c)
+			bt, err := NewBatcher(c, BatchConfig{Max: mode.max, Wait: wait})
 			if err != nil {
 				b.Fatal(err)
 			}
+			ct.mu.Lock()
+			clear(ct.n) // what prepare sent is not counted
+			ct.mu.Unlock()
 			ctx := context.Background()
 			var next atomic.Int64
 			cpu0 := cpuTime()
@@ -728,8 +772,8 @@ func BenchmarkBatcherCreate(b *testing.B) {
 			var wg sync.WaitGroup
 			for range 64 {
 				wg.Go(func() {
-					for next.Add(1) <= int64(b.N) {
-						if _, err := bt.Create(ctx, patient(testSystem, "bench")); err != nil {
+					for i := next.Add(1); i <= int64(b.N); i = next.Add(1) {
+						if err := call(ctx, bt, i); err != nil {
 							b.Error(err)
 							return
 						}
@@ -746,78 +790,8 @@ func BenchmarkBatcherCreate(b *testing.B) {
 				}
 			}
 			ct.mu.Unlock()
-			b.ReportMetric(float64(reqs)/float64(b.N), "requests/record")
-			b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/record")
-		})
-	}
-}
-
-// BenchmarkBatcherRead reads 1,000 stored Patients from the sandbox server
-// (in this process) with 64 concurrent callers, singly and as GET entries
-// of batch Bundles at the default wait, and reports HTTP requests per read
-// and the process's CPU time (client and sandbox server together) per
-// read.
-func BenchmarkBatcherRead(b *testing.B) {
-	for _, mode := range []struct {
-		name string
-		max  int
-	}{{"single", 1}, {"batch", 100}} {
-		b.Run(mode.name, func(b *testing.B) {
-			srv, err := fhirserver.New(fhirserver.Options{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			hs := httptest.NewServer(srv)
-			defer func() { hs.Close(); srv.Close() }()
-			ct := &countingTransport{n: map[string]int{}}
-			c, err := New(Config{BaseURL: hs.URL, HTTPClient: &http.Client{Transport: ct}})
-			if err != nil {
-				b.Fatal(err)
-			}
-			ctx := context.Background()
-			ids := make([]string, 1000)
-			for i := range ids {
-				r, err := c.Create(ctx, patient(testSystem, fmt.Sprintf("read-%d", i)))
-				if err != nil {
-					b.Fatal(err)
-				}
-				ids[i] = r.ID()
-			}
-			bt, err := NewBatcher(c, BatchConfig{Max: mode.max})
-			if err != nil {
-				b.Fatal(err)
-			}
-			ct.mu.Lock()
-			clear(ct.n)
-			ct.mu.Unlock()
-			var next atomic.Int64
-			cpu0 := cpuTime()
-			b.ResetTimer()
-			var wg sync.WaitGroup
-			for range 64 {
-				wg.Go(func() {
-					for i := next.Add(1); i <= int64(b.N); i = next.Add(1) {
-						id := ids[i%int64(len(ids))]
-						r, err := bt.Read(ctx, "Patient", id)
-						if err != nil || r.ID() != id {
-							b.Errorf("read Patient/%s: %v", id, err)
-							return
-						}
-					}
-				})
-			}
-			wg.Wait()
-			b.StopTimer()
-			reqs := 0
-			ct.mu.Lock()
-			for k, v := range ct.n {
-				if k != "GET /metadata" {
-					reqs += v
-				}
-			}
-			ct.mu.Unlock()
-			b.ReportMetric(float64(reqs)/float64(b.N), "requests/read")
-			b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/read")
+			b.ReportMetric(float64(reqs)/float64(b.N), "requests/"+unit)
+			b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/"+unit)
 		})
 	}
 }
