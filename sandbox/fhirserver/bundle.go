@@ -102,7 +102,7 @@ func (s *Server) bundle(ctx context.Context, base string, body []byte) (reply, e
 			}
 		}
 		for _, i := range reads {
-			rec, err := s.readCurrent(ctx, entries[i].typ, entries[i].id)
+			rec, err := readCurrent(ctx, s.store.reader(), entries[i].typ, entries[i].id)
 			var fe *fhirError
 			switch {
 			case errors.As(err, &fe):
@@ -298,15 +298,9 @@ func (s *Server) runEntry(ctx context.Context, w *writer, e *bundleEntry) (entry
 		return entryResult{status: http.StatusNoContent, deleted: true}, nil
 	case "GET":
 		// Inside a transaction, as the read interaction answers.
-		rec, err := current(ctx, w.tx, e.typ, e.id)
-		if errors.Is(err, errNoRecord) {
-			return entryResult{}, errorf(http.StatusNotFound, "not-found", "%s/%s is not known", e.typ, e.id)
-		}
+		rec, err := readCurrent(ctx, w.tx, e.typ, e.id)
 		if err != nil {
 			return entryResult{}, err
-		}
-		if rec.deleted {
-			return entryResult{}, errorf(http.StatusGone, "deleted", "%s/%s was deleted", e.typ, e.id)
 		}
 		return entryResult{rec: rec, status: http.StatusOK}, nil
 	}

@@ -75,18 +75,18 @@ func resourceReply(status int, base string, r record) reply {
 }
 
 func (s *Server) read(ctx context.Context, typ, id string) (reply, error) {
-	r, err := s.readCurrent(ctx, typ, id)
+	r, err := readCurrent(ctx, s.store.reader(), typ, id)
 	if err != nil {
 		return reply{}, err
 	}
 	return resourceReply(http.StatusOK, "", r), nil
 }
 
-// readCurrent is the read interaction, alone or as a batch entry: the
-// current version of typ/id; 404 when it never existed, 410 when its
-// current version is a deletion (R4 http.html#read).
-func (s *Server) readCurrent(ctx context.Context, typ, id string) (record, error) {
-	r, err := current(ctx, s.store.reader(), typ, id)
+// readCurrent is the read interaction, alone or as an entry of a batch or
+// transaction, through q: the current version of typ/id; 404 when it never
+// existed, 410 when its current version is a deletion (R4 http.html#read).
+func readCurrent(ctx context.Context, q querier, typ, id string) (record, error) {
+	r, err := current(ctx, q, typ, id)
 	if errors.Is(err, errNoRecord) {
 		return r, errorf(http.StatusNotFound, "not-found", "%s/%s is not known", typ, id)
 	}
