@@ -19,7 +19,7 @@ import (
 	fsmaps "github.com/fhirsync/fhirsync/maps"
 )
 
-// DefaultBatchWait is how long a batch Bundle waits for more writes by
+// DefaultBatchWait is how long a batch Bundle waits for more entries by
 // default. A FHIR server counts no requests against a budget as Dataverse
 // does, so a Bundle is worth waiting for only as long as the wait does not
 // hold up the writers: a pool of workers going through a backlog waits in
@@ -36,9 +36,10 @@ type BatchConfig struct {
 	// Max is the most entries one batch Bundle carries; default 100. 1
 	// turns batching off: every call is its own request.
 	Max int
-	// Wait is the longest the first pending write waits for others before
-	// its Bundle is sent; default DefaultBatchWait. The Bundle goes sooner
-	// when no write joined it for a tenth of Wait (at least 1ms).
+	// Wait is the longest the first pending entry (a read or a write)
+	// waits for others before its Bundle is sent; default
+	// DefaultBatchWait. The Bundle goes sooner when nothing joined it for
+	// a tenth of Wait (at least 1ms).
 	Wait time.Duration
 	// Logger receives capability and fallback notes (no resource
 	// content); default discards.

@@ -94,8 +94,8 @@ type AgentConfig struct {
 	// one batch Bundle, where the server's CapabilityStatement lists batch
 	// (0: 100; 1: no batching; at most 1000).
 	FHIRBatchMax int `yaml:"fhir_batch_max"`
-	// FHIRBatchWait is how long the first write of a batch Bundle waits
-	// for others (0: fhir.DefaultBatchWait, 3ms).
+	// FHIRBatchWait is how long the first entry (read or write) of a batch
+	// Bundle waits for others (0: fhir.DefaultBatchWait, 3ms).
 	FHIRBatchWait time.Duration `yaml:"fhir_batch_wait"`
 	// StaleRetries is how many times a write refused with HTTP 412 is
 	// re-read, merged and retried within one delivery (0: 3; -1: none).
