@@ -23,10 +23,10 @@ import (
 
 // Config tunes the agent. Zero values take the defaults noted.
 type Config struct {
-	// Workers is the number of concurrent messages per queue (default 64).
-	// A message spends most of its time waiting on the endpoints and the
-	// group commit, so workers are cheap; the CRM client still caps its
-	// own requests in flight.
+	// Workers is the number of concurrent messages per queue (default
+	// DefaultWorkers). A message spends most of its time waiting on the
+	// endpoints and the group commit, so workers are cheap; the CRM client
+	// still caps its own requests in flight.
 	Workers int
 	// MaxAttempts is how many deliveries a retryable failure gets before
 	// it is dead-lettered as attempts_exhausted (default 10). Keep it below
@@ -105,9 +105,23 @@ type Config struct {
 	Stream StreamConfig
 }
 
+// DefaultWorkers is how many messages of each queue are processed at once
+// unless Config.Workers says otherwise. Each message waits in turn for a
+// shared CRM $batch, a FHIR batch Bundle and the group commit, so the
+// messages in flight, not the CPU, set the pace: a queue moves at most
+// Workers ÷ (one message's time) records a second, and a message's time
+// is the endpoints' answer times added up — tens of milliseconds against
+// the sandboxes on loopback, hundreds against Dataverse and a FHIR
+// service over the network. In `fhirsync bench --records 10000
+// --crm-bypass-own-steps on`, 256 workers instead of 64 gave 1.5 times the
+// FHIR→CRM and 1.4 times the CRM→FHIR records a second, at the same FHIR→CRM
+// CPU per record and about a tenth more CRM→FHIR (docs/benchmarks.md,
+// twelfth round).
+const DefaultWorkers = 256
+
 func (c Config) withDefaults() Config {
 	if c.Workers <= 0 {
-		c.Workers = 64
+		c.Workers = DefaultWorkers
 	}
 	if c.MaxAttempts <= 0 {
 		c.MaxAttempts = 10

@@ -169,6 +169,7 @@ func TestTargetWritesNoteOnlyTheAgentsSuccessfulWrites(t *testing.T) {
 		_, _ = w.Write([]byte(answer))
 	})
 	w := newTargetWrites()
+	w.reset()
 	fhirSrv := httptest.NewServer(w.fhirHandler(h))
 	defer fhirSrv.Close()
 	do := func(method, url, body string) {
@@ -214,7 +215,7 @@ func TestTargetWritesNoteOnlyTheAgentsSuccessfulWrites(t *testing.T) {
 		{name: "a throttled FHIR write did not happen", fhirSide: true, id: "p4", want: false},
 		{name: "a throttled Bundle did not happen", fhirSide: true, id: "b4", want: false},
 	}
-	fhirWrites, crmWrites := w.snapshot()
+	fhirWrites, crmWrites := w.take()
 	for _, tt := range tests {
 		m := crmWrites
 		if tt.fhirSide {
@@ -223,6 +224,19 @@ func TestTargetWritesNoteOnlyTheAgentsSuccessfulWrites(t *testing.T) {
 		if _, got := m[tt.id]; got != tt.want {
 			t.Errorf("%s: noted = %v, want %v", tt.name, got, tt.want)
 		}
+	}
+
+	// After take nothing is noted until the next reset.
+	status = http.StatusOK
+	do(http.MethodPut, fhirSrv.URL+"/Patient/p6", "")
+	w.crmWrite(crmserver.Write{Entity: "contact", Message: "Update", InitiatingUserID: agentUser(0), Attributes: map[string]any{"msemr_azurefhirid": "p7"}})
+	if f, c := w.snapshot(); len(f) != len(fhirWrites) || len(c) != len(crmWrites) {
+		t.Errorf("after take: %d FHIR and %d CRM marks, want the %d and %d taken", len(f), len(c), len(fhirWrites), len(crmWrites))
+	}
+	w.reset()
+	do(http.MethodPut, fhirSrv.URL+"/Patient/p6", "")
+	if f, _ := w.snapshot(); len(f) != 1 || f["p6"].IsZero() {
+		t.Errorf("after reset: FHIR marks %v, want p6 alone", f)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -424,8 +425,12 @@ func (e *env) sendNotices(ctx context.Context, ns []queues.Notice) error {
 
 // targetWrites records when the agent's writes reached each sandbox: the
 // moment a target answered a successful write, keyed by the FHIR id the
-// write was for.
+// write was for. It keeps marks only from reset to take: only the latency
+// runs read them, and marking decodes every Bundle the FHIR server is
+// posted and its answer, CPU the sandbox process would otherwise spend in
+// the throughput runs too.
 type targetWrites struct {
+	on   atomic.Bool
 	mu   sync.Mutex
 	fhir map[string]time.Time // Patient id → agent's PUT answered
 	crm  map[string]time.Time // FHIR id → agent's contact upsert answered
@@ -435,10 +440,12 @@ func newTargetWrites() *targetWrites {
 	return &targetWrites{fhir: map[string]time.Time{}, crm: map[string]time.Time{}}
 }
 
+// reset forgets the marks so far and keeps marks from now on.
 func (w *targetWrites) reset() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.fhir, w.crm = map[string]time.Time{}, map[string]time.Time{}
+	w.on.Store(true)
 }
 
 // snapshot copies the marks so far.
@@ -446,6 +453,12 @@ func (w *targetWrites) snapshot() (fhirSide, crmSide map[string]time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return stdmaps.Clone(w.fhir), stdmaps.Clone(w.crm)
+}
+
+// take returns the marks since reset and stops keeping marks.
+func (w *targetWrites) take() (fhirSide, crmSide map[string]time.Time) {
+	w.on.Store(false)
+	return w.snapshot()
 }
 
 func (w *targetWrites) mark(fhirSide bool, id string, t time.Time) {
@@ -485,6 +498,10 @@ func (s *statusWriter) Write(b []byte) (int, error) {
 // kept).
 func (w *targetWrites) fhirHandler(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if !w.on.Load() {
+			h.ServeHTTP(rw, r)
+			return
+		}
 		if r.Method == http.MethodPost && (r.URL.Path == "/" || r.URL.Path == "") {
 			w.serveBundle(h, rw, r)
 			return
@@ -576,6 +593,9 @@ func (r *recordingWriter) Write(b []byte) (int, error) {
 // them, by the FHIR id the contact carries, whatever request made them (a
 // request on its own, a $batch, a bulk message).
 func (w *targetWrites) crmWrite(cw crmserver.Write) {
+	if !w.on.Load() {
+		return
+	}
 	if cw.Entity == "task" && cw.Message == "Create" && isAgentUser(cw.InitiatingUserID) {
 		// A signal's task (signals.go), by its source's key.
 		if k, ok := cw.Attributes["fhirsync_signalsource"].(string); ok && k != "" {

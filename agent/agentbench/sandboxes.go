@@ -37,7 +37,8 @@ type sandboxes interface {
 	accounts(ctx context.Context) (map[string]crmserver.Account, error)
 	count(ctx context.Context, entity string) (int, error)
 	// writes returns when the agent's writes reached each target since the
-	// last resetWrites, by FHIR id (see targetWrites).
+	// last resetWrites, by FHIR id, and stops noting them; resetWrites
+	// starts afresh (see targetWrites).
 	writes(ctx context.Context) (fhirSide, crmSide map[string]time.Time, err error)
 	resetWrites(ctx context.Context) error
 	// peakRSS is the sandboxes' own peak resident set when they run in a
@@ -121,7 +122,7 @@ func (l *local) count(_ context.Context, entity string) (int, error) {
 }
 
 func (l *local) writes(context.Context) (map[string]time.Time, map[string]time.Time, error) {
-	f, c := l.tw.snapshot()
+	f, c := l.tw.take()
 	return f, c, nil
 }
 
@@ -236,8 +237,8 @@ func (l *local) control() http.Handler {
 	mux.HandleFunc("GET /count", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, l.crmSrv.Count(r.URL.Query().Get("entity")))
 	})
-	mux.HandleFunc("GET /writes", func(w http.ResponseWriter, r *http.Request) {
-		f, c := l.tw.snapshot()
+	mux.HandleFunc("POST /writes/take", func(w http.ResponseWriter, r *http.Request) {
+		f, c := l.tw.take()
 		reply(w, controlWrites{FHIR: f, CRM: c})
 	})
 	mux.HandleFunc("POST /writes/reset", func(w http.ResponseWriter, r *http.Request) {
@@ -405,7 +406,7 @@ func (r *remote) count(ctx context.Context, entity string) (int, error) {
 
 func (r *remote) writes(ctx context.Context) (map[string]time.Time, map[string]time.Time, error) {
 	var w controlWrites
-	err := r.call(ctx, http.MethodGet, "/writes", nil, &w)
+	err := r.call(ctx, http.MethodPost, "/writes/take", nil, &w)
 	return w.FHIR, w.CRM, err
 }
 

@@ -167,6 +167,7 @@ func RunStream(ctx context.Context, cfg StreamConfig) (*StreamResult, error) {
 		return nil, err
 	}
 	defer sb.close()
+	sb.tw.reset() // the signal leg reads the task marks
 
 	fc, err := fhir.New(fhir.Config{BaseURL: sb.fhirURL()})
 	if err != nil {

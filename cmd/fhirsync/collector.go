@@ -23,10 +23,14 @@ import "runtime/debug"
 // peak of `fhirsync bench --records 50000` is 40 MB instead of 54 (heap
 // profiles, --memprofile); the limit follows it down to 80 MiB, which
 // leaves the collector as much room above the live heap as before: peak
-// RSS 147–148 MB in two runs, against 146–153 MB at 90 MiB.
+// RSS 147–148 MB in two runs, against 146–153 MB at 90 MiB. With 256
+// workers per queue (agent.DefaultWorkers) the live heap at the peak of
+// `fhirsync bench --records 10000` is 28 MB and peak RSS was 141–149 MB at
+// 80 MiB; at 72 MiB 128–134 MB in seven runs, at the same CPU per record
+// beside runs at 80 MiB (docs/benchmarks.md, twelfth round).
 const (
 	agentGCPercent   = 400
-	agentMemoryLimit = 80 << 20
+	agentMemoryLimit = 72 << 20
 	// sandboxMemoryLimit is the soft limit of a bench process that holds
 	// the sandboxes, whose CRM keeps every row in memory.
 	sandboxMemoryLimit = 3 << 30

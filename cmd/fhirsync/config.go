@@ -70,7 +70,8 @@ type Config struct {
 // AgentConfig tunes the sync agent. It runs when both fhir.base_url and
 // crm.base_url are set (demo sets them to its sandboxes).
 type AgentConfig struct {
-	// Workers is the number of messages processed at once per queue.
+	// Workers is the number of messages processed at once per queue (0:
+	// agent.DefaultWorkers, 256).
 	Workers int `yaml:"workers"`
 	// MaxAttempts is how many deliveries a retryable failure gets before
 	// it is dead-lettered as attempts_exhausted.
