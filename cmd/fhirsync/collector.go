@@ -25,9 +25,10 @@ import "runtime/debug"
 // leaves the collector as much room above the live heap as before: peak
 // RSS 147–148 MB in two runs, against 146–153 MB at 90 MiB. With 256
 // workers per queue (agent.DefaultWorkers) the live heap at the peak of
-// `fhirsync bench --records 10000` is 28 MB and peak RSS was 141–149 MB at
-// 80 MiB; at 72 MiB 128–134 MB in seven runs, at the same CPU per record
-// beside runs at 80 MiB (docs/benchmarks.md, twelfth round).
+// `fhirsync bench --records 10000` is about 28 MiB, and peak RSS (as the
+// bench gives it) was 129–142 MB at 80 MiB in nineteen runs and 123–128
+// MB at 72 MiB in seventeen, for 2 % more CPU per CRM→FHIR record by the
+// medians of ten alternating pairs (docs/benchmarks.md, twelfth round).
 const (
 	agentGCPercent   = 400
 	agentMemoryLimit = 72 << 20
