@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -37,14 +38,26 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// freePort returns a loopback address free now, for a command under test
+// to listen on once it starts. The port is taken below Linux's default
+// ephemeral range (32768–60999): a port the system handed out for
+// "127.0.0.1:0" could be handed out again, before the command binds it,
+// as the local port of another test's connection or listener ("address
+// already in use" once in CI).
 func freePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		port := 20000 + rand.IntN(12000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		addr := l.Addr().String()
+		l.Close()
+		return addr
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no free loopback port between 20000 and 31999 in 100 tries")
+	return ""
 }
 
 func TestServeOnEmbeddedDefaultsAndPostgres(t *testing.T) {
