@@ -57,8 +57,9 @@ func countingClient(t *testing.T, base string) (*Client, *countingTransport) {
 	return c, ct
 }
 
-// writer is what both the Client and the Batcher offer the agent.
-type writer interface {
+// batchable is what both the Client and the Batcher offer the agent: the
+// calls a Batcher can send as entries of a batch Bundle, reads and writes.
+type batchable interface {
 	Read(ctx context.Context, typ, id string) (Resource, error)
 	Create(ctx context.Context, res Resource) (Resource, error)
 	CreateIfNoneExist(ctx context.Context, res Resource, criteria url.Values) (Resource, bool, error)
@@ -67,8 +68,8 @@ type writer interface {
 }
 
 var (
-	_ writer = (*Client)(nil)
-	_ writer = (*Batcher)(nil)
+	_ batchable = (*Client)(nil)
+	_ batchable = (*Batcher)(nil)
 )
 
 // batchCase prepares server state with the plain client and returns the
@@ -78,7 +79,7 @@ type batchCase struct {
 	// want is the outcome both paths must give; "" compares the batched
 	// path with the single one only (servers differ there).
 	want    string
-	prepare func(ctx context.Context, t *testing.T, c *Client) func(ctx context.Context, w writer) string
+	prepare func(ctx context.Context, t *testing.T, c *Client) func(ctx context.Context, w batchable) string
 }
 
 // outcome renders a call's result without server-assigned values.
@@ -113,81 +114,81 @@ func made(ctx context.Context, t *testing.T, c *Client, val string) Resource {
 }
 
 var batchCases = []batchCase{
-	{"create", "ok Patient", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+	{"create", "ok Patient", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, batchable) string {
 		val := uniq("bcreate")
-		return func(ctx context.Context, w writer) string {
+		return func(ctx context.Context, w batchable) string {
 			r, err := w.Create(ctx, patient(testSystem, val))
 			return outcome(r, nil, err)
 		}
 	}},
-	{"conditional create without a match", "ok Patient created=true", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+	{"conditional create without a match", "ok Patient created=true", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, batchable) string {
 		val := uniq("bcc0")
-		return func(ctx context.Context, w writer) string {
+		return func(ctx context.Context, w batchable) string {
 			r, made, err := w.CreateIfNoneExist(ctx, patient(testSystem, val), url.Values{"identifier": {testSystem + "|" + val}})
 			return outcome(r, &made, err)
 		}
 	}},
-	{"conditional create with one match", "", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+	{"conditional create with one match", "", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, batchable) string {
 		val := uniq("bcc1")
 		made(ctx, t, c, val)
-		return func(ctx context.Context, w writer) string {
+		return func(ctx context.Context, w batchable) string {
 			r, made, err := w.CreateIfNoneExist(ctx, patient(testSystem, val), url.Values{"identifier": {testSystem + "|" + val}})
 			return outcome(r, &made, err)
 		}
 	}},
-	{"conditional create with two matches", "conflict 412", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+	{"conditional create with two matches", "conflict 412", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, batchable) string {
 		val := uniq("bcc2")
 		made(ctx, t, c, val)
 		made(ctx, t, c, val)
-		return func(ctx context.Context, w writer) string {
+		return func(ctx context.Context, w batchable) string {
 			r, made, err := w.CreateIfNoneExist(ctx, patient(testSystem, val), url.Values{"identifier": {testSystem + "|" + val}})
 			return outcome(r, &made, err)
 		}
 	}},
-	{"update with the current version", "ok Patient", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+	{"update with the current version", "ok Patient", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, batchable) string {
 		cur := made(ctx, t, c, uniq("bupd"))
-		return func(ctx context.Context, w writer) string {
+		return func(ctx context.Context, w batchable) string {
 			r, err := w.Update(ctx, cur, cur.VersionID())
 			return outcome(r, nil, err)
 		}
 	}},
-	{"update with a stale version", "conflict 412", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+	{"update with a stale version", "conflict 412", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, batchable) string {
 		old := made(ctx, t, c, uniq("bstale"))
 		if _, err := c.Update(ctx, old, ""); err != nil {
 			t.Fatal(err)
 		}
-		return func(ctx context.Context, w writer) string {
+		return func(ctx context.Context, w batchable) string {
 			r, err := w.Update(ctx, old, old.VersionID())
 			return outcome(r, nil, err)
 		}
 	}},
-	{"update without If-Match", "ok Patient", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+	{"update without If-Match", "ok Patient", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, batchable) string {
 		cur := made(ctx, t, c, uniq("bnoif"))
-		return func(ctx context.Context, w writer) string {
+		return func(ctx context.Context, w batchable) string {
 			r, err := w.Update(ctx, cur, "")
 			return outcome(r, nil, err)
 		}
 	}},
-	{"update of a deleted resource with If-Match", "", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+	{"update of a deleted resource with If-Match", "", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, batchable) string {
 		cur := made(ctx, t, c, uniq("bgone"))
 		if err := c.Delete(ctx, "Patient", cur.ID()); err != nil {
 			t.Fatal(err)
 		}
-		return func(ctx context.Context, w writer) string {
+		return func(ctx context.Context, w batchable) string {
 			r, err := w.Update(ctx, cur, cur.VersionID())
 			return outcome(r, nil, err)
 		}
 	}},
-	{"create of an invalid resource", "", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
-		return func(ctx context.Context, w writer) string {
+	{"create of an invalid resource", "", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, batchable) string {
+		return func(ctx context.Context, w batchable) string {
 			r, err := w.Create(ctx, Resource{"resourceType": "Patient", "birthDate": "not a date", "gender": 7})
 			return outcome(r, nil, err)
 		}
 	}},
-	{"read", "ok Patient", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+	{"read", "ok Patient", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, batchable) string {
 		val := uniq("bread")
 		cur := made(ctx, t, c, val)
-		return func(ctx context.Context, w writer) string {
+		return func(ctx context.Context, w batchable) string {
 			r, err := w.Read(ctx, "Patient", cur.ID())
 			got := outcome(r, nil, err)
 			if err == nil && (r.ID() != cur.ID() || r.VersionID() != cur.VersionID() || identifierValue(r) != val) {
@@ -197,32 +198,32 @@ var batchCases = []batchCase{
 			return got
 		}
 	}},
-	{"read of what does not exist", "not_found 404", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+	{"read of what does not exist", "not_found 404", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, batchable) string {
 		id := uniq("nobody")
-		return func(ctx context.Context, w writer) string {
+		return func(ctx context.Context, w batchable) string {
 			r, err := w.Read(ctx, "Patient", id)
 			return outcome(r, nil, err)
 		}
 	}},
-	{"read of a deleted resource", "", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+	{"read of a deleted resource", "", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, batchable) string {
 		cur := made(ctx, t, c, uniq("breadgone"))
 		if err := c.Delete(ctx, "Patient", cur.ID()); err != nil {
 			t.Fatal(err)
 		}
-		return func(ctx context.Context, w writer) string {
+		return func(ctx context.Context, w batchable) string {
 			r, err := w.Read(ctx, "Patient", cur.ID())
 			return outcome(r, nil, err)
 		}
 	}},
-	{"delete", "ok", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+	{"delete", "ok", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, batchable) string {
 		cur := made(ctx, t, c, uniq("bdel"))
-		return func(ctx context.Context, w writer) string {
+		return func(ctx context.Context, w batchable) string {
 			return outcome(nil, nil, w.Delete(ctx, "Patient", cur.ID()))
 		}
 	}},
-	{"delete of what does not exist", "", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, writer) string {
+	{"delete of what does not exist", "", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, batchable) string {
 		id := uniq("nobody")
-		return func(ctx context.Context, w writer) string {
+		return func(ctx context.Context, w batchable) string {
 			return outcome(nil, nil, w.Delete(ctx, "Patient", id))
 		}
 	}},
@@ -241,8 +242,8 @@ func TestBatcherSuite(t *testing.T) {
 			base := tg.start(t)
 			c, ct := countingClient(t, base)
 			// Two states per case, one for each path.
-			single := make([]func(context.Context, writer) string, len(batchCases))
-			batched := make([]func(context.Context, writer) string, len(batchCases))
+			single := make([]func(context.Context, batchable) string, len(batchCases))
+			batched := make([]func(context.Context, batchable) string, len(batchCases))
 			for i, bc := range batchCases {
 				single[i] = bc.prepare(ctx, t, c)
 				batched[i] = bc.prepare(ctx, t, c)
