@@ -113,6 +113,17 @@ func made(ctx context.Context, t *testing.T, c *Client, val string) Resource {
 	return r
 }
 
+// madeGone creates a Patient with identifier val through c and deletes it;
+// it returns the resource as created.
+func madeGone(ctx context.Context, t *testing.T, c *Client, val string) Resource {
+	t.Helper()
+	r := made(ctx, t, c, val)
+	if err := c.Delete(ctx, "Patient", r.ID()); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 var batchCases = []batchCase{
 	{"create", "ok Patient", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, batchable) string {
 		val := uniq("bcreate")
@@ -170,10 +181,7 @@ var batchCases = []batchCase{
 		}
 	}},
 	{"update of a deleted resource with If-Match", "", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, batchable) string {
-		cur := made(ctx, t, c, uniq("bgone"))
-		if err := c.Delete(ctx, "Patient", cur.ID()); err != nil {
-			t.Fatal(err)
-		}
+		cur := madeGone(ctx, t, c, uniq("bgone"))
 		return func(ctx context.Context, w batchable) string {
 			r, err := w.Update(ctx, cur, cur.VersionID())
 			return outcome(r, nil, err)
@@ -206,10 +214,7 @@ var batchCases = []batchCase{
 		}
 	}},
 	{"read of a deleted resource", "", func(ctx context.Context, t *testing.T, c *Client) func(context.Context, batchable) string {
-		cur := made(ctx, t, c, uniq("breadgone"))
-		if err := c.Delete(ctx, "Patient", cur.ID()); err != nil {
-			t.Fatal(err)
-		}
+		cur := madeGone(ctx, t, c, uniq("breadgone"))
 		return func(ctx context.Context, w batchable) string {
 			r, err := w.Read(ctx, "Patient", cur.ID())
 			return outcome(r, nil, err)
