@@ -234,9 +234,9 @@ var batchCases = []batchCase{
 	}},
 }
 
-// TestBatcherSuite: each write gives, from its entry of a batch Bundle,
-// what the same call made singly gives (R4 http.html#transaction), against
-// every target; the writes of concurrent callers go as one Bundle.
+// TestBatcherSuite: each read and write gives, from its entry of a batch
+// Bundle, what the same call made singly gives (R4 http.html#transaction),
+// against every target; the calls of concurrent callers go as one Bundle.
 func TestBatcherSuite(t *testing.T) {
 	t.Parallel()
 	for _, tg := range targets() {

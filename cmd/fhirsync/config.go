@@ -91,9 +91,10 @@ type AgentConfig struct {
 	// ConflictTie settles a last-writer-wins conflict whose order is not
 	// known: hold (default), fhir-wins or crm-wins.
 	ConflictTie string `yaml:"conflict_tie"`
-	// FHIRBatchMax is how many FHIR writes of concurrent messages share
-	// one batch Bundle, where the server's CapabilityStatement lists batch
-	// (0: 100; 1: no batching; at most 1000).
+	// FHIRBatchMax is how many FHIR reads and writes of concurrent
+	// messages share one batch Bundle, where the server's
+	// CapabilityStatement lists batch (0: 100; 1: no batching; at most
+	// 1000).
 	FHIRBatchMax int `yaml:"fhir_batch_max"`
 	// FHIRBatchWait is how long the first entry (read or write) of a batch
 	// Bundle waits for others (0: fhir.DefaultBatchWait, 3ms).
