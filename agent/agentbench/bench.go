@@ -743,26 +743,48 @@ func (e *env) crmToFHIR(ctx context.Context, cs []contact) (Throughput, error) {
 }
 
 // updateContacts has the coordinator update every contact's email through
-// $batch, as a bulk edit would; tag goes into the addresses.
+// $batch, as a bulk edit would; tag goes into the addresses. The edits are
+// made by the sandboxes' process when they run in one of their own (see
+// sandboxes.editContacts), a batch at a time.
 func (e *env) updateContacts(ctx context.Context, cs []contact, tag string) error {
-	const batch = 1000
-	for i := 0; i < len(cs); i += batch {
-		items := make([]crm.UpsertItem, 0, batch)
-		for j := i; j < min(i+batch, len(cs)); j++ {
-			items = append(items, crm.UpsertItem{Target: crm.ByID("contacts", cs[j].id),
-				Record: crm.Record{"emailaddress1": fmt.Sprintf("%s.%d@example.org", tag, j)}, Options: crm.UpsertOptions{Mode: crm.UpdateOnly}})
+	for i := 0; i < len(cs); i += editBatch {
+		ids := make([]string, 0, editBatch)
+		for _, c := range cs[i:min(i+editBatch, len(cs))] {
+			ids = append(ids, c.id)
 		}
-		outs, err := e.crm.UpsertMany(ctx, items)
-		if err == nil {
-			for _, o := range outs {
-				if o.Err != nil {
-					err = o.Err
-					break
-				}
-			}
-		}
-		if err != nil {
+		if err := e.sb.editContacts(ctx, contactEdits{IDs: ids, Tag: tag, From: i}); err != nil {
 			return fmt.Errorf("updating contacts: %w", err)
+		}
+	}
+	return nil
+}
+
+// editBatch is how many contacts the coordinator updates in one $batch.
+const editBatch = 1000
+
+// contactEdits are a batch of the coordinator's contact updates: contact
+// IDs[k] gets the email tag.(From+k)@example.org.
+type contactEdits struct {
+	IDs  []string `json:"ids"`
+	Tag  string   `json:"tag"`
+	From int      `json:"from"`
+}
+
+// editContacts makes the edits as the coordinator, through c, in one $batch
+// of updates.
+func editContacts(ctx context.Context, c *crm.Client, ed contactEdits) error {
+	items := make([]crm.UpsertItem, 0, len(ed.IDs))
+	for k, id := range ed.IDs {
+		items = append(items, crm.UpsertItem{Target: crm.ByID("contacts", id),
+			Record: crm.Record{"emailaddress1": fmt.Sprintf("%s.%d@example.org", ed.Tag, ed.From+k)}, Options: crm.UpsertOptions{Mode: crm.UpdateOnly}})
+	}
+	outs, err := c.UpsertMany(ctx, items)
+	if err != nil {
+		return err
+	}
+	for _, o := range outs {
+		if o.Err != nil {
+			return o.Err
 		}
 	}
 	return nil

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/fhirsync/fhirsync/agent/crm"
 	"github.com/fhirsync/fhirsync/maps"
 	"github.com/fhirsync/fhirsync/maps/starter"
 	"github.com/fhirsync/fhirsync/queues"
@@ -45,6 +46,11 @@ type sandboxes interface {
 	// process of their own, else 0; cpuSeconds likewise their CPU time.
 	peakRSS(ctx context.Context) int64
 	cpuSeconds(ctx context.Context) (float64, error)
+	// editContacts makes a batch of the coordinator's contact updates. A
+	// sandbox process makes them itself, so that the coordinator's work
+	// (building, encoding and sending the $batch, reading its answer) is
+	// not counted in the agent process's CPU time and memory.
+	editContacts(ctx context.Context, ed contactEdits) error
 	close() error
 }
 
@@ -60,6 +66,8 @@ type local struct {
 	fhirHTTP *httptest.Server
 	crmHTTP  *httptest.Server
 	tw       *targetWrites
+	// human is the coordinator's CRM client.
+	human *crm.Client
 }
 
 // startLocal starts the sandboxes in this process. The CRM's service
@@ -95,6 +103,10 @@ func startLocal(dir, runID string, endpoint sender) (*local, error) {
 	l := &local{fhirSrv: fs, crmSrv: cs, tw: tw}
 	l.fhirHTTP = httptest.NewServer(l.tw.fhirHandler(fs))
 	l.crmHTTP = httptest.NewServer(cs)
+	if l.human, err = crm.New(crm.Config{URL: l.crmHTTP.URL, Auth: crm.AuthBearer, Token: humanToken}); err != nil {
+		_ = l.close()
+		return nil, err
+	}
 	return l, nil
 }
 
@@ -134,6 +146,10 @@ func (l *local) resetWrites(context.Context) error {
 func (l *local) peakRSS(context.Context) int64 { return 0 }
 
 func (l *local) cpuSeconds(context.Context) (float64, error) { return 0, nil }
+
+func (l *local) editContacts(ctx context.Context, ed contactEdits) error {
+	return editContacts(ctx, l.human, ed)
+}
 
 // close stops the CRM's endpoint worker (posting what is pending) before
 // the servers.
@@ -240,6 +256,18 @@ func (l *local) control() http.Handler {
 	mux.HandleFunc("POST /writes/take", func(w http.ResponseWriter, r *http.Request) {
 		f, c := l.tw.take()
 		reply(w, controlWrites{FHIR: f, CRM: c})
+	})
+	mux.HandleFunc("POST /contacts/edit", func(w http.ResponseWriter, r *http.Request) {
+		var ed contactEdits
+		if err := json.NewDecoder(r.Body).Decode(&ed); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if err := l.editContacts(r.Context(), ed); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("POST /writes/reset", func(w http.ResponseWriter, r *http.Request) {
 		l.tw.reset()
@@ -426,6 +454,10 @@ func (r *remote) cpuSeconds(ctx context.Context) (float64, error) {
 	var s controlStats
 	err := r.call(ctx, http.MethodGet, "/stats", nil, &s)
 	return s.CPUSeconds, err
+}
+
+func (r *remote) editContacts(ctx context.Context, ed contactEdits) error {
+	return r.call(ctx, http.MethodPost, "/contacts/edit", ed, nil)
 }
 
 // close ends the sandbox process (closing its input tells it to stop) and

@@ -3,6 +3,7 @@ package agentbench
 import (
 	"context"
 	"fmt"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"slices"
@@ -10,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fhirsync/fhirsync/agent/crm"
+	"github.com/fhirsync/fhirsync/queues"
 	"github.com/fhirsync/fhirsync/sandbox/crmserver"
 	"github.com/fhirsync/fhirsync/storage"
 	"github.com/fhirsync/fhirsync/storage/storagetest"
@@ -76,5 +79,55 @@ func TestSandboxesInAProcessOfTheirOwn(t *testing.T) {
 	}
 	if !slices.Contains(names, "peak RSS (agent process)") || !slices.ContainsFunc(names, func(n string) bool { return strings.HasPrefix(n, "peak RSS (sandbox process") }) {
 		t.Errorf("rows %q do not report the two processes apart", names)
+	}
+}
+
+// nopSender drops the CRM's service-endpoint messages.
+type nopSender struct{}
+
+func (nopSender) Send(context.Context, ...queues.Message) error { return nil }
+
+// The coordinator's edits reach the sandbox CRM the same way whether the
+// bench makes them in its own process or asks a sandbox process through
+// the control API.
+func TestEditContactsThroughTheControlAPI(t *testing.T) {
+	t.Parallel()
+	l, err := startLocal("", "edits", nopSender{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.close()
+	ctl := httptest.NewServer(l.control())
+	defer ctl.Close()
+	r := &remote{addr: addresses{FHIR: l.fhirURL(), CRM: l.crmURL(), Control: ctl.URL}, client: ctl.Client()}
+	ctx := context.Background()
+	var ids []string
+	for i := range 4 {
+		id, err := l.human.Create(ctx, "contacts", crm.Record{"lastname": fmt.Sprintf("Edit%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if err := l.editContacts(ctx, contactEdits{IDs: ids[:2], Tag: "local", From: 0}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.editContacts(ctx, contactEdits{IDs: ids[2:], Tag: "ctl", From: 2}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"local.0@example.org", "local.1@example.org", "ctl.2@example.org", "ctl.3@example.org"}
+	for i, id := range ids {
+		rec, err := l.human.Retrieve(ctx, crm.ByID("contacts", id), "emailaddress1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := rec.String("emailaddress1"); got != want[i] {
+			t.Errorf("contact %d: email %q, want %q", i, got, want[i])
+		}
+	}
+	// A contact that is not there fails the batch, and the control API
+	// says so.
+	if err := r.editContacts(ctx, contactEdits{IDs: []string{"00000000-0000-0000-0000-00000000dead"}, Tag: "gone"}); err == nil {
+		t.Error("editing a missing contact through the control API: no error")
 	}
 }
