@@ -222,6 +222,9 @@ type Throughput struct {
 	// AgentIO is the bench's process's read and write calls per record
 	// over the same interval; nil where /proc/self/io is not there.
 	AgentIO *IOUse `json:"agent_io,omitempty"`
+	// AgentHeap is what the bench's process allocated on Go's heap per
+	// record over the same interval, and how often it collected.
+	AgentHeap HeapUse `json:"agent_heap"`
 	// DecisionsPerCommit is the mean number of decisions per transaction
 	// of the sync log over the same interval
 	// (fhirsync_group_commit_decisions); 0 when none committed.
@@ -242,6 +245,18 @@ type IOUse struct {
 	ReadCallsPerRecord  float64 `json:"read_calls_per_record"`
 	WriteKiBPerRecord   float64 `json:"write_kib_per_record"`
 	WriteCallsPerRecord float64 `json:"write_calls_per_record"`
+}
+
+// HeapUse is what a process allocated on Go's heap per record
+// (/gc/heap/allocs:bytes of runtime/metrics) and the collections it ran
+// per thousand records (/gc/cycles/total:gc-cycles). Like the I/O counts
+// these move little from run to run, where CPU time on a shared machine
+// moves by tens of per cent, and the collector's work grows with what is
+// allocated: they tell apart changes that allocate less. C memory (SQLite's
+// caches) is not counted.
+type HeapUse struct {
+	AllocKiBPerRecord      float64 `json:"alloc_kib_per_record"`
+	CollectionsPerThousand float64 `json:"collections_per_1000_records"`
 }
 
 // Latency is source-write-to-target-write time at a fixed offered rate,
@@ -433,7 +448,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	if t1.AgentCPUSeconds, t1.SandboxCPUSeconds, t1.StealPercent, err = cpu(); err != nil {
 		return err
 	}
-	if t1.AgentIO, t1.DecisionsPerCommit, err = use1(t1.Records); err != nil {
+	if t1.AgentIO, t1.AgentHeap, t1.DecisionsPerCommit, err = use1(t1.Records); err != nil {
 		return err
 	}
 	acc1, err := e.agentAccount(ctx)
@@ -468,7 +483,7 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 	if t2.AgentCPUSeconds, t2.SandboxCPUSeconds, t2.StealPercent, err = cpu(); err != nil {
 		return err
 	}
-	if t2.AgentIO, t2.DecisionsPerCommit, err = use2(t2.Records); err != nil {
+	if t2.AgentIO, t2.AgentHeap, t2.DecisionsPerCommit, err = use2(t2.Records); err != nil {
 		return err
 	}
 	acc2, err := e.agentAccount(ctx)
@@ -598,30 +613,37 @@ func (e *env) cpuMark(ctx context.Context) (func() (agent, sandboxes, steal floa
 // useMark notes the bench process's I/O counts and the agent's group
 // commits; the returned function gives, per record of the interval since,
 // the I/O (nil without /proc/self/io) and the mean decisions per commit.
-func (e *env) useMark() (func(records int) (*IOUse, float64, error), error) {
+func (e *env) useMark() (func(records int) (*IOUse, HeapUse, float64, error), error) {
 	io0, ok0 := processIO()
+	h0 := heapCounts()
 	n0, sum0, err := e.groupCommits()
 	if err != nil {
 		return nil, err
 	}
-	return func(records int) (*IOUse, float64, error) {
+	return func(records int) (*IOUse, HeapUse, float64, error) {
+		h1 := heapCounts()
 		n1, sum1, err := e.groupCommits()
 		if err != nil {
-			return nil, 0, err
+			return nil, HeapUse{}, 0, err
 		}
 		var per float64
 		if n1 > n0 {
 			per = (sum1 - sum0) / float64(n1-n0)
 		}
-		io1, ok1 := processIO()
-		if !ok0 || !ok1 || records <= 0 {
-			return nil, per, nil
+		if records <= 0 {
+			return nil, HeapUse{}, per, nil
 		}
 		r := float64(records)
+		heap := HeapUse{AllocKiBPerRecord: float64(h1.allocBytes-h0.allocBytes) / 1024 / r,
+			CollectionsPerThousand: float64(h1.cycles-h0.cycles) * 1000 / r}
+		io1, ok1 := processIO()
+		if !ok0 || !ok1 {
+			return nil, heap, per, nil
+		}
 		return &IOUse{
 			ReadKiBPerRecord: float64(io1.rchar-io0.rchar) / 1024 / r, ReadCallsPerRecord: float64(io1.syscr-io0.syscr) / r,
 			WriteKiBPerRecord: float64(io1.wchar-io0.wchar) / 1024 / r, WriteCallsPerRecord: float64(io1.syscw-io0.syscw) / r,
-		}, per, nil
+		}, heap, per, nil
 	}, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -297,8 +298,10 @@ func TestProcessIOReadsProcSelfIO(t *testing.T) {
 func TestRowsShowIOAndGroupCommits(t *testing.T) {
 	t.Parallel()
 	res := Result{Throughput: []Throughput{{Direction: logs.CRMToFHIR, Records: 10, AgentCPUSeconds: .01, DecisionsPerCommit: 35.25,
-		AgentIO: &IOUse{ReadKiBPerRecord: 53.4, ReadCallsPerRecord: 14.3, WriteKiBPerRecord: 59.04, WriteCallsPerRecord: 24.3}}}}
+		AgentIO:   &IOUse{ReadKiBPerRecord: 53.4, ReadCallsPerRecord: 14.3, WriteKiBPerRecord: 59.04, WriteCallsPerRecord: 24.3},
+		AgentHeap: HeapUse{AllocKiBPerRecord: 121.04, CollectionsPerThousand: 3.25}}}}
 	want := map[string]string{
+		"CRM→FHIR Go heap allocated per record, bench process":                        "121.0 KiB, 3.2 collections per 1,000 records",
 		"CRM→FHIR read and write calls per record, bench process (database and HTTP)": "53.4 KiB in 14.3 reads, 59.0 KiB in 24.3 writes",
 		"CRM→FHIR decisions per group commit (mean)":                                  "35.2",
 	}
@@ -313,10 +316,28 @@ func TestRowsShowIOAndGroupCommits(t *testing.T) {
 	if len(want) > 0 {
 		t.Errorf("rows missing: %v", want)
 	}
-	res.Throughput[0].AgentIO, res.Throughput[0].DecisionsPerCommit = nil, 0
+	res.Throughput[0].AgentIO, res.Throughput[0].DecisionsPerCommit, res.Throughput[0].AgentHeap = nil, 0, HeapUse{}
 	for _, r := range res.Rows() {
-		if strings.Contains(r.Metric, "read and write calls") || strings.Contains(r.Metric, "group commit") {
+		if strings.Contains(r.Metric, "read and write calls") || strings.Contains(r.Metric, "group commit") || strings.Contains(r.Metric, "heap") {
 			t.Errorf("row %q without the figures", r.Metric)
 		}
+	}
+}
+
+var sink [][]byte
+
+func TestHeapCountsSeeAllocationsAndCollections(t *testing.T) {
+	before := heapCounts()
+	for range 64 {
+		sink = append(sink, make([]byte, 16<<10))
+	}
+	sink = nil
+	runtime.GC()
+	after := heapCounts()
+	if after.allocBytes-before.allocBytes < 1<<20 {
+		t.Errorf("allocating 1 MiB moved the count by %d bytes", after.allocBytes-before.allocBytes)
+	}
+	if after.cycles <= before.cycles {
+		t.Errorf("a collection moved the count from %d to %d", before.cycles, after.cycles)
 	}
 }

@@ -85,6 +85,10 @@ func (r *Result) Rows() []Row {
 			rows = append(rows, Row{Metric: fmt.Sprintf("%s read and write calls per record, bench process (database and HTTP)", arrow(t.Direction)),
 				Value: fmt.Sprintf("%.1f KiB in %.1f reads, %.1f KiB in %.1f writes", io.ReadKiBPerRecord, io.ReadCallsPerRecord, io.WriteKiBPerRecord, io.WriteCallsPerRecord)})
 		}
+		if h := t.AgentHeap; h.AllocKiBPerRecord > 0 {
+			rows = append(rows, Row{Metric: fmt.Sprintf("%s Go heap allocated per record, bench process", arrow(t.Direction)),
+				Value: fmt.Sprintf("%.1f KiB, %.1f collections per 1,000 records", h.AllocKiBPerRecord, h.CollectionsPerThousand)})
+		}
 		if t.DecisionsPerCommit > 0 {
 			rows = append(rows, Row{Metric: fmt.Sprintf("%s decisions per group commit (mean)", arrow(t.Direction)),
 				Value: fmt.Sprintf("%.1f", t.DecisionsPerCommit)})

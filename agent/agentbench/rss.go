@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 	"syscall"
@@ -42,6 +43,16 @@ func machineCPU() (steal, total uint64, ok bool) {
 
 // cpuSeconds is the user and system CPU time this process has used.
 func cpuSeconds() float64 { return proccpu.Used().Seconds() }
+
+// heap is what runtime/metrics counts of this process's Go heap: bytes
+// allocated and collections run since it started.
+type heap struct{ allocBytes, cycles uint64 }
+
+func heapCounts() heap {
+	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/cycles/total:gc-cycles"}}
+	metrics.Read(s)
+	return heap{allocBytes: s[0].Value.Uint64(), cycles: s[1].Value.Uint64()}
+}
 
 // ioCounts is the process's line of /proc/self/io: bytes passed to read
 // and write calls and the number of calls.
