@@ -5,8 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -15,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fhirsync/fhirsync/internal/freeport"
 	"github.com/fhirsync/fhirsync/storage"
 	"github.com/fhirsync/fhirsync/storage/storagetest"
 )
@@ -39,25 +38,14 @@ func (s *syncBuffer) String() string {
 }
 
 // freePort returns a loopback address free now, for a command under test
-// to listen on once it starts. The port is taken below Linux's default
-// ephemeral range (32768–60999): a port the system handed out for
-// "127.0.0.1:0" could be handed out again, before the command binds it,
-// as the local port of another test's connection or listener ("address
-// already in use" once in CI).
+// to listen on once it starts (see internal/freeport).
 func freePort(t *testing.T) string {
 	t.Helper()
-	for range 100 {
-		port := 20000 + rand.IntN(12000)
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			continue
-		}
-		addr := l.Addr().String()
-		l.Close()
-		return addr
+	port, err := freeport.Loopback()
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no free loopback port between 20000 and 31999 in 100 tries")
-	return ""
+	return fmt.Sprintf("127.0.0.1:%d", port)
 }
 
 func TestServeOnEmbeddedDefaultsAndPostgres(t *testing.T) {

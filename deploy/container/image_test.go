@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fhirsync/fhirsync/internal/freeport"
 )
 
 // TestContainerImage builds the image the way CI can — FROM scratch, no
@@ -196,14 +198,15 @@ func ulimits() []string {
 	return []string{"--ulimit", fmt.Sprintf("nofile=%d:%d", n, n), "--ulimit", "nproc=4096:4096"}
 }
 
+// freePort is a loopback port for the container to publish on (see
+// internal/freeport).
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := freeport.Loopback()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return port
 }
 
 func waitReady(ctx context.Context, url string, within time.Duration) error {

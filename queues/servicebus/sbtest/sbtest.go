@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fhirsync/fhirsync/internal/freeport"
 )
 
 // Python is the interpreter that can import Debian's python3-qpid-proton.
@@ -327,14 +329,9 @@ func (s *Server) stop() {
 	s.cmd = nil
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+// freePort is a loopback port for the fake to listen on (see
+// internal/freeport).
+func freePort() (int, error) { return freeport.Loopback() }
 
 // scriptPath finds fakesb.py next to this package's source.
 func scriptPath() (string, error) {
