@@ -29,7 +29,15 @@ import (
 // With BypassSteps set, each write names only the steps of its own table
 // and message (a create the Create step, an upsert Create and Update), so
 // it stays within the limit; other endpoints' steps — other integrations —
-// still run. A refusal for the missing privilege turns the bypass off for
+// still run. Dataverse merges the pipelines of the single and the bulk
+// messages: a CreateMultiple or UpdateMultiple raises the Create or Update
+// event of each of its rows, and a single Create or Update raises the
+// CreateMultiple or UpdateMultiple event with a collection of one row
+// (developer/data-platform/bulk-operations.md, "Message pipelines merged").
+// So a write also names the steps registered on the bulk counterparts of
+// its messages (after the single messages' steps, within the limit);
+// DeleteMultiple steps are not named, as that page says they do not run for
+// a Delete. A refusal for the missing privilege turns the bypass off for
 // the rest of the process: the agent's echo handling still tells its own
 // writes apart, as it does without the bypass.
 
@@ -55,7 +63,8 @@ type bypass struct {
 // BypassSteps makes the client's writes ask Dataverse to skip steps: each
 // create, update, upsert or delete (alone, in a $batch, or as
 // CreateMultiple, UpdateMultiple, UpsertMultiple) names the enabled steps
-// among steps registered for its table and message, at most limit of them
+// among steps registered for its table and message or the message's bulk
+// counterpart, at most limit of them
 // (0: DefaultBypassStepLimit). The tables' entity sets are read from the
 // CRM's metadata. No steps turns the bypass off. off, when not nil, is
 // called once if a refusal for the missing privilege turns the bypass off
@@ -110,8 +119,33 @@ func canonicalMessage(m string) string {
 		return "Update"
 	case "delete":
 		return "Delete"
+	case "createmultiple":
+		return "CreateMultiple"
+	case "updatemultiple":
+		return "UpdateMultiple"
+	case "upsertmultiple":
+		return "UpsertMultiple"
 	}
 	return m
+}
+
+// withBulk is msgs (single messages) followed by the bulk messages whose
+// events they raise or that raise theirs: CreateMultiple for Create,
+// UpdateMultiple for Update; upsertMultiple adds UpsertMultiple.
+func withBulk(msgs []string, upsertMultiple bool) []string {
+	out := slices.Clone(msgs)
+	if upsertMultiple {
+		out = append(out, "UpsertMultiple")
+	}
+	for _, m := range msgs {
+		switch m {
+		case "Create":
+			out = append(out, "CreateMultiple")
+		case "Update":
+			out = append(out, "UpdateMultiple")
+		}
+	}
+	return out
 }
 
 // bypassHeader is the header value for a request with method on path
@@ -153,6 +187,7 @@ func (c *Client) bypassHeader(method, path string, h http.Header) string {
 	default:
 		return ""
 	}
+	msgs = withBulk(msgs, action == "Microsoft.Dynamics.CRM.UpsertMultiple")
 	var ids []string
 	for _, m := range msgs {
 		for _, id := range bySet[m] {

@@ -123,3 +123,61 @@ func TestBypassStepsKeepsOwnWritesUnposted(t *testing.T) {
 		t.Errorf("creates after the refusal: %d posted in all, want 3 (their changes come back as without the bypass)", n)
 	}
 }
+
+// TestBypassStepsNameBulkMessageSteps: Dataverse merges the pipelines of
+// Create and CreateMultiple, Update and UpdateMultiple (bulk-operations.md,
+// "Message pipelines merged"), so a step registered on a bulk message runs
+// for the single write as well, and the other way round. Each write names
+// the steps of its single messages first, then those of their bulk
+// counterparts, within the limit; a delete does not name DeleteMultiple's.
+func TestBypassStepsNameBulkMessageSteps(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	srv, c := sandbox(t, crmserver.Options{Tokens: map[string]string{"agent": "11111111-1111-1111-1111-111111111111"}, Endpoint: &memQueue{},
+		EndpointEntities: []string{"contact"}}, Config{Auth: AuthBearer, Token: "agent"})
+	for _, m := range []string{"CreateMultiple", "UpdateMultiple", "UpsertMultiple", "DeleteMultiple"} {
+		srv.AddStep("contact", m)
+	}
+	eps, err := c.ServiceEndpoints(ctx)
+	if err != nil || len(eps) != 1 {
+		t.Fatalf("endpoints %v, %v", eps, err)
+	}
+	steps, err := c.EndpointSteps(ctx, eps[0].ID)
+	if err != nil || len(steps) != 7 {
+		t.Fatalf("steps %v, %v", steps, err)
+	}
+	if err := c.BypassSteps(ctx, steps, 3, nil); err != nil {
+		t.Fatal(err)
+	}
+	stepOf := map[string]string{}
+	for _, s := range steps {
+		stepOf[s.Message] = s.ID
+	}
+	for _, tt := range []struct {
+		method, path string
+		header       http.Header
+		want         []string
+	}{
+		{"POST", "contacts", nil, []string{"Create", "CreateMultiple"}},
+		{"POST", "contacts/Microsoft.Dynamics.CRM.CreateMultiple", nil, []string{"Create", "CreateMultiple"}},
+		{"POST", "contacts/Microsoft.Dynamics.CRM.UpdateMultiple", nil, []string{"Update", "UpdateMultiple"}},
+		{"PATCH", "contacts(00000000-0000-0000-0000-000000000001)", http.Header{"If-Match": {"*"}}, []string{"Update", "UpdateMultiple"}},
+		{"PATCH", "contacts(00000000-0000-0000-0000-000000000001)", http.Header{"If-None-Match": {"*"}}, []string{"Create", "CreateMultiple"}},
+		// Three named at most: the single messages' steps come first.
+		{"PATCH", "contacts(msemr_azurefhirid='p')", nil, []string{"Create", "Update", "CreateMultiple"}},
+		{"POST", "contacts/Microsoft.Dynamics.CRM.UpsertMultiple", nil, []string{"Create", "Update", "UpsertMultiple"}},
+		{"DELETE", "contacts(00000000-0000-0000-0000-000000000001)", nil, []string{"Delete"}},
+	} {
+		var want []string
+		for _, w := range tt.want {
+			want = append(want, stepOf[w])
+		}
+		if got := c.bypassHeader(tt.method, c.Root()+tt.path, tt.header); got != strings.Join(want, ",") {
+			t.Errorf("%s %s: header %q, want the steps of %v (%q)", tt.method, tt.path, got, tt.want, strings.Join(want, ","))
+		}
+	}
+	// The sandbox accepts the header of a create naming both steps.
+	if _, err := c.Create(ctx, "contacts", Record{"lastname": "Bulk"}); err != nil {
+		t.Fatal(err)
+	}
+}
