@@ -221,6 +221,17 @@ func uniq(s []string) []string {
 	return out
 }
 
+// isBulkMessage reports the bulk operation messages whose pipelines
+// Dataverse merges with those of Create, Update and Upsert
+// (developer/data-platform/bulk-operations.md, "Message pipelines merged").
+func isBulkMessage(m string) bool {
+	switch strings.ToLower(m) {
+	case "createmultiple", "updatemultiple", "upsertmultiple":
+		return true
+	}
+	return false
+}
+
 // neededSteps lists, per CRM table of an enabled entity map, the messages
 // the CRM→FHIR direction carries (Create, Update, Delete as its operations
 // allow). Expansion rows travel with their parent, so their tables need
@@ -305,10 +316,13 @@ func (d *doctor) crmSteps(ctx context.Context, c *crm.Client) {
 				have = append(have, msg)
 			}
 		}
-		var others []string
+		var others, bulk []string
 		for _, s := range steps {
 			if s.Entity == table && !slices.ContainsFunc(msgs, func(m string) bool { return strings.EqualFold(m, s.Message) }) {
 				others = append(others, s.Message)
+				if s.Enabled && isBulkMessage(s.Message) {
+					bulk = append(bulk, s.Message)
+				}
 			}
 		}
 		switch {
@@ -322,6 +336,10 @@ func (d *doctor) crmSteps(ctx context.Context, c *crm.Client) {
 		case len(wrong) > 0:
 			d.check(area, "", fail(fmt.Sprintf("enable the steps and register them at stage 40 (post-operation) on service endpoint %q", ep.Name),
 				"steps for %s on service endpoint %q: %s", table, ep.Name, strings.Join(wrong, ", ")))
+		case len(bulk) > 0:
+			d.check(area, "", fail(fmt.Sprintf("unregister the %s step(s) of %s from service endpoint %q (Plug-in Registration tool → Unregister); fhirsync needs the Create, Update and Delete steps only", strings.Join(uniq(bulk), ", "), table, ep.Name),
+				"steps for %s on service endpoint %q are registered on %s: Dataverse runs a bulk message's steps for every single write too and the single messages' for every bulk write (merged pipelines), so the changes they cover are posted twice",
+				table, ep.Name, strings.Join(uniq(bulk), ", ")))
 		default:
 			d.check(area, fmt.Sprintf("%s steps on service endpoint %q", strings.Join(have, ", "), ep.Name), nil)
 		}

@@ -737,6 +737,14 @@ func TestDoctorServiceBusEndpointSteps(t *testing.T) {
 	if l := doctorLine(out, "ok   crm steps contact"); !strings.Contains(l, `Create, Update steps on service endpoint "fhirsync crm-changes"`) || strings.Contains(out, "FAIL") {
 		t.Errorf("queue endpoint:\n%s", out)
 	}
+	// A step on a bulk message runs beside the single message's (merged
+	// pipelines): each change would be posted twice.
+	cs.AddStep("contact", "CreateMultiple")
+	out = steps("crm-changes", "sandbox.servicebus.windows.net")
+	if l := doctorLine(out, "FAIL crm steps contact"); !strings.Contains(l, "registered on CreateMultiple") || !strings.Contains(l, "unregister the CreateMultiple step(s) of contact") {
+		t.Errorf("a CreateMultiple step:\n%s", out)
+	}
+	cs.RemoveStep("contact", "CreateMultiple")
 	out = steps("crm-other", "sandbox.servicebus.windows.net")
 	if l := doctorLine(out, "FAIL crm steps"); !strings.Contains(l, "want a Service Bus queue endpoint (contract Queue) with path crm-other") || !strings.Contains(l, "Register New Service Endpoint") {
 		t.Errorf("another queue: %q", l)
