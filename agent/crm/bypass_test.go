@@ -33,14 +33,7 @@ func TestBypassStepsKeepsOwnWritesUnposted(t *testing.T) {
 		defer q.mu.Unlock()
 		return len(q.msgs)
 	}
-	eps, err := c.ServiceEndpoints(ctx)
-	if err != nil || len(eps) != 1 {
-		t.Fatalf("endpoints %v, %v", eps, err)
-	}
-	steps, err := c.EndpointSteps(ctx, eps[0].ID)
-	if err != nil || len(steps) != 6 {
-		t.Fatalf("steps %v, %v", steps, err)
-	}
+	steps := onlyEndpointSteps(t, c, 6)
 	var offs []*Error
 	if err := c.BypassSteps(ctx, steps, 2, func(e *Error) { offs = append(offs, e) }); err != nil || !c.Bypassing() {
 		t.Fatalf("BypassSteps: %v (bypassing %v)", err, c.Bypassing())
@@ -138,14 +131,7 @@ func TestBypassStepsNameBulkMessageSteps(t *testing.T) {
 	for _, m := range []string{"CreateMultiple", "UpdateMultiple", "UpsertMultiple", "DeleteMultiple"} {
 		srv.AddStep("contact", m)
 	}
-	eps, err := c.ServiceEndpoints(ctx)
-	if err != nil || len(eps) != 1 {
-		t.Fatalf("endpoints %v, %v", eps, err)
-	}
-	steps, err := c.EndpointSteps(ctx, eps[0].ID)
-	if err != nil || len(steps) != 7 {
-		t.Fatalf("steps %v, %v", steps, err)
-	}
+	steps := onlyEndpointSteps(t, c, 7)
 	if err := c.BypassSteps(ctx, steps, 3, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -180,4 +166,20 @@ func TestBypassStepsNameBulkMessageSteps(t *testing.T) {
 	if _, err := c.Create(ctx, "contacts", Record{"lastname": "Bulk"}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// onlyEndpointSteps lists the steps of the CRM's one service endpoint,
+// which must number n.
+func onlyEndpointSteps(t *testing.T, c *Client, n int) []Step {
+	t.Helper()
+	ctx := context.Background()
+	eps, err := c.ServiceEndpoints(ctx)
+	if err != nil || len(eps) != 1 {
+		t.Fatalf("endpoints %v, %v", eps, err)
+	}
+	steps, err := c.EndpointSteps(ctx, eps[0].ID)
+	if err != nil || len(steps) != n {
+		t.Fatalf("steps %v, %v; want %d", steps, err, n)
+	}
+	return steps
 }
