@@ -56,6 +56,11 @@ type Config struct {
 	// Records is how many records each throughput run and the backfill
 	// sync (50,000).
 	Records int
+	// Repeats is how many times the sustained runs (FHIR→CRM, then
+	// CRM→FHIR, each of Records new records) are made one after another
+	// (1): CPU time on a shared machine moves by tens of per cent from run
+	// to run, and the rows then give the medians beside each run.
+	Repeats int
 	// OfferedRate is the source writes per second of the latency runs
 	// (200), kept up for Duration (15s) in each direction.
 	OfferedRate float64
@@ -117,6 +122,9 @@ type Config struct {
 func (c Config) withDefaults() Config {
 	if c.Records <= 0 {
 		c.Records = 50000
+	}
+	if c.Repeats <= 0 {
+		c.Repeats = 1
 	}
 	if c.OfferedRate <= 0 {
 		c.OfferedRate = 200
@@ -191,7 +199,10 @@ func crmUse(before, after crmserver.Account, records int) CRMUse {
 // Throughput is one direction's sustained rate.
 type Throughput struct {
 	Direction logs.Direction `json:"direction"`
-	Records   int            `json:"records"`
+	// Run is which of Config.Repeats sustained runs this is, from 1; 0
+	// when there was one.
+	Run     int `json:"run,omitempty"`
+	Records int `json:"records"`
 	// Seconds runs from the first change notice (or CRM write) to the last
 	// terminal decision.
 	Seconds          float64 `json:"seconds"`
@@ -333,11 +344,14 @@ type Result struct {
 	// steps (no echoes of them).
 	BypassOwnSteps bool `json:"bypass_own_steps"`
 	// SQLiteSynchronous is Config.SQLiteSynchronous.
-	SQLiteSynchronous string       `json:"sqlite_synchronous,omitempty"`
-	Backfill          *Backfill    `json:"backfill,omitempty"`
-	Throughput        []Throughput `json:"throughput"`
-	Latency           []Latency    `json:"latency"`
-	Limited           []Limited    `json:"limited,omitempty"`
+	SQLiteSynchronous string `json:"sqlite_synchronous,omitempty"`
+	// Repeats is Config.Repeats: Throughput holds that many runs of each
+	// direction, in the order made.
+	Repeats    int          `json:"repeats"`
+	Backfill   *Backfill    `json:"backfill,omitempty"`
+	Throughput []Throughput `json:"throughput"`
+	Latency    []Latency    `json:"latency"`
+	Limited    []Limited    `json:"limited,omitempty"`
 	// PeakRSSBytes is this process's peak resident set: the agent, the
 	// embedded queue and the bench's driver, and the sandboxes too when
 	// they run inline (SandboxesInline).
@@ -361,7 +375,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Started: time.Now().UTC(), Workers: cfg.Workers, CRMUsers: cfg.CRMUsers, CRMDOPHint: cfg.CRMDOPHint, CRMBatchMax: cfg.CRMBatchMax, BypassOwnSteps: cfg.BypassOwnSteps, SQLiteSynchronous: cfg.SQLiteSynchronous, SandboxesInline: len(cfg.SandboxCommand) == 0}
+	res := &Result{Started: time.Now().UTC(), Workers: cfg.Workers, CRMUsers: cfg.CRMUsers, CRMDOPHint: cfg.CRMDOPHint, CRMBatchMax: cfg.CRMBatchMax, BypassOwnSteps: cfg.BypassOwnSteps, SQLiteSynchronous: cfg.SQLiteSynchronous, Repeats: cfg.Repeats, SandboxesInline: len(cfg.SandboxCommand) == 0}
 	err = e.measure(ctx, res)
 	res.SandboxPeakRSSBytes = e.sb.peakRSS(context.WithoutCancel(ctx))
 	if serr := e.stop(); err == nil && serr != nil {
@@ -417,81 +431,25 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 		return err
 	}
 
-	e.progress("seeding %d patients in the sandbox FHIR server", n)
-	pats, err := e.seedPatients(ctx, "t", n)
-	if err != nil {
-		return err
-	}
-	e.progress("FHIR→CRM: %d event notices", n)
-	cpu, err := e.cpuMark(ctx)
-	if err != nil {
-		return err
-	}
-	acc0, err := e.agentAccount(ctx)
-	if err != nil {
-		return err
-	}
-	use1, err := e.useMark()
-	if err != nil {
-		return err
-	}
-	end := e.phase("fhir-to-crm")
-	t1, err := e.fhirToCRM(ctx, pats)
-	if err != nil {
-		return err
-	}
-	if t1.idle, err = e.waitIdle(ctx); err != nil {
-		return err
-	}
-	end()
-	t1.DrainSeconds = t1.idle.Sub(t1.end).Seconds()
-	if t1.AgentCPUSeconds, t1.SandboxCPUSeconds, t1.StealPercent, err = cpu(); err != nil {
-		return err
-	}
-	if t1.AgentIO, t1.AgentHeap, t1.DecisionsPerCommit, err = use1(t1.Records); err != nil {
-		return err
-	}
-	acc1, err := e.agentAccount(ctx)
-	if err != nil {
-		return err
-	}
-	t1.CRM = crmUseOf(acc0, acc1, t1.Records)
-	res.Throughput = append(res.Throughput, t1)
-
-	contacts, err := e.contacts(ctx, e.runID+"-t-")
-	if err != nil {
-		return err
-	}
-	e.progress("CRM→FHIR: %d contact updates", len(contacts))
-	if cpu, err = e.cpuMark(ctx); err != nil {
-		return err
-	}
-	use2, err := e.useMark()
-	if err != nil {
-		return err
-	}
-	end = e.phase("crm-to-fhir")
-	t2, err := e.crmToFHIR(ctx, contacts)
-	if err != nil {
-		return err
-	}
-	if t2.idle, err = e.waitIdle(ctx); err != nil {
-		return err
-	}
-	end()
-	t2.DrainSeconds = t2.idle.Sub(t2.end).Seconds()
-	if t2.AgentCPUSeconds, t2.SandboxCPUSeconds, t2.StealPercent, err = cpu(); err != nil {
-		return err
-	}
-	if t2.AgentIO, t2.AgentHeap, t2.DecisionsPerCommit, err = use2(t2.Records); err != nil {
-		return err
+	var t1, t2 Throughput
+	var contacts []contact
+	for run := 1; run <= e.cfg.Repeats; run++ {
+		f, c, cs, err := e.sustained(ctx, run)
+		if err != nil {
+			return err
+		}
+		if e.cfg.Repeats > 1 {
+			f.Run, c.Run = run, run
+		}
+		res.Throughput = append(res.Throughput, f, c)
+		if run == 1 {
+			t1, t2, contacts = f, c, cs
+		}
 	}
 	acc2, err := e.agentAccount(ctx)
 	if err != nil {
 		return err
 	}
-	t2.CRM = crmUseOf(acc1, acc2, t2.Records)
-	res.Throughput = append(res.Throughput, t2)
 
 	e.progress("latency FHIR→CRM at %.0f records/s for %s", e.cfg.OfferedRate, e.cfg.Duration)
 	l1, err := e.latencyFHIRToCRM(ctx)
@@ -538,6 +496,97 @@ func (e *env) measure(ctx context.Context, res *Result) error {
 		}
 	}
 	return nil
+}
+
+// sustained seeds Patients and runs FHIR→CRM for them, then CRM→FHIR for
+// their contacts: the run-th of Config.Repeats sustained runs. It returns
+// both runs' figures and the contacts (linked to the run's Patients).
+func (e *env) sustained(ctx context.Context, run int) (Throughput, Throughput, []contact, error) {
+	n := e.cfg.Records
+	tag := "t"
+	if run > 1 {
+		tag = fmt.Sprintf("t%d", run)
+		e.progress("sustained runs, %d of %d", run, e.cfg.Repeats)
+	}
+	e.progress("seeding %d patients in the sandbox FHIR server", n)
+	pats, err := e.seedPatients(ctx, tag, n)
+	if err != nil {
+		return Throughput{}, Throughput{}, nil, err
+	}
+	e.progress("FHIR→CRM: %d event notices", n)
+	cpu, err := e.cpuMark(ctx)
+	if err != nil {
+		return Throughput{}, Throughput{}, nil, err
+	}
+	acc0, err := e.agentAccount(ctx)
+	if err != nil {
+		return Throughput{}, Throughput{}, nil, err
+	}
+	use1, err := e.useMark()
+	if err != nil {
+		return Throughput{}, Throughput{}, nil, err
+	}
+	phase := e.phase
+	if run > 1 {
+		// A profile covers the first run only.
+		phase = func(string) func() { return func() {} }
+	}
+	end := phase("fhir-to-crm")
+	t1, err := e.fhirToCRM(ctx, pats)
+	if err != nil {
+		return Throughput{}, Throughput{}, nil, err
+	}
+	if t1.idle, err = e.waitIdle(ctx); err != nil {
+		return Throughput{}, Throughput{}, nil, err
+	}
+	end()
+	t1.DrainSeconds = t1.idle.Sub(t1.end).Seconds()
+	if t1.AgentCPUSeconds, t1.SandboxCPUSeconds, t1.StealPercent, err = cpu(); err != nil {
+		return Throughput{}, Throughput{}, nil, err
+	}
+	if t1.AgentIO, t1.AgentHeap, t1.DecisionsPerCommit, err = use1(t1.Records); err != nil {
+		return Throughput{}, Throughput{}, nil, err
+	}
+	acc1, err := e.agentAccount(ctx)
+	if err != nil {
+		return Throughput{}, Throughput{}, nil, err
+	}
+	t1.CRM = crmUseOf(acc0, acc1, t1.Records)
+
+	contacts, err := e.contacts(ctx, e.runID+"-"+tag+"-")
+	if err != nil {
+		return Throughput{}, Throughput{}, nil, err
+	}
+	e.progress("CRM→FHIR: %d contact updates", len(contacts))
+	if cpu, err = e.cpuMark(ctx); err != nil {
+		return Throughput{}, Throughput{}, nil, err
+	}
+	use2, err := e.useMark()
+	if err != nil {
+		return Throughput{}, Throughput{}, nil, err
+	}
+	end = phase("crm-to-fhir")
+	t2, err := e.crmToFHIR(ctx, contacts)
+	if err != nil {
+		return Throughput{}, Throughput{}, nil, err
+	}
+	if t2.idle, err = e.waitIdle(ctx); err != nil {
+		return Throughput{}, Throughput{}, nil, err
+	}
+	end()
+	t2.DrainSeconds = t2.idle.Sub(t2.end).Seconds()
+	if t2.AgentCPUSeconds, t2.SandboxCPUSeconds, t2.StealPercent, err = cpu(); err != nil {
+		return Throughput{}, Throughput{}, nil, err
+	}
+	if t2.AgentIO, t2.AgentHeap, t2.DecisionsPerCommit, err = use2(t2.Records); err != nil {
+		return Throughput{}, Throughput{}, nil, err
+	}
+	acc2, err := e.agentAccount(ctx)
+	if err != nil {
+		return Throughput{}, Throughput{}, nil, err
+	}
+	t2.CRM = crmUseOf(acc1, acc2, t2.Records)
+	return t1, t2, contacts, nil
 }
 
 // phase tells Config.Phase that the named run starts.

@@ -341,3 +341,46 @@ func TestHeapCountsSeeAllocationsAndCollections(t *testing.T) {
 		t.Errorf("a collection moved the count from %d to %d", before.cycles, after.cycles)
 	}
 }
+
+// TestRowsGiveMediansOfRepeatedRuns: with repeated sustained runs the rows
+// give, per direction, the median and range of records/s, the agent's CPU
+// per record and the heap allocated per record, the targets checked on
+// the medians.
+func TestRowsGiveMediansOfRepeatedRuns(t *testing.T) {
+	t.Parallel()
+	run := func(dir logs.Direction, n int, rate, cpuMs, kib float64) Throughput {
+		return Throughput{Direction: dir, Run: n, Records: 1000, Sent: 1000, RecordsPerSecond: rate,
+			AgentCPUSeconds: cpuMs, AgentHeap: HeapUse{AllocKiBPerRecord: kib}}
+	}
+	res := Result{Repeats: 4, Throughput: []Throughput{
+		run(logs.FHIRToCRM, 1, 3100, 0.30, 100), run(logs.CRMToFHIR, 1, 1500, 0.70, 140),
+		run(logs.FHIRToCRM, 2, 2900, 0.40, 102), run(logs.CRMToFHIR, 2, 1700, 0.50, 136),
+		run(logs.FHIRToCRM, 3, 3300, 0.31, 101), run(logs.CRMToFHIR, 3, 1600, 0.60, 137),
+		run(logs.FHIRToCRM, 4, 3000, 0.33, 103), run(logs.CRMToFHIR, 4, 1400, 0.90, 138),
+	}}
+	want := map[string][2]string{
+		"FHIR→CRM sustained, median of 4 runs":                                {"3050 records/s (2900–3300)", "yes"},
+		"FHIR→CRM sustained, median of 4 runs: CPU per record, agent process": {"0.32 ms (0.30–0.40)", "yes"},
+		"FHIR→CRM sustained, median of 4 runs: Go heap allocated per record":  {"101.5 KiB (100.0–103.0)", ""},
+		"CRM→FHIR sustained, median of 4 runs":                                {"1550 records/s (1400–1700)", "no"},
+		"CRM→FHIR sustained, median of 4 runs: CPU per record, agent process": {"0.65 ms (0.50–0.90)", "no"},
+		"FHIR→CRM (run 3) sustained (1000 records, no CRM limits)":            {"3300 records/s", "yes"},
+	}
+	for _, r := range res.Rows() {
+		if w, ok := want[r.Metric]; ok {
+			if r.Value != w[0] || r.Met != w[1] {
+				t.Errorf("%s = %q (met %q), want %q (met %q)", r.Metric, r.Value, r.Met, w[0], w[1])
+			}
+			delete(want, r.Metric)
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("rows missing: %v", want)
+	}
+	res.Repeats = 1
+	for _, r := range res.Rows() {
+		if strings.Contains(r.Metric, "median") {
+			t.Errorf("row %q for a single run", r.Metric)
+		}
+	}
+}

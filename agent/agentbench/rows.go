@@ -2,6 +2,7 @@ package agentbench
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/fhirsync/fhirsync/logs"
@@ -53,46 +54,53 @@ func (r *Result) Rows() []Row {
 		rows = append(rows, crmRows("backfill", b.CRM, TargetBackfillRequestsPerRecord)...)
 	}
 	for _, t := range r.Throughput {
+		a := arrow(t.Direction)
+		if t.Run > 0 {
+			a = fmt.Sprintf("%s (run %d)", a, t.Run)
+		}
 		rows = append(rows, Row{
-			Metric: fmt.Sprintf("%s sustained (%d records, no CRM limits)", arrow(t.Direction), t.Records),
+			Metric: fmt.Sprintf("%s sustained (%d records, no CRM limits)", a, t.Records),
 			Value:  fmt.Sprintf("%.0f records/s", t.RecordsPerSecond),
 			Target: fmt.Sprintf(">= %.0f records/s", TargetRecordsPerSecond),
 			Met:    met(t.RecordsPerSecond >= TargetRecordsPerSecond && t.Sent == t.Records),
 		})
-		rows = append(rows, crmRows(arrow(t.Direction)+" sustained", t.CRM, 0)...)
+		rows = append(rows, crmRows(a+" sustained", t.CRM, 0)...)
 		rows = append(rows, Row{
-			Metric: fmt.Sprintf("%s queues empty after the last decision", arrow(t.Direction)),
+			Metric: fmt.Sprintf("%s queues empty after the last decision", a),
 			Value:  fmt.Sprintf("%.1f s", t.DrainSeconds),
 		})
 		if t.StealPercent >= 0 && t.AgentCPUSeconds > 0 {
-			rows = append(rows, Row{Metric: fmt.Sprintf("%s CPU time taken by the host (steal, whole machine)", arrow(t.Direction)),
+			rows = append(rows, Row{Metric: fmt.Sprintf("%s CPU time taken by the host (steal, whole machine)", a),
 				Value: fmt.Sprintf("%.0f %%", t.StealPercent)})
 		}
 		if t.Records > 0 && t.AgentCPUSeconds > 0 {
 			per := func(s float64) float64 { return s / float64(t.Records) }
 			perRecord := func(s float64) string { return fmt.Sprintf("%.2f ms", per(s)*1000) }
 			if r.SandboxesInline {
-				rows = append(rows, Row{Metric: fmt.Sprintf("%s CPU per record (agent and sandboxes)", arrow(t.Direction)), Value: perRecord(t.AgentCPUSeconds)})
+				rows = append(rows, Row{Metric: fmt.Sprintf("%s CPU per record (agent and sandboxes)", a), Value: perRecord(t.AgentCPUSeconds)})
 			} else {
 				rows = append(rows,
-					Row{Metric: fmt.Sprintf("%s CPU per record, agent process", arrow(t.Direction)), Value: perRecord(t.AgentCPUSeconds),
+					Row{Metric: fmt.Sprintf("%s CPU per record, agent process", a), Value: perRecord(t.AgentCPUSeconds),
 						Target: fmt.Sprintf("<= %.2f ms", TargetAgentCPUPerRecord.Seconds()*1000),
 						Met:    met(per(t.AgentCPUSeconds) <= TargetAgentCPUPerRecord.Seconds())},
-					Row{Metric: fmt.Sprintf("%s CPU per record, sandbox process", arrow(t.Direction)), Value: perRecord(t.SandboxCPUSeconds)})
+					Row{Metric: fmt.Sprintf("%s CPU per record, sandbox process", a), Value: perRecord(t.SandboxCPUSeconds)})
 			}
 		}
 		if io := t.AgentIO; io != nil {
-			rows = append(rows, Row{Metric: fmt.Sprintf("%s read and write calls per record, bench process (database and HTTP)", arrow(t.Direction)),
+			rows = append(rows, Row{Metric: fmt.Sprintf("%s read and write calls per record, bench process (database and HTTP)", a),
 				Value: fmt.Sprintf("%.1f KiB in %.1f reads, %.1f KiB in %.1f writes", io.ReadKiBPerRecord, io.ReadCallsPerRecord, io.WriteKiBPerRecord, io.WriteCallsPerRecord)})
 		}
 		if h := t.AgentHeap; h.AllocKiBPerRecord > 0 {
-			rows = append(rows, Row{Metric: fmt.Sprintf("%s Go heap allocated per record, bench process", arrow(t.Direction)),
+			rows = append(rows, Row{Metric: fmt.Sprintf("%s Go heap allocated per record, bench process", a),
 				Value: fmt.Sprintf("%.1f KiB, %.1f collections per 1,000 records", h.AllocKiBPerRecord, h.CollectionsPerThousand)})
 		}
 		if t.DecisionsPerCommit > 0 {
-			rows = append(rows, Row{Metric: fmt.Sprintf("%s decisions per group commit (mean)", arrow(t.Direction)),
+			rows = append(rows, Row{Metric: fmt.Sprintf("%s decisions per group commit (mean)", a),
 				Value: fmt.Sprintf("%.1f", t.DecisionsPerCommit)})
 		}
+	}
+	if r.Repeats > 1 {
+		rows = append(rows, r.medianRows()...)
 	}
 	for _, l := range r.Latency {
 		all := l.Written == l.Offered
@@ -156,4 +164,54 @@ func plural(n int) string {
 		return ""
 	}
 	return "s"
+}
+
+// medianRows are the medians (and ranges) of the repeated sustained runs
+// of each direction: records/s and, with the sandboxes in their own
+// process, the agent's CPU per record, each checked against its target,
+// and the heap allocated per record.
+func (r *Result) medianRows() []Row {
+	var rows []Row
+	for _, dir := range []logs.Direction{logs.FHIRToCRM, logs.CRMToFHIR} {
+		var rate, cpu, heap []float64
+		all := true
+		for _, t := range r.Throughput {
+			if t.Direction != dir || t.Records == 0 {
+				continue
+			}
+			all = all && t.Sent == t.Records
+			rate = append(rate, t.RecordsPerSecond)
+			cpu = append(cpu, t.AgentCPUSeconds/float64(t.Records))
+			heap = append(heap, t.AgentHeap.AllocKiBPerRecord)
+		}
+		if len(rate) == 0 {
+			continue
+		}
+		what := fmt.Sprintf("%s sustained, median of %d runs", arrow(dir), len(rate))
+		m, lo, hi := medianRange(rate)
+		rows = append(rows, Row{Metric: what, Value: fmt.Sprintf("%.0f records/s (%.0f–%.0f)", m, lo, hi),
+			Target: fmt.Sprintf(">= %.0f records/s", TargetRecordsPerSecond), Met: met(all && m >= TargetRecordsPerSecond)})
+		if !r.SandboxesInline && slices.Max(cpu) > 0 {
+			m, lo, hi := medianRange(cpu)
+			rows = append(rows, Row{Metric: what + ": CPU per record, agent process", Value: fmt.Sprintf("%.2f ms (%.2f–%.2f)", m*1000, lo*1000, hi*1000),
+				Target: fmt.Sprintf("<= %.2f ms", TargetAgentCPUPerRecord.Seconds()*1000), Met: met(m <= TargetAgentCPUPerRecord.Seconds())})
+		}
+		if slices.Max(heap) > 0 {
+			m, lo, hi := medianRange(heap)
+			rows = append(rows, Row{Metric: what + ": Go heap allocated per record", Value: fmt.Sprintf("%.1f KiB (%.1f–%.1f)", m, lo, hi)})
+		}
+	}
+	return rows
+}
+
+// medianRange is the median of xs (the mean of the middle two for an even
+// count), its least and its greatest.
+func medianRange(xs []float64) (median, lo, hi float64) {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2], s[0], s[n-1]
+	}
+	return (s[n/2-1] + s[n/2]) / 2, s[0], s[n-1]
 }

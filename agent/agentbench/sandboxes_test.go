@@ -53,7 +53,7 @@ func TestSandboxesInAProcessOfTheirOwn(t *testing.T) {
 	db := storagetest.Open(t, storage.SQLite)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	res, err := Run(ctx, Config{DB: db, TempDir: t.TempDir(), Records: 30, OfferedRate: 10, Duration: time.Second,
+	res, err := Run(ctx, Config{DB: db, TempDir: t.TempDir(), Records: 30, Repeats: 2, OfferedRate: 10, Duration: time.Second,
 		Limits: crmserver.Limits{Requests: -1}, SandboxCommand: []string{envPath, helperEnv + "=1", os.Args[0]}})
 	if err != nil {
 		t.Fatal(err)
@@ -61,9 +61,13 @@ func TestSandboxesInAProcessOfTheirOwn(t *testing.T) {
 	if res.SandboxesInline || res.SandboxPeakRSSBytes <= 0 || res.PeakRSSBytes <= 0 {
 		t.Fatalf("inline %v, agent RSS %d, sandbox RSS %d: want both processes measured", res.SandboxesInline, res.PeakRSSBytes, res.SandboxPeakRSSBytes)
 	}
-	for _, tp := range res.Throughput {
-		if tp.Sent != 30 {
-			t.Errorf("%s: %d of 30 sent", tp.Direction, tp.Sent)
+	// Two sustained runs of each direction, each with its own records.
+	if len(res.Throughput) != 4 || res.Repeats != 2 {
+		t.Fatalf("%d sustained runs, repeats %d; want 4 and 2", len(res.Throughput), res.Repeats)
+	}
+	for i, tp := range res.Throughput {
+		if tp.Sent != 30 || tp.Run != i/2+1 {
+			t.Errorf("%s run %d: %d of 30 sent; want run %d", tp.Direction, tp.Run, tp.Sent, i/2+1)
 		}
 	}
 	for _, l := range res.Latency {
@@ -76,6 +80,9 @@ func TestSandboxesInAProcessOfTheirOwn(t *testing.T) {
 	var names []string
 	for _, r := range res.Rows() {
 		names = append(names, r.Metric)
+	}
+	if !slices.Contains(names, "CRM→FHIR sustained, median of 2 runs: CPU per record, agent process") {
+		t.Errorf("rows %q have no median of the two runs", names)
 	}
 	if !slices.Contains(names, "peak RSS (agent process)") || !slices.ContainsFunc(names, func(n string) bool { return strings.HasPrefix(n, "peak RSS (sandbox process") }) {
 		t.Errorf("rows %q do not report the two processes apart", names)

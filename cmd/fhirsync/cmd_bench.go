@@ -33,6 +33,7 @@ documented service-protection limits on, for each number of application
 users (--crm-users) and execution-cost multiplier (--limit-costs). The database is a temporary SQLite file unless --database-url
 names one; use a scratch database, the run leaves its rows behind.`)
 	records := fs.Int("records", 50000, "records synced in each direction for the throughput figures")
+	repeats := fs.Int("repeat", 1, "make the sustained runs (no CRM limits) this many times, each with new records, and report each and their medians")
 	rate := fs.Float64("offered-rate", 200, "source writes per second in the latency runs")
 	duration := fs.Duration("duration", 15*time.Second, "length of each latency run")
 	workers := fs.Int("workers", 0, "agent workers per queue (0: the agent's default)")
@@ -96,6 +97,8 @@ names one; use a scratch database, the run leaves its rows behind.`)
 		return usageErrorf("bench: --sandboxes must be process or inline")
 	case *records < 1 || *records > 1000000:
 		return usageErrorf("bench: --records must be 1..1000000")
+	case *repeats < 1 || *repeats > 100:
+		return usageErrorf("bench: --repeat must be 1..100")
 	case *rate <= 0 || *duration <= 0 || *rate*duration.Seconds() < 1:
 		return usageErrorf("bench: --offered-rate and --duration must be positive and offer at least one record")
 	case *workers < 0 || *windows < 1:
@@ -233,7 +236,7 @@ names one; use a scratch database, the run leaves its rows behind.`)
 	if storage.DialectOf(db) != storage.SQLite {
 		sqliteSync = ""
 	}
-	res, err := agentbench.Run(ctx, agentbench.Config{DB: db, TempDir: dir, Records: *records, OfferedRate: *rate, Duration: *duration,
+	res, err := agentbench.Run(ctx, agentbench.Config{DB: db, TempDir: dir, Records: *records, Repeats: *repeats, OfferedRate: *rate, Duration: *duration,
 		Workers: *workers, CRMUsers: users[0], CRMDOPHint: *dopHint, CRMBatchMax: *batchMax, CRMBatchWait: *batchWait, Limits: limits, LimitedUsers: users, LimitedCosts: multipliers, LimitedWindows: *windows, Progress: progress, SandboxCommand: command, BaseStateOff: *baseState == "off", BypassOwnSteps: *bypass == "on", Phase: phase,
 		SQLiteSynchronous: sqliteSync})
 	if err != nil {
