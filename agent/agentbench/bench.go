@@ -513,80 +513,70 @@ func (e *env) sustained(ctx context.Context, run int) (Throughput, Throughput, [
 	if err != nil {
 		return Throughput{}, Throughput{}, nil, err
 	}
-	e.progress("FHIR→CRM: %d event notices", n)
-	cpu, err := e.cpuMark(ctx)
-	if err != nil {
-		return Throughput{}, Throughput{}, nil, err
-	}
-	acc0, err := e.agentAccount(ctx)
-	if err != nil {
-		return Throughput{}, Throughput{}, nil, err
-	}
-	use1, err := e.useMark()
-	if err != nil {
-		return Throughput{}, Throughput{}, nil, err
-	}
 	phase := e.phase
 	if run > 1 {
 		// A profile covers the first run only.
 		phase = func(string) func() { return func() {} }
 	}
-	end := phase("fhir-to-crm")
-	t1, err := e.fhirToCRM(ctx, pats)
+	acc0, err := e.agentAccount(ctx)
 	if err != nil {
 		return Throughput{}, Throughput{}, nil, err
 	}
-	if t1.idle, err = e.waitIdle(ctx); err != nil {
-		return Throughput{}, Throughput{}, nil, err
-	}
-	end()
-	t1.DrainSeconds = t1.idle.Sub(t1.end).Seconds()
-	if t1.AgentCPUSeconds, t1.SandboxCPUSeconds, t1.StealPercent, err = cpu(); err != nil {
-		return Throughput{}, Throughput{}, nil, err
-	}
-	if t1.AgentIO, t1.AgentHeap, t1.DecisionsPerCommit, err = use1(t1.Records); err != nil {
-		return Throughput{}, Throughput{}, nil, err
-	}
-	acc1, err := e.agentAccount(ctx)
+	e.progress("FHIR→CRM: %d event notices", n)
+	t1, acc1, err := e.timedRun(ctx, phase, "fhir-to-crm", acc0, func() (Throughput, error) { return e.fhirToCRM(ctx, pats) })
 	if err != nil {
 		return Throughput{}, Throughput{}, nil, err
 	}
-	t1.CRM = crmUseOf(acc0, acc1, t1.Records)
-
 	contacts, err := e.contacts(ctx, e.runID+"-"+tag+"-")
 	if err != nil {
 		return Throughput{}, Throughput{}, nil, err
 	}
 	e.progress("CRM→FHIR: %d contact updates", len(contacts))
-	if cpu, err = e.cpuMark(ctx); err != nil {
-		return Throughput{}, Throughput{}, nil, err
-	}
-	use2, err := e.useMark()
+	t2, _, err := e.timedRun(ctx, phase, "crm-to-fhir", acc1, func() (Throughput, error) { return e.crmToFHIR(ctx, contacts) })
 	if err != nil {
 		return Throughput{}, Throughput{}, nil, err
 	}
-	end = phase("crm-to-fhir")
-	t2, err := e.crmToFHIR(ctx, contacts)
+	return t1, t2, contacts, nil
+}
+
+// timedRun makes one sustained run with drive, under the profile phase
+// name, and measures it from its start until the queues are empty: both
+// processes' CPU time, the bench process's I/O and heap, the group
+// commits, and the CRM use since the accounts acc0 (returning the
+// accounts at its end).
+func (e *env) timedRun(ctx context.Context, phase func(string) func(), name string, acc0 account, drive func() (Throughput, error)) (Throughput, account, error) {
+	cpu, err := e.cpuMark(ctx)
 	if err != nil {
-		return Throughput{}, Throughput{}, nil, err
+		return Throughput{}, account{}, err
 	}
-	if t2.idle, err = e.waitIdle(ctx); err != nil {
-		return Throughput{}, Throughput{}, nil, err
+	use, err := e.useMark()
+	if err != nil {
+		return Throughput{}, account{}, err
+	}
+	end := phase(name)
+	t, err := drive()
+	if err != nil {
+		end()
+		return Throughput{}, account{}, err
+	}
+	if t.idle, err = e.waitIdle(ctx); err != nil {
+		end()
+		return Throughput{}, account{}, err
 	}
 	end()
-	t2.DrainSeconds = t2.idle.Sub(t2.end).Seconds()
-	if t2.AgentCPUSeconds, t2.SandboxCPUSeconds, t2.StealPercent, err = cpu(); err != nil {
-		return Throughput{}, Throughput{}, nil, err
+	t.DrainSeconds = t.idle.Sub(t.end).Seconds()
+	if t.AgentCPUSeconds, t.SandboxCPUSeconds, t.StealPercent, err = cpu(); err != nil {
+		return Throughput{}, account{}, err
 	}
-	if t2.AgentIO, t2.AgentHeap, t2.DecisionsPerCommit, err = use2(t2.Records); err != nil {
-		return Throughput{}, Throughput{}, nil, err
+	if t.AgentIO, t.AgentHeap, t.DecisionsPerCommit, err = use(t.Records); err != nil {
+		return Throughput{}, account{}, err
 	}
-	acc2, err := e.agentAccount(ctx)
+	acc1, err := e.agentAccount(ctx)
 	if err != nil {
-		return Throughput{}, Throughput{}, nil, err
+		return Throughput{}, account{}, err
 	}
-	t2.CRM = crmUseOf(acc1, acc2, t2.Records)
-	return t1, t2, contacts, nil
+	t.CRM = crmUseOf(acc0, acc1, t.Records)
+	return t, acc1, nil
 }
 
 // phase tells Config.Phase that the named run starts.
