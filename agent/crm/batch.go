@@ -311,14 +311,9 @@ func readParts(mr *multipart.Reader, depth int) ([]batchPart, error) {
 				// Microsoft's printed batch answers show it.
 				raw = append(raw, "\r\n"...)
 			}
-			resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(raw)), nil)
+			body, resp, err := partResponse(raw)
 			if err != nil {
-				return nil, fmt.Errorf("malformed response part: %w", err)
-			}
-			body, err := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if err != nil {
-				return nil, fmt.Errorf("malformed response part body: %w", err)
+				return nil, err
 			}
 			r := &OpResult{Status: resp.StatusCode, Header: resp.Header, Body: body}
 			if resp.StatusCode < 200 || resp.StatusCode > 299 {
@@ -329,6 +324,33 @@ func readParts(mr *multipart.Reader, depth int) ([]batchPart, error) {
 			return nil, fmt.Errorf("unexpected part type %q", mt)
 		}
 	}
+}
+
+// partResponse reads the HTTP response a batch answer part holds. The
+// part is already in memory: its body is a slice of raw (not a copy) when
+// the response is not chunked and holds at least its Content-Length.
+func partResponse(raw []byte) ([]byte, *http.Response, error) {
+	src := bytes.NewReader(raw)
+	br := bufio.NewReaderSize(src, min(len(raw), 4096))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return nil, nil, fmt.Errorf("malformed response part: %w", err)
+	}
+	defer resp.Body.Close()
+	if len(resp.TransferEncoding) == 0 && resp.Body != http.NoBody {
+		rest := raw[len(raw)-src.Len()-br.Buffered():]
+		switch {
+		case resp.ContentLength < 0:
+			return rest, resp, nil
+		case int64(len(rest)) >= resp.ContentLength:
+			return rest[:resp.ContentLength], resp, nil
+		}
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, nil, fmt.Errorf("malformed response part body: %w", err)
+	}
+	return body, resp, nil
 }
 
 // matchBatch pairs response parts with the ops, in order, and names each
