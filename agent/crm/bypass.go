@@ -129,6 +129,17 @@ func canonicalMessage(m string) string {
 	return m
 }
 
+// IsBulkMessage reports the bulk operation messages whose pipelines
+// Dataverse merges with those of the single messages (CreateMultiple,
+// UpdateMultiple, UpsertMultiple; any case), as the package doc says.
+func IsBulkMessage(m string) bool {
+	switch strings.ToLower(m) {
+	case "createmultiple", "updatemultiple", "upsertmultiple":
+		return true
+	}
+	return false
+}
+
 // withBulk is msgs (single messages) followed by the bulk messages whose
 // events they raise or that raise theirs: CreateMultiple for Create,
 // UpdateMultiple for Update; upsertMultiple adds UpsertMultiple.

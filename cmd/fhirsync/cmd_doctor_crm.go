@@ -221,17 +221,6 @@ func uniq(s []string) []string {
 	return out
 }
 
-// isBulkMessage reports the bulk operation messages whose pipelines
-// Dataverse merges with those of Create, Update and Upsert
-// (developer/data-platform/bulk-operations.md, "Message pipelines merged").
-func isBulkMessage(m string) bool {
-	switch strings.ToLower(m) {
-	case "createmultiple", "updatemultiple", "upsertmultiple":
-		return true
-	}
-	return false
-}
-
 // neededSteps lists, per CRM table of an enabled entity map, the messages
 // the CRM→FHIR direction carries (Create, Update, Delete as its operations
 // allow). Expansion rows travel with their parent, so their tables need
@@ -320,7 +309,7 @@ func (d *doctor) crmSteps(ctx context.Context, c *crm.Client) {
 		for _, s := range steps {
 			if s.Entity == table && !slices.ContainsFunc(msgs, func(m string) bool { return strings.EqualFold(m, s.Message) }) {
 				others = append(others, s.Message)
-				if s.Enabled && isBulkMessage(s.Message) {
+				if s.Enabled && crm.IsBulkMessage(s.Message) {
 					bulk = append(bulk, s.Message)
 				}
 			}
