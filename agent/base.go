@@ -93,8 +93,9 @@ func decodeBase(b []byte) (map[string]attrHash, error) {
 		return nil, fmt.Errorf("base state: unknown encoding")
 	}
 	b = b[1:]
-	// Names are short: one entry is at least 2×baseHashSize+2 bytes; the
-	// map is made at about its final size instead of growing.
+	// An entry is its name's length, the name and two hashes: with names
+	// of about fifteen bytes the map is made at about its final size
+	// instead of growing.
 	out := make(map[string]attrHash, len(b)/(2*baseHashSize+16))
 	for len(b) > 0 {
 		n, k := binary.Uvarint(b)

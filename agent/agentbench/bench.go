@@ -555,15 +555,13 @@ func (e *env) timedRun(ctx context.Context, phase func(string) func(), name stri
 	}
 	end := phase(name)
 	t, err := drive()
-	if err != nil {
-		end()
-		return Throughput{}, account{}, err
-	}
-	if t.idle, err = e.waitIdle(ctx); err != nil {
-		end()
-		return Throughput{}, account{}, err
+	if err == nil {
+		t.idle, err = e.waitIdle(ctx)
 	}
 	end()
+	if err != nil {
+		return Throughput{}, account{}, err
+	}
 	t.DrainSeconds = t.idle.Sub(t.end).Seconds()
 	if t.AgentCPUSeconds, t.SandboxCPUSeconds, t.StealPercent, err = cpu(); err != nil {
 		return Throughput{}, account{}, err

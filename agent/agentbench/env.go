@@ -44,6 +44,12 @@ const (
 	maxAgentUsers = 8
 )
 
+// coordinator is a CRM client signed in as the person editing contacts,
+// for the sandbox CRM at url.
+func coordinator(url string) (*crm.Client, error) {
+	return crm.New(crm.Config{URL: url, Auth: crm.AuthBearer, Token: humanToken})
+}
+
 // agentToken is the bearer token of the agent's application user i (from
 // 0), agentUser its systemuserid.
 func agentToken(i int) string {
@@ -137,7 +143,7 @@ func start(ctx context.Context, cfg Config) (*env, error) {
 	if e.fhir, err = fhir.New(fhir.Config{BaseURL: e.sb.fhirURL()}); err != nil {
 		return fail(err)
 	}
-	if e.crm, err = crm.New(crm.Config{URL: e.sb.crmURL(), Auth: crm.AuthBearer, Token: humanToken}); err != nil {
+	if e.crm, err = coordinator(e.sb.crmURL()); err != nil {
 		return fail(err)
 	}
 	var secret [24]byte

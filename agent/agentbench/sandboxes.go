@@ -103,7 +103,7 @@ func startLocal(dir, runID string, endpoint sender) (*local, error) {
 	l := &local{fhirSrv: fs, crmSrv: cs, tw: tw}
 	l.fhirHTTP = httptest.NewServer(l.tw.fhirHandler(fs))
 	l.crmHTTP = httptest.NewServer(cs)
-	if l.human, err = crm.New(crm.Config{URL: l.crmHTTP.URL, Auth: crm.AuthBearer, Token: humanToken}); err != nil {
+	if l.human, err = coordinator(l.crmHTTP.URL); err != nil {
 		_ = l.close()
 		return nil, err
 	}

@@ -106,7 +106,7 @@ func newSignalLeg(ctx context.Context, cfg SignalConfig, sb *local, fc *fhir.Cli
 	if cfg.Patients <= 0 {
 		cfg.Patients = 20
 	}
-	human, err := crm.New(crm.Config{URL: sb.crmURL(), Auth: crm.AuthBearer, Token: humanToken})
+	human, err := coordinator(sb.crmURL())
 	if err != nil {
 		return nil, err
 	}

@@ -136,7 +136,7 @@ func Start(t testing.TB, queues ...QueueConfig) *Server {
 
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		port, err := freePort()
+		port, err := freeport.Loopback()
 		if err != nil {
 			t.Fatalf("finding a free port: %v", err)
 		}
@@ -328,10 +328,6 @@ func (s *Server) stop() {
 	_ = s.cmd.Wait()
 	s.cmd = nil
 }
-
-// freePort is a loopback port for the fake to listen on (see
-// internal/freeport).
-func freePort() (int, error) { return freeport.Loopback() }
 
 // scriptPath finds fakesb.py next to this package's source.
 func scriptPath() (string, error) {
