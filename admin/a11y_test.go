@@ -138,7 +138,7 @@ func a11yFlows(s *showcase) []a11yFlow {
 		{"map editor with the attribute picker and path completion open", fmt.Sprintf("/maps/versions/%d/edit?map=patient-contact", s.Draft), []chromedp.Action{
 			leaveWithoutAsking(),
 			chromedp.WaitVisible("#am-list", chromedp.ByID),
-			chromedp.Click("#am-add", chromedp.ByID),
+			press("#am-add"),
 			chromedp.WaitVisible("#am-picker-filter", chromedp.ByID),
 			chromedp.SendKeys("#am-0-fhirPath", "na", chromedp.ByID),
 			chromedp.WaitVisible("#am-0-fhirPath-options li", chromedp.ByQuery)}},

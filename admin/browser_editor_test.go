@@ -67,6 +67,19 @@ func poll(expr string) chromedp.Action {
 	return chromedp.Poll(expr, nil, chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(90*time.Second))
 }
 
+// press activates the button sel names from the keyboard: focus, then
+// Enter. The editor's live results (a path's value on the sample, the
+// samples' outcome) arrive a moment after it opens and push the buttons
+// below them down, so a mouse click aimed where a button was a moment
+// before can land on another one; the keyboard needs no coordinates.
+func press(sel string) chromedp.Action {
+	return chromedp.Tasks{
+		chromedp.WaitVisible(sel, chromedp.ByQuery),
+		chromedp.Focus(sel, chromedp.ByQuery),
+		chromedp.KeyEvent(kb.Enter),
+	}
+}
+
 // step runs actions as one named step, so that a failure says which step
 // it was.
 func step(name string, actions ...chromedp.Action) chromedp.Action {
@@ -105,12 +118,12 @@ func TestBrowserEditorAddFromPickerAndPublish(t *testing.T) {
 		signIn(e.url, "editor@example.org"),
 		chromedp.Navigate(fmt.Sprintf("%s/maps/versions/%d/edit?map=patient-contact", e.url, n)),
 		chromedp.WaitVisible("#am-list", chromedp.ByID),
-		chromedp.Click("#am-add", chromedp.ByID),
+		press("#am-add"),
 		chromedp.WaitVisible("#am-picker-filter", chromedp.ByID),
 		chromedp.SendKeys("#am-picker-filter", "nick", chromedp.ByID),
 		chromedp.WaitVisible("#am-pick-nickname", chromedp.ByID),
 		chromedp.Text(`#am-picker-table tr[data-attribute="nickname"]`, &pickerRow, chromedp.ByQuery),
-		chromedp.Click("#am-pick-nickname", chromedp.ByID),
+		press("#am-pick-nickname"),
 		waitFocus(path),
 		chromedp.Text(fmt.Sprintf("#am-%d-crm", added), &hint, chromedp.ByID),
 		// Completion: "name.where(use = 'nickname').gi" offers given.
@@ -442,7 +455,7 @@ func TestBrowserEditorRefusesNonexistentAttribute(t *testing.T) {
 		signIn(e.url, "editor@example.org"),
 		chromedp.Navigate(fmt.Sprintf("%s/maps/versions/%d/edit?map=patient-contact", e.url, n)),
 		chromedp.WaitVisible("#am-list", chromedp.ByID),
-		chromedp.Click("#am-edit-1", chromedp.ByID),
+		press("#am-edit-1"),
 		chromedp.WaitVisible("#am-1-crmAttribute", chromedp.ByID),
 		clearField("am-1-crmAttribute"),
 		chromedp.SendKeys("#am-1-crmAttribute", "firstnam", chromedp.ByID),
@@ -552,7 +565,7 @@ func TestBrowserEditorRoundField(t *testing.T) {
 			chromedp.Navigate(fmt.Sprintf("%s/maps/versions/%d/edit?map=observation", e.url, n)),
 			chromedp.WaitVisible("#am-list", chromedp.ByID)),
 		step("opening the attribute map",
-			chromedp.Click(fmt.Sprintf("#am-edit-%d", i), chromedp.ByID),
+			press(fmt.Sprintf("#am-edit-%d", i)),
 			chromedp.WaitVisible("#"+field, chromedp.ByID),
 			chromedp.Value("#"+field, &shown, chromedp.ByID)),
 		step("typing 4",

@@ -305,7 +305,7 @@ func TestScreenshots(t *testing.T) {
 			clearField("attr-fhirPath"), chromedp.SendKeys("#attr-fhirPath", "name.givn[0]", chromedp.ByID),
 			chromedp.WaitVisible("#problem-fhirPath", chromedp.ByID)}},
 		{"map-editor.png", fmt.Sprintf("/maps/versions/%d/edit?map=patient-contact", sc.Draft), "#am-list", []chromedp.Action{
-			chromedp.Click("#am-edit-1", chromedp.ByID),
+			press("#am-edit-1"),
 			poll(`document.getElementById("am-1-fhirPath-result").textContent.includes("selects")`),
 			chromedp.Evaluate(`document.getElementById("am-edit-1").closest("li").scrollIntoView({block: "start"})`, nil),
 		}},
