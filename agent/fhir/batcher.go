@@ -209,6 +209,9 @@ func (b *Batcher) CreateIfNoneExist(ctx context.Context, res Resource, criteria 
 	case r.status != http.StatusCreated:
 		// One match: R4 http.html#ccreate has the server ignore the post
 		// and answer 200 OK, with or without the match.
+		if r.res == nil {
+			return r.minimal(op), false, nil
+		}
 		return r.res, false, nil
 	}
 	got, err := b.stored(ctx, op, r)
@@ -337,9 +340,9 @@ type batchResult struct {
 	err    error
 	status int
 	res    Resource // nil when the entry carried none (or another type)
-	// location is response.location, to read the stored resource by when
-	// the entry carried none.
-	location string
+	// entry is the answer's entry: its response names what a write
+	// stored when it carried no resource.
+	entry Entry
 }
 
 func (op *batchOp) setResource(res Resource) error {
@@ -351,25 +354,45 @@ func (op *batchOp) setResource(res Resource) error {
 	return nil
 }
 
-// stored returns the resource a successful create or update stored: the
-// entry's resource, else the version its location names (R4 leaves the
-// resource out of a response entry unless return=representation is
-// honoured).
+// stored returns what a successful create or update stored: the entry's
+// resource when the server sent it, else a resource holding only its
+// type, id and meta.versionId (and meta.lastUpdated when given), from the
+// entry's response.location, fullUrl and response.etag — what a write's
+// caller needs, without another request. Only when the answer names no
+// version is the resource read.
 func (b *Batcher) stored(ctx context.Context, op *batchOp, r batchResult) (Resource, error) {
 	if r.res != nil {
 		return r.res, nil
 	}
-	typ, id, vid := parseRef(r.location)
+	if res := r.minimal(op); res != nil {
+		return res, nil
+	}
+	typ, id, _ := r.entry.Ref()
 	if typ == "" && op.id != "" {
 		typ, id = op.typ, op.id
 	}
 	if typ != op.typ || id == "" {
 		return nil, invalidResponse(op.op, r.status, "batch entry has neither the %s nor a location", op.typ)
 	}
-	if vid != "" {
-		return b.c.VRead(ctx, typ, id, vid)
-	}
 	return b.c.Read(ctx, typ, id)
+}
+
+// minimal is the resource a write's entry names without carrying it: its
+// type, id and meta.versionId (meta.lastUpdated when given); nil when the
+// entry does not name both an id and a version of op's type.
+func (r batchResult) minimal(op *batchOp) Resource {
+	typ, id, vid := r.entry.Ref()
+	if typ == "" && op.id != "" {
+		typ, id, vid = op.typ, op.id, etagVersion(r.entry.ETag)
+	}
+	if typ != op.typ || id == "" || vid == "" {
+		return nil
+	}
+	meta := map[string]any{"versionId": vid}
+	if !r.entry.LastModified.IsZero() {
+		meta["lastUpdated"] = r.entry.LastModified.UTC().Format(time.RFC3339Nano)
+	}
+	return Resource{"resourceType": typ, "id": id, "meta": meta}
 }
 
 // submit adds op to the pending Bundle and waits for its result or the end
@@ -511,10 +534,33 @@ func (b *Batcher) flush(ops []*batchOp) {
 			live = append(live, op)
 		}
 	}
-	switch len(live) {
-	case 0:
+	// Reads and writes go in Bundles of their own: the writes' asks for
+	// return=minimal, which R4 answers with "just the
+	// Bundle.entry.response populated for each entry, and not the
+	// Bundle.entry.resource values" (http.html#return). The caller needs
+	// only the id and version a write stored, which response.location and
+	// response.etag carry, so neither side encodes, sends or decodes the
+	// resource a second time.
+	var reads, writes []*batchOp
+	for _, op := range live {
+		if op.method == http.MethodGet {
+			reads = append(reads, op)
+		} else {
+			writes = append(writes, op)
+		}
+	}
+	if len(reads) > 0 && len(writes) > 0 {
+		go b.send(reads, false)
+		b.send(writes, true)
 		return
-	case 1:
+	}
+	b.send(live, len(writes) > 0)
+}
+
+// send posts ops as one batch Bundle, asking for return=minimal when
+// minimal, and answers each op.
+func (b *Batcher) send(live []*batchOp, minimal bool) {
+	if len(live) == 1 {
 		// A Bundle of one costs more than the request itself.
 		live[0].done <- batchResult{single: true}
 		return
@@ -530,7 +576,7 @@ func (b *Batcher) flush(ops []*batchOp) {
 		}
 		entries[i] = e
 	}
-	page, err := b.c.batch(context.Background(), batchBundle(entries))
+	page, err := b.c.batch(context.Background(), batchBundle(entries), minimal)
 	if err == nil && len(page.Entries) != len(live) {
 		err = invalidResponse("batch", http.StatusOK, "batch-response has %d entries for %d requests", len(page.Entries), len(live))
 	}
@@ -598,7 +644,7 @@ func entryResult(op *batchOp, e Entry) batchResult {
 		}
 		return batchResult{status: status, err: classifyStatus(op.op, status, text)}
 	}
-	r := batchResult{status: status, location: e.Location}
+	r := batchResult{status: status, entry: e}
 	if e.Resource != nil && e.Resource.Type() == op.typ {
 		r.res = e.Resource
 	}
@@ -632,8 +678,12 @@ func newUUID() string {
 
 // batch POSTs a batch Bundle to the base (R4 http.html#transaction) and
 // returns the batch-response.
-func (c *Client) batch(ctx context.Context, body []byte) (*Page, error) {
-	r, _, err := c.doResource(ctx, call{op: "batch", method: http.MethodPost, body: body, want: "Bundle"})
+func (c *Client) batch(ctx context.Context, body []byte, minimal bool) (*Page, error) {
+	cl := call{op: "batch", method: http.MethodPost, body: body, want: "Bundle"}
+	if minimal {
+		cl.header = http.Header{"Prefer": {"return=minimal"}}
+	}
+	r, _, err := c.doResource(ctx, cl)
 	if err != nil {
 		return nil, err
 	}

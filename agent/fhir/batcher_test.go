@@ -20,7 +20,8 @@ import (
 )
 
 // countingTransport counts requests by "METHOD path" (the base's path
-// removed), so a test sees whether writes went as Bundles or singly.
+// removed), so a test sees whether writes went as Bundles or singly, and
+// Bundles also by their return preference ("POST / return=minimal").
 type countingTransport struct {
 	base string
 	mu   sync.Mutex
@@ -33,6 +34,9 @@ func (ct *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) 
 	p = "/" + p
 	ct.mu.Lock()
 	ct.n[r.Method+" "+p]++
+	if p == "/" {
+		ct.n[r.Method+" / "+r.Header.Get("Prefer")]++
+	}
 	ct.mu.Unlock()
 	return http.DefaultTransport.RoundTrip(r)
 }
@@ -236,7 +240,9 @@ var batchCases = []batchCase{
 
 // TestBatcherSuite: each read and write gives, from its entry of a batch
 // Bundle, what the same call made singly gives (R4 http.html#transaction),
-// against every target; the calls of concurrent callers go as one Bundle.
+// against every target; the reads of concurrent callers go as one Bundle,
+// their writes as another asking for return=minimal, and no write's
+// answer costs a read.
 func TestBatcherSuite(t *testing.T) {
 	t.Parallel()
 	for _, tg := range targets() {
@@ -264,14 +270,18 @@ func TestBatcherSuite(t *testing.T) {
 				t.Fatal(err)
 			}
 			before, readsBefore := ct.count("POST /"), ct.count("GET /Patient")
+			minimalBefore := ct.count("POST / return=minimal")
 			got := make([]string, len(batchCases))
 			var wg sync.WaitGroup
 			for i := range batchCases {
 				wg.Go(func() { got[i] = batched[i](ctx, b) })
 			}
 			wg.Wait()
-			if n := ct.count("POST /") - before; n != 1 {
-				t.Errorf("%d batch Bundles posted, want 1", n)
+			if n := ct.count("POST /") - before; n != 2 {
+				t.Errorf("%d batch Bundles posted, want 2 (the reads, the writes)", n)
+			}
+			if n := ct.count("POST / return=minimal") - minimalBefore; n != 1 {
+				t.Errorf("%d batch Bundles asked for return=minimal, want 1 (the writes)", n)
 			}
 			if n := ct.count("GET /Patient") - readsBefore; n != 0 {
 				t.Errorf("%d single reads beside the Bundle, want none (the reads are its entries)", n)
@@ -289,7 +299,8 @@ func TestBatcherSuite(t *testing.T) {
 }
 
 // TestBatcherManyWriters: many concurrent callers, Bundles of at most Max
-// entries, every caller its own resource back (run with -race).
+// entries, every caller the id and version of its own resource back (run
+// with -race).
 func TestBatcherManyWriters(t *testing.T) {
 	t.Parallel()
 	for _, tg := range targets() {
@@ -314,13 +325,23 @@ func TestBatcherManyWriters(t *testing.T) {
 				wg.Go(func() { created[i], errs[i] = b.Create(ctx, patient(testSystem, vals[i])) })
 			}
 			wg.Wait()
+			if got := ct.count("GET /Patient"); got != 0 {
+				t.Errorf("%d reads to learn what the creates stored, want none", got)
+			}
 			for i := range n {
 				if errs[i] != nil {
 					t.Fatalf("create %d: %v", i, errs[i])
 				}
-				if got := identifierValue(created[i]); got != vals[i] {
+				// The write's answer names the resource; the server holds
+				// the caller's.
+				cur, err := c.Read(ctx, "Patient", created[i].ID())
+				if err != nil || cur.VersionID() != created[i].VersionID() {
+					t.Fatalf("caller %d got Patient/%s version %q; reading it: version %q, %v", i, created[i].ID(), created[i].VersionID(), cur.VersionID(), err)
+				}
+				if got := identifierValue(cur); got != vals[i] {
 					t.Fatalf("caller %d got the resource with identifier %q, want %q", i, got, vals[i])
 				}
+				created[i] = cur
 			}
 			if got := ct.count("POST /"); got != n/10 {
 				t.Errorf("%d Bundles for %d creates with Max 10, want %d", got, n, n/10)

@@ -517,7 +517,9 @@ func (c *Client) do(ctx context.Context, cl call) (Resource, int, error) {
 	req.Header.Set("User-Agent", c.ua)
 	if cl.body != nil {
 		req.Header.Set("Content-Type", "application/fhir+json")
-		req.Header.Set("Prefer", "return=representation")
+		if req.Header.Get("Prefer") == "" {
+			req.Header.Set("Prefer", "return=representation")
+		}
 	}
 	if c.auth != nil {
 		tok, err := c.auth(ctx)

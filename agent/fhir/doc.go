@@ -17,8 +17,14 @@
 // A Batcher (NewBatcher) sits in front of the client for the agent: where
 // the server's CapabilityStatement lists batch, it sends the reads,
 // creates, conditional creates, updates and deletes of concurrent callers
-// as one batch Bundle, and gives each caller what its single request would
-// have.
+// as batch Bundles, and gives each caller what its single request would
+// have — except that a batched write answers with the stored resource's
+// type, id and meta (versionId, lastUpdated) only: the writes go in a
+// Bundle of their own with Prefer: return=minimal, whose answer R4 gives
+// as "just the Bundle.entry.response populated for each entry"
+// (http.html#return), and the id and version come from
+// response.location, fullUrl and response.etag. The reads go in another
+// Bundle, so their entries keep their resources.
 //
 // Error.Outcome holds the server's OperationOutcome text, which can quote
 // request values (names, identifiers, dates). Error() leaves it out; do not

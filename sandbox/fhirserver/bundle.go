@@ -33,7 +33,12 @@ type entryResult struct {
 }
 
 // bundle processes a transaction (atomically) or a batch (entry by entry).
-func (s *Server) bundle(ctx context.Context, base string, body []byte) (reply, error) {
+// minimal (Prefer: return=minimal) leaves the resources out of the
+// entries of creates, updates and deletes, keeping their response
+// (status, location, etag, lastModified); a read's entry keeps the
+// resource it read, which is that entry's answer, not a copy of what was
+// sent.
+func (s *Server) bundle(ctx context.Context, base string, body []byte, minimal bool) (reply, error) {
 	b, err := decodeJSON(body)
 	if err != nil {
 		return reply{}, err
@@ -115,8 +120,12 @@ func (s *Server) bundle(ctx context.Context, base string, body []byte) (reply, e
 		}
 	}
 	out := newBundle(btype+"-response", s.opts.Now())
-	for _, r := range results {
-		out.Entry = append(out.Entry, resultEntry(base, r))
+	for i, r := range results {
+		e := resultEntry(base, r)
+		if minimal && entries[i].method != "GET" {
+			e.Resource = nil
+		}
+		out.Entry = append(out.Entry, e)
 	}
 	body, err = encodeJSON(out)
 	if err != nil {

@@ -238,7 +238,7 @@ func (s *Server) route(r *http.Request) (reply, error) {
 		if err != nil {
 			return reply{}, err
 		}
-		return s.bundle(ctx, base, body)
+		return s.bundle(ctx, base, body, prefersMinimal(r.Header.Values("Prefer")))
 	case len(seg) == 1 && seg[0] == "metadata":
 		if err := method(http.MethodGet); err != nil {
 			return reply{}, err
@@ -388,26 +388,38 @@ func outcome(severity, code, msg string) map[string]any {
 // operation rather than the full resource. Servers SHOULD honor this
 // header." Without the header the sandbox returns the resource.
 func applyPrefer(rep reply, prefer []string) reply {
-	for _, p := range prefer {
-		for _, part := range strings.Split(p, ",") {
-			k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
-			if !strings.EqualFold(strings.TrimSpace(k), "return") {
-				continue
-			}
-			switch strings.Trim(strings.TrimSpace(v), `"`) {
-			case "minimal":
-				rep.body = nil
-			case "OperationOutcome":
-				body, err := encodeJSON(outcome("information", "informational", "the interaction succeeded"))
-				if err == nil {
-					rep.body = body
-				}
-			}
-			return rep
+	switch returnPreference(prefer) {
+	case "minimal":
+		rep.body = nil
+	case "OperationOutcome":
+		body, err := encodeJSON(outcome("information", "informational", "the interaction succeeded"))
+		if err == nil {
+			rep.body = body
 		}
 	}
 	return rep
 }
+
+// returnPreference is the first return preference of the Prefer headers
+// ("minimal", "representation", "OperationOutcome"; "" when none).
+func returnPreference(prefer []string) string {
+	for _, p := range prefer {
+		for _, part := range strings.Split(p, ",") {
+			k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
+			if strings.EqualFold(strings.TrimSpace(k), "return") {
+				return strings.Trim(strings.TrimSpace(v), `"`)
+			}
+		}
+	}
+	return ""
+}
+
+// prefersMinimal reports whether a batch or transaction asks for
+// return=minimal: R4 http.html#return, for create, update, patch and
+// transaction, "In the case of transactions this means returning a Bundle
+// with just the Bundle.entry.response populated for each entry, and not
+// the Bundle.entry.resource values."
+func prefersMinimal(prefer []string) bool { return returnPreference(prefer) == "minimal" }
 
 // isTypeName reports whether s looks like a FHIR resource type name.
 func isTypeName(s string) bool {

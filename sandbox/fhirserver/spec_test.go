@@ -421,3 +421,49 @@ func TestSpecPrefer(t *testing.T) {
 		}
 	}
 }
+
+// TestSpecBatchPreferMinimal: http.html#return — for create, update and
+// transaction, "In the case of transactions this means returning a Bundle
+// with just the Bundle.entry.response populated for each entry, and not
+// the Bundle.entry.resource values". With return=minimal a batch's
+// writes come back as their response alone (status, location, etag,
+// lastModified); a read's entry keeps the resource it read. Without the
+// header every entry carries its resource.
+func TestSpecBatchPreferMinimal(t *testing.T) {
+	t.Parallel()
+	_, base := newTest(t, Options{})
+	if r := do(t, "PUT", base+"/Patient/pm-read", `{"resourceType":"Patient","id":"pm-read"}`); r.status != 201 {
+		t.Fatalf("seeding: %d", r.status)
+	}
+	for _, prefer := range []string{"return=minimal", ""} {
+		id := "pm-upd" + strings.TrimPrefix(prefer, "return=")
+		body := `{"resourceType":"Bundle","type":"batch","entry":[
+			{"fullUrl":"urn:uuid:6f1c9a52-1d55-4f4f-9a0e-2b7f1f6f3c11","resource":{"resourceType":"Patient"},"request":{"method":"POST","url":"Patient"}},
+			{"resource":{"resourceType":"Patient","id":"` + id + `"},"request":{"method":"PUT","url":"Patient/` + id + `"}},
+			{"request":{"method":"GET","url":"Patient/pm-read"}}]}`
+		var hdr []string
+		if prefer != "" {
+			hdr = []string{"Prefer", prefer}
+		}
+		r := do(t, "POST", base, body, hdr...)
+		entries, _ := r.body["entry"].([]any)
+		if r.status != 200 || len(entries) != 3 {
+			t.Fatalf("Prefer %q: %d with %d entries, want 200 with 3", prefer, r.status, len(entries))
+		}
+		for i, it := range entries {
+			e, _ := it.(map[string]any)
+			res, _ := e["resource"].(map[string]any)
+			rsp, _ := e["response"].(map[string]any)
+			wantResource := prefer == "" || i == 2
+			if (res != nil) != wantResource {
+				t.Errorf("Prefer %q, entry %d: resource %v, want one: %v", prefer, i, res, wantResource)
+			}
+			if rsp["status"] == nil || rsp["etag"] == nil || rsp["lastModified"] == nil {
+				t.Errorf("Prefer %q, entry %d: response %v, want status, etag and lastModified", prefer, i, rsp)
+			}
+			if loc, _ := rsp["location"].(string); i == 0 && !strings.Contains(loc, "/_history/1") {
+				t.Errorf("Prefer %q: the create's location %q names no version", prefer, loc)
+			}
+		}
+	}
+}
