@@ -536,7 +536,10 @@ func (c *Client) do(ctx context.Context, cl call) (Resource, int, error) {
 		return nil, 0, &Error{Op: cl.op, Class: ClassUnavailable, Retryable: true, Err: err}
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, c.maxBody+1))
+	buf := bodyBuffers.Get().(*bytes.Buffer)
+	defer putBodyBuffer(buf)
+	_, err = buf.ReadFrom(io.LimitReader(resp.Body, c.maxBody+1))
+	raw := buf.Bytes()
 	if err != nil {
 		return nil, resp.StatusCode, &Error{Op: cl.op, Status: resp.StatusCode, Class: ClassUnavailable, Retryable: true,
 			Err: fmt.Errorf("reading the response: %w", err)}
@@ -579,6 +582,26 @@ func (c *Client) do(ctx context.Context, cl call) (Resource, int, error) {
 // the values encoding/json gives with UseNumber, in a fraction of its time
 // and memory, common element names shared), since every message reads at
 // least one resource.
+// bodyBuffers hold response bodies while they are decoded. Nothing keeps
+// a body past its call: the decoder copies every string and number out of
+// it, and errors quote the OperationOutcome's text as a new string. A
+// Bundle's body, read by io.ReadAll, cost about twice its size in
+// allocations as the slice grew; a pooled buffer costs nothing once warm.
+var bodyBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooledBody is the largest buffer kept for reuse: a rare huge answer
+// (a page of thousands of entries) is left to the collector rather than
+// held by the pool.
+const maxPooledBody = 4 << 20
+
+func putBodyBuffer(b *bytes.Buffer) {
+	if b.Cap() > maxPooledBody {
+		return
+	}
+	b.Reset()
+	bodyBuffers.Put(b)
+}
+
 func decodeResource(b []byte) (Resource, error) {
 	if bytes.Equal(bytes.TrimSpace(b), []byte("null")) {
 		return nil, errors.New("body is null")

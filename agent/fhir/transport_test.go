@@ -1,9 +1,13 @@
 package fhir
 
 import (
+	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -56,4 +60,44 @@ func TestDefaultTransportKeepsConnections(t *testing.T) {
 		t.Fatalf("%d workers × %d reads opened %d connections, want at most %d", workers, reads, n, bound)
 	}
 	t.Logf("%d reads over %d connections", workers*reads, opened.Load())
+}
+
+// TestResponseBodiesAreNotKept: the buffer a response body is read into
+// is reused by later calls, so nothing decoded from one body may point
+// into it. Two reads answered with bodies of equal length: the first
+// resource's values must survive the second read, escaped strings,
+// numbers and keys included.
+func TestResponseBodiesAreNotKept(t *testing.T) {
+	t.Parallel()
+	bodies := map[string]string{
+		"a": `{"resourceType":"Patient","id":"a","name":[{"family":"Aaaa","given":["Al\u00e9"]}],"multipleBirthInteger":1}`,
+		"b": `{"resourceType":"Patient","id":"b","name":[{"family":"Bbbb","given":["Bo\u00e9"]}],"multipleBirthInteger":2}`,
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/fhir+json")
+		_, _ = io.WriteString(w, bodies[path.Base(r.URL.Path)])
+	}))
+	t.Cleanup(srv.Close)
+	c, err := New(Config{BaseURL: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := c.Read(t.Context(), "Patient", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := json.Marshal(a)
+	// A sync.Pool does not promise to hand a buffer back to the next
+	// call; many calls make it all but certain that one gets the first's.
+	for range 50 {
+		if _, err := c.Read(t.Context(), "Patient", "b"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, _ := json.Marshal(a); string(got) != string(want) {
+		t.Errorf("the first resource changed when the next body was read:\n got %s\nwant %s", got, want)
+	}
+	if s := string(want); !strings.Contains(s, `"family":"Aaaa"`) || !strings.Contains(s, `"Alé"`) || !strings.Contains(s, `"multipleBirthInteger":1`) {
+		t.Errorf("the first resource decoded as %s", s)
+	}
 }
