@@ -125,6 +125,9 @@ type baseHasher struct {
 	// hash of a short value (RFC 2104 §4 notes the keyed state may be
 	// kept; a reset HMAC restores it).
 	macs *sync.Pool // of *keyedMAC
+	// vals holds the slices read returns, for reuse once their reader
+	// calls done: one a side of each message otherwise, a few KiB each.
+	vals *sync.Pool // of *[]attrValues
 }
 
 // newBaseHasher derives the base-state key from secret (the sync log's key
@@ -139,7 +142,7 @@ func newBaseHasher(secret []byte) *baseHasher {
 	key := m.Sum(nil)
 	return &baseHasher{key: key, paths: &sync.Map{}, macs: &sync.Pool{New: func() any {
 		return &keyedMAC{mac: hmac.New(sha256.New, key), buf: make([]byte, 0, 256)}
-	}}}
+	}}, vals: &sync.Pool{New: func() any { return new([]attrValues) }}}
 }
 
 // baseAttr is an attribute map as the base reads it.
@@ -230,6 +233,7 @@ func (h *baseHasher) of(m *maps.Mapping, l link, res map[string]any, rec map[str
 		unwritten = ""
 	}
 	vals := h.readSides(m, l, res, rec, kids, unwritten)
+	defer h.done(vals)
 	b := &linkBase{EntityMap: l.EntityMap, FHIRID: l.FHIRID, CRMID: l.CRMID, MapVersion: m.Version(), Attrs: make(map[string]attrHash, len(vals))}
 	for _, v := range vals {
 		switch unwritten {
@@ -254,7 +258,8 @@ type attrValues struct {
 // read returns each attribute's values and hashes on both sides of l, in
 // map order, then each expansion map's. kids are the CRM record's child
 // rows by expansion; nil when not known (just written), and then an
-// expansion's CRM hash is unknownHash.
+// expansion's CRM hash is unknownHash. The caller hands the slice back
+// with done once it has read it, and keeps none of it but the values.
 func (h *baseHasher) read(m *maps.Mapping, l link, res map[string]any, rec map[string]any, kids map[string][]map[string]any) []attrValues {
 	return h.readSides(m, l, res, rec, kids, "")
 }
@@ -263,7 +268,7 @@ func (h *baseHasher) read(m *maps.Mapping, l link, res map[string]any, rec map[s
 // values stay nil and its hashes zero.
 func (h *baseHasher) readSides(m *maps.Mapping, l link, res map[string]any, rec map[string]any, kids map[string][]map[string]any, skip queues.Side) []attrValues {
 	attrs := h.attrs(m)
-	out := make([]attrValues, 0, len(attrs))
+	out := (*h.vals.Get().(*[]attrValues))[:0]
 	for _, a := range attrs {
 		if a.expansion {
 			v := attrValues{name: a.name}
@@ -314,6 +319,14 @@ func (h *baseHasher) readSides(m *maps.Mapping, l link, res map[string]any, rec 
 		out = append(out, v)
 	}
 	return out
+}
+
+// done takes back a slice read returned, cleared so the pool holds no
+// record's values.
+func (h *baseHasher) done(vals []attrValues) {
+	clear(vals)
+	vals = vals[:0]
+	h.vals.Put(&vals)
 }
 
 // keyedMAC is a keyed HMAC with a buffer for its input, reused.

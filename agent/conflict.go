@@ -132,6 +132,7 @@ func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src
 		mg.old = old
 	}
 	vals := p.base.read(mp, l, res, rec, kids)
+	defer p.base.done(vals)
 	mg.now = &linkBase{EntityMap: em.Name, FHIRID: l.FHIRID, CRMID: l.CRMID, MapVersion: mp.Version(), Attrs: make(map[string]attrHash, len(vals))}
 	changed := make(map[string]bool, len(out.ChangedAttrs))
 	for _, a := range out.ChangedAttrs {
@@ -466,7 +467,9 @@ func (p *pipeline) deleteVersusEdit(ctx context.Context, f *flow, m *maps.Mappin
 		editAt = fhir.Resource(res).LastUpdated()
 	}
 	var edited []string
-	for _, v := range p.base.read(m, l, res, rec, kids) {
+	vals := p.base.read(m, l, res, rec, kids)
+	defer p.base.done(vals)
+	for _, v := range vals {
 		b, ok := old.Attrs[v.name]
 		if !ok {
 			continue
@@ -618,7 +621,9 @@ func (p *pipeline) changedSinceBase(ctx context.Context, f *flow, mp *maps.Mappi
 	for _, x := range em.Expansions {
 		dirs[x.Name] = x.Direction
 	}
-	for _, v := range p.base.read(mp, *cached, res, rec, kids) {
+	vals := p.base.read(mp, *cached, res, rec, kids)
+	defer p.base.done(vals)
+	for _, v := range vals {
 		if !mergeTravels(dirs[v.name], target) {
 			continue
 		}
