@@ -69,9 +69,10 @@ func poll(expr string) chromedp.Action {
 
 // press activates the button sel names from the keyboard: focus, then
 // Enter. The editor's live results (a path's value on the sample, the
-// samples' outcome) arrive a moment after it opens and push the buttons
-// below them down, so a mouse click aimed where a button was a moment
-// before can land on another one; the keyboard needs no coordinates.
+// samples' outcome) arrive a moment after it opens or after an edit and
+// push the buttons below them down (Save draft is below the samples), so
+// a mouse click aimed where a button was a moment before can land on
+// another one; the keyboard needs no coordinates.
 func press(sel string) chromedp.Action {
 	return chromedp.Tasks{
 		chromedp.WaitVisible(sel, chromedp.ByQuery),
@@ -182,7 +183,7 @@ func TestBrowserEditorAddFromPickerAndPublish(t *testing.T) {
 	}
 
 	err = chromedp.Run(ctx,
-		chromedp.Click("#ed-save", chromedp.ByID),
+		press("#ed-save"),
 		chromedp.WaitVisible("#notice", chromedp.ByID),
 		chromedp.Click("#editor-publish", chromedp.ByID),
 		chromedp.WaitVisible("#confirm-publish-form", chromedp.ByID),
@@ -462,7 +463,7 @@ func TestBrowserEditorRefusesNonexistentAttribute(t *testing.T) {
 		chromedp.WaitVisible("#am-1-crmAttribute-problem", chromedp.ByID),
 		chromedp.Text("#am-1-crmAttribute-problem", &beside, chromedp.ByID),
 		poll(`document.getElementById("ed-yaml").value.includes("crmAttribute: firstnam\n")`),
-		chromedp.Click("#ed-save", chromedp.ByID),
+		press("#ed-save"),
 		chromedp.WaitVisible("#problems", chromedp.ByID),
 		chromedp.Text("#problems", &listed, chromedp.ByID),
 		chromedp.Value("#ed-yaml", &yaml, chromedp.ByID),
@@ -575,7 +576,7 @@ func TestBrowserEditorRoundField(t *testing.T) {
 			poll(`document.getElementById("ed-yaml").value.includes("round: 4\n")`),
 			chromedp.Value("#ed-yaml", &yaml, chromedp.ByID)),
 		step("saving",
-			chromedp.Click("#ed-save", chromedp.ByID),
+			press("#ed-save"),
 			chromedp.WaitVisible("#notice", chromedp.ByID)),
 	)
 	if err != nil {
