@@ -209,10 +209,13 @@ func (b *Batcher) CreateIfNoneExist(ctx context.Context, res Resource, criteria 
 	case r.status != http.StatusCreated:
 		// One match: R4 http.html#ccreate has the server ignore the post
 		// and answer 200 OK, with or without the match.
-		if r.res == nil {
-			return r.minimal(op), false, nil
+		if r.res != nil {
+			return r.res, false, nil
 		}
-		return r.res, false, nil
+		if typ, id, vid := r.named(op); typ == op.typ && id != "" && vid != "" {
+			return r.minimal(typ, id, vid), false, nil
+		}
+		return nil, false, nil
 	}
 	got, err := b.stored(ctx, op, r)
 	return got, err == nil, err
@@ -364,30 +367,31 @@ func (b *Batcher) stored(ctx context.Context, op *batchOp, r batchResult) (Resou
 	if r.res != nil {
 		return r.res, nil
 	}
-	if res := r.minimal(op); res != nil {
-		return res, nil
-	}
-	typ, id, _ := r.entry.Ref()
-	if typ == "" && op.id != "" {
-		typ, id = op.typ, op.id
-	}
+	typ, id, vid := r.named(op)
 	if typ != op.typ || id == "" {
 		return nil, invalidResponse(op.op, r.status, "batch entry has neither the %s nor a location", op.typ)
 	}
-	return b.c.Read(ctx, typ, id)
+	if vid == "" {
+		return b.c.Read(ctx, typ, id)
+	}
+	return r.minimal(typ, id, vid), nil
 }
 
-// minimal is the resource a write's entry names without carrying it: its
-// type, id and meta.versionId (meta.lastUpdated when given); nil when the
-// entry does not name both an id and a version of op's type.
-func (r batchResult) minimal(op *batchOp) Resource {
-	typ, id, vid := r.entry.Ref()
+// named is the type, id and version an entry's response names (Entry.Ref);
+// when it names none, op's own type and id, with the version of the
+// entry's ETag.
+func (r batchResult) named(op *batchOp) (typ, id, vid string) {
+	typ, id, vid = r.entry.Ref()
 	if typ == "" && op.id != "" {
 		typ, id, vid = op.typ, op.id, etagVersion(r.entry.ETag)
 	}
-	if typ != op.typ || id == "" || vid == "" {
-		return nil
-	}
+	return typ, id, vid
+}
+
+// minimal is a resource holding only typ, id and meta.versionId vid, with
+// meta.lastUpdated when the entry gives it: a write's answer without its
+// resource.
+func (r batchResult) minimal(typ, id, vid string) Resource {
 	meta := map[string]any{"versionId": vid}
 	if !r.entry.LastModified.IsZero() {
 		meta["lastUpdated"] = r.entry.LastModified.UTC().Format(time.RFC3339Nano)

@@ -577,11 +577,6 @@ func (c *Client) do(ctx context.Context, cl call) (Resource, int, error) {
 	return r, resp.StatusCode, nil
 }
 
-// decodeResource parses one JSON object, keeping numbers exact, and
-// rejects trailing data. It uses the map engine's decoder (fsmaps.DecodeJSON:
-// the values encoding/json gives with UseNumber, in a fraction of its time
-// and memory, common element names shared), since every message reads at
-// least one resource.
 // bodyBuffers hold response bodies while they are decoded. Nothing keeps
 // a body past its call: the decoder copies every string and number out of
 // it, and errors quote the OperationOutcome's text as a new string. A
@@ -602,6 +597,11 @@ func putBodyBuffer(b *bytes.Buffer) {
 	bodyBuffers.Put(b)
 }
 
+// decodeResource parses one JSON object, keeping numbers exact, and
+// rejects trailing data. It uses the map engine's decoder (fsmaps.DecodeJSON:
+// the values encoding/json gives with UseNumber, in a fraction of its time
+// and memory, common element names shared), since every message reads at
+// least one resource.
 func decodeResource(b []byte) (Resource, error) {
 	if bytes.Equal(bytes.TrimSpace(b), []byte("null")) {
 		return nil, errors.New("body is null")

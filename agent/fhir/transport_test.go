@@ -64,9 +64,9 @@ func TestDefaultTransportKeepsConnections(t *testing.T) {
 
 // TestResponseBodiesAreNotKept: the buffer a response body is read into
 // is reused by later calls, so nothing decoded from one body may point
-// into it. Two reads answered with bodies of equal length: the first
-// resource's values must survive the second read, escaped strings,
-// numbers and keys included.
+// into it. One read, then fifty answered with bodies of the same length:
+// the first resource's values must survive them, escaped strings, numbers
+// and keys included.
 func TestResponseBodiesAreNotKept(t *testing.T) {
 	t.Parallel()
 	bodies := map[string]string{
