@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -573,22 +574,14 @@ func stillChanged(m *maps.Mapping, res *maps.CRMResult) []string {
 	if len(res.ChangedAttributes) == 0 {
 		return nil
 	}
-	fields := make(map[string]bool, len(res.Changed))
-	for _, c := range res.Changed {
-		fields[c] = true
-	}
-	byName := make(map[string][]string, len(m.Def().Attributes))
-	for _, a := range m.Def().Attributes {
-		byName[a.Name] = a.CRMAttributes()
-	}
 	out := make([]string, 0, len(res.ChangedAttributes))
 	for _, a := range res.ChangedAttributes {
-		cols, ok := byName[a]
+		cols, ok := m.CRMColumnsOf(a)
 		if !ok {
 			cols = []string{a} // an expansion map: Changed names it
 		}
 		for _, c := range cols {
-			if fields[c] {
+			if slices.Contains(res.Changed, c) {
 				out = append(out, a)
 				break
 			}

@@ -6,9 +6,11 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -225,14 +227,16 @@ func nestedNames(xs []maps.ExpansionMap) []string {
 // known, when not nil, is the pair's base as read before the write
 // (pairMerge.now), and unwritten the side the write left as it was: that
 // side's hashes are taken from known instead of being read and computed
-// again, when known is of the same pair and map version.
+// again, when known is of the same pair and map version. prior, when not
+// nil, is what the merge read that gave known (pairMerge.read): a value of
+// the written side that is the same as it was read keeps the hash it had.
 func (h *baseHasher) of(m *maps.Mapping, l link, res map[string]any, rec map[string]any, kids map[string][]map[string]any,
-	known *linkBase, unwritten queues.Side) *linkBase {
+	known *linkBase, unwritten queues.Side, prior []attrValues) *linkBase {
 	if known == nil || known.EntityMap != l.EntityMap || known.FHIRID != l.FHIRID || known.CRMID != l.CRMID ||
 		known.MapVersion != m.Version() || len(known.Attrs) != len(h.attrs(m)) {
-		unwritten = ""
+		unwritten, prior = "", nil
 	}
-	vals := h.readSides(m, l, res, rec, kids, unwritten)
+	vals := h.readSides(m, l, res, rec, kids, unwritten, prior)
 	defer h.done(vals)
 	b := &linkBase{EntityMap: l.EntityMap, FHIRID: l.FHIRID, CRMID: l.CRMID, MapVersion: m.Version(), Attrs: make(map[string]attrHash, len(vals))}
 	for _, v := range vals {
@@ -261,15 +265,32 @@ type attrValues struct {
 // expansion's CRM hash is unknownHash. The caller hands the slice back
 // with done once it has read it, and keeps none of it but the values.
 func (h *baseHasher) read(m *maps.Mapping, l link, res map[string]any, rec map[string]any, kids map[string][]map[string]any) []attrValues {
-	return h.readSides(m, l, res, rec, kids, "")
+	return h.readSides(m, l, res, rec, kids, "", nil)
 }
 
 // readSides is read leaving out one side (none when skip is ""): its
-// values stay nil and its hashes zero.
-func (h *baseHasher) readSides(m *maps.Mapping, l link, res map[string]any, rec map[string]any, kids map[string][]map[string]any, skip queues.Side) []attrValues {
+// values stay nil and its hashes zero. prior, when not nil, is what read
+// returned for the same pair and mapping: a value the same as prior's
+// keeps prior's hash instead of being hashed again.
+func (h *baseHasher) readSides(m *maps.Mapping, l link, res map[string]any, rec map[string]any, kids map[string][]map[string]any, skip queues.Side, prior []attrValues) []attrValues {
 	attrs := h.attrs(m)
+	if len(prior) != len(attrs) {
+		prior = nil
+	}
+	// hash is h.hash of one side's value, or the hash prior had for it.
+	hash := func(i int, a *baseAttr, side queues.Side, v any) [baseHashSize]byte {
+		if prior != nil && prior[i].name == a.name {
+			if p := &prior[i]; side == queues.SideFHIR && sameValue(p.fhir, v) {
+				return p.h.FHIR
+			} else if side == queues.SideCRM && sameValue(p.crm, v) {
+				return p.h.CRM
+			}
+		}
+		return h.hash(l, a.name, string(side), v)
+	}
 	out := (*h.vals.Get().(*[]attrValues))[:0]
-	for _, a := range attrs {
+	for i := range attrs {
+		a := &attrs[i]
 		if a.expansion {
 			v := attrValues{name: a.name}
 			if skip != queues.SideFHIR {
@@ -278,7 +299,7 @@ func (h *baseHasher) readSides(m *maps.Mapping, l link, res map[string]any, rec 
 						v.fhir = vs
 					}
 				}
-				v.h.FHIR = h.hash(l, a.name, "fhir", v.fhir)
+				v.h.FHIR = hash(i, a, queues.SideFHIR, v.fhir)
 			}
 			if kids != nil && skip != queues.SideCRM {
 				v.crm = sortedRows(kids[a.name])
@@ -291,7 +312,7 @@ func (h *baseHasher) readSides(m *maps.Mapping, l link, res map[string]any, rec 
 					}
 					v.crm = all
 				}
-				v.h.CRM = h.hash(l, a.name, "crm", v.crm)
+				v.h.CRM = hash(i, a, queues.SideCRM, v.crm)
 			}
 			out = append(out, v)
 			continue
@@ -304,7 +325,7 @@ func (h *baseHasher) readSides(m *maps.Mapping, l link, res map[string]any, rec 
 					break
 				}
 			}
-			v.h.FHIR = h.hash(l, a.name, "fhir", v.fhir)
+			v.h.FHIR = hash(i, a, queues.SideFHIR, v.fhir)
 		}
 		if skip != queues.SideCRM {
 			if len(a.byType) > 0 {
@@ -314,11 +335,67 @@ func (h *baseHasher) readSides(m *maps.Mapping, l link, res map[string]any, rec 
 			} else {
 				v.crm = rec[a.crmAttr]
 			}
-			v.h.CRM = h.hash(l, a.name, "crm", v.crm)
+			v.h.CRM = hash(i, a, queues.SideCRM, v.crm)
 		}
 		out = append(out, v)
 	}
 	return out
+}
+
+// sameValue reports whether a and b are the same decoded value, so that
+// appendValue writes the same bytes for each: the same types all the way
+// down, nil apart from empty, numbers bit for bit. A type it does not
+// know counts as different (the value is then hashed again).
+func sameValue(a, b any) bool {
+	switch x := a.(type) {
+	case nil:
+		return b == nil
+	case string:
+		y, ok := b.(string)
+		return ok && x == y
+	case bool:
+		y, ok := b.(bool)
+		return ok && x == y
+	case json.Number:
+		y, ok := b.(json.Number)
+		return ok && x == y
+	case float64:
+		y, ok := b.(float64)
+		return ok && math.Float64bits(x) == math.Float64bits(y)
+	case int:
+		y, ok := b.(int)
+		return ok && x == y
+	case int64:
+		y, ok := b.(int64)
+		return ok && x == y
+	case []string:
+		y, ok := b.([]string)
+		return ok && (x == nil) == (y == nil) && slices.Equal(x, y)
+	case []any:
+		y, ok := b.([]any)
+		if !ok || (x == nil) != (y == nil) || len(x) != len(y) {
+			return false
+		}
+		for i := range x {
+			if !sameValue(x[i], y[i]) {
+				return false
+			}
+		}
+		return true
+	case map[string]any:
+		y, ok := b.(map[string]any)
+		if !ok || (x == nil) != (y == nil) || len(x) != len(y) {
+			return false
+		}
+		for k, xv := range x {
+			yv, ok := y[k]
+			if !ok || !sameValue(xv, yv) {
+				return false
+			}
+		}
+		return true
+	}
+	return false
 }
 
 // done takes back a slice read returned, cleared so the pool holds no
@@ -682,10 +759,11 @@ func (p *pipeline) baseAfter(f *flow, m *maps.Mapping, src record, cur *record, 
 		return nil
 	}
 	var known *linkBase
+	var prior []attrValues
 	if mg != nil {
-		known = mg.now
+		known, prior = mg.now, mg.read
 	}
-	return p.base.of(m, l, res, rec, kids, known, f.side)
+	return p.base.of(m, l, res, rec, kids, known, f.side, prior)
 }
 
 // nullTime is t for a nullable column: NULL when zero, else UTC.

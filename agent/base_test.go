@@ -3,10 +3,13 @@ package agent
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -532,8 +535,9 @@ func BenchmarkSaveBase(b *testing.B) {
 // TestBaseAfterTakesTheUnwrittenSideFromTheMerge: after a write, the base
 // takes the hashes of the side that was not written (the source) from the
 // merge's reading of the pair instead of computing them again, and comes
-// out the same as when it computes both sides; a reading of another pair
-// is not used.
+// out the same as when it computes both sides; on the written side, a value
+// the write left as it was read keeps the hash it was read with; a reading
+// of another pair is not used.
 func TestBaseAfterTakesTheUnwrittenSideFromTheMerge(t *testing.T) {
 	t.Parallel()
 	m := baseTestMap(t)
@@ -572,7 +576,7 @@ func TestBaseAfterTakesTheUnwrittenSideFromTheMerge(t *testing.T) {
 			// The pair as the merge read it, before the write.
 			l := pairOf(tc.f, m.Def(), tc.src, tc.cur)
 			res, rec, kids := sidesOf(tc.f, tc.src, tc.cur)
-			read := p.base.of(m, l, res, rec, kids, nil, "")
+			read := p.base.of(m, l, res, rec, kids, nil, "", nil)
 
 			both := p.baseAfter(tc.f, m, tc.src, &tc.cur, out, tc.w, nil)
 			reused := p.baseAfter(tc.f, m, tc.src, &tc.cur, out, tc.w, &pairMerge{now: read})
@@ -610,6 +614,111 @@ func TestBaseAfterTakesTheUnwrittenSideFromTheMerge(t *testing.T) {
 			if got := p.baseAfter(tc.f, m, tc.src, &tc.cur, out, tc.w, &pairMerge{now: &other}); !reflect.DeepEqual(got.Attrs, both.Attrs) {
 				t.Errorf("another pair's reading was used")
 			}
+
+			// With the values the merge read, a written value the same as
+			// it was read keeps the hash it was read with; a changed one is
+			// hashed again.
+			vals := p.base.read(m, l, res, rec, kids)
+			prior := slices.Clone(vals)
+			p.base.done(vals)
+			for i := range prior {
+				if tc.f.side == "fhir" {
+					prior[i].h.CRM = marker
+				} else {
+					prior[i].h.FHIR = marker
+				}
+			}
+			got = p.baseAfter(tc.f, m, tc.src, &tc.cur, out, tc.w, &pairMerge{now: read, read: prior})
+			var kept, hashed int
+			for name, h := range got.Attrs {
+				written, before, after := h.FHIR, read.Attrs[name].FHIR, both.Attrs[name].FHIR
+				if tc.f.side == "fhir" {
+					written, before, after = h.CRM, read.Attrs[name].CRM, both.Attrs[name].CRM
+				}
+				switch {
+				case before == after && written == marker:
+					kept++
+				case before != after && written == after:
+					hashed++
+				default:
+					t.Errorf("%s: written side's hash %x; read %x, after the write %x", name, written[:4], before[:4], after[:4])
+				}
+			}
+			if kept == 0 || hashed == 0 {
+				t.Errorf("%d hashes kept, %d computed: the case needs both", kept, hashed)
+			}
+			other = *read
+			other.FHIRID = "p2"
+			if got := p.baseAfter(tc.f, m, tc.src, &tc.cur, out, tc.w, &pairMerge{now: &other, read: prior}); !reflect.DeepEqual(got.Attrs, both.Attrs) {
+				t.Errorf("another pair's values were used")
+			}
 		})
 	}
+}
+
+// TestSameValueMeansTheSameBytes: values sameValue takes for the same are
+// written the same by appendValue (so they hash the same), and values that
+// are written differently, or whose types differ, are not taken for the
+// same.
+func TestSameValueMeansTheSameBytes(t *testing.T) {
+	t.Parallel()
+	vals := []any{
+		nil, "", "a", "b", true, false, 0.0, math.Copysign(0, -1), 1.5, json.Number("1.5"), json.Number("1.50"), 2, int64(2),
+		[]any(nil), []any{}, []any{"a"}, []any{"a", "b"}, []any{"b", "a"}, []any{1.5}, []any{json.Number("1.5")},
+		[]string(nil), []string{}, []string{"a"},
+		map[string]any(nil), map[string]any{}, map[string]any{"a": "x"}, map[string]any{"a": "y"}, map[string]any{"b": "x"},
+		map[string]any{"a": []any{map[string]any{"system": "s", "value": "v"}}},
+		map[string]any{"a": []any{map[string]any{"system": "s", "value": "w"}}},
+		map[string]any{"a": "x", "b": nil},
+	}
+	var same int
+	for i, a := range vals {
+		for j, b := range vals {
+			// A copy of b, so equal values never share memory.
+			c := cloneValue(b)
+			got := sameValue(a, c)
+			if i == j && !got {
+				t.Errorf("%#v is not the same as a copy of itself", a)
+			}
+			if i != j && got {
+				t.Errorf("%#v and %#v taken for the same", a, b)
+			}
+			if got {
+				same++
+				if x, y := appendValue(nil, a), appendValue(nil, c); !bytes.Equal(x, y) {
+					t.Errorf("%#v and %#v taken for the same, written %q and %q", a, c, x, y)
+				}
+			}
+		}
+	}
+	if same != len(vals) {
+		t.Errorf("%d pairs the same, want %d", same, len(vals))
+	}
+}
+
+// cloneValue copies v all the way down, nil lists and maps staying nil.
+func cloneValue(v any) any {
+	switch x := v.(type) {
+	case []any:
+		if x == nil {
+			return x
+		}
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = cloneValue(e)
+		}
+		return out
+	case []string:
+		return slices.Clone(x)
+	case map[string]any:
+		if x == nil {
+			return x
+		}
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			out[k] = cloneValue(e)
+		}
+		return out
+	}
+	return v
 }

@@ -54,6 +54,10 @@ type pairMerge struct {
 	// old is the base before this message (nil: none); now the hashes of
 	// both sides as read.
 	old, now *linkBase
+	// read is the values and hashes that gave now, for the base after the
+	// write (baseHasher.of); the pipeline hands it back to the hasher once
+	// the message is done with it.
+	read []attrValues
 	// conflicts are the attributes changed on both sides, as settled.
 	conflicts []logs.Conflict
 	held      []heldAttr
@@ -132,19 +136,11 @@ func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src
 		mg.old = old
 	}
 	vals := p.base.read(mp, l, res, rec, kids)
-	defer p.base.done(vals)
+	mg.read = vals
 	mg.now = &linkBase{EntityMap: em.Name, FHIRID: l.FHIRID, CRMID: l.CRMID, MapVersion: mp.Version(), Attrs: make(map[string]attrHash, len(vals))}
 	changed := make(map[string]bool, len(out.ChangedAttrs))
 	for _, a := range out.ChangedAttrs {
 		changed[a] = true
-	}
-	defs := make(map[string]*maps.AttributeMap, len(em.Attributes))
-	for i := range em.Attributes {
-		defs[em.Attributes[i].Name] = &em.Attributes[i]
-	}
-	xdirs := make(map[string]maps.Direction, len(em.Expansions))
-	for _, x := range em.Expansions {
-		xdirs[x.Name] = x.Direction
 	}
 	target := queues.SideCRM
 	if f.side == queues.SideCRM {
@@ -178,12 +174,12 @@ func (p *pipeline) mergePair(ctx context.Context, f *flow, mp *maps.Mapping, src
 	var loaded bool
 	for _, v := range vals {
 		mg.now.Attrs[v.name] = v.h
-		a := defs[v.name]
+		a := mp.AttributeNamed(v.name)
 		dir := maps.Both
 		if a != nil && a.Direction != "" {
 			dir = a.Direction
-		} else if xd := xdirs[v.name]; a == nil && xd != "" {
-			dir = xd
+		} else if x := mp.ExpansionMapNamed(v.name); a == nil && x != nil && x.Direction != "" {
+			dir = x.Direction
 		}
 		if !mergeTravels(dir, target) {
 			// Not mapped this way: its change is the other direction's.

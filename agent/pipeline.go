@@ -518,6 +518,7 @@ func (p *pipeline) sync(ctx context.Context, f *flow, mp *maps.Mapping, n queues
 			}
 			return p.failure("merging with the base state", err), false
 		}
+		defer p.base.done(mg.read)
 		d.Conflicts = mg.conflicts
 		if len(mg.skip) > 0 {
 			if out, err = f.mapExcept(ctx, mp, src, curp, mg.skip); err != nil {

@@ -351,19 +351,7 @@ func (s crmSide) childRows(ctx context.Context, q maps.ChildQuery, parents []str
 // columns the mapping reads or compares (maps.Mapping.CRMSelect), and
 // those the merge and loop prevention read — when and by whom the record
 // was last modified, and its business key.
-func crmColumns(m *maps.Mapping) []string {
-	sel := m.CRMSelect()
-	extra := []string{"modifiedon", "_modifiedby_value"}
-	if bk := m.Def().Correlation.BusinessKey; bk != nil && bk.CRMAttribute != "" {
-		extra = append(extra, bk.CRMAttribute)
-	}
-	for _, x := range extra {
-		if !slices.Contains(sel, x) {
-			sel = append(sel, x)
-		}
-	}
-	return sel
-}
+func crmColumns(m *maps.Mapping) []string { return m.CRMReadColumns() }
 
 // crmState unwraps the state a crm record carries.
 func crmState(r *record) *maps.CRMState {

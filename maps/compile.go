@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/fhirsync/fhirsync/maps/path"
 )
@@ -76,6 +77,12 @@ type Mapping struct {
 	keyPath *path.Path
 	// signal is the compiled signal section (signal.go); nil: none.
 	signal *compiledSignal
+
+	// reads is what the mapping reads of the CRM and the index of its
+	// definition by name, made on first use (reads.go): a mapping never
+	// changes once compiled, and the agent asks for them per message.
+	readsOnce sync.Once
+	reads     *mappingReads
 }
 
 // Def returns the entity map's definition. Callers must not modify it.

@@ -4,8 +4,49 @@ import "slices"
 
 // CRMSelect lists the CRM attributes the mapping reads or compares, in the
 // Web API's read form (a lookup as "_name_value"), sorted: the $select of
-// the agent's read of the current record.
-func (m *Mapping) CRMSelect() []string {
+// the agent's read of the current record. The slice is the mapping's own:
+// callers must not modify it (an append copies it).
+func (m *Mapping) CRMSelect() []string { return m.readsOf().crmSelect }
+
+// CRMReadColumns is CRMSelect with the columns a read of the current
+// record also needs, appended when not in it already: modifiedon and
+// _modifiedby_value (when and by whom the record was last changed) and the
+// business key's column. Shared as CRMSelect is.
+func (m *Mapping) CRMReadColumns() []string { return m.readsOf().readColumns }
+
+// AttributeNamed returns the definition's attribute map called name, or
+// nil.
+func (m *Mapping) AttributeNamed(name string) *AttributeMap { return m.readsOf().attrs[name] }
+
+// CRMColumnsOf returns the CRM columns of the attribute map called name
+// (AttributeMap.CRMAttributes), and whether there is one. Shared as
+// CRMSelect is.
+func (m *Mapping) CRMColumnsOf(name string) ([]string, bool) {
+	cols, ok := m.readsOf().columns[name]
+	return cols, ok
+}
+
+// ExpansionMapNamed returns the definition's top-level expansion map
+// called name, or nil.
+func (m *Mapping) ExpansionMapNamed(name string) *ExpansionMap { return m.readsOf().expansions[name] }
+
+// mappingReads is what a mapping's readers ask for on every message,
+// computed once (Mapping.readsOf).
+type mappingReads struct {
+	crmSelect, readColumns []string
+	childQueries           []ChildQuery
+	attrs                  map[string]*AttributeMap
+	columns                map[string][]string
+	expansions             map[string]*ExpansionMap
+}
+
+func (m *Mapping) readsOf() *mappingReads {
+	m.readsOnce.Do(func() { m.reads = m.compileReads() })
+	return m.reads
+}
+
+func (m *Mapping) compileReads() *mappingReads {
+	r := &mappingReads{attrs: map[string]*AttributeMap{}, columns: map[string][]string{}, expansions: map[string]*ExpansionMap{}}
 	seen := map[string]bool{m.def.idAttribute(): true, m.def.Correlation.CRMAttribute: true}
 	if f := m.def.CRMFilter; f != nil {
 		seen[f.Attribute] = true
@@ -18,7 +59,29 @@ func (m *Mapping) CRMSelect() []string {
 			seen[n] = true
 		}
 	}
-	return sortedKeys(seen)
+	r.crmSelect = slices.Clip(sortedKeys(seen))
+	cols := slices.Clone(r.crmSelect)
+	extra := []string{"modifiedon", "_modifiedby_value"}
+	if bk := m.def.Correlation.BusinessKey; bk != nil && bk.CRMAttribute != "" {
+		extra = append(extra, bk.CRMAttribute)
+	}
+	for _, x := range extra {
+		if !slices.Contains(cols, x) {
+			cols = append(cols, x)
+		}
+	}
+	r.readColumns = slices.Clip(cols)
+	r.childQueries = slices.Clip(m.childQueries())
+	for i := range m.def.Attributes {
+		a := &m.def.Attributes[i]
+		r.attrs[a.Name] = a
+		r.columns[a.Name] = slices.Clip(a.CRMAttributes())
+	}
+	for i := range m.def.Expansions {
+		x := &m.def.Expansions[i]
+		r.expansions[x.Name] = x
+	}
+	return r
 }
 
 // ChildQuery says how to read an expansion map's current child rows:
@@ -40,8 +103,10 @@ type ChildQuery struct {
 
 // ChildQueries returns one ChildQuery per enabled expansion map, nested
 // ones after their parent; the rows go into CRMState.Children under the
-// expansion's name.
-func (m *Mapping) ChildQueries() []ChildQuery {
+// expansion's name. Shared as CRMSelect is, with their Select lists.
+func (m *Mapping) ChildQueries() []ChildQuery { return m.readsOf().childQueries }
+
+func (m *Mapping) childQueries() []ChildQuery {
 	out := make([]ChildQuery, 0, len(m.expansions))
 	var add func(x *expansion)
 	add = func(x *expansion) {
@@ -59,7 +124,7 @@ func (m *Mapping) ChildQueries() []ChildQuery {
 			seen["_"+x.def.ParentLookup+"_value"] = true
 			q.Parent, q.ParentIDAttribute = x.parent.def.Name, x.parent.def.idAttribute()
 		}
-		q.Select = sortedKeys(seen)
+		q.Select = slices.Clip(sortedKeys(seen))
 		out = append(out, q)
 		for _, n := range x.nested {
 			add(n)

@@ -432,8 +432,15 @@ func (k *Coalescer) build(entries []*entry) (Batch, []planItem) {
 		pos += p.n
 		plan = append(plan, p)
 	}
-	groups := map[string][]*entry{}
-	var order []string
+	// Reads group by what their one query would ask: kind, entity set,
+	// attribute matched, columns selected.
+	type groupKey struct {
+		kind           entryKind
+		set, attr, sel string
+		alone          bool
+	}
+	groups := map[groupKey][]*entry{}
+	var order []groupKey
 	for _, e := range entries {
 		switch {
 		case e.kind == kindOps && e.changeSet:
@@ -444,7 +451,7 @@ func (k *Coalescer) build(entries []*entry) (Batch, []planItem) {
 			op := e.ops[0]
 			add(BatchItem{Op: &op}, planItem{entries: []*entry{e}, n: 1, kind: kindOps})
 		default:
-			g := fmt.Sprintf("%d|%s|%s|%s|%t", e.kind, e.set, e.attr, strings.Join(e.sel, ","), e.alone)
+			g := groupKey{e.kind, e.set, e.attr, strings.Join(e.sel, ","), e.alone}
 			if _, ok := groups[g]; !ok {
 				order = append(order, g)
 			}
