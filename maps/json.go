@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"sync"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -398,9 +399,31 @@ func hex4(b []byte, p int) (rune, bool) {
 // EncodeJSON encodes generic values exactly as encoding/json.Marshal does
 // (object keys sorted, HTML characters and U+2028/U+2029 escaped, invalid
 // UTF-8 as U+FFFD), without reflection for the generic shapes.
+//
+// The encoding is made in a reused buffer and copied out at its size: a
+// buffer grown by doubling would cost up to twice the encoding's size, and
+// a fixed first size too much for the small ones.
 func EncodeJSON(v any) ([]byte, error) {
-	return appendJSON(make([]byte, 0, 2048), v)
+	p := encodeBuffers.Get().(*[]byte)
+	b, err := appendJSON((*p)[:0], v)
+	if err != nil {
+		encodeBuffers.Put(p)
+		return nil, err
+	}
+	out := make([]byte, len(b))
+	copy(out, b)
+	if cap(b) <= maxPooledEncoding {
+		*p = b[:0]
+	}
+	encodeBuffers.Put(p)
+	return out, nil
 }
+
+// encodeBuffers are EncodeJSON's buffers; one that grew past
+// maxPooledEncoding is left to the collector instead of being kept.
+var encodeBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+const maxPooledEncoding = 1 << 20
 
 // AppendJSON appends v as EncodeJSON encodes it; on an error b is
 // returned as it was.

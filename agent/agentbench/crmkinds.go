@@ -1,6 +1,7 @@
 package agentbench
 
 import (
+	"bufio"
 	"bytes"
 	"io"
 	"maps"
@@ -44,35 +45,74 @@ func innerRequests(body []byte, f func(method, target string)) {
 		} else {
 			body = nil
 		}
-		line = bytes.TrimSuffix(line, []byte("\r"))
-		rest, ok := bytes.CutSuffix(line, []byte(" HTTP/1.1"))
-		if !ok {
+		requestLine(line, f)
+	}
+}
+
+// innerRequestsIn is innerRequests reading the body from r a line at a
+// time, in r's buffer; a line longer than the buffer is no request line.
+func innerRequestsIn(r *bufio.Reader, f func(method, target string)) {
+	long := false
+	for {
+		line, err := r.ReadSlice('\n')
+		if err == bufio.ErrBufferFull {
+			long = true
 			continue
 		}
-		method, target, ok := bytes.Cut(rest, []byte(" "))
-		if !ok || len(target) == 0 || bytes.IndexByte(target, ' ') >= 0 {
-			continue
+		if !long {
+			requestLine(bytes.TrimSuffix(line, []byte("\n")), f)
 		}
-		switch string(method) {
-		case "GET", "POST", "PATCH", "PUT", "DELETE":
-			f(string(method), string(target))
+		long = false
+		if err != nil {
+			return
 		}
 	}
 }
 
+// requestLine calls f with the method and target of line if it is a
+// request line.
+func requestLine(line []byte, f func(method, target string)) {
+	line = bytes.TrimSuffix(line, []byte("\r"))
+	rest, ok := bytes.CutSuffix(line, []byte(" HTTP/1.1"))
+	if !ok {
+		return
+	}
+	method, target, ok := bytes.Cut(rest, []byte(" "))
+	if !ok || len(target) == 0 || bytes.IndexByte(target, ' ') >= 0 {
+		return
+	}
+	switch string(method) {
+	case "GET", "POST", "PATCH", "PUT", "DELETE":
+		f(string(method), string(target))
+	}
+}
+
+// lineReaders are the buffers RoundTrip scans $batch bodies in.
+var lineReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+
 func (k *kindCounter) RoundTrip(r *http.Request) (*http.Response, error) {
 	var counts []string
 	if strings.HasSuffix(r.URL.Path, "/$batch") && r.Body != nil {
-		body, err := io.ReadAll(r.Body)
-		_ = r.Body.Close()
-		if err != nil {
-			return nil, err
-		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
 		counts = append(counts, "request: $batch")
-		innerRequests(body, func(method, target string) {
-			counts = append(counts, "op: "+opKind(method, target))
-		})
+		count := func(method, target string) { counts = append(counts, "op: "+opKind(method, target)) }
+		if body, err := getBody(r); err == nil && body != nil {
+			// A copy of the body to read (the client's requests have
+			// one): the request keeps its own.
+			br := lineReaders.Get().(*bufio.Reader)
+			br.Reset(body)
+			innerRequestsIn(br, count)
+			br.Reset(nil)
+			lineReaders.Put(br)
+			_ = body.Close()
+		} else {
+			body, err := io.ReadAll(r.Body)
+			_ = r.Body.Close()
+			if err != nil {
+				return nil, err
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			innerRequests(body, count)
+		}
 	} else {
 		kind := opKind(r.Method, r.URL.String())
 		counts = append(counts, "request: "+kind, "op: "+kind)
@@ -83,6 +123,14 @@ func (k *kindCounter) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	k.mu.Unlock()
 	return k.next.RoundTrip(r)
+}
+
+// getBody is a new reader of r's body when r can make one; nil otherwise.
+func getBody(r *http.Request) (io.ReadCloser, error) {
+	if r.GetBody == nil {
+		return nil, nil
+	}
+	return r.GetBody()
 }
 
 // guidKey matches a primary key in a path: contacts(<guid>).

@@ -1,6 +1,8 @@
 package agentbench
 
 import (
+	"bufio"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -46,13 +48,41 @@ func TestKindCounterCountsBatchOperations(t *testing.T) {
 		t.Fatalf("operations %q, want %q", got, want)
 	}
 
-	k := newKindCounter(roundTripFunc(func(*http.Request) (*http.Response, error) { return &http.Response{StatusCode: 200}, nil }))
-	req, _ := http.NewRequest(http.MethodPost, "https://org.example/api/data/v9.2/$batch", strings.NewReader(body))
-	if _, err := k.RoundTrip(req); err != nil {
-		t.Fatal(err)
+	// The end of a line longer than the reader's buffer is not a line of
+	// its own, even when it reads like a request line.
+	var longs []string
+	innerRequestsIn(bufio.NewReaderSize(strings.NewReader(strings.Repeat("x", 32)+"GET contacts HTTP/1.1\r\nGET accounts HTTP/1.1\r\n"), 32),
+		func(method, target string) { longs = append(longs, method+" "+target) })
+	if strings.Join(longs, "|") != "GET accounts" {
+		t.Errorf("lines read %q, want only GET accounts", longs)
 	}
-	n := k.snapshot()
-	if n["request: $batch"] != 1 || n["op: upsert or update, contacts"] != 1 || n["op: create, msemr_medicalidentifiers"] != 1 || n["op: In query, contacts"] != 1 || len(n) != 4 {
-		t.Fatalf("counts %v", n)
+
+	// A line longer than the counter's buffer, which it skips whole,
+	// ending in what would be a request line if it stood alone.
+	long := strings.Repeat("x", 9000) + " GET contacts HTTP/1.1"
+	body = strings.Replace(body, "{}", long, 1)
+	// The next transport gets the whole body, read through the body the
+	// request was made with (GetBody) or, when it has none, through the
+	// copy the counter read it into.
+	k := newKindCounter(roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		sent, err := io.ReadAll(r.Body)
+		if err != nil || string(sent) != body {
+			t.Errorf("the request sent %d bytes of its %d (%v)", len(sent), len(body), err)
+		}
+		return &http.Response{StatusCode: 200}, nil
+	}))
+	for i, getBody := range []bool{true, false} {
+		req, _ := http.NewRequest(http.MethodPost, "https://org.example/api/data/v9.2/$batch", strings.NewReader(body))
+		if !getBody {
+			req.GetBody = nil
+		}
+		if _, err := k.RoundTrip(req); err != nil {
+			t.Fatal(err)
+		}
+		n := k.snapshot()
+		c := int64(i + 1)
+		if n["request: $batch"] != c || n["op: upsert or update, contacts"] != c || n["op: create, msemr_medicalidentifiers"] != c || n["op: In query, contacts"] != c || len(n) != 4 {
+			t.Fatalf("with GetBody %t: counts %v", getBody, n)
+		}
 	}
 }

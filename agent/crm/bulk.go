@@ -396,41 +396,103 @@ func (k *Coalescer) bulkOp(m *bulkMsg) (Op, error) {
 	if err != nil {
 		return Op{}, err
 	}
-	targets := make([]any, len(m.rows))
+	// Each target is the row's record with, over it, the parent's bind
+	// for "$1", the alternate key's columns it lacks, its type and its
+	// primary key (and its id, for an upsert), written straight into the
+	// body, keys sorted as EncodeJSON sorts them, without a copy of the
+	// record.
+	b := append(bulkBuffer(m), `{"Targets":[`...)
+	var over []field
 	for i, r := range m.rows {
-		t := maps.Clone(r.rec)
-		if t == nil {
-			t = Record{}
-		}
+		over = over[:0]
 		if r.bindsParent {
 			parent := m.owners[i].bulk.rows[0]
-			for a, v := range t {
+			for a, v := range r.rec {
 				if s, ok := v.(string); ok && s == "$1" && strings.HasSuffix(a, "@odata.bind") {
-					t[a] = Bind(parent.set, parent.id)
+					over = append(over, field{a, Bind(parent.set, parent.id)})
 				}
 			}
 		}
 		for a, v := range r.key {
-			if _, ok := t[a]; !ok {
-				t[a] = v
+			if _, ok := r.rec[a]; !ok {
+				over = append(over, field{a, v})
 			}
 		}
-		t["@odata.type"] = "Microsoft.Dynamics.CRM." + ti.logical
-		t[ti.primaryID] = r.id
+		over = append(over, field{"@odata.type", "Microsoft.Dynamics.CRM." + ti.logical}, field{ti.primaryID, r.id})
 		if m.action == "UpsertMultiple" {
-			t["@odata.id"] = m.set + "(" + r.id + ")"
+			over = append(over, field{"@odata.id", m.set + "(" + r.id + ")"})
 		}
-		// As the generic map it is, so the encoder takes its fast path
-		// rather than reflection (a Record is a named map type).
-		targets[i] = map[string]any(t)
+		if i > 0 {
+			b = append(b, ',')
+		}
+		if b, err = appendTarget(b, r.rec, over); err != nil {
+			return Op{}, fmt.Errorf("encoding %s for %s: %w", m.action, m.set, err)
+		}
 	}
-	body, err := fsmaps.EncodeJSON(map[string]any{"Targets": targets})
-	if err != nil {
-		return Op{}, fmt.Errorf("encoding %s for %s: %w", m.action, m.set, err)
-	}
+	body := append(b, "]}"...)
 	h := http.Header{}
 	h.Set("Accept", "application/json")
 	return Op{Method: http.MethodPost, Path: m.set + "/Microsoft.Dynamics.CRM." + m.action, Header: h, Body: body}, nil
+}
+
+// field is a column and the value a bulk message's target gives it.
+type field struct {
+	name  string
+	value any
+}
+
+// appendTarget appends rec, with the fields of over in place of (or
+// beside) its own, as one JSON object whose keys are sorted.
+func appendTarget(b []byte, rec Record, over []field) ([]byte, error) {
+	var stack [48]string
+	names := stack[:0]
+	for a := range rec {
+		if !slices.ContainsFunc(over, func(f field) bool { return f.name == a }) {
+			names = append(names, a)
+		}
+	}
+	for _, f := range over {
+		if !slices.Contains(names, f.name) {
+			names = append(names, f.name)
+		}
+	}
+	slices.Sort(names)
+	b = append(b, '{')
+	for i, a := range names {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = fsmaps.AppendJSONString(b, a)
+		b = append(b, ':')
+		v, found := any(nil), false
+		for j := len(over) - 1; j >= 0; j-- {
+			if over[j].name == a {
+				v, found = over[j].value, true
+				break
+			}
+		}
+		if !found {
+			v = rec[a]
+		}
+		var err error
+		if b, err = fsmaps.AppendJSON(b, v); err != nil {
+			return nil, err
+		}
+	}
+	return append(b, '}'), nil
+}
+
+// bulkBuffer is an empty buffer the size of m's body: its rows' records
+// as their own ops encoded them, and room for what each target adds.
+func bulkBuffer(m *bulkMsg) []byte {
+	n := 16
+	for i, r := range m.rows {
+		n += 160
+		if ops := m.owners[i].ops; r.op >= 0 && r.op < len(ops) {
+			n += len(ops[r.op].Body)
+		}
+	}
+	return make([]byte, 0, n)
 }
 
 // versionQuery reads the versions the writes made.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"mime"
 	"mime/multipart"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	fsmaps "github.com/fhirsync/fhirsync/maps"
 	"github.com/fhirsync/fhirsync/sandbox/crmserver"
 )
 
@@ -699,5 +701,54 @@ func TestBulkKeepsChangeSetOfNestedBinds(t *testing.T) {
 	}
 	if len(parts) != 1 || len(roles) != 1 || !strings.EqualFold(roles[0].String("_msemr_careteamparticipant_value"), parts[0].String("msemr_careteamparticipantid")) {
 		t.Errorf("participants %v, roles %v: want one role under the one participant", parts, roles)
+	}
+}
+
+// TestAppendTargetIsTheRecordWithItsFields: a bulk message's target is
+// written as EncodeJSON writes the record with the fields put over it (the
+// later of two with one name winning), the record itself left as it was.
+func TestAppendTargetIsTheRecordWithItsFields(t *testing.T) {
+	t.Parallel()
+	rec := Record{"lastname": "Ng", "parentcustomerid_account@odata.bind": "$1", "contactid": "old", "emailaddress1": nil,
+		"msemr_age": json.Number("42"), "telephones": []any{map[string]any{"n": "1"}}, "text": "<a & b>\u2028"}
+	for _, tc := range []struct {
+		name string
+		rec  Record
+		over []field
+	}{
+		{"none", rec, nil},
+		{"new fields", rec, []field{{"@odata.type", "Microsoft.Dynamics.CRM.contact"}, {"msemr_mrn", "m1"}}},
+		{"over its own", rec, []field{{"parentcustomerid_account@odata.bind", "accounts(a1)"}, {"contactid", "c1"}}},
+		{"the later wins", rec, []field{{"contactid", "c1"}, {"contactid", "c2"}}},
+		{"empty record", Record{}, []field{{"contactid", "c1"}}},
+		{"nil record", nil, []field{{"contactid", "c1"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			want := map[string]any{}
+			for k, v := range tc.rec {
+				want[k] = v
+			}
+			for _, f := range tc.over {
+				want[f.name] = f.value
+			}
+			wantBody, err := fsmaps.EncodeJSON(want)
+			if err != nil {
+				t.Fatal(err)
+			}
+			before, _ := fsmaps.EncodeJSON(map[string]any(tc.rec))
+			got, err := appendTarget([]byte("x"), tc.rec, tc.over)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != "x"+string(wantBody) {
+				t.Errorf("got  %s\nwant x%s", got, wantBody)
+			}
+			if after, _ := fsmaps.EncodeJSON(map[string]any(tc.rec)); string(after) != string(before) {
+				t.Errorf("the record changed: %s, was %s", after, before)
+			}
+		})
+	}
+	if _, err := appendTarget(nil, Record{"x": math.NaN()}, nil); err == nil {
+		t.Error("a value JSON cannot hold was written")
 	}
 }
