@@ -301,7 +301,7 @@ func readParts(mr *multipart.Reader, depth int) ([]batchPart, error) {
 			}
 			out = append(out, batchPart{changeSet: inner})
 		case mt == "application/http":
-			raw, err := io.ReadAll(p)
+			raw, err := readAll(p)
 			if err != nil {
 				return nil, fmt.Errorf("reading a response part: %w", err)
 			}

@@ -341,7 +341,7 @@ func (c *Client) once(ctx context.Context, u *user, op string, cl call) (result,
 	}
 	defer resp.Body.Close()
 	c.users.observe(u, resp.StatusCode, resp.Header)
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+	b, err := readAll(io.LimitReader(resp.Body, 256<<20))
 	if err != nil {
 		if ctx.Err() != nil {
 			return result{}, fmt.Errorf("%s: %w", op, ctx.Err())
