@@ -345,7 +345,9 @@ func (h *baseHasher) readSides(m *maps.Mapping, l link, res map[string]any, rec 
 // sameValue reports whether a and b are the same decoded value, so that
 // appendValue writes the same bytes for each: the same types all the way
 // down, nil apart from empty, numbers bit for bit. A type it does not
-// know counts as different (the value is then hashed again).
+// know counts as different (the value is then hashed again). It is
+// stricter than the path engine's equality, which takes a nil list for
+// an empty one: a hash kept for a value must be that value's.
 func sameValue(a, b any) bool {
 	switch x := a.(type) {
 	case nil:
