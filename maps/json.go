@@ -7,9 +7,10 @@ import (
 	"math"
 	"slices"
 	"strconv"
-	"sync"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/fhirsync/fhirsync/internal/bufpool"
 )
 
 // DecodeJSON decodes a JSON object into the generic values the engine
@@ -404,26 +405,16 @@ func hex4(b []byte, p int) (rune, bool) {
 // buffer grown by doubling would cost up to twice the encoding's size, and
 // a fixed first size too much for the small ones.
 func EncodeJSON(v any) ([]byte, error) {
-	p := encodeBuffers.Get().(*[]byte)
-	b, err := appendJSON((*p)[:0], v)
+	p := bufpool.Get()
+	b, err := appendJSON(*p, v)
 	if err != nil {
-		encodeBuffers.Put(p)
+		bufpool.Put(p, *p)
 		return nil, err
 	}
-	out := make([]byte, len(b))
-	copy(out, b)
-	if cap(b) <= maxPooledEncoding {
-		*p = b[:0]
-	}
-	encodeBuffers.Put(p)
+	out := bufpool.Clone(b)
+	bufpool.Put(p, b)
 	return out, nil
 }
-
-// encodeBuffers are EncodeJSON's buffers; one that grew past
-// maxPooledEncoding is left to the collector instead of being kept.
-var encodeBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
-
-const maxPooledEncoding = 1 << 20
 
 // AppendJSON appends v as EncodeJSON encodes it; on an error b is
 // returned as it was.

@@ -19,6 +19,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/fhirsync/fhirsync/internal/bufpool"
 	fsmaps "github.com/fhirsync/fhirsync/maps"
 )
 
@@ -341,7 +342,7 @@ func (c *Client) once(ctx context.Context, u *user, op string, cl call) (result,
 	}
 	defer resp.Body.Close()
 	c.users.observe(u, resp.StatusCode, resp.Header)
-	b, err := readAll(io.LimitReader(resp.Body, 256<<20))
+	b, err := bufpool.ReadAll(io.LimitReader(resp.Body, 256<<20))
 	if err != nil {
 		if ctx.Err() != nil {
 			return result{}, fmt.Errorf("%s: %w", op, ctx.Err())

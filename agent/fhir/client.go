@@ -18,6 +18,7 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/fhirsync/fhirsync/internal/bufpool"
 	fsmaps "github.com/fhirsync/fhirsync/maps"
 )
 
@@ -536,10 +537,12 @@ func (c *Client) do(ctx context.Context, cl call) (Resource, int, error) {
 		return nil, 0, &Error{Op: cl.op, Class: ClassUnavailable, Retryable: true, Err: err}
 	}
 	defer resp.Body.Close()
-	buf := bodyBuffers.Get().(*bytes.Buffer)
-	defer putBodyBuffer(buf)
-	_, err = buf.ReadFrom(io.LimitReader(resp.Body, c.maxBody+1))
-	raw := buf.Bytes()
+	// Nothing keeps the body past this call: the decoder copies every
+	// string and number out of it, and errors quote the OperationOutcome's
+	// text as a new string; so it is read into a pooled buffer.
+	buf := bufpool.Get()
+	raw, err := bufpool.ReadFrom(*buf, io.LimitReader(resp.Body, c.maxBody+1))
+	defer bufpool.Put(buf, raw)
 	if err != nil {
 		return nil, resp.StatusCode, &Error{Op: cl.op, Status: resp.StatusCode, Class: ClassUnavailable, Retryable: true,
 			Err: fmt.Errorf("reading the response: %w", err)}
@@ -575,26 +578,6 @@ func (c *Client) do(ctx context.Context, cl call) (Resource, int, error) {
 		return nil, resp.StatusCode, e
 	}
 	return r, resp.StatusCode, nil
-}
-
-// bodyBuffers hold response bodies while they are decoded. Nothing keeps
-// a body past its call: the decoder copies every string and number out of
-// it, and errors quote the OperationOutcome's text as a new string. A
-// Bundle's body, read by io.ReadAll, cost about twice its size in
-// allocations as the slice grew; a pooled buffer costs nothing once warm.
-var bodyBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
-// maxPooledBody is the largest buffer kept for reuse: a rare huge answer
-// (a page of thousands of entries) is left to the collector rather than
-// held by the pool.
-const maxPooledBody = 4 << 20
-
-func putBodyBuffer(b *bytes.Buffer) {
-	if b.Cap() > maxPooledBody {
-		return
-	}
-	b.Reset()
-	bodyBuffers.Put(b)
 }
 
 // decodeResource parses one JSON object, keeping numbers exact, and

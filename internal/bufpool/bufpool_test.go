@@ -1,4 +1,4 @@
-package crm
+package bufpool
 
 import (
 	"bytes"
@@ -9,7 +9,7 @@ import (
 	"testing/iotest"
 )
 
-// TestReadAllReadsAsIoReadAll: readAll gives what io.ReadAll gives, at its
+// TestReadAllReadsAsIoReadAll: ReadAll gives what io.ReadAll gives, at its
 // size, in a slice the next read does not touch, and passes on a read
 // error with what came before it.
 func TestReadAllReadsAsIoReadAll(t *testing.T) {
@@ -18,7 +18,7 @@ func TestReadAllReadsAsIoReadAll(t *testing.T) {
 	var want []string
 	for _, n := range []int{0, 1, 511, 512, 4097, 100_000, 5 << 20} {
 		s := strings.Repeat(string(rune('a'+n%26)), n)
-		got, err := readAll(iotest.HalfReader(strings.NewReader(s)))
+		got, err := ReadAll(iotest.HalfReader(strings.NewReader(s)))
 		if err != nil || string(got) != s || len(got) != cap(got) || got == nil {
 			t.Fatalf("%d bytes: got %d (cap %d, nil %t), %v", n, len(got), cap(got), got == nil, err)
 		}
@@ -30,7 +30,7 @@ func TestReadAllReadsAsIoReadAll(t *testing.T) {
 		}
 	}
 	boom := errors.New("connection reset")
-	got, err := readAll(io.MultiReader(strings.NewReader("partial"), iotest.ErrReader(boom)))
+	got, err := ReadAll(io.MultiReader(strings.NewReader("partial"), iotest.ErrReader(boom)))
 	if !errors.Is(err, boom) || !bytes.Equal(got, []byte("partial")) {
 		t.Errorf("got %q, %v", got, err)
 	}
