@@ -280,10 +280,12 @@ func (h *baseHasher) readSides(m *maps.Mapping, l link, res map[string]any, rec 
 	// hash is h.hash of one side's value, or the hash prior had for it.
 	hash := func(i int, a *baseAttr, side queues.Side, v any) [baseHashSize]byte {
 		if prior != nil && prior[i].name == a.name {
-			if p := &prior[i]; side == queues.SideFHIR && sameValue(p.fhir, v) {
-				return p.h.FHIR
-			} else if side == queues.SideCRM && sameValue(p.crm, v) {
-				return p.h.CRM
+			was, sum := prior[i].fhir, prior[i].h.FHIR
+			if side == queues.SideCRM {
+				was, sum = prior[i].crm, prior[i].h.CRM
+			}
+			if sameValue(was, v) {
+				return sum
 			}
 		}
 		return h.hash(l, a.name, string(side), v)
@@ -353,23 +355,18 @@ func sameValue(a, b any) bool {
 	case nil:
 		return b == nil
 	case string:
-		y, ok := b.(string)
-		return ok && x == y
+		return equalAs(x, b)
 	case bool:
-		y, ok := b.(bool)
-		return ok && x == y
+		return equalAs(x, b)
 	case json.Number:
-		y, ok := b.(json.Number)
-		return ok && x == y
+		return equalAs(x, b)
 	case float64:
 		y, ok := b.(float64)
 		return ok && math.Float64bits(x) == math.Float64bits(y)
 	case int:
-		y, ok := b.(int)
-		return ok && x == y
+		return equalAs(x, b)
 	case int64:
-		y, ok := b.(int64)
-		return ok && x == y
+		return equalAs(x, b)
 	case []string:
 		y, ok := b.([]string)
 		return ok && (x == nil) == (y == nil) && slices.Equal(x, y)
@@ -398,6 +395,12 @@ func sameValue(a, b any) bool {
 		return true
 	}
 	return false
+}
+
+// equalAs reports whether b is a T equal to x.
+func equalAs[T comparable](x T, b any) bool {
+	y, ok := b.(T)
+	return ok && x == y
 }
 
 // done takes back a slice read returned, cleared so the pool holds no
