@@ -36,25 +36,29 @@ func TestKindCounterCountsBatchOperations(t *testing.T) {
 		"--batch_1",
 		"Content-Type: application/http",
 		"",
-		"GET https://org.example/api/data/v9.2/contacts?$filter=Microsoft.Dynamics.CRM.In(PropertyName='contactid',PropertyValues=['a']) HTTP/1.1",
+		// A grouped query longer than the counter's buffer.
+		"GET https://org.example/api/data/v9.2/contacts?$filter=Microsoft.Dynamics.CRM.In(PropertyName='contactid',PropertyValues=['a'" +
+			strings.Repeat(",'4b1a0000-0000-0000-0000-000000000001'", 120) + "]) HTTP/1.1",
 		"",
 		"--batch_1--",
 		"",
 	}, "\r\n")
 	var got []string
-	innerRequests([]byte(body), func(method, target string) { got = append(got, opKind(method, target)) })
+	innerRequestsIn(bufio.NewReader(strings.NewReader(body)), func(method, target string) { got = append(got, opKind(method, target)) })
 	want := []string{"upsert or update, contacts", "create, msemr_medicalidentifiers", "In query, contacts"}
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Fatalf("operations %q, want %q", got, want)
 	}
 
 	// The end of a line longer than the reader's buffer is not a line of
-	// its own, even when it reads like a request line.
+	// its own, even when it reads like a request line; a request line
+	// longer than the buffer is one.
 	var longs []string
-	innerRequestsIn(bufio.NewReaderSize(strings.NewReader(strings.Repeat("x", 32)+"GET contacts HTTP/1.1\r\nGET accounts HTTP/1.1\r\n"), 32),
+	longQuery := "GET contacts?$filter=" + strings.Repeat("x", 40) + " HTTP/1.1\r\n"
+	innerRequestsIn(bufio.NewReaderSize(strings.NewReader(strings.Repeat("x", 32)+"GET contacts HTTP/1.1\r\nGET accounts HTTP/1.1\r\n"+longQuery), 32),
 		func(method, target string) { longs = append(longs, method+" "+target) })
-	if strings.Join(longs, "|") != "GET accounts" {
-		t.Errorf("lines read %q, want only GET accounts", longs)
+	if want := "GET accounts|GET contacts?$filter=" + strings.Repeat("x", 40); strings.Join(longs, "|") != want {
+		t.Errorf("lines read %q, want %q", longs, want)
 	}
 
 	// A line longer than the counter's buffer, which it skips whole,
