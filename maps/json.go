@@ -405,14 +405,14 @@ func hex4(b []byte, p int) (rune, bool) {
 // buffer grown by doubling would cost up to twice the encoding's size, and
 // a fixed first size too much for the small ones.
 func EncodeJSON(v any) ([]byte, error) {
-	p := bufpool.Get()
+	p := encodeBuffers.Get()
 	b, err := appendJSON(*p, v)
 	if err != nil {
-		bufpool.Put(p, *p)
+		encodeBuffers.Put(p, *p)
 		return nil, err
 	}
 	out := bufpool.Clone(b)
-	bufpool.Put(p, b)
+	encodeBuffers.Put(p, b)
 	return out, nil
 }
 
@@ -574,3 +574,6 @@ func appendString(b []byte, s string) []byte {
 	b = append(b, s[start:]...)
 	return append(b, '"')
 }
+
+// encodeBuffers are EncodeJSON's buffers.
+var encodeBuffers bufpool.Pool

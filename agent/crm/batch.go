@@ -17,7 +17,6 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/fhirsync/fhirsync/internal/bufpool"
 	fsmaps "github.com/fhirsync/fhirsync/maps"
 )
 
@@ -302,7 +301,7 @@ func readParts(mr *multipart.Reader, depth int) ([]batchPart, error) {
 			}
 			out = append(out, batchPart{changeSet: inner})
 		case mt == "application/http":
-			raw, err := bufpool.ReadAll(p)
+			raw, err := answerBuffers.ReadAll(p)
 			if err != nil {
 				return nil, fmt.Errorf("reading a response part: %w", err)
 			}

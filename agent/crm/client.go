@@ -342,7 +342,7 @@ func (c *Client) once(ctx context.Context, u *user, op string, cl call) (result,
 	}
 	defer resp.Body.Close()
 	c.users.observe(u, resp.StatusCode, resp.Header)
-	b, err := bufpool.ReadAll(io.LimitReader(resp.Body, 256<<20))
+	b, err := answerBuffers.ReadAll(io.LimitReader(resp.Body, 256<<20))
 	if err != nil {
 		if ctx.Err() != nil {
 			return result{}, fmt.Errorf("%s: %w", op, ctx.Err())
@@ -530,3 +530,7 @@ func (c *Client) RetrieveIfChanged(ctx context.Context, t Target, etag string, s
 	}
 	return rec, true, nil
 }
+
+// answerBuffers are the buffers answers, and the parts of $batch answers,
+// are read in before they are copied out at their size.
+var answerBuffers bufpool.Pool

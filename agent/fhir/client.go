@@ -540,9 +540,9 @@ func (c *Client) do(ctx context.Context, cl call) (Resource, int, error) {
 	// Nothing keeps the body past this call: the decoder copies every
 	// string and number out of it, and errors quote the OperationOutcome's
 	// text as a new string; so it is read into a pooled buffer.
-	buf := bufpool.Get()
+	buf := bodyBuffers.Get()
 	raw, err := bufpool.ReadFrom(*buf, io.LimitReader(resp.Body, c.maxBody+1))
-	defer bufpool.Put(buf, raw)
+	defer bodyBuffers.Put(buf, raw)
 	if err != nil {
 		return nil, resp.StatusCode, &Error{Op: cl.op, Status: resp.StatusCode, Class: ClassUnavailable, Retryable: true,
 			Err: fmt.Errorf("reading the response: %w", err)}
@@ -659,3 +659,6 @@ func truncate(s string, n int) string {
 	}
 	return s[:n] + "…"
 }
+
+// bodyBuffers hold response bodies while they are decoded.
+var bodyBuffers bufpool.Pool

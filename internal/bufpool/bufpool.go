@@ -15,23 +15,32 @@ import (
 // thousands of entries) is left to the collector rather than held.
 const MaxKept = 4 << 20
 
-var pool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+// Pool keeps the buffers of one use. Each use keeps its own: the uses'
+// sizes differ by orders of magnitude (an encoded identifier row, a
+// Bundle of a hundred resources), and a buffer one use grew would be
+// taken by another that needs a tenth of it, while the first grew a new
+// one again. The zero Pool is ready to use.
+type Pool struct{ p sync.Pool }
 
 // Get returns an empty buffer. Give it back with Put once nothing holds
 // what was written into it.
-func Get() *[]byte {
-	p := pool.Get().(*[]byte)
-	*p = (*p)[:0]
-	return p
+func (p *Pool) Get() *[]byte {
+	b, _ := p.p.Get().(*[]byte)
+	if b == nil {
+		s := make([]byte, 0, 4096)
+		return &s
+	}
+	*b = (*b)[:0]
+	return b
 }
 
-// Put takes back p, with b the buffer as its user grew it (appending to
-// *p); b is kept in place of p's own when it is at most MaxKept.
-func Put(p *[]byte, b []byte) {
-	if cap(b) <= MaxKept {
-		*p = b[:0]
+// Put takes back b, with grown the buffer as its user grew it (appending
+// to *b); grown is kept in place of b's own when it is at most MaxKept.
+func (p *Pool) Put(b *[]byte, grown []byte) {
+	if cap(grown) <= MaxKept {
+		*b = grown[:0]
 	}
-	pool.Put(p)
+	p.p.Put(b)
 }
 
 // ReadFrom appends what r holds to b until io.EOF and returns it, growing
@@ -60,12 +69,12 @@ func Clone(b []byte) []byte {
 	return out
 }
 
-// ReadAll is io.ReadAll read in a pooled buffer: what r holds, in a slice
+// ReadAll is io.ReadAll read in a buffer of p: what r holds, in a slice
 // of its size that is the caller's to keep.
-func ReadAll(r io.Reader) ([]byte, error) {
-	p := Get()
-	b, err := ReadFrom(*p, r)
+func (p *Pool) ReadAll(r io.Reader) ([]byte, error) {
+	buf := p.Get()
+	b, err := ReadFrom(*buf, r)
 	out := Clone(b)
-	Put(p, b)
+	p.Put(buf, b)
 	return out, err
 }

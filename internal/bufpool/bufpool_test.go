@@ -14,11 +14,12 @@ import (
 // error with what came before it.
 func TestReadAllReadsAsIoReadAll(t *testing.T) {
 	t.Parallel()
+	var pool Pool
 	var kept [][]byte
 	var want []string
 	for _, n := range []int{0, 1, 511, 512, 4097, 100_000, 5 << 20} {
 		s := strings.Repeat(string(rune('a'+n%26)), n)
-		got, err := ReadAll(iotest.HalfReader(strings.NewReader(s)))
+		got, err := pool.ReadAll(iotest.HalfReader(strings.NewReader(s)))
 		if err != nil || string(got) != s || len(got) != cap(got) || got == nil {
 			t.Fatalf("%d bytes: got %d (cap %d, nil %t), %v", n, len(got), cap(got), got == nil, err)
 		}
@@ -30,7 +31,7 @@ func TestReadAllReadsAsIoReadAll(t *testing.T) {
 		}
 	}
 	boom := errors.New("connection reset")
-	got, err := ReadAll(io.MultiReader(strings.NewReader("partial"), iotest.ErrReader(boom)))
+	got, err := pool.ReadAll(io.MultiReader(strings.NewReader("partial"), iotest.ErrReader(boom)))
 	if !errors.Is(err, boom) || !bytes.Equal(got, []byte("partial")) {
 		t.Errorf("got %q, %v", got, err)
 	}
