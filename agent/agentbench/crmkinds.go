@@ -33,14 +33,15 @@ func (k *kindCounter) snapshot() map[string]int64 {
 	return maps.Clone(k.n)
 }
 
-// innerRequestsIn calls f with the method and target of each request line
+// innerRequests calls f with the method and target of each request line
 // of a $batch body read from r ("PATCH contacts(…) HTTP/1.1"), a line at a
 // time in r's buffer; a line longer than the buffer (a grouped In query
-// names up to a hundred ids) is gathered first. It scans without a regular
-// expression: the counter runs in the agent's process, whose CPU per
-// record the bench reports.
-func innerRequestsIn(r *bufio.Reader, f func(method, target string)) {
-	var long []byte
+// names up to a hundred ids) is gathered in long first, which it returns
+// as it grew it for the next call. It scans without a regular expression:
+// the counter runs in the agent's process, whose CPU per record the bench
+// reports.
+func innerRequests(r *bufio.Reader, long []byte, f func(method, target string)) []byte {
+	long = long[:0]
 	gathering := false
 	for {
 		chunk, err := r.ReadSlice('\n')
@@ -56,7 +57,7 @@ func innerRequestsIn(r *bufio.Reader, f func(method, target string)) {
 		requestLine(bytes.TrimSuffix(line, []byte("\n")), f)
 		long = long[:0]
 		if err != nil {
-			return
+			return long
 		}
 	}
 }
@@ -79,8 +80,14 @@ func requestLine(line []byte, f func(method, target string)) {
 	}
 }
 
-// lineReaders are the buffers RoundTrip scans $batch bodies in.
-var lineReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+// lineScanner is a reader and the buffer its long lines are gathered in.
+type lineScanner struct {
+	r    *bufio.Reader
+	long []byte
+}
+
+// lineScanners are the buffers RoundTrip scans $batch bodies in.
+var lineScanners = sync.Pool{New: func() any { return &lineScanner{r: bufio.NewReaderSize(nil, 4096)} }}
 
 func (k *kindCounter) RoundTrip(r *http.Request) (*http.Response, error) {
 	var counts []string
@@ -98,11 +105,11 @@ func (k *kindCounter) RoundTrip(r *http.Request) (*http.Response, error) {
 			}
 			r.Body, body = io.NopCloser(bytes.NewReader(b)), io.NopCloser(bytes.NewReader(b))
 		}
-		br := lineReaders.Get().(*bufio.Reader)
-		br.Reset(body)
-		innerRequestsIn(br, count)
-		br.Reset(nil)
-		lineReaders.Put(br)
+		sc := lineScanners.Get().(*lineScanner)
+		sc.r.Reset(body)
+		sc.long = innerRequests(sc.r, sc.long, count)
+		sc.r.Reset(nil)
+		lineScanners.Put(sc)
 		_ = body.Close()
 	} else {
 		kind := opKind(r.Method, r.URL.String())

@@ -44,7 +44,7 @@ func TestKindCounterCountsBatchOperations(t *testing.T) {
 		"",
 	}, "\r\n")
 	var got []string
-	innerRequestsIn(bufio.NewReader(strings.NewReader(body)), func(method, target string) { got = append(got, opKind(method, target)) })
+	innerRequests(bufio.NewReader(strings.NewReader(body)), nil, func(method, target string) { got = append(got, opKind(method, target)) })
 	want := []string{"upsert or update, contacts", "create, msemr_medicalidentifiers", "In query, contacts"}
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Fatalf("operations %q, want %q", got, want)
@@ -55,8 +55,8 @@ func TestKindCounterCountsBatchOperations(t *testing.T) {
 	// longer than the buffer is one.
 	var longs []string
 	longQuery := "GET contacts?$filter=" + strings.Repeat("x", 40) + " HTTP/1.1\r\n"
-	innerRequestsIn(bufio.NewReaderSize(strings.NewReader(strings.Repeat("x", 32)+"GET contacts HTTP/1.1\r\nGET accounts HTTP/1.1\r\n"+longQuery), 32),
-		func(method, target string) { longs = append(longs, method+" "+target) })
+	innerRequests(bufio.NewReaderSize(strings.NewReader(strings.Repeat("x", 32)+"GET contacts HTTP/1.1\r\nGET accounts HTTP/1.1\r\n"+longQuery), 32),
+		nil, func(method, target string) { longs = append(longs, method+" "+target) })
 	if want := "GET accounts|GET contacts?$filter=" + strings.Repeat("x", 40); strings.Join(longs, "|") != want {
 		t.Errorf("lines read %q, want %q", longs, want)
 	}
