@@ -87,7 +87,9 @@ func Open(ctx context.Context, rawURL string, opts Options) (*gorm.DB, error) {
 	case SQLite:
 		var raw *sql.DB
 		registerSQLiteDriver()
-		raw, err = sql.Open(sqliteDriver, dsn)
+		if err = registerWALVFS(); err == nil {
+			raw, err = sql.Open(sqliteDriver, dsn)
+		}
 		if err == nil {
 			gate = newWriteGate(raw, max(sqliteBusy(opts), minGateWait))
 			db, err = gorm.Open(sqlite.New(sqlite.Config{DSN: dsn, Conn: gate}), cfg)
@@ -205,6 +207,7 @@ func parseURL(rawURL string, opts Options) (Dialect, string, string, error) {
 		q.Set("_foreign_keys", "1")
 		q.Set("_txlock", "immediate")
 		q.Set("_synchronous", strings.ToUpper(sync))
+		q.Set("vfs", walVFS)
 		return SQLite, "file:" + path + "?" + q.Encode(), path, nil
 	}
 	switch {
