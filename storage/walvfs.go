@@ -36,6 +36,13 @@ var (
 	walVFSErr  error
 )
 
+// WALVFS registers the VFS that gathers a WAL file's writes (see walVFS)
+// and returns its name, for a SQLite database opened outside Open (the
+// sandbox FHIR server's store): vfs=NAME in its DSN.
+func WALVFS() (string, error) {
+	return walVFS, registerWALVFS()
+}
+
 // registerWALVFS makes walVFS known to SQLite, once.
 func registerWALVFS() error {
 	walVFSOnce.Do(func() {

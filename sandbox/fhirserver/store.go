@@ -14,6 +14,8 @@ import (
 	"time"
 
 	_ "github.com/mattn/go-sqlite3" // registers the sqlite3 driver
+
+	"github.com/fhirsync/fhirsync/storage"
 )
 
 // tsLayout stores instants as fixed-width UTC text so that string order is
@@ -116,7 +118,12 @@ func openStore(path string, now func() time.Time) (*store, error) {
 		_, _ = rand.Read(b[:])
 		dsn = "file:fhirserver-" + hex.EncodeToString(b[:]) + "?mode=memory&cache=shared&_busy_timeout=5000"
 	} else {
-		dsn = "file:" + path + "?_journal_mode=WAL&_synchronous=NORMAL&_busy_timeout=5000"
+		// The project's VFS: the WAL's writes in one call a transaction.
+		vfs, err := storage.WALVFS()
+		if err != nil {
+			return nil, fmt.Errorf("opening the sandbox FHIR database: %w", err)
+		}
+		dsn = "file:" + path + "?_journal_mode=WAL&_synchronous=NORMAL&_busy_timeout=5000&vfs=" + vfs
 	}
 	db, err := sql.Open("sqlite3", dsn)
 	if err != nil {
