@@ -8,25 +8,15 @@ import (
 	"path/filepath"
 	"testing"
 
-	sqlite3 "github.com/mattn/go-sqlite3"
+	_ "github.com/mattn/go-sqlite3" // the other pool's driver, "sqlite3"
+	"gorm.io/gorm"
 )
 
 // TestWALWritesGathered: a transaction that dirties a few hundred pages
 // reaches the WAL file in a few write calls, not two per page, and the
 // database reads back whole.
 func TestWALWritesGathered(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "gather.db")
-	db, err := Open(context.Background(), "sqlite:"+path, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer Close(db)
-	if err := db.Exec(`CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL, v TEXT NOT NULL)`).Error; err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Exec(`CREATE INDEX t_k ON t (k)`).Error; err != nil {
-		t.Fatal(err)
-	}
+	db, _ := openKeyedTable(t, SyncFull)
 	const rows = 3000
 	writes0, calls0 := walWrites()
 	tx := db.Begin()
@@ -69,18 +59,7 @@ func TestWALWritesGathered(t *testing.T) {
 func TestWALCommitsVisibleAtOnce(t *testing.T) {
 	for _, sync := range []string{SyncNormal, SyncFull} {
 		t.Run(sync, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "visible.db")
-			db, err := Open(context.Background(), "sqlite:"+path, Options{SQLiteSynchronous: sync})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer Close(db)
-			if err := db.Exec(`CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL, v BLOB NOT NULL)`).Error; err != nil {
-				t.Fatal(err)
-			}
-			if err := db.Exec(`CREATE INDEX t_k ON t (k)`).Error; err != nil {
-				t.Fatal(err)
-			}
+			db, path := openKeyedTable(t, sync)
 			other, err := sql.Open("sqlite3", "file:"+path+"?_busy_timeout=5000")
 			if err != nil {
 				t.Fatal(err)
@@ -123,5 +102,20 @@ func TestWALCommitsVisibleAtOnce(t *testing.T) {
 	}
 }
 
-// The other pool above uses mattn's own driver name.
-var _ = sqlite3.SQLiteDriver{}
+// openKeyedTable opens a new database with synchronous setting sync and
+// creates table t (id, k, v) with an index on k, closed when t ends.
+func openKeyedTable(t *testing.T, sync string) (*gorm.DB, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "wal.db")
+	db, err := Open(context.Background(), "sqlite:"+path, Options{SQLiteSynchronous: sync})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Close(db) })
+	for _, q := range []string{`CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL, v BLOB NOT NULL)`, `CREATE INDEX t_k ON t (k)`} {
+		if err := db.Exec(q).Error; err != nil {
+			t.Fatal(err)
+		}
+	}
+	return db, path
+}
