@@ -51,7 +51,7 @@ func (l *link) dest() []any {
 // gorm (storage.Direct), on PostgreSQL through gorm, which numbers them.
 func queryRow(ctx context.Context, db *gorm.DB, q string, args ...any) *sql.Row {
 	if storage.DialectOf(db) == storage.SQLite {
-		return storage.DirectCtx(ctx, db).QueryRow(q, args...)
+		return storage.Direct(db.WithContext(ctx)).QueryRow(q, args...)
 	}
 	return db.WithContext(ctx).Raw(q, args...).Row()
 }
@@ -60,7 +60,7 @@ func queryRow(ctx context.Context, db *gorm.DB, q string, args ...any) *sql.Row 
 // is fhir_id or crm_id.
 func (s links) byKey(ctx context.Context, column, entityMap, id string) (link, error) {
 	var l link
-	err := storage.DirectCtx(ctx, s.db).QueryRow(`SELECT `+linkColumns+` FROM agent_links WHERE entity_map = ? AND `+column+` = ?`, entityMap, id).
+	err := storage.Direct(s.db.WithContext(ctx)).QueryRow(`SELECT `+linkColumns+` FROM agent_links WHERE entity_map = ? AND `+column+` = ?`, entityMap, id).
 		Scan(l.dest()...)
 	if errors.Is(err, sql.ErrNoRows) {
 		return link{}, errNoLink
@@ -319,7 +319,7 @@ func (s ownWrites) isOwn(ctx context.Context, side, rtype, rid string, versions 
 	in := "?" + strings.Repeat(", ?", len(vs)-1)
 	args := append([]any{side, rtype, rid}, vs...)
 	if storage.DialectOf(s.db) == storage.SQLite {
-		return storage.DirectCtx(ctx, s.db).Exists(`SELECT 1 FROM agent_own_writes WHERE side = ? AND rtype = ? AND rid = ? AND version IN (`+in+`)`, args...)
+		return storage.Direct(s.db.WithContext(ctx)).Exists(`SELECT 1 FROM agent_own_writes WHERE side = ? AND rtype = ? AND rid = ? AND version IN (`+in+`)`, args...)
 	}
 	var n int64
 	err := s.db.WithContext(ctx).Model(&ownWrite{}).

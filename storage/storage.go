@@ -288,16 +288,6 @@ func Direct(db *gorm.DB) DirectConn {
 	return DirectConn{pool: db.Statement.ConnPool, ctx: ctx}
 }
 
-// DirectCtx is Direct(db.WithContext(ctx)) without the copy of gorm's
-// statement WithContext makes (about 800 bytes a call): for the point
-// reads the agent makes for every message.
-func DirectCtx(ctx context.Context, db *gorm.DB) DirectConn {
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	return DirectConn{pool: db.Statement.ConnPool, ctx: ctx}
-}
-
 // DirectConn is what Direct returns.
 type DirectConn struct {
 	pool gorm.ConnPool
