@@ -1,6 +1,6 @@
 // A VFS over SQLite's default one that gathers the writes SQLite makes to a
-// WAL file and hands them to the operating system in one call, at the
-// latest before anything could read them. walvfs.go says why.
+// WAL file and hands them to the operating system in calls of up to
+// BUFFER_MAX bytes, at the latest before anything could read them. walvfs.go says why.
 //
 // SQLite appends a transaction to the WAL as frames, each written in two
 // calls: a 24-byte frame header, then the page. Files other than WAL files
