@@ -27,9 +27,11 @@ import (
 // before SQLite syncs it and before it publishes a commit to readers
 // (walvfs.c says how).
 //
-// No library offers such a VFS for mattn/go-sqlite3 (its Go VFS support
-// is for virtual tables, not files), so it is written here, in C, over the
-// default VFS, which does all the actual I/O.
+// No library offers it: mattn/go-sqlite3 has no VFS API, and
+// github.com/psanford/sqlite3vfs, which lets a VFS for it be written in
+// Go, has every file call go through Go and no shared-memory methods, so
+// no WAL mode. So it is written here, in C, over the default VFS, which
+// does all the actual I/O.
 const walVFS = C.FHIRSYNC_WALVFS_NAME
 
 var (
