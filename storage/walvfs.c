@@ -269,9 +269,6 @@ int fhirsync_walvfs_register(void) {
 	if (sqlite3_vfs_find == NULL || sqlite3_vfs_register == NULL) {
 		return -1;
 	}
-	if (sqlite3_vfs_find(FHIRSYNC_WALVFS_NAME) != NULL) {
-		return SQLITE_OK;
-	}
 	base_vfs = sqlite3_vfs_find(NULL);
 	if (base_vfs == NULL) {
 		return -1;

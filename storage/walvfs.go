@@ -49,7 +49,11 @@ func WALVFS() (string, error) {
 // registerWALVFS makes walVFS known to SQLite, once.
 func registerWALVFS() error {
 	walVFSOnce.Do(func() {
-		if rc := C.fhirsync_walvfs_register(); rc != 0 {
+		switch rc := C.fhirsync_walvfs_register(); rc {
+		case 0:
+		case -1:
+			walVFSErr = fmt.Errorf("registering the SQLite VFS %s: SQLite is not linked into this program or has no default VFS", walVFS)
+		default:
 			walVFSErr = fmt.Errorf("registering the SQLite VFS %s: SQLite error %d", walVFS, int(rc))
 		}
 	})

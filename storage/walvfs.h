@@ -9,9 +9,10 @@
 // database opened with vfs=FHIRSYNC_WALVFS_NAME uses it.
 #define FHIRSYNC_WALVFS_NAME "fhirsync-walbuf"
 
-// fhirsync_walvfs_register registers the VFS over SQLite's default one.
-// It returns 0 on success, -1 when SQLite's functions are not linked into
-// the program, or SQLite's error code.
+// fhirsync_walvfs_register registers the VFS over SQLite's default one;
+// call it once. It returns 0 on success, -1 when SQLite's functions are
+// not linked into the program or it has no default VFS, or SQLite's error
+// code.
 int fhirsync_walvfs_register(void);
 
 // fhirsync_walvfs_stats reports, since the program started, the writes
