@@ -118,7 +118,8 @@ func openStore(path string, now func() time.Time) (*store, error) {
 		_, _ = rand.Read(b[:])
 		dsn = "file:fhirserver-" + hex.EncodeToString(b[:]) + "?mode=memory&cache=shared&_busy_timeout=5000"
 	} else {
-		// The project's VFS: the WAL's writes in one call a transaction.
+		// The project's VFS: the WAL's writes gathered into calls of up
+		// to 124 KiB (storage/walvfs.go).
 		vfs, err := storage.WALVFS()
 		if err != nil {
 			return nil, fmt.Errorf("opening the sandbox FHIR database: %w", err)
